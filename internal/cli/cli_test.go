@@ -1,0 +1,591 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+)
+
+var testNow = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// fakeServer implements a few routes of the API with canned answers.
+type fakeServer struct {
+	*httptest.Server
+
+	mu         sync.Mutex
+	lastCreate api.CreateMachineRequest
+	lastList   string // raw query
+	lastRun    api.RunCommandRequest
+	lastBuild  api.BuildTemplateRequest
+	written    []byte
+	killedPIDs []string
+}
+
+func newFakeServer(t *testing.T) *fakeServer {
+	t.Helper()
+	f := &fakeServer{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/machines", func(w http.ResponseWriter, r *http.Request) {
+		var req api.CreateMachineRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		f.mu.Lock()
+		f.lastCreate = req
+		f.mu.Unlock()
+		writeJSON(w, 201, api.Machine{ID: "m-new", State: api.StateRunning, Template: req.Template, CPUCount: 2, MemoryMB: 512, CreatedAt: testNow})
+	})
+	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.lastList = r.URL.RawQuery
+		f.mu.Unlock()
+		writeJSON(w, 200, api.MachineList{Machines: []api.Machine{
+			{ID: "m-1", State: api.StateRunning, Template: "base", CPUCount: 2, MemoryMB: 512, IP: "10.11.0.2", CreatedAt: testNow.Add(-90 * time.Second)},
+			{ID: "m-2", State: api.StateKilled, Template: "py", CPUCount: 1, MemoryMB: 256, CreatedAt: testNow.Add(-50 * time.Hour)},
+		}})
+	})
+	mux.HandleFunc("GET /v1/machines/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if id != "m-1" {
+			notFound(w, id)
+			return
+		}
+		writeJSON(w, 200, api.Machine{ID: "m-1", State: api.StateRunning, Template: "base", CPUCount: 2, MemoryMB: 512,
+			Metadata: map[string]string{"owner": "me"}, CreatedAt: testNow.Add(-time.Minute)})
+	})
+	mux.HandleFunc("DELETE /v1/machines/{id}", func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		if !strings.HasPrefix(id, "m-") {
+			notFound(w, id)
+			return
+		}
+		writeJSON(w, 200, api.Machine{ID: id, State: api.StateKilled})
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/commands", f.commands)
+	mux.HandleFunc("DELETE /v1/machines/{id}/commands/{pid}", func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		f.killedPIDs = append(f.killedPIDs, r.PathValue("pid"))
+		f.mu.Unlock()
+		w.WriteHeader(204)
+	})
+	mux.HandleFunc("GET /v1/machines/{id}/files", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("path") != "/etc/hostname" {
+			writeJSON(w, 404, api.Error{Code: "file_not_found", Message: "no such file " + r.URL.Query().Get("path")})
+			return
+		}
+		io.WriteString(w, "m-1\n")
+	})
+	mux.HandleFunc("PUT /v1/machines/{id}/files", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		f.mu.Lock()
+		f.written = b
+		f.mu.Unlock()
+		writeJSON(w, 200, api.WriteResult{Path: r.URL.Query().Get("path"), Size: int64(len(b))})
+	})
+	mux.HandleFunc("GET /v1/machines/{id}/files/list", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, api.FileList{Entries: []api.FileInfo{
+			{Name: "etc", Path: "/etc", Type: "dir", Size: 4096, Mode: "0755", ModTime: testNow},
+			{Name: "sh", Path: "/sh", Type: "symlink", Size: 4, Mode: "0777", ModTime: testNow, Target: "/bin/sh"},
+		}})
+	})
+	mux.HandleFunc("POST /v1/templates", func(w http.ResponseWriter, r *http.Request) {
+		var req api.BuildTemplateRequest
+		json.NewDecoder(r.Body).Decode(&req)
+		f.mu.Lock()
+		f.lastBuild = req
+		f.mu.Unlock()
+		state, msg := api.TemplateReady, ""
+		if len(req.Steps) > 0 && req.Steps[0] == "false" {
+			state, msg = api.TemplateFailed, "step 1 exited with 1"
+		}
+		writeJSON(w, 201, api.Template{Name: req.Name, State: state, Error: msg, SizeBytes: 3 << 20})
+	})
+	f.Server = httptest.NewServer(auth(mux))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func auth(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer test-key" {
+			writeJSON(w, 401, api.Error{Code: "unauthenticated", Message: "missing or invalid API key",
+				SuggestedAction: "send Authorization: Bearer <api key>"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func notFound(w http.ResponseWriter, id string) {
+	writeJSON(w, 404, api.Error{Code: "machine_not_found", Message: "machine " + id + " not found",
+		SuggestedAction: "list machines with 'nullspace machine list'"})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// commands runs fake commands named by argv[0]:
+//
+//	exit N   writes "out" and "err", exits N
+//	kill     killed by SIGKILL
+//	slow     times out
+//	missing  command_not_found before the stream
+//	cut      stream ends without an exit event
+//	hang     sends start and "ready" then waits for the client to go away
+func (f *fakeServer) commands(w http.ResponseWriter, r *http.Request) {
+	if id := r.PathValue("id"); id != "m-1" {
+		notFound(w, id)
+		return
+	}
+	var req api.RunCommandRequest
+	json.NewDecoder(r.Body).Decode(&req)
+	f.mu.Lock()
+	f.lastRun = req
+	f.mu.Unlock()
+	argv := req.Cmd
+	if req.Shell != "" {
+		argv = []string{"exit", "0"}
+	}
+	if len(argv) == 0 {
+		writeJSON(w, 400, api.Error{Code: "invalid_argument", Message: "cmd or shell is required"})
+		return
+	}
+	if argv[0] == "missing" {
+		writeJSON(w, 404, api.Error{Code: "command_not_found", Message: "command missing not found"})
+		return
+	}
+	if req.Background {
+		writeJSON(w, 202, api.CommandStarted{PID: 42})
+		return
+	}
+	code, sig, timedOut := 0, "", false
+	switch argv[0] {
+	case "exit":
+		code, _ = strconv.Atoi(argv[1])
+	case "kill":
+		code, sig = -1, "SIGKILL"
+	case "slow":
+		code, sig, timedOut = -1, "SIGKILL", true
+	}
+	if !req.Stream {
+		writeJSON(w, 200, api.CommandResult{PID: 7, ExitCode: code, Stdout: "out\n", Stderr: "err\n", Signal: sig, TimedOut: timedOut})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	send := func(ev api.CommandEvent) {
+		enc.Encode(ev)
+		w.(http.Flusher).Flush()
+	}
+	send(api.CommandEvent{Type: api.EventStart, PID: 7})
+	if argv[0] == "hang" {
+		send(api.CommandEvent{Type: api.EventStdout, PID: 7, Data: []byte("ready\n")})
+		<-r.Context().Done()
+		return
+	}
+	send(api.CommandEvent{Type: api.EventStdout, PID: 7, Data: []byte("out\n")})
+	send(api.CommandEvent{Type: api.EventStderr, PID: 7, Data: []byte("err\n")})
+	if req.Stdin != "" {
+		send(api.CommandEvent{Type: api.EventStdout, PID: 7, Data: []byte(req.Stdin)})
+	}
+	if argv[0] == "cut" {
+		return
+	}
+	var exitCode *int
+	if code >= 0 {
+		exitCode = &code
+	}
+	send(api.CommandEvent{Type: api.EventExit, PID: 7, ExitCode: exitCode, Signal: sig, TimedOut: timedOut})
+}
+
+// run executes the CLI against f with the given args and stdin.
+func run(t *testing.T, ctx context.Context, f *fakeServer, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	a := &app{version: "test", now: func() time.Time { return testNow }}
+	root := newRootCommand(a)
+	var out, errb bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(append([]string{"--api-url", f.URL, "--api-key", "test-key"}, args...))
+	code = Execute(ctx, root)
+	return out.String(), errb.String(), code
+}
+
+func TestCLI(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		stdin      string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{
+			name:       "machine create prints id",
+			args:       []string{"machine", "create", "--env", "A=1", "--metadata", "owner=me"},
+			wantStdout: "m-new\n",
+		},
+		{
+			name: "machine create --json",
+			args: []string{"--json", "machine", "create"},
+			wantStdout: `{
+  "id": "m-new",
+  "state": "running",
+  "template": "base",
+  "cpu_count": 2,
+  "memory_mb": 512,
+  "allow_internet": false,
+  "created_at": "2025-06-01T12:00:00Z"
+}
+`,
+		},
+		{
+			name: "machine list table",
+			args: []string{"machine", "list"},
+			wantStdout: "" +
+				"ID    STATE     TEMPLATE   CPU   MEM      IP          AGE\n" +
+				"m-1   running   base       2     512MiB   10.11.0.2   1m\n" +
+				"m-2   killed    py         1     256MiB   -           2d\n",
+		},
+		{
+			name:       "machine info",
+			args:       []string{"machine", "info", "m-1"},
+			wantStdout: "ID:        m-1\nState:     running\nTemplate:  base\nCPU:       2\nMemory:    512 MiB\nInternet:  false\nMetadata:  owner=me\nCreated:   " + testNow.Add(-time.Minute).Local().Format(time.RFC3339) + " (1m ago)\n",
+		},
+		{
+			name:       "api error is formatted with code and hint",
+			args:       []string{"machine", "info", "nope"},
+			wantCode:   1,
+			wantStderr: "error: machine nope not found (machine_not_found)\nhint: list machines with 'nullspace machine list'\n",
+		},
+		{
+			name:       "kill continues past failures and exits 1",
+			args:       []string{"machine", "kill", "m-1", "x-9", "m-2"},
+			wantCode:   1,
+			wantStdout: "m-1\nm-2\n",
+			wantStderr: "error: machine x-9 not found (machine_not_found)\nhint: list machines with 'nullspace machine list'\n",
+		},
+		{
+			name:       "usage error: missing argument",
+			args:       []string{"machine", "info"},
+			wantCode:   2,
+			wantStderr: "error: want arguments ID, got 0\nRun 'nullspace machine info --help' for usage.\n",
+		},
+		{
+			name:       "usage error: unknown flag",
+			args:       []string{"machine", "create", "--cpus", "2"},
+			wantCode:   2,
+			wantStderr: "error: unknown flag: --cpus\nRun 'nullspace machine create --help' for usage.\n",
+		},
+		{
+			name:       "usage error: unknown command",
+			args:       []string{"machine", "lst"},
+			wantCode:   2,
+			wantStderr: "error: unknown command \"lst\" for \"nullspace machine\"; did you mean \"list\"?\nRun 'nullspace machine --help' for usage.\n",
+		},
+		{
+			name:       "usage error: bad pair",
+			args:       []string{"machine", "create", "--env", "NOEQUALS"},
+			wantCode:   2,
+			wantStderr: "error: invalid --env \"NOEQUALS\": want KEY=VALUE\nRun 'nullspace machine create --help' for usage.\n",
+		},
+		{
+			name:       "exec success streams output",
+			args:       []string{"exec", "m-1", "--", "exit", "0"},
+			wantStdout: "out\n",
+			wantStderr: "err\n",
+		},
+		{
+			name:       "exec propagates exit code",
+			args:       []string{"exec", "m-1", "--", "exit", "3"},
+			wantCode:   3,
+			wantStdout: "out\n",
+			wantStderr: "err\n",
+		},
+		{
+			name:       "exec killed by signal exits 128+N",
+			args:       []string{"exec", "m-1", "--", "kill"},
+			wantCode:   137,
+			wantStdout: "out\n",
+			wantStderr: "err\n",
+		},
+		{
+			name:       "exec timeout exits 124",
+			args:       []string{"exec", "m-1", "--timeout", "2s", "--", "slow"},
+			wantCode:   124,
+			wantStdout: "out\n",
+			wantStderr: "err\nerror: command timed out after 2s\n",
+		},
+		{
+			name:       "exec command not found exits 127",
+			args:       []string{"exec", "m-1", "--", "missing"},
+			wantCode:   127,
+			wantStderr: "error: command missing not found (command_not_found)\n",
+		},
+		{
+			name:       "exec stream cut exits 1",
+			args:       []string{"exec", "m-1", "--", "cut"},
+			wantCode:   1,
+			wantStdout: "out\n",
+			wantStderr: "err\nerror: command stream of machine m-1 ended before the command exited\n",
+		},
+		{
+			name:       "exec unknown machine",
+			args:       []string{"exec", "m-9", "--", "exit", "0"},
+			wantCode:   1,
+			wantStderr: "error: machine m-9 not found (machine_not_found)\nhint: list machines with 'nullspace machine list'\n",
+		},
+		{
+			name:       "exec sends stdin",
+			args:       []string{"exec", "--stdin", "m-1", "--", "exit", "0"},
+			stdin:      "typed\n",
+			wantStdout: "out\ntyped\n",
+			wantStderr: "err\n",
+		},
+		{
+			name:       "exec --background prints pid",
+			args:       []string{"exec", "m-1", "--background", "--", "exit", "0"},
+			wantStdout: "42\n",
+		},
+		{
+			name:       "exec --json prints result and keeps the exit code",
+			args:       []string{"--json", "exec", "m-1", "--", "exit", "5"},
+			wantCode:   5,
+			wantStdout: "{\n  \"pid\": 7,\n  \"exit_code\": 5,\n  \"stdout\": \"out\\n\",\n  \"stderr\": \"err\\n\"\n}\n",
+		},
+		{
+			name:       "exec without a command is a usage error",
+			args:       []string{"exec", "m-1"},
+			wantCode:   2,
+			wantStderr: "error: want arguments ID CMD [ARGS...], got 1\nRun 'nullspace exec --help' for usage.\n",
+		},
+		{
+			name:       "files read",
+			args:       []string{"files", "read", "m-1", "/etc/hostname"},
+			wantStdout: "m-1\n",
+		},
+		{
+			name:       "files read missing",
+			args:       []string{"files", "read", "m-1", "/nope"},
+			wantCode:   1,
+			wantStderr: "error: no such file /nope (file_not_found)\n",
+		},
+		{
+			name:       "files write from stdin",
+			args:       []string{"files", "write", "m-1", "/tmp/x", "-"},
+			stdin:      "hello",
+			wantStdout: "wrote 5 bytes to /tmp/x\n",
+		},
+		{
+			name:       "files write bad mode",
+			args:       []string{"files", "write", "m-1", "/tmp/x", "--mode", "999"},
+			wantCode:   2,
+			wantStderr: "error: invalid --mode \"999\": want octal permission bits such as 0644\nRun 'nullspace files write --help' for usage.\n",
+		},
+		{
+			name: "files ls",
+			args: []string{"files", "ls", "m-1", "/"},
+			wantStdout: "" +
+				"TYPE      MODE   SIZE   MODIFIED           NAME\n" +
+				"dir       0755   4096   " + testNow.Local().Format("2006-01-02 15:04") + "   etc\n" +
+				"symlink   0777   4      " + testNow.Local().Format("2006-01-02 15:04") + "   sh -> /bin/sh\n",
+		},
+		{
+			name:       "template build",
+			args:       []string{"template", "build", "py", "--from-template", "base", "--step", "true"},
+			wantStdout: "template py is ready (3.0MiB)\n",
+			wantStderr: "building template py...\n",
+		},
+		{
+			name:       "template build failure exits 1",
+			args:       []string{"template", "build", "py", "--from-template", "base", "--step", "false"},
+			wantCode:   1,
+			wantStderr: "building template py...\nerror: template py failed to build: step 1 exited with 1\n",
+		},
+		{
+			name:       "template build needs one source",
+			args:       []string{"template", "build", "py", "--from-template", "base", "--from-dir", "/srv"},
+			wantCode:   2,
+			wantStderr: "error: want exactly one of --from-template, --from-dir, --from-tarball, got 2\nRun 'nullspace template build --help' for usage.\n",
+		},
+	}
+	f := newFakeServer(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stdout, stderr, code := run(t, t.Context(), f, tt.stdin, tt.args...)
+			if code != tt.wantCode {
+				t.Errorf("got exit code %d, want %d (stderr %q)", code, tt.wantCode, stderr)
+			}
+			if stdout != tt.wantStdout {
+				t.Errorf("got stdout\n%s\nwant\n%s", stdout, tt.wantStdout)
+			}
+			if stderr != tt.wantStderr {
+				t.Errorf("got stderr %q, want %q", stderr, tt.wantStderr)
+			}
+		})
+	}
+}
+
+func TestCLIRequests(t *testing.T) {
+	f := newFakeServer(t)
+
+	run(t, t.Context(), f, "", "machine", "create", "--template", "py", "--cpu", "1", "--memory", "256",
+		"--env", "A=1=2", "--env", "B=", "--metadata", "owner=me", "--allow-internet")
+	wantCreate := `{"template":"py","cpu_count":1,"memory_mb":256,"env":{"A":"1=2","B":""},"metadata":{"owner":"me"},"allow_internet":true}`
+	if got := mustJSON(t, f.lastCreate); got != wantCreate {
+		t.Errorf("got create request %s, want %s", got, wantCreate)
+	}
+
+	run(t, t.Context(), f, "", "machine", "list", "--state", "running", "--metadata", "b=2", "--metadata", "a=1")
+	if want := "metadata=a%3D1&metadata=b%3D2&state=running"; f.lastList != want {
+		t.Errorf("got list query %q, want %q", f.lastList, want)
+	}
+
+	run(t, t.Context(), f, "", "exec", "m-1", "--cwd", "/w", "--user", "app", "--env", "X=y", "--timeout", "1500ms", "--shell", "--", "echo", "$HOME", "|", "wc")
+	wantRun := `{"shell":"echo $HOME | wc","cwd":"/w","env":{"X":"y"},"user":"app","timeout_ms":1500,"stream":true}`
+	if got := mustJSON(t, f.lastRun); got != wantRun {
+		t.Errorf("got run request %s, want %s", got, wantRun)
+	}
+
+	run(t, t.Context(), f, "", "template", "build", "t", "--from-dir", "rootfs", "--workdir", "/w", "--step", "a", "--step", "b c")
+	if !filepath.IsAbs(f.lastBuild.FromDir) || filepath.Base(f.lastBuild.FromDir) != "rootfs" {
+		t.Errorf("got from_dir %q, want an absolute path ending in rootfs", f.lastBuild.FromDir)
+	}
+	if got, want := strings.Join(f.lastBuild.Steps, ";"), "a;b c"; got != want {
+		t.Errorf("got steps %q, want %q", got, want)
+	}
+
+	local := filepath.Join(t.TempDir(), "in.bin")
+	writeFile(t, local, "\x00binary\xff")
+	run(t, t.Context(), f, "", "files", "write", "m-1", "/x", local)
+	if got := string(f.written); got != "\x00binary\xff" {
+		t.Errorf("got written %q, want the local file's bytes", got)
+	}
+}
+
+func TestExecInterruptKillsRemoteCommand(t *testing.T) {
+	f := newFakeServer(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	root := newRootCommand(&app{version: "test", now: time.Now})
+	var errb bytes.Buffer
+	// Interrupt once the command's output arrives, as a user pressing Ctrl-C.
+	root.SetOut(writerFunc(func(p []byte) (int, error) {
+		cancel()
+		return len(p), nil
+	}))
+	root.SetErr(&errb)
+	root.SetArgs([]string{"--api-url", f.URL, "--api-key", "test-key", "exec", "m-1", "--", "hang"})
+	if code := Execute(ctx, root); code != exitInterrupted {
+		t.Errorf("got exit code %d, want %d", code, exitInterrupted)
+	}
+	if want := "error: interrupted; killed command 7 in machine m-1\n"; errb.String() != want {
+		t.Errorf("got stderr %q, want %q", errb.String(), want)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := strings.Join(f.killedPIDs, ","); got != "7" {
+		t.Errorf("got killed pids %q, want 7", got)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func TestUnauthenticated(t *testing.T) {
+	f := newFakeServer(t)
+	a := &app{version: "test", now: time.Now}
+	root := newRootCommand(a)
+	var errb bytes.Buffer
+	root.SetOut(io.Discard)
+	root.SetErr(&errb)
+	t.Setenv("NULLSPACE_API_KEY", "")
+	t.Setenv("NULLSPACE_DATA_DIR", t.TempDir()) // no key file
+	root.SetArgs([]string{"--api-url", f.URL, "machine", "list"})
+	if code := Execute(t.Context(), root); code != exitError {
+		t.Errorf("got exit code %d, want %d", code, exitError)
+	}
+	want := "error: missing or invalid API key (unauthenticated)\nhint: send Authorization: Bearer <api key>\n"
+	if errb.String() != want {
+		t.Errorf("got stderr %q, want %q", errb.String(), want)
+	}
+}
+
+func TestExitStatus(t *testing.T) {
+	tests := []struct {
+		code     int
+		signal   string
+		timedOut bool
+		want     int
+	}{
+		{0, "", false, 0},
+		{1, "", false, 1},
+		{255, "", false, 255},
+		{-1, "SIGKILL", false, 137},
+		{-1, "TERM", false, 143},
+		{-1, "15", false, 143},
+		{137, "SIGKILL", false, 137},
+		{-1, "SIGKILL", true, 124},
+		{2, "SIGWHAT", false, 2},
+		{-1, "", false, 1},
+	}
+	for _, tt := range tests {
+		err := exitStatus(tt.code, tt.signal, tt.timedOut, 0)
+		got := 0
+		if err != nil {
+			got = err.(*exitCodeError).code
+		}
+		if got != tt.want {
+			t.Errorf("exitStatus(%d, %q, %v): got %d, want %d", tt.code, tt.signal, tt.timedOut, got, tt.want)
+		}
+	}
+}
+
+func TestFormatAge(t *testing.T) {
+	tests := []struct {
+		ago  time.Duration
+		want string
+	}{
+		{-time.Second, "0s"},
+		{59 * time.Second, "59s"},
+		{61 * time.Minute, "1h"},
+		{47 * time.Hour, "47h"},
+		{72 * time.Hour, "3d"},
+	}
+	for _, tt := range tests {
+		if got := formatAge(testNow, testNow.Add(-tt.ago)); got != tt.want {
+			t.Errorf("formatAge(%s): got %q, want %q", tt.ago, got, tt.want)
+		}
+	}
+}
+
+func mustJSON(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

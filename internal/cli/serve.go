@@ -1,0 +1,61 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"nullspace.dev/nullspace/internal/server"
+)
+
+// NewServeCommand returns `nullspace serve`, which runs the API server, the
+// machine manager and the runtime in this process.
+func NewServeCommand(version string) *cobra.Command {
+	cfg := server.Defaults()
+	cfg.Version = version
+	var templates, logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the Nullspace server (API, machine manager, runtime); needs root",
+		Long: `serve runs the HTTP API, the machine manager and the gVisor runtime in one
+process, with an embedded SQLite database in the data directory.
+
+On first start it creates an API key for the default team and writes it to
+<data dir>/api-key, where the CLI and SDKs on this host find it. Built-in
+templates are made ready before the API opens (base takes about 90 s the
+first time, seconds afterwards from the cache).
+
+Stopping the server never stops machines: the next start reconciles with them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)}
+			}
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.BuiltinTemplates = nil
+			for _, t := range strings.Split(templates, ",") {
+				if t = strings.TrimSpace(t); t != "" {
+					cfg.BuiltinTemplates = append(cfg.BuiltinTemplates, t)
+				}
+			}
+			return server.Run(cmd.Context(), cfg, logger)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Addr, "addr", cfg.Addr, "API listen address")
+	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory (env NULLSPACE_DATA_DIR)")
+	f.StringVar(&cfg.TemplatesDir, "templates-dir", "", "template directory (default <data dir>/templates)")
+	f.StringVar(&cfg.CacheDir, "cache-dir", cfg.CacheDir, "cache for slow artefacts such as template rootfs (env NULLSPACE_CACHE_DIR)")
+	f.StringVar(&cfg.Runsc, "runsc", cfg.Runsc, "runsc binary")
+	f.StringVar(&cfg.AgentBinary, "agent", cfg.AgentBinary, "nullspace-agent binary")
+	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from")
+	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
+	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")
+	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}

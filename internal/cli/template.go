@@ -1,0 +1,185 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"nullspace.dev/nullspace/api"
+)
+
+func (a *app) templateCommand() *cobra.Command {
+	cmd := asGroup(&cobra.Command{
+		Use:     "template",
+		Aliases: []string{"templates"},
+		Short:   "List, inspect, build and delete templates",
+	})
+	cmd.AddCommand(a.templateListCommand(), a.templateInfoCommand(), a.templateBuildCommand(), a.templateDeleteCommand())
+	return cmd
+}
+
+func (a *app) templateListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List templates",
+		Args:    exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ts, err := c.ListTemplates(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if ts == nil {
+					ts = []api.Template{}
+				}
+				return printJSON(cmd.OutOrStdout(), ts)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "NAME\tSTATE\tSIZE\tSOURCE\tAGE")
+			now := a.now()
+			for _, t := range ts {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.Name, t.State, formatBytes(t.SizeBytes), dash(t.Source), formatAge(now, t.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (a *app) templateInfoCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "info NAME",
+		Aliases: []string{"get", "show"},
+		Short:   "Show a template",
+		Args:    exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			t, err := c.GetTemplate(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.printTemplate(cmd, t)
+		},
+	}
+}
+
+func (a *app) printTemplate(cmd *cobra.Command, t *api.Template) error {
+	if a.json {
+		return printJSON(cmd.OutOrStdout(), t)
+	}
+	return printFields(cmd.OutOrStdout(), [][2]string{
+		{"Name", t.Name},
+		{"State", t.State},
+		{"Error", t.Error},
+		{"Source", t.Source},
+		{"Size", formatBytes(t.SizeBytes)},
+		{"Workdir", t.Workdir},
+		{"Env", formatPairs(t.Env)},
+		{"Created", formatTime(a.now(), t.CreatedAt)},
+	})
+}
+
+func (a *app) templateBuildCommand() *cobra.Command {
+	var (
+		req api.BuildTemplateRequest
+		env []string
+	)
+	cmd := &cobra.Command{
+		Use:   "build NAME (--from-template T | --from-dir DIR | --from-tarball FILE)",
+		Short: "Build a template and wait until it is ready",
+		Long: `Build a template from exactly one source: an existing template, a root
+filesystem directory or a tarball. Directories and tarballs are paths on the
+server host (relative paths are made absolute here, as the server runs on
+this host). Each --step is a shell command run, in order, inside a machine
+booted from the source; its changes become part of the template.`,
+		Example: `  nullspace template build py --from-template base --step 'apt-get install -y python3-pip' --workdir /workspace
+  nullspace template build mine --from-tarball ./rootfs.tar`,
+		Args: exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req.Name = args[0]
+			n := 0
+			for _, s := range []string{req.FromTemplate, req.FromDir, req.FromTarball} {
+				if s != "" {
+					n++
+				}
+			}
+			if n != 1 {
+				return usageErrorf("want exactly one of --from-template, --from-dir, --from-tarball, got %d", n)
+			}
+			for _, p := range []*string{&req.FromDir, &req.FromTarball} {
+				if *p == "" {
+					continue
+				}
+				abs, err := filepath.Abs(*p)
+				if err != nil {
+					return fmt.Errorf("resolve %s: %w", *p, err)
+				}
+				*p = abs
+			}
+			var err error
+			if req.Env, err = parsePairs("env", env); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			if !a.json {
+				fmt.Fprintf(cmd.ErrOrStderr(), "building template %s...\n", req.Name)
+			}
+			t, err := c.BuildTemplate(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				if err := printJSON(cmd.OutOrStdout(), t); err != nil {
+					return err
+				}
+			}
+			if t.State == api.TemplateFailed {
+				return fmt.Errorf("template %s failed to build: %s", t.Name, t.Error)
+			}
+			if !a.json {
+				fmt.Fprintf(cmd.OutOrStdout(), "template %s is %s (%s)\n", t.Name, t.State, formatBytes(t.SizeBytes))
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.FromTemplate, "from-template", "", "build on an existing template")
+	f.StringVar(&req.FromDir, "from-dir", "", "root filesystem directory on the server host")
+	f.StringVar(&req.FromTarball, "from-tarball", "", "root filesystem tarball on the server host")
+	f.StringArrayVar(&req.Steps, "step", nil, "shell command to run in the template (repeatable, in order)")
+	f.StringVar(&req.Workdir, "workdir", "", "default working directory of machines")
+	f.StringArrayVar(&env, "env", nil, "default environment variable KEY=VALUE (repeatable)")
+	return cmd
+}
+
+func (a *app) templateDeleteCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "delete NAME...",
+		Aliases: []string{"rm"},
+		Short:   "Delete templates",
+		Args:    minArgs(1, "NAME..."),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			for _, name := range args {
+				if err := c.DeleteTemplate(cmd.Context(), name); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+}

@@ -1,0 +1,180 @@
+// Package errdefs defines the fixed set of error classes used across Nullspace
+// and the stable public error codes they map to.
+//
+// Every layer wraps errors with context (fmt.Errorf("pause machine %s: %w", id, err));
+// the HTTP edge maps the class to a status and a code exactly once, through
+// Classify. A *Error carries a specific public code and message (for example
+// template_not_found) while still matching its class with errors.Is.
+package errdefs
+
+import (
+	"errors"
+	"net/http"
+)
+
+// Error classes. Match with errors.Is.
+var (
+	ErrNotFound           = errors.New("not found")
+	ErrConflict           = errors.New("conflict")
+	ErrInvalidArgument    = errors.New("invalid argument")
+	ErrFailedPrecondition = errors.New("failed precondition")
+	ErrUnauthenticated    = errors.New("unauthenticated")
+	ErrResourceExhausted  = errors.New("resource exhausted")
+	ErrUnavailable        = errors.New("unavailable")
+	ErrDeadlineExceeded   = errors.New("deadline exceeded")
+	ErrInternal           = errors.New("internal")
+)
+
+// Error is an error with a stable public code, a message that is safe to show
+// to API callers, and a suggested next step. It matches its Class with errors.Is.
+type Error struct {
+	Class           error  // one of the Err* classes above
+	Code            string // stable public code, e.g. "machine_not_found"
+	Message         string // public, lower-case, no trailing punctuation
+	SuggestedAction string // what the caller should do next; may be empty
+	Err             error  // internal cause; logged, never sent
+	// Status overrides the class's HTTP status when non-zero (e.g. 413 for
+	// file_too_large, which is an invalid argument).
+	Status int
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Message + ": " + e.Err.Error()
+	}
+	return e.Message
+}
+
+// Is reports whether target is this error's class.
+func (e *Error) Is(target error) bool { return target == e.Class }
+
+// Unwrap returns the internal cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// New returns a public error of the given class and code.
+func New(class error, code, message, action string) *Error {
+	return &Error{Class: class, Code: code, Message: message, SuggestedAction: action}
+}
+
+// Wrap is New with an internal cause attached.
+func Wrap(cause, class error, code, message, action string) *Error {
+	return &Error{Class: class, Code: code, Message: message, SuggestedAction: action, Err: cause}
+}
+
+// Stable public codes. Documented in api/openapi.yaml; never renamed.
+const (
+	CodeInvalidArgument    = "invalid_argument"
+	CodeUnauthenticated    = "unauthenticated"
+	CodeNotFound           = "not_found"
+	CodeMachineNotFound    = "machine_not_found"
+	CodeTemplateNotFound   = "template_not_found"
+	CodeTemplateNotReady   = "template_not_ready"
+	CodeTemplateInUse      = "template_in_use"
+	CodeTemplateExists     = "template_exists"
+	CodeMachineNotRunning  = "machine_not_running"
+	CodeConflict           = "conflict"
+	CodeResourceExhausted  = "resource_exhausted"
+	CodeCommandNotFound    = "command_not_found"
+	CodeProcessNotFound    = "process_not_found"
+	CodeFileNotFound       = "file_not_found"
+	CodeFileExists         = "file_exists"
+	CodeIsADirectory       = "is_a_directory"
+	CodeNotADirectory      = "not_a_directory"
+	CodePermissionDenied   = "permission_denied"
+	CodeFileTooLarge       = "file_too_large"
+	CodeDirectoryNotEmpty  = "directory_not_empty"
+	CodeAgentUnavailable   = "agent_unavailable"
+	CodeCommandTimeout     = "command_timeout"
+	CodeUnavailable        = "unavailable"
+	CodeInternal           = "internal"
+	CodeDeadlineExceeded   = "deadline_exceeded"
+	CodeFailedPrecondition = "failed_precondition"
+	CodeInternetNotAllowed = "internet_not_allowed"
+	CodeInvalidTransition  = "invalid_transition"
+)
+
+// Public is the public view of an error: what the API sends.
+type Public struct {
+	Status          int
+	Code            string
+	Message         string
+	Retryable       bool
+	SuggestedAction string
+}
+
+// Classify maps any error to its public view. Errors without a class are
+// internal: their message is replaced so internal details never leak.
+func Classify(err error) Public {
+	var e *Error
+	if errors.As(err, &e) {
+		p := classPublic(e.Class)
+		p.Code = e.Code
+		p.Message = e.Message
+		if e.Status != 0 {
+			p.Status = e.Status
+		}
+		if e.SuggestedAction != "" {
+			p.SuggestedAction = e.SuggestedAction
+		}
+		return p
+	}
+	var te *InvalidTransitionError
+	if errors.As(err, &te) {
+		p := classPublic(ErrConflict)
+		p.Code = CodeInvalidTransition
+		p.Message = te.Error()
+		p.SuggestedAction = "check the machine's state with GET /v1/machines/{id}"
+		return p
+	}
+	for _, class := range []error{ErrNotFound, ErrConflict, ErrInvalidArgument, ErrFailedPrecondition,
+		ErrUnauthenticated, ErrResourceExhausted, ErrUnavailable, ErrDeadlineExceeded} {
+		if errors.Is(err, class) {
+			p := classPublic(class)
+			p.Message = err.Error()
+			return p
+		}
+	}
+	return classPublic(ErrInternal)
+}
+
+func classPublic(class error) Public {
+	switch class {
+	case ErrNotFound:
+		return Public{Status: http.StatusNotFound, Code: CodeNotFound, Message: "not found"}
+	case ErrConflict:
+		return Public{Status: http.StatusConflict, Code: CodeConflict, Message: "conflict", Retryable: true,
+			SuggestedAction: "retry after the operation in progress finishes"}
+	case ErrInvalidArgument:
+		return Public{Status: http.StatusBadRequest, Code: CodeInvalidArgument, Message: "invalid argument",
+			SuggestedAction: "fix the request and send it again"}
+	case ErrFailedPrecondition:
+		return Public{Status: http.StatusConflict, Code: CodeFailedPrecondition, Message: "failed precondition"}
+	case ErrUnauthenticated:
+		return Public{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "missing or invalid API key",
+			SuggestedAction: "send Authorization: Bearer <api key>; on the server host the key is in <data dir>/api-key"}
+	case ErrResourceExhausted:
+		return Public{Status: http.StatusTooManyRequests, Code: CodeResourceExhausted, Message: "resource exhausted", Retryable: true,
+			SuggestedAction: "kill unused machines or retry later"}
+	case ErrUnavailable:
+		return Public{Status: http.StatusServiceUnavailable, Code: CodeUnavailable, Message: "unavailable", Retryable: true,
+			SuggestedAction: "retry in a few seconds"}
+	case ErrDeadlineExceeded:
+		return Public{Status: http.StatusGatewayTimeout, Code: CodeDeadlineExceeded, Message: "deadline exceeded", Retryable: true}
+	default:
+		return Public{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error", Retryable: true,
+			SuggestedAction: "retry; if it keeps failing, check the server log"}
+	}
+}
+
+// InvalidTransitionError reports a lifecycle transition the state machine does not allow.
+type InvalidTransitionError struct {
+	ID       string
+	From, To string
+}
+
+func (e *InvalidTransitionError) Error() string {
+	return "machine " + e.ID + " cannot go from " + e.From + " to " + e.To
+}
+
+// Is makes InvalidTransitionError match ErrConflict.
+func (e *InvalidTransitionError) Is(target error) bool { return target == ErrConflict }

@@ -1,0 +1,284 @@
+// Package httpapi is the public HTTP API: routing, authentication, request
+// parsing and the one place where errors become HTTP statuses and bodies.
+// Handlers are thin: parse, call the machine manager or the template store,
+// write the answer. Command and file calls are streamed through to the
+// machine's agent.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/machine"
+)
+
+// Authenticator resolves an API key to the team that owns it.
+type Authenticator interface {
+	TeamByKey(ctx context.Context, key string) (string, error)
+}
+
+// Templates is what the API needs of the template store.
+type Templates interface {
+	List(ctx context.Context) ([]api.Template, error)
+	Get(ctx context.Context, name string) (api.Template, error)
+	Delete(ctx context.Context, name string) error
+}
+
+// TemplateBuilder builds templates (the server wires the store and the
+// machine manager, which runs build steps, together).
+type TemplateBuilder interface {
+	Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error)
+}
+
+// Server serves the API.
+type Server struct {
+	machines  *machine.Manager
+	templates Templates
+	builder   TemplateBuilder
+	auth      Authenticator
+	logger    *slog.Logger
+	version   string
+	agent     *http.Client
+}
+
+// New returns the API server.
+func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, logger *slog.Logger, version string) *Server {
+	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, logger: logger,
+		version: version, agent: agentclient.NewHTTPClient()}
+}
+
+// Route is one API route.
+type Route struct {
+	Method  string
+	Path    string // as in api/openapi.yaml
+	Public  bool   // no API key needed
+	Handler func(w http.ResponseWriter, r *http.Request, team string) error
+}
+
+// Routes lists every route; the spec test compares it with api/openapi.yaml.
+func (s *Server) Routes() []Route {
+	return []Route{
+		{Method: "GET", Path: "/v1/health", Public: true, Handler: s.health},
+		{Method: "GET", Path: "/v1/openapi.yaml", Public: true, Handler: s.spec},
+
+		{Method: "POST", Path: "/v1/machines", Handler: s.createMachine},
+		{Method: "GET", Path: "/v1/machines", Handler: s.listMachines},
+		{Method: "GET", Path: "/v1/machines/{id}", Handler: s.getMachine},
+		{Method: "DELETE", Path: "/v1/machines/{id}", Handler: s.killMachine},
+
+		{Method: "POST", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Handler: s.proxy("/commands/{pid}/output")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Handler: s.proxy("/commands/{pid}/stdin")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Handler: s.proxy("/commands/{pid}/signal")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Handler: s.proxy("/commands/{pid}")},
+
+		{Method: "GET", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
+		{Method: "PUT", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/list", Handler: s.proxy("/files/list")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Handler: s.proxy("/files/stat")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Handler: s.proxy("/files/mkdir")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Handler: s.proxy("/files/rename")},
+
+		{Method: "GET", Path: "/v1/templates", Handler: s.listTemplates},
+		{Method: "GET", Path: "/v1/templates/{name}", Handler: s.getTemplate},
+		{Method: "POST", Path: "/v1/templates", Handler: s.buildTemplate},
+		{Method: "DELETE", Path: "/v1/templates/{name}", Handler: s.deleteTemplate},
+	}
+}
+
+// Handler returns the http.Handler serving every route.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range s.Routes() {
+		mux.Handle(rt.Method+" "+rt.Path, s.wrap(rt))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, errdefs.New(errdefs.ErrNotFound, errdefs.CodeNotFound,
+			fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path), "see GET /v1/openapi.yaml for the API"))
+	})
+	return mux
+}
+
+func (s *Server) wrap(rt Route) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var team string
+		if !rt.Public {
+			key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || key == "" {
+				s.writeError(w, r, errdefs.ErrUnauthenticated)
+				return
+			}
+			t, err := s.auth.TeamByKey(r.Context(), key)
+			if err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+			team = t
+		}
+		if err := rt.Handler(w, r, team); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+// writeError is the one place where errors become HTTP responses. The
+// internal cause is logged, never sent.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	p := errdefs.Classify(err)
+	if p.Status >= 500 {
+		s.logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	} else {
+		s.logger.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	}
+	writeJSON(w, p.Status, api.Error{Code: p.Code, Message: p.Message, Retryable: p.Retryable, SuggestedAction: p.SuggestedAction})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// decode reads a JSON body into v, refusing unknown fields so that typos
+// fail loudly instead of being ignored.
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"invalid JSON body: "+err.Error(), "send a JSON object as described in api/openapi.yaml")
+	}
+	return nil
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "version": s.version})
+	return nil
+}
+
+func (s *Server) spec(w http.ResponseWriter, r *http.Request, _ string) error {
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Write(api.Spec)
+	return nil
+}
+
+func (s *Server) createMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	var req api.CreateMachineRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.machines.Create(r.Context(), team, req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, s.machines.View(rec))
+	return nil
+}
+
+func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team string) error {
+	q := r.URL.Query()
+	f := machine.ListFilter{State: q.Get("state"), Metadata: map[string]string{}}
+	for _, kv := range q["metadata"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("metadata filter %q is not key=value", kv), "use ?metadata=key=value, repeated for more keys")
+		}
+		f.Metadata[k] = v
+	}
+	recs, err := s.machines.List(r.Context(), team, f)
+	if err != nil {
+		return err
+	}
+	out := api.MachineList{Machines: []api.Machine{}}
+	for _, rec := range recs {
+		out.Machines = append(out.Machines, s.machines.View(rec))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.machines.Get(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.machines.View(rec))
+	return nil
+}
+
+func (s *Server) killMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.machines.Kill(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.machines.View(rec))
+	return nil
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, _ string) error {
+	ts, err := s.templates.List(r.Context())
+	if err != nil {
+		return err
+	}
+	if ts == nil {
+		ts = []api.Template{}
+	}
+	writeJSON(w, http.StatusOK, api.TemplateList{Templates: ts})
+	return nil
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
+	t, err := s.templates.Get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, t)
+	return nil
+}
+
+func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
+	var req api.BuildTemplateRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	t, err := s.builder.Build(r.Context(), req)
+	if err != nil && !(t.Name != "" && t.State == api.TemplateFailed) {
+		return err
+	}
+	// A build that failed because of its input (a step, the source) is
+	// kept as a failed template that says why; it is answered like a build.
+	writeJSON(w, http.StatusCreated, t)
+	return nil
+}
+
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
+	name := r.PathValue("name")
+	if _, err := s.templates.Get(r.Context(), name); err != nil {
+		return err
+	}
+	inUse, err := s.machines.TemplateInUse(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	if inUse {
+		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTemplateInUse,
+			fmt.Sprintf("template %s is used by live machines", name), "kill the machines using it first")
+	}
+	if err := s.templates.Delete(r.Context(), name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

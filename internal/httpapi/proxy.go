@@ -1,0 +1,110 @@
+package httpapi
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// proxy forwards a command or file call to the machine's agent, whose API
+// is the same route without the /v1/machines/{id} prefix. Bodies stream in
+// both directions; NDJSON streams become SSE when the client asks for it.
+func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Request, team string) error {
+	return func(w http.ResponseWriter, r *http.Request, team string) error {
+		id := r.PathValue("id")
+		ep, err := s.machines.AgentEndpoint(r.Context(), team, id)
+		if err != nil {
+			return err
+		}
+		path := strings.ReplaceAll(agentPath, "{pid}", r.PathValue("pid"))
+		u := ep.URL + path
+		if r.URL.RawQuery != "" {
+			u += "?" + r.URL.RawQuery
+		}
+		var body io.Reader
+		if r.ContentLength != 0 && r.Body != nil {
+			body = r.Body
+		}
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, u, body)
+		if err != nil {
+			return fmt.Errorf("agent request: %w", err)
+		}
+		req.ContentLength = r.ContentLength
+		for _, h := range []string{"Content-Type", "Accept"} {
+			if v := r.Header.Get(h); v != "" {
+				req.Header.Set(h, v)
+			}
+		}
+		req.Header.Set("Authorization", "Bearer "+ep.Token)
+		resp, err := s.agent.Do(req)
+		if err != nil {
+			if r.Context().Err() != nil {
+				return nil // the client went away
+			}
+			unavailable := errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
+				fmt.Sprintf("machine %s's agent did not answer", id), "retry in a moment; if it keeps failing, kill the machine and create a new one")
+			return s.machines.CheckAgentError(r.Context(), team, id, unavailable)
+		}
+		defer resp.Body.Close()
+		return copyResponse(w, r, resp)
+	}
+}
+
+func copyResponse(w http.ResponseWriter, r *http.Request, resp *http.Response) error {
+	ct := resp.Header.Get("Content-Type")
+	sse := strings.HasPrefix(ct, "application/x-ndjson") && strings.Contains(r.Header.Get("Accept"), "text/event-stream")
+	for _, h := range []string{"Content-Type", "Content-Length", "Content-Disposition", "X-Content-Type-Options"} {
+		if v := resp.Header.Get(h); v != "" {
+			w.Header().Set(h, v)
+		}
+	}
+	if sse {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Del("Content-Length")
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	w.WriteHeader(resp.StatusCode)
+	flusher, _ := w.(http.Flusher)
+	if strings.HasPrefix(ct, "application/x-ndjson") {
+		return copyLines(w, flusher, resp.Body, sse)
+	}
+	_, err := io.Copy(w, resp.Body)
+	if err != nil && r.Context().Err() == nil && !errors.Is(err, io.EOF) {
+		// Headers are sent; all we can do is cut the response short.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// copyLines copies an NDJSON stream line by line, flushing each event, as
+// SSE frames when sse is set.
+func copyLines(w io.Writer, f http.Flusher, body io.Reader, sse bool) error {
+	br := bufio.NewReaderSize(body, 64<<10)
+	for {
+		line, err := br.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			if sse {
+				w.Write([]byte("data: "))
+				w.Write(bytes.TrimRight(line, "\r\n"))
+				w.Write([]byte("\n\n"))
+			} else {
+				w.Write(line)
+			}
+			if f != nil && br.Buffered() == 0 {
+				f.Flush()
+			}
+		}
+		if err != nil {
+			if f != nil {
+				f.Flush()
+			}
+			return nil
+		}
+	}
+}

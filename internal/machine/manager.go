@@ -1,0 +1,743 @@
+// Package machine is the machine manager: it owns the lifecycle state
+// machine, creates machines from templates (network slot, container, agent),
+// kills them, proxies to their agents and reconciles the store with the
+// runtime after a restart.
+package machine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	goruntime "runtime"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// AgentPort is the port the agent listens on inside every machine.
+const AgentPort = 49983
+
+// Network gives machines their network namespace and firewall rules.
+type Network interface {
+	// Setup makes slot's namespace and veth pair; on error nothing is left.
+	Setup(ctx context.Context, slot int) (NetInfo, error)
+	// Teardown removes slot's namespace and veth pair; idempotent.
+	Teardown(ctx context.Context, slot int) error
+	// SetInternet allows or revokes outbound internet for a machine's IP.
+	SetInternet(ip netip.Addr, allow bool) error
+	// Slots is the number of slots in the address pool.
+	Slots() int
+	// GuestIP is the machine-side address of a slot.
+	GuestIP(slot int) (netip.Addr, error)
+	// Existing returns the slots that have a namespace or veth on the host.
+	Existing() ([]int, error)
+}
+
+// NetInfo is a machine's network.
+type NetInfo struct {
+	NetnsPath string
+	HostIP    netip.Addr
+	GuestIP   netip.Addr
+}
+
+// Templates resolves template names to ready root filesystems.
+type Templates interface {
+	Get(ctx context.Context, name string) (api.Template, error)
+	RootfsDir(name string) (string, error)
+}
+
+// Config configures the manager.
+type Config struct {
+	// DataDir holds per-machine directories under machines/.
+	DataDir string
+	// AgentDir is the host directory holding the nullspace-agent binary; it
+	// is bind-mounted read-only at /.nullspace in every machine.
+	AgentDir string
+	// AllowInternet is the operator's switch: without it no machine gets
+	// outbound internet, whatever it asks for.
+	AllowInternet bool
+	// MaxFileBytes bounds one file write through the API.
+	MaxFileBytes int64
+	// Defaults and bounds for machine resources.
+	DefaultTemplate string
+	DefaultCPU      int
+	DefaultMemoryMB int
+	MaxCPU          int // default: host CPUs
+	MaxMemoryMB     int // default: host memory minus 512 MiB
+	// ReadyTimeout bounds how long a new machine's agent may take to answer.
+	ReadyTimeout time.Duration
+	// Nameservers for machines with internet; others get the host side IP,
+	// which the firewall rejects at once so lookups fail fast.
+	Nameservers []string
+}
+
+// Manager manages machines.
+type Manager struct {
+	cfg       Config
+	store     *store.DB
+	driver    runtime.Driver
+	net       Network
+	templates Templates
+	logger    *slog.Logger
+
+	// locks serializes lifecycle operations per machine id.
+	locksMu sync.Mutex
+	locks   map[string]*sync.Mutex
+}
+
+// New returns a manager.
+func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates Templates, logger *slog.Logger) (*Manager, error) {
+	if cfg.DefaultTemplate == "" {
+		cfg.DefaultTemplate = "base"
+	}
+	if cfg.DefaultCPU == 0 {
+		cfg.DefaultCPU = 2
+	}
+	if cfg.DefaultMemoryMB == 0 {
+		cfg.DefaultMemoryMB = 512
+	}
+	if cfg.MaxCPU == 0 {
+		cfg.MaxCPU = goruntime.NumCPU()
+	}
+	if cfg.MaxMemoryMB == 0 {
+		cfg.MaxMemoryMB = hostMemoryMB() - 512
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 20 * time.Second
+	}
+	if cfg.MaxFileBytes == 0 {
+		cfg.MaxFileBytes = 1 << 30
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "machines"), 0o700); err != nil {
+		return nil, fmt.Errorf("machines dir: %w", err)
+	}
+	return &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, logger: logger,
+		locks: map[string]*sync.Mutex{}}, nil
+}
+
+func (m *Manager) lock(id string) func() {
+	m.locksMu.Lock()
+	l, ok := m.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		m.locks[id] = l
+	}
+	m.locksMu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+var (
+	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+const (
+	maxMetadataKeys = 64
+	maxMetadataKey  = 128
+	maxMetadataVal  = 1024
+)
+
+// validate fills defaults into req and checks it against the host.
+func (m *Manager) validate(req *api.CreateMachineRequest) error {
+	if req.Template == "" {
+		req.Template = m.cfg.DefaultTemplate
+	}
+	if req.CPUCount == 0 {
+		req.CPUCount = m.cfg.DefaultCPU
+	}
+	if req.MemoryMB == 0 {
+		req.MemoryMB = m.cfg.DefaultMemoryMB
+	}
+	bad := func(format string, args ...any) error {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, fmt.Sprintf(format, args...),
+			"fix the request and create the machine again")
+	}
+	if req.CPUCount < 1 || req.CPUCount > m.cfg.MaxCPU {
+		return bad("cpu_count %d is out of range: this host allows 1 to %d", req.CPUCount, m.cfg.MaxCPU)
+	}
+	if req.MemoryMB < 64 || req.MemoryMB > m.cfg.MaxMemoryMB {
+		return bad("memory_mb %d is out of range: this host allows 64 to %d", req.MemoryMB, m.cfg.MaxMemoryMB)
+	}
+	for k, v := range req.Env {
+		if !envKeyRe.MatchString(k) {
+			return bad("env name %q is invalid: use letters, digits and underscores, not starting with a digit", k)
+		}
+		if strings.HasPrefix(k, "NULLSPACE_AGENT_") {
+			return bad("env name %q is reserved", k)
+		}
+		if strings.ContainsRune(v, 0) {
+			return bad("env %s contains a NUL byte", k)
+		}
+	}
+	if len(req.Metadata) > maxMetadataKeys {
+		return bad("metadata has %d keys: at most %d are allowed", len(req.Metadata), maxMetadataKeys)
+	}
+	for k, v := range req.Metadata {
+		if k == "" || len(k) > maxMetadataKey || len(v) > maxMetadataVal {
+			return bad("metadata %q: keys must be 1 to %d bytes and values at most %d bytes", k, maxMetadataKey, maxMetadataVal)
+		}
+	}
+	if req.AllowInternet && !m.cfg.AllowInternet {
+		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
+			"this server does not allow machines to reach the internet",
+			"create the machine without allow_internet, or start the server with --allow-internet")
+	}
+	return nil
+}
+
+// Create makes a machine from a template and returns it running, with its
+// agent answering. On any error nothing is left behind: no netns, cgroup,
+// container, directory or row.
+func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
+	if err := m.validate(&req); err != nil {
+		return nil, err
+	}
+	tmpl, err := m.templates.Get(ctx, req.Template)
+	if err != nil {
+		return nil, err
+	}
+	if tmpl.State != api.TemplateReady {
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTemplateNotReady,
+			fmt.Sprintf("template %s is %s", req.Template, tmpl.State), "wait for the template build to finish, or rebuild it")
+	}
+	rootfs, err := m.templates.RootfsDir(req.Template)
+	if err != nil {
+		return nil, err
+	}
+	rec := &store.Machine{
+		ID:            newMachineID(),
+		TeamID:        teamID,
+		State:         api.StateCreating,
+		Template:      req.Template,
+		CPUCount:      req.CPUCount,
+		MemoryMB:      req.MemoryMB,
+		Env:           req.Env,
+		Metadata:      req.Metadata,
+		AllowInternet: req.AllowInternet,
+		ContainerID:   newContainerID(),
+		AgentToken:    randomHex(32),
+		CreatedAt:     time.Now().UTC(),
+	}
+	unlock := m.lock(rec.ID)
+	defer unlock()
+	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
+		return nil, err
+	}
+	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)
+	if _, err := m.boot(ctx, rec, rootfs, false, tmpl); err != nil {
+		// Undo under a context that survives the caller's cancellation.
+		cctx := context.WithoutCancel(ctx)
+		if cerr := m.release(cctx, rec); cerr != nil {
+			log.ErrorContext(cctx, "clean up failed create", "err", cerr)
+			// Keep the row so reconcile finishes the cleanup later.
+			return nil, fmt.Errorf("create machine: %w", err)
+		}
+		if derr := m.store.DeleteMachine(cctx, rec.ID); derr != nil {
+			log.ErrorContext(cctx, "delete row of failed create", "err", derr)
+		}
+		return nil, fmt.Errorf("create machine: %w", err)
+	}
+	if err := m.setState(ctx, rec, api.StateRunning); err != nil {
+		return nil, err
+	}
+	log.InfoContext(ctx, "machine running", "template", rec.Template, "ip", m.guestIP(rec))
+	return rec, nil
+}
+
+// boot sets up the network, starts the container and waits for the agent.
+func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, writable bool, tmpl api.Template) (*agentclient.Client, error) {
+	ni, err := m.net.Setup(ctx, rec.Slot)
+	if err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	if rec.AllowInternet {
+		if err := m.net.SetInternet(ni.GuestIP, true); err != nil {
+			return nil, fmt.Errorf("allow internet: %w", err)
+		}
+	}
+	dir := m.machineDir(rec.ID)
+	etc := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return nil, err
+	}
+	hostname := hostnameOf(rec.ID)
+	files := map[string]string{
+		"hostname":    hostname + "\n",
+		"hosts":       fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ni.GuestIP, hostname),
+		"resolv.conf": m.resolvConf(rec, ni),
+	}
+	var mounts []runtime.Mount
+	for name, content := range files {
+		p := filepath.Join(etc, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			return nil, err
+		}
+		mounts = append(mounts, runtime.Mount{Source: p, Destination: "/etc/" + name})
+	}
+	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Destination < mounts[j].Destination })
+	mounts = append(mounts, runtime.Mount{Source: m.cfg.AgentDir, Destination: "/.nullspace", ReadOnly: true})
+
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+	for _, e := range []map[string]string{tmpl.Env, rec.Env} {
+		for _, k := range sortedKeys(e) {
+			env = append(env, k+"="+e[k])
+		}
+	}
+	env = append(env,
+		"NULLSPACE_AGENT_TOKEN="+rec.AgentToken,
+		fmt.Sprintf("NULLSPACE_AGENT_ADDR=:%d", AgentPort),
+		fmt.Sprintf("NULLSPACE_AGENT_MAX_FILE_BYTES=%d", m.cfg.MaxFileBytes),
+		"NULLSPACE_WORKDIR="+tmpl.Workdir,
+		"NULLSPACE_MACHINE_ID="+rec.ID,
+	)
+	spec := runtime.Spec{
+		ID:        rec.ContainerID,
+		Dir:       filepath.Join(dir, "container"),
+		Rootfs:    rootfs,
+		Writable:  writable,
+		Args:      []string{"/.nullspace/nullspace-agent"},
+		Env:       env,
+		Cwd:       "/",
+		Hostname:  hostname,
+		NetnsPath: ni.NetnsPath,
+		CPUCount:  rec.CPUCount,
+		MemoryMB:  rec.MemoryMB,
+		Mounts:    mounts,
+	}
+	if err := m.driver.Start(ctx, spec); err != nil {
+		return nil, fmt.Errorf("start container: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+	defer cancel()
+	agent := agentclient.New("http://"+netip.AddrPortFrom(ni.GuestIP, AgentPort).String(), rec.AgentToken, nil)
+	if err := agent.WaitReady(rctx); err != nil {
+		return nil, errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
+			"the machine started but its agent did not answer in time", "retry; if it keeps failing, check the server log")
+	}
+	rec.StartedAt = time.Now().UTC()
+	return agent, nil
+}
+
+func (m *Manager) resolvConf(rec *store.Machine, ni NetInfo) string {
+	if rec.AllowInternet && len(m.cfg.Nameservers) > 0 {
+		var b strings.Builder
+		for _, ns := range m.cfg.Nameservers {
+			fmt.Fprintf(&b, "nameserver %s\n", ns)
+		}
+		return b.String()
+	}
+	// The firewall rejects everything a machine sends to the host side, so a
+	// lookup fails at once instead of hanging for the resolver timeout.
+	return fmt.Sprintf("nameserver %s\noptions timeout:1 attempts:1\n", ni.HostIP)
+}
+
+// release frees everything a machine holds: container, network, directory.
+func (m *Manager) release(ctx context.Context, rec *store.Machine) error {
+	var errs []error
+	dir := m.machineDir(rec.ID)
+	if err := m.driver.Delete(ctx, rec.ContainerID, filepath.Join(dir, "container")); err != nil {
+		errs = append(errs, err)
+	}
+	if rec.Slot >= 0 {
+		if rec.AllowInternet {
+			if ip, err := m.guestAddr(rec); err == nil {
+				if err := m.net.SetInternet(ip, false); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+		if err := m.net.Teardown(ctx, rec.Slot); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// setState moves a machine to a new state through the guard and persists it.
+func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) error {
+	if err := checkTransition(rec.ID, rec.State, to); err != nil {
+		return err
+	}
+	prev := rec.State
+	rec.State = to
+	if to == api.StateKilled || to == api.StateFailed {
+		rec.EndedAt = time.Now().UTC()
+	}
+	if err := m.store.UpdateMachine(context.WithoutCancel(ctx), rec); err != nil {
+		rec.State = prev
+		return err
+	}
+	return nil
+}
+
+// Get returns a team's machine.
+func (m *Manager) Get(ctx context.Context, teamID, id string) (*store.Machine, error) {
+	rec, err := m.store.GetMachine(ctx, id)
+	if err != nil || rec.TeamID != teamID {
+		return nil, machineNotFound(id)
+	}
+	return rec, nil
+}
+
+func machineNotFound(id string) error {
+	return errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, fmt.Sprintf("machine %s not found", id),
+		"list your machines with GET /v1/machines or `nullspace machine list`")
+}
+
+// ListFilter selects machines of a team.
+type ListFilter struct {
+	State    string
+	Metadata map[string]string
+}
+
+// List returns a team's machines. Without a state filter, killed machines
+// are left out.
+func (m *Manager) List(ctx context.Context, teamID string, f ListFilter) ([]*store.Machine, error) {
+	sf := store.MachineFilter{TeamID: teamID}
+	if f.State != "" {
+		if _, ok := transitions[f.State]; !ok {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("unknown state %q", f.State), "use one of creating, running, killing, killed, failed")
+		}
+		sf.States = []string{f.State}
+	} else {
+		sf.States = []string{api.StateCreating, api.StateRunning, api.StateKilling, api.StateFailed}
+	}
+	all, err := m.store.ListMachines(ctx, sf)
+	if err != nil {
+		return nil, err
+	}
+	out := all[:0]
+next:
+	for _, rec := range all {
+		for k, v := range f.Metadata {
+			if rec.Metadata[k] != v {
+				continue next
+			}
+		}
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// Kill terminates a machine at once and frees its resources. Killing a
+// killed machine returns it unchanged.
+func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, error) {
+	if _, err := m.Get(ctx, teamID, id); err != nil {
+		return nil, err
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	rec, err := m.store.GetMachine(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if rec.State == api.StateKilled {
+		return rec, nil
+	}
+	return rec, m.killLocked(ctx, rec)
+}
+
+func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
+	ctx = context.WithoutCancel(ctx) // a kill, once begun, finishes
+	if rec.State != api.StateKilling {
+		if err := m.setState(ctx, rec, api.StateKilling); err != nil {
+			return err
+		}
+	}
+	if err := m.release(ctx, rec); err != nil {
+		return fmt.Errorf("kill machine %s: %w", rec.ID, err)
+	}
+	rec.Slot = -1
+	if err := m.setState(ctx, rec, api.StateKilled); err != nil {
+		return err
+	}
+	m.logger.InfoContext(ctx, "machine killed", "machine_id", rec.ID)
+	return nil
+}
+
+func notRunning(rec *store.Machine) error {
+	msg := fmt.Sprintf("machine %s is %s", rec.ID, rec.State)
+	if rec.Error != "" {
+		msg += ": " + rec.Error
+	}
+	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning, msg,
+		"create a new machine; a killed or failed machine cannot run commands")
+}
+
+// CheckAgentError is called by the API when a call to a machine's agent
+// failed to connect. If the machine's sandbox is gone (its init, the agent,
+// crashed), the machine is marked failed, its resources are freed, and a
+// machine_not_running error is returned in place of err.
+func (m *Manager) CheckAgentError(ctx context.Context, teamID, id string, err error) error {
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		return err
+	}
+	rec, gerr := m.Get(ctx, teamID, id)
+	if gerr != nil || rec.State != api.StateRunning {
+		return err
+	}
+	if m.alive(ctx, rec) {
+		return err
+	}
+	if ferr := m.fail(ctx, rec, "the machine's init process (the agent) exited"); ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	return notRunning(rec)
+}
+
+func (m *Manager) alive(ctx context.Context, rec *store.Machine) bool {
+	st, err := m.driver.State(ctx, rec.ContainerID)
+	return err == nil && st.Status == runtime.StatusRunning
+}
+
+// fail marks a running machine failed and frees its resources.
+func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason string) error {
+	unlock := m.lock(rec.ID)
+	defer unlock()
+	cur, err := m.store.GetMachine(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
+	if cur.State != api.StateRunning {
+		*rec = *cur
+		return nil
+	}
+	ctx = context.WithoutCancel(ctx)
+	m.logger.WarnContext(ctx, "machine failed", "machine_id", rec.ID, "reason", reason)
+	if err := m.release(ctx, cur); err != nil {
+		return fmt.Errorf("free failed machine %s: %w", rec.ID, err)
+	}
+	cur.Slot = -1
+	cur.Error = reason
+	if err := m.setState(ctx, cur, api.StateFailed); err != nil {
+		return err
+	}
+	*rec = *cur
+	return nil
+}
+
+// Watch checks the running machines every interval and fails those whose
+// sandbox died, until ctx ends.
+func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+		if err != nil {
+			continue
+		}
+		for _, rec := range recs {
+			if !m.alive(ctx, rec) && ctx.Err() == nil {
+				if err := m.fail(ctx, rec, "the machine's sandbox exited"); err != nil {
+					m.logger.ErrorContext(ctx, "fail dead machine", "machine_id", rec.ID, "err", err)
+				}
+			}
+		}
+	}
+}
+
+// Reconcile brings the store and the host in line after a (re)start: machines
+// caught mid-create are undone, mid-kill are finished, running ones whose
+// sandbox is gone are failed; containers, network slots and directories that
+// no live machine owns are removed. Running machines are never touched.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates})
+	if err != nil {
+		return err
+	}
+	ownedContainers := map[string]bool{}
+	ownedSlots := map[int]bool{}
+	ownedDirs := map[string]bool{}
+	var errs []error
+	for _, rec := range recs {
+		log := m.logger.With("machine_id", rec.ID)
+		switch rec.State {
+		case api.StateCreating:
+			log.InfoContext(ctx, "undoing interrupted create")
+			if err := m.release(ctx, rec); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if err := m.store.DeleteMachine(ctx, rec.ID); err != nil {
+				errs = append(errs, err)
+			}
+		case api.StateKilling:
+			log.InfoContext(ctx, "finishing interrupted kill")
+			if err := m.killLocked(ctx, rec); err != nil {
+				errs = append(errs, err)
+			}
+		case api.StateRunning:
+			if !m.alive(ctx, rec) {
+				if err := m.fail(ctx, rec, "the machine's sandbox was gone when the server started"); err != nil {
+					errs = append(errs, err)
+				}
+				continue
+			}
+			ownedContainers[rec.ContainerID] = true
+			ownedSlots[rec.Slot] = true
+			ownedDirs[rec.ID] = true
+			if rec.AllowInternet {
+				if ip, err := m.guestAddr(rec); err == nil {
+					if err := m.net.SetInternet(ip, true); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+			log.InfoContext(ctx, "machine still running")
+		}
+	}
+	// Orphans: things on the host that no live machine owns.
+	if ids, err := m.driver.List(ctx); err == nil {
+		for _, id := range ids {
+			if !ownedContainers[id] {
+				m.logger.InfoContext(ctx, "removing orphan container", "container", id)
+				if err := m.driver.Delete(ctx, id, ""); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	if slots, err := m.net.Existing(); err == nil {
+		for _, s := range slots {
+			if !ownedSlots[s] {
+				m.logger.InfoContext(ctx, "removing orphan network slot", "slot", s)
+				if err := m.net.Teardown(ctx, s); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	entries, _ := os.ReadDir(filepath.Join(m.cfg.DataDir, "machines"))
+	for _, e := range entries {
+		if !ownedDirs[e.Name()] {
+			os.RemoveAll(filepath.Join(m.cfg.DataDir, "machines", e.Name()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// TemplateInUse reports whether a live machine uses the template.
+func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) {
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates, Template: name})
+	return len(recs) > 0, err
+}
+
+// View returns the public view of a machine.
+func (m *Manager) View(rec *store.Machine) api.Machine {
+	v := api.Machine{
+		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
+		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error,
+	}
+	if rec.Slot >= 0 {
+		v.IP = m.guestIP(rec)
+	}
+	if !rec.StartedAt.IsZero() {
+		t := rec.StartedAt
+		v.StartedAt = &t
+	}
+	if !rec.EndedAt.IsZero() {
+		t := rec.EndedAt
+		v.EndedAt = &t
+	}
+	return v
+}
+
+func (m *Manager) machineDir(id string) string { return filepath.Join(m.cfg.DataDir, "machines", id) }
+
+func (m *Manager) guestAddr(rec *store.Machine) (netip.Addr, error) {
+	return m.net.GuestIP(rec.Slot)
+}
+
+func (m *Manager) guestIP(rec *store.Machine) string {
+	ip, err := m.guestAddr(rec)
+	if err != nil {
+		return ""
+	}
+	return ip.String()
+}
+
+// IDs. Container ids all have the same length so that no id is a prefix of
+// another (runsc matches id prefixes).
+func newMachineID() string   { return "mch_" + randomHex(10) }
+func newContainerID() string { return "ns" + randomHex(12) }
+func hostnameOf(id string) string {
+	return strings.ReplaceAll(id, "_", "-")
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func hostMemoryMB() int {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 4096
+	}
+	var kb int
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "MemTotal:") {
+			fmt.Sscanf(strings.TrimPrefix(line, "MemTotal:"), "%d", &kb)
+		}
+	}
+	return kb / 1024
+}
+
+// Endpoint is where a machine's agent answers and the token it wants.
+type Endpoint struct {
+	URL   string
+	Token string
+}
+
+// AgentEndpoint returns the agent endpoint of a running machine.
+func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoint, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if rec.State != api.StateRunning {
+		return Endpoint{}, notRunning(rec)
+	}
+	ip, err := m.guestAddr(rec)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	return Endpoint{URL: "http://" + netip.AddrPortFrom(ip, AgentPort).String(), Token: rec.AgentToken}, nil
+}

@@ -1,0 +1,275 @@
+// Package gvisor is the runtime driver that runs machines as gVisor
+// sandboxes through the runsc OCI runtime.
+//
+// runsc is driven with plain exec.Command calls. Facts that shape this code
+// (verified on the project's hosts, see DESIGN.md):
+//   - detached runsc calls get *os.File stdio: a pipe would keep Wait hanging
+//     for as long as the sandbox lives;
+//   - every call gets the same global flags (derived from the container id),
+//     and its own session so a Ctrl-C on the server never reaches sandboxes;
+//   - the root is mounted read-write in the spec but overlaid with a private
+//     upper layer (--overlay2=root:dir=...), so template rootfs stay shared
+//     and untouched; an overlay is not applied to read-only roots;
+//   - `runsc state` is the truth, `delete --force` follows `kill`.
+package gvisor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"nullspace.dev/nullspace/internal/runtime"
+)
+
+// Config configures the driver.
+type Config struct {
+	// Runsc is the path of the runsc binary.
+	Runsc string
+	// Root is runsc's state directory (--root).
+	Root string
+	// Platform is the gVisor platform; "systrap" on hosts without KVM.
+	Platform string
+	// CgroupParent is the cgroup under which every machine gets its own
+	// cgroup, e.g. "/nullspace" gives "/nullspace/<id>".
+	CgroupParent string
+}
+
+// Driver runs machines with runsc.
+type Driver struct {
+	cfg    Config
+	logger *slog.Logger
+}
+
+var _ runtime.Driver = (*Driver)(nil)
+
+// New returns a driver. It checks that runsc can be executed.
+func New(cfg Config, logger *slog.Logger) (*Driver, error) {
+	if cfg.Platform == "" {
+		cfg.Platform = "systrap"
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = "/nullspace"
+	}
+	if _, err := os.Stat(cfg.Runsc); err != nil {
+		return nil, fmt.Errorf("runsc binary: %w (run `make runsc` or set --runsc)", err)
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return nil, fmt.Errorf("runsc root: %w", err)
+	}
+	return &Driver{cfg: cfg, logger: logger}, nil
+}
+
+// globalFlags are passed to every runsc subcommand. overlay, the root
+// overlay (--overlay2), only matters to run; other subcommands pass "".
+func (d *Driver) globalFlags(overlay string) []string {
+	flags := []string{
+		"--root=" + d.cfg.Root,
+		"--platform=" + d.cfg.Platform,
+		"--network=sandbox",
+		// The vCPU count seen inside follows the cgroup CPU quota.
+		"--cpu-num-from-quota",
+	}
+	if overlay != "" {
+		flags = append(flags, "--overlay2="+overlay)
+	}
+	return flags
+}
+
+func overlayDir(dir string) string { return filepath.Join(dir, "overlay") }
+func bundleDir(dir string) string  { return filepath.Join(dir, "bundle") }
+
+// ConsoleLog is the file that receives the machine's init (agent) output.
+func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
+
+// command builds a runsc invocation in its own session.
+func (d *Driver) command(ctx context.Context, overlay string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, d.cfg.Runsc, append(d.globalFlags(overlay), args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	return cmd
+}
+
+// run runs a short runsc subcommand and returns its stdout.
+func (d *Driver) run(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := d.command(ctx, "", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return stdout.Bytes(), fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
+// Start writes the OCI bundle and runs the container detached.
+func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
+	if err := os.MkdirAll(bundleDir(spec.Dir), 0o700); err != nil {
+		return fmt.Errorf("bundle dir: %w", err)
+	}
+	if !spec.Writable {
+		if err := os.MkdirAll(overlayDir(spec.Dir), 0o700); err != nil {
+			return fmt.Errorf("overlay dir: %w", err)
+		}
+	}
+	cfg, err := json.Marshal(d.ociSpec(spec))
+	if err != nil {
+		return fmt.Errorf("marshal spec: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(bundleDir(spec.Dir), "config.json"), cfg, 0o600); err != nil {
+		return fmt.Errorf("write spec: %w", err)
+	}
+	console, err := os.OpenFile(ConsoleLog(spec.Dir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("console log: %w", err)
+	}
+	defer console.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+
+	overlay := "root:dir=" + overlayDir(spec.Dir)
+	if spec.Writable {
+		overlay = "none" // writes go to the rootfs itself (template builds)
+	}
+	cmd := d.command(ctx, overlay, "run", "--detach", "--bundle="+bundleDir(spec.Dir), spec.ID)
+	// Files, not pipes: the sandbox inherits these and outlives the call.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, console, console
+	if err := cmd.Run(); err != nil {
+		// Leave nothing behind: a failed run may have left a created container.
+		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
+		return errors.Join(fmt.Errorf("runsc run %s: %w: %s", spec.ID, err, tail(ConsoleLog(spec.Dir), 1024)), cleanupErr)
+	}
+	return nil
+}
+
+// Delete kills and deletes the container, then removes dir.
+func (d *Driver) Delete(ctx context.Context, id, dir string) error {
+	st, err := d.State(ctx, id)
+	switch {
+	case errors.Is(err, runtime.ErrNotExist):
+	case err != nil:
+		return err
+	default:
+		if st.Status == runtime.StatusRunning || st.Status == runtime.StatusCreated || st.Status == runtime.StatusPaused {
+			if _, err := d.run(ctx, "kill", "--all", id, "KILL"); err != nil {
+				d.logger.DebugContext(ctx, "runsc kill", "container", id, "err", err)
+			}
+		}
+		if _, err := d.run(ctx, "delete", "--force", id); err != nil {
+			if _, serr := d.State(ctx, id); !errors.Is(serr, runtime.ErrNotExist) {
+				return fmt.Errorf("delete container %s: %w", id, err)
+			}
+		}
+	}
+	if dir != "" {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove container dir: %w", err)
+		}
+	}
+	return nil
+}
+
+// State asks runsc for the container's state.
+func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
+	out, err := d.run(ctx, "state", id)
+	if err != nil {
+		if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "no such file") {
+			return runtime.State{}, fmt.Errorf("container %s: %w", id, runtime.ErrNotExist)
+		}
+		return runtime.State{}, err
+	}
+	var st specs.State
+	if err := json.Unmarshal(out, &st); err != nil {
+		return runtime.State{}, fmt.Errorf("parse runsc state: %w", err)
+	}
+	return runtime.State{ID: st.ID, Status: runtime.Status(st.Status), Pid: st.Pid}, nil
+}
+
+// List returns the ids of the containers under the driver's root.
+func (d *Driver) List(ctx context.Context) ([]string, error) {
+	out, err := d.run(ctx, "list", "--quiet")
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
+// defaultCaps is Docker's default capability set: root inside a machine
+// behaves like root in a container; gVisor is the isolation boundary.
+var defaultCaps = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+	"CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+}
+
+func (d *Driver) ociSpec(s runtime.Spec) *specs.Spec {
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs"},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+	}
+	for _, m := range s.Mounts {
+		opts := []string{"rbind"}
+		if m.ReadOnly {
+			opts = append(opts, "ro")
+		}
+		mounts = append(mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
+	}
+	memLimit := int64(s.MemoryMB) << 20
+	quota := int64(s.CPUCount) * 100000
+	period := uint64(100000)
+	namespaces := []specs.LinuxNamespace{
+		{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace},
+		{Type: specs.NetworkNamespace, Path: s.NetnsPath},
+	}
+	return &specs.Spec{
+		Version: specs.Version,
+		Process: &specs.Process{
+			User: specs.User{UID: 0, GID: 0},
+			Args: s.Args,
+			Env:  s.Env,
+			Cwd:  s.Cwd,
+			Capabilities: &specs.LinuxCapabilities{
+				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
+			},
+			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 65536, Soft: 65536}},
+		},
+		// Read-write so that runsc applies the private overlay (see package doc).
+		Root:     &specs.Root{Path: s.Rootfs, Readonly: false},
+		Hostname: s.Hostname,
+		Mounts:   mounts,
+		Linux: &specs.Linux{
+			CgroupsPath: d.cfg.CgroupParent + "/" + s.ID,
+			Resources: &specs.LinuxResources{
+				Memory: &specs.LinuxMemory{Limit: &memLimit},
+				CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+			},
+			Namespaces: namespaces,
+		},
+	}
+}
+
+// tail returns up to n bytes from the end of a file, for error messages.
+func tail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > n {
+		f.Seek(-n, 2)
+	}
+	b := make([]byte, n)
+	k, _ := f.Read(b)
+	return strings.TrimSpace(string(b[:k]))
+}

@@ -1,0 +1,81 @@
+// Package runtime defines the seam between the machine manager and the
+// sandbox technology that runs machines. The gVisor driver in
+// runtime/gvisor is the real implementation; tests of the control logic may
+// use a fake.
+package runtime
+
+import (
+	"context"
+	"errors"
+)
+
+// Spec is everything a driver needs to start one machine's container.
+type Spec struct {
+	// ID is the container id. It must be unique and of a fixed length across
+	// all containers of a driver (runsc matches id prefixes).
+	ID string
+	// Dir is a per-container directory the driver owns (bundle, logs,
+	// overlay filestore). It is removed by Delete.
+	Dir string
+	// Rootfs is the template's root filesystem. It is shared read-only by
+	// every machine made from the template unless Writable is set.
+	Rootfs string
+	// Writable makes writes go straight to Rootfs instead of a private
+	// overlay; used only to build templates.
+	Writable bool
+	// Args, Env and Cwd describe the init process (the agent).
+	Args []string
+	Env  []string
+	Cwd  string
+	// Hostname of the machine.
+	Hostname string
+	// NetnsPath is the network namespace the machine joins.
+	NetnsPath string
+	// CPUCount and MemoryMB are enforced through the machine's cgroup.
+	CPUCount int
+	MemoryMB int
+	// Mounts are bind mounts from the host into the machine.
+	Mounts []Mount
+}
+
+// Mount is a host path bind-mounted into a machine.
+type Mount struct {
+	Source      string
+	Destination string
+	ReadOnly    bool
+}
+
+// Status is a container's status as the runtime sees it.
+type Status string
+
+// Container statuses.
+const (
+	StatusRunning Status = "running"
+	StatusCreated Status = "created"
+	StatusPaused  Status = "paused"
+	StatusStopped Status = "stopped"
+)
+
+// ErrNotExist is returned by State when the runtime knows no such container.
+var ErrNotExist = errors.New("container does not exist")
+
+// State describes a container.
+type State struct {
+	ID     string
+	Status Status
+	// Pid is the host pid of the sandbox, 0 if not running.
+	Pid int
+}
+
+// Driver runs machines. Implementations must be safe for concurrent use.
+type Driver interface {
+	// Start creates and starts a container; on error nothing is left behind.
+	Start(ctx context.Context, spec Spec) error
+	// Delete kills the container if it runs and removes it and its Dir.
+	// Deleting a container that does not exist is not an error.
+	Delete(ctx context.Context, id, dir string) error
+	// State reports a container's state, or ErrNotExist.
+	State(ctx context.Context, id string) (State, error)
+	// List returns the ids of all containers the driver knows.
+	List(ctx context.Context) ([]string, error)
+}

@@ -1,0 +1,370 @@
+// Package server wires Nullspace's parts into the `nullspace serve` process:
+// state store, template store, network, runtime driver, machine manager and
+// the HTTP API. It owns the process's configuration.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/httpapi"
+	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/runtime/gvisor"
+	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/template"
+)
+
+// Config is the configuration of `nullspace serve`. Every field has a
+// default (see Defaults) and a flag; Validate checks it before anything runs.
+type Config struct {
+	// Addr is the API listen address. Default 127.0.0.1:7700.
+	Addr string
+	// DataDir holds the database, machine directories and the API key file.
+	// Default /var/lib/nullspace (env NULLSPACE_DATA_DIR).
+	DataDir string
+	// TemplatesDir holds templates. Default <DataDir>/templates.
+	TemplatesDir string
+	// CacheDir caches slow artefacts (template rootfs) across data dirs and
+	// clones. Default /var/cache/nullspace (env NULLSPACE_CACHE_DIR).
+	CacheDir string
+	// Runsc is the runsc binary. Default: runsc next to the nullspace
+	// binary, else on PATH.
+	Runsc string
+	// AgentBinary is the static nullspace-agent binary put in every machine.
+	// Default: nullspace-agent next to the nullspace binary.
+	AgentBinary string
+	// NetworkCIDR is the IPv4 pool machines get a /30 from. Default 10.200.0.0/16.
+	NetworkCIDR string
+	// AllowInternet lets machines that ask for it reach the internet (NAT).
+	// Default false: no machine gets outbound traffic.
+	AllowInternet bool
+	// MaxFileBytes bounds one file upload. Default 1 GiB.
+	MaxFileBytes int64
+	// BuiltinTemplates are made ready at start (built once, then cached).
+	// Default minimal,base.
+	BuiltinTemplates []string
+	// Version is reported by /v1/health.
+	Version string
+
+	// Internal knobs, for tests: names of host objects so a test server does
+	// not collide with a real one.
+	netnsPrefix, vethPrefix, firewallTable, cgroupParent string
+}
+
+// Defaults returns the default configuration, honouring NULLSPACE_DATA_DIR
+// and NULLSPACE_CACHE_DIR.
+func Defaults() Config {
+	c := Config{
+		Addr:             "127.0.0.1:7700",
+		DataDir:          envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
+		CacheDir:         envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
+		NetworkCIDR:      "10.200.0.0/16",
+		MaxFileBytes:     1 << 30,
+		BuiltinTemplates: []string{"minimal", "base"},
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		c.Runsc = filepath.Join(dir, "runsc")
+		c.AgentBinary = filepath.Join(dir, "nullspace-agent")
+	}
+	if _, err := os.Stat(c.Runsc); err != nil {
+		if p, err := exec.LookPath("runsc"); err == nil {
+			c.Runsc = p
+		}
+	}
+	return c
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// Validate checks the configuration and fills derived defaults.
+func (c *Config) Validate() error {
+	if os.Geteuid() != 0 {
+		return errors.New("nullspace serve must run as root: it creates sandboxes, network namespaces and cgroups")
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is empty")
+	}
+	if c.TemplatesDir == "" {
+		c.TemplatesDir = filepath.Join(c.DataDir, "templates")
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		return fmt.Errorf("--addr %q: %w", c.Addr, err)
+	}
+	if fi, err := os.Stat(c.Runsc); err != nil || fi.IsDir() {
+		return fmt.Errorf("runsc not found at %q: run `make build` (it builds runsc from its Go module) or pass --runsc", c.Runsc)
+	}
+	if fi, err := os.Stat(c.AgentBinary); err != nil || fi.IsDir() {
+		return fmt.Errorf("agent binary not found at %q: run `make build` or pass --agent", c.AgentBinary)
+	}
+	if c.MaxFileBytes <= 0 {
+		return fmt.Errorf("--max-file-bytes must be positive, got %d", c.MaxFileBytes)
+	}
+	return nil
+}
+
+// Run runs the server until ctx is cancelled. Machines keep running after
+// it returns; the next start reconciles with them.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger) error {
+	ready, err := Start(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ready.Shutdown(context.WithoutCancel(ctx))
+}
+
+// Instance is a started server.
+type Instance struct {
+	// Addr is the address the API listens on.
+	Addr string
+	// APIKeyFile holds the default team's key (written on first start).
+	APIKeyFile string
+	// Manager is the machine manager (tests use it to inspect state).
+	Manager *machine.Manager
+
+	http    *http.Server
+	cancel  context.CancelFunc
+	closers []io.Closer
+	done    chan struct{}
+}
+
+// Shutdown stops serving. It does not touch machines.
+func (i *Instance) Shutdown(ctx context.Context) error {
+	i.cancel()
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := i.http.Shutdown(sctx)
+	<-i.done
+	for _, c := range i.closers {
+		c.Close()
+	}
+	return err
+}
+
+// Start brings every part up and starts serving in the background.
+func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var closers []io.Closer
+	defer func() {
+		if err != nil {
+			for _, c := range closers {
+				c.Close()
+			}
+		}
+	}()
+	for _, d := range []string{cfg.DataDir, cfg.TemplatesDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	db, err := store.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, db)
+	keyFile, err := bootstrapKey(ctx, db, cfg.DataDir, logger)
+	if err != nil {
+		return nil, err
+	}
+
+	agentDir, err := installAgent(cfg.AgentBinary, filepath.Join(cfg.DataDir, "agent"))
+	if err != nil {
+		return nil, err
+	}
+
+	templates, err := template.Open(cfg.TemplatesDir, logger, template.Options{
+		CacheDir: cfg.CacheDir,
+		Progress: func(msg string) { logger.Info(msg) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range cfg.BuiltinTemplates {
+		if err := templates.EnsureBuiltin(ctx, name); err != nil {
+			return nil, fmt.Errorf("template %s: %w", name, err)
+		}
+	}
+
+	network, err := newNetwork(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, network)
+
+	driver, err := gvisor.New(gvisor.Config{
+		Runsc:        cfg.Runsc,
+		Root:         filepath.Join(cfg.DataDir, "runsc"),
+		CgroupParent: orDefault(cfg.cgroupParent, "/nullspace"),
+	}, logger)
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := machine.New(machine.Config{
+		DataDir:       cfg.DataDir,
+		AgentDir:      agentDir,
+		AllowInternet: cfg.AllowInternet,
+		MaxFileBytes:  cfg.MaxFileBytes,
+		Nameservers:   hostNameservers(),
+	}, db, driver, network, templates, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := mgr.Reconcile(ctx); err != nil {
+		// Reconcile errors are about leftovers; the server can still serve.
+		logger.Error("reconcile with the host after start", "err", err)
+	}
+
+	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
+		&keyAuth{db: db}, logger, cfg.Version)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	inst := &Instance{
+		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers,
+		done: make(chan struct{}),
+		http: &http.Server{Handler: apiServer.Handler(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
+	}
+	go mgr.Watch(bg, 2*time.Second)
+	go func() {
+		defer close(inst.done)
+		if err := inst.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("http server", "err", err)
+		}
+	}()
+	logger.Info("nullspace serving", "addr", inst.Addr, "data_dir", cfg.DataDir, "api_key_file", keyFile)
+	return inst, nil
+}
+
+// bootstrapKey creates the default team and its API key on first start and
+// writes the key where the CLI and SDKs on this host find it.
+func bootstrapKey(ctx context.Context, db *store.DB, dataDir string, logger *slog.Logger) (string, error) {
+	keyFile := filepath.Join(dataDir, "api-key")
+	n, err := db.CountTeams(ctx)
+	if err != nil {
+		return "", err
+	}
+	if n > 0 {
+		return keyFile, nil
+	}
+	key, hash, display := apikey.Generate()
+	now := time.Now().UTC()
+	team := store.Team{ID: "team_default", Name: "default", CreatedAt: now}
+	if err := db.CreateTeam(ctx, team); err != nil {
+		return "", err
+	}
+	if err := db.AddAPIKey(ctx, team.ID, hash, display, now); err != nil {
+		return "", err
+	}
+	if err := writeFileAtomic(keyFile, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write api key: %w", err)
+	}
+	logger.Info("created the default team's API key; the CLI and SDKs on this host read it from the file",
+		"file", keyFile, "key_prefix", display)
+	return keyFile, nil
+}
+
+type keyAuth struct{ db *store.DB }
+
+func (a *keyAuth) TeamByKey(ctx context.Context, key string) (string, error) {
+	return a.db.TeamByKeyHash(ctx, apikey.Hash(strings.TrimSpace(key)))
+}
+
+// installAgent copies the agent binary into its own directory, which is
+// bind-mounted into machines. A rename swaps it atomically: running machines
+// keep the binary they started with.
+func installAgent(src, dir string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return "", fmt.Errorf("read agent binary: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "nullspace-agent"), b, 0o755); err != nil {
+		return "", fmt.Errorf("install agent: %w", err)
+	}
+	return dir, nil
+}
+
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// hostNameservers returns the host's non-loopback resolvers, which machines
+// with internet access use.
+func hostNameservers() []string {
+	b, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "nameserver" {
+			if ip := net.ParseIP(f[1]); ip != nil && !ip.IsLoopback() {
+				out = append(out, f[1])
+			}
+		}
+	}
+	return out
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// templateBuilder builds templates whose steps run in machines.
+type templateBuilder struct {
+	templates *template.Store
+	machines  *machine.Manager
+}
+
+func (b *templateBuilder) Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error) {
+	return b.templates.Build(ctx, req, b.machines)
+}

@@ -1,0 +1,362 @@
+// Package store keeps Nullspace's state (teams, API keys, machines) in an
+// embedded SQLite database through a pure-Go driver, so the server binary
+// stays static and needs nothing else on a single node.
+//
+// Writes go through one connection: SQLite serializes writers anyway, and a
+// single writer never sees SQLITE_BUSY.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// DB is the SQLite state store.
+type DB struct {
+	db *sql.DB
+}
+
+// migrations are applied in order; PRAGMA user_version records how many ran.
+var migrations = []string{
+	`CREATE TABLE teams (
+		id TEXT PRIMARY KEY,
+		name TEXT NOT NULL,
+		created_at TEXT NOT NULL
+	);
+	CREATE TABLE api_keys (
+		hash TEXT PRIMARY KEY,
+		team_id TEXT NOT NULL REFERENCES teams(id),
+		prefix TEXT NOT NULL,
+		created_at TEXT NOT NULL
+	);
+	CREATE TABLE machines (
+		id TEXT PRIMARY KEY,
+		team_id TEXT NOT NULL,
+		state TEXT NOT NULL,
+		template TEXT NOT NULL,
+		cpu_count INTEGER NOT NULL,
+		memory_mb INTEGER NOT NULL,
+		env TEXT NOT NULL,
+		metadata TEXT NOT NULL,
+		allow_internet INTEGER NOT NULL,
+		slot INTEGER NOT NULL,
+		container_id TEXT NOT NULL,
+		agent_token TEXT NOT NULL,
+		created_at TEXT NOT NULL,
+		started_at TEXT,
+		ended_at TEXT,
+		error TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX machines_team_state ON machines(team_id, state);`,
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(ctx context.Context, path string) (*DB, error) {
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(5000)&_pragma=foreign_keys(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	s := &DB{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("migrate %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *DB) Close() error { return s.db.Close() }
+
+func (s *DB) migrate(ctx context.Context) error {
+	var version int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return err
+	}
+	for i := version; i < len(migrations); i++ {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Team owns machines and API keys.
+type Team struct {
+	ID        string
+	Name      string
+	CreatedAt time.Time
+}
+
+// CreateTeam stores a team.
+func (s *DB) CreateTeam(ctx context.Context, t Team) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO teams (id, name, created_at) VALUES (?, ?, ?)`,
+		t.ID, t.Name, formatTime(t.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("create team %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// CountTeams returns how many teams exist.
+func (s *DB) CountTeams(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM teams`).Scan(&n)
+	return n, err
+}
+
+// AddAPIKey stores the hash of an API key for a team.
+func (s *DB) AddAPIKey(ctx context.Context, teamID, hash, prefix string, now time.Time) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO api_keys (hash, team_id, prefix, created_at) VALUES (?, ?, ?, ?)`,
+		hash, teamID, prefix, formatTime(now))
+	if err != nil {
+		return fmt.Errorf("add api key: %w", err)
+	}
+	return nil
+}
+
+// TeamByKeyHash returns the team owning the API key with this hash.
+func (s *DB) TeamByKeyHash(ctx context.Context, hash string) (string, error) {
+	var team string
+	err := s.db.QueryRowContext(ctx, `SELECT team_id FROM api_keys WHERE hash = ?`, hash).Scan(&team)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", errdefs.ErrUnauthenticated
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up api key: %w", err)
+	}
+	return team, nil
+}
+
+// Machine is a machine's stored record.
+type Machine struct {
+	ID            string
+	TeamID        string
+	State         string
+	Template      string
+	CPUCount      int
+	MemoryMB      int
+	Env           map[string]string
+	Metadata      map[string]string
+	AllowInternet bool
+	// Slot is the machine's network slot, -1 when it holds none.
+	Slot        int
+	ContainerID string
+	AgentToken  string
+	CreatedAt   time.Time
+	StartedAt   time.Time // zero until running
+	EndedAt     time.Time // zero until killed or failed
+	Error       string
+}
+
+const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
+	slot, container_id, agent_token, created_at, started_at, ended_at, error`
+
+// InsertMachine stores a new machine. The slot must be free among live
+// machines; AllocateSlot and InsertMachine run in one transaction through
+// CreateMachine.
+func (s *DB) CreateMachine(ctx context.Context, m *Machine, liveStates []string, slots int) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create machine: %w", err)
+	}
+	defer tx.Rollback()
+	slot, err := freeSlot(ctx, tx, liveStates, slots)
+	if err != nil {
+		return err
+	}
+	m.Slot = slot
+	env, _ := json.Marshal(nonNil(m.Env))
+	meta, _ := json.Marshal(nonNil(m.Metadata))
+	_, err = tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
+		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error)
+	if err != nil {
+		return fmt.Errorf("insert machine %s: %w", m.ID, err)
+	}
+	return tx.Commit()
+}
+
+// freeSlot returns the lowest network slot no live machine holds.
+func freeSlot(ctx context.Context, tx *sql.Tx, liveStates []string, slots int) (int, error) {
+	q := `SELECT slot FROM machines WHERE slot >= 0 AND state IN (` + placeholders(len(liveStates)) + `) ORDER BY slot`
+	rows, err := tx.QueryContext(ctx, q, anySlice(liveStates)...)
+	if err != nil {
+		return 0, fmt.Errorf("allocate slot: %w", err)
+	}
+	defer rows.Close()
+	next := 0
+	for rows.Next() {
+		var used int
+		if err := rows.Scan(&used); err != nil {
+			return 0, err
+		}
+		if used > next {
+			break
+		}
+		if used == next {
+			next++
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if next >= slots {
+		return 0, errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+			fmt.Sprintf("all %d network slots are in use", slots), "kill unused machines or configure a larger --network-cidr")
+	}
+	return next, nil
+}
+
+// UpdateMachine writes a machine's mutable fields.
+func (s *DB) UpdateMachine(ctx context.Context, m *Machine) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=? WHERE id=?`,
+		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error, m.ID)
+	if err != nil {
+		return fmt.Errorf("update machine %s: %w", m.ID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("update machine %s: %w", m.ID, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteMachine removes a machine's record.
+func (s *DB) DeleteMachine(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM machines WHERE id=?`, id); err != nil {
+		return fmt.Errorf("delete machine %s: %w", id, err)
+	}
+	return nil
+}
+
+// GetMachine returns a machine by id, or an error matching errdefs.ErrNotFound.
+func (s *DB) GetMachine(ctx context.Context, id string) (*Machine, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+machineColumns+` FROM machines WHERE id=?`, id)
+	m, err := scanMachine(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("machine %s: %w", id, errdefs.ErrNotFound)
+	}
+	return m, err
+}
+
+// MachineFilter selects machines. Empty fields match everything.
+type MachineFilter struct {
+	TeamID   string
+	States   []string
+	Template string
+}
+
+// ListMachines returns machines matching f, oldest first.
+func (s *DB) ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error) {
+	var where []string
+	var args []any
+	if f.TeamID != "" {
+		where = append(where, "team_id = ?")
+		args = append(args, f.TeamID)
+	}
+	if len(f.States) > 0 {
+		where = append(where, "state IN ("+placeholders(len(f.States))+")")
+		args = append(args, anySlice(f.States)...)
+	}
+	if f.Template != "" {
+		where = append(where, "template = ?")
+		args = append(args, f.Template)
+	}
+	q := `SELECT ` + machineColumns + ` FROM machines`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at, id"
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list machines: %w", err)
+	}
+	defer rows.Close()
+	var out []*Machine
+	for rows.Next() {
+		m, err := scanMachine(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+type scanner interface{ Scan(...any) error }
+
+func scanMachine(r scanner) (*Machine, error) {
+	var m Machine
+	var env, meta, created string
+	var started, ended sql.NullString
+	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
+		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(env), &m.Env); err != nil {
+		return nil, fmt.Errorf("machine %s env: %w", m.ID, err)
+	}
+	if err := json.Unmarshal([]byte(meta), &m.Metadata); err != nil {
+		return nil, fmt.Errorf("machine %s metadata: %w", m.ID, err)
+	}
+	m.CreatedAt = parseTime(created)
+	m.StartedAt = parseTime(started.String)
+	m.EndedAt = parseTime(ended.String)
+	return &m, nil
+}
+
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func nullTime(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return formatTime(t)
+}
+
+func parseTime(s string) time.Time {
+	t, _ := time.Parse(time.RFC3339Nano, s)
+	return t
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+func anySlice(ss []string) []any {
+	out := make([]any, len(ss))
+	for i, s := range ss {
+		out[i] = s
+	}
+	return out
+}
+
+func nonNil(m map[string]string) map[string]string {
+	if m == nil {
+		return map[string]string{}
+	}
+	return m
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Nullspace needs on the host, once.
+# Idempotent: does nothing (and needs no network) when all are present.
+set -euo pipefail
+pkgs=(debootstrap busybox-static ca-certificates tar)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "nullspace: need root to install Debian packages: ${missing[*]}" >&2
+  exit 1
+fi
+echo "==> installing Debian packages: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
