@@ -93,6 +93,38 @@ const (
 	CodeInvalidTransition  = "invalid_transition"
 )
 
+// Codes lists every stable public code; the spec test checks each is documented.
+var Codes = []string{
+	CodeInvalidArgument,
+	CodeUnauthenticated,
+	CodeNotFound,
+	CodeMachineNotFound,
+	CodeTemplateNotFound,
+	CodeTemplateNotReady,
+	CodeTemplateInUse,
+	CodeTemplateExists,
+	CodeMachineNotRunning,
+	CodeConflict,
+	CodeResourceExhausted,
+	CodeCommandNotFound,
+	CodeProcessNotFound,
+	CodeFileNotFound,
+	CodeFileExists,
+	CodeIsADirectory,
+	CodeNotADirectory,
+	CodePermissionDenied,
+	CodeFileTooLarge,
+	CodeDirectoryNotEmpty,
+	CodeAgentUnavailable,
+	CodeCommandTimeout,
+	CodeUnavailable,
+	CodeInternal,
+	CodeDeadlineExceeded,
+	CodeFailedPrecondition,
+	CodeInternetNotAllowed,
+	CodeInvalidTransition,
+}
+
 // Public is the public view of an error: what the API sends.
 type Public struct {
 	Status          int

@@ -741,3 +741,9 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	}
 	return Endpoint{URL: "http://" + netip.AddrPortFrom(ip, AgentPort).String(), Token: rec.AgentToken}, nil
 }
+
+// Record returns a machine's stored record, whatever its team. It is for
+// operators and tests, not for the API.
+func (m *Manager) Record(ctx context.Context, id string) (*store.Machine, error) {
+	return m.store.GetMachine(ctx, id)
+}

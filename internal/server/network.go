@@ -21,17 +21,17 @@ var _ machine.Network = (*network)(nil)
 
 func newNetwork(cfg Config, logger *slog.Logger) (*network, error) {
 	ns, err := netns.New(netns.Config{
-		CIDR: cfg.NetworkCIDR, NetnsPrefix: cfg.netnsPrefix, VethPrefix: cfg.vethPrefix, Logger: logger,
+		CIDR: cfg.NetworkCIDR, NetnsPrefix: cfg.Names.NetnsPrefix, VethPrefix: cfg.Names.VethPrefix, Logger: logger,
 	})
 	if err != nil {
 		return nil, err
 	}
 	opts := []firewall.Option{firewall.WithLogger(logger)}
-	if cfg.firewallTable != "" {
-		opts = append(opts, firewall.WithTable(cfg.firewallTable))
+	if cfg.Names.FirewallTable != "" {
+		opts = append(opts, firewall.WithTable(cfg.Names.FirewallTable))
 	}
-	if cfg.vethPrefix != "" {
-		opts = append(opts, firewall.WithInterfacePrefix(cfg.vethPrefix))
+	if cfg.Names.VethPrefix != "" {
+		opts = append(opts, firewall.WithInterfacePrefix(cfg.Names.VethPrefix))
 	}
 	fw, err := firewall.Init(cfg.AllowInternet, opts...)
 	if err != nil {

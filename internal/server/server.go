@@ -58,9 +58,18 @@ type Config struct {
 	// Version is reported by /v1/health.
 	Version string
 
-	// Internal knobs, for tests: names of host objects so a test server does
-	// not collide with a real one.
-	netnsPrefix, vethPrefix, firewallTable, cgroupParent string
+	// Names of the host objects the server makes. The zero value gives the
+	// defaults; tests and benchmarks set them so that a second server on the
+	// host never touches the first one's machines.
+	Names HostNames
+}
+
+// HostNames name the host objects a server makes.
+type HostNames struct {
+	NetnsPrefix   string // network namespaces; default "nullspace-"
+	VethPrefix    string // host-side veth interfaces; default "nsv"
+	FirewallTable string // nftables table; default "nullspace"
+	CgroupParent  string // parent cgroup of machines; default "/nullspace"
 }
 
 // Defaults returns the default configuration, honouring NULLSPACE_DATA_DIR
@@ -214,7 +223,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:        cfg.Runsc,
 		Root:         filepath.Join(cfg.DataDir, "runsc"),
-		CgroupParent: orDefault(cfg.cgroupParent, "/nullspace"),
+		CgroupParent: orDefault(cfg.Names.CgroupParent, "/nullspace"),
 	}, logger)
 	if err != nil {
 		return nil, err

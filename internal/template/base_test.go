@@ -46,6 +46,25 @@ func TestBase(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(cache, "templates", baseRecipe+cacheExt)); err != nil {
 		t.Errorf("cache not written: %v", err)
 	}
+
+	// A template built from base copies its rootfs.
+	s := open()
+	if err := s.EnsureBuiltin(t.Context(), Base); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	child, err := s.Build(t.Context(), api.BuildTemplateRequest{Name: "child", FromTemplate: Base}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template built from base (a copy, no steps) in %v", time.Since(start).Round(time.Millisecond))
+	if child.State != api.TemplateReady || child.Workdir != Workspace || child.Env["LANG"] != "C.UTF-8" {
+		t.Errorf("child = %+v, want ready with base's workdir and env", child)
+	}
+	rootfs, _ := s.RootfsDir("child")
+	if _, err := os.Stat(filepath.Join(rootfs, "usr/bin/python3")); err != nil {
+		t.Errorf("child lacks python3: %v", err)
+	}
 }
 
 func checkBase(t *testing.T, s *Store) {

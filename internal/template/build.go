@@ -258,7 +258,12 @@ func (s *Store) checkBuild(ctx context.Context, req api.BuildTemplateRequest) (b
 				"name a root filesystem directory, or use from_tarball for a tarball")
 		}
 		dir := filepath.Clean(req.FromDir)
-		if rel, err := filepath.Rel(dir, s.dir); err == nil && !strings.HasPrefix(rel, "..") {
+		resolved, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			return buildSource{}, errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("from_dir %s cannot be resolved", dir), "check the path")
+		}
+		if rel, err := filepath.Rel(resolved, s.dir); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
 			return buildSource{}, invalidArg(fmt.Sprintf("from_dir %s holds the template store", dir),
 				"name a root filesystem directory")
 		}

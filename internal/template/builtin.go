@@ -294,10 +294,14 @@ func (s *Store) buildBase(ctx context.Context, rootfs string) error {
 	lock, err := lockWait(ctx, cacheFile+".lock", func() {
 		s.opts.Progress("waiting for another process that builds template base")
 	})
-	if err != nil {
-		return fmt.Errorf("lock base template cache: %w", err)
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("lock base template cache: %w", ctx.Err())
+	case err != nil: // a read-only cache, say: still usable
+		s.log.Warn("cannot lock the template cache; using it without the lock", "err", err)
+	default:
+		defer lock.Close()
 	}
-	defer lock.Close()
 
 	if _, err := os.Stat(cacheFile); err == nil {
 		s.opts.Progress("extracting cached base template (a few seconds)")

@@ -18,6 +18,11 @@
 // Build keeps <name>/template.json in state failed, without a rootfs, until it
 // is deleted; a failed built-in leaves nothing.
 //
+// Slow artefacts live in Options.CacheDir, shared by every data dir on the
+// host: <CacheDir>/templates/<recipe>.tar (today base-bookworm-r1.tar, an
+// uncompressed tar of the finished base rootfs, about 290 MB) beside its
+// .lock. Changing the base recipe means a new recipe name, hence a new cache.
+//
 // Whether a template is used by machines is the caller's business: check it
 // before Delete.
 package template
@@ -57,7 +62,8 @@ type Options struct {
 	// DebianMirror is the mirror debootstrap installs base from. Default
 	// http://deb.debian.org/debian.
 	DebianMirror string
-	// Progress, if set, receives one human-readable line per slow step.
+	// Progress, if set, receives one human-readable line per slow step, from
+	// the goroutine doing the step.
 	Progress func(string)
 }
 

@@ -180,6 +180,25 @@ func TestMinimal(t *testing.T) {
 	}
 }
 
+func TestMinimalFails(t *testing.T) {
+	for _, tc := range []struct{ name, busybox, want string }{
+		{"missing busybox", "/nonexistent/busybox", "no usable busybox"},
+		{"dynamic busybox", "/bin/ls", "dynamically linked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(t.TempDir(), testLogger(t), Options{BusyboxPath: tc.busybox})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = s.EnsureBuiltin(t.Context(), Minimal)
+			if !errors.Is(err, errdefs.ErrFailedPrecondition) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("EnsureBuiltin = %v, want failed precondition saying %q", err, tc.want)
+			}
+			assertEmpty(t, s) // a failed built-in leaves nothing
+		})
+	}
+}
+
 func TestEnsureBuiltinConcurrent(t *testing.T) {
 	needBusybox(t)
 	s := openStore(t)
@@ -615,6 +634,8 @@ func TestErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	file := filepath.Join(src, "etc/os-release")
+	storeLink := filepath.Join(t.TempDir(), "link")
+	symlink(t, s.dir, storeLink)
 	for _, tc := range []struct {
 		name string
 		req  api.BuildTemplateRequest
@@ -628,6 +649,8 @@ func TestErrors(t *testing.T) {
 		{"missing dir", api.BuildTemplateRequest{Name: "x", FromDir: "/nonexistent/rootfs"}, errdefs.CodeFileNotFound},
 		{"dir is a file", api.BuildTemplateRequest{Name: "x", FromDir: file}, errdefs.CodeInvalidArgument},
 		{"dir holds the store", api.BuildTemplateRequest{Name: "x", FromDir: filepath.Dir(s.dir)}, errdefs.CodeInvalidArgument},
+		{"dir is the host", api.BuildTemplateRequest{Name: "x", FromDir: "/"}, errdefs.CodeInvalidArgument},
+		{"dir links to the store", api.BuildTemplateRequest{Name: "x", FromDir: storeLink}, errdefs.CodeInvalidArgument},
 		{"missing tarball", api.BuildTemplateRequest{Name: "x", FromTarball: "/nonexistent.tar"}, errdefs.CodeFileNotFound},
 		{"not a tarball", api.BuildTemplateRequest{Name: "x", FromTarball: file}, errdefs.CodeInvalidArgument},
 		{"tarball is a dir", api.BuildTemplateRequest{Name: "x", FromTarball: src}, errdefs.CodeInvalidArgument},

@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/server"
+)
+
+// Host object names of the test server: distinct from a real server's, so
+// tests can run beside `make run`.
+var testNames = server.HostNames{
+	NetnsPrefix:   "nstest-",
+	VethPrefix:    "nst",
+	FirewallTable: "nullspace_test",
+	CgroupParent:  "/nullspace-test",
+}
+
+const (
+	testCIDR         = "10.232.0.0/16"
+	testMaxFileBytes = 4 << 20
+)
+
+// env is the shared test server and a client for it.
+var env struct {
+	cfg     server.Config
+	inst    *server.Instance
+	client  *client.Client
+	key     string
+	logFile string
+}
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if why := cannotRun(); why != "" {
+		fmt.Fprintf(os.Stderr, "e2e: cannot run the real gVisor tests: %s\n", why)
+		return 1
+	}
+	dataDir, err := os.MkdirTemp("", "nullspace-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dataDir)
+	env.logFile = filepath.Join(os.TempDir(), "nullspace-e2e.log")
+	if err := startServer(dataDir); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: start server: %v (log: %s)\n", err, env.logFile)
+		return 1
+	}
+	code := m.Run()
+	killAll()
+	env.inst.Shutdown(context.Background())
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "e2e: server log: %s\n", env.logFile)
+	}
+	return code
+}
+
+// cannotRun says why the gVisor tests cannot run here, or "".
+func cannotRun() string {
+	if os.Geteuid() != 0 {
+		return "they need root (sandboxes, network namespaces, cgroups); run `make test` as root"
+	}
+	for _, p := range []string{runscPath(), agentPath()} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Sprintf("%s is missing; run `make test`, which builds it", p)
+		}
+	}
+	return ""
+}
+
+func repoPath(rel string) string {
+	wd, _ := os.Getwd()
+	return filepath.Join(wd, "..", rel)
+}
+
+func runscPath() string {
+	if p := os.Getenv("NULLSPACE_RUNSC"); p != "" {
+		return p
+	}
+	return repoPath("bin/runsc")
+}
+
+func agentPath() string {
+	if p := os.Getenv("NULLSPACE_AGENT_BIN"); p != "" {
+		return p
+	}
+	return repoPath("bin/nullspace-agent")
+}
+
+func startServer(dataDir string) error {
+	cfg := server.Defaults()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.DataDir = dataDir
+	cfg.TemplatesDir = filepath.Join(cfg.CacheDir, "test-templates")
+	cfg.Runsc = runscPath()
+	cfg.AgentBinary = agentPath()
+	cfg.NetworkCIDR = testCIDR
+	cfg.MaxFileBytes = testMaxFileBytes
+	cfg.Names = testNames
+	cfg.Version = "e2e"
+	env.cfg = cfg
+	return restartServer()
+}
+
+// restartServer starts (or starts again) the server on env.cfg.
+func restartServer() error {
+	lf, err := os.OpenFile(env.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(lf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	inst, err := server.Start(ctx, env.cfg, logger)
+	if err != nil {
+		return err
+	}
+	env.inst = inst
+	key, err := os.ReadFile(inst.APIKeyFile)
+	if err != nil {
+		return err
+	}
+	env.key = strings.TrimSpace(string(key))
+	env.client = client.New("http://"+inst.Addr, env.key)
+	return nil
+}
+
+// killAll kills every machine the tests left running.
+func killAll() {
+	ctx := context.Background()
+	ms, err := env.client.ListMachines(ctx, client.ListOptions{})
+	if err != nil {
+		return
+	}
+	for _, m := range ms {
+		env.client.KillMachine(ctx, m.ID)
+	}
+}
