@@ -143,3 +143,11 @@ func containerOf(t *testing.T, id string) string {
 	}
 	return rec.ContainerID
 }
+
+func statMode(path string) (os.FileMode, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Mode().Perm(), nil
+}

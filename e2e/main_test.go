@@ -46,17 +46,16 @@ func runTests(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: cannot run the real gVisor tests: %s\n", why)
 		return 1
 	}
-	dataDir, err := os.MkdirTemp("", "nullspace-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dataDir)
+	// A fixed data dir: if an earlier run died with machines up, this run's
+	// server adopts (reconciles) them and killAll removes them.
+	dataDir := "/var/lib/nullspace-e2e"
 	env.logFile = filepath.Join(os.TempDir(), "nullspace-e2e.log")
+	os.Remove(env.logFile)
 	if err := startServer(dataDir); err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: start server: %v (log: %s)\n", err, env.logFile)
 		return 1
 	}
+	killAll()
 	code := m.Run()
 	killAll()
 	env.inst.Shutdown(context.Background())

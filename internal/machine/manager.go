@@ -622,6 +622,11 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	} else {
 		errs = append(errs, err)
 	}
+	if sw, ok := m.driver.(cgroupSweeper); ok {
+		if err := sw.SweepCgroups(ctx, ownedContainers); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if slots, err := m.net.Existing(); err == nil {
 		for _, s := range slots {
 			if !ownedSlots[s] {
@@ -641,6 +646,11 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cgroupSweeper is a driver that can remove cgroups no container owns.
+type cgroupSweeper interface {
+	SweepCgroups(ctx context.Context, keep map[string]bool) error
 }
 
 // TemplateInUse reports whether a live machine uses the template.

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -272,4 +273,67 @@ func tail(path string, n int64) string {
 	b := make([]byte, n)
 	k, _ := f.Read(b)
 	return strings.TrimSpace(string(b[:k]))
+}
+
+// SweepCgroups removes machine cgroups under the driver's cgroup parent
+// whose container is not in keep: leftovers of a crash between a sandbox's
+// death and its deletion, or of a lost runsc root. Processes still in such a
+// cgroup are orphaned sandboxes of this server (the parent is the server's
+// own) and are killed first. It must only run while no container is being
+// created, i.e. at start-up.
+func (d *Driver) SweepCgroups(ctx context.Context, keep map[string]bool) error {
+	controllers, err := filepath.Glob("/sys/fs/cgroup/*" + d.cfg.CgroupParent)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, parent := range controllers {
+		entries, err := os.ReadDir(parent)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !e.IsDir() || keep[e.Name()] {
+				continue
+			}
+			dir := filepath.Join(parent, e.Name())
+			killCgroupTasks(dir)
+			if err := rmdirRetry(ctx, dir); err != nil {
+				errs = append(errs, fmt.Errorf("remove orphan cgroup %s: %w", dir, err))
+			} else {
+				d.logger.InfoContext(ctx, "removed orphan cgroup", "cgroup", dir)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func killCgroupTasks(dir string) {
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		var pid int
+		if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// rmdirRetry removes a cgroup directory, waiting briefly for killed tasks
+// to leave it.
+func rmdirRetry(ctx context.Context, dir string) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = syscall.Rmdir(dir); err == nil || errors.Is(err, syscall.ENOENT) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return err
 }

@@ -1,0 +1,313 @@
+// Command bench is `make bench`: it measures Nullspace against raw runsc on
+// the same host, in one run, and checks the latency targets of the issue.
+//
+// Two sides run interleaved, one operation at a time, so that both see the
+// same host at the same moment:
+//
+//   - nullspace: a server started in-process (server.Start) with a temporary
+//     data dir, the shared template dir /var/cache/nullspace/bench-templates
+//     and host object names of its own (netns nsbench-N, veth nsbN, nftables
+//     table nullspace_bench, cgroup parent /nullspace-bench, pool
+//     10.231.0.0/16), driven over HTTP by the public Go client, as a user
+//     would;
+//   - raw runsc: the same runsc binary and global flags, an OCI bundle over
+//     the same minimal template rootfs (shared read-only through
+//     --overlay2=root:dir=...), a fresh network namespace with a veth pair
+//     per container (made outside the timed window), busybox sleep as init.
+//
+// Measured, N times each (-n): create to first command (CreateMachine until
+// RunCommand(true) returns, against `runsc run --detach` + `runsc exec
+// /bin/true`), the exec round trip on a warm machine, kill, and the idle
+// memory of a machine (its cgroup's usage and the RSS/PSS of its processes).
+// The table goes to stdout, every sample and summary to -out as JSON.
+//
+// Everything the benchmark makes is removed on return, on error and on
+// Ctrl-C, and the removal is checked (`ip netns list`, `runsc list`). It
+// needs root and runsc; it fails with the reason when either is missing.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// config is the benchmark's configuration, from flags.
+type config struct {
+	n            int           // iterations per metric
+	warmup       int           // untimed execs before the exec round-trip loop
+	settle       time.Duration // idle time before a memory sample
+	out          string        // JSON results file; "" writes none
+	runsc        string        // runsc binary
+	agent        string        // nullspace-agent binary
+	templatesDir string        // shared template store of the benchmark
+	cacheDir     string        // cache of slow artefacts (base template tarball)
+	base         string        // auto | on | off: benchmark template base too
+	cpus         int           // vCPUs of every machine and raw sandbox
+	memoryMB     int           // memory limit of every machine and raw sandbox
+	logLevel     slog.Level    // server log level on stderr
+	keepWorkDir  bool          // keep the temporary data dir (logs, bundles)
+}
+
+func main() {
+	cfg, err := parseFlags()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	// Signals stay caught until cleanup is done: a Ctrl-C stops the
+	// measurements, never the cleanup.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags() (config, error) {
+	var c config
+	var logLevel string
+	flag.IntVar(&c.n, "n", 20, "iterations per metric")
+	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
+	flag.DurationVar(&c.settle, "settle", time.Second, "idle time after the first command before a memory sample")
+	flag.StringVar(&c.out, "out", "bench/results.json", `JSON results file ("" for none)`)
+	flag.StringVar(&c.runsc, "runsc", envOr("NULLSPACE_RUNSC", "bin/runsc"), "runsc binary (env NULLSPACE_RUNSC)")
+	flag.StringVar(&c.agent, "agent", envOr("NULLSPACE_AGENT_BIN", "bin/nullspace-agent"), "nullspace-agent binary (env NULLSPACE_AGENT_BIN)")
+	flag.StringVar(&c.templatesDir, "templates-dir", "/var/cache/nullspace/bench-templates", "template store shared by benchmark runs")
+	flag.StringVar(&c.cacheDir, "cache-dir", envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"), "cache of slow artefacts (env NULLSPACE_CACHE_DIR)")
+	flag.StringVar(&c.base, "base", "auto", "benchmark template base too: auto (when it is ready or cached, never debootstrap), on, off")
+	flag.IntVar(&c.cpus, "cpus", 2, "vCPUs of every machine and raw sandbox (cgroup CPU quota)")
+	flag.IntVar(&c.memoryMB, "memory-mb", 512, "memory limit in MiB of every machine and raw sandbox")
+	flag.StringVar(&logLevel, "log-level", "warn", "server log level on stderr: debug, info, warn, error")
+	flag.BoolVar(&c.keepWorkDir, "keep", false, "keep the temporary work dir (server data dir, raw bundles, logs)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	if c.n < 1 {
+		return c, fmt.Errorf("-n must be at least 1, got %d", c.n)
+	}
+	if c.warmup < 0 || c.settle < 0 {
+		return c, errors.New("-warmup and -settle must not be negative")
+	}
+	if c.cpus < 1 || c.memoryMB < 64 {
+		return c, fmt.Errorf("-cpus %d / -memory-mb %d: need at least 1 CPU and 64 MiB", c.cpus, c.memoryMB)
+	}
+	switch c.base {
+	case "auto", "on", "off":
+	default:
+		return c, fmt.Errorf("-base %q: want auto, on or off", c.base)
+	}
+	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
+		return c, fmt.Errorf("-log-level: %w", err)
+	}
+	for _, p := range []*string{&c.runsc, &c.agent, &c.templatesDir, &c.cacheDir} {
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return c, err
+		}
+		*p = abs
+	}
+	return c, nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// preflight fails with what to do when the host cannot run the benchmark.
+func preflight(ctx context.Context, cfg config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the benchmark must run as root: it creates sandboxes, network namespaces and cgroups; run `sudo make bench`")
+	}
+	if fi, err := os.Stat(cfg.runsc); err != nil || fi.IsDir() {
+		return fmt.Errorf("runsc not found at %s: run `make build` (it builds runsc), or pass -runsc / NULLSPACE_RUNSC", cfg.runsc)
+	}
+	if _, err := runscVersion(ctx, cfg.runsc); err != nil {
+		return fmt.Errorf("runsc at %s does not run: %w", cfg.runsc, err)
+	}
+	if fi, err := os.Stat(cfg.agent); err != nil || fi.IsDir() {
+		return fmt.Errorf("agent binary not found at %s: run `make build`, or pass -agent / NULLSPACE_AGENT_BIN", cfg.agent)
+	}
+	if _, err := lookIP(); err != nil {
+		return errors.New("the `ip` command (iproute2) is missing; the raw runsc baseline makes its namespaces with it: apt-get install iproute2")
+	}
+	if _, err := os.Stat(memoryCgroupRoot()); err != nil {
+		return fmt.Errorf("no memory cgroup at %s: the idle memory measurement needs it", memoryCgroupRoot())
+	}
+	return nil
+}
+
+// run runs the benchmark and cleans up after it, whatever happens.
+func run(ctx context.Context, cfg config) (err error) {
+	if err := preflight(ctx, cfg); err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "nullspace-bench-")
+	if err != nil {
+		return err
+	}
+	res := newResults(cfg)
+	res.Host = hostInfo(ctx, cfg)
+
+	var (
+		ns  *nullspaceSide
+		raw *rawSide
+	)
+	defer func() {
+		// Cleanup ignores the signal context: it always runs to the end.
+		cctx := context.WithoutCancel(ctx)
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "bench: interrupted; cleaning up (this takes a few seconds)")
+		}
+		cerr := cleanup(cctx, ns, raw)
+		res.Cleanup = verifyClean(cctx, cfg, ns, raw)
+		if cerr == nil && !res.Cleanup.OK {
+			cerr = fmt.Errorf("leftovers after cleanup: %s", strings.Join(res.Cleanup.Leftovers, "; "))
+		}
+		if cfg.keepWorkDir {
+			fmt.Fprintln(os.Stderr, "bench: kept work dir", work)
+		} else if rerr := os.RemoveAll(work); rerr != nil {
+			cerr = errors.Join(cerr, rerr)
+		}
+		if err != nil {
+			res.Error = err.Error()
+		}
+		if cerr != nil {
+			res.Cleanup.Error = cerr.Error()
+		}
+		if res.hasSamples() && cfg.out != "" {
+			if werr := res.write(cfg.out); werr != nil {
+				cerr = errors.Join(cerr, werr)
+			} else {
+				fmt.Printf("\nresults written to %s\n", cfg.out)
+			}
+		}
+		err = errors.Join(err, cerr)
+	}()
+
+	tap := newTapHandler(os.Stderr, cfg.logLevel)
+	templates, err := prepareTemplates(ctx, cfg, slog.New(tap))
+	if err != nil {
+		return err
+	}
+	res.Config.Templates = templates.names()
+	if templates.baseSkipped != "" {
+		res.Notes = append(res.Notes, "template base skipped: "+templates.baseSkipped)
+		fmt.Fprintln(os.Stderr, "bench: template base skipped:", templates.baseSkipped)
+	}
+
+	raw, err = newRawSide(ctx, cfg, work, templates.minimalRootfs)
+	if err != nil {
+		return err
+	}
+	ns, err = startNullspace(ctx, cfg, work, templates, tap)
+	if err != nil {
+		return err
+	}
+	res.Host.RunscFlags = raw.runsc.globalFlags("")
+
+	if err := measure(ctx, cfg, ns, raw, res); err != nil {
+		return err
+	}
+	res.Server = ns.tap.summary()
+	res.summarize()
+	res.printTable(os.Stdout)
+	return nil
+}
+
+// measure runs the measurements, interleaving the sides.
+func measure(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results) error {
+	tmpls := append([]string{"minimal"}, ns.extraTemplates...)
+	fmt.Fprintf(os.Stderr, "bench: create, idle memory and kill, %d iterations (templates %s; raw runsc)\n",
+		cfg.n, strings.Join(tmpls, ", "))
+	for i := range cfg.n {
+		// Alternate which side goes first so that drift hits both alike.
+		steps := []func() error{
+			func() error { return raw.lifecycle(ctx, res) },
+		}
+		for _, t := range tmpls {
+			steps = append(steps, func() error { return ns.lifecycle(ctx, t, res) })
+		}
+		if i%2 == 1 {
+			steps[0], steps[len(steps)-1] = steps[len(steps)-1], steps[0]
+		}
+		for _, step := range steps {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		progress(i+1, cfg.n)
+	}
+
+	fmt.Fprintf(os.Stderr, "bench: exec round trips on warm machines, %d iterations (+%d warm-up)\n", cfg.n, cfg.warmup)
+	warmRaw, err := raw.warm(ctx, cfg.warmup)
+	if err != nil {
+		return err
+	}
+	warmNS := make([]*warmMachine, 0, len(tmpls))
+	for _, t := range tmpls {
+		w, err := ns.warm(ctx, t, cfg.warmup)
+		if err != nil {
+			return err
+		}
+		warmNS = append(warmNS, w)
+	}
+	for i := range cfg.n {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := raw.execTrue(ctx, warmRaw, res); err != nil {
+			return err
+		}
+		for _, w := range warmNS {
+			if err := ns.execTrue(ctx, w, res); err != nil {
+				return err
+			}
+		}
+		progress(i+1, cfg.n)
+	}
+	if err := raw.kill(ctx, warmRaw, nil); err != nil {
+		return err
+	}
+	for _, w := range warmNS {
+		if err := ns.kill(ctx, w, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func progress(done, total int) {
+	if done == total || done%5 == 0 {
+		fmt.Fprintf(os.Stderr, "bench:   %d/%d\n", done, total)
+	}
+}
+
+// cleanup removes everything the sides made. It keeps going on errors.
+func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
+	var errs []error
+	if ns != nil {
+		errs = append(errs, ns.close(ctx))
+	}
+	if raw != nil {
+		errs = append(errs, raw.close(ctx))
+	}
+	return errors.Join(errs...)
+}

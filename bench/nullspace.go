@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/google/nftables"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/server"
+	"nullspace.dev/nullspace/internal/template"
+)
+
+// Host objects of the benchmark's server: distinct from a real server's
+// (nullspace-, nsv, 10.200/16) and the tests' (nstest-, nst, 10.232/16).
+var benchNames = server.HostNames{
+	NetnsPrefix:   "nsbench-",
+	VethPrefix:    "nsb",
+	FirewallTable: "nullspace_bench",
+	CgroupParent:  "/nullspace-bench",
+}
+
+const (
+	benchCIDR = "10.231.0.0/16"
+	// defaultTeam is the team server.Start creates with the first API key.
+	defaultTeam = "team_default"
+)
+
+// templateSet is what prepareTemplates made ready.
+type templateSet struct {
+	minimalRootfs string
+	base          bool
+	baseSkipped   string // why base is not benchmarked, if it is not
+}
+
+func (t templateSet) names() []string {
+	if t.base {
+		return []string{template.Minimal, template.Base}
+	}
+	return []string{template.Minimal}
+}
+
+// prepareTemplates makes minimal ready in the benchmark's template store, and
+// base when -base asks for it. In auto mode base is used only when it is
+// ready or cached: a debootstrap, or a wait for another process building it,
+// skips base instead of stalling the benchmark.
+func prepareTemplates(ctx context.Context, cfg config, logger *slog.Logger) (templateSet, error) {
+	var onProgress func(string)
+	store, err := template.Open(cfg.templatesDir, logger, template.Options{
+		CacheDir: cfg.cacheDir,
+		Progress: func(msg string) {
+			fmt.Fprintln(os.Stderr, "bench: templates:", msg)
+			if onProgress != nil {
+				onProgress(msg) // same goroutine as EnsureBuiltin
+			}
+		},
+	})
+	if err != nil {
+		return templateSet{}, err
+	}
+	if err := store.EnsureBuiltin(ctx, template.Minimal); err != nil {
+		return templateSet{}, err
+	}
+	var set templateSet
+	if set.minimalRootfs, err = store.RootfsDir(template.Minimal); err != nil {
+		return templateSet{}, err
+	}
+	switch cfg.base {
+	case "off":
+		set.baseSkipped = "-base=off"
+		return set, nil
+	case "on":
+		if err := store.EnsureBuiltin(ctx, template.Base); err != nil {
+			return templateSet{}, err
+		}
+		set.base = true
+		return set, nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	var why string
+	onProgress = func(msg string) {
+		switch {
+		case strings.Contains(msg, "debootstrap"):
+			why = "not built yet and not cached (it would need debootstrap); run with -base=on to build it"
+			cancel()
+		case strings.Contains(msg, "waiting for another process"):
+			why = "another process is building it; run again later or with -base=on to wait"
+			cancel()
+		}
+	}
+	err = store.EnsureBuiltin(bctx, template.Base)
+	onProgress = nil
+	switch {
+	case err == nil:
+		set.base = true
+	case ctx.Err() != nil:
+		return templateSet{}, ctx.Err()
+	case why != "":
+		set.baseSkipped = why
+	default:
+		set.baseSkipped = err.Error()
+	}
+	return set, nil
+}
+
+// nullspaceSide is a server started in-process and a client for it.
+type nullspaceSide struct {
+	cfg            config
+	inst           *server.Instance
+	client         *client.Client
+	tap            *tapHandler
+	extraTemplates []string // templates beyond minimal to benchmark
+
+	// live holds the machines made and not yet killed (one goroutine only).
+	live map[string]bool
+}
+
+func startNullspace(ctx context.Context, cfg config, work string, tmpls templateSet, tap *tapHandler) (*nullspaceSide, error) {
+	sc := server.Defaults()
+	sc.Addr = "127.0.0.1:0"
+	sc.DataDir = filepath.Join(work, "server")
+	sc.TemplatesDir = cfg.templatesDir
+	sc.CacheDir = cfg.cacheDir
+	sc.Runsc = cfg.runsc
+	sc.AgentBinary = cfg.agent
+	sc.NetworkCIDR = benchCIDR
+	sc.BuiltinTemplates = tmpls.names() // ready already: Start only checks
+	sc.Names = benchNames
+	sc.Version = "bench"
+	inst, err := server.Start(ctx, sc, slog.New(tap))
+	if err != nil {
+		return nil, fmt.Errorf("start nullspace server: %w", err)
+	}
+	s := &nullspaceSide{cfg: cfg, inst: inst, tap: tap, live: map[string]bool{}}
+	if tmpls.base {
+		s.extraTemplates = []string{template.Base}
+	}
+	key, err := os.ReadFile(inst.APIKeyFile)
+	if err != nil {
+		return s, fmt.Errorf("read the server's api key: %w", err)
+	}
+	s.client = client.New("http://"+inst.Addr, strings.TrimSpace(string(key)))
+	return s, nil
+}
+
+// create creates a machine and runs its first command; it returns the
+// machine id and the time to each.
+func (s *nullspaceSide) create(ctx context.Context, tmpl string) (id string, created, firstCmd time.Duration, err error) {
+	start := time.Now()
+	m, err := s.client.CreateMachine(ctx, api.CreateMachineRequest{
+		Template: tmpl, CPUCount: s.cfg.cpus, MemoryMB: s.cfg.memoryMB,
+	})
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("create machine from %s: %w", tmpl, err)
+	}
+	created = time.Since(start)
+	s.live[m.ID] = true
+	if err := s.runTrue(ctx, m.ID); err != nil {
+		return m.ID, 0, 0, err
+	}
+	return m.ID, created, time.Since(start) - created, nil
+}
+
+func (s *nullspaceSide) runTrue(ctx context.Context, id string) error {
+	res, err := s.client.RunCommand(ctx, id, api.RunCommandRequest{Cmd: []string{"true"}})
+	if err != nil {
+		return fmt.Errorf("run true in %s: %w", id, err)
+	}
+	if res.ExitCode != 0 {
+		return fmt.Errorf("run true in %s: exit code %d: %s", id, res.ExitCode, res.Stderr)
+	}
+	return nil
+}
+
+// lifecycle measures one machine: create to first command, idle memory, kill.
+func (s *nullspaceSide) lifecycle(ctx context.Context, tmpl string, res *results) error {
+	id, created, first, err := s.create(ctx, tmpl)
+	if err != nil {
+		return err
+	}
+	res.addDuration(metricCreate, sideNullspace, tmpl, created+first)
+	res.addDuration(metricCreateStart, sideNullspace, tmpl, created)
+	res.addDuration(metricCreateFirst, sideNullspace, tmpl, first)
+	if err := sleep(ctx, s.cfg.settle); err != nil {
+		return err
+	}
+	mem, err := s.memory(ctx, id)
+	if err != nil {
+		return err
+	}
+	res.addMemory(sideNullspace, tmpl, mem)
+	return s.kill(ctx, &warmMachine{id: id, template: tmpl}, res)
+}
+
+// warmMachine is a running machine kept for exec round trips.
+type warmMachine struct{ id, template string }
+
+func (s *nullspaceSide) warm(ctx context.Context, tmpl string, warmup int) (*warmMachine, error) {
+	id, _, _, err := s.create(ctx, tmpl)
+	if err != nil {
+		return nil, err
+	}
+	for range warmup {
+		if err := s.runTrue(ctx, id); err != nil {
+			return nil, err
+		}
+	}
+	return &warmMachine{id: id, template: tmpl}, nil
+}
+
+func (s *nullspaceSide) execTrue(ctx context.Context, w *warmMachine, res *results) error {
+	start := time.Now()
+	if err := s.runTrue(ctx, w.id); err != nil {
+		return err
+	}
+	res.addDuration(metricExec, sideNullspace, w.template, time.Since(start))
+	return nil
+}
+
+// kill kills a machine; res, when set, gets the time it took.
+func (s *nullspaceSide) kill(ctx context.Context, w *warmMachine, res *results) error {
+	start := time.Now()
+	if _, err := s.client.KillMachine(ctx, w.id); err != nil {
+		return fmt.Errorf("kill machine %s: %w", w.id, err)
+	}
+	if res != nil {
+		res.addDuration(metricKill, sideNullspace, w.template, time.Since(start))
+	}
+	delete(s.live, w.id)
+	return nil
+}
+
+// memory samples an idle machine's cgroup and processes.
+func (s *nullspaceSide) memory(ctx context.Context, id string) (memSample, error) {
+	rec, err := s.inst.Manager.Get(ctx, defaultTeam, id)
+	if err != nil {
+		return memSample{}, fmt.Errorf("find container of machine %s: %w", id, err)
+	}
+	return readMemory(benchNames.CgroupParent, rec.ContainerID)
+}
+
+// close kills every machine the benchmark left, stops the server and
+// removes the host objects the server keeps across restarts (the firewall
+// table, the parent cgroup): a production server never removes them.
+func (s *nullspaceSide) close(ctx context.Context) error {
+	var errs []error
+	if s.client != nil {
+		for id := range s.live {
+			if _, err := s.client.KillMachine(ctx, id); err != nil && !client.IsCode(err, "machine_not_found") {
+				errs = append(errs, fmt.Errorf("kill machine %s: %w", id, err))
+			}
+		}
+		// Machines whose create was cut short by Ctrl-C are not in live.
+		ms, err := s.client.ListMachines(ctx, client.ListOptions{})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list machines: %w", err))
+		}
+		for _, m := range ms {
+			if m.State == api.StateKilled {
+				continue
+			}
+			if _, err := s.client.KillMachine(ctx, m.ID); err != nil {
+				errs = append(errs, fmt.Errorf("kill machine %s: %w", m.ID, err))
+			}
+		}
+	}
+	if s.inst != nil {
+		if err := s.inst.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down server: %w", err))
+		}
+	}
+	errs = append(errs, removeFirewallTable(benchNames.FirewallTable), removeCgroupParent(benchNames.CgroupParent))
+	return errors.Join(errs...)
+}
+
+// removeFirewallTable deletes the benchmark server's nftables table.
+func removeFirewallTable(name string) error {
+	conn, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("remove firewall table %s: %w", name, err)
+	}
+	if !firewallTableExists(conn, name) {
+		return nil
+	}
+	conn.DelTable(&nftables.Table{Name: name, Family: nftables.TableFamilyINet})
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("remove firewall table inet %s: %w", name, err)
+	}
+	return nil
+}
+
+func firewallTableExists(conn *nftables.Conn, name string) bool {
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// sleep waits for d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
