@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// cgroupV2 reports whether /sys/fs/cgroup is the unified (v2) hierarchy.
+func cgroupV2() bool {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	return err == nil
+}
+
+// memoryCgroupRoot is the root of the hierarchy with the memory controller.
+func memoryCgroupRoot() string {
+	if cgroupV2() {
+		return "/sys/fs/cgroup"
+	}
+	return "/sys/fs/cgroup/memory"
+}
+
+// memSample is one idle sandbox's memory.
+type memSample struct {
+	// CgroupUsage is memory.usage_in_bytes (v1) or memory.current (v2):
+	// what the limit is charged with, page cache included.
+	CgroupUsage int64 `json:"cgroup_usage_bytes"`
+	// CgroupRSS and CgroupCache split it (memory.stat total_rss and
+	// total_cache; anon and file on v2).
+	CgroupRSS   int64 `json:"cgroup_rss_bytes"`
+	CgroupCache int64 `json:"cgroup_cache_bytes"`
+	// RSS and PSS sum /proc/<pid>/smaps_rollup over the cgroup's processes
+	// (runsc-sandbox, the gofer and, on systrap, the stub processes).
+	RSS   int64     `json:"rss_bytes"`
+	PSS   int64     `json:"pss_bytes"`
+	Procs []procMem `json:"processes"`
+}
+
+type procMem struct {
+	PID  int    `json:"pid"`
+	Comm string `json:"comm"`
+	RSS  int64  `json:"rss_bytes"`
+	PSS  int64  `json:"pss_bytes"`
+}
+
+// readMemory samples the cgroup <parent>/<id> and its processes.
+func readMemory(parent, id string) (memSample, error) {
+	dir := filepath.Join(memoryCgroupRoot(), parent, id)
+	var s memSample
+	var err error
+	usageFile, rssKey, cacheKey := "memory.usage_in_bytes", "total_rss", "total_cache"
+	if cgroupV2() {
+		usageFile, rssKey, cacheKey = "memory.current", "anon", "file"
+	}
+	if s.CgroupUsage, err = readInt(filepath.Join(dir, usageFile)); err != nil {
+		return s, fmt.Errorf("memory of container %s: %w", id, err)
+	}
+	stat, err := readKeyed(filepath.Join(dir, "memory.stat"), 1)
+	if err != nil {
+		return s, fmt.Errorf("memory of container %s: %w", id, err)
+	}
+	s.CgroupRSS, s.CgroupCache = stat[rssKey], stat[cacheKey]
+
+	pids, err := cgroupPIDs(dir)
+	if err != nil {
+		return s, fmt.Errorf("processes of container %s: %w", id, err)
+	}
+	if len(pids) == 0 {
+		return s, fmt.Errorf("processes of container %s: cgroup %s is empty", id, dir)
+	}
+	for _, pid := range pids {
+		p, err := readProcMem(pid)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // exited meanwhile
+		}
+		if err != nil {
+			return s, err
+		}
+		s.Procs = append(s.Procs, p)
+		s.RSS += p.RSS
+		s.PSS += p.PSS
+	}
+	return s, nil
+}
+
+// cgroupPIDs returns the processes of a cgroup and of its descendants.
+func cgroupPIDs(dir string) ([]int, error) {
+	var pids []int
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || d.Name() != "cgroup.procs" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return nil
+	})
+	slices.Sort(pids)
+	return slices.Compact(pids), err
+}
+
+func readProcMem(pid int) (procMem, error) {
+	p := procMem{PID: pid}
+	comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if err != nil {
+		return p, err
+	}
+	p.Comm = strings.TrimSpace(string(comm))
+	kb, err := readKeyed(fmt.Sprintf("/proc/%d/smaps_rollup", pid), 1024)
+	if err != nil {
+		return p, err
+	}
+	p.RSS, p.PSS = kb["Rss:"], kb["Pss:"]
+	return p, nil
+}
+
+func readInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// readKeyed reads "key value [unit]" lines, multiplying values by scale.
+func readKeyed(path string, scale int64) (map[string]int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	m := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		if v, err := strconv.ParseInt(fields[1], 10, 64); err == nil {
+			m[fields[0]] = v * scale
+		}
+	}
+	return m, sc.Err()
+}
+
+// cgroupDirs returns a parent cgroup's directory in every hierarchy.
+func cgroupDirs(parent string) []string {
+	if cgroupV2() {
+		return []string{filepath.Join("/sys/fs/cgroup", parent)}
+	}
+	entries, err := os.ReadDir("/sys/fs/cgroup")
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		d := filepath.Join("/sys/fs/cgroup", e.Name(), parent)
+		if _, err := os.Stat(d); err == nil {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+// removeCgroupParent removes a parent cgroup runsc left behind (it removes
+// the containers' own cgroups, not their parent). A parent that still has
+// children is an error: something was not deleted.
+func removeCgroupParent(parent string) error {
+	var errs []error
+	for _, d := range cgroupDirs(parent) {
+		if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}

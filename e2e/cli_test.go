@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/cli"
+)
+
+// nullspace runs the CLI against the test server and returns its exit code
+// and output.
+func nullspace(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	root := cli.NewRootCommand("e2e")
+	var stdout, stderr bytes.Buffer
+	root.SetOut(&stdout)
+	root.SetErr(&stderr)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(append([]string{"--api-url", "http://" + env.inst.Addr, "--api-key", env.key}, args...))
+	code := cli.Execute(t.Context(), root)
+	return code, stdout.String(), stderr.String()
+}
+
+// TestCLI drives a machine through the CLI: create, exec with streamed
+// output and the command's exit code, files, list, kill.
+func TestCLI(t *testing.T) {
+	code, out, errOut := nullspace(t, "", "--json", "machine", "create", "--template", "minimal", "--metadata", "owner=cli-test")
+	if code != 0 {
+		t.Fatalf("machine create: exit %d: %s", code, errOut)
+	}
+	var m api.Machine
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("machine create --json output %q: %v", out, err)
+	}
+	t.Cleanup(func() { nullspace(t, "", "machine", "kill", m.ID) })
+
+	steps := []struct {
+		args       []string
+		stdin      string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{[]string{"exec", m.ID, "--", "sh", "-c", "echo out; echo err >&2; exit 5"}, "", 5, "out\n", "err\n"},
+		{[]string{"exec", m.ID, "--", "no-such-command"}, "", 127, "", "not found"},
+		{[]string{"files", "write", m.ID, "/workspace/cli.txt", "-"}, "from the cli\n", 0, "", ""},
+		{[]string{"files", "read", m.ID, "/workspace/cli.txt"}, "", 0, "from the cli\n", ""},
+		{[]string{"exec", m.ID, "--", "cat", "/workspace/cli.txt"}, "", 0, "from the cli\n", ""},
+		{[]string{"files", "ls", m.ID, "/workspace"}, "", 0, "cli.txt", ""},
+		{[]string{"machine", "list", "--metadata", "owner=cli-test"}, "", 0, m.ID, ""},
+		{[]string{"machine", "info", "mch_00000000000000000000"}, "", 1, "", "machine_not_found"},
+		{[]string{"machine", "kill", m.ID}, "", 0, m.ID, ""},
+		{[]string{"exec", m.ID, "--", "true"}, "", 1, "", "machine_not_running"},
+	}
+	for _, s := range steps {
+		code, out, errOut := nullspace(t, s.stdin, s.args...)
+		if code != s.wantCode || !strings.Contains(out, s.wantStdout) || !strings.Contains(errOut, s.wantStderr) {
+			t.Errorf("nullspace %s: exit %d, stdout %q, stderr %q; want exit %d, stdout containing %q, stderr containing %q",
+				strings.Join(s.args, " "), code, out, errOut, s.wantCode, s.wantStdout, s.wantStderr)
+		}
+	}
+}
