@@ -43,8 +43,12 @@ test: build vet
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...
 
+# Nullspace against raw runsc on this host, in one run (needs root): prints
+# a table and writes every sample to bench/results.json. Pass more flags
+# with BENCH_FLAGS, e.g. `make bench BENCH_FLAGS='-n 50 -log-level debug'`.
 bench: build
-	bin/nullspace-bench -out bench/results.json
+	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
+		$(GO) run ./bench -out bench/results.json $(BENCH_FLAGS)
 
 clean:
 	rm -rf bin

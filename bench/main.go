@@ -160,6 +160,10 @@ func run(ctx context.Context, cfg config) (err error) {
 	if err != nil {
 		return err
 	}
+	// The real path: mount points in mountinfo are compared with it.
+	if work, err = filepath.EvalSymlinks(work); err != nil {
+		return err
+	}
 	res := newResults(cfg)
 	res.Host = hostInfo(ctx, cfg)
 
@@ -167,6 +171,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		ns  *nullspaceSide
 		raw *rawSide
 	)
+	tap := newTapHandler(os.Stderr, cfg.logLevel)
 	defer func() {
 		// Cleanup ignores the signal context: it always runs to the end.
 		cctx := context.WithoutCancel(ctx)
@@ -174,7 +179,9 @@ func run(ctx context.Context, cfg config) (err error) {
 			fmt.Fprintln(os.Stderr, "bench: interrupted; cleaning up (this takes a few seconds)")
 		}
 		cerr := cleanup(cctx, ns, raw)
-		res.Cleanup = verifyClean(cctx, cfg, ns, raw)
+		// After the sandboxes are gone: runsc's null-netns mounts in the roots.
+		cerr = errors.Join(cerr, unmountUnder(work))
+		res.Cleanup = verifyClean(cctx, cfg, work)
 		if cerr == nil && !res.Cleanup.OK {
 			cerr = fmt.Errorf("leftovers after cleanup: %s", strings.Join(res.Cleanup.Leftovers, "; "))
 		}
@@ -189,6 +196,14 @@ func run(ctx context.Context, cfg config) (err error) {
 		if cerr != nil {
 			res.Cleanup.Error = cerr.Error()
 		}
+		if res.hasSamples() {
+			res.Server = tap.summary()
+			res.summarize()
+			if err != nil {
+				fmt.Printf("\nPARTIAL RESULTS (%v)\n", err)
+			}
+			res.printTable(os.Stdout)
+		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
 				cerr = errors.Join(cerr, werr)
@@ -199,7 +214,6 @@ func run(ctx context.Context, cfg config) (err error) {
 		err = errors.Join(err, cerr)
 	}()
 
-	tap := newTapHandler(os.Stderr, cfg.logLevel)
 	templates, err := prepareTemplates(ctx, cfg, slog.New(tap))
 	if err != nil {
 		return err
@@ -220,13 +234,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	res.Host.RunscFlags = raw.runsc.globalFlags("")
 
-	if err := measure(ctx, cfg, ns, raw, res); err != nil {
-		return err
-	}
-	res.Server = ns.tap.summary()
-	res.summarize()
-	res.printTable(os.Stdout)
-	return nil
+	return measure(ctx, cfg, ns, raw, res)
 }
 
 // measure runs the measurements, interleaving the sides.
@@ -300,7 +308,9 @@ func progress(done, total int) {
 	}
 }
 
-// cleanup removes everything the sides made. It keeps going on errors.
+// cleanup removes everything the sides made. It keeps going on errors. The
+// server's firewall table and both parent cgroups go last: a production
+// server keeps them across restarts, the benchmark owns its own.
 func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
 	var errs []error
 	if ns != nil {
@@ -309,5 +319,7 @@ func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
 	if raw != nil {
 		errs = append(errs, raw.close(ctx))
 	}
+	errs = append(errs, removeFirewallTable(benchNames.FirewallTable),
+		removeCgroupParent(benchNames.CgroupParent), removeCgroupParent(rawCgroupParent))
 	return errors.Join(errs...)
 }

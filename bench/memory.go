@@ -121,6 +121,13 @@ func readProcMem(pid int) (procMem, error) {
 		return p, err
 	}
 	p.Comm = strings.TrimSpace(string(comm))
+	// runsc re-executes itself (comm "exe") and names its processes in
+	// argv[0]: runsc-sandbox, runsc-gofer.
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 != "" {
+			p.Comm = filepath.Base(argv0)
+		}
+	}
 	kb, err := readKeyed(fmt.Sprintf("/proc/%d/smaps_rollup", pid), 1024)
 	if err != nil {
 		return p, err

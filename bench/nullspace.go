@@ -116,7 +116,6 @@ type nullspaceSide struct {
 	cfg            config
 	inst           *server.Instance
 	client         *client.Client
-	tap            *tapHandler
 	extraTemplates []string // templates beyond minimal to benchmark
 
 	// live holds the machines made and not yet killed (one goroutine only).
@@ -139,7 +138,7 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	if err != nil {
 		return nil, fmt.Errorf("start nullspace server: %w", err)
 	}
-	s := &nullspaceSide{cfg: cfg, inst: inst, tap: tap, live: map[string]bool{}}
+	s := &nullspaceSide{cfg: cfg, inst: inst, live: map[string]bool{}}
 	if tmpls.base {
 		s.extraTemplates = []string{template.Base}
 	}
@@ -247,9 +246,7 @@ func (s *nullspaceSide) memory(ctx context.Context, id string) (memSample, error
 	return readMemory(benchNames.CgroupParent, rec.ContainerID)
 }
 
-// close kills every machine the benchmark left, stops the server and
-// removes the host objects the server keeps across restarts (the firewall
-// table, the parent cgroup): a production server never removes them.
+// close kills every machine the benchmark left and stops the server.
 func (s *nullspaceSide) close(ctx context.Context) error {
 	var errs []error
 	if s.client != nil {
@@ -277,7 +274,6 @@ func (s *nullspaceSide) close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("shut down server: %w", err))
 		}
 	}
-	errs = append(errs, removeFirewallTable(benchNames.FirewallTable), removeCgroupParent(benchNames.CgroupParent))
 	return errors.Join(errs...)
 }
 

@@ -181,7 +181,9 @@ func (r *rawSide) prepare(ctx context.Context) (*rawContainer, error) {
 	}
 	base := uint32(block[0])<<24 | uint32(block[1])<<16 | uint32(block[2])<<8 | uint32(block[3])
 	u := base + off
-	addrOf := func(v uint32) netip.Addr { return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}) }
+	addrOf := func(v uint32) netip.Addr {
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
 	gateway, guest := addrOf(u+1), addrOf(u+2)
 
 	c := &rawContainer{
@@ -338,8 +340,7 @@ func (r *rawSide) removeNetnsAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// close deletes every container under the private root, the namespaces and
-// the parent cgroup.
+// close deletes every container under the private root and the namespaces.
 func (r *rawSide) close(ctx context.Context) error {
 	var errs []error
 	ids, err := r.runsc.list(ctx)
@@ -361,7 +362,7 @@ func (r *rawSide) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, r.removeNetnsAll(ctx), removeCgroupParent(rawCgroupParent))
+	errs = append(errs, r.removeNetnsAll(ctx))
 	return errors.Join(errs...)
 }
 
