@@ -174,9 +174,9 @@ type Machine struct {
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error`
 
-// InsertMachine stores a new machine. The slot must be free among live
-// machines; AllocateSlot and InsertMachine run in one transaction through
-// CreateMachine.
+// CreateMachine stores a new machine and gives it, in the same transaction,
+// the lowest network slot that no machine in liveStates holds (slots bounds
+// the pool).
 func (s *DB) CreateMachine(ctx context.Context, m *Machine, liveStates []string, slots int) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {

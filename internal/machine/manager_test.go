@@ -1,0 +1,183 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// fakeDriver records containers; Start fails when failStart is set.
+type fakeDriver struct {
+	mu         sync.Mutex
+	containers map[string]runtime.Status
+	failStart  error
+}
+
+func (d *fakeDriver) Start(_ context.Context, s runtime.Spec) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failStart != nil {
+		return d.failStart
+	}
+	d.containers[s.ID] = runtime.StatusRunning
+	return nil
+}
+
+func (d *fakeDriver) Delete(_ context.Context, id, dir string) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.containers, id)
+	return nil
+}
+
+func (d *fakeDriver) State(_ context.Context, id string) (runtime.State, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.containers[id]
+	if !ok {
+		return runtime.State{}, runtime.ErrNotExist
+	}
+	return runtime.State{ID: id, Status: st}, nil
+}
+
+func (d *fakeDriver) List(context.Context) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ids []string
+	for id := range d.containers {
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// fakeNetwork records set-up slots.
+type fakeNetwork struct {
+	mu    sync.Mutex
+	slots map[int]bool
+}
+
+func (n *fakeNetwork) Setup(_ context.Context, slot int) (NetInfo, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.slots[slot] = true
+	return NetInfo{NetnsPath: "/nonexistent", HostIP: netip.MustParseAddr("127.0.0.1"), GuestIP: netip.MustParseAddr("127.0.0.1")}, nil
+}
+
+func (n *fakeNetwork) Teardown(_ context.Context, slot int) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.slots, slot)
+	return nil
+}
+
+func (n *fakeNetwork) SetInternet(netip.Addr, bool) error { return nil }
+func (n *fakeNetwork) Slots() int                         { return 16 }
+func (n *fakeNetwork) GuestIP(int) (netip.Addr, error)    { return netip.MustParseAddr("127.0.0.1"), nil }
+func (n *fakeNetwork) Existing() ([]int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []int
+	for s := range n.slots {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+type fakeTemplates struct{}
+
+func (fakeTemplates) Get(_ context.Context, name string) (api.Template, error) {
+	return api.Template{Name: name, State: api.TemplateReady}, nil
+}
+func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", nil }
+
+func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := store.Open(t.Context(), filepath.Join(dir, "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	d := &fakeDriver{containers: map[string]runtime.Status{}}
+	n := &fakeNetwork{slots: map[int]bool{}}
+	m, err := New(Config{DataDir: dir, AgentDir: dir, MaxCPU: 2, MaxMemoryMB: 1024}, db, d, n, fakeTemplates{},
+		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m, d, n, db
+}
+
+// TestCreateFailureLeavesNothing: when the sandbox cannot start, the create
+// fails and no row, network slot, container or directory is left.
+func TestCreateFailureLeavesNothing(t *testing.T) {
+	m, d, n, db := newTestManager(t)
+	d.failStart = errors.New("runsc exploded")
+	if _, err := m.Create(t.Context(), "team", api.CreateMachineRequest{Template: "minimal"}); err == nil {
+		t.Fatal("create succeeded, want an error")
+	}
+	rows, _ := db.ListMachines(t.Context(), store.MachineFilter{})
+	if len(rows) != 0 || len(n.slots) != 0 || len(d.containers) != 0 {
+		t.Fatalf("left behind: rows %d, slots %v, containers %v", len(rows), n.slots, d.containers)
+	}
+	entries, _ := os.ReadDir(filepath.Join(m.cfg.DataDir, "machines"))
+	if len(entries) != 0 {
+		t.Fatalf("left machine dirs: %v", entries)
+	}
+}
+
+// TestReconcile: after a crash, an interrupted create is undone, an
+// interrupted kill is finished, a running machine whose sandbox is gone is
+// failed, a live one is kept, and orphans are removed.
+func TestReconcile(t *testing.T) {
+	ctx := t.Context()
+	m, d, n, db := newTestManager(t)
+	mk := func(id, state string, alive bool) *store.Machine {
+		rec := &store.Machine{ID: id, TeamID: "team", State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+			ContainerID: "c-" + id, AgentToken: "x"}
+		if err := db.CreateMachine(ctx, rec, liveStates, 16); err != nil {
+			t.Fatal(err)
+		}
+		n.slots[rec.Slot] = true
+		if alive {
+			d.containers[rec.ContainerID] = runtime.StatusRunning
+		}
+		return rec
+	}
+	creating := mk("creating", api.StateCreating, true)
+	killing := mk("killing", api.StateKilling, true)
+	dead := mk("dead", api.StateRunning, false)
+	alive := mk("alive", api.StateRunning, true)
+	d.containers["orphan"] = runtime.StatusRunning
+	n.slots[15] = true
+
+	if err := m.Reconcile(ctx); err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	if _, err := db.GetMachine(ctx, creating.ID); err == nil {
+		t.Error("interrupted create still has a row")
+	}
+	want := map[string]string{killing.ID: api.StateKilled, dead.ID: api.StateFailed, alive.ID: api.StateRunning}
+	for id, state := range want {
+		rec, err := db.GetMachine(ctx, id)
+		if err != nil || rec.State != state {
+			t.Errorf("machine %s: %+v, %v; want state %s", id, rec, err, state)
+		}
+	}
+	if len(d.containers) != 1 || d.containers[alive.ContainerID] == "" {
+		t.Errorf("containers after reconcile = %v, want only %s", d.containers, alive.ContainerID)
+	}
+	if len(n.slots) != 1 || !n.slots[alive.Slot] {
+		t.Errorf("slots after reconcile = %v, want only %d", n.slots, alive.Slot)
+	}
+}
