@@ -161,9 +161,12 @@ func run(ctx context.Context, cfg config) (err error) {
 		return err
 	}
 	// The real path: mount points in mountinfo are compared with it.
-	if work, err = filepath.EvalSymlinks(work); err != nil {
+	realWork, err := filepath.EvalSymlinks(work)
+	if err != nil {
+		os.Remove(work)
 		return err
 	}
+	work = realWork
 	res := newResults(cfg)
 	res.Host = hostInfo(ctx, cfg)
 
@@ -189,6 +192,9 @@ func run(ctx context.Context, cfg config) (err error) {
 			fmt.Fprintln(os.Stderr, "bench: kept work dir", work)
 		} else if rerr := os.RemoveAll(work); rerr != nil {
 			cerr = errors.Join(cerr, rerr)
+		}
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("interrupted: %w", err)
 		}
 		if err != nil {
 			res.Error = err.Error()
@@ -234,11 +240,13 @@ func run(ctx context.Context, cfg config) (err error) {
 	}
 	res.Host.RunscFlags = raw.runsc.globalFlags("")
 
-	return measure(ctx, cfg, ns, raw, res)
+	return measure(ctx, cfg, work, ns, raw, res)
 }
 
 // measure runs the measurements, interleaving the sides.
-func measure(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results) error {
+func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, raw *rawSide, res *results) error {
+	watchOthers := func() { res.Host.OtherSandboxes = max(res.Host.OtherSandboxes, otherSandboxes(work)) }
+	watchOthers()
 	tmpls := append([]string{"minimal"}, ns.extraTemplates...)
 	fmt.Fprintf(os.Stderr, "bench: create, idle memory and kill, %d iterations (templates %s; raw runsc)\n",
 		cfg.n, strings.Join(tmpls, ", "))
@@ -261,6 +269,7 @@ func measure(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, r
 				return err
 			}
 		}
+		watchOthers()
 		progress(i+1, cfg.n)
 	}
 
@@ -289,6 +298,7 @@ func measure(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, r
 				return err
 			}
 		}
+		watchOthers()
 		progress(i+1, cfg.n)
 	}
 	if err := raw.kill(ctx, warmRaw, nil); err != nil {

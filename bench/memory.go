@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // cgroupV2 reports whether /sys/fs/cgroup is the unified (v2) hierarchy.
@@ -36,7 +38,9 @@ type memSample struct {
 	CgroupRSS   int64 `json:"cgroup_rss_bytes"`
 	CgroupCache int64 `json:"cgroup_cache_bytes"`
 	// RSS and PSS sum /proc/<pid>/smaps_rollup over the cgroup's processes
-	// (runsc-sandbox, the gofer and, on systrap, the stub processes).
+	// (runsc-sandbox, the gofer and, on systrap, the stub processes),
+	// counting each address space once: systrap runs several stub processes
+	// in one address space (one mm), and each would report all of it.
 	RSS   int64     `json:"rss_bytes"`
 	PSS   int64     `json:"pss_bytes"`
 	Procs []procMem `json:"processes"`
@@ -47,6 +51,9 @@ type procMem struct {
 	Comm string `json:"comm"`
 	RSS  int64  `json:"rss_bytes"`
 	PSS  int64  `json:"pss_bytes"`
+	// SameMMAs is the pid of an earlier process with the same address
+	// space; this one is not summed.
+	SameMMAs int `json:"same_mm_as,omitempty"`
 }
 
 // readMemory samples the cgroup <parent>/<id> and its processes.
@@ -82,11 +89,29 @@ func readMemory(parent, id string) (memSample, error) {
 		if err != nil {
 			return s, err
 		}
+		for _, q := range s.Procs {
+			if q.SameMMAs == 0 && sameMM(q.PID, pid) {
+				p.SameMMAs = q.PID
+				break
+			}
+		}
 		s.Procs = append(s.Procs, p)
-		s.RSS += p.RSS
-		s.PSS += p.PSS
+		if p.SameMMAs == 0 {
+			s.RSS += p.RSS
+			s.PSS += p.PSS
+		}
 	}
 	return s, nil
+}
+
+// kcmpVM is KCMP_VM of kcmp(2): do two processes share an address space?
+const kcmpVM = 1
+
+// sameMM reports whether processes a and b share their address space. It
+// reports false when kcmp(2) is unavailable (then shared ones are summed).
+func sameMM(a, b int) bool {
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, uintptr(a), uintptr(b), kcmpVM, 0, 0, 0)
+	return errno == 0 && r == 0
 }
 
 // cgroupPIDs returns the processes of a cgroup and of its descendants.
@@ -122,10 +147,14 @@ func readProcMem(pid int) (procMem, error) {
 	}
 	p.Comm = strings.TrimSpace(string(comm))
 	// runsc re-executes itself (comm "exe") and names its processes in
-	// argv[0]: runsc-sandbox, runsc-gofer.
+	// argv[0]: runsc-sandbox, runsc-gofer. The sandbox's children with an
+	// empty command line are systrap's stub processes, which hold the
+	// sandboxed address spaces.
 	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
 		if argv0, _, _ := strings.Cut(string(cmdline), "\x00"); argv0 != "" {
 			p.Comm = filepath.Base(argv0)
+		} else if p.Comm == "exe" {
+			p.Comm = "systrap-stub"
 		}
 	}
 	kb, err := readKeyed(fmt.Sprintf("/proc/%d/smaps_rollup", pid), 1024)
@@ -198,4 +227,27 @@ func removeCgroupParent(parent string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// otherSandboxes counts the runsc sandboxes on the host whose --root is not
+// under work: someone else's machines, competing with the benchmark.
+func otherSandboxes(work string) int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.HasPrefix(string(b), "runsc-sandbox\x00") {
+			continue
+		}
+		if !strings.Contains(string(b), "--root="+work+"/") {
+			n++
+		}
+	}
+	return n
 }

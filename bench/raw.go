@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -124,6 +125,9 @@ type rawSide struct {
 	live  map[string]*rawContainer
 	netns map[string]bool
 }
+
+// vethOf returns the host-side veth of a raw namespace: nsbraw-N has nbrN.
+func vethOf(netns string) string { return rawVethPrefix + strings.TrimPrefix(netns, rawNetnsPrefix) }
 
 func newRawSide(ctx context.Context, cfg config, work, rootfs string) (*rawSide, error) {
 	ip, err := lookIP()
@@ -318,24 +322,35 @@ func (r *rawSide) kill(ctx context.Context, c *rawContainer, res *results) error
 func (r *rawSide) release(ctx context.Context, c *rawContainer) error {
 	var errs []error
 	if r.netns[c.netns] {
-		if err := r.ipCmd(ctx, "netns", "del", c.netns); err != nil {
-			errs = append(errs, err)
-		} else {
-			delete(r.netns, c.netns)
-		}
+		errs = append(errs, r.removeNetns(ctx, c.netns))
 	}
 	return errors.Join(append(errs, os.RemoveAll(c.dir))...)
+}
+
+// removeNetns removes a namespace and its veth pair. The pair is deleted
+// first, by its host end: that is synchronous, whereas the kernel destroys a
+// deleted namespace's interfaces later, in the background.
+func (r *rawSide) removeNetns(ctx context.Context, name string) error {
+	var errs []error
+	veth := vethOf(name)
+	if _, err := net.InterfaceByName(veth); err == nil {
+		if err := r.ipCmd(ctx, "link", "del", veth); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.ipCmd(ctx, "netns", "del", name); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		delete(r.netns, name)
+	}
+	return errors.Join(errs...)
 }
 
 func (r *rawSide) removeNetnsAll(ctx context.Context) error {
 	var errs []error
 	for name := range r.netns {
-		// Deleting the namespace destroys eth0 and with it the host end.
-		if err := r.ipCmd(ctx, "netns", "del", name); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		delete(r.netns, name)
+		errs = append(errs, r.removeNetns(ctx, name))
 	}
 	return errors.Join(errs...)
 }
@@ -452,7 +467,10 @@ func runscVersion(ctx context.Context, bin string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, "--version").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+		if msg := strings.TrimSpace(string(out)); msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return "", err
 	}
 	return strings.Join(strings.Fields(string(out)), " "), nil
 }

@@ -141,6 +141,9 @@ func (r *results) add(metric, side, tmpl, unit string, v float64) {
 		r.index[key] = s
 		r.Series = append(r.Series, s)
 	}
+	if unit == unitMS {
+		v = math.Round(v*1000) / 1000 // µs are plenty
+	}
 	s.Samples = append(s.Samples, v)
 }
 
@@ -263,11 +266,21 @@ func (r *results) printTable(w io.Writer) {
 		if ms := r.Memory[key]; len(ms) > 0 {
 			last := ms[len(ms)-1]
 			var parts []string
+			shared := 0
 			for _, p := range last.Procs {
+				if p.SameMMAs != 0 {
+					shared++
+					continue
+				}
 				parts = append(parts, fmt.Sprintf("%s %s/%s", p.Comm, mib(float64(p.RSS)), mib(float64(p.PSS))))
 			}
-			fmt.Fprintf(w, "processes of an idle %s sandbox (RSS/PSS): %s\n", key, strings.Join(parts, ", "))
+			fmt.Fprintf(w, "processes of an idle %s sandbox, RSS/PSS: %s (+%d sharing an address space above, not summed)\n",
+				key, strings.Join(parts, ", "), shared)
 		}
+	}
+	if r.Host.OtherSandboxes > 0 {
+		fmt.Fprintf(w, "WARNING: up to %d other runsc sandboxes ran on this host meanwhile: numbers are noisier\n",
+			r.Host.OtherSandboxes)
 	}
 	for _, n := range r.Notes {
 		fmt.Fprintln(w, "note:", n)
@@ -322,6 +335,10 @@ type host struct {
 	GVisorVersion string   `json:"gvisor_module_version"`
 	GVisorCommit  string   `json:"gvisor_commit"`
 	RunscFlags    []string `json:"runsc_global_flags"`
+	// OtherSandboxes is the most runsc sandboxes not the benchmark's seen
+	// running on the host between iterations: when not 0, others competed
+	// for the CPUs and shared runsc's pages (which lowers PSS).
+	OtherSandboxes int `json:"other_sandboxes_max"`
 }
 
 func hostInfo(ctx context.Context, cfg config) host {

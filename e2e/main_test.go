@@ -14,13 +14,14 @@ import (
 	"nullspace.dev/nullspace/internal/server"
 )
 
-// Host object names of the test server: distinct from a real server's, so
-// tests can run beside `make run`.
+// Host object names of the test server: distinct from a real server's and
+// from the netns package's tests (which run in parallel), so tests can run
+// beside `make run`.
 var testNames = server.HostNames{
-	NetnsPrefix:   "nstest-",
-	VethPrefix:    "nst",
-	FirewallTable: "nullspace_test",
-	CgroupParent:  "/nullspace-test",
+	NetnsPrefix:   "nse2e-",
+	VethPrefix:    "nse",
+	FirewallTable: "nullspace_e2e",
+	CgroupParent:  "/nullspace-e2e",
 }
 
 const (

@@ -52,6 +52,11 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 			return s.machines.CheckAgentError(r.Context(), team, id, unavailable)
 		}
 		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusUnauthorized {
+			// The agent refused the server's per-machine token: a server-side
+			// fault, not a problem with the caller's API key.
+			return fmt.Errorf("machine %s's agent refused its token: %w", id, errdefs.ErrInternal)
+		}
 		return copyResponse(w, r, resp)
 	}
 }

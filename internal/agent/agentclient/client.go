@@ -109,7 +109,9 @@ func (c *Client) WaitReady(ctx context.Context) error {
 				"the machine agent did not become ready", "check the machine's log; the agent may have failed to start")
 		case <-t.C:
 		}
-		delay = min(delay*5/4, 50*time.Millisecond)
+		// Readiness is on the create path: keep polling often (a failed
+		// connect to the machine costs microseconds).
+		delay = min(delay*5/4, 5*time.Millisecond)
 	}
 }
 
