@@ -153,23 +153,16 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	return nil
 }
 
-// Delete kills and deletes the container, then removes dir.
+// Delete kills and deletes the container, then removes dir. It does not ask
+// for the state first (a runsc call is ~13 ms): kill fails harmlessly on a
+// stopped or missing container, and only a failed delete is checked.
 func (d *Driver) Delete(ctx context.Context, id, dir string) error {
-	st, err := d.State(ctx, id)
-	switch {
-	case errors.Is(err, runtime.ErrNotExist):
-	case err != nil:
-		return err
-	default:
-		if st.Status == runtime.StatusRunning || st.Status == runtime.StatusCreated || st.Status == runtime.StatusPaused {
-			if _, err := d.run(ctx, "kill", "--all", id, "KILL"); err != nil {
-				d.logger.DebugContext(ctx, "runsc kill", "container", id, "err", err)
-			}
-		}
-		if _, err := d.run(ctx, "delete", "--force", id); err != nil {
-			if _, serr := d.State(ctx, id); !errors.Is(serr, runtime.ErrNotExist) {
-				return fmt.Errorf("delete container %s: %w", id, err)
-			}
+	if _, err := d.run(ctx, "kill", "--all", id, "KILL"); err != nil {
+		d.logger.DebugContext(ctx, "runsc kill", "container", id, "err", err)
+	}
+	if _, err := d.run(ctx, "delete", "--force", id); err != nil {
+		if _, serr := d.State(ctx, id); !errors.Is(serr, runtime.ErrNotExist) {
+			return fmt.Errorf("delete container %s: %w", id, err)
 		}
 	}
 	if dir != "" {
