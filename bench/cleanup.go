@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
+	"nullspace.dev/nullspace/internal/mountinfo"
 )
 
 // verifyClean checks that nothing the benchmark made is left on the host:
@@ -55,7 +52,8 @@ func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 		}
 	}
 	rep.Checked = append(rep.Checked, "mounts under "+work)
-	for _, mp := range mountsUnder(work) {
+	mps, _ := mountinfo.Under(work)
+	for _, mp := range mps {
 		left("mount %s", mp)
 	}
 	rep.Checked = append(rep.Checked, "nftables table inet "+benchNames.FirewallTable)
@@ -83,56 +81,4 @@ func isSlotName(name, prefix string) bool {
 		}
 	}
 	return true
-}
-
-// mountsUnder returns the mount points at or below dir, deepest first.
-// runsc leaves one in every --root it used: null-netns, an nsfs bind mount.
-func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 5 {
-			continue
-		}
-		mp := unescapeMountPath(f[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
-	return slices.Compact(out)
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// unmountUnder unmounts everything mounted at or below dir.
-func unmountUnder(dir string) error {
-	var errs []error
-	for _, mp := range mountsUnder(dir) {
-		if err := unix.Unmount(mp, 0); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", mp, err))
-		}
-	}
-	return errors.Join(errs...)
 }

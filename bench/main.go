@@ -38,6 +38,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"nullspace.dev/nullspace/internal/mountinfo"
 )
 
 // config is the benchmark's configuration, from flags.
@@ -183,7 +185,7 @@ func run(ctx context.Context, cfg config) (err error) {
 		}
 		cerr := cleanup(cctx, ns, raw)
 		// After the sandboxes are gone: runsc's null-netns mounts in the roots.
-		cerr = errors.Join(cerr, unmountUnder(work))
+		cerr = errors.Join(cerr, mountinfo.UnmountUnder(work))
 		res.Cleanup = verifyClean(cctx, cfg, work)
 		if cerr == nil && !res.Cleanup.OK {
 			cerr = fmt.Errorf("leftovers after cleanup: %s", strings.Join(res.Cleanup.Leftovers, "; "))
