@@ -53,7 +53,7 @@ type Server struct {
 // New returns the API server.
 func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, logger *slog.Logger, version string) *Server {
 	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, logger: logger,
-		version: version, agent: agentclient.NewHTTPClient()}
+		version: version, agent: agentclient.SharedHTTPClient()}
 }
 
 // Route is one API route.

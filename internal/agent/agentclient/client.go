@@ -53,6 +53,11 @@ func New(baseURL, token string, hc *http.Client) *Client {
 // connection instead of paying for a handshake.
 var sharedHTTP = NewHTTPClient()
 
+// SharedHTTPClient returns the connection pool New uses by default. The
+// API's proxy uses it too, so a machine's first command reuses the
+// connection its readiness check opened.
+func SharedHTTPClient() *http.Client { return sharedHTTP }
+
 // NewHTTPClient returns an HTTP client suited to talking to agents: direct
 // (no proxy), short dial timeout, kept-alive connections, and no overall
 // timeout, since foreground commands and streams last long: bound calls
