@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"nullspace.dev/nullspace/internal/mountinfo"
+	"nullspace.dev/nullspace/internal/runtime/gvisor"
 )
 
 // verifyClean checks that nothing the benchmark made is left on the host:
@@ -37,7 +38,7 @@ func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 	}
 	for _, root := range []string{filepath.Join(work, "server", "runsc"), filepath.Join(work, "raw", "runsc-root")} {
 		rep.Checked = append(rep.Checked, "runsc --root="+root+" list")
-		ids, err := (&runscCLI{bin: cfg.runsc, root: root}).list(ctx)
+		ids, err := (&gvisor.CLI{Bin: cfg.runsc, Root: root}).List(ctx)
 		if err != nil {
 			left("runsc list under %s failed: %v", root, err)
 		}

@@ -240,7 +240,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	if err != nil {
 		return err
 	}
-	res.Host.RunscFlags = raw.runsc.globalFlags("")
+	res.Host.RunscFlags = raw.runsc.GlobalFlags("")
 
 	return measure(ctx, cfg, work, ns, raw, res)
 }

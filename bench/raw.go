@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -15,10 +14,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"nullspace.dev/nullspace/internal/runtime/gvisor"
 )
 
 // Host objects of the raw baseline, distinct from the server's.
@@ -31,75 +30,6 @@ const (
 // rawCIDR holds one /30 per raw container; only the namespace side (.2) gets
 // an address, and nothing is ever sent: init only sleeps.
 var rawCIDR = netip.MustParsePrefix("10.233.0.0/16")
-
-// runscCLI drives runsc the way internal/runtime/gvisor does: the same
-// global flags on every subcommand, each call in its own session.
-type runscCLI struct {
-	bin  string
-	root string
-}
-
-// globalFlags are those of the gvisor driver; overlay only goes to run.
-func (r *runscCLI) globalFlags(overlay string) []string {
-	flags := []string{"--root=" + r.root, "--platform=systrap", "--network=sandbox", "--cpu-num-from-quota"}
-	if overlay != "" {
-		flags = append(flags, "--overlay2="+overlay)
-	}
-	return flags
-}
-
-func (r *runscCLI) command(ctx context.Context, overlay string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, r.bin, append(r.globalFlags(overlay), args...)...)
-	// Its own session: a Ctrl-C on the benchmark never reaches a sandbox.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	return cmd
-}
-
-// output runs a short subcommand (state, list, kill, delete) and returns its
-// stdout. These exit before anything inherits their stdio, so buffers do.
-func (r *runscCLI) output(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := r.command(ctx, "", args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.Bytes(), nil
-}
-
-// withFiles runs a subcommand whose stdio the sandbox may inherit (run
-// --detach, exec): *os.File stdio, since a pipe would keep Wait hanging.
-func (r *runscCLI) withFiles(ctx context.Context, overlay, logPath string, args ...string) error {
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return err
-	}
-	defer devnull.Close()
-	log, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer log.Close()
-	cmd := r.command(ctx, overlay, args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("runsc %s: %w: %s", args[0], err, tailFile(logPath, 512))
-	}
-	return nil
-}
-
-// list returns the container ids under the root; none when the root was
-// never made.
-func (r *runscCLI) list(ctx context.Context) ([]string, error) {
-	if _, err := os.Stat(r.root); errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	out, err := r.output(ctx, "list", "--quiet")
-	if err != nil {
-		return nil, err
-	}
-	return strings.Fields(string(out)), nil
-}
 
 // rawContainer is one raw sandbox and its network namespace.
 type rawContainer struct {
@@ -114,7 +44,7 @@ func (c *rawContainer) log() string { return filepath.Join(c.dir, "runsc.log") }
 // rawSide runs sandboxes with runsc directly.
 type rawSide struct {
 	cfg    config
-	runsc  *runscCLI
+	runsc  *gvisor.CLI
 	dir    string
 	rootfs string
 	ip     string // the ip binary
@@ -137,10 +67,10 @@ func newRawSide(ctx context.Context, cfg config, work, rootfs string) (*rawSide,
 	dir := filepath.Join(work, "raw")
 	r := &rawSide{
 		cfg: cfg, dir: dir, rootfs: rootfs, ip: ip,
-		runsc: &runscCLI{bin: cfg.runsc, root: filepath.Join(dir, "runsc-root")},
+		runsc: &gvisor.CLI{Bin: cfg.runsc, Root: filepath.Join(dir, "runsc-root")},
 		live:  map[string]*rawContainer{}, netns: map[string]bool{},
 	}
-	if err := os.MkdirAll(r.runsc.root, 0o700); err != nil {
+	if err := os.MkdirAll(r.runsc.Root, 0o700); err != nil {
 		return nil, err
 	}
 	// Namespaces of an earlier run that was killed hard: ours by name.
@@ -240,12 +170,12 @@ func (r *rawSide) prepare(ctx context.Context) (*rawContainer, error) {
 // start runs the container detached, as the gvisor driver does.
 func (r *rawSide) start(ctx context.Context, c *rawContainer) error {
 	r.live[c.id] = c
-	return r.runsc.withFiles(ctx, "root:dir="+filepath.Join(c.dir, "overlay"), c.log(),
+	return r.runsc.RunLogged(ctx, "root:dir="+filepath.Join(c.dir, "overlay"), c.log(),
 		"run", "--detach", "--bundle="+filepath.Join(c.dir, "bundle"), c.id)
 }
 
 func (r *rawSide) execTrueIn(ctx context.Context, c *rawContainer) error {
-	return r.runsc.withFiles(ctx, "", c.log(), "exec", c.id, "/bin/true")
+	return r.runsc.RunLogged(ctx, "", c.log(), "exec", c.id, "/bin/true")
 }
 
 // lifecycle measures one raw sandbox: run + first exec, idle memory, kill.
@@ -306,10 +236,10 @@ func (r *rawSide) execTrue(ctx context.Context, c *rawContainer, res *results) e
 // removes its namespace and directory (untimed).
 func (r *rawSide) kill(ctx context.Context, c *rawContainer, res *results) error {
 	start := time.Now()
-	if _, err := r.runsc.output(ctx, "kill", "--all", c.id, "KILL"); err != nil {
+	if _, err := r.runsc.Output(ctx, "kill", "--all", c.id, "KILL"); err != nil {
 		return err
 	}
-	if _, err := r.runsc.output(ctx, "delete", "--force", c.id); err != nil {
+	if _, err := r.runsc.Output(ctx, "delete", "--force", c.id); err != nil {
 		return err
 	}
 	if res != nil {
@@ -358,7 +288,7 @@ func (r *rawSide) removeNetnsAll(ctx context.Context) error {
 // close deletes every container under the private root and the namespaces.
 func (r *rawSide) close(ctx context.Context) error {
 	var errs []error
-	ids, err := r.runsc.list(ctx)
+	ids, err := r.runsc.List(ctx)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -372,8 +302,8 @@ func (r *rawSide) close(ctx context.Context) error {
 		}
 		seen[id] = true
 		// kill fails on a stopped or half-made container; delete --force is what counts.
-		r.runsc.output(ctx, "kill", "--all", id, "KILL")
-		if _, err := r.runsc.output(ctx, "delete", "--force", id); err != nil && !strings.Contains(err.Error(), "does not exist") {
+		r.runsc.Output(ctx, "kill", "--all", id, "KILL")
+		if _, err := r.runsc.Output(ctx, "delete", "--force", id); err != nil && !strings.Contains(err.Error(), "does not exist") {
 			errs = append(errs, err)
 		}
 	}
@@ -447,18 +377,6 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// tailFile returns up to n bytes from the end of a file, for error messages.
-func tailFile(path string, n int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	if int64(len(b)) > n {
-		b = b[int64(len(b))-n:]
-	}
-	return strings.TrimSpace(string(b))
 }
 
 // runscVersion returns `runsc --version`, on one line.

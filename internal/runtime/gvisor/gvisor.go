@@ -14,14 +14,12 @@
 package gvisor
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -48,6 +46,7 @@ type Config struct {
 // Driver runs machines with runsc.
 type Driver struct {
 	cfg    Config
+	cli    CLI
 	logger *slog.Logger
 }
 
@@ -67,23 +66,7 @@ func New(cfg Config, logger *slog.Logger) (*Driver, error) {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return nil, fmt.Errorf("runsc root: %w", err)
 	}
-	return &Driver{cfg: cfg, logger: logger}, nil
-}
-
-// globalFlags are passed to every runsc subcommand. overlay, the root
-// overlay (--overlay2), only matters to run; other subcommands pass "".
-func (d *Driver) globalFlags(overlay string) []string {
-	flags := []string{
-		"--root=" + d.cfg.Root,
-		"--platform=" + d.cfg.Platform,
-		"--network=sandbox",
-		// The vCPU count seen inside follows the cgroup CPU quota.
-		"--cpu-num-from-quota",
-	}
-	if overlay != "" {
-		flags = append(flags, "--overlay2="+overlay)
-	}
-	return flags
+	return &Driver{cfg: cfg, cli: CLI{Bin: cfg.Runsc, Root: cfg.Root, Platform: cfg.Platform}, logger: logger}, nil
 }
 
 func overlayDir(dir string) string { return filepath.Join(dir, "overlay") }
@@ -91,24 +74,6 @@ func bundleDir(dir string) string  { return filepath.Join(dir, "bundle") }
 
 // ConsoleLog is the file that receives the machine's init (agent) output.
 func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
-
-// command builds a runsc invocation in its own session.
-func (d *Driver) command(ctx context.Context, overlay string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, d.cfg.Runsc, append(d.globalFlags(overlay), args...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	return cmd
-}
-
-// run runs a short runsc subcommand and returns its stdout.
-func (d *Driver) run(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := d.command(ctx, "", args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		return stdout.Bytes(), fmt.Errorf("runsc %s: %w: %s", args[0], err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.Bytes(), nil
-}
 
 // Start writes the OCI bundle and runs the container detached.
 func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
@@ -127,28 +92,15 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := os.WriteFile(filepath.Join(bundleDir(spec.Dir), "config.json"), cfg, 0o600); err != nil {
 		return fmt.Errorf("write spec: %w", err)
 	}
-	console, err := os.OpenFile(ConsoleLog(spec.Dir), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("console log: %w", err)
-	}
-	defer console.Close()
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return err
-	}
-	defer devnull.Close()
-
 	overlay := "root:dir=" + overlayDir(spec.Dir)
 	if spec.Writable {
 		overlay = "none" // writes go to the rootfs itself (template builds)
 	}
-	cmd := d.command(ctx, overlay, "run", "--detach", "--bundle="+bundleDir(spec.Dir), spec.ID)
-	// Files, not pipes: the sandbox inherits these and outlives the call.
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, console, console
-	if err := cmd.Run(); err != nil {
+	// The sandbox inherits the console log as its stdio: the agent logs there.
+	if err := d.cli.RunLogged(ctx, overlay, ConsoleLog(spec.Dir), "run", "--detach", "--bundle="+bundleDir(spec.Dir), spec.ID); err != nil {
 		// Leave nothing behind: a failed run may have left a created container.
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
-		return errors.Join(fmt.Errorf("runsc run %s: %w: %s", spec.ID, err, tail(ConsoleLog(spec.Dir), 1024)), cleanupErr)
+		return errors.Join(fmt.Errorf("start container %s: %w", spec.ID, err), cleanupErr)
 	}
 	return nil
 }
@@ -157,10 +109,10 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
 // for the state first (a runsc call is ~13 ms): kill fails harmlessly on a
 // stopped or missing container, and only a failed delete is checked.
 func (d *Driver) Delete(ctx context.Context, id, dir string) error {
-	if _, err := d.run(ctx, "kill", "--all", id, "KILL"); err != nil {
+	if _, err := d.cli.Output(ctx, "kill", "--all", id, "KILL"); err != nil {
 		d.logger.DebugContext(ctx, "runsc kill", "container", id, "err", err)
 	}
-	if _, err := d.run(ctx, "delete", "--force", id); err != nil {
+	if _, err := d.cli.Output(ctx, "delete", "--force", id); err != nil {
 		if _, serr := d.State(ctx, id); !errors.Is(serr, runtime.ErrNotExist) {
 			return fmt.Errorf("delete container %s: %w", id, err)
 		}
@@ -175,7 +127,7 @@ func (d *Driver) Delete(ctx context.Context, id, dir string) error {
 
 // State asks runsc for the container's state.
 func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
-	out, err := d.run(ctx, "state", id)
+	out, err := d.cli.Output(ctx, "state", id)
 	if err != nil {
 		if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "no such file") {
 			return runtime.State{}, fmt.Errorf("container %s: %w", id, runtime.ErrNotExist)
@@ -190,13 +142,7 @@ func (d *Driver) State(ctx context.Context, id string) (runtime.State, error) {
 }
 
 // List returns the ids of the containers under the driver's root.
-func (d *Driver) List(ctx context.Context) ([]string, error) {
-	out, err := d.run(ctx, "list", "--quiet")
-	if err != nil {
-		return nil, err
-	}
-	return strings.Fields(string(out)), nil
-}
+func (d *Driver) List(ctx context.Context) ([]string, error) { return d.cli.List(ctx) }
 
 // defaultCaps is Docker's default capability set: root inside a machine
 // behaves like root in a container; gVisor is the isolation boundary.
@@ -251,21 +197,6 @@ func (d *Driver) ociSpec(s runtime.Spec) *specs.Spec {
 			Namespaces: namespaces,
 		},
 	}
-}
-
-// tail returns up to n bytes from the end of a file, for error messages.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > n {
-		f.Seek(-n, 2)
-	}
-	b := make([]byte, n)
-	k, _ := f.Read(b)
-	return strings.TrimSpace(string(b[:k]))
 }
 
 // SweepCgroups removes machine cgroups under the driver's cgroup parent
