@@ -42,16 +42,13 @@ func (m *Manager) RunSteps(ctx context.Context, rootfs, workdir string, env map[
 		return err
 	}
 	defer func() {
-		cctx := context.WithoutCancel(ctx)
 		if rec.State == api.StateCreating {
-			if cerr := m.release(cctx, rec); cerr != nil {
-				m.logger.ErrorContext(cctx, "clean up build machine", "machine_id", rec.ID, "err", cerr)
-				return
+			if uerr := m.undoCreate(ctx, rec); uerr != nil {
+				m.logger.ErrorContext(ctx, "clean up build machine", "machine_id", rec.ID, "err", uerr)
 			}
-			m.store.DeleteMachine(cctx, rec.ID)
 			return
 		}
-		if kerr := m.killLocked(cctx, rec); kerr != nil && err == nil {
+		if kerr := m.killLocked(ctx, rec); kerr != nil && err == nil {
 			err = kerr
 		}
 	}()

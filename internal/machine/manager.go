@@ -239,15 +239,8 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	}
 	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)
 	if _, err := m.boot(ctx, rec, rootfs, false, tmpl); err != nil {
-		// Undo under a context that survives the caller's cancellation.
-		cctx := context.WithoutCancel(ctx)
-		if cerr := m.release(cctx, rec); cerr != nil {
-			log.ErrorContext(cctx, "clean up failed create", "err", cerr)
-			// Keep the row so reconcile finishes the cleanup later.
-			return nil, fmt.Errorf("create machine: %w", err)
-		}
-		if derr := m.store.DeleteMachine(cctx, rec.ID); derr != nil {
-			log.ErrorContext(cctx, "delete row of failed create", "err", derr)
+		if uerr := m.undoCreate(ctx, rec); uerr != nil {
+			log.ErrorContext(ctx, "clean up failed create", "err", uerr)
 		}
 		return nil, fmt.Errorf("create machine: %w", err)
 	}
@@ -331,7 +324,7 @@ func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, w
 	t2 := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 	defer cancel()
-	agent := agentclient.New("http://"+netip.AddrPortFrom(ni.GuestIP, AgentPort).String(), rec.AgentToken, nil)
+	agent := agentclient.New(agentURL(ni.GuestIP), rec.AgentToken, nil)
 	if err := agent.WaitReady(rctx); err != nil {
 		return nil, errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
 			"the machine started but its agent did not answer in time", "retry; if it keeps failing, check the server log")
@@ -353,6 +346,18 @@ func (m *Manager) resolvConf(rec *store.Machine, ni NetInfo) string {
 	// The firewall rejects everything a machine sends to the host side, so a
 	// lookup fails at once instead of hanging for the resolver timeout.
 	return fmt.Sprintf("nameserver %s\noptions timeout:1 attempts:1\n", ni.HostIP)
+}
+
+// undoCreate removes a machine that never became running: its resources,
+// then its row. If freeing fails the row stays, so that Reconcile finishes
+// the cleanup later. It runs under a context that survives the caller's
+// cancellation.
+func (m *Manager) undoCreate(ctx context.Context, rec *store.Machine) error {
+	ctx = context.WithoutCancel(ctx)
+	if err := m.release(ctx, rec); err != nil {
+		return err
+	}
+	return m.store.DeleteMachine(ctx, rec.ID)
 }
 
 // release frees everything a machine holds: container, network, directory.
@@ -593,11 +598,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		switch rec.State {
 		case api.StateCreating:
 			log.InfoContext(ctx, "undoing interrupted create")
-			if err := m.release(ctx, rec); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			if err := m.store.DeleteMachine(ctx, rec.ID); err != nil {
+			if err := m.undoCreate(ctx, rec); err != nil {
 				errs = append(errs, err)
 			}
 		case api.StateKilling:
@@ -771,8 +772,11 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	if err != nil {
 		return Endpoint{}, err
 	}
-	return Endpoint{URL: "http://" + netip.AddrPortFrom(ip, AgentPort).String(), Token: rec.AgentToken}, nil
+	return Endpoint{URL: agentURL(ip), Token: rec.AgentToken}, nil
 }
+
+// agentURL is the base URL of the agent of the machine at ip.
+func agentURL(ip netip.Addr) string { return "http://" + netip.AddrPortFrom(ip, AgentPort).String() }
 
 // Record returns a machine's stored record, whatever its team. It is for
 // operators and tests, not for the API.
