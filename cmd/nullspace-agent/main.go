@@ -6,6 +6,7 @@
 //	NULLSPACE_AGENT_MAX_FILE_BYTES  largest file upload (default 1 GiB)
 //	NULLSPACE_AGENT_OUTPUT_BYTES    output kept per process and stream (default 1 MiB)
 //	NULLSPACE_WORKDIR               default cwd of commands, when it exists
+//	NULLSPACE_MACHINE_ID            the machine's id (a restore replaces it)
 //
 // NULLSPACE_AGENT_* variables are not passed on to commands. See package
 // nullspace.dev/nullspace/internal/agent.
@@ -91,11 +92,12 @@ func loadConfig(environ []string) (agent.Config, error) {
 		}
 	}
 	cfg := agent.Config{
-		Token:   env["NULLSPACE_AGENT_TOKEN"],
-		Addr:    env["NULLSPACE_AGENT_ADDR"],
-		Workdir: env["NULLSPACE_WORKDIR"],
-		Env:     environ,
-		Version: version,
+		Token:     env["NULLSPACE_AGENT_TOKEN"],
+		MachineID: env["NULLSPACE_MACHINE_ID"],
+		Addr:      env["NULLSPACE_AGENT_ADDR"],
+		Workdir:   env["NULLSPACE_WORKDIR"],
+		Env:       environ,
+		Version:   version,
 	}
 	if s := env["NULLSPACE_AGENT_MAX_FILE_BYTES"]; s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)

@@ -9,7 +9,10 @@
 // and atomically.
 //
 // Everything a command must keep across a pause descends from the agent:
-// gVisor kills processes started with runsc exec on restore.
+// gVisor kills processes started with runsc exec on restore. Around a
+// checkpoint the server calls the lifecycle routes (lifecycle.go): prepare
+// runs the pause hooks and flushes the file systems; restored gives the
+// machine its new identity (id, hostname, token) and runs the resume hooks.
 package agent
 
 import (
@@ -24,6 +27,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,9 +38,13 @@ import (
 
 // Config configures an Agent. Zero values take the defaults named below.
 type Config struct {
-	// Token is the bearer token every request but GET /health must carry.
-	// Required. Env NULLSPACE_AGENT_TOKEN.
+	// Token is the bearer token every request but GET /health must carry;
+	// POST /lifecycle/restored replaces it. Required. Env NULLSPACE_AGENT_TOKEN.
 	Token string
+	// MachineID is the machine's id, reported by GET /health and set as
+	// NULLSPACE_MACHINE_ID in every command's environment; a restore
+	// replaces it. Optional. Env NULLSPACE_MACHINE_ID.
+	MachineID string
 	// Addr is the listen address. Default ":49983". Env NULLSPACE_AGENT_ADDR.
 	Addr string
 	// MaxFileBytes is the largest file PUT /files accepts. Default 1 GiB.
@@ -56,6 +65,10 @@ type Config struct {
 	// ShutdownGrace is how long commands get to exit after the agent
 	// forwards them SIGTERM on shutdown, before SIGKILL. Default 5 s.
 	ShutdownGrace time.Duration
+	// RunDir is where the agent publishes its state to user processes:
+	// restore.json (api.AgentRestoreInfo) after every restore. Default
+	// /run/nullspace.
+	RunDir string
 }
 
 // Defaults.
@@ -63,7 +76,11 @@ const (
 	DefaultAddr         = ":49983"
 	DefaultMaxFileBytes = 1 << 30
 	DefaultOutputBytes  = 1 << 20
+	DefaultRunDir       = "/run/nullspace"
 )
+
+// machineIDEnv names the machine's id in the environment of commands.
+const machineIDEnv = "NULLSPACE_MACHINE_ID"
 
 // secretEnvPrefix marks the agent's own variables, never passed to commands.
 const secretEnvPrefix = "NULLSPACE_AGENT_"
@@ -84,6 +101,9 @@ func (c *Config) setDefaults() {
 	if c.ShutdownGrace == 0 {
 		c.ShutdownGrace = 5 * time.Second
 	}
+	if c.RunDir == "" {
+		c.RunDir = DefaultRunDir
+	}
 }
 
 // Validate reports the first invalid field.
@@ -101,12 +121,19 @@ func (c *Config) Validate() error {
 
 // Agent serves the agent API. Create it with New.
 type Agent struct {
-	cfg       Config
-	log       *slog.Logger
-	tokenHash [sha256.Size]byte
-	procs     *processManager
-	files     *fileService
-	handler   http.Handler
+	cfg     Config
+	log     *slog.Logger
+	procs   *processManager
+	files   *fileService
+	handler http.Handler
+
+	// tokenHash is the SHA-256 of the current token; a restore swaps it.
+	tokenHash atomic.Pointer[[sha256.Size]byte]
+	// restoreMu serialises restores: each adopts a whole identity.
+	restoreMu sync.Mutex
+	// restore is the machine's id and restore count; stored only with
+	// restoreMu held, loaded freely.
+	restore atomic.Pointer[api.AgentRestoreInfo]
 }
 
 // New validates cfg and starts the process-wide reaper.
@@ -118,19 +145,23 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if err := procReaper.ensureRunning(log); err != nil {
 		return nil, fmt.Errorf("start reaper: %w", err)
 	}
-	env := make([]string, 0, len(cfg.Env))
+	env := make([]string, 0, len(cfg.Env)+1)
 	for _, kv := range cfg.Env {
 		if !strings.HasPrefix(kv, secretEnvPrefix) {
 			env = append(env, kv)
 		}
 	}
-	a := &Agent{
-		cfg:       cfg,
-		log:       log,
-		tokenHash: sha256.Sum256([]byte(cfg.Token)),
-		procs:     newProcessManager(log, cfg.OutputBytes, env, cfg.Workdir),
-		files:     &fileService{maxFileBytes: cfg.MaxFileBytes},
+	if cfg.MachineID != "" {
+		env = setEnv(env, machineIDEnv, cfg.MachineID)
 	}
+	a := &Agent{
+		cfg:   cfg,
+		log:   log,
+		procs: newProcessManager(log, cfg.OutputBytes, env, cfg.Workdir),
+		files: &fileService{maxFileBytes: cfg.MaxFileBytes},
+	}
+	a.setToken(cfg.Token)
+	a.restore.Store(&api.AgentRestoreInfo{MachineID: cfg.MachineID})
 	a.handler = a.routes()
 	return a, nil
 }
@@ -199,6 +230,8 @@ func (a *Agent) routes() http.Handler {
 		{"GET /files/stat", a.statFile},
 		{"POST /files/mkdir", a.mkdir},
 		{"POST /files/rename", a.rename},
+		{"POST /lifecycle/prepare", a.prepare},
+		{"POST /lifecycle/restored", a.restored},
 		{"/", a.notFound},
 	} {
 		mux.Handle(r.pattern, a.authed(r.h))
@@ -212,7 +245,7 @@ func (a *Agent) authed(h func(http.ResponseWriter, *http.Request) error) http.Ha
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(tok))
-		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenHash[:]) != 1 {
+		if !ok || subtle.ConstantTimeCompare(sum[:], a.tokenHash.Load()[:]) != 1 {
 			a.writeError(w, r, errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated,
 				"missing or invalid agent token", "send Authorization: Bearer <the machine's agent token>"))
 			return
@@ -223,11 +256,18 @@ func (a *Agent) authed(h func(http.ResponseWriter, *http.Request) error) http.Ha
 	})
 }
 
+// setToken makes token the only one requests are accepted with.
+func (a *Agent) setToken(token string) {
+	sum := sha256.Sum256([]byte(token))
+	a.tokenHash.Store(&sum)
+}
+
 func (a *Agent) health(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, struct {
-		OK      bool   `json:"ok"`
-		Version string `json:"version"`
-	}{true, a.cfg.Version})
+		OK      bool                 `json:"ok"`
+		Version string               `json:"version"`
+		Restore api.AgentRestoreInfo `json:"restore"`
+	}{true, a.cfg.Version, *a.restore.Load()})
 }
 
 func (a *Agent) notFound(w http.ResponseWriter, r *http.Request) error {

@@ -42,8 +42,11 @@ const (
 type processManager struct {
 	log         *slog.Logger
 	outputBytes int
-	baseEnv     []string // KEY=VALUE, without NULLSPACE_AGENT_*
 	workdir     string
+
+	// envMu guards baseEnv, which a restore changes (the machine's id).
+	envMu   sync.Mutex
+	baseEnv []string // KEY=VALUE, without NULLSPACE_AGENT_*; replaced, never modified
 
 	mu       sync.Mutex
 	procs    map[int]*process
@@ -284,7 +287,9 @@ func lookupIdentity(name string) (identity, error) {
 // commandEnv is the agent's environment, then the user's HOME, USER and
 // LOGNAME, then the request's variables, each overriding the one before.
 func (m *processManager) commandEnv(id identity, extra map[string]string) ([]string, error) {
+	m.envMu.Lock()
 	env := slices.Clone(m.baseEnv)
+	m.envMu.Unlock()
 	env = setEnv(env, "HOME", id.home)
 	env = setEnv(env, "USER", id.name)
 	env = setEnv(env, "LOGNAME", id.name)
@@ -306,6 +311,13 @@ func (m *processManager) commandEnv(id identity, extra map[string]string) ([]str
 		env = setEnv(env, k, v)
 	}
 	return env, nil
+}
+
+// setBaseEnv sets key in the environment of the commands started from now.
+func (m *processManager) setBaseEnv(key, value string) {
+	m.envMu.Lock()
+	defer m.envMu.Unlock()
+	m.baseEnv = setEnv(slices.Clone(m.baseEnv), key, value)
 }
 
 func setEnv(env []string, key, value string) []string {

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"nullspace.dev/nullspace/api"
@@ -30,9 +31,12 @@ import (
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
 	base   string // e.g. http://10.11.0.2:49983, without trailing slash
-	token  string
 	hc     *http.Client
 	shared bool // hc is sharedHTTP
+
+	// mu guards token, which SetToken changes after a restore.
+	mu    sync.Mutex
+	token string
 }
 
 // New returns a client for the agent at baseURL (scheme, host and port)
@@ -73,6 +77,20 @@ func NewHTTPClient() *http.Client {
 	}}
 }
 
+// SetToken makes the client authenticate with token from now on: the
+// agent's new token after POST /lifecycle/restored.
+func (c *Client) SetToken(token string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.token = token
+}
+
+func (c *Client) bearer() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return "Bearer " + c.token
+}
+
 // Close releases the idle connections of a client given its own
 // http.Client; the shared pool is left to the other clients using it.
 func (c *Client) Close() {
@@ -85,6 +103,9 @@ func (c *Client) Close() {
 type Health struct {
 	OK      bool   `json:"ok"`
 	Version string `json:"version"`
+	// Restore is the machine's id and how often it was restored; zero from
+	// an agent older than the lifecycle routes.
+	Restore api.AgentRestoreInfo `json:"restore"`
 }
 
 // Health asks the agent whether it is up.
@@ -151,6 +172,24 @@ func (c *Client) Stream(ctx context.Context, req api.RunCommandRequest) (*EventS
 		return nil, err
 	}
 	return newEventStream(ctx, resp.Body), nil
+}
+
+// Prepare readies the machine for a checkpoint: the agent runs the pause
+// hooks, then flushes every file system.
+func (c *Client) Prepare(ctx context.Context, req api.AgentPrepareRequest) (api.AgentLifecycleResult, error) {
+	var res api.AgentLifecycleResult
+	err := c.doJSON(ctx, http.MethodPost, "/lifecycle/prepare", nil, req, &res)
+	return res, err
+}
+
+// Restored tells the agent of a restored machine its new identity, then
+// has it run the resume hooks. It authenticates with the token the agent
+// was checkpointed with; once it succeeds the agent accepts only req.Token:
+// call SetToken(req.Token) to keep using c.
+func (c *Client) Restored(ctx context.Context, req api.AgentRestoredRequest) (api.AgentLifecycleResult, error) {
+	var res api.AgentLifecycleResult
+	err := c.doJSON(ctx, http.MethodPost, "/lifecycle/restored", nil, req, &res)
+	return res, err
 }
 
 // ListProcesses lists running commands and recently exited ones.
@@ -415,7 +454,7 @@ func (c *Client) newRequest(ctx context.Context, method, path string, q url.Valu
 	if err != nil {
 		return nil, fmt.Errorf("agent request %s %s: %w", method, path, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Authorization", c.bearer())
 	return req, nil
 }
 

@@ -1,11 +1,14 @@
 package agentclient
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 
+	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
@@ -85,5 +88,72 @@ func TestStreamCutShort(t *testing.T) {
 	}
 	if err := s.Err(); !errors.Is(err, errdefs.ErrUnavailable) {
 		t.Errorf("got %v, want an agent_unavailable error", err)
+	}
+}
+
+// The lifecycle calls go to their routes, and SetToken changes the token
+// of every later call, also while others are under way.
+func TestLifecycleAndSetToken(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // "METHOD /path token"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/health":
+			w.Write([]byte(`{"ok":true,"version":"v","restore":{"machine_id":"m","restore_count":2}}`))
+		case "/lifecycle/prepare":
+			var req api.AgentPrepareRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || len(req.Hooks) != 1 || req.TimeoutMS != 5 {
+				t.Errorf("prepare: got %+v, %v, want the request sent", req, err)
+			}
+			w.Write([]byte(`{"hooks":[{"command":"h","exit_code":3}],"sync_ms":7}`))
+		case "/lifecycle/restored":
+			var req api.AgentRestoredRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Token != "new" || req.Files["/etc/hosts"] != "x" {
+				t.Errorf("restored: got %+v, %v, want the request sent", req, err)
+			}
+			w.Write([]byte(`{"clock_skew_ms":-4}`))
+		default:
+			w.WriteHeader(http.StatusOK)
+			w.Write([]byte(`{}`))
+		}
+	}))
+	defer srv.Close()
+	c := New(srv.URL, "old", nil)
+	defer c.Close()
+	ctx := t.Context()
+
+	prep, err := c.Prepare(ctx, api.AgentPrepareRequest{Hooks: []string{"h"}, TimeoutMS: 5})
+	if err != nil || prep.SyncMS != 7 || len(prep.Hooks) != 1 || prep.Hooks[0].ExitCode != 3 {
+		t.Errorf("Prepare: got %+v, %v, want the agent's answer", prep, err)
+	}
+	res, err := c.Restored(ctx, api.AgentRestoredRequest{MachineID: "m", Hostname: "m", Token: "new",
+		Files: map[string]string{"/etc/hosts": "x"}})
+	if err != nil || res.ClockSkewMS != -4 {
+		t.Errorf("Restored: got %+v, %v, want the agent's answer", res, err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() { c.Stat(ctx, "/") })
+	}
+	c.SetToken("new")
+	wg.Wait()
+	h, err := c.Health(ctx)
+	if err != nil || h.Restore != (api.AgentRestoreInfo{MachineID: "m", RestoreCount: 2}) {
+		t.Errorf("Health: got %+v, %v, want the restore info", h, err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"POST /lifecycle/prepare Bearer old", "POST /lifecycle/restored Bearer old"}
+	for i, w := range want {
+		if seen[i] != w {
+			t.Errorf("call %d: got %q, want %q", i, seen[i], w)
+		}
+	}
+	if last, want := seen[len(seen)-1], "GET /health Bearer new"; last != want {
+		t.Errorf("last call: got %q, want %q", last, want)
 	}
 }
