@@ -28,6 +28,19 @@ const (
 	StateKilling  = "killing"
 	StateKilled   = "killed"
 	StateFailed   = "failed"
+	// StatePausing: the machine is being checkpointed and will stop.
+	StatePausing = "pausing"
+	// StatePaused: the machine is stopped; its memory and files are in a
+	// snapshot (SnapshotID). Its id stays as an alias of its lineage.
+	StatePaused = "paused"
+	// StateResuming: a new machine is being restored from a snapshot.
+	StateResuming = "resuming"
+	// StateSnapshotting: a running machine is being checkpointed and keeps
+	// running (create_snapshot, fork, manual checkpoint).
+	StateSnapshotting = "snapshotting"
+	// StateRestoring: a machine's state is being replaced in place by one of
+	// its checkpoints.
+	StateRestoring = "restoring"
 )
 
 // CreateMachineRequest is the body of POST /v1/machines.
@@ -38,6 +51,22 @@ type CreateMachineRequest struct {
 	Env           map[string]string `json:"env,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	AllowInternet bool              `json:"allow_internet,omitempty"`
+	// SnapshotID creates the machine from a reusable snapshot instead of a
+	// template: memory, processes and files come from the snapshot, and
+	// template, cpu_count, memory_mb, env, volumes and hooks are the
+	// snapshot's (setting them is an error).
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	// Volumes are named volumes mounted into the machine.
+	Volumes []VolumeMount `json:"volumes,omitempty"`
+	// Hooks run inside the machine around pauses and restores.
+	Hooks *Hooks `json:"hooks,omitempty"`
+}
+
+// VolumeMount mounts a named volume at Path inside a machine.
+type VolumeMount struct {
+	Name     string `json:"name"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Machine is the public view of a machine.
@@ -55,7 +84,94 @@ type Machine struct {
 	StartedAt     *time.Time        `json:"started_at,omitempty"`
 	EndedAt       *time.Time        `json:"ended_at,omitempty"`
 	// Error says why a machine is failed; empty otherwise.
-	Error string `json:"error,omitempty"`
+	Error   string        `json:"error,omitempty"`
+	Volumes []VolumeMount `json:"volumes,omitempty"`
+	Hooks   *Hooks        `json:"hooks,omitempty"`
+	// SnapshotID is the snapshot holding a paused machine's state.
+	SnapshotID string `json:"snapshot_id,omitempty"`
+	// LineageID is the id of the first machine of the pause/resume chain
+	// this machine belongs to; every id of the chain is an alias that
+	// connect() follows to the latest execution.
+	LineageID string `json:"lineage_id"`
+	// LatestID is the lineage's latest execution (this machine's id when it
+	// is the latest).
+	LatestID string `json:"latest_id"`
+	// RestoredFrom is the snapshot this execution was restored from.
+	RestoredFrom string `json:"restored_from,omitempty"`
+}
+
+// Snapshot kinds.
+const (
+	// SnapshotHibernate holds a paused machine's state (pause).
+	SnapshotHibernate = "hibernate"
+	// SnapshotReusable is a snapshot of a running machine that children are
+	// created from (create_snapshot, fork).
+	SnapshotReusable = "snapshot"
+	// SnapshotCheckpoint is a manual checkpoint of a running machine, kept
+	// in its history.
+	SnapshotCheckpoint = "checkpoint"
+)
+
+// Snapshot is the public view of a snapshot.
+type Snapshot struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"`
+	MachineID string    `json:"machine_id"`
+	LineageID string    `json:"lineage_id"`
+	Template  string    `json:"template"`
+	SizeBytes int64     `json:"size_bytes"`
+	CreatedAt time.Time `json:"created_at"`
+	// ParentID is the snapshot the source machine was restored from.
+	ParentID string `json:"parent_id,omitempty"`
+	// Generation counts the states of a lineage: 1 for a machine's first
+	// checkpoint, parent's generation + 1 after.
+	Generation int `json:"generation"`
+	// Checksum is the CRC-32C of the checkpoint files' checksums.
+	Checksum string `json:"checksum"`
+	// PauseWindowMS is how long the source machine was stopped to take it
+	// (for a hibernate snapshot, the time to checkpoint before it stopped).
+	PauseWindowMS  int64  `json:"pause_window_ms"`
+	RuntimeVersion string `json:"runtime_version"`
+	Kernel         string `json:"kernel"`
+	// Children counts live machines created or resumed from this snapshot.
+	Children int `json:"children"`
+}
+
+// SnapshotList is the body of GET /v1/snapshots and GET .../checkpoints.
+type SnapshotList struct {
+	Snapshots []Snapshot `json:"snapshots"`
+}
+
+// ForkRequest is the body of POST /v1/machines/{id}/fork.
+type ForkRequest struct {
+	Count int `json:"count"`
+}
+
+// ForkResult is the response of a fork: the snapshot taken and its children.
+type ForkResult struct {
+	Snapshot Snapshot  `json:"snapshot"`
+	Machines []Machine `json:"machines"`
+}
+
+// Volume is a named directory on the server host that machines mount. It is
+// external storage: not part of snapshots, remounted on resume and in every
+// child.
+type Volume struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	SizeBytes int64     `json:"size_bytes"`
+	// Machines counts live or paused machines that mount it.
+	Machines int `json:"machines"`
+}
+
+// CreateVolumeRequest is the body of POST /v1/volumes.
+type CreateVolumeRequest struct {
+	Name string `json:"name"`
+}
+
+// VolumeList is the body of GET /v1/volumes.
+type VolumeList struct {
+	Volumes []Volume `json:"volumes"`
 }
 
 // MachineList is the body of GET /v1/machines.
@@ -228,4 +344,66 @@ type BuildTemplateRequest struct {
 	Steps        []string          `json:"steps,omitempty"`
 	Workdir      string            `json:"workdir,omitempty"`
 	Env          map[string]string `json:"env,omitempty"`
+}
+
+// Agent lifecycle calls, made by the server around a checkpoint. They are
+// the agent's own routes (not proxied from the public API).
+
+// Hooks are user commands run inside a machine around a pause: OnPause
+// before the checkpoint is taken, OnResume after every restore (resume,
+// snapshot child, checkpoint restore). Each is a shell command line.
+type Hooks struct {
+	OnPause  []string `json:"on_pause,omitempty"`
+	OnResume []string `json:"on_resume,omitempty"`
+}
+
+// AgentPrepareRequest is the body of the agent's POST /lifecycle/prepare,
+// called just before a checkpoint: the agent runs the hooks, then flushes
+// every filesystem (sync) so the checkpoint holds what was written.
+type AgentPrepareRequest struct {
+	Hooks []string `json:"hooks,omitempty"`
+	// TimeoutMS bounds all hooks together; default 30 s.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+}
+
+// AgentRestoredRequest is the body of the agent's POST /lifecycle/restored,
+// called once after every restore, authenticated with the token the agent
+// had when it was checkpointed. The agent adopts the new identity (machine
+// id, hostname, token: later calls must use the new token), records the
+// restore, checks its clock against Now, then runs the hooks.
+type AgentRestoredRequest struct {
+	MachineID string    `json:"machine_id"`
+	Hostname  string    `json:"hostname"`
+	Token     string    `json:"token"`
+	Now       time.Time `json:"now"`
+	// Files are rewritten in the machine (e.g. /etc/hosts, /etc/hostname).
+	Files     map[string]string `json:"files,omitempty"`
+	Hooks     []string          `json:"hooks,omitempty"`
+	TimeoutMS int64             `json:"timeout_ms,omitempty"`
+}
+
+// HookResult is the outcome of one hook command.
+type HookResult struct {
+	Command    string `json:"command"`
+	ExitCode   int    `json:"exit_code"`
+	Output     string `json:"output,omitempty"` // stdout and stderr, last 4 KiB
+	DurationMS int64  `json:"duration_ms"`
+	TimedOut   bool   `json:"timed_out,omitempty"`
+}
+
+// AgentLifecycleResult is the response of both lifecycle calls.
+type AgentLifecycleResult struct {
+	Hooks []HookResult `json:"hooks,omitempty"`
+	// ClockSkewMS is the agent's clock minus Now, measured on restore.
+	ClockSkewMS int64 `json:"clock_skew_ms,omitempty"`
+	// SyncMS is how long the filesystem flush took (prepare).
+	SyncMS int64 `json:"sync_ms,omitempty"`
+}
+
+// AgentRestoreInfo is what the agent knows about its restores; GET /health
+// reports it and /run/nullspace/restore.json holds it for user processes.
+type AgentRestoreInfo struct {
+	MachineID    string    `json:"machine_id"`
+	RestoreCount int       `json:"restore_count"`
+	RestoredAt   time.Time `json:"restored_at,omitempty"`
 }

@@ -14,4 +14,7 @@ if [ ! -x "$out" ]; then
   (cd "$here/tools/runsc" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp" gvisor.dev/gvisor/runsc)
   mv "$out.tmp" "$out"
 fi
+# The server records this in every snapshot: a checkpoint restores only
+# under the runsc version that wrote it.
+[ -f "$out.version" ] || echo "$version" > "$out.version"
 echo "$out"

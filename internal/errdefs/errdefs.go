@@ -63,34 +63,43 @@ func Wrap(cause, class error, code, message, action string) *Error {
 
 // Stable public codes. Documented in api/openapi.yaml; never renamed.
 const (
-	CodeInvalidArgument    = "invalid_argument"
-	CodeUnauthenticated    = "unauthenticated"
-	CodeNotFound           = "not_found"
-	CodeMachineNotFound    = "machine_not_found"
-	CodeTemplateNotFound   = "template_not_found"
-	CodeTemplateNotReady   = "template_not_ready"
-	CodeTemplateInUse      = "template_in_use"
-	CodeTemplateExists     = "template_exists"
-	CodeMachineNotRunning  = "machine_not_running"
-	CodeConflict           = "conflict"
-	CodeResourceExhausted  = "resource_exhausted"
-	CodeCommandNotFound    = "command_not_found"
-	CodeProcessNotFound    = "process_not_found"
-	CodeFileNotFound       = "file_not_found"
-	CodeFileExists         = "file_exists"
-	CodeIsADirectory       = "is_a_directory"
-	CodeNotADirectory      = "not_a_directory"
-	CodePermissionDenied   = "permission_denied"
-	CodeFileTooLarge       = "file_too_large"
-	CodeDirectoryNotEmpty  = "directory_not_empty"
-	CodeAgentUnavailable   = "agent_unavailable"
-	CodeCommandTimeout     = "command_timeout"
-	CodeUnavailable        = "unavailable"
-	CodeInternal           = "internal"
-	CodeDeadlineExceeded   = "deadline_exceeded"
-	CodeFailedPrecondition = "failed_precondition"
-	CodeInternetNotAllowed = "internet_not_allowed"
-	CodeInvalidTransition  = "invalid_transition"
+	CodeInvalidArgument      = "invalid_argument"
+	CodeUnauthenticated      = "unauthenticated"
+	CodeNotFound             = "not_found"
+	CodeMachineNotFound      = "machine_not_found"
+	CodeTemplateNotFound     = "template_not_found"
+	CodeTemplateNotReady     = "template_not_ready"
+	CodeTemplateInUse        = "template_in_use"
+	CodeTemplateExists       = "template_exists"
+	CodeMachineNotRunning    = "machine_not_running"
+	CodeConflict             = "conflict"
+	CodeResourceExhausted    = "resource_exhausted"
+	CodeCommandNotFound      = "command_not_found"
+	CodeProcessNotFound      = "process_not_found"
+	CodeFileNotFound         = "file_not_found"
+	CodeFileExists           = "file_exists"
+	CodeIsADirectory         = "is_a_directory"
+	CodeNotADirectory        = "not_a_directory"
+	CodePermissionDenied     = "permission_denied"
+	CodeFileTooLarge         = "file_too_large"
+	CodeDirectoryNotEmpty    = "directory_not_empty"
+	CodeAgentUnavailable     = "agent_unavailable"
+	CodeCommandTimeout       = "command_timeout"
+	CodeUnavailable          = "unavailable"
+	CodeInternal             = "internal"
+	CodeDeadlineExceeded     = "deadline_exceeded"
+	CodeFailedPrecondition   = "failed_precondition"
+	CodeInternetNotAllowed   = "internet_not_allowed"
+	CodeInvalidTransition    = "invalid_transition"
+	CodeSnapshotNotFound     = "snapshot_not_found"
+	CodeSnapshotInUse        = "snapshot_in_use"
+	CodeSnapshotCorrupt      = "snapshot_corrupt"
+	CodeSnapshotIncompatible = "snapshot_incompatible"
+	CodeSnapshotSuperseded   = "snapshot_superseded"
+	CodeSnapshotKind         = "snapshot_wrong_kind"
+	CodeVolumeNotFound       = "volume_not_found"
+	CodeVolumeInUse          = "volume_in_use"
+	CodeVolumeExists         = "volume_exists"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -123,6 +132,15 @@ var Codes = []string{
 	CodeFailedPrecondition,
 	CodeInternetNotAllowed,
 	CodeInvalidTransition,
+	CodeSnapshotNotFound,
+	CodeSnapshotInUse,
+	CodeSnapshotCorrupt,
+	CodeSnapshotIncompatible,
+	CodeSnapshotSuperseded,
+	CodeSnapshotKind,
+	CodeVolumeNotFound,
+	CodeVolumeInUse,
+	CodeVolumeExists,
 }
 
 // Public is the public view of an error: what the API sends.

@@ -75,6 +75,23 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/machines/{id}", Handler: s.getMachine},
 		{Method: "DELETE", Path: "/v1/machines/{id}", Handler: s.killMachine},
 
+		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Handler: s.snapshotMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/fork", Handler: s.forkMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Handler: s.listCheckpoints},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Handler: s.checkpointMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Handler: s.restoreCheckpoint},
+
+		{Method: "GET", Path: "/v1/snapshots", Handler: s.listSnapshots},
+		{Method: "GET", Path: "/v1/snapshots/{id}", Handler: s.getSnapshot},
+		{Method: "DELETE", Path: "/v1/snapshots/{id}", Handler: s.deleteSnapshot},
+		{Method: "POST", Path: "/v1/snapshots/{id}/resume", Handler: s.resumeSnapshot},
+
+		{Method: "GET", Path: "/v1/volumes", Handler: s.listVolumes},
+		{Method: "POST", Path: "/v1/volumes", Handler: s.createVolume},
+		{Method: "DELETE", Path: "/v1/volumes/{name}", Handler: s.deleteVolume},
+
 		{Method: "POST", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
 		{Method: "GET", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
 		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Handler: s.proxy("/commands/{pid}/output")},
@@ -182,7 +199,7 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request, team stri
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, s.machines.View(rec))
+	writeJSON(w, http.StatusCreated, s.machines.View(r.Context(), rec))
 	return nil
 }
 
@@ -203,7 +220,7 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	}
 	out := api.MachineList{Machines: []api.Machine{}}
 	for _, rec := range recs {
-		out.Machines = append(out.Machines, s.machines.View(rec))
+		out.Machines = append(out.Machines, s.machines.View(r.Context(), rec))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -214,7 +231,7 @@ func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, team string)
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.machines.View(rec))
+	writeJSON(w, http.StatusOK, s.machines.View(r.Context(), rec))
 	return nil
 }
 
@@ -223,7 +240,7 @@ func (s *Server) killMachine(w http.ResponseWriter, r *http.Request, team string
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.machines.View(rec))
+	writeJSON(w, http.StatusOK, s.machines.View(r.Context(), rec))
 	return nil
 }
 
@@ -274,7 +291,8 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, _ string
 	}
 	if inUse {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTemplateInUse,
-			fmt.Sprintf("template %s is used by live machines", name), "kill the machines using it first")
+			fmt.Sprintf("template %s is used by live or paused machines or by snapshots", name),
+			"kill the machines using it and delete its snapshots first")
 	}
 	if err := s.templates.Delete(r.Context(), name); err != nil {
 		return err

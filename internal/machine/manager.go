@@ -25,6 +25,7 @@ import (
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -65,8 +66,17 @@ type Config struct {
 	// DataDir holds per-machine directories under machines/.
 	DataDir string
 	// AgentDir is the host directory holding the nullspace-agent binary; it
-	// is bind-mounted read-only at /.nullspace in every machine.
+	// is bind-mounted read-only at /.nullspace in every machine. A machine
+	// keeps the directory it started with (restores need the same binary),
+	// so a new agent goes into a new directory.
 	AgentDir string
+	// SnapshotDir holds snapshots; default <DataDir>/snapshots.
+	SnapshotDir string
+	// VolumesDir holds named volumes; default <DataDir>/volumes.
+	VolumesDir string
+	// Host is what snapshots written here depend on; restores of snapshots
+	// from a host that differs fail with snapshot_incompatible.
+	Host snapshot.Host
 	// AllowInternet is the operator's switch: without it no machine gets
 	// outbound internet, whatever it asks for.
 	AllowInternet bool
@@ -92,6 +102,7 @@ type Manager struct {
 	driver    runtime.Driver
 	net       Network
 	templates Templates
+	snaps     *snapshot.Store
 	logger    *slog.Logger
 
 	// locks serializes lifecycle operations per machine id.
@@ -122,23 +133,53 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	if cfg.MaxFileBytes == 0 {
 		cfg.MaxFileBytes = 1 << 30
 	}
-	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "machines"), 0o700); err != nil {
-		return nil, fmt.Errorf("machines dir: %w", err)
+	if cfg.SnapshotDir == "" {
+		cfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
 	}
-	return &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, logger: logger,
+	if cfg.VolumesDir == "" {
+		cfg.VolumesDir = filepath.Join(cfg.DataDir, "volumes")
+	}
+	for _, d := range []string{filepath.Join(cfg.DataDir, "machines"), cfg.VolumesDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+	}
+	snaps, err := snapshot.Open(cfg.SnapshotDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
 		locks: map[string]*sync.Mutex{}}, nil
 }
 
+// lock serializes operations on one machine id (or one lineage, with the
+// "lineage:" prefix) and returns the unlock function.
 func (m *Manager) lock(id string) func() {
+	l := m.mutex(id)
+	l.Lock()
+	return l.Unlock
+}
+
+// tryLock is lock that gives up at once: explicit lifecycle calls (pause,
+// resume, snapshot) on a lineage already busy get a conflict instead of
+// queueing behind it.
+func (m *Manager) tryLock(id string) (func(), bool) {
+	l := m.mutex(id)
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
+}
+
+func (m *Manager) mutex(id string) *sync.Mutex {
 	m.locksMu.Lock()
+	defer m.locksMu.Unlock()
 	l, ok := m.locks[id]
 	if !ok {
 		l = &sync.Mutex{}
 		m.locks[id] = l
 	}
-	m.locksMu.Unlock()
-	l.Lock()
-	return l.Unlock
+	return l
 }
 
 var (
@@ -152,25 +193,35 @@ const (
 )
 
 // validate fills defaults into req and checks it against the host.
-func (m *Manager) validate(req *api.CreateMachineRequest) error {
-	if req.Template == "" {
-		req.Template = m.cfg.DefaultTemplate
-	}
-	if req.CPUCount == 0 {
-		req.CPUCount = m.cfg.DefaultCPU
-	}
-	if req.MemoryMB == 0 {
-		req.MemoryMB = m.cfg.DefaultMemoryMB
+func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMachineRequest) error {
+	if req.SnapshotID == "" {
+		if req.Template == "" {
+			req.Template = m.cfg.DefaultTemplate
+		}
+		if req.CPUCount == 0 {
+			req.CPUCount = m.cfg.DefaultCPU
+		}
+		if req.MemoryMB == 0 {
+			req.MemoryMB = m.cfg.DefaultMemoryMB
+		}
 	}
 	bad := func(format string, args ...any) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, fmt.Sprintf(format, args...),
 			"fix the request and create the machine again")
 	}
-	if req.CPUCount < 1 || req.CPUCount > m.cfg.MaxCPU {
-		return bad("cpu_count %d is out of range: this host allows 1 to %d", req.CPUCount, m.cfg.MaxCPU)
-	}
-	if req.MemoryMB < 64 || req.MemoryMB > m.cfg.MaxMemoryMB {
-		return bad("memory_mb %d is out of range: this host allows 64 to %d", req.MemoryMB, m.cfg.MaxMemoryMB)
+	if req.SnapshotID != "" {
+		// A child's memory holds its processes' view of the machine: its
+		// shape and mounts must be the snapshot's.
+		if req.Template != "" || req.CPUCount != 0 || req.MemoryMB != 0 || len(req.Env) > 0 || len(req.Volumes) > 0 || req.Hooks != nil {
+			return bad("snapshot_id cannot be combined with template, cpu_count, memory_mb, env, volumes or hooks: a machine created from a snapshot has the snapshot's")
+		}
+	} else {
+		if req.CPUCount < 1 || req.CPUCount > m.cfg.MaxCPU {
+			return bad("cpu_count %d is out of range: this host allows 1 to %d", req.CPUCount, m.cfg.MaxCPU)
+		}
+		if req.MemoryMB < 64 || req.MemoryMB > m.cfg.MaxMemoryMB {
+			return bad("memory_mb %d is out of range: this host allows 64 to %d", req.MemoryMB, m.cfg.MaxMemoryMB)
+		}
 	}
 	for k, v := range req.Env {
 		if !envKeyRe.MatchString(k) {
@@ -191,6 +242,14 @@ func (m *Manager) validate(req *api.CreateMachineRequest) error {
 			return bad("metadata %q: keys must be 1 to %d bytes and values at most %d bytes", k, maxMetadataKey, maxMetadataVal)
 		}
 	}
+	if req.Hooks != nil {
+		if err := validateHooks(*req.Hooks); err != nil {
+			return err
+		}
+	}
+	if err := m.validateVolumes(ctx, teamID, req.Volumes); err != nil {
+		return err
+	}
 	if req.AllowInternet && !m.cfg.AllowInternet {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
 			"this server does not allow machines to reach the internet",
@@ -199,12 +258,38 @@ func (m *Manager) validate(req *api.CreateMachineRequest) error {
 	return nil
 }
 
-// Create makes a machine from a template and returns it running, with its
-// agent answering. On any error nothing is left behind: no netns, cgroup,
-// container, directory or row.
+const (
+	maxHooks     = 16
+	maxHookBytes = 4096
+)
+
+func validateHooks(h api.Hooks) error {
+	for name, list := range map[string][]string{"on_pause": h.OnPause, "on_resume": h.OnResume} {
+		if len(list) > maxHooks {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("hooks.%s has %d commands: at most %d are allowed", name, len(list), maxHooks), "merge hook commands into a script")
+		}
+		for _, c := range list {
+			if strings.TrimSpace(c) == "" || len(c) > maxHookBytes || strings.ContainsRune(c, 0) {
+				return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+					fmt.Sprintf("hooks.%s: each command must be a non-empty shell command line of at most %d bytes", name, maxHookBytes),
+					"fix the hook commands")
+			}
+		}
+	}
+	return nil
+}
+
+// Create makes a machine from a template, or from a snapshot when
+// req.SnapshotID is set, and returns it running, with its agent answering.
+// On any error nothing is left behind: no netns, cgroup, container,
+// directory or row.
 func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
-	if err := m.validate(&req); err != nil {
+	if err := m.validate(ctx, teamID, &req); err != nil {
 		return nil, err
+	}
+	if req.SnapshotID != "" {
+		return m.createFromSnapshot(ctx, teamID, req)
 	}
 	tmpl, err := m.templates.Get(ctx, req.Template)
 	if err != nil {
@@ -231,6 +316,11 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		ContainerID:   newContainerID(),
 		AgentToken:    randomHex(32),
 		CreatedAt:     time.Now().UTC(),
+		Volumes:       req.Volumes,
+		AgentDir:      m.cfg.AgentDir,
+	}
+	if req.Hooks != nil {
+		rec.Hooks = *req.Hooks
 	}
 	unlock := m.lock(rec.ID)
 	defer unlock()
@@ -254,39 +344,95 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 // boot sets up the network, starts the container and waits for the agent.
 func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, writable bool, tmpl api.Template) (*agentclient.Client, error) {
 	t0 := time.Now()
+	ni, err := m.setupNetwork(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := m.machineSpec(rec, ni, rootfs, tmpl.Env, tmpl.Workdir)
+	if err != nil {
+		return nil, err
+	}
+	spec.Writable = writable
+	t1 := time.Now()
+	if err := m.driver.Start(ctx, spec); err != nil {
+		return nil, fmt.Errorf("start container: %w", err)
+	}
+	t2 := time.Now()
+	agent := agentclient.New(agentURL(ni.GuestIP), rec.AgentToken, nil)
+	if err := m.waitAgent(ctx, agent); err != nil {
+		return nil, err
+	}
+	rec.StartedAt = time.Now().UTC()
+	m.logger.DebugContext(ctx, "machine booted", "machine_id", rec.ID, "prepare", t1.Sub(t0),
+		"runsc_run", t2.Sub(t1), "agent_ready", rec.StartedAt.Sub(t2))
+	return agent, nil
+}
+
+func (m *Manager) waitAgent(ctx context.Context, agent *agentclient.Client) error {
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
+	defer cancel()
+	if err := agent.WaitReady(rctx); err != nil {
+		return errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
+			"the machine started but its agent did not answer in time", "retry; if it keeps failing, check the server log")
+	}
+	return nil
+}
+
+// setupNetwork makes the machine's namespace and firewall entry.
+func (m *Manager) setupNetwork(ctx context.Context, rec *store.Machine) (NetInfo, error) {
 	ni, err := m.net.Setup(ctx, rec.Slot)
 	if err != nil {
-		return nil, fmt.Errorf("network: %w", err)
+		return NetInfo{}, fmt.Errorf("network: %w", err)
 	}
 	if rec.AllowInternet {
 		if err := m.net.SetInternet(ni.GuestIP, true); err != nil {
-			return nil, fmt.Errorf("allow internet: %w", err)
+			return NetInfo{}, fmt.Errorf("allow internet: %w", err)
 		}
 	}
-	dir := m.machineDir(rec.ID)
-	etc := filepath.Join(dir, "etc")
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		return nil, err
-	}
+	return ni, nil
+}
+
+// etcFiles are the files a machine's identity lives in, bind-mounted at
+// /etc/<name> and rewritten by the agent after a restore.
+func (m *Manager) etcFiles(rec *store.Machine, ni NetInfo) map[string]string {
 	hostname := hostnameOf(rec.ID)
-	files := map[string]string{
+	return map[string]string{
 		"hostname":    hostname + "\n",
 		"hosts":       fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", ni.GuestIP, hostname),
 		"resolv.conf": m.resolvConf(rec, ni),
 	}
+}
+
+// machineSpec writes the machine's /etc files and returns its container
+// spec. Boot and restore build it the same way: a restore needs the same
+// mount destinations, args and cwd as the checkpointed container.
+func (m *Manager) machineSpec(rec *store.Machine, ni NetInfo, rootfs string, tmplEnv map[string]string, workdir string) (runtime.Spec, error) {
+	dir := m.machineDir(rec.ID)
+	etc := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return runtime.Spec{}, err
+	}
+	files := m.etcFiles(rec, ni)
 	var mounts []runtime.Mount
 	for name, content := range files {
 		p := filepath.Join(etc, name)
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			return nil, err
+			return runtime.Spec{}, err
 		}
 		mounts = append(mounts, runtime.Mount{Source: p, Destination: "/etc/" + name})
 	}
 	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Destination < mounts[j].Destination })
-	mounts = append(mounts, runtime.Mount{Source: m.cfg.AgentDir, Destination: "/.nullspace", ReadOnly: true})
+	agentDir := rec.AgentDir
+	if agentDir == "" {
+		agentDir = m.cfg.AgentDir
+	}
+	mounts = append(mounts, runtime.Mount{Source: agentDir, Destination: "/.nullspace", ReadOnly: true})
+	for _, v := range rec.Volumes {
+		mounts = append(mounts, runtime.Mount{Source: m.volumeDir(rec.TeamID, v.Name), Destination: v.Path, ReadOnly: v.ReadOnly})
+	}
 
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
-	for _, e := range []map[string]string{tmpl.Env, rec.Env} {
+	for _, e := range []map[string]string{tmplEnv, rec.Env} {
 		for _, k := range sortedKeys(e) {
 			env = append(env, k+"="+e[k])
 		}
@@ -295,44 +441,27 @@ func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, w
 		"NULLSPACE_AGENT_TOKEN="+rec.AgentToken,
 		fmt.Sprintf("NULLSPACE_AGENT_ADDR=:%d", AgentPort),
 		fmt.Sprintf("NULLSPACE_AGENT_MAX_FILE_BYTES=%d", m.cfg.MaxFileBytes),
-		"NULLSPACE_WORKDIR="+tmpl.Workdir,
+		"NULLSPACE_WORKDIR="+workdir,
 		"NULLSPACE_MACHINE_ID="+rec.ID,
 	)
-	if _, set := rec.Env["GOMAXPROCS"]; !set && tmpl.Env["GOMAXPROCS"] == "" {
+	if _, set := rec.Env["GOMAXPROCS"]; !set && tmplEnv["GOMAXPROCS"] == "" {
 		// The agent runs with one P (see cmd/nullspace-agent for why) and
 		// keeps the setting from user commands.
 		env = append(env, "GOMAXPROCS=1", "NULLSPACE_AGENT_STARTUP_GOMAXPROCS=1")
 	}
-	spec := runtime.Spec{
+	return runtime.Spec{
 		ID:        rec.ContainerID,
 		Dir:       filepath.Join(dir, "container"),
 		Rootfs:    rootfs,
-		Writable:  writable,
 		Args:      []string{"/.nullspace/nullspace-agent"},
 		Env:       env,
 		Cwd:       "/",
-		Hostname:  hostname,
+		Hostname:  hostnameOf(rec.ID),
 		NetnsPath: ni.NetnsPath,
 		CPUCount:  rec.CPUCount,
 		MemoryMB:  rec.MemoryMB,
 		Mounts:    mounts,
-	}
-	t1 := time.Now()
-	if err := m.driver.Start(ctx, spec); err != nil {
-		return nil, fmt.Errorf("start container: %w", err)
-	}
-	t2 := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
-	defer cancel()
-	agent := agentclient.New(agentURL(ni.GuestIP), rec.AgentToken, nil)
-	if err := agent.WaitReady(rctx); err != nil {
-		return nil, errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
-			"the machine started but its agent did not answer in time", "retry; if it keeps failing, check the server log")
-	}
-	rec.StartedAt = time.Now().UTC()
-	m.logger.DebugContext(ctx, "machine booted", "machine_id", rec.ID, "prepare", t1.Sub(t0),
-		"runsc_run", t2.Sub(t1), "agent_ready", rec.StartedAt.Sub(t2))
-	return agent, nil
+	}, nil
 }
 
 func (m *Manager) resolvConf(rec *store.Machine, ni NetInfo) string {
@@ -429,11 +558,11 @@ func (m *Manager) List(ctx context.Context, teamID string, f ListFilter) ([]*sto
 	if f.State != "" {
 		if _, ok := transitions[f.State]; !ok {
 			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("unknown state %q", f.State), "use one of creating, running, killing, killed, failed")
+				fmt.Sprintf("unknown state %q", f.State), "use one of "+strings.Join(sortedStates(), ", "))
 		}
 		sf.States = []string{f.State}
 	} else {
-		sf.States = []string{api.StateCreating, api.StateRunning, api.StateKilling, api.StateFailed}
+		sf.States = visibleStates
 	}
 	all, err := m.store.ListMachines(ctx, sf)
 	if err != nil {
@@ -452,22 +581,61 @@ next:
 	return out, nil
 }
 
+func sortedStates() []string {
+	var out []string
+	for s := range transitions {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Kill terminates a machine at once and frees its resources. Killing a
 // killed machine returns it unchanged.
+//
+// Killing a paused alias (an id its lineage has moved on from) removes only
+// that alias. Killing the lineage's latest execution ends the machine: the
+// paused aliases go too, and so do the lineage's hibernate and checkpoint
+// snapshots that no other machine was made from.
 func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, error) {
-	if _, err := m.Get(ctx, teamID, id); err != nil {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
 		return nil, err
 	}
+	unlockLineage := m.lock(lineageKey(rec.LineageID))
+	defer unlockLineage()
 	unlock := m.lock(id)
 	defer unlock()
-	rec, err := m.store.GetMachine(ctx, id)
-	if err != nil {
+	if rec, err = m.store.GetMachine(ctx, id); err != nil {
 		return nil, err
 	}
 	if rec.State == api.StateKilled {
 		return rec, nil
 	}
-	return rec, m.killLocked(ctx, rec)
+	head, err := m.lineageHead(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.killLocked(ctx, rec); err != nil {
+		return rec, err
+	}
+	if head.ID != rec.ID {
+		return rec, nil
+	}
+	members, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: rec.LineageID, States: []string{api.StatePaused, api.StateFailed}})
+	if err != nil {
+		return rec, err
+	}
+	var errs []error
+	for _, alias := range members {
+		if err := m.killLocked(ctx, alias); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := m.dropLineageSnapshots(ctx, rec.LineageID); err != nil {
+		errs = append(errs, err)
+	}
+	return rec, errors.Join(errs...)
 }
 
 func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
@@ -493,8 +661,14 @@ func notRunning(rec *store.Machine) error {
 	if rec.Error != "" {
 		msg += ": " + rec.Error
 	}
-	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning, msg,
-		"create a new machine; a killed or failed machine cannot run commands")
+	action := "create a new machine; a killed or failed machine cannot run commands"
+	switch rec.State {
+	case api.StatePaused:
+		action = "resume it with POST /v1/machines/{id}/connect (`nullspace machine connect`) and use the id it returns"
+	case api.StatePausing, api.StateResuming, api.StateRestoring, api.StateCreating:
+		action = "retry when the operation in progress has finished"
+	}
+	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning, msg, action)
 }
 
 // CheckAgentError is called by the API when a call to a machine's agent
@@ -535,6 +709,15 @@ func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason string) e
 		*rec = *cur
 		return nil
 	}
+	err = m.failFrom(ctx, cur, reason)
+	*rec = *cur
+	return err
+}
+
+// failFrom marks a machine failed from its current state (the caller holds
+// its lock) and frees its resources.
+func (m *Manager) failFrom(ctx context.Context, rec *store.Machine, reason string) error {
+	cur := rec
 	ctx = context.WithoutCancel(ctx)
 	m.logger.WarnContext(ctx, "machine failed", "machine_id", rec.ID, "reason", reason)
 	if err := m.release(ctx, cur); err != nil {
@@ -542,11 +725,7 @@ func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason string) e
 	}
 	cur.Slot = -1
 	cur.Error = reason
-	if err := m.setState(ctx, cur, api.StateFailed); err != nil {
-		return err
-	}
-	*rec = *cur
-	return nil
+	return m.setState(ctx, cur, api.StateFailed)
 }
 
 // Watch checks the running machines every interval and fails those whose
@@ -580,51 +759,113 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 	}
 }
 
-// Reconcile brings the store and the host in line after a (re)start: machines
-// caught mid-create are undone, mid-kill are finished, running ones whose
-// sandbox is gone are failed; containers, network slots and directories that
-// no live machine owns are removed. Running machines are never touched.
+// Reconcile brings the store and the host in line after a (re)start:
+//   - creating and resuming machines are undone (row and resources go; the
+//     paused source of a resume is untouched);
+//   - killing machines are finished;
+//   - pausing and snapshotting machines whose checkpoint was never committed
+//     go back to running (their sandbox is thawed), or fail if it is gone;
+//   - restoring machines go back to paused on the checkpoint they were
+//     being restored to;
+//   - running machines whose sandbox is gone are failed;
+//   - snapshots never committed, and snapshot directories, containers,
+//     network slots and machine directories that nothing owns, are removed.
+//
+// Running machines are never touched.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates})
 	if err != nil {
 		return err
 	}
+	var errs []error
+	// Uncommitted snapshots first: no machine may point at one afterwards.
+	if pending, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting}}); err == nil {
+		for _, sn := range pending {
+			m.logger.InfoContext(ctx, "discarding uncommitted snapshot", "snapshot_id", sn.ID, "machine_id", sn.MachineID)
+			if err := m.snaps.Delete(sn.ID); err != nil {
+				errs = append(errs, err)
+			}
+			if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	} else {
+		errs = append(errs, err)
+	}
 	ownedContainers := map[string]bool{}
 	ownedSlots := map[int]bool{}
 	ownedDirs := map[string]bool{}
-	var errs []error
 	for _, rec := range recs {
 		log := m.logger.With("machine_id", rec.ID)
 		switch rec.State {
-		case api.StateCreating:
-			log.InfoContext(ctx, "undoing interrupted create")
+		case api.StateCreating, api.StateResuming:
+			log.InfoContext(ctx, "undoing interrupted create", "state", rec.State)
 			if err := m.undoCreate(ctx, rec); err != nil {
 				errs = append(errs, err)
 			}
+			continue
 		case api.StateKilling:
 			log.InfoContext(ctx, "finishing interrupted kill")
 			if err := m.killLocked(ctx, rec); err != nil {
 				errs = append(errs, err)
 			}
+			continue
+		case api.StateRestoring:
+			log.InfoContext(ctx, "interrupted checkpoint restore: machine stays paused on it", "snapshot_id", rec.SnapshotID)
+			if err := m.release(ctx, rec); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rec.Slot = -1
+			if err := m.setState(ctx, rec, api.StatePaused); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		case api.StatePausing, api.StateSnapshotting:
+			// The checkpoint was not committed (a committed pause is
+			// paused): the machine is still the running one.
+			st, err := m.driver.State(ctx, rec.ContainerID)
+			if err == nil && st.Status == runtime.StatusPaused {
+				err = m.driver.Thaw(ctx, rec.ContainerID)
+			}
+			if err != nil || !m.alive(ctx, rec) {
+				if ferr := m.failFrom(ctx, rec, "the server stopped while the machine was being checkpointed, and its sandbox was gone"); ferr != nil {
+					errs = append(errs, ferr)
+				}
+				continue
+			}
+			log.InfoContext(ctx, "interrupted checkpoint: machine kept running", "state", rec.State)
+			if err := m.setState(ctx, rec, api.StateRunning); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 		case api.StateRunning:
+			if st, err := m.driver.State(ctx, rec.ContainerID); err == nil && st.Status == runtime.StatusPaused {
+				if err := m.driver.Thaw(ctx, rec.ContainerID); err != nil {
+					errs = append(errs, err)
+				}
+			}
 			if !m.alive(ctx, rec) {
 				if err := m.fail(ctx, rec, "the machine's sandbox was gone when the server started"); err != nil {
 					errs = append(errs, err)
 				}
 				continue
 			}
-			ownedContainers[rec.ContainerID] = true
-			ownedSlots[rec.Slot] = true
-			ownedDirs[rec.ID] = true
-			if rec.AllowInternet {
-				if ip, err := m.guestAddr(rec); err == nil {
-					if err := m.net.SetInternet(ip, true); err != nil {
-						errs = append(errs, err)
-					}
-				}
-			}
 			log.InfoContext(ctx, "machine still running")
 		}
+		ownedContainers[rec.ContainerID] = true
+		ownedSlots[rec.Slot] = true
+		ownedDirs[rec.ID] = true
+		if rec.AllowInternet {
+			if ip, err := m.guestAddr(rec); err == nil {
+				if err := m.net.SetInternet(ip, true); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	if err := m.sweepSnapshots(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	// Orphans: things on the host that no live machine owns.
 	if ids, err := m.driver.List(ctx); err == nil {
@@ -665,6 +906,23 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// sweepSnapshots removes snapshot directories without a ready row.
+func (m *Manager) sweepSnapshots(ctx context.Context) error {
+	ready, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotReady}})
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	for _, sn := range ready {
+		keep[sn.ID] = true
+	}
+	removed, err := m.snaps.Sweep(keep)
+	for _, name := range removed {
+		m.logger.InfoContext(ctx, "removed orphan snapshot files", "name", name)
+	}
+	return err
+}
+
 // runningChecker is a driver that can tell cheaply whether a container's
 // sandbox still runs; Watch uses it to avoid a runsc call per machine.
 type runningChecker interface {
@@ -676,17 +934,41 @@ type cgroupSweeper interface {
 	SweepCgroups(ctx context.Context, keep map[string]bool) error
 }
 
-// TemplateInUse reports whether a live machine uses the template.
+// TemplateInUse reports whether a live or paused machine or a snapshot uses
+// the template: a snapshot's overlay lies on top of its template's rootfs.
 func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates, Template: name})
-	return len(recs) > 0, err
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: append([]string{api.StatePaused}, liveStates...), Template: name})
+	if err != nil || len(recs) > 0 {
+		return len(recs) > 0, err
+	}
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{})
+	if err != nil {
+		return false, err
+	}
+	for _, sn := range snaps {
+		if sn.Template == name {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // View returns the public view of a machine.
-func (m *Manager) View(rec *store.Machine) api.Machine {
+func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 	v := api.Machine{
 		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
 		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error,
+		Volumes: rec.Volumes, SnapshotID: rec.SnapshotID, LineageID: rec.LineageID, LatestID: rec.ID, RestoredFrom: rec.RestoredFrom,
+	}
+	if len(rec.Hooks.OnPause)+len(rec.Hooks.OnResume) > 0 {
+		h := rec.Hooks
+		v.Hooks = &h
+	}
+	if rec.State != api.StatePaused {
+		v.SnapshotID = ""
+	}
+	if head, err := m.lineageHead(ctx, rec.LineageID); err == nil {
+		v.LatestID = head.ID
 	}
 	if rec.Slot >= 0 {
 		v.IP = m.guestIP(rec)
@@ -765,7 +1047,7 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	if err != nil {
 		return Endpoint{}, err
 	}
-	if rec.State != api.StateRunning {
+	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
 		return Endpoint{}, notRunning(rec)
 	}
 	ip, err := m.guestAddr(rec)

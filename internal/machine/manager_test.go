@@ -60,6 +60,25 @@ func (d *fakeDriver) List(context.Context) ([]string, error) {
 	return ids, nil
 }
 
+func (d *fakeDriver) Freeze(_ context.Context, id string) error { return d.setStatus(id, runtime.StatusPaused) }
+func (d *fakeDriver) Thaw(_ context.Context, id string) error   { return d.setStatus(id, runtime.StatusRunning) }
+
+func (d *fakeDriver) setStatus(id string, st runtime.Status) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.containers[id]; !ok {
+		return runtime.ErrNotExist
+	}
+	d.containers[id] = st
+	return nil
+}
+
+func (d *fakeDriver) Checkpoint(_ context.Context, id, dir string) error {
+	return os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(id), 0o600)
+}
+
+func (d *fakeDriver) Restore(ctx context.Context, s runtime.Spec, _ string) error { return d.Start(ctx, s) }
+
 // fakeNetwork records set-up slots.
 type fakeNetwork struct {
 	mu    sync.Mutex

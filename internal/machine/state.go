@@ -5,24 +5,40 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
-// The machine lifecycle. Every transition goes through transition(), which
+// The machine lifecycle. Every transition goes through setState, which
 // checks this table and persists the new state before anything acknowledges
 // it. A crash between two states is repaired by Reconcile on the next start.
 //
-//	creating ──▶ running ──▶ killing ──▶ killed
-//	    │           │
-//	    │           └──▶ failed ──▶ killing    (init died; resources freed)
-//	    └──▶ (row deleted: a failed create leaves nothing behind)
+//	creating ─▶ running ─▶ pausing ─▶ paused            (old id stays an alias)
+//	resuming ─▶ running        │          │
+//	               ▲  │        └─▶ running (checkpoint failed: machine kept)
+//	               │  ├─▶ snapshotting ─▶ running       (source keeps running)
+//	               │  ├─▶ restoring ─▶ running | failed (checkpoint restored in place)
+//	               │  ├─▶ failed ─▶ killing
+//	               │  └─▶ killing ─▶ killed
+//	   paused ─▶ restoring, killing, failed (snapshot force-deleted)
+//
+// creating and resuming rows are deleted when they fail: a failed create or
+// resume leaves nothing behind (the paused source of a resume is untouched).
 var transitions = map[string][]string{
-	api.StateCreating: {api.StateRunning},
-	api.StateRunning:  {api.StateKilling, api.StateFailed},
-	api.StateFailed:   {api.StateKilling},
-	api.StateKilling:  {api.StateKilled},
-	api.StateKilled:   {},
+	api.StateCreating:     {api.StateRunning},
+	api.StateResuming:     {api.StateRunning},
+	api.StateRunning:      {api.StatePausing, api.StateSnapshotting, api.StateRestoring, api.StateKilling, api.StateFailed},
+	api.StatePausing:      {api.StatePaused, api.StateRunning, api.StateFailed, api.StateKilling},
+	api.StateSnapshotting: {api.StateRunning, api.StateFailed, api.StateKilling},
+	api.StatePaused:       {api.StateRestoring, api.StateKilling, api.StateFailed},
+	api.StateRestoring:    {api.StateRunning, api.StatePaused, api.StateFailed, api.StateKilling},
+	api.StateFailed:       {api.StateKilling},
+	api.StateKilling:      {api.StateKilled},
+	api.StateKilled:       {},
 }
 
 // liveStates hold resources (network slot, container) and count as live.
-var liveStates = []string{api.StateCreating, api.StateRunning, api.StateKilling}
+var liveStates = []string{api.StateCreating, api.StateResuming, api.StateRunning, api.StatePausing,
+	api.StateSnapshotting, api.StateRestoring, api.StateKilling}
+
+// visibleStates are listed by default: every state but killed.
+var visibleStates = append([]string{api.StatePaused, api.StateFailed}, liveStates...)
 
 // checkTransition is the one guard of the state machine.
 func checkTransition(id, from, to string) error {

@@ -78,4 +78,19 @@ type Driver interface {
 	State(ctx context.Context, id string) (State, error)
 	// List returns the ids of all containers the driver knows.
 	List(ctx context.Context) ([]string, error)
+
+	// Freeze stops every task of a running container without saving
+	// anything; Thaw lets them run again. A frozen container is still
+	// "running" to the manager (its sandbox lives).
+	Freeze(ctx context.Context, id string) error
+	Thaw(ctx context.Context, id string) error
+	// Checkpoint writes a container's memory, process tree and root overlay
+	// into imageDir and leaves the container as it was (running or frozen):
+	// a failed checkpoint never stops a machine.
+	Checkpoint(ctx context.Context, id, imageDir string) error
+	// Restore starts a new container from a checkpoint in imageDir. spec
+	// must match the checkpointed container's (same mount destinations,
+	// args, cwd); sources, netns, hostname, env and cgroup may differ. On
+	// error nothing is left behind.
+	Restore(ctx context.Context, spec Spec, imageDir string) error
 }

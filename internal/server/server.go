@@ -5,6 +5,8 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
+	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/template"
 )
@@ -228,9 +231,14 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	host, err := snapshot.DetectHost(cfg.Runsc, "systrap")
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := machine.New(machine.Config{
 		DataDir:       cfg.DataDir,
 		AgentDir:      agentDir,
+		Host:          host,
 		AllowInternet: cfg.AllowInternet,
 		MaxFileBytes:  cfg.MaxFileBytes,
 		Nameservers:   hostNameservers(),
@@ -301,16 +309,20 @@ func (a *keyAuth) TeamByKey(ctx context.Context, key string) (string, error) {
 	return a.db.TeamByKeyHash(ctx, apikey.Hash(strings.TrimSpace(key)))
 }
 
-// installAgent copies the agent binary into its own directory, which is
-// bind-mounted into machines. A rename swaps it atomically: running machines
-// keep the binary they started with.
-func installAgent(src, dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
+// installAgent copies the agent binary into a directory named by its
+// content hash, which is bind-mounted into machines. A binary never changes
+// under a machine: a paused machine's memory holds the agent it ran, and its
+// restore mounts that same directory, so older directories stay as long as
+// snapshots may need them.
+func installAgent(src, root string) (string, error) {
 	b, err := os.ReadFile(src)
 	if err != nil {
 		return "", fmt.Errorf("read agent binary: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	dir := filepath.Join(root, hex.EncodeToString(sum[:8]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, "nullspace-agent"), b, 0o755); err != nil {
 		return "", fmt.Errorf("install agent: %w", err)

@@ -17,6 +17,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
+	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
@@ -57,6 +58,44 @@ var migrations = []string{
 		error TEXT NOT NULL DEFAULT ''
 	);
 	CREATE INDEX machines_team_state ON machines(team_id, state);`,
+	// 2: pause/resume lineages, snapshots, volumes, hooks.
+	`ALTER TABLE machines ADD COLUMN lineage_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE machines ADD COLUMN lineage_seq INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN snapshot_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE machines ADD COLUMN restored_from TEXT NOT NULL DEFAULT '';
+	ALTER TABLE machines ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE machines ADD COLUMN hooks TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE machines ADD COLUMN agent_dir TEXT NOT NULL DEFAULT '';
+	UPDATE machines SET lineage_id = id WHERE lineage_id = '';
+	CREATE INDEX machines_lineage ON machines(lineage_id, lineage_seq);
+	CREATE INDEX machines_restored_from ON machines(restored_from);
+	CREATE TABLE snapshots (
+		id TEXT PRIMARY KEY,
+		team_id TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		state TEXT NOT NULL,
+		machine_id TEXT NOT NULL,
+		lineage_id TEXT NOT NULL,
+		template TEXT NOT NULL,
+		parent_id TEXT NOT NULL,
+		generation INTEGER NOT NULL,
+		size_bytes INTEGER NOT NULL,
+		checksum TEXT NOT NULL,
+		pause_window_ms INTEGER NOT NULL,
+		created_at TEXT NOT NULL,
+		host TEXT NOT NULL,
+		spec TEXT NOT NULL,
+		files TEXT NOT NULL,
+		agent_token TEXT NOT NULL
+	);
+	CREATE INDEX snapshots_team ON snapshots(team_id, created_at);
+	CREATE INDEX snapshots_lineage ON snapshots(lineage_id, generation);
+	CREATE TABLE volumes (
+		team_id TEXT NOT NULL,
+		name TEXT NOT NULL,
+		created_at TEXT NOT NULL,
+		PRIMARY KEY (team_id, name)
+	);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -169,10 +208,26 @@ type Machine struct {
 	StartedAt   time.Time // zero until running
 	EndedAt     time.Time // zero until killed or failed
 	Error       string
+	// LineageID is the first machine of this machine's pause/resume chain
+	// (its own id for a machine made from a template or a reusable
+	// snapshot); LineageSeq orders the chain's executions.
+	LineageID  string
+	LineageSeq int
+	// SnapshotID is the snapshot holding a paused machine's state, or the
+	// one being written while it is pausing.
+	SnapshotID string
+	// RestoredFrom is the snapshot this execution was restored from.
+	RestoredFrom string
+	Volumes      []api.VolumeMount
+	Hooks        api.Hooks
+	// AgentDir is the host directory of the agent binary the machine runs:
+	// a restore must mount the same binary.
+	AgentDir string
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
-	slot, container_id, agent_token, created_at, started_at, ended_at, error`
+	slot, container_id, agent_token, created_at, started_at, ended_at, error,
+	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest network slot that no machine in liveStates holds (slots bounds
@@ -188,11 +243,21 @@ func (s *DB) CreateMachine(ctx context.Context, m *Machine, liveStates []string,
 		return err
 	}
 	m.Slot = slot
+	if m.LineageID == "" {
+		m.LineageID = m.ID
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(lineage_seq), 0) + 1 FROM machines WHERE lineage_id = ?`,
+		m.LineageID).Scan(&m.LineageSeq); err != nil {
+		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
+	}
 	env, _ := json.Marshal(nonNil(m.Env))
 	meta, _ := json.Marshal(nonNil(m.Metadata))
-	_, err = tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
+	hooks, _ := json.Marshal(m.Hooks)
+	_, err = tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
-		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error)
+		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
+		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -232,8 +297,18 @@ func freeSlot(ctx context.Context, tx *sql.Tx, liveStates []string, slots int) (
 
 // UpdateMachine writes a machine's mutable fields.
 func (s *DB) UpdateMachine(ctx context.Context, m *Machine) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=? WHERE id=?`,
-		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error, m.ID)
+	return updateMachine(ctx, s.db, m)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func updateMachine(ctx context.Context, db execer, m *Machine) error {
+	res, err := db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?,
+		snapshot_id=?, agent_token=?, restored_from=? WHERE id=?`,
+		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
+		m.SnapshotID, m.AgentToken, m.RestoredFrom, m.ID)
 	if err != nil {
 		return fmt.Errorf("update machine %s: %w", m.ID, err)
 	}
@@ -266,6 +341,10 @@ type MachineFilter struct {
 	TeamID   string
 	States   []string
 	Template string
+	// LineageID selects one pause/resume chain; RestoredFrom the machines
+	// restored from one snapshot.
+	LineageID    string
+	RestoredFrom string
 }
 
 // ListMachines returns machines matching f, oldest first.
@@ -283,6 +362,14 @@ func (s *DB) ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, err
 	if f.Template != "" {
 		where = append(where, "template = ?")
 		args = append(args, f.Template)
+	}
+	if f.LineageID != "" {
+		where = append(where, "lineage_id = ?")
+		args = append(args, f.LineageID)
+	}
+	if f.RestoredFrom != "" {
+		where = append(where, "restored_from = ?")
+		args = append(args, f.RestoredFrom)
 	}
 	q := `SELECT ` + machineColumns + ` FROM machines`
 	if len(where) > 0 {
@@ -309,12 +396,19 @@ type scanner interface{ Scan(...any) error }
 
 func scanMachine(r scanner) (*Machine, error) {
 	var m Machine
-	var env, meta, created string
+	var env, meta, created, vols, hooks string
 	var started, ended sql.NullString
 	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
-		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error)
+		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
+		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir)
 	if err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(vols), &m.Volumes); err != nil {
+		return nil, fmt.Errorf("machine %s volumes: %w", m.ID, err)
+	}
+	if err := json.Unmarshal([]byte(hooks), &m.Hooks); err != nil {
+		return nil, fmt.Errorf("machine %s hooks: %w", m.ID, err)
 	}
 	if err := json.Unmarshal([]byte(env), &m.Env); err != nil {
 		return nil, fmt.Errorf("machine %s env: %w", m.ID, err)
@@ -328,7 +422,11 @@ func scanMachine(r scanner) (*Machine, error) {
 	return &m, nil
 }
 
-func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+// timeFormat is RFC 3339 with a fixed-width fraction, so that stored times
+// sort as text.
+const timeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
 
 func nullTime(t time.Time) any {
 	if t.IsZero() {
@@ -354,9 +452,38 @@ func anySlice(ss []string) []any {
 	return out
 }
 
+func nonNilSlice[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 func nonNil(m map[string]string) map[string]string {
 	if m == nil {
 		return map[string]string{}
 	}
 	return m
+}
+
+// AssignSlot gives an existing machine that holds none (a paused one) the
+// lowest free network slot.
+func (s *DB) AssignSlot(ctx context.Context, m *Machine, liveStates []string, slots int) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("assign slot: %w", err)
+	}
+	defer tx.Rollback()
+	slot, err := freeSlot(ctx, tx, liveStates, slots)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE machines SET slot=? WHERE id=?`, slot, m.ID); err != nil {
+		return fmt.Errorf("assign slot to %s: %w", m.ID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	m.Slot = slot
+	return nil
 }

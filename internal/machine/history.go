@@ -1,0 +1,168 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// SnapshotView returns the public view of a snapshot.
+func (m *Manager) SnapshotView(ctx context.Context, sn *store.Snapshot) api.Snapshot {
+	v := api.Snapshot{
+		ID: sn.ID, Kind: sn.Kind, MachineID: sn.MachineID, LineageID: sn.LineageID, Template: sn.Template,
+		SizeBytes: sn.SizeBytes, CreatedAt: sn.CreatedAt, ParentID: sn.ParentID, Generation: sn.Generation,
+		Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS,
+	}
+	if host, err := hostOf(sn); err == nil {
+		v.RuntimeVersion, v.Kernel = host.RuntimeVersion, host.Kernel
+	}
+	if kids, err := m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: sn.ID, States: liveStates}); err == nil {
+		v.Children = len(kids)
+	}
+	return v
+}
+
+// GetSnapshot returns a team's committed snapshot.
+func (m *Manager) GetSnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
+	return m.readySnapshot(ctx, teamID, id)
+}
+
+// SnapshotFilter selects a team's snapshots.
+type SnapshotFilter struct {
+	MachineID string
+	Kind      string
+}
+
+// ListSnapshots returns a team's committed snapshots, oldest first.
+func (m *Manager) ListSnapshots(ctx context.Context, teamID string, f SnapshotFilter) ([]*store.Snapshot, error) {
+	sf := store.SnapshotFilter{TeamID: teamID, MachineID: f.MachineID, States: []string{store.SnapshotReady}}
+	if f.Kind != "" {
+		switch f.Kind {
+		case api.SnapshotHibernate, api.SnapshotReusable, api.SnapshotCheckpoint:
+		default:
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("unknown snapshot kind %q", f.Kind), "use hibernate, snapshot or checkpoint")
+		}
+		sf.Kinds = []string{f.Kind}
+	}
+	return m.store.ListSnapshots(ctx, sf)
+}
+
+// Checkpoints returns the history of id's lineage: every state its
+// executions recorded (pauses, manual checkpoints, reusable snapshots), by
+// generation.
+func (m *Manager) Checkpoints(ctx context.Context, teamID, id string) ([]*store.Snapshot, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}})
+	if err != nil {
+		return nil, err
+	}
+	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Generation < snaps[j].Generation })
+	return snaps, nil
+}
+
+// DeleteSnapshot removes a snapshot. While a paused machine's state is in
+// it, or live machines were created from it, it is refused with
+// snapshot_in_use unless force is set; forced, the paused machines that
+// depended on it are failed (their state is gone), and running children
+// are unaffected (a restored machine does not read its snapshot again).
+func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force bool) error {
+	sn, err := m.readySnapshot(ctx, teamID, id)
+	if err != nil {
+		return err
+	}
+	unlock := m.lock(lineageKey(sn.LineageID))
+	defer unlock()
+	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused, api.StateRestoring}})
+	if err != nil {
+		return err
+	}
+	var aliases []*store.Machine
+	for _, p := range paused {
+		if p.SnapshotID == id {
+			aliases = append(aliases, p)
+		}
+	}
+	children, err := m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: id, States: liveStates})
+	if err != nil {
+		return err
+	}
+	if (len(aliases) > 0 || len(children) > 0) && !force {
+		var parts []string
+		if len(aliases) > 0 {
+			parts = append(parts, "it holds the paused state of "+ids(aliases))
+		}
+		if len(children) > 0 {
+			parts = append(parts, "live machines were made from it: "+ids(children))
+		}
+		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotInUse,
+			fmt.Sprintf("snapshot %s is in use: %s", id, strings.Join(parts, "; ")),
+			"kill those machines first, or delete with force=true (paused machines that depend on it become failed)")
+	}
+	var errs []error
+	for _, a := range aliases {
+		unlockM := m.lock(a.ID)
+		if cur, err := m.store.GetMachine(ctx, a.ID); err == nil && cur.State == api.StatePaused {
+			errs = append(errs, m.failFrom(ctx, cur, fmt.Sprintf("its snapshot %s was deleted", id)))
+		}
+		unlockM()
+	}
+	if err := m.removeSnapshot(ctx, sn); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manager) removeSnapshot(ctx context.Context, sn *store.Snapshot) error {
+	// Row first: a snapshot without a row is an orphan Reconcile removes;
+	// a row without files would be a snapshot that cannot be restored.
+	if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
+		return err
+	}
+	if err := m.snaps.Delete(sn.ID); err != nil {
+		return fmt.Errorf("remove snapshot %s files: %w", sn.ID, err)
+	}
+	m.logger.InfoContext(ctx, "snapshot deleted", "snapshot_id", sn.ID)
+	return nil
+}
+
+// dropLineageSnapshots deletes the hibernate snapshots and checkpoints of a
+// lineage that ended, except those live machines were made from. Reusable
+// snapshots are the user's to delete.
+func (m *Manager) dropLineageSnapshots(ctx context.Context, lineageID string) error {
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: lineageID,
+		Kinds: []string{api.SnapshotHibernate, api.SnapshotCheckpoint}, States: []string{store.SnapshotReady}})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, sn := range snaps {
+		kids, err := m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: sn.ID, States: append([]string{api.StatePaused}, liveStates...)})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if len(kids) > 0 {
+			continue
+		}
+		errs = append(errs, m.removeSnapshot(ctx, sn))
+	}
+	return errors.Join(errs...)
+}
+
+func ids(recs []*store.Machine) string {
+	var out []string
+	for _, r := range recs {
+		out = append(out, r.ID)
+	}
+	return strings.Join(out, ", ")
+}

@@ -1,0 +1,433 @@
+package machine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/faults"
+	"nullspace.dev/nullspace/internal/snapshot"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// MaxFork bounds the children of one fork call.
+const MaxFork = 16
+
+// readySnapshot returns a team's committed snapshot.
+func (m *Manager) readySnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
+	sn, err := m.store.GetSnapshot(ctx, id)
+	if err != nil || sn.TeamID != teamID || sn.State != store.SnapshotReady {
+		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound, fmt.Sprintf("snapshot %s not found", id),
+			"list your snapshots with GET /v1/snapshots or `nullspace snapshot ls`")
+	}
+	return sn, nil
+}
+
+// Resume restores a paused machine's hibernate snapshot into a new running
+// machine id. The paused id stays as an alias of the lineage. Only the
+// lineage's latest state can be resumed: an older snapshot is refused with
+// snapshot_superseded (restore it explicitly as a checkpoint instead).
+func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (*store.Machine, error) {
+	sn, err := m.readySnapshot(ctx, teamID, snapshotID)
+	if err != nil {
+		return nil, err
+	}
+	if sn.Kind != api.SnapshotHibernate {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeSnapshotKind,
+			fmt.Sprintf("snapshot %s is a %s, not the state of a paused machine", sn.ID, sn.Kind),
+			"create a machine from it with POST /v1/machines {\"snapshot_id\": ...}, or restore it in place with POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore")
+	}
+	unlock, ok := m.tryLock(lineageKey(sn.LineageID))
+	if !ok {
+		return nil, busy(sn.MachineID)
+	}
+	defer unlock()
+	src, err := m.store.GetMachine(ctx, sn.MachineID)
+	if err != nil {
+		return nil, err
+	}
+	head, err := m.lineageHead(ctx, sn.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	if head.ID != src.ID || src.State != api.StatePaused || src.SnapshotID != sn.ID {
+		return nil, superseded(sn, head)
+	}
+	return m.resumeLocked(ctx, src, sn)
+}
+
+func superseded(sn *store.Snapshot, head *store.Machine) error {
+	return errdefs.New(errdefs.ErrConflict, errdefs.CodeSnapshotSuperseded,
+		fmt.Sprintf("snapshot %s is not the latest state of machine %s: its latest execution is %s (%s)", sn.ID, sn.MachineID, head.ID, head.State),
+		"use POST /v1/machines/{id}/connect to reach the latest execution, or restore this snapshot explicitly with POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore")
+}
+
+// Connect returns the running latest execution of id's lineage, resuming it
+// first if it is paused. Unlike Pause and Resume it waits for an operation
+// in progress instead of failing: many clients may connect at once.
+func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machine, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	unlock := m.lock(lineageKey(rec.LineageID))
+	defer unlock()
+	head, err := m.lineageHead(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	switch head.State {
+	case api.StateRunning, api.StateSnapshotting:
+		return head, nil
+	case api.StatePaused:
+		sn, err := m.store.GetSnapshot(ctx, head.SnapshotID)
+		if err != nil {
+			return nil, fmt.Errorf("paused machine %s: %w", head.ID, err)
+		}
+		return m.resumeLocked(ctx, head, sn)
+	}
+	if head.ID != rec.ID {
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning,
+			fmt.Sprintf("machine %s was resumed as %s, which is %s", rec.ID, head.ID, head.State),
+			"create a new machine; the latest state of this one is gone")
+	}
+	return nil, notRunning(head)
+}
+
+// resumeLocked restores sn, the state of the paused machine src, into a new
+// machine of src's lineage. The caller holds the lineage lock.
+func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *store.Snapshot) (*store.Machine, error) {
+	rec := &store.Machine{
+		ID: newMachineID(), TeamID: src.TeamID, State: api.StateResuming, Template: src.Template,
+		CPUCount: src.CPUCount, MemoryMB: src.MemoryMB, Env: src.Env, Metadata: src.Metadata,
+		AllowInternet: src.AllowInternet, ContainerID: newContainerID(), AgentToken: randomHex(32),
+		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
+		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
+	}
+	if err := m.restoreNew(ctx, rec, sn); err != nil {
+		return nil, fmt.Errorf("resume machine %s: %w", src.ID, err)
+	}
+	m.logger.InfoContext(ctx, "machine resumed", "machine_id", rec.ID, "from", src.ID, "snapshot_id", sn.ID)
+	return rec, nil
+}
+
+// createFromSnapshot makes an independent machine (a new lineage) from any
+// committed snapshot.
+func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
+	sn, err := m.readySnapshot(ctx, teamID, req.SnapshotID)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := decodeSpec(sn)
+	if err != nil {
+		return nil, err
+	}
+	rec := &store.Machine{
+		ID: newMachineID(), TeamID: teamID, State: api.StateResuming, Template: spec.Template,
+		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, Env: spec.Env, Metadata: req.Metadata,
+		AllowInternet: req.AllowInternet || (spec.AllowInternet && m.cfg.AllowInternet),
+		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
+		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
+	}
+	if err := m.restoreNew(ctx, rec, sn); err != nil {
+		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
+	}
+	m.logger.InfoContext(ctx, "machine created from snapshot", "machine_id", rec.ID, "snapshot_id", sn.ID)
+	return rec, nil
+}
+
+// restoreNew stores rec (state resuming), restores sn into it and marks it
+// running. On error nothing of rec is left.
+func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.Snapshot) error {
+	spec, err := decodeSpec(sn)
+	if err != nil {
+		return err
+	}
+	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+		return err
+	}
+	unlock := m.lock(rec.ID)
+	defer unlock()
+	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
+		return err
+	}
+	if err := m.restoreInto(ctx, rec, sn, spec); err != nil {
+		if uerr := m.undoCreate(ctx, rec); uerr != nil {
+			m.logger.ErrorContext(ctx, "clean up failed restore", "machine_id", rec.ID, "err", uerr)
+		}
+		return err
+	}
+	return m.setState(ctx, rec, api.StateRunning)
+}
+
+// Fork snapshots a running machine and creates count children from the
+// snapshot, concurrently. Either all children are made or none is (the
+// snapshot stays, and is in the error message).
+func (m *Manager) Fork(ctx context.Context, teamID, id string, count int) (*store.Snapshot, []*store.Machine, error) {
+	if count < 1 || count > MaxFork {
+		return nil, nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("count %d is out of range: fork makes 1 to %d children per call", count, MaxFork), "fix count")
+	}
+	sn, err := m.CreateSnapshot(ctx, teamID, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	children := make([]*store.Machine, count)
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	for i := range children {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			children[i], errs[i] = m.Create(ctx, teamID, api.CreateMachineRequest{SnapshotID: sn.ID})
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, c := range children {
+			if c != nil {
+				if _, kerr := m.Kill(ctx, teamID, c.ID); kerr != nil {
+					m.logger.ErrorContext(ctx, "kill child of failed fork", "machine_id", c.ID, "err", kerr)
+				}
+			}
+		}
+		return sn, nil, fmt.Errorf("fork machine %s (snapshot %s was kept): %w", id, sn.ID, err)
+	}
+	return sn, children, nil
+}
+
+// RestoreCheckpoint replaces the state of a machine's latest execution with
+// one of its lineage's checkpoints, keeping that execution's id. Newer
+// checkpoints stay in the history. The snapshot is checked (host, template,
+// files) before the current state is dropped; id may be any alias of the
+// lineage, and the machine returned is the execution restored.
+func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID string) (*store.Machine, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := m.readySnapshot(ctx, teamID, snapshotID)
+	if err != nil {
+		return nil, err
+	}
+	if sn.LineageID != rec.LineageID {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeSnapshotKind,
+			fmt.Sprintf("snapshot %s is not in the history of machine %s", sn.ID, rec.ID),
+			"list the machine's checkpoints with GET /v1/machines/{id}/checkpoints; to start from another machine's snapshot, create a machine from it")
+	}
+	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
+	if !ok {
+		return nil, busy(id)
+	}
+	defer unlockLineage()
+	head, err := m.lineageHead(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	unlock := m.lock(head.ID)
+	defer unlock()
+	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
+		return nil, err
+	}
+	if head.State != api.StateRunning && head.State != api.StatePaused {
+		return nil, notRunning(head)
+	}
+	spec, err := decodeSpec(sn)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+		return nil, err
+	}
+	if err := m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)); err != nil {
+		return nil, err
+	}
+	ctx = context.WithoutCancel(ctx)
+	wasPaused := head.State == api.StatePaused
+	prevSnapshot := head.SnapshotID
+	if wasPaused {
+		if err := m.store.AssignSlot(ctx, head, liveStates, m.net.Slots()); err != nil {
+			return nil, err
+		}
+	}
+	head.SnapshotID = sn.ID // where Reconcile leaves it if the server stops now
+	if err := m.setState(ctx, head, api.StateRestoring); err != nil {
+		return nil, err
+	}
+	// Drop the current sandbox and network; the restore makes both anew.
+	if err := m.release(ctx, head); err != nil {
+		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
+	}
+	head.ContainerID = newContainerID()
+	if err := m.store.UpdateMachine(ctx, head); err != nil {
+		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
+	}
+	if err := m.restoreInto(ctx, head, sn, spec); err != nil {
+		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
+	}
+	head.RestoredFrom = sn.ID
+	head.SnapshotID = ""
+	if err := m.setState(ctx, head, api.StateRunning); err != nil {
+		return nil, err
+	}
+	m.logger.InfoContext(ctx, "checkpoint restored in place", "machine_id", head.ID, "snapshot_id", sn.ID)
+	return head, nil
+}
+
+// restoreFailed settles a machine whose in-place restore failed: a paused
+// machine stays paused on its previous state; a running one has lost its
+// sandbox and is failed.
+func (m *Manager) restoreFailed(ctx context.Context, rec *store.Machine, wasPaused bool, prevSnapshot string, cause error) error {
+	if rerr := m.release(ctx, rec); rerr != nil {
+		cause = errors.Join(cause, rerr)
+	}
+	rec.Slot = -1
+	if wasPaused {
+		rec.SnapshotID = prevSnapshot
+		if err := m.setState(ctx, rec, api.StatePaused); err != nil {
+			return errors.Join(cause, err)
+		}
+		return cause
+	}
+	rec.Error = "restoring a checkpoint failed: " + cause.Error()
+	if err := m.setState(ctx, rec, api.StateFailed); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
+
+func decodeSpec(sn *store.Snapshot) (savedSpec, error) {
+	var spec savedSpec
+	if err := json.Unmarshal(sn.Spec, &spec); err != nil {
+		return spec, snapshot.Corrupt(sn.ID, "its recorded spec cannot be read", err)
+	}
+	return spec, nil
+}
+
+func snapshotFiles(sn *store.Snapshot) []snapshot.File {
+	var files []snapshot.File
+	json.Unmarshal(sn.Files, &files)
+	return files
+}
+
+// checkRestorable refuses, with snapshot_incompatible, a snapshot this host
+// cannot restore exactly: another runsc, platform or CPU, a template that
+// was rebuilt or removed, a missing agent binary or volume.
+func (m *Manager) checkRestorable(ctx context.Context, sn *store.Snapshot, spec savedSpec) error {
+	var host snapshot.Host
+	if err := json.Unmarshal(sn.Host, &host); err != nil {
+		return snapshot.Corrupt(sn.ID, "its recorded host cannot be read", err)
+	}
+	if err := snapshot.CheckHost(sn.ID, host, m.cfg.Host); err != nil {
+		return err
+	}
+	tmpl, err := m.templates.Get(ctx, spec.Template)
+	if err != nil || tmpl.State != api.TemplateReady {
+		return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: its template %s is gone", spec.Template))
+	}
+	if !tmpl.CreatedAt.Equal(spec.TemplateCreated) {
+		return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
+			spec.Template, tmpl.CreatedAt.Format(time.RFC3339), spec.TemplateCreated.Format(time.RFC3339)))
+	}
+	if _, err := os.Stat(filepath.Join(spec.AgentDir, "nullspace-agent")); err != nil {
+		return snapshot.Incompatible(sn.ID, "spec: the agent binary it ran is no longer installed")
+	}
+	for _, v := range spec.Volumes {
+		if _, err := os.Stat(m.volumeDir(sn.TeamID, v.Name)); err != nil {
+			return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: its volume %s is gone", v.Name))
+		}
+	}
+	return nil
+}
+
+// restoreInto restores sn into rec, which holds a network slot and a fresh
+// container id, and gives the restored agent rec's identity. The files'
+// checksums are verified while runsc restores (a corrupt snapshot is
+// reported as such even when runsc fails first). On error the caller
+// releases rec's resources.
+func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec) error {
+	t0 := time.Now()
+	ni, err := m.setupNetwork(ctx, rec)
+	if err != nil {
+		return err
+	}
+	rootfs, err := m.templates.RootfsDir(spec.Template)
+	if err != nil {
+		return err
+	}
+	rspec, err := m.machineSpec(rec, ni, rootfs, spec.TemplateEnv, spec.Workdir)
+	if err != nil {
+		return err
+	}
+	verified := make(chan error, 1)
+	go func() { verified <- m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)) }()
+	t1 := time.Now()
+	rerr := m.driver.Restore(ctx, rspec, m.snaps.Path(sn.ID))
+	t2 := time.Now()
+	if verr := <-verified; verr != nil {
+		return verr
+	}
+	if rerr != nil {
+		return restoreError(sn.ID, rerr)
+	}
+	faults.Point("restore.restored")
+	agent := agentclient.New(agentURL(ni.GuestIP), sn.AgentToken, nil)
+	if err := m.waitAgent(ctx, agent); err != nil {
+		return err
+	}
+	files := map[string]string{}
+	for name, content := range m.etcFiles(rec, ni) {
+		files["/etc/"+name] = content
+	}
+	res, err := agent.Restored(ctx, api.AgentRestoredRequest{
+		MachineID: rec.ID, Hostname: hostnameOf(rec.ID), Token: rec.AgentToken, Now: time.Now().UTC(),
+		Files: files, Hooks: rec.Hooks.OnResume,
+	})
+	if err != nil {
+		return fmt.Errorf("tell the restored agent its identity: %w", err)
+	}
+	for _, h := range res.Hooks {
+		if h.ExitCode != 0 {
+			m.logger.WarnContext(ctx, "on_resume hook failed", "machine_id", rec.ID, "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+		}
+	}
+	rec.StartedAt = time.Now().UTC()
+	m.logger.DebugContext(ctx, "machine restored", "machine_id", rec.ID, "snapshot_id", sn.ID, "prepare", t1.Sub(t0),
+		"runsc_restore", t2.Sub(t1), "agent", rec.StartedAt.Sub(t2), "clock_skew_ms", res.ClockSkewMS)
+	return nil
+}
+
+// restoreError reports runsc's refusal of a checkpoint as an incompatibility
+// when runsc says so (spec validation, CPU features), and as a plain error
+// otherwise.
+func restoreError(id string, err error) error {
+	msg := err.Error()
+	for _, marker := range []string{"validat", "incompatible", "mismatch", "CPU feature", "cpuid"} {
+		if strings.Contains(msg, marker) {
+			return errdefs.Wrap(err, errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotIncompatible,
+				fmt.Sprintf("snapshot %s cannot be restored here: runsc refused it (%s)", id, lastLine(msg)),
+				"restore it on a host that matches, or create a new machine from a template")
+		}
+	}
+	return fmt.Errorf("restore snapshot %s: %w", id, err)
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndex(s, "\n"); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 300 {
+		s = s[len(s)-300:]
+	}
+	return s
+}

@@ -1,0 +1,317 @@
+package machine
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/http"
+	"strings"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/faults"
+	"nullspace.dev/nullspace/internal/snapshot"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// savedSpec is what a restore needs to rebuild a checkpointed machine's
+// container and identity. It is stored with every snapshot (in the state
+// store and in the snapshot's meta.json).
+type savedSpec struct {
+	Template        string            `json:"template"`
+	TemplateCreated time.Time         `json:"template_created"`
+	TemplateEnv     map[string]string `json:"template_env,omitempty"`
+	Workdir         string            `json:"workdir,omitempty"`
+	CPUCount        int               `json:"cpu_count"`
+	MemoryMB        int               `json:"memory_mb"`
+	Env             map[string]string `json:"env,omitempty"`
+	AllowInternet   bool              `json:"allow_internet"`
+	Volumes         []api.VolumeMount `json:"volumes,omitempty"`
+	Hooks           api.Hooks         `json:"hooks"`
+	AgentDir        string            `json:"agent_dir"`
+}
+
+// snapshotMeta is written as meta.json beside the checkpoint files, so a
+// snapshot directory describes itself (for operators, and for a future
+// remote snapshot store).
+type snapshotMeta struct {
+	ID         string        `json:"id"`
+	Kind       string        `json:"kind"`
+	MachineID  string        `json:"machine_id"`
+	ParentID   string        `json:"parent_id,omitempty"`
+	Generation int           `json:"generation"`
+	CreatedAt  time.Time     `json:"created_at"`
+	Host       snapshot.Host `json:"host"`
+	Spec       savedSpec     `json:"spec"`
+}
+
+func lineageKey(id string) string { return "lineage:" + id }
+
+func newSnapshotID() string { return "snp_" + randomHex(10) }
+
+// busy is the error for a lifecycle call on a lineage that is in the middle
+// of another one: concurrent calls are serialized and the loser is told so
+// at once instead of queueing.
+func busy(id string) error {
+	return errdefs.New(errdefs.ErrConflict, errdefs.CodeConflict,
+		fmt.Sprintf("machine %s is in the middle of another lifecycle operation (pause, resume, snapshot or restore)", id),
+		"retry when it has finished; GET /v1/machines/{id} shows its state")
+}
+
+// lineageHead returns the latest execution of a lineage.
+func (m *Manager) lineageHead(ctx context.Context, lineageID string) (*store.Machine, error) {
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: lineageID})
+	if err != nil {
+		return nil, err
+	}
+	var head *store.Machine
+	for _, r := range recs {
+		if head == nil || r.LineageSeq > head.LineageSeq {
+			head = r
+		}
+	}
+	if head == nil {
+		return nil, machineNotFound(lineageID)
+	}
+	return head, nil
+}
+
+// Pause checkpoints a running machine and stops it: memory, processes and
+// files go into a hibernate snapshot, its resources are freed, and its id
+// stays as a paused alias. Pausing a paused machine returns its snapshot.
+func (m *Manager) Pause(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
+	return m.captureCall(ctx, teamID, id, api.SnapshotHibernate)
+}
+
+// CreateSnapshot checkpoints a running machine and leaves it running: the
+// reusable snapshot returned can be restored into any number of children.
+func (m *Manager) CreateSnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
+	return m.captureCall(ctx, teamID, id, api.SnapshotReusable)
+}
+
+// Checkpoint adds a checkpoint of a running machine to its history without
+// stopping it.
+func (m *Manager) Checkpoint(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
+	return m.captureCall(ctx, teamID, id, api.SnapshotCheckpoint)
+}
+
+func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*store.Snapshot, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	if kind == api.SnapshotHibernate && rec.State == api.StatePaused {
+		return m.store.GetSnapshot(ctx, rec.SnapshotID)
+	}
+	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
+	if !ok {
+		return nil, busy(id)
+	}
+	defer unlockLineage()
+	unlock := m.lock(id)
+	defer unlock()
+	if rec, err = m.store.GetMachine(ctx, id); err != nil {
+		return nil, err
+	}
+	if rec.State != api.StateRunning {
+		return nil, notRunning(rec)
+	}
+	return m.capture(ctx, rec, kind)
+}
+
+// capture takes a checkpoint of a running machine; the caller holds the
+// lineage and machine locks. For a hibernate snapshot the machine is frozen
+// first (nothing runs after the point the checkpoint records), and stopped
+// only once the snapshot is durable; if anything fails before that, the
+// machine is thawed and keeps running, and nothing of the snapshot remains.
+func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) (*store.Snapshot, error) {
+	ctx = context.WithoutCancel(ctx) // a checkpoint, once begun, finishes or is undone
+	stop := kind == api.SnapshotHibernate
+	op := map[bool]string{true: "pause", false: "snapshot"}[stop]
+	log := m.logger.With("machine_id", rec.ID, "kind", kind)
+
+	spec, err := m.savedSpecOf(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	gen, err := m.nextGeneration(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	sn := &store.Snapshot{
+		ID: newSnapshotID(), TeamID: rec.TeamID, Kind: kind, State: store.SnapshotWriting, MachineID: rec.ID,
+		LineageID: rec.LineageID, Template: rec.Template, ParentID: rec.RestoredFrom, Generation: gen,
+		CreatedAt: time.Now().UTC(), AgentToken: rec.AgentToken,
+	}
+	sn.Host, _ = json.Marshal(m.cfg.Host)
+	sn.Spec, _ = json.Marshal(spec)
+	if err := m.store.CreateSnapshot(ctx, sn); err != nil {
+		return nil, err
+	}
+	to := api.StateSnapshotting
+	if stop {
+		to = api.StatePausing
+	}
+	if err := m.setState(ctx, rec, to); err != nil {
+		m.store.DeleteSnapshot(ctx, sn.ID)
+		return nil, err
+	}
+	var pending *snapshot.Pending
+	frozen := false
+	undo := func(cause error) error {
+		var errs []error
+		if pending != nil {
+			errs = append(errs, pending.Abort())
+		}
+		if frozen {
+			errs = append(errs, m.driver.Thaw(ctx, rec.ContainerID))
+		}
+		errs = append(errs, m.store.DeleteSnapshot(ctx, sn.ID))
+		errs = append(errs, m.setState(ctx, rec, api.StateRunning))
+		if err := errors.Join(errs...); err != nil {
+			log.ErrorContext(ctx, "undo failed checkpoint", "err", err)
+		}
+		log.WarnContext(ctx, "checkpoint failed; machine kept running", "err", cause)
+		return cause
+	}
+
+	// Hooks and a filesystem flush inside the machine, while it still runs.
+	ip, err := m.guestAddr(rec)
+	if err != nil {
+		return nil, undo(err)
+	}
+	agent := agentclient.New(agentURL(ip), rec.AgentToken, nil)
+	t0 := time.Now()
+	prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})
+	if err != nil {
+		return nil, undo(fmt.Errorf("prepare machine %s for a checkpoint: %w", rec.ID, err))
+	}
+	for _, h := range prep.Hooks {
+		if h.ExitCode != 0 {
+			log.WarnContext(ctx, "on_pause hook failed", "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+		}
+	}
+	if pending, err = m.snaps.Begin(sn.ID); err != nil {
+		return nil, undo(err)
+	}
+	t1 := time.Now()
+	if stop {
+		if err := m.driver.Freeze(ctx, rec.ContainerID); err != nil {
+			return nil, undo(err)
+		}
+		frozen = true
+	}
+	if err := m.driver.Checkpoint(ctx, rec.ContainerID, pending.Dir()); err != nil {
+		return nil, undo(checkpointError(rec.ID, err))
+	}
+	window := time.Since(t1)
+	faults.Point(op + ".checkpointed")
+	meta := snapshotMeta{ID: sn.ID, Kind: kind, MachineID: rec.ID, ParentID: sn.ParentID, Generation: gen,
+		CreatedAt: sn.CreatedAt, Host: m.cfg.Host, Spec: spec}
+	files, size, err := pending.Commit(meta)
+	if err != nil {
+		return nil, undo(checkpointError(rec.ID, err))
+	}
+	if stop {
+		window = time.Since(t1) // frozen until the snapshot is durable
+	}
+	sn.Files, _ = json.Marshal(files)
+	sn.SizeBytes = size
+	sn.Checksum = combinedChecksum(files)
+	sn.PauseWindowMS = window.Milliseconds()
+
+	// Commit the snapshot and the machine's new state together.
+	held := *rec
+	next := api.StateRunning
+	if stop {
+		next = api.StatePaused
+	}
+	if err := checkTransition(rec.ID, rec.State, next); err != nil {
+		return nil, undo(err)
+	}
+	prev := *rec
+	rec.State = next
+	if stop {
+		rec.SnapshotID = sn.ID
+		rec.Slot = -1
+	}
+	if err := m.store.CommitSnapshot(ctx, sn, rec); err != nil {
+		*rec = prev
+		m.snaps.Delete(sn.ID)
+		return nil, undo(err)
+	}
+	faults.Point(op + ".committed")
+	if stop {
+		// The state is safe: free what the stopped machine held. A failure
+		// here leaves orphans that Reconcile removes, never a lost state.
+		if err := m.release(ctx, &held); err != nil {
+			log.ErrorContext(ctx, "free paused machine's resources", "err", err)
+		}
+		agentclient.SharedHTTPClient().CloseIdleConnections()
+	}
+	log.InfoContext(ctx, "checkpoint taken", "snapshot_id", sn.ID, "size_bytes", sn.SizeBytes,
+		"prepare", t1.Sub(t0), "window", window, "total", time.Since(t0))
+	return sn, nil
+}
+
+// checkpointError turns a failed checkpoint into a public error; a full disk
+// gets its own message, since the operator can act on it.
+func checkpointError(id string, err error) error {
+	if strings.Contains(err.Error(), "no space left") {
+		return &errdefs.Error{Class: errdefs.ErrResourceExhausted, Code: errdefs.CodeResourceExhausted,
+			Message:         fmt.Sprintf("no space left on the snapshot disk: machine %s was not checkpointed and keeps running", id),
+			SuggestedAction: "free disk space on the server (delete unused snapshots) and retry",
+			Err:             err, Status: http.StatusInsufficientStorage}
+	}
+	return fmt.Errorf("checkpoint machine %s: %w", id, err)
+}
+
+func combinedChecksum(files []snapshot.File) string {
+	h := crc32.New(crc32.MakeTable(crc32.Castagnoli))
+	for _, f := range files {
+		h.Write([]byte(f.Name))
+		binary.Write(h, binary.LittleEndian, f.Size)
+		binary.Write(h, binary.LittleEndian, f.CRC32C)
+	}
+	return fmt.Sprintf("crc32c:%08x", h.Sum32())
+}
+
+func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpec, error) {
+	tmpl, err := m.templates.Get(ctx, rec.Template)
+	if err != nil {
+		return savedSpec{}, fmt.Errorf("template of machine %s: %w", rec.ID, err)
+	}
+	agentDir := rec.AgentDir
+	if agentDir == "" {
+		agentDir = m.cfg.AgentDir
+	}
+	return savedSpec{
+		Template: rec.Template, TemplateCreated: tmpl.CreatedAt, TemplateEnv: tmpl.Env, Workdir: tmpl.Workdir,
+		CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
+		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir,
+	}, nil
+}
+
+// nextGeneration is one more than the newest state the machine's lineage or
+// its origin has recorded, so generations grow along every history.
+func (m *Manager) nextGeneration(ctx context.Context, rec *store.Machine) (int, error) {
+	gen := 0
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID})
+	if err != nil {
+		return 0, err
+	}
+	for _, s := range snaps {
+		gen = max(gen, s.Generation)
+	}
+	if rec.RestoredFrom != "" {
+		if p, err := m.store.GetSnapshot(ctx, rec.RestoredFrom); err == nil {
+			gen = max(gen, p.Generation)
+		}
+	}
+	return gen + 1, nil
+}

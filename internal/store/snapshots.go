@@ -1,0 +1,220 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// Snapshot states: a snapshot row is written before its checkpoint (so a
+// crash leaves a trace Reconcile can clean) and becomes ready in the same
+// transaction that records what it is for.
+const (
+	SnapshotWriting = "writing"
+	SnapshotReady   = "ready"
+)
+
+// Snapshot is a snapshot's stored record. Host, Spec and Files are opaque
+// JSON owned by the machine manager and the snapshot store.
+type Snapshot struct {
+	ID            string
+	TeamID        string
+	Kind          string
+	State         string
+	MachineID     string
+	LineageID     string
+	Template      string
+	ParentID      string
+	Generation    int
+	SizeBytes     int64
+	Checksum      string
+	PauseWindowMS int64
+	CreatedAt     time.Time
+	Host          json.RawMessage
+	Spec          json.RawMessage
+	Files         json.RawMessage
+	// AgentToken is the token the checkpointed agent answers to until it is
+	// told its new identity.
+	AgentToken string
+}
+
+const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
+	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token`
+
+// CreateSnapshot stores a new snapshot row.
+func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
+		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, formatTime(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
+		rawOr(sn.Files, "[]"), sn.AgentToken)
+	if err != nil {
+		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
+	}
+	return nil
+}
+
+// CommitSnapshot marks a snapshot ready with its final fields and, in the
+// same transaction, writes machines (e.g. the paused source): either both
+// are recorded or neither.
+func (s *DB) CommitSnapshot(ctx context.Context, sn *Snapshot, machines ...*Machine) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("commit snapshot %s: %w", sn.ID, err)
+	}
+	defer tx.Rollback()
+	sn.State = SnapshotReady
+	_, err = tx.ExecContext(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
+		sn.State, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
+	if err != nil {
+		return fmt.Errorf("commit snapshot %s: %w", sn.ID, err)
+	}
+	for _, m := range machines {
+		if err := updateMachine(ctx, tx, m); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// GetSnapshot returns a snapshot by id, or an error matching ErrNotFound.
+func (s *DB) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id=?`, id)
+	sn, err := scanSnapshot(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("snapshot %s: %w", id, errdefs.ErrNotFound)
+	}
+	return sn, err
+}
+
+// SnapshotFilter selects snapshots. Empty fields match everything.
+type SnapshotFilter struct {
+	TeamID    string
+	MachineID string
+	LineageID string
+	Kinds     []string
+	States    []string
+}
+
+// ListSnapshots returns snapshots matching f, oldest first.
+func (s *DB) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, error) {
+	var where []string
+	var args []any
+	for col, v := range map[string]string{"team_id": f.TeamID, "machine_id": f.MachineID, "lineage_id": f.LineageID} {
+		if v != "" {
+			where = append(where, col+" = ?")
+			args = append(args, v)
+		}
+	}
+	if len(f.Kinds) > 0 {
+		where = append(where, "kind IN ("+placeholders(len(f.Kinds))+")")
+		args = append(args, anySlice(f.Kinds)...)
+	}
+	if len(f.States) > 0 {
+		where = append(where, "state IN ("+placeholders(len(f.States))+")")
+		args = append(args, anySlice(f.States)...)
+	}
+	q := `SELECT ` + snapshotColumns + ` FROM snapshots`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at, id"
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots: %w", err)
+	}
+	defer rows.Close()
+	var out []*Snapshot
+	for rows.Next() {
+		sn, err := scanSnapshot(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sn)
+	}
+	return out, rows.Err()
+}
+
+// DeleteSnapshot removes a snapshot's row.
+func (s *DB) DeleteSnapshot(ctx context.Context, id string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM snapshots WHERE id=?`, id); err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+func scanSnapshot(r scanner) (*Snapshot, error) {
+	var sn Snapshot
+	var created, host, spec, files string
+	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
+		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken)
+	if err != nil {
+		return nil, err
+	}
+	sn.CreatedAt = parseTime(created)
+	sn.Host, sn.Spec, sn.Files = json.RawMessage(host), json.RawMessage(spec), json.RawMessage(files)
+	return &sn, nil
+}
+
+func rawOr(b json.RawMessage, def string) string {
+	if len(b) == 0 {
+		return def
+	}
+	return string(b)
+}
+
+// Volume is a named volume's stored record.
+type Volume struct {
+	TeamID    string
+	Name      string
+	CreatedAt time.Time
+}
+
+// CreateVolume stores a volume; an existing name is a volume_exists error.
+func (s *DB) CreateVolume(ctx context.Context, v Volume) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO volumes (team_id, name, created_at) VALUES (?, ?, ?)`,
+		v.TeamID, v.Name, formatTime(v.CreatedAt))
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE") {
+			return errdefs.New(errdefs.ErrConflict, errdefs.CodeVolumeExists, fmt.Sprintf("volume %s already exists", v.Name),
+				"use the existing volume, or delete it first")
+		}
+		return fmt.Errorf("create volume %s: %w", v.Name, err)
+	}
+	return nil
+}
+
+// ListVolumes returns a team's volumes by name.
+func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]Volume, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT team_id, name, created_at FROM volumes WHERE team_id=? ORDER BY name`, teamID)
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", err)
+	}
+	defer rows.Close()
+	var out []Volume
+	for rows.Next() {
+		var v Volume
+		var created string
+		if err := rows.Scan(&v.TeamID, &v.Name, &created); err != nil {
+			return nil, err
+		}
+		v.CreatedAt = parseTime(created)
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// DeleteVolume removes a volume's row; it reports whether one existed.
+func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM volumes WHERE team_id=? AND name=?`, teamID, name)
+	if err != nil {
+		return false, fmt.Errorf("delete volume %s: %w", name, err)
+	}
+	n, _ := res.RowsAffected()
+	return n > 0, nil
+}
