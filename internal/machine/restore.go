@@ -268,6 +268,9 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
 	head.ContainerID = newContainerID()
+	// The restored machine answers on the same address: connections kept
+	// alive to the old sandbox must not be reused.
+	agentclient.SharedHTTPClient().CloseIdleConnections()
 	if err := m.store.UpdateMachine(ctx, head); err != nil {
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
