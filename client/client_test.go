@@ -185,6 +185,163 @@ func TestRequests(t *testing.T) {
 			wantMethod: "DELETE", wantPath: "/v1/templates/t",
 		},
 		{
+			name: "pause", respBody: `{"id":"snp_1","kind":"hibernate"}`,
+			call: func(ctx context.Context, c *Client) error {
+				s, err := c.Pause(ctx, "m1")
+				if err == nil && (s.ID != "snp_1" || s.Kind != api.SnapshotHibernate) {
+					err = fmt.Errorf("got snapshot %+v, want snp_1 hibernate", s)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/pause",
+		},
+		{
+			name: "resume", status: 201, respBody: `{"id":"m2","lineage_id":"m1"}`,
+			call: func(ctx context.Context, c *Client) error {
+				m, err := c.Resume(ctx, "snp_1")
+				if err == nil && (m.ID != "m2" || m.LineageID != "m1") {
+					err = fmt.Errorf("got machine %+v, want m2 of lineage m1", m)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/snapshots/snp_1/resume",
+		},
+		{
+			name: "connect", respBody: `{"id":"m2","latest_id":"m2"}`,
+			call: func(ctx context.Context, c *Client) error {
+				m, err := c.Connect(ctx, "m1")
+				if err == nil && m.ID != "m2" {
+					err = fmt.Errorf("got id %q, want m2", m.ID)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/connect",
+		},
+		{
+			name: "create snapshot", status: 201, respBody: `{"id":"snp_2","kind":"snapshot","pause_window_ms":12}`,
+			call: func(ctx context.Context, c *Client) error {
+				s, err := c.CreateSnapshot(ctx, "m1")
+				if err == nil && s.PauseWindowMS != 12 {
+					err = fmt.Errorf("got pause window %d, want 12", s.PauseWindowMS)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/snapshots",
+		},
+		{
+			name: "fork", status: 201, respBody: `{"snapshot":{"id":"snp_3"},"machines":[{"id":"c1"},{"id":"c2"}]}`,
+			call: func(ctx context.Context, c *Client) error {
+				r, err := c.Fork(ctx, "m1", 2)
+				if err == nil && (r.Snapshot.ID != "snp_3" || len(r.Machines) != 2) {
+					err = fmt.Errorf("got %+v, want snp_3 with 2 machines", r)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/fork", wantBody: `{"count":2}`,
+		},
+		{
+			name: "fork with the default count sends no body", status: 201, respBody: `{"snapshot":{"id":"snp_3"},"machines":[]}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Fork(ctx, "m1", 0)
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/fork",
+		},
+		{
+			name: "checkpoints", respBody: `{"snapshots":[{"id":"snp_1","generation":1},{"id":"snp_4","generation":2}]}`,
+			call: func(ctx context.Context, c *Client) error {
+				ss, err := c.Checkpoints(ctx, "m1")
+				if err == nil && (len(ss) != 2 || ss[1].Generation != 2) {
+					err = fmt.Errorf("got %+v, want 2 snapshots", ss)
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/machines/m1/checkpoints",
+		},
+		{
+			name: "checkpoint", status: 201, respBody: `{"id":"snp_4","kind":"checkpoint"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Checkpoint(ctx, "m1")
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/checkpoints",
+		},
+		{
+			name: "restore checkpoint escapes both ids", respBody: `{"id":"m2","restored_from":"snp/4"}`,
+			call: func(ctx context.Context, c *Client) error {
+				m, err := c.RestoreCheckpoint(ctx, "m/2", "snp/4")
+				if err == nil && m.RestoredFrom != "snp/4" {
+					err = fmt.Errorf("got restored_from %q, want snp/4", m.RestoredFrom)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m%2F2/checkpoints/snp%2F4/restore",
+		},
+		{
+			name: "list snapshots with filters", respBody: `{"snapshots":[{"id":"snp_1"}]}`,
+			call: func(ctx context.Context, c *Client) error {
+				ss, err := c.ListSnapshots(ctx, "m1", api.SnapshotCheckpoint)
+				if err == nil && len(ss) != 1 {
+					err = fmt.Errorf("got %d snapshots, want 1", len(ss))
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/snapshots", wantQuery: "kind=checkpoint&machine_id=m1",
+		},
+		{
+			name: "list snapshots without filters", respBody: `{"snapshots":[]}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.ListSnapshots(ctx, "", "")
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/snapshots",
+		},
+		{
+			name: "get snapshot", respBody: `{"id":"snp_1"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.GetSnapshot(ctx, "snp_1")
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/snapshots/snp_1",
+		},
+		{
+			name: "delete snapshot", status: 204,
+			call:       func(ctx context.Context, c *Client) error { return c.DeleteSnapshot(ctx, "snp_1", false) },
+			wantMethod: "DELETE", wantPath: "/v1/snapshots/snp_1",
+		},
+		{
+			name: "delete snapshot forced", status: 204,
+			call:       func(ctx context.Context, c *Client) error { return c.DeleteSnapshot(ctx, "snp_1", true) },
+			wantMethod: "DELETE", wantPath: "/v1/snapshots/snp_1", wantQuery: "force=true",
+		},
+		{
+			name: "create volume", status: 201, respBody: `{"name":"data"}`,
+			call: func(ctx context.Context, c *Client) error {
+				v, err := c.CreateVolume(ctx, "data")
+				if err == nil && v.Name != "data" {
+					err = fmt.Errorf("got volume %q, want data", v.Name)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/volumes", wantBody: `{"name":"data"}`,
+		},
+		{
+			name: "list volumes", respBody: `{"volumes":[{"name":"data","machines":2}]}`,
+			call: func(ctx context.Context, c *Client) error {
+				vs, err := c.ListVolumes(ctx)
+				if err == nil && (len(vs) != 1 || vs[0].Machines != 2) {
+					err = fmt.Errorf("got %+v, want one volume used by 2 machines", vs)
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/volumes",
+		},
+		{
+			name: "delete volume", status: 204,
+			call:       func(ctx context.Context, c *Client) error { return c.DeleteVolume(ctx, "data") },
+			wantMethod: "DELETE", wantPath: "/v1/volumes/data",
+		},
+		{
 			name: "health", respBody: `{"ok":true,"version":"v1"}`,
 			call: func(ctx context.Context, c *Client) error {
 				h, err := c.Health(ctx)
@@ -304,6 +461,67 @@ func TestAPIError(t *testing.T) {
 			}
 			if IsCode(err, "other_code") {
 				t.Errorf("got IsCode(err, other_code) true, want false")
+			}
+		})
+	}
+}
+
+// TestSnapshotErrors checks the errors callers branch on around hibernate
+// arrive with their code, status and retryability.
+func TestSnapshotErrors(t *testing.T) {
+	tests := []struct {
+		name          string
+		status        int
+		body          string
+		call          func(ctx context.Context, c *Client) error
+		wantCode      string
+		wantRetryable bool
+	}{
+		{
+			name: "disk full on pause", status: 507,
+			body: `{"code":"resource_exhausted","message":"no space left on the snapshot disk","retryable":true}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Pause(ctx, "m1")
+				return err
+			},
+			wantCode: "resource_exhausted", wantRetryable: true,
+		},
+		{
+			name: "superseded resume", status: 409,
+			body: `{"code":"snapshot_superseded","message":"snapshot snp_1 is not the latest state of machine m1"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Resume(ctx, "snp_1")
+				return err
+			},
+			wantCode: "snapshot_superseded",
+		},
+		{
+			name: "busy lineage", status: 409,
+			body: `{"code":"conflict","message":"machine m1 is in the middle of another lifecycle operation","retryable":true}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.CreateSnapshot(ctx, "m1")
+				return err
+			},
+			wantCode: "conflict", wantRetryable: true,
+		},
+		{
+			name: "snapshot in use", status: 409,
+			body:     `{"code":"snapshot_in_use","message":"snapshot snp_1 is in use"}`,
+			call:     func(ctx context.Context, c *Client) error { return c.DeleteSnapshot(ctx, "snp_1", false) },
+			wantCode: "snapshot_in_use",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _ := recorder(t, tt.status, tt.body)
+			err := tt.call(t.Context(), c)
+			var ae *APIError
+			if !errors.As(err, &ae) {
+				t.Fatalf("got error %v (%T), want *APIError", err, err)
+			}
+			if ae.Status != tt.status || ae.Code != tt.wantCode || ae.Retryable != tt.wantRetryable {
+				t.Errorf("got status %d code %q retryable %v, want %d %q %v",
+					ae.Status, ae.Code, ae.Retryable, tt.status, tt.wantCode, tt.wantRetryable)
 			}
 		})
 	}

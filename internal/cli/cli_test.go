@@ -31,19 +31,183 @@ type fakeServer struct {
 	lastBuild  api.BuildTemplateRequest
 	written    []byte
 	killedPIDs []string
+	// lastCalls holds the last "METHOD path?query body" per route pattern.
+	lastCalls map[string]string
+}
+
+// record notes a request to one of the hibernate routes and returns its body.
+func (f *fakeServer) record(r *http.Request) []byte {
+	b, _ := io.ReadAll(r.Body)
+	call := r.Method + " " + r.URL.Path
+	if r.URL.RawQuery != "" {
+		call += "?" + r.URL.RawQuery
+	}
+	if len(b) > 0 {
+		call += " " + strings.TrimSpace(string(b))
+	}
+	f.mu.Lock()
+	f.lastCalls[r.Pattern] = call
+	f.mu.Unlock()
+	return b
+}
+
+func (f *fakeServer) lastCall(pattern string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastCalls[pattern]
+}
+
+// Canned snapshots of the fake server.
+var (
+	snapHibernate = api.Snapshot{ID: "snp-h", Kind: api.SnapshotHibernate, MachineID: "m-1", LineageID: "m-1", Template: "base",
+		SizeBytes: 14 << 20, CreatedAt: testNow.Add(-2 * time.Minute), Generation: 2, Checksum: "crc32c:0badf00d",
+		PauseWindowMS: 85, RuntimeVersion: "release-20250512.0", Kernel: "6.8.0"}
+	snapCheckpoint = api.Snapshot{ID: "snp-c", Kind: api.SnapshotCheckpoint, MachineID: "m-1", LineageID: "m-1", Template: "base",
+		SizeBytes: 12 << 20, CreatedAt: testNow.Add(-time.Hour), Generation: 1, PauseWindowMS: 1250}
+)
+
+func notFoundSnapshot(w http.ResponseWriter, id string) {
+	writeJSON(w, 404, api.Error{Code: "snapshot_not_found", Message: "snapshot " + id + " not found",
+		SuggestedAction: "list your snapshots with `nullspace snapshot ls`"})
+}
+
+// hibernateRoutes adds the pause, snapshot, checkpoint and volume routes.
+// Machine m-1 is running, m-p is paused (its lineage's latest is m-1);
+// snapshots snp-h and snp-c exist, snp-h is in use.
+func (f *fakeServer) hibernateRoutes(mux *http.ServeMux) {
+	running := api.Machine{ID: "m-1", State: api.StateRunning, Template: "base", CPUCount: 2, MemoryMB: 512,
+		LineageID: "m-1", LatestID: "m-1", CreatedAt: testNow}
+	mux.HandleFunc("POST /v1/machines/{id}/pause", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch r.PathValue("id") {
+		case "m-1":
+			writeJSON(w, 200, snapHibernate)
+		case "m-full":
+			writeJSON(w, 507, api.Error{Code: "resource_exhausted", Retryable: true,
+				Message:         "no space left on the snapshot disk: machine m-full was not checkpointed and keeps running",
+				SuggestedAction: "free disk space on the server (delete unused snapshots) and retry"})
+		default:
+			notFound(w, r.PathValue("id"))
+		}
+	})
+	mux.HandleFunc("POST /v1/snapshots/{id}/resume", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch r.PathValue("id") {
+		case "snp-h":
+			m := running
+			m.ID, m.LatestID, m.RestoredFrom = "m-2", "m-2", "snp-h"
+			writeJSON(w, 201, m)
+		case "snp-old":
+			writeJSON(w, 409, api.Error{Code: "snapshot_superseded",
+				Message:         "snapshot snp-old is not the latest state of machine m-p: its latest execution is m-1 (running)",
+				SuggestedAction: "use POST /v1/machines/{id}/connect to reach the latest execution"})
+		default:
+			notFoundSnapshot(w, r.PathValue("id"))
+		}
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/connect", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch r.PathValue("id") {
+		case "m-1", "m-p":
+			writeJSON(w, 200, running)
+		default:
+			notFound(w, r.PathValue("id"))
+		}
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		s := snapCheckpoint
+		s.ID, s.Kind = "snp-r", api.SnapshotReusable
+		writeJSON(w, 201, s)
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/fork", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ForkRequest
+		json.Unmarshal(f.record(r), &req)
+		res := api.ForkResult{Snapshot: api.Snapshot{ID: "snp-f", Kind: api.SnapshotReusable, PauseWindowMS: 40}}
+		for i := range req.Count {
+			res.Machines = append(res.Machines, api.Machine{ID: "m-c" + strconv.Itoa(i+1), State: api.StateRunning})
+		}
+		writeJSON(w, 201, res)
+	})
+	mux.HandleFunc("GET /v1/machines/{id}/checkpoints", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		writeJSON(w, 200, api.SnapshotList{Snapshots: []api.Snapshot{snapCheckpoint, snapHibernate}})
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/checkpoints", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		writeJSON(w, 201, snapCheckpoint)
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		m := running
+		m.RestoredFrom = r.PathValue("snapshot_id")
+		writeJSON(w, 200, m)
+	})
+	mux.HandleFunc("GET /v1/snapshots", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		list := api.SnapshotList{Snapshots: []api.Snapshot{}}
+		if r.URL.Query().Get("kind") != api.SnapshotReusable {
+			list.Snapshots = append(list.Snapshots, snapCheckpoint, snapHibernate)
+		}
+		writeJSON(w, 200, list)
+	})
+	mux.HandleFunc("GET /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") != "snp-h" {
+			notFoundSnapshot(w, r.PathValue("id"))
+			return
+		}
+		writeJSON(w, 200, snapHibernate)
+	})
+	mux.HandleFunc("DELETE /v1/snapshots/{id}", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch id := r.PathValue("id"); {
+		case id == "snp-h" && r.URL.Query().Get("force") != "true":
+			writeJSON(w, 409, api.Error{Code: "snapshot_in_use", Message: "snapshot snp-h is in use: it holds the paused state of m-p",
+				SuggestedAction: "kill those machines first, or delete with force=true"})
+		case id == "snp-h" || id == "snp-c":
+			w.WriteHeader(204)
+		default:
+			notFoundSnapshot(w, id)
+		}
+	})
+	mux.HandleFunc("POST /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		var req api.CreateVolumeRequest
+		json.Unmarshal(f.record(r), &req)
+		writeJSON(w, 201, api.Volume{Name: req.Name, CreatedAt: testNow})
+	})
+	mux.HandleFunc("GET /v1/volumes", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, api.VolumeList{Volumes: []api.Volume{
+			{Name: "data", SizeBytes: 3 << 20, Machines: 2, CreatedAt: testNow.Add(-3 * time.Hour)},
+			{Name: "empty", CreatedAt: testNow.Add(-5 * time.Second)},
+		}})
+	})
+	mux.HandleFunc("DELETE /v1/volumes/{name}", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch name := r.PathValue("name"); name {
+		case "data":
+			writeJSON(w, 409, api.Error{Code: "volume_in_use", Message: "volume data is in use by machines [m-1] and snapshots []",
+				SuggestedAction: "kill those machines and delete those snapshots first"})
+		case "empty":
+			w.WriteHeader(204)
+		default:
+			writeJSON(w, 404, api.Error{Code: "volume_not_found", Message: "volume " + name + " not found"})
+		}
+	})
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
 	t.Helper()
-	f := &fakeServer{}
+	f := &fakeServer{lastCalls: map[string]string{}}
 	mux := http.NewServeMux()
+	f.hibernateRoutes(mux)
 	mux.HandleFunc("POST /v1/machines", func(w http.ResponseWriter, r *http.Request) {
 		var req api.CreateMachineRequest
 		json.NewDecoder(r.Body).Decode(&req)
 		f.mu.Lock()
 		f.lastCreate = req
 		f.mu.Unlock()
-		writeJSON(w, 201, api.Machine{ID: "m-new", State: api.StateRunning, Template: req.Template, CPUCount: 2, MemoryMB: 512, CreatedAt: testNow})
+		writeJSON(w, 201, api.Machine{ID: "m-new", State: api.StateRunning, Template: req.Template, CPUCount: 2, MemoryMB: 512, CreatedAt: testNow,
+			LineageID: "m-new", LatestID: "m-new"})
 	})
 	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
@@ -52,10 +216,18 @@ func newFakeServer(t *testing.T) *fakeServer {
 		writeJSON(w, 200, api.MachineList{Machines: []api.Machine{
 			{ID: "m-1", State: api.StateRunning, Template: "base", CPUCount: 2, MemoryMB: 512, IP: "10.11.0.2", CreatedAt: testNow.Add(-90 * time.Second)},
 			{ID: "m-2", State: api.StateKilled, Template: "py", CPUCount: 1, MemoryMB: 256, CreatedAt: testNow.Add(-50 * time.Hour)},
+			{ID: "m-p", State: api.StatePaused, Template: "base", CPUCount: 2, MemoryMB: 512, SnapshotID: "snp-h", CreatedAt: testNow.Add(-3 * time.Minute)},
 		}})
 	})
 	mux.HandleFunc("GET /v1/machines/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
+		if id == "m-p" {
+			writeJSON(w, 200, api.Machine{ID: "m-p", State: api.StatePaused, Template: "base", CPUCount: 2, MemoryMB: 512,
+				SnapshotID: "snp-h", LineageID: "m-p", LatestID: "m-3", CreatedAt: testNow.Add(-time.Minute),
+				Volumes: []api.VolumeMount{{Name: "data", Path: "/data"}, {Name: "cache", Path: "/cache", ReadOnly: true}},
+				Hooks:   &api.Hooks{OnPause: []string{"sync"}, OnResume: []string{"date", "true"}}})
+			return
+		}
 		if id != "m-1" {
 			notFound(w, id)
 			return
@@ -249,7 +421,9 @@ func TestCLI(t *testing.T) {
   "cpu_count": 2,
   "memory_mb": 512,
   "allow_internet": false,
-  "created_at": "2025-06-01T12:00:00Z"
+  "created_at": "2025-06-01T12:00:00Z",
+  "lineage_id": "m-new",
+  "latest_id": "m-new"
 }
 `,
 		},
@@ -257,9 +431,189 @@ func TestCLI(t *testing.T) {
 			name: "machine list table",
 			args: []string{"machine", "list"},
 			wantStdout: "" +
-				"ID    STATE     TEMPLATE   CPU   MEM      IP          AGE\n" +
-				"m-1   running   base       2     512MiB   10.11.0.2   1m\n" +
-				"m-2   killed    py         1     256MiB   -           2d\n",
+				"ID    STATE     TEMPLATE   CPU   MEM      IP          SNAPSHOT   AGE\n" +
+				"m-1   running   base       2     512MiB   10.11.0.2   -          1m\n" +
+				"m-2   killed    py         1     256MiB   -           -          2d\n" +
+				"m-p   paused    base       2     512MiB   -           snp-h      3m\n",
+		},
+		{
+			name: "machine info of a paused alias",
+			args: []string{"machine", "info", "m-p"},
+			wantStdout: "" +
+				"ID:         m-p\n" +
+				"State:      paused\n" +
+				"Snapshot:   snp-h\n" +
+				"Latest:     m-3\n" +
+				"Template:   base\n" +
+				"CPU:        2\n" +
+				"Memory:     512 MiB\n" +
+				"Internet:   false\n" +
+				"Volumes:    data:/data, cache:/cache:ro\n" +
+				"On pause:   sync\n" +
+				"On resume:  date; true\n" +
+				"Created:    " + testNow.Add(-time.Minute).Local().Format(time.RFC3339) + " (1m ago)\n",
+		},
+		{
+			name:       "machine pause prints the snapshot id",
+			args:       []string{"machine", "pause", "m-1"},
+			wantStdout: "snp-h\n",
+			wantStderr: "machine m-1 paused (14.0MiB, frozen 85ms); resume it with 'nullspace machine connect m-1'\n",
+		},
+		{
+			name:     "machine pause with a full snapshot disk",
+			args:     []string{"machine", "pause", "m-full"},
+			wantCode: 1,
+			wantStderr: "error: no space left on the snapshot disk: machine m-full was not checkpointed and keeps running (resource_exhausted)\n" +
+				"hint: free disk space on the server (delete unused snapshots) and retry\n",
+		},
+		{
+			name:       "machine resume prints the new id",
+			args:       []string{"machine", "resume", "snp-h"},
+			wantStdout: "m-2\n",
+		},
+		{
+			name:     "machine resume of a superseded snapshot",
+			args:     []string{"machine", "resume", "snp-old"},
+			wantCode: 1,
+			wantStderr: "error: snapshot snp-old is not the latest state of machine m-p: its latest execution is m-1 (running) (snapshot_superseded)\n" +
+				"hint: use POST /v1/machines/{id}/connect to reach the latest execution\n",
+		},
+		{
+			name:       "machine connect follows an alias",
+			args:       []string{"machine", "connect", "m-p"},
+			wantStdout: "m-1\n",
+			wantStderr: "machine m-p continues as m-1\n",
+		},
+		{
+			name:       "machine connect to the latest says nothing more",
+			args:       []string{"machine", "connect", "m-1"},
+			wantStdout: "m-1\n",
+		},
+		{
+			name:       "machine snapshot prints the snapshot id",
+			args:       []string{"machine", "snapshot", "m-1"},
+			wantStdout: "snp-r\n",
+		},
+		{
+			name:       "machine fork prints the children",
+			args:       []string{"machine", "fork", "m-1", "--count", "3"},
+			wantStdout: "m-c1\nm-c2\nm-c3\n",
+			wantStderr: "forked m-1 into 3 machines from snapshot snp-f (m-1 stopped 40ms)\n",
+		},
+		{
+			name:       "machine fork --count 0 is a usage error",
+			args:       []string{"machine", "fork", "m-1", "--count", "0"},
+			wantCode:   2,
+			wantStderr: "error: invalid --count 0: want 1 to 16\nRun 'nullspace machine fork --help' for usage.\n",
+		},
+		{
+			name:       "machine create --snapshot refuses template flags",
+			args:       []string{"machine", "create", "--snapshot", "snp-r", "--cpu", "4"},
+			wantCode:   2,
+			wantStderr: "error: --snapshot cannot be combined with --cpu: a machine created from a snapshot has the snapshot's\nRun 'nullspace machine create --help' for usage.\n",
+		},
+		{
+			name:       "machine create bad --volume",
+			args:       []string{"machine", "create", "--volume", "data"},
+			wantCode:   2,
+			wantStderr: "error: invalid --volume \"data\": want NAME:/PATH or NAME:/PATH:ro\nRun 'nullspace machine create --help' for usage.\n",
+		},
+		{
+			name: "snapshot ls table",
+			args: []string{"snapshot", "ls"},
+			wantStdout: "" +
+				"ID      KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
+				"snp-c   checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
+				"snp-h   hibernate    m-1       14.0MiB   2     2m    85ms\n",
+		},
+		{
+			name:       "snapshot ls --json with nothing to list prints []",
+			args:       []string{"--json", "snapshot", "ls", "--kind", "snapshot"},
+			wantStdout: "[]\n",
+		},
+		{
+			name: "snapshot info",
+			args: []string{"snapshot", "info", "snp-h"},
+			wantStdout: "" +
+				"ID:          snp-h\n" +
+				"Kind:        hibernate\n" +
+				"Machine:     m-1\n" +
+				"Generation:  2\n" +
+				"Template:    base\n" +
+				"Size:        14.0MiB\n" +
+				"Window:      85ms\n" +
+				"Children:    0\n" +
+				"Checksum:    crc32c:0badf00d\n" +
+				"Runtime:     release-20250512.0\n" +
+				"Kernel:      6.8.0\n" +
+				"Created:     " + testNow.Add(-2*time.Minute).Local().Format(time.RFC3339) + " (2m ago)\n",
+		},
+		{
+			name:       "snapshot info of an unknown id",
+			args:       []string{"snapshot", "info", "snp-x"},
+			wantCode:   1,
+			wantStderr: "error: snapshot snp-x not found (snapshot_not_found)\nhint: list your snapshots with `nullspace snapshot ls`\n",
+		},
+		{
+			name:       "snapshot rm continues past a snapshot in use",
+			args:       []string{"snapshot", "rm", "snp-h", "snp-c"},
+			wantCode:   1,
+			wantStdout: "snp-c\n",
+			wantStderr: "error: snapshot snp-h is in use: it holds the paused state of m-p (snapshot_in_use)\nhint: kill those machines first, or delete with force=true\n",
+		},
+		{
+			name:       "snapshot rm --force",
+			args:       []string{"snapshot", "rm", "--force", "snp-h"},
+			wantStdout: "snp-h\n",
+		},
+		{
+			name:       "snapshot rm --json prints the deleted ids",
+			args:       []string{"--json", "snapshot", "rm", "snp-c"},
+			wantStdout: "[\n  \"snp-c\"\n]\n",
+		},
+		{
+			name: "checkpoint ls",
+			args: []string{"checkpoint", "ls", "m-1"},
+			wantStdout: "" +
+				"ID      KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
+				"snp-c   checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
+				"snp-h   hibernate    m-1       14.0MiB   2     2m    85ms\n",
+		},
+		{
+			name:       "checkpoint create prints the id",
+			args:       []string{"checkpoint", "create", "m-1"},
+			wantStdout: "snp-c\n",
+		},
+		{
+			name:       "checkpoint restore prints the machine id",
+			args:       []string{"checkpoint", "restore", "m-1", "snp-c"},
+			wantStdout: "m-1\n",
+		},
+		{
+			name:       "checkpoint restore needs both ids",
+			args:       []string{"checkpoint", "restore", "m-1"},
+			wantCode:   2,
+			wantStderr: "error: want arguments MACHINE SNAPSHOT, got 1\nRun 'nullspace checkpoint restore --help' for usage.\n",
+		},
+		{
+			name:       "volume create",
+			args:       []string{"volume", "create", "data"},
+			wantStdout: "data\n",
+		},
+		{
+			name: "volume ls",
+			args: []string{"volume", "ls"},
+			wantStdout: "" +
+				"NAME    SIZE     MACHINES   AGE\n" +
+				"data    3.0MiB   2          3h\n" +
+				"empty   0B       0          5s\n",
+		},
+		{
+			name:       "volume rm in use",
+			args:       []string{"volume", "rm", "data", "empty"},
+			wantCode:   1,
+			wantStdout: "empty\n",
+			wantStderr: "error: volume data is in use by machines [m-1] and snapshots [] (volume_in_use)\nhint: kill those machines and delete those snapshots first\n",
 		},
 		{
 			name:       "machine info",
@@ -467,6 +821,47 @@ func TestCLIRequests(t *testing.T) {
 	}
 	if got, want := strings.Join(f.lastBuild.Steps, ";"), "a;b c"; got != want {
 		t.Errorf("got steps %q, want %q", got, want)
+	}
+
+	run(t, t.Context(), f, "", "machine", "create", "--volume", "data:/data", "--volume", "cache:/var/cache:ro",
+		"--volume", "logs:/logs:rw", "--on-pause", "sync", "--on-resume", "date", "--on-resume", "true")
+	wantCreate = `{"template":"base","volumes":[{"name":"data","path":"/data"},{"name":"cache","path":"/var/cache","read_only":true},` +
+		`{"name":"logs","path":"/logs"}],"hooks":{"on_pause":["sync"],"on_resume":["date","true"]}}`
+	if got := mustJSON(t, f.lastCreate); got != wantCreate {
+		t.Errorf("got create request %s, want %s", got, wantCreate)
+	}
+
+	run(t, t.Context(), f, "", "machine", "create", "--snapshot", "snp-r", "--metadata", "k=v")
+	wantCreate = `{"metadata":{"k":"v"},"snapshot_id":"snp-r"}`
+	if got := mustJSON(t, f.lastCreate); got != wantCreate {
+		t.Errorf("got create request %s, want %s", got, wantCreate)
+	}
+
+	calls := []struct {
+		args    []string
+		pattern string
+		want    string
+	}{
+		{[]string{"machine", "pause", "m-1"}, "POST /v1/machines/{id}/pause", "POST /v1/machines/m-1/pause"},
+		{[]string{"machine", "resume", "snp-h"}, "POST /v1/snapshots/{id}/resume", "POST /v1/snapshots/snp-h/resume"},
+		{[]string{"machine", "connect", "m-p"}, "POST /v1/machines/{id}/connect", "POST /v1/machines/m-p/connect"},
+		{[]string{"machine", "snapshot", "m-1"}, "POST /v1/machines/{id}/snapshots", "POST /v1/machines/m-1/snapshots"},
+		{[]string{"machine", "fork", "m-1"}, "POST /v1/machines/{id}/fork", `POST /v1/machines/m-1/fork {"count":1}`},
+		{[]string{"machine", "fork", "m-1", "-n", "4"}, "POST /v1/machines/{id}/fork", `POST /v1/machines/m-1/fork {"count":4}`},
+		{[]string{"snapshot", "ls", "--machine", "m-1", "--kind", "checkpoint"}, "GET /v1/snapshots", "GET /v1/snapshots?kind=checkpoint&machine_id=m-1"},
+		{[]string{"snapshot", "rm", "--force", "snp-h"}, "DELETE /v1/snapshots/{id}", "DELETE /v1/snapshots/snp-h?force=true"},
+		{[]string{"checkpoint", "ls", "m-p"}, "GET /v1/machines/{id}/checkpoints", "GET /v1/machines/m-p/checkpoints"},
+		{[]string{"checkpoint", "create", "m-1"}, "POST /v1/machines/{id}/checkpoints", "POST /v1/machines/m-1/checkpoints"},
+		{[]string{"checkpoint", "restore", "m-p", "snp-c"}, "POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore",
+			"POST /v1/machines/m-p/checkpoints/snp-c/restore"},
+		{[]string{"volume", "create", "data"}, "POST /v1/volumes", `POST /v1/volumes {"name":"data"}`},
+		{[]string{"volume", "rm", "empty"}, "DELETE /v1/volumes/{name}", "DELETE /v1/volumes/empty"},
+	}
+	for _, c := range calls {
+		run(t, t.Context(), f, "", c.args...)
+		if got := f.lastCall(c.pattern); got != c.want {
+			t.Errorf("%s: got request %q, want %q", strings.Join(c.args, " "), got, c.want)
+		}
 	}
 
 	local := filepath.Join(t.TempDir(), "in.bin")

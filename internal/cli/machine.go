@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -15,9 +16,11 @@ func (a *app) machineCommand() *cobra.Command {
 	cmd := asGroup(&cobra.Command{
 		Use:     "machine",
 		Aliases: []string{"machines"},
-		Short:   "Create, list, inspect and kill machines",
+		Short:   "Create, list, inspect, pause, fork and kill machines",
 	})
-	cmd.AddCommand(a.machineCreateCommand(), a.machineListCommand(), a.machineInfoCommand(), a.machineKillCommand())
+	cmd.AddCommand(a.machineCreateCommand(), a.machineListCommand(), a.machineInfoCommand(), a.machineKillCommand(),
+		a.machinePauseCommand(), a.machineResumeCommand(), a.machineConnectCommand(), a.machineSnapshotCommand(),
+		a.machineForkCommand())
 	return cmd
 }
 
@@ -26,20 +29,42 @@ func (a *app) machineCreateCommand() *cobra.Command {
 		req      api.CreateMachineRequest
 		env      []string
 		metadata []string
+		volumes  []string
+		hooks    api.Hooks
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
 		Short: "Create and start a machine, print its id",
+		Long: `Create and start a machine from a template, or with --snapshot from a
+snapshot (its memory, processes and files; the machine gets the snapshot's
+template, CPU, memory, environment, volumes and hooks, so those flags cannot
+be combined with --snapshot).`,
 		Example: `  nullspace machine create
-  nullspace machine create --template base --cpu 1 --memory 256 --env FOO=bar --metadata owner=me`,
+  nullspace machine create --template base --cpu 1 --memory 256 --env FOO=bar --metadata owner=me
+  nullspace machine create --volume data:/data --volume cache:/cache:ro --on-pause 'sync' --on-resume 'date'
+  nullspace machine create --snapshot snp_3b1e9c0a7d52f4e8a613`,
 		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if req.SnapshotID != "" {
+				for _, name := range []string{"template", "cpu", "memory", "env", "volume", "on-pause", "on-resume"} {
+					if cmd.Flags().Changed(name) {
+						return usageErrorf("--snapshot cannot be combined with --%s: a machine created from a snapshot has the snapshot's", name)
+					}
+				}
+				req.Template = ""
+			}
 			var err error
 			if req.Env, err = parsePairs("env", env); err != nil {
 				return err
 			}
 			if req.Metadata, err = parsePairs("metadata", metadata); err != nil {
 				return err
+			}
+			if req.Volumes, err = parseVolumes(volumes); err != nil {
+				return err
+			}
+			if len(hooks.OnPause)+len(hooks.OnResume) > 0 {
+				req.Hooks = &hooks
 			}
 			c, err := a.client()
 			if err != nil {
@@ -69,7 +94,30 @@ func (a *app) machineCreateCommand() *cobra.Command {
 	f.StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for every command (repeatable)")
 	f.StringArrayVar(&metadata, "metadata", nil, "metadata KEY=VALUE (repeatable)")
 	f.BoolVar(&req.AllowInternet, "allow-internet", false, "allow outbound internet access")
+	f.StringVar(&req.SnapshotID, "snapshot", "", "create the machine from this snapshot instead of a template")
+	f.StringArrayVar(&volumes, "volume", nil, "mount volume NAME:/PATH[:ro] (repeatable; create volumes with 'nullspace volume create')")
+	f.StringArrayVar(&hooks.OnPause, "on-pause", nil, "shell command run in the machine before every pause, snapshot or checkpoint (repeatable, in order)")
+	f.StringArrayVar(&hooks.OnResume, "on-resume", nil, "shell command run in the machine after every resume or restore (repeatable, in order)")
 	return cmd
+}
+
+// parseVolumes turns repeated NAME:/PATH[:ro] flag values into mounts.
+func parseVolumes(vals []string) ([]api.VolumeMount, error) {
+	var out []api.VolumeMount
+	for _, v := range vals {
+		name, path, found := strings.Cut(v, ":")
+		m := api.VolumeMount{Name: name, Path: path}
+		if p, ro := strings.CutSuffix(path, ":ro"); ro {
+			m.Path, m.ReadOnly = p, true
+		} else if p, rw := strings.CutSuffix(path, ":rw"); rw {
+			m.Path = p
+		}
+		if !found || name == "" || !strings.HasPrefix(m.Path, "/") {
+			return nil, usageErrorf("invalid --volume %q: want NAME:/PATH or NAME:/PATH:ro", v)
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 func (a *app) machineListCommand() *cobra.Command {
@@ -106,18 +154,18 @@ func (a *app) machineListCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.State, "state", "", "only machines in this state (creating, running, killing, killed, failed)")
+	f.StringVar(&opts.State, "state", "", "only machines in this state (creating, running, pausing, paused, resuming, snapshotting, restoring, killing, killed, failed)")
 	f.StringArrayVar(&metadata, "metadata", nil, "only machines with metadata KEY=VALUE (repeatable; all must match)")
 	return cmd
 }
 
 func (a *app) printMachineTable(w io.Writer, ms []api.Machine) error {
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tCPU\tMEM\tIP\tAGE")
+	fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tCPU\tMEM\tIP\tSNAPSHOT\tAGE")
 	now := a.now()
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\n",
-			m.ID, m.State, m.Template, m.CPUCount, m.MemoryMB, dash(m.IP), formatAge(now, m.CreatedAt))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\n",
+			m.ID, m.State, m.Template, m.CPUCount, m.MemoryMB, dash(m.IP), dash(m.SnapshotID), formatAge(now, m.CreatedAt))
 	}
 	return tw.Flush()
 }
@@ -145,6 +193,10 @@ func (a *app) machineInfoCommand() *cobra.Command {
 				{"ID", m.ID},
 				{"State", m.State},
 				{"Error", m.Error},
+				{"Snapshot", m.SnapshotID},
+				{"Lineage", unlessSelf(m.LineageID, m.ID)},
+				{"Latest", unlessSelf(m.LatestID, m.ID)},
+				{"Restored from", m.RestoredFrom},
 				{"Template", m.Template},
 				{"CPU", strconv.Itoa(m.CPUCount)},
 				{"Memory", strconv.Itoa(m.MemoryMB) + " MiB"},
@@ -152,8 +204,14 @@ func (a *app) machineInfoCommand() *cobra.Command {
 				{"Internet", strconv.FormatBool(m.AllowInternet)},
 				{"Env", formatPairs(m.Env)},
 				{"Metadata", formatPairs(m.Metadata)},
-				{"Created", formatTime(now, m.CreatedAt)},
+				{"Volumes", formatVolumes(m.Volumes)},
 			}
+			if m.Hooks != nil {
+				fields = append(fields,
+					[2]string{"On pause", strings.Join(m.Hooks.OnPause, "; ")},
+					[2]string{"On resume", strings.Join(m.Hooks.OnResume, "; ")})
+			}
+			fields = append(fields, [2]string{"Created", formatTime(now, m.CreatedAt)})
 			if m.StartedAt != nil {
 				fields = append(fields, [2]string{"Started", formatTime(now, *m.StartedAt)})
 			}
@@ -170,8 +228,13 @@ func (a *app) machineKillCommand() *cobra.Command {
 		Use:     "kill ID...",
 		Aliases: []string{"rm", "delete"},
 		Short:   "Kill machines; prints each killed id",
-		Long:    "Kill machines. Every id is tried; the command fails if any of them fails.",
-		Args:    minArgs(1, "ID..."),
+		Long: `Kill machines. Every id is tried; the command fails if any of them fails.
+
+Killing a paused alias (an id its machine was resumed from) removes only that
+alias. Killing a machine's latest execution ends the machine: its paused
+aliases go too, and so do its pause and checkpoint snapshots that no other
+machine was made from.`,
+		Args: minArgs(1, "ID..."),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -209,4 +272,26 @@ func (a *app) machineKillCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// unlessSelf returns id, or "" when it is the machine's own id (nothing to
+// show).
+func unlessSelf(id, self string) string {
+	if id == self {
+		return ""
+	}
+	return id
+}
+
+// formatVolumes prints mounts as "data:/data, cache:/cache:ro".
+func formatVolumes(vs []api.VolumeMount) string {
+	parts := make([]string, 0, len(vs))
+	for _, v := range vs {
+		p := v.Name + ":" + v.Path
+		if v.ReadOnly {
+			p += ":ro"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
 }

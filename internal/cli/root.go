@@ -1,5 +1,6 @@
 // Package cli implements the client verbs of the nullspace command (machine,
-// exec, files, template) on top of the Go client in nullspace.dev/nullspace/client.
+// exec, files, template, snapshot, checkpoint, volume) on top of the Go client
+// in nullspace.dev/nullspace/client.
 //
 // NewRootCommand builds the command tree; main adds server-side commands
 // (serve) with root.AddCommand and runs it with Execute, which prints errors
@@ -74,6 +75,9 @@ on the server host they need no configuration.`,
 		a.execCommand(),
 		a.filesCommand(),
 		a.templateCommand(),
+		a.snapshotCommand(),
+		a.checkpointCommand(),
+		a.volumeCommand(),
 	)
 	return root
 }
