@@ -117,13 +117,14 @@ func assertNoLeftovers(t *testing.T) {
 		}
 		live = 0
 		for _, m := range ms {
-			if m.State != api.StateFailed {
+			// Failed and paused machines hold nothing on the host.
+			if m.State != api.StateFailed && m.State != api.StatePaused {
 				live++
 			}
 		}
 		h = listHost(t)
 		if len(h.netns) == live && len(h.veths) == live && len(h.cgroups) == live &&
-			len(h.containers) == live && len(h.dirs) == live {
+			len(h.containers) == live && len(h.dirs) == live && snapshotDirsMatch(t) == "" {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -131,8 +132,33 @@ func assertNoLeftovers(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Fatalf("host objects do not match %d live machines: netns %v, veths %v, cgroups %v, containers %v, dirs %v",
-		live, h.netns, h.veths, h.cgroups, h.containers, h.dirs)
+	t.Fatalf("host objects do not match %d live machines: netns %v, veths %v, cgroups %v, containers %v, dirs %v; snapshots: %s",
+		live, h.netns, h.veths, h.cgroups, h.containers, h.dirs, snapshotDirsMatch(t))
+}
+
+// snapshotDirsMatch says how the snapshot store's directories differ from
+// the committed snapshots the API lists ("" when they match): no temporary
+// directory and no orphan may remain.
+func snapshotDirsMatch(t *testing.T) string {
+	t.Helper()
+	snaps, err := env.client.ListSnapshots(context.Background(), "", "")
+	if err != nil {
+		return err.Error()
+	}
+	want := map[string]bool{}
+	for _, s := range snaps {
+		want[s.ID] = true
+	}
+	got := dirsIn(filepath.Join(env.cfg.DataDir, "snapshots"))
+	if len(got) != len(want) {
+		return fmt.Sprintf("dirs %v, committed %d", got, len(want))
+	}
+	for _, d := range got {
+		if !want[d] {
+			return fmt.Sprintf("dir %s is not a committed snapshot", d)
+		}
+	}
+	return ""
 }
 
 // containerOf returns the runsc container id of a machine.

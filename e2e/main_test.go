@@ -43,6 +43,9 @@ func TestMain(m *testing.M) {
 }
 
 func runTests(m *testing.M) int {
+	if addr := os.Getenv(serveAddrEnv); addr != "" {
+		return serveForCrashTest(addr)
+	}
 	if why := cannotRun(); why != "" {
 		fmt.Fprintf(os.Stderr, "e2e: cannot run the real gVisor tests: %s\n", why)
 		return 1
@@ -98,7 +101,27 @@ func agentPath() string {
 	return repoPath("bin/nullspace-agent")
 }
 
+// serveAddrEnv makes the test binary a plain server on that address (the
+// crash tests run it as a child process and kill it with SIGKILL).
+const serveAddrEnv = "NULLSPACE_E2E_SERVE_ADDR"
+
+func serveForCrashTest(addr string) int {
+	env.logFile = os.Getenv("NULLSPACE_E2E_LOG")
+	env.cfg = testConfig(os.Getenv("NULLSPACE_E2E_DATA_DIR"))
+	env.cfg.Addr = addr
+	if err := restartServer(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e child server: %v\n", err)
+		return 1
+	}
+	select {}
+}
+
 func startServer(dataDir string) error {
+	env.cfg = testConfig(dataDir)
+	return restartServer()
+}
+
+func testConfig(dataDir string) server.Config {
 	cfg := server.Defaults()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
@@ -109,8 +132,7 @@ func startServer(dataDir string) error {
 	cfg.MaxFileBytes = testMaxFileBytes
 	cfg.Names = testNames
 	cfg.Version = "e2e"
-	env.cfg = cfg
-	return restartServer()
+	return cfg
 }
 
 // restartServer starts (or starts again) the server on env.cfg.
@@ -145,5 +167,12 @@ func killAll() {
 	}
 	for _, m := range ms {
 		env.client.KillMachine(ctx, m.ID)
+	}
+	snaps, err := env.client.ListSnapshots(ctx, "", "")
+	if err != nil {
+		return
+	}
+	for _, s := range snaps {
+		env.client.DeleteSnapshot(ctx, s.ID, true)
 	}
 }

@@ -66,7 +66,7 @@ func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (*store
 }
 
 func superseded(sn *store.Snapshot, head *store.Machine) error {
-	return errdefs.New(errdefs.ErrConflict, errdefs.CodeSnapshotSuperseded,
+	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotSuperseded,
 		fmt.Sprintf("snapshot %s is not the latest state of machine %s: its latest execution is %s (%s)", sn.ID, sn.MachineID, head.ID, head.State),
 		"use POST /v1/machines/{id}/connect to reach the latest execution, or restore this snapshot explicitly with POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore")
 }
@@ -78,6 +78,9 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
+	}
+	if rec.State == api.StateKilled || rec.State == api.StateFailed {
+		return nil, notRunning(rec) // a deleted alias leads nowhere
 	}
 	unlock := m.lock(lineageKey(rec.LineageID))
 	defer unlock()

@@ -181,7 +181,7 @@ func (s *DB) CreateVolume(ctx context.Context, v Volume) error {
 		v.TeamID, v.Name, formatTime(v.CreatedAt))
 	if err != nil {
 		if strings.Contains(err.Error(), "UNIQUE") {
-			return errdefs.New(errdefs.ErrConflict, errdefs.CodeVolumeExists, fmt.Sprintf("volume %s already exists", v.Name),
+			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeVolumeExists, fmt.Sprintf("volume %s already exists", v.Name),
 				"use the existing volume, or delete it first")
 		}
 		return fmt.Errorf("create volume %s: %w", v.Name, err)
