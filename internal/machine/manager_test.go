@@ -60,8 +60,12 @@ func (d *fakeDriver) List(context.Context) ([]string, error) {
 	return ids, nil
 }
 
-func (d *fakeDriver) Freeze(_ context.Context, id string) error { return d.setStatus(id, runtime.StatusPaused) }
-func (d *fakeDriver) Thaw(_ context.Context, id string) error   { return d.setStatus(id, runtime.StatusRunning) }
+func (d *fakeDriver) Freeze(_ context.Context, id string) error {
+	return d.setStatus(id, runtime.StatusPaused)
+}
+func (d *fakeDriver) Thaw(_ context.Context, id string) error {
+	return d.setStatus(id, runtime.StatusRunning)
+}
 
 func (d *fakeDriver) setStatus(id string, st runtime.Status) error {
 	d.mu.Lock()
@@ -77,7 +81,9 @@ func (d *fakeDriver) Checkpoint(_ context.Context, id, dir string) error {
 	return os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(id), 0o600)
 }
 
-func (d *fakeDriver) Restore(ctx context.Context, s runtime.Spec, _ string) error { return d.Start(ctx, s) }
+func (d *fakeDriver) Restore(ctx context.Context, s runtime.Spec, _ string) error {
+	return d.Start(ctx, s)
+}
 
 // fakeNetwork records set-up slots.
 type fakeNetwork struct {
