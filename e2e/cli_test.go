@@ -63,3 +63,63 @@ func TestCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestCLIHibernate drives pause, connect, snapshots, fork and checkpoints
+// through the CLI.
+func TestCLIHibernate(t *testing.T) {
+	code, out, errOut := nullspace(t, "", "machine", "create", "--template", "minimal")
+	if code != 0 {
+		t.Fatalf("machine create: exit %d: %s", code, errOut)
+	}
+	id := strings.TrimSpace(out)
+	t.Cleanup(func() { nullspace(t, "", "machine", "kill", id) })
+	must := func(args ...string) string {
+		t.Helper()
+		code, out, errOut := nullspace(t, "", args...)
+		if code != 0 {
+			t.Fatalf("nullspace %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+		}
+		return strings.TrimSpace(out)
+	}
+	must("exec", id, "--", "sh", "-c", "echo cli > /root/cli.txt")
+	snap := must("machine", "pause", id)
+	if !strings.HasPrefix(snap, "snp_") {
+		t.Fatalf("machine pause printed %q, want a snapshot id", snap)
+	}
+	if out := must("machine", "list"); !strings.Contains(out, snap) || !strings.Contains(out, "paused") {
+		t.Fatalf("machine list does not show the paused machine and its snapshot:\n%s", out)
+	}
+	head := must("machine", "connect", id)
+	if !strings.HasPrefix(head, "mch_") || head == id {
+		t.Fatalf("machine connect printed %q, want the new machine id", head)
+	}
+	t.Cleanup(func() { nullspace(t, "", "machine", "kill", head) })
+	if out := must("exec", head, "--", "cat", "/root/cli.txt"); out != "cli" {
+		t.Fatalf("file after connect = %q", out)
+	}
+	cp := must("checkpoint", "create", head)
+	if out := must("checkpoint", "ls", head); !strings.Contains(out, cp) || !strings.Contains(out, snap) {
+		t.Fatalf("checkpoint ls misses %s or %s:\n%s", cp, snap, out)
+	}
+	must("exec", head, "--", "sh", "-c", "echo changed > /root/cli.txt")
+	must("checkpoint", "restore", head, cp)
+	if out := must("exec", head, "--", "cat", "/root/cli.txt"); out != "cli" {
+		t.Fatalf("file after checkpoint restore = %q", out)
+	}
+	kids := strings.Fields(must("machine", "fork", head, "--count", "2"))
+	if len(kids) != 2 {
+		t.Fatalf("machine fork printed %q, want 2 machine ids", kids)
+	}
+	for _, k := range kids {
+		t.Cleanup(func() { nullspace(t, "", "machine", "kill", k) })
+		if out := must("exec", k, "--", "cat", "/root/cli.txt"); out != "cli" {
+			t.Fatalf("fork child file = %q", out)
+		}
+	}
+	if out := must("snapshot", "info", cp); !strings.Contains(out, "checkpoint") {
+		t.Fatalf("snapshot info %s:\n%s", cp, out)
+	}
+	if code, _, errOut := nullspace(t, "", "machine", "resume", snap); code == 0 || !strings.Contains(errOut, "snapshot_superseded") {
+		t.Fatalf("resuming an old snapshot: exit %d, %s", code, errOut)
+	}
+}
