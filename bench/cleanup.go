@@ -15,7 +15,7 @@ import (
 
 // verifyClean checks that nothing the benchmark made is left on the host:
 // network namespaces, host-side veths, containers under either runsc root,
-// cgroups and the firewall table.
+// snapshot images, cgroups and the firewall table.
 func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 	var rep cleanupReport
 	left := func(format string, args ...any) { rep.Leftovers = append(rep.Leftovers, fmt.Sprintf(format, args...)) }
@@ -44,6 +44,15 @@ func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 		}
 		for _, id := range ids {
 			left("container %s under %s", id, root)
+		}
+	}
+	// Snapshots: the server's store (killed lineages drop theirs, the rest
+	// were deleted) and the raw side's images.
+	for _, dir := range []string{filepath.Join(work, "server", "snapshots"), filepath.Join(work, "raw", "images")} {
+		rep.Checked = append(rep.Checked, "snapshot images under "+dir)
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			left("snapshot image %s", filepath.Join(dir, e.Name()))
 		}
 	}
 	for _, parent := range []string{benchNames.CgroupParent, rawCgroupParent} {

@@ -10,16 +10,23 @@ import (
 
 // tapHandler is the server's log handler: it prints records at or above
 // level to w and keeps, from every record (debug included), the values of
-// "duration" attributes by message, e.g. "machine network set up". They show
-// where the server spends time beyond runsc.
+// its duration attributes by message. They show where the server spends
+// time beyond runsc. A "duration" attribute is kept under the message, e.g.
+// "machine network set up"; any other, under "message: key", e.g. "machine
+// restored: runsc_restore". A record from a logger with a "kind" attribute
+// gets it in brackets ("checkpoint taken [hibernate]: window"), and one
+// logged during a phase of the benchmark gets the phase in front
+// ("(resume idle) machine restored: agent").
 type tapHandler struct {
 	next  slog.Handler
 	level slog.Level
+	kind  string // the logger's "kind" attribute
 	d     *durations
 }
 
 type durations struct {
 	mu    sync.Mutex
+	phase string
 	byMsg map[string][]float64 // ms
 }
 
@@ -31,18 +38,48 @@ func newTapHandler(w io.Writer, level slog.Level) *tapHandler {
 	}
 }
 
+// setPhase names the records logged from now on; "" for none. The benchmark
+// runs one operation at a time, so the phase is the operation's.
+func (h *tapHandler) setPhase(phase string) {
+	h.d.mu.Lock()
+	h.d.phase = phase
+	h.d.mu.Unlock()
+}
+
 func (h *tapHandler) Enabled(context.Context, slog.Level) bool { return true }
 
 func (h *tapHandler) Handle(ctx context.Context, r slog.Record) error {
+	kind := h.kind
+	var keys []string
+	var vals []float64
 	r.Attrs(func(a slog.Attr) bool {
-		if a.Key == "duration" && a.Value.Kind() == slog.KindDuration {
-			h.d.mu.Lock()
-			h.d.byMsg[r.Message] = append(h.d.byMsg[r.Message], ms(a.Value.Duration()))
-			h.d.mu.Unlock()
-			return false
+		switch {
+		case a.Key == "kind" && a.Value.Kind() == slog.KindString:
+			kind = a.Value.String()
+		case a.Value.Kind() == slog.KindDuration:
+			keys = append(keys, a.Key)
+			vals = append(vals, ms(a.Value.Duration()))
 		}
 		return true
 	})
+	if len(keys) > 0 {
+		msg := r.Message
+		if kind != "" {
+			msg += " [" + kind + "]"
+		}
+		h.d.mu.Lock()
+		if h.d.phase != "" {
+			msg = "(" + h.d.phase + ") " + msg
+		}
+		for i, k := range keys {
+			name := msg
+			if k != "duration" {
+				name += ": " + k
+			}
+			h.d.byMsg[name] = append(h.d.byMsg[name], vals[i])
+		}
+		h.d.mu.Unlock()
+	}
 	if r.Level < h.level {
 		return nil
 	}
@@ -50,11 +87,17 @@ func (h *tapHandler) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (h *tapHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	return &tapHandler{next: h.next.WithAttrs(as), level: h.level, d: h.d}
+	kind := h.kind
+	for _, a := range as {
+		if a.Key == "kind" && a.Value.Kind() == slog.KindString {
+			kind = a.Value.String()
+		}
+	}
+	return &tapHandler{next: h.next.WithAttrs(as), level: h.level, kind: kind, d: h.d}
 }
 
 func (h *tapHandler) WithGroup(name string) slog.Handler {
-	return &tapHandler{next: h.next.WithGroup(name), level: h.level, d: h.d}
+	return &tapHandler{next: h.next.WithGroup(name), level: h.level, kind: h.kind, d: h.d}
 }
 
 // summary summarizes the durations seen, by message.

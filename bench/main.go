@@ -13,13 +13,24 @@
 //   - raw runsc: the same runsc binary and global flags, an OCI bundle over
 //     the same minimal template rootfs (shared read-only through
 //     --overlay2=root:dir=...), a fresh network namespace with a veth pair
-//     per container (made outside the timed window), busybox sleep as init.
+//     per container (made outside the timed window), busybox sleep as init
+//     (-raw-init agent: the agent, with the server's bind mounts).
 //
-// Measured, N times each (-n): create to first command (CreateMachine until
-// RunCommand(true) returns, against `runsc run --detach` + `runsc exec
-// /bin/true`), the exec round trip on a warm machine, kill, and the idle
-// memory of a machine (its cgroup's usage and the RSS/PSS of its processes).
-// The table goes to stdout, every sample and summary to -out as JSON.
+// Measured, N times each (-n), in two suites (-suite):
+//
+//   - core: create to first command (CreateMachine until RunCommand(true)
+//     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
+//     exec round trip on a warm machine, kill, and the idle memory of a
+//     machine (its cgroup's usage and the RSS/PSS of its processes);
+//   - hibernate: pause against `runsc checkpoint`, resume to the first
+//     command against `runsc restore` + `runsc exec`, create_snapshot and its
+//     pause window against `runsc checkpoint --leave-running`, a child from
+//     the snapshot to its first command, snapshot sizes; for an idle machine
+//     and for one holding 256 MiB (-skip-256 leaves that out). See
+//     hibernate.go.
+//
+// The table goes to stdout, every sample and summary to -out as JSON, with
+// the durations the server logged (at debug level too) by message.
 //
 // Everything the benchmark makes is removed on return, on error and on
 // Ctrl-C, and the removal is checked (`ip netns list`, `runsc list`). It
@@ -44,6 +55,8 @@ import (
 
 // config is the benchmark's configuration, from flags.
 type config struct {
+	suite        string        // all | core | hibernate
+	skip256      bool          // leave out the 256 MiB pause/resume case
 	n            int           // iterations per metric
 	warmup       int           // untimed execs before the exec round-trip loop
 	settle       time.Duration // idle time before a memory sample
@@ -53,6 +66,7 @@ type config struct {
 	templatesDir string        // shared template store of the benchmark
 	cacheDir     string        // cache of slow artefacts (base template tarball)
 	base         string        // auto | on | off: benchmark template base too
+	rawInit      string        // sleep | agent: init of the raw sandboxes
 	cpus         int           // vCPUs of every machine and raw sandbox
 	memoryMB     int           // memory limit of every machine and raw sandbox
 	logLevel     slog.Level    // server log level on stderr
@@ -79,6 +93,8 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory) or hibernate (pause, resume, snapshots)")
+	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
 	flag.DurationVar(&c.settle, "settle", time.Second, "idle time after the first command before a memory sample")
@@ -88,6 +104,7 @@ func parseFlags() (config, error) {
 	flag.StringVar(&c.templatesDir, "templates-dir", "/var/cache/nullspace/bench-templates", "template store shared by benchmark runs")
 	flag.StringVar(&c.cacheDir, "cache-dir", envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"), "cache of slow artefacts (env NULLSPACE_CACHE_DIR)")
 	flag.StringVar(&c.base, "base", "auto", "benchmark template base too: auto (when it is ready or cached, never debootstrap), on, off")
+	flag.StringVar(&c.rawInit, "raw-init", "sleep", "init of the raw sandboxes: sleep (busybox sleep), or agent (nullspace-agent with the server's bind mounts, to tell what is in a machine from what the server adds)")
 	flag.IntVar(&c.cpus, "cpus", 2, "vCPUs of every machine and raw sandbox (cgroup CPU quota)")
 	flag.IntVar(&c.memoryMB, "memory-mb", 512, "memory limit in MiB of every machine and raw sandbox")
 	flag.StringVar(&logLevel, "log-level", "warn", "server log level on stderr: debug, info, warn, error")
@@ -109,6 +126,16 @@ func parseFlags() (config, error) {
 	case "auto", "on", "off":
 	default:
 		return c, fmt.Errorf("-base %q: want auto, on or off", c.base)
+	}
+	switch c.rawInit {
+	case "sleep", "agent":
+	default:
+		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
+	}
+	switch c.suite {
+	case "all", "core", "hibernate":
+	default:
+		return c, fmt.Errorf("-suite %q: want all, core or hibernate", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -245,10 +272,23 @@ func run(ctx context.Context, cfg config) (err error) {
 	return measure(ctx, cfg, work, ns, raw, res)
 }
 
-// measure runs the measurements, interleaving the sides.
+// measure runs the suites -suite asks for.
 func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, raw *rawSide, res *results) error {
 	watchOthers := func() { res.Host.OtherSandboxes = max(res.Host.OtherSandboxes, otherSandboxes(work)) }
 	watchOthers()
+	if cfg.suite != "hibernate" {
+		if err := measureCore(ctx, cfg, ns, raw, res, watchOthers); err != nil {
+			return err
+		}
+	}
+	if cfg.suite != "core" {
+		return measureHibernate(ctx, cfg, ns, raw, res, watchOthers)
+	}
+	return nil
+}
+
+// measureCore runs the issue-2 measurements, interleaving the sides.
+func measureCore(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results, watchOthers func()) error {
 	tmpls := append([]string{"minimal"}, ns.extraTemplates...)
 	fmt.Fprintf(os.Stderr, "bench: create, idle memory and kill, %d iterations (templates %s; raw runsc)\n",
 		cfg.n, strings.Join(tmpls, ", "))

@@ -117,6 +117,7 @@ type nullspaceSide struct {
 	inst           *server.Instance
 	client         *client.Client
 	extraTemplates []string // templates beyond minimal to benchmark
+	tap            *tapHandler
 
 	// live holds the machines made and not yet killed (one goroutine only).
 	live map[string]bool
@@ -138,7 +139,7 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	if err != nil {
 		return nil, fmt.Errorf("start nullspace server: %w", err)
 	}
-	s := &nullspaceSide{cfg: cfg, inst: inst, live: map[string]bool{}}
+	s := &nullspaceSide{cfg: cfg, inst: inst, tap: tap, live: map[string]bool{}}
 	if tmpls.base {
 		s.extraTemplates = []string{template.Base}
 	}
@@ -152,10 +153,10 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 
 // create creates a machine and runs its first command; it returns the
 // machine id and the time to each.
-func (s *nullspaceSide) create(ctx context.Context, tmpl string) (id string, created, firstCmd time.Duration, err error) {
+func (s *nullspaceSide) create(ctx context.Context, tmpl string, memoryMB int) (id string, created, firstCmd time.Duration, err error) {
 	start := time.Now()
 	m, err := s.client.CreateMachine(ctx, api.CreateMachineRequest{
-		Template: tmpl, CPUCount: s.cfg.cpus, MemoryMB: s.cfg.memoryMB,
+		Template: tmpl, CPUCount: s.cfg.cpus, MemoryMB: memoryMB,
 	})
 	if err != nil {
 		return "", 0, 0, fmt.Errorf("create machine from %s: %w", tmpl, err)
@@ -169,19 +170,26 @@ func (s *nullspaceSide) create(ctx context.Context, tmpl string) (id string, cre
 }
 
 func (s *nullspaceSide) runTrue(ctx context.Context, id string) error {
-	res, err := s.client.RunCommand(ctx, id, api.RunCommandRequest{Cmd: []string{"true"}})
+	_, err := s.run(ctx, id, "true")
+	return err
+}
+
+// run runs a command in a machine and returns its stdout; a non-zero exit
+// is an error.
+func (s *nullspaceSide) run(ctx context.Context, id string, argv ...string) (string, error) {
+	res, err := s.client.RunCommand(ctx, id, api.RunCommandRequest{Cmd: argv})
 	if err != nil {
-		return fmt.Errorf("run true in %s: %w", id, err)
+		return "", fmt.Errorf("run %s in %s: %w", argv[0], id, err)
 	}
 	if res.ExitCode != 0 {
-		return fmt.Errorf("run true in %s: exit code %d: %s", id, res.ExitCode, res.Stderr)
+		return "", fmt.Errorf("run %s in %s: exit code %d: %s", argv[0], id, res.ExitCode, res.Stderr)
 	}
-	return nil
+	return res.Stdout, nil
 }
 
 // lifecycle measures one machine: create to first command, idle memory, kill.
 func (s *nullspaceSide) lifecycle(ctx context.Context, tmpl string, res *results) error {
-	id, created, first, err := s.create(ctx, tmpl)
+	id, created, first, err := s.create(ctx, tmpl, s.cfg.memoryMB)
 	if err != nil {
 		return err
 	}
@@ -203,7 +211,7 @@ func (s *nullspaceSide) lifecycle(ctx context.Context, tmpl string, res *results
 type warmMachine struct{ id, template string }
 
 func (s *nullspaceSide) warm(ctx context.Context, tmpl string, warmup int) (*warmMachine, error) {
-	id, _, _, err := s.create(ctx, tmpl)
+	id, _, _, err := s.create(ctx, tmpl, s.cfg.memoryMB)
 	if err != nil {
 		return nil, err
 	}
@@ -246,10 +254,12 @@ func (s *nullspaceSide) memory(ctx context.Context, id string) (memSample, error
 	return readMemory(benchNames.CgroupParent, rec.ContainerID)
 }
 
-// close kills every machine the benchmark left and stops the server.
+// close kills every machine the benchmark left, deletes its snapshots and
+// stops the server.
 func (s *nullspaceSide) close(ctx context.Context) error {
 	var errs []error
 	if s.client != nil {
+		s.tap.setPhase("")
 		for id := range s.live {
 			if _, err := s.client.KillMachine(ctx, id); err != nil && !client.IsCode(err, "machine_not_found") {
 				errs = append(errs, fmt.Errorf("kill machine %s: %w", id, err))
@@ -266,6 +276,17 @@ func (s *nullspaceSide) close(ctx context.Context) error {
 			}
 			if _, err := s.client.KillMachine(ctx, m.ID); err != nil {
 				errs = append(errs, fmt.Errorf("kill machine %s: %w", m.ID, err))
+			}
+		}
+		// Killing a lineage drops its hibernate snapshots; reusable ones
+		// left by a run cut short are deleted here.
+		sns, err := s.client.ListSnapshots(ctx, "", "")
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list snapshots: %w", err))
+		}
+		for _, sn := range sns {
+			if err := s.client.DeleteSnapshot(ctx, sn.ID, true); err != nil {
+				errs = append(errs, fmt.Errorf("delete snapshot %s: %w", sn.ID, err))
 			}
 		}
 	}

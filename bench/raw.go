@@ -33,10 +33,11 @@ var rawCIDR = netip.MustParsePrefix("10.233.0.0/16")
 
 // rawContainer is one raw sandbox and its network namespace.
 type rawContainer struct {
-	id    string
-	dir   string // bundle, overlay upper layer, log
-	netns string
-	veth  string
+	id       string
+	dir      string // bundle, overlay upper layer, log
+	netns    string
+	veth     string
+	memoryMB int // memory limit
 }
 
 func (c *rawContainer) log() string { return filepath.Join(c.dir, "runsc.log") }
@@ -73,6 +74,11 @@ func newRawSide(ctx context.Context, cfg config, work, rootfs string) (*rawSide,
 	if err := os.MkdirAll(r.runsc.Root, 0o700); err != nil {
 		return nil, err
 	}
+	if cfg.rawInit == "agent" {
+		if err := r.installAgent(); err != nil {
+			return nil, err
+		}
+	}
 	// Namespaces of an earlier run that was killed hard: ours by name.
 	for _, name := range listNetns(ctx, ip) {
 		if strings.HasPrefix(name, rawNetnsPrefix) {
@@ -105,7 +111,7 @@ func (r *rawSide) ipCmd(ctx context.Context, args ...string) error {
 
 // prepare makes a container's network namespace and bundle: the untimed
 // part, like a pool of namespaces would.
-func (r *rawSide) prepare(ctx context.Context) (*rawContainer, error) {
+func (r *rawSide) prepare(ctx context.Context, memoryMB int) (*rawContainer, error) {
 	slot := r.slot
 	r.slot++
 	block := rawCIDR.Addr().As4()
@@ -121,9 +127,10 @@ func (r *rawSide) prepare(ctx context.Context) (*rawContainer, error) {
 	gateway, guest := addrOf(u+1), addrOf(u+2)
 
 	c := &rawContainer{
-		id:    "rb" + randomHex(8), // fixed length: runsc matches id prefixes
-		netns: rawNetnsPrefix + strconv.Itoa(slot),
-		veth:  rawVethPrefix + strconv.Itoa(slot),
+		id:       "rb" + randomHex(8), // fixed length: runsc matches id prefixes
+		netns:    rawNetnsPrefix + strconv.Itoa(slot),
+		veth:     rawVethPrefix + strconv.Itoa(slot),
+		memoryMB: memoryMB,
 	}
 	c.dir = filepath.Join(r.dir, c.id)
 	if err := r.ipCmd(ctx, "netns", "add", c.netns); err != nil {
@@ -180,7 +187,7 @@ func (r *rawSide) execTrueIn(ctx context.Context, c *rawContainer) error {
 
 // lifecycle measures one raw sandbox: run + first exec, idle memory, kill.
 func (r *rawSide) lifecycle(ctx context.Context, res *results) error {
-	c, err := r.prepare(ctx)
+	c, err := r.prepare(ctx, r.cfg.memoryMB)
 	if err != nil {
 		return err
 	}
@@ -208,7 +215,7 @@ func (r *rawSide) lifecycle(ctx context.Context, res *results) error {
 }
 
 func (r *rawSide) warm(ctx context.Context, warmup int) (*rawContainer, error) {
-	c, err := r.prepare(ctx)
+	c, err := r.prepare(ctx, r.cfg.memoryMB)
 	if err != nil {
 		return nil, err
 	}
@@ -307,7 +314,7 @@ func (r *rawSide) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	errs = append(errs, r.removeNetnsAll(ctx))
+	errs = append(errs, r.removeNetnsAll(ctx), os.RemoveAll(r.imagesDir()))
 	return errors.Join(errs...)
 }
 
@@ -318,18 +325,64 @@ var defaultCaps = []string{
 	"CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 }
 
+// Where -raw-init agent puts what the server mounts into a machine.
+func (r *rawSide) agentDir() string { return filepath.Join(r.dir, "agent") }
+func (r *rawSide) etcDir() string   { return filepath.Join(r.dir, "etc") }
+
+// installAgent copies the agent binary and writes /etc files for sandboxes
+// whose init is the agent, as the server does for its machines.
+func (r *rawSide) installAgent() error {
+	b, err := os.ReadFile(r.cfg.agent)
+	if err != nil {
+		return fmt.Errorf("read agent binary: %w", err)
+	}
+	for _, d := range []string{r.agentDir(), r.etcDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(r.agentDir(), "nullspace-agent"), b, 0o755); err != nil {
+		return err
+	}
+	files := map[string]string{"hostname": "rawbench\n", "hosts": "127.0.0.1\tlocalhost\n", "resolv.conf": "nameserver 127.0.0.1\n"}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(r.etcDir(), name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // spec is the gvisor driver's OCI spec with busybox sleep as init and no
-// bind mounts (the server adds /etc files and the agent directory).
+// bind mounts; with -raw-init agent, the agent as init with the bind mounts
+// the server adds (/etc files and the agent directory).
 func (r *rawSide) spec(c *rawContainer) *specs.Spec {
-	memLimit := int64(r.cfg.memoryMB) << 20
+	memLimit := int64(c.memoryMB) << 20
 	quota := int64(r.cfg.cpus) * 100000
 	period := uint64(100000)
+	args := []string{"/bin/sleep", "1000000"}
+	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	mounts := []specs.Mount{
+		{Destination: "/proc", Type: "proc", Source: "proc"},
+		{Destination: "/dev", Type: "tmpfs", Source: "tmpfs"},
+		{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+	}
+	if r.cfg.rawInit == "agent" {
+		args = []string{"/.nullspace/nullspace-agent"}
+		env = append(env, "NULLSPACE_AGENT_TOKEN=rawbench", "GOMAXPROCS=1", "NULLSPACE_AGENT_STARTUP_GOMAXPROCS=1")
+		for _, name := range []string{"hostname", "hosts", "resolv.conf"} {
+			mounts = append(mounts, specs.Mount{Destination: "/etc/" + name, Type: "bind",
+				Source: filepath.Join(r.etcDir(), name), Options: []string{"rbind"}})
+		}
+		mounts = append(mounts, specs.Mount{Destination: "/.nullspace", Type: "bind", Source: r.agentDir(),
+			Options: []string{"rbind", "ro"}})
+	}
 	return &specs.Spec{
 		Version: specs.Version,
 		Process: &specs.Process{
 			User: specs.User{UID: 0, GID: 0},
-			Args: []string{"/bin/sleep", "1000000"},
-			Env:  []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			Args: args,
+			Env:  env,
 			Cwd:  "/",
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
@@ -339,11 +392,7 @@ func (r *rawSide) spec(c *rawContainer) *specs.Spec {
 		// Read-write, or runsc does not apply the --overlay2 upper layer.
 		Root:     &specs.Root{Path: r.rootfs, Readonly: false},
 		Hostname: "rawbench",
-		Mounts: []specs.Mount{
-			{Destination: "/proc", Type: "proc", Source: "proc"},
-			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs"},
-			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
-		},
+		Mounts:   mounts,
 		Linux: &specs.Linux{
 			CgroupsPath: rawCgroupParent + "/" + c.id,
 			Resources: &specs.LinuxResources{

@@ -28,6 +28,20 @@ const (
 	metricMemProcRSS  = "idle_memory_processes_rss"
 	metricMemProcPSS  = "idle_memory_processes_pss"
 
+	// Issue 3: pause, resume, snapshots and children (hibernate.go).
+	metricPause          = "pause"                      // Pause round trip; runsc checkpoint (no --leave-running)
+	metricPauseDelete    = "pause_vs_checkpoint_delete" // Pause round trip; runsc checkpoint, kill and delete
+	metricPauseWindow    = "pause_window"               // the hibernate snapshot's pause_window_ms; runsc checkpoint
+	metricResume         = "resume_to_first_command"    // Resume → RunCommand(true) returns; restore --detach --direct → exec true returns
+	metricResumeCall     = "resume_call"                // Resume alone; runsc restore alone
+	metricResumeFirst    = "resume_first_command"       // the first RunCommand after Resume; the first exec after restore
+	metricSnapshotCall   = "create_snapshot_call"       // CreateSnapshot round trip; runsc checkpoint --leave-running
+	metricSnapshotWindow = "snapshot_pause_window"      // the snapshot's pause_window_ms; the same checkpoint --leave-running
+	metricChild          = "child_to_first_command"     // CreateMachine{SnapshotID} → RunCommand(true); restore → exec true
+	metricChildCall      = "child_create_call"          // CreateMachine{SnapshotID} alone; runsc restore alone
+	metricChildFirst     = "child_first_command"        // the child's first RunCommand; the first exec after restore
+	metricSnapshotSize   = "snapshot_size"              // SizeBytes of the hibernate snapshot; the image's files
+
 	sideNullspace = "nullspace"
 	sideRaw       = "raw_runsc"
 
@@ -87,9 +101,12 @@ type comparison struct {
 	NullspaceP90 float64 `json:"nullspace_p90"`
 	RawP90       float64 `json:"raw_p90"`
 	RatioP90     float64 `json:"ratio_p90"`
-	// Target is the highest allowed p50 ratio; 0 means none (reported only).
+	// Target is the highest allowed p50 ratio; 0 means none.
 	Target float64 `json:"target,omitempty"`
-	// OK says whether the p50 ratio meets Target; absent without a target.
+	// TargetP50 is the highest allowed nullspace p50, in Unit (exclusive);
+	// 0 means none.
+	TargetP50 float64 `json:"target_p50,omitempty"`
+	// OK says whether the p50 meets both targets; absent without a target.
 	OK *bool `json:"ok,omitempty"`
 }
 
@@ -101,6 +118,7 @@ type cleanupReport struct {
 }
 
 type runConfig struct {
+	Suite     string   `json:"suite"`
 	N         int      `json:"n"`
 	Warmup    int      `json:"warmup"`
 	SettleMS  float64  `json:"settle_ms"`
@@ -108,6 +126,9 @@ type runConfig struct {
 	MemoryMB  int      `json:"memory_mb"`
 	Templates []string `json:"templates"`
 	RawRootfs string   `json:"raw_rootfs_template"`
+	RawInit   string   `json:"raw_init"`
+	// Hibernate lists the cases of the issue-3 measurements.
+	Hibernate []hibernateCase `json:"hibernate_cases,omitempty"`
 }
 
 // results is everything written to -out.
@@ -126,8 +147,8 @@ type results struct {
 
 func newResults(cfg config) *results {
 	return &results{
-		Config: runConfig{N: cfg.n, Warmup: cfg.warmup, SettleMS: ms(cfg.settle), CPUCount: cfg.cpus,
-			MemoryMB: cfg.memoryMB, RawRootfs: "minimal"},
+		Config: runConfig{Suite: cfg.suite, N: cfg.n, Warmup: cfg.warmup, SettleMS: ms(cfg.settle), CPUCount: cfg.cpus,
+			MemoryMB: cfg.memoryMB, RawRootfs: "minimal", RawInit: cfg.rawInit},
 		Memory: map[string][]memSample{},
 		index:  map[string]*series{},
 	}
@@ -166,39 +187,55 @@ func (r *results) get(metric, side, tmpl string) *series {
 	return r.index[metric+"/"+side+"/"+tmpl]
 }
 
-// summarize fills the summaries and the comparisons. Raw runsc always runs
-// the minimal rootfs: base machines are compared with it too.
+// summarize fills the summaries and the comparisons. Each nullspace series
+// is compared with the raw series of its metric and label; the core metrics
+// of base machines, which raw runsc does not boot, with raw minimal.
 func (r *results) summarize() {
 	for _, s := range r.Series {
 		s.Summary = summarize(s.Samples)
 	}
-	rows := []struct {
-		metric string
-		target float64
-	}{
-		{metricCreate, 1.3}, {metricExec, 1.5}, {metricKill, 0},
-		{metricMemUsage, 0}, {metricMemRSS, 0}, {metricMemProcRSS, 0}, {metricMemProcPSS, 0},
-		{metricCreateStart, 0}, {metricCreateFirst, 0},
+	rows := []string{
+		metricCreate, metricExec, metricKill, metricMemUsage, metricMemRSS, metricMemProcRSS, metricMemProcPSS,
+		metricCreateStart, metricCreateFirst,
+		metricPause, metricPauseDelete, metricPauseWindow, metricResume, metricResumeCall, metricResumeFirst,
+		metricSnapshotCall, metricSnapshotWindow, metricChild, metricChildCall, metricChildFirst, metricSnapshotSize,
+	}
+	// The targets of the issues, by metric or by metric/label.
+	type target struct{ ratio, p50 float64 }
+	targets := map[string]target{
+		metricCreate: {ratio: 1.3},
+		metricExec:   {ratio: 1.5},
+
+		metricPause + "/" + labelIdle:  {p50: 300},
+		metricResume + "/" + labelIdle: {ratio: 1.2, p50: 250},
+		metricResume + "/" + label256:  {ratio: 1.2},
+		metricSnapshotWindow:           {p50: 150},
 	}
 	r.Comparisons = nil
-	for _, row := range rows {
-		raw := r.get(row.metric, sideRaw, "minimal")
-		if raw == nil {
-			continue
-		}
-		for _, tmpl := range r.Config.Templates {
-			ns := r.get(row.metric, sideNullspace, tmpl)
-			if ns == nil {
+	for _, metric := range rows {
+		for _, ns := range r.Series {
+			if ns.Metric != metric || ns.Side != sideNullspace {
 				continue
 			}
+			raw := r.get(metric, sideRaw, ns.Template)
+			if raw == nil {
+				raw = r.get(metric, sideRaw, "minimal")
+			}
+			if raw == nil {
+				continue
+			}
+			t, ok := targets[metric+"/"+ns.Template]
+			if !ok {
+				t = targets[metric]
+			}
 			c := comparison{
-				Metric: row.metric, Template: tmpl, Unit: ns.Unit,
+				Metric: metric, Template: ns.Template, Unit: ns.Unit,
 				NullspaceP50: ns.Summary.P50, RawP50: raw.Summary.P50, RatioP50: ratio(ns.Summary.P50, raw.Summary.P50),
 				NullspaceP90: ns.Summary.P90, RawP90: raw.Summary.P90, RatioP90: ratio(ns.Summary.P90, raw.Summary.P90),
-				Target: row.target,
+				Target: t.ratio, TargetP50: t.p50,
 			}
-			if row.target > 0 {
-				ok := c.RatioP50 <= row.target
+			if t.ratio > 0 || t.p50 > 0 {
+				ok := (t.ratio == 0 || c.RatioP50 <= t.ratio) && (t.p50 == 0 || c.NullspaceP50 < t.p50)
 				c.OK = &ok
 			}
 			r.Comparisons = append(r.Comparisons, c)
@@ -223,25 +260,56 @@ var metricTitles = map[string]string{
 	metricMemProcPSS:  "idle memory: processes PSS",
 	metricCreateStart: "  part: CreateMachine / runsc run",
 	metricCreateFirst: "  part: first RunCommand / first exec",
+
+	metricPause:          "pause | checkpoint",
+	metricPauseDelete:    "pause | checkpoint, kill, delete",
+	metricPauseWindow:    "  pause window (frozen) | checkpoint",
+	metricResume:         "resume → first command | restore → exec",
+	metricResumeCall:     "  part: Resume / runsc restore",
+	metricResumeFirst:    "  part: first RunCommand / first exec",
+	metricSnapshotCall:   "create_snapshot | checkpoint --leave-running",
+	metricSnapshotWindow: "  snapshot pause window | checkpoint --leave-running",
+	metricChild:          "child from snapshot → first command | restore → exec",
+	metricChildCall:      "  part: CreateMachine / runsc restore",
+	metricChildFirst:     "  part: first RunCommand / first exec",
+	metricSnapshotSize:   "snapshot size | image files",
 }
 
 // printTable prints the comparisons.
 func (r *results) printTable(w io.Writer) {
 	fmt.Fprintf(w, "\nNullspace vs raw runsc — %d iterations, %s, %d CPUs, kernel %s, runsc %s (%s), %s\n",
 		r.Config.N, r.Host.Platform, r.Host.CPUs, r.Host.Kernel, r.Host.GVisorVersion, r.Host.GVisorCommit, r.Host.Date)
-	fmt.Fprintf(w, "raw runsc always boots the minimal rootfs with busybox sleep as init; machines %d vCPU, %d MiB\n\n",
-		r.Config.CPUCount, r.Config.MemoryMB)
+	init := "busybox sleep"
+	if r.Config.RawInit == "agent" {
+		init = "the nullspace agent and the server's bind mounts"
+	}
+	fmt.Fprintf(w, "raw runsc always boots the minimal rootfs with %s as init; machines %d vCPU, %d MiB\n",
+		init, r.Config.CPUCount, r.Config.MemoryMB)
+	for _, hc := range r.Config.Hibernate {
+		if hc.FillMiB > 0 {
+			fmt.Fprintf(w, "%s: machines and raw sandboxes of %d MiB with %d MiB written to /dev/shm (tmpfs, sandbox memory) before the pause\n",
+				hc.Label, hc.MemoryMB, hc.FillMiB)
+		}
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight|tabwriter.Debug)
 	fmt.Fprintln(tw, "metric\ttemplate\tnullspace p50\traw runsc p50\tratio\tnullspace p90\traw runsc p90\tratio p90\ttarget\tok?\t")
 	for _, c := range r.Comparisons {
 		target, ok := "-", "-"
-		if c.Target > 0 {
-			target = fmt.Sprintf("≤ %.1fx", c.Target)
+		if c.OK != nil {
+			var parts []string
+			if c.Target > 0 {
+				parts = append(parts, fmt.Sprintf("≤ %.1fx", c.Target))
+			}
+			if c.TargetP50 > 0 {
+				parts = append(parts, "< "+format(c.TargetP50, c.Unit))
+			}
+			target = strings.Join(parts, ", ")
 			ok = "yes"
 			if !*c.OK {
 				ok = "NO"
 			}
-		} else if c.Unit == unitBytes {
+		} else if c.Unit == unitBytes && c.Metric != metricSnapshotSize {
 			target = "overhead " + signedMiB(c.NullspaceP50-c.RawP50)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.2fx\t%s\t%s\t%.2fx\t%s\t%s\t\n", metricTitles[c.Metric], c.Template,
@@ -257,9 +325,13 @@ func (r *results) printTable(w io.Writer) {
 			msgs = append(msgs, m)
 		}
 		slices.Sort(msgs)
+		width := 0
+		for _, m := range msgs {
+			width = max(width, len(m))
+		}
 		for _, m := range msgs {
 			s := r.Server[m]
-			fmt.Fprintf(w, "  %-28s n=%-3d p50 %7.2f  p90 %7.2f  max %7.2f\n", m, s.N, s.P50, s.P90, s.Max)
+			fmt.Fprintf(w, "  %-*s n=%-3d p50 %7.2f  p90 %7.2f  max %7.2f\n", width, m, s.N, s.P50, s.P90, s.Max)
 		}
 	}
 	for _, key := range []string{sideNullspace + "/minimal", sideRaw + "/minimal"} {
