@@ -103,41 +103,13 @@ type SnapshotFilter struct {
 
 // ListSnapshots returns snapshots matching f, oldest first.
 func (s *DB) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, error) {
-	var where []string
-	var args []any
-	for col, v := range map[string]string{"team_id": f.TeamID, "machine_id": f.MachineID, "lineage_id": f.LineageID} {
-		if v != "" {
-			where = append(where, col+" = ?")
-			args = append(args, v)
-		}
-	}
-	if len(f.Kinds) > 0 {
-		where = append(where, "kind IN ("+placeholders(len(f.Kinds))+")")
-		args = append(args, anySlice(f.Kinds)...)
-	}
-	if len(f.States) > 0 {
-		where = append(where, "state IN ("+placeholders(len(f.States))+")")
-		args = append(args, anySlice(f.States)...)
-	}
-	q := `SELECT ` + snapshotColumns + ` FROM snapshots`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY created_at, id"
-	rows, err := s.db.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list snapshots: %w", err)
-	}
-	defer rows.Close()
-	var out []*Snapshot
-	for rows.Next() {
-		sn, err := scanSnapshot(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, sn)
-	}
-	return out, rows.Err()
+	var w where
+	w.eq("team_id", f.TeamID)
+	w.eq("machine_id", f.MachineID)
+	w.eq("lineage_id", f.LineageID)
+	w.in("kind", f.Kinds)
+	w.in("state", f.States)
+	return queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY created_at, id", w.args, scanSnapshot)
 }
 
 // DeleteSnapshot removes a snapshot's row.

@@ -349,45 +349,57 @@ type MachineFilter struct {
 
 // ListMachines returns machines matching f, oldest first.
 func (s *DB) ListMachines(ctx context.Context, f MachineFilter) ([]*Machine, error) {
-	var where []string
-	var args []any
-	if f.TeamID != "" {
-		where = append(where, "team_id = ?")
-		args = append(args, f.TeamID)
+	var w where
+	w.eq("team_id", f.TeamID)
+	w.in("state", f.States)
+	w.eq("template", f.Template)
+	w.eq("lineage_id", f.LineageID)
+	w.eq("restored_from", f.RestoredFrom)
+	return queryAll(ctx, s.db, "list machines", `SELECT `+machineColumns+` FROM machines`+w.sql()+" ORDER BY created_at, id", w.args, scanMachine)
+}
+
+// where builds the WHERE clause of a list query from a filter: empty
+// values match everything.
+type where struct {
+	conds []string
+	args  []any
+}
+
+func (w *where) eq(col, v string) {
+	if v != "" {
+		w.conds = append(w.conds, col+" = ?")
+		w.args = append(w.args, v)
 	}
-	if len(f.States) > 0 {
-		where = append(where, "state IN ("+placeholders(len(f.States))+")")
-		args = append(args, anySlice(f.States)...)
+}
+
+func (w *where) in(col string, vals []string) {
+	if len(vals) > 0 {
+		w.conds = append(w.conds, col+" IN ("+placeholders(len(vals))+")")
+		w.args = append(w.args, anySlice(vals)...)
 	}
-	if f.Template != "" {
-		where = append(where, "template = ?")
-		args = append(args, f.Template)
+}
+
+func (w *where) sql() string {
+	if len(w.conds) == 0 {
+		return ""
 	}
-	if f.LineageID != "" {
-		where = append(where, "lineage_id = ?")
-		args = append(args, f.LineageID)
-	}
-	if f.RestoredFrom != "" {
-		where = append(where, "restored_from = ?")
-		args = append(args, f.RestoredFrom)
-	}
-	q := `SELECT ` + machineColumns + ` FROM machines`
-	if len(where) > 0 {
-		q += " WHERE " + strings.Join(where, " AND ")
-	}
-	q += " ORDER BY created_at, id"
-	rows, err := s.db.QueryContext(ctx, q, args...)
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// queryAll runs a query and scans every row with scan.
+func queryAll[T any](ctx context.Context, db *sql.DB, what, q string, args []any, scan func(scanner) (T, error)) ([]T, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list machines: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer rows.Close()
-	var out []*Machine
+	var out []T
 	for rows.Next() {
-		m, err := scanMachine(rows)
+		v, err := scan(rows)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, m)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }
