@@ -116,7 +116,11 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 	}
-	if err := m.restoreNew(ctx, rec, sn); err != nil {
+	spec, err := decodeSpec(sn)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("resume machine %s: %w", src.ID, err)
 	}
 	m.logger.InfoContext(ctx, "machine resumed", "machine_id", rec.ID, "from", src.ID, "snapshot_id", sn.ID)
@@ -141,7 +145,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 	}
-	if err := m.restoreNew(ctx, rec, sn); err != nil {
+	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
 	}
 	m.logger.InfoContext(ctx, "machine created from snapshot", "machine_id", rec.ID, "snapshot_id", sn.ID)
@@ -150,11 +154,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 
 // restoreNew stores rec (state resuming), restores sn into it and marks it
 // running. On error nothing of rec is left.
-func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.Snapshot) error {
-	spec, err := decodeSpec(sn)
-	if err != nil {
-		return err
-	}
+func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec) error {
 	if err := m.checkRestorable(ctx, sn, spec); err != nil {
 		return err
 	}
@@ -163,7 +163,7 @@ func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.
 	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
 		return err
 	}
-	if err := m.restoreInto(ctx, rec, sn, spec); err != nil {
+	if err := m.restoreInto(ctx, rec, sn, spec, false); err != nil {
 		if uerr := m.undoCreate(ctx, rec); uerr != nil {
 			m.logger.ErrorContext(ctx, "clean up failed restore", "machine_id", rec.ID, "err", uerr)
 		}
@@ -277,7 +277,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	if err := m.store.UpdateMachine(ctx, head); err != nil {
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
-	if err := m.restoreInto(ctx, head, sn, spec); err != nil {
+	if err := m.restoreInto(ctx, head, sn, spec, true); err != nil {
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
 	head.RestoredFrom = sn.ID
@@ -356,11 +356,11 @@ func (m *Manager) checkRestorable(ctx context.Context, sn *store.Snapshot, spec 
 }
 
 // restoreInto restores sn into rec, which holds a network slot and a fresh
-// container id, and gives the restored agent rec's identity. The files'
-// checksums are verified while runsc restores (a corrupt snapshot is
-// reported as such even when runsc fails first). On error the caller
-// releases rec's resources.
-func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec) error {
+// container id, and gives the restored agent rec's identity. Unless the
+// caller has verified them already, the files' checksums are verified while
+// runsc restores (a corrupt snapshot is reported as such even when runsc
+// fails first). On error the caller releases rec's resources.
+func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, verified bool) error {
 	t0 := time.Now()
 	ni, err := m.setupNetwork(ctx, rec)
 	if err != nil {
@@ -374,12 +374,16 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 	if err != nil {
 		return err
 	}
-	verified := make(chan error, 1)
-	go func() { verified <- m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)) }()
+	verify := make(chan error, 1)
+	if verified {
+		verify <- nil
+	} else {
+		go func() { verify <- m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)) }()
+	}
 	t1 := time.Now()
 	rerr := m.driver.Restore(ctx, rspec, m.snaps.Path(sn.ID))
 	t2 := time.Now()
-	if verr := <-verified; verr != nil {
+	if verr := <-verify; verr != nil {
 		return verr
 	}
 	if rerr != nil {
