@@ -29,18 +29,19 @@ const (
 	metricMemProcPSS  = "idle_memory_processes_pss"
 
 	// Issue 3: pause, resume, snapshots and children (hibernate.go).
-	metricPause          = "pause"                      // Pause round trip; runsc checkpoint (no --leave-running)
-	metricPauseDelete    = "pause_vs_checkpoint_delete" // Pause round trip; runsc checkpoint, kill and delete
-	metricPauseWindow    = "pause_window"               // the hibernate snapshot's pause_window_ms; runsc checkpoint
-	metricResume         = "resume_to_first_command"    // Resume → RunCommand(true) returns; restore --detach --direct → exec true returns
-	metricResumeCall     = "resume_call"                // Resume alone; runsc restore alone
-	metricResumeFirst    = "resume_first_command"       // the first RunCommand after Resume; the first exec after restore
-	metricSnapshotCall   = "create_snapshot_call"       // CreateSnapshot round trip; runsc checkpoint --leave-running
-	metricSnapshotWindow = "snapshot_pause_window"      // the snapshot's pause_window_ms; the same checkpoint --leave-running
-	metricChild          = "child_to_first_command"     // CreateMachine{SnapshotID} → RunCommand(true); restore → exec true
-	metricChildCall      = "child_create_call"          // CreateMachine{SnapshotID} alone; runsc restore alone
-	metricChildFirst     = "child_first_command"        // the child's first RunCommand; the first exec after restore
-	metricSnapshotSize   = "snapshot_size"              // SizeBytes of the hibernate snapshot; the image's files
+	metricPause          = "pause"                           // Pause round trip; runsc checkpoint (no --leave-running)
+	metricPauseDelete    = "pause_vs_checkpoint_delete"      // Pause round trip; runsc checkpoint, kill and delete
+	metricPauseWindow    = "pause_window"                    // the hibernate snapshot's pause_window_ms; runsc checkpoint
+	metricResume         = "resume_to_first_command"         // Resume → RunCommand(true) returns; restore --detach --direct → exec true returns
+	metricResumeCall     = "resume_call"                     // Resume alone; runsc restore alone
+	metricResumeFirst    = "resume_first_command"            // the first RunCommand after Resume; the first exec after restore
+	metricResumeCreated  = "resume_to_first_command_created" // the same resume; restore into a container `runsc create` made (untimed) → exec true
+	metricSnapshotCall   = "create_snapshot_call"            // CreateSnapshot round trip; runsc checkpoint --leave-running
+	metricSnapshotWindow = "snapshot_pause_window"           // the snapshot's pause_window_ms; the same checkpoint --leave-running
+	metricChild          = "child_to_first_command"          // CreateMachine{SnapshotID} → RunCommand(true); restore → exec true
+	metricChildCall      = "child_create_call"               // CreateMachine{SnapshotID} alone; runsc restore alone
+	metricChildFirst     = "child_first_command"             // the child's first RunCommand; the first exec after restore
+	metricSnapshotSize   = "snapshot_size"                   // SizeBytes of the hibernate snapshot; the image's files
 
 	sideNullspace = "nullspace"
 	sideRaw       = "raw_runsc"
@@ -198,7 +199,7 @@ func (r *results) summarize() {
 		metricCreate, metricExec, metricKill, metricMemUsage, metricMemRSS, metricMemProcRSS, metricMemProcPSS,
 		metricCreateStart, metricCreateFirst,
 		metricPause, metricPauseDelete, metricPauseWindow, metricResume, metricResumeCall, metricResumeFirst,
-		metricSnapshotCall, metricSnapshotWindow, metricChild, metricChildCall, metricChildFirst, metricSnapshotSize,
+		metricResumeCreated, metricSnapshotCall, metricSnapshotWindow, metricChild, metricChildCall, metricChildFirst, metricSnapshotSize,
 	}
 	// The targets of the issues, by metric or by metric/label.
 	type target struct{ ratio, p50 float64 }
@@ -267,6 +268,7 @@ var metricTitles = map[string]string{
 	metricResume:         "resume → first command | restore → exec",
 	metricResumeCall:     "  part: Resume / runsc restore",
 	metricResumeFirst:    "  part: first RunCommand / first exec",
+	metricResumeCreated:  "  resume → first command | restore into created → exec",
 	metricSnapshotCall:   "create_snapshot | checkpoint --leave-running",
 	metricSnapshotWindow: "  snapshot pause window | checkpoint --leave-running",
 	metricChild:          "child from snapshot → first command | restore → exec",

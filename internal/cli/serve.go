@@ -55,6 +55,7 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from")
 	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
 	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")
+	f.IntVar(&cfg.Spares, "spares", cfg.Spares, "containers kept created ahead of resumes (~16 MiB each; 0: none)")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

@@ -38,7 +38,7 @@ func (m *Manager) RunSteps(ctx context.Context, rootfs, workdir string, env map[
 	}
 	unlock := m.lock(rec.ID)
 	defer unlock()
-	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
+	if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
 		return err
 	}
 	defer func() {

@@ -128,6 +128,7 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn *store.Snapshot) error 
 	if err := m.store.DeleteSnapshot(ctx, sn.ID); err != nil {
 		return err
 	}
+	m.spares.poke() // its shape may no longer be wanted
 	if err := m.snaps.Delete(sn.ID); err != nil {
 		return fmt.Errorf("remove snapshot %s files: %w", sn.ID, err)
 	}

@@ -93,6 +93,9 @@ type Config struct {
 	// Nameservers for machines with internet; others get the host side IP,
 	// which the firewall rejects at once so lookups fail fast.
 	Nameservers []string
+	// Spares is how many containers are kept created ahead of restores
+	// (see spares.go); 0 disables them. RunSpares keeps them.
+	Spares int
 }
 
 // Manager manages machines.
@@ -103,6 +106,7 @@ type Manager struct {
 	net       Network
 	templates Templates
 	snaps     *snapshot.Store
+	spares    *spares
 	logger    *slog.Logger
 
 	// locks serializes lifecycle operations per machine id.
@@ -148,8 +152,10 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	if err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
-		locks: map[string]*sync.Mutex{}}, nil
+	m := &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
+		locks: map[string]*sync.Mutex{}}
+	m.spares = newSpares(m, cfg.Spares)
+	return m, nil
 }
 
 // lock serializes operations on one machine id (or one lineage, with the
@@ -324,7 +330,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	}
 	unlock := m.lock(rec.ID)
 	defer unlock()
-	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
+	if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
 		return nil, err
 	}
 	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)
@@ -338,13 +344,14 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	log.InfoContext(ctx, "machine running", "template", rec.Template, "ip", m.guestIP(rec))
+	m.spares.poke() // a new shape may want spares
 	return rec, nil
 }
 
 // boot sets up the network, starts the container and waits for the agent.
 func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, writable bool, tmpl api.Template) (*agentclient.Client, error) {
 	t0 := time.Now()
-	ni, err := m.setupNetwork(ctx, rec)
+	ni, err := m.setupNetwork(ctx, rec, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -378,11 +385,17 @@ func (m *Manager) waitAgent(ctx context.Context, agent *agentclient.Client) erro
 	return nil
 }
 
-// setupNetwork makes the machine's namespace and firewall entry.
-func (m *Manager) setupNetwork(ctx context.Context, rec *store.Machine) (NetInfo, error) {
-	ni, err := m.net.Setup(ctx, rec.Slot)
-	if err != nil {
-		return NetInfo{}, fmt.Errorf("network: %w", err)
+// setupNetwork makes the machine's namespace, unless made is the one a
+// spare made, and its firewall entry.
+func (m *Manager) setupNetwork(ctx context.Context, rec *store.Machine, made *NetInfo) (NetInfo, error) {
+	var ni NetInfo
+	if made != nil {
+		ni = *made
+	} else {
+		var err error
+		if ni, err = m.net.Setup(ctx, rec.Slot); err != nil {
+			return NetInfo{}, fmt.Errorf("network: %w", err)
+		}
 	}
 	if rec.AllowInternet {
 		if err := m.net.SetInternet(ni.GuestIP, true); err != nil {
@@ -653,6 +666,7 @@ func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
 		return err
 	}
 	m.logger.InfoContext(ctx, "machine killed", "machine_id", rec.ID)
+	m.spares.poke() // its shape may no longer be wanted
 	return nil
 }
 
@@ -778,6 +792,33 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	// Spares do not outlive a server: without their rows, the orphan sweep
+	// below removes their containers, slots and directories.
+	if spares, err := m.store.ListSpares(ctx); err == nil {
+		for _, sp := range spares {
+			errs = append(errs, m.store.DeleteSpare(ctx, sp.MachineID))
+		}
+	} else {
+		errs = append(errs, err)
+	}
+	// A pause that committed but had not yet freed the machine's sandbox
+	// and slot: free them now.
+	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused}}); err == nil {
+		for _, rec := range paused {
+			if rec.Slot < 0 {
+				continue
+			}
+			m.logger.InfoContext(ctx, "freeing a paused machine's sandbox and slot", "machine_id", rec.ID)
+			if err := m.release(ctx, rec); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rec.Slot = -1
+			errs = append(errs, m.store.UpdateMachine(ctx, rec))
+		}
+	} else {
+		errs = append(errs, err)
+	}
 	// Uncommitted snapshots first: no machine may point at one afterwards.
 	if pending, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting}}); err == nil {
 		for _, sn := range pending {

@@ -81,6 +81,25 @@ func (d *fakeDriver) Checkpoint(_ context.Context, id, dir string) error {
 	return os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(id), 0o600)
 }
 
+func (d *fakeDriver) Create(_ context.Context, s runtime.Spec) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.failStart != nil {
+		return d.failStart
+	}
+	d.containers[s.ID] = runtime.StatusCreated
+	return nil
+}
+
+// Running answers from the recorded status, as the gvisor driver does
+// from the container's cgroup.
+func (d *fakeDriver) Running(id string) (running, known bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st, ok := d.containers[id]
+	return ok && st != runtime.StatusStopped, true
+}
+
 func (d *fakeDriver) Restore(ctx context.Context, s runtime.Spec, _ string) error {
 	return d.Start(ctx, s)
 }
@@ -118,9 +137,13 @@ func (n *fakeNetwork) Existing() ([]int, error) {
 	return out, nil
 }
 
-type fakeTemplates struct{}
+// fakeTemplates has every template but those marked gone.
+type fakeTemplates struct{ gone map[string]bool }
 
-func (fakeTemplates) Get(_ context.Context, name string) (api.Template, error) {
+func (f fakeTemplates) Get(_ context.Context, name string) (api.Template, error) {
+	if f.gone[name] {
+		return api.Template{}, errors.New("no such template")
+	}
 	return api.Template{Name: name, State: api.TemplateReady}, nil
 }
 func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", nil }
@@ -170,7 +193,7 @@ func TestReconcile(t *testing.T) {
 	mk := func(id, state string, alive bool) *store.Machine {
 		rec := &store.Machine{ID: id, TeamID: "team", State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64,
 			ContainerID: "c-" + id, AgentToken: "x"}
-		if err := db.CreateMachine(ctx, rec, liveStates, 16); err != nil {
+		if err := db.CreateMachine(ctx, rec, 16); err != nil {
 			t.Fatal(err)
 		}
 		n.slots[rec.Slot] = true
@@ -183,6 +206,15 @@ func TestReconcile(t *testing.T) {
 	killing := mk("killing", api.StateKilling, true)
 	dead := mk("dead", api.StateRunning, false)
 	alive := mk("alive", api.StateRunning, true)
+	// A pause that committed before it freed the sandbox and slot.
+	paused := mk("paused", api.StatePaused, true)
+	// A spare of the previous run.
+	sp := &store.Spare{MachineID: "spare", ContainerID: "c-spare", Shape: "{}"}
+	if err := db.CreateSpare(ctx, sp, 16); err != nil {
+		t.Fatal(err)
+	}
+	d.containers[sp.ContainerID] = runtime.StatusCreated
+	n.slots[sp.Slot] = true
 	d.containers["orphan"] = runtime.StatusRunning
 	n.slots[15] = true
 
@@ -198,6 +230,12 @@ func TestReconcile(t *testing.T) {
 		if err != nil || rec.State != state {
 			t.Errorf("machine %s: %+v, %v; want state %s", id, rec, err, state)
 		}
+	}
+	if rec, err := db.GetMachine(ctx, paused.ID); err != nil || rec.State != api.StatePaused || rec.Slot != -1 {
+		t.Errorf("paused machine after reconcile: %+v, %v; want paused without a slot", rec, err)
+	}
+	if spares, err := db.ListSpares(ctx); err != nil || len(spares) != 0 {
+		t.Errorf("spares after reconcile: %v, %v; want none", spares, err)
 	}
 	if len(d.containers) != 1 || d.containers[alive.ContainerID] == "" {
 		t.Errorf("containers after reconcile = %v, want only %s", d.containers, alive.ContainerID)

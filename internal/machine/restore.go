@@ -153,17 +153,47 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 }
 
 // restoreNew stores rec (state resuming), restores sn into it and marks it
-// running. On error nothing of rec is left.
+// running. It restores into a spare of the snapshot's shape when there is
+// one (rec then takes the spare's id, container and slot), and into a new
+// container when there is none or the spare failed (its sandbox may have
+// died just now). On error nothing of rec is left.
 func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec) error {
 	if err := m.checkRestorable(ctx, sn, spec); err != nil {
 		return err
 	}
+	if sp, ok := m.spares.take(ctx, shapeOf(rec.TeamID, spec)); ok {
+		warm := *rec
+		err := m.restoreAs(ctx, &warm, sn, spec, sp)
+		if err == nil {
+			*rec = warm
+			return nil
+		}
+		if errors.Is(err, errdefs.ErrFailedPrecondition) {
+			return err // the snapshot itself is refused: a new container would not help
+		}
+		m.logger.WarnContext(ctx, "restore into a spare failed; restoring into a new container", "snapshot_id", sn.ID, "err", err)
+	}
+	return m.restoreAs(ctx, rec, sn, spec, nil)
+}
+
+// restoreAs is one attempt of restoreNew, into sp if it is not nil.
+func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, sp *spare) error {
+	opts := restoreOpts{}
+	if sp != nil {
+		rec.ID = sp.MachineID
+		opts.net = &sp.net
+	}
 	unlock := m.lock(rec.ID)
 	defer unlock()
-	if err := m.store.CreateMachine(ctx, rec, liveStates, m.net.Slots()); err != nil {
+	if sp != nil {
+		if err := m.store.CreateMachineFromSpare(ctx, rec, sp.Spare); err != nil {
+			m.spares.destroy(ctx, sp)
+			return err
+		}
+	} else if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
 		return err
 	}
-	if err := m.restoreInto(ctx, rec, sn, spec, false); err != nil {
+	if err := m.restoreInto(ctx, rec, sn, spec, opts); err != nil {
 		if uerr := m.undoCreate(ctx, rec); uerr != nil {
 			m.logger.ErrorContext(ctx, "clean up failed restore", "machine_id", rec.ID, "err", uerr)
 		}
@@ -258,7 +288,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	wasPaused := head.State == api.StatePaused
 	prevSnapshot := head.SnapshotID
 	if wasPaused {
-		if err := m.store.AssignSlot(ctx, head, liveStates, m.net.Slots()); err != nil {
+		if err := m.store.AssignSlot(ctx, head, m.net.Slots()); err != nil {
 			return nil, err
 		}
 	}
@@ -277,7 +307,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	if err := m.store.UpdateMachine(ctx, head); err != nil {
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
-	if err := m.restoreInto(ctx, head, sn, spec, true); err != nil {
+	if err := m.restoreInto(ctx, head, sn, spec, restoreOpts{verified: true}); err != nil {
 		return nil, m.restoreFailed(ctx, head, wasPaused, prevSnapshot, err)
 	}
 	head.RestoredFrom = sn.ID
@@ -336,33 +366,47 @@ func (m *Manager) checkRestorable(ctx context.Context, sn *store.Snapshot, spec 
 	if err := snapshot.CheckHost(sn.ID, host, m.cfg.Host); err != nil {
 		return err
 	}
+	return m.checkSpec(ctx, sn.ID, sn.TeamID, spec)
+}
+
+// checkSpec is the part of checkRestorable about what a container is made
+// of: the template (not rebuilt since), the agent binary and the volumes.
+func (m *Manager) checkSpec(ctx context.Context, snapshotID, teamID string, spec savedSpec) error {
 	tmpl, err := m.templates.Get(ctx, spec.Template)
 	if err != nil || tmpl.State != api.TemplateReady {
-		return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: its template %s is gone", spec.Template))
+		return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: its template %s is gone", spec.Template))
 	}
 	if !tmpl.CreatedAt.Equal(spec.TemplateCreated) {
-		return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
+		return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
 			spec.Template, tmpl.CreatedAt.Format(time.RFC3339), spec.TemplateCreated.Format(time.RFC3339)))
 	}
 	if _, err := os.Stat(filepath.Join(spec.AgentDir, "nullspace-agent")); err != nil {
-		return snapshot.Incompatible(sn.ID, "spec: the agent binary it ran is no longer installed")
+		return snapshot.Incompatible(snapshotID, "spec: the agent binary it ran is no longer installed")
 	}
 	for _, v := range spec.Volumes {
-		if _, err := os.Stat(m.volumeDir(sn.TeamID, v.Name)); err != nil {
-			return snapshot.Incompatible(sn.ID, fmt.Sprintf("spec: its volume %s is gone", v.Name))
+		if _, err := os.Stat(m.volumeDir(teamID, v.Name)); err != nil {
+			return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: its volume %s is gone", v.Name))
 		}
 	}
 	return nil
 }
 
+// restoreOpts say what the caller of restoreInto has done already.
+type restoreOpts struct {
+	// verified: the snapshot's checksums were checked.
+	verified bool
+	// net is the network of a spare whose container rec took over.
+	net *NetInfo
+}
+
 // restoreInto restores sn into rec, which holds a network slot and a fresh
-// container id, and gives the restored agent rec's identity. Unless the
-// caller has verified them already, the files' checksums are verified while
-// runsc restores (a corrupt snapshot is reported as such even when runsc
-// fails first). On error the caller releases rec's resources.
-func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, verified bool) error {
+// (or spare) container id, and gives the restored agent rec's identity.
+// Unless the caller has verified them already, the files' checksums are
+// verified while runsc restores (a corrupt snapshot is reported as such even
+// when runsc fails first). On error the caller releases rec's resources.
+func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, opts restoreOpts) error {
 	t0 := time.Now()
-	ni, err := m.setupNetwork(ctx, rec)
+	ni, err := m.setupNetwork(ctx, rec, opts.net)
 	if err != nil {
 		return err
 	}
@@ -375,7 +419,7 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 		return err
 	}
 	verify := make(chan error, 1)
-	if verified {
+	if opts.verified {
 		verify <- nil
 	} else {
 		go func() { verify <- m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)) }()
@@ -411,7 +455,7 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 		}
 	}
 	rec.StartedAt = time.Now().UTC()
-	m.logger.DebugContext(ctx, "machine restored", "machine_id", rec.ID, "snapshot_id", sn.ID, "prepare", t1.Sub(t0),
+	m.logger.DebugContext(ctx, "machine restored", "machine_id", rec.ID, "snapshot_id", sn.ID, "spare", opts.net != nil, "prepare", t1.Sub(t0),
 		"runsc_restore", t2.Sub(t1), "agent", rec.StartedAt.Sub(t2), "clock_skew_ms", res.ClockSkewMS)
 	return nil
 }

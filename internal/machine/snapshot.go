@@ -226,7 +226,6 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	sn.PauseWindowMS = window.Milliseconds()
 
 	// Commit the snapshot and the machine's new state together.
-	held := *rec
 	next := api.StateRunning
 	if stop {
 		next = api.StatePaused
@@ -238,7 +237,6 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	rec.State = next
 	if stop {
 		rec.SnapshotID = sn.ID
-		rec.Slot = -1
 	}
 	if err := m.store.CommitSnapshot(ctx, sn, rec); err != nil {
 		*rec = prev
@@ -246,11 +244,18 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 		return nil, undo(err)
 	}
 	faults.Point(op + ".committed")
+	m.spares.poke() // a restore of this shape may come
 	if stop {
-		// The state is safe: free what the stopped machine held. A failure
-		// here leaves orphans that Reconcile removes, never a lost state.
-		if err := m.release(ctx, &held); err != nil {
+		// The state is safe: free what the stopped machine held, then its
+		// slot (never before its network is gone). A failure here leaves
+		// orphans that Reconcile removes, never a lost state.
+		if err := m.release(ctx, rec); err != nil {
 			log.ErrorContext(ctx, "free paused machine's resources", "err", err)
+		} else {
+			rec.Slot = -1
+			if err := m.store.UpdateMachine(ctx, rec); err != nil {
+				log.ErrorContext(ctx, "free paused machine's slot", "err", err)
+			}
 		}
 		agentclient.SharedHTTPClient().CloseIdleConnections()
 	}

@@ -88,9 +88,14 @@ type Driver interface {
 	// into imageDir and leaves the container as it was (running or frozen):
 	// a failed checkpoint never stops a machine.
 	Checkpoint(ctx context.Context, id, imageDir string) error
-	// Restore starts a new container from a checkpoint in imageDir. spec
-	// must match the checkpointed container's (same mount destinations,
-	// args, cwd); sources, netns, hostname, env and cgroup may differ. On
-	// error nothing is left behind.
+	// Create makes a container without starting anything in it: its sandbox
+	// is up and waits. Restoring into it later skips the sandbox start, the
+	// larger part of a restore's time. On error nothing is left behind.
+	Create(ctx context.Context, spec Spec) error
+	// Restore starts a new container from a checkpoint in imageDir, in the
+	// container spec.ID made by Create if there is one (spec must then be
+	// the one given to Create). spec must match the checkpointed
+	// container's (same mount destinations, args, cwd); sources, netns,
+	// hostname, env and cgroup may differ. On error nothing is left behind.
 	Restore(ctx context.Context, spec Spec, imageDir string) error
 }

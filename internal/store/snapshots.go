@@ -99,9 +99,11 @@ type SnapshotFilter struct {
 	LineageID string
 	Kinds     []string
 	States    []string
+	// Newest, if positive, returns only the newest n snapshots, newest first.
+	Newest int
 }
 
-// ListSnapshots returns snapshots matching f, oldest first.
+// ListSnapshots returns snapshots matching f, oldest first (see Newest).
 func (s *DB) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, error) {
 	var w where
 	w.eq("team_id", f.TeamID)
@@ -109,7 +111,11 @@ func (s *DB) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, 
 	w.eq("lineage_id", f.LineageID)
 	w.in("kind", f.Kinds)
 	w.in("state", f.States)
-	return queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY created_at, id", w.args, scanSnapshot)
+	order := " ORDER BY created_at, id"
+	if f.Newest > 0 {
+		order = fmt.Sprintf(" ORDER BY created_at DESC, id DESC LIMIT %d", f.Newest)
+	}
+	return queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+order, w.args, scanSnapshot)
 }
 
 // DeleteSnapshot removes a snapshot's row.

@@ -96,6 +96,17 @@ var migrations = []string{
 		created_at TEXT NOT NULL,
 		PRIMARY KEY (team_id, name)
 	);`,
+	// 3: containers created ahead of restores (machine.spares). A spare
+	// holds a network slot like a machine. A machine holds its slot until it
+	// has released it (slot -1), whatever its state.
+	`UPDATE machines SET slot = -1 WHERE state IN ('paused', 'killed', 'failed');
+	CREATE TABLE spares (
+		machine_id TEXT PRIMARY KEY,
+		container_id TEXT NOT NULL,
+		slot INTEGER NOT NULL UNIQUE,
+		shape TEXT NOT NULL,
+		created_at TEXT NOT NULL
+	);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -230,19 +241,48 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
-// the lowest network slot that no machine in liveStates holds (slots bounds
-// the pool).
-func (s *DB) CreateMachine(ctx context.Context, m *Machine, liveStates []string, slots int) error {
+// the lowest free network slot (slots bounds the pool).
+func (s *DB) CreateMachine(ctx context.Context, m *Machine, slots int) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("create machine: %w", err)
 	}
 	defer tx.Rollback()
-	slot, err := freeSlot(ctx, tx, liveStates, slots)
+	slot, err := freeSlot(ctx, tx, slots)
 	if err != nil {
 		return err
 	}
 	m.Slot = slot
+	if err := insertMachine(ctx, tx, m); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// CreateMachineFromSpare stores a new machine that takes over a spare: the
+// spare's row goes and the machine gets its id, container and slot, in one
+// transaction. It fails if the spare is gone.
+func (s *DB) CreateMachineFromSpare(ctx context.Context, m *Machine, sp Spare) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create machine: %w", err)
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `DELETE FROM spares WHERE machine_id = ?`, sp.MachineID)
+	if err != nil {
+		return fmt.Errorf("take spare %s: %w", sp.MachineID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("take spare %s: it is gone", sp.MachineID)
+	}
+	m.ID, m.ContainerID, m.Slot = sp.MachineID, sp.ContainerID, sp.Slot
+	if err := insertMachine(ctx, tx, m); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	if m.LineageID == "" {
 		m.LineageID = m.ID
 	}
@@ -254,20 +294,22 @@ func (s *DB) CreateMachine(ctx context.Context, m *Machine, liveStates []string,
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
-	_, err = tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
-	return tx.Commit()
+	return nil
 }
 
-// freeSlot returns the lowest network slot no live machine holds.
-func freeSlot(ctx context.Context, tx *sql.Tx, liveStates []string, slots int) (int, error) {
-	q := `SELECT slot FROM machines WHERE slot >= 0 AND state IN (` + placeholders(len(liveStates)) + `) ORDER BY slot`
-	rows, err := tx.QueryContext(ctx, q, anySlice(liveStates)...)
+// freeSlot returns the lowest slot that no machine and no spare holds. A
+// machine holds its slot until it sets it to -1, which it does only after
+// tearing the slot's network down: a slot is never handed out while the
+// namespace of its previous holder may still be removed.
+func freeSlot(ctx context.Context, tx *sql.Tx, slots int) (int, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT slot FROM machines WHERE slot >= 0 UNION SELECT slot FROM spares ORDER BY slot`)
 	if err != nil {
 		return 0, fmt.Errorf("allocate slot: %w", err)
 	}
@@ -480,13 +522,13 @@ func nonNil(m map[string]string) map[string]string {
 
 // AssignSlot gives an existing machine that holds none (a paused one) the
 // lowest free network slot.
-func (s *DB) AssignSlot(ctx context.Context, m *Machine, liveStates []string, slots int) error {
+func (s *DB) AssignSlot(ctx context.Context, m *Machine, slots int) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("assign slot: %w", err)
 	}
 	defer tx.Rollback()
-	slot, err := freeSlot(ctx, tx, liveStates, slots)
+	slot, err := freeSlot(ctx, tx, slots)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func TestSlotAllocation(t *testing.T) {
 	mk := func(id string) *Machine {
 		m := &Machine{ID: id, TeamID: "t", State: "running", Template: "minimal", CPUCount: 1, MemoryMB: 64,
 			ContainerID: "c" + id, AgentToken: "x", CreatedAt: time.Now()}
-		if err := db.CreateMachine(ctx, m, live, 3); err != nil {
+		if err := db.CreateMachine(ctx, m, 3); err != nil {
 			t.Fatalf("create %s: %v", id, err)
 		}
 		return m
@@ -39,12 +39,20 @@ func TestSlotAllocation(t *testing.T) {
 		}
 	}
 	// The pool is full.
-	err := db.CreateMachine(ctx, &Machine{ID: "d", TeamID: "t", State: "creating", CreatedAt: time.Now()}, live, 3)
+	err := db.CreateMachine(ctx, &Machine{ID: "d", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3)
 	if !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("create in a full pool: %v, want resource exhausted", err)
 	}
-	// A killed machine frees its slot, and the lowest free slot is reused.
+	// A machine holds its slot until it releases it, whatever its state;
+	// then the lowest free slot is reused.
 	b.State = "killed"
+	if err := db.UpdateMachine(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.CreateMachine(ctx, &Machine{ID: "e", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3); !errors.Is(err, errdefs.ErrResourceExhausted) {
+		t.Fatalf("create while a killed machine still holds its slot: %v, want resource exhausted", err)
+	}
+	b.Slot = -1
 	if err := db.UpdateMachine(ctx, b); err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +68,7 @@ func TestMachineRoundTrip(t *testing.T) {
 	in := &Machine{ID: "m", TeamID: "t", State: "creating", Template: "base", CPUCount: 2, MemoryMB: 512,
 		Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, AllowInternet: true,
 		ContainerID: "cid", AgentToken: "tok", CreatedAt: now}
-	if err := db.CreateMachine(ctx, in, live, 10); err != nil {
+	if err := db.CreateMachine(ctx, in, 10); err != nil {
 		t.Fatal(err)
 	}
 	in.State, in.StartedAt = "running", now.Add(time.Second)

@@ -83,9 +83,32 @@ func (c *CLI) RunLogged(ctx context.Context, overlay, logPath string, args ...st
 	cmd := c.Command(ctx, overlay, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, log, log
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("runsc %s: %w: %s", args[0], err, Tail(logPath, 1024))
+		return fmt.Errorf("runsc %s: %w: %s", args[0], err, failure(logPath))
 	}
 	return nil
+}
+
+// failure summarizes why a logged runsc call failed: the end of the log,
+// unless the sandbox panicked, whose message would be lost behind the
+// goroutine dump that follows it.
+func failure(logPath string) string {
+	tail := Tail(logPath, 256<<10)
+	for _, marker := range []string{"\npanic: ", "\nfatal error: "} {
+		if i := strings.LastIndex(tail, marker); i >= 0 {
+			msg := tail[i+1:]
+			if j := strings.Index(msg, "\ngoroutine "); j >= 0 {
+				msg = msg[:j]
+			}
+			if len(msg) > 2048 {
+				msg = msg[:2048]
+			}
+			return strings.TrimSpace(msg) + " (full trace in " + logPath + ")"
+		}
+	}
+	if len(tail) > 1024 {
+		tail = tail[len(tail)-1024:]
+	}
+	return tail
 }
 
 // List returns the ids of the containers under Root; none when the root was

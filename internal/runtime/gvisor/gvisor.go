@@ -119,12 +119,29 @@ func (d *Driver) Checkpoint(ctx context.Context, id, imageDir string) error {
 	return nil
 }
 
-// Restore writes the bundle and restores the container detached. --direct
-// reads the page file with O_DIRECT, which halves the restore time of a
-// large image (no double copy through the page cache).
-func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, imageDir string) error {
+// Create writes the bundle and runs `runsc create`: the sandbox and gofer
+// start and wait for a start or a restore. The sandbox inherits the console
+// log as its stdio, as in Start.
+func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 	if err := d.writeBundle(spec); err != nil {
 		return err
+	}
+	if err := d.cli.RunLogged(ctx, "root:dir="+overlayDir(spec.Dir), ConsoleLog(spec.Dir), "create", "--bundle="+bundleDir(spec.Dir), spec.ID); err != nil {
+		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
+		return errors.Join(fmt.Errorf("create container %s: %w", spec.ID, err), cleanupErr)
+	}
+	return nil
+}
+
+// Restore restores the container detached: into the container Create made,
+// whose bundle is already written and whose sandbox is up, or else into a
+// new one. --direct reads the page file with O_DIRECT, which halves the
+// restore time of a large image (no double copy through the page cache).
+func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, imageDir string) error {
+	if _, err := os.Stat(filepath.Join(bundleDir(spec.Dir), "config.json")); err != nil {
+		if err := d.writeBundle(spec); err != nil {
+			return err
+		}
 	}
 	err := d.cli.RunLogged(ctx, "root:dir="+overlayDir(spec.Dir), ConsoleLog(spec.Dir),
 		"restore", "--detach", "--direct", "--image-path="+imageDir, "--bundle="+bundleDir(spec.Dir), spec.ID)

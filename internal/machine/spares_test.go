@@ -1,0 +1,197 @@
+package machine
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// newSpareManager is a test manager with a pool of max spares and an
+// installed agent binary (shapes need one).
+func newSpareManager(t *testing.T, max int) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+	t.Helper()
+	m, d, n, db := newTestManager(t)
+	if err := os.WriteFile(filepath.Join(m.cfg.AgentDir, "nullspace-agent"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m.spares = newSpares(m, max)
+	return m, d, n, db
+}
+
+func addRunning(t *testing.T, db *store.DB, id, template string, created time.Time) {
+	t.Helper()
+	rec := &store.Machine{ID: id, TeamID: "team", State: api.StateRunning, Template: template, CPUCount: 1,
+		MemoryMB: 64, ContainerID: "c-" + id, AgentToken: "x", CreatedAt: created}
+	if err := db.CreateMachine(t.Context(), rec, 16); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func addSnapshot(t *testing.T, m *Manager, db *store.DB, id, template string, created time.Time) {
+	t.Helper()
+	spec, _ := json.Marshal(savedSpec{Template: template, CPUCount: 1, MemoryMB: 64, AgentDir: m.cfg.AgentDir})
+	sn := &store.Snapshot{ID: id, TeamID: "team", Kind: api.SnapshotHibernate, State: store.SnapshotReady, MachineID: "x",
+		LineageID: "x", Template: template, CreatedAt: created, Spec: spec}
+	if err := db.CreateSnapshot(t.Context(), sn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func templatesOf(shapes []shape) []string {
+	var out []string
+	for _, s := range shapes {
+		out = append(out, s.Template)
+	}
+	return out
+}
+
+// TestSparesWanted: the pool wants the distinct usable shapes of running
+// machines and snapshots, most recent first, in turn up to its budget.
+func TestSparesWanted(t *testing.T) {
+	now := time.Now().UTC()
+	for _, tc := range []struct {
+		name    string
+		max     int
+		running map[string]time.Duration // template: age
+		snaps   map[string]time.Duration
+		gone    []string
+		want    []string
+	}{
+		{name: "nothing", max: 2, want: nil},
+		{name: "one shape fills the budget", max: 3, running: map[string]time.Duration{"a": time.Minute}, want: []string{"a", "a", "a"}},
+		{name: "newest first, in turn", max: 3,
+			running: map[string]time.Duration{"old": time.Hour},
+			snaps:   map[string]time.Duration{"new": time.Second, "mid": time.Minute},
+			want:    []string{"new", "mid", "old"}},
+		{name: "budget cuts the oldest", max: 2,
+			running: map[string]time.Duration{"old": time.Hour, "new": time.Second},
+			snaps:   map[string]time.Duration{"mid": time.Minute},
+			want:    []string{"new", "mid"}},
+		{name: "a shape counts once", max: 4,
+			running: map[string]time.Duration{"a": time.Second},
+			snaps:   map[string]time.Duration{"a": time.Minute, "b": time.Hour},
+			want:    []string{"a", "b", "a", "b"}},
+		{name: "a removed template is skipped", max: 2,
+			running: map[string]time.Duration{"a": time.Second},
+			snaps:   map[string]time.Duration{"b": time.Minute},
+			gone:    []string{"a"},
+			want:    []string{"b", "b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, _, _, db := newSpareManager(t, tc.max)
+			i := 0
+			for tmpl, age := range tc.running {
+				i++
+				addRunning(t, db, "m"+string(rune('0'+i)), tmpl, now.Add(-age))
+			}
+			for tmpl, age := range tc.snaps {
+				i++
+				addSnapshot(t, m, db, "s"+string(rune('0'+i)), tmpl, now.Add(-age))
+			}
+			gone := map[string]bool{}
+			for _, g := range tc.gone {
+				gone[g] = true
+			}
+			m.templates = fakeTemplates{gone: gone}
+			got, err := m.spares.wanted(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g := templatesOf(got); !equalStrings(g, tc.want) {
+				t.Fatalf("wanted %v, want %v", g, tc.want)
+			}
+		})
+	}
+}
+
+func equalStrings(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestSparesFillTakeDrain: fill makes created containers with their own
+// slots and rows; take hands one out (and skips a dead one); a shape no
+// longer wanted loses its spares; drain leaves nothing.
+func TestSparesFillTakeDrain(t *testing.T) {
+	ctx := t.Context()
+	m, d, n, db := newSpareManager(t, 2)
+	addRunning(t, db, "a", "minimal", time.Now())
+	m.spares.fill(ctx)
+
+	idle := m.Spares()
+	if len(idle) != 2 {
+		t.Fatalf("spares after fill = %+v, want 2", idle)
+	}
+	rows, _ := db.ListSpares(ctx)
+	if len(rows) != 2 {
+		t.Fatalf("spare rows = %+v, want 2", rows)
+	}
+	for _, sp := range idle {
+		if d.containers[sp.ContainerID] != runtime.StatusCreated || !n.slots[sp.Slot] {
+			t.Fatalf("spare %+v: container %q, slot set up %v", sp, d.containers[sp.ContainerID], n.slots[sp.Slot])
+		}
+		if sp.Slot == 0 {
+			t.Fatalf("spare %+v took the running machine's slot", sp)
+		}
+	}
+
+	// A dead spare is skipped and removed; the live one is handed out.
+	rec, _ := db.GetMachine(ctx, "a")
+	spec, err := m.savedSpecOf(ctx, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := idle[0]
+	for _, sp := range m.spares.idle[shapeOf("team", spec).key()] {
+		if sp.MachineID == dead.MachineID {
+			d.containers[sp.ContainerID] = runtime.StatusStopped
+		}
+	}
+	got, ok := m.spares.take(ctx, shapeOf("team", spec))
+	if !ok || got.MachineID == dead.MachineID {
+		t.Fatalf("take = %+v, %v; want the live spare", got, ok)
+	}
+	if _, ok := d.containers[dead.ContainerID]; ok || n.slots[dead.Slot] {
+		t.Fatalf("dead spare %+v was not removed", dead)
+	}
+	if _, ok := m.spares.take(ctx, shapeOf("team", spec)); ok {
+		t.Fatal("took a third spare from a pool of two")
+	}
+	m.spares.destroy(ctx, got)
+
+	// The machine's template is removed: its shape is no longer wanted.
+	m.spares.fill(ctx)
+	if len(m.Spares()) != 2 {
+		t.Fatalf("pool not refilled: %+v", m.Spares())
+	}
+	m.templates = fakeTemplates{gone: map[string]bool{"minimal": true}}
+	m.spares.fill(ctx)
+	if len(m.Spares()) != 0 {
+		t.Fatalf("spares of an unwanted shape kept: %+v", m.Spares())
+	}
+
+	m.templates = fakeTemplates{}
+	m.spares.fill(ctx)
+	m.spares.drain(ctx)
+	rows, _ = db.ListSpares(ctx)
+	if len(m.Spares()) != 0 || len(rows) != 0 || len(d.containers) != 0 || len(n.slots) != 0 {
+		t.Fatalf("after drain: spares %v, rows %v, containers %v, slots %v", m.Spares(), rows, d.containers, n.slots)
+	}
+	entries, _ := os.ReadDir(filepath.Join(m.cfg.DataDir, "machines"))
+	if len(entries) != 0 {
+		t.Fatalf("spare dirs left: %v", entries)
+	}
+}

@@ -1,0 +1,63 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Spare is a container created ahead of a restore (see machine.spares): it
+// holds a machine id chosen in advance, a container id and a network slot.
+// Shape is the opaque key of the restores it can serve.
+type Spare struct {
+	MachineID   string
+	ContainerID string
+	Slot        int
+	Shape       string
+	CreatedAt   time.Time
+}
+
+// CreateSpare stores a spare and gives it, in the same transaction, the
+// lowest free network slot (as CreateMachine does).
+func (s *DB) CreateSpare(ctx context.Context, sp *Spare, slots int) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("create spare: %w", err)
+	}
+	defer tx.Rollback()
+	slot, err := freeSlot(ctx, tx, slots)
+	if err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at) VALUES (?,?,?,?,?)`,
+		sp.MachineID, sp.ContainerID, slot, sp.Shape, formatTime(sp.CreatedAt)); err != nil {
+		return fmt.Errorf("insert spare %s: %w", sp.MachineID, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	sp.Slot = slot
+	return nil
+}
+
+// DeleteSpare removes a spare's row; deleting a missing spare is not an error.
+func (s *DB) DeleteSpare(ctx context.Context, machineID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM spares WHERE machine_id = ?`, machineID); err != nil {
+		return fmt.Errorf("delete spare %s: %w", machineID, err)
+	}
+	return nil
+}
+
+// ListSpares returns every spare, oldest first.
+func (s *DB) ListSpares(ctx context.Context) ([]*Spare, error) {
+	return queryAll(ctx, s.db, "list spares", `SELECT machine_id, container_id, slot, shape, created_at FROM spares ORDER BY created_at, machine_id`, nil,
+		func(r scanner) (*Spare, error) {
+			var sp Spare
+			var created string
+			if err := r.Scan(&sp.MachineID, &sp.ContainerID, &sp.Slot, &sp.Shape, &created); err != nil {
+				return nil, err
+			}
+			sp.CreatedAt = parseTime(created)
+			return &sp, nil
+		})
+}
