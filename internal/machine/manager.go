@@ -344,7 +344,6 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	log.InfoContext(ctx, "machine running", "template", rec.Template, "ip", m.guestIP(rec))
-	m.spares.poke() // a new shape may want spares
 	return rec, nil
 }
 

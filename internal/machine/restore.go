@@ -199,6 +199,7 @@ func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.S
 		}
 		return err
 	}
+	m.spares.used(rec.TeamID, spec)
 	return m.setState(ctx, rec, api.StateRunning)
 }
 

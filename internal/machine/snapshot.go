@@ -244,7 +244,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 		return nil, undo(err)
 	}
 	faults.Point(op + ".committed")
-	m.spares.poke() // a restore of this shape may come
+	m.spares.used(rec.TeamID, spec) // a restore of this shape may come
 	if stop {
 		// The state is safe: free what the stopped machine held, then its
 		// slot (never before its network is gone). A failure here leaves

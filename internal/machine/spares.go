@@ -25,9 +25,10 @@ import (
 // container otherwise; the in-place restore of a checkpoint keeps its
 // machine's id and never uses one.
 //
-// Which shapes: those of the running machines and the newest snapshots,
-// most recent first (the machines most likely to be paused and resumed, or
-// forked, next), one spare each in turn until the budget is spent. A spare costs ~16 MiB (sandbox and gofer waiting) and one network
+// Which shapes: those of the newest snapshots and of the machines
+// checkpointed or restored in the last minutes, most recent first (the
+// likeliest to be resumed or forked next), one spare each in turn until
+// the budget is spent. A spare costs ~16 MiB (sandbox and gofer waiting) and one network
 // slot. Spares do not outlive the server: Shutdown removes them, and after
 // a crash Reconcile drops their rows so that the orphan sweep removes them.
 type spares struct {
@@ -35,8 +36,9 @@ type spares struct {
 	max  int
 	wake chan struct{}
 
-	mu   sync.Mutex
-	idle map[string][]*spare // by shape key
+	mu     sync.Mutex
+	idle   map[string][]*spare    // by shape key
+	recent map[string]recentShape // shapes lately checkpointed or restored, by key
 }
 
 // spare is a created container waiting for a restore.
@@ -72,7 +74,7 @@ func (s shape) key() string {
 const newestSnapshots = 32
 
 func newSpares(m *Manager, max int) *spares {
-	return &spares{m: m, max: max, wake: make(chan struct{}, 1), idle: map[string][]*spare{}}
+	return &spares{m: m, max: max, wake: make(chan struct{}, 1), idle: map[string][]*spare{}, recent: map[string]recentShape{}}
 }
 
 // refillDelay is how long the pool waits before it catches up after a
@@ -182,7 +184,9 @@ func (p *spares) fill(ctx context.Context) {
 		}
 		sp, err := p.create(ctx, shapes[key])
 		if err != nil {
-			p.m.logger.WarnContext(ctx, "spares: create", "template", sh.Template, "err", err)
+			if ctx.Err() == nil {
+				p.m.logger.WarnContext(ctx, "spares: create", "template", sh.Template, "err", err)
+			}
 			return // try again on the next poke or tick
 		}
 		need[key]--
@@ -192,32 +196,52 @@ func (p *spares) fill(ctx context.Context) {
 	}
 }
 
+// recentUse is how long a shape stays wanted after a machine of it was
+// paused, snapshotted or restored, even if its snapshots are gone.
+const recentUse = 15 * time.Minute
+
+// used records that a machine of spec's shape was checkpointed or
+// restored: more restores of the shape are likely.
+func (p *spares) used(teamID string, spec savedSpec) {
+	if p.max <= 0 {
+		return
+	}
+	sh := shapeOf(teamID, spec)
+	p.mu.Lock()
+	p.recent[sh.key()] = recentShape{at: time.Now(), sh: sh, spec: spec}
+	p.mu.Unlock()
+	p.poke()
+}
+
+type recentShape struct {
+	at   time.Time
+	sh   shape
+	spec savedSpec
+}
+
 // wanted returns the shapes the pool should hold, one entry per spare: the
-// distinct usable shapes of the running machines (any may be paused and
-// resumed) and of the newest snapshots, most recent first, taken in turn.
+// distinct usable shapes of the newest snapshots and of the machines
+// recently checkpointed or restored, most recent first, taken in turn.
+// Running machines alone do not count: a pool that followed every create
+// would spend a `runsc create` on each, mostly for nothing.
 func (p *spares) wanted(ctx context.Context) ([]shape, error) {
-	type use struct {
-		at   time.Time
-		sh   shape
-		spec savedSpec
-	}
-	var uses []use
-	running, err := p.m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
-	if err != nil {
-		return nil, err
-	}
-	for _, rec := range running {
-		if spec, err := p.m.savedSpecOf(ctx, rec); err == nil {
-			uses = append(uses, use{rec.CreatedAt, shapeOf(rec.TeamID, spec), spec})
+	var uses []recentShape
+	p.mu.Lock()
+	for key, r := range p.recent {
+		if time.Since(r.at) > recentUse {
+			delete(p.recent, key)
+			continue
 		}
+		uses = append(uses, r)
 	}
+	p.mu.Unlock()
 	snaps, err := p.m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotReady}, Newest: newestSnapshots})
 	if err != nil {
 		return nil, err
 	}
 	for _, sn := range snaps {
 		if spec, err := decodeSpec(sn); err == nil {
-			uses = append(uses, use{sn.CreatedAt, shapeOf(sn.TeamID, spec), spec})
+			uses = append(uses, recentShape{sn.CreatedAt, shapeOf(sn.TeamID, spec), spec})
 		}
 	}
 	sort.SliceStable(uses, func(i, j int) bool { return uses[i].at.After(uses[j].at) })

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -33,9 +34,21 @@ func addRunning(t *testing.T, db *store.DB, id, template string, created time.Ti
 	}
 }
 
+func specOf(m *Manager, template string) savedSpec {
+	return savedSpec{Template: template, CPUCount: 1, MemoryMB: 64, AgentDir: m.cfg.AgentDir}
+}
+
+// addUse records that a machine of template's shape was checkpointed or
+// restored age ago.
+func addUse(m *Manager, template string, age time.Duration) {
+	spec := specOf(m, template)
+	sh := shapeOf("team", spec)
+	m.spares.recent[sh.key()] = recentShape{at: time.Now().Add(-age), sh: sh, spec: spec}
+}
+
 func addSnapshot(t *testing.T, m *Manager, db *store.DB, id, template string, created time.Time) {
 	t.Helper()
-	spec, _ := json.Marshal(savedSpec{Template: template, CPUCount: 1, MemoryMB: 64, AgentDir: m.cfg.AgentDir})
+	spec, _ := json.Marshal(specOf(m, template))
 	sn := &store.Snapshot{ID: id, TeamID: "team", Kind: api.SnapshotHibernate, State: store.SnapshotReady, MachineID: "x",
 		LineageID: "x", Template: template, CreatedAt: created, Spec: spec}
 	if err := db.CreateSnapshot(t.Context(), sn); err != nil {
@@ -51,48 +64,56 @@ func templatesOf(shapes []shape) []string {
 	return out
 }
 
-// TestSparesWanted: the pool wants the distinct usable shapes of running
-// machines and snapshots, most recent first, in turn up to its budget.
+// TestSparesWanted: the pool wants the distinct usable shapes of the
+// newest snapshots and of recent checkpoints and restores, most recent
+// first, in turn up to its budget; a running machine alone wants nothing.
 func TestSparesWanted(t *testing.T) {
 	now := time.Now().UTC()
 	for _, tc := range []struct {
 		name    string
 		max     int
-		running map[string]time.Duration // template: age
+		running []string
+		used    map[string]time.Duration // template: age
 		snaps   map[string]time.Duration
 		gone    []string
 		want    []string
 	}{
 		{name: "nothing", max: 2, want: nil},
-		{name: "one shape fills the budget", max: 3, running: map[string]time.Duration{"a": time.Minute}, want: []string{"a", "a", "a"}},
+		{name: "running machines alone want nothing", max: 2, running: []string{"a"}, want: nil},
+		{name: "one shape fills the budget", max: 3, used: map[string]time.Duration{"a": time.Minute}, want: []string{"a", "a", "a"}},
 		{name: "newest first, in turn", max: 3,
-			running: map[string]time.Duration{"old": time.Hour},
-			snaps:   map[string]time.Duration{"new": time.Second, "mid": time.Minute},
-			want:    []string{"new", "mid", "old"}},
+			used:  map[string]time.Duration{"old": time.Hour / 8},
+			snaps: map[string]time.Duration{"new": time.Second, "mid": time.Minute},
+			want:  []string{"new", "mid", "old"}},
 		{name: "budget cuts the oldest", max: 2,
-			running: map[string]time.Duration{"old": time.Hour, "new": time.Second},
-			snaps:   map[string]time.Duration{"mid": time.Minute},
-			want:    []string{"new", "mid"}},
+			used:  map[string]time.Duration{"old": 5 * time.Minute, "new": time.Second},
+			snaps: map[string]time.Duration{"mid": time.Minute},
+			want:  []string{"new", "mid"}},
+		{name: "a use is forgotten after a while", max: 2,
+			used: map[string]time.Duration{"stale": recentUse + time.Minute},
+			want: nil},
 		{name: "a shape counts once", max: 4,
-			running: map[string]time.Duration{"a": time.Second},
-			snaps:   map[string]time.Duration{"a": time.Minute, "b": time.Hour},
-			want:    []string{"a", "b", "a", "b"}},
+			used:  map[string]time.Duration{"a": time.Second},
+			snaps: map[string]time.Duration{"a": time.Minute, "b": time.Hour},
+			want:  []string{"a", "b", "a", "b"}},
 		{name: "a removed template is skipped", max: 2,
-			running: map[string]time.Duration{"a": time.Second},
-			snaps:   map[string]time.Duration{"b": time.Minute},
-			gone:    []string{"a"},
-			want:    []string{"b", "b"}},
+			used:  map[string]time.Duration{"a": time.Second},
+			snaps: map[string]time.Duration{"b": time.Minute},
+			gone:  []string{"a"},
+			want:  []string{"b", "b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, _, _, db := newSpareManager(t, tc.max)
-			i := 0
-			for tmpl, age := range tc.running {
-				i++
-				addRunning(t, db, "m"+string(rune('0'+i)), tmpl, now.Add(-age))
+			for i, tmpl := range tc.running {
+				addRunning(t, db, fmt.Sprintf("m%d", i), tmpl, now)
 			}
+			for tmpl, age := range tc.used {
+				addUse(m, tmpl, age)
+			}
+			i := 0
 			for tmpl, age := range tc.snaps {
 				i++
-				addSnapshot(t, m, db, "s"+string(rune('0'+i)), tmpl, now.Add(-age))
+				addSnapshot(t, m, db, fmt.Sprintf("s%d", i), tmpl, now.Add(-age))
 			}
 			gone := map[string]bool{}
 			for _, g := range tc.gone {
@@ -129,6 +150,8 @@ func TestSparesFillTakeDrain(t *testing.T) {
 	ctx := t.Context()
 	m, d, n, db := newSpareManager(t, 2)
 	addRunning(t, db, "a", "minimal", time.Now())
+	spec := specOf(m, "minimal")
+	m.spares.used("team", spec)
 	m.spares.fill(ctx)
 
 	idle := m.Spares()
@@ -149,11 +172,6 @@ func TestSparesFillTakeDrain(t *testing.T) {
 	}
 
 	// A dead spare is skipped and removed; the live one is handed out.
-	rec, _ := db.GetMachine(ctx, "a")
-	spec, err := m.savedSpecOf(ctx, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dead := idle[0]
 	for _, sp := range m.spares.idle[shapeOf("team", spec).key()] {
 		if sp.MachineID == dead.MachineID {
