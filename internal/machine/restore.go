@@ -168,6 +168,7 @@ func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.
 			*rec = warm
 			return nil
 		}
+		m.spares.poke() // the spare is gone
 		if errors.Is(err, errdefs.ErrFailedPrecondition) {
 			return err // the snapshot itself is refused: a new container would not help
 		}
@@ -406,6 +407,8 @@ type restoreOpts struct {
 // verified while runsc restores (a corrupt snapshot is reported as such even
 // when runsc fails first). On error the caller releases rec's resources.
 func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, opts restoreOpts) error {
+	m.spares.restoreStarted()
+	defer m.spares.restoreDone()
 	t0 := time.Now()
 	ni, err := m.setupNetwork(ctx, rec, opts.net)
 	if err != nil {

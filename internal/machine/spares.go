@@ -14,10 +14,10 @@ import (
 
 // Spares are containers created ahead of restores.
 //
-// Most of a restore into a fresh container is spent starting its sandbox:
+// Much of a restore into a fresh container is spent starting its sandbox:
 // on the 2-core development host `runsc restore` of an idle machine takes
-// ~125 ms into a new container and ~50 ms into one `runsc create` made
-// beforehand. So the manager keeps up to Config.Spares such containers, each
+// ~140 ms into a new container and ~75 ms into one `runsc create` made
+// beforehand (docs/benchmarks.md). So the manager keeps up to Config.Spares such containers, each
 // made for one shape of restore (what a container's spec fixes at create:
 // template, resources, agent binary, volumes) under a machine id and a
 // network slot chosen in advance. Resume and create-from-snapshot take a
@@ -28,9 +28,10 @@ import (
 // Which shapes: those of the newest snapshots and of the machines
 // checkpointed or restored in the last minutes, most recent first (the
 // likeliest to be resumed or forked next), one spare each in turn until
-// the budget is spent. A spare costs ~16 MiB (sandbox and gofer waiting) and one network
-// slot. Spares do not outlive the server: Shutdown removes them, and after
-// a crash Reconcile drops their rows so that the orphan sweep removes them.
+// the budget is spent. A spare costs ~16 MiB (sandbox and gofer waiting)
+// and one network slot. Spares do not outlive the server: Shutdown removes
+// them, and after a crash Reconcile drops their rows so that the orphan
+// sweep removes them.
 type spares struct {
 	m    *Manager
 	max  int
@@ -39,6 +40,11 @@ type spares struct {
 	mu     sync.Mutex
 	idle   map[string][]*spare    // by shape key
 	recent map[string]recentShape // shapes lately checkpointed or restored, by key
+	// restoring counts the restores under way and lastRestore is when the
+	// last one ended: spares are made only when the server is not
+	// restoring (see quiet).
+	restoring   int
+	lastRestore time.Time
 }
 
 // spare is a created container waiting for a restore.
@@ -78,9 +84,10 @@ func newSpares(m *Manager, max int) *spares {
 }
 
 // refillDelay is how long the pool waits before it catches up after a
-// change. Making a spare is a `runsc create`, ~70 ms of work on both cores
-// of a small host: it must not run during the restore that took a spare,
-// the client's first calls to the restored machine, or the rest of a pause.
+// change, and how long after a restore. Making a spare is a `runsc create`,
+// ~70 ms of work on both cores of a small host: it must not run during a
+// restore, the client's first calls to a restored machine, or the rest of
+// a pause.
 const refillDelay = 300 * time.Millisecond
 
 // poke asks the pool to catch up soon (a spare was taken, snapshots
@@ -95,12 +102,14 @@ func (p *spares) poke() {
 }
 
 // take returns a spare of the shape, if one is idle and its sandbox lives.
+// The pool is not refilled at once: the caller's restore would compete with
+// the refill for the CPU. A successful restore calls used, which refills it
+// after refillDelay; a failed one calls poke.
 func (p *spares) take(ctx context.Context, sh shape) (*spare, bool) {
 	if p.max <= 0 {
 		return nil, false
 	}
 	key := sh.key()
-	defer p.poke()
 	for {
 		p.mu.Lock()
 		list := p.idle[key]
@@ -116,6 +125,7 @@ func (p *spares) take(ctx context.Context, sh shape) (*spare, bool) {
 		}
 		p.m.logger.WarnContext(ctx, "spare container died; removing it", "container", sp.ContainerID)
 		p.destroy(ctx, sp)
+		p.poke()
 	}
 }
 
@@ -126,6 +136,41 @@ func (p *spares) alive(sp *spare) bool {
 		}
 	}
 	return true
+}
+
+// restoreStarted and restoreDone bracket every restore.
+func (p *spares) restoreStarted() {
+	p.mu.Lock()
+	p.restoring++
+	p.mu.Unlock()
+}
+
+func (p *spares) restoreDone() {
+	p.mu.Lock()
+	p.restoring--
+	p.lastRestore = time.Now()
+	p.mu.Unlock()
+}
+
+// quiet waits until no restore is under way or has ended in the last
+// refillDelay. It returns false if ctx ends first.
+func (p *spares) quiet(ctx context.Context) bool {
+	for {
+		p.mu.Lock()
+		wait := refillDelay - time.Since(p.lastRestore)
+		if p.restoring > 0 {
+			wait = refillDelay
+		}
+		p.mu.Unlock()
+		if wait <= 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
+	}
 }
 
 // run keeps the pool filled until ctx ends, then removes the idle spares.
@@ -179,7 +224,7 @@ func (p *spares) fill(ctx context.Context) {
 		if need[key] <= 0 {
 			continue
 		}
-		if ctx.Err() != nil {
+		if !p.quiet(ctx) {
 			return
 		}
 		sp, err := p.create(ctx, shapes[key])

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -211,5 +212,28 @@ func TestSparesFillTakeDrain(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(m.cfg.DataDir, "machines"))
 	if len(entries) != 0 {
 		t.Fatalf("spare dirs left: %v", entries)
+	}
+}
+
+// TestSparesWaitForRestores: no spare is made while a restore runs, nor
+// within refillDelay after it: a `runsc create` would slow it down.
+func TestSparesWaitForRestores(t *testing.T) {
+	m, d, _, _ := newSpareManager(t, 1)
+	m.spares.used("team", specOf(m, "minimal"))
+	m.spares.restoreStarted()
+	ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	m.spares.fill(ctx)
+	cancel()
+	if len(m.Spares()) != 0 || len(d.containers) != 0 {
+		t.Fatalf("a spare was made during a restore: %+v", m.Spares())
+	}
+	m.spares.restoreDone()
+	start := time.Now()
+	m.spares.fill(t.Context())
+	if len(m.Spares()) != 1 {
+		t.Fatalf("spares after the restore = %+v, want 1", m.Spares())
+	}
+	if waited := time.Since(start); waited < refillDelay/2 {
+		t.Fatalf("the spare was made %v after the restore ended, want about %v", waited, refillDelay)
 	}
 }
