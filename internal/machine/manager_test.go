@@ -24,12 +24,20 @@ type fakeDriver struct {
 }
 
 func (d *fakeDriver) Start(_ context.Context, s runtime.Spec) error {
+	return d.add(s.ID, runtime.StatusRunning)
+}
+
+func (d *fakeDriver) Create(_ context.Context, s runtime.Spec) error {
+	return d.add(s.ID, runtime.StatusCreated)
+}
+
+func (d *fakeDriver) add(id string, st runtime.Status) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failStart != nil {
 		return d.failStart
 	}
-	d.containers[s.ID] = runtime.StatusRunning
+	d.containers[id] = st
 	return nil
 }
 
@@ -79,16 +87,6 @@ func (d *fakeDriver) setStatus(id string, st runtime.Status) error {
 
 func (d *fakeDriver) Checkpoint(_ context.Context, id, dir string) error {
 	return os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(id), 0o600)
-}
-
-func (d *fakeDriver) Create(_ context.Context, s runtime.Spec) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.failStart != nil {
-		return d.failStart
-	}
-	d.containers[s.ID] = runtime.StatusCreated
-	return nil
 }
 
 // Running answers from the recorded status, as the gvisor driver does

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -20,24 +21,14 @@ type Spare struct {
 // CreateSpare stores a spare and gives it, in the same transaction, the
 // lowest free network slot (as CreateMachine does).
 func (s *DB) CreateSpare(ctx context.Context, sp *Spare, slots int) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("create spare: %w", err)
-	}
-	defer tx.Rollback()
-	slot, err := freeSlot(ctx, tx, slots)
-	if err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at) VALUES (?,?,?,?,?)`,
-		sp.MachineID, sp.ContainerID, slot, sp.Shape, formatTime(sp.CreatedAt)); err != nil {
-		return fmt.Errorf("insert spare %s: %w", sp.MachineID, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	sp.Slot = slot
-	return nil
+	return s.withFreeSlot(ctx, "create spare "+sp.MachineID, slots, func(tx *sql.Tx, slot int) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at) VALUES (?,?,?,?,?)`,
+			sp.MachineID, sp.ContainerID, slot, sp.Shape, formatTime(sp.CreatedAt)); err != nil {
+			return fmt.Errorf("insert spare %s: %w", sp.MachineID, err)
+		}
+		sp.Slot = slot
+		return nil
+	})
 }
 
 // DeleteSpare removes a spare's row; deleting a missing spare is not an error.

@@ -243,17 +243,25 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
 func (s *DB) CreateMachine(ctx context.Context, m *Machine, slots int) error {
+	return s.withFreeSlot(ctx, "create machine "+m.ID, slots, func(tx *sql.Tx, slot int) error {
+		m.Slot = slot
+		return insertMachine(ctx, tx, m)
+	})
+}
+
+// withFreeSlot runs fn with the lowest free network slot in the
+// transaction that takes it (slots bounds the pool).
+func (s *DB) withFreeSlot(ctx context.Context, what string, slots int, fn func(tx *sql.Tx, slot int) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("create machine: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer tx.Rollback()
 	slot, err := freeSlot(ctx, tx, slots)
 	if err != nil {
 		return err
 	}
-	m.Slot = slot
-	if err := insertMachine(ctx, tx, m); err != nil {
+	if err := fn(tx, slot); err != nil {
 		return err
 	}
 	return tx.Commit()
@@ -523,21 +531,11 @@ func nonNil(m map[string]string) map[string]string {
 // AssignSlot gives an existing machine that holds none (a paused one) the
 // lowest free network slot.
 func (s *DB) AssignSlot(ctx context.Context, m *Machine, slots int) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("assign slot: %w", err)
-	}
-	defer tx.Rollback()
-	slot, err := freeSlot(ctx, tx, slots)
-	if err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE machines SET slot=? WHERE id=?`, slot, m.ID); err != nil {
-		return fmt.Errorf("assign slot to %s: %w", m.ID, err)
-	}
-	if err := tx.Commit(); err != nil {
-		return err
-	}
-	m.Slot = slot
-	return nil
+	return s.withFreeSlot(ctx, "assign slot to "+m.ID, slots, func(tx *sql.Tx, slot int) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE machines SET slot=? WHERE id=?`, slot, m.ID); err != nil {
+			return fmt.Errorf("assign slot to %s: %w", m.ID, err)
+		}
+		m.Slot = slot
+		return nil
+	})
 }
