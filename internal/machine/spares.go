@@ -90,8 +90,8 @@ func newSpares(m *Manager, max int) *spares {
 // a pause.
 const refillDelay = 300 * time.Millisecond
 
-// poke asks the pool to catch up soon (a spare was taken, snapshots
-// changed).
+// poke asks the pool to catch up soon (a shape was used, a snapshot was
+// deleted, a spare was lost).
 func (p *spares) poke() {
 	time.AfterFunc(refillDelay, func() {
 		select {
@@ -152,9 +152,14 @@ func (p *spares) restoreDone() {
 	p.mu.Unlock()
 }
 
+// maxQuietWait bounds quiet: on a server that restores without a pause,
+// spares are still made (they make the next restores faster).
+var maxQuietWait = 3 * time.Second
+
 // quiet waits until no restore is under way or has ended in the last
-// refillDelay. It returns false if ctx ends first.
+// refillDelay, or for maxQuietWait. It returns false if ctx ends first.
 func (p *spares) quiet(ctx context.Context) bool {
+	deadline := time.Now().Add(maxQuietWait)
 	for {
 		p.mu.Lock()
 		wait := refillDelay - time.Since(p.lastRestore)
@@ -162,9 +167,10 @@ func (p *spares) quiet(ctx context.Context) bool {
 			wait = refillDelay
 		}
 		p.mu.Unlock()
-		if wait <= 0 {
+		if wait <= 0 || time.Now().After(deadline) {
 			return true
 		}
+		wait = min(wait, time.Until(deadline)+time.Millisecond)
 		select {
 		case <-ctx.Done():
 			return false

@@ -237,3 +237,17 @@ func TestSparesWaitForRestores(t *testing.T) {
 		t.Fatalf("the spare was made %v after the restore ended, want about %v", waited, refillDelay)
 	}
 }
+
+// TestSparesUnderSustainedRestores: a server that never stops restoring
+// still gets its spares, after maxQuietWait.
+func TestSparesUnderSustainedRestores(t *testing.T) {
+	defer func(d time.Duration) { maxQuietWait = d }(maxQuietWait)
+	maxQuietWait = 200 * time.Millisecond
+	m, _, _, _ := newSpareManager(t, 1)
+	m.spares.used("team", specOf(m, "minimal"))
+	m.spares.restoreStarted() // and never done
+	m.spares.fill(t.Context())
+	if len(m.Spares()) != 1 {
+		t.Fatalf("spares under sustained restores = %+v, want 1", m.Spares())
+	}
+}
