@@ -60,6 +60,46 @@ type CreateMachineRequest struct {
 	Volumes []VolumeMount `json:"volumes,omitempty"`
 	// Hooks run inside the machine around pauses and restores.
 	Hooks *Hooks `json:"hooks,omitempty"`
+	// TimeoutMS is the machine's lease: it ends this long after the machine
+	// starts running unless refreshed (POST /v1/machines/{id}/timeout).
+	// Default 300000 (5 minutes); at least 1000.
+	TimeoutMS *int64 `json:"timeout_ms,omitempty"`
+	// OnTimeout is what the end of the lease does: "destroy" (default) or
+	// "pause" (hibernate: memory and files kept, the id stays an alias).
+	OnTimeout string `json:"on_timeout,omitempty"`
+	// AutoResume lets public traffic wake the machine once paused; it needs
+	// on_timeout "pause".
+	AutoResume bool `json:"auto_resume,omitempty"`
+}
+
+// Timeout actions: on_timeout takes destroy or pause, timeout_action
+// destroy or hibernate (the same thing as pause).
+const (
+	TimeoutDestroy   = "destroy"
+	TimeoutPause     = "pause"
+	TimeoutHibernate = "hibernate"
+)
+
+// SetTimeoutRequest refreshes a machine's lease: the deadline becomes
+// timeout_ms from now.
+type SetTimeoutRequest struct {
+	TimeoutMS int64 `json:"timeout_ms"`
+	// TimeoutAction is "destroy" or "hibernate"; empty keeps the current one.
+	TimeoutAction string `json:"timeout_action,omitempty"`
+}
+
+// Lease is a machine's effective timeout.
+type Lease struct {
+	// TimeoutMS is the window in effect.
+	TimeoutMS int64 `json:"timeout_ms"`
+	// TimeoutAt is the absolute deadline; absent while the lease does not
+	// run (a paused machine: its window restarts when it resumes).
+	TimeoutAt *time.Time `json:"timeout_at,omitempty"`
+	// RemainingMS is the time left until TimeoutAt, clamped at 0; for a
+	// paused machine, the window it will have when it resumes.
+	RemainingMS int64 `json:"remaining_ms"`
+	// TimeoutAction is what fires at the deadline: "destroy" or "hibernate".
+	TimeoutAction string `json:"timeout_action"`
 }
 
 // VolumeMount mounts a named volume at Path inside a machine.
@@ -98,6 +138,15 @@ type Machine struct {
 	LatestID string `json:"latest_id"`
 	// RestoredFrom is the snapshot this execution was restored from.
 	RestoredFrom string `json:"restored_from,omitempty"`
+	// The lease (see Lease); absent for a killed or failed machine.
+	TimeoutMS     int64      `json:"timeout_ms,omitempty"`
+	TimeoutAt     *time.Time `json:"timeout_at,omitempty"`
+	RemainingMS   int64      `json:"remaining_ms,omitempty"`
+	TimeoutAction string     `json:"timeout_action,omitempty"`
+	// OnTimeout is the create-time policy ("destroy" or "pause") and
+	// AutoResume whether public traffic wakes the machine once paused.
+	OnTimeout  string `json:"on_timeout,omitempty"`
+	AutoResume bool   `json:"auto_resume,omitempty"`
 }
 
 // Snapshot kinds.

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -20,7 +21,7 @@ func (a *app) machineCommand() *cobra.Command {
 	})
 	cmd.AddCommand(a.machineCreateCommand(), a.machineListCommand(), a.machineInfoCommand(), a.machineKillCommand(),
 		a.machinePauseCommand(), a.machineResumeCommand(), a.machineConnectCommand(), a.machineSnapshotCommand(),
-		a.machineForkCommand())
+		a.machineForkCommand(), a.machineTimeoutCommand())
 	return cmd
 }
 
@@ -98,6 +99,71 @@ be combined with --snapshot).`,
 	f.StringArrayVar(&volumes, "volume", nil, "mount volume NAME:/PATH[:ro] (repeatable; create volumes with 'nullspace volume create')")
 	f.StringArrayVar(&hooks.OnPause, "on-pause", nil, "shell command run in the machine before every pause, snapshot or checkpoint (repeatable, in order)")
 	f.StringArrayVar(&hooks.OnResume, "on-resume", nil, "shell command run in the machine after every resume or restore (repeatable, in order)")
+	f.Var(&timeoutFlag{req: &req}, "timeout", "lease window in seconds: the machine ends this long after it starts running unless refreshed (default 300)")
+	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default) or pause")
+	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused (needs --on-timeout pause)")
+	return cmd
+}
+
+// timeoutFlag sets a create request's timeout_ms from seconds.
+type timeoutFlag struct{ req *api.CreateMachineRequest }
+
+func (f *timeoutFlag) String() string {
+	if f.req == nil || f.req.TimeoutMS == nil {
+		return ""
+	}
+	return strconv.FormatFloat(float64(*f.req.TimeoutMS)/1000, 'f', -1, 64)
+}
+
+func (f *timeoutFlag) Set(v string) error {
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil || secs <= 0 {
+		return fmt.Errorf("want a positive number of seconds, got %q", v)
+	}
+	ms := int64(secs * 1000)
+	f.req.TimeoutMS = &ms
+	return nil
+}
+
+func (f *timeoutFlag) Type() string { return "seconds" }
+
+func (a *app) machineTimeoutCommand() *cobra.Command {
+	var action string
+	cmd := &cobra.Command{
+		Use:   "timeout ID SECONDS",
+		Short: "Refresh a machine's lease: it ends SECONDS from now unless refreshed again",
+		Long: `Reset the lease of the machine's latest execution to SECONDS from now (no
+upper bound), and with --action what its end does: destroy or hibernate.
+Prints the lease now in effect.`,
+		Example: `  nullspace machine timeout mch_1a2b3c4d5e6f7a8b9c0d 600
+  nullspace machine timeout mch_1a2b3c4d5e6f7a8b9c0d 120 --action hibernate`,
+		Args: exactArgs(2, "ID SECONDS"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secs, err := strconv.ParseFloat(args[1], 64)
+			if err != nil || secs <= 0 {
+				return usageErrorf("SECONDS must be a positive number, got %q", args[1])
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			l, err := c.SetTimeout(cmd.Context(), args[0], time.Duration(secs*float64(time.Second)), action)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), l)
+			}
+			at := "not running (the window starts when it resumes)"
+			if l.TimeoutAt != nil {
+				at = l.TimeoutAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "timeout %s, %s at %s (%s left)\n", time.Duration(l.TimeoutMS)*time.Millisecond,
+				l.TimeoutAction, at, time.Duration(l.RemainingMS)*time.Millisecond)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&action, "action", "", "what the deadline does: destroy or hibernate (default: keep)")
 	return cmd
 }
 

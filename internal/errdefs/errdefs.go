@@ -100,6 +100,7 @@ const (
 	CodeVolumeNotFound       = "volume_not_found"
 	CodeVolumeInUse          = "volume_in_use"
 	CodeVolumeExists         = "volume_exists"
+	CodeAutoResumeNeedsPause = "auto_resume_requires_pause"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -141,6 +142,7 @@ var Codes = []string{
 	CodeVolumeNotFound,
 	CodeVolumeInUse,
 	CodeVolumeExists,
+	CodeAutoResumeNeedsPause,
 }
 
 // Public is the public view of an error: what the API sends.

@@ -76,6 +76,7 @@ func (s *Server) Routes() []Route {
 		{Method: "DELETE", Path: "/v1/machines/{id}", Handler: s.killMachine},
 
 		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
 		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Handler: s.snapshotMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/fork", Handler: s.forkMachine},

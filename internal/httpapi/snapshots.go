@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -28,6 +29,19 @@ func (s *Server) pauseMachine(w http.ResponseWriter, r *http.Request, team strin
 		return err
 	}
 	s.writeSnapshot(w, r, http.StatusOK, sn)
+	return nil
+}
+
+func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request, team string) error {
+	var req api.SetTimeoutRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.machines.SetTimeout(r.Context(), team, r.PathValue("id"), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, machine.LeaseOf(rec, time.Now()))
 	return nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/lease"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
@@ -107,6 +108,7 @@ type Manager struct {
 	templates Templates
 	snaps     *snapshot.Store
 	spares    *spares
+	leases    *lease.Scheduler
 	logger    *slog.Logger
 
 	// locks serializes lifecycle operations per machine id.
@@ -155,6 +157,7 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	m := &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
 		locks: map[string]*sync.Mutex{}}
 	m.spares = newSpares(m, cfg.Spares)
+	m.leases = lease.New(func(id string) { go m.expire(id) })
 	return m, nil
 }
 
@@ -256,6 +259,9 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if err := m.validateVolumes(ctx, teamID, req.Volumes); err != nil {
 		return err
 	}
+	if err := validateLease(req); err != nil {
+		return err
+	}
 	if req.AllowInternet && !m.cfg.AllowInternet {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
 			"this server does not allow machines to reach the internet",
@@ -324,6 +330,9 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		CreatedAt:     time.Now().UTC(),
 		Volumes:       req.Volumes,
 		AgentDir:      m.cfg.AgentDir,
+		TimeoutMS:     *req.TimeoutMS,
+		OnTimeout:     req.OnTimeout,
+		AutoResume:    req.AutoResume,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -526,20 +535,30 @@ func (m *Manager) release(ctx context.Context, rec *store.Machine) error {
 	return errors.Join(errs...)
 }
 
-// setState moves a machine to a new state through the guard and persists it.
+// setState moves a machine to a new state through the guard and persists
+// it. The lease follows: its window starts when the machine starts running
+// (created, resumed, restored) and stops when it stops.
 func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) error {
 	if err := checkTransition(rec.ID, rec.State, to); err != nil {
 		return err
 	}
-	prev := rec.State
+	prev, prevDeadline := rec.State, rec.Deadline
 	rec.State = to
-	if to == api.StateKilled || to == api.StateFailed {
-		rec.EndedAt = time.Now().UTC()
+	now := time.Now().UTC()
+	switch {
+	case to == api.StateKilled || to == api.StateFailed:
+		rec.EndedAt = now
+		rec.Deadline = time.Time{}
+	case to == api.StatePaused:
+		rec.Deadline = time.Time{}
+	case to == api.StateRunning && (prev == api.StateCreating || prev == api.StateResuming || prev == api.StateRestoring):
+		startLease(rec, now)
 	}
 	if err := m.store.UpdateMachine(context.WithoutCancel(ctx), rec); err != nil {
-		rec.State = prev
+		rec.State, rec.Deadline = prev, prevDeadline
 		return err
 	}
+	m.schedule(rec)
 	return nil
 }
 
@@ -628,15 +647,22 @@ func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, 
 	if err != nil {
 		return nil, err
 	}
-	if err := m.killLocked(ctx, rec); err != nil {
-		return rec, err
-	}
 	if head.ID != rec.ID {
-		return rec, nil
+		return rec, m.killLocked(ctx, rec)
+	}
+	return rec, m.killHead(ctx, rec)
+}
+
+// killHead kills a lineage's latest execution and with it the lineage: its
+// paused aliases and its hibernate and checkpoint snapshots. The caller
+// holds the lineage and machine locks.
+func (m *Manager) killHead(ctx context.Context, rec *store.Machine) error {
+	if err := m.killLocked(ctx, rec); err != nil {
+		return err
 	}
 	members, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: rec.LineageID, States: []string{api.StatePaused, api.StateFailed}})
 	if err != nil {
-		return rec, err
+		return err
 	}
 	var errs []error
 	for _, alias := range members {
@@ -647,7 +673,7 @@ func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, 
 	if err := m.dropLineageSnapshots(ctx, rec.LineageID); err != nil {
 		errs = append(errs, err)
 	}
-	return rec, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
@@ -1020,6 +1046,11 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 	if !rec.EndedAt.IsZero() {
 		t := rec.EndedAt
 		v.EndedAt = &t
+	}
+	if rec.State != api.StateKilled && rec.State != api.StateFailed && rec.TimeoutMS > 0 {
+		l := LeaseOf(rec, time.Now())
+		v.TimeoutMS, v.TimeoutAt, v.RemainingMS, v.TimeoutAction = l.TimeoutMS, l.TimeoutAt, l.RemainingMS, l.TimeoutAction
+		v.OnTimeout, v.AutoResume = rec.OnTimeout, rec.AutoResume
 	}
 	return v
 }

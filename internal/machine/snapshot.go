@@ -237,12 +237,14 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	rec.State = next
 	if stop {
 		rec.SnapshotID = sn.ID
+		rec.Deadline = time.Time{} // the lease does not run while paused
 	}
 	if err := m.store.CommitSnapshot(ctx, sn, rec); err != nil {
 		*rec = prev
 		m.snaps.Delete(sn.ID)
 		return nil, undo(err)
 	}
+	m.schedule(rec)
 	faults.Point(op + ".committed")
 	m.spares.used(rec.TeamID, spec) // a restore of this shape may come
 	if stop {

@@ -1,6 +1,8 @@
 package machine
 
 import (
+	"slices"
+
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 )
@@ -36,6 +38,8 @@ var transitions = map[string][]string{
 // liveStates hold resources (network slot, container) and count as live.
 var liveStates = []string{api.StateCreating, api.StateResuming, api.StateRunning, api.StatePausing,
 	api.StateSnapshotting, api.StateRestoring, api.StateKilling}
+
+func isLive(state string) bool { return slices.Contains(liveStates, state) }
 
 // visibleStates are listed by default: every state but killed.
 var visibleStates = append([]string{api.StatePaused, api.StateFailed}, liveStates...)

@@ -278,6 +278,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
 	}
 	go mgr.Watch(bg, 2*time.Second)
+	go mgr.RunLeases(bg)
 	go func() {
 		defer close(inst.sparesDone)
 		mgr.RunSpares(bg)

@@ -107,6 +107,13 @@ var migrations = []string{
 		shape TEXT NOT NULL,
 		created_at TEXT NOT NULL
 	);`,
+	// 4: leases. timeout_ms is the window, on_timeout "destroy" or "pause",
+	// deadline when a running machine's lease ends ('' while it does not
+	// run).
+	`ALTER TABLE machines ADD COLUMN timeout_ms INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN on_timeout TEXT NOT NULL DEFAULT 'destroy';
+	ALTER TABLE machines ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN deadline TEXT NOT NULL DEFAULT '';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -234,11 +241,21 @@ type Machine struct {
 	// AgentDir is the host directory of the agent binary the machine runs:
 	// a restore must mount the same binary.
 	AgentDir string
+	// TimeoutMS is the lease window (0: none), OnTimeout what its end does
+	// ("destroy" or "pause"), AutoResume whether public traffic wakes the
+	// machine once paused.
+	TimeoutMS  int64
+	OnTimeout  string
+	AutoResume bool
+	// Deadline is when a running machine's lease ends; zero while the lease
+	// does not run (paused, ended, no timeout).
+	Deadline time.Time
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
-	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir`
+	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
+	timeout_ms, on_timeout, auto_resume, deadline`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -302,10 +319,11 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
-		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir)
+		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
+		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline))
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -356,9 +374,9 @@ type execer interface {
 
 func updateMachine(ctx context.Context, db execer, m *Machine) error {
 	res, err := db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?,
-		snapshot_id=?, agent_token=?, restored_from=? WHERE id=?`,
+		snapshot_id=?, agent_token=?, restored_from=?, timeout_ms=?, on_timeout=?, auto_resume=?, deadline=? WHERE id=?`,
 		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
-		m.SnapshotID, m.AgentToken, m.RestoredFrom, m.ID)
+		m.SnapshotID, m.AgentToken, m.RestoredFrom, m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.ID)
 	if err != nil {
 		return fmt.Errorf("update machine %s: %w", m.ID, err)
 	}
@@ -458,11 +476,12 @@ type scanner interface{ Scan(...any) error }
 
 func scanMachine(r scanner) (*Machine, error) {
 	var m Machine
-	var env, meta, created, vols, hooks string
+	var env, meta, created, vols, hooks, deadline string
 	var started, ended sql.NullString
 	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
-		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir)
+		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
+		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline)
 	if err != nil {
 		return nil, err
 	}
@@ -481,7 +500,23 @@ func scanMachine(r scanner) (*Machine, error) {
 	m.CreatedAt = parseTime(created)
 	m.StartedAt = parseTime(started.String)
 	m.EndedAt = parseTime(ended.String)
+	m.Deadline = parseTime(deadline)
 	return &m, nil
+}
+
+// optTime stores a time that may be zero as '' (for NOT NULL columns).
+func optTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return formatTime(t)
+}
+
+func onTimeoutOr(s string) string {
+	if s == "" {
+		return "destroy"
+	}
+	return s
 }
 
 // timeFormat is RFC 3339 with a fixed-width fraction, so that stored times

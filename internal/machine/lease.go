@@ -1,0 +1,214 @@
+package machine
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// Leases: every machine has a timeout window (timeout_ms). The lease runs
+// while the machine runs: it starts when the machine starts running (create,
+// resume, connect, restore), set_timeout restarts it from now, and at its
+// deadline the machine is destroyed or paused (on_timeout). It does not run
+// while the machine is paused: the window starts again when it resumes, so
+// a resume never shortens a long lease to some default. get_info and list
+// never renew it. Deadlines live in the store and in one scheduler
+// (internal/lease); after a restart they are scheduled again, and one that
+// passed while the server was down fires at once.
+
+const (
+	// DefaultTimeout is a machine's lease window when create gives none.
+	DefaultTimeout = 5 * time.Minute
+	// MinTimeout is the shortest window accepted.
+	MinTimeout = time.Second
+	// expireRetry is how soon an expiry looks again when the machine was
+	// busy with another lifecycle operation, or its pause failed.
+	expireRetry = time.Second
+)
+
+// validateLease fills the lease defaults of a create request and checks them.
+func validateLease(req *api.CreateMachineRequest) error {
+	if req.TimeoutMS == nil {
+		d := DefaultTimeout.Milliseconds()
+		req.TimeoutMS = &d
+	}
+	if err := checkWindow(*req.TimeoutMS); err != nil {
+		return err
+	}
+	switch req.OnTimeout {
+	case "":
+		req.OnTimeout = api.TimeoutDestroy
+	case api.TimeoutHibernate:
+		req.OnTimeout = api.TimeoutPause
+	case api.TimeoutDestroy, api.TimeoutPause:
+	default:
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("on_timeout %q is not a timeout policy", req.OnTimeout), `use "destroy" (the default) or "pause"`)
+	}
+	if req.AutoResume && req.OnTimeout != api.TimeoutPause {
+		return autoResumeNeedsPause("create with auto_resume and on_timeout \"destroy\"")
+	}
+	return nil
+}
+
+func checkWindow(ms int64) error {
+	if ms < MinTimeout.Milliseconds() {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("timeout_ms %d is too short", ms),
+			fmt.Sprintf("give at least %d ms; there is no upper bound", MinTimeout.Milliseconds()))
+	}
+	return nil
+}
+
+func autoResumeNeedsPause(what string) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeAutoResumeNeedsPause,
+		what+" is refused: an auto-resumable machine must pause at its deadline, so that its id stays an alias public traffic can wake",
+		`use on_timeout "pause" / timeout_action "hibernate", or create the machine without auto_resume`)
+}
+
+// LeaseOf returns a machine's lease as the API shows it, at now.
+func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
+	l := api.Lease{TimeoutMS: rec.TimeoutMS, TimeoutAction: api.TimeoutDestroy}
+	if rec.OnTimeout == api.TimeoutPause {
+		l.TimeoutAction = api.TimeoutHibernate
+	}
+	if rec.Deadline.IsZero() {
+		l.RemainingMS = rec.TimeoutMS // the window it will have when it runs again
+		return l
+	}
+	at := rec.Deadline.UTC()
+	l.TimeoutAt = &at
+	l.RemainingMS = max(rec.Deadline.Sub(now).Milliseconds(), 0)
+	return l
+}
+
+// startLease starts rec's window as it begins to run; the caller persists
+// rec and then calls schedule.
+func startLease(rec *store.Machine, now time.Time) {
+	if rec.TimeoutMS > 0 {
+		rec.Deadline = now.Add(time.Duration(rec.TimeoutMS) * time.Millisecond)
+	}
+}
+
+// schedule puts rec's persisted deadline in the scheduler, or takes it out.
+func (m *Manager) schedule(rec *store.Machine) {
+	if rec.State == api.StateRunning && !rec.Deadline.IsZero() {
+		m.leases.Set(rec.ID, rec.Deadline)
+		return
+	}
+	if !isLive(rec.State) {
+		m.leases.Cancel(rec.ID)
+	}
+}
+
+// SetTimeout refreshes the lease of id's latest execution: its window
+// becomes timeout from now (a paused machine keeps no deadline; the window
+// starts when it resumes), and action, if set, what the deadline does.
+func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.SetTimeoutRequest) (*store.Machine, error) {
+	if err := checkWindow(req.TimeoutMS); err != nil {
+		return nil, err
+	}
+	onTimeout := ""
+	switch req.TimeoutAction {
+	case "":
+	case api.TimeoutDestroy:
+		onTimeout = api.TimeoutDestroy
+	case api.TimeoutHibernate, api.TimeoutPause:
+		onTimeout = api.TimeoutPause
+	default:
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("timeout_action %q is not a timeout action", req.TimeoutAction), `use "destroy" or "hibernate"`)
+	}
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, err
+	}
+	unlockLineage := m.lock(lineageKey(rec.LineageID))
+	defer unlockLineage()
+	head, err := m.lineageHead(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	unlock := m.lock(head.ID)
+	defer unlock()
+	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
+		return nil, err
+	}
+	if head.State != api.StateRunning && head.State != api.StatePaused {
+		return nil, notRunning(head)
+	}
+	if onTimeout == api.TimeoutDestroy && head.AutoResume {
+		return nil, autoResumeNeedsPause(fmt.Sprintf("timeout_action \"destroy\" on auto-resumable machine %s", head.ID))
+	}
+	head.TimeoutMS = req.TimeoutMS
+	if onTimeout != "" {
+		head.OnTimeout = onTimeout
+	}
+	if head.State == api.StateRunning {
+		startLease(head, time.Now())
+	}
+	if err := m.store.UpdateMachine(ctx, head); err != nil {
+		return nil, err
+	}
+	m.schedule(head)
+	m.logger.InfoContext(ctx, "lease updated", "machine_id", head.ID, "timeout_ms", head.TimeoutMS,
+		"on_timeout", head.OnTimeout, "deadline", head.Deadline)
+	return head, nil
+}
+
+// RunLeases schedules the deadlines of the running machines (one that passed
+// while the server was down fires at once) and fires them until ctx ends.
+func (m *Manager) RunLeases(ctx context.Context) {
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+	if err != nil {
+		m.logger.ErrorContext(ctx, "load leases", "err", err)
+	}
+	for _, rec := range recs {
+		m.schedule(rec)
+	}
+	m.leases.Run(ctx)
+}
+
+// expire ends a machine whose deadline passed, as its on_timeout says. It
+// runs under the machine's lineage lock and checks the deadline again
+// there: a refresh, a pause or a kill that got there first wins, and
+// exactly one transition happens.
+func (m *Manager) expire(id string) {
+	ctx := context.Background()
+	rec, err := m.store.GetMachine(ctx, id)
+	if err != nil {
+		return
+	}
+	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
+	if !ok {
+		m.leases.Set(id, time.Now().Add(expireRetry)) // another operation runs; look again
+		return
+	}
+	defer unlockLineage()
+	unlock := m.lock(id)
+	defer unlock()
+	if rec, err = m.store.GetMachine(ctx, id); err != nil || rec.State != api.StateRunning || rec.Deadline.IsZero() {
+		return
+	}
+	if rec.Deadline.After(time.Now()) {
+		m.leases.Set(id, rec.Deadline) // refreshed meanwhile
+		return
+	}
+	log := m.logger.With("machine_id", id, "on_timeout", rec.OnTimeout, "deadline", rec.Deadline)
+	if rec.OnTimeout == api.TimeoutPause {
+		log.InfoContext(ctx, "lease ended: pausing the machine")
+		if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
+			log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again", "err", err)
+			m.leases.Set(id, time.Now().Add(30*expireRetry))
+		}
+		return
+	}
+	log.InfoContext(ctx, "lease ended: destroying the machine")
+	if err := m.killHead(ctx, rec); err != nil {
+		log.ErrorContext(ctx, "destroy at the end of the lease", "err", err)
+	}
+}

@@ -1,0 +1,178 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+func ms(d time.Duration) *int64 { v := d.Milliseconds(); return &v }
+
+// TestValidateLease: defaults, bounds, and the auto_resume rule at create.
+func TestValidateLease(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		req      api.CreateMachineRequest
+		code     string
+		wantMS   int64
+		wantPlcy string
+	}{
+		{name: "defaults", req: api.CreateMachineRequest{}, wantMS: 300000, wantPlcy: api.TimeoutDestroy},
+		{name: "long window, no cap", req: api.CreateMachineRequest{TimeoutMS: ms(1000 * time.Hour)}, wantMS: (1000 * time.Hour).Milliseconds(), wantPlcy: api.TimeoutDestroy},
+		{name: "hibernate means pause", req: api.CreateMachineRequest{OnTimeout: "hibernate"}, wantMS: 300000, wantPlcy: api.TimeoutPause},
+		{name: "pause with auto_resume", req: api.CreateMachineRequest{OnTimeout: "pause", AutoResume: true}, wantMS: 300000, wantPlcy: api.TimeoutPause},
+		{name: "too short", req: api.CreateMachineRequest{TimeoutMS: ms(10 * time.Millisecond)}, code: errdefs.CodeInvalidArgument},
+		{name: "zero", req: api.CreateMachineRequest{TimeoutMS: ms(0)}, code: errdefs.CodeInvalidArgument},
+		{name: "unknown policy", req: api.CreateMachineRequest{OnTimeout: "explode"}, code: errdefs.CodeInvalidArgument},
+		{name: "auto_resume with destroy", req: api.CreateMachineRequest{AutoResume: true}, code: errdefs.CodeAutoResumeNeedsPause},
+		{name: "auto_resume with explicit destroy", req: api.CreateMachineRequest{OnTimeout: "destroy", AutoResume: true}, code: errdefs.CodeAutoResumeNeedsPause},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := tc.req
+			err := validateLease(&req)
+			if tc.code != "" {
+				if got := errdefs.Classify(err).Code; got != tc.code {
+					t.Fatalf("err = %v (code %s), want code %s", err, got, tc.code)
+				}
+				return
+			}
+			if err != nil || *req.TimeoutMS != tc.wantMS || req.OnTimeout != tc.wantPlcy {
+				t.Fatalf("got %v, %d ms, %q; want %d ms, %q", err, *req.TimeoutMS, req.OnTimeout, tc.wantMS, tc.wantPlcy)
+			}
+		})
+	}
+}
+
+// TestLeaseOf: a running lease counts down and clamps at 0; a paused one
+// shows the window it will get and no deadline.
+func TestLeaseOf(t *testing.T) {
+	now := time.Now()
+	running := &store.Machine{TimeoutMS: 60000, OnTimeout: api.TimeoutPause, Deadline: now.Add(20 * time.Second)}
+	l := LeaseOf(running, now)
+	if l.TimeoutAt == nil || l.RemainingMS != 20000 || l.TimeoutAction != api.TimeoutHibernate || l.TimeoutMS != 60000 {
+		t.Fatalf("running lease = %+v", l)
+	}
+	if l := LeaseOf(running, now.Add(time.Minute)); l.RemainingMS != 0 {
+		t.Fatalf("past deadline remaining = %d, want 0", l.RemainingMS)
+	}
+	paused := &store.Machine{TimeoutMS: 60000, OnTimeout: api.TimeoutDestroy}
+	if l := LeaseOf(paused, now); l.TimeoutAt != nil || l.RemainingMS != 60000 || l.TimeoutAction != api.TimeoutDestroy {
+		t.Fatalf("paused lease = %+v", l)
+	}
+}
+
+// addLeased stores a running machine with a container and a deadline.
+func addLeased(t *testing.T, m *Manager, d *fakeDriver, id string, deadline time.Time, autoResume bool) *store.Machine {
+	t.Helper()
+	rec := &store.Machine{ID: id, TeamID: "team", State: api.StateRunning, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+		ContainerID: "c-" + id, AgentToken: "x", CreatedAt: time.Now(), TimeoutMS: 60000, OnTimeout: api.TimeoutDestroy,
+		Deadline: deadline, AutoResume: autoResume}
+	if autoResume {
+		rec.OnTimeout = api.TimeoutPause
+	}
+	if err := m.store.CreateMachine(t.Context(), rec, 16); err != nil {
+		t.Fatal(err)
+	}
+	d.containers[rec.ContainerID] = runtime.StatusRunning
+	return rec
+}
+
+// TestSetTimeout: a refresh moves the deadline to the window from now and
+// echoes it; destroy on an auto-resumable machine is refused.
+func TestSetTimeout(t *testing.T) {
+	ctx := t.Context()
+	m, d, _, db := newTestManager(t)
+	addLeased(t, m, d, "a", time.Now().Add(time.Second), false)
+	rec, err := m.SetTimeout(ctx, "team", "a", api.SetTimeoutRequest{TimeoutMS: (10 * time.Hour).Milliseconds(), TimeoutAction: "hibernate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(rec.Deadline); left < 9*time.Hour || rec.OnTimeout != api.TimeoutPause {
+		t.Fatalf("after refresh: deadline in %v, on_timeout %s", left, rec.OnTimeout)
+	}
+	if at, ok := m.leases.Deadline("a"); !ok || !at.Equal(rec.Deadline) {
+		t.Fatalf("scheduled %v %v, want %v", at, ok, rec.Deadline)
+	}
+	stored, _ := db.GetMachine(ctx, "a")
+	if !stored.Deadline.Equal(rec.Deadline) {
+		t.Fatalf("stored deadline %v, want %v", stored.Deadline, rec.Deadline)
+	}
+
+	addLeased(t, m, d, "auto", time.Now().Add(time.Minute), true)
+	_, err = m.SetTimeout(ctx, "team", "auto", api.SetTimeoutRequest{TimeoutMS: 60000, TimeoutAction: "destroy"})
+	if errdefs.Classify(err).Code != errdefs.CodeAutoResumeNeedsPause {
+		t.Fatalf("destroy on auto-resumable: %v", err)
+	}
+	for _, bad := range []api.SetTimeoutRequest{{TimeoutMS: 10}, {TimeoutMS: 60000, TimeoutAction: "nap"}} {
+		if _, err := m.SetTimeout(ctx, "team", "a", bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Fatalf("SetTimeout(%+v) = %v, want invalid argument", bad, err)
+		}
+	}
+}
+
+// TestExpireDestroys: leases found at start that passed while the server
+// was down fire at once; racing expiries and a kill make exactly one
+// transition; a refreshed lease does not fire.
+func TestExpireDestroys(t *testing.T) {
+	ctx := t.Context()
+	m, d, _, db := newTestManager(t)
+	addLeased(t, m, d, "past", time.Now().Add(-time.Hour), false)
+	addLeased(t, m, d, "later", time.Now().Add(time.Hour), false)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { m.RunLeases(runCtx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitState(t, db, "past", api.StateKilled)
+	if rec, _ := db.GetMachine(ctx, "later"); rec.State != api.StateRunning {
+		t.Fatalf("machine with a lease in an hour is %s", rec.State)
+	}
+
+	// Two expiries and a kill race on one machine whose lease passed.
+	addLeased(t, m, d, "race", time.Now().Add(-time.Second), false)
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Add(1)
+		go func() { defer wg.Done(); m.expire("race") }()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); m.Kill(ctx, "team", "race") }()
+	wg.Wait()
+	if rec, _ := db.GetMachine(ctx, "race"); rec.State != api.StateKilled {
+		t.Fatalf("raced machine is %s", rec.State)
+	}
+	if _, ok := d.containers["c-race"]; ok {
+		t.Fatal("raced machine's container is left")
+	}
+
+	// A refresh that lands before the expiry looks wins.
+	addLeased(t, m, d, "refreshed", time.Now().Add(-time.Second), false)
+	if _, err := m.SetTimeout(ctx, "team", "refreshed", api.SetTimeoutRequest{TimeoutMS: 60000}); err != nil {
+		t.Fatal(err)
+	}
+	m.expire("refreshed")
+	if rec, _ := db.GetMachine(ctx, "refreshed"); rec.State != api.StateRunning {
+		t.Fatalf("refreshed machine is %s", rec.State)
+	}
+}
+
+func waitState(t *testing.T, db *store.DB, id, state string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		rec, err := db.GetMachine(t.Context(), id)
+		if err == nil && rec.State == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machine %s: %+v, %v; want state %s", id, rec, err, state)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
