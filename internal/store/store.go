@@ -504,7 +504,8 @@ func scanMachine(r scanner) (*Machine, error) {
 	return &m, nil
 }
 
-// optTime stores a time that may be zero as ” (for NOT NULL columns).
+// optTime stores a time that may be zero as the empty string (the column
+// is NOT NULL).
 func optTime(t time.Time) string {
 	if t.IsZero() {
 		return ""
