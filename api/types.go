@@ -88,6 +88,40 @@ type SetTimeoutRequest struct {
 	TimeoutAction string `json:"timeout_action,omitempty"`
 }
 
+// Event types. Every lifecycle transition and failure emits one.
+const (
+	EventMachineCreated      = "machine.created"
+	EventMachinePaused       = "machine.paused"
+	EventMachineResumed      = "machine.resumed"
+	EventMachineResumeFailed = "machine.resume_failed"
+	EventMachineRestored     = "machine.restored"
+	EventMachineTimeout      = "machine.timeout"
+	EventMachineKilled       = "machine.killed"
+	EventMachineFailed       = "machine.failed"
+	EventSnapshotCreated     = "snapshot.created"
+	EventSnapshotDeleted     = "snapshot.deleted"
+	EventLeaseUpdated        = "lease.updated"
+)
+
+// Event is a lifecycle event. Seq grows by one per event on the server:
+// a client that lost its stream resumes it with after=<last seq>.
+type Event struct {
+	Seq       int64     `json:"seq"`
+	Type      string    `json:"type"`
+	TeamID    string    `json:"team_id"`
+	MachineID string    `json:"machine_id,omitempty"`
+	Time      time.Time `json:"time"`
+	// Cause is what made it happen: "api" (a client call), "timeout" (the
+	// lease ended), "reconcile" (the server's start), "sandbox_exit".
+	Cause   string         `json:"cause"`
+	Details map[string]any `json:"details,omitempty"`
+}
+
+// EventList is a page of events.
+type EventList struct {
+	Events []Event `json:"events"`
+}
+
 // Lease is a machine's effective timeout.
 type Lease struct {
 	// TimeoutMS is the window in effect.

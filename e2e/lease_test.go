@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -42,6 +43,11 @@ func TestTimeoutDestroy(t *testing.T) {
 		t.Fatalf("get moved the deadline: %v then %v", first, again)
 	}
 	waitState(t, m.ID, api.StateKilled, 10*time.Second)
+	evs, err := env.client.ListEvents(t.Context(), client.EventQuery{MachineID: m.ID,
+		Types: []string{api.EventMachineTimeout, api.EventMachineKilled}})
+	if err != nil || len(evs) != 2 || evs[0].Type != api.EventMachineTimeout || evs[1].Cause != "timeout" {
+		t.Fatalf("events of the timed-out machine: %+v, %v", evs, err)
+	}
 	assertNoLeftovers(t)
 }
 

@@ -78,6 +78,7 @@ on the server host they need no configuration.`,
 		a.snapshotCommand(),
 		a.checkpointCommand(),
 		a.volumeCommand(),
+		a.eventsCommand(),
 	)
 	return root
 }

@@ -18,6 +18,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
 )
 
@@ -42,6 +43,7 @@ type TemplateBuilder interface {
 // Server serves the API.
 type Server struct {
 	machines  *machine.Manager
+	events    *events.Log
 	templates Templates
 	builder   TemplateBuilder
 	auth      Authenticator
@@ -51,8 +53,9 @@ type Server struct {
 }
 
 // New returns the API server.
-func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, logger *slog.Logger, version string) *Server {
-	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, logger: logger,
+func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, events *events.Log,
+	logger *slog.Logger, version string) *Server {
+	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, events: events, logger: logger,
 		version: version, agent: agentclient.SharedHTTPClient()}
 }
 
@@ -77,6 +80,7 @@ func (s *Server) Routes() []Route {
 
 		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
+		{Method: "GET", Path: "/v1/events", Handler: s.listEvents},
 		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Handler: s.snapshotMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/fork", Handler: s.forkMachine},

@@ -129,6 +129,7 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn *store.Snapshot) error 
 		return err
 	}
 	m.spares.poke() // its shape may no longer be wanted
+	m.emitSnapshot(ctx, api.EventSnapshotDeleted, sn)
 	if err := m.snaps.Delete(sn.ID); err != nil {
 		return fmt.Errorf("remove snapshot %s files: %w", sn.ID, err)
 	}

@@ -155,6 +155,9 @@ func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.Set
 		return nil, err
 	}
 	m.schedule(head)
+	l := LeaseOf(head, time.Now())
+	m.emit(ctx, api.EventLeaseUpdated, head, map[string]any{"timeout_ms": l.TimeoutMS, "timeout_at": l.TimeoutAt,
+		"remaining_ms": l.RemainingMS, "timeout_action": l.TimeoutAction})
 	m.logger.InfoContext(ctx, "lease updated", "machine_id", head.ID, "timeout_ms", head.TimeoutMS,
 		"on_timeout", head.OnTimeout, "deadline", head.Deadline)
 	return head, nil
@@ -178,7 +181,7 @@ func (m *Manager) RunLeases(ctx context.Context) {
 // there: a refresh, a pause or a kill that got there first wins, and
 // exactly one transition happens.
 func (m *Manager) expire(id string) {
-	ctx := context.Background()
+	ctx := withCause(context.Background(), "timeout")
 	rec, err := m.store.GetMachine(ctx, id)
 	if err != nil {
 		return
@@ -199,6 +202,7 @@ func (m *Manager) expire(id string) {
 		return
 	}
 	log := m.logger.With("machine_id", id, "on_timeout", rec.OnTimeout, "deadline", rec.Deadline)
+	m.emit(ctx, api.EventMachineTimeout, rec, map[string]any{"on_timeout": rec.OnTimeout, "deadline": rec.Deadline})
 	if rec.OnTimeout == api.TimeoutPause {
 		log.InfoContext(ctx, "lease ended: pausing the machine")
 		if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {

@@ -97,6 +97,8 @@ type Config struct {
 	// Spares is how many containers are kept created ahead of restores
 	// (see spares.go); 0 disables them. RunSpares keeps them.
 	Spares int
+	// Events records lifecycle events; nil records none.
+	Events EventSink
 }
 
 // Manager manages machines.
@@ -353,6 +355,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	log.InfoContext(ctx, "machine running", "template", rec.Template, "ip", m.guestIP(rec))
+	m.emit(ctx, api.EventMachineCreated, rec, map[string]any{"template": rec.Template})
 	return rec, nil
 }
 
@@ -691,6 +694,7 @@ func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
 		return err
 	}
 	m.logger.InfoContext(ctx, "machine killed", "machine_id", rec.ID)
+	m.emit(ctx, api.EventMachineKilled, rec, nil)
 	m.spares.poke() // its shape may no longer be wanted
 	return nil
 }
@@ -764,7 +768,11 @@ func (m *Manager) failFrom(ctx context.Context, rec *store.Machine, reason strin
 	}
 	cur.Slot = -1
 	cur.Error = reason
-	return m.setState(ctx, cur, api.StateFailed)
+	if err := m.setState(ctx, cur, api.StateFailed); err != nil {
+		return err
+	}
+	m.emit(ctx, api.EventMachineFailed, cur, map[string]any{"reason": reason})
+	return nil
 }
 
 // Watch checks the running machines every interval and fails those whose
@@ -790,7 +798,7 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 				}
 			}
 			if !m.alive(ctx, rec) && ctx.Err() == nil {
-				if err := m.fail(ctx, rec, "the machine's sandbox exited"); err != nil {
+				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, "the machine's sandbox exited"); err != nil {
 					m.logger.ErrorContext(ctx, "fail dead machine", "machine_id", rec.ID, "err", err)
 				}
 			}
@@ -812,6 +820,7 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 //
 // Running machines are never touched.
 func (m *Manager) Reconcile(ctx context.Context) error {
+	ctx = withCause(ctx, "reconcile")
 	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates})
 	if err != nil {
 		return err

@@ -122,9 +122,11 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		return nil, err
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
+		m.emit(ctx, api.EventMachineResumeFailed, src, map[string]any{"snapshot_id": sn.ID, "error": err.Error()})
 		return nil, fmt.Errorf("resume machine %s: %w", src.ID, err)
 	}
 	m.logger.InfoContext(ctx, "machine resumed", "machine_id", rec.ID, "from", src.ID, "snapshot_id", sn.ID)
+	m.emit(ctx, api.EventMachineResumed, rec, map[string]any{"from": src.ID, "snapshot_id": sn.ID})
 	return rec, nil
 }
 
@@ -151,6 +153,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
 	}
 	m.logger.InfoContext(ctx, "machine created from snapshot", "machine_id", rec.ID, "snapshot_id", sn.ID)
+	m.emit(ctx, api.EventMachineCreated, rec, map[string]any{"template": rec.Template, "snapshot_id": sn.ID})
 	return rec, nil
 }
 
@@ -320,6 +323,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 		return nil, err
 	}
 	m.logger.InfoContext(ctx, "checkpoint restored in place", "machine_id", head.ID, "snapshot_id", sn.ID)
+	m.emit(ctx, api.EventMachineRestored, head, map[string]any{"snapshot_id": sn.ID})
 	return head, nil
 }
 

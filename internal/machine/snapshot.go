@@ -245,6 +245,10 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 		return nil, undo(err)
 	}
 	m.schedule(rec)
+	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
+	if stop {
+		m.emit(ctx, api.EventMachinePaused, rec, map[string]any{"snapshot_id": sn.ID})
+	}
 	faults.Point(op + ".committed")
 	m.spares.used(rec.TeamID, spec) // a restore of this shape may come
 	if stop {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
@@ -55,6 +57,11 @@ type Config struct {
 	AllowInternet bool
 	// MaxFileBytes bounds one file upload. Default 1 GiB.
 	MaxFileBytes int64
+	// WebhookURL, if set, receives every lifecycle event as a JSON POST,
+	// signed with WebhookSecret (header X-Nullspace-Signature: sha256=<hex
+	// HMAC>; env NULLSPACE_WEBHOOK_SECRET) and retried with backoff.
+	WebhookURL    string
+	WebhookSecret string
 	// Spares is how many containers are kept created ahead of restores, for
 	// the shapes of the newest snapshots; each costs ~16 MiB and a network
 	// slot and takes ~70 ms off a resume. 0 disables them. Default 2.
@@ -89,6 +96,7 @@ func Defaults() Config {
 		NetworkCIDR:      "10.200.0.0/16",
 		MaxFileBytes:     1 << 30,
 		Spares:           2,
+		WebhookSecret:    os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
 		BuiltinTemplates: []string{"minimal", "base"},
 	}
 	if exe, err := os.Executable(); err == nil {
@@ -130,6 +138,11 @@ func (c *Config) Validate() error {
 	}
 	if fi, err := os.Stat(c.AgentBinary); err != nil || fi.IsDir() {
 		return fmt.Errorf("agent binary not found at %q: run `make build` or pass --agent", c.AgentBinary)
+	}
+	if c.WebhookURL != "" {
+		if u, err := url.Parse(c.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--webhook-url %q is not an http(s) URL", c.WebhookURL)
+		}
 	}
 	if c.Spares < 0 {
 		return fmt.Errorf("--spares must be 0 (none) or more, got %d", c.Spares)
@@ -247,6 +260,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	evlog := events.New(db, logger)
 	mgr, err := machine.New(machine.Config{
 		DataDir:       cfg.DataDir,
 		AgentDir:      agentDir,
@@ -255,6 +269,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		MaxFileBytes:  cfg.MaxFileBytes,
 		Nameservers:   hostNameservers(),
 		Spares:        cfg.Spares,
+		Events:        evlog,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err
@@ -265,7 +280,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, logger, cfg.Version)
+		&keyAuth{db: db}, evlog, logger, cfg.Version)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -279,6 +294,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	go mgr.Watch(bg, 2*time.Second)
 	go mgr.RunLeases(bg)
+	if cfg.WebhookURL != "" {
+		go (&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(bg)
+	}
 	go func() {
 		defer close(inst.sparesDone)
 		mgr.RunSpares(bg)

@@ -114,6 +114,22 @@ var migrations = []string{
 	ALTER TABLE machines ADD COLUMN on_timeout TEXT NOT NULL DEFAULT 'destroy';
 	ALTER TABLE machines ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE machines ADD COLUMN deadline TEXT NOT NULL DEFAULT '';`,
+	// 5: lifecycle events, by a sequence number that only grows; cursors
+	// of their consumers (the webhook).
+	`CREATE TABLE events (
+		seq INTEGER PRIMARY KEY AUTOINCREMENT,
+		team_id TEXT NOT NULL,
+		type TEXT NOT NULL,
+		machine_id TEXT NOT NULL,
+		time TEXT NOT NULL,
+		cause TEXT NOT NULL,
+		details TEXT NOT NULL
+	);
+	CREATE INDEX events_team ON events(team_id, seq);
+	CREATE TABLE cursors (
+		name TEXT PRIMARY KEY,
+		seq INTEGER NOT NULL
+	);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -445,6 +461,12 @@ func (w *where) in(col string, vals []string) {
 		w.conds = append(w.conds, col+" IN ("+placeholders(len(vals))+")")
 		w.args = append(w.args, anySlice(vals)...)
 	}
+}
+
+// cond adds a condition with one argument.
+func (w *where) cond(c string, arg any) {
+	w.conds = append(w.conds, c)
+	w.args = append(w.args, arg)
 }
 
 func (w *where) sql() string {

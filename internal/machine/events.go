@@ -1,0 +1,46 @@
+package machine
+
+import (
+	"context"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// EventSink records lifecycle events (internal/events.Log).
+type EventSink interface {
+	Emit(ctx context.Context, ev api.Event)
+}
+
+type causeKey struct{}
+
+// withCause marks what drives the operations done with ctx, for their
+// events: "timeout", "reconcile", "sandbox_exit". Calls from the API are
+// "api".
+func withCause(ctx context.Context, cause string) context.Context {
+	return context.WithValue(ctx, causeKey{}, cause)
+}
+
+func causeOf(ctx context.Context) string {
+	if c, ok := ctx.Value(causeKey{}).(string); ok {
+		return c
+	}
+	return "api"
+}
+
+// emit records an event about rec. Template build machines emit none.
+func (m *Manager) emit(ctx context.Context, typ string, rec *store.Machine, details map[string]any) {
+	if m.cfg.Events == nil || rec.TeamID == buildTeam {
+		return
+	}
+	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: rec.TeamID, MachineID: rec.ID, Cause: causeOf(ctx), Details: details})
+}
+
+// emitSnapshot records an event about sn.
+func (m *Manager) emitSnapshot(ctx context.Context, typ string, sn *store.Snapshot) {
+	if m.cfg.Events == nil {
+		return
+	}
+	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: sn.TeamID, MachineID: sn.MachineID, Cause: causeOf(ctx),
+		Details: map[string]any{"snapshot_id": sn.ID, "kind": sn.Kind, "size_bytes": sn.SizeBytes}})
+}

@@ -1,0 +1,86 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"nullspace.dev/nullspace/api"
+)
+
+// AppendEvent stores an event and sets its sequence number.
+func (s *DB) AppendEvent(ctx context.Context, ev *api.Event) error {
+	details, err := json.Marshal(nonNilAny(ev.Details))
+	if err != nil {
+		return fmt.Errorf("event details: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO events (team_id, type, machine_id, time, cause, details) VALUES (?,?,?,?,?,?)`,
+		ev.TeamID, ev.Type, ev.MachineID, formatTime(ev.Time), ev.Cause, string(details))
+	if err != nil {
+		return fmt.Errorf("append event %s: %w", ev.Type, err)
+	}
+	ev.Seq, err = res.LastInsertId()
+	return err
+}
+
+// EventFilter selects events. Zero fields match everything.
+type EventFilter struct {
+	TeamID    string
+	MachineID string
+	Types     []string
+	// After returns only events with a larger sequence number.
+	After int64
+	// Limit bounds the number returned (default 1000).
+	Limit int
+}
+
+// ListEvents returns events matching f, by sequence number.
+func (s *DB) ListEvents(ctx context.Context, f EventFilter) ([]api.Event, error) {
+	var w where
+	w.eq("team_id", f.TeamID)
+	w.eq("machine_id", f.MachineID)
+	w.in("type", f.Types)
+	w.cond("seq > ?", f.After)
+	limit := f.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	return queryAll(ctx, s.db, "list events", `SELECT seq, team_id, type, machine_id, time, cause, details FROM events`+w.sql()+
+		fmt.Sprintf(" ORDER BY seq LIMIT %d", limit), w.args, func(r scanner) (api.Event, error) {
+		var ev api.Event
+		var t, details string
+		if err := r.Scan(&ev.Seq, &ev.TeamID, &ev.Type, &ev.MachineID, &t, &ev.Cause, &details); err != nil {
+			return ev, err
+		}
+		ev.Time = parseTime(t)
+		if err := json.Unmarshal([]byte(details), &ev.Details); err != nil {
+			return ev, fmt.Errorf("event %d details: %w", ev.Seq, err)
+		}
+		return ev, nil
+	})
+}
+
+// Cursor returns a consumer's position (0 if it has none).
+func (s *DB) Cursor(ctx context.Context, name string) (int64, error) {
+	var seq int64
+	err := s.db.QueryRowContext(ctx, `SELECT seq FROM cursors WHERE name = ?`, name).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return seq, err
+}
+
+// SetCursor records a consumer's position.
+func (s *DB) SetCursor(ctx context.Context, name string, seq int64) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO cursors (name, seq) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET seq = excluded.seq`, name, seq)
+	return err
+}
+
+func nonNilAny(m map[string]any) map[string]any {
+	if m == nil {
+		return map[string]any{}
+	}
+	return m
+}
