@@ -122,6 +122,32 @@ type EventList struct {
 	Events []Event `json:"events"`
 }
 
+// MetricSample is one measurement of a running machine. Counters (CPU, net)
+// are turned into what happened since the previous sample.
+type MetricSample struct {
+	Timestamp time.Time `json:"timestamp"`
+	CPUCount  int       `json:"cpu_count"`
+	// CPUUsedPct is the CPU used since the previous sample, in percent of
+	// the machine's cpu_count (100: every vCPU busy).
+	CPUUsedPct float64 `json:"cpu_used_pct"`
+	MemUsed    uint64  `json:"mem_used"`
+	MemTotal   uint64  `json:"mem_total"`
+	// DiskUsed is what the machine wrote to its root filesystem (its
+	// private overlay); DiskTotal the space of the host filesystem that
+	// holds it.
+	DiskUsed  uint64 `json:"disk_used"`
+	DiskTotal uint64 `json:"disk_total"`
+	// NetRxBytes and NetTxBytes are the bytes received and sent since the
+	// machine started.
+	NetRxBytes uint64 `json:"net_rx_bytes"`
+	NetTxBytes uint64 `json:"net_tx_bytes"`
+}
+
+// MetricList is a machine's recent samples, oldest first.
+type MetricList struct {
+	Metrics []MetricSample `json:"metrics"`
+}
+
 // Lease is a machine's effective timeout.
 type Lease struct {
 	// TimeoutMS is the window in effect.

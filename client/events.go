@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -63,17 +64,46 @@ func (c *Client) FollowEvents(ctx context.Context, q EventQuery, fn func(api.Eve
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return readLines(ctx, resp.Body, fn)
+}
+
+// Metrics returns a running machine's recent samples, oldest first
+// (GET /v1/machines/{id}/metrics): one every few seconds, the last ten
+// minutes.
+func (c *Client) Metrics(ctx context.Context, id string) ([]api.MetricSample, error) {
+	var l api.MetricList
+	if err := c.do(ctx, request{method: http.MethodGet, path: machinePath(id, "metrics")}, &l); err != nil {
+		return nil, err
+	}
+	return l.Metrics, nil
+}
+
+// Monitor calls fn with each new sample of a machine as it is taken, until
+// ctx ends, the stream breaks or fn returns an error
+// (GET /v1/machines/{id}/metrics?follow=true).
+func (c *Client) Monitor(ctx context.Context, id string, fn func(api.MetricSample) error) error {
+	resp, err := c.send(ctx, request{method: http.MethodGet, path: machinePath(id, "metrics"),
+		query: url.Values{"follow": {"true"}}, accept: "application/x-ndjson"})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return readLines(ctx, resp.Body, fn)
+}
+
+// readLines decodes an NDJSON stream into fn.
+func readLines[T any](ctx context.Context, r io.Reader, fn func(T) error) error {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		if len(strings.TrimSpace(sc.Text())) == 0 {
 			continue
 		}
-		var ev api.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("event stream: %w", err)
+		var v T
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			return fmt.Errorf("stream: %w", err)
 		}
-		if err := fn(ev); err != nil {
+		if err := fn(v); err != nil {
 			return err
 		}
 	}
@@ -81,7 +111,7 @@ func (c *Client) FollowEvents(ctx context.Context, q EventQuery, fn func(api.Eve
 		return ctx.Err()
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("event stream: %w", err)
+		return fmt.Errorf("stream: %w", err)
 	}
 	return nil
 }

@@ -132,6 +132,7 @@ func testConfig(dataDir string) server.Config {
 	cfg.MaxFileBytes = testMaxFileBytes
 	cfg.Names = testNames
 	cfg.Version = "e2e"
+	cfg.MetricsInterval = 500 * time.Millisecond
 	return cfg
 }
 

@@ -79,6 +79,7 @@ on the server host they need no configuration.`,
 		a.checkpointCommand(),
 		a.volumeCommand(),
 		a.eventsCommand(),
+		a.metricsCommand(),
 	)
 	return root
 }

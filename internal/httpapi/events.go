@@ -46,6 +46,36 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, team string)
 		writeJSON(w, http.StatusOK, api.EventList{Events: evs})
 		return nil
 	}
+	write := startStream(w, r)
+	return s.events.Follow(r.Context(), f, func(ev api.Event) error {
+		return write(ev, strconv.FormatInt(ev.Seq, 10))
+	})
+}
+
+// machineMetrics returns a running machine's recent samples, or with
+// follow=true streams each new one (the Monitor).
+func (s *Server) machineMetrics(w http.ResponseWriter, r *http.Request, team string) error {
+	id := r.PathValue("id")
+	if r.URL.Query().Get("follow") != "true" {
+		samples, err := s.machines.Metrics(r.Context(), team, id)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, api.MetricList{Metrics: samples})
+		return nil
+	}
+	if _, err := s.machines.Get(r.Context(), team, id); err != nil {
+		return err
+	}
+	write := startStream(w, r)
+	return s.machines.Monitor(r.Context(), team, id, func(m api.MetricSample) error {
+		return write(m, "")
+	})
+}
+
+// startStream sends the headers of an NDJSON stream (SSE when the client
+// asks) and returns a function that writes one flushed event.
+func startStream(w http.ResponseWriter, r *http.Request) func(v any, id string) error {
 	sse := strings.Contains(r.Header.Get("Accept"), "text/event-stream")
 	if sse {
 		w.Header().Set("Content-Type", "text/event-stream")
@@ -58,22 +88,26 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, team string)
 	if flusher != nil {
 		flusher.Flush()
 	}
-	return s.events.Follow(r.Context(), f, func(ev api.Event) error {
-		b, err := json.Marshal(ev)
+	return func(v any, id string) error {
+		b, err := json.Marshal(v)
 		if err != nil {
 			return err
 		}
 		if sse {
-			b = append(append([]byte("id: "+strconv.FormatInt(ev.Seq, 10)+"\ndata: "), b...), '\n', '\n')
+			prefix := "data: "
+			if id != "" {
+				prefix = "id: " + id + "\ndata: "
+			}
+			b = append(append([]byte(prefix), b...), '\n', '\n')
 		} else {
 			b = append(b, '\n')
 		}
 		if _, err := w.Write(b); err != nil {
-			return nil // the client went away
+			return nil // the client went away; its context ends the stream
 		}
 		if flusher != nil {
 			flusher.Flush()
 		}
 		return nil
-	})
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/telemetry"
 )
 
 // Authenticator resolves an API key to the team that owns it.
@@ -44,6 +45,7 @@ type TemplateBuilder interface {
 type Server struct {
 	machines  *machine.Manager
 	events    *events.Log
+	telemetry *telemetry.Metrics
 	templates Templates
 	builder   TemplateBuilder
 	auth      Authenticator
@@ -54,9 +56,15 @@ type Server struct {
 
 // New returns the API server.
 func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, events *events.Log,
-	logger *slog.Logger, version string) *Server {
-	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, events: events, logger: logger,
-		version: version, agent: agentclient.SharedHTTPClient()}
+	telemetry *telemetry.Metrics, logger *slog.Logger, version string) *Server {
+	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, events: events,
+		telemetry: telemetry, logger: logger, version: version, agent: agentclient.SharedHTTPClient()}
+}
+
+// prometheus serves the server's own metrics in the Prometheus format.
+func (s *Server) prometheus(w http.ResponseWriter, r *http.Request, _ string) error {
+	s.telemetry.Handler().ServeHTTP(w, r)
+	return nil
 }
 
 // Route is one API route.
@@ -72,6 +80,7 @@ func (s *Server) Routes() []Route {
 	return []Route{
 		{Method: "GET", Path: "/v1/health", Public: true, Handler: s.health},
 		{Method: "GET", Path: "/v1/openapi.yaml", Public: true, Handler: s.spec},
+		{Method: "GET", Path: "/metrics", Public: true, Handler: s.prometheus},
 
 		{Method: "POST", Path: "/v1/machines", Handler: s.createMachine},
 		{Method: "GET", Path: "/v1/machines", Handler: s.listMachines},
@@ -81,6 +90,7 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
 		{Method: "GET", Path: "/v1/events", Handler: s.listEvents},
+		{Method: "GET", Path: "/v1/machines/{id}/metrics", Handler: s.machineMetrics},
 		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Handler: s.snapshotMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/fork", Handler: s.forkMachine},
@@ -158,6 +168,7 @@ func (s *Server) wrap(rt Route) http.Handler {
 // internal cause is logged, never sent.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
+	s.telemetry.CountError(p.Code)
 	if p.Status >= 500 {
 		s.logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	} else {

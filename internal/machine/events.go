@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/store"
@@ -43,4 +44,11 @@ func (m *Manager) emitSnapshot(ctx context.Context, typ string, sn *store.Snapsh
 	}
 	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: sn.TeamID, MachineID: sn.MachineID, Cause: causeOf(ctx),
 		Details: map[string]any{"snapshot_id": sn.ID, "kind": sn.Kind, "size_bytes": sn.SizeBytes}})
+}
+
+// observe reports the duration of a successful lifecycle operation.
+func (m *Manager) observe(op string, start time.Time) {
+	if m.cfg.Observe != nil {
+		m.cfg.Observe(op, time.Since(start))
+	}
 }

@@ -99,6 +99,13 @@ type Config struct {
 	Spares int
 	// Events records lifecycle events; nil records none.
 	Events EventSink
+	// MetricsInterval is how often running machines are sampled
+	// (default DefaultMetricsInterval).
+	MetricsInterval time.Duration
+	// Observe, if set, receives the duration of every successful lifecycle
+	// operation: create, pause, snapshot, checkpoint, resume, child,
+	// restore.
+	Observe func(op string, d time.Duration)
 }
 
 // Manager manages machines.
@@ -111,6 +118,7 @@ type Manager struct {
 	snaps     *snapshot.Store
 	spares    *spares
 	leases    *lease.Scheduler
+	metrics   *metrics
 	logger    *slog.Logger
 
 	// locks serializes lifecycle operations per machine id.
@@ -141,6 +149,9 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	if cfg.MaxFileBytes == 0 {
 		cfg.MaxFileBytes = 1 << 30
 	}
+	if cfg.MetricsInterval == 0 {
+		cfg.MetricsInterval = DefaultMetricsInterval
+	}
 	if cfg.SnapshotDir == "" {
 		cfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
 	}
@@ -160,6 +171,7 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 		locks: map[string]*sync.Mutex{}}
 	m.spares = newSpares(m, cfg.Spares)
 	m.leases = lease.New(func(id string) { go m.expire(id) })
+	m.metrics = newMetrics()
 	return m, nil
 }
 
@@ -299,6 +311,7 @@ func validateHooks(h api.Hooks) error {
 // On any error nothing is left behind: no netns, cgroup, container,
 // directory or row.
 func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
+	start := time.Now()
 	if err := m.validate(ctx, teamID, &req); err != nil {
 		return nil, err
 	}
@@ -356,6 +369,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	}
 	log.InfoContext(ctx, "machine running", "template", rec.Template, "ip", m.guestIP(rec))
 	m.emit(ctx, api.EventMachineCreated, rec, map[string]any{"template": rec.Template})
+	m.observe("create", start)
 	return rec, nil
 }
 

@@ -109,6 +109,7 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 // resumeLocked restores sn, the state of the paused machine src, into a new
 // machine of src's lineage. The caller holds the lineage lock.
 func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *store.Snapshot) (*store.Machine, error) {
+	start := time.Now()
 	rec := &store.Machine{
 		ID: newMachineID(), TeamID: src.TeamID, State: api.StateResuming, Template: src.Template,
 		CPUCount: src.CPUCount, MemoryMB: src.MemoryMB, Env: src.Env, Metadata: src.Metadata,
@@ -127,12 +128,14 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 	}
 	m.logger.InfoContext(ctx, "machine resumed", "machine_id", rec.ID, "from", src.ID, "snapshot_id", sn.ID)
 	m.emit(ctx, api.EventMachineResumed, rec, map[string]any{"from": src.ID, "snapshot_id": sn.ID})
+	m.observe("resume", start)
 	return rec, nil
 }
 
 // createFromSnapshot makes an independent machine (a new lineage) from any
 // committed snapshot.
 func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
+	start := time.Now()
 	sn, err := m.readySnapshot(ctx, teamID, req.SnapshotID)
 	if err != nil {
 		return nil, err
@@ -154,6 +157,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 	}
 	m.logger.InfoContext(ctx, "machine created from snapshot", "machine_id", rec.ID, "snapshot_id", sn.ID)
 	m.emit(ctx, api.EventMachineCreated, rec, map[string]any{"template": rec.Template, "snapshot_id": sn.ID})
+	m.observe("child", start)
 	return rec, nil
 }
 

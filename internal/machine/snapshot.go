@@ -265,6 +265,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 		}
 		agentclient.SharedHTTPClient().CloseIdleConnections()
 	}
+	m.observe(map[string]string{api.SnapshotHibernate: "pause", api.SnapshotReusable: "snapshot", api.SnapshotCheckpoint: "checkpoint"}[kind], t0)
 	log.InfoContext(ctx, "checkpoint taken", "snapshot_id", sn.ID, "size_bytes", sn.SizeBytes,
 		"prepare", t1.Sub(t0), "window", window, "total", time.Since(t0))
 	return sn, nil

@@ -56,6 +56,19 @@ const (
 	StatusStopped Status = "stopped"
 )
 
+// Stats are a container's resource counters, read from its cgroup.
+type Stats struct {
+	// CPUNanos is the CPU time used since the container started.
+	CPUNanos uint64
+	// MemoryBytes is the memory charged to the container now, MemoryLimit
+	// its limit.
+	MemoryBytes uint64
+	MemoryLimit uint64
+	// DiskBytes is what the container wrote to its root overlay (the
+	// blocks its file store takes on the host).
+	DiskBytes uint64
+}
+
 // ErrNotExist is returned by State when the runtime knows no such container.
 var ErrNotExist = errors.New("container does not exist")
 

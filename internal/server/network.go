@@ -4,6 +4,9 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/netns"
@@ -68,3 +71,26 @@ func (n *network) GuestIP(slot int) (netip.Addr, error) {
 func (n *network) Existing() ([]int, error) { return n.ns.List() }
 
 func (n *network) Close() error { return n.ns.Close() }
+
+// Counters returns the bytes a slot's machine received and sent: the host
+// side of its veth pair counts them the other way round.
+func (n *network) Counters(slot int) (rx, tx uint64, err error) {
+	dir := "/sys/class/net/" + n.ns.HostInterface(slot) + "/statistics/"
+	hostTx, err := readCounter(dir + "tx_bytes")
+	if err != nil {
+		return 0, 0, err
+	}
+	hostRx, err := readCounter(dir + "rx_bytes")
+	if err != nil {
+		return 0, 0, err
+	}
+	return hostTx, hostRx, nil
+}
+
+func readCounter(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}

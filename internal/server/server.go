@@ -28,6 +28,7 @@ import (
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/telemetry"
 	"nullspace.dev/nullspace/internal/template"
 )
 
@@ -62,6 +63,9 @@ type Config struct {
 	// HMAC>; env NULLSPACE_WEBHOOK_SECRET) and retried with backoff.
 	WebhookURL    string
 	WebhookSecret string
+	// MetricsInterval is how often running machines are sampled; default
+	// 5 s (tests shorten it).
+	MetricsInterval time.Duration
 	// Spares is how many containers are kept created ahead of restores, for
 	// the shapes of the newest snapshots; each costs ~16 MiB and a network
 	// slot and takes ~70 ms off a resume. 0 disables them. Default 2.
@@ -261,15 +265,18 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	evlog := events.New(db, logger)
+	tel := telemetry.New(db)
 	mgr, err := machine.New(machine.Config{
-		DataDir:       cfg.DataDir,
-		AgentDir:      agentDir,
-		Host:          host,
-		AllowInternet: cfg.AllowInternet,
-		MaxFileBytes:  cfg.MaxFileBytes,
-		Nameservers:   hostNameservers(),
-		Spares:        cfg.Spares,
-		Events:        evlog,
+		DataDir:         cfg.DataDir,
+		AgentDir:        agentDir,
+		Host:            host,
+		AllowInternet:   cfg.AllowInternet,
+		MaxFileBytes:    cfg.MaxFileBytes,
+		Nameservers:     hostNameservers(),
+		Spares:          cfg.Spares,
+		Events:          evlog,
+		Observe:         tel.Observe,
+		MetricsInterval: cfg.MetricsInterval,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err
@@ -280,7 +287,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, logger, cfg.Version)
+		&keyAuth{db: db}, evlog, tel, logger, cfg.Version)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -294,6 +301,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	go mgr.Watch(bg, 2*time.Second)
 	go mgr.RunLeases(bg)
+	go mgr.RunMetrics(bg)
 	if cfg.WebhookURL != "" {
 		go (&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(bg)
 	}

@@ -597,3 +597,29 @@ func (s *DB) AssignSlot(ctx context.Context, m *Machine, slots int) error {
 		return nil
 	})
 }
+
+// CountMachines returns how many machines are in each state.
+func (s *DB) CountMachines(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT state, count(*) FROM machines GROUP BY state`)
+	if err != nil {
+		return nil, fmt.Errorf("count machines: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var state string
+		var n int
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, err
+		}
+		out[state] = n
+	}
+	return out, rows.Err()
+}
+
+// SnapshotBytes returns the size of the committed snapshots.
+func (s *DB) SnapshotBytes(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT coalesce(sum(size_bytes), 0) FROM snapshots WHERE state = ?`, SnapshotReady).Scan(&n)
+	return n, err
+}

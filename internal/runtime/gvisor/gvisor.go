@@ -21,7 +21,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -48,6 +50,11 @@ type Driver struct {
 	cfg    Config
 	cli    CLI
 	logger *slog.Logger
+
+	mu sync.Mutex
+	// filestores remembers where each container's overlay file store is
+	// open (see filestoreBytes).
+	filestores map[string]string
 }
 
 var _ runtime.Driver = (*Driver)(nil)
@@ -66,7 +73,8 @@ func New(cfg Config, logger *slog.Logger) (*Driver, error) {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return nil, fmt.Errorf("runsc root: %w", err)
 	}
-	return &Driver{cfg: cfg, cli: CLI{Bin: cfg.Runsc, Root: cfg.Root, Platform: cfg.Platform}, logger: logger}, nil
+	return &Driver{cfg: cfg, cli: CLI{Bin: cfg.Runsc, Root: cfg.Root, Platform: cfg.Platform}, logger: logger,
+		filestores: map[string]string{}}, nil
 }
 
 func overlayDir(dir string) string { return filepath.Join(dir, "overlay") }
@@ -183,6 +191,9 @@ func (d *Driver) Delete(ctx context.Context, id, dir string) error {
 			return fmt.Errorf("delete container %s: %w", id, err)
 		}
 	}
+	d.mu.Lock()
+	delete(d.filestores, id)
+	d.mu.Unlock()
 	if dir != "" {
 		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("remove container dir: %w", err)
@@ -343,4 +354,96 @@ func (d *Driver) Running(id string) (running, ok bool) {
 		}
 	}
 	return false, false
+}
+
+// Stats reads a container's CPU and memory counters from its cgroup (v1,
+// or v2 when that is what the host has) and the size of its overlay file
+// store: a few file reads, no runsc call.
+func (d *Driver) Stats(id string) (runtime.Stats, error) {
+	st, err := d.cgroupStats(id)
+	if err != nil {
+		return st, err
+	}
+	st.DiskBytes = d.filestoreBytes(id)
+	return st, nil
+}
+
+// filestoreBytes returns the blocks a container's root overlay file store
+// takes. runsc unlinks the file once the sandbox has it open, so it is
+// found among the sandbox's open files; its /proc path is remembered.
+func (d *Driver) filestoreBytes(id string) uint64 {
+	d.mu.Lock()
+	path, ok := d.filestores[id]
+	d.mu.Unlock()
+	if ok {
+		if n, ok := blocksOf(path); ok {
+			return n
+		}
+	}
+	pids, err := os.ReadFile("/sys/fs/cgroup/pids" + d.cfg.CgroupParent + "/" + id + "/cgroup.procs")
+	if err != nil {
+		pids, _ = os.ReadFile("/sys/fs/cgroup" + d.cfg.CgroupParent + "/" + id + "/cgroup.procs")
+	}
+	for _, pid := range strings.Fields(string(pids)) {
+		fds, err := os.ReadDir("/proc/" + pid + "/fd")
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			p := "/proc/" + pid + "/fd/" + fd.Name()
+			if target, err := os.Readlink(p); err == nil && strings.Contains(target, "/overlay/runsc-filestore-") {
+				d.mu.Lock()
+				d.filestores[id] = p
+				d.mu.Unlock()
+				n, _ := blocksOf(p)
+				return n
+			}
+		}
+	}
+	return 0
+}
+
+func blocksOf(path string) (uint64, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, false
+	}
+	return uint64(st.Blocks) * 512, true
+}
+
+func (d *Driver) cgroupStats(id string) (runtime.Stats, error) {
+	cg := d.cfg.CgroupParent + "/" + id
+	var st runtime.Stats
+	var err error
+	if st.CPUNanos, err = readUint("/sys/fs/cgroup/cpuacct" + cg + "/cpuacct.usage"); err == nil {
+		if st.MemoryBytes, err = readUint("/sys/fs/cgroup/memory" + cg + "/memory.usage_in_bytes"); err != nil {
+			return st, err
+		}
+		st.MemoryLimit, _ = readUint("/sys/fs/cgroup/memory" + cg + "/memory.limit_in_bytes")
+		return st, nil
+	}
+	// cgroup v2: cpu.stat usage_usec, memory.current, memory.max.
+	b, err2 := os.ReadFile("/sys/fs/cgroup" + cg + "/cpu.stat")
+	if err2 != nil {
+		return st, fmt.Errorf("cgroup of container %s: %w", id, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			us, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			st.CPUNanos = us * 1000
+		}
+	}
+	if st.MemoryBytes, err = readUint("/sys/fs/cgroup" + cg + "/memory.current"); err != nil {
+		return st, err
+	}
+	st.MemoryLimit, _ = readUint("/sys/fs/cgroup" + cg + "/memory.max") // "max" reads as 0: no limit
+	return st, nil
+}
+
+func readUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 }

@@ -1,0 +1,84 @@
+// Package telemetry exposes the server's own metrics in the Prometheus text
+// format: machines by state, lifecycle latencies, API errors by code, and
+// the snapshot storage used.
+package telemetry
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// Metrics holds the server's collectors.
+type Metrics struct {
+	registry  *prometheus.Registry
+	lifecycle *prometheus.HistogramVec
+	errors    *prometheus.CounterVec
+}
+
+// New returns the metrics of a server whose state is in db.
+func New(db *store.DB) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		lifecycle: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "nullspace_lifecycle_duration_seconds",
+			Help:    "Duration of successful lifecycle operations (create, pause, resume, snapshot, restore), server side.",
+			Buckets: []float64{.025, .05, .1, .15, .2, .3, .5, .75, 1, 2, 5, 10, 30},
+		}, []string{"op"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nullspace_api_errors_total",
+			Help: "API requests that failed, by public error code.",
+		}, []string{"code"}),
+	}
+	m.registry.MustRegister(m.lifecycle, m.errors, &stateCollector{db: db},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Observe records the duration of a successful lifecycle operation.
+func (m *Metrics) Observe(op string, d time.Duration) {
+	m.lifecycle.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// CountError records a failed API request.
+func (m *Metrics) CountError(code string) {
+	m.errors.WithLabelValues(code).Inc()
+}
+
+// Handler serves the metrics.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// stateCollector reads the machine counts and snapshot storage from the
+// store at every scrape.
+type stateCollector struct{ db *store.DB }
+
+var (
+	machinesDesc  = prometheus.NewDesc("nullspace_machines", "Machines by state.", []string{"state"}, nil)
+	snapshotsDesc = prometheus.NewDesc("nullspace_snapshot_storage_bytes", "Bytes of committed snapshots.", nil, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- machinesDesc
+	ch <- snapshotsDesc
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if counts, err := c.db.CountMachines(ctx); err == nil {
+		for state, n := range counts {
+			ch <- prometheus.MustNewConstMetric(machinesDesc, prometheus.GaugeValue, float64(n), state)
+		}
+	}
+	if n, err := c.db.SnapshotBytes(ctx); err == nil {
+		ch <- prometheus.MustNewConstMetric(snapshotsDesc, prometheus.GaugeValue, float64(n))
+	}
+}
