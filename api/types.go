@@ -70,6 +70,10 @@ type CreateMachineRequest struct {
 	// AutoResume lets public traffic wake the machine once paused; it needs
 	// on_timeout "pause".
 	AutoResume bool `json:"auto_resume,omitempty"`
+	// IdleTimeoutMS pauses the machine after this long without network
+	// activity (API commands and file calls, packets through its
+	// interface); absent or 0: never. At least 1000.
+	IdleTimeoutMS int64 `json:"idle_timeout_ms,omitempty"`
 }
 
 // Timeout actions: on_timeout takes destroy or pause, timeout_action
@@ -96,6 +100,7 @@ const (
 	EventMachineResumeFailed = "machine.resume_failed"
 	EventMachineRestored     = "machine.restored"
 	EventMachineTimeout      = "machine.timeout"
+	EventMachineIdle         = "machine.idle"
 	EventMachineKilled       = "machine.killed"
 	EventMachineFailed       = "machine.failed"
 	EventSnapshotCreated     = "snapshot.created"
@@ -112,7 +117,8 @@ type Event struct {
 	MachineID string    `json:"machine_id,omitempty"`
 	Time      time.Time `json:"time"`
 	// Cause is what made it happen: "api" (a client call), "timeout" (the
-	// lease ended), "reconcile" (the server's start), "sandbox_exit".
+	// lease ended), "idle" (idle suspend), "reconcile" (the server's
+	// start), "sandbox_exit".
 	Cause   string         `json:"cause"`
 	Details map[string]any `json:"details,omitempty"`
 }
@@ -207,6 +213,8 @@ type Machine struct {
 	// AutoResume whether public traffic wakes the machine once paused.
 	OnTimeout  string `json:"on_timeout,omitempty"`
 	AutoResume bool   `json:"auto_resume,omitempty"`
+	// IdleTimeoutMS: see CreateMachineRequest.
+	IdleTimeoutMS int64 `json:"idle_timeout_ms,omitempty"`
 }
 
 // Snapshot kinds.

@@ -16,7 +16,7 @@
 //     per container (made outside the timed window), busybox sleep as init
 //     (-raw-init agent: the agent, with the server's bind mounts).
 //
-// Measured, N times each (-n), in two suites (-suite):
+// Measured, N times each (-n), in three suites (-suite):
 //
 //   - core: create to first command (CreateMachine until RunCommand(true)
 //     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
@@ -27,7 +27,10 @@
 //     pause window against `runsc checkpoint --leave-running`, a child from
 //     the snapshot to its first command, snapshot sizes; for an idle machine
 //     and for one holding 256 MiB (-skip-256 leaves that out). See
-//     hibernate.go.
+//     hibernate.go;
+//   - lease: the lease scheduler with 10,000 leases, a lease refresh through
+//     the API, and the cost of sampling a running machine's metrics. See
+//     lease.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -55,7 +58,7 @@ import (
 
 // config is the benchmark's configuration, from flags.
 type config struct {
-	suite        string        // all | core | hibernate
+	suite        string        // all | core | hibernate | lease
 	skip256      bool          // leave out the 256 MiB pause/resume case
 	n            int           // iterations per metric
 	warmup       int           // untimed execs before the exec round-trip loop
@@ -93,7 +96,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory) or hibernate (pause, resume, snapshots)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) or lease (lease scheduler, metrics sampling)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -133,9 +136,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate":
+	case "all", "core", "hibernate", "lease":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core or hibernate", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate or lease", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -276,13 +279,18 @@ func run(ctx context.Context, cfg config) (err error) {
 func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, raw *rawSide, res *results) error {
 	watchOthers := func() { res.Host.OtherSandboxes = max(res.Host.OtherSandboxes, otherSandboxes(work)) }
 	watchOthers()
-	if cfg.suite != "hibernate" {
+	if cfg.suite == "all" || cfg.suite == "core" {
 		if err := measureCore(ctx, cfg, ns, raw, res, watchOthers); err != nil {
 			return err
 		}
 	}
-	if cfg.suite != "core" {
-		return measureHibernate(ctx, cfg, ns, raw, res, watchOthers)
+	if cfg.suite == "all" || cfg.suite == "hibernate" {
+		if err := measureHibernate(ctx, cfg, ns, raw, res, watchOthers); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "lease" {
+		return measureLeases(ctx, cfg, ns, res)
 	}
 	return nil
 }

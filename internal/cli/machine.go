@@ -102,6 +102,7 @@ be combined with --snapshot).`,
 	f.Var(&timeoutFlag{req: &req}, "timeout", "lease window in seconds: the machine ends this long after it starts running unless refreshed (default 300)")
 	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default) or pause")
 	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused (needs --on-timeout pause)")
+	f.Var(&idleFlag{req: &req}, "idle-timeout", "pause the machine after this many seconds without network activity (default: never)")
 	return cmd
 }
 
@@ -126,6 +127,27 @@ func (f *timeoutFlag) Set(v string) error {
 }
 
 func (f *timeoutFlag) Type() string { return "seconds" }
+
+// idleFlag sets a create request's idle_timeout_ms from seconds.
+type idleFlag struct{ req *api.CreateMachineRequest }
+
+func (f *idleFlag) String() string {
+	if f.req == nil || f.req.IdleTimeoutMS == 0 {
+		return ""
+	}
+	return strconv.FormatFloat(float64(f.req.IdleTimeoutMS)/1000, 'f', -1, 64)
+}
+
+func (f *idleFlag) Set(v string) error {
+	secs, err := strconv.ParseFloat(v, 64)
+	if err != nil || secs < 0 {
+		return fmt.Errorf("want a number of seconds (0: never), got %q", v)
+	}
+	f.req.IdleTimeoutMS = int64(secs * 1000)
+	return nil
+}
+
+func (f *idleFlag) Type() string { return "seconds" }
 
 func (a *app) machineTimeoutCommand() *cobra.Command {
 	var action string

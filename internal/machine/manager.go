@@ -119,6 +119,7 @@ type Manager struct {
 	spares    *spares
 	leases    *lease.Scheduler
 	metrics   *metrics
+	activity  *activity
 	logger    *slog.Logger
 
 	// locks serializes lifecycle operations per machine id.
@@ -172,6 +173,7 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	m.spares = newSpares(m, cfg.Spares)
 	m.leases = lease.New(func(id string) { go m.expire(id) })
 	m.metrics = newMetrics()
+	m.activity = newActivity()
 	return m, nil
 }
 
@@ -276,6 +278,9 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if err := validateLease(req); err != nil {
 		return err
 	}
+	if err := validateIdle(req); err != nil {
+		return err
+	}
 	if req.AllowInternet && !m.cfg.AllowInternet {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
 			"this server does not allow machines to reach the internet",
@@ -348,6 +353,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		TimeoutMS:     *req.TimeoutMS,
 		OnTimeout:     req.OnTimeout,
 		AutoResume:    req.AutoResume,
+		IdleTimeoutMS: req.IdleTimeoutMS,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -1075,6 +1081,7 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 		v.TimeoutMS, v.TimeoutAt, v.RemainingMS, v.TimeoutAction = l.TimeoutMS, l.TimeoutAt, l.RemainingMS, l.TimeoutAction
 		v.OnTimeout, v.AutoResume = rec.OnTimeout, rec.AutoResume
 	}
+	v.IdleTimeoutMS = rec.IdleTimeoutMS
 	return v
 }
 
@@ -1148,6 +1155,7 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	if err != nil {
 		return Endpoint{}, err
 	}
+	m.Touch(rec.ID) // an API command or file call is activity (idle suspend)
 	return Endpoint{URL: agentURL(ip), Token: rec.AgentToken}, nil
 }
 

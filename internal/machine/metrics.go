@@ -12,7 +12,8 @@ import (
 	"nullspace.dev/nullspace/internal/store"
 )
 
-// Metrics: every running machine is sampled every Config.MetricsInterval from the
+// Metrics: every running machine is sampled every Config.MetricsInterval
+// (which also checks idle machines, see idle.go) from the
 // host side only (its cgroup's counters, its veth's byte counts, its
 // overlay directory), so sampling costs a few file reads per machine and
 // nothing inside it. The last metricsWindow samples per machine are kept
@@ -65,10 +66,16 @@ func (m *Manager) RunMetrics(ctx context.Context) {
 	}
 }
 
-func (m *Manager) sampleAll(ctx context.Context) {
+// SampleAll samples every running machine now (RunMetrics does it on its
+// interval) and returns how many it sampled.
+func (m *Manager) SampleAll(ctx context.Context) int {
+	return m.sampleAll(ctx)
+}
+
+func (m *Manager) sampleAll(ctx context.Context) int {
 	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
 	if err != nil {
-		return
+		return 0
 	}
 	running := map[string]bool{}
 	for _, rec := range recs {
@@ -76,11 +83,16 @@ func (m *Manager) sampleAll(ctx context.Context) {
 			continue
 		}
 		running[rec.ID] = true
-		if s, ok := m.sample(rec, time.Now()); ok {
+		now := time.Now()
+		if s, ok := m.sample(rec, now); ok {
 			m.metrics.add(rec.ID, s)
+			m.activity.sawNet(rec.ID, s.NetRxBytes, s.NetTxBytes, now)
 		}
+		m.checkIdle(rec, now)
 	}
 	m.metrics.forget(running)
+	m.activity.forget(running)
+	return len(running)
 }
 
 // sample measures one machine; ok is false when its counters cannot be read

@@ -116,7 +116,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		AllowInternet: src.AllowInternet, ContainerID: newContainerID(), AgentToken: randomHex(32),
 		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
-		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume,
+		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -150,7 +150,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		AllowInternet: req.AllowInternet || (spec.AllowInternet && m.cfg.AllowInternet),
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
-		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume,
+		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
