@@ -74,7 +74,19 @@ type CreateMachineRequest struct {
 	// activity (API commands and file calls, packets through its
 	// interface); absent or 0: never. At least 1000.
 	IdleTimeoutMS int64 `json:"idle_timeout_ms,omitempty"`
+	// Persistence of the machine's paused state: "persistent" (default:
+	// kept until deleted), "sticky" (kept, but evicted oldest first when
+	// the server's snapshot storage budget is exceeded) or "ephemeral"
+	// (nothing kept: where it would be paused, it is destroyed).
+	Persistence string `json:"persistence,omitempty"`
 }
+
+// Persistence policies.
+const (
+	PersistencePersistent = "persistent"
+	PersistenceSticky     = "sticky"
+	PersistenceEphemeral  = "ephemeral"
+)
 
 // Timeout actions: on_timeout takes destroy or pause, timeout_action
 // destroy or hibernate (the same thing as pause).
@@ -213,8 +225,9 @@ type Machine struct {
 	// AutoResume whether public traffic wakes the machine once paused.
 	OnTimeout  string `json:"on_timeout,omitempty"`
 	AutoResume bool   `json:"auto_resume,omitempty"`
-	// IdleTimeoutMS: see CreateMachineRequest.
-	IdleTimeoutMS int64 `json:"idle_timeout_ms,omitempty"`
+	// IdleTimeoutMS and Persistence: see CreateMachineRequest.
+	IdleTimeoutMS int64  `json:"idle_timeout_ms,omitempty"`
+	Persistence   string `json:"persistence,omitempty"`
 }
 
 // Snapshot kinds.

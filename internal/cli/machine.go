@@ -102,6 +102,7 @@ be combined with --snapshot).`,
 	f.Var(&timeoutFlag{req: &req}, "timeout", "lease window in seconds: the machine ends this long after it starts running unless refreshed (default 300)")
 	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default) or pause")
 	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused (needs --on-timeout pause)")
+	f.StringVar(&req.Persistence, "persistence", "", "what is kept of its paused state: persistent (default), sticky (evicted oldest first over the server's budget) or ephemeral (nothing: destroyed where it would pause)")
 	f.Var(&idleFlag{req: &req}, "idle-timeout", "pause the machine after this many seconds without network activity (default: never)")
 	return cmd
 }

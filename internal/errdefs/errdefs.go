@@ -101,6 +101,7 @@ const (
 	CodeVolumeInUse          = "volume_in_use"
 	CodeVolumeExists         = "volume_exists"
 	CodeAutoResumeNeedsPause = "auto_resume_requires_pause"
+	CodeMachineEphemeral     = "machine_ephemeral"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -143,6 +144,7 @@ var Codes = []string{
 	CodeVolumeInUse,
 	CodeVolumeExists,
 	CodeAutoResumeNeedsPause,
+	CodeMachineEphemeral,
 }
 
 // Public is the public view of an error: what the API sends.

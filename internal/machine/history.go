@@ -82,17 +82,7 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force b
 	}
 	unlock := m.lock(lineageKey(sn.LineageID))
 	defer unlock()
-	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused, api.StateRestoring}})
-	if err != nil {
-		return err
-	}
-	var aliases []*store.Machine
-	for _, p := range paused {
-		if p.SnapshotID == id {
-			aliases = append(aliases, p)
-		}
-	}
-	children, err := m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: id, States: liveStates})
+	aliases, children, err := m.dependents(ctx, id)
 	if err != nil {
 		return err
 	}
@@ -108,11 +98,45 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force b
 			fmt.Sprintf("snapshot %s is in use: %s", id, strings.Join(parts, "; ")),
 			"kill those machines first, or delete with force=true (paused machines that depend on it become failed)")
 	}
+	return m.dropSnapshot(ctx, sn, aliases, fmt.Sprintf("its snapshot %s was deleted", id))
+}
+
+// deleteSnapshot deletes sn whatever depends on it; the paused machines
+// whose state it holds become failed with reason.
+func (m *Manager) deleteSnapshot(ctx context.Context, sn *store.Snapshot, reason string) error {
+	unlock := m.lock(lineageKey(sn.LineageID))
+	defer unlock()
+	aliases, _, err := m.dependents(ctx, sn.ID)
+	if err != nil {
+		return err
+	}
+	return m.dropSnapshot(ctx, sn, aliases, reason)
+}
+
+// dependents returns the paused (or restoring) machines whose state is in
+// snapshot id, and the live machines made from it.
+func (m *Manager) dependents(ctx context.Context, id string) (aliases, children []*store.Machine, err error) {
+	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused, api.StateRestoring}})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, p := range paused {
+		if p.SnapshotID == id {
+			aliases = append(aliases, p)
+		}
+	}
+	children, err = m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: id, States: liveStates})
+	return aliases, children, err
+}
+
+// dropSnapshot fails the paused aliases with reason and removes sn. The
+// caller holds the lineage lock.
+func (m *Manager) dropSnapshot(ctx context.Context, sn *store.Snapshot, aliases []*store.Machine, reason string) error {
 	var errs []error
 	for _, a := range aliases {
 		unlockM := m.lock(a.ID)
 		if cur, err := m.store.GetMachine(ctx, a.ID); err == nil && cur.State == api.StatePaused {
-			errs = append(errs, m.failFrom(ctx, cur, fmt.Sprintf("its snapshot %s was deleted", id)))
+			errs = append(errs, m.failFrom(ctx, cur, reason))
 		}
 		unlockM()
 	}

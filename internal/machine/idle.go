@@ -114,6 +114,12 @@ func (m *Manager) suspendIdle(id string, idle time.Duration) {
 	}
 	m.logger.InfoContext(ctx, "machine idle: pausing it", "machine_id", id, "idle", idle)
 	m.emit(ctx, api.EventMachineIdle, rec, map[string]any{"idle_ms": idle.Milliseconds(), "idle_timeout_ms": rec.IdleTimeoutMS})
+	if rec.Persistence == api.PersistenceEphemeral {
+		if err := m.killHead(ctx, rec); err != nil { // nothing of it is kept
+			m.logger.ErrorContext(ctx, "destroy an idle ephemeral machine", "machine_id", id, "err", err)
+		}
+		return
+	}
 	if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
 		m.logger.ErrorContext(ctx, "pause of an idle machine failed; it keeps running", "machine_id", id, "err", err)
 	}

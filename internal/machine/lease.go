@@ -73,7 +73,7 @@ func autoResumeNeedsPause(what string) error {
 // LeaseOf returns a machine's lease as the API shows it, at now.
 func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
 	l := api.Lease{TimeoutMS: rec.TimeoutMS, TimeoutAction: api.TimeoutDestroy}
-	if rec.OnTimeout == api.TimeoutPause {
+	if rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral { // an ephemeral machine is destroyed
 		l.TimeoutAction = api.TimeoutHibernate
 	}
 	if rec.Deadline.IsZero() {
@@ -203,7 +203,7 @@ func (m *Manager) expire(id string) {
 	}
 	log := m.logger.With("machine_id", id, "on_timeout", rec.OnTimeout, "deadline", rec.Deadline)
 	m.emit(ctx, api.EventMachineTimeout, rec, map[string]any{"on_timeout": rec.OnTimeout, "deadline": rec.Deadline})
-	if rec.OnTimeout == api.TimeoutPause {
+	if rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral {
 		log.InfoContext(ctx, "lease ended: pausing the machine")
 		if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
 			log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again", "err", err)

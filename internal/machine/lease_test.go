@@ -176,3 +176,32 @@ func waitState(t *testing.T, db *store.DB, id, state string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestValidatePersistence: the default, the policies, and ephemeral without
+// auto_resume.
+func TestValidatePersistence(t *testing.T) {
+	for _, tc := range []struct {
+		req  api.CreateMachineRequest
+		want string // policy, or the error code
+	}{
+		{api.CreateMachineRequest{}, api.PersistencePersistent},
+		{api.CreateMachineRequest{Persistence: "sticky"}, api.PersistenceSticky},
+		{api.CreateMachineRequest{Persistence: "ephemeral"}, api.PersistenceEphemeral},
+		{api.CreateMachineRequest{Persistence: "forever"}, errdefs.CodeInvalidArgument},
+		{api.CreateMachineRequest{Persistence: "ephemeral", AutoResume: true, OnTimeout: "pause"}, errdefs.CodeInvalidArgument},
+	} {
+		req := tc.req
+		err := validatePersistence(&req)
+		got := req.Persistence
+		if err != nil {
+			got = errdefs.Classify(err).Code
+		}
+		if got != tc.want {
+			t.Errorf("validatePersistence(%+v) = %q, want %q", tc.req, got, tc.want)
+		}
+	}
+	eph := &store.Machine{TimeoutMS: 1000, OnTimeout: api.TimeoutPause, Persistence: api.PersistenceEphemeral}
+	if l := LeaseOf(eph, time.Now()); l.TimeoutAction != api.TimeoutDestroy {
+		t.Errorf("ephemeral pause-on-timeout lease action = %s, want destroy", l.TimeoutAction)
+	}
+}

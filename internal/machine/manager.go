@@ -106,6 +106,9 @@ type Config struct {
 	// operation: create, pause, snapshot, checkpoint, resume, child,
 	// restore.
 	Observe func(op string, d time.Duration)
+	// SnapshotBudget bounds the bytes of committed snapshots before the
+	// paused states of sticky machines are evicted (0: no bound).
+	SnapshotBudget int64
 }
 
 // Manager manages machines.
@@ -281,6 +284,9 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if err := validateIdle(req); err != nil {
 		return err
 	}
+	if err := validatePersistence(req); err != nil {
+		return err
+	}
 	if req.AllowInternet && !m.cfg.AllowInternet {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
 			"this server does not allow machines to reach the internet",
@@ -354,6 +360,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		OnTimeout:     req.OnTimeout,
 		AutoResume:    req.AutoResume,
 		IdleTimeoutMS: req.IdleTimeoutMS,
+		Persistence:   req.Persistence,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -1081,7 +1088,7 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 		v.TimeoutMS, v.TimeoutAt, v.RemainingMS, v.TimeoutAction = l.TimeoutMS, l.TimeoutAt, l.RemainingMS, l.TimeoutAction
 		v.OnTimeout, v.AutoResume = rec.OnTimeout, rec.AutoResume
 	}
-	v.IdleTimeoutMS = rec.IdleTimeoutMS
+	v.IdleTimeoutMS, v.Persistence = rec.IdleTimeoutMS, rec.Persistence
 	return v
 }
 

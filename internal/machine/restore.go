@@ -117,6 +117,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
+		Persistence: src.Persistence,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -151,6 +152,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
+		Persistence: req.Persistence,
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)

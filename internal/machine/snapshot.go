@@ -121,6 +121,9 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*st
 	if rec.State != api.StateRunning {
 		return nil, notRunning(rec)
 	}
+	if kind == api.SnapshotHibernate && rec.Persistence == api.PersistenceEphemeral {
+		return nil, ephemeralPause(rec)
+	}
 	return m.capture(ctx, rec, kind)
 }
 
@@ -246,6 +249,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	}
 	m.schedule(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
+	go m.enforceBudget(context.WithoutCancel(ctx))
 	if stop {
 		m.emit(ctx, api.EventMachinePaused, rec, map[string]any{"snapshot_id": sn.ID})
 	}

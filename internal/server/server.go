@@ -63,6 +63,9 @@ type Config struct {
 	// HMAC>; env NULLSPACE_WEBHOOK_SECRET) and retried with backoff.
 	WebhookURL    string
 	WebhookSecret string
+	// SnapshotBudgetMB bounds the committed snapshots' size: over it, the
+	// paused states of sticky machines are evicted, oldest first. 0: none.
+	SnapshotBudgetMB int64
 	// MetricsInterval is how often running machines are sampled; default
 	// 5 s (tests shorten it).
 	MetricsInterval time.Duration
@@ -147,6 +150,9 @@ func (c *Config) Validate() error {
 		if u, err := url.Parse(c.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("--webhook-url %q is not an http(s) URL", c.WebhookURL)
 		}
+	}
+	if c.SnapshotBudgetMB < 0 {
+		return fmt.Errorf("--snapshot-budget-mb must be 0 (no budget) or more, got %d", c.SnapshotBudgetMB)
 	}
 	if c.Spares < 0 {
 		return fmt.Errorf("--spares must be 0 (none) or more, got %d", c.Spares)
@@ -277,6 +283,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Events:          evlog,
 		Observe:         tel.Observe,
 		MetricsInterval: cfg.MetricsInterval,
+		SnapshotBudget:  cfg.SnapshotBudgetMB << 20,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err

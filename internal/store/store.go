@@ -132,6 +132,8 @@ var migrations = []string{
 	);`,
 	// 6: idle suspend.
 	`ALTER TABLE machines ADD COLUMN idle_timeout_ms INTEGER NOT NULL DEFAULT 0;`,
+	// 7: persistence policy.
+	`ALTER TABLE machines ADD COLUMN persistence TEXT NOT NULL DEFAULT 'persistent';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -271,12 +273,15 @@ type Machine struct {
 	// IdleTimeoutMS pauses the machine after this long without network
 	// activity (0: never).
 	IdleTimeoutMS int64
+	// Persistence is "persistent", "sticky" or "ephemeral" (see
+	// machine/persistence.go).
+	Persistence string
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
-	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms`
+	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -340,11 +345,11 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
-		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS)
+		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence))
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -508,7 +513,7 @@ func scanMachine(r scanner) (*Machine, error) {
 	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
-		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS)
+		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence)
 	if err != nil {
 		return nil, err
 	}
@@ -538,6 +543,13 @@ func optTime(t time.Time) string {
 		return ""
 	}
 	return formatTime(t)
+}
+
+func persistenceOr(s string) string {
+	if s == "" {
+		return "persistent"
+	}
+	return s
 }
 
 func onTimeoutOr(s string) string {
