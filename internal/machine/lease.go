@@ -129,18 +129,11 @@ func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.Set
 	}
 	unlockLineage := m.lock(lineageKey(rec.LineageID))
 	defer unlockLineage()
-	head, err := m.lineageHead(ctx, rec.LineageID)
+	head, unlock, err := m.headLocked(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err
 	}
-	unlock := m.lock(head.ID)
 	defer unlock()
-	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
-		return nil, err
-	}
-	if head.State != api.StateRunning && head.State != api.StatePaused {
-		return nil, notRunning(head)
-	}
 	if onTimeout == api.TimeoutDestroy && head.AutoResume {
 		return nil, autoResumeNeedsPause(fmt.Sprintf("timeout_action \"destroy\" on auto-resumable machine %s", head.ID))
 	}

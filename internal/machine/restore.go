@@ -275,18 +275,11 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 		return nil, busy(id)
 	}
 	defer unlockLineage()
-	head, err := m.lineageHead(ctx, rec.LineageID)
+	head, unlock, err := m.headLocked(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err
 	}
-	unlock := m.lock(head.ID)
 	defer unlock()
-	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
-		return nil, err
-	}
-	if head.State != api.StateRunning && head.State != api.StatePaused {
-		return nil, notRunning(head)
-	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
 		return nil, err

@@ -81,6 +81,25 @@ func (m *Manager) lineageHead(ctx context.Context, lineageID string) (*store.Mac
 	return head, nil
 }
 
+// headLocked locks the latest execution of a lineage, whose lock the
+// caller holds, and returns it read afresh; it must be running or paused.
+func (m *Manager) headLocked(ctx context.Context, lineageID string) (*store.Machine, func(), error) {
+	head, err := m.lineageHead(ctx, lineageID)
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock := m.lock(head.ID)
+	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	if head.State != api.StateRunning && head.State != api.StatePaused {
+		unlock()
+		return nil, nil, notRunning(head)
+	}
+	return head, unlock, nil
+}
+
 // Pause checkpoints a running machine and stops it: memory, processes and
 // files go into a hibernate snapshot, its resources are freed, and its id
 // stays as a paused alias. Pausing a paused machine returns its snapshot.
