@@ -124,6 +124,8 @@ type Manager struct {
 	metrics   *metrics
 	activity  *activity
 	logger    *slog.Logger
+	// evictMu serializes evictions of sticky machines' paused states.
+	evictMu sync.Mutex
 
 	// locks serializes lifecycle operations per machine id.
 	locksMu sync.Mutex

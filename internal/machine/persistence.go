@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"sync"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -44,17 +43,14 @@ func ephemeralPause(rec *store.Machine) error {
 		`kill it, take a reusable snapshot (POST /v1/machines/{id}/snapshots), or create machines to pause with persistence "sticky" or "persistent"`)
 }
 
-// evictMu serializes evictions.
-var evictMu sync.Mutex
-
 // enforceBudget evicts the paused states of sticky machines, oldest first,
 // while the committed snapshots take more than the budget.
 func (m *Manager) enforceBudget(ctx context.Context) {
 	if m.cfg.SnapshotBudget <= 0 {
 		return
 	}
-	evictMu.Lock()
-	defer evictMu.Unlock()
+	m.evictMu.Lock()
+	defer m.evictMu.Unlock()
 	used, err := m.store.SnapshotBytes(ctx)
 	if err != nil || used <= m.cfg.SnapshotBudget {
 		return
