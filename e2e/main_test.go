@@ -118,6 +118,9 @@ func serveForCrashTest(addr string) int {
 
 func startServer(dataDir string) error {
 	env.cfg = testConfig(dataDir)
+	// The shared server delivers its events to a webhook on loopback.
+	env.cfg.WebhookURL = startWebhookReceiver()
+	env.cfg.WebhookSecret = webhookSecret
 	return restartServer()
 }
 
