@@ -300,6 +300,22 @@ func (a *app) machineInfoCommand() *cobra.Command {
 					[2]string{"On pause", strings.Join(m.Hooks.OnPause, "; ")},
 					[2]string{"On resume", strings.Join(m.Hooks.OnResume, "; ")})
 			}
+			if m.TimeoutMS > 0 {
+				lease := fmt.Sprintf("%s, then %s", time.Duration(m.TimeoutMS)*time.Millisecond, m.TimeoutAction)
+				if m.TimeoutAt != nil {
+					lease += fmt.Sprintf(" at %s (%s left)", formatTime(now, *m.TimeoutAt), time.Duration(m.RemainingMS)*time.Millisecond)
+				} else {
+					lease += " (not running: the window starts when it resumes)"
+				}
+				fields = append(fields, [2]string{"Lease", lease})
+			}
+			if m.IdleTimeoutMS > 0 {
+				fields = append(fields, [2]string{"Idle timeout", (time.Duration(m.IdleTimeoutMS) * time.Millisecond).String()})
+			}
+			fields = append(fields, [2]string{"Persistence", m.Persistence})
+			if m.AutoResume {
+				fields = append(fields, [2]string{"Auto-resume", "true"})
+			}
 			fields = append(fields, [2]string{"Created", formatTime(now, m.CreatedAt)})
 			if m.StartedAt != nil {
 				fields = append(fields, [2]string{"Started", formatTime(now, *m.StartedAt)})

@@ -64,6 +64,10 @@ func (a *activity) forget(running map[string]bool) {
 	for id := range a.net {
 		if !running[id] {
 			delete(a.net, id)
+		}
+	}
+	for id := range a.last {
+		if !running[id] {
 			delete(a.last, id)
 		}
 	}
