@@ -73,16 +73,23 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 }
 
 func (m *Manager) sampleAll(ctx context.Context) int {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+	// Machines being snapshotted keep their samples and activity; only
+	// running ones are sampled.
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning, api.StateSnapshotting, api.StatePausing}})
 	if err != nil {
 		return 0
 	}
 	running := map[string]bool{}
+	sampled := 0
 	for _, rec := range recs {
 		if rec.TeamID == buildTeam {
 			continue
 		}
 		running[rec.ID] = true
+		if rec.State != api.StateRunning {
+			continue
+		}
+		sampled++
 		now := time.Now()
 		if s, ok := m.sample(rec, now); ok {
 			m.metrics.add(rec.ID, s)
@@ -92,7 +99,7 @@ func (m *Manager) sampleAll(ctx context.Context) int {
 	}
 	m.metrics.forget(running)
 	m.activity.forget(running)
-	return len(running)
+	return sampled
 }
 
 // sample measures one machine; ok is false when its counters cannot be read
