@@ -140,3 +140,51 @@ func TestSetTimeout(t *testing.T) {
 		t.Fatalf("CLI create --auto-resume without pause: %d %q", code, errOut)
 	}
 }
+
+// TestLeaseAcrossRestart: deadlines live in the store. One that passed
+// while the server was down fires as soon as it is back; one still ahead
+// keeps its deadline.
+func TestLeaseAcrossRestart(t *testing.T) {
+	short := newMachine(t, api.CreateMachineRequest{Template: "minimal", TimeoutMS: ptr(int64(3000))})
+	long := newMachine(t, api.CreateMachineRequest{Template: "minimal", TimeoutMS: ptr(int64(120000))})
+	if err := env.inst.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(4 * time.Second) // short's deadline passes while the server is down
+	if err := restartServer(); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	waitState(t, short.ID, api.StateKilled, 10*time.Second)
+	after := getMachine(t, long.ID)
+	if after.State != api.StateRunning || after.TimeoutAt == nil || !after.TimeoutAt.Equal(*long.TimeoutAt) {
+		t.Fatalf("long lease after the restart: %s, at %v; want running, at %v", after.State, after.TimeoutAt, long.TimeoutAt)
+	}
+	evs, err := env.client.ListEvents(t.Context(), client.EventQuery{MachineID: short.ID, Types: []string{api.EventMachineTimeout}})
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("timeout events of the machine that expired while the server was down: %+v, %v", evs, err)
+	}
+}
+
+// TestLeaseRacesPause: a manual pause sent at the moment the lease pauses
+// the machine: exactly one pause happens.
+func TestLeaseRacesPause(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", TimeoutMS: ptr(int64(2000)), OnTimeout: api.TimeoutPause})
+	time.Sleep(time.Until(m.TimeoutAt.Add(-20 * time.Millisecond)))
+	_, err := env.client.Pause(t.Context(), m.ID)
+	if err != nil {
+		wantCode(t, err, "conflict") // the lease's pause was under way
+	}
+	waitState(t, m.ID, api.StatePaused, 15*time.Second)
+	time.Sleep(time.Second) // a second pause, if there were one, would be done
+	snaps, err := env.client.ListSnapshots(t.Context(), m.ID, api.SnapshotHibernate)
+	if err != nil || len(snaps) != 1 {
+		t.Fatalf("hibernate snapshots after a racing pause and lease: %+v, %v", snaps, err)
+	}
+	evs, err := env.client.ListEvents(t.Context(), client.EventQuery{MachineID: m.ID, Types: []string{api.EventMachinePaused}})
+	if err != nil || len(evs) != 1 {
+		t.Fatalf("paused events: %+v, %v", evs, err)
+	}
+	if _, err := env.client.KillMachine(t.Context(), m.ID); err != nil {
+		t.Fatal(err)
+	}
+}
