@@ -73,7 +73,7 @@ func autoResumeNeedsPause(what string) error {
 // LeaseOf returns a machine's lease as the API shows it, at now.
 func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
 	l := api.Lease{TimeoutMS: rec.TimeoutMS, TimeoutAction: api.TimeoutDestroy}
-	if rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral { // an ephemeral machine is destroyed
+	if pausesAtDeadline(rec) {
 		l.TimeoutAction = api.TimeoutHibernate
 	}
 	if rec.Deadline.IsZero() {
@@ -84,6 +84,12 @@ func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
 	l.TimeoutAt = &at
 	l.RemainingMS = max(rec.Deadline.Sub(now).Milliseconds(), 0)
 	return l
+}
+
+// pausesAtDeadline says whether the end of rec's lease pauses it; else it
+// destroys it. An ephemeral machine keeps no paused state: it is destroyed.
+func pausesAtDeadline(rec *store.Machine) bool {
+	return rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral
 }
 
 // startLease starts rec's window as it begins to run; the caller persists
@@ -196,7 +202,7 @@ func (m *Manager) expire(id string) {
 	}
 	log := m.logger.With("machine_id", id, "on_timeout", rec.OnTimeout, "deadline", rec.Deadline)
 	m.emit(ctx, api.EventMachineTimeout, rec, map[string]any{"on_timeout": rec.OnTimeout, "deadline": rec.Deadline})
-	if rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral {
+	if pausesAtDeadline(rec) {
 		log.InfoContext(ctx, "lease ended: pausing the machine")
 		if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
 			log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again", "err", err)

@@ -57,7 +57,7 @@ func (m *Manager) RunMetrics(ctx context.Context) {
 	t := time.NewTicker(m.cfg.MetricsInterval)
 	defer t.Stop()
 	for {
-		m.sampleAll(ctx)
+		m.SampleAll(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -69,15 +69,17 @@ func (m *Manager) RunMetrics(ctx context.Context) {
 // SampleAll samples every running machine now (RunMetrics does it on its
 // interval) and returns how many it sampled.
 func (m *Manager) SampleAll(ctx context.Context) int {
-	return m.sampleAll(ctx)
-}
-
-func (m *Manager) sampleAll(ctx context.Context) int {
 	// Machines being snapshotted keep their samples and activity; only
 	// running ones are sampled.
 	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning, api.StateSnapshotting, api.StatePausing}})
 	if err != nil {
 		return 0
+	}
+	// Every machine's overlay is under the data dir: one statfs serves all.
+	var diskTotal uint64
+	var fsst syscall.Statfs_t
+	if syscall.Statfs(filepath.Join(m.cfg.DataDir, "machines"), &fsst) == nil {
+		diskTotal = fsst.Blocks * uint64(fsst.Bsize)
 	}
 	running := map[string]bool{}
 	sampled := 0
@@ -91,7 +93,7 @@ func (m *Manager) sampleAll(ctx context.Context) int {
 		}
 		sampled++
 		now := time.Now()
-		if s, ok := m.sample(rec, now); ok {
+		if s, ok := m.sample(rec, now, diskTotal); ok {
 			m.metrics.add(rec.ID, s)
 			m.activity.sawNet(rec.ID, s.NetRxBytes, s.NetTxBytes, now)
 		}
@@ -103,8 +105,9 @@ func (m *Manager) sampleAll(ctx context.Context) int {
 }
 
 // sample measures one machine; ok is false when its counters cannot be read
-// (it is stopping, or the driver cannot tell).
-func (m *Manager) sample(rec *store.Machine, now time.Time) (api.MetricSample, bool) {
+// (it is stopping, or the driver cannot tell). diskTotal is the size of the
+// file system holding the machines' overlays.
+func (m *Manager) sample(rec *store.Machine, now time.Time, diskTotal uint64) (api.MetricSample, bool) {
 	st, ok := m.driver.(statser)
 	if !ok {
 		return api.MetricSample{}, false
@@ -128,12 +131,7 @@ func (m *Manager) sample(rec *store.Machine, now time.Time) (api.MetricSample, b
 	if c, ok := m.net.(counterer); ok && rec.Slot >= 0 {
 		s.NetRxBytes, s.NetTxBytes, _ = c.Counters(rec.Slot)
 	}
-	s.DiskUsed = stats.DiskBytes
-	overlay := filepath.Join(m.machineDir(rec.ID), "container", "overlay")
-	var fsst syscall.Statfs_t
-	if syscall.Statfs(overlay, &fsst) == nil {
-		s.DiskTotal = fsst.Blocks * uint64(fsst.Bsize)
-	}
+	s.DiskUsed, s.DiskTotal = stats.DiskBytes, diskTotal
 	return s, true
 }
 

@@ -207,10 +207,8 @@ func (p *spares) fill(ctx context.Context) {
 		return
 	}
 	need := map[string]int{}
-	shapes := map[string]shape{}
 	for _, sh := range want {
 		need[sh.key()]++
-		shapes[sh.key()] = sh
 	}
 	var surplus []*spare
 	p.mu.Lock()
@@ -233,7 +231,7 @@ func (p *spares) fill(ctx context.Context) {
 		if !p.quiet(ctx) {
 			return
 		}
-		sp, err := p.create(ctx, shapes[key])
+		sp, err := p.create(ctx, sh)
 		if err != nil {
 			if ctx.Err() == nil {
 				p.m.logger.WarnContext(ctx, "spares: create", "template", sh.Template, "err", err)
