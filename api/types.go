@@ -41,6 +41,15 @@ const (
 	// StateRestoring: a machine's state is being replaced in place by one of
 	// its checkpoints.
 	StateRestoring = "restoring"
+	// StateStopping: the machine's processes are being ended and its disk
+	// saved (stop).
+	StateStopping = "stopping"
+	// StateStopped: no process runs and no memory is held; the machine's
+	// files are kept (in a snapshot of kind "disk") and start boots it
+	// again under the same id.
+	StateStopped = "stopped"
+	// StateStarting: a stopped machine is being booted from its disk.
+	StateStarting = "starting"
 )
 
 // CreateMachineRequest is the body of POST /v1/machines.
@@ -79,6 +88,10 @@ type CreateMachineRequest struct {
 	// the server's snapshot storage budget is exceeded) or "ephemeral"
 	// (nothing kept: where it would be paused, it is destroyed).
 	Persistence string `json:"persistence,omitempty"`
+	// Command is the machine's main process (argv), started when the
+	// machine boots and again on every start after a stop. Wait returns
+	// its exit status. Absent: the machine has no main process.
+	Command []string `json:"command,omitempty"`
 }
 
 // Persistence policies.
@@ -114,6 +127,9 @@ const (
 	EventMachineTimeout      = "machine.timeout"
 	EventMachineIdle         = "machine.idle"
 	EventMachineKilled       = "machine.killed"
+	EventMachineStopped      = "machine.stopped"
+	EventMachineStarted      = "machine.started"
+	EventMachineStartFailed  = "machine.start_failed"
 	EventMachineFailed       = "machine.failed"
 	EventSnapshotCreated     = "snapshot.created"
 	EventSnapshotDeleted     = "snapshot.deleted"
@@ -228,6 +244,29 @@ type Machine struct {
 	// IdleTimeoutMS and Persistence: see CreateMachineRequest.
 	IdleTimeoutMS int64  `json:"idle_timeout_ms,omitempty"`
 	Persistence   string `json:"persistence,omitempty"`
+	// Command is the machine's main process (see CreateMachineRequest);
+	// MainPID its pid in the current boot, 0 when it has none.
+	Command []string `json:"command,omitempty"`
+	MainPID int      `json:"main_pid,omitempty"`
+	// Exit is how the main process ended, once it has (in this boot).
+	Exit *MainExit `json:"exit,omitempty"`
+}
+
+// MainExit is how a machine's main process ended: the body of
+// GET /v1/machines/{id}/wait and Machine.Exit.
+type MainExit struct {
+	ExitCode int `json:"exit_code"`
+	// Signal names the signal that ended it, if one did (a stop sends
+	// SIGTERM, then SIGKILL after the grace period).
+	Signal string    `json:"signal,omitempty"`
+	At     time.Time `json:"at"`
+}
+
+// StopMachineRequest is the (optional) body of POST /v1/machines/{id}/stop.
+type StopMachineRequest struct {
+	// GraceMS is how long processes have to exit after SIGTERM before
+	// they are killed; default 10000, at most 300000, 0 kills at once.
+	GraceMS *int64 `json:"grace_ms,omitempty"`
 }
 
 // Snapshot kinds.
@@ -240,6 +279,9 @@ const (
 	// SnapshotCheckpoint is a manual checkpoint of a running machine, kept
 	// in its history.
 	SnapshotCheckpoint = "checkpoint"
+	// SnapshotDisk holds a stopped machine's files and no process: start
+	// boots from it and then deletes it.
+	SnapshotDisk = "disk"
 )
 
 // Snapshot is the public view of a snapshot.
@@ -519,6 +561,29 @@ type HookResult struct {
 	Output     string `json:"output,omitempty"` // stdout and stderr, last 4 KiB
 	DurationMS int64  `json:"duration_ms"`
 	TimedOut   bool   `json:"timed_out,omitempty"`
+}
+
+// AgentStopRequest is the body of the agent's POST /lifecycle/stop: end
+// every process (SIGTERM, then SIGKILL after GraceMS), forget them, clear
+// /dev/shm and sync, so that a checkpoint taken next holds only files.
+type AgentStopRequest struct {
+	GraceMS int64 `json:"grace_ms"`
+}
+
+// AgentStopResult is the response of POST /lifecycle/stop.
+type AgentStopResult struct {
+	// Ended are the commands the agent was tracking that were running,
+	// with how they ended.
+	Ended []StoppedProcess `json:"ended"`
+	// Killed is true when something had to be sent SIGKILL.
+	Killed bool `json:"killed"`
+}
+
+// StoppedProcess is one process ended by a stop.
+type StoppedProcess struct {
+	PID      int    `json:"pid"`
+	ExitCode int    `json:"exit_code"`
+	Signal   string `json:"signal,omitempty"`
 }
 
 // AgentLifecycleResult is the response of both lifecycle calls.

@@ -223,6 +223,7 @@ func (a *Agent) routes() http.Handler {
 		{"POST /commands/{pid}/stdin", a.commandStdin},
 		{"POST /commands/{pid}/signal", a.signalCommand},
 		{"DELETE /commands/{pid}", a.killCommand},
+		{"GET /commands/{pid}/wait", a.waitCommand},
 		{"GET /files", a.readFile},
 		{"PUT /files", a.writeFile},
 		{"DELETE /files", a.removeFile},
@@ -232,6 +233,8 @@ func (a *Agent) routes() http.Handler {
 		{"POST /files/rename", a.rename},
 		{"POST /lifecycle/prepare", a.prepare},
 		{"POST /lifecycle/restored", a.restored},
+		{"POST /lifecycle/stop", a.stop},
+		{"POST /lifecycle/main", a.startMain},
 		{"/", a.notFound},
 	} {
 		mux.Handle(r.pattern, a.authed(r.h))

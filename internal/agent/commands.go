@@ -198,6 +198,24 @@ func (a *Agent) killCommand(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// waitCommand answers once the command has exited and its output is
+// collected, with how it ended; it blocks until then or until the request
+// ends.
+func (a *Agent) waitCommand(w http.ResponseWriter, r *http.Request) error {
+	p, err := a.process(r)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-p.done:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	}
+	es := p.exitStatus()
+	writeJSON(w, http.StatusOK, api.MainExit{ExitCode: es.code, Signal: es.signal, At: p.exitedAt.UTC()})
+	return nil
+}
+
 // process finds the process named by the {pid} path value.
 func (a *Agent) process(r *http.Request) (*process, error) {
 	s := r.PathValue("pid")

@@ -24,6 +24,10 @@ import (
 //	POST /lifecycle/restored  after every restore: adopt the new identity
 //	                          (token, machine id, hostname, files), publish
 //	                          restore.json, run the resume hooks
+//	POST /lifecycle/stop      before the checkpoint of a stop: end every
+//	                          process, clear /dev/shm (memory), sync
+//	POST /lifecycle/main      start the machine's main process (at boot,
+//	                          and at every start after a stop)
 //
 // Hooks run one after the other with /bin/sh -c, as the agent's user (root)
 // in the default workdir, with NULLSPACE_EVENT (pause or resume) and
@@ -72,6 +76,48 @@ func (a *Agent) prepare(w http.ResponseWriter, r *http.Request) error {
 	res := api.AgentLifecycleResult{Hooks: hooks, SyncMS: ceilMS(time.Since(start))}
 	a.log.Info("prepared for checkpoint", "hooks", len(req.Hooks), "sync_ms", res.SyncMS)
 	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// maxStopGrace bounds the grace period of a stop.
+const maxStopGrace = 5 * time.Minute
+
+func (a *Agent) stop(w http.ResponseWriter, r *http.Request) error {
+	var req api.AgentStopRequest
+	if err := readJSON(w, r, 1<<10, &req); err != nil {
+		return err
+	}
+	grace := time.Duration(req.GraceMS) * time.Millisecond
+	if req.GraceMS < 0 || grace > maxStopGrace {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("grace_ms %d is out of range", req.GraceMS), fmt.Sprintf("pass 0 to %d", maxStopGrace.Milliseconds()))
+	}
+	start := time.Now()
+	res := a.procs.stopAll(r.Context(), grace)
+	if os.Getpid() == 1 {
+		// /dev/shm is memory: a stopped machine keeps its disk, not this.
+		entries, _ := os.ReadDir("/dev/shm")
+		for _, e := range entries {
+			os.RemoveAll(filepath.Join("/dev/shm", e.Name()))
+		}
+	}
+	syscall.Sync()
+	a.log.Info("stopped every process", "ended", len(res.Ended), "killed", res.Killed, "took", time.Since(start).String())
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (a *Agent) startMain(w http.ResponseWriter, r *http.Request) error {
+	var req api.RunCommandRequest
+	if err := readJSON(w, r, maxLifecycleBody, &req); err != nil {
+		return err
+	}
+	p, err := a.procs.startMain(req.Cmd)
+	if err != nil {
+		return err
+	}
+	a.log.Info("main process started", "pid", p.pid, "cmd", req.Cmd)
+	writeJSON(w, http.StatusAccepted, api.CommandStarted{PID: p.pid})
 	return nil
 }
 

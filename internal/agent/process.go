@@ -51,6 +51,10 @@ type processManager struct {
 	mu       sync.Mutex
 	procs    map[int]*process
 	finished []*process // oldest first; may hold entries already replaced in procs
+	// main is the machine's main process (see startMain): it stays listed
+	// after it exits, however many commands exit after it, so a wait can
+	// always tell how it ended.
+	main *process
 }
 
 func newProcessManager(log *slog.Logger, outputBytes int, baseEnv []string, workdir string) *processManager {
@@ -71,6 +75,7 @@ type process struct {
 	cwd       string
 	user      string
 	startedAt time.Time
+	exitedAt  time.Time // set before exited is closed
 
 	// exited is closed by the reaper once the command's own process has
 	// exited; status is set before.
@@ -106,6 +111,26 @@ type exitStatus struct {
 	code     int    // the exit status, or 128+signal when killed by one
 	signal   string // e.g. "SIGKILL"; empty for a normal exit
 	timedOut bool
+}
+
+// startMain starts the machine's main process in the background and keeps
+// its record for good (see processManager.main).
+func (m *processManager) startMain(argv []string) (*process, error) {
+	m.mu.Lock()
+	cur := m.main
+	m.mu.Unlock()
+	if cur != nil && !cur.hasExited() {
+		return nil, errdefs.New(errdefs.ErrConflict, errdefs.CodeConflict,
+			fmt.Sprintf("the main process (pid %d) is running", cur.pid), "stop the machine first")
+	}
+	p, err := m.start(api.RunCommandRequest{Cmd: argv, Background: true})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	m.main = p
+	m.mu.Unlock()
+	return p, nil
 }
 
 // start validates req, starts the command and registers it. The returned
@@ -455,6 +480,7 @@ func (p *process) onExit(ws syscall.WaitStatus) {
 		p.timer.Stop()
 	}
 	p.status = ws
+	p.exitedAt = time.Now()
 	close(p.exited)
 }
 
@@ -543,8 +569,12 @@ func (m *processManager) collect(p *process, stdout, stderr *os.File) {
 	m.mu.Lock()
 	m.finished = append(m.finished, p)
 	if len(m.finished) > keepExited {
-		old := m.finished[0]
-		m.finished = slices.Delete(m.finished, 0, 1)
+		i := 0
+		if m.finished[0] == m.main {
+			i = 1
+		}
+		old := m.finished[i]
+		m.finished = slices.Delete(m.finished, i, i+1)
 		if m.procs[old.pid] == old {
 			delete(m.procs, old.pid)
 		}
@@ -719,6 +749,85 @@ func (m *processManager) shutdown(ctx context.Context, sig syscall.Signal) {
 			return
 		}
 	}
+}
+
+// stopKillWait bounds how long stopAll waits for processes to vanish after
+// SIGKILL; gVisor delivers it at once, so this is only a backstop.
+const stopKillWait = 5 * time.Second
+
+// stopAll ends every process, as a shutdown does: SIGTERM, and SIGKILL for
+// whatever is left after grace. As PID 1 it waits until no process but
+// itself remains (daemons that left the agent's process groups included);
+// otherwise until the commands it tracks are done. It then forgets every
+// command, so that the machine starts again with none, and reports how the
+// commands that were running ended.
+func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.AgentStopResult {
+	var running []*process
+	for _, p := range m.all() {
+		if !p.hasExited() {
+			running = append(running, p)
+		}
+	}
+	gone := func() bool {
+		for _, p := range running {
+			select {
+			case <-p.done:
+			default:
+				return false
+			}
+		}
+		return os.Getpid() != 1 || onlyInit()
+	}
+	var res api.AgentStopResult
+	m.signalAll(running, syscall.SIGTERM)
+	if !waitFor(ctx, grace, gone) {
+		res.Killed = true
+		m.signalAll(running, syscall.SIGKILL)
+		waitFor(ctx, stopKillWait, gone)
+	}
+	for _, p := range running {
+		if p.hasExited() {
+			es := p.exitStatus()
+			res.Ended = append(res.Ended, api.StoppedProcess{PID: p.pid, ExitCode: es.code, Signal: es.signal})
+		}
+	}
+	m.mu.Lock()
+	m.procs = make(map[int]*process)
+	m.finished = nil
+	m.main = nil
+	m.mu.Unlock()
+	return res
+}
+
+// waitFor polls cond until it holds (true), or d or ctx ends (false).
+func waitFor(ctx context.Context, d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return true
+}
+
+// onlyInit reports whether the calling process (PID 1) is the only one
+// left in its pid namespace.
+func onlyInit() bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *processManager) signalAll(procs []*process, sig syscall.Signal) {

@@ -102,6 +102,7 @@ const (
 	CodeVolumeExists         = "volume_exists"
 	CodeAutoResumeNeedsPause = "auto_resume_requires_pause"
 	CodeMachineEphemeral     = "machine_ephemeral"
+	CodeNoCommand            = "machine_has_no_command"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.

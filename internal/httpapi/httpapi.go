@@ -13,7 +13,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
@@ -88,6 +90,9 @@ func (s *Server) Routes() []Route {
 		{Method: "DELETE", Path: "/v1/machines/{id}", Handler: s.killMachine},
 
 		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/stop", Handler: s.stopMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/start", Handler: s.startMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/wait", Handler: s.waitMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
 		{Method: "GET", Path: "/v1/events", Handler: s.listEvents},
 		{Method: "GET", Path: "/v1/machines/{id}/metrics", Handler: s.machineMetrics},
@@ -314,5 +319,59 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, _ string
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	var req api.StopMachineRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	grace := machine.DefaultStopGrace
+	if req.GraceMS != nil {
+		grace = time.Duration(*req.GraceMS) * time.Millisecond
+	}
+	rec, err := s.machines.Stop(r.Context(), team, r.PathValue("id"), grace)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.machines.View(r.Context(), rec))
+	return nil
+}
+
+func (s *Server) startMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.machines.Start(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.machines.View(r.Context(), rec))
+	return nil
+}
+
+// waitMachine blocks until the machine's main process exits; timeout_ms
+// bounds the wait (504 deadline_exceeded when it passes first).
+func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request, team string) error {
+	ctx := r.Context()
+	var timeout int64
+	if v := r.URL.Query().Get("timeout_ms"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n <= 0 {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("timeout_ms %q is not a positive number of milliseconds", v), "omit it to wait as long as the connection lasts")
+		}
+		timeout = n
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(n)*time.Millisecond)
+		defer cancel()
+	}
+	exit, err := s.machines.Wait(ctx, team, r.PathValue("id"))
+	if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		return errdefs.New(errdefs.ErrDeadlineExceeded, errdefs.CodeDeadlineExceeded,
+			fmt.Sprintf("the main process of machine %s was still running after %d ms", r.PathValue("id"), timeout), "wait again")
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, exit)
 	return nil
 }

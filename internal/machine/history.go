@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -44,10 +45,10 @@ func (m *Manager) ListSnapshots(ctx context.Context, teamID string, f SnapshotFi
 	sf := store.SnapshotFilter{TeamID: teamID, MachineID: f.MachineID, States: []string{store.SnapshotReady}}
 	if f.Kind != "" {
 		switch f.Kind {
-		case api.SnapshotHibernate, api.SnapshotReusable, api.SnapshotCheckpoint:
+		case api.SnapshotHibernate, api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk:
 		default:
 			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("unknown snapshot kind %q", f.Kind), "use hibernate, snapshot or checkpoint")
+				fmt.Sprintf("unknown snapshot kind %q", f.Kind), "use hibernate, snapshot, checkpoint or disk")
 		}
 		sf.Kinds = []string{f.Kind}
 	}
@@ -116,7 +117,7 @@ func (m *Manager) deleteSnapshot(ctx context.Context, sn *store.Snapshot, reason
 // dependents returns the paused (or restoring) machines whose state is in
 // snapshot id, and the live machines made from it.
 func (m *Manager) dependents(ctx context.Context, id string) (aliases, children []*store.Machine, err error) {
-	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused, api.StateRestoring}})
+	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: append([]string{api.StateRestoring, api.StateStarting}, heldStates...)})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -135,7 +136,7 @@ func (m *Manager) dropSnapshot(ctx context.Context, sn *store.Snapshot, aliases 
 	var errs []error
 	for _, a := range aliases {
 		unlockM := m.lock(a.ID)
-		if cur, err := m.store.GetMachine(ctx, a.ID); err == nil && cur.State == api.StatePaused {
+		if cur, err := m.store.GetMachine(ctx, a.ID); err == nil && slices.Contains(heldStates, cur.State) {
 			errs = append(errs, m.failFrom(ctx, cur, reason))
 		}
 		unlockM()
@@ -166,7 +167,7 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn *store.Snapshot) error 
 // snapshots are the user's to delete.
 func (m *Manager) dropLineageSnapshots(ctx context.Context, lineageID string) error {
 	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: lineageID,
-		Kinds: []string{api.SnapshotHibernate, api.SnapshotCheckpoint}, States: []string{store.SnapshotReady}})
+		Kinds: []string{api.SnapshotHibernate, api.SnapshotCheckpoint, api.SnapshotDisk}, States: []string{store.SnapshotReady}})
 	if err != nil {
 		return err
 	}

@@ -124,7 +124,7 @@ func (m *Manager) suspendIdle(id string, idle time.Duration) {
 		}
 		return
 	}
-	if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
+	if _, err := m.capture(ctx, rec, api.SnapshotHibernate, 0); err != nil {
 		m.logger.ErrorContext(ctx, "pause of an idle machine failed; it keeps running", "machine_id", id, "err", err)
 	}
 }

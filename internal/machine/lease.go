@@ -204,7 +204,7 @@ func (m *Manager) expire(id string) {
 	m.emit(ctx, api.EventMachineTimeout, rec, map[string]any{"on_timeout": rec.OnTimeout, "deadline": rec.Deadline})
 	if pausesAtDeadline(rec) {
 		log.InfoContext(ctx, "lease ended: pausing the machine")
-		if _, err := m.capture(ctx, rec, api.SnapshotHibernate); err != nil {
+		if _, err := m.capture(ctx, rec, api.SnapshotHibernate, 0); err != nil {
 			log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again", "err", err)
 			m.leases.Set(id, time.Now().Add(30*expireRetry))
 		}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	goruntime "runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -242,8 +243,8 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if req.SnapshotID != "" {
 		// A child's memory holds its processes' view of the machine: its
 		// shape and mounts must be the snapshot's.
-		if req.Template != "" || req.CPUCount != 0 || req.MemoryMB != 0 || len(req.Env) > 0 || len(req.Volumes) > 0 || req.Hooks != nil {
-			return bad("snapshot_id cannot be combined with template, cpu_count, memory_mb, env, volumes or hooks: a machine created from a snapshot has the snapshot's")
+		if req.Template != "" || req.CPUCount != 0 || req.MemoryMB != 0 || len(req.Env) > 0 || len(req.Volumes) > 0 || req.Hooks != nil || req.Command != nil {
+			return bad("snapshot_id cannot be combined with template, cpu_count, memory_mb, env, volumes, hooks or command: a machine created from a snapshot has the snapshot's")
 		}
 	} else {
 		if req.CPUCount < 1 || req.CPUCount > m.cfg.MaxCPU {
@@ -262,6 +263,16 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 		}
 		if strings.ContainsRune(v, 0) {
 			return bad("env %s contains a NUL byte", k)
+		}
+	}
+	if req.Command != nil {
+		if len(req.Command) == 0 || req.Command[0] == "" {
+			return bad("command is empty: give the main process as an argv, e.g. [\"python3\", \"app.py\"]")
+		}
+		for _, a := range req.Command {
+			if strings.ContainsRune(a, 0) {
+				return bad("command contains a NUL byte")
+			}
 		}
 	}
 	if len(req.Metadata) > maxMetadataKeys {
@@ -363,6 +374,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		AutoResume:    req.AutoResume,
 		IdleTimeoutMS: req.IdleTimeoutMS,
 		Persistence:   req.Persistence,
+		Command:       req.Command,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -373,7 +385,11 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)
-	if _, err := m.boot(ctx, rec, rootfs, false, tmpl); err != nil {
+	_, err = m.boot(ctx, rec, rootfs, false, tmpl)
+	if err == nil {
+		err = m.startMain(ctx, rec)
+	}
+	if err != nil {
 		if uerr := m.undoCreate(ctx, rec); uerr != nil {
 			log.ErrorContext(ctx, "clean up failed create", "err", uerr)
 		}
@@ -581,9 +597,9 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 	case to == api.StateKilled || to == api.StateFailed:
 		rec.EndedAt = now
 		rec.Deadline = time.Time{}
-	case to == api.StatePaused:
+	case to == api.StatePaused || to == api.StateStopped:
 		rec.Deadline = time.Time{}
-	case to == api.StateRunning && (prev == api.StateCreating || prev == api.StateResuming || prev == api.StateRestoring):
+	case to == api.StateRunning && (prev == api.StateCreating || prev == api.StateResuming || prev == api.StateRestoring || prev == api.StateStarting):
 		startLease(rec, now)
 	}
 	if err := m.store.UpdateMachine(context.WithoutCancel(ctx), rec); err != nil {
@@ -692,7 +708,7 @@ func (m *Manager) killHead(ctx context.Context, rec *store.Machine) error {
 	if err := m.killLocked(ctx, rec); err != nil {
 		return err
 	}
-	members, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: rec.LineageID, States: []string{api.StatePaused, api.StateFailed}})
+	members, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: rec.LineageID, States: append([]string{api.StateFailed}, heldStates...)})
 	if err != nil {
 		return err
 	}
@@ -737,7 +753,9 @@ func notRunning(rec *store.Machine) error {
 	switch rec.State {
 	case api.StatePaused:
 		action = "resume it with POST /v1/machines/{id}/connect (`nullspace machine connect`) and use the id it returns"
-	case api.StatePausing, api.StateResuming, api.StateRestoring, api.StateCreating:
+	case api.StateStopped:
+		action = "start it with POST /v1/machines/{id}/start (`nullspace machine start`)"
+	case api.StatePausing, api.StateResuming, api.StateRestoring, api.StateCreating, api.StateStopping, api.StateStarting:
 		action = "retry when the operation in progress has finished"
 	}
 	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning, msg, action)
@@ -864,9 +882,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	} else {
 		errs = append(errs, err)
 	}
-	// A pause that committed but had not yet freed the machine's sandbox
-	// and slot: free them now.
-	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused}}); err == nil {
+	// A pause or stop that committed but had not yet freed the machine's
+	// sandbox and slot: free them now.
+	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: heldStates}); err == nil {
 		for _, rec := range paused {
 			if rec.Slot < 0 {
 				continue
@@ -914,18 +932,21 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 			continue
-		case api.StateRestoring:
-			log.InfoContext(ctx, "interrupted checkpoint restore: machine stays paused on it", "snapshot_id", rec.SnapshotID)
+		case api.StateRestoring, api.StateStarting:
+			// A restore in place that did not finish: the machine is back
+			// where it was, on the snapshot it was being restored from.
+			back := map[string]string{api.StateRestoring: api.StatePaused, api.StateStarting: api.StateStopped}[rec.State]
+			log.InfoContext(ctx, "interrupted restore in place: machine goes back", "state", back, "snapshot_id", rec.SnapshotID)
 			if err := m.release(ctx, rec); err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			rec.Slot = -1
-			if err := m.setState(ctx, rec, api.StatePaused); err != nil {
+			if err := m.setState(ctx, rec, back); err != nil {
 				errs = append(errs, err)
 			}
 			continue
-		case api.StatePausing, api.StateSnapshotting:
+		case api.StatePausing, api.StateSnapshotting, api.StateStopping:
 			// The checkpoint was not committed (a committed pause is
 			// paused): the machine is still the running one.
 			st, err := m.driver.State(ctx, rec.ContainerID)
@@ -1041,7 +1062,7 @@ type cgroupSweeper interface {
 // TemplateInUse reports whether a live or paused machine or a snapshot uses
 // the template: a snapshot's overlay lies on top of its template's rootfs.
 func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: append([]string{api.StatePaused}, liveStates...), Template: name})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: append(heldStates, liveStates...), Template: name})
 	if err != nil || len(recs) > 0 {
 		return len(recs) > 0, err
 	}
@@ -1068,8 +1089,12 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 		h := rec.Hooks
 		v.Hooks = &h
 	}
-	if rec.State != api.StatePaused {
+	if !slices.Contains(heldStates, rec.State) {
 		v.SnapshotID = ""
+	}
+	v.Command, v.MainPID, v.Exit = rec.Command, rec.MainPID, rec.MainExit
+	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
+		v.MainPID = 0 // no boot, no main process
 	}
 	if head, err := m.lineageHead(ctx, rec.LineageID); err == nil {
 		v.LatestID = head.ID

@@ -55,7 +55,7 @@ func (m *Manager) enforceBudget(ctx context.Context) {
 	if err != nil || used <= m.cfg.SnapshotBudget {
 		return
 	}
-	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused}})
+	paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: heldStates})
 	if err != nil {
 		return
 	}

@@ -91,6 +91,8 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 	switch head.State {
 	case api.StateRunning, api.StateSnapshotting:
 		return head, nil
+	case api.StateStopped:
+		return m.startLocked(ctx, head.ID)
 	case api.StatePaused:
 		sn, err := m.store.GetSnapshot(ctx, head.SnapshotID)
 		if err != nil {
@@ -117,7 +119,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
-		Persistence: src.Persistence,
+		Persistence: src.Persistence, Command: src.Command, MainPID: src.MainPID, MainExit: src.MainExit,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -141,6 +143,11 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 	if err != nil {
 		return nil, err
 	}
+	if sn.Kind == api.SnapshotDisk {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeSnapshotKind,
+			fmt.Sprintf("snapshot %s is the disk of stopped machine %s, not a state to create machines from", sn.ID, sn.MachineID),
+			"start that machine with POST /v1/machines/{id}/start, then take a reusable snapshot of it")
+	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
 		return nil, err
@@ -152,7 +159,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
-		Persistence: req.Persistence,
+		Persistence: req.Persistence, Command: spec.Command, MainPID: spec.MainPID,
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
@@ -265,6 +272,10 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	if err != nil {
 		return nil, err
 	}
+	if sn.Kind == api.SnapshotDisk {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeSnapshotKind,
+			fmt.Sprintf("snapshot %s is a stopped machine's disk, not a checkpoint", sn.ID), "start the machine with POST /v1/machines/{id}/start")
+	}
 	if sn.LineageID != rec.LineageID {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeSnapshotKind,
 			fmt.Sprintf("snapshot %s is not in the history of machine %s", sn.ID, rec.ID),
@@ -280,6 +291,9 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 		return nil, err
 	}
 	defer unlock()
+	if head.State == api.StateStopped {
+		return nil, notRunning(head) // its disk would be lost; start it first
+	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
 		return nil, err
@@ -404,6 +418,9 @@ type restoreOpts struct {
 	verified bool
 	// net is the network of a spare whose container rec took over.
 	net *NetInfo
+	// boot: the restore is a start (a stopped machine's disk), not a
+	// resume, so the resume hooks do not run.
+	boot bool
 }
 
 // restoreInto restores sn into rec, which holds a network slot and a fresh
@@ -451,9 +468,13 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 	for name, content := range m.etcFiles(rec, ni) {
 		files["/etc/"+name] = content
 	}
+	hooks := rec.Hooks.OnResume
+	if opts.boot {
+		hooks = nil
+	}
 	res, err := agent.Restored(ctx, api.AgentRestoredRequest{
 		MachineID: rec.ID, Hostname: hostnameOf(rec.ID), Token: rec.AgentToken, Now: time.Now().UTC(),
-		Files: files, Hooks: rec.Hooks.OnResume,
+		Files: files, Hooks: hooks,
 	})
 	if err != nil {
 		return fmt.Errorf("tell the restored agent its identity: %w", err)

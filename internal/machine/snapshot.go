@@ -34,6 +34,10 @@ type savedSpec struct {
 	Volumes         []api.VolumeMount `json:"volumes,omitempty"`
 	Hooks           api.Hooks         `json:"hooks"`
 	AgentDir        string            `json:"agent_dir"`
+	// Command and MainPID: the main process, which children of a reusable
+	// snapshot share (its pid is the same in every restored copy).
+	Command []string `json:"command,omitempty"`
+	MainPID int      `json:"main_pid,omitempty"`
 }
 
 // snapshotMeta is written as meta.json beside the checkpoint files, so a
@@ -51,6 +55,11 @@ type snapshotMeta struct {
 }
 
 func lineageKey(id string) string { return "lineage:" + id }
+
+// captureOps names the operation of each snapshot kind, for fault points
+// and latency metrics.
+var captureOps = map[string]string{api.SnapshotHibernate: "pause", api.SnapshotReusable: "snapshot",
+	api.SnapshotCheckpoint: "checkpoint", api.SnapshotDisk: "stop"}
 
 func newSnapshotID() string { return "snp_" + randomHex(10) }
 
@@ -93,7 +102,7 @@ func (m *Manager) headLocked(ctx context.Context, lineageID string) (*store.Mach
 		unlock()
 		return nil, nil, err
 	}
-	if head.State != api.StateRunning && head.State != api.StatePaused {
+	if head.State != api.StateRunning && head.State != api.StatePaused && head.State != api.StateStopped {
 		unlock()
 		return nil, nil, notRunning(head)
 	}
@@ -143,18 +152,22 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*st
 	if kind == api.SnapshotHibernate && rec.Persistence == api.PersistenceEphemeral {
 		return nil, ephemeralPause(rec)
 	}
-	return m.capture(ctx, rec, kind)
+	return m.capture(ctx, rec, kind, 0)
 }
 
 // capture takes a checkpoint of a running machine; the caller holds the
-// lineage and machine locks. For a hibernate snapshot the machine is frozen
-// first (nothing runs after the point the checkpoint records), and stopped
-// only once the snapshot is durable; if anything fails before that, the
-// machine is thawed and keeps running, and nothing of the snapshot remains.
-func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) (*store.Snapshot, error) {
+// lineage and machine locks. For a hibernate snapshot (pause) and a disk
+// snapshot (stop) the machine is frozen first (nothing runs after the point
+// the checkpoint records), and stopped only once the snapshot is durable;
+// if anything fails before that, the machine is thawed and keeps running,
+// and nothing of the snapshot remains. Before a disk snapshot every
+// process is ended (SIGTERM, SIGKILL after grace), so that it holds the
+// files and no memory; a stop that fails leaves the machine running
+// without them.
+func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, grace time.Duration) (*store.Snapshot, error) {
 	ctx = context.WithoutCancel(ctx) // a checkpoint, once begun, finishes or is undone
-	stop := kind == api.SnapshotHibernate
-	op := map[bool]string{true: "pause", false: "snapshot"}[stop]
+	stop := kind == api.SnapshotHibernate || kind == api.SnapshotDisk
+	op := captureOps[kind]
 	log := m.logger.With("machine_id", rec.ID, "kind", kind)
 
 	spec, err := m.savedSpecOf(ctx, rec)
@@ -175,9 +188,12 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	if err := m.store.CreateSnapshot(ctx, sn); err != nil {
 		return nil, err
 	}
-	to := api.StateSnapshotting
-	if stop {
-		to = api.StatePausing
+	to, next := api.StateSnapshotting, api.StateRunning
+	switch kind {
+	case api.SnapshotHibernate:
+		to, next = api.StatePausing, api.StatePaused
+	case api.SnapshotDisk:
+		to, next = api.StateStopping, api.StateStopped
 	}
 	if err := m.setState(ctx, rec, to); err != nil {
 		m.store.DeleteSnapshot(ctx, sn.ID)
@@ -209,13 +225,27 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	}
 	agent := agentclient.New(agentURL(ip), rec.AgentToken, nil)
 	t0 := time.Now()
-	prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})
-	if err != nil {
-		return nil, undo(fmt.Errorf("prepare machine %s for a checkpoint: %w", rec.ID, err))
-	}
-	for _, h := range prep.Hooks {
-		if h.ExitCode != 0 {
-			log.WarnContext(ctx, "on_pause hook failed", "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+	var mainExit *api.MainExit
+	if kind == api.SnapshotDisk {
+		res, err := agent.Stop(ctx, api.AgentStopRequest{GraceMS: grace.Milliseconds()})
+		if err != nil {
+			return nil, undo(fmt.Errorf("end the processes of machine %s: %w", rec.ID, err))
+		}
+		for _, p := range res.Ended {
+			if p.PID == rec.MainPID && rec.MainPID > 0 {
+				mainExit = &api.MainExit{ExitCode: p.ExitCode, Signal: p.Signal, At: time.Now().UTC()}
+			}
+		}
+		log.InfoContext(ctx, "processes ended for a stop", "ended", len(res.Ended), "killed", res.Killed)
+	} else {
+		prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})
+		if err != nil {
+			return nil, undo(fmt.Errorf("prepare machine %s for a checkpoint: %w", rec.ID, err))
+		}
+		for _, h := range prep.Hooks {
+			if h.ExitCode != 0 {
+				log.WarnContext(ctx, "on_pause hook failed", "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+			}
 		}
 	}
 	if pending, err = m.snaps.Begin(sn.ID); err != nil {
@@ -248,10 +278,6 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	sn.PauseWindowMS = window.Milliseconds()
 
 	// Commit the snapshot and the machine's new state together.
-	next := api.StateRunning
-	if stop {
-		next = api.StatePaused
-	}
 	if err := checkTransition(rec.ID, rec.State, next); err != nil {
 		return nil, undo(err)
 	}
@@ -269,8 +295,17 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 	m.schedule(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
 	go m.enforceBudget(context.WithoutCancel(ctx))
-	if stop {
+	switch kind {
+	case api.SnapshotHibernate:
 		m.emit(ctx, api.EventMachinePaused, rec, map[string]any{"snapshot_id": sn.ID})
+	case api.SnapshotDisk:
+		if rec.MainPID > 0 && rec.MainExit == nil && mainExit != nil {
+			if err := m.store.SetMainExit(ctx, rec.ID, rec.MainPID, mainExit); err != nil {
+				log.ErrorContext(ctx, "record the main process's exit", "err", err)
+			}
+			rec.MainExit = mainExit
+		}
+		m.emit(ctx, api.EventMachineStopped, rec, map[string]any{"snapshot_id": sn.ID, "main_exit": mainExit})
 	}
 	faults.Point(op + ".committed")
 	m.spares.used(rec.TeamID, spec) // a restore of this shape may come
@@ -288,7 +323,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string) 
 		}
 		agentclient.SharedHTTPClient().CloseIdleConnections()
 	}
-	m.observe(map[string]string{api.SnapshotHibernate: "pause", api.SnapshotReusable: "snapshot", api.SnapshotCheckpoint: "checkpoint"}[kind], t0)
+	m.observe(op, t0)
 	log.InfoContext(ctx, "checkpoint taken", "snapshot_id", sn.ID, "size_bytes", sn.SizeBytes,
 		"prepare", t1.Sub(t0), "window", window, "total", time.Since(t0))
 	return sn, nil
@@ -328,7 +363,7 @@ func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpe
 	return savedSpec{
 		Template: rec.Template, TemplateCreated: tmpl.CreatedAt, TemplateEnv: tmpl.Env, Workdir: tmpl.Workdir,
 		CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
-		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir,
+		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir, Command: rec.Command, MainPID: rec.MainPID,
 	}, nil
 }
 

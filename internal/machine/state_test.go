@@ -23,6 +23,17 @@ func TestTransitions(t *testing.T) {
 		{api.StateKilled, api.StateKilling, false},
 		{api.StateRunning, api.StateCreating, false},
 		{api.StateFailed, api.StateRunning, false},
+		{api.StateRunning, api.StateStopping, true},
+		{api.StateStopping, api.StateStopped, true},
+		{api.StateStopping, api.StateRunning, true}, // the checkpoint failed
+		{api.StateStopped, api.StateStarting, true},
+		{api.StateStarting, api.StateRunning, true},
+		{api.StateStarting, api.StateStopped, true}, // the boot failed
+		{api.StateStopped, api.StateKilling, true},
+		{api.StateStopped, api.StateRunning, false}, // only through starting
+		{api.StateStopped, api.StateRestoring, false},
+		{api.StatePaused, api.StateStopping, false},
+		{api.StateStopping, api.StatePaused, false},
 	}
 	for _, tt := range tests {
 		err := checkTransition("m", tt.from, tt.to)

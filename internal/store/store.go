@@ -134,6 +134,10 @@ var migrations = []string{
 	`ALTER TABLE machines ADD COLUMN idle_timeout_ms INTEGER NOT NULL DEFAULT 0;`,
 	// 7: persistence policy.
 	`ALTER TABLE machines ADD COLUMN persistence TEXT NOT NULL DEFAULT 'persistent';`,
+	// 8: the main process (stop/start, wait).
+	`ALTER TABLE machines ADD COLUMN command TEXT NOT NULL DEFAULT '[]';
+	ALTER TABLE machines ADD COLUMN main_pid INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN main_exit TEXT NOT NULL DEFAULT '';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -276,12 +280,19 @@ type Machine struct {
 	// Persistence is "persistent", "sticky" or "ephemeral" (see
 	// machine/persistence.go).
 	Persistence string
+	// Command is the main process's argv (nil: none); MainPID its pid in
+	// the current boot (0: not running); MainExit how it ended in this
+	// boot. The last two change only through SetMain.
+	Command  []string
+	MainPID  int
+	MainExit *api.MainExit
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
-	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence`
+	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
+	command, main_pid, main_exit`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -345,11 +356,13 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	cmd, _ := json.Marshal(nonNilSlice(m.Command))
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
-		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence))
+		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit))
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -410,6 +423,35 @@ func updateMachine(ctx context.Context, db execer, m *Machine) error {
 		return fmt.Errorf("update machine %s: %w", m.ID, errdefs.ErrNotFound)
 	}
 	return nil
+}
+
+// SetMain records that a machine's main process started anew (a boot or a
+// start) as pid, and has not exited. UpdateMachine leaves main_pid and
+// main_exit alone, so a lifecycle operation holding an older copy of the
+// record never undoes what a wait recorded.
+func (s *DB) SetMain(ctx context.Context, id string, pid int) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE machines SET main_pid=?, main_exit='' WHERE id=?`, pid, id); err != nil {
+		return fmt.Errorf("record main process of machine %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetMainExit records how main process pid of a machine ended, unless the
+// machine has started another main process since (or recorded it already).
+func (s *DB) SetMainExit(ctx context.Context, id string, pid int, exit *api.MainExit) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE machines SET main_exit=? WHERE id=? AND main_pid=? AND main_exit=''`,
+		mainExitJSON(exit), id, pid); err != nil {
+		return fmt.Errorf("record main process exit of machine %s: %w", id, err)
+	}
+	return nil
+}
+
+func mainExitJSON(e *api.MainExit) string {
+	if e == nil {
+		return ""
+	}
+	b, _ := json.Marshal(e)
+	return string(b)
 }
 
 // DeleteMachine removes a machine's record.
@@ -508,14 +550,27 @@ type scanner interface{ Scan(...any) error }
 
 func scanMachine(r scanner) (*Machine, error) {
 	var m Machine
-	var env, meta, created, vols, hooks, deadline string
+	var env, meta, created, vols, hooks, deadline, cmd, exit string
 	var started, ended sql.NullString
 	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
-		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence)
+		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
+		&cmd, &m.MainPID, &exit)
 	if err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(cmd), &m.Command); err != nil {
+		return nil, fmt.Errorf("machine %s command: %w", m.ID, err)
+	}
+	if len(m.Command) == 0 {
+		m.Command = nil
+	}
+	if exit != "" {
+		m.MainExit = new(api.MainExit)
+		if err := json.Unmarshal([]byte(exit), m.MainExit); err != nil {
+			return nil, fmt.Errorf("machine %s main exit: %w", m.ID, err)
+		}
 	}
 	if err := json.Unmarshal([]byte(vols), &m.Volumes); err != nil {
 		return nil, fmt.Errorf("machine %s volumes: %w", m.ID, err)

@@ -192,6 +192,29 @@ func (c *Client) Restored(ctx context.Context, req api.AgentRestoredRequest) (ap
 	return res, err
 }
 
+// Stop ends every process in the machine (SIGTERM, SIGKILL after the
+// grace period) and flushes its file systems, before a stop's checkpoint.
+func (c *Client) Stop(ctx context.Context, req api.AgentStopRequest) (api.AgentStopResult, error) {
+	var res api.AgentStopResult
+	err := c.doJSON(ctx, http.MethodPost, "/lifecycle/stop", nil, req, &res)
+	return res, err
+}
+
+// StartMain starts the machine's main process (argv) in the background.
+func (c *Client) StartMain(ctx context.Context, argv []string) (api.CommandStarted, error) {
+	var res api.CommandStarted
+	err := c.doJSON(ctx, http.MethodPost, "/lifecycle/main", nil, api.RunCommandRequest{Cmd: argv}, &res)
+	return res, err
+}
+
+// Wait blocks until command pid has exited, or ctx ends, and returns how it
+// ended.
+func (c *Client) Wait(ctx context.Context, pid int) (api.MainExit, error) {
+	var res api.MainExit
+	err := c.doJSON(ctx, http.MethodGet, "/commands/"+strconv.Itoa(pid)+"/wait", nil, nil, &res)
+	return res, err
+}
+
 // ListProcesses lists running commands and recently exited ones.
 func (c *Client) ListProcesses(ctx context.Context) (api.ProcessList, error) {
 	var res api.ProcessList
