@@ -117,8 +117,8 @@ func assertNoLeftovers(t *testing.T) {
 		}
 		live = 0
 		for _, m := range ms {
-			// Failed and paused machines hold nothing on the host.
-			if m.State != api.StateFailed && m.State != api.StatePaused {
+			// Failed, paused and stopped machines hold nothing on the host.
+			if m.State != api.StateFailed && m.State != api.StatePaused && m.State != api.StateStopped {
 				live++
 			}
 		}

@@ -1,7 +1,9 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -375,5 +377,93 @@ func TestRestoredBindMountedFile(t *testing.T) {
 		if e.Name() != "hosts" {
 			t.Errorf("left behind %s, want no temp file", e.Name())
 		}
+	}
+}
+
+// TestStop: a stop sends SIGTERM, waits out the grace for what ignores it,
+// then kills it; it reports how the running commands ended and forgets
+// every command, so a main process can start again.
+func TestStop(t *testing.T) {
+	ta := newAgent(t)
+	ctx := t.Context()
+	main, err := ta.c.StartMain(ctx, []string{"/bin/sh", "-c", "trap 'exit 7' TERM; while :; do sleep 0.05; done"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ta.c.StartMain(ctx, []string{"/bin/true"}); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second main process while one runs: %v, want a conflict", err)
+	}
+	stubborn, err := ta.c.Start(ctx, api.RunCommandRequest{Shell: "trap '' TERM; while :; do sleep 0.05; done", Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := ta.c.Run(ctx, api.RunCommandRequest{Shell: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the shells set their traps
+
+	waited := make(chan api.MainExit, 1)
+	go func() {
+		exit, err := ta.c.Wait(context.Background(), main.PID)
+		if err != nil {
+			t.Errorf("wait for the main process: %v", err)
+		}
+		waited <- exit
+	}()
+	t0 := time.Now()
+	res, err := ta.c.Stop(ctx, api.AgentStopRequest{GraceMS: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(t0); took < 300*time.Millisecond {
+		t.Errorf("stop took %v: it did not wait out the grace for the command that ignores SIGTERM", took)
+	}
+	got := map[int]api.StoppedProcess{}
+	for _, p := range res.Ended {
+		got[p.PID] = p
+	}
+	if len(res.Ended) != 2 || got[main.PID].ExitCode != 7 || got[stubborn.PID].Signal != "SIGKILL" || !res.Killed {
+		t.Fatalf("stop result %+v: want main exit 7 and pid %d killed (SIGKILL); the exited pid %d is not reported", res, stubborn.PID, done.PID)
+	}
+	select {
+	case exit := <-waited:
+		if exit.ExitCode != 7 || exit.At.IsZero() {
+			t.Fatalf("wait = %+v, want exit code 7 and a time", exit)
+		}
+	case <-time.After(patience):
+		t.Fatal("wait did not return when the stop ended the main process")
+	}
+	list, err := ta.c.ListProcesses(ctx)
+	if err != nil || len(list.Processes) != 0 {
+		t.Fatalf("processes after a stop: %+v, %v; want none", list.Processes, err)
+	}
+	if _, err := ta.c.StartMain(ctx, []string{"/bin/sh", "-c", "exit 3"}); err != nil {
+		t.Fatalf("main process after a stop: %v", err)
+	}
+	if _, err := ta.c.Stop(ctx, api.AgentStopRequest{GraceMS: -1}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("negative grace: %v", err)
+	}
+}
+
+// TestMainOutlivesEviction: the main process's record stays after it
+// exits, however many commands exit after it, so wait can always answer.
+func TestMainOutlivesEviction(t *testing.T) {
+	ta := newAgent(t)
+	ctx := t.Context()
+	main, err := ta.c.StartMain(ctx, []string{"/bin/sh", "-c", "exit 5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit, err := ta.c.Wait(ctx, main.PID); err != nil || exit.ExitCode != 5 {
+		t.Fatalf("wait = %+v, %v", exit, err)
+	}
+	for range 70 { // more than the agent keeps
+		if _, err := ta.c.Run(ctx, api.RunCommandRequest{Cmd: []string{"/bin/true"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if exit, err := ta.c.Wait(ctx, main.PID); err != nil || exit.ExitCode != 5 {
+		t.Fatalf("wait after 70 more commands = %+v, %v; want exit code 5", exit, err)
 	}
 }
