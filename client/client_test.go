@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 )
@@ -216,6 +217,85 @@ func TestRequests(t *testing.T) {
 				return err
 			},
 			wantMethod: "POST", wantPath: "/v1/machines/m1/connect",
+		},
+		{
+			name: "stop with the server's grace sends no body", respBody: `{"id":"m1","state":"stopped","snapshot_id":"snp_d"}`,
+			call: func(ctx context.Context, c *Client) error {
+				m, err := c.Stop(ctx, "m1", nil)
+				if err == nil && (m.State != api.StateStopped || m.SnapshotID != "snp_d") {
+					err = fmt.Errorf("got machine %+v, want stopped on snp_d", m)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/stop",
+		},
+		{
+			name: "stop with a grace", respBody: `{"id":"m1","state":"stopped"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Stop(ctx, "m1", durp(2500*time.Millisecond))
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/stop", wantBody: `{"grace_ms":2500}`,
+		},
+		{
+			// 0 is a value (kill at once), not "unset": it must be sent.
+			name: "stop with no grace kills at once", respBody: `{"id":"m1","state":"stopped"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Stop(ctx, "m1", durp(0))
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/stop", wantBody: `{"grace_ms":0}`,
+		},
+		{
+			name: "stop rounds a sub-millisecond grace up", respBody: `{"id":"m1","state":"stopped"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Stop(ctx, "m1", durp(time.Microsecond))
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/stop", wantBody: `{"grace_ms":1}`,
+		},
+		{
+			name: "start", respBody: `{"id":"m1","state":"running","command":["sleep","9"],"main_pid":12}`,
+			call: func(ctx context.Context, c *Client) error {
+				m, err := c.Start(ctx, "m1")
+				if err == nil && (m.State != api.StateRunning || m.MainPID != 12 || len(m.Command) != 2) {
+					err = fmt.Errorf("got machine %+v, want running with main pid 12", m)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/start",
+		},
+		{
+			name: "wait without a timeout", respBody: `{"exit_code":143,"signal":"SIGTERM","at":"2025-06-01T12:00:00Z"}`,
+			call: func(ctx context.Context, c *Client) error {
+				e, err := c.Wait(ctx, "m/1", 0)
+				want := api.MainExit{ExitCode: 143, Signal: "SIGTERM", At: time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)}
+				if err == nil && *e != want {
+					err = fmt.Errorf("got exit %+v, want %+v", *e, want)
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/machines/m%2F1/wait",
+		},
+		{
+			name: "wait with a timeout", respBody: `{"exit_code":0,"at":"2025-06-01T12:00:00Z"}`,
+			call: func(ctx context.Context, c *Client) error {
+				e, err := c.Wait(ctx, "m1", 90*time.Second)
+				if err == nil && (e.ExitCode != 0 || e.Signal != "") {
+					err = fmt.Errorf("got exit %+v, want a clean exit", *e)
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/machines/m1/wait", wantQuery: "timeout_ms=90000",
+		},
+		{
+			// timeout_ms=0 is refused by the server; a tiny timeout is 1 ms.
+			name: "wait rounds a sub-millisecond timeout up", respBody: `{"exit_code":0,"at":"2025-06-01T12:00:00Z"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Wait(ctx, "m1", time.Nanosecond)
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/machines/m1/wait", wantQuery: "timeout_ms=1",
 		},
 		{
 			name: "create snapshot", status: 201, respBody: `{"id":"snp_2","kind":"snapshot","pause_window_ms":12}`,
@@ -466,8 +546,8 @@ func TestAPIError(t *testing.T) {
 	}
 }
 
-// TestSnapshotErrors checks the errors callers branch on around hibernate
-// arrive with their code, status and retryability.
+// TestSnapshotErrors checks the errors callers branch on around hibernate,
+// stop and wait arrive with their code, status and retryability.
 func TestSnapshotErrors(t *testing.T) {
 	tests := []struct {
 		name          string
@@ -510,6 +590,42 @@ func TestSnapshotErrors(t *testing.T) {
 			call:     func(ctx context.Context, c *Client) error { return c.DeleteSnapshot(ctx, "snp_1", false) },
 			wantCode: "snapshot_in_use",
 		},
+		{
+			name: "stop of an ephemeral machine", status: 409,
+			body: `{"code":"machine_ephemeral","message":"machine m1 is ephemeral"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Stop(ctx, "m1", nil)
+				return err
+			},
+			wantCode: "machine_ephemeral",
+		},
+		{
+			name: "start of a machine that is not stopped", status: 409,
+			body: `{"code":"machine_not_running","message":"machine m1 is paused"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Start(ctx, "m1")
+				return err
+			},
+			wantCode: "machine_not_running",
+		},
+		{
+			name: "wait past its timeout", status: 504,
+			body: `{"code":"deadline_exceeded","message":"the main process of machine m1 was still running after 10 ms","retryable":true}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Wait(ctx, "m1", 10*time.Millisecond)
+				return err
+			},
+			wantCode: "deadline_exceeded", wantRetryable: true,
+		},
+		{
+			name: "wait without a main process", status: 409,
+			body: `{"code":"machine_has_no_command","message":"machine m1 has no main process"}`,
+			call: func(ctx context.Context, c *Client) error {
+				_, err := c.Wait(ctx, "m1", 0)
+				return err
+			},
+			wantCode: "machine_has_no_command",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -537,6 +653,8 @@ func TestIsCodeNonAPIError(t *testing.T) {
 }
 
 func intp(n int) *int { return &n }
+
+func durp(d time.Duration) *time.Duration { return &d }
 
 // streamEvents is an NDJSON stream with binary data and a UTF-8 sequence
 // that chunking may split.

@@ -103,7 +103,7 @@ func (c *Client) RestoreCheckpoint(ctx context.Context, id, snapshotID string) (
 
 // ListSnapshots lists snapshots, oldest first (GET /v1/snapshots). Empty
 // machineID and kind do not filter; kind is one of api.SnapshotHibernate,
-// api.SnapshotReusable, api.SnapshotCheckpoint.
+// api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk.
 func (c *Client) ListSnapshots(ctx context.Context, machineID, kind string) ([]api.Snapshot, error) {
 	q := url.Values{}
 	if machineID != "" {

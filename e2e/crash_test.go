@@ -18,10 +18,11 @@ import (
 )
 
 // TestCrashDuringLifecycle kills the server with SIGKILL in the middle of a
-// pause, a snapshot and a resume (at the points named in internal/faults),
-// restarts it on the same data dir, and checks that every machine is in
-// exactly one consistent state: running with its files, or paused with a
-// complete snapshot that resumes; and that nothing half-made is left.
+// pause, a snapshot, a resume, a stop and a start (at the points named in
+// internal/faults), restarts it on the same data dir, and checks that every
+// machine is in exactly one consistent state: running with its files, or
+// paused or stopped with a complete snapshot that resumes or starts; and
+// that nothing half-made is left.
 func TestCrashDuringLifecycle(t *testing.T) {
 	pauseOp := func(c *client.Client, id string) error { _, err := c.Pause(context.Background(), id); return err }
 	snapOp := func(c *client.Client, id string) error {
@@ -29,23 +30,36 @@ func TestCrashDuringLifecycle(t *testing.T) {
 		return err
 	}
 	connectOp := func(c *client.Client, id string) error { _, err := c.Connect(context.Background(), id); return err }
+	stopOp := func(c *client.Client, id string) error { _, err := c.Stop(context.Background(), id, nil); return err }
+	startOp := func(c *client.Client, id string) error { _, err := c.Start(context.Background(), id); return err }
 	for _, tc := range []struct {
-		point       string
-		pausedFirst bool
-		op          func(*client.Client, string) error
-		want        string
+		point        string
+		pausedFirst  bool
+		stoppedFirst bool
+		op           func(*client.Client, string) error
+		want         string
 	}{
 		{point: "pause.checkpointed", op: pauseOp, want: api.StateRunning},
 		{point: "pause.committed", op: pauseOp, want: api.StatePaused},
 		{point: "snapshot.checkpointed", op: snapOp, want: api.StateRunning},
 		{point: "snapshot.committed", op: snapOp, want: api.StateRunning},
 		{point: "restore.restored", pausedFirst: true, op: connectOp, want: api.StatePaused},
+		{point: "stop.checkpointed", op: stopOp, want: api.StateRunning},
+		{point: "stop.committed", op: stopOp, want: api.StateStopped},
+		{point: "restore.restored", stoppedFirst: true, op: startOp, want: api.StateStopped},
 	} {
-		t.Run(tc.point, func(t *testing.T) {
+		name := tc.point
+		if tc.stoppedFirst {
+			name += "/start"
+		}
+		t.Run(name, func(t *testing.T) {
 			m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
 			run(t, m.ID, "echo kept > /root/keep.txt")
 			if tc.pausedFirst {
 				pause(t, m.ID)
+			}
+			if tc.stoppedFirst {
+				stopMachine(t, m.ID, 0)
 			}
 			crashServerDuring(t, tc.point, func(c *client.Client) error { return tc.op(c, m.ID) })
 
@@ -54,6 +68,15 @@ func TestCrashDuringLifecycle(t *testing.T) {
 				t.Fatalf("after the crash at %s and a restart: state %s, want %s", tc.point, info.State, tc.want)
 			}
 			cur := m.ID
+			if info.State == api.StateStopped {
+				disks, err := env.client.ListSnapshots(t.Context(), m.ID, api.SnapshotDisk)
+				if err != nil || len(disks) != 1 || disks[0].ID != info.SnapshotID {
+					t.Fatalf("stopped machine's disk %s is not committed: %v %v", info.SnapshotID, disks, err)
+				}
+				if _, err := env.client.Start(t.Context(), m.ID); err != nil {
+					t.Fatalf("start after the crash: %v", err)
+				}
+			}
 			if info.State == api.StatePaused {
 				snaps, err := env.client.ListSnapshots(t.Context(), m.ID, "")
 				if err != nil || len(snaps) == 0 || snaps[len(snaps)-1].ID != info.SnapshotID {

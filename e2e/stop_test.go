@@ -11,9 +11,16 @@ import (
 )
 
 // mainScript counts its boots in /root/boots.log and, on SIGTERM, notes it
-// in /root/term.log and exits 7.
+// in /root/term.log and exits 7. /root/trapped says its trap is set.
 var mainScript = []string{"/bin/sh", "-c",
-	"echo boot >> /root/boots.log; trap 'echo term >> /root/term.log; exit 7' TERM; while :; do sleep 1; done"}
+	"echo boot >> /root/boots.log; trap 'echo term >> /root/term.log; exit 7' TERM; touch /root/trapped; while :; do sleep 1; done"}
+
+// waitTrapped waits until a main process has set its signal trap (it
+// touches /root/trapped), so that a signal sent next meets it.
+func waitTrapped(t *testing.T, id string) {
+	t.Helper()
+	run(t, id, "for i in $(seq 100); do [ -f /root/trapped ] && rm /root/trapped && exit 0; sleep 0.1; done; exit 1")
+}
 
 func stopMachine(t *testing.T, id string, grace time.Duration) *api.Machine {
 	t.Helper()
@@ -38,6 +45,7 @@ func TestStopStart(t *testing.T) {
 	if m.MainPID <= 0 || len(m.Command) != 3 || m.Exit != nil {
 		t.Fatalf("new machine's main process: pid %d, command %q, exit %+v", m.MainPID, m.Command, m.Exit)
 	}
+	waitTrapped(t, m.ID)
 	run(t, m.ID, "echo kept > /root/keep.txt && echo gone > /dev/shm/mem.txt")
 	bg, err := env.client.StartCommand(t.Context(), m.ID, api.RunCommandRequest{Shell: "sleep 1000", Background: true})
 	if err != nil {
@@ -94,7 +102,7 @@ func TestStopStart(t *testing.T) {
 			t.Fatalf("process %+v survived the stop", p)
 		}
 	}
-	if out := run(t, m.ID, `for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done | grep -c 'sleep 1000' || true`); strings.TrimSpace(out) != "0" {
+	if out := run(t, m.ID, `for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done | grep -c 'sleep 10[0]0' || true`); strings.TrimSpace(out) != "0" {
 		t.Fatalf("processes running sleep 1000 after start: %s, want 0", out)
 	}
 	disks, err = env.client.ListSnapshots(t.Context(), m.ID, api.SnapshotDisk)
@@ -103,6 +111,7 @@ func TestStopStart(t *testing.T) {
 	}
 
 	// wait blocks while the main process runs, and returns when it exits.
+	waitTrapped(t, m.ID)
 	_, err = env.client.Wait(t.Context(), m.ID, 300*time.Millisecond)
 	wantCode(t, err, "deadline_exceeded")
 	done := make(chan struct{})
@@ -128,7 +137,8 @@ func TestStopStart(t *testing.T) {
 
 	// A main process that ignores SIGTERM is killed when the grace ends.
 	stubborn := newMachine(t, api.CreateMachineRequest{Template: "minimal",
-		Command: []string{"/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"}})
+		Command: []string{"/bin/sh", "-c", "trap '' TERM; touch /root/trapped; while :; do sleep 1; done"}})
+	waitTrapped(t, stubborn.ID)
 	t0 := time.Now()
 	st := stopMachine(t, stubborn.ID, 500*time.Millisecond)
 	if st.Exit == nil || st.Exit.Signal != "SIGKILL" || st.Exit.ExitCode != 137 {
@@ -183,7 +193,7 @@ func TestStopRules(t *testing.T) {
 	// A command that cannot start fails the create, leaving nothing.
 	_, err = env.client.CreateMachine(t.Context(), api.CreateMachineRequest{Template: "minimal", Command: []string{"/no/such/binary"}})
 	wantCode(t, err, "command_not_found")
-	_, err = env.client.CreateMachine(t.Context(), api.CreateMachineRequest{Template: "minimal", Command: []string{}})
+	_, err = env.client.CreateMachine(t.Context(), api.CreateMachineRequest{Template: "minimal", Command: []string{""}})
 	wantCode(t, err, "invalid_argument")
 
 	// connect starts a stopped machine (same id); a paused one cannot be
@@ -206,6 +216,7 @@ func TestStopRules(t *testing.T) {
 	if r.MainPID != c.MainPID {
 		t.Fatalf("main pid after resume = %d, was %d", r.MainPID, c.MainPID)
 	}
+	waitTrapped(t, r.ID)
 	if err := env.client.Signal(t.Context(), r.ID, r.MainPID, "SIGTERM"); err != nil {
 		t.Fatal(err)
 	}

@@ -195,11 +195,75 @@ func (f *fakeServer) hibernateRoutes(mux *http.ServeMux) {
 	})
 }
 
+// Canned machine with a main process, stopped: its files are in snp-d and
+// the stop ended its main process with SIGTERM.
+var stoppedWithCommand = api.Machine{ID: "m-s", State: api.StateStopped, Template: "base", CPUCount: 2, MemoryMB: 512,
+	SnapshotID: "snp-d", LineageID: "m-s", LatestID: "m-s", CreatedAt: testNow.Add(-time.Hour),
+	Command:   []string{"python3", "-m", "http.server", "--directory", "/srv/my site"},
+	Exit:      &api.MainExit{ExitCode: 143, Signal: "SIGTERM", At: testNow.Add(-2 * time.Minute)},
+	TimeoutMS: 600000, RemainingMS: 600000, TimeoutAction: api.TimeoutDestroy, Persistence: api.PersistencePersistent}
+
+// lifecycleRoutes adds the stop, start and wait routes. Machine m-1 is
+// running without a main process, m-s is stopped (stoppedWithCommand) and
+// m-e is ephemeral. The main process of m-0 exits 0, of m-3 exits 3, of
+// m-term is ended by SIGTERM, of m-slow runs past any timeout_ms; m-bare
+// has none.
+func (f *fakeServer) lifecycleRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /v1/machines/{id}/stop", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch r.PathValue("id") {
+		case "m-1":
+			writeJSON(w, 200, api.Machine{ID: "m-1", State: api.StateStopped, SnapshotID: "snp-d", LineageID: "m-1", LatestID: "m-1"})
+		case "m-s":
+			writeJSON(w, 200, stoppedWithCommand)
+		case "m-e":
+			writeJSON(w, 409, api.Error{Code: "machine_ephemeral", Message: "machine m-e is ephemeral: a stop would keep its disk, and it keeps nothing",
+				SuggestedAction: `kill it, or create machines to stop with persistence "sticky" or "persistent"`})
+		default:
+			notFound(w, r.PathValue("id"))
+		}
+	})
+	mux.HandleFunc("POST /v1/machines/{id}/start", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		switch r.PathValue("id") {
+		case "m-1":
+			writeJSON(w, 200, api.Machine{ID: "m-1", State: api.StateRunning, LineageID: "m-1", LatestID: "m-1"})
+		case "m-s":
+			m := stoppedWithCommand
+			m.State, m.SnapshotID, m.MainPID, m.Exit = api.StateRunning, "", 12, nil
+			writeJSON(w, 200, m)
+		default:
+			notFound(w, r.PathValue("id"))
+		}
+	})
+	mux.HandleFunc("GET /v1/machines/{id}/wait", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		at := testNow.Add(-time.Second)
+		switch id := r.PathValue("id"); id {
+		case "m-0":
+			writeJSON(w, 200, api.MainExit{ExitCode: 0, At: at})
+		case "m-3":
+			writeJSON(w, 200, api.MainExit{ExitCode: 3, At: at})
+		case "m-term", "m-s":
+			writeJSON(w, 200, api.MainExit{ExitCode: 143, Signal: "SIGTERM", At: at})
+		case "m-slow":
+			writeJSON(w, 504, api.Error{Code: "deadline_exceeded", Retryable: true, SuggestedAction: "wait again",
+				Message: "the main process of machine m-slow was still running after " + r.URL.Query().Get("timeout_ms") + " ms"})
+		case "m-bare":
+			writeJSON(w, 409, api.Error{Code: "machine_has_no_command", Message: "machine m-bare has no main process: it was created without a command",
+				SuggestedAction: "create machines with a command to wait for"})
+		default:
+			notFound(w, id)
+		}
+	})
+}
+
 func newFakeServer(t *testing.T) *fakeServer {
 	t.Helper()
 	f := &fakeServer{lastCalls: map[string]string{}}
 	mux := http.NewServeMux()
 	f.hibernateRoutes(mux)
+	f.lifecycleRoutes(mux)
 	mux.HandleFunc("POST /v1/machines", func(w http.ResponseWriter, r *http.Request) {
 		var req api.CreateMachineRequest
 		json.NewDecoder(r.Body).Decode(&req)
@@ -221,6 +285,15 @@ func newFakeServer(t *testing.T) *fakeServer {
 	})
 	mux.HandleFunc("GET /v1/machines/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
+		switch id {
+		case "m-s":
+			writeJSON(w, 200, stoppedWithCommand)
+			return
+		case "m-main":
+			writeJSON(w, 200, api.Machine{ID: "m-main", State: api.StateRunning, Template: "base", CPUCount: 2, MemoryMB: 512,
+				Command: []string{"sleep", "infinity"}, MainPID: 12, CreatedAt: testNow.Add(-time.Minute)})
+			return
+		}
 		if id == "m-p" {
 			writeJSON(w, 200, api.Machine{ID: "m-p", State: api.StatePaused, Template: "base", CPUCount: 2, MemoryMB: 512,
 				SnapshotID: "snp-h", LineageID: "m-p", LatestID: "m-3", CreatedAt: testNow.Add(-time.Minute),
@@ -488,6 +561,135 @@ func TestCLI(t *testing.T) {
 			name:       "machine connect to the latest says nothing more",
 			args:       []string{"machine", "connect", "m-1"},
 			wantStdout: "m-1\n",
+		},
+		{
+			name:       "machine stop prints the id",
+			args:       []string{"machine", "stop", "m-1"},
+			wantStdout: "m-1\n",
+			wantStderr: "machine m-1 stopped, its files kept in snp-d; start it with 'nullspace machine start m-1'\n",
+		},
+		{
+			name:       "machine stop says how the main process ended",
+			args:       []string{"machine", "stop", "m-s", "--grace", "0"},
+			wantStdout: "m-s\n",
+			wantStderr: "machine m-s stopped, its files kept in snp-d; start it with 'nullspace machine start m-s'\n" +
+				"main process: exit code 143 (SIGTERM)\n",
+		},
+		{
+			name:     "machine stop of an ephemeral machine",
+			args:     []string{"machine", "stop", "m-e"},
+			wantCode: 1,
+			wantStderr: "error: machine m-e is ephemeral: a stop would keep its disk, and it keeps nothing (machine_ephemeral)\n" +
+				"hint: kill it, or create machines to stop with persistence \"sticky\" or \"persistent\"\n",
+		},
+		{
+			name:       "machine stop with a negative grace is a usage error",
+			args:       []string{"machine", "stop", "m-1", "--grace", "-1s"},
+			wantCode:   2,
+			wantStderr: "error: invalid --grace -1s: must not be negative\nRun 'nullspace machine stop --help' for usage.\n",
+		},
+		{
+			name:       "machine start prints the id and the main pid",
+			args:       []string{"machine", "start", "m-s"},
+			wantStdout: "m-s\n",
+			wantStderr: "machine m-s is running; main process pid 12\n",
+		},
+		{
+			name:       "machine start without a main process",
+			args:       []string{"machine", "start", "m-1"},
+			wantStdout: "m-1\n",
+		},
+		{
+			name:       "machine wait exits 0 with the main process",
+			args:       []string{"machine", "wait", "m-0"},
+			wantStdout: "exit code 0\n",
+		},
+		{
+			name:       "machine wait exits with the main process's code",
+			args:       []string{"machine", "wait", "m-3"},
+			wantCode:   3,
+			wantStdout: "exit code 3\n",
+		},
+		{
+			name:       "machine wait on a signal exits 128+N",
+			args:       []string{"machine", "wait", "m-term"},
+			wantCode:   143,
+			wantStdout: "exit code 143 (SIGTERM)\n",
+		},
+		{
+			name:       "machine wait --json prints the exit and keeps the code",
+			args:       []string{"--json", "machine", "wait", "m-3"},
+			wantCode:   3,
+			wantStdout: "{\n  \"exit_code\": 3,\n  \"at\": \"2025-06-01T11:59:59Z\"\n}\n",
+		},
+		{
+			name:       "machine wait past --timeout exits 124",
+			args:       []string{"machine", "wait", "m-slow", "--timeout", "1.5s"},
+			wantCode:   124,
+			wantStderr: "error: the main process of machine m-slow was still running after 1.5s\n",
+		},
+		{
+			name:     "machine wait without a main process",
+			args:     []string{"machine", "wait", "m-bare"},
+			wantCode: 1,
+			wantStderr: "error: machine m-bare has no main process: it was created without a command (machine_has_no_command)\n" +
+				"hint: create machines with a command to wait for\n",
+		},
+		{
+			name:       "machine wait with a negative timeout is a usage error",
+			args:       []string{"machine", "wait", "m-0", "--timeout", "-1s"},
+			wantCode:   2,
+			wantStderr: "error: invalid --timeout -1s: must not be negative\nRun 'nullspace machine wait --help' for usage.\n",
+		},
+		{
+			name: "machine info of a stopped machine with a main process",
+			args: []string{"machine", "info", "m-s"},
+			wantStdout: "" +
+				"ID:           m-s\n" +
+				"State:        stopped\n" +
+				"Snapshot:     snp-d\n" +
+				"Template:     base\n" +
+				"CPU:          2\n" +
+				"Memory:       512 MiB\n" +
+				"Internet:     false\n" +
+				"Command:      python3 -m http.server --directory '/srv/my site'\n" +
+				"Exit:         exit code 143 (SIGTERM) at " + testNow.Add(-2*time.Minute).Local().Format(time.RFC3339) + " (2m ago)\n" +
+				"Lease:        10m0s, then destroy (stopped: the window starts again at 'machine start')\n" +
+				"Persistence:  persistent\n" +
+				"Created:      " + testNow.Add(-time.Hour).Local().Format(time.RFC3339) + " (1h ago)\n",
+		},
+		{
+			name: "machine info of a running machine shows its main pid",
+			args: []string{"machine", "info", "m-main"},
+			wantStdout: "" +
+				"ID:        m-main\n" +
+				"State:     running\n" +
+				"Template:  base\n" +
+				"CPU:       2\n" +
+				"Memory:    512 MiB\n" +
+				"Internet:  false\n" +
+				"Command:   sleep infinity\n" +
+				"Main PID:  12\n" +
+				"Created:   " + testNow.Add(-time.Minute).Local().Format(time.RFC3339) + " (1m ago)\n",
+		},
+		{
+			name:       "machine create takes the main process after --",
+			args:       []string{"machine", "create", "--template", "base", "--", "python3", "-m", "http.server"},
+			wantStdout: "m-new\n",
+		},
+		{
+			name:     "machine create without -- is a usage error",
+			args:     []string{"machine", "create", "python3"},
+			wantCode: 2,
+			wantStderr: "error: unexpected arguments [\"python3\"]: put the main process after --: nullspace machine create [flags] -- CMD [ARGS...]\n" +
+				"Run 'nullspace machine create --help' for usage.\n",
+		},
+		{
+			name:     "machine create --snapshot refuses a command",
+			args:     []string{"machine", "create", "--snapshot", "snp-r", "--", "sleep", "1"},
+			wantCode: 2,
+			wantStderr: "error: --snapshot cannot be combined with a command: a machine created from a snapshot has the snapshot's main process\n" +
+				"Run 'nullspace machine create --help' for usage.\n",
 		},
 		{
 			name:       "machine snapshot prints the snapshot id",
@@ -837,6 +1039,13 @@ func TestCLIRequests(t *testing.T) {
 		t.Errorf("got create request %s, want %s", got, wantCreate)
 	}
 
+	// Flags after -- belong to the main process, not to create.
+	run(t, t.Context(), f, "", "machine", "create", "--cpu", "1", "--", "python3", "-m", "http.server", "--bind", "0.0.0.0")
+	wantCreate = `{"template":"base","cpu_count":1,"command":["python3","-m","http.server","--bind","0.0.0.0"]}`
+	if got := mustJSON(t, f.lastCreate); got != wantCreate {
+		t.Errorf("got create request %s, want %s", got, wantCreate)
+	}
+
 	calls := []struct {
 		args    []string
 		pattern string
@@ -856,6 +1065,13 @@ func TestCLIRequests(t *testing.T) {
 			"POST /v1/machines/m-p/checkpoints/snp-c/restore"},
 		{[]string{"volume", "create", "data"}, "POST /v1/volumes", `POST /v1/volumes {"name":"data"}`},
 		{[]string{"volume", "rm", "empty"}, "DELETE /v1/volumes/{name}", "DELETE /v1/volumes/empty"},
+		// Without --grace the server's default applies: no body.
+		{[]string{"machine", "stop", "m-1"}, "POST /v1/machines/{id}/stop", "POST /v1/machines/m-1/stop"},
+		{[]string{"machine", "stop", "m-1", "--grace", "2s"}, "POST /v1/machines/{id}/stop", `POST /v1/machines/m-1/stop {"grace_ms":2000}`},
+		{[]string{"machine", "stop", "m-1", "--grace", "0"}, "POST /v1/machines/{id}/stop", `POST /v1/machines/m-1/stop {"grace_ms":0}`},
+		{[]string{"machine", "start", "m-s"}, "POST /v1/machines/{id}/start", "POST /v1/machines/m-s/start"},
+		{[]string{"machine", "wait", "m-0"}, "GET /v1/machines/{id}/wait", "GET /v1/machines/m-0/wait"},
+		{[]string{"machine", "wait", "m-0", "--timeout", "10m"}, "GET /v1/machines/{id}/wait", "GET /v1/machines/m-0/wait?timeout_ms=600000"},
 	}
 	for _, c := range calls {
 		run(t, t.Context(), f, "", c.args...)
@@ -947,6 +1163,24 @@ func TestExitStatus(t *testing.T) {
 		}
 		if got != tt.want {
 			t.Errorf("exitStatus(%d, %q, %v): got %d, want %d", tt.code, tt.signal, tt.timedOut, got, tt.want)
+		}
+	}
+}
+
+func TestFormatArgv(t *testing.T) {
+	tests := []struct {
+		argv []string
+		want string
+	}{
+		{[]string{"python3", "-m", "http.server", "8080"}, "python3 -m http.server 8080"},
+		{[]string{"/bin/sh", "-c", "make test > /tmp/log"}, "/bin/sh -c 'make test > /tmp/log'"},
+		{[]string{"echo", "it's"}, `echo 'it'\''s'`},
+		{[]string{"printf", ""}, "printf ''"},
+		{[]string{"env", "A=1", "--opt=x,y:z@host"}, "env A=1 --opt=x,y:z@host"},
+	}
+	for _, tt := range tests {
+		if got := formatArgv(tt.argv); got != tt.want {
+			t.Errorf("formatArgv(%q): got %s, want %s", tt.argv, got, tt.want)
 		}
 	}
 }

@@ -17,9 +17,10 @@ func (a *app) machineCommand() *cobra.Command {
 	cmd := asGroup(&cobra.Command{
 		Use:     "machine",
 		Aliases: []string{"machines"},
-		Short:   "Create, list, inspect, pause, fork and kill machines",
+		Short:   "Create, list, inspect, stop, start, wait for, pause, fork and kill machines",
 	})
 	cmd.AddCommand(a.machineCreateCommand(), a.machineListCommand(), a.machineInfoCommand(), a.machineKillCommand(),
+		a.machineStopCommand(), a.machineStartCommand(), a.machineWaitCommand(),
 		a.machinePauseCommand(), a.machineResumeCommand(), a.machineConnectCommand(), a.machineSnapshotCommand(),
 		a.machineForkCommand(), a.machineTimeoutCommand())
 	return cmd
@@ -34,23 +35,47 @@ func (a *app) machineCreateCommand() *cobra.Command {
 		hooks    api.Hooks
 	)
 	cmd := &cobra.Command{
-		Use:   "create",
+		Use:   "create [flags] [-- CMD [ARGS...]]",
 		Short: "Create and start a machine, print its id",
 		Long: `Create and start a machine from a template, or with --snapshot from a
 snapshot (its memory, processes and files; the machine gets the snapshot's
-template, CPU, memory, environment, volumes and hooks, so those flags cannot
-be combined with --snapshot).`,
+template, CPU, memory, environment, volumes, hooks and main process, so those
+cannot be combined with --snapshot).
+
+A command after -- is the machine's main process: started (as an argv, not
+by a shell) once the machine has booted and again at every 'machine start'.
+'nullspace machine wait ID' waits for it to exit. The machine keeps running
+after it exits, until its lease ends or it is stopped or killed.`,
 		Example: `  nullspace machine create
   nullspace machine create --template base --cpu 1 --memory 256 --env FOO=bar --metadata owner=me
   nullspace machine create --volume data:/data --volume cache:/cache:ro --on-pause 'sync' --on-resume 'date'
-  nullspace machine create --snapshot snp_3b1e9c0a7d52f4e8a613`,
-		Args: exactArgs(0, ""),
-		RunE: func(cmd *cobra.Command, _ []string) error {
+  nullspace machine create --snapshot snp_3b1e9c0a7d52f4e8a613
+  nullspace machine create --template base -- python3 -m http.server 8080
+  nullspace machine create -- /bin/sh -c 'make test > /tmp/test.log 2>&1'`,
+		// The main process comes after --, so that its own flags
+		// (python3 -m ...) are not taken for create's.
+		Args: func(cmd *cobra.Command, args []string) error {
+			before := args
+			if n := cmd.ArgsLenAtDash(); n >= 0 {
+				before = args[:n]
+			}
+			if len(before) > 0 {
+				return usageErrorf("unexpected arguments %q: put the main process after --: nullspace machine create [flags] -- CMD [ARGS...]", before)
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if n := cmd.ArgsLenAtDash(); n >= 0 && len(args) > n {
+				req.Command = args[n:]
+			}
 			if req.SnapshotID != "" {
 				for _, name := range []string{"template", "cpu", "memory", "env", "volume", "on-pause", "on-resume"} {
 					if cmd.Flags().Changed(name) {
 						return usageErrorf("--snapshot cannot be combined with --%s: a machine created from a snapshot has the snapshot's", name)
 					}
+				}
+				if req.Command != nil {
+					return usageErrorf("--snapshot cannot be combined with a command: a machine created from a snapshot has the snapshot's main process")
 				}
 				req.Template = ""
 			}
@@ -177,7 +202,7 @@ Prints the lease now in effect.`,
 			if a.json {
 				return printJSON(cmd.OutOrStdout(), l)
 			}
-			at := "not running (the window starts when it resumes)"
+			at := "not running (the window starts when it resumes or starts)"
 			if l.TimeoutAt != nil {
 				at = l.TimeoutAt.Format(time.RFC3339)
 			}
@@ -243,7 +268,7 @@ func (a *app) machineListCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&opts.State, "state", "", "only machines in this state (creating, running, pausing, paused, resuming, snapshotting, restoring, killing, killed, failed)")
+	f.StringVar(&opts.State, "state", "", "only machines in this state (creating, running, pausing, paused, resuming, snapshotting, restoring, stopping, stopped, starting, killing, killed, failed)")
 	f.StringArrayVar(&metadata, "metadata", nil, "only machines with metadata KEY=VALUE (repeatable; all must match)")
 	return cmd
 }
@@ -300,11 +325,23 @@ func (a *app) machineInfoCommand() *cobra.Command {
 					[2]string{"On pause", strings.Join(m.Hooks.OnPause, "; ")},
 					[2]string{"On resume", strings.Join(m.Hooks.OnResume, "; ")})
 			}
+			if len(m.Command) > 0 {
+				fields = append(fields, [2]string{"Command", formatArgv(m.Command)})
+			}
+			if m.MainPID > 0 {
+				fields = append(fields, [2]string{"Main PID", strconv.Itoa(m.MainPID)})
+			}
+			if m.Exit != nil {
+				fields = append(fields, [2]string{"Exit", formatExit(m.Exit) + " at " + formatTime(now, m.Exit.At)})
+			}
 			if m.TimeoutMS > 0 {
 				lease := fmt.Sprintf("%s, then %s", time.Duration(m.TimeoutMS)*time.Millisecond, m.TimeoutAction)
-				if m.TimeoutAt != nil {
+				switch {
+				case m.TimeoutAt != nil:
 					lease += fmt.Sprintf(" at %s (%s left)", formatTime(now, *m.TimeoutAt), time.Duration(m.RemainingMS)*time.Millisecond)
-				} else {
+				case m.State == api.StateStopped:
+					lease += " (stopped: the window starts again at 'machine start')"
+				default:
 					lease += " (not running: the window starts when it resumes)"
 				}
 				fields = append(fields, [2]string{"Lease", lease})
@@ -338,7 +375,9 @@ func (a *app) machineKillCommand() *cobra.Command {
 Killing a paused alias (an id its machine was resumed from) removes only that
 alias. Killing a machine's latest execution ends the machine: its paused
 aliases go too, and so do its pause and checkpoint snapshots that no other
-machine was made from.`,
+machine was made from, and the files of a stopped machine. A kill does not
+wait for processes to exit; 'nullspace machine stop' does, and keeps the
+files.`,
 		Args: minArgs(1, "ID..."),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()

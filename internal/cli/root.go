@@ -12,7 +12,8 @@
 //	2    usage error (unknown command or flag, wrong arguments)
 //	130  interrupted (SIGINT/SIGTERM)
 //
-// exec exits with the remote command's own exit code instead; see exec.go.
+// exec exits with the remote command's own exit code instead (see exec.go),
+// and machine wait with the machine's main process's (see lifecycle.go).
 package cli
 
 import (

@@ -157,8 +157,9 @@ func (a *app) snapshotCommand() *cobra.Command {
 		Aliases: []string{"snapshots", "snap"},
 		Short:   "List, inspect and delete snapshots",
 		Long: `List, inspect and delete snapshots. Snapshots are made by 'machine pause'
-(kind hibernate), 'machine snapshot' and 'machine fork' (kind snapshot) and
-'checkpoint create' (kind checkpoint).`,
+(kind hibernate), 'machine snapshot' and 'machine fork' (kind snapshot),
+'checkpoint create' (kind checkpoint) and 'machine stop' (kind disk: a
+stopped machine's files, deleted when it starts).`,
 	})
 	cmd.AddCommand(a.snapshotListCommand(), a.snapshotInfoCommand(), a.snapshotRemoveCommand())
 	return cmd
@@ -186,7 +187,7 @@ func (a *app) snapshotListCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&machineID, "machine", "", "only snapshots taken of this machine id")
-	f.StringVar(&kind, "kind", "", "only snapshots of this kind (hibernate, snapshot, checkpoint)")
+	f.StringVar(&kind, "kind", "", "only snapshots of this kind (hibernate, snapshot, checkpoint, disk)")
 	return cmd
 }
 
@@ -234,10 +235,11 @@ func (a *app) snapshotRemoveCommand() *cobra.Command {
 		Use:     "rm ID...",
 		Aliases: []string{"delete"},
 		Short:   "Delete snapshots; prints each deleted id",
-		Long: `Delete snapshots. A snapshot that holds a paused machine's state, or that
-live machines were made from, is refused unless --force is given; forced,
-the paused machines whose state it held become failed. Every id is tried;
-the command fails if any of them fails.`,
+		Long: `Delete snapshots. A snapshot that holds a paused machine's state or a
+stopped machine's files, or that live machines were made from, is refused
+unless --force is given; forced, the paused and stopped machines whose state
+it held become failed. Every id is tried; the command fails if any of them
+fails.`,
 		Args: minArgs(1, "ID..."),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -256,9 +258,10 @@ func (a *app) checkpointCommand() *cobra.Command {
 		Use:     "checkpoint",
 		Aliases: []string{"checkpoints"},
 		Short:   "List, create and restore a machine's checkpoints",
-		Long: `A machine's history: every state it recorded (pauses, snapshots, checkpoints),
-by generation. A checkpoint is taken while the machine keeps running and can
-be restored in place later, which is the only way back to an older state.`,
+		Long: `A machine's history: every state it recorded (pauses, snapshots, checkpoints,
+and the disk of a stopped machine), by generation. A checkpoint is taken
+while the machine keeps running and can be restored in place later, which is
+the only way back to an older state.`,
 	})
 	cmd.AddCommand(a.checkpointListCommand(), a.checkpointCreateCommand(), a.checkpointRestoreCommand())
 	return cmd

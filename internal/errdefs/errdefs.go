@@ -146,6 +146,7 @@ var Codes = []string{
 	CodeVolumeExists,
 	CodeAutoResumeNeedsPause,
 	CodeMachineEphemeral,
+	CodeNoCommand,
 }
 
 // Public is the public view of an error: what the API sends.

@@ -308,7 +308,9 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		m.emit(ctx, api.EventMachineStopped, rec, map[string]any{"snapshot_id": sn.ID, "main_exit": mainExit})
 	}
 	faults.Point(op + ".committed")
-	m.spares.used(rec.TeamID, spec) // a restore of this shape may come
+	if kind != api.SnapshotDisk {
+		m.spares.used(rec.TeamID, spec) // a restore of this shape may come (a start restores in place)
+	}
 	if stop {
 		// The state is safe: free what the stopped machine held, then its
 		// slot (never before its network is gone). A failure here leaves
