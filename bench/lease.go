@@ -15,8 +15,11 @@ import (
 
 // The issue-4 measurements: the cost of the lease scheduler with 10,000
 // leases, of a lease refresh through the API, and of sampling the metrics
-// of running machines. They have no raw runsc counterpart; they are
-// printed as they are measured and kept in the JSON.
+// of running machines (no raw runsc counterpart: printed as they are
+// measured and kept in the JSON); and stop and start, beside raw runsc's
+// nearest equivalent in the same run (a stop keeps the disk, which a raw
+// sandbox keeps only in a checkpoint: checkpoint, kill and delete; a start
+// is a restore of it to the first exec).
 
 const (
 	metricLeaseSet     = "lease_schedule_10k"  // setting 10,000 deadlines
@@ -27,7 +30,25 @@ const (
 	leases             = 10000
 )
 
-func measureLeases(ctx context.Context, cfg config, ns *nullspaceSide, res *results) error {
+func measureLeases(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results) error {
+	fmt.Fprintf(os.Stderr, "bench: stop and start, %d iterations (raw runsc)\n", cfg.n)
+	hc := hibernateCase{Label: labelIdle, MemoryMB: cfg.memoryMB}
+	for i := range cfg.n {
+		steps := []func() error{
+			func() error { return ns.stopStart(ctx, hc, res) },
+			func() error { return raw.stopStart(ctx, hc, res) },
+		}
+		if i%2 == 1 {
+			steps[0], steps[1] = steps[1], steps[0]
+		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		progress(i+1, cfg.n)
+	}
+
 	fmt.Fprintf(os.Stderr, "bench: lease scheduler (%d leases), lease refresh and metrics sampling, %d iterations\n", leases, cfg.n)
 	for range cfg.n {
 		set, fire := schedulerCost()
@@ -102,4 +123,67 @@ func schedulerCost() (set, fire time.Duration) {
 	start = time.Now()
 	wg.Wait()
 	return set, time.Since(start)
+}
+
+// stopStart measures one machine with a main process: stop, then start to
+// its first command.
+func (s *nullspaceSide) stopStart(ctx context.Context, hc hibernateCase, res *results) error {
+	m, err := s.client.CreateMachine(ctx, api.CreateMachineRequest{Template: labelIdle, MemoryMB: hc.MemoryMB,
+		Command: []string{"/bin/sleep", "1000000"}})
+	if err != nil {
+		return err
+	}
+	s.live[m.ID] = true
+	if err := sleep(ctx, s.cfg.settle); err != nil {
+		return err
+	}
+	stopped, err := s.timed("stop "+hc.Label, func() error {
+		_, err := s.client.Stop(ctx, m.ID, nil)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("stop machine %s: %w", m.ID, err)
+	}
+	res.addDuration(metricStop, sideNullspace, hc.Label, stopped)
+	started, err := s.timed("start "+hc.Label, func() error {
+		if _, err := s.client.Start(ctx, m.ID); err != nil {
+			return fmt.Errorf("start machine %s: %w", m.ID, err)
+		}
+		return s.runTrue(ctx, m.ID)
+	})
+	if err != nil {
+		return err
+	}
+	res.addDuration(metricStart, sideNullspace, hc.Label, started)
+	return s.kill(ctx, &warmMachine{id: m.ID}, nil)
+}
+
+// stopStart is the raw counterpart: checkpoint (which stops the sandbox),
+// kill and delete; then restore the image to the first exec.
+func (r *rawSide) stopStart(ctx context.Context, hc hibernateCase, res *results) error {
+	c, err := r.ready(ctx, hc)
+	if err != nil {
+		return err
+	}
+	image, took, err := r.checkpoint(ctx, c, false)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := r.remove(ctx, c); err != nil {
+		return err
+	}
+	res.addDuration(metricStop, sideRaw, hc.Label, took+time.Since(start))
+	if err := r.release(ctx, c); err != nil {
+		return err
+	}
+	c2, restored, first, err := r.restore(ctx, image, hc.MemoryMB, false)
+	if err != nil {
+		return err
+	}
+	res.addDuration(metricStart, sideRaw, hc.Label, restored+first)
+	if err := r.kill(ctx, c2, nil); err != nil {
+		return err
+	}
+	return os.RemoveAll(image)
 }

@@ -29,8 +29,9 @@
 //     and for one holding 256 MiB (-skip-256 leaves that out). See
 //     hibernate.go;
 //   - lease: the lease scheduler with 10,000 leases, a lease refresh through
-//     the API, and the cost of sampling a running machine's metrics. See
-//     lease.go.
+//     the API, and the cost of sampling a running machine's metrics; stop
+//     against `runsc checkpoint` + kill + delete, and start to the first
+//     command against `runsc restore` + `runsc exec`. See lease.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -96,7 +97,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) or lease (lease scheduler, metrics sampling)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) or lease (issue 4: lease scheduler, metrics sampling, stop and start)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -290,7 +291,7 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "lease" {
-		return measureLeases(ctx, cfg, ns, res)
+		return measureLeases(ctx, cfg, ns, raw, res)
 	}
 	return nil
 }

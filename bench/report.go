@@ -43,6 +43,10 @@ const (
 	metricChildFirst     = "child_first_command"             // the child's first RunCommand; the first exec after restore
 	metricSnapshotSize   = "snapshot_size"                   // SizeBytes of the hibernate snapshot; the image's files
 
+	// Issue 4: stop and start (lease.go).
+	metricStop  = "stop"                   // Stop round trip; runsc checkpoint, kill and delete
+	metricStart = "start_to_first_command" // Start → RunCommand(true) returns; restore --detach --direct → exec true returns
+
 	sideNullspace = "nullspace"
 	sideRaw       = "raw_runsc"
 
@@ -200,6 +204,7 @@ func (r *results) summarize() {
 		metricCreateStart, metricCreateFirst,
 		metricPause, metricPauseDelete, metricPauseWindow, metricResume, metricResumeCall, metricResumeFirst,
 		metricResumeCreated, metricSnapshotCall, metricSnapshotWindow, metricChild, metricChildCall, metricChildFirst, metricSnapshotSize,
+		metricStop, metricStart,
 	}
 	// The targets of the issues, by metric or by metric/label.
 	type target struct{ ratio, p50 float64 }
@@ -275,6 +280,9 @@ var metricTitles = map[string]string{
 	metricChildCall:      "  part: CreateMachine / runsc restore",
 	metricChildFirst:     "  part: first RunCommand / first exec",
 	metricSnapshotSize:   "snapshot size | image files",
+
+	metricStop:  "stop | checkpoint, kill, delete",
+	metricStart: "start → first command | restore → exec",
 }
 
 // printTable prints the comparisons.

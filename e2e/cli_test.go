@@ -123,3 +123,44 @@ func TestCLIHibernate(t *testing.T) {
 		t.Fatalf("resuming an old snapshot: exit %d, %s", code, errOut)
 	}
 }
+
+// TestCLIStopStartWait drives the main process, stop, start and wait
+// through the CLI: wait exits with the main process's code (124 when its
+// --timeout passes first), stop and start keep the id and the files.
+func TestCLIStopStartWait(t *testing.T) {
+	code, out, errOut := nullspace(t, "", "machine", "create", "--template", "minimal", "--",
+		"/bin/sh", "-c", "trap 'exit 3' TERM; touch /root/trapped; while :; do sleep 1; done")
+	if code != 0 {
+		t.Fatalf("machine create -- CMD: exit %d: %s", code, errOut)
+	}
+	id := strings.TrimSpace(out)
+	t.Cleanup(func() { nullspace(t, "", "machine", "kill", id) })
+	waitTrapped(t, id)
+	run(t, id, "echo cli > /root/cli.txt")
+	steps := []struct {
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{[]string{"machine", "wait", id, "--timeout", "300ms"}, 124, "", "still running"},
+		{[]string{"machine", "info", id}, 0, "trap", ""},
+		{[]string{"machine", "stop", id, "--grace", "5s"}, 0, id, "exit code 3"},
+		{[]string{"machine", "info", id}, 0, "stopped", ""},
+		{[]string{"machine", "wait", id}, 3, "exit code 3", ""},
+		{[]string{"exec", id, "--", "true"}, 1, "", "machine start"},
+		{[]string{"machine", "start", id}, 0, id, "main process pid"},
+		{[]string{"exec", id, "--", "cat", "/root/cli.txt"}, 0, "cli\n", ""},
+		{[]string{"snapshot", "ls", "--machine", id, "--kind", "disk"}, 0, "", ""},
+	}
+	for _, s := range steps {
+		code, out, errOut := nullspace(t, "", s.args...)
+		if code != s.wantCode || !strings.Contains(out, s.wantStdout) || !strings.Contains(errOut, s.wantStderr) {
+			t.Errorf("nullspace %s: exit %d, stdout %q, stderr %q; want exit %d, stdout containing %q, stderr containing %q",
+				strings.Join(s.args, " "), code, out, errOut, s.wantCode, s.wantStdout, s.wantStderr)
+		}
+	}
+	if code, _, errOut := nullspace(t, "", "machine", "stop", id, "--grace", "1h"); code == 0 || !strings.Contains(errOut, "invalid_argument") {
+		t.Errorf("stop --grace 1h: exit %d, %s", code, errOut)
+	}
+}
