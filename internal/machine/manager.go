@@ -989,6 +989,19 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	// A start that committed but was cut off before it deleted the disk it
+	// booted from: delete it now (only a stopped machine reads its disk).
+	if disks, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{Kinds: []string{api.SnapshotDisk}, States: []string{store.SnapshotReady}}); err == nil {
+		for _, sn := range disks {
+			if owner, err := m.store.GetMachine(ctx, sn.MachineID); err == nil && owner.State == api.StateStopped && owner.SnapshotID == sn.ID {
+				continue
+			}
+			m.logger.InfoContext(ctx, "deleting the disk snapshot of a machine that started", "snapshot_id", sn.ID, "machine_id", sn.MachineID)
+			errs = append(errs, m.removeSnapshot(ctx, sn))
+		}
+	} else {
+		errs = append(errs, err)
+	}
 	if err := m.sweepSnapshots(ctx); err != nil {
 		errs = append(errs, err)
 	}

@@ -184,7 +184,9 @@ func TestCreateFailureLeavesNothing(t *testing.T) {
 
 // TestReconcile: after a crash, an interrupted create is undone, an
 // interrupted kill is finished, a running machine whose sandbox is gone is
-// failed, a live one is kept, and orphans are removed.
+// failed, a live one is kept, an interrupted stop goes back to running and
+// an interrupted start to stopped, the disk of a finished start is deleted,
+// and orphans are removed.
 func TestReconcile(t *testing.T) {
 	ctx := t.Context()
 	m, d, n, db := newTestManager(t)
@@ -206,6 +208,30 @@ func TestReconcile(t *testing.T) {
 	alive := mk("alive", api.StateRunning, true)
 	// A pause that committed before it freed the sandbox and slot.
 	paused := mk("paused", api.StatePaused, true)
+	// A stop cut off before its checkpoint was committed (the sandbox is
+	// frozen), a start cut off before the machine ran (back to stopped on
+	// its disk), a stop that committed before it freed its slot.
+	stopping := mk("stopping", api.StateStopping, true)
+	d.containers[stopping.ContainerID] = runtime.StatusPaused
+	starting := mk("starting", api.StateStarting, true)
+	stopped := mk("stopped", api.StateStopped, true)
+	disk := func(id, machineID string) {
+		sn := &store.Snapshot{ID: id, TeamID: "team", Kind: api.SnapshotDisk, State: store.SnapshotReady, MachineID: machineID,
+			LineageID: machineID, Template: "minimal"}
+		if err := db.CreateSnapshot(ctx, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, rec := range []*store.Machine{starting, stopped} {
+		disk("disk-"+rec.ID, rec.ID)
+		rec.SnapshotID = "disk-" + rec.ID
+		if err := db.UpdateMachine(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The disk of a start that committed (alive runs) but was cut off
+	// before it deleted the disk.
+	disk("disk-alive", alive.ID)
 	// A spare of the previous run.
 	sp := &store.Spare{MachineID: "spare", ContainerID: "c-spare", Shape: "{}"}
 	if err := db.CreateSpare(ctx, sp, 16); err != nil {
@@ -222,7 +248,8 @@ func TestReconcile(t *testing.T) {
 	if _, err := db.GetMachine(ctx, creating.ID); err == nil {
 		t.Error("interrupted create still has a row")
 	}
-	want := map[string]string{killing.ID: api.StateKilled, dead.ID: api.StateFailed, alive.ID: api.StateRunning}
+	want := map[string]string{killing.ID: api.StateKilled, dead.ID: api.StateFailed, alive.ID: api.StateRunning,
+		stopping.ID: api.StateRunning, starting.ID: api.StateStopped, stopped.ID: api.StateStopped}
 	for id, state := range want {
 		rec, err := db.GetMachine(ctx, id)
 		if err != nil || rec.State != state {
@@ -232,13 +259,22 @@ func TestReconcile(t *testing.T) {
 	if rec, err := db.GetMachine(ctx, paused.ID); err != nil || rec.State != api.StatePaused || rec.Slot != -1 {
 		t.Errorf("paused machine after reconcile: %+v, %v; want paused without a slot", rec, err)
 	}
+	for _, id := range []string{starting.ID, stopped.ID} {
+		if rec, err := db.GetMachine(ctx, id); err != nil || rec.Slot != -1 || rec.SnapshotID != "disk-"+id {
+			t.Errorf("machine %s after reconcile: %+v, %v; want stopped on its disk without a slot", id, rec, err)
+		}
+	}
+	disks, err := db.ListSnapshots(ctx, store.SnapshotFilter{Kinds: []string{api.SnapshotDisk}})
+	if err != nil || len(disks) != 2 || disks[0].MachineID == alive.ID || disks[1].MachineID == alive.ID {
+		t.Errorf("disk snapshots after reconcile: %v, %v; want those of the two stopped machines", disks, err)
+	}
 	if spares, err := db.ListSpares(ctx); err != nil || len(spares) != 0 {
 		t.Errorf("spares after reconcile: %v, %v; want none", spares, err)
 	}
-	if len(d.containers) != 1 || d.containers[alive.ContainerID] == "" {
-		t.Errorf("containers after reconcile = %v, want only %s", d.containers, alive.ContainerID)
+	if len(d.containers) != 2 || d.containers[alive.ContainerID] != runtime.StatusRunning || d.containers[stopping.ContainerID] != runtime.StatusRunning {
+		t.Errorf("containers after reconcile = %v, want only %s and %s (thawed), running", d.containers, alive.ContainerID, stopping.ContainerID)
 	}
-	if len(n.slots) != 1 || !n.slots[alive.Slot] {
-		t.Errorf("slots after reconcile = %v, want only %d", n.slots, alive.Slot)
+	if len(n.slots) != 2 || !n.slots[alive.Slot] || !n.slots[stopping.Slot] {
+		t.Errorf("slots after reconcile = %v, want only %d and %d", n.slots, alive.Slot, stopping.Slot)
 	}
 }
