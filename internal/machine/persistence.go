@@ -43,8 +43,9 @@ func ephemeralPause(rec *store.Machine) error {
 		`kill it, take a reusable snapshot (POST /v1/machines/{id}/snapshots), or create machines to pause with persistence "sticky" or "persistent"`)
 }
 
-// enforceBudget evicts the paused states of sticky machines, oldest first,
-// while the committed snapshots take more than the budget.
+// enforceBudget evicts the paused states (and stopped disks) of sticky
+// machines, oldest first, while the committed snapshots take more than the
+// budget.
 func (m *Manager) enforceBudget(ctx context.Context) {
 	if m.cfg.SnapshotBudget <= 0 {
 		return
@@ -77,8 +78,12 @@ func (m *Manager) enforceBudget(ctx context.Context) {
 		if used <= m.cfg.SnapshotBudget {
 			return
 		}
-		reason := fmt.Sprintf("its paused state (snapshot %s, %d bytes) was evicted: it is sticky and the server's snapshot storage (%d of %d bytes) was over budget",
-			v.sn.ID, v.sn.SizeBytes, used, m.cfg.SnapshotBudget)
+		what := "paused state"
+		if v.rec.State == api.StateStopped {
+			what = "stopped disk"
+		}
+		reason := fmt.Sprintf("its %s (snapshot %s, %d bytes) was evicted: it is sticky and the server's snapshot storage (%d of %d bytes) was over budget",
+			what, v.sn.ID, v.sn.SizeBytes, used, m.cfg.SnapshotBudget)
 		m.logger.InfoContext(ctx, "evicting a sticky machine's paused state", "machine_id", v.rec.ID, "snapshot_id", v.sn.ID,
 			"used", used, "budget", m.cfg.SnapshotBudget)
 		if err := m.deleteSnapshot(withCause(ctx, "evicted"), v.sn, reason); err != nil {
