@@ -577,6 +577,9 @@ type AgentStopResult struct {
 	Ended []StoppedProcess `json:"ended"`
 	// Killed is true when something had to be sent SIGKILL.
 	Killed bool `json:"killed"`
+	// Main is how the main process ended, whether the stop ended it or it
+	// had exited before; nil when there is none.
+	Main *MainExit `json:"main,omitempty"`
 }
 
 // StoppedProcess is one process ended by a stop.

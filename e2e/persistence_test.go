@@ -10,9 +10,9 @@ import (
 )
 
 // TestPersistence: over the snapshot budget (6 MiB for the e2e server) the
-// paused states of sticky machines are evicted oldest first, and an
-// evicted machine says so; persistent ones are never evicted; an ephemeral
-// machine cannot be paused and is destroyed where it would be.
+// paused states and stopped disks of sticky machines are evicted oldest
+// first, and an evicted machine says so; persistent ones are never evicted;
+// an ephemeral machine cannot be paused and is destroyed where it would be.
 func TestPersistence(t *testing.T) {
 	killAll() // only this test's snapshots count against the budget
 	a := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
@@ -63,5 +63,21 @@ func TestPersistence(t *testing.T) {
 	for _, id := range []string{a.ID, b.ID, r.ID} {
 		env.client.KillMachine(t.Context(), id)
 	}
+
+	// A sticky machine's stopped disk is evicted like a paused state.
+	killAll()
+	s1 := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
+	stopMachine(t, s1.ID, 0)
+	for range 2 {
+		p := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
+		pause(t, p.ID)
+	}
+	evicted = waitState(t, s1.ID, api.StateFailed, 10*time.Second)
+	if !strings.Contains(evicted.Error, "stopped disk") {
+		t.Fatalf("evicted stopped machine's error = %q", evicted.Error)
+	}
+	_, err = env.client.Start(t.Context(), s1.ID)
+	wantCode(t, err, "machine_not_running")
+	killAll()
 	assertNoLeftovers(t)
 }

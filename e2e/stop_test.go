@@ -225,12 +225,36 @@ func TestStopRules(t *testing.T) {
 		t.Fatalf("wait through the alias = %+v, %v; want exit code 7", exit, err)
 	}
 
+	// A main process that exited on its own before a stop, unwaited: the
+	// stop records its exit.
+	quick := newMachine(t, api.CreateMachineRequest{Template: "minimal", Command: []string{"/bin/sh", "-c", "exit 4"}})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		procs, err := env.client.ListProcesses(t.Context(), quick.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(procs) == 1 && !procs[0].Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("main process still running: %+v", procs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st := stopMachine(t, quick.ID, time.Second); st.Exit == nil || st.Exit.ExitCode != 4 || st.Exit.Signal != "" {
+		t.Fatalf("stopped machine whose main process had exited: exit %+v, want code 4", st.Exit)
+	}
+	if exit, err := env.client.Wait(t.Context(), quick.ID, 0); err != nil || exit.ExitCode != 4 {
+		t.Fatalf("wait on it = %+v, %v; want exit code 4", exit, err)
+	}
+
 	// A killed machine has no exit to wait for.
 	k := newMachine(t, api.CreateMachineRequest{Template: "minimal", Command: mainScript})
 	env.client.KillMachine(t.Context(), k.ID)
 	_, err = env.client.Wait(t.Context(), k.ID, 0)
 	wantCode(t, err, "machine_not_running")
-	for _, id := range []string{plain.ID, eph.ID, r.ID} {
+	for _, id := range []string{plain.ID, eph.ID, r.ID, quick.ID} {
 		env.client.KillMachine(t.Context(), id)
 	}
 	assertNoLeftovers(t)

@@ -423,7 +423,8 @@ func TestStop(t *testing.T) {
 	for _, p := range res.Ended {
 		got[p.PID] = p
 	}
-	if len(res.Ended) != 2 || got[main.PID].ExitCode != 7 || got[stubborn.PID].Signal != "SIGKILL" || !res.Killed {
+	if len(res.Ended) != 2 || got[main.PID].ExitCode != 7 || got[stubborn.PID].Signal != "SIGKILL" || !res.Killed ||
+		res.Main == nil || res.Main.ExitCode != 7 {
 		t.Fatalf("stop result %+v: want main exit 7 and pid %d killed (SIGKILL); the exited pid %d is not reported", res, stubborn.PID, done.PID)
 	}
 	select {
@@ -438,8 +439,16 @@ func TestStop(t *testing.T) {
 	if err != nil || len(list.Processes) != 0 {
 		t.Fatalf("processes after a stop: %+v, %v; want none", list.Processes, err)
 	}
-	if _, err := ta.c.StartMain(ctx, []string{"/bin/sh", "-c", "exit 3"}); err != nil {
+	again, err := ta.c.StartMain(ctx, []string{"/bin/sh", "-c", "exit 3"})
+	if err != nil {
 		t.Fatalf("main process after a stop: %v", err)
+	}
+	if exit, err := ta.c.Wait(ctx, again.PID); err != nil || exit.ExitCode != 3 {
+		t.Fatalf("wait = %+v, %v", exit, err)
+	}
+	// A main process that exited before the stop is reported too.
+	if res, err := ta.c.Stop(ctx, api.AgentStopRequest{}); err != nil || res.Main == nil || res.Main.ExitCode != 3 || len(res.Ended) != 0 {
+		t.Fatalf("stop after the main process exited = %+v, %v; want main exit code 3 and nothing ended", res, err)
 	}
 	if _, err := ta.c.Stop(ctx, api.AgentStopRequest{GraceMS: -1}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("negative grace: %v", err)

@@ -779,6 +779,9 @@ func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.A
 		return os.Getpid() != 1 || onlyInit()
 	}
 	var res api.AgentStopResult
+	m.mu.Lock()
+	main := m.main
+	m.mu.Unlock()
 	m.signalAll(running, syscall.SIGTERM)
 	if !waitFor(ctx, grace, gone) {
 		res.Killed = true
@@ -790,6 +793,10 @@ func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.A
 			es := p.exitStatus()
 			res.Ended = append(res.Ended, api.StoppedProcess{PID: p.pid, ExitCode: es.code, Signal: es.signal})
 		}
+	}
+	if main != nil && main.hasExited() {
+		es := main.exitStatus()
+		res.Main = &api.MainExit{ExitCode: es.code, Signal: es.signal, At: main.exitedAt.UTC()}
 	}
 	m.mu.Lock()
 	m.procs = make(map[int]*process)

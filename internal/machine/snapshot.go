@@ -231,11 +231,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		if err != nil {
 			return nil, undo(fmt.Errorf("end the processes of machine %s: %w", rec.ID, err))
 		}
-		for _, p := range res.Ended {
-			if p.PID == rec.MainPID && rec.MainPID > 0 {
-				mainExit = &api.MainExit{ExitCode: p.ExitCode, Signal: p.Signal, At: time.Now().UTC()}
-			}
-		}
+		mainExit = res.Main
 		log.InfoContext(ctx, "processes ended for a stop", "ended", len(res.Ended), "killed", res.Killed)
 	} else {
 		prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})

@@ -210,6 +210,11 @@ func (m *Manager) Wait(ctx context.Context, teamID, id string) (api.MainExit, er
 		switch head.State {
 		case api.StateKilled, api.StateFailed:
 			return api.MainExit{}, notRunning(head)
+		case api.StateStopped:
+			// A stop records how it ended the main process; without a
+			// record (it never started), there is nothing to wait for
+			// until a start.
+			return api.MainExit{}, notRunning(head)
 		case api.StateRunning, api.StateSnapshotting:
 			if exit, ok, err := m.waitMainAtAgent(ctx, head); ok || err != nil {
 				return exit, err
