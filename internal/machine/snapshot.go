@@ -248,7 +248,10 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		return nil, undo(err)
 	}
 	t1 := time.Now()
-	if stop {
+	// A pause freezes the machine so that nothing runs after the point its
+	// checkpoint records. A stop has ended every process already: only the
+	// idle agent is left, so the freeze would cost time and buy nothing.
+	if kind == api.SnapshotHibernate {
 		if err := m.driver.Freeze(ctx, rec.ContainerID); err != nil {
 			return nil, undo(err)
 		}
