@@ -572,21 +572,13 @@ type AgentStopRequest struct {
 
 // AgentStopResult is the response of POST /lifecycle/stop.
 type AgentStopResult struct {
-	// Ended are the commands the agent was tracking that were running,
-	// with how they ended.
-	Ended []StoppedProcess `json:"ended"`
+	// Ended is how many of the commands the agent tracked were running.
+	Ended int `json:"ended"`
 	// Killed is true when something had to be sent SIGKILL.
 	Killed bool `json:"killed"`
 	// Main is how the main process ended, whether the stop ended it or it
 	// had exited before; nil when there is none.
 	Main *MainExit `json:"main,omitempty"`
-}
-
-// StoppedProcess is one process ended by a stop.
-type StoppedProcess struct {
-	PID      int    `json:"pid"`
-	ExitCode int    `json:"exit_code"`
-	Signal   string `json:"signal,omitempty"`
 }
 
 // AgentLifecycleResult is the response of both lifecycle calls.

@@ -344,6 +344,20 @@ func (r *rawSide) remove(ctx context.Context, c *rawContainer) error {
 	return nil
 }
 
+// checkpointRemove checkpoints c (which stops its sandbox), then kills and
+// deletes it, and frees its network: the raw side of a pause and of a stop.
+func (r *rawSide) checkpointRemove(ctx context.Context, c *rawContainer) (image string, took, deleted time.Duration, err error) {
+	if image, took, err = r.checkpoint(ctx, c, false); err != nil {
+		return image, 0, 0, err
+	}
+	start := time.Now()
+	if err := r.remove(ctx, c); err != nil {
+		return image, 0, 0, err
+	}
+	deleted = time.Since(start)
+	return image, took, deleted, r.release(ctx, c)
+}
+
 // pauseResume is the raw counterpart of a pause and resume: checkpoint
 // (which stops the sandbox), delete, then restore to the first exec.
 func (r *rawSide) pauseResume(ctx context.Context, hc hibernateCase, res *results) error {
@@ -351,15 +365,10 @@ func (r *rawSide) pauseResume(ctx context.Context, hc hibernateCase, res *result
 	if err != nil {
 		return err
 	}
-	image, took, err := r.checkpoint(ctx, c, false)
+	image, took, deleted, err := r.checkpointRemove(ctx, c)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	if err := r.remove(ctx, c); err != nil {
-		return err
-	}
-	deleted := time.Since(start)
 	res.addDuration(metricPause, sideRaw, hc.Label, took)
 	res.addDuration(metricPauseDelete, sideRaw, hc.Label, took+deleted)
 	res.addDuration(metricPauseWindow, sideRaw, hc.Label, took)
@@ -368,9 +377,6 @@ func (r *rawSide) pauseResume(ctx context.Context, hc hibernateCase, res *result
 		return err
 	}
 	res.add(metricSnapshotSize, sideRaw, hc.Label, unitBytes, float64(size))
-	if err := r.release(ctx, c); err != nil {
-		return err
-	}
 
 	c2, restored, first, err := r.restore(ctx, image, hc.MemoryMB, false)
 	if err != nil {

@@ -165,18 +165,11 @@ func (r *rawSide) stopStart(ctx context.Context, hc hibernateCase, res *results)
 	if err != nil {
 		return err
 	}
-	image, took, err := r.checkpoint(ctx, c, false)
+	image, took, deleted, err := r.checkpointRemove(ctx, c)
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	if err := r.remove(ctx, c); err != nil {
-		return err
-	}
-	res.addDuration(metricStop, sideRaw, hc.Label, took+time.Since(start))
-	if err := r.release(ctx, c); err != nil {
-		return err
-	}
+	res.addDuration(metricStop, sideRaw, hc.Label, took+deleted)
 	c2, restored, first, err := r.restore(ctx, image, hc.MemoryMB, false)
 	if err != nil {
 		return err

@@ -102,7 +102,7 @@ func (a *Agent) stop(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	syscall.Sync()
-	a.log.Info("stopped every process", "ended", len(res.Ended), "killed", res.Killed, "took", time.Since(start).String())
+	a.log.Info("stopped every process", "ended", res.Ended, "killed", res.Killed, "took", time.Since(start).String())
 	writeJSON(w, http.StatusOK, res)
 	return nil
 }

@@ -760,7 +760,7 @@ const stopKillWait = 5 * time.Second
 // itself remains (daemons that left the agent's process groups included);
 // otherwise until the commands it tracks are done. It then forgets every
 // command, so that the machine starts again with none, and reports how the
-// commands that were running ended.
+// main process ended.
 func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.AgentStopResult {
 	var running []*process
 	for _, p := range m.all() {
@@ -788,12 +788,7 @@ func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.A
 		m.signalAll(running, syscall.SIGKILL)
 		waitFor(ctx, stopKillWait, gone)
 	}
-	for _, p := range running {
-		if p.hasExited() {
-			es := p.exitStatus()
-			res.Ended = append(res.Ended, api.StoppedProcess{PID: p.pid, ExitCode: es.code, Signal: es.signal})
-		}
-	}
+	res.Ended = len(running)
 	if main != nil && main.hasExited() {
 		es := main.exitStatus()
 		res.Main = &api.MainExit{ExitCode: es.code, Signal: es.signal, At: main.exitedAt.UTC()}

@@ -136,23 +136,37 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*st
 	if kind == api.SnapshotHibernate && rec.State == api.StatePaused {
 		return m.store.GetSnapshot(ctx, rec.SnapshotID)
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		return nil, busy(id)
-	}
-	defer unlockLineage()
-	unlock := m.lock(id)
-	defer unlock()
-	if rec, err = m.store.GetMachine(ctx, id); err != nil {
+	rec, unlock, err := m.lockRunning(ctx, rec)
+	if err != nil {
 		return nil, err
 	}
-	if rec.State != api.StateRunning {
-		return nil, notRunning(rec)
-	}
+	defer unlock()
 	if kind == api.SnapshotHibernate && rec.Persistence == api.PersistenceEphemeral {
 		return nil, ephemeralPause(rec)
 	}
 	return m.capture(ctx, rec, kind, 0)
+}
+
+// lockRunning takes the lineage lock of rec (failing at once with a
+// conflict if another lifecycle operation holds it) and its machine lock,
+// and returns rec read afresh, which must be running, and the function
+// that unlocks both.
+func (m *Manager) lockRunning(ctx context.Context, rec *store.Machine) (*store.Machine, func(), error) {
+	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
+	if !ok {
+		return nil, nil, busy(rec.ID)
+	}
+	unlock := m.lock(rec.ID)
+	unlockBoth := func() { unlock(); unlockLineage() }
+	cur, err := m.store.GetMachine(ctx, rec.ID)
+	if err == nil && cur.State != api.StateRunning {
+		err = notRunning(cur)
+	}
+	if err != nil {
+		unlockBoth()
+		return nil, nil, err
+	}
+	return cur, unlockBoth, nil
 }
 
 // capture takes a checkpoint of a running machine; the caller holds the
@@ -232,7 +246,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 			return nil, undo(fmt.Errorf("end the processes of machine %s: %w", rec.ID, err))
 		}
 		mainExit = res.Main
-		log.InfoContext(ctx, "processes ended for a stop", "ended", len(res.Ended), "killed", res.Killed)
+		log.InfoContext(ctx, "processes ended for a stop", "ended", res.Ended, "killed", res.Killed)
 	} else {
 		prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})
 		if err != nil {

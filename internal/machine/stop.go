@@ -59,19 +59,11 @@ func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Durati
 	if rec.State == api.StateStopped {
 		return rec, nil
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		return nil, busy(id)
-	}
-	defer unlockLineage()
-	unlock := m.lock(id)
-	defer unlock()
-	if rec, err = m.store.GetMachine(ctx, id); err != nil {
+	rec, unlock, err := m.lockRunning(ctx, rec)
+	if err != nil {
 		return nil, err
 	}
-	if rec.State != api.StateRunning {
-		return nil, notRunning(rec)
-	}
+	defer unlock()
 	if rec.Persistence == api.PersistenceEphemeral {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineEphemeral,
 			fmt.Sprintf("machine %s is ephemeral: a stop would keep its disk, and it keeps nothing", rec.ID),
