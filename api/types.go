@@ -130,6 +130,7 @@ const (
 	EventMachineStopped      = "machine.stopped"
 	EventMachineStarted      = "machine.started"
 	EventMachineStartFailed  = "machine.start_failed"
+	EventMachineExited       = "machine.exited" // its main process exited
 	EventMachineFailed       = "machine.failed"
 	EventSnapshotCreated     = "snapshot.created"
 	EventSnapshotDeleted     = "snapshot.deleted"

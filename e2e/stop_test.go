@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -159,7 +160,7 @@ func TestStopStart(t *testing.T) {
 			types = append(types, ev.Type)
 		}
 	}
-	want := []string{api.EventMachineCreated, api.EventMachineStopped, api.EventMachineStarted}
+	want := []string{api.EventMachineCreated, api.EventMachineStopped, api.EventMachineStarted, api.EventMachineExited}
 	if strings.Join(types, " ") != strings.Join(want, " ") {
 		t.Fatalf("events of the machine: %v, want %v", types, want)
 	}
@@ -225,20 +226,13 @@ func TestStopRules(t *testing.T) {
 		t.Fatalf("wait through the alias = %+v, %v; want exit code 7", exit, err)
 	}
 
-	// A main process that exited on its own before a stop, unwaited: the
-	// stop records its exit.
+	// A main process that exits on its own, with nobody waiting: the
+	// machine shows its exit, and a stop keeps it.
 	quick := newMachine(t, api.CreateMachineRequest{Template: "minimal", Command: []string{"/bin/sh", "-c", "exit 4"}})
 	deadline := time.Now().Add(20 * time.Second)
-	for {
-		procs, err := env.client.ListProcesses(t.Context(), quick.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(procs) == 1 && !procs[0].Running {
-			break
-		}
+	for getMachine(t, quick.ID).Exit == nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("main process still running: %+v", procs)
+			t.Fatal("the exit of the main process does not show in machine info")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -249,12 +243,40 @@ func TestStopRules(t *testing.T) {
 		t.Fatalf("wait on it = %+v, %v; want exit code 4", exit, err)
 	}
 
+	// Following the main process and waiting for it send no packets: an
+	// idle machine with a waiter is suspended all the same, and the wait
+	// goes on through the pause.
+	idle := newMachine(t, api.CreateMachineRequest{Template: "minimal", Command: mainScript, IdleTimeoutMS: 2000})
+	waitTrapped(t, idle.ID)
+	waited := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		exit, err := env.client.Wait(ctx, idle.ID, 0)
+		if err == nil && exit.ExitCode != 7 {
+			err = fmt.Errorf("exit %+v, want code 7", exit)
+		}
+		waited <- err
+	}()
+	waitState(t, idle.ID, api.StatePaused, 30*time.Second)
+	woken, err := env.client.Connect(t.Context(), idle.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.client.KillMachine(context.Background(), woken.ID) })
+	if err := env.client.Signal(t.Context(), woken.ID, woken.MainPID, "SIGTERM"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("wait through an idle suspend: %v", err)
+	}
+
 	// A killed machine has no exit to wait for.
 	k := newMachine(t, api.CreateMachineRequest{Template: "minimal", Command: mainScript})
 	env.client.KillMachine(t.Context(), k.ID)
 	_, err = env.client.Wait(t.Context(), k.ID, 0)
 	wantCode(t, err, "machine_not_running")
-	for _, id := range []string{plain.ID, eph.ID, r.ID, quick.ID} {
+	for _, id := range []string{plain.ID, eph.ID, r.ID, quick.ID, woken.ID} {
 		env.client.KillMachine(t.Context(), id)
 	}
 	assertNoLeftovers(t)

@@ -124,6 +124,7 @@ type Manager struct {
 	leases    *lease.Scheduler
 	metrics   *metrics
 	activity  *activity
+	mainWatch *mainWatch
 	logger    *slog.Logger
 	// evictMu serializes evictions of sticky machines' paused states.
 	evictMu sync.Mutex
@@ -180,6 +181,7 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	m.leases = lease.New(func(id string) { go m.expire(id) })
 	m.metrics = newMetrics()
 	m.activity = newActivity()
+	m.mainWatch = newMainWatch()
 	return m, nil
 }
 
@@ -607,6 +609,7 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 		return err
 	}
 	m.schedule(rec)
+	m.watchMain(rec)
 	return nil
 }
 

@@ -306,6 +306,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		return nil, undo(err)
 	}
 	m.schedule(rec)
+	m.watchMain(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
 	go m.enforceBudget(context.WithoutCancel(ctx))
 	switch kind {
@@ -313,7 +314,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		m.emit(ctx, api.EventMachinePaused, rec, map[string]any{"snapshot_id": sn.ID})
 	case api.SnapshotDisk:
 		if rec.MainPID > 0 && rec.MainExit == nil && mainExit != nil {
-			if err := m.store.SetMainExit(ctx, rec.ID, rec.MainPID, mainExit); err != nil {
+			if _, err := m.store.SetMainExit(ctx, rec.ID, rec.MainPID, mainExit); err != nil {
 				log.ErrorContext(ctx, "record the main process's exit", "err", err)
 			}
 			rec.MainExit = mainExit

@@ -36,12 +36,10 @@ const (
 	DefaultStopGrace = 10 * time.Second
 	// MaxStopGrace bounds the grace period of a stop.
 	MaxStopGrace = 5 * time.Minute
-	// waitPoll is how often Wait looks again at a machine whose main
-	// process it cannot wait for directly (paused, stopping, starting);
-	// waitSlice bounds one wait at the agent, so that a machine paused
-	// meanwhile is noticed.
-	waitPoll  = 250 * time.Millisecond
-	waitSlice = 5 * time.Second
+	// waitPoll is how often Wait looks again at the store when no exit
+	// was recorded meanwhile (a lifecycle transition may have changed
+	// what it waits for).
+	waitPoll = time.Second
 )
 
 // Stop ends a running machine's processes and keeps its files; start boots
@@ -179,8 +177,9 @@ func (m *Manager) startMain(ctx context.Context, rec *store.Machine) error {
 // Wait blocks until the main process of id's latest execution has exited,
 // or ctx ends, and returns how it ended. It follows the lineage across
 // pauses and resumes and waits through them; a stop ends the main process
-// (its exit is the signal that ended it). It never wakes or renews
-// anything.
+// (its exit is the signal that ended it). It reads what the followers of
+// main processes record (mainwatch.go): it never talks to the machine, so
+// it neither wakes it nor counts as activity, and never renews its lease.
 func (m *Manager) Wait(ctx context.Context, teamID, id string) (api.MainExit, error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
@@ -192,6 +191,7 @@ func (m *Manager) Wait(ctx context.Context, teamID, id string) (api.MainExit, er
 			"create machines with a command to wait for; to wait for one command, follow its output with GET /v1/machines/{id}/commands/{pid}/output?follow=true")
 	}
 	for {
+		exited := m.mainWatch.exitedChan()
 		head, err := m.lineageHead(ctx, rec.LineageID)
 		if err != nil {
 			return api.MainExit{}, err
@@ -200,48 +200,16 @@ func (m *Manager) Wait(ctx context.Context, teamID, id string) (api.MainExit, er
 			return *head.MainExit, nil
 		}
 		switch head.State {
-		case api.StateKilled, api.StateFailed:
+		case api.StateKilled, api.StateFailed, api.StateStopped:
+			// A stop records how it ended the main process; a stopped
+			// machine without a record has none to wait for until a start.
 			return api.MainExit{}, notRunning(head)
-		case api.StateStopped:
-			// A stop records how it ended the main process; without a
-			// record (it never started), there is nothing to wait for
-			// until a start.
-			return api.MainExit{}, notRunning(head)
-		case api.StateRunning, api.StateSnapshotting:
-			if exit, ok, err := m.waitMainAtAgent(ctx, head); ok || err != nil {
-				return exit, err
-			}
 		}
 		select {
 		case <-ctx.Done():
 			return api.MainExit{}, ctx.Err()
+		case <-exited:
 		case <-time.After(waitPoll):
 		}
 	}
-}
-
-// waitMainAtAgent waits at rec's agent, for at most waitSlice, for its main
-// process to exit, and records the exit. ok is false when it has not
-// exited yet or the agent could not be reached (the machine may be pausing).
-func (m *Manager) waitMainAtAgent(ctx context.Context, rec *store.Machine) (exit api.MainExit, ok bool, err error) {
-	if rec.MainPID <= 0 {
-		return api.MainExit{}, false, nil
-	}
-	ip, err := m.guestAddr(rec)
-	if err != nil {
-		return api.MainExit{}, false, nil
-	}
-	wctx, cancel := context.WithTimeout(ctx, waitSlice)
-	defer cancel()
-	exit, err = agentclient.New(agentURL(ip), rec.AgentToken, nil).Wait(wctx, rec.MainPID)
-	if errors.Is(err, errdefs.ErrNotFound) {
-		return api.MainExit{}, false, fmt.Errorf("machine %s: the agent no longer knows main process %d: %w", rec.ID, rec.MainPID, err)
-	}
-	if err != nil {
-		return api.MainExit{}, false, nil
-	}
-	if err := m.store.SetMainExit(context.WithoutCancel(ctx), rec.ID, rec.MainPID, &exit); err != nil {
-		m.logger.ErrorContext(ctx, "record the main process's exit", "machine_id", rec.ID, "err", err)
-	}
-	return exit, true, nil
 }

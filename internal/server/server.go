@@ -309,6 +309,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	go mgr.Watch(bg, 2*time.Second)
 	go mgr.RunLeases(bg)
 	go mgr.RunMetrics(bg)
+	go mgr.RunMainWatch(bg)
 	if cfg.WebhookURL != "" {
 		go (&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(bg)
 	}

@@ -437,13 +437,16 @@ func (s *DB) SetMain(ctx context.Context, id string, pid int) error {
 }
 
 // SetMainExit records how main process pid of a machine ended, unless the
-// machine has started another main process since (or recorded it already).
-func (s *DB) SetMainExit(ctx context.Context, id string, pid int, exit *api.MainExit) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE machines SET main_exit=? WHERE id=? AND main_pid=? AND main_exit=''`,
-		mainExitJSON(exit), id, pid); err != nil {
-		return fmt.Errorf("record main process exit of machine %s: %w", id, err)
+// machine has started another main process since or the exit is recorded
+// already; recorded says whether this call recorded it.
+func (s *DB) SetMainExit(ctx context.Context, id string, pid int, exit *api.MainExit) (recorded bool, err error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE machines SET main_exit=? WHERE id=? AND main_pid=? AND main_exit=''`,
+		mainExitJSON(exit), id, pid)
+	if err != nil {
+		return false, fmt.Errorf("record main process exit of machine %s: %w", id, err)
 	}
-	return nil
+	n, _ := res.RowsAffected()
+	return n == 1, nil
 }
 
 func mainExitJSON(e *api.MainExit) string {
