@@ -29,7 +29,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"nullspace.dev/nullspace/api"
@@ -199,9 +198,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	a.log.Info("agent shutting down", "grace", a.cfg.ShutdownGrace.String())
 	cleanup := context.WithoutCancel(ctx)
-	graceCtx, cancel := context.WithTimeout(cleanup, a.cfg.ShutdownGrace)
-	a.procs.shutdown(graceCtx, syscall.SIGTERM)
-	cancel()
+	a.procs.stopAll(cleanup, a.cfg.ShutdownGrace)
 	shutCtx, cancel := context.WithTimeout(cleanup, 2*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutCtx); err != nil {

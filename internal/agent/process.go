@@ -733,37 +733,22 @@ func (m *processManager) all() []*process {
 	return out
 }
 
-// shutdown forwards sig to the commands, waits until they have exited or
-// ctx is done, then kills what is left. As PID 1 it signals every process
-// in the machine, like any init; otherwise the process groups of the
-// commands it started, including those whose leader already exited (a
-// server left behind by sh -c 'server &').
-func (m *processManager) shutdown(ctx context.Context, sig syscall.Signal) {
-	procs := m.all()
-	m.signalAll(procs, sig)
-	for _, p := range procs {
-		select {
-		case <-p.done:
-		case <-ctx.Done():
-			m.signalAll(procs, syscall.SIGKILL)
-			return
-		}
-	}
-}
-
 // stopKillWait bounds how long stopAll waits for processes to vanish after
 // SIGKILL; gVisor delivers it at once, so this is only a backstop.
 const stopKillWait = 5 * time.Second
 
-// stopAll ends every process, as a shutdown does: SIGTERM, and SIGKILL for
-// whatever is left after grace. As PID 1 it waits until no process but
-// itself remains (daemons that left the agent's process groups included);
-// otherwise until the commands it tracks are done. It then forgets every
-// command, so that the machine starts again with none, and reports how the
-// main process ended.
+// stopAll ends every process (a stop, and the agent's own shutdown):
+// SIGTERM, and SIGKILL for whatever is left after grace. As PID 1 it
+// signals every process in the machine, like any init, and waits until no
+// process but itself remains; otherwise it signals the process groups of
+// the commands it started, including those whose leader already exited (a
+// server left behind by sh -c 'server &'), and waits for the commands. It
+// then forgets every command, so that the machine starts again with none,
+// and reports how the main process ended.
 func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.AgentStopResult {
+	all := m.all()
 	var running []*process
-	for _, p := range m.all() {
+	for _, p := range all {
 		if !p.hasExited() {
 			running = append(running, p)
 		}
@@ -782,10 +767,10 @@ func (m *processManager) stopAll(ctx context.Context, grace time.Duration) api.A
 	m.mu.Lock()
 	main := m.main
 	m.mu.Unlock()
-	m.signalAll(running, syscall.SIGTERM)
+	m.signalAll(all, syscall.SIGTERM)
 	if !waitFor(ctx, grace, gone) {
 		res.Killed = true
-		m.signalAll(running, syscall.SIGKILL)
+		m.signalAll(all, syscall.SIGKILL)
 		waitFor(ctx, stopKillWait, gone)
 	}
 	res.Ended = len(running)
