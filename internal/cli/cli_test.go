@@ -1218,3 +1218,21 @@ func writeFile(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+func TestFormatEventDetails(t *testing.T) {
+	tests := []struct {
+		details map[string]any
+		want    string
+	}{
+		{map[string]any{"size_bytes": 3538569.0}, "size_bytes=3538569"},
+		{map[string]any{"pct": 12.5}, "pct=12.5"},
+		{map[string]any{"main_exit": map[string]any{"exit_code": 3.0, "signal": "SIGTERM"}}, `main_exit={"exit_code":3,"signal":"SIGTERM"}`},
+		{map[string]any{"main_exit": nil, "snapshot_id": "snp_1"}, "main_exit=null snapshot_id=snp_1"},
+	}
+	for _, tt := range tests {
+		line := formatEvent(api.Event{Seq: 1, Type: api.EventMachineStopped, MachineID: "mch_1", Cause: "api", Details: tt.details})
+		if !strings.HasSuffix(line, " "+tt.want) {
+			t.Errorf("formatEvent(%v) = %q, want it to end with %q", tt.details, line, tt.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -80,10 +81,28 @@ func formatEvent(ev api.Event) string {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		details = append(details, fmt.Sprintf("%s=%v", k, ev.Details[k]))
+		details = append(details, k+"="+detailValue(ev.Details[k]))
 	}
 	return fmt.Sprintf("%-6d %s  %-22s %-24s %-12s %s", ev.Seq, ev.Time.Local().Format(time.DateTime), ev.Type,
 		orDash(ev.MachineID), ev.Cause, strings.Join(details, " "))
+}
+
+// detailValue prints a detail as it came in the JSON: numbers as written
+// (not 3.538569e+06), strings bare, objects and arrays as compact JSON.
+func detailValue(v any) string {
+	switch v := v.(type) {
+	case string:
+		return v
+	case float64:
+		return strconv.FormatFloat(v, 'f', -1, 64)
+	case nil:
+		return "null"
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
 }
 
 func orDash(s string) string {
