@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -273,5 +275,29 @@ func TestStreams(t *testing.T) {
 				t.Fatalf("got stdout %q stderr %q exit %d, want out, err, 7", stdout, stderr, exit)
 			}
 		})
+	}
+}
+
+// TestStreamedCommandsComplete: streamed commands end with their exit
+// event, every time. The API server proxies the agent's stream while its
+// transport may still be reading the request body; before the proxy took
+// the request in full duplex, about one `nullspace exec` in a hundred got a
+// stream cut short. The CLI runs as its own process, one per command, as
+// it did when that was seen (the same loop in the test's own process does
+// not hit it).
+func TestStreamedCommandsComplete(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "nullspace")
+	if out, err := exec.Command("go", "build", "-o", bin, repoPath("cmd/nullspace")).CombinedOutput(); err != nil {
+		t.Fatalf("build the CLI: %v: %s", err, out)
+	}
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
+	run(t, m.ID, "echo x > /root/f.txt")
+	const n = 500
+	for i := range n {
+		cmd := exec.Command(bin, "--api-url", "http://"+env.inst.Addr, "--api-key", env.key, "exec", m.ID, "--", "cat", "/root/f.txt")
+		out, err := cmd.CombinedOutput()
+		if err != nil || string(out) != "x\n" {
+			t.Fatalf("exec %d of %d: %v: %s", i+1, n, err, out)
+		}
 	}
 }

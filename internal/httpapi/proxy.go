@@ -42,6 +42,15 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 			}
 		}
 		req.Header.Set("Authorization", "Bearer "+ep.Token)
+		// The transport reads r.Body while it sends the request, which can
+		// still be going on when the agent's answer (a stream) comes back.
+		// Without full duplex, writing the answer's header makes the server
+		// read the rest of r.Body itself, at the same time; the transport
+		// then sees a broken body and closes the agent connection in the
+		// middle of the stream (about one streamed command in a hundred).
+		if err := http.NewResponseController(w).EnableFullDuplex(); err != nil {
+			return fmt.Errorf("agent request: %w", err)
+		}
 		resp, err := s.agent.Do(req)
 		if err != nil {
 			if r.Context().Err() != nil {
@@ -77,7 +86,12 @@ func copyResponse(w http.ResponseWriter, r *http.Request, resp *http.Response) e
 	w.WriteHeader(resp.StatusCode)
 	flusher, _ := w.(http.Flusher)
 	if strings.HasPrefix(ct, "application/x-ndjson") {
-		return copyLines(w, flusher, resp.Body, sse)
+		if err := copyLines(w, flusher, resp.Body, sse); err != nil && r.Context().Err() == nil {
+			// Headers are sent: cut the response short, so that the client
+			// sees a broken stream rather than one that ended.
+			panic(http.ErrAbortHandler)
+		}
+		return nil
 	}
 	_, err := io.Copy(w, resp.Body)
 	if err != nil && r.Context().Err() == nil && !errors.Is(err, io.EOF) {
@@ -88,7 +102,8 @@ func copyResponse(w http.ResponseWriter, r *http.Request, resp *http.Response) e
 }
 
 // copyLines copies an NDJSON stream line by line, flushing each event, as
-// SSE frames when sse is set.
+// SSE frames when sse is set, until body ends; it returns the error that
+// ended it other than io.EOF.
 func copyLines(w io.Writer, f http.Flusher, body io.Reader, sse bool) error {
 	br := bufio.NewReaderSize(body, 64<<10)
 	for {
@@ -109,7 +124,10 @@ func copyLines(w io.Writer, f http.Flusher, body io.Reader, sse bool) error {
 			if f != nil {
 				f.Flush()
 			}
-			return nil
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
 		}
 	}
 }
