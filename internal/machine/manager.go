@@ -1078,7 +1078,7 @@ type cgroupSweeper interface {
 // TemplateInUse reports whether a live or paused machine or a snapshot uses
 // the template: a snapshot's overlay lies on top of its template's rootfs.
 func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: append(heldStates, liveStates...), Template: name})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: slices.Concat(heldStates, liveStates), Template: name})
 	if err != nil || len(recs) > 0 {
 		return len(recs) > 0, err
 	}
