@@ -35,7 +35,7 @@ type mainWatch struct {
 	// root is cancelled when the manager stops following (server shutdown).
 	root    context.Context
 	stop    context.CancelFunc
-	follows map[string]context.CancelFunc // by machine id
+	follows map[string]*follower // by machine id
 	wg      sync.WaitGroup
 	// exited is closed, and replaced, whenever an exit is recorded.
 	exited chan struct{}
@@ -48,9 +48,12 @@ func newMainWatch() *mainWatch {
 			Proxy:       nil,
 			DialContext: (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: -1}).DialContext,
 		}},
-		root: root, stop: stop, follows: map[string]context.CancelFunc{}, exited: make(chan struct{}),
+		root: root, stop: stop, follows: map[string]*follower{}, exited: make(chan struct{}),
 	}
 }
+
+// follower is one machine's follower; it leaves follows when it ends.
+type follower struct{ cancel context.CancelFunc }
 
 // watchMain starts or stops following rec's main process to match its
 // state; setState calls it after every transition.
@@ -59,7 +62,7 @@ func (m *Manager) watchMain(rec *store.Machine) {
 	want := (rec.State == api.StateRunning || rec.State == api.StateSnapshotting) && rec.MainPID > 0 && rec.MainExit == nil
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	cancel, following := w.follows[rec.ID]
+	f, following := w.follows[rec.ID]
 	switch {
 	case want && !following && w.root.Err() == nil:
 		ip, err := m.guestAddr(rec)
@@ -67,16 +70,17 @@ func (m *Manager) watchMain(rec *store.Machine) {
 			return
 		}
 		ctx, cancel := context.WithCancel(w.root)
-		w.follows[rec.ID] = cancel
+		f := &follower{cancel: cancel}
+		w.follows[rec.ID] = f
 		agent := agentclient.New(agentURL(ip), rec.AgentToken, w.http)
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
+			defer w.forget(rec.ID, f)
 			m.followMain(ctx, rec.ID, rec.TeamID, rec.MainPID, agent)
 		}()
 	case !want && following:
-		cancel()
-		delete(w.follows, rec.ID)
+		w.forgetLocked(rec.ID, f)
 	}
 }
 
@@ -120,10 +124,24 @@ func (m *Manager) mainExited(ctx context.Context, id, teamID string, pid int, ex
 		map[string]any{"pid": pid, "exit_code": exit.ExitCode, "signal": exit.Signal})
 	w := m.mainWatch
 	w.mu.Lock()
-	delete(w.follows, id)
 	close(w.exited)
 	w.exited = make(chan struct{})
 	w.mu.Unlock()
+}
+
+// forget ends follower f of machine id and takes it out of follows, unless
+// another follower has taken its place.
+func (w *mainWatch) forget(id string, f *follower) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.forgetLocked(id, f)
+}
+
+func (w *mainWatch) forgetLocked(id string, f *follower) {
+	f.cancel()
+	if w.follows[id] == f {
+		delete(w.follows, id)
+	}
 }
 
 // exitedChan returns a channel closed at the next recorded exit.
@@ -148,7 +166,7 @@ func (m *Manager) RunMainWatch(ctx context.Context) {
 	w := m.mainWatch
 	w.mu.Lock()
 	w.stop()
-	w.follows = map[string]context.CancelFunc{}
+	w.follows = map[string]*follower{}
 	w.mu.Unlock()
 	w.wg.Wait()
 }
