@@ -92,6 +92,9 @@ type CreateMachineRequest struct {
 	// machine boots and again on every start after a stop. Wait returns
 	// its exit status. Absent: the machine has no main process.
 	Command []string `json:"command,omitempty"`
+	// PublicPorts makes every port of the machine reachable through the
+	// edge without a signed URL (the unsigned URL of POST .../urls).
+	PublicPorts bool `json:"public_ports,omitempty"`
 }
 
 // Persistence policies.
@@ -251,6 +254,43 @@ type Machine struct {
 	MainPID int      `json:"main_pid,omitempty"`
 	// Exit is how the main process ended, once it has (in this boot).
 	Exit *MainExit `json:"exit,omitempty"`
+	// PublicPorts: see CreateMachineRequest.
+	PublicPorts bool `json:"public_ports,omitempty"`
+}
+
+// MachineURLRequest is the body of POST /v1/machines/{id}/urls.
+type MachineURLRequest struct {
+	Port int `json:"port"`
+	// ExpiresInMS makes the URL stop working this long from now; absent
+	// or 0: it works as long as the machine lives (and the edge secret is
+	// not rotated).
+	ExpiresInMS int64 `json:"expires_in_ms,omitempty"`
+}
+
+// MachineURL is a public URL of a machine's port, served by the edge. It
+// names the machine's lineage, so it stays valid across pauses and resumes
+// and always reaches the latest execution. Every path and query appended to
+// it is authorized.
+type MachineURL struct {
+	// URL is the one to use: on a localhost edge domain the path form
+	// (which glibc-based clients can resolve; browsers are redirected to
+	// OriginURL), else the origin form.
+	URL string `json:"url"`
+	// WSURL is URL with ws:// or wss://, for WebSockets.
+	WSURL string `json:"ws_url"`
+	// OriginURL is the origin form, {port}-{id}-{signature}.{domain}: the
+	// port as a browser origin of its own. It needs *.{domain} to resolve
+	// (browsers and curl resolve *.localhost; elsewhere wildcard DNS).
+	OriginURL string `json:"origin_url"`
+	// PathURL is the path form, {edge}/m/{label}, which needs no DNS.
+	PathURL   string `json:"path_url"`
+	Port      int    `json:"port"`
+	LineageID string `json:"lineage_id"`
+	// ExpiresAt is when the URL stops working; absent: never.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// Public: the machine's ports are public and the URL carries no
+	// signature.
+	Public bool `json:"public"`
 }
 
 // MainExit is how a machine's main process ended: the body of

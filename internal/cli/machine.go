@@ -22,7 +22,7 @@ func (a *app) machineCommand() *cobra.Command {
 	cmd.AddCommand(a.machineCreateCommand(), a.machineListCommand(), a.machineInfoCommand(), a.machineKillCommand(),
 		a.machineStopCommand(), a.machineStartCommand(), a.machineWaitCommand(),
 		a.machinePauseCommand(), a.machineResumeCommand(), a.machineConnectCommand(), a.machineSnapshotCommand(),
-		a.machineForkCommand(), a.machineTimeoutCommand())
+		a.machineForkCommand(), a.machineTimeoutCommand(), a.machineURLCommand())
 	return cmd
 }
 
@@ -127,6 +127,7 @@ after it exits, until its lease ends or it is stopped or killed.`,
 	f.Var(&timeoutFlag{req: &req}, "timeout", "lease window in seconds: the machine ends this long after it starts running unless refreshed (default 300)")
 	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default) or pause")
 	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused (needs --on-timeout pause)")
+	f.BoolVar(&req.PublicPorts, "public-ports", false, "every port is reachable through the edge without a signed URL")
 	f.StringVar(&req.Persistence, "persistence", "", "what is kept of its paused state: persistent (default), sticky (evicted oldest first over the server's budget) or ephemeral (nothing: destroyed where it would pause)")
 	f.Var(&idleFlag{req: &req}, "idle-timeout", "pause the machine after this many seconds without network activity (default: never)")
 	return cmd

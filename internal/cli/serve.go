@@ -59,6 +59,12 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.Int64Var(&cfg.SnapshotBudgetMB, "snapshot-budget-mb", 0, "snapshot storage budget in MiB: over it, sticky machines' paused states are evicted, oldest first (0: none)")
 	f.StringVar(&cfg.WebhookURL, "webhook-url", "", "POST every lifecycle event to this URL (retried with backoff)")
 	f.StringVar(&cfg.WebhookSecret, "webhook-secret", cfg.WebhookSecret, "HMAC-SHA256 key of the webhook's X-Nullspace-Signature (env NULLSPACE_WEBHOOK_SECRET)")
+	f.StringVar(&cfg.EdgeAddr, "edge-addr", cfg.EdgeAddr, "listen address of the edge, which serves machine URLs (empty: no edge)")
+	f.StringVar(&cfg.EdgeDomain, "edge-domain", cfg.EdgeDomain, "domain machine URLs are under, DOMAIN[:PORT] (wildcard DNS *.DOMAIN points at the edge; default port: --edge-addr's)")
+	f.StringVar(&cfg.EdgeTLSCert, "edge-tls-cert", "", "TLS certificate of the edge (a wildcard certificate for *.DOMAIN): URLs become https/wss")
+	f.StringVar(&cfg.EdgeTLSKey, "edge-tls-key", "", "TLS key of --edge-tls-cert")
+	f.DurationVar(&cfg.EdgeWakeTimeout, "edge-wake-timeout", cfg.EdgeWakeTimeout, "how long a request is held while its paused machine wakes; then 503 machine_wake_timeout")
+	f.Int64Var(&cfg.EdgeHoldBodyBytes, "edge-hold-body-bytes", cfg.EdgeHoldBodyBytes, "largest request body held while its machine wakes; a larger one gets 503 machine_wake_body_too_large")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

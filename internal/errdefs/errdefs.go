@@ -103,6 +103,24 @@ const (
 	CodeAutoResumeNeedsPause = "auto_resume_requires_pause"
 	CodeMachineEphemeral     = "machine_ephemeral"
 	CodeNoCommand            = "machine_has_no_command"
+
+	// The edge's codes (public machine URLs; see internal/edge).
+	CodeURLInvalid           = "url_invalid"
+	CodePortNotAllowed       = "port_not_allowed"
+	CodeSignatureMissing     = "url_signature_missing"
+	CodeSignatureInvalid     = "url_signature_invalid"
+	CodeURLExpired           = "url_expired"
+	CodePortNotListening     = "port_not_listening"
+	CodeUpstreamFailed       = "upstream_failed"
+	CodePausedAutoResumeOff  = "machine_paused_auto_resume_disabled"
+	CodeStoppedAutoResumeOff = "machine_stopped_auto_resume_disabled"
+	CodeWakeTimeout          = "machine_wake_timeout"
+	CodeWakeFailed           = "machine_wake_failed"
+	CodeWakeCapacity         = "machine_wake_capacity_exhausted"
+	CodeWakeSnapshotUnusable = "machine_wake_snapshot_unusable"
+	CodeWakeBodyTooLarge     = "machine_wake_body_too_large"
+	CodeMachineFailed        = "machine_failed"
+	CodeMachineUnavailable   = "machine_unavailable"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -147,6 +165,22 @@ var Codes = []string{
 	CodeAutoResumeNeedsPause,
 	CodeMachineEphemeral,
 	CodeNoCommand,
+	CodeURLInvalid,
+	CodePortNotAllowed,
+	CodeSignatureMissing,
+	CodeSignatureInvalid,
+	CodeURLExpired,
+	CodePortNotListening,
+	CodeUpstreamFailed,
+	CodePausedAutoResumeOff,
+	CodeStoppedAutoResumeOff,
+	CodeWakeTimeout,
+	CodeWakeFailed,
+	CodeWakeCapacity,
+	CodeWakeSnapshotUnusable,
+	CodeWakeBodyTooLarge,
+	CodeMachineFailed,
+	CodeMachineUnavailable,
 }
 
 // Public is the public view of an error: what the API sends.

@@ -43,11 +43,17 @@ type TemplateBuilder interface {
 	Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error)
 }
 
+// URLIssuer issues public URLs of machines' ports (the edge).
+type URLIssuer interface {
+	URL(lineageID string, port int, expires time.Time, public bool) (api.MachineURL, error)
+}
+
 // Server serves the API.
 type Server struct {
 	machines  *machine.Manager
 	events    *events.Log
 	telemetry *telemetry.Metrics
+	urls      URLIssuer // nil: the server runs without an edge
 	templates Templates
 	builder   TemplateBuilder
 	auth      Authenticator
@@ -57,10 +63,11 @@ type Server struct {
 }
 
 // New returns the API server.
+// urls may be nil (no edge: machine URLs are refused).
 func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, events *events.Log,
-	telemetry *telemetry.Metrics, logger *slog.Logger, version string) *Server {
+	telemetry *telemetry.Metrics, urls URLIssuer, logger *slog.Logger, version string) *Server {
 	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, events: events,
-		telemetry: telemetry, logger: logger, version: version, agent: agentclient.SharedHTTPClient()}
+		telemetry: telemetry, urls: urls, logger: logger, version: version, agent: agentclient.SharedHTTPClient()}
 }
 
 // prometheus serves the server's own metrics in the Prometheus format.
@@ -94,6 +101,7 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Path: "/v1/machines/{id}/start", Handler: s.startMachine},
 		{Method: "GET", Path: "/v1/machines/{id}/wait", Handler: s.waitMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
+		{Method: "POST", Path: "/v1/machines/{id}/urls", Handler: s.machineURL},
 		{Method: "GET", Path: "/v1/events", Handler: s.listEvents},
 		{Method: "GET", Path: "/v1/machines/{id}/metrics", Handler: s.machineMetrics},
 		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"maps"
 	"time"
 
 	"nullspace.dev/nullspace/api"
@@ -16,8 +17,8 @@ type EventSink interface {
 type causeKey struct{}
 
 // withCause marks what drives the operations done with ctx, for their
-// events: "timeout", "reconcile", "sandbox_exit". Calls from the API are
-// "api".
+// events: "timeout", "reconcile", "sandbox_exit", "edge". Calls from the
+// API are "api".
 func withCause(ctx context.Context, cause string) context.Context {
 	return context.WithValue(ctx, causeKey{}, cause)
 }
@@ -29,10 +30,24 @@ func causeOf(ctx context.Context) string {
 	return "api"
 }
 
+type detailsKey struct{}
+
+// withDetails adds details to every machine event emitted with ctx (the
+// edge's port on the events of a wake by traffic).
+func withDetails(ctx context.Context, details map[string]any) context.Context {
+	return context.WithValue(ctx, detailsKey{}, details)
+}
+
 // emit records an event about rec. Template build machines emit none.
 func (m *Manager) emit(ctx context.Context, typ string, rec *store.Machine, details map[string]any) {
 	if m.cfg.Events == nil || rec.TeamID == buildTeam {
 		return
+	}
+	if extra, ok := ctx.Value(detailsKey{}).(map[string]any); ok {
+		merged := make(map[string]any, len(details)+len(extra))
+		maps.Copy(merged, extra)
+		maps.Copy(merged, details)
+		details = merged
 	}
 	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: rec.TeamID, MachineID: rec.ID, Cause: causeOf(ctx), Details: details})
 }

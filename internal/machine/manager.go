@@ -377,6 +377,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		IdleTimeoutMS: req.IdleTimeoutMS,
 		Persistence:   req.Persistence,
 		Command:       req.Command,
+		PublicPorts:   req.PublicPorts,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -1131,7 +1132,7 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 		v.TimeoutMS, v.TimeoutAt, v.RemainingMS, v.TimeoutAction = l.TimeoutMS, l.TimeoutAt, l.RemainingMS, l.TimeoutAction
 		v.OnTimeout, v.AutoResume = rec.OnTimeout, rec.AutoResume
 	}
-	v.IdleTimeoutMS, v.Persistence = rec.IdleTimeoutMS, rec.Persistence
+	v.IdleTimeoutMS, v.Persistence, v.PublicPorts = rec.IdleTimeoutMS, rec.Persistence, rec.PublicPorts
 	return v
 }
 

@@ -84,13 +84,31 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 	}
 	unlock := m.lock(lineageKey(rec.LineageID))
 	defer unlock()
-	head, err := m.lineageHead(ctx, rec.LineageID)
+	head, err := m.wakeLocked(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	if head.State == api.StateRunning || head.State == api.StateSnapshotting {
+		return head, nil
+	}
+	if head.ID != rec.ID {
+		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning,
+			fmt.Sprintf("machine %s was resumed as %s, which is %s", rec.ID, head.ID, head.State),
+			"create a new machine; the latest state of this one is gone")
+	}
+	return nil, notRunning(head)
+}
+
+// wakeLocked brings the latest execution of a lineage to running: a paused
+// one is resumed, a stopped one started, a running one returned as it is.
+// Any other state is returned as it is, without an error. The caller holds
+// the lineage lock.
+func (m *Manager) wakeLocked(ctx context.Context, lineageID string) (*store.Machine, error) {
+	head, err := m.lineageHead(ctx, lineageID)
 	if err != nil {
 		return nil, err
 	}
 	switch head.State {
-	case api.StateRunning, api.StateSnapshotting:
-		return head, nil
 	case api.StateStopped:
 		return m.startLocked(ctx, head.ID)
 	case api.StatePaused:
@@ -100,12 +118,7 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 		}
 		return m.resumeLocked(ctx, head, sn)
 	}
-	if head.ID != rec.ID {
-		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineNotRunning,
-			fmt.Sprintf("machine %s was resumed as %s, which is %s", rec.ID, head.ID, head.State),
-			"create a new machine; the latest state of this one is gone")
-	}
-	return nil, notRunning(head)
+	return head, nil
 }
 
 // resumeLocked restores sn, the state of the paused machine src, into a new
@@ -120,6 +133,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
 		Persistence: src.Persistence, Command: src.Command, MainPID: src.MainPID, MainExit: src.MainExit,
+		PublicPorts: src.PublicPorts,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -159,7 +173,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
-		Persistence: req.Persistence, Command: spec.Command, MainPID: spec.MainPID,
+		Persistence: req.Persistence, Command: spec.Command, MainPID: spec.MainPID, PublicPorts: req.PublicPorts,
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)

@@ -74,20 +74,11 @@ func busy(id string) error {
 
 // lineageHead returns the latest execution of a lineage.
 func (m *Manager) lineageHead(ctx context.Context, lineageID string) (*store.Machine, error) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{LineageID: lineageID})
-	if err != nil {
-		return nil, err
-	}
-	var head *store.Machine
-	for _, r := range recs {
-		if head == nil || r.LineageSeq > head.LineageSeq {
-			head = r
-		}
-	}
-	if head == nil {
+	head, err := m.store.LineageHead(ctx, lineageID)
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, machineNotFound(lineageID)
 	}
-	return head, nil
+	return head, err
 }
 
 // headLocked locks the latest execution of a lineage, whose lock the

@@ -22,6 +22,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
@@ -79,6 +80,23 @@ type Config struct {
 	// Version is reported by /v1/health.
 	Version string
 
+	// EdgeAddr is where public traffic to machine URLs is served; empty:
+	// no edge. Default 127.0.0.1:7701.
+	EdgeAddr string
+	// EdgeDomain is the domain machine URLs are under (wildcard DNS
+	// *.domain points at the edge), with the port clients use when it is
+	// not the scheme's default. Default "localhost", with EdgeAddr's port.
+	EdgeDomain string
+	// EdgeTLSCert and EdgeTLSKey make the edge serve HTTPS (and HTTP/2)
+	// with this certificate, normally a wildcard one for *.EdgeDomain.
+	EdgeTLSCert, EdgeTLSKey string
+	// EdgeWakeTimeout bounds how long a request is held while its machine
+	// wakes. Default 30 s.
+	EdgeWakeTimeout time.Duration
+	// EdgeHoldBodyBytes bounds the body buffered of a held request.
+	// Default 1 MiB.
+	EdgeHoldBodyBytes int64
+
 	// Names of the host objects the server makes. The zero value gives the
 	// defaults; tests and benchmarks set them so that a second server on the
 	// host never touches the first one's machines.
@@ -97,14 +115,18 @@ type HostNames struct {
 // and NULLSPACE_CACHE_DIR.
 func Defaults() Config {
 	c := Config{
-		Addr:             "127.0.0.1:7700",
-		DataDir:          envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
-		CacheDir:         envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
-		NetworkCIDR:      "10.200.0.0/16",
-		MaxFileBytes:     1 << 30,
-		Spares:           2,
-		WebhookSecret:    os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
-		BuiltinTemplates: []string{"minimal", "base"},
+		Addr:              "127.0.0.1:7700",
+		DataDir:           envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
+		CacheDir:          envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
+		NetworkCIDR:       "10.200.0.0/16",
+		MaxFileBytes:      1 << 30,
+		Spares:            2,
+		WebhookSecret:     os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
+		BuiltinTemplates:  []string{"minimal", "base"},
+		EdgeAddr:          "127.0.0.1:7701",
+		EdgeDomain:        "localhost",
+		EdgeWakeTimeout:   edge.DefaultWakeTimeout,
+		EdgeHoldBodyBytes: edge.DefaultHoldBodyLimit,
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -160,6 +182,41 @@ func (c *Config) Validate() error {
 	if c.MaxFileBytes <= 0 {
 		return fmt.Errorf("--max-file-bytes must be positive, got %d", c.MaxFileBytes)
 	}
+	return c.validateEdge()
+}
+
+// validateEdge checks the edge's settings and fills the domain's port.
+func (c *Config) validateEdge() error {
+	if c.EdgeAddr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(c.EdgeAddr)
+	if err != nil {
+		return fmt.Errorf("--edge-addr %q: %w", c.EdgeAddr, err)
+	}
+	if (c.EdgeTLSCert == "") != (c.EdgeTLSKey == "") {
+		return errors.New("--edge-tls-cert and --edge-tls-key go together")
+	}
+	if c.EdgeDomain == "" {
+		return errors.New("--edge-domain is empty: give the domain machine URLs are under, e.g. localhost or preview.example.com")
+	}
+	host := c.EdgeDomain
+	if h, _, err := net.SplitHostPort(c.EdgeDomain); err == nil {
+		host = h
+	} else if port != "0" && !(port == "80" && c.EdgeTLSCert == "") && !(port == "443" && c.EdgeTLSCert != "") {
+		// URLs carry the port clients connect to: the edge's own unless
+		// the domain names one (a proxy in front of the edge).
+		c.EdgeDomain = net.JoinHostPort(host, port)
+	}
+	if strings.ContainsAny(host, "/:@ ") || strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") {
+		return fmt.Errorf("--edge-domain %q is not a domain name", c.EdgeDomain)
+	}
+	if c.EdgeWakeTimeout <= 0 {
+		return fmt.Errorf("--edge-wake-timeout must be positive, got %s", c.EdgeWakeTimeout)
+	}
+	if c.EdgeHoldBodyBytes <= 0 {
+		return fmt.Errorf("--edge-hold-body-bytes must be positive, got %d", c.EdgeHoldBodyBytes)
+	}
 	return nil
 }
 
@@ -183,10 +240,15 @@ type Instance struct {
 	// Manager is the machine manager (tests use it to inspect state).
 	Manager *machine.Manager
 
-	http    *http.Server
-	cancel  context.CancelFunc
-	closers []io.Closer
-	done    chan struct{}
+	// EdgeAddr is the address the edge listens on ("" without an edge).
+	EdgeAddr string
+
+	http     *http.Server
+	edge     *http.Server
+	edgeDone chan struct{}
+	cancel   context.CancelFunc
+	closers  []io.Closer
+	done     chan struct{}
 	// sparesDone is closed when the spare containers are gone.
 	sparesDone chan struct{}
 }
@@ -198,6 +260,12 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	err := i.http.Shutdown(sctx)
+	if i.edge != nil {
+		// Held and streaming requests end with the server; machines do not.
+		i.edge.Shutdown(sctx)
+		i.edge.Close()
+		<-i.edgeDone
+	}
 	<-i.done
 	<-i.sparesDone
 	for _, c := range i.closers {
@@ -293,18 +361,39 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		logger.Error("reconcile with the host after start", "err", err)
 	}
 
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		if err != nil {
+			cancel()
+		}
+	}()
+	var edgeSrv *edgeListener
+	var urls httpapi.URLIssuer
+	if cfg.EdgeAddr != "" {
+		if edgeSrv, err = startEdge(bg, cfg, mgr, tel, logger); err != nil {
+			return nil, err
+		}
+		closers = append(closers, edgeSrv.ln)
+		urls = edgeSrv.edge
+	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, tel, logger, cfg.Version)
+		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	inst := &Instance{
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
 		http: &http.Server{Handler: apiServer.Handler(), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
+	}
+	if edgeSrv != nil {
+		inst.EdgeAddr, inst.edge, inst.edgeDone = edgeSrv.ln.Addr().String(), edgeSrv.http, make(chan struct{})
+		go func() {
+			defer close(inst.edgeDone)
+			edgeSrv.serve(logger)
+		}()
 	}
 	go mgr.Watch(bg, 2*time.Second)
 	go mgr.RunLeases(bg)
@@ -323,7 +412,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			logger.Error("http server", "err", err)
 		}
 	}()
-	logger.Info("nullspace serving", "addr", inst.Addr, "data_dir", cfg.DataDir, "api_key_file", keyFile)
+	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "edge_domain", cfg.EdgeDomain,
+		"data_dir", cfg.DataDir, "api_key_file", keyFile)
 	return inst, nil
 }
 

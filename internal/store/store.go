@@ -138,6 +138,8 @@ var migrations = []string{
 	`ALTER TABLE machines ADD COLUMN command TEXT NOT NULL DEFAULT '[]';
 	ALTER TABLE machines ADD COLUMN main_pid INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE machines ADD COLUMN main_exit TEXT NOT NULL DEFAULT '';`,
+	// 9: ports reachable through the edge without a signed URL.
+	`ALTER TABLE machines ADD COLUMN public_ports INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -286,13 +288,16 @@ type Machine struct {
 	Command  []string
 	MainPID  int
 	MainExit *api.MainExit
+	// PublicPorts makes every port of the machine reachable through the
+	// edge without a signature. Set at create, kept by the lineage.
+	PublicPorts bool
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit`
+	command, main_pid, main_exit, public_ports`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -357,12 +362,12 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
 	cmd, _ := json.Marshal(nonNilSlice(m.Command))
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
-		string(cmd), m.MainPID, mainExitJSON(m.MainExit))
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -475,6 +480,17 @@ func (s *DB) GetMachine(ctx context.Context, id string) (*Machine, error) {
 	return m, err
 }
 
+// LineageHead returns the latest execution of a lineage (the one with the
+// highest lineage_seq), in one indexed lookup.
+func (s *DB) LineageHead(ctx context.Context, lineageID string) (*Machine, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+machineColumns+` FROM machines WHERE lineage_id=? ORDER BY lineage_seq DESC LIMIT 1`, lineageID)
+	m, err := scanMachine(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("lineage %s: %w", lineageID, errdefs.ErrNotFound)
+	}
+	return m, err
+}
+
 // MachineFilter selects machines. Empty fields match everything.
 type MachineFilter struct {
 	TeamID   string
@@ -559,7 +575,7 @@ func scanMachine(r scanner) (*Machine, error) {
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
-		&cmd, &m.MainPID, &exit)
+		&cmd, &m.MainPID, &exit, &m.PublicPorts)
 	if err != nil {
 		return nil, err
 	}

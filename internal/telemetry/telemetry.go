@@ -51,6 +51,9 @@ func (m *Metrics) CountError(code string) {
 	m.errors.WithLabelValues(code).Inc()
 }
 
+// Registry is where other parts (the edge) register their collectors.
+func (m *Metrics) Registry() prometheus.Registerer { return m.registry }
+
 // Handler serves the metrics.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})

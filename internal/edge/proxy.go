@@ -1,0 +1,186 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// newProxy returns the reverse proxy to machines. It streams bodies both
+// ways (responses without a length, and SSE, are flushed as they come),
+// upgrades WebSockets, strips hop-by-hop headers and sets X-Forwarded-*.
+func (s *Server) newProxy() *httputil.ReverseProxy {
+	tr := &http.Transport{
+		DialContext:         s.dial,
+		MaxIdleConns:        1024,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     60 * time.Second,
+		// Bodies pass through as the machine sent them.
+		DisableCompression: true,
+		// Long polls and slow servers are the machine's business: no
+		// response header timeout. A dial that hangs is bounded in dial.
+		ExpectContinueTimeout: time.Second,
+	}
+	return &httputil.ReverseProxy{
+		Rewrite:   s.rewrite,
+		Transport: tr,
+		// Negative: flush every write (a response without a length and
+		// text/event-stream are flushed as they come anyway).
+		FlushInterval:  -1,
+		ModifyResponse: s.modifyResponse,
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       nil,
+	}
+}
+
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
+	req := requestOf(pr.In.Context())
+	pr.Out.URL = forwardedURL(req.target, req.label.Port, req.path, pr.In.URL.RawQuery)
+	// The machine's server sees the host the client used (dev servers
+	// check it), plus X-Forwarded-For (the client's address appended to
+	// what earlier proxies said), -Host and -Proto.
+	pr.Out.Host = pr.In.Host
+	if xff := pr.In.Header["X-Forwarded-For"]; len(xff) > 0 {
+		pr.Out.Header["X-Forwarded-For"] = slices.Clone(xff)
+	}
+	pr.SetXForwarded()
+	if s.cfg.TLS {
+		pr.Out.Header.Set("X-Forwarded-Proto", "https")
+	}
+}
+
+func (s *Server) modifyResponse(resp *http.Response) error {
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if req := requestOf(resp.Request.Context()); req != nil && req.upgraded.CompareAndSwap(false, true) {
+			s.metrics.websockets.Inc()
+		}
+	}
+	return nil
+}
+
+// dial connects to the machine a pooled connection's host (a container id)
+// names. It checks that the container is still the lineage's running
+// execution, so a connection never reaches a machine that took over the
+// IP. After a wake it retries a refused connection until the wake window
+// ends, while the user's server inside comes up.
+func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	req := requestOf(ctx)
+	if req == nil {
+		return nil, errors.New("edge: dial outside a request")
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, _ := strconv.Atoi(portStr)
+	t := req.target
+	if host != t.ContainerID {
+		return nil, errMoved
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	if req.woken && req.wakeEnd.After(deadline) {
+		deadline = req.wakeEnd
+	}
+	var d net.Dialer
+	backoff := 5 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			// The machine may have moved on while we waited.
+			cur, err := s.machines.Route(ctx, t.LineageID)
+			if err != nil || cur.ContainerID != t.ContainerID || cur.State != api.StateRunning && cur.State != api.StateSnapshotting {
+				return nil, errMoved
+			}
+		}
+		dctx, cancel := context.WithDeadline(ctx, deadline)
+		c, err := d.DialContext(dctx, network, netip.AddrPortFrom(t.IP, uint16(port)).String())
+		cancel()
+		if err == nil {
+			return &activeConn{Conn: c, touch: func() { s.machines.Touch(t.MachineID) }}, nil
+		}
+		if !req.woken || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(backoff).After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 200*time.Millisecond)
+	}
+}
+
+// errMoved: the execution a request was routed to is no longer the
+// lineage's running one (it paused, was killed or restored meanwhile).
+var errMoved = errors.New("machine moved")
+
+// proxyError answers a request the proxy could not forward.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	req := requestOf(r.Context())
+	if r.Context().Err() != nil {
+		req.code = "client_gone"
+		return
+	}
+	l := req.label
+	switch {
+	case errors.Is(err, errMoved):
+		if t, rerr := s.machines.Route(r.Context(), l.LineageID); rerr != nil || t.State == api.StateKilled || t.State == api.StateKilling {
+			s.refuse(w, r, req, notFound(l.LineageID))
+		} else {
+			s.refuse(w, r, req, unavailable(errdefs.CodeMachineUnavailable,
+				fmt.Sprintf("machine %s changed state (%s) while the request was on its way", l.LineageID, t.State), true,
+				"retry after the Retry-After delay"))
+		}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		s.refuse(w, r, req, refusal{Status: http.StatusBadGateway, Code: errdefs.CodePortNotListening,
+			Message: fmt.Sprintf("nothing listens on port %d in machine %s", l.Port, l.LineageID),
+			Action:  fmt.Sprintf("start a server on port %d bound to 0.0.0.0 in the machine", l.Port), Retryable: true})
+	default:
+		s.logger.WarnContext(r.Context(), "edge proxy error", "lineage_id", l.LineageID, "port", l.Port, "err", err)
+		s.refuse(w, r, req, refusal{Status: http.StatusBadGateway, Code: errdefs.CodeUpstreamFailed,
+			Message: fmt.Sprintf("the server on port %d of machine %s did not answer properly", l.Port, l.LineageID),
+			Action:  "retry; check the server in the machine", Retryable: true})
+	}
+}
+
+// activeConn counts bytes to and from a machine as activity (idle
+// suspend), at most once per second.
+type activeConn struct {
+	net.Conn
+	touch func()
+	last  atomic.Int64 // unix nanoseconds of the last touch
+}
+
+func (c *activeConn) active() {
+	now := time.Now().UnixNano()
+	if last := c.last.Load(); now-last >= int64(time.Second) && c.last.CompareAndSwap(last, now) {
+		c.touch()
+	}
+}
+
+func (c *activeConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.active()
+	}
+	return n, err
+}
+
+func (c *activeConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if n > 0 {
+		c.active()
+	}
+	return n, err
+}

@@ -1,0 +1,180 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// Waking a machine on traffic. The first request for a paused lineage
+// starts one wake (Machines.Wake, which takes the lineage lock connect
+// takes); every request that arrives while it runs joins it instead of
+// starting another. The wake runs under the server's context, so a client
+// that gives up does not cancel it for the others. Each request is held
+// for at most WakeTimeout, its body buffered up to HoldBodyLimit, and is
+// then forwarded to the woken execution, or answered with the 503
+// contract.
+
+// maxWake bounds one wake, whoever waits for it: a wake that hangs must not
+// keep later requests joining it forever.
+const maxWake = 5 * time.Minute
+
+// hold waits for the lineage of req to run (waking it if resume is set)
+// and returns the target, or answers the request and returns false.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resume bool) (Target, bool) {
+	l := req.label
+	s.metrics.held.Inc()
+	s.metrics.heldTotal.Inc()
+	defer s.metrics.held.Dec()
+	window := time.NewTimer(s.cfg.WakeTimeout)
+	defer window.Stop()
+	req.wakeEnd = time.Now().Add(s.cfg.WakeTimeout)
+
+	// The body is read while the machine wakes (a request holds no more
+	// than HoldBodyLimit of it), so that it can be sent on at once.
+	var body chan bodyResult
+	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
+		body = make(chan bodyResult, 1)
+		go func() { body <- readBody(r.Body, s.cfg.HoldBodyLimit) }()
+	}
+
+	key := l.LineageID
+	if !resume {
+		key = "wait:" + key // waiting without waking is a call of its own
+	}
+	ch := s.wakes.DoChan(key, func() (any, error) {
+		ctx, cancel := context.WithTimeout(s.bg, maxWake)
+		defer cancel()
+		start := time.Now()
+		t, err := s.machines.Wake(ctx, l.LineageID, l.Port, resume)
+		result := "ok"
+		if err != nil {
+			result = "error"
+		}
+		if resume {
+			s.metrics.wakes.WithLabelValues(result).Inc()
+			s.metrics.wakeSeconds.Observe(time.Since(start).Seconds())
+		}
+		return t, err
+	})
+	var res singleResult
+	select {
+	case v := <-ch:
+		res = singleResult{v.Val, v.Err}
+	case <-window.C:
+		s.refuse(w, r, req, wakeTimeout(l, s.cfg.WakeTimeout))
+		return Target{}, false
+	case <-r.Context().Done():
+		req.code = "client_gone"
+		return Target{}, false
+	}
+	if res.err != nil {
+		s.refuseErr(w, r, req, l, res.err)
+		return Target{}, false
+	}
+	t := res.val.(Target)
+	switch t.State {
+	case api.StateRunning, api.StateSnapshotting:
+	case api.StateKilled, api.StateKilling:
+		s.refuse(w, r, req, notFound(l.LineageID))
+		return Target{}, false
+	case api.StateFailed:
+		s.refuse(w, r, req, failed(t))
+		return Target{}, false
+	default:
+		if !t.AutoResume {
+			s.refuse(w, r, req, autoResumeOff(t))
+		} else {
+			s.refuse(w, r, req, unavailable(errdefs.CodeMachineUnavailable,
+				fmt.Sprintf("machine %s is %s", l.LineageID, t.State), true, "retry after the Retry-After delay"))
+		}
+		return Target{}, false
+	}
+	if body != nil {
+		var b bodyResult
+		select {
+		case b = <-body:
+		case <-window.C:
+			s.refuse(w, r, req, wakeTimeout(l, s.cfg.WakeTimeout))
+			return Target{}, false
+		case <-r.Context().Done():
+			req.code = "client_gone"
+			return Target{}, false
+		}
+		if b.tooLarge {
+			s.refuse(w, r, req, unavailable(errdefs.CodeWakeBodyTooLarge,
+				fmt.Sprintf("the request body is larger than the %d bytes held while machine %s wakes", s.cfg.HoldBodyLimit, l.LineageID),
+				true, "retry after the Retry-After delay: once the machine is awake, bodies of any size stream through"))
+			return Target{}, false
+		}
+		if b.err != nil {
+			req.code = "client_gone"
+			return Target{}, false
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b.data))
+		r.ContentLength = int64(len(b.data))
+		r.TransferEncoding = nil
+	}
+	req.woken = true
+	return t, true
+}
+
+type singleResult struct {
+	val any
+	err error
+}
+
+type bodyResult struct {
+	data     []byte
+	tooLarge bool
+	err      error
+}
+
+func readBody(body io.Reader, limit int64) bodyResult {
+	b, err := io.ReadAll(io.LimitReader(body, limit+1))
+	if err != nil {
+		return bodyResult{err: err}
+	}
+	if int64(len(b)) > limit {
+		return bodyResult{tooLarge: true}
+	}
+	return bodyResult{data: b}
+}
+
+func wakeTimeout(l label, window time.Duration) refusal {
+	return unavailable(errdefs.CodeWakeTimeout,
+		fmt.Sprintf("machine %s is waking up but was not ready within %s", l.LineageID, window), true,
+		"retry after the Retry-After delay; the wake goes on")
+}
+
+// refuseErr answers a request whose lookup or wake failed.
+func (s *Server) refuseErr(w http.ResponseWriter, r *http.Request, req *request, l label, err error) {
+	p := errdefs.Classify(err)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		s.refuse(w, r, req, notFound(l.LineageID))
+		return
+	case errors.Is(err, errdefs.ErrResourceExhausted):
+		s.refuse(w, r, req, unavailable(errdefs.CodeWakeCapacity,
+			fmt.Sprintf("machine %s cannot be woken now: the server is out of capacity (%s)", l.LineageID, p.Message), true,
+			"retry after the Retry-After delay"))
+	case p.Code == errdefs.CodeSnapshotIncompatible || p.Code == errdefs.CodeSnapshotCorrupt || p.Code == errdefs.CodeSnapshotNotFound:
+		s.refuse(w, r, req, unavailable(errdefs.CodeWakeSnapshotUnusable,
+			fmt.Sprintf("machine %s cannot be woken: %s", l.LineageID, p.Message), false,
+			"create a new machine; this machine's saved state cannot be restored here"))
+	default:
+		msg := fmt.Sprintf("machine %s could not be woken", l.LineageID)
+		if p.Code != errdefs.CodeInternal {
+			msg += ": " + p.Message
+		}
+		s.refuse(w, r, req, unavailable(errdefs.CodeWakeFailed, msg, true, "retry after the Retry-After delay"))
+	}
+	s.logger.WarnContext(r.Context(), "edge wake failed", "lineage_id", l.LineageID, "port", l.Port, "err", err)
+}
