@@ -32,10 +32,24 @@ func TestCrashDuringLifecycle(t *testing.T) {
 	connectOp := func(c *client.Client, id string) error { _, err := c.Connect(context.Background(), id); return err }
 	stopOp := func(c *client.Client, id string) error { _, err := c.Stop(context.Background(), id, nil); return err }
 	startOp := func(c *client.Client, id string) error { _, err := c.Start(context.Background(), id); return err }
+	// A request to the machine's URL on the child's edge wakes it.
+	edgeOp := func(c *client.Client, id string) error {
+		u, err := c.MachineURL(context.Background(), id, 8080, 0)
+		if err != nil {
+			return nil // not the crash: the test fails
+		}
+		resp, err := edgeClient.Get(u.URL)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
 	for _, tc := range []struct {
 		point        string
 		pausedFirst  bool
 		stoppedFirst bool
+		autoResume   bool
 		op           func(*client.Client, string) error
 		want         string
 	}{
@@ -44,6 +58,7 @@ func TestCrashDuringLifecycle(t *testing.T) {
 		{point: "snapshot.checkpointed", op: snapOp, want: api.StateRunning},
 		{point: "snapshot.committed", op: snapOp, want: api.StateRunning},
 		{point: "restore.restored", pausedFirst: true, op: connectOp, want: api.StatePaused},
+		{point: "restore.restored", pausedFirst: true, autoResume: true, op: edgeOp, want: api.StatePaused},
 		{point: "stop.checkpointed", op: stopOp, want: api.StateRunning},
 		{point: "stop.committed", op: stopOp, want: api.StateStopped},
 		{point: "restore.restored", stoppedFirst: true, op: startOp, want: api.StateStopped},
@@ -52,8 +67,15 @@ func TestCrashDuringLifecycle(t *testing.T) {
 		if tc.stoppedFirst {
 			name += "/start"
 		}
+		if tc.autoResume {
+			name += "/edge"
+		}
 		t.Run(name, func(t *testing.T) {
-			m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
+			req := api.CreateMachineRequest{Template: "minimal"}
+			if tc.autoResume {
+				req.OnTimeout, req.AutoResume = api.TimeoutPause, true
+			}
+			m := newMachine(t, req)
 			run(t, m.ID, "echo kept > /root/keep.txt")
 			if tc.pausedFirst {
 				pause(t, m.ID)
@@ -82,11 +104,19 @@ func TestCrashDuringLifecycle(t *testing.T) {
 				if err != nil || len(snaps) == 0 || snaps[len(snaps)-1].ID != info.SnapshotID {
 					t.Fatalf("paused machine's snapshot %s is not committed: %v %v", info.SnapshotID, snaps, err)
 				}
-				r, err := env.client.Connect(t.Context(), m.ID)
-				if err != nil {
-					t.Fatalf("resume after the crash: %v", err)
+				if tc.autoResume {
+					// The restarted server's edge wakes it (nothing listens
+					// on the port: the edge says so once it is awake).
+					resp, b := edgeGet(t, edgeURL(t, m.ID, 8080).URL)
+					wantEdgeError(t, resp, b, 502, "port_not_listening")
+					cur = getMachine(t, m.ID).LatestID
+				} else {
+					r, err := env.client.Connect(t.Context(), m.ID)
+					if err != nil {
+						t.Fatalf("resume after the crash: %v", err)
+					}
+					cur = r.ID
 				}
-				cur = r.ID
 				t.Cleanup(func() { env.client.KillMachine(context.Background(), cur) })
 			}
 			if got := run(t, cur, "cat /root/keep.txt"); got != "kept\n" {
@@ -112,7 +142,7 @@ func crashServerDuring(t *testing.T, point string, op func(*client.Client) error
 	}()
 	addr := freeAddr(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), serveAddrEnv+"="+addr, "NULLSPACE_E2E_DATA_DIR="+env.cfg.DataDir,
+	cmd.Env = append(os.Environ(), serveAddrEnv+"="+addr, edgeAddrEnv+"="+freeAddr(t), "NULLSPACE_E2E_DATA_DIR="+env.cfg.DataDir,
 		"NULLSPACE_E2E_LOG="+env.logFile, faults.Env+"="+point)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

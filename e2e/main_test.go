@@ -105,6 +105,9 @@ func agentPath() string {
 // crash tests run it as a child process and kill it with SIGKILL).
 const serveAddrEnv = "NULLSPACE_E2E_SERVE_ADDR"
 
+// edgeAddrEnv is the edge address of such a child server.
+const edgeAddrEnv = "NULLSPACE_E2E_EDGE_ADDR"
+
 func serveForCrashTest(addr string) int {
 	env.logFile = os.Getenv("NULLSPACE_E2E_LOG")
 	env.cfg = testConfig(os.Getenv("NULLSPACE_E2E_DATA_DIR"))
@@ -140,6 +143,13 @@ func testConfig(dataDir string) server.Config {
 	// evicts sticky machines with it. Machines of other tests are
 	// persistent and never evicted.
 	cfg.SnapshotBudgetMB = 6
+	// Beside a server of `make run` on the default port; the crash
+	// tests' child server is told its own.
+	cfg.EdgeAddr = "127.0.0.1:0"
+	if a := os.Getenv(edgeAddrEnv); a != "" {
+		cfg.EdgeAddr = a
+	}
+	cfg.EdgeHeaderTimeout = 2 * time.Second
 	return cfg
 }
 

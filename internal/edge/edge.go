@@ -199,8 +199,10 @@ type request struct {
 	label   label
 	target  Target
 	path    string // the escaped path forwarded (the path form's prefix taken off)
-	woken   bool   // the request waited for a wake: dials are retried
-	wakeEnd time.Time
+	woken bool // the request waited for a wake
+	// retryDialUntil: a refused connection is retried until then (after a
+	// wake, while the server inside becomes reachable).
+	retryDialUntil time.Time
 	code    string // the public code of a refusal, for metrics
 	// upgraded is set when a WebSocket upgrade succeeded.
 	upgraded atomic.Bool
@@ -355,7 +357,7 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, req *request) (T
 	}
 	// Paused or stopped with auto_resume, or in the middle of a lifecycle
 	// operation: hold the request until the machine runs.
-	return s.hold(w, r, req, t.AutoResume)
+	return s.hold(w, r, req, t.AutoResume, t.State == api.StateStopped || t.State == api.StateStopping)
 }
 
 func notFound(lineageID string) refusal {

@@ -655,3 +655,32 @@ func TestParseLabel(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestWakeRetriesDialWhileServerBoots(t *testing.T) {
+	h := newHarness(t, nil, Config{})
+	ip := netip.MustParseAddr("127.0.0.1")
+	// A started machine boots afresh: its server comes up after the wake.
+	h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StateStopped, AutoResume: true, IP: ip})
+	go func() {
+		time.Sleep(800 * time.Millisecond)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(h.port))
+		if err != nil {
+			return
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(echoPath)}
+		t.Cleanup(func() { srv.Close() })
+		srv.Serve(ln)
+	}()
+	if resp := h.get(t, h.url(t).URL+"/up"); resp.StatusCode != 200 {
+		t.Fatalf("started machine whose server comes up 0.8 s later: %d", resp.StatusCode)
+	}
+	// A resumed one has its sockets back at once: nothing listening on
+	// another port is said within seconds, not at the end of the window.
+	h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StatePaused, AutoResume: true, IP: ip})
+	u, _ := h.edge.URL(lineage, h.port+1, time.Time{}, false)
+	start := time.Now()
+	wantError(t, h.get(t, u.URL), 502, errdefs.CodePortNotListening)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("port_not_listening after a resume took %v", d)
+	}
+}

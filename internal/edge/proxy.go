@@ -89,10 +89,10 @@ func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	if host != t.ContainerID {
 		return nil, errMoved
 	}
+	// A dial that hangs (a machine frozen for a snapshot answers later)
+	// is bounded; refused ones are retried only until retryDialUntil.
 	deadline := time.Now().Add(10 * time.Second)
-	if req.woken && req.wakeEnd.After(deadline) {
-		deadline = req.wakeEnd
-	}
+	retryUntil := req.retryDialUntil
 	var d net.Dialer
 	backoff := 5 * time.Millisecond
 	for attempt := 0; ; attempt++ {
@@ -109,7 +109,7 @@ func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, erro
 		if err == nil {
 			return &activeConn{Conn: c, touch: func() { s.machines.Touch(t.MachineID) }}, nil
 		}
-		if !req.woken || !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(backoff).After(deadline) {
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(backoff).After(retryUntil) {
 			return nil, err
 		}
 		select {
@@ -133,15 +133,20 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	l := req.label
+	// Whatever broke, if the machine moved on meanwhile (killed, paused,
+	// restored) that is the answer, not the broken connection.
+	moved := errors.Is(err, errMoved)
+	cur, rerr := s.machines.Route(r.Context(), l.LineageID)
+	if rerr != nil || cur.ContainerID != req.target.ContainerID || cur.State != api.StateRunning && cur.State != api.StateSnapshotting {
+		moved = true
+	}
 	switch {
-	case errors.Is(err, errMoved):
-		if t, rerr := s.machines.Route(r.Context(), l.LineageID); rerr != nil || t.State == api.StateKilled || t.State == api.StateKilling {
-			s.refuse(w, r, req, notFound(l.LineageID))
-		} else {
-			s.refuse(w, r, req, unavailable(errdefs.CodeMachineUnavailable,
-				fmt.Sprintf("machine %s changed state (%s) while the request was on its way", l.LineageID, t.State), true,
-				"retry after the Retry-After delay"))
-		}
+	case moved && (rerr != nil || cur.State == api.StateKilled || cur.State == api.StateKilling):
+		s.refuse(w, r, req, notFound(l.LineageID))
+	case moved:
+		s.refuse(w, r, req, unavailable(errdefs.CodeMachineUnavailable,
+			fmt.Sprintf("machine %s changed state (%s) while the request was on its way", l.LineageID, cur.State), true,
+			"retry after the Retry-After delay"))
 	case errors.Is(err, syscall.ECONNREFUSED):
 		s.refuse(w, r, req, refusal{Status: http.StatusBadGateway, Code: errdefs.CodePortNotListening,
 			Message: fmt.Sprintf("nothing listens on port %d in machine %s", l.Port, l.LineageID),

@@ -22,20 +22,27 @@ import (
 // then forwarded to the woken execution, or answered with the 503
 // contract.
 
+// resumedDialRetry is how long a refused connection is retried after a
+// resume. A resumed machine's listening sockets come back with its memory,
+// so its server is reachable at once or not at all; a started machine boots
+// afresh, and its server gets the rest of the wake window to come up.
+const resumedDialRetry = 2 * time.Second
+
 // maxWake bounds one wake, whoever waits for it: a wake that hangs must not
 // keep later requests joining it forever.
 const maxWake = 5 * time.Minute
 
-// hold waits for the lineage of req to run (waking it if resume is set)
-// and returns the target, or answers the request and returns false.
-func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resume bool) (Target, bool) {
+// hold waits for the lineage of req to run (waking it if resume is set;
+// booting says the wake is a fresh boot) and returns the target, or
+// answers the request and returns false.
+func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resume, booting bool) (Target, bool) {
 	l := req.label
 	s.metrics.held.Inc()
 	s.metrics.heldTotal.Inc()
 	defer s.metrics.held.Dec()
 	window := time.NewTimer(s.cfg.WakeTimeout)
 	defer window.Stop()
-	req.wakeEnd = time.Now().Add(s.cfg.WakeTimeout)
+	windowEnd := time.Now().Add(s.cfg.WakeTimeout)
 
 	// The body is read while the machine wakes (a request holds no more
 	// than HoldBodyLimit of it), so that it can be sent on at once.
@@ -123,6 +130,10 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resu
 		r.TransferEncoding = nil
 	}
 	req.woken = true
+	req.retryDialUntil = windowEnd
+	if soon := time.Now().Add(resumedDialRetry); !booting && soon.Before(windowEnd) {
+		req.retryDialUntil = soon
+	}
 	return t, true
 }
 

@@ -57,7 +57,7 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		Handler: e,
 		// A client that sends its headers slowly is cut off before it
 		// reaches a handler, so it never holds a wake.
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.EdgeHeaderTimeout,
 		MaxHeaderBytes:    64 << 10,
 		IdleTimeout:       2 * time.Minute,
 		// Requests (held ones and WebSockets too) end when the server stops.

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,6 +97,9 @@ type Config struct {
 	// EdgeHoldBodyBytes bounds the body buffered of a held request.
 	// Default 1 MiB.
 	EdgeHoldBodyBytes int64
+	// EdgeHeaderTimeout bounds how long a client may take to send its
+	// request headers to the edge. Default 10 s.
+	EdgeHeaderTimeout time.Duration
 
 	// Names of the host objects the server makes. The zero value gives the
 	// defaults; tests and benchmarks set them so that a second server on the
@@ -127,6 +131,7 @@ func Defaults() Config {
 		EdgeDomain:        "localhost",
 		EdgeWakeTimeout:   edge.DefaultWakeTimeout,
 		EdgeHoldBodyBytes: edge.DefaultHoldBodyLimit,
+		EdgeHeaderTimeout: 10 * time.Second,
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -201,7 +206,10 @@ func (c *Config) validateEdge() error {
 		return errors.New("--edge-domain is empty: give the domain machine URLs are under, e.g. localhost or preview.example.com")
 	}
 	host := c.EdgeDomain
-	if h, _, err := net.SplitHostPort(c.EdgeDomain); err == nil {
+	if h, p, err := net.SplitHostPort(c.EdgeDomain); err == nil {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("--edge-domain %q: the port must be a number from 1 to 65535", c.EdgeDomain)
+		}
 		host = h
 	} else if port != "0" && !(port == "80" && c.EdgeTLSCert == "") && !(port == "443" && c.EdgeTLSCert != "") {
 		// URLs carry the port clients connect to: the edge's own unless
@@ -213,6 +221,9 @@ func (c *Config) validateEdge() error {
 	}
 	if c.EdgeWakeTimeout <= 0 {
 		return fmt.Errorf("--edge-wake-timeout must be positive, got %s", c.EdgeWakeTimeout)
+	}
+	if c.EdgeHeaderTimeout <= 0 {
+		c.EdgeHeaderTimeout = 10 * time.Second
 	}
 	if c.EdgeHoldBodyBytes <= 0 {
 		return fmt.Errorf("--edge-hold-body-bytes must be positive, got %d", c.EdgeHoldBodyBytes)
