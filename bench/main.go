@@ -16,7 +16,7 @@
 //     per container (made outside the timed window), busybox sleep as init
 //     (-raw-init agent: the agent, with the server's bind mounts).
 //
-// Measured, N times each (-n), in three suites (-suite):
+// Measured, N times each (-n), in four suites (-suite):
 //
 //   - core: create to first command (CreateMachine until RunCommand(true)
 //     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
@@ -31,7 +31,10 @@
 //   - lease: the lease scheduler with 10,000 leases, a lease refresh through
 //     the API, and the cost of sampling a running machine's metrics; stop
 //     against `runsc checkpoint` + kill + delete, and start to the first
-//     command against `runsc restore` + `runsc exec`. See lease.go.
+//     command against `runsc restore` + `runsc exec`. See lease.go;
+//   - edge: a wake on HTTP beside connect + the same request straight to
+//     the machine, the proxy's added latency and throughput, a WebSocket
+//     echo, and 200 concurrent requests to a paused machine. See edge.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -59,7 +62,7 @@ import (
 
 // config is the benchmark's configuration, from flags.
 type config struct {
-	suite        string        // all | core | hibernate | lease
+	suite        string        // all | core | hibernate | lease | edge
 	skip256      bool          // leave out the 256 MiB pause/resume case
 	n            int           // iterations per metric
 	warmup       int           // untimed execs before the exec round-trip loop
@@ -97,7 +100,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) or lease (issue 4: lease scheduler, metrics sampling, stop and start)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -137,9 +140,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease":
+	case "all", "core", "hibernate", "lease", "edge":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate or lease", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease or edge", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -242,6 +245,7 @@ func run(ctx context.Context, cfg config) (err error) {
 				fmt.Printf("\nPARTIAL RESULTS (%v)\n", err)
 			}
 			res.printTable(os.Stdout)
+			res.printEdge(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -291,7 +295,12 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "lease" {
-		return measureLeases(ctx, cfg, ns, raw, res)
+		if err := measureLeases(ctx, cfg, ns, raw, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "edge" {
+		return measureEdge(ctx, cfg, ns, res)
 	}
 	return nil
 }

@@ -126,6 +126,7 @@ type nullspaceSide struct {
 func startNullspace(ctx context.Context, cfg config, work string, tmpls templateSet, tap *tapHandler) (*nullspaceSide, error) {
 	sc := server.Defaults()
 	sc.Addr = "127.0.0.1:0"
+	sc.EdgeAddr = "127.0.0.1:0" // beside a server of make run
 	sc.DataDir = filepath.Join(work, "server")
 	sc.TemplatesDir = cfg.templatesDir
 	sc.CacheDir = cfg.cacheDir

@@ -99,6 +99,7 @@ type Server struct {
 	metrics  *metrics
 	proxy    *httputil.ReverseProxy
 	wakes    singleflight.Group
+	routes   routes
 	// domainHost is Domain without its port, lower-case.
 	domainHost string
 	// bg is the context wakes run under: a client that leaves does not
@@ -321,7 +322,7 @@ func (s *Server) authorize(ctx context.Context, l label) (refusal, bool) {
 		}
 		return refusal{}, true
 	}
-	t, err := s.machines.Route(ctx, l.LineageID)
+	t, err := s.route(ctx, l.LineageID)
 	if err != nil || !t.PublicPorts {
 		// An unknown machine and a private one look the same here.
 		return refusal{Status: http.StatusUnauthorized, Code: errdefs.CodeSignatureMissing,
@@ -335,7 +336,7 @@ func (s *Server) authorize(ctx context.Context, l label) (refusal, bool) {
 // needs to and may, or answers the request itself and returns false.
 func (s *Server) target(w http.ResponseWriter, r *http.Request, req *request) (Target, bool) {
 	l := req.label
-	t, err := s.machines.Route(r.Context(), l.LineageID)
+	t, err := s.route(r.Context(), l.LineageID)
 	if err != nil {
 		s.refuseErr(w, r, req, l, err)
 		return Target{}, false

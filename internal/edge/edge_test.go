@@ -43,10 +43,17 @@ type fakeMachines struct {
 	routes    atomic.Int32
 	touched   atomic.Int32
 	wakeCtxOK atomic.Bool // the last wake's context was still alive at its end
+	// forget is the edge's Forget: the manager calls it on every change.
+	forget func(lineageID string)
+	// onRoute runs inside Route, as a change racing a lookup would.
+	onRoute func()
 }
 
 func (f *fakeMachines) Route(_ context.Context, id string) (Target, error) {
 	f.routes.Add(1)
+	if f.onRoute != nil {
+		f.onRoute()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.targets[id]
@@ -78,6 +85,9 @@ func (f *fakeMachines) Wake(ctx context.Context, id string, port int, resume boo
 		t.ContainerID = "ns" + strconv.Itoa(int(f.wakes.Load())) // a new sandbox
 	}
 	f.targets[id] = t
+	if f.forget != nil {
+		f.forget(id)
+	}
 	return t, nil
 }
 
@@ -87,6 +97,9 @@ func (f *fakeMachines) set(t Target) {
 	f.mu.Lock()
 	f.targets[t.LineageID] = t
 	f.mu.Unlock()
+	if f.forget != nil {
+		f.forget(t.LineageID)
+	}
 }
 
 const lineage = "mch_0123456789abcdef0123"
@@ -101,7 +114,7 @@ type harness struct {
 	domain   string
 }
 
-func newHarness(t *testing.T, upstream http.Handler, cfg Config) *harness {
+func newHarness(t testing.TB, upstream http.Handler, cfg Config) *harness {
 	t.Helper()
 	keys, err := OpenKeys(filepath.Join(t.TempDir(), "edge-secret"))
 	if err != nil {
@@ -135,6 +148,7 @@ func newHarness(t *testing.T, upstream http.Handler, cfg Config) *harness {
 		t.Fatal(err)
 	}
 	h.edge = e
+	fm.forget = e.Forget
 	h.srv = &httptest.Server{Listener: ln, Config: &http.Server{Handler: e}}
 	h.srv.Start()
 	t.Cleanup(h.srv.Close)
@@ -682,5 +696,34 @@ func TestWakeRetriesDialWhileServerBoots(t *testing.T) {
 	wantError(t, h.get(t, u.URL), 502, errdefs.CodePortNotListening)
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("port_not_listening after a resume took %v", d)
+	}
+}
+
+func TestRouteCache(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(echoPath), Config{})
+	u := h.url(t)
+	for range 10 {
+		if resp := h.get(t, u.URL); resp.StatusCode != 200 {
+			t.Fatalf("running: %d", resp.StatusCode)
+		}
+	}
+	if n := h.machines.routes.Load(); n != 1 {
+		t.Fatalf("%d store lookups for 10 requests to a running machine, want 1", n)
+	}
+	// A state change the manager reports is seen by the next request.
+	h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StatePaused, AutoResume: false})
+	wantError(t, h.get(t, u.URL), 503, errdefs.CodePausedAutoResumeOff)
+	// A route read while a change happened is not kept.
+	h.machines.set(Target{LineageID: lineage, MachineID: lineage, ContainerID: "ns9", State: api.StateRunning,
+		IP: netip.MustParseAddr("127.0.0.1")})
+	h.machines.onRoute = func() { h.edge.Forget("mch_ffffffffffffffffffff") }
+	before := h.machines.routes.Load()
+	for range 3 {
+		if resp := h.get(t, u.URL); resp.StatusCode != 200 {
+			t.Fatalf("running again: %d", resp.StatusCode)
+		}
+	}
+	if n := h.machines.routes.Load() - before; n != 3 {
+		t.Fatalf("%d lookups for 3 requests whose reads raced a change, want 3 (none cached)", n)
 	}
 }

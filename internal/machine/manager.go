@@ -129,6 +129,9 @@ type Manager struct {
 	// evictMu serializes evictions of sticky machines' paused states.
 	evictMu sync.Mutex
 
+	observersMu sync.RWMutex
+	observers   []func(lineageID, machineID, state string)
+
 	// locks serializes lifecycle operations per machine id.
 	locksMu sync.Mutex
 	locks   map[string]*sync.Mutex
@@ -609,9 +612,30 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 		rec.State, rec.Deadline = prev, prevDeadline
 		return err
 	}
+	m.transitioned(rec)
+	return nil
+}
+
+// transitioned runs what follows every persisted state change of rec: its
+// lease is scheduled or cancelled, its main process followed or not, and
+// the observers are told.
+func (m *Manager) transitioned(rec *store.Machine) {
 	m.schedule(rec)
 	m.watchMain(rec)
-	return nil
+	m.observersMu.RLock()
+	defer m.observersMu.RUnlock()
+	for _, fn := range m.observers {
+		fn(rec.LineageID, rec.ID, rec.State)
+	}
+}
+
+// OnTransition registers fn to be called after every persisted state
+// change of a machine (the edge drops its cached route of the lineage).
+// fn must not block.
+func (m *Manager) OnTransition(fn func(lineageID, machineID, state string)) {
+	m.observersMu.Lock()
+	defer m.observersMu.Unlock()
+	m.observers = append(m.observers, fn)
 }
 
 // Get returns a team's machine.

@@ -296,8 +296,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 		m.snaps.Delete(sn.ID)
 		return nil, undo(err)
 	}
-	m.schedule(rec)
-	m.watchMain(rec)
+	m.transitioned(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
 	go m.enforceBudget(context.WithoutCancel(ctx))
 	switch kind {

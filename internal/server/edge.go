@@ -53,6 +53,9 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		ln.Close()
 		return nil, err
 	}
+	if mgr != nil {
+		mgr.OnTransition(func(lineageID, _, _ string) { e.Forget(lineageID) })
+	}
 	srv := &http.Server{
 		Handler: e,
 		// A client that sends its headers slowly is cut off before it
