@@ -197,14 +197,14 @@ func checkPort(port int) error {
 
 // request is the edge's state of one request, carried in its context.
 type request struct {
-	label   label
-	target  Target
-	path    string // the escaped path forwarded (the path form's prefix taken off)
-	woken bool // the request waited for a wake
+	label  label
+	target Target
+	path   string // the escaped path forwarded (the path form's prefix taken off)
+	woken  bool   // the request waited for a wake
 	// retryDialUntil: a refused connection is retried until then (after a
 	// wake, while the server inside becomes reachable).
 	retryDialUntil time.Time
-	code    string // the public code of a refusal, for metrics
+	code           string // the public code of a refusal, for metrics
 	// upgraded is set when a WebSocket upgrade succeeded.
 	upgraded atomic.Bool
 }
