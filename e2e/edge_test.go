@@ -533,3 +533,23 @@ func TestEdgeSlowAndLargeHeaders(t *testing.T) {
 		t.Fatalf("%+v is not retryable", e)
 	}
 }
+
+// TestEdgeStartsStopped: a stopped machine with auto_resume is started by a
+// request (its disk kept, a fresh boot), which waits while its main
+// process, the server, comes up.
+func TestEdgeStartsStopped(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", OnTimeout: api.TimeoutPause, AutoResume: true,
+		Command: []string{"/bin/sh", "-c", "sleep 1; exec busybox httpd -f -p 8080 -h /srv"}})
+	run(t, m.ID, "mkdir -p /srv && echo kept > /srv/index.html")
+	u := edgeURL(t, m.ID, 8080)
+	stopMachine(t, m.ID, 0)
+	seq := lastSeq(t)
+	resp, b := edgeGet(t, u.URL+"/index.html")
+	if resp.StatusCode != 200 || string(b) != "kept\n" {
+		t.Fatalf("stopped machine woken by a request: %d %q", resp.StatusCode, b)
+	}
+	evs, err := env.client.ListEvents(t.Context(), client.EventQuery{After: seq, MachineID: m.ID, Types: []string{api.EventMachineStarted}})
+	if err != nil || len(evs) != 1 || evs[0].Cause != "edge" || evs[0].Details["port"] != float64(8080) {
+		t.Fatalf("start events %+v (%v), want one with cause edge and port 8080", evs, err)
+	}
+}

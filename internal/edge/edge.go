@@ -100,6 +100,7 @@ type Server struct {
 	proxy    *httputil.ReverseProxy
 	wakes    singleflight.Group
 	routes   routes
+	gates    gates
 	// domainHost is Domain without its port, lower-case.
 	domainHost string
 	// bg is the context wakes run under: a client that leaves does not

@@ -566,9 +566,9 @@ func TestHeldBody(t *testing.T) {
 	if e := wantError(t, resp, 503, errdefs.CodeWakeBodyTooLarge); !e.Retryable {
 		t.Fatalf("%+v is not retryable", e)
 	}
-	// Once awake, a large body streams.
+	// Once awake, a large chunked body streams.
 	big := bytes.Repeat([]byte("z"), 4<<20)
-	resp, err = http.Post(u.URL+"/up", "application/octet-stream", bytes.NewReader(big))
+	resp, err = http.Post(u.URL+"/up", "application/octet-stream", io.MultiReader(bytes.NewReader(big)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -611,9 +611,18 @@ func TestStreamingAndWebSocket(t *testing.T) {
 			c.Write(r.Context(), typ, append([]byte("echo:"), b...))
 		}
 	})
+	mux.HandleFunc("/poll", func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(1500 * time.Millisecond) // a long poll answers late
+		fmt.Fprint(w, "news")
+	})
 	h := newHarness(t, mux, Config{})
 	u := h.url(t)
 
+	if resp := h.get(t, u.URL+"/poll"); resp.StatusCode != 200 {
+		t.Fatalf("long poll: %d", resp.StatusCode)
+	} else if b, _ := io.ReadAll(resp.Body); string(b) != "news" {
+		t.Fatalf("long poll: %q", b)
+	}
 	resp := h.get(t, u.URL+"/events")
 	br := bufio.NewReader(resp.Body)
 	line, err := br.ReadString('\n')
@@ -725,5 +734,43 @@ func TestRouteCache(t *testing.T) {
 	}
 	if n := h.machines.routes.Load() - before; n != 3 {
 		t.Fatalf("%d lookups for 3 requests whose reads raced a change, want 3 (none cached)", n)
+	}
+}
+
+func TestGatePacesNewConnections(t *testing.T) {
+	var g gates
+	var releases []func()
+	for range newConnsPerMachine {
+		r, err := g.acquire(t.Context(), "ns1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases = append(releases, r)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.acquire(ctx, "ns1"); err == nil {
+		t.Fatalf("slot %d of one machine was granted, want at most %d unanswered", newConnsPerMachine+1, newConnsPerMachine)
+	}
+	if r, err := g.acquire(t.Context(), "ns2"); err != nil {
+		t.Fatalf("another machine's slot: %v", err)
+	} else {
+		r()
+	}
+	got := make(chan func())
+	go func() {
+		r, _ := g.acquire(context.Background(), "ns1")
+		got <- r
+	}()
+	releases[0]()
+	releases[0]() // releasing twice frees one slot
+	last := <-got
+	for _, r := range append(releases[1:], last) {
+		r()
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.m) != 0 {
+		t.Fatalf("%d idle gates kept, want none", len(g.m))
 	}
 }

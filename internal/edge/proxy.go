@@ -115,12 +115,19 @@ func (s *Server) dial(ctx context.Context, network, addr string) (net.Conn, erro
 				return nil, errMoved
 			}
 		}
+		release, err := s.gates.acquire(ctx, t.ContainerID)
+		if err != nil {
+			return nil, err
+		}
 		dctx, cancel := context.WithDeadline(ctx, deadline)
 		c, err := d.DialContext(dctx, network, netip.AddrPortFrom(t.IP, uint16(port)).String())
 		cancel()
 		if err == nil {
-			return &activeConn{Conn: c, touch: func() { s.machines.Touch(t.MachineID) }}, nil
+			timer := time.AfterFunc(newConnGrace, release)
+			return &activeConn{Conn: c, touch: func() { s.machines.Touch(t.MachineID) },
+				answered: func() { timer.Stop(); release() }}, nil
 		}
+		release()
 		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().Add(backoff).After(retryUntil) {
 			return nil, err
 		}
@@ -178,6 +185,15 @@ type activeConn struct {
 	net.Conn
 	touch func()
 	last  atomic.Int64 // unix nanoseconds of the last touch
+	// answered releases the connection's pacing slot (gate.go) at its
+	// first byte from the machine, or when it closes.
+	answered func()
+	once     sync.Once
+}
+
+func (c *activeConn) Close() error {
+	c.once.Do(c.answered)
+	return c.Conn.Close()
 }
 
 func (c *activeConn) active() {
@@ -190,6 +206,7 @@ func (c *activeConn) active() {
 func (c *activeConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
+		c.once.Do(c.answered)
 		c.active()
 	}
 	return n, err
