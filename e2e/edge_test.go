@@ -151,6 +151,11 @@ func edgeResumes(t *testing.T, after int64, port int, ids ...string) []api.Event
 // urllib, Node's fetch and a browser's navigation; SSE, a 50 MiB download
 // and a WebSocket echo after a wake.
 func TestEdgeWakesOnTraffic(t *testing.T) {
+	for _, tool := range []string{"curl", "python3", "node"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is missing: the edge is tested with the clients users have (curl, Python's urllib, Node's fetch); install it", tool)
+		}
+	}
 	m := newMachine(t, api.CreateMachineRequest{Template: "base", TimeoutMS: ptr(int64(10000)), OnTimeout: api.TimeoutPause, AutoResume: true})
 	killLineage(t, m.ID)
 	run(t, m.ID, "mkdir -p /srv && echo hello > /srv/hello.txt")

@@ -2,7 +2,7 @@
 # Installs the Debian packages Nullspace needs on the host, once.
 # Idempotent: does nothing (and needs no network) when all are present.
 set -euo pipefail
-pkgs=(debootstrap busybox-static ca-certificates tar iproute2)
+pkgs=(debootstrap busybox-static ca-certificates tar iproute2 curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

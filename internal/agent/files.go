@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -90,10 +91,25 @@ func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	res, err := a.files.write(path, mode, explicitMode, r.Body)
 	if err != nil {
+		if r.ContentLength < 0 && errors.Is(err, errdefs.ErrInvalidArgument) {
+			drainBody(w, r)
+		}
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
+}
+
+// drainBody reads and drops what is left of a refused chunked upload, up
+// to 8 MiB and for at most 2 s, before the refusal is answered. A server
+// that answers and closes with unread data sends a reset, and the reset
+// makes the client's kernel drop the answer it had not read yet: the
+// client would see "connection reset" instead of file_too_large.
+func drainBody(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.CopyN(io.Discard, r.Body, 8<<20)
+	rc.SetReadDeadline(time.Time{})
 }
 
 // write streams body into a temp file next to path, then renames it over

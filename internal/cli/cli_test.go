@@ -223,6 +223,15 @@ func (f *fakeServer) lifecycleRoutes(mux *http.ServeMux) {
 			notFound(w, r.PathValue("id"))
 		}
 	})
+	mux.HandleFunc("POST /v1/machines/{id}/urls", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r)
+		if r.PathValue("id") != "m-1" {
+			notFound(w, r.PathValue("id"))
+			return
+		}
+		writeJSON(w, 200, api.MachineURL{URL: "http://127.0.0.1:7701/m/8080-x-sig", WSURL: "ws://127.0.0.1:7701/m/8080-x-sig",
+			OriginURL: "http://8080-x-sig.localhost:7701", PathURL: "http://127.0.0.1:7701/m/8080-x-sig", Port: 8080, LineageID: "m-1"})
+	})
 	mux.HandleFunc("POST /v1/machines/{id}/start", func(w http.ResponseWriter, r *http.Request) {
 		f.record(r)
 		switch r.PathValue("id") {
@@ -634,6 +643,17 @@ func TestCLI(t *testing.T) {
 			wantCode: 1,
 			wantStderr: "error: machine m-bare has no main process: it was created without a command (machine_has_no_command)\n" +
 				"hint: create machines with a command to wait for\n",
+		},
+		{
+			name:       "machine url prints the url",
+			args:       []string{"machine", "url", "m-1", "8080"},
+			wantStdout: "http://127.0.0.1:7701/m/8080-x-sig\n",
+		},
+		{
+			name:       "machine url with a bad port is a usage error",
+			args:       []string{"machine", "url", "m-1", "80x"},
+			wantCode:   2,
+			wantStderr: "error: invalid PORT \"80x\": give a port number from 1 to 65535\nRun 'nullspace machine url --help' for usage.\n",
 		},
 		{
 			name:       "machine wait with a negative timeout is a usage error",
@@ -1072,6 +1092,8 @@ func TestCLIRequests(t *testing.T) {
 		{[]string{"machine", "start", "m-s"}, "POST /v1/machines/{id}/start", "POST /v1/machines/m-s/start"},
 		{[]string{"machine", "wait", "m-0"}, "GET /v1/machines/{id}/wait", "GET /v1/machines/m-0/wait"},
 		{[]string{"machine", "wait", "m-0", "--timeout", "10m"}, "GET /v1/machines/{id}/wait", "GET /v1/machines/m-0/wait?timeout_ms=600000"},
+		{[]string{"machine", "url", "m-1", "8080"}, "POST /v1/machines/{id}/urls", `POST /v1/machines/m-1/urls {"port":8080}`},
+		{[]string{"machine", "url", "m-1", "3000", "--expires", "1h"}, "POST /v1/machines/{id}/urls", `POST /v1/machines/m-1/urls {"port":3000,"expires_in_ms":3600000}`},
 	}
 	for _, c := range calls {
 		run(t, t.Context(), f, "", c.args...)
