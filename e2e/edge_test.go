@@ -359,16 +359,27 @@ func TestEdgeContract(t *testing.T) {
 	}
 }
 
-// TestEdgeConcurrentWake: 200 requests at once to one paused machine make
-// exactly one resume, and every one of them is answered with the page.
-func TestEdgeConcurrentWake(t *testing.T) {
-	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", OnTimeout: api.TimeoutPause, AutoResume: true})
+// pageMachine creates a minimal machine that pauses at its lease's end and
+// auto-resumes, serving /srv/index.html ("page") with busybox httpd on port
+// 8080, and returns it and the port's URL once the page answers through
+// the edge.
+func pageMachine(t *testing.T, req api.CreateMachineRequest) (*api.Machine, *api.MachineURL) {
+	t.Helper()
+	req.Template, req.OnTimeout, req.AutoResume = "minimal", api.TimeoutPause, true
+	m := newMachine(t, req)
 	killLineage(t, m.ID)
 	run(t, m.ID, "mkdir -p /srv && echo page > /srv/index.html && (busybox httpd -p 8080 -h /srv &)")
 	u := edgeURL(t, m.ID, 8080)
-	if resp, _ := edgeGet(t, u.URL+"/index.html"); resp.StatusCode != 200 {
-		t.Fatalf("running: %d", resp.StatusCode)
+	if resp, b := edgeGet(t, u.URL+"/index.html"); resp.StatusCode != 200 || string(b) != "page\n" {
+		t.Fatalf("running machine through the edge: %d %q", resp.StatusCode, b)
 	}
+	return m, u
+}
+
+// TestEdgeConcurrentWake: 200 requests at once to one paused machine make
+// exactly one resume, and every one of them is answered with the page.
+func TestEdgeConcurrentWake(t *testing.T) {
+	m, u := pageMachine(t, api.CreateMachineRequest{})
 	pause(t, m.ID)
 	seq := lastSeq(t)
 	const n = 200
@@ -408,13 +419,7 @@ func TestEdgeConcurrentWake(t *testing.T) {
 // 404 or the 503 contract) when the machine is killed meanwhile; none
 // hangs.
 func TestEdgeKillWhileHeld(t *testing.T) {
-	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", OnTimeout: api.TimeoutPause, AutoResume: true})
-	killLineage(t, m.ID)
-	run(t, m.ID, "mkdir -p /srv && echo page > /srv/index.html && (busybox httpd -p 8080 -h /srv &)")
-	u := edgeURL(t, m.ID, 8080)
-	if resp, _ := edgeGet(t, u.URL+"/index.html"); resp.StatusCode != 200 {
-		t.Fatalf("running: %d", resp.StatusCode)
-	}
+	m, u := pageMachine(t, api.CreateMachineRequest{})
 	pause(t, m.ID)
 	var wg sync.WaitGroup
 	statuses := make(chan int, 20)
@@ -463,10 +468,7 @@ func TestEdgeKillWhileHeld(t *testing.T) {
 // TestEdgeIdleWake: traffic through the edge keeps an idle-suspending
 // machine awake; silence pauses it; the next request wakes it.
 func TestEdgeIdleWake(t *testing.T) {
-	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", OnTimeout: api.TimeoutPause, AutoResume: true, IdleTimeoutMS: 2500})
-	killLineage(t, m.ID)
-	run(t, m.ID, "mkdir -p /srv && echo page > /srv/index.html && (busybox httpd -p 8080 -h /srv &)")
-	u := edgeURL(t, m.ID, 8080)
+	m, u := pageMachine(t, api.CreateMachineRequest{IdleTimeoutMS: 2500})
 	for range 8 {
 		if resp, _ := edgeGet(t, u.URL+"/index.html"); resp.StatusCode != 200 {
 			t.Fatalf("busy machine: %d", resp.StatusCode)

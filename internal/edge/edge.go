@@ -342,24 +342,47 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, req *request) (T
 		s.refuseErr(w, r, req, l, err)
 		return Target{}, false
 	}
-	switch t.State {
-	case api.StateRunning, api.StateSnapshotting:
+	switch f, v := triage(t, false); v {
+	case toForward:
 		return t, true
-	case api.StateKilled, api.StateKilling:
-		s.refuse(w, r, req, notFound(l.LineageID))
+	case toRefuse:
+		s.refuse(w, r, req, f)
 		return Target{}, false
-	case api.StateFailed:
-		s.refuse(w, r, req, failed(t))
-		return Target{}, false
-	case api.StatePaused, api.StatePausing, api.StateStopped, api.StateStopping:
-		if !t.AutoResume {
-			s.refuse(w, r, req, autoResumeOff(t))
-			return Target{}, false
-		}
 	}
 	// Paused or stopped with auto_resume, or in the middle of a lifecycle
 	// operation: hold the request until the machine runs.
 	return s.hold(w, r, req, t.AutoResume, t.State == api.StateStopped || t.State == api.StateStopping)
+}
+
+// What to do with a request, by the state of its target.
+type verdict int
+
+const (
+	toForward verdict = iota // the machine runs
+	toHold                   // wait for a wake, or for an operation in progress
+	toRefuse                 // answer with the refusal
+)
+
+// triage decides what to do with a request for t. A request that waited
+// for a wake already (woken) is not held again.
+func triage(t Target, woken bool) (refusal, verdict) {
+	switch t.State {
+	case api.StateRunning, api.StateSnapshotting:
+		return refusal{}, toForward
+	case api.StateKilled, api.StateKilling:
+		return notFound(t.LineageID), toRefuse
+	case api.StateFailed:
+		return failed(t), toRefuse
+	case api.StatePaused, api.StatePausing, api.StateStopped, api.StateStopping:
+		if !t.AutoResume {
+			return autoResumeOff(t), toRefuse
+		}
+	}
+	if woken {
+		return unavailable(errdefs.CodeMachineUnavailable, fmt.Sprintf("machine %s is %s", t.LineageID, t.State), true,
+			"retry after the Retry-After delay"), toRefuse
+	}
+	return refusal{}, toHold
 }
 
 func notFound(lineageID string) refusal {

@@ -9,12 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"nullspace.dev/nullspace/internal/atomicfile"
 )
 
 // A machine URL names a port of a lineage in one DNS label (RFC 1123:
@@ -150,30 +151,7 @@ func RotateSecret(path string) error {
 	if _, err := rand.Read(b); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-edge-secret")
-	if err != nil {
-		return fmt.Errorf("write edge secret: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.WriteString(hex.EncodeToString(b) + "\n"); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write edge secret: %w", err)
-	}
-	return nil
+	return atomicfile.Write(path, []byte(hex.EncodeToString(b)+"\n"), 0o600)
 }
 
 func (k *Keys) loadLocked() error {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
@@ -87,21 +86,8 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resu
 		return Target{}, false
 	}
 	t := res.val.(Target)
-	switch t.State {
-	case api.StateRunning, api.StateSnapshotting:
-	case api.StateKilled, api.StateKilling:
-		s.refuse(w, r, req, notFound(l.LineageID))
-		return Target{}, false
-	case api.StateFailed:
-		s.refuse(w, r, req, failed(t))
-		return Target{}, false
-	default:
-		if !t.AutoResume {
-			s.refuse(w, r, req, autoResumeOff(t))
-		} else {
-			s.refuse(w, r, req, unavailable(errdefs.CodeMachineUnavailable,
-				fmt.Sprintf("machine %s is %s", l.LineageID, t.State), true, "retry after the Retry-After delay"))
-		}
+	if f, v := triage(t, true); v != toForward {
+		s.refuse(w, r, req, f)
 		return Target{}, false
 	}
 	if body != nil {

@@ -23,6 +23,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/atomicfile"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
@@ -448,7 +449,7 @@ func bootstrapKey(ctx context.Context, db *store.DB, dataDir string, logger *slo
 	if err := db.AddAPIKey(ctx, team.ID, hash, display, now); err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(keyFile, []byte(key+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write api key: %w", err)
 	}
 	logger.Info("created the default team's API key; the CLI and SDKs on this host read it from the file",
@@ -477,34 +478,10 @@ func installAgent(src, root string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "nullspace-agent"), b, 0o755); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "nullspace-agent"), b, 0o755); err != nil {
 		return "", fmt.Errorf("install agent: %w", err)
 	}
 	return dir, nil
-}
-
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // hostNameservers returns the host's non-loopback resolvers, which machines
