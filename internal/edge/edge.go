@@ -125,7 +125,7 @@ func New(bg context.Context, cfg Config, machines Machines, keys *Keys, reg prom
 		host = h
 	}
 	if cfg.PathBase == "" {
-		cfg.PathBase = scheme(cfg.TLS, false) + "://" + cfg.Domain
+		cfg.PathBase = scheme(cfg.TLS) + "://" + cfg.Domain
 	}
 	s := &Server{cfg: cfg, machines: machines, keys: keys, logger: logger, metrics: newMetrics(reg),
 		domainHost: host, bg: context.WithoutCancel(bg)}
@@ -133,13 +133,8 @@ func New(bg context.Context, cfg Config, machines Machines, keys *Keys, reg prom
 	return s, nil
 }
 
-func scheme(tls, ws bool) string {
-	switch {
-	case tls && ws:
-		return "wss"
-	case ws:
-		return "ws"
-	case tls:
+func scheme(tls bool) string {
+	if tls {
 		return "https"
 	}
 	return "http"
@@ -164,7 +159,7 @@ func (s *Server) URL(lineageID string, port int, expires time.Time, public bool)
 		}
 		l.Sig = s.keys.sign(l)
 	}
-	origin := scheme(s.cfg.TLS, false) + "://" + l.String() + "." + s.cfg.Domain
+	origin := scheme(s.cfg.TLS) + "://" + l.String() + "." + s.cfg.Domain
 	path := s.cfg.PathBase + pathPrefix + l.String()
 	u := api.MachineURL{Port: port, LineageID: lineageID, OriginURL: origin, PathURL: path, Public: public}
 	if !l.Expires.IsZero() {
@@ -178,7 +173,7 @@ func (s *Server) URL(lineageID string, port int, expires time.Time, public bool)
 	if s.domainHost == "localhost" || strings.HasSuffix(s.domainHost, ".localhost") {
 		u.URL = path
 	}
-	u.WSURL = strings.Replace(u.URL, "http", "ws", 1)
+	u.WSURL = "ws" + strings.TrimPrefix(u.URL, "http") // ws:// or wss://
 	return u, nil
 }
 
@@ -270,7 +265,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 	// and storage are not shared with other machines, and absolute links
 	// work. The path form is for clients that cannot resolve *.Domain.
 	if pathForm && r.Header.Get("Sec-Fetch-Mode") == "navigate" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-		to := scheme(s.cfg.TLS, false) + "://" + raw + "." + s.cfg.Domain + path
+		to := scheme(s.cfg.TLS) + "://" + raw + "." + s.cfg.Domain + path
 		if r.URL.RawQuery != "" {
 			to += "?" + r.URL.RawQuery
 		}
