@@ -329,6 +329,9 @@ func (a *app) machineInfoCommand() *cobra.Command {
 			if len(m.Command) > 0 {
 				fields = append(fields, [2]string{"Command", formatArgv(m.Command)})
 			}
+			if m.PublicPorts {
+				fields = append(fields, [2]string{"Public ports", "yes (URLs need no signature)"})
+			}
 			if m.MainPID > 0 {
 				fields = append(fields, [2]string{"Main PID", strconv.Itoa(m.MainPID)})
 			}

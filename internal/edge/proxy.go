@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -45,6 +46,9 @@ func (s *Server) newProxy() *httputil.ReverseProxy {
 		ModifyResponse: s.modifyResponse,
 		ErrorHandler:   s.proxyError,
 		BufferPool:     copyBuffers{},
+		// What the proxy logs itself (a body copy cut short) goes to the
+		// edge's log at debug level, not to the process's standard logger.
+		ErrorLog: slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug),
 	}
 }
 
