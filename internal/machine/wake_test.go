@@ -1,0 +1,67 @@
+package machine
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// TestWakeAndObservers: Wake reads a lineage's head through its lock
+// (without resuming when asked not to, and waiting for an operation in
+// progress); every transition reaches the observers, kill included; an
+// unknown lineage is not found.
+func TestWakeAndObservers(t *testing.T) {
+	ctx := t.Context()
+	m, d, _, _ := newTestManager(t)
+	var mu sync.Mutex
+	var seen []string
+	m.OnTransition(func(lineageID, machineID, state string) {
+		mu.Lock()
+		seen = append(seen, lineageID+" "+machineID+" "+state)
+		mu.Unlock()
+	})
+	addLeased(t, m, d, "w", time.Now().Add(time.Hour), true)
+
+	// An operation in progress holds the lineage lock; Wake waits for it.
+	unlock := m.lock(lineageKey("w"))
+	got := make(chan string, 1)
+	go func() {
+		rec, err := m.Wake(ctx, "w", 8080, false)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- rec.State
+	}()
+	select {
+	case s := <-got:
+		t.Fatalf("Wake returned %q while the lineage was locked", s)
+	case <-time.After(50 * time.Millisecond):
+	}
+	unlock()
+	if s := <-got; s != api.StateRunning {
+		t.Fatalf("Wake after the operation: %s, want running", s)
+	}
+
+	if _, err := m.Kill(ctx, "team", "w"); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	want := []string{"w w killing", "w w killed"}
+	if len(seen) != 2 || seen[0] != want[0] || seen[1] != want[1] {
+		t.Fatalf("observers saw %q, want %q", seen, want)
+	}
+	mu.Unlock()
+	if rec, err := m.Wake(ctx, "w", 8080, true); err != nil || rec.State != api.StateKilled {
+		t.Fatalf("Wake of a killed lineage: %+v %v, want it as it is (killed)", rec, err)
+	}
+	if _, err := m.Wake(ctx, "nope", 8080, true); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
+		t.Fatalf("Wake of an unknown lineage: %v, want machine_not_found", err)
+	}
+	if _, err := m.LineageHead(ctx, "nope"); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
+		t.Fatalf("LineageHead of an unknown lineage: %v", err)
+	}
+}
