@@ -234,6 +234,10 @@ type Machine struct {
 	// LatestID is the lineage's latest execution (this machine's id when it
 	// is the latest).
 	LatestID string `json:"latest_id"`
+	// PausedAliases counts the lineage's earlier executions that are paused
+	// aliases: ids handed out before, which GET and connect still follow
+	// to the latest execution.
+	PausedAliases int `json:"paused_aliases,omitempty"`
 	// RestoredFrom is the snapshot this execution was restored from.
 	RestoredFrom string `json:"restored_from,omitempty"`
 	// The lease (see Lease); absent for a killed or failed machine.
@@ -387,9 +391,11 @@ type VolumeList struct {
 	Volumes []Volume `json:"volumes"`
 }
 
-// MachineList is the body of GET /v1/machines.
+// MachineList is the body of GET /v1/machines: a page.
 type MachineList struct {
 	Machines []Machine `json:"machines"`
+	// NextToken fetches the next page (?next_token=); empty on the last.
+	NextToken string `json:"next_token"`
 }
 
 // RunCommandRequest is the body of POST /v1/machines/{id}/commands and of the

@@ -879,3 +879,34 @@ func TestFromEnv(t *testing.T) {
 		t.Errorf("got URL %q, want %q", got, DefaultAPIURL)
 	}
 }
+
+// TestListMachinesPages: ListMachines follows next_token to the last page,
+// with the same filters on every request.
+func TestListMachinesPages(t *testing.T) {
+	var queries []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		queries = append(queries, r.URL.RawQuery)
+		switch r.URL.Query().Get("next_token") {
+		case "":
+			io.WriteString(w, `{"machines":[{"id":"m1"},{"id":"m2"}],"next_token":"p2"}`)
+		case "p2":
+			io.WriteString(w, `{"machines":[{"id":"m3"}],"next_token":""}`)
+		default:
+			w.WriteHeader(400)
+			io.WriteString(w, `{"code":"invalid_argument","message":"bad token"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := New(srv.URL, "key")
+	ms, err := c.ListMachines(t.Context(), ListOptions{State: "running", IncludeAliases: true, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 3 || ms[2].ID != "m3" {
+		t.Fatalf("got %v, want m1 m2 m3", ms)
+	}
+	want := []string{"include_aliases=true&limit=2&state=running", "include_aliases=true&limit=2&next_token=p2&state=running"}
+	if len(queries) != 2 || queries[0] != want[0] || queries[1] != want[1] {
+		t.Fatalf("queries %q, want %q", queries, want)
+	}
+}

@@ -243,8 +243,12 @@ func (a *app) machineListCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
-		Short:   "List machines",
-		Example: `  nullspace machine list --state running --metadata owner=me`,
+		Short:   "List machines, one row each",
+		Long: `List machines, one row per machine: its latest execution. A machine that was
+paused and resumed has had other ids (paused aliases, which GET and connect
+still follow); --aliases lists every one. Every page is read.`,
+		Example: `  nullspace machine list --state running --metadata owner=me
+  nullspace machine list --aliases`,
 		Args:    exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -271,6 +275,8 @@ func (a *app) machineListCommand() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&opts.State, "state", "", "only machines in this state (creating, running, pausing, paused, resuming, snapshotting, restoring, stopping, stopped, starting, killing, killed, failed)")
 	f.StringArrayVar(&metadata, "metadata", nil, "only machines with metadata KEY=VALUE (repeatable; all must match)")
+	f.StringVar(&opts.Template, "template", "", "only machines made from this template")
+	f.BoolVar(&opts.IncludeAliases, "aliases", false, "list every execution id (paused aliases too), not one row per machine")
 	return cmd
 }
 

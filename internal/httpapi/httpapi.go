@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,8 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/page"
+	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 )
 
@@ -232,10 +235,21 @@ func (s *Server) createMachine(w http.ResponseWriter, r *http.Request, team stri
 	return nil
 }
 
+// listMachines serves a page of the team's machines: one row per machine
+// (its latest execution), or every execution id with include_aliases.
 func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
-	f := machine.ListFilter{State: q.Get("state"), Metadata: map[string]string{}}
-	for _, kv := range q["metadata"] {
+	f := machine.ListFilter{State: q.Get("state"), Template: q.Get("template"), Metadata: map[string]string{}}
+	switch v := q.Get("include_aliases"); v {
+	case "", "false":
+	case "true":
+		f.Aliases = true
+	default:
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("include_aliases %q is not true or false", v), "use ?include_aliases=true to list every execution id")
+	}
+	pairs := q["metadata"]
+	for _, kv := range pairs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
@@ -243,16 +257,43 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 		}
 		f.Metadata[k] = v
 	}
-	recs, err := s.machines.List(r.Context(), team, f)
+	limit, err := page.Limit(q.Get("limit"))
 	if err != nil {
 		return err
 	}
-	out := api.MachineList{Machines: []api.Machine{}}
-	for _, rec := range recs {
-		out.Machines = append(out.Machines, s.machines.View(r.Context(), rec))
+	scope := page.NewScope("machines", team, append([]string{f.State, f.Template, strconv.FormatBool(f.Aliases)}, sortedPairs(f.Metadata)...)...)
+	var after store.MachineCursor
+	if pos, err := page.Decode(scope, q.Get("next_token"), 2); err != nil {
+		return err
+	} else if pos != nil {
+		t, terr := time.Parse(time.RFC3339Nano, pos[0])
+		if terr != nil {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
+				"pass the next_token of the previous page, or none to start over")
+		}
+		after = store.MachineCursor{Time: t, ID: pos[1]}
+	}
+	recs, more, err := s.machines.ListPage(r.Context(), team, f, after, limit)
+	if err != nil {
+		return err
+	}
+	out := api.MachineList{Machines: s.machines.Views(r.Context(), recs)}
+	if more {
+		c := store.CursorOf(recs[len(recs)-1], f.Aliases)
+		out.NextToken = page.Encode(scope, c.Time.UTC().Format(time.RFC3339Nano), c.ID)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// sortedPairs returns a map's pairs as "k=v", sorted.
+func sortedPairs(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, team string) error {

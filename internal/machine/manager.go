@@ -655,37 +655,29 @@ func machineNotFound(id string) error {
 // ListFilter selects machines of a team.
 type ListFilter struct {
 	State    string
+	Template string
 	Metadata map[string]string
+	// Aliases lists every execution id; without it, one row per machine
+	// (its lineage's latest execution).
+	Aliases bool
 }
 
-// List returns a team's machines. Without a state filter, killed machines
-// are left out.
-func (m *Manager) List(ctx context.Context, teamID string, f ListFilter) ([]*store.Machine, error) {
-	sf := store.MachineFilter{TeamID: teamID}
+// ListPage returns up to limit of a team's machines after the position
+// after (zero: from the start), and whether more follow. Without a state
+// filter, killed machines are left out. One indexed query, whatever the
+// number of machines and aliases.
+func (m *Manager) ListPage(ctx context.Context, teamID string, f ListFilter, after store.MachineCursor, limit int) ([]*store.Machine, bool, error) {
+	q := store.MachinePageQuery{TeamID: teamID, Template: f.Template, Metadata: f.Metadata, Aliases: f.Aliases, After: after, Limit: limit}
 	if f.State != "" {
 		if _, ok := transitions[f.State]; !ok {
-			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			return nil, false, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 				fmt.Sprintf("unknown state %q", f.State), "use one of "+strings.Join(sortedStates(), ", "))
 		}
-		sf.States = []string{f.State}
+		q.States = []string{f.State}
 	} else {
-		sf.States = visibleStates
+		q.States = visibleStates
 	}
-	all, err := m.store.ListMachines(ctx, sf)
-	if err != nil {
-		return nil, err
-	}
-	out := all[:0]
-next:
-	for _, rec := range all {
-		for k, v := range f.Metadata {
-			if rec.Metadata[k] != v {
-				continue next
-			}
-		}
-		out = append(out, rec)
-	}
-	return out, nil
+	return m.store.ListMachinesPage(ctx, q)
 }
 
 func sortedStates() []string {
@@ -1121,6 +1113,29 @@ func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) 
 
 // View returns the public view of a machine.
 func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
+	return m.Views(ctx, []*store.Machine{rec})[0]
+}
+
+// Views returns the public views of machines, reading what they show of
+// their lineages (latest execution, paused aliases) in one query for all.
+func (m *Manager) Views(ctx context.Context, recs []*store.Machine) []api.Machine {
+	lineages := make([]string, len(recs))
+	for i, rec := range recs {
+		lineages[i] = rec.LineageID
+	}
+	sums, err := m.store.LineageSummaries(ctx, lineages)
+	if err != nil {
+		m.logger.WarnContext(ctx, "lineage summaries of machine views", "err", err)
+	}
+	out := make([]api.Machine, len(recs))
+	for i, rec := range recs {
+		out[i] = m.view(rec, sums[rec.LineageID])
+	}
+	return out
+}
+
+// view is the public view of rec, given its lineage's summary.
+func (m *Manager) view(rec *store.Machine, sum store.LineageSummary) api.Machine {
 	v := api.Machine{
 		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
 		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error,
@@ -1137,9 +1152,10 @@ func (m *Manager) View(ctx context.Context, rec *store.Machine) api.Machine {
 	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
 		v.MainPID = 0 // no boot, no main process
 	}
-	if head, err := m.lineageHead(ctx, rec.LineageID); err == nil {
-		v.LatestID = head.ID
+	if sum.LatestID != "" {
+		v.LatestID = sum.LatestID
 	}
+	v.PausedAliases = sum.PausedAliases
 	if rec.Slot >= 0 {
 		v.IP = m.guestIP(rec)
 	}

@@ -140,6 +140,25 @@ var migrations = []string{
 	ALTER TABLE machines ADD COLUMN main_exit TEXT NOT NULL DEFAULT '';`,
 	// 9: ports reachable through the edge without a signed URL.
 	`ALTER TABLE machines ADD COLUMN public_ports INTEGER NOT NULL DEFAULT 0;`,
+	// 10: one row per machine in lists. latest marks a lineage's latest
+	// execution (the row with its highest lineage_seq); lineage_created is
+	// the creation time of the lineage's first machine, a position in
+	// lists that resumes do not move. machine_metadata indexes metadata for
+	// list filters.
+	`ALTER TABLE machines ADD COLUMN latest INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN lineage_created TEXT NOT NULL DEFAULT '';
+	UPDATE machines SET latest = (lineage_seq = (SELECT max(m2.lineage_seq) FROM machines m2 WHERE m2.lineage_id = machines.lineage_id));
+	UPDATE machines SET lineage_created = (SELECT min(m2.created_at) FROM machines m2 WHERE m2.lineage_id = machines.lineage_id);
+	CREATE INDEX machines_team_latest ON machines(team_id, latest, lineage_created, lineage_id);
+	CREATE INDEX machines_team_created ON machines(team_id, created_at, id);
+	CREATE TABLE machine_metadata (
+		machine_id TEXT NOT NULL,
+		key TEXT NOT NULL,
+		value TEXT NOT NULL,
+		PRIMARY KEY (key, value, machine_id)
+	);
+	CREATE INDEX machine_metadata_machine ON machine_metadata(machine_id);
+	INSERT INTO machine_metadata (machine_id, key, value) SELECT m.id, j.key, j.value FROM machines m, json_each(m.metadata) j;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -291,13 +310,18 @@ type Machine struct {
 	// PublicPorts makes every port of the machine reachable through the
 	// edge without a signature. Set at create, kept by the lineage.
 	PublicPorts bool
+	// Latest: this row is its lineage's latest execution (kept by the
+	// store). LineageCreated is when the lineage's first machine was
+	// created (set by the store).
+	Latest         bool
+	LineageCreated time.Time
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports`
+	command, main_pid, main_exit, public_ports, latest, lineage_created`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -349,25 +373,41 @@ func (s *DB) CreateMachineFromSpare(ctx context.Context, m *Machine, sp Spare) e
 	return tx.Commit()
 }
 
+// insertMachine stores a new machine as the latest execution of its
+// lineage.
 func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	if m.LineageID == "" {
 		m.LineageID = m.ID
 	}
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(lineage_seq), 0) + 1 FROM machines WHERE lineage_id = ?`,
-		m.LineageID).Scan(&m.LineageSeq); err != nil {
+	var created sql.NullString
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(lineage_seq), 0) + 1, min(created_at) FROM machines WHERE lineage_id = ?`,
+		m.LineageID).Scan(&m.LineageSeq, &created); err != nil {
 		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
+	}
+	m.LineageCreated = m.CreatedAt
+	if created.Valid {
+		m.LineageCreated = parseTime(created.String)
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE machines SET latest = 0 WHERE lineage_id = ? AND latest = 1`, m.LineageID); err != nil {
+		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
+	}
+	m.Latest = true
+	for k, v := range m.Metadata {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO machine_metadata (machine_id, key, value) VALUES (?, ?, ?)`, m.ID, k, v); err != nil {
+			return fmt.Errorf("metadata of machine %s: %w", m.ID, err)
+		}
 	}
 	env, _ := json.Marshal(nonNil(m.Env))
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
 	cmd, _ := json.Marshal(nonNilSlice(m.Command))
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
-		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts)
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated))
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -462,12 +502,34 @@ func mainExitJSON(e *api.MainExit) string {
 	return string(b)
 }
 
-// DeleteMachine removes a machine's record.
+// DeleteMachine removes a machine's record (a create or resume undone);
+// if it was its lineage's latest execution, the one before it is again.
 func (s *DB) DeleteMachine(ctx context.Context, id string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM machines WHERE id=?`, id); err != nil {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
 		return fmt.Errorf("delete machine %s: %w", id, err)
 	}
-	return nil
+	defer tx.Rollback()
+	var lineage string
+	var latest bool
+	err = tx.QueryRowContext(ctx, `SELECT lineage_id, latest FROM machines WHERE id=?`, id).Scan(&lineage, &latest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete machine %s: %w", id, err)
+	}
+	for _, q := range []string{`DELETE FROM machines WHERE id=?`, `DELETE FROM machine_metadata WHERE machine_id=?`} {
+		if _, err := tx.ExecContext(ctx, q, id); err != nil {
+			return fmt.Errorf("delete machine %s: %w", id, err)
+		}
+	}
+	if latest {
+		if _, err := tx.ExecContext(ctx, `UPDATE machines SET latest = 1 WHERE id = (SELECT id FROM machines WHERE lineage_id = ? ORDER BY lineage_seq DESC LIMIT 1)`, lineage); err != nil {
+			return fmt.Errorf("delete machine %s: %w", id, err)
+		}
+	}
+	return tx.Commit()
 }
 
 // GetMachine returns a machine by id, or an error matching errdefs.ErrNotFound.
@@ -569,13 +631,13 @@ type scanner interface{ Scan(...any) error }
 
 func scanMachine(r scanner) (*Machine, error) {
 	var m Machine
-	var env, meta, created, vols, hooks, deadline, cmd, exit string
+	var env, meta, created, vols, hooks, deadline, cmd, exit, lineageCreated string
 	var started, ended sql.NullString
 	err := r.Scan(&m.ID, &m.TeamID, &m.State, &m.Template, &m.CPUCount, &m.MemoryMB, &env, &meta, &m.AllowInternet,
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
-		&cmd, &m.MainPID, &exit, &m.PublicPorts)
+		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated)
 	if err != nil {
 		return nil, err
 	}
@@ -607,6 +669,7 @@ func scanMachine(r scanner) (*Machine, error) {
 	m.StartedAt = parseTime(started.String)
 	m.EndedAt = parseTime(ended.String)
 	m.Deadline = parseTime(deadline)
+	m.LineageCreated = parseTime(lineageCreated)
 	return &m, nil
 }
 

@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"slices"
+	"testing"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
+)
+
+// TestListOneRowPerMachine: a machine paused and resumed several times is
+// listed once (its latest execution, with its paused aliases counted),
+// every alias is listed with include_aliases and still answers GET and
+// connect, and pages of one machine each list every machine once.
+func TestListOneRowPerMachine(t *testing.T) {
+	owner := map[string]string{"list-test": t.Name()}
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", Metadata: owner})
+	killLineage(t, m.ID)
+	other := newMachine(t, api.CreateMachineRequest{Template: "minimal", Metadata: owner})
+	ids := []string{m.ID}
+	for range 4 {
+		pause(t, ids[len(ids)-1])
+		r, err := env.client.Connect(t.Context(), m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	latest := ids[len(ids)-1]
+
+	rows, err := env.client.ListMachines(t.Context(), client.ListOptions{Metadata: owner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 || rows[0].ID != latest || rows[0].LineageID != m.ID || rows[0].LatestID != latest ||
+		rows[0].PausedAliases != 4 || rows[1].ID != other.ID {
+		t.Fatalf("one row per machine: got %+v", rows)
+	}
+	all, err := env.client.ListMachines(t.Context(), client.ListOptions{Metadata: owner, IncludeAliases: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range all {
+		if r.LineageID == m.ID {
+			got = append(got, r.ID)
+			if r.LatestID != latest {
+				t.Errorf("alias %s: latest_id %s, want %s", r.ID, r.LatestID, latest)
+			}
+		}
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("include_aliases: %v, want %v", got, ids)
+	}
+	// Pages of one: each machine once, in creation order.
+	paged, err := env.client.ListMachines(t.Context(), client.ListOptions{Metadata: owner, Limit: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paged) != 2 || paged[0].ID != latest || paged[1].ID != other.ID {
+		t.Fatalf("pages of one: %+v", paged)
+	}
+	for _, id := range ids[:len(ids)-1] {
+		if g := getMachine(t, id); g.State != api.StatePaused || g.LatestID != latest {
+			t.Fatalf("alias %s: %s, latest %s", id, g.State, g.LatestID)
+		}
+	}
+	if r, err := env.client.Connect(t.Context(), ids[1]); err != nil || r.ID != latest {
+		t.Fatalf("connect to an old alias: %+v %v, want %s", r, err, latest)
+	}
+	// A token of other filters is refused.
+	page, err := env.client.ListMachinesPage(t.Context(), client.ListOptions{Metadata: owner, Limit: 1}, "")
+	if err != nil || page.NextToken == "" {
+		t.Fatalf("first page: %+v %v", page, err)
+	}
+	_, err = env.client.ListMachinesPage(t.Context(), client.ListOptions{State: api.StateRunning, Limit: 1}, page.NextToken)
+	wantCode(t, err, "invalid_argument")
+}

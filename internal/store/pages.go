@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Pages of lists. Every list that can grow is read a page at a time with
+// keyset pagination: a page is the first Limit rows after a position in a
+// fixed order, and its last row is the position of the next page. Rows
+// inserted or deleted between pages move no other row, so paging never
+// skips or repeats one. A page costs one indexed query: O(page), not
+// O(all rows).
+
+// MachinePageQuery selects a page of a team's machines.
+type MachinePageQuery struct {
+	TeamID   string
+	States   []string
+	Template string
+	// Metadata pairs must all match (through the machine_metadata index).
+	Metadata map[string]string
+	// Aliases lists every execution id, oldest first; without it one row
+	// per machine: its lineage's latest execution, ordered by when the
+	// machine was first created (a resume does not move it).
+	Aliases bool
+	// After is the position to start after (MachineCursor of the previous
+	// page's last row); zero: from the start.
+	After MachineCursor
+	Limit int
+}
+
+// MachineCursor is a position in a machine list: the sort key of a row.
+type MachineCursor struct {
+	Time time.Time // lineage_created, or created_at with Aliases
+	ID   string    // lineage_id, or id with Aliases
+}
+
+// IsZero reports whether c is the start of the list.
+func (c MachineCursor) IsZero() bool { return c.ID == "" }
+
+// CursorOf returns the position of m in a list of the given kind.
+func CursorOf(m *Machine, aliases bool) MachineCursor {
+	if aliases {
+		return MachineCursor{Time: m.CreatedAt, ID: m.ID}
+	}
+	return MachineCursor{Time: m.LineageCreated, ID: m.LineageID}
+}
+
+// ListMachinesPage returns up to q.Limit machines after q.After, and
+// whether more follow.
+func (s *DB) ListMachinesPage(ctx context.Context, q MachinePageQuery) ([]*Machine, bool, error) {
+	var w where
+	w.eq("team_id", q.TeamID)
+	w.in("state", q.States)
+	w.eq("template", q.Template)
+	for _, k := range slices.Sorted(maps.Keys(q.Metadata)) {
+		w.conds = append(w.conds, "id IN (SELECT machine_id FROM machine_metadata WHERE key = ? AND value = ?)")
+		w.args = append(w.args, k, q.Metadata[k])
+	}
+	timeCol, idCol := "lineage_created", "lineage_id"
+	if q.Aliases {
+		timeCol, idCol = "created_at", "id"
+	} else {
+		w.cond("latest = ?", true)
+	}
+	if !q.After.IsZero() {
+		w.conds = append(w.conds, fmt.Sprintf("(%s, %s) > (?, ?)", timeCol, idCol))
+		w.args = append(w.args, formatTime(q.After.Time), q.After.ID)
+	}
+	query := fmt.Sprintf("SELECT %s FROM machines%s ORDER BY %s, %s LIMIT ?", machineColumns, w.sql(), timeCol, idCol)
+	recs, err := queryAll(ctx, s.db, "list machines", query, append(w.args, q.Limit+1), scanMachine)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(recs) > q.Limit {
+		return recs[:q.Limit], true, nil
+	}
+	return recs, false, nil
+}
+
+// LineageSummary is what a list shows of a machine's lineage beside one of
+// its executions.
+type LineageSummary struct {
+	LatestID string
+	// PausedAliases counts the lineage's earlier executions that are
+	// paused aliases (ids that connect still resumes from).
+	PausedAliases int
+}
+
+// LineageSummaries returns the summaries of lineages, in two indexed
+// queries whatever their number.
+func (s *DB) LineageSummaries(ctx context.Context, lineageIDs []string) (map[string]LineageSummary, error) {
+	out := map[string]LineageSummary{}
+	if len(lineageIDs) == 0 {
+		return out, nil
+	}
+	ids := anySlice(slices.Compact(slices.Sorted(slices.Values(lineageIDs))))
+	rows, err := s.db.QueryContext(ctx, `SELECT lineage_id, id FROM machines WHERE latest = 1 AND lineage_id IN (`+placeholders(len(ids))+`)`, ids...)
+	if err != nil {
+		return nil, fmt.Errorf("lineage summaries: %w", err)
+	}
+	for rows.Next() {
+		var lin, id string
+		if err := rows.Scan(&lin, &id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out[lin] = LineageSummary{LatestID: id}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows, err = s.db.QueryContext(ctx, `SELECT lineage_id, count(*) FROM machines WHERE latest = 0 AND state = 'paused' AND lineage_id IN (`+
+		placeholders(len(ids))+`) GROUP BY lineage_id`, ids...)
+	if err != nil {
+		return nil, fmt.Errorf("lineage summaries: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var lin string
+		var n int
+		if err := rows.Scan(&lin, &n); err != nil {
+			return nil, err
+		}
+		sum := out[lin]
+		sum.PausedAliases = n
+		out[lin] = sum
+	}
+	return out, rows.Err()
+}

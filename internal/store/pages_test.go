@@ -1,0 +1,115 @@
+package store
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// machineMaker inserts machines with increasing creation times.
+type machineMaker struct {
+	t   *testing.T
+	db  *DB
+	now time.Time
+}
+
+func (mm *machineMaker) add(id, team, lineage, state string, meta map[string]string) *Machine {
+	mm.t.Helper()
+	mm.now = mm.now.Add(time.Second)
+	m := &Machine{ID: id, TeamID: team, State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64, LineageID: lineage,
+		ContainerID: "c" + id, AgentToken: "x", CreatedAt: mm.now, Metadata: meta}
+	if err := mm.db.CreateMachine(mm.t.Context(), m, 1000); err != nil {
+		mm.t.Fatalf("create %s: %v", id, err)
+	}
+	return m
+}
+
+// pageAll reads every page of q, calling between after each page.
+func pageAll(t *testing.T, db *DB, q MachinePageQuery, between func(page int)) []string {
+	t.Helper()
+	var ids []string
+	for page := 0; ; page++ {
+		recs, more, err := db.ListMachinesPage(t.Context(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) > q.Limit {
+			t.Fatalf("page of %d rows, limit %d", len(recs), q.Limit)
+		}
+		for _, r := range recs {
+			ids = append(ids, r.ID)
+		}
+		if !more {
+			return ids
+		}
+		q.After = CursorOf(recs[len(recs)-1], q.Aliases)
+		if between != nil {
+			between(page)
+		}
+	}
+}
+
+func TestListMachinesPage(t *testing.T) {
+	db := openTest(t)
+	mm := &machineMaker{t: t, db: db, now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	// Ten machines; a3 was paused and resumed twice (a3 -> a3r1 -> a3r2).
+	for i := range 10 {
+		mm.add(fmt.Sprintf("a%d", i), "t", "", "running", map[string]string{"owner": []string{"ann", "bob"}[i%2]})
+	}
+	mm.add("other", "u", "", "running", nil) // another team's
+	mm.add("a3r1", "t", "a3", "paused", map[string]string{"owner": "bob"})
+	mm.add("a3r2", "t", "a3", "running", map[string]string{"owner": "bob"})
+
+	all := pageAll(t, db, MachinePageQuery{TeamID: "t", Limit: 3}, nil)
+	want := []string{"a0", "a1", "a2", "a3r2", "a4", "a5", "a6", "a7", "a8", "a9"}
+	if !slices.Equal(all, want) {
+		t.Fatalf("one row per machine: got %v, want %v", all, want)
+	}
+	aliases := pageAll(t, db, MachinePageQuery{TeamID: "t", Aliases: true, Limit: 4}, nil)
+	if len(aliases) != 12 || aliases[10] != "a3r1" || aliases[11] != "a3r2" {
+		t.Fatalf("every execution: got %v", aliases)
+	}
+	bob := pageAll(t, db, MachinePageQuery{TeamID: "t", Metadata: map[string]string{"owner": "bob"}, Limit: 2}, nil)
+	if !slices.Equal(bob, []string{"a1", "a3r2", "a5", "a7", "a9"}) {
+		t.Fatalf("metadata owner=bob: got %v", bob)
+	}
+	running := pageAll(t, db, MachinePageQuery{TeamID: "t", States: []string{"paused"}, Aliases: true, Limit: 2}, nil)
+	if !slices.Equal(running, []string{"a3r1"}) {
+		t.Fatalf("paused executions: got %v", running)
+	}
+
+	// Between pages: a machine already listed resumes (a new row for its
+	// lineage), one not yet listed resumes, one is inserted, one deleted.
+	// Each machine is still listed exactly once, at its place.
+	got := pageAll(t, db, MachinePageQuery{TeamID: "t", Limit: 3}, func(page int) {
+		if page == 0 {
+			mm.add("a1r1", "t", "a1", "running", nil) // listed as a1 already
+			mm.add("a8r1", "t", "a8", "running", nil) // not yet listed: listed as a8r1
+			mm.add("new", "t", "", "running", nil)
+			if err := db.DeleteMachine(t.Context(), "a6"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	want = []string{"a0", "a1", "a2", "a3r2", "a4", "a5", "a7", "a8r1", "a9", "new"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paging across changes: got %v, want %v", got, want)
+	}
+
+	// Deleting a lineage's latest row (an undone resume) makes the one
+	// before it the latest again.
+	if err := db.DeleteMachine(t.Context(), "a8r1"); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := db.LineageHead(t.Context(), "a8"); err != nil || h.ID != "a8" || !h.Latest {
+		t.Fatalf("after the undone resume: head %+v %v, want a8, latest", h, err)
+	}
+	sums, err := db.LineageSummaries(t.Context(), []string{"a3", "a8", "a3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sums["a3"] != (LineageSummary{LatestID: "a3r2", PausedAliases: 1}) || sums["a8"] != (LineageSummary{LatestID: "a8"}) {
+		t.Fatalf("summaries %+v", sums)
+	}
+}
