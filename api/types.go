@@ -354,9 +354,12 @@ type Snapshot struct {
 	Children int `json:"children"`
 }
 
-// SnapshotList is the body of GET /v1/snapshots and GET .../checkpoints.
+// SnapshotList is the body of GET /v1/snapshots and GET .../checkpoints:
+// a page.
 type SnapshotList struct {
 	Snapshots []Snapshot `json:"snapshots"`
+	// NextToken fetches the next page (?next_token=); empty on the last.
+	NextToken string `json:"next_token"`
 }
 
 // ForkRequest is the body of POST /v1/machines/{id}/fork.

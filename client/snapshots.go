@@ -70,12 +70,25 @@ func (c *Client) Fork(ctx context.Context, id string, count int) (*api.ForkResul
 
 // Checkpoints returns the history of id's lineage, by generation
 // (GET /v1/machines/{id}/checkpoints).
+// It reads every page.
 func (c *Client) Checkpoints(ctx context.Context, id string) ([]api.Snapshot, error) {
-	var l api.SnapshotList
-	if err := c.do(ctx, request{method: http.MethodGet, path: machinePath(id, "checkpoints")}, &l); err != nil {
-		return nil, err
+	return c.allSnapshots(ctx, machinePath(id, "checkpoints"), url.Values{})
+}
+
+// allSnapshots reads every page of a snapshot list.
+func (c *Client) allSnapshots(ctx context.Context, path string, q url.Values) ([]api.Snapshot, error) {
+	var all []api.Snapshot
+	for {
+		var l api.SnapshotList
+		if err := c.do(ctx, request{method: http.MethodGet, path: path, query: q}, &l); err != nil {
+			return nil, err
+		}
+		all = append(all, l.Snapshots...)
+		if l.NextToken == "" {
+			return all, nil
+		}
+		q.Set("next_token", l.NextToken)
 	}
-	return l.Snapshots, nil
 }
 
 // Checkpoint adds a checkpoint of a running machine to its history; the
@@ -101,7 +114,8 @@ func (c *Client) RestoreCheckpoint(ctx context.Context, id, snapshotID string) (
 	return &m, nil
 }
 
-// ListSnapshots lists snapshots, oldest first (GET /v1/snapshots). Empty
+// ListSnapshots lists snapshots, oldest first (GET /v1/snapshots, every
+// page). Empty
 // machineID and kind do not filter; kind is one of api.SnapshotHibernate,
 // api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk.
 func (c *Client) ListSnapshots(ctx context.Context, machineID, kind string) ([]api.Snapshot, error) {
@@ -112,11 +126,7 @@ func (c *Client) ListSnapshots(ctx context.Context, machineID, kind string) ([]a
 	if kind != "" {
 		q.Set("kind", kind)
 	}
-	var l api.SnapshotList
-	if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/snapshots", query: q}, &l); err != nil {
-		return nil, err
-	}
-	return l.Snapshots, nil
+	return c.allSnapshots(ctx, "/v1/snapshots", q)
 }
 
 // GetSnapshot returns one snapshot (GET /v1/snapshots/{id}).

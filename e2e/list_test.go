@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"encoding/json"
+	"net/http"
 	"slices"
 	"testing"
 
@@ -75,4 +77,47 @@ func TestListOneRowPerMachine(t *testing.T) {
 	}
 	_, err = env.client.ListMachinesPage(t.Context(), client.ListOptions{State: api.StateRunning, Limit: 1}, page.NextToken)
 	wantCode(t, err, "invalid_argument")
+}
+
+// TestCheckpointPages: a lineage's history read a page of one at a time
+// through the HTTP API is the whole history, by generation.
+func TestCheckpointPages(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
+	killLineage(t, m.ID)
+	for range 3 {
+		if _, err := env.client.Checkpoint(t.Context(), m.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gens []int
+	token := ""
+	for range 10 {
+		var l api.SnapshotList
+		u := "http://" + env.inst.Addr + "/v1/machines/" + m.ID + "/checkpoints?limit=1"
+		if token != "" {
+			u += "&next_token=" + token
+		}
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, u, nil)
+		req.Header.Set("Authorization", "Bearer "+env.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&l)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || len(l.Snapshots) != 1 {
+			t.Fatalf("page: %d %+v %v", resp.StatusCode, l, err)
+		}
+		gens = append(gens, l.Snapshots[0].Generation)
+		if token = l.NextToken; token == "" {
+			break
+		}
+	}
+	if !slices.Equal(gens, []int{1, 2, 3}) {
+		t.Fatalf("generations over pages of one: %v, want 1 2 3", gens)
+	}
+	all, err := env.client.Checkpoints(t.Context(), m.ID)
+	if err != nil || len(all) != 3 {
+		t.Fatalf("client Checkpoints: %d, %v", len(all), err)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/page"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -15,12 +16,44 @@ func (s *Server) writeSnapshot(w http.ResponseWriter, r *http.Request, status in
 	writeJSON(w, status, s.machines.SnapshotView(r.Context(), sn))
 }
 
-func (s *Server) writeSnapshots(w http.ResponseWriter, r *http.Request, snaps []*store.Snapshot) {
-	out := api.SnapshotList{Snapshots: []api.Snapshot{}}
-	for _, sn := range snaps {
-		out.Snapshots = append(out.Snapshots, s.machines.SnapshotView(r.Context(), sn))
+// writeSnapshots writes a page of snapshots; more says whether another
+// follows, whose token scope and order make.
+func (s *Server) writeSnapshots(w http.ResponseWriter, r *http.Request, snaps []*store.Snapshot, more bool, scope page.Scope, byGeneration bool) {
+	out := api.SnapshotList{Snapshots: s.machines.SnapshotViews(r.Context(), snaps)}
+	if more {
+		c := store.SnapshotCursorOf(snaps[len(snaps)-1], byGeneration)
+		if byGeneration {
+			out.NextToken = page.Encode(scope, strconv.Itoa(c.Generation), c.ID)
+		} else {
+			out.NextToken = page.Encode(scope, c.Created.UTC().Format(time.RFC3339Nano), c.ID)
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+// snapshotPage reads a snapshot list's limit and next_token.
+func snapshotPage(r *http.Request, scope page.Scope, byGeneration bool) (machine.SnapshotPage, error) {
+	q := r.URL.Query()
+	limit, err := page.Limit(q.Get("limit"))
+	if err != nil {
+		return machine.SnapshotPage{}, err
+	}
+	p := machine.SnapshotPage{Limit: limit}
+	pos, err := page.Decode(scope, q.Get("next_token"), 2)
+	if err != nil || pos == nil {
+		return p, err
+	}
+	p.After.ID = pos[1]
+	if byGeneration {
+		p.After.Generation, err = strconv.Atoi(pos[0])
+	} else {
+		p.After.Created, err = time.Parse(time.RFC3339Nano, pos[0])
+	}
+	if err != nil {
+		return p, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
+			"pass the next_token of the previous page, or none to start over")
+	}
+	return p, nil
 }
 
 func (s *Server) pauseMachine(w http.ResponseWriter, r *http.Request, team string) error {
@@ -81,11 +114,16 @@ func (s *Server) forkMachine(w http.ResponseWriter, r *http.Request, team string
 }
 
 func (s *Server) listCheckpoints(w http.ResponseWriter, r *http.Request, team string) error {
-	snaps, err := s.machines.Checkpoints(r.Context(), team, r.PathValue("id"))
+	scope := page.NewScope("checkpoints", team, r.PathValue("id"))
+	p, err := snapshotPage(r, scope, true)
 	if err != nil {
 		return err
 	}
-	s.writeSnapshots(w, r, snaps)
+	snaps, more, err := s.machines.Checkpoints(r.Context(), team, r.PathValue("id"), p)
+	if err != nil {
+		return err
+	}
+	s.writeSnapshots(w, r, snaps, more, scope, true)
 	return nil
 }
 
@@ -109,11 +147,17 @@ func (s *Server) restoreCheckpoint(w http.ResponseWriter, r *http.Request, team 
 
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
-	snaps, err := s.machines.ListSnapshots(r.Context(), team, machine.SnapshotFilter{MachineID: q.Get("machine_id"), Kind: q.Get("kind")})
+	f := machine.SnapshotFilter{MachineID: q.Get("machine_id"), Kind: q.Get("kind")}
+	scope := page.NewScope("snapshots", team, f.MachineID, f.Kind)
+	p, err := snapshotPage(r, scope, false)
 	if err != nil {
 		return err
 	}
-	s.writeSnapshots(w, r, snaps)
+	snaps, more, err := s.machines.ListSnapshots(r.Context(), team, f, p)
+	if err != nil {
+		return err
+	}
+	s.writeSnapshots(w, r, snaps, more, scope, false)
 	return nil
 }
 

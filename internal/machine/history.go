@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 
 	"nullspace.dev/nullspace/api"
@@ -15,18 +14,33 @@ import (
 
 // SnapshotView returns the public view of a snapshot.
 func (m *Manager) SnapshotView(ctx context.Context, sn *store.Snapshot) api.Snapshot {
-	v := api.Snapshot{
-		ID: sn.ID, Kind: sn.Kind, MachineID: sn.MachineID, LineageID: sn.LineageID, Template: sn.Template,
-		SizeBytes: sn.SizeBytes, CreatedAt: sn.CreatedAt, ParentID: sn.ParentID, Generation: sn.Generation,
-		Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS,
+	return m.SnapshotViews(ctx, []*store.Snapshot{sn})[0]
+}
+
+// SnapshotViews returns the public views of snapshots, counting their
+// children in one query for all.
+func (m *Manager) SnapshotViews(ctx context.Context, snaps []*store.Snapshot) []api.Snapshot {
+	ids := make([]string, len(snaps))
+	for i, sn := range snaps {
+		ids[i] = sn.ID
 	}
-	if host, err := hostOf(sn); err == nil {
-		v.RuntimeVersion, v.Kernel = host.RuntimeVersion, host.Kernel
+	kids, err := m.store.CountRestoredFrom(ctx, ids, liveStates)
+	if err != nil {
+		m.logger.WarnContext(ctx, "children of snapshot views", "err", err)
 	}
-	if kids, err := m.store.ListMachines(ctx, store.MachineFilter{RestoredFrom: sn.ID, States: liveStates}); err == nil {
-		v.Children = len(kids)
+	out := make([]api.Snapshot, len(snaps))
+	for i, sn := range snaps {
+		v := api.Snapshot{
+			ID: sn.ID, Kind: sn.Kind, MachineID: sn.MachineID, LineageID: sn.LineageID, Template: sn.Template,
+			SizeBytes: sn.SizeBytes, CreatedAt: sn.CreatedAt, ParentID: sn.ParentID, Generation: sn.Generation,
+			Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS, Children: kids[sn.ID],
+		}
+		if host, err := hostOf(sn); err == nil {
+			v.RuntimeVersion, v.Kernel = host.RuntimeVersion, host.Kernel
+		}
+		out[i] = v
 	}
-	return v
+	return out
 }
 
 // GetSnapshot returns a team's committed snapshot.
@@ -40,35 +54,38 @@ type SnapshotFilter struct {
 	Kind      string
 }
 
-// ListSnapshots returns a team's committed snapshots, oldest first.
-func (m *Manager) ListSnapshots(ctx context.Context, teamID string, f SnapshotFilter) ([]*store.Snapshot, error) {
-	sf := store.SnapshotFilter{TeamID: teamID, MachineID: f.MachineID, States: []string{store.SnapshotReady}}
+// SnapshotPage is where a page of snapshots starts and how long it is.
+type SnapshotPage struct {
+	After store.SnapshotCursor
+	Limit int
+}
+
+// ListSnapshots returns a page of a team's committed snapshots, oldest
+// first, and whether more follow.
+func (m *Manager) ListSnapshots(ctx context.Context, teamID string, f SnapshotFilter, p SnapshotPage) ([]*store.Snapshot, bool, error) {
+	q := store.SnapshotPageQuery{TeamID: teamID, MachineID: f.MachineID, States: []string{store.SnapshotReady}, After: p.After, Limit: p.Limit}
 	if f.Kind != "" {
 		switch f.Kind {
 		case api.SnapshotHibernate, api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk:
 		default:
-			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			return nil, false, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 				fmt.Sprintf("unknown snapshot kind %q", f.Kind), "use hibernate, snapshot, checkpoint or disk")
 		}
-		sf.Kinds = []string{f.Kind}
+		q.Kinds = []string{f.Kind}
 	}
-	return m.store.ListSnapshots(ctx, sf)
+	return m.store.ListSnapshotsPage(ctx, q)
 }
 
-// Checkpoints returns the history of id's lineage: every state its
-// executions recorded (pauses, manual checkpoints, reusable snapshots), by
-// generation.
-func (m *Manager) Checkpoints(ctx context.Context, teamID, id string) ([]*store.Snapshot, error) {
+// Checkpoints returns a page of the history of id's lineage: the states
+// its executions recorded (pauses, manual checkpoints, reusable
+// snapshots), by generation, and whether more follow.
+func (m *Manager) Checkpoints(ctx context.Context, teamID, id string, p SnapshotPage) ([]*store.Snapshot, bool, error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}})
-	if err != nil {
-		return nil, err
-	}
-	sort.SliceStable(snaps, func(i, j int) bool { return snaps[i].Generation < snaps[j].Generation })
-	return snaps, nil
+	return m.store.ListSnapshotsPage(ctx, store.SnapshotPageQuery{LineageID: rec.LineageID, States: []string{store.SnapshotReady},
+		ByGeneration: true, After: p.After, Limit: p.Limit})
 }
 
 // DeleteSnapshot removes a snapshot. While a paused machine's state is in

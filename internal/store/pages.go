@@ -132,3 +132,91 @@ func (s *DB) LineageSummaries(ctx context.Context, lineageIDs []string) (map[str
 	}
 	return out, rows.Err()
 }
+
+// SnapshotPageQuery selects a page of committed snapshots.
+type SnapshotPageQuery struct {
+	TeamID    string
+	MachineID string
+	LineageID string
+	Kinds     []string
+	States    []string
+	// ByGeneration orders by generation (a lineage's history); otherwise
+	// by creation.
+	ByGeneration bool
+	After        SnapshotCursor
+	Limit        int
+}
+
+// SnapshotCursor is a position in a snapshot list.
+type SnapshotCursor struct {
+	Created    time.Time
+	Generation int
+	ID         string
+}
+
+// SnapshotCursorOf returns the position of sn in a list of that order.
+func SnapshotCursorOf(sn *Snapshot, byGeneration bool) SnapshotCursor {
+	if byGeneration {
+		return SnapshotCursor{Generation: sn.Generation, ID: sn.ID}
+	}
+	return SnapshotCursor{Created: sn.CreatedAt, ID: sn.ID}
+}
+
+// ListSnapshotsPage returns up to q.Limit snapshots after q.After, and
+// whether more follow.
+func (s *DB) ListSnapshotsPage(ctx context.Context, q SnapshotPageQuery) ([]*Snapshot, bool, error) {
+	var w where
+	w.eq("team_id", q.TeamID)
+	w.eq("machine_id", q.MachineID)
+	w.eq("lineage_id", q.LineageID)
+	w.in("kind", q.Kinds)
+	w.in("state", q.States)
+	order := "created_at, id"
+	if q.ByGeneration {
+		order = "generation, id"
+	}
+	if q.After.ID != "" {
+		if q.ByGeneration {
+			w.conds = append(w.conds, "(generation, id) > (?, ?)")
+			w.args = append(w.args, q.After.Generation, q.After.ID)
+		} else {
+			w.conds = append(w.conds, "(created_at, id) > (?, ?)")
+			w.args = append(w.args, formatTime(q.After.Created), q.After.ID)
+		}
+	}
+	recs, err := queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY "+order+" LIMIT ?",
+		append(w.args, q.Limit+1), scanSnapshot)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(recs) > q.Limit {
+		return recs[:q.Limit], true, nil
+	}
+	return recs, false, nil
+}
+
+// CountRestoredFrom returns, for each snapshot id, how many machines in
+// states were restored from it, in one query.
+func (s *DB) CountRestoredFrom(ctx context.Context, snapshotIDs, states []string) (map[string]int, error) {
+	out := map[string]int{}
+	if len(snapshotIDs) == 0 {
+		return out, nil
+	}
+	var w where
+	w.in("restored_from", snapshotIDs)
+	w.in("state", states)
+	rows, err := s.db.QueryContext(ctx, `SELECT restored_from, count(*) FROM machines`+w.sql()+` GROUP BY restored_from`, w.args...)
+	if err != nil {
+		return nil, fmt.Errorf("count children: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, err
+		}
+		out[id] = n
+	}
+	return out, rows.Err()
+}

@@ -113,3 +113,50 @@ func TestListMachinesPage(t *testing.T) {
 		t.Fatalf("summaries %+v", sums)
 	}
 }
+
+func TestListSnapshotsPage(t *testing.T) {
+	ctx := t.Context()
+	db := openTest(t)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	add := func(id string, gen int, at time.Time) {
+		sn := &Snapshot{ID: id, TeamID: "t", Kind: "hibernate", State: SnapshotReady, MachineID: "m", LineageID: "m",
+			Template: "minimal", Generation: gen, CreatedAt: at, Host: []byte("{}"), Spec: []byte("{}"), Files: []byte("[]")}
+		if err := db.CreateSnapshot(ctx, sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Creation order and generation order differ for s2 and s3.
+	add("s1", 1, base)
+	add("s3", 3, base.Add(time.Second))
+	add("s2", 2, base.Add(2*time.Second))
+	for _, byGen := range []bool{false, true} {
+		q := SnapshotPageQuery{TeamID: "t", ByGeneration: byGen, Limit: 1}
+		var got []string
+		for {
+			page, more, err := db.ListSnapshotsPage(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sn := range page {
+				got = append(got, sn.ID)
+			}
+			if !more {
+				break
+			}
+			q.After = SnapshotCursorOf(page[len(page)-1], byGen)
+			if len(got) == 1 {
+				add("s4", 4, base.Add(3*time.Second)) // inserted while paging: listed once, at the end
+			}
+		}
+		want := []string{"s1", "s3", "s2", "s4"}
+		if byGen {
+			want = []string{"s1", "s2", "s3", "s4"}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("by generation %v: got %v, want %v", byGen, got, want)
+		}
+		if err := db.DeleteSnapshot(ctx, "s4"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

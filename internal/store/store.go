@@ -159,6 +159,8 @@ var migrations = []string{
 	);
 	CREATE INDEX machine_metadata_machine ON machine_metadata(machine_id);
 	INSERT INTO machine_metadata (machine_id, key, value) SELECT m.id, j.key, j.value FROM machines m, json_each(m.metadata) j;`,
+	// 11: pages of snapshots in creation order.
+	`CREATE INDEX snapshots_team_created ON snapshots(team_id, created_at, id);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
