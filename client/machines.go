@@ -4,8 +4,8 @@ import (
 	"context"
 	"net/http"
 	"net/url"
-	"strconv"
 	"slices"
+	"strconv"
 
 	"nullspace.dev/nullspace/api"
 )

@@ -249,7 +249,7 @@ paused and resumed has had other ids (paused aliases, which GET and connect
 still follow); --aliases lists every one. Every page is read.`,
 		Example: `  nullspace machine list --state running --metadata owner=me
   nullspace machine list --aliases`,
-		Args:    exactArgs(0, ""),
+		Args: exactArgs(0, ""),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if opts.Metadata, err = parsePairs("metadata", metadata); err != nil {
