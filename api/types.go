@@ -95,6 +95,10 @@ type CreateMachineRequest struct {
 	// PublicPorts makes every port of the machine reachable through the
 	// edge without a signed URL (the unsigned URL of POST .../urls).
 	PublicPorts bool `json:"public_ports,omitempty"`
+	// CheckpointRetention is how many unpinned states of its history
+	// (pauses, checkpoints) the machine keeps; older ones are pruned.
+	// Absent: the server's default (--checkpoint-retention); 0: all.
+	CheckpointRetention *int `json:"checkpoint_retention,omitempty"`
 }
 
 // Persistence policies.
@@ -137,6 +141,7 @@ const (
 	EventMachineFailed       = "machine.failed"
 	EventSnapshotCreated     = "snapshot.created"
 	EventSnapshotDeleted     = "snapshot.deleted"
+	EventSnapshotPruned      = "snapshot.pruned" // removed by checkpoint retention
 	EventLeaseUpdated        = "lease.updated"
 )
 
@@ -260,6 +265,8 @@ type Machine struct {
 	Exit *MainExit `json:"exit,omitempty"`
 	// PublicPorts: see CreateMachineRequest.
 	PublicPorts bool `json:"public_ports,omitempty"`
+	// CheckpointRetention is the retention in effect (0: all kept).
+	CheckpointRetention int `json:"checkpoint_retention"`
 }
 
 // MachineURLRequest is the body of POST /v1/machines/{id}/urls.
@@ -352,6 +359,8 @@ type Snapshot struct {
 	Kernel         string `json:"kernel"`
 	// Children counts live machines created or resumed from this snapshot.
 	Children int `json:"children"`
+	// Pinned: kept whatever the machine's checkpoint retention.
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // SnapshotList is the body of GET /v1/snapshots and GET .../checkpoints:

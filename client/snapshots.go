@@ -157,3 +157,18 @@ func snapshotPath(id string, rest ...string) string {
 	}
 	return p
 }
+
+// PinCheckpoint pins (pinned true) or unpins a state of id's history
+// (POST /v1/machines/{id}/checkpoints/{snapshot_id}/pin or /unpin): a
+// pinned one is kept whatever the machine's checkpoint retention.
+func (c *Client) PinCheckpoint(ctx context.Context, id, snapshotID string, pinned bool) (*api.Snapshot, error) {
+	verb := "unpin"
+	if pinned {
+		verb = "pin"
+	}
+	var s api.Snapshot
+	if err := c.do(ctx, request{method: http.MethodPost, path: machinePath(id, "checkpoints", url.PathEscape(snapshotID), verb)}, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}

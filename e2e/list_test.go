@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 
 	"nullspace.dev/nullspace/api"
@@ -119,5 +121,79 @@ func TestCheckpointPages(t *testing.T) {
 	all, err := env.client.Checkpoints(t.Context(), m.ID)
 	if err != nil || len(all) != 3 {
 		t.Fatalf("client Checkpoints: %d, %v", len(all), err)
+	}
+}
+
+// TestCheckpointRetention: 30 pause/resume cycles of a machine that keeps
+// 3 checkpoints leave one list row, 3 states plus the pinned one on disk,
+// every alias answering GET and connect, the pinned first state
+// restorable, and a pruned one refused with a message that says so.
+func TestCheckpointRetention(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", CheckpointRetention: ptr(3), Metadata: map[string]string{"list-test": t.Name()}})
+	killLineage(t, m.ID)
+	if m.CheckpointRetention != 3 {
+		t.Fatalf("checkpoint_retention %d, want 3", m.CheckpointRetention)
+	}
+	run(t, m.ID, "echo first > /root/state")
+	first := pause(t, m.ID)
+	if _, err := env.client.PinCheckpoint(t.Context(), m.ID, first.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{m.ID}
+	var states []string
+	for i := range 30 {
+		r, err := env.client.Connect(t.Context(), m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+		run(t, r.ID, fmt.Sprintf("echo %d > /root/state", i))
+		states = append(states, pause(t, r.ID).ID)
+	}
+	head, err := env.client.Connect(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := env.client.ListMachines(t.Context(), client.ListOptions{Metadata: map[string]string{"list-test": t.Name()}})
+	if err != nil || len(rows) != 1 || rows[0].ID != head.ID || rows[0].PausedAliases != 31 {
+		t.Fatalf("list rows %+v (%v), want one row %s with 31 paused aliases", rows, err, head.ID)
+	}
+	hist, err := env.client.Checkpoints(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, sn := range hist {
+		kept = append(kept, sn.ID)
+	}
+	want := append([]string{first.ID}, states[len(states)-3:]...)
+	if !slices.Equal(kept, want) {
+		t.Fatalf("history after 30 cycles: %v, want the pinned first state and the newest 3 %v", kept, want)
+	}
+	if pinned := hist[0]; !pinned.Pinned {
+		t.Fatalf("first state %+v is not shown pinned", pinned)
+	}
+	if s := snapshotDirsMatch(t); s != "" {
+		t.Fatalf("snapshot store: %s", s)
+	}
+	for _, id := range ids {
+		if g := getMachine(t, id); g.State != api.StatePaused || g.LatestID != head.ID {
+			t.Fatalf("alias %s: %s, latest %s", id, g.State, g.LatestID)
+		}
+	}
+	if r, err := env.client.Connect(t.Context(), ids[5]); err != nil || r.ID != head.ID {
+		t.Fatalf("connect to an old alias: %+v %v", r, err)
+	}
+	_, err = env.client.RestoreCheckpoint(t.Context(), m.ID, states[0])
+	wantCode(t, err, "snapshot_not_found")
+	if !strings.Contains(err.Error(), "pruned") {
+		t.Fatalf("restore of a pruned checkpoint: %v, want it to say it was pruned", err)
+	}
+	r, err := env.client.RestoreCheckpoint(t.Context(), m.ID, first.ID)
+	if err != nil {
+		t.Fatalf("restore the pinned first state: %v", err)
+	}
+	if got := run(t, r.ID, "cat /root/state"); got != "first\n" {
+		t.Fatalf("restored state %q, want first", got)
 	}
 }

@@ -505,7 +505,8 @@ func TestCLI(t *testing.T) {
   "allow_internet": false,
   "created_at": "2025-06-01T12:00:00Z",
   "lineage_id": "m-new",
-  "latest_id": "m-new"
+  "latest_id": "m-new",
+  "checkpoint_retention": 0
 }
 `,
 		},

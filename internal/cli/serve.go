@@ -56,6 +56,7 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
 	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")
 	f.IntVar(&cfg.Spares, "spares", cfg.Spares, "containers kept created ahead of resumes (~16 MiB each; 0: none)")
+	f.IntVar(&cfg.CheckpointRetention, "checkpoint-retention", cfg.CheckpointRetention, "unpinned checkpoints (pauses included) a machine keeps unless it asks otherwise; older ones are pruned (0: keep all)")
 	f.Int64Var(&cfg.SnapshotBudgetMB, "snapshot-budget-mb", 0, "snapshot storage budget in MiB: over it, sticky machines' paused states are evicted, oldest first (0: none)")
 	f.StringVar(&cfg.WebhookURL, "webhook-url", "", "POST every lifecycle event to this URL (retried with backoff)")
 	f.StringVar(&cfg.WebhookSecret, "webhook-secret", cfg.WebhookSecret, "HMAC-SHA256 key of the webhook's X-Nullspace-Signature (env NULLSPACE_WEBHOOK_SECRET)")

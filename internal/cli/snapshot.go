@@ -261,9 +261,14 @@ func (a *app) checkpointCommand() *cobra.Command {
 		Long: `A machine's history: every state it recorded (pauses, snapshots, checkpoints,
 and the disk of a stopped machine), by generation. A checkpoint is taken
 while the machine keeps running and can be restored in place later, which is
-the only way back to an older state.`,
+the only way back to an older state.
+
+A machine keeps its newest checkpoints (pauses included: the server's
+--checkpoint-retention, 10 by default, or the machine's checkpoint_retention)
+and every pinned one; older ones are pruned.`,
 	})
-	cmd.AddCommand(a.checkpointListCommand(), a.checkpointCreateCommand(), a.checkpointRestoreCommand())
+	cmd.AddCommand(a.checkpointListCommand(), a.checkpointCreateCommand(), a.checkpointRestoreCommand(),
+		a.checkpointPinCommand(true), a.checkpointPinCommand(false))
 	return cmd
 }
 
@@ -298,6 +303,29 @@ func (a *app) checkpointCreateCommand() *cobra.Command {
 				return err
 			}
 			s, err := c.Checkpoint(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return a.printSnapshotID(cmd, s)
+		},
+	}
+}
+
+func (a *app) checkpointPinCommand(pin bool) *cobra.Command {
+	use, short := "unpin MACHINE SNAPSHOT", "Let retention prune a checkpoint again; print its id"
+	if pin {
+		use, short = "pin MACHINE SNAPSHOT", "Keep a checkpoint whatever the retention; print its id"
+	}
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  exactArgs(2, "MACHINE SNAPSHOT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			s, err := c.PinCheckpoint(cmd.Context(), args[0], args[1], pin)
 			if err != nil {
 				return err
 			}
@@ -356,8 +384,12 @@ func (a *app) printSnapshots(w io.Writer, ss []api.Snapshot) error {
 	fmt.Fprintln(tw, "ID\tKIND\tMACHINE\tSIZE\tGEN\tAGE\tWINDOW")
 	now := a.now()
 	for _, s := range ss {
+		kind := s.Kind
+		if s.Pinned {
+			kind += ", pinned"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
-			s.ID, s.Kind, s.MachineID, formatBytes(s.SizeBytes), s.Generation, formatAge(now, s.CreatedAt), formatWindow(s.PauseWindowMS))
+			s.ID, kind, s.MachineID, formatBytes(s.SizeBytes), s.Generation, formatAge(now, s.CreatedAt), formatWindow(s.PauseWindowMS))
 	}
 	return tw.Flush()
 }

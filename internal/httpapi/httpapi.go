@@ -113,6 +113,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Handler: s.listCheckpoints},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Handler: s.checkpointMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Handler: s.restoreCheckpoint},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/pin", Handler: s.pinCheckpoint(true)},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/unpin", Handler: s.pinCheckpoint(false)},
 
 		{Method: "GET", Path: "/v1/snapshots", Handler: s.listSnapshots},
 		{Method: "GET", Path: "/v1/snapshots/{id}", Handler: s.getSnapshot},

@@ -145,6 +145,18 @@ func (s *Server) restoreCheckpoint(w http.ResponseWriter, r *http.Request, team 
 	return nil
 }
 
+// pinCheckpoint pins or unpins a state of a machine's history.
+func (s *Server) pinCheckpoint(pinned bool) func(w http.ResponseWriter, r *http.Request, team string) error {
+	return func(w http.ResponseWriter, r *http.Request, team string) error {
+		sn, err := s.machines.PinCheckpoint(r.Context(), team, r.PathValue("id"), r.PathValue("snapshot_id"), pinned)
+		if err != nil {
+			return err
+		}
+		s.writeSnapshot(w, r, http.StatusOK, sn)
+		return nil
+	}
+}
+
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
 	f := machine.SnapshotFilter{MachineID: q.Get("machine_id"), Kind: q.Get("kind")}

@@ -110,6 +110,10 @@ type Config struct {
 	// SnapshotBudget bounds the bytes of committed snapshots before the
 	// paused states of sticky machines are evicted (0: no bound).
 	SnapshotBudget int64
+	// CheckpointRetention is how many unpinned states of its history a
+	// machine keeps unless it says otherwise; 0 (the zero value) keeps all.
+	// The server's default is DefaultCheckpointRetention.
+	CheckpointRetention int
 }
 
 // Manager manages machines.
@@ -162,6 +166,9 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	}
 	if cfg.MetricsInterval == 0 {
 		cfg.MetricsInterval = DefaultMetricsInterval
+	}
+	if cfg.CheckpointRetention < 0 {
+		cfg.CheckpointRetention = 0
 	}
 	if cfg.SnapshotDir == "" {
 		cfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
@@ -305,6 +312,9 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if err := validatePersistence(req); err != nil {
 		return err
 	}
+	if req.CheckpointRetention != nil && *req.CheckpointRetention < 0 {
+		return bad("checkpoint_retention %d is negative: give how many checkpoints to keep, or 0 to keep all", *req.CheckpointRetention)
+	}
 	if req.AllowInternet && !m.cfg.AllowInternet {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeInternetNotAllowed,
 			"this server does not allow machines to reach the internet",
@@ -360,27 +370,28 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	rec := &store.Machine{
-		ID:            newMachineID(),
-		TeamID:        teamID,
-		State:         api.StateCreating,
-		Template:      req.Template,
-		CPUCount:      req.CPUCount,
-		MemoryMB:      req.MemoryMB,
-		Env:           req.Env,
-		Metadata:      req.Metadata,
-		AllowInternet: req.AllowInternet,
-		ContainerID:   newContainerID(),
-		AgentToken:    randomHex(32),
-		CreatedAt:     time.Now().UTC(),
-		Volumes:       req.Volumes,
-		AgentDir:      m.cfg.AgentDir,
-		TimeoutMS:     *req.TimeoutMS,
-		OnTimeout:     req.OnTimeout,
-		AutoResume:    req.AutoResume,
-		IdleTimeoutMS: req.IdleTimeoutMS,
-		Persistence:   req.Persistence,
-		Command:       req.Command,
-		PublicPorts:   req.PublicPorts,
+		ID:                  newMachineID(),
+		TeamID:              teamID,
+		State:               api.StateCreating,
+		Template:            req.Template,
+		CPUCount:            req.CPUCount,
+		MemoryMB:            req.MemoryMB,
+		Env:                 req.Env,
+		Metadata:            req.Metadata,
+		AllowInternet:       req.AllowInternet,
+		ContainerID:         newContainerID(),
+		AgentToken:          randomHex(32),
+		CreatedAt:           time.Now().UTC(),
+		Volumes:             req.Volumes,
+		AgentDir:            m.cfg.AgentDir,
+		TimeoutMS:           *req.TimeoutMS,
+		OnTimeout:           req.OnTimeout,
+		AutoResume:          req.AutoResume,
+		IdleTimeoutMS:       req.IdleTimeoutMS,
+		Persistence:         req.Persistence,
+		Command:             req.Command,
+		PublicPorts:         req.PublicPorts,
+		CheckpointRetention: retentionOr(req.CheckpointRetention),
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
@@ -1025,6 +1036,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	if err := m.sweepSnapshots(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := m.finishPrunes(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	// Orphans: things on the host that no live machine owns.
 	if ids, err := m.driver.List(ctx); err == nil {
 		for _, id := range ids {
@@ -1173,6 +1187,7 @@ func (m *Manager) view(rec *store.Machine, sum store.LineageSummary) api.Machine
 		v.OnTimeout, v.AutoResume = rec.OnTimeout, rec.AutoResume
 	}
 	v.IdleTimeoutMS, v.Persistence, v.PublicPorts = rec.IdleTimeoutMS, rec.Persistence, rec.PublicPorts
+	v.CheckpointRetention = m.retentionOf(rec)
 	return v
 }
 

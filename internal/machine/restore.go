@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,6 +26,11 @@ const MaxFork = 16
 // readySnapshot returns a team's committed snapshot.
 func (m *Manager) readySnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
 	sn, err := m.store.GetSnapshot(ctx, id)
+	if err == nil && sn.TeamID == teamID && (sn.State == store.SnapshotPruned || sn.State == store.SnapshotPruning) {
+		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound,
+			fmt.Sprintf("snapshot %s was pruned by the checkpoint retention of machine %s (it keeps its newest checkpoints)", id, sn.MachineID),
+			"restore a newer checkpoint (GET /v1/machines/{id}/checkpoints); pin checkpoints to keep them, or create machines with a larger checkpoint_retention")
+	}
 	if err != nil || sn.TeamID != teamID || sn.State != store.SnapshotReady {
 		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound, fmt.Sprintf("snapshot %s not found", id),
 			"list your snapshots with GET /v1/snapshots or `nullspace snapshot ls`")
@@ -133,7 +139,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
 		Persistence: src.Persistence, Command: src.Command, MainPID: src.MainPID, MainExit: src.MainExit,
-		PublicPorts: src.PublicPorts,
+		PublicPorts: src.PublicPorts, CheckpointRetention: src.CheckpointRetention,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -162,6 +168,16 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 			fmt.Sprintf("snapshot %s is the disk of stopped machine %s, not a state to create machines from", sn.ID, sn.MachineID),
 			"start that machine with POST /v1/machines/{id}/start, then take a reusable snapshot of it")
 	}
+	if slices.Contains(historyKinds, sn.Kind) {
+		// A state of a history may be pruned by its lineage's next
+		// checkpoint: hold the lineage until the child counts as one of
+		// its dependents.
+		unlock := m.lock(lineageKey(sn.LineageID))
+		defer unlock()
+		if sn, err = m.readySnapshot(ctx, teamID, req.SnapshotID); err != nil {
+			return nil, err
+		}
+	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
 		return nil, err
@@ -174,6 +190,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
 		Persistence: req.Persistence, Command: spec.Command, MainPID: spec.MainPID, PublicPorts: req.PublicPorts,
+		CheckpointRetention: retentionOr(req.CheckpointRetention),
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)

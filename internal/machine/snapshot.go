@@ -332,6 +332,12 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 	m.observe(op, t0)
 	log.InfoContext(ctx, "checkpoint taken", "snapshot_id", sn.ID, "size_bytes", sn.SizeBytes,
 		"prepare", t1.Sub(t0), "window", window, "total", time.Since(t0))
+	if kind == api.SnapshotHibernate || kind == api.SnapshotCheckpoint {
+		// The history grew by one: drop what the retention no longer keeps.
+		if err := m.pruneLocked(ctx, rec.LineageID); err != nil {
+			log.ErrorContext(ctx, "prune the history after a checkpoint", "err", err)
+		}
+	}
 	return sn, nil
 }
 

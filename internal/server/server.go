@@ -69,6 +69,10 @@ type Config struct {
 	// SnapshotBudgetMB bounds the committed snapshots' size: over it, the
 	// paused states of sticky machines are evicted, oldest first. 0: none.
 	SnapshotBudgetMB int64
+	// CheckpointRetention is how many unpinned states of its history
+	// (pauses, checkpoints) a machine keeps unless it asks otherwise; 0
+	// keeps all. Default 10.
+	CheckpointRetention int
 	// MetricsInterval is how often running machines are sampled; default
 	// 5 s (tests shorten it).
 	MetricsInterval time.Duration
@@ -120,19 +124,20 @@ type HostNames struct {
 // and NULLSPACE_CACHE_DIR.
 func Defaults() Config {
 	c := Config{
-		Addr:              "127.0.0.1:7700",
-		DataDir:           envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
-		CacheDir:          envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
-		NetworkCIDR:       "10.200.0.0/16",
-		MaxFileBytes:      1 << 30,
-		Spares:            2,
-		WebhookSecret:     os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
-		BuiltinTemplates:  []string{"minimal", "base"},
-		EdgeAddr:          "127.0.0.1:7701",
-		EdgeDomain:        "localhost",
-		EdgeWakeTimeout:   edge.DefaultWakeTimeout,
-		EdgeHoldBodyBytes: edge.DefaultHoldBodyLimit,
-		EdgeHeaderTimeout: 10 * time.Second,
+		Addr:                "127.0.0.1:7700",
+		DataDir:             envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
+		CacheDir:            envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
+		NetworkCIDR:         "10.200.0.0/16",
+		MaxFileBytes:        1 << 30,
+		Spares:              2,
+		CheckpointRetention: machine.DefaultCheckpointRetention,
+		WebhookSecret:       os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
+		BuiltinTemplates:    []string{"minimal", "base"},
+		EdgeAddr:            "127.0.0.1:7701",
+		EdgeDomain:          "localhost",
+		EdgeWakeTimeout:     edge.DefaultWakeTimeout,
+		EdgeHoldBodyBytes:   edge.DefaultHoldBodyLimit,
+		EdgeHeaderTimeout:   10 * time.Second,
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -181,6 +186,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotBudgetMB < 0 {
 		return fmt.Errorf("--snapshot-budget-mb must be 0 (no budget) or more, got %d", c.SnapshotBudgetMB)
+	}
+	if c.CheckpointRetention < 0 {
+		return fmt.Errorf("--checkpoint-retention must be 0 (keep all) or more, got %d", c.CheckpointRetention)
 	}
 	if c.Spares < 0 {
 		return fmt.Errorf("--spares must be 0 (none) or more, got %d", c.Spares)
@@ -353,17 +361,18 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	evlog := events.New(db, logger)
 	tel := telemetry.New(db)
 	mgr, err := machine.New(machine.Config{
-		DataDir:         cfg.DataDir,
-		AgentDir:        agentDir,
-		Host:            host,
-		AllowInternet:   cfg.AllowInternet,
-		MaxFileBytes:    cfg.MaxFileBytes,
-		Nameservers:     hostNameservers(),
-		Spares:          cfg.Spares,
-		Events:          evlog,
-		Observe:         tel.Observe,
-		MetricsInterval: cfg.MetricsInterval,
-		SnapshotBudget:  cfg.SnapshotBudgetMB << 20,
+		DataDir:             cfg.DataDir,
+		AgentDir:            agentDir,
+		Host:                host,
+		AllowInternet:       cfg.AllowInternet,
+		MaxFileBytes:        cfg.MaxFileBytes,
+		Nameservers:         hostNameservers(),
+		Spares:              cfg.Spares,
+		Events:              evlog,
+		Observe:             tel.Observe,
+		MetricsInterval:     cfg.MetricsInterval,
+		SnapshotBudget:      cfg.SnapshotBudgetMB << 20,
+		CheckpointRetention: cfg.CheckpointRetention,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err

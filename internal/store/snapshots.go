@@ -15,9 +15,16 @@ import (
 // Snapshot states: a snapshot row is written before its checkpoint (so a
 // crash leaves a trace Reconcile can clean) and becomes ready in the same
 // transaction that records what it is for.
+//
+// A checkpoint pruned by retention goes ready ─▶ pruning (no longer
+// listed or restorable; committed before its files are touched) ─▶ pruned
+// (files gone; the row stays, small, so that a restore of it can say it
+// was pruned). Reconcile finishes a prune a crash cut short.
 const (
 	SnapshotWriting = "writing"
 	SnapshotReady   = "ready"
+	SnapshotPruning = "pruning"
+	SnapshotPruned  = "pruned"
 )
 
 // Snapshot is a snapshot's stored record. Host, Spec and Files are opaque
@@ -42,17 +49,19 @@ type Snapshot struct {
 	// AgentToken is the token the checkpointed agent answers to until it is
 	// told its new identity.
 	AgentToken string
+	// Pinned keeps a checkpoint out of retention's reach.
+	Pinned bool
 }
 
 const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
-	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token`
+	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned`
 
 // CreateSnapshot stores a new snapshot row.
 func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
 		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, formatTime(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
-		rawOr(sn.Files, "[]"), sn.AgentToken)
+		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned)
 	if err != nil {
 		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
 	}
@@ -130,7 +139,7 @@ func scanSnapshot(r scanner) (*Snapshot, error) {
 	var sn Snapshot
 	var created, host, spec, files string
 	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
-		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken)
+		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken, &sn.Pinned)
 	if err != nil {
 		return nil, err
 	}
@@ -195,4 +204,47 @@ func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error
 	}
 	n, _ := res.RowsAffected()
 	return n > 0, nil
+}
+
+// SetSnapshotPinned pins or unpins a ready snapshot.
+func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET pinned=? WHERE id=? AND state=?`, pinned, id, SnapshotReady)
+	if err != nil {
+		return fmt.Errorf("pin snapshot %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("pin snapshot %s: %w", id, errdefs.ErrNotFound)
+	}
+	return nil
+}
+
+// MarkPruning takes a ready snapshot out of every list and restore (the
+// first step of a prune); it reports false if it was not ready.
+func (s *DB) MarkPruning(ctx context.Context, id string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND pinned=0`, SnapshotPruning, id, SnapshotReady)
+	if err != nil {
+		return false, fmt.Errorf("prune snapshot %s: %w", id, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}
+
+// MarkPruned records that a pruning snapshot's files are gone, and drops
+// what only a restore needed of its row.
+func (s *DB) MarkPruned(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=?, host='{}', spec='{}', files='[]', agent_token='' WHERE id=? AND state=?`,
+		SnapshotPruned, id, SnapshotPruning)
+	if err != nil {
+		return fmt.Errorf("prune snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+// SetCheckpointRetention sets how many unpinned checkpoints a machine's
+// lineage keeps (-1: the server's default; 0: all).
+func (s *DB) SetCheckpointRetention(ctx context.Context, id string, n int) error {
+	if _, err := s.db.ExecContext(ctx, `UPDATE machines SET checkpoint_retention=? WHERE id=?`, n, id); err != nil {
+		return fmt.Errorf("set checkpoint retention of %s: %w", id, err)
+	}
+	return nil
 }

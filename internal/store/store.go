@@ -161,6 +161,10 @@ var migrations = []string{
 	INSERT INTO machine_metadata (machine_id, key, value) SELECT m.id, j.key, j.value FROM machines m, json_each(m.metadata) j;`,
 	// 11: pages of snapshots in creation order.
 	`CREATE INDEX snapshots_team_created ON snapshots(team_id, created_at, id);`,
+	// 12: bounded history: pinned checkpoints, and each machine's retention
+	// (-1: the server's default, 0: unlimited).
+	`ALTER TABLE snapshots ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE machines ADD COLUMN checkpoint_retention INTEGER NOT NULL DEFAULT -1;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -317,13 +321,16 @@ type Machine struct {
 	// created (set by the store).
 	Latest         bool
 	LineageCreated time.Time
+	// CheckpointRetention is how many unpinned checkpoints the lineage
+	// keeps (0: all; -1: the server's default).
+	CheckpointRetention int
 }
 
 const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env, metadata, allow_internet,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports, latest, lineage_created`
+	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -404,12 +411,12 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
 	cmd, _ := json.Marshal(nonNilSlice(m.Command))
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
-		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated))
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated), m.CheckpointRetention)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -639,7 +646,7 @@ func scanMachine(r scanner) (*Machine, error) {
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
-		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated)
+		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated, &m.CheckpointRetention)
 	if err != nil {
 		return nil, err
 	}
