@@ -136,9 +136,11 @@ type Manager struct {
 	observersMu sync.RWMutex
 	observers   []func(lineageID, machineID, state string)
 
-	// locks serializes lifecycle operations per machine id.
+	// locks serializes lifecycle operations per machine id (and lineage).
+	// An entry lives while someone holds or waits for it, so the map holds
+	// the ids in use, not every id there ever was.
 	locksMu sync.Mutex
-	locks   map[string]*sync.Mutex
+	locks   map[string]*idLock
 }
 
 // New returns a manager.
@@ -186,7 +188,7 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
-		locks: map[string]*sync.Mutex{}}
+		locks: map[string]*idLock{}}
 	m.spares = newSpares(m, cfg.Spares)
 	m.leases = lease.New(func(id string) { go m.expire(id) })
 	m.metrics = newMetrics()
@@ -195,34 +197,56 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	return m, nil
 }
 
+// idLock is the lock of one id and how many hold or wait for it.
+type idLock struct {
+	mu   sync.Mutex
+	refs int // guarded by Manager.locksMu
+}
+
 // lock serializes operations on one machine id (or one lineage, with the
 // "lineage:" prefix) and returns the unlock function.
 func (m *Manager) lock(id string) func() {
-	l := m.mutex(id)
-	l.Lock()
-	return l.Unlock
+	l := m.ref(id)
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		m.unref(id, l)
+	}
 }
 
 // tryLock is lock that gives up at once: explicit lifecycle calls (pause,
 // resume, snapshot) on a lineage already busy get a conflict instead of
 // queueing behind it.
 func (m *Manager) tryLock(id string) (func(), bool) {
-	l := m.mutex(id)
-	if !l.TryLock() {
+	l := m.ref(id)
+	if !l.mu.TryLock() {
+		m.unref(id, l)
 		return nil, false
 	}
-	return l.Unlock, true
+	return func() {
+		l.mu.Unlock()
+		m.unref(id, l)
+	}, true
 }
 
-func (m *Manager) mutex(id string) *sync.Mutex {
+func (m *Manager) ref(id string) *idLock {
 	m.locksMu.Lock()
 	defer m.locksMu.Unlock()
 	l, ok := m.locks[id]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &idLock{}
 		m.locks[id] = l
 	}
+	l.refs++
 	return l
+}
+
+func (m *Manager) unref(id string, l *idLock) {
+	m.locksMu.Lock()
+	defer m.locksMu.Unlock()
+	if l.refs--; l.refs == 0 {
+		delete(m.locks, id)
+	}
 }
 
 var (

@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -63,5 +64,39 @@ func TestWakeAndObservers(t *testing.T) {
 	}
 	if _, err := m.LineageHead(ctx, "nope"); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
 		t.Fatalf("LineageHead of an unknown lineage: %v", err)
+	}
+}
+
+// TestLocksAreFreed: the per-id lock map holds only ids in use.
+func TestLocksAreFreed(t *testing.T) {
+	m, _, _, _ := newTestManager(t)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			unlock := m.lock(lineageKey("l"))
+			if u, ok := m.tryLock(fmt.Sprintf("m%d", i)); ok {
+				u()
+			}
+			unlock()
+		}()
+	}
+	held := m.lock("busy")
+	if _, ok := m.tryLock("busy"); ok {
+		t.Fatal("tryLock of a held id succeeded")
+	}
+	wg.Wait()
+	m.locksMu.Lock()
+	n := len(m.locks)
+	m.locksMu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d ids in the lock map with one held, want 1", n)
+	}
+	held()
+	m.locksMu.Lock()
+	defer m.locksMu.Unlock()
+	if len(m.locks) != 0 {
+		t.Fatalf("%d ids left in the lock map, want none", len(m.locks))
 	}
 }

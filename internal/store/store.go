@@ -388,9 +388,12 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	if m.LineageID == "" {
 		m.LineageID = m.ID
 	}
+	// The lineage's position in lists is its first machine's creation,
+	// which the latest row carries on (older rows may have been deleted).
 	var created sql.NullString
-	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(lineage_seq), 0) + 1, min(created_at) FROM machines WHERE lineage_id = ?`,
-		m.LineageID).Scan(&m.LineageSeq, &created); err != nil {
+	if err := tx.QueryRowContext(ctx, `SELECT coalesce(max(lineage_seq), 0) + 1,
+		(SELECT lineage_created FROM machines WHERE lineage_id = ? AND latest = 1) FROM machines WHERE lineage_id = ?`,
+		m.LineageID, m.LineageID).Scan(&m.LineageSeq, &created); err != nil {
 		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
 	}
 	m.LineageCreated = m.CreatedAt
