@@ -243,6 +243,10 @@ type Machine struct {
 	// aliases: ids handed out before, which GET and connect still follow
 	// to the latest execution.
 	PausedAliases int `json:"paused_aliases,omitempty"`
+	// SnapshotBytes is what the machine's history (its lineage's
+	// committed snapshots: pauses, checkpoints, reusable snapshots, a
+	// stopped disk) takes on disk.
+	SnapshotBytes int64 `json:"snapshot_bytes,omitempty"`
 	// RestoredFrom is the snapshot this execution was restored from.
 	RestoredFrom string `json:"restored_from,omitempty"`
 	// The lease (see Lease); absent for a killed or failed machine.

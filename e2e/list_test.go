@@ -173,6 +173,13 @@ func TestCheckpointRetention(t *testing.T) {
 	if pinned := hist[0]; !pinned.Pinned {
 		t.Fatalf("first state %+v is not shown pinned", pinned)
 	}
+	var bytes int64
+	for _, sn := range hist {
+		bytes += sn.SizeBytes
+	}
+	if got := getMachine(t, head.ID).SnapshotBytes; got != bytes || bytes == 0 {
+		t.Fatalf("machine info: snapshot_bytes %d, want the history's %d", got, bytes)
+	}
 	if s := snapshotDirsMatch(t); s != "" {
 		t.Fatalf("snapshot store: %s", s)
 	}

@@ -335,6 +335,9 @@ func (a *app) machineInfoCommand() *cobra.Command {
 			if len(m.Command) > 0 {
 				fields = append(fields, [2]string{"Command", formatArgv(m.Command)})
 			}
+			if m.SnapshotBytes > 0 {
+				fields = append(fields, [2]string{"Snapshots", formatBytes(m.SnapshotBytes) + " (its history on disk)"})
+			}
 			if m.PublicPorts {
 				fields = append(fields, [2]string{"Public ports", "yes (URLs need no signature)"})
 			}

@@ -1193,7 +1193,7 @@ func (m *Manager) view(rec *store.Machine, sum store.LineageSummary) api.Machine
 	if sum.LatestID != "" {
 		v.LatestID = sum.LatestID
 	}
-	v.PausedAliases = sum.PausedAliases
+	v.PausedAliases, v.SnapshotBytes = sum.PausedAliases, sum.SnapshotBytes
 	if rec.Slot >= 0 {
 		v.IP = m.guestIP(rec)
 	}

@@ -88,9 +88,11 @@ type LineageSummary struct {
 	// PausedAliases counts the lineage's earlier executions that are
 	// paused aliases (ids that connect still resumes from).
 	PausedAliases int
+	// SnapshotBytes is what the lineage's committed snapshots take on disk.
+	SnapshotBytes int64
 }
 
-// LineageSummaries returns the summaries of lineages, in two indexed
+// LineageSummaries returns the summaries of lineages, in three indexed
 // queries whatever their number.
 func (s *DB) LineageSummaries(ctx context.Context, lineageIDs []string) (map[string]LineageSummary, error) {
 	out := map[string]LineageSummary{}
@@ -114,23 +116,35 @@ func (s *DB) LineageSummaries(ctx context.Context, lineageIDs []string) (map[str
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	rows, err = s.db.QueryContext(ctx, `SELECT lineage_id, count(*) FROM machines WHERE latest = 0 AND state = 'paused' AND lineage_id IN (`+
-		placeholders(len(ids))+`) GROUP BY lineage_id`, ids...)
+	err = s.sumByLineage(ctx, `SELECT lineage_id, count(*) FROM machines WHERE latest = 0 AND state = 'paused' AND lineage_id IN (`+
+		placeholders(len(ids))+`) GROUP BY lineage_id`, ids, func(sum *LineageSummary, n int64) { sum.PausedAliases = int(n) }, out)
 	if err != nil {
-		return nil, fmt.Errorf("lineage summaries: %w", err)
+		return nil, err
+	}
+	err = s.sumByLineage(ctx, `SELECT lineage_id, coalesce(sum(size_bytes), 0) FROM snapshots WHERE state = 'ready' AND lineage_id IN (`+
+		placeholders(len(ids))+`) GROUP BY lineage_id`, ids, func(sum *LineageSummary, n int64) { sum.SnapshotBytes = n }, out)
+	return out, err
+}
+
+// sumByLineage runs a query of (lineage_id, number) rows and sets each
+// number into the lineage's summary.
+func (s *DB) sumByLineage(ctx context.Context, query string, args []any, set func(*LineageSummary, int64), out map[string]LineageSummary) error {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return fmt.Errorf("lineage summaries: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var lin string
-		var n int
+		var n int64
 		if err := rows.Scan(&lin, &n); err != nil {
-			return nil, err
+			return err
 		}
 		sum := out[lin]
-		sum.PausedAliases = n
+		set(&sum, n)
 		out[lin] = sum
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 // SnapshotPageQuery selects a page of committed snapshots.

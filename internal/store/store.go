@@ -783,6 +783,25 @@ func (s *DB) CountMachines(ctx context.Context) (map[string]int, error) {
 	return out, rows.Err()
 }
 
+// SnapshotBytesByKind returns the size of the committed snapshots by kind.
+func (s *DB) SnapshotBytesByKind(ctx context.Context) (map[string]int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT kind, coalesce(sum(size_bytes), 0) FROM snapshots WHERE state = ? GROUP BY kind`, SnapshotReady)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot bytes: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var kind string
+		var n int64
+		if err := rows.Scan(&kind, &n); err != nil {
+			return nil, err
+		}
+		out[kind] = n
+	}
+	return out, rows.Err()
+}
+
 // SnapshotBytes returns the size of the committed snapshots.
 func (s *DB) SnapshotBytes(ctx context.Context) (int64, error) {
 	var n int64

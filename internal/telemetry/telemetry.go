@@ -66,11 +66,13 @@ type stateCollector struct{ db *store.DB }
 var (
 	machinesDesc  = prometheus.NewDesc("nullspace_machines", "Machines by state.", []string{"state"}, nil)
 	snapshotsDesc = prometheus.NewDesc("nullspace_snapshot_storage_bytes", "Bytes of committed snapshots.", nil, nil)
+	byKindDesc    = prometheus.NewDesc("nullspace_snapshot_storage_bytes_by_kind", "Bytes of committed snapshots by kind (hibernate, checkpoint, snapshot, disk).", []string{"kind"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- machinesDesc
 	ch <- snapshotsDesc
+	ch <- byKindDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -83,5 +85,10 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if n, err := c.db.SnapshotBytes(ctx); err == nil {
 		ch <- prometheus.MustNewConstMetric(snapshotsDesc, prometheus.GaugeValue, float64(n))
+	}
+	if byKind, err := c.db.SnapshotBytesByKind(ctx); err == nil {
+		for kind, n := range byKind {
+			ch <- prometheus.MustNewConstMetric(byKindDesc, prometheus.GaugeValue, float64(n), kind)
+		}
 	}
 }
