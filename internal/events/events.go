@@ -112,8 +112,11 @@ type Webhook struct {
 	Logger     *slog.Logger
 }
 
-// cursorName is the webhook's position in the store.
-const cursorName = "webhook"
+// WebhookCursor names the webhook's position in the store (retention
+// keeps the events after it).
+const WebhookCursor = "webhook"
+
+const cursorName = WebhookCursor
 
 // SignatureHeader carries "sha256=" and the hex HMAC-SHA256 of the body
 // under the webhook secret.

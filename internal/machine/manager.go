@@ -683,7 +683,8 @@ func (m *Manager) Get(ctx context.Context, teamID, id string) (*store.Machine, e
 }
 
 func machineNotFound(id string) error {
-	return errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, fmt.Sprintf("machine %s not found", id),
+	return errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound,
+		fmt.Sprintf("machine %s not found: it does not exist, or it ended and its record was deleted (--killed-retention)", id),
 		"list your machines with GET /v1/machines or `nullspace machine list`")
 }
 

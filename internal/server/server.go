@@ -28,6 +28,7 @@ import (
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/retention"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
@@ -73,6 +74,15 @@ type Config struct {
 	// (pauses, checkpoints) a machine keeps unless it asks otherwise; 0
 	// keeps all. Default 10.
 	CheckpointRetention int
+	// KilledRetention keeps the records of killed and failed machines
+	// this long after they ended (GET still shows them); 0 keeps them
+	// forever. Default 24 h.
+	KilledRetention time.Duration
+	// EventsRetention and EventsMax bound the lifecycle events kept, by
+	// age and by count (0: no bound); events the webhook has not delivered
+	// are kept. Defaults 7 days and 1,000,000.
+	EventsRetention time.Duration
+	EventsMax       int
 	// MetricsInterval is how often running machines are sampled; default
 	// 5 s (tests shorten it).
 	MetricsInterval time.Duration
@@ -131,6 +141,9 @@ func Defaults() Config {
 		MaxFileBytes:        1 << 30,
 		Spares:              2,
 		CheckpointRetention: machine.DefaultCheckpointRetention,
+		KilledRetention:     24 * time.Hour,
+		EventsRetention:     7 * 24 * time.Hour,
+		EventsMax:           1_000_000,
 		WebhookSecret:       os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
 		BuiltinTemplates:    []string{"minimal", "base"},
 		EdgeAddr:            "127.0.0.1:7701",
@@ -186,6 +199,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SnapshotBudgetMB < 0 {
 		return fmt.Errorf("--snapshot-budget-mb must be 0 (no budget) or more, got %d", c.SnapshotBudgetMB)
+	}
+	if c.KilledRetention < 0 || c.EventsRetention < 0 || c.EventsMax < 0 {
+		return errors.New("--killed-retention, --events-retention and --events-max must be 0 (keep forever) or more")
 	}
 	if c.CheckpointRetention < 0 {
 		return fmt.Errorf("--checkpoint-retention must be 0 (keep all) or more, got %d", c.CheckpointRetention)
@@ -420,6 +436,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	go mgr.RunLeases(bg)
 	go mgr.RunMetrics(bg)
 	go mgr.RunMainWatch(bg)
+	rc := retention.Config{Ended: cfg.KilledRetention, EventsAge: cfg.EventsRetention, EventsMax: cfg.EventsMax}
+	if cfg.WebhookURL != "" {
+		rc.Consumer = events.WebhookCursor
+	}
+	go retention.Run(bg, rc, db, logger.With("component", "retention"))
 	if cfg.WebhookURL != "" {
 		go (&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(bg)
 	}

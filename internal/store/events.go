@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 )
@@ -83,4 +84,26 @@ func nonNilAny(m map[string]any) map[string]any {
 		return map[string]any{}
 	}
 	return m
+}
+
+// PruneEvents deletes the events older than before, and those beyond the
+// newest keep (0: no count bound), but never one after notAfter (a
+// consumer's position: events it has not been given yet stay). It returns
+// how many it deleted.
+func (s *DB) PruneEvents(ctx context.Context, before time.Time, keep int, notAfter int64) (int64, error) {
+	var maxSeq int64
+	if err := s.db.QueryRowContext(ctx, `SELECT coalesce(max(seq), 0) FROM events`).Scan(&maxSeq); err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	cond := `time < ?`
+	args := []any{formatTime(before)}
+	if keep > 0 {
+		cond = `(time < ? OR seq <= ?)`
+		args = append(args, maxSeq-int64(keep))
+	}
+	res, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE `+cond+` AND seq <= ?`, append(args, notAfter)...)
+	if err != nil {
+		return 0, fmt.Errorf("prune events: %w", err)
+	}
+	return res.RowsAffected()
 }

@@ -808,3 +808,34 @@ func (s *DB) SnapshotBytes(ctx context.Context) (int64, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT coalesce(sum(size_bytes), 0) FROM snapshots WHERE state = ?`, SnapshotReady).Scan(&n)
 	return n, err
 }
+
+// PruneEnded deletes the rows of machines that were killed or failed
+// before before, with their metadata (a lineage's latest row only once
+// every row of the lineage has ended), and the rows of snapshots pruned by
+// retention that were taken before it. It returns how many machine rows
+// it deleted.
+func (s *DB) PruneEnded(ctx context.Context, before time.Time) (int64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("prune ended machines: %w", err)
+	}
+	defer tx.Rollback()
+	cutoff := formatTime(before)
+	// A lineage's latest row goes only with the whole lineage: were it
+	// deleted while a paused alias stays, that alias would look like the
+	// latest state and a connect would resume an older one.
+	const ended = `SELECT id FROM machines WHERE state IN ('killed', 'failed') AND ended_at IS NOT NULL AND ended_at < ?
+		AND (latest = 0 OR lineage_id NOT IN (SELECT lineage_id FROM machines WHERE state NOT IN ('killed', 'failed')))`
+	if _, err := tx.ExecContext(ctx, `DELETE FROM machine_metadata WHERE machine_id IN (`+ended+`)`, cutoff); err != nil {
+		return 0, fmt.Errorf("prune ended machines: %w", err)
+	}
+	res, err := tx.ExecContext(ctx, `DELETE FROM machines WHERE id IN (`+ended+`)`, cutoff)
+	if err != nil {
+		return 0, fmt.Errorf("prune ended machines: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	if _, err := tx.ExecContext(ctx, `DELETE FROM snapshots WHERE state = ? AND created_at < ?`, SnapshotPruned, cutoff); err != nil {
+		return 0, fmt.Errorf("prune ended machines: %w", err)
+	}
+	return n, tx.Commit()
+}
