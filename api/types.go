@@ -163,6 +163,9 @@ type Event struct {
 // EventList is a page of events.
 type EventList struct {
 	Events []Event `json:"events"`
+	// NextToken fetches the next page (?next_token=); empty when this page
+	// was not full. New events later are read with after=<last seq>.
+	NextToken string `json:"next_token"`
 }
 
 // MetricSample is one measurement of a running machine. Counters (CPU, net)

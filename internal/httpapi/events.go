@@ -8,6 +8,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/page"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -27,23 +28,40 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, team string)
 		}
 		f.After = n
 	}
+	limit := page.MaxLimit // events have always come 1000 at a time by default
 	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				"limit must be 1 to 1000, got "+strconv.Quote(v), "fix limit")
+		var err error
+		if limit, err = page.Limit(v); err != nil {
+			return err
 		}
-		f.Limit = n
+	}
+	f.Limit = limit
+	// next_token is the position after the last event of the previous
+	// page, like after (which it overrides).
+	scope := page.NewScope("events", team, f.MachineID, strings.Join(f.Types, ","))
+	if pos, err := page.Decode(scope, q.Get("next_token"), 1); err != nil {
+		return err
+	} else if pos != nil {
+		n, perr := strconv.ParseInt(pos[0], 10, 64)
+		if perr != nil {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
+				"pass the next_token of the previous page, or none to start over")
+		}
+		f.After = n
 	}
 	if q.Get("follow") != "true" {
 		evs, err := s.events.List(r.Context(), f)
 		if err != nil {
 			return err
 		}
-		if evs == nil {
-			evs = []api.Event{}
+		out := api.EventList{Events: evs}
+		if out.Events == nil {
+			out.Events = []api.Event{}
 		}
-		writeJSON(w, http.StatusOK, api.EventList{Events: evs})
+		if len(evs) == limit {
+			out.NextToken = page.Encode(scope, strconv.FormatInt(evs[len(evs)-1].Seq, 10))
+		}
+		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
 	write := startStream(w, r)
