@@ -290,3 +290,42 @@ func TestSnapshotIncompatible(t *testing.T) {
 		t.Fatalf("file = %q", got)
 	}
 }
+
+// TestCrashDuringPrune: the server SIGKILLed while a pause prunes the
+// history (its oldest state marked, its files not yet removed) restarts
+// with the pause committed, the pruned state neither listed nor
+// restorable, its files swept, and the newest state resumable.
+func TestCrashDuringPrune(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", CheckpointRetention: ptr(1)})
+	killLineage(t, m.ID)
+	run(t, m.ID, "echo kept > /root/keep.txt")
+	old := pause(t, m.ID)
+	r, err := env.client.Connect(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashServerDuring(t, "prune.marked", func(c *client.Client) error {
+		_, err := c.Pause(context.Background(), r.ID)
+		return err
+	})
+	if s := getMachine(t, r.ID).State; s != api.StatePaused {
+		t.Fatalf("after the crash: %s, want paused (the pause committed before the prune)", s)
+	}
+	hist, err := env.client.Checkpoints(t.Context(), m.ID)
+	if err != nil || len(hist) != 1 || hist[0].ID == old.ID {
+		t.Fatalf("history after the crash: %+v %v, want only the newest state", hist, err)
+	}
+	_, err = env.client.RestoreCheckpoint(t.Context(), m.ID, old.ID)
+	wantCode(t, err, "snapshot_not_found")
+	if s := snapshotDirsMatch(t); s != "" {
+		t.Fatalf("snapshot store after the crash: %s", s)
+	}
+	again, err := env.client.Connect(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, again.ID, "cat /root/keep.txt"); got != "kept\n" {
+		t.Fatalf("file after the crash = %q", got)
+	}
+	assertNoLeftovers(t)
+}

@@ -7,6 +7,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/faults"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -90,6 +91,7 @@ func (m *Manager) prune(ctx context.Context, sn *store.Snapshot, keep int) error
 	if err != nil || !ok {
 		return err
 	}
+	faults.Point("prune.marked")
 	if err := m.snaps.Delete(sn.ID); err != nil {
 		return fmt.Errorf("remove files of pruned snapshot %s: %w", sn.ID, err)
 	}
