@@ -16,7 +16,7 @@
 //     per container (made outside the timed window), busybox sleep as init
 //     (-raw-init agent: the agent, with the server's bind mounts).
 //
-// Measured, N times each (-n), in four suites (-suite):
+// Measured, N times each (-n), in five suites (-suite):
 //
 //   - core: create to first command (CreateMachine until RunCommand(true)
 //     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
@@ -34,7 +34,9 @@
 //     command against `runsc restore` + `runsc exec`. See lease.go;
 //   - edge: a wake on HTTP beside connect + the same request straight to
 //     the machine, the proxy's added latency and throughput, a WebSocket
-//     echo, and 200 concurrent requests to a paused machine. See edge.go.
+//     echo, and 200 concurrent requests to a paused machine. See edge.go;
+//   - lists: the store queries of one API page over 1,000 and 10,000 rows,
+//     and the disk 100 pause/resume cycles leave. See lists.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -100,7 +102,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -140,9 +142,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge":
+	case "all", "core", "hibernate", "lease", "edge", "lists":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease or edge", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge or lists", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -246,6 +248,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			}
 			res.printTable(os.Stdout)
 			res.printEdge(os.Stdout)
+			res.printLists(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -300,7 +303,12 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "edge" {
-		return measureEdge(ctx, cfg, ns, res)
+		if err := measureEdge(ctx, cfg, ns, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "lists" {
+		return measureLists(ctx, cfg, work, ns, res)
 	}
 	return nil
 }

@@ -165,6 +165,8 @@ var migrations = []string{
 	// (-1: the server's default, 0: unlimited).
 	`ALTER TABLE snapshots ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE machines ADD COLUMN checkpoint_retention INTEGER NOT NULL DEFAULT -1;`,
+	// 13: a slot is found among the slots held, not among every row.
+	`CREATE INDEX machines_slot ON machines(slot) WHERE slot >= 0;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
