@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/client"
@@ -203,4 +207,68 @@ func TestCheckpointRetention(t *testing.T) {
 	if got := run(t, r.ID, "cat /root/state"); got != "first\n" {
 		t.Fatalf("restored state %q, want first", got)
 	}
+}
+
+// TestPruneRaces: a checkpoint that prunes the oldest state races a
+// restore of that state, a child made from it and a kill of the machine.
+// Each ends cleanly (done, or refused with a stable code), no state is
+// half there, and nothing is left once the machines are gone.
+func TestPruneRaces(t *testing.T) {
+	for round := range 3 {
+		m := newMachine(t, api.CreateMachineRequest{Template: "minimal", CheckpointRetention: ptr(1)})
+		killLineage(t, m.ID)
+		run(t, m.ID, "echo old > /root/state")
+		old, err := env.client.Checkpoint(t.Context(), m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var child *api.Machine
+		errs := make([]error, 4)
+		ops := []func() error{
+			func() error { _, err := env.client.Checkpoint(t.Context(), m.ID); return err },
+			func() error { _, err := env.client.RestoreCheckpoint(t.Context(), m.ID, old.ID); return err },
+			func() error {
+				var err error
+				child, err = env.client.CreateMachine(t.Context(), api.CreateMachineRequest{SnapshotID: old.ID})
+				return err
+			},
+			func() error {
+				if round != 2 {
+					return nil
+				}
+				time.Sleep(20 * time.Millisecond)
+				_, err := env.client.KillMachine(t.Context(), m.ID)
+				return err
+			},
+		}
+		for i, op := range ops {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = op() }()
+		}
+		wg.Wait()
+		t.Logf("round %d: checkpoint %v; restore %v; child %v; kill %v", round, errs[0], errs[1], errs[2], errs[3])
+		for i, err := range errs {
+			var ae *client.APIError
+			if err != nil && (!errors.As(err, &ae) || !slices.Contains([]string{"snapshot_not_found", "conflict", "machine_not_running",
+				"machine_not_found", "invalid_transition"}, ae.Code)) {
+				t.Errorf("round %d, op %d: %v, want success or a stable refusal", round, i, err)
+			}
+		}
+		if child != nil {
+			t.Cleanup(func() { env.client.KillMachine(context.Background(), child.ID) })
+			if got := run(t, child.ID, "cat /root/state"); got != "old\n" {
+				t.Errorf("round %d: child of the old state has %q", round, got)
+			}
+		}
+		if s := snapshotDirsMatch(t); s != "" {
+			t.Fatalf("round %d: snapshot store: %s", round, s)
+		}
+		if round != 2 {
+			if info := getMachine(t, m.ID); info.State != api.StateRunning {
+				t.Fatalf("round %d: machine is %s after the races", round, info.State)
+			}
+		}
+	}
+	assertNoLeftovers(t)
 }
