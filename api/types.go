@@ -396,7 +396,8 @@ type Volume struct {
 	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
 	SizeBytes int64     `json:"size_bytes"`
-	// Machines counts live or paused machines that mount it.
+	// Machines counts the machines that mount it and are not killed (one
+	// per machine: its latest execution; paused aliases are not counted).
 	Machines int `json:"machines"`
 }
 
@@ -405,9 +406,11 @@ type CreateVolumeRequest struct {
 	Name string `json:"name"`
 }
 
-// VolumeList is the body of GET /v1/volumes.
+// VolumeList is the body of GET /v1/volumes: a page.
 type VolumeList struct {
 	Volumes []Volume `json:"volumes"`
+	// NextToken fetches the next page (?next_token=); empty on the last.
+	NextToken string `json:"next_token"`
 }
 
 // MachineList is the body of GET /v1/machines: a page.
@@ -565,9 +568,11 @@ type Template struct {
 	Source string `json:"source,omitempty"`
 }
 
-// TemplateList is the body of GET /v1/templates.
+// TemplateList is the body of GET /v1/templates: a page.
 type TemplateList struct {
 	Templates []Template `json:"templates"`
+	// NextToken fetches the next page (?next_token=); empty on the last.
+	NextToken string `json:"next_token"`
 }
 
 // BuildTemplateRequest is the body of POST /v1/templates. Exactly one source:

@@ -10,11 +10,19 @@ import (
 
 // ListTemplates lists the templates (GET /v1/templates).
 func (c *Client) ListTemplates(ctx context.Context) ([]api.Template, error) {
-	var l api.TemplateList
-	if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/templates"}, &l); err != nil {
-		return nil, err
+	var all []api.Template
+	q := url.Values{}
+	for {
+		var l api.TemplateList
+		if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/templates", query: q}, &l); err != nil {
+			return nil, err
+		}
+		all = append(all, l.Templates...)
+		if l.NextToken == "" {
+			return all, nil
+		}
+		q.Set("next_token", l.NextToken)
 	}
-	return l.Templates, nil
 }
 
 // GetTemplate returns one template (GET /v1/templates/{name}).

@@ -20,11 +20,19 @@ func (c *Client) CreateVolume(ctx context.Context, name string) (*api.Volume, er
 
 // ListVolumes lists the volumes by name (GET /v1/volumes).
 func (c *Client) ListVolumes(ctx context.Context) ([]api.Volume, error) {
-	var l api.VolumeList
-	if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/volumes"}, &l); err != nil {
-		return nil, err
+	var all []api.Volume
+	q := url.Values{}
+	for {
+		var l api.VolumeList
+		if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/volumes", query: q}, &l); err != nil {
+			return nil, err
+		}
+		all = append(all, l.Volumes...)
+		if l.NextToken == "" {
+			return all, nil
+		}
+		q.Set("next_token", l.NextToken)
 	}
-	return l.Volumes, nil
 }
 
 // DeleteVolume deletes a volume and its files (DELETE /v1/volumes/{name}).

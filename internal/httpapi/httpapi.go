@@ -316,15 +316,27 @@ func (s *Server) killMachine(w http.ResponseWriter, r *http.Request, team string
 	return nil
 }
 
-func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, _ string) error {
+// listTemplates serves a page of the templates, by name. The template
+// store is a directory of a few entries read whole; the page is cut from it.
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, team string) error {
+	scope := page.NewScope("templates", "")
+	after, limit, err := namePage(r, scope)
+	if err != nil {
+		return err
+	}
 	ts, err := s.templates.List(r.Context())
 	if err != nil {
 		return err
 	}
-	if ts == nil {
-		ts = []api.Template{}
+	slices.SortFunc(ts, func(a, b api.Template) int { return strings.Compare(a.Name, b.Name) })
+	ts = slices.DeleteFunc(ts, func(t api.Template) bool { return t.Name <= after })
+	out := api.TemplateList{Templates: []api.Template{}}
+	if len(ts) > limit {
+		ts = ts[:limit]
+		out.NextToken = page.Encode(scope, ts[len(ts)-1].Name)
 	}
-	writeJSON(w, http.StatusOK, api.TemplateList{Templates: ts})
+	out.Templates = append(out.Templates, ts...)
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

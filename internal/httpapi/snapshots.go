@@ -208,15 +208,37 @@ func (s *Server) resumeSnapshot(w http.ResponseWriter, r *http.Request, team str
 }
 
 func (s *Server) listVolumes(w http.ResponseWriter, r *http.Request, team string) error {
-	vols, err := s.machines.ListVolumes(r.Context(), team)
+	scope := page.NewScope("volumes", team)
+	after, limit, err := namePage(r, scope)
 	if err != nil {
 		return err
 	}
-	if vols == nil {
-		vols = []api.Volume{}
+	vols, more, err := s.machines.ListVolumes(r.Context(), team, after, limit)
+	if err != nil {
+		return err
 	}
-	writeJSON(w, http.StatusOK, api.VolumeList{Volumes: vols})
+	out := api.VolumeList{Volumes: vols}
+	if out.Volumes == nil {
+		out.Volumes = []api.Volume{}
+	}
+	if more {
+		out.NextToken = page.Encode(scope, vols[len(vols)-1].Name)
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// namePage reads the limit and next_token of a list ordered by name.
+func namePage(r *http.Request, scope page.Scope) (after string, limit int, err error) {
+	q := r.URL.Query()
+	if limit, err = page.Limit(q.Get("limit")); err != nil {
+		return "", 0, err
+	}
+	pos, err := page.Decode(scope, q.Get("next_token"), 1)
+	if err != nil || pos == nil {
+		return "", limit, err
+	}
+	return pos[0], limit, nil
 }
 
 func (s *Server) createVolume(w http.ResponseWriter, r *http.Request, team string) error {

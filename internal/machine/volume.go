@@ -53,22 +53,28 @@ func (m *Manager) CreateVolume(ctx context.Context, teamID, name string) (api.Vo
 	return api.Volume{Name: name, CreatedAt: v.CreatedAt}, nil
 }
 
-// ListVolumes returns a team's volumes with their size and users.
-func (m *Manager) ListVolumes(ctx context.Context, teamID string) ([]api.Volume, error) {
-	vols, err := m.store.ListVolumes(ctx, teamID)
+// ListVolumes returns a page of a team's volumes by name, after the name
+// after, with their size and how many machines mount them, and whether
+// more follow.
+func (m *Manager) ListVolumes(ctx context.Context, teamID, after string, limit int) ([]api.Volume, bool, error) {
+	vols, more, err := m.store.ListVolumesPage(ctx, teamID, after, limit)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	users, _, err := m.volumeUsers(ctx, teamID)
+	names := make([]string, len(vols))
+	for i, v := range vols {
+		names[i] = v.Name
+	}
+	users, err := m.store.VolumeMachines(ctx, teamID, names)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	out := make([]api.Volume, 0, len(vols))
 	for _, v := range vols {
 		out = append(out, api.Volume{Name: v.Name, CreatedAt: v.CreatedAt, SizeBytes: dirSize(m.volumeDir(teamID, v.Name)),
-			Machines: len(users[v.Name])})
+			Machines: users[v.Name]})
 	}
-	return out, nil
+	return out, more, nil
 }
 
 // DeleteVolume removes a volume and its files. A volume mounted by a live

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"nullspace.dev/nullspace/api"
 )
 
 // machineMaker inserts machines with increasing creation times.
@@ -158,5 +160,59 @@ func TestListSnapshotsPage(t *testing.T) {
 		if err := db.DeleteSnapshot(ctx, "s4"); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestVolumePages(t *testing.T) {
+	ctx := t.Context()
+	db := openTest(t)
+	for _, name := range []string{"c", "a", "b", "d"} {
+		if err := db.CreateVolume(ctx, Volume{TeamID: "t", Name: name, CreatedAt: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One machine mounting a, resumed once (two rows, one machine), and
+	// a killed one mounting b.
+	mount := func(m *Machine, vols ...string) {
+		for _, v := range vols {
+			m.Volumes = append(m.Volumes, api.VolumeMount{Name: v, Path: "/" + v})
+		}
+	}
+	first := &Machine{ID: "m1", TeamID: "t", State: "paused", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c1", AgentToken: "x", CreatedAt: time.Now()}
+	mount(first, "a")
+	if err := db.CreateMachine(ctx, first, 10); err != nil {
+		t.Fatal(err)
+	}
+	next := &Machine{ID: "m2", TeamID: "t", State: "running", LineageID: "m1", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c2", AgentToken: "x", CreatedAt: time.Now()}
+	mount(next, "a")
+	if err := db.CreateMachine(ctx, next, 10); err != nil {
+		t.Fatal(err)
+	}
+	gone := &Machine{ID: "k", TeamID: "t", State: "killed", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "ck", AgentToken: "x", CreatedAt: time.Now()}
+	mount(gone, "b")
+	if err := db.CreateMachine(ctx, gone, 10); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	after := ""
+	for {
+		page, more, err := db.ListVolumesPage(ctx, "t", after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range page {
+			got = append(got, v.Name)
+		}
+		if !more {
+			break
+		}
+		after = page[len(page)-1].Name
+	}
+	if !slices.Equal(got, []string{"a", "b", "c", "d"}) {
+		t.Fatalf("volumes by name over pages of 3: %v", got)
+	}
+	users, err := db.VolumeMachines(ctx, "t", []string{"a", "b"})
+	if err != nil || users["a"] != 1 || users["b"] != 0 {
+		t.Fatalf("volume users %v %v, want a: 1 (one machine, two executions), b: 0", users, err)
 	}
 }

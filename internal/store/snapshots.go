@@ -196,6 +196,51 @@ func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]Volume, error) {
 	return out, rows.Err()
 }
 
+// ListVolumesPage returns up to limit of a team's volumes whose names come
+// after after, by name, and whether more follow.
+func (s *DB) ListVolumesPage(ctx context.Context, teamID, after string, limit int) ([]Volume, bool, error) {
+	vols, err := queryAll(ctx, s.db, "list volumes", `SELECT team_id, name, created_at FROM volumes WHERE team_id=? AND name > ? ORDER BY name LIMIT ?`,
+		[]any{teamID, after, limit + 1}, func(r scanner) (Volume, error) {
+			var v Volume
+			var created string
+			err := r.Scan(&v.TeamID, &v.Name, &created)
+			v.CreatedAt = parseTime(created)
+			return v, err
+		})
+	if err != nil {
+		return nil, false, err
+	}
+	if len(vols) > limit {
+		return vols[:limit], true, nil
+	}
+	return vols, false, nil
+}
+
+// VolumeMachines counts, for each of a team's volume names, the machines
+// (one per lineage: latest executions not killed) that mount it.
+func (s *DB) VolumeMachines(ctx context.Context, teamID string, names []string) (map[string]int, error) {
+	out := map[string]int{}
+	if len(names) == 0 {
+		return out, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT mv.name, count(*) FROM machine_volumes mv JOIN machines m ON m.id = mv.machine_id
+		WHERE m.team_id = ? AND m.latest = 1 AND m.state != 'killed' AND mv.name IN (`+placeholders(len(names))+`) GROUP BY mv.name`,
+		append([]any{teamID}, anySlice(names)...)...)
+	if err != nil {
+		return nil, fmt.Errorf("volume users: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name string
+		var n int
+		if err := rows.Scan(&name, &n); err != nil {
+			return nil, err
+		}
+		out[name] = n
+	}
+	return out, rows.Err()
+}
+
 // DeleteVolume removes a volume's row; it reports whether one existed.
 func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error) {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM volumes WHERE team_id=? AND name=?`, teamID, name)

@@ -167,6 +167,14 @@ var migrations = []string{
 	ALTER TABLE machines ADD COLUMN checkpoint_retention INTEGER NOT NULL DEFAULT -1;`,
 	// 13: a slot is found among the slots held, not among every row.
 	`CREATE INDEX machines_slot ON machines(slot) WHERE slot >= 0;`,
+	// 14: which machines mount which volumes, for pages of volumes.
+	`CREATE TABLE machine_volumes (
+		machine_id TEXT NOT NULL,
+		name TEXT NOT NULL,
+		PRIMARY KEY (name, machine_id)
+	);
+	CREATE INDEX machine_volumes_machine ON machine_volumes(machine_id);
+	INSERT OR IGNORE INTO machine_volumes (machine_id, name) SELECT m.id, json_extract(v.value, '$.name') FROM machines m, json_each(m.volumes) v;`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -411,6 +419,11 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 			return fmt.Errorf("metadata of machine %s: %w", m.ID, err)
 		}
 	}
+	for _, v := range m.Volumes {
+		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO machine_volumes (machine_id, name) VALUES (?, ?)`, m.ID, v.Name); err != nil {
+			return fmt.Errorf("volumes of machine %s: %w", m.ID, err)
+		}
+	}
 	env, _ := json.Marshal(nonNil(m.Env))
 	meta, _ := json.Marshal(nonNil(m.Metadata))
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
@@ -533,7 +546,7 @@ func (s *DB) DeleteMachine(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("delete machine %s: %w", id, err)
 	}
-	for _, q := range []string{`DELETE FROM machines WHERE id=?`, `DELETE FROM machine_metadata WHERE machine_id=?`} {
+	for _, q := range []string{`DELETE FROM machines WHERE id=?`, `DELETE FROM machine_metadata WHERE machine_id=?`, `DELETE FROM machine_volumes WHERE machine_id=?`} {
 		if _, err := tx.ExecContext(ctx, q, id); err != nil {
 			return fmt.Errorf("delete machine %s: %w", id, err)
 		}
@@ -828,8 +841,10 @@ func (s *DB) PruneEnded(ctx context.Context, before time.Time) (int64, error) {
 	// latest state and a connect would resume an older one.
 	const ended = `SELECT id FROM machines WHERE state IN ('killed', 'failed') AND ended_at IS NOT NULL AND ended_at < ?
 		AND (latest = 0 OR lineage_id NOT IN (SELECT lineage_id FROM machines WHERE state NOT IN ('killed', 'failed')))`
-	if _, err := tx.ExecContext(ctx, `DELETE FROM machine_metadata WHERE machine_id IN (`+ended+`)`, cutoff); err != nil {
-		return 0, fmt.Errorf("prune ended machines: %w", err)
+	for _, table := range []string{"machine_metadata", "machine_volumes"} {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE machine_id IN (`+ended+`)`, cutoff); err != nil {
+			return 0, fmt.Errorf("prune ended machines: %w", err)
+		}
 	}
 	res, err := tx.ExecContext(ctx, `DELETE FROM machines WHERE id IN (`+ended+`)`, cutoff)
 	if err != nil {
