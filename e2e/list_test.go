@@ -76,6 +76,21 @@ func TestListOneRowPerMachine(t *testing.T) {
 	if r, err := env.client.Connect(t.Context(), ids[1]); err != nil || r.ID != latest {
 		t.Fatalf("connect to an old alias: %+v %v, want %s", r, err, latest)
 	}
+	// Page sizes out of range are refused.
+	for _, limit := range []string{"0", "100000", "x"} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+env.inst.Addr+"/v1/machines?limit="+limit, nil)
+		req.Header.Set("Authorization", "Bearer "+env.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e api.Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || e.Code != "invalid_argument" {
+			t.Fatalf("limit=%s: %d %+v, want 400 invalid_argument", limit, resp.StatusCode, e)
+		}
+	}
 	// A token of other filters is refused.
 	page, err := env.client.ListMachinesPage(t.Context(), client.ListOptions{Metadata: owner, Limit: 1}, "")
 	if err != nil || page.NextToken == "" {

@@ -175,6 +175,14 @@ var migrations = []string{
 	);
 	CREATE INDEX machine_volumes_machine ON machine_volumes(machine_id);
 	INSERT OR IGNORE INTO machine_volumes (machine_id, name) SELECT m.id, json_extract(v.value, '$.name') FROM machines m, json_each(m.volumes) v;`,
+	// 15: the list filters' indexes, in each list's order: machines by
+	// state and by template, snapshots by machine and by kind, events by
+	// machine.
+	`CREATE INDEX machines_team_state_latest ON machines(team_id, latest, state, lineage_created, lineage_id);
+	CREATE INDEX machines_team_template_latest ON machines(team_id, latest, template, lineage_created, lineage_id);
+	CREATE INDEX snapshots_team_machine ON snapshots(team_id, machine_id, created_at, id);
+	CREATE INDEX snapshots_team_kind ON snapshots(team_id, kind, created_at, id);
+	CREATE INDEX events_team_machine ON events(team_id, machine_id, seq);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
