@@ -437,7 +437,9 @@ func TestEdgeKillWhileHeld(t *testing.T) {
 		}()
 	}
 	time.Sleep(30 * time.Millisecond)
-	// Kill the lineage: its head once the wake in progress is done.
+	// Kill the lineage: its latest execution, until the latest is killed
+	// (a kill of the paused id that waited for the wake removes only that
+	// alias, and the woken execution goes on).
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -446,10 +448,10 @@ func TestEdgeKillWhileHeld(t *testing.T) {
 			if err != nil {
 				return
 			}
-			env.client.KillMachine(context.Background(), info.LatestID)
 			if h, err := env.client.GetMachine(context.Background(), info.LatestID); err == nil && h.State == api.StateKilled {
 				return
 			}
+			env.client.KillMachine(context.Background(), info.LatestID)
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()

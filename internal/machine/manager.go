@@ -1138,7 +1138,8 @@ func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) 
 	if err != nil || len(recs) > 0 {
 		return len(recs) > 0, err
 	}
-	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{})
+	// A pruned snapshot's files are gone: it needs no template.
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting, store.SnapshotReady}})
 	if err != nil {
 		return false, err
 	}

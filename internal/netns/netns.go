@@ -126,8 +126,28 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open rtnetlink socket: %w", err)
 	}
-	return &Manager{pool: pool, netnsPrefix: cfg.NetnsPrefix, vethPrefix: cfg.VethPrefix, log: cfg.Logger, nl: h}, nil
+	// Traffic from the host to an address of the pool that no machine
+	// holds now (one that just went away, while the edge or the API still
+	// dials it) fails at once on the host instead of leaving by the
+	// default route: the pool is unreachable but for the slots' own /30
+	// routes, which are more specific.
+	m := &Manager{pool: pool, netnsPrefix: cfg.NetnsPrefix, vethPrefix: cfg.VethPrefix, log: cfg.Logger, nl: h}
+	if err := h.RouteReplace(m.poolRoute()); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("route the address pool %s as unreachable: %w", pool, err)
+	}
+	return m, nil
 }
+
+// poolRoute is the unreachable route of the whole pool (see New).
+func (m *Manager) poolRoute() *netlink.Route {
+	pfx := m.pool.Prefix()
+	return &netlink.Route{Dst: &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), 32)}, Type: unix.RTN_UNREACHABLE}
+}
+
+// DropPoolRoute removes the pool's unreachable route, for a pool no server
+// will use again (tests). A server keeps it, like its firewall table.
+func (m *Manager) DropPoolRoute() error { return m.nl.RouteDel(m.poolRoute()) }
 
 // Close releases the Manager's netlink socket. Networks stay as they are.
 func (m *Manager) Close() error {

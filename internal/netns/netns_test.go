@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -48,6 +49,7 @@ func sweep() []int {
 		return nil
 	}
 	defer m.Close()
+	defer m.DropPoolRoute()
 	slots, err := m.List()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "sweep:", err)
@@ -71,7 +73,7 @@ func newTestManager(t *testing.T) *Manager {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { m.DropPoolRoute(); m.Close() })
 	return m
 }
 
@@ -499,5 +501,25 @@ func BenchmarkSetupTeardown(b *testing.B) {
 		if err := m.Teardown(b.Context(), 9); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPoolUnreachable: the host reaches no address of the pool that no
+// slot holds: a connection fails at once instead of leaving by the
+// default route.
+func TestPoolUnreachable(t *testing.T) {
+	m := newTestManager(t)
+	_, guest, err := m.Pool().Addrs(m.Pool().Size() - 1) // a slot no test sets up
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c, err := net.DialTimeout("tcp", netip.AddrPortFrom(guest, 80).String(), 5*time.Second)
+	if err == nil {
+		c.Close()
+		t.Fatalf("dialed %s, a slot nobody holds", guest)
+	}
+	if d := time.Since(start); d > time.Second || !errors.Is(err, syscall.EHOSTUNREACH) && !errors.Is(err, syscall.ENETUNREACH) {
+		t.Fatalf("dial %s: %v after %v, want unreachable at once", guest, err, d)
 	}
 }
