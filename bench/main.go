@@ -53,6 +53,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
@@ -396,6 +397,11 @@ func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
 	}
 	if raw != nil {
 		errs = append(errs, raw.close(ctx))
+	}
+	if ip, err := lookIP(); err == nil {
+		// The pool's unreachable route: a server keeps its own, the
+		// benchmark's pool is used by nothing else.
+		exec.Command(ip, "route", "del", "unreachable", benchCIDR).Run()
 	}
 	errs = append(errs, removeFirewallTable(benchNames.FirewallTable),
 		removeCgroupParent(benchNames.CgroupParent), removeCgroupParent(rawCgroupParent))

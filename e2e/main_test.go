@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,6 +64,8 @@ func runTests(m *testing.M) int {
 	code := m.Run()
 	killAll()
 	env.inst.Shutdown(context.Background())
+	// The test pool's unreachable route (a server keeps its own).
+	exec.Command("ip", "route", "del", "unreachable", testCIDR).Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "e2e: server log: %s\n", env.logFile)
 	}

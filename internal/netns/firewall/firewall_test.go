@@ -62,6 +62,7 @@ func TestMain(m *testing.M) {
 					fmt.Fprintf(os.Stderr, "FAIL: tests left %s networks behind for slots %v (removed now)\n", cfg.VethPrefix, slots)
 					code = 1
 				}
+				mgr.DropPoolRoute()
 				mgr.Close()
 			}
 		}
@@ -125,7 +126,7 @@ func setupNetworks(t *testing.T, cfg netns.Config, slots ...int) []*netns.Networ
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Close() })
+	t.Cleanup(func() { m.DropPoolRoute(); m.Close() })
 	var nets []*netns.Network
 	for _, s := range slots {
 		t.Cleanup(func() {
