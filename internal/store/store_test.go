@@ -9,7 +9,6 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
-var live = []string{"creating", "running", "killing"}
 
 func openTest(t *testing.T) *DB {
 	t.Helper()
