@@ -303,3 +303,21 @@ func machinePath(id string, rest ...string) string {
 	}
 	return p
 }
+
+// allPages reads every page of a list at path: page returns a page's items
+// and its next_token.
+func allPages[L any, T any](ctx context.Context, c *Client, path string, q url.Values, items func(*L) ([]T, string)) ([]T, error) {
+	var all []T
+	for {
+		var l L
+		if err := c.do(ctx, request{method: http.MethodGet, path: path, query: q}, &l); err != nil {
+			return nil, err
+		}
+		page, next := items(&l)
+		all = append(all, page...)
+		if next == "" {
+			return all, nil
+		}
+		q.Set("next_token", next)
+	}
+}

@@ -77,18 +77,7 @@ func (c *Client) Checkpoints(ctx context.Context, id string) ([]api.Snapshot, er
 
 // allSnapshots reads every page of a snapshot list.
 func (c *Client) allSnapshots(ctx context.Context, path string, q url.Values) ([]api.Snapshot, error) {
-	var all []api.Snapshot
-	for {
-		var l api.SnapshotList
-		if err := c.do(ctx, request{method: http.MethodGet, path: path, query: q}, &l); err != nil {
-			return nil, err
-		}
-		all = append(all, l.Snapshots...)
-		if l.NextToken == "" {
-			return all, nil
-		}
-		q.Set("next_token", l.NextToken)
-	}
+	return allPages(ctx, c, path, q, func(l *api.SnapshotList) ([]api.Snapshot, string) { return l.Snapshots, l.NextToken })
 }
 
 // Checkpoint adds a checkpoint of a running machine to its history; the

@@ -10,19 +10,7 @@ import (
 
 // ListTemplates lists the templates (GET /v1/templates).
 func (c *Client) ListTemplates(ctx context.Context) ([]api.Template, error) {
-	var all []api.Template
-	q := url.Values{}
-	for {
-		var l api.TemplateList
-		if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/templates", query: q}, &l); err != nil {
-			return nil, err
-		}
-		all = append(all, l.Templates...)
-		if l.NextToken == "" {
-			return all, nil
-		}
-		q.Set("next_token", l.NextToken)
-	}
+	return allPages(ctx, c, "/v1/templates", url.Values{}, func(l *api.TemplateList) ([]api.Template, string) { return l.Templates, l.NextToken })
 }
 
 // GetTemplate returns one template (GET /v1/templates/{name}).

@@ -20,19 +20,7 @@ func (c *Client) CreateVolume(ctx context.Context, name string) (*api.Volume, er
 
 // ListVolumes lists the volumes by name (GET /v1/volumes).
 func (c *Client) ListVolumes(ctx context.Context) ([]api.Volume, error) {
-	var all []api.Volume
-	q := url.Values{}
-	for {
-		var l api.VolumeList
-		if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/volumes", query: q}, &l); err != nil {
-			return nil, err
-		}
-		all = append(all, l.Volumes...)
-		if l.NextToken == "" {
-			return all, nil
-		}
-		q.Set("next_token", l.NextToken)
-	}
+	return allPages(ctx, c, "/v1/volumes", url.Values{}, func(l *api.VolumeList) ([]api.Volume, string) { return l.Volumes, l.NextToken })
 }
 
 // DeleteVolume deletes a volume and its files (DELETE /v1/volumes/{name}).

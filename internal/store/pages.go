@@ -72,13 +72,19 @@ func (s *DB) ListMachinesPage(ctx context.Context, q MachinePageQuery) ([]*Machi
 	}
 	query := fmt.Sprintf("SELECT %s FROM machines%s ORDER BY %s, %s LIMIT ?", machineColumns, w.sql(), timeCol, idCol)
 	recs, err := queryAll(ctx, s.db, "list machines", query, append(w.args, q.Limit+1), scanMachine)
+	return pageOf(recs, q.Limit, err)
+}
+
+// pageOf cuts the rows of a query that asked for limit+1 to a page, and
+// says whether more follow.
+func pageOf[T any](rows []T, limit int, err error) ([]T, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if len(recs) > q.Limit {
-		return recs[:q.Limit], true, nil
+	if len(rows) > limit {
+		return rows[:limit], true, nil
 	}
-	return recs, false, nil
+	return rows, false, nil
 }
 
 // LineageSummary is what a list shows of a machine's lineage beside one of
@@ -200,13 +206,7 @@ func (s *DB) ListSnapshotsPage(ctx context.Context, q SnapshotPageQuery) ([]*Sna
 	}
 	recs, err := queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY "+order+" LIMIT ?",
 		append(w.args, q.Limit+1), scanSnapshot)
-	if err != nil {
-		return nil, false, err
-	}
-	if len(recs) > q.Limit {
-		return recs[:q.Limit], true, nil
-	}
-	return recs, false, nil
+	return pageOf(recs, q.Limit, err)
 }
 
 // CountRestoredFrom returns, for each snapshot id, how many machines in

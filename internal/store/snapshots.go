@@ -207,13 +207,7 @@ func (s *DB) ListVolumesPage(ctx context.Context, teamID, after string, limit in
 			v.CreatedAt = parseTime(created)
 			return v, err
 		})
-	if err != nil {
-		return nil, false, err
-	}
-	if len(vols) > limit {
-		return vols[:limit], true, nil
-	}
-	return vols, false, nil
+	return pageOf(vols, limit, err)
 }
 
 // VolumeMachines counts, for each of a team's volume names, the machines

@@ -9,7 +9,6 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
-
 func openTest(t *testing.T) *DB {
 	t.Helper()
 	db, err := Open(t.Context(), filepath.Join(t.TempDir(), "test.db"))
