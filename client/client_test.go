@@ -910,3 +910,19 @@ func TestListMachinesPages(t *testing.T) {
 		t.Fatalf("queries %q, want %q", queries, want)
 	}
 }
+
+// TestListVolumesPages: the lists without filters read every page too.
+func TestListVolumesPages(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("next_token") == "" {
+			io.WriteString(w, `{"volumes":[{"name":"a"}],"next_token":"n"}`)
+			return
+		}
+		io.WriteString(w, `{"volumes":[{"name":"b"}],"next_token":""}`)
+	}))
+	t.Cleanup(srv.Close)
+	vs, err := New(srv.URL, "key").ListVolumes(t.Context())
+	if err != nil || len(vs) != 2 || vs[1].Name != "b" {
+		t.Fatalf("ListVolumes: %v %v, want a, b", vs, err)
+	}
+}
