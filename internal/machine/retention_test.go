@@ -18,73 +18,83 @@ import (
 // why), and an unpin prunes at once.
 func TestPruneHistory(t *testing.T) {
 	ctx := t.Context()
-	m, d, _, db := newTestManager(t)
-	rec := addLeased(t, m, d, "h", time.Now().Add(time.Hour), false)
-	mk := func(gen int, kind string) *store.Snapshot {
-		sn := &store.Snapshot{ID: fmt.Sprintf("s%d", gen), TeamID: "team", Kind: kind, State: store.SnapshotReady, MachineID: "h",
-			LineageID: "h", Template: "minimal", Generation: gen, CreatedAt: time.Now(), Host: []byte("{}"), Spec: []byte("{}"), Files: []byte("[]")}
+	m, _, _, db := newTestManager(t)
+	newMachine := func(id string, retention int) *store.Machine {
+		rec := &store.Machine{ID: id, TeamID: "team", State: api.StateRunning, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+			ContainerID: "c-" + id, AgentToken: "x", CreatedAt: time.Now(), CheckpointRetention: retention}
+		if err := db.CreateMachine(ctx, rec, 16); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	mk := func(lineage string, gen int, kind string) {
+		sn := &store.Snapshot{ID: fmt.Sprintf("%s%d", strings.TrimPrefix(lineage, "h"), gen), TeamID: "team", Kind: kind, State: store.SnapshotReady,
+			MachineID: lineage, LineageID: lineage, Template: "minimal", Generation: gen, CreatedAt: time.Now(),
+			Host: []byte("{}"), Spec: []byte("{}"), Files: []byte("[]")}
 		if err := db.CreateSnapshot(ctx, sn); err != nil {
 			t.Fatal(err)
 		}
-		return sn
 	}
+	rec := newMachine("h", 2) // keeps 2
 	for gen := 1; gen <= 7; gen++ {
 		kind := api.SnapshotCheckpoint
 		if gen == 4 {
 			kind = api.SnapshotReusable // not history: never pruned
 		}
-		mk(gen, kind)
+		mk("h", gen, kind)
 	}
-	if err := db.SetSnapshotPinned(ctx, "s1", true); err != nil {
+	if err := db.SetSnapshotPinned(ctx, "1", true); err != nil {
 		t.Fatal(err)
 	}
 	// s3 is the state the machine is paused in; a child is made from s2.
-	rec.State, rec.SnapshotID, rec.Slot = api.StatePaused, "s3", -1
+	rec.State, rec.SnapshotID, rec.Slot = api.StatePaused, "3", -1
 	if err := db.UpdateMachine(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
 	child := &store.Machine{ID: "kid", TeamID: "team", State: api.StateResuming, Template: "minimal", CPUCount: 1, MemoryMB: 64,
-		ContainerID: "c-kid", AgentToken: "x", CreatedAt: time.Now(), RestoredFrom: "s2"}
+		ContainerID: "c-kid", AgentToken: "x", CreatedAt: time.Now(), RestoredFrom: "2"}
 	if err := db.CreateMachine(ctx, child, 16); err != nil {
 		t.Fatal(err)
 	}
-	setRetention(t, db, "h", 2) // the lineage head's retention
-
 	if err := m.pruneLocked(ctx, "h"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readyIDs(t, db), []string{"s1", "s2", "s3", "s4", "s6", "s7"}; !slices.Equal(got, want) {
-		t.Fatalf("after pruning to 2: %v, want %v (s5 pruned)", got, want)
+	if got, want := readyIDs(t, db), []string{"1", "2", "3", "4", "6", "7"}; !slices.Equal(got, want) {
+		t.Fatalf("after pruning to 2: %v, want %v (5 pruned)", got, want)
 	}
-	_, err := m.readySnapshot(ctx, "team", "s5")
+	_, err := m.readySnapshot(ctx, "team", "5")
 	if p := errdefs.Classify(err); p.Code != errdefs.CodeSnapshotNotFound || !strings.Contains(p.Message, "pruned") {
 		t.Fatalf("restore of a pruned checkpoint: %+v", p)
 	}
-	// Unpinning s1 prunes it at once.
-	if _, err := m.PinCheckpoint(ctx, "team", "h", "s1", false); err != nil {
+	// Unpinning 1 prunes it at once.
+	if _, err := m.PinCheckpoint(ctx, "team", "h", "1", false); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readyIDs(t, db), []string{"s2", "s3", "s4", "s6", "s7"}; !slices.Equal(got, want) {
+	if got, want := readyIDs(t, db), []string{"2", "3", "4", "6", "7"}; !slices.Equal(got, want) {
 		t.Fatalf("after the unpin: %v, want %v", got, want)
 	}
-	if _, err := m.PinCheckpoint(ctx, "team", "h", "s5", true); errdefs.Classify(err).Code != errdefs.CodeSnapshotNotFound {
+	if _, err := m.PinCheckpoint(ctx, "team", "h", "5", true); errdefs.Classify(err).Code != errdefs.CodeSnapshotNotFound {
 		t.Fatalf("pin of a pruned checkpoint: %v", err)
 	}
-	// Retention 0 keeps all.
-	setRetention(t, db, "h", 0)
-	mk(8, api.SnapshotCheckpoint)
-	if err := m.pruneLocked(ctx, "h"); err != nil {
-		t.Fatal(err)
-	}
-	if got := readyIDs(t, db); len(got) != 6 {
-		t.Fatalf("retention 0 pruned: %v", got)
-	}
-}
 
-func setRetention(t *testing.T, db *store.DB, id string, n int) {
-	t.Helper()
-	if err := db.SetCheckpointRetention(t.Context(), id, n); err != nil {
+	// A machine without a retention of its own follows the server's: the
+	// test manager's is 0, which keeps all; then 1.
+	newMachine("hz", -1)
+	for gen := 1; gen <= 3; gen++ {
+		mk("hz", gen, api.SnapshotCheckpoint)
+	}
+	if err := m.pruneLocked(ctx, "hz"); err != nil {
 		t.Fatal(err)
+	}
+	if got := readyIDs(t, db); len(got) != 8 {
+		t.Fatalf("retention 0 (the server's default) pruned: %v", got)
+	}
+	m.cfg.CheckpointRetention = 1
+	if err := m.pruneLocked(ctx, "hz"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := readyIDs(t, db), []string{"2", "3", "4", "6", "7", "z3"}; !slices.Equal(got, want) {
+		t.Fatalf("server default 1: %v, want %v", got, want)
 	}
 }
 

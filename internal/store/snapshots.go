@@ -278,12 +278,3 @@ func (s *DB) MarkPruned(ctx context.Context, id string) error {
 	}
 	return nil
 }
-
-// SetCheckpointRetention sets how many unpinned checkpoints a machine's
-// lineage keeps (-1: the server's default; 0: all).
-func (s *DB) SetCheckpointRetention(ctx context.Context, id string, n int) error {
-	if _, err := s.db.ExecContext(ctx, `UPDATE machines SET checkpoint_retention=? WHERE id=?`, n, id); err != nil {
-		return fmt.Errorf("set checkpoint retention of %s: %w", id, err)
-	}
-	return nil
-}
