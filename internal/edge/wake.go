@@ -70,35 +70,22 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resu
 		}
 		return t, err
 	})
-	var res singleResult
-	select {
-	case v := <-ch:
-		res = singleResult{v.Val, v.Err}
-	case <-window.C:
-		s.refuse(w, r, req, wakeTimeout(l, s.cfg.WakeTimeout))
-		return Target{}, false
-	case <-r.Context().Done():
-		req.code = "client_gone"
+	res, ok := await(s, w, r, req, window, ch)
+	if !ok {
 		return Target{}, false
 	}
-	if res.err != nil {
-		s.refuseErr(w, r, req, l, res.err)
+	if res.Err != nil {
+		s.refuseErr(w, r, req, l, res.Err)
 		return Target{}, false
 	}
-	t := res.val.(Target)
+	t := res.Val.(Target)
 	if f, v := triage(t, true); v != toForward {
 		s.refuse(w, r, req, f)
 		return Target{}, false
 	}
 	if body != nil {
-		var b bodyResult
-		select {
-		case b = <-body:
-		case <-window.C:
-			s.refuse(w, r, req, wakeTimeout(l, s.cfg.WakeTimeout))
-			return Target{}, false
-		case <-r.Context().Done():
-			req.code = "client_gone"
+		b, ok := await(s, w, r, req, window, body)
+		if !ok {
 			return Target{}, false
 		}
 		if b.tooLarge {
@@ -123,9 +110,21 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resu
 	return t, true
 }
 
-type singleResult struct {
-	val any
-	err error
+// await waits for ch while the wake window is open and the client is
+// still there; otherwise it answers the request (the wake timeout) and
+// returns false.
+func await[T any](s *Server, w http.ResponseWriter, r *http.Request, req *request, window *time.Timer, ch <-chan T) (T, bool) {
+	var zero T
+	select {
+	case v := <-ch:
+		return v, true
+	case <-window.C:
+		s.refuse(w, r, req, wakeTimeout(req.label, s.cfg.WakeTimeout))
+		return zero, false
+	case <-r.Context().Done():
+		req.code = "client_gone"
+		return zero, false
+	}
 }
 
 type bodyResult struct {
