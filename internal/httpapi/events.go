@@ -44,8 +44,7 @@ func (s *Server) listEvents(w http.ResponseWriter, r *http.Request, team string)
 	} else if pos != nil {
 		n, perr := strconv.ParseInt(pos[0], 10, 64)
 		if perr != nil {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
-				"pass the next_token of the previous page, or none to start over")
+			return page.Malformed()
 		}
 		f.After = n
 	}

@@ -270,8 +270,7 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	} else if pos != nil {
 		t, terr := time.Parse(time.RFC3339Nano, pos[0])
 		if terr != nil {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
-				"pass the next_token of the previous page, or none to start over")
+			return page.Malformed()
 		}
 		after = store.MachineCursor{Time: t, ID: pos[1]}
 	}

@@ -50,8 +50,7 @@ func snapshotPage(r *http.Request, scope page.Scope, byGeneration bool) (machine
 		p.After.Created, err = time.Parse(time.RFC3339Nano, pos[0])
 	}
 	if err != nil {
-		return p, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token is not a token this server made",
-			"pass the next_token of the previous page, or none to start over")
+		return p, page.Malformed()
 	}
 	return p, nil
 }

@@ -69,23 +69,28 @@ func Encode(s Scope, after ...string) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
+func bad(why string) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token "+why,
+		"pass the next_token of the previous page of the same list with the same filters, or none to start over")
+}
+
+// Malformed is the error of a token this server did not make (also for a
+// position in it that does not parse).
+func Malformed() error { return bad("is not a token this server made") }
+
 // Decode returns the position a token carries; "" is the start (nil). A
 // token that is malformed or made for another scope is invalid_argument.
 func Decode(s Scope, raw string, parts int) ([]string, error) {
 	if raw == "" {
 		return nil, nil
 	}
-	bad := func(why string) error {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "next_token "+why,
-			"pass the next_token of the previous page of the same list with the same filters, or none to start over")
-	}
 	b, err := base64.RawURLEncoding.DecodeString(raw)
 	if err != nil {
-		return nil, bad("is not a token this server made")
+		return nil, Malformed()
 	}
 	var t token
 	if err := json.Unmarshal(b, &t); err != nil || t.V != 1 || len(t.After) != parts {
-		return nil, bad("is not a token this server made")
+		return nil, Malformed()
 	}
 	switch {
 	case t.List != s.List:
