@@ -1,0 +1,268 @@
+"""Where the API is, which key to send, and the request plumbing that the
+sync and async transports share: the request description, the retry policy
+and the decoding of answers. Nothing here does I/O on the network."""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import random
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+from . import errors
+
+ENV_API_URL = "NULLSPACE_API_URL"
+ENV_API_KEY = "NULLSPACE_API_KEY"
+ENV_DATA_DIR = "NULLSPACE_DATA_DIR"
+DEFAULT_API_URL = "http://127.0.0.1:7700"
+DEFAULT_DATA_DIR = "/var/lib/nullspace"
+KEY_FILE_NAME = "api-key"
+
+#: How long a call waits for the server's answer by default (seconds). It is
+#: the time allowed between bytes, not a machine's lease: see ``timeout``.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+
+#: How many times an idempotent call is retried after a connection failure or
+#: a retryable answer (429, 502, 503, 504).
+DEFAULT_MAX_RETRIES = 3
+
+VERSION = "0.1.0"
+USER_AGENT = f"nullspace-python/{VERSION}"
+
+T = TypeVar("T")
+
+
+def resolve_url(api_url: Optional[str]) -> str:
+    """``api_url``, else NULLSPACE_API_URL, else http://127.0.0.1:7700."""
+    u = api_url or os.environ.get(ENV_API_URL) or DEFAULT_API_URL
+    p = urllib.parse.urlsplit(u)
+    if p.scheme not in ("http", "https") or not p.hostname:
+        raise errors.InvalidArgumentError(
+            f"api_url {u!r} is not an http(s) URL",
+            code="invalid_argument",
+            suggested_action=f"pass api_url='http://host:7700' or set {ENV_API_URL}",
+        )
+    return u.rstrip("/")
+
+
+def resolve_key(api_key: Optional[str]) -> str:
+    """``api_key``, else NULLSPACE_API_KEY, else the key file the server
+    writes on first start ($NULLSPACE_DATA_DIR/api-key, default
+    /var/lib/nullspace/api-key), so programs on the server host need no
+    configuration. No key at all is "" (the server then answers 401)."""
+    if api_key:
+        return api_key
+    if os.environ.get(ENV_API_KEY):
+        return os.environ[ENV_API_KEY]
+    path = os.path.join(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR, KEY_FILE_NAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise errors.AuthenticationError(
+            f"cannot read the API key file {path}: {e}",
+            code="unauthenticated",
+            suggested_action=f"set {ENV_API_KEY}, or run as a user that can read {path}",
+        ) from e
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+#: The client's request_timeout, when a call does not set its own.
+DEFAULT: Any = _Default()
+
+Timeout = Union[float, None, _Default]
+Body = Union[bytes, Any, Iterable[bytes], None]
+
+
+@dataclass
+class Request(Generic[T]):
+    """One API call. ``parse`` turns the decoded JSON answer into the value
+    the caller gets; ``idempotent`` says whether it may be sent again after a
+    failure (never true for a create or a command)."""
+
+    method: str
+    path: str
+    query: Sequence[Tuple[str, str]] = ()
+    json: Any = None
+    body: Body = None
+    content_type: str = ""
+    content_length: Optional[int] = None
+    accept: str = "application/json"
+    idempotent: bool = False
+    parse: Optional[Callable[[Any], T]] = None
+    timeout: Timeout = DEFAULT
+    # extra is added to the read timeout, e.g. a foreground command's own
+    # timeout: its answer comes only once it has run.
+    extra_timeout: Optional[float] = 0.0
+    raw: bool = False  # answer is bytes, not JSON
+
+    def url_path(self) -> str:
+        if not self.query:
+            return self.path
+        return self.path + "?" + urllib.parse.urlencode(list(self.query))
+
+    def payload(self) -> Tuple[Body, Dict[str, str]]:
+        """The body to send and its headers."""
+        h: Dict[str, str] = {"Accept": self.accept}
+        if self.json is not None:
+            b = _json.dumps(self.json, separators=(",", ":")).encode()
+            h["Content-Type"] = "application/json"
+            h["Content-Length"] = str(len(b))
+            return b, h
+        if self.body is None:
+            if self.method in ("POST", "PUT", "PATCH"):
+                h["Content-Length"] = "0"
+            return None, h
+        if self.content_type:
+            h["Content-Type"] = self.content_type
+        if isinstance(self.body, (bytes, bytearray, memoryview)):
+            h["Content-Length"] = str(len(self.body))
+        elif self.content_length is not None:
+            h["Content-Length"] = str(self.content_length)
+        else:
+            h["Transfer-Encoding"] = "chunked"
+        return self.body, h
+
+    def replayable(self) -> bool:
+        return self.body is None or isinstance(self.body, (bytes, bytearray, memoryview))
+
+
+@dataclass
+class Settings:
+    """What a client was configured with."""
+
+    api_url: str
+    api_key: str
+    request_timeout: Optional[float]
+    max_retries: int
+
+    def headers(self) -> Dict[str, str]:
+        h = {"User-Agent": USER_AGENT}
+        if self.api_key:
+            h["Authorization"] = "Bearer " + self.api_key
+        return h
+
+    def read_timeout(self, r: Request[Any]) -> Optional[float]:
+        t = self.request_timeout if isinstance(r.timeout, _Default) else r.timeout
+        if t is None or r.extra_timeout is None:
+            return None
+        return t + r.extra_timeout
+
+    def connect_timeout(self, r: Request[Any]) -> Optional[float]:
+        t = self.request_timeout if isinstance(r.timeout, _Default) else r.timeout
+        return t if t is not None else DEFAULT_REQUEST_TIMEOUT
+
+
+def settings(api_url: Optional[str], api_key: Optional[str], request_timeout: Optional[float], max_retries: int) -> Settings:
+    return Settings(resolve_url(api_url), resolve_key(api_key), request_timeout, max_retries)
+
+
+RETRY_STATUSES = (429, 502, 503, 504)
+
+
+def retry_after(headers: Mapping[str, str]) -> Optional[float]:
+    """The Retry-After header in seconds (delta or HTTP date), if any."""
+    v = headers.get("retry-after") or headers.get("Retry-After")
+    if not v:
+        return None
+    try:
+        return max(0.0, float(v))
+    except ValueError:
+        pass
+    import email.utils  # only for the rare HTTP-date form
+
+    try:
+        t = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, t.timestamp() - time.time())
+
+
+def backoff(attempt: int, hint: Optional[float]) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): the
+    server's Retry-After when it gave one, else exponential with jitter."""
+    if hint is not None:
+        return min(hint, 30.0)
+    return min(0.2 * (2**attempt), 5.0) * (0.5 + random.random() / 2)
+
+
+def should_retry(r: Request[Any], err: errors.NullspaceError, attempt: int, max_retries: int, sent: bool) -> bool:
+    """Whether to send r again after err. A request that never left (the
+    connection could not be made) is always safe to send again; one that
+    may have reached the server only when it is idempotent."""
+    if attempt >= max_retries or not r.replayable():
+        return False
+    if isinstance(err, errors.ConnectionError):
+        return (not sent) or r.idempotent
+    if not r.idempotent:
+        return False
+    return err.status in RETRY_STATUSES and err.retryable
+
+
+def decode(r: Request[T], status: int, body: bytes) -> T:
+    """The value of a 2xx answer."""
+    if r.raw:
+        value: Any = body
+    elif not body or status == 204:
+        value = None
+    else:
+        try:
+            value = _json.loads(body)
+        except ValueError as e:
+            raise errors.NullspaceError(
+                f"{r.method} {r.path}: the server's answer is not JSON: {body[:100]!r}", status=status
+            ) from e
+    return r.parse(value) if r.parse else value
+
+
+def error_of(status: int, headers: Mapping[str, str], body: bytes) -> errors.NullspaceError:
+    """The exception of a non-2xx answer."""
+    try:
+        decoded: Any = _json.loads(body) if body else None
+    except ValueError:
+        decoded = body.decode("utf-8", "replace")
+    return errors.error_from_body(status, decoded, retry_after(headers))
+
+
+def connection_error(r: Request[Any], e: BaseException) -> errors.NullspaceError:
+    if isinstance(e, (TimeoutError, OSError)) and "timed out" in str(e):
+        return errors.TimeoutError(
+            f"{r.method} {r.path}: no answer within the request timeout",
+            code="request_timeout",
+            retryable=True,
+            suggested_action="pass a larger request_timeout, or None for no limit",
+        )
+    return errors.ConnectionError(
+        f"{r.method} {r.path}: {type(e).__name__}: {e}",
+        code="connection_failed",
+        retryable=True,
+        suggested_action="check that the server is running and api_url is right",
+    )
+
+
+def q(**kw: Any) -> List[Tuple[str, str]]:
+    """Query parameters, dropping None; bools as true/false; lists repeat."""
+    out: List[Tuple[str, str]] = []
+    for k, v in kw.items():
+        if v is None or v is False:
+            continue
+        if v is True:
+            out.append((k, "true"))
+        elif isinstance(v, (list, tuple)):
+            out.extend((k, str(x)) for x in v)
+        else:
+            out.append((k, str(v)))
+    return out
+
+
+def quote(s: str) -> str:
+    return urllib.parse.quote(s, safe="")

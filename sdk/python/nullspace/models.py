@@ -1,0 +1,468 @@
+"""What the API returns, as typed, immutable values.
+
+Field names are the HTTP API's (docs/http-api.md), so ``timeout_ms`` stays
+milliseconds here; only the calls take seconds, like the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Dict, List, Mapping, Optional
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(Z|z|[+-]\d\d:\d\d)$"
+)
+
+
+def parse_time(v: Any) -> Optional[datetime]:
+    """An RFC 3339 timestamp as an aware datetime (nanoseconds cut to
+    microseconds); None for null or the zero time Go writes for "unset"."""
+    if not v:
+        return None
+    m = _RFC3339.match(str(v))
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {v!r}")
+    y, mo, d, h, mi, s, frac, tz = m.groups()
+    if tz in ("Z", "z"):
+        tzinfo = timezone.utc
+    else:
+        sign = 1 if tz[0] == "+" else -1
+        tzinfo = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+    us = int((frac or "0")[:6].ljust(6, "0"))
+    t = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), us, tzinfo=tzinfo)
+    if t.year <= 1:
+        return None
+    return t
+
+
+def _str_map(v: Any) -> Dict[str, str]:
+    return {str(k): str(x) for k, x in (v or {}).items()}
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    """A named volume mounted at ``path`` in a machine."""
+
+    name: str
+    path: str
+    read_only: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {"name": self.name, "path": self.path}
+        if self.read_only:
+            d["read_only"] = True
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "VolumeMount":
+        return cls(name=d["name"], path=d["path"], read_only=bool(d.get("read_only", False)))
+
+
+@dataclass(frozen=True)
+class MainExit:
+    """How a machine's main process ended."""
+
+    exit_code: int
+    signal: str = ""
+    at: Optional[datetime] = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "MainExit":
+        return cls(exit_code=int(d.get("exit_code", 0)), signal=d.get("signal", "") or "", at=parse_time(d.get("at")))
+
+
+@dataclass(frozen=True)
+class MachineInfo:
+    """A machine as the server sees it. Reading it never wakes the machine.
+
+    ``status`` is the machine's state: creating, running, pausing, paused,
+    resuming, snapshotting, restoring, stopping, stopped, starting, killing,
+    killed or failed. A paused id is an alias of its lineage: ``latest_id``
+    names the execution that connect() reaches.
+    """
+
+    id: str
+    status: str
+    template: str = ""
+    cpu_count: int = 0
+    memory_mb: int = 0
+    envs: Dict[str, str] = field(default_factory=dict)
+    metadata: Dict[str, str] = field(default_factory=dict)
+    allow_internet: bool = False
+    ip: str = ""
+    created_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    ended_at: Optional[datetime] = None
+    error: str = ""
+    volumes: List[VolumeMount] = field(default_factory=list)
+    snapshot_id: str = ""
+    lineage_id: str = ""
+    latest_id: str = ""
+    paused_aliases: int = 0
+    snapshot_bytes: int = 0
+    restored_from: str = ""
+    timeout_ms: int = 0
+    timeout_at: Optional[datetime] = None
+    remaining_ms: int = 0
+    timeout_action: str = ""
+    on_timeout: str = ""
+    auto_resume: bool = False
+    idle_timeout_ms: int = 0
+    persistence: str = ""
+    command: List[str] = field(default_factory=list)
+    main_pid: int = 0
+    exit: Optional[MainExit] = None
+    public_ports: bool = False
+    checkpoint_retention: int = 0
+    on_pause: List[str] = field(default_factory=list)
+    on_resume: List[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        """The same as ``status`` (the HTTP API's name for it)."""
+        return self.status
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "MachineInfo":
+        hooks = d.get("hooks") or {}
+        return cls(
+            id=d["id"],
+            status=d.get("state", ""),
+            template=d.get("template", ""),
+            cpu_count=int(d.get("cpu_count", 0)),
+            memory_mb=int(d.get("memory_mb", 0)),
+            envs=_str_map(d.get("env")),
+            metadata=_str_map(d.get("metadata")),
+            allow_internet=bool(d.get("allow_internet", False)),
+            ip=d.get("ip", ""),
+            created_at=parse_time(d.get("created_at")),
+            started_at=parse_time(d.get("started_at")),
+            ended_at=parse_time(d.get("ended_at")),
+            error=d.get("error", ""),
+            volumes=[VolumeMount.from_json(v) for v in d.get("volumes") or []],
+            snapshot_id=d.get("snapshot_id", ""),
+            lineage_id=d.get("lineage_id", ""),
+            latest_id=d.get("latest_id", ""),
+            paused_aliases=int(d.get("paused_aliases", 0)),
+            snapshot_bytes=int(d.get("snapshot_bytes", 0)),
+            restored_from=d.get("restored_from", ""),
+            timeout_ms=int(d.get("timeout_ms", 0)),
+            timeout_at=parse_time(d.get("timeout_at")),
+            remaining_ms=int(d.get("remaining_ms", 0)),
+            timeout_action=d.get("timeout_action", ""),
+            on_timeout=d.get("on_timeout", ""),
+            auto_resume=bool(d.get("auto_resume", False)),
+            idle_timeout_ms=int(d.get("idle_timeout_ms", 0)),
+            persistence=d.get("persistence", ""),
+            command=list(d.get("command") or []),
+            main_pid=int(d.get("main_pid", 0)),
+            exit=MainExit.from_json(d["exit"]) if d.get("exit") else None,
+            public_ports=bool(d.get("public_ports", False)),
+            checkpoint_retention=int(d.get("checkpoint_retention", 0)),
+            on_pause=list(hooks.get("on_pause") or []),
+            on_resume=list(hooks.get("on_resume") or []),
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A machine's effective timeout, as set_timeout() echoes it."""
+
+    timeout_ms: int
+    timeout_at: Optional[datetime]
+    remaining_ms: int
+    timeout_action: str
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Lease":
+        return cls(
+            timeout_ms=int(d.get("timeout_ms", 0)),
+            timeout_at=parse_time(d.get("timeout_at")),
+            remaining_ms=int(d.get("remaining_ms", 0)),
+            timeout_action=d.get("timeout_action", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A saved machine state. ``kind`` is ``hibernate`` (a paused machine's
+    state, made by pause()), ``snapshot`` (reusable: create machines from it),
+    ``checkpoint`` (an entry of a machine's history) or ``disk`` (a stopped
+    machine's files)."""
+
+    id: str
+    kind: str = ""
+    machine_id: str = ""
+    lineage_id: str = ""
+    template: str = ""
+    size_bytes: int = 0
+    created_at: Optional[datetime] = None
+    parent_id: str = ""
+    generation: int = 0
+    checksum: str = ""
+    pause_window_ms: int = 0
+    runtime_version: str = ""
+    kernel: str = ""
+    children: int = 0
+    pinned: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Snapshot":
+        return cls(
+            id=d["id"],
+            kind=d.get("kind", ""),
+            machine_id=d.get("machine_id", ""),
+            lineage_id=d.get("lineage_id", ""),
+            template=d.get("template", ""),
+            size_bytes=int(d.get("size_bytes", 0)),
+            created_at=parse_time(d.get("created_at")),
+            parent_id=d.get("parent_id", ""),
+            generation=int(d.get("generation", 0)),
+            checksum=d.get("checksum", ""),
+            pause_window_ms=int(d.get("pause_window_ms", 0)),
+            runtime_version=d.get("runtime_version", ""),
+            kernel=d.get("kernel", ""),
+            children=int(d.get("children", 0)),
+            pinned=bool(d.get("pinned", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One sample of a running machine's resources, taken every 5 seconds.
+    ``cpu_used_pct`` is in percent of the machine's ``cpu_count``."""
+
+    timestamp: Optional[datetime]
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used: int
+    mem_total: int
+    disk_used: int
+    disk_total: int
+    net_rx_bytes: int = 0
+    net_tx_bytes: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Metric":
+        return cls(
+            timestamp=parse_time(d.get("timestamp")),
+            cpu_count=int(d.get("cpu_count", 0)),
+            cpu_used_pct=float(d.get("cpu_used_pct", 0.0)),
+            mem_used=int(d.get("mem_used", 0)),
+            mem_total=int(d.get("mem_total", 0)),
+            disk_used=int(d.get("disk_used", 0)),
+            disk_total=int(d.get("disk_total", 0)),
+            net_rx_bytes=int(d.get("net_rx_bytes", 0)),
+            net_tx_bytes=int(d.get("net_tx_bytes", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """How a command ended and what it wrote. ``exit_code`` is 128 + N when
+    signal N ended it; ``truncated`` says output beyond the machine's buffer
+    was dropped from the front."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    pid: int = 0
+    signal: str = ""
+    timed_out: bool = False
+    truncated: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "CommandResult":
+        return cls(
+            stdout=d.get("stdout", ""),
+            stderr=d.get("stderr", ""),
+            exit_code=int(d.get("exit_code", 0)),
+            pid=int(d.get("pid", 0)),
+            signal=d.get("signal", "") or "",
+            timed_out=bool(d.get("timed_out", False)),
+            truncated=bool(d.get("truncated", False)),
+        )
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a command's output: ``stream`` is "stdout" or "stderr",
+    ``data`` the bytes as text (split UTF-8 sequences are joined across
+    chunks), ``raw`` the bytes, ``offset`` their position in the stream."""
+
+    stream: str
+    data: str
+    raw: bytes
+    offset: int
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A command the machine's agent started (commands.list())."""
+
+    pid: int
+    cmd: List[str]
+    running: bool
+    cwd: str = ""
+    user: str = ""
+    started_at: Optional[datetime] = None
+    exit_code: Optional[int] = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ProcessInfo":
+        ec = d.get("exit_code")
+        return cls(
+            pid=int(d["pid"]),
+            cmd=list(d.get("cmd") or []),
+            running=bool(d.get("running", False)),
+            cwd=d.get("cwd", ""),
+            user=d.get("user", ""),
+            started_at=parse_time(d.get("started_at")),
+            exit_code=None if ec is None else int(ec),
+        )
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """A file or directory in a machine. ``type`` is file, dir, symlink or
+    other; ``mode`` the octal permission bits ("0644")."""
+
+    name: str
+    path: str
+    type: str
+    size: int = 0
+    mode: str = ""
+    mod_time: Optional[datetime] = None
+    symlink_target: str = ""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "EntryInfo":
+        return cls(
+            name=d.get("name", ""),
+            path=d.get("path", ""),
+            type=d.get("type", ""),
+            size=int(d.get("size", 0)),
+            mode=d.get("mode", ""),
+            mod_time=parse_time(d.get("mod_time")),
+            symlink_target=d.get("symlink_target", ""),
+        )
+
+
+@dataclass(frozen=True)
+class WriteInfo:
+    """What files.write() wrote."""
+
+    path: str
+    size: int
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "WriteInfo":
+        return cls(path=d.get("path", ""), size=int(d.get("size", 0)))
+
+
+class MachineURL(str):
+    """A public URL of a machine's port, served by the edge: use it as the
+    string it is (``url + "/path"``). It names the machine's lineage, so it
+    keeps working across pauses and resumes, and wakes an ``auto_resume``
+    machine. ``ws_url`` is the WebSocket form, ``origin_url`` the port as a
+    browser origin of its own, ``expires_at`` None when it never expires."""
+
+    ws_url: str
+    origin_url: str
+    path_url: str
+    port: int
+    lineage_id: str
+    expires_at: Optional[datetime]
+    public: bool
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "MachineURL":
+        u = cls(d["url"])
+        u.ws_url = d.get("ws_url", "")
+        u.origin_url = d.get("origin_url", "")
+        u.path_url = d.get("path_url", "")
+        u.port = int(d.get("port", 0))
+        u.lineage_id = d.get("lineage_id", "")
+        u.expires_at = parse_time(d.get("expires_at"))
+        u.public = bool(d.get("public", False))
+        return u
+
+
+@dataclass(frozen=True)
+class Event:
+    """A lifecycle event. ``seq`` grows by one per event: pass the last one
+    seen as ``after`` to read on from there."""
+
+    seq: int
+    type: str
+    machine_id: str
+    time: Optional[datetime]
+    cause: str
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Event":
+        return cls(
+            seq=int(d["seq"]),
+            type=d.get("type", ""),
+            machine_id=d.get("machine_id", ""),
+            time=parse_time(d.get("time")),
+            cause=d.get("cause", ""),
+            details=dict(d.get("details") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A named directory on the server that machines mount; not part of any
+    snapshot, mounted again on resume and in every child."""
+
+    name: str
+    created_at: Optional[datetime] = None
+    size_bytes: int = 0
+    machines: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Volume":
+        return cls(
+            name=d["name"],
+            created_at=parse_time(d.get("created_at")),
+            size_bytes=int(d.get("size_bytes", 0)),
+            machines=int(d.get("machines", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class Template:
+    """A root filesystem machines are created from."""
+
+    name: str
+    state: str
+    workdir: str = ""
+    envs: Dict[str, str] = field(default_factory=dict)
+    size_bytes: int = 0
+    created_at: Optional[datetime] = None
+    error: str = ""
+    source: str = ""
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Template":
+        return cls(
+            name=d["name"],
+            state=d.get("state", ""),
+            workdir=d.get("workdir", ""),
+            envs=_str_map(d.get("env")),
+            size_bytes=int(d.get("size_bytes", 0)),
+            created_at=parse_time(d.get("created_at")),
+            error=d.get("error", ""),
+            source=d.get("source", ""),
+        )
+
+
+def decode_data(ev: Mapping[str, Any]) -> bytes:
+    """The raw bytes of a stdout/stderr stream event (base64 on the wire)."""
+    d = ev.get("data")
+    return base64.b64decode(d) if d else b""
