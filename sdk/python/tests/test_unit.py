@@ -1,0 +1,253 @@
+"""Unit tests of the SDK's own logic against a scripted loopback server:
+error classes, retries, keep-alive, streams cut mid-way. They need no
+Nullspace server; test_live.py and test_reference.py do."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import json
+import socket
+import unittest
+from datetime import timezone
+
+import nullspace
+from nullspace import AsyncClient, AsyncMachine, Client, Machine, errors
+from nullspace.models import parse_time
+
+from fakeserver import FakeServer, err, js, ndjson_stream
+
+MACHINE = {"id": "mch_1", "state": "running", "lineage_id": "mch_1", "latest_id": "mch_1"}
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class ErrorClassesTest(unittest.TestCase):
+    def test_every_code_raises_its_class(self) -> None:
+        cases = [
+            (401, "unauthenticated", errors.AuthenticationError),
+            (400, "invalid_argument", errors.InvalidArgumentError),
+            (400, "auto_resume_requires_pause", errors.InvalidArgumentError),
+            (404, "machine_not_found", errors.MachineNotFoundError),
+            (404, "snapshot_not_found", errors.SnapshotNotFoundError),
+            (404, "template_not_found", errors.TemplateNotFoundError),
+            (404, "volume_not_found", errors.VolumeNotFoundError),
+            (404, "process_not_found", errors.ProcessNotFoundError),
+            (404, "file_not_found", errors.PathNotFoundError),
+            (409, "machine_not_running", errors.MachineNotRunningError),
+            (409, "conflict", errors.ConflictError),
+            (409, "snapshot_incompatible", errors.SnapshotIncompatibleError),
+            (409, "snapshot_corrupt", errors.SnapshotCorruptError),
+            (409, "snapshot_superseded", errors.SnapshotSupersededError),
+            (429, "rate_limited", errors.RateLimitError),
+            (503, "unavailable", errors.UnavailableError),
+            (504, "deadline_exceeded", errors.TimeoutError),
+            (507, "resource_exhausted", errors.ResourceExhaustedError),
+            (418, "a_code_from_the_future", errors.NullspaceError),
+        ]
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        c = Client(srv.url, "k", max_retries=0)
+        self.addCleanup(c.close)
+        for status, code, cls in cases:
+            with self.subTest(code=code):
+                srv.route("GET /v1/machines/mch_1", err(status, code, headers={"Retry-After": "7"}))
+                with self.assertRaises(cls) as cm:
+                    Machine.get_info_by_id("mch_1", client=c)
+                e = cm.exception
+                self.assertIs(type(e), cls)
+                self.assertEqual((e.code, e.status, e.suggested_action, e.retry_after), (code, status, "do the thing", 7.0))
+                self.assertIn(code, str(e))
+
+    def test_builtin_bases(self) -> None:
+        self.assertTrue(issubclass(errors.TimeoutError, builtins.TimeoutError))
+        self.assertTrue(issubclass(errors.PathNotFoundError, builtins.FileNotFoundError))
+        self.assertTrue(issubclass(errors.ConnectionError, builtins.ConnectionError))
+        self.assertTrue(issubclass(errors.MachineNotRunningError, errors.ConflictError))
+
+    def test_not_json_answer(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        srv.route("GET /v1/machines/mch_1", (502, {"Content-Type": "text/html"}, b"<html>bad gateway</html>"))
+        with Client(srv.url, "k", max_retries=0) as c, self.assertRaises(errors.NullspaceError) as cm:
+            Machine.get_info_by_id("mch_1", client=c)
+        self.assertEqual((cm.exception.status, cm.exception.code, cm.exception.retryable), (502, "", True))
+
+    def test_command_exit_error(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        srv.route("POST /v1/machines/mch_1/commands", js(200, {"pid": 3, "exit_code": 2, "stdout": "", "stderr": "boom\n"}))
+        with Client(srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            self.assertEqual(m.commands.run("false").exit_code, 2)
+            with self.assertRaises(errors.CommandExitError) as cm:
+                m.commands.run("false", check=True)
+        self.assertEqual((cm.exception.exit_code, cm.exception.stderr), (2, "boom\n"))
+        self.assertIn("boom", str(cm.exception))
+
+
+class RetryTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.srv = FakeServer()
+        self.addCleanup(self.srv.close)
+
+    def test_idempotent_call_retried_after_retryable_answer(self) -> None:
+        self.srv.route("GET /v1/machines/mch_1", err(503, "unavailable", True, {"Retry-After": "0"}),
+                       err(503, "unavailable", True, {"Retry-After": "0"}), js(200, MACHINE))
+        with Client(self.srv.url, "k") as c:
+            self.assertEqual(Machine.get_info_by_id("mch_1", client=c).id, "mch_1")
+        self.assertEqual(self.srv.count("GET", "/v1/machines/mch_1"), 3)
+
+    def test_create_and_command_never_sent_twice(self) -> None:
+        self.srv.route("POST /v1/machines", err(503, "unavailable", True, {"Retry-After": "0"}))
+        self.srv.route("POST /v1/machines/mch_1/commands", err(503, "agent_unavailable", True, {"Retry-After": "0"}))
+        with Client(self.srv.url, "k") as c:
+            with self.assertRaises(errors.UnavailableError):
+                Machine.create(template="base", client=c)
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            with self.assertRaises(errors.UnavailableError):
+                m.commands.run("echo once")
+        self.assertEqual(self.srv.count("POST", "/v1/machines"), 1)
+        self.assertEqual(self.srv.count("POST", "/v1/machines/mch_1/commands"), 1)
+
+    def test_non_retryable_answer_not_retried(self) -> None:
+        self.srv.route("GET /v1/machines/mch_1", err(404, "machine_not_found"))
+        with Client(self.srv.url, "k") as c, self.assertRaises(errors.MachineNotFoundError):
+            Machine.get_info_by_id("mch_1", client=c)
+        self.assertEqual(self.srv.count("GET", "/v1/machines/mch_1"), 1)
+
+    def test_connection_refused_is_connection_error(self) -> None:
+        url = f"http://127.0.0.1:{free_port()}"
+        with Client(url, "k", max_retries=2) as c, self.assertRaises(errors.ConnectionError) as cm:
+            Machine.create(template="base", client=c)
+        self.assertIsInstance(cm.exception.__cause__, OSError)
+        self.assertTrue(cm.exception.retryable)
+
+    def test_keep_alive_reuses_one_connection(self) -> None:
+        self.srv.route("GET /v1/machines/mch_1", js(200, MACHINE))
+        with Client(self.srv.url, "k") as c:
+            for _ in range(5):
+                Machine.get_info_by_id("mch_1", client=c)
+        self.assertEqual(len(self.srv.peers), 1)
+
+    def test_async_keep_alive_and_retry(self) -> None:
+        self.srv.route("GET /v1/machines/mch_1", err(503, "unavailable", True, {"Retry-After": "0"}), js(200, MACHINE))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                for _ in range(4):
+                    self.assertEqual((await AsyncMachine.get_info_by_id("mch_1", client=c)).id, "mch_1")
+
+        asyncio.run(main())
+        self.assertEqual(self.srv.count("GET", "/v1/machines/mch_1"), 5)
+        self.assertEqual(len(self.srv.peers), 1)
+
+    def test_key_sent_as_bearer(self) -> None:
+        self.srv.route("GET /v1/machines/mch_1", js(200, MACHINE))
+        with Client(self.srv.url, "secret-key") as c:
+            Machine.get_info_by_id("mch_1", client=c)
+        self.assertEqual(self.srv.requests[0][2]["Authorization"], "Bearer secret-key")
+
+
+def out(typ: str, data: bytes, offset: int) -> dict:
+    return {"type": typ, "data": base64.b64encode(data).decode(), "offset": offset}
+
+
+class StreamTest(unittest.TestCase):
+    """Output streams cut mid-way reconnect from their byte offsets."""
+
+    def setUp(self) -> None:
+        self.srv = FakeServer()
+        self.addCleanup(self.srv.close)
+        self.srv.route("GET /v1/machines/mch_1/commands", js(200, {"processes": [{"pid": 9, "cmd": ["x"], "running": True}]}))
+        cut = lambda h: h.connection.shutdown(socket.SHUT_RDWR)  # noqa: E731
+        first = ndjson_stream([out("stdout", b"ab", 0), out("stdout", "\u00e9".encode()[:1], 2)], then=cut)
+        rest = ndjson_stream([out("stdout", b"ab" + "\u00e9".encode(), 0), out("stdout", b"cd", 4),
+                              {"type": "exit", "exit_code": 0}])
+        calls = []
+
+        def route(h, body):
+            calls.append(h.path)
+            return (first if len(calls) == 1 else rest)(h, body)
+
+        self.calls = calls
+        self.srv.route("GET /v1/machines/mch_1/commands/9/output", route)
+
+    def test_sync_reconnect_no_duplicates(self) -> None:
+        with Client(self.srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            res = m.commands.connect(9).wait()
+        self.assertEqual(res.stdout, "ab\u00e9cd")
+        self.assertIn("stdout_offset=3", self.calls[1])
+
+    def test_async_reconnect_no_duplicates(self) -> None:
+        async def main() -> str:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), c)
+                h = await m.commands.connect(9)
+                return (await h.wait()).stdout
+
+        self.assertEqual(asyncio.run(main()), "ab\u00e9cd")
+        self.assertIn("stdout_offset=3", self.calls[1])
+
+
+class EventsResumeTest(unittest.TestCase):
+    def test_events_resume_after_disconnect(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        ev = lambda seq: {"seq": seq, "type": "machine.created", "machine_id": "mch_1", "time": "2026-12-01T10:00:00Z", "cause": "api"}  # noqa: E731
+        cut = lambda h: h.connection.shutdown(socket.SHUT_RDWR)  # noqa: E731
+        streams = [ndjson_stream([ev(1), ev(2)], then=cut), ndjson_stream([ev(3)], then=cut), ndjson_stream([ev(4)])]
+        paths = []
+
+        def route(h, body):
+            paths.append(h.path)
+            return streams[min(len(paths) - 1, 2)](h, body)
+
+        srv.route("GET /v1/events", route)
+        with Client(srv.url, "k") as c:
+            seqs = []
+            for e in c.events(after=0):
+                seqs.append(e.seq)
+                if e.seq == 4:
+                    break
+        self.assertEqual(seqs, [1, 2, 3, 4])
+        self.assertIn("after=2", paths[1])
+        self.assertIn("after=3", paths[2])
+
+
+class ModelsTest(unittest.TestCase):
+    def test_parse_time(self) -> None:
+        t = parse_time("2026-12-01T22:43:55.123456789Z")
+        assert t is not None
+        self.assertEqual((t.microsecond, t.tzinfo), (123456, timezone.utc))
+        self.assertEqual(parse_time("2026-12-01T22:43:55+02:00").utcoffset().total_seconds(), 7200)  # type: ignore[union-attr]
+        self.assertIsNone(parse_time("0001-01-01T00:00:00Z"))
+        self.assertIsNone(parse_time(None))
+
+    def test_url_is_a_string(self) -> None:
+        u = nullspace.MachineURL.from_json({"url": "http://e/m/x", "ws_url": "ws://e/m/x", "port": 80})
+        self.assertEqual(u + "/a", "http://e/m/x/a")
+        self.assertEqual((u.ws_url, u.port, u.expires_at), ("ws://e/m/x", 80, None))
+
+    def test_bad_arguments_fail_before_sending(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        with Client(srv.url, "k") as c:
+            for kw in ({"timeout": -1}, {"timeout": "600"}, {"idle_timeout": 0.0001}, {"volumes": [42]}, {"command": []}):
+                with self.subTest(kw=kw), self.assertRaises(errors.InvalidArgumentError):
+                    Machine.create(template="base", client=c, **kw)
+            with self.assertRaises(errors.InvalidArgumentError):
+                Client("ftp://x")
+        self.assertEqual(srv.requests, [])
+
+
+if __name__ == "__main__":
+    unittest.main()
