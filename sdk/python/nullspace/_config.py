@@ -152,10 +152,17 @@ class Settings:
         return h
 
     def read_timeout(self, r: Request[Any]) -> Optional[float]:
-        t = self.request_timeout if isinstance(r.timeout, _Default) else r.timeout
-        if t is None or r.extra_timeout is None:
+        """How long to wait for each read of r's answer: request_timeout
+        beyond what the call itself is asked to take (a command's timeout,
+        a wait's). A call with no bound of its own (a wait without timeout,
+        a stream) has no read limit unless it was given a request_timeout."""
+        if isinstance(r.timeout, _Default):
+            if r.extra_timeout is None or self.request_timeout is None:
+                return None
+            return self.request_timeout + r.extra_timeout
+        if r.timeout is None:
             return None
-        return t + r.extra_timeout
+        return r.timeout + (r.extra_timeout or 0.0)
 
     def connect_timeout(self, r: Request[Any]) -> Optional[float]:
         t = self.request_timeout if isinstance(r.timeout, _Default) else r.timeout

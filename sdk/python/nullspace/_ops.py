@@ -278,7 +278,7 @@ def run(
     if not background:
         extra = None if timeout == 0 else (timeout if timeout is not None else 60.0)
     return Request("POST", mpath(id, "commands"), json=b, accept=NDJSON if stream else "application/json",
-                   timeout=t, extra_timeout=None if stream else extra,
+                   timeout=t, extra_timeout=extra,
                    parse=None if (stream or background) else CommandResult.from_json)
 
 

@@ -21,7 +21,8 @@ def require_server() -> None:
         raise RuntimeError(
             "NULLSPACE_API_URL is not set: run the live SDK tests with `make test` (e2e TestPythonSDK), "
             "or point NULLSPACE_API_URL and NULLSPACE_API_KEY at a running `nullspace serve`")
-    nullspace.Client().health()
+    with nullspace.Client() as c:
+        c.health()
 
 
 def eventually(what: str, f: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
