@@ -27,7 +27,7 @@ var testNames = server.HostNames{
 
 const (
 	testCIDR         = "10.232.0.0/16"
-	testMaxFileBytes = 4 << 20
+	testMaxFileBytes = 64 << 20
 )
 
 // env is the shared test server and a client for it.

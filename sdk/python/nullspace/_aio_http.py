@@ -38,6 +38,8 @@ class _Conn:
 class _Head:
     def __init__(self, status: int, headers: Dict[str, str], keep_alive: bool) -> None:
         self.status, self.headers, self.keep_alive = status, headers, keep_alive
+        # The body of an error answer, read with its head (see _read_head).
+        self.error_body: Optional[bytes] = None
 
 
 async def _read_head(c: _Conn) -> _Head:
@@ -61,7 +63,14 @@ async def _read_head(c: _Conn) -> _Head:
     keep = parts[0] == "HTTP/1.1" and "close" not in conn
     if status == 100:
         return await _read_head(c)
-    return _Head(status, headers, keep)
+    h = _Head(status, headers, keep)
+    n = headers.get("content-length", "")
+    if not 200 <= status < 300 and n.isdigit() and int(n) <= _MAX_HEAD:
+        # Read now, in the same step as the head: a server that refused a
+        # body it did not read closes, and once the reset arrives the
+        # stream gives nothing more, buffered or not.
+        h.error_body = await c.reader.readexactly(int(n))
+    return h
 
 
 class _Body:
@@ -72,7 +81,7 @@ class _Body:
         te = h.headers.get("transfer-encoding", "").lower()
         self.chunked = "chunked" in te
         self.left: Optional[int] = None
-        if method == "HEAD" or h.status in (204, 304):
+        if method == "HEAD" or h.status in (204, 304) or h.error_body is not None:
             self.left = 0
         elif not self.chunked and "content-length" in h.headers:
             self.left = int(h.headers["content-length"])
@@ -224,12 +233,25 @@ class AsyncTransport:
             lines = [f"{r.method} {self._prefix + r.url_path()} HTTP/1.1", f"Host: {self._hostport}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             c.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            if body is not None:
-                await self._send_body(c, body, chunked=headers.get("Transfer-Encoding") == "chunked")
-            else:
-                await c.writer.drain()
             rt = self.settings.read_timeout(r)
-            head = await (asyncio.wait_for(_read_head(c), rt) if rt is not None else _read_head(c))
+            # The answer is read while the body goes out: a server may
+            # answer before reading it all (a refusal: too large, unknown
+            # machine) and close, and that answer says why, not the broken
+            # pipe that sending the rest then meets.
+            head_task = asyncio.ensure_future(_read_head(c))
+            try:
+                if body is not None:
+                    await self._send_body(c, body, chunked=headers.get("Transfer-Encoding") == "chunked")
+                else:
+                    await c.writer.drain()
+            except OSError:
+                await asyncio.wait([head_task], timeout=1.0)
+                if not head_task.done() or head_task.exception() is not None:
+                    raise
+            except BaseException:
+                head_task.cancel()
+                raise
+            head = await (asyncio.wait_for(head_task, rt) if rt is not None else head_task)
             return c, head, _Body(c, head, r.method, rt)
         except errors.NullspaceError:
             if c is not None:
@@ -259,10 +281,12 @@ class AsyncTransport:
                 continue
             if 200 <= head.status < 300:
                 return c, head, body
-            try:
-                data = await body.read_all(64 << 10)
-            except (errors.NullspaceError, OSError, asyncio.TimeoutError):
-                data = b""
+            data = head.error_body
+            if data is None:
+                try:
+                    data = await body.read_all(64 << 10)
+                except (errors.NullspaceError, OSError, asyncio.TimeoutError):
+                    data = b""
             self._release(c, body)
             err = _config.error_of(head.status, head.headers, data)
             if not _config.should_retry(r, err, attempt, self.settings.max_retries, True):

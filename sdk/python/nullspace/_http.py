@@ -111,7 +111,13 @@ class Transport:
                 c.putheader(k, v)
             c.endheaders()
             if body is not None:
-                self._send_body(c, body, chunked=headers.get("Transfer-Encoding") == "chunked")
+                try:
+                    self._send_body(c, body, chunked=headers.get("Transfer-Encoding") == "chunked")
+                except OSError:
+                    # The server may have answered before reading the whole
+                    # body (a refusal: too large, unknown machine) and
+                    # closed: its answer says why, not the broken pipe.
+                    return c, c.getresponse()
             resp = c.getresponse()
             return c, resp
         except errors.NullspaceError:

@@ -165,6 +165,9 @@ _BY_CODE: Dict[str, Type[NullspaceError]] = {
     "port_not_allowed": InvalidArgumentError,
     "snapshot_wrong_kind": InvalidArgumentError,
     "command_not_found": InvalidArgumentError,
+    "file_too_large": InvalidArgumentError,
+    "is_a_directory": InvalidArgumentError,
+    "not_a_directory": InvalidArgumentError,
     "not_found": NotFoundError,
     "machine_not_found": MachineNotFoundError,
     "snapshot_not_found": SnapshotNotFoundError,
@@ -195,6 +198,7 @@ _BY_CODE: Dict[str, Type[NullspaceError]] = {
 _BY_STATUS: Dict[int, Type[NullspaceError]] = {
     400: InvalidArgumentError,
     401: AuthenticationError,
+    413: InvalidArgumentError,
     404: NotFoundError,
     409: ConflictError,
     429: RateLimitError,

@@ -30,6 +30,8 @@ class FakeServer:
         self.routes: Dict[str, Any] = {}
         self.requests: List[Tuple[str, str, Dict[str, str], bytes]] = []
         self.peers: set = set()
+        #: Routes answered without reading the request's body, then closed.
+        self.no_read: set = set()
         fake = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -41,7 +43,9 @@ class FakeServer:
             def _handle(self) -> None:
                 fake.peers.add(self.client_address[1])
                 body = b""
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                if f"{self.command} {self.path.split('?')[0]}" in fake.no_read:
+                    self.close_connection = True
+                elif self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     while True:
                         size = int(self.rfile.readline().strip(), 16)
                         if size == 0:

@@ -149,6 +149,28 @@ class RetryTest(unittest.TestCase):
         self.assertEqual(self.srv.count("GET", "/v1/machines/mch_1"), 5)
         self.assertEqual(len(self.srv.peers), 1)
 
+    def test_early_refusal_reported_not_broken_pipe(self) -> None:
+        """A server that refuses a large upload before reading it answers and
+        closes: the caller gets that answer, not a broken pipe."""
+        path = "/v1/machines/mch_1/files"
+        self.srv.route("PUT " + path, err(413, "file_too_large", headers={"Connection": "close"}))
+        self.srv.no_read.add("PUT " + path)
+        big = b"x" * (32 << 20)
+        with Client(self.srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            with self.assertRaises(errors.InvalidArgumentError) as cm:
+                m.files.write("/workspace/big", big)
+        self.assertEqual((cm.exception.code, cm.exception.status), ("file_too_large", 413))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), c)
+                await m.files.write("/workspace/big", big)
+
+        with self.assertRaises(errors.InvalidArgumentError) as cm:
+            asyncio.run(main())
+        self.assertEqual(cm.exception.code, "file_too_large")
+
     def test_key_sent_as_bearer(self) -> None:
         self.srv.route("GET /v1/machines/mch_1", js(200, MACHINE))
         with Client(self.srv.url, "secret-key") as c:
