@@ -36,7 +36,10 @@
 //     the machine, the proxy's added latency and throughput, a WebSocket
 //     echo, and 200 concurrent requests to a paused machine. See edge.go;
 //   - lists: the store queries of one API page over 1,000 and 10,000 rows,
-//     and the disk 100 pause/resume cycles leave. See lists.go.
+//     and the disk 100 pause/resume cycles leave. See lists.go;
+//   - sdk: the Python SDK's create to first command, exec round trip and
+//     1 MiB file write and read beside the same calls made with raw HTTP
+//     from the same Python process, and `import nullspace`. See sdk.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -103,7 +106,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or sdk (issue 12: the Python SDK beside raw HTTP, import time)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -143,9 +146,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge", "lists":
+	case "all", "core", "hibernate", "lease", "edge", "lists", "sdk":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge or lists", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists or sdk", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -250,6 +253,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			res.printTable(os.Stdout)
 			res.printEdge(os.Stdout)
 			res.printLists(os.Stdout)
+			res.printSDK(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -309,7 +313,12 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "lists" {
-		return measureLists(ctx, cfg, work, ns, res)
+		if err := measureLists(ctx, cfg, work, ns, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "sdk" {
+		return measureSDK(ctx, cfg, ns, res)
 	}
 	return nil
 }

@@ -116,6 +116,7 @@ type nullspaceSide struct {
 	cfg            config
 	inst           *server.Instance
 	client         *client.Client
+	key            string   // the server's API key
 	extraTemplates []string // templates beyond minimal to benchmark
 	tap            *tapHandler
 
@@ -148,7 +149,8 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	if err != nil {
 		return s, fmt.Errorf("read the server's api key: %w", err)
 	}
-	s.client = client.New("http://"+inst.Addr, strings.TrimSpace(string(key)))
+	s.key = strings.TrimSpace(string(key))
+	s.client = client.New("http://"+inst.Addr, s.key)
 	return s, nil
 }
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json as _json
 import os
-import random
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -199,6 +198,8 @@ def backoff(attempt: int, hint: Optional[float]) -> float:
     server's Retry-After when it gave one, else exponential with jitter."""
     if hint is not None:
         return min(hint, 30.0)
+    import random  # here: it costs a few ms at import, and few calls ever retry
+
     return min(0.2 * (2**attempt), 5.0) * (0.5 + random.random() / 2)
 
 
@@ -254,6 +255,14 @@ def connection_error(r: Request[Any], e: BaseException) -> errors.NullspaceError
         retryable=True,
         suggested_action="check that the server is running and api_url is right",
     )
+
+
+def warn(msg: str, *args: Any) -> None:
+    """Logs a warning on the "nullspace" logger (logging is imported on
+    first use: most programs never need it)."""
+    import logging
+
+    logging.getLogger("nullspace").warning(msg, *args)
 
 
 def q(**kw: Any) -> List[Tuple[str, str]]:

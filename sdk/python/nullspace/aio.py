@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _ops, errors
+from . import _config, _ops, errors
 from ._aio_http import AsyncStreamResponse, AsyncTransport
 from ._commands import Collector, OutputCallback, reconnectable
 from ._commands import check as check_result
@@ -40,7 +39,6 @@ from .models import (
     WriteInfo,
 )
 
-log = logging.getLogger("nullspace")
 
 
 class AsyncClient:
@@ -628,7 +626,7 @@ class AsyncKeepAlive:
             try:
                 await self._refresh()
             except errors.NullspaceError as e:
-                log.warning("keep_alive: refreshing the lease of %s failed: %s", self._m.id, e)
+                _config.warn("keep_alive: refreshing the lease of %s failed: %s", self._m.id, e)
                 if self.error is None and self._on_error is not None:
                     self._on_error(e)
                 if not e.retryable or time.monotonic() + 1 >= deadline:

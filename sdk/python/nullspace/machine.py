@@ -9,12 +9,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Union
 
-from . import _ops, errors
+from . import _config, _ops, errors
 from ._commands import Collector, OutputCallback, reconnectable
 from ._commands import check as check_result
 from ._config import DEFAULT, Timeout, backoff
@@ -34,7 +33,6 @@ from .models import (
     WriteInfo,
 )
 
-log = logging.getLogger("nullspace")
 
 
 class _either:
@@ -598,7 +596,7 @@ class KeepAlive:
             try:
                 self._refresh()
             except errors.NullspaceError as e:
-                log.warning("keep_alive: refreshing the lease of %s failed: %s", self._m.id, e)
+                _config.warn("keep_alive: refreshing the lease of %s failed: %s", self._m.id, e)
                 if self.error is None and self._on_error is not None:
                     self._on_error(e)
                 if not e.retryable or time.monotonic() + 1 >= deadline:
