@@ -232,7 +232,12 @@ class AsyncTransport:
             sent = True
             lines = [f"{r.method} {self._prefix + r.url_path()} HTTP/1.1", f"Host: {self._hostport}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
-            c.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            if isinstance(body, (bytes, bytearray, memoryview)):
+                # One write, one segment: a body written on its own waits
+                # for the server's delayed ACK of the head.
+                head_bytes, body = head_bytes + bytes(body), None
+            c.writer.write(head_bytes)
             rt = self.settings.read_timeout(r)
             # The answer is read while the body goes out: a server may
             # answer before reading it all (a refusal: too large, unknown

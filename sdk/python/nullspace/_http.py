@@ -109,15 +109,19 @@ class Transport:
             c.putrequest(r.method, self._prefix + r.url_path(), skip_accept_encoding=True)
             for k, v in headers.items():
                 c.putheader(k, v)
-            c.endheaders()
-            if body is not None:
-                try:
+            try:
+                if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+                    # Head and body in one segment: a body sent on its own
+                    # waits for the server's delayed ACK of the head.
+                    c.endheaders(message_body=body)
+                else:
+                    c.endheaders()
                     self._send_body(c, body, chunked=headers.get("Transfer-Encoding") == "chunked")
-                except OSError:
-                    # The server may have answered before reading the whole
-                    # body (a refusal: too large, unknown machine) and
-                    # closed: its answer says why, not the broken pipe.
-                    return c, c.getresponse()
+            except OSError:
+                # The server may have answered before reading the whole
+                # body (a refusal: too large, unknown machine) and closed:
+                # its answer says why, not the broken pipe.
+                return c, c.getresponse()
             resp = c.getresponse()
             return c, resp
         except errors.NullspaceError:

@@ -267,11 +267,12 @@ class AsyncMachine:
 
     @classmethod
     def list(cls, *, state: Optional[str] = None, metadata: Optional[Mapping[str, str]] = None,
-             template: Optional[str] = None, include_aliases: bool = False, client: Optional[AsyncClient] = None,
+             template: Optional[str] = None, include_aliases: bool = False, page_size: Optional[int] = None,
+             client: Optional[AsyncClient] = None,
              api_url: Optional[str] = None, api_key: Optional[str] = None,
              request_timeout: Timeout = DEFAULT) -> AsyncIterator[MachineInfo]:
         c = shared_client(client, api_url, api_key)
-        return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, None, tok,
+        return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, page_size, tok,
                                                       request_timeout), "machines", MachineInfo.from_json)
 
     async def _kill_id(cls, machine_id: str, *, client: Optional[AsyncClient] = None, api_url: Optional[str] = None,

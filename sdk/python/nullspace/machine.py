@@ -154,14 +154,16 @@ class Machine:
 
     @classmethod
     def list(cls, *, state: Optional[str] = None, metadata: Optional[Mapping[str, str]] = None,
-             template: Optional[str] = None, include_aliases: bool = False, client: Optional[Client] = None,
+             template: Optional[str] = None, include_aliases: bool = False, page_size: Optional[int] = None,
+             client: Optional[Client] = None,
              api_url: Optional[str] = None, api_key: Optional[str] = None,
              request_timeout: Timeout = DEFAULT) -> Iterator[MachineInfo]:
         """Every machine (one row per machine: its latest execution), oldest
         first, read a page at a time as the iteration goes; filtered by
-        state, template and metadata (all pairs must match)."""
+        state, template and metadata (all pairs must match). ``page_size``
+        (1..1000, default 100) is how many rows each request reads."""
         c = shared_client(client, api_url, api_key)
-        return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, None, tok,
+        return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, page_size, tok,
                                                       request_timeout), "machines", MachineInfo.from_json)
 
     def _kill_id(cls, machine_id: str, *, client: Optional[Client] = None, api_url: Optional[str] = None,

@@ -390,6 +390,10 @@ class Surface:
         c = self.make_client()
         got = [x.id for x in self.M.list(metadata={"page": self.tag}, client=c)]
         t.assertEqual(sorted(got), sorted(ids))
+        got = [x.id for x in self.M.list(metadata={"page": self.tag}, page_size=1, client=c)]
+        t.assertEqual(sorted(got), sorted(ids))
+        with t.assertRaises(errors.InvalidArgumentError):
+            list(self.M.list(page_size=5000, client=c))
         # One row per page: every machine once, in creation order.
         pages = []
         tok = None

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import builtins
 import json
+import os
 import socket
 import unittest
 from datetime import timezone
@@ -243,6 +244,56 @@ class EventsResumeTest(unittest.TestCase):
         self.assertEqual(seqs, [1, 2, 3, 4])
         self.assertIn("after=2", paths[1])
         self.assertIn("after=3", paths[2])
+
+
+class MonitorReconnectTest(unittest.TestCase):
+    def test_monitor_reconnects(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        sample = lambda i: {"timestamp": f"2026-12-01T10:00:0{i}Z", "cpu_count": 2, "cpu_used_pct": i,  # noqa: E731
+                            "mem_used": 1, "mem_total": 2, "disk_used": 0, "disk_total": 0}
+        cut = lambda h: h.connection.shutdown(socket.SHUT_RDWR)  # noqa: E731
+        streams = [ndjson_stream([sample(1)], then=cut), ndjson_stream([sample(2)], then=cut)]
+        n = []
+
+        def route(h, body):
+            n.append(1)
+            return streams[min(len(n) - 1, 1)](h, body)
+
+        srv.route("GET /v1/machines/mch_1/metrics", route)
+        srv.route("GET /v1/machines/mch_1", js(200, MACHINE))
+        with Client(srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            got = []
+            for s in nullspace.Monitor(m):
+                got.append(s.cpu_used_pct)
+                if len(got) == 3:
+                    break
+        self.assertEqual(got, [1.0, 2.0, 2.0])
+        self.assertEqual(len(n), 3)
+
+
+class PackagingTest(unittest.TestCase):
+    def test_pip_install_offline(self) -> None:
+        """`pip install ./sdk/python` in a fresh venv, with no index: the
+        in-tree backend needs nothing from PyPI."""
+        import subprocess
+        import sys
+        import tempfile
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "pyproject.toml"), encoding="utf-8") as f:
+            self.assertIn(f'version = "{nullspace.__version__}"', f.read())
+        with tempfile.TemporaryDirectory() as d:
+            venv = os.path.join(d, "venv")
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+            py = os.path.join(venv, "bin", "python")
+            r = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", root], capture_output=True, text=True)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            r = subprocess.run([py, "-c", "import nullspace, os; from nullspace import AsyncMachine; "
+                                "print(nullspace.__version__, os.path.isfile(os.path.join(os.path.dirname("
+                                "nullspace.__file__), 'py.typed')))"], capture_output=True, text=True, cwd=d)
+            self.assertEqual(r.stdout.split(), [nullspace.__version__, "True"], r.stderr)
 
 
 class ModelsTest(unittest.TestCase):
