@@ -17,6 +17,11 @@ import (
 // samples.
 func TestMetrics(t *testing.T) {
 	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", CPUCount: 1})
+	// Asked at once, before the sampler's first tick: one sample, taken now.
+	first, err := env.client.Metrics(t.Context(), m.ID)
+	if err != nil || len(first) == 0 || first[0].MemUsed == 0 {
+		t.Fatalf("metrics of a machine just created: %v, %+v", err, first)
+	}
 	run(t, m.ID, "dd if=/dev/zero of=/root/blob bs=1M count=8 && sync")
 	idle := waitSample(t, m.ID, func(s api.MetricSample) bool { return s.DiskUsed >= 8<<20 })
 	if idle.CPUCount != 1 || idle.MemUsed == 0 || idle.MemTotal != 512<<20 || idle.DiskTotal == 0 || idle.NetRxBytes == 0 || idle.NetTxBytes == 0 {
@@ -33,7 +38,7 @@ func TestMetrics(t *testing.T) {
 	defer cancel()
 	var got []api.MetricSample
 	done := errors.New("enough")
-	err := env.client.Monitor(ctx, m.ID, func(s api.MetricSample) error {
+	err = env.client.Monitor(ctx, m.ID, func(s api.MetricSample) error {
 		got = append(got, s)
 		if len(got) == 2 {
 			return done

@@ -75,12 +75,7 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 	if err != nil {
 		return 0
 	}
-	// Every machine's overlay is under the data dir: one statfs serves all.
-	var diskTotal uint64
-	var fsst syscall.Statfs_t
-	if syscall.Statfs(filepath.Join(m.cfg.DataDir, "machines"), &fsst) == nil {
-		diskTotal = fsst.Blocks * uint64(fsst.Bsize)
-	}
+	diskTotal := m.overlayDiskTotal()
 	running := map[string]bool{}
 	sampled := 0
 	for _, rec := range recs {
@@ -104,6 +99,16 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 	return sampled
 }
 
+// overlayDiskTotal is the size of the file system that holds every
+// machine's overlay (the data dir's): one statfs serves all.
+func (m *Manager) overlayDiskTotal() uint64 {
+	var fsst syscall.Statfs_t
+	if syscall.Statfs(filepath.Join(m.cfg.DataDir, "machines"), &fsst) != nil {
+		return 0
+	}
+	return fsst.Blocks * uint64(fsst.Bsize)
+}
+
 // sample measures one machine; ok is false when its counters cannot be read
 // (it is stopping, or the driver cannot tell). diskTotal is the size of the
 // file system holding the machines' overlays.
@@ -125,6 +130,10 @@ func (m *Manager) sample(rec *store.Machine, now time.Time, diskTotal uint64) (a
 	prev, seen := m.metrics.lastCPU[rec.ID]
 	m.metrics.lastCPU[rec.ID] = cpuMark{at: now, nanos: stats.CPUNanos}
 	m.metrics.mu.Unlock()
+	if !seen && !rec.StartedAt.IsZero() {
+		// The first sample: the CPU used since the sandbox started.
+		prev, seen = cpuMark{at: rec.StartedAt}, true
+	}
 	if seen && now.After(prev.at) && stats.CPUNanos >= prev.nanos && rec.CPUCount > 0 {
 		s.CPUUsedPct = float64(stats.CPUNanos-prev.nanos) / float64(now.Sub(prev.at).Nanoseconds()) / float64(rec.CPUCount) * 100
 	}
@@ -165,8 +174,19 @@ func (ms *metrics) forget(running map[string]bool) {
 
 // Metrics returns a machine's recent samples, oldest first.
 func (m *Manager) Metrics(ctx context.Context, teamID, id string) ([]api.MetricSample, error) {
-	if _, err := m.Get(ctx, teamID, id); err != nil {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil {
 		return nil, err
+	}
+	m.metrics.mu.Lock()
+	none := len(m.metrics.samples[id]) == 0
+	m.metrics.mu.Unlock()
+	if none && rec.State == api.StateRunning && rec.TeamID != buildTeam {
+		// A machine created a moment ago has no sample until the next tick:
+		// take its first now, so a running machine never shows none.
+		if s, ok := m.sample(rec, time.Now(), m.overlayDiskTotal()); ok {
+			m.metrics.add(id, s)
+		}
 	}
 	m.metrics.mu.Lock()
 	defer m.metrics.mu.Unlock()

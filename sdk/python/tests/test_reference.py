@@ -274,7 +274,9 @@ class ReferenceExamples(unittest.TestCase):
 
     def test_002_metrics(self) -> None:
         ns: Dict[str, Any] = {}
-        self.run_example("002", "metrics", ns)
+        printed = self.run_example("002", "metrics", ns)
+        # Asked right after create: the first sample is taken on the call.
+        self.assertTrue(printed.startswith("Metric(timestamp="), printed)
         self.assertEqual(Machine.get_info_by_id(ns["machine"].id).status, "killed")
 
     def test_002_timeout_and_lease(self) -> None:
