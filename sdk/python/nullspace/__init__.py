@@ -12,6 +12,8 @@ The blocking surface is here; the same for asyncio is ``AsyncMachine`` (and
 ``AsyncClient``). Standard library only.
 """
 
+from typing import TYPE_CHECKING
+
 from ._config import DEFAULT_REQUEST_TIMEOUT, VERSION as __version__
 from .client import Client
 from .errors import (
@@ -69,6 +71,8 @@ __all__ = [
     "UnavailableError", "Volume", "VolumeMount", "VolumeNotFoundError", "WriteInfo", "__version__",
 ]
 
+if TYPE_CHECKING:
+    from .aio import AsyncClient, AsyncCommandHandle, AsyncKeepAlive, AsyncMachine, AsyncMonitor
 
 _ASYNC = ("AsyncClient", "AsyncCommandHandle", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor")
 

@@ -359,20 +359,12 @@ class AsyncStreamResponse:
             yield b
 
     async def lines(self) -> AsyncIterator[bytes]:
-        buf = b""
+        """The answer's lines (see _config.Lines)."""
+        cut = _config.Lines(self._r)
         async for chunk in self:
-            buf += chunk
-            while True:
-                i = buf.find(b"\n")
-                if i < 0:
-                    break
-                line, buf = buf[:i].strip(), buf[i + 1 :]
-                if line:
-                    yield line
-        if buf.strip():
-            raise errors.ConnectionError(
-                f"{self._r.method} {self._r.path}: the stream ended inside a line", code="connection_failed", retryable=True
-            )
+            for line in cut.feed(chunk):
+                yield line
+        cut.end()
 
     async def aclose(self) -> None:
         if not self._closed:

@@ -257,6 +257,46 @@ def connection_error(r: Request[Any], e: BaseException) -> errors.NullspaceError
     )
 
 
+class Lines:
+    """Cuts a stream's chunks into lines (NDJSON): feed() returns the lines
+    a chunk completes, without their ends, empty ones skipped; end() fails
+    when the stream stopped inside a line."""
+
+    def __init__(self, r: Request[Any]) -> None:
+        self._r = r
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> List[bytes]:
+        self._buf += chunk
+        out: List[bytes] = []
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                return out
+            line, self._buf = self._buf[:i].strip(), self._buf[i + 1 :]
+            if line:
+                out.append(line)
+
+    def end(self) -> None:
+        if self._buf.strip():
+            raise errors.ConnectionError(f"{self._r.method} {self._r.path}: the stream ended inside a line",
+                                         code="connection_failed", retryable=True)
+
+
+class either:
+    """A method callable on the class with an id (``Machine.kill(id)``) and
+    on a handle without one (``machine.kill()``)."""
+
+    def __init__(self, on_class: Callable[..., Any], on_handle: Callable[..., Any]) -> None:
+        self._cls, self._obj = on_class, on_handle
+        self.__doc__ = on_class.__doc__
+
+    def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
+        if obj is None:
+            return lambda *a, **kw: self._cls(owner, *a, **kw)
+        return lambda *a, **kw: self._obj(obj, *a, **kw)
+
+
 def warn(msg: str, *args: Any) -> None:
     """Logs a warning on the "nullspace" logger (logging is imported on
     first use: most programs never need it)."""

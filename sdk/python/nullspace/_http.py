@@ -8,7 +8,7 @@ import select
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Dict, Iterator, List, Tuple, TypeVar
 
 from . import _config, errors
 from ._config import Request, Settings
@@ -236,22 +236,11 @@ class StreamResponse:
             yield b
 
     def lines(self) -> Iterator[bytes]:
-        """The answer's lines without their line ends, empty ones skipped.
-        A last line cut off without its newline is a broken stream."""
-        buf = b""
+        """The answer's lines (see _config.Lines)."""
+        cut = _config.Lines(self._r)
         for chunk in self:
-            buf += chunk
-            while True:
-                i = buf.find(b"\n")
-                if i < 0:
-                    break
-                line, buf = buf[:i].strip(), buf[i + 1 :]
-                if line:
-                    yield line
-        if buf.strip():
-            raise errors.ConnectionError(
-                f"{self._r.method} {self._r.path}: the stream ended inside a line", code="connection_failed", retryable=True
-            )
+            yield from cut.feed(chunk)
+        cut.end()
 
     def _finish(self) -> None:
         if not self._done:

@@ -177,15 +177,14 @@ def shared_client(client: Optional[AsyncClient], api_url: Optional[str], api_key
     return c
 
 
-class _either:
-    def __init__(self, on_class: Callable[..., Any], on_handle: Callable[..., Any]) -> None:
-        self._cls, self._obj = on_class, on_handle
-        self.__doc__ = on_class.__doc__
-
-    def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
-        if obj is None:
-            return lambda *a, **kw: self._cls(owner, *a, **kw)
-        return lambda *a, **kw: self._obj(obj, *a, **kw)
+async def _kill_by_id(machine_id: str, *, client: Optional[AsyncClient] = None, api_url: Optional[str] = None,
+                      api_key: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
+    c = shared_client(client, api_url, api_key)
+    try:
+        await c.call(_ops.kill(machine_id, request_timeout))
+    except errors.MachineNotFoundError:
+        return False
+    return True
 
 
 class AsyncMachine:
@@ -275,19 +274,10 @@ class AsyncMachine:
         return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, page_size, tok,
                                                       request_timeout), "machines", MachineInfo.from_json)
 
-    async def _kill_id(cls, machine_id: str, *, client: Optional[AsyncClient] = None, api_url: Optional[str] = None,
-                       api_key: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
-        c = shared_client(client, api_url, api_key)
-        try:
-            await c.call(_ops.kill(machine_id, request_timeout))
-        except errors.MachineNotFoundError:
-            return False
-        return True
-
     async def _kill_self(self, *, request_timeout: Timeout = DEFAULT) -> bool:
-        return await AsyncMachine._kill_id(AsyncMachine, self.id, client=self._client, request_timeout=request_timeout)
+        return await _kill_by_id(self.id, client=self._client, request_timeout=request_timeout)
 
-    kill = _either(_kill_id, _kill_self)
+    kill = _config.either(_kill_by_id, _kill_self)
 
     def _set(self, info: MachineInfo) -> MachineInfo:
         self._info = info

@@ -18,7 +18,9 @@ class NullspaceError(Exception):
     ``code`` is the server's stable code ("" when the answer carried none),
     ``status`` the HTTP status (0 for a failure that never got an answer or
     an error inside a stream), ``retryable`` whether the same call may
-    succeed later, ``suggested_action`` what to do next.
+    succeed later, ``suggested_action`` what to do next, ``retry_after``
+    the seconds the server asked to wait before a retry (its Retry-After),
+    if it did.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class NullspaceError(Exception):
         self.status = status
         self.retryable = retryable
         self.suggested_action = suggested_action
+        self.retry_after: Optional[float] = None
 
     def __str__(self) -> str:
         s = self.message

@@ -35,18 +35,19 @@ from .models import (
 
 
 
-class _either:
-    """A method callable on the class with an id (``Machine.kill(id)``) and
-    on a handle without one (``machine.kill()``)."""
-
-    def __init__(self, on_class: Callable[..., Any], on_handle: Callable[..., Any]) -> None:
-        self._cls, self._obj = on_class, on_handle
-        self.__doc__ = on_class.__doc__
-
-    def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
-        if obj is None:
-            return lambda *a, **kw: self._cls(owner, *a, **kw)
-        return lambda *a, **kw: self._obj(obj, *a, **kw)
+def _kill_by_id(machine_id: str, *, client: Optional[Client] = None, api_url: Optional[str] = None,
+                api_key: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
+    """Kills a machine: ``Machine.kill(id)`` or ``machine.kill()``. Killing
+    the latest execution ends the machine with its paused aliases and
+    history; killing a paused alias removes only it. True when the machine
+    is killed (by this call or before), False when there is no such
+    machine."""
+    c = shared_client(client, api_url, api_key)
+    try:
+        c.call(_ops.kill(machine_id, request_timeout))
+    except errors.MachineNotFoundError:
+        return False
+    return True
 
 
 class Machine:
@@ -166,23 +167,10 @@ class Machine:
         return c.pages(lambda tok: _ops.list_machines(state, metadata, template, include_aliases, page_size, tok,
                                                       request_timeout), "machines", MachineInfo.from_json)
 
-    def _kill_id(cls, machine_id: str, *, client: Optional[Client] = None, api_url: Optional[str] = None,
-                 api_key: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
-        """Kills a machine: ``Machine.kill(id)`` or ``machine.kill()``. Killing
-        the latest execution ends the machine with its paused aliases and
-        history; killing a paused alias removes only it. True if it was
-        killed by this call, False if it was gone already."""
-        c = shared_client(client, api_url, api_key)
-        try:
-            c.call(_ops.kill(machine_id, request_timeout))
-        except errors.MachineNotFoundError:
-            return False
-        return True
-
     def _kill_self(self, *, request_timeout: Timeout = DEFAULT) -> bool:
-        return Machine._kill_id(Machine, self.id, client=self._client, request_timeout=request_timeout)
+        return _kill_by_id(self.id, client=self._client, request_timeout=request_timeout)
 
-    kill = _either(_kill_id, _kill_self)
+    kill = _config.either(_kill_by_id, _kill_self)
 
     # -- lifecycle
 

@@ -20,9 +20,8 @@ import re
 import textwrap
 import time
 import unittest
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
-import nullspace
 from nullspace import Machine
 
 import live
