@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps runsc run test bench vet clean
+.PHONY: all build deps runsc run test bench vet typecheck-python clean
 
 all: build
 
@@ -36,9 +36,13 @@ run: build
 vet:
 	$(GO) vet ./...
 
+# The Python SDK's type hints, checked by pyright (from npm, pinned).
+typecheck-python:
+	@scripts/typecheck-python.sh
+
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
-test: build vet
+test: build vet typecheck-python
 	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 90 s)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...

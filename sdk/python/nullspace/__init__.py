@@ -60,7 +60,7 @@ from .models import (
 )
 
 __all__ = [
-    "AsyncClient", "AsyncCommandHandle", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor",
+    "AsyncClient", "AsyncCommandHandle", "AsyncFileStream", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor",
     "AuthenticationError", "Client", "CommandExitError", "CommandHandle", "CommandResult", "ConflictError",
     "ConnectionError", "DEFAULT_REQUEST_TIMEOUT", "EntryInfo", "Event", "FileStream", "InvalidArgumentError",
     "KeepAlive", "KeepAliveError", "Lease", "Machine", "MachineInfo", "MachineNotFoundError",
@@ -72,9 +72,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .aio import AsyncClient, AsyncCommandHandle, AsyncKeepAlive, AsyncMachine, AsyncMonitor
+    from .aio import AsyncClient, AsyncCommandHandle, AsyncFileStream, AsyncKeepAlive, AsyncMachine, AsyncMonitor
 
-_ASYNC = ("AsyncClient", "AsyncCommandHandle", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor")
+_ASYNC = ("AsyncClient", "AsyncCommandHandle", "AsyncFileStream", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor")
 
 
 def __getattr__(name: str) -> object:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
 from . import _config, _ops, errors
 from ._aio_http import AsyncStreamResponse, AsyncTransport
@@ -357,6 +357,13 @@ class AsyncFiles:
     def __init__(self, m: AsyncMachine) -> None:
         self._m = m
 
+    @overload
+    async def read(self, path: str, format: Literal["text"] = "text", *, request_timeout: Timeout = ...) -> str: ...
+    @overload
+    async def read(self, path: str, format: Literal["bytes"], *, request_timeout: Timeout = ...) -> bytes: ...
+    @overload
+    async def read(self, path: str, format: Literal["stream"], *, request_timeout: Timeout = ...) -> "AsyncFileStream": ...
+
     async def read(self, path: str, format: str = "text", *, request_timeout: Timeout = DEFAULT) -> Any:
         c = self._m._client
         r = _ops.read_file(self._m.id, path, request_timeout)
@@ -422,6 +429,12 @@ class AsyncFileStream:
 class AsyncCommands:
     def __init__(self, m: AsyncMachine) -> None:
         self._m = m
+
+    # The result's type follows background: a CommandResult, or a handle.
+    @overload
+    async def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[False] = False, on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> CommandResult: ...
+    @overload
+    async def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[True], on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> "AsyncCommandHandle": ...
 
     async def run(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Literal, Mapping, Optional, Sequence, Union, overload
 
 from . import _config, _ops, errors
 from ._commands import Collector, OutputCallback, reconnectable
@@ -290,6 +290,13 @@ class Files:
     def __init__(self, m: Machine) -> None:
         self._m = m
 
+    @overload
+    def read(self, path: str, format: Literal["text"] = "text", *, request_timeout: Timeout = ...) -> str: ...
+    @overload
+    def read(self, path: str, format: Literal["bytes"], *, request_timeout: Timeout = ...) -> bytes: ...
+    @overload
+    def read(self, path: str, format: Literal["stream"], *, request_timeout: Timeout = ...) -> "FileStream": ...
+
     def read(self, path: str, format: str = "text", *, request_timeout: Timeout = DEFAULT) -> Any:
         """The file's content: ``format="text"`` a str (UTF-8), ``"bytes"``,
         or ``"stream"`` a FileStream to read in chunks (close it, or use it in
@@ -370,6 +377,12 @@ class Commands:
 
     def __init__(self, m: Machine) -> None:
         self._m = m
+
+    # The result's type follows background: a CommandResult, or a handle.
+    @overload
+    def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[False] = False, on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> CommandResult: ...
+    @overload
+    def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[True], on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> "CommandHandle": ...
 
     def run(
         self,
