@@ -194,6 +194,9 @@ func (d *Driver) Delete(ctx context.Context, id, dir string) error {
 	d.mu.Lock()
 	delete(d.filestores, id)
 	d.mu.Unlock()
+	if err := d.removeCgroups(ctx, id); err != nil {
+		return err
+	}
 	if dir != "" {
 		if err := os.RemoveAll(dir); err != nil {
 			return fmt.Errorf("remove container dir: %w", err)
@@ -304,6 +307,28 @@ func (d *Driver) SweepCgroups(ctx context.Context, keep map[string]bool) error {
 			} else {
 				d.logger.InfoContext(ctx, "removed orphan cgroup", "cgroup", dir)
 			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroups removes the container's cgroup in every controller if it
+// is still there. runsc delete removes it, but a `runsc create` that failed
+// before recording the container (its sandbox died while starting) leaves
+// the cgroup behind with no container that delete could find.
+func (d *Driver) removeCgroups(ctx context.Context, id string) error {
+	dirs, err := filepath.Glob("/sys/fs/cgroup/*" + d.cfg.CgroupParent + "/" + id) // v1: one per controller
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat("/sys/fs/cgroup" + d.cfg.CgroupParent + "/" + id); err == nil {
+		dirs = append(dirs, "/sys/fs/cgroup"+d.cfg.CgroupParent+"/"+id) // v2
+	}
+	var errs []error
+	for _, dir := range dirs {
+		killCgroupTasks(dir)
+		if err := rmdirRetry(ctx, dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
 		}
 	}
 	return errors.Join(errs...)
