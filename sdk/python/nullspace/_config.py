@@ -293,7 +293,7 @@ class either:
 
     def __get__(self, obj: Any, owner: Any) -> Callable[..., Any]:
         if obj is None:
-            return lambda *a, **kw: self._cls(owner, *a, **kw)
+            return self._cls
         return lambda *a, **kw: self._obj(obj, *a, **kw)
 
 

@@ -263,7 +263,7 @@ def run(
     if user:
         b["user"] = str(user)
     if stdin is not None:
-        b["stdin"] = stdin.decode("utf-8") if isinstance(stdin, bytes) else stdin
+        b["stdin"] = _text(stdin, "stdin")
     if keep_stdin_open:
         b["keep_stdin_open"] = True
     if timeout is not None:
@@ -294,8 +294,20 @@ def output(id: str, pid: int, follow: bool, stdout_offset: int, stderr_offset: i
 
 
 def send_stdin(id: str, pid: int, data: Union[str, bytes], close: bool, t: Timeout = DEFAULT) -> Request[None]:
-    s = data.decode("utf-8") if isinstance(data, bytes) else data
-    return Request("POST", mpath(id, "commands", str(pid), "stdin"), json={"data": s, "close": close}, timeout=t)
+    body = {"data": _text(data, "send_stdin data"), "close": close}
+    return Request("POST", mpath(id, "commands", str(pid), "stdin"), json=body, timeout=t)
+
+
+def _text(data: Union[str, bytes], what: str) -> str:
+    """stdin as the API carries it: text (a JSON string)."""
+    if isinstance(data, str):
+        return data
+    try:
+        return bytes(data).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise errors.InvalidArgumentError(
+            f"{what} must be text (UTF-8): {e}", code="invalid_argument",
+            suggested_action="write binary input to a file with files.write and redirect it: cmd < /tmp/input") from e
 
 
 def signal(id: str, pid: int, sig: str, t: Timeout = DEFAULT) -> Request[None]:

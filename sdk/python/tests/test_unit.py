@@ -93,6 +93,27 @@ class ErrorClassesTest(unittest.TestCase):
         self.assertIn("boom", str(cm.exception))
 
 
+class KillTest(unittest.TestCase):
+    def test_kill_on_class_and_handle(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        srv.route("DELETE /v1/machines/mch_1", js(200, dict(MACHINE, state="killed")))
+        srv.route("DELETE /v1/machines/mch_2", err(404, "machine_not_found"))
+        with Client(srv.url, "k") as c:
+            self.assertTrue(Machine.kill("mch_1", client=c))
+            self.assertFalse(Machine.kill("mch_2", client=c))
+            self.assertTrue(Machine(nullspace.MachineInfo.from_json(MACHINE), c).kill())
+
+        async def main() -> None:
+            async with AsyncClient(srv.url, "k") as ac:
+                self.assertTrue(await AsyncMachine.kill("mch_1", client=ac))
+                self.assertFalse(await AsyncMachine.kill("mch_2", client=ac))
+                self.assertTrue(await AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), ac).kill())
+
+        asyncio.run(main())
+        self.assertEqual(srv.count("DELETE", "/v1/machines/mch_1"), 4)
+
+
 class RetryTest(unittest.TestCase):
     def setUp(self) -> None:
         self.srv = FakeServer()
@@ -316,6 +337,13 @@ class ModelsTest(unittest.TestCase):
             for kw in ({"timeout": -1}, {"timeout": "600"}, {"idle_timeout": 0.0001}, {"volumes": [42]}, {"command": []}):
                 with self.subTest(kw=kw), self.assertRaises(errors.InvalidArgumentError):
                     Machine.create(template="base", client=c, **kw)
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            for bad in ({"stdin": b"\xff\xfe"}, {"timeout": -5}, {"shell": True, "cmd": "  "}):
+                cmd = bad.pop("cmd", "cat")
+                with self.subTest(run=bad), self.assertRaises(errors.InvalidArgumentError):
+                    m.commands.run(cmd, **bad)
+            with self.assertRaises(errors.InvalidArgumentError):
+                m.files.write("/x", 42)
             with self.assertRaises(errors.InvalidArgumentError):
                 Client("ftp://x")
         self.assertEqual(srv.requests, [])
