@@ -432,9 +432,61 @@ class AsyncCommands:
 
     # The result's type follows background: a CommandResult, or a handle.
     @overload
-    async def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[False] = False, on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> CommandResult: ...
+    async def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: Literal[False] = ...,
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> CommandResult: ...
+
     @overload
-    async def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[True], on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> "AsyncCommandHandle": ...
+    async def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: Literal[True],
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> "AsyncCommandHandle": ...
+
+    @overload
+    async def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: bool,
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> Union[CommandResult, "AsyncCommandHandle"]: ...
 
     async def run(
         self,

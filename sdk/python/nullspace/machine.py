@@ -380,9 +380,61 @@ class Commands:
 
     # The result's type follows background: a CommandResult, or a handle.
     @overload
-    def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[False] = False, on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> CommandResult: ...
+    def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: Literal[False] = ...,
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> CommandResult: ...
+
     @overload
-    def run(self, cmd: Union[str, Sequence[str]], *, shell: bool = ..., cwd: Optional[str] = ..., envs: Optional[Mapping[str, str]] = ..., user: Optional[str] = ..., stdin: Union[str, bytes, None] = ..., timeout: Optional[float] = ..., background: Literal[True], on_stdout: Optional[OutputCallback] = ..., on_stderr: Optional[OutputCallback] = ..., check: bool = ..., keep_stdin_open: bool = ..., request_timeout: Timeout = ...) -> "CommandHandle": ...
+    def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: Literal[True],
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> "CommandHandle": ...
+
+    @overload
+    def run(
+        self,
+        cmd: Union[str, Sequence[str]],
+        *,
+        shell: bool = ...,
+        cwd: Optional[str] = ...,
+        envs: Optional[Mapping[str, str]] = ...,
+        user: Optional[str] = ...,
+        stdin: Union[str, bytes, None] = ...,
+        timeout: Optional[float] = ...,
+        background: bool,
+        on_stdout: Optional[OutputCallback] = ...,
+        on_stderr: Optional[OutputCallback] = ...,
+        check: bool = ...,
+        keep_stdin_open: bool = ...,
+        request_timeout: Timeout = ...,
+    ) -> Union[CommandResult, "CommandHandle"]: ...
 
     def run(
         self,

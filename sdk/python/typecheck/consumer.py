@@ -4,7 +4,7 @@ precise enough to check their code against."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Union
 
 from typing_extensions import assert_type
 
@@ -30,7 +30,7 @@ from nullspace import (
 )
 
 
-def blocking(client: Client) -> None:
+def blocking(client: Client, flag: bool) -> None:
     machine = Machine.create(template="base", timeout=600, on_timeout="pause", auto_resume=True, client=client)
     assert_type(machine.id, str)
     assert_type(machine.pause(), Snapshot)
@@ -51,6 +51,7 @@ def blocking(client: Client) -> None:
     for chunk in handle:
         assert_type(chunk, OutputChunk)
     assert_type(handle.wait().exit_code, int)
+    assert_type(machine.commands.run("true", background=flag), Union[CommandResult, CommandHandle])
     for metric in Monitor(machine):
         assert_type(metric.cpu_used_pct, float)
     for info in Machine.list(metadata={"user": "42"}):
