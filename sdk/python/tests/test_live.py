@@ -250,6 +250,10 @@ class Surface:
         t.assertEqual(m.start().status, "running")
         live.eventually("the main process runs again at start",
                         lambda: m.files.read("/workspace/boots") == "booted\nbooted\n")
+        # connect starts a stopped machine too, under the same id.
+        m.stop(grace=0)
+        again = self.M.connect(m.id)
+        t.assertEqual((again.id, again.info.status), (m.id, "running"))
         m2 = self.machine(command="sleep 100")
         with t.assertRaises(errors.TimeoutError):
             m2.wait(timeout=0.5)
