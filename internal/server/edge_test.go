@@ -134,3 +134,20 @@ func writeCert(t *testing.T, dir, host string) (certFile, keyFile string) {
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
 	return certFile, keyFile
 }
+
+// TestValidateCORS: a --cors-origin that is not an origin is refused at
+// start, with the form wanted.
+func TestValidateCORS(t *testing.T) {
+	for origins, ok := range map[string]bool{"": true, "*": true, "https://app.example.com": true, "app.example.com": false} {
+		c := Defaults()
+		c.DataDir = t.TempDir()
+		c.Runsc, c.AgentBinary = os.Args[0], os.Args[0] // any file will do here
+		if origins != "" {
+			c.CORSOrigins = []string{origins}
+		}
+		err := c.Validate()
+		if (err == nil) != ok {
+			t.Errorf("cors origin %q: %v", origins, err)
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/apikey"
 	"nullspace.dev/nullspace/internal/atomicfile"
+	"nullspace.dev/nullspace/internal/cors"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
@@ -115,6 +116,9 @@ type Config struct {
 	// EdgeHeaderTimeout bounds how long a client may take to send its
 	// request headers to the edge. Default 10 s.
 	EdgeHeaderTimeout time.Duration
+	// CORSOrigins are the browser origins allowed to call the API ("*" for
+	// any); none by default (internal/cors).
+	CORSOrigins []string
 
 	// Names of the host objects the server makes. The zero value gives the
 	// defaults; tests and benchmarks set them so that a second server on the
@@ -211,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxFileBytes <= 0 {
 		return fmt.Errorf("--max-file-bytes must be positive, got %d", c.MaxFileBytes)
+	}
+	if _, err := cors.Parse(c.CORSOrigins); err != nil {
+		return fmt.Errorf("--cors-origin: %w", err)
 	}
 	return c.validateEdge()
 }
@@ -415,6 +422,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version)
+	corsPolicy, err := cors.Parse(cfg.CORSOrigins)
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -422,7 +433,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	inst := &Instance{
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
-		http: &http.Server{Handler: apiServer.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		http: &http.Server{Handler: corsPolicy.Wrap(apiServer.Handler()), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
 	}
 	if edgeSrv != nil {
