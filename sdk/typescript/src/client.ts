@@ -95,7 +95,7 @@ export class Client {
       const r: Request = { method: "GET", path: "/v1/events", query: { ...q(), follow: true }, accept: "application/x-ndjson", idempotent: true, extraTimeout: null };
       try {
         const res = await this.stream(r, opts);
-        for await (const e of ndjson<m.Wire["Event"]>(res, r)) {
+        for await (const e of ndjson<m.Wire["Event"]>(res, r, opts.signal)) {
           last = e.seq;
           attempt = 0;
           yield m.event(e);

@@ -211,7 +211,7 @@ export class Transport {
 }
 
 /** The lines of an NDJSON stream, parsed; a line cut off is a ConnectionError. */
-export async function* ndjson<T>(res: Response, r: Request): AsyncGenerator<T> {
+export async function* ndjson<T>(res: Response, r: Request, signal?: AbortSignal): AsyncGenerator<T> {
   if (!res.body) return;
   const reader = res.body.getReader();
   const dec = new TextDecoder();
@@ -222,6 +222,7 @@ export async function* ndjson<T>(res: Response, r: Request): AsyncGenerator<T> {
       try {
         chunk = await reader.read();
       } catch (e) {
+        if (signal?.aborted) throw abortError(signal);
         throw new ConnectionError(`${r.method} ${r.path}: the stream broke: ${(e as Error)?.message ?? e}`, {
           code: "connection_failed", retryable: true, cause: e,
         });

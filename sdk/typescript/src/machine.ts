@@ -273,7 +273,7 @@ export class Machine {
     for (let attempt = 0; ; attempt++) {
       const r: Request = { method: "GET", path: mpath(this.id, "metrics"), query: { follow: true }, accept: "application/x-ndjson", idempotent: true, extraTimeout: null };
       try {
-        for await (const w of ndjson<W["MetricSample"]>(await this.client.stream(r, o), r)) {
+        for await (const w of ndjson<W["MetricSample"]>(await this.client.stream(r, o), r, o.signal)) {
           attempt = 0;
           yield m.metric(w);
         }
@@ -533,7 +533,7 @@ export class Commands {
     if (!streamed) return checked(m.commandResult(await this.m.client.json(r, o)), o.check);
     r.accept = "application/x-ndjson";
     const col = new Collector();
-    for await (const ev of ndjson<W["CommandEvent"]>(await this.m.client.stream(r, o), r)) await dispatch(col.feed(ev), o);
+    for await (const ev of ndjson<W["CommandEvent"]>(await this.m.client.stream(r, o), r, o.signal)) await dispatch(col.feed(ev), o);
     if (!col.exit) throw new ConnectionError("the command's stream ended before its exit", { code: "connection_failed" });
     return checked(col.result(), o.check);
   }
@@ -612,7 +612,7 @@ export class CommandHandle implements AsyncIterable<m.OutputChunk> {
           idempotent: true, extraTimeout: null,
         };
         try {
-          for await (const ev of ndjson<W["CommandEvent"]>(await this.m.client.stream(r, o), r)) {
+          for await (const ev of ndjson<W["CommandEvent"]>(await this.m.client.stream(r, o), r, o.signal)) {
             attempt = 0;
             const ch = this.col.feed(ev);
             if (ch) yield ch;
