@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps runsc run test bench vet typecheck-python clean
+.PHONY: all build deps runsc run test bench vet typecheck-python typescript-sdk clean
 
 all: build
 
@@ -40,9 +40,14 @@ vet:
 typecheck-python:
 	@scripts/typecheck-python.sh
 
+# The TypeScript SDK built (ESM, CJS), unit-tested and type-checked; its live
+# tests are e2e TestTypeScriptSDK.
+typescript-sdk:
+	@scripts/typescript-sdk.sh
+
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
-test: build vet typecheck-python
+test: build vet typecheck-python typescript-sdk
 	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 90 s)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...

@@ -218,7 +218,11 @@ describe(`nullspace (${build} build)`, () => {
     await assert.rejects(Machine.create({ template: "no-such-template" }), errors.TemplateNotFoundError);
     await assert.rejects(new Client().volumes.delete("no-such-volume"), errors.VolumeNotFoundError);
     await assert.rejects(Machine.create({ timeout: -1 }), errors.InvalidArgumentError); // before sending
-    const down = new Client({ apiUrl: "http://127.0.0.1:9", maxRetries: 1 });
+    const free = (await import("node:net")).createServer();
+    await new Promise((r) => free.listen(0, "127.0.0.1", r));
+    const port = free.address().port;
+    await new Promise((r) => free.close(r));
+    const down = new Client({ apiUrl: `http://127.0.0.1:${port}`, maxRetries: 1 });
     await assert.rejects(Machine.getInfoById("mch_1", { client: down }), (e) => e instanceof errors.ConnectionError && e.cause !== undefined);
     const m = await machine({ command: "sleep 100" });
     await assert.rejects(m.wait({ requestTimeout: 1 }), (e) => e instanceof errors.TimeoutError && e.code === "request_timeout");

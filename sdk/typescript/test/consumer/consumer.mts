@@ -1,0 +1,45 @@
+// A small program written as users write them, type-checked (never run)
+// against the built declarations, resolved through package.json "exports"
+// (the "import" condition: dist/esm). `npm run typecheck-consumer`.
+import {
+  CommandHandle, CommandResult, KeepAlive, Lease, Machine, MachineInfo, MachineNotFoundError, MachineURL, Metric,
+  NullspaceError, OutputChunk, Snapshot,
+} from "nullspace";
+
+type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
+const is = <T extends true>(): T => true as T;
+
+export async function main(): Promise<void> {
+  await using machine = await Machine.create({ template: "base", timeout: 600, onTimeout: "pause", autoResume: true });
+  const snap: Snapshot = await machine.pause();
+  const resumed: Machine = await Machine.connect(machine.id);
+  const info: MachineInfo = await Machine.getInfoById(machine.id);
+  is<Equal<typeof info.timeoutAt, Date | undefined>>();
+  const lease: Lease = await resumed.setTimeout(120, { timeoutAction: "hibernate" });
+  is<Equal<typeof lease.remainingMs, number>>();
+  const text = await resumed.files.read("/workspace/report.txt");
+  is<Equal<typeof text, string>>();
+  const bytes = await resumed.files.read("/x", { format: "bytes" });
+  is<Equal<typeof bytes, Uint8Array>>();
+  const stream = await resumed.files.read("/x", { format: "stream" });
+  is<Equal<typeof stream, ReadableStream<Uint8Array>>>();
+  const r = await resumed.commands.run("echo hi", { shell: true });
+  is<Equal<typeof r, CommandResult>>();
+  const h = await resumed.commands.run("sleep 1", { background: true, signal: AbortSignal.timeout(5000) });
+  is<Equal<typeof h, CommandHandle>>();
+  for await (const chunk of h) is<Equal<typeof chunk, OutputChunk>>();
+  {
+    await using ka = await resumed.keepAlive({ timeoutSecs: 300 });
+    is<Equal<typeof ka, KeepAlive>>();
+  }
+  for await (const metric of resumed.monitor()) is<Equal<typeof metric, Metric>>();
+  for await (const m of Machine.list({ state: "running", metadata: { user: "42" } })) is<Equal<typeof m, MachineInfo>>();
+  const url: MachineURL = await resumed.getUrl(8080);
+  void [snap, url];
+  try {
+    await Machine.kill("mch_...");
+  } catch (e) {
+    if (e instanceof MachineNotFoundError) is<Equal<typeof e.code, string>>();
+    if (e instanceof NullspaceError) is<Equal<typeof e.retryable, boolean>>();
+  }
+}

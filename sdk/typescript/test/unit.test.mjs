@@ -1,0 +1,127 @@
+// Unit tests of the SDK's own logic against a scripted loopback server:
+// error classes, retries and their limits, Retry-After, the generated wire
+// types being current. No Nullspace server needed; both builds are tested.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { createServer } from "node:http";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const builds = {
+  esm: await import("../dist/esm/index.js"),
+  cjs: createRequire(import.meta.url)("../dist/cjs/index.js"),
+};
+
+const MACHINE = { id: "mch_1", state: "running", template: "base", cpu_count: 2, memory_mb: 512, allow_internet: false,
+  created_at: "2026-12-01T10:00:00Z", lineage_id: "mch_1", latest_id: "mch_1" };
+
+/** A server whose routes answer from queues: "METHOD /path" -> [[status, body, headers], ...] (the last repeats). */
+function scripted() {
+  const routes = new Map();
+  const seen = [];
+  const srv = createServer((req, res) => {
+    const path = req.url.split("?")[0];
+    seen.push(`${req.method} ${path}`);
+    req.resume();
+    req.on("end", () => {
+      const q = routes.get(`${req.method} ${path}`) ?? [[404, { code: "not_found", message: "no route" }]];
+      const [status, body, headers] = q.length > 1 ? q.shift() : q[0];
+      res.writeHead(status, { "Content-Type": "application/json", ...(headers ?? {}) });
+      res.end(JSON.stringify(body));
+    });
+  });
+  return {
+    routes, seen, srv,
+    count: (key) => seen.filter((s) => s === key).length,
+    start: () => new Promise((r) => srv.listen(0, "127.0.0.1", () => r(`http://127.0.0.1:${srv.address().port}`))),
+  };
+}
+
+/** A loopback port nothing listens on. */
+async function closedPort() {
+  const srv = createServer();
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  const port = srv.address().port;
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+const err = (code, retryable = false) => ({ code, message: `test ${code}`, retryable, suggested_action: "do the thing" });
+
+for (const [name, sdk] of Object.entries(builds)) {
+  describe(`${name} build`, () => {
+    let s;
+    let url;
+    before(async () => {
+      s = scripted();
+      url = await s.start();
+    });
+    after(() => s.srv.close());
+
+    test("every code raises its class, with its fields", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k", maxRetries: 0 });
+      const cases = [
+        [401, "unauthenticated", sdk.AuthenticationError], [400, "invalid_argument", sdk.InvalidArgumentError],
+        [404, "machine_not_found", sdk.MachineNotFoundError], [404, "snapshot_not_found", sdk.SnapshotNotFoundError],
+        [404, "file_not_found", sdk.PathNotFoundError], [404, "process_not_found", sdk.ProcessNotFoundError],
+        [409, "machine_not_running", sdk.MachineNotRunningError], [409, "snapshot_incompatible", sdk.SnapshotIncompatibleError],
+        [409, "snapshot_corrupt", sdk.SnapshotCorruptError], [409, "conflict", sdk.ConflictError],
+        [429, "rate_limited", sdk.RateLimitError], [503, "unavailable", sdk.UnavailableError],
+        [504, "deadline_exceeded", sdk.TimeoutError], [507, "resource_exhausted", sdk.ResourceExhaustedError],
+        [418, "a_code_from_the_future", sdk.NullspaceError],
+      ];
+      for (const [status, code, cls] of cases) {
+        s.routes.set("GET /v1/machines/mch_1", [[status, err(code), { "Retry-After": "7" }]]);
+        await assert.rejects(sdk.Machine.getInfoById("mch_1", { client: c }), (e) => {
+          assert.equal(e.constructor, cls, code);
+          assert.ok(e instanceof sdk.NullspaceError && e instanceof Error);
+          assert.deepEqual([e.code, e.status, e.suggestedAction, e.retryAfter], [code, status, "do the thing", 7]);
+          return true;
+        });
+      }
+    });
+
+    test("idempotent calls are retried, a create never twice", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
+      s.routes.set("GET /v1/machines/mch_2", [[503, err("unavailable", true), { "Retry-After": "0" }], [503, err("unavailable", true), { "Retry-After": "0" }], [200, { ...MACHINE, id: "mch_2" }]]);
+      assert.equal((await sdk.Machine.getInfoById("mch_2", { client: c })).id, "mch_2");
+      assert.equal(s.count("GET /v1/machines/mch_2"), 3);
+      s.routes.set("POST /v1/machines", [[503, err("unavailable", true), { "Retry-After": "0" }]]);
+      await assert.rejects(sdk.Machine.create({ client: c }), sdk.UnavailableError);
+      assert.equal(s.count("POST /v1/machines"), 1);
+      s.routes.set("GET /v1/machines/mch_3", [[404, err("machine_not_found")]]);
+      await assert.rejects(sdk.Machine.getInfoById("mch_3", { client: c }), sdk.MachineNotFoundError);
+      assert.equal(s.count("GET /v1/machines/mch_3"), 1);
+    });
+
+    test("a refused connection is a ConnectionError with its cause, retried even for a create", async () => {
+      const c = new sdk.Client({ apiUrl: `http://127.0.0.1:${await closedPort()}`, apiKey: "k", maxRetries: 2 });
+      const start = Date.now();
+      await assert.rejects(sdk.Machine.create({ client: c }), (e) => e instanceof sdk.ConnectionError && e.cause !== undefined && e.retryable);
+      assert.ok(Date.now() - start > 100, "no backoff between attempts");
+    });
+
+    test("bad arguments are refused before anything is sent", async () => {
+      const before = s.seen.length;
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
+      await assert.rejects(sdk.Machine.create({ client: c, timeout: -1 }), sdk.InvalidArgumentError);
+      await assert.rejects(sdk.Machine.create({ client: c, command: [] }), sdk.InvalidArgumentError);
+      assert.throws(() => new sdk.Client({ apiUrl: "ftp://x" }), sdk.InvalidArgumentError);
+      assert.equal(s.seen.length, before);
+    });
+  });
+}
+
+test("the wire types are what api/openapi.yaml generates", () => {
+  const out = join(mkdtempSync(join(tmpdir(), "ns-openapi-")), "openapi.ts");
+  execFileSync(join(here, "..", "node_modules", ".bin", "openapi-typescript"),
+    [join(here, "..", "..", "..", "api", "openapi.yaml"), "--default-non-nullable", "false", "--output", out], { stdio: "pipe" });
+  const committed = readFileSync(join(here, "..", "src", "generated", "openapi.ts"), "utf8");
+  assert.equal(readFileSync(out, "utf8"), committed, "src/generated/openapi.ts is stale: run `npm run generate` in sdk/typescript");
+});
