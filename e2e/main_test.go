@@ -153,6 +153,8 @@ func testConfig(dataDir string) server.Config {
 		cfg.EdgeAddr = a
 	}
 	cfg.EdgeHeaderTimeout = 2 * time.Second
+	// A page on this origin may call the API (TestCORS).
+	cfg.CORSOrigins = []string{corsOrigin}
 	return cfg
 }
 

@@ -125,3 +125,12 @@ test("the wire types are what api/openapi.yaml generates", () => {
   const committed = readFileSync(join(here, "..", "src", "generated", "openapi.ts"), "utf8");
   assert.equal(readFileSync(out, "utf8"), committed, "src/generated/openapi.ts is stale: run `npm run generate` in sdk/typescript");
 });
+
+test("the ESM build imports nothing from Node (it runs in browsers)", () => {
+  const dist = join(here, "..", "dist", "esm");
+  for (const f of ["index.js", "client.js", "config.js", "errors.js", "http.js", "machine.js", "models.js"]) {
+    const src = readFileSync(join(dist, f), "utf8");
+    assert.doesNotMatch(src, /from\s+["']node:|require\(["']node:|import\(["']node:/, `${f} imports a Node module`);
+    assert.doesNotMatch(src, /\bBuffer\b|\bprocess\.env\b/, `${f} uses a Node global unguarded`);
+  }
+});
