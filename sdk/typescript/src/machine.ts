@@ -341,6 +341,9 @@ export class KeepAlive {
         this.startLoop(Math.min(backoff(this.attempt++, err.retryAfter), Math.max(0.1, left)));
       });
     }, wait * 1000);
+    // In Node, a refresher alone does not keep the process running: when
+    // the program is done, the lease runs out as set last.
+    (this.timer as { unref?: () => void }).unref?.();
   }
 
   /** Stops refreshing; rejects with KeepAliveError if the lease could not be kept. */
