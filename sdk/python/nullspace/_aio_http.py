@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import urllib.parse
 from typing import Any, AsyncIterator, Dict, List, Optional, Tuple, TypeVar
 
 from . import _config, errors
@@ -141,12 +140,8 @@ class AsyncTransport:
 
     def __init__(self, s: Settings, max_idle: int = 16) -> None:
         self.settings = s
-        u = urllib.parse.urlsplit(s.api_url)
-        self._https = u.scheme == "https"
-        self._host = u.hostname or "127.0.0.1"
-        self._port = u.port or (443 if self._https else 80)
-        self._prefix = u.path.rstrip("/")
-        self._hostport = u.netloc
+        self._https, self._host, self._port, self._prefix = s.https, s.host, s.port, s.prefix
+        self._hostport = s.netloc
         self._idle: List[_Conn] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._max_idle = max_idle

@@ -135,13 +135,20 @@ class Request(Generic[T]):
 
 
 class Settings:
-    """What a client was configured with."""
+    """What a client was configured with, and the parts of its URL the
+    transports connect to."""
 
-    __slots__ = ("api_url", "api_key", "request_timeout", "max_retries")
+    __slots__ = ("api_url", "api_key", "request_timeout", "max_retries", "https", "host", "port", "prefix", "netloc")
 
     def __init__(self, api_url: str, api_key: str, request_timeout: Optional[float], max_retries: int) -> None:
         self.api_url, self.api_key = api_url, api_key
         self.request_timeout, self.max_retries = request_timeout, max_retries
+        u = urllib.parse.urlsplit(api_url)
+        self.https = u.scheme == "https"
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (443 if self.https else 80)
+        self.prefix = u.path.rstrip("/")
+        self.netloc = u.netloc
 
     def headers(self) -> Dict[str, str]:
         h = {"User-Agent": USER_AGENT}

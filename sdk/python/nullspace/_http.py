@@ -7,7 +7,6 @@ import http.client
 import select
 import threading
 import time
-import urllib.parse
 from typing import Any, Dict, Iterator, List, Tuple, TypeVar
 
 from . import _config, errors
@@ -44,11 +43,7 @@ class Transport:
 
     def __init__(self, s: Settings, max_idle: int = 16) -> None:
         self.settings = s
-        u = urllib.parse.urlsplit(s.api_url)
-        self._https = u.scheme == "https"
-        self._host = u.hostname or "127.0.0.1"
-        self._port = u.port or (443 if self._https else 80)
-        self._prefix = u.path.rstrip("/")
+        self._https, self._host, self._port, self._prefix = s.https, s.host, s.port, s.prefix
         self._idle: List[http.client.HTTPConnection] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
