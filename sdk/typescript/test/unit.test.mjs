@@ -134,3 +134,44 @@ test("the ESM build imports nothing from Node (it runs in browsers)", () => {
     assert.doesNotMatch(src, /\bBuffer\b|\bprocess\.env\b/, `${f} uses a Node global unguarded`);
   }
 });
+
+for (const [name, sdk] of Object.entries(builds)) {
+  test(`${name}: events and command output resume after a cut, without repeats`, async () => {
+    const ev = (seq) => JSON.stringify({ seq, type: "machine.created", team_id: "t", machine_id: "mch_1", time: "2026-12-01T10:00:00Z", cause: "api" });
+    const out = (data, offset) => JSON.stringify({ type: "stdout", data: Buffer.from(data).toString("base64"), offset });
+    const paths = [];
+    const srv = createServer((req, res) => {
+      paths.push(req.url);
+      const n = paths.filter((p) => p.split("?")[0] === req.url.split("?")[0]).length;
+      res.writeHead(200, { "Content-Type": "application/x-ndjson" });
+      if (req.url.startsWith("/v1/events")) {
+        // Cut after the lines are on the wire: the stream breaks mid-answer.
+        if (n === 1) return res.write(ev(1) + "\n" + ev(2) + "\n", () => setTimeout(() => res.socket.destroy(), 50));
+        return res.end(ev(3) + "\n");
+      }
+      if (req.url.startsWith("/v1/machines/mch_1/commands/9/output")) {
+        if (n === 1) return res.write(out("ab", 0) + "\n", () => setTimeout(() => res.socket.destroy(), 50));
+        return res.end(out("abcd", 0) + "\n" + JSON.stringify({ type: "exit", exit_code: 0 }) + "\n");
+      }
+      if (req.url.startsWith("/v1/machines/mch_1/commands")) return res.end(JSON.stringify({ processes: [{ pid: 9, cmd: ["x"], running: true, started_at: "2026-12-01T10:00:00Z" }] }));
+      res.end();
+    });
+    await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+    try {
+      const client = new sdk.Client({ apiUrl: `http://127.0.0.1:${srv.address().port}`, apiKey: "k" });
+      const seqs = [];
+      for await (const e of client.events({ after: 0 })) {
+        seqs.push(e.seq);
+        if (e.seq === 3) break;
+      }
+      assert.deepEqual(seqs, [1, 2, 3]);
+      assert.ok(paths.some((p) => p.startsWith("/v1/events") && p.includes("after=2")), paths.join(" "));
+      const m = new sdk.Machine({ id: "mch_1", status: "running", latestId: "mch_1" }, client);
+      const h = await m.commands.connect(9);
+      assert.equal((await h.wait()).stdout, "abcd");
+      assert.ok(paths.some((p) => p.includes("stdout_offset=2")), paths.join(" "));
+    } finally {
+      srv.close();
+    }
+  });
+}
