@@ -441,7 +441,27 @@ type RunCommandRequest struct {
 	// Stream returns the command's events (start, stdout, stderr, exit) as a
 	// stream (SSE or NDJSON, by the Accept header) instead of one result.
 	Stream bool `json:"stream,omitempty"`
+	// PTY runs the command on a pseudo-terminal of this size, in a session
+	// of its own with the terminal as its controlling one (job control:
+	// Ctrl-C and Ctrl-Z written to stdin reach the foreground process
+	// group). Its output, stdout and stderr together as the terminal
+	// shows them, is the stdout stream; stdin stays open (write raw bytes
+	// with StdinRequest.Bytes). TERM is xterm-256color unless Env sets it.
+	PTY *PTYSize `json:"pty,omitempty"`
 }
+
+// PTYSize is a terminal's size in character cells: 1 to MaxPTYRows rows
+// and 1 to MaxPTYCols columns. It is the body of POST .../resize.
+type PTYSize struct {
+	Rows int `json:"rows"`
+	Cols int `json:"cols"`
+}
+
+// Bounds of a PTY's size.
+const (
+	MaxPTYRows = 1000
+	MaxPTYCols = 1000
+)
 
 // CommandResult is the response of a foreground command.
 type CommandResult struct {
@@ -496,6 +516,8 @@ type Process struct {
 	StartedAt time.Time `json:"started_at"`
 	Running   bool      `json:"running"`
 	ExitCode  *int      `json:"exit_code,omitempty"`
+	// PTY is the size of the command's terminal, if it runs on one.
+	PTY *PTYSize `json:"pty,omitempty"`
 }
 
 // ProcessList is the body of GET .../commands.
@@ -505,8 +527,11 @@ type ProcessList struct {
 
 // StdinRequest writes to a background command's stdin.
 type StdinRequest struct {
-	Data  string `json:"data,omitempty"`
-	Close bool   `json:"close,omitempty"` // close stdin after writing Data
+	Data string `json:"data,omitempty"`
+	// Bytes are raw bytes written after Data (base64 in JSON): keystrokes
+	// such as Ctrl-C ("Aw==") for a PTY, or binary input.
+	Bytes []byte `json:"bytes,omitempty"`
+	Close bool   `json:"close,omitempty"` // close stdin after writing (not for a PTY)
 }
 
 // SignalRequest sends a signal to a command's process group.

@@ -102,6 +102,20 @@ func (c *Client) SendStdin(ctx context.Context, id string, pid int, data string,
 	return c.do(ctx, request{method: http.MethodPost, path: processPath(id, pid, "stdin"), json: body}, nil)
 }
 
+// WriteStdin writes req's text and raw bytes to a command's stdin (a
+// terminal's keystrokes, for a command started with PTY)
+// (POST .../commands/{pid}/stdin).
+func (c *Client) WriteStdin(ctx context.Context, id string, pid int, req api.StdinRequest) error {
+	return c.do(ctx, request{method: http.MethodPost, path: processPath(id, pid, "stdin"), json: req}, nil)
+}
+
+// Resize changes the size of a command's terminal
+// (POST .../commands/{pid}/resize).
+func (c *Client) Resize(ctx context.Context, id string, pid int, rows, cols int) error {
+	body := api.PTYSize{Rows: rows, Cols: cols}
+	return c.do(ctx, request{method: http.MethodPost, path: processPath(id, pid, "resize"), json: body}, nil)
+}
+
 // Signal sends a signal ("SIGTERM", "TERM" or "15") to a command's process
 // group (POST .../commands/{pid}/signal).
 func (c *Client) Signal(ctx context.Context, id string, pid int, signal string) error {

@@ -159,7 +159,24 @@ func (a *Agent) commandStdin(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(w, r, maxCommandBody, &req); err != nil {
 		return err
 	}
-	if err := p.writeStdin(r.Context(), req.Data, req.Close); err != nil {
+	if err := p.writeStdin(r.Context(), append([]byte(req.Data), req.Bytes...), req.Close); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// resizeCommand changes the size of a command's terminal.
+func (a *Agent) resizeCommand(w http.ResponseWriter, r *http.Request) error {
+	p, err := a.process(r)
+	if err != nil {
+		return err
+	}
+	var req api.PTYSize
+	if err := readJSON(w, r, 1<<10, &req); err != nil {
+		return err
+	}
+	if err := p.resize(req); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -91,6 +91,12 @@ type process struct {
 	stdinMu   sync.Mutex
 	stdinOpen bool
 
+	// pty is the terminal's master side for a command run on one (also
+	// stdin, and its output); nil otherwise. ptySize is its size, under
+	// stdinMu.
+	pty     *os.File
+	ptySize *api.PTYSize
+
 	out output
 }
 
@@ -161,19 +167,15 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 		return nil, err
 	}
 
-	stdinR, stdinW, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("create stdin pipe: %w", err)
+	var ends stdio
+	if req.PTY != nil {
+		env = setEnvDefault(env, "TERM", "xterm-256color")
+		ends, err = openPTY(*req.PTY, id)
+	} else {
+		ends, err = openPipes()
 	}
-	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
-		closeAll(stdinR, stdinW)
-		return nil, fmt.Errorf("create stdout pipe: %w", err)
-	}
-	stderrR, stderrW, err := os.Pipe()
-	if err != nil {
-		closeAll(stdinR, stdinW, stdoutR, stdoutW)
-		return nil, fmt.Errorf("create stderr pipe: %w", err)
+		return nil, err
 	}
 
 	p := &process{
@@ -183,19 +185,28 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 		startedAt: time.Now(),
 		exited:    make(chan struct{}),
 		done:      make(chan struct{}),
-		stdin:     stdinW,
+		stdin:     ends.stdin,
 		stdinOpen: true,
+		pty:       ends.pty,
+		ptySize:   req.PTY,
 		out: output{
 			stdout:  newRingBuffer(m.outputBytes),
 			stderr:  newRingBuffer(m.outputBytes),
 			changed: make(chan struct{}),
 		},
 	}
+	sys := &syscall.SysProcAttr{Setpgid: true, Credential: id.cred}
+	if ends.pty != nil {
+		// A session of its own with the terminal as its controlling one,
+		// so that the line discipline delivers ^C, ^Z and SIGWINCH to its
+		// foreground group. The session leader leads its group too.
+		sys = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Credential: id.cred}
+	}
 	attr := &syscall.ProcAttr{
 		Dir:   cwd,
 		Env:   env,
-		Files: []uintptr{stdinR.Fd(), stdoutW.Fd(), stderrW.Fd()},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Credential: id.cred},
+		Files: []uintptr{ends.child[0].Fd(), ends.child[1].Fd(), ends.child[2].Fd()},
+		Sys:   sys,
 	}
 	timeout := time.Duration(req.TimeoutMS) * time.Millisecond
 	if timeout == 0 && !req.Background {
@@ -214,9 +225,9 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 		}
 		return pid, nil
 	}, p.onExit)
-	closeAll(stdinR, stdoutW, stderrW) // the child holds its own copies
+	closeAll(ends.child[:]...) // the child holds its own copies
 	if err != nil {
-		closeAll(stdinW, stdoutR, stderrR)
+		closeAll(ends.stdin, ends.stdout, ends.stderr)
 		return nil, startError(err, argv[0], path, cwd, id.name)
 	}
 
@@ -227,8 +238,8 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 	// Hold stdin until the initial data is written, so that later writes
 	// through POST /commands/{pid}/stdin come after it.
 	p.stdinMu.Lock()
-	go p.writeInitialStdin(req.Stdin, req.KeepStdinOpen)
-	go m.collect(p, stdoutR, stderrR)
+	go p.writeInitialStdin(req.Stdin, req.KeepStdinOpen || ends.pty != nil)
+	go m.collect(p, ends.stdout, ends.stderr)
 
 	m.log.Info("command started", "pid", pid, "path", path, "user", id.name, "cwd", cwd,
 		"background", req.Background, "timeout", timeout.String())
@@ -354,6 +365,14 @@ func setEnv(env []string, key, value string) []string {
 		}
 	}
 	return append(env, prefix+value)
+}
+
+// setEnvDefault sets key unless env has it already.
+func setEnvDefault(env []string, key, value string) []string {
+	if envValue(env, key) != "" {
+		return env
+	}
+	return setEnv(env, key, value)
 }
 
 func envValue(env []string, key string) string {
@@ -540,9 +559,12 @@ func (p *process) exitStatus() exitStatus {
 // has exited and its pipes are drained, or drainGrace after its exit.
 func (m *processManager) collect(p *process, stdout, stderr *os.File) {
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go p.pump(stdout, &p.out.stdout, &wg)
-	go p.pump(stderr, &p.out.stderr, &wg)
+	if stderr != nil { // a terminal has one output
+		wg.Add(1)
+		go p.pump(stderr, &p.out.stderr, &wg)
+	}
 	drained := make(chan struct{})
 	go func() { wg.Wait(); close(drained) }()
 
@@ -552,9 +574,13 @@ func (m *processManager) collect(p *process, stdout, stderr *os.File) {
 	case <-drained:
 	case <-grace.C:
 		// Closing unblocks the readers; whatever the grandchildren write
-		// from now on is lost to us (they get EPIPE).
+		// from now on is lost to us (they get EPIPE). A terminal's master
+		// may not be pollable, so its read is not waited for long.
 		closeAll(stdout, stderr)
-		<-drained
+		select {
+		case <-drained:
+		case <-time.After(time.Second):
+		}
 	}
 	grace.Stop()
 	p.closeStdin()
@@ -622,18 +648,23 @@ func (p *process) writeInitialStdin(data string, keepOpen bool) {
 }
 
 // writeStdin writes data to the command's stdin and closes it if asked.
-func (p *process) writeStdin(ctx context.Context, data string, closeAfter bool) error {
+func (p *process) writeStdin(ctx context.Context, data []byte, closeAfter bool) error {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
+	if closeAfter && p.pty != nil {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("process %d runs on a terminal, whose input cannot be closed", p.pid),
+			`send end-of-file as a keystroke instead: bytes "BA==" (Ctrl-D)`)
+	}
 	if !p.stdinOpen {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeFailedPrecondition,
 			fmt.Sprintf("stdin of process %d is not open", p.pid),
 			"start the command with keep_stdin_open=true to write to its stdin later")
 	}
-	if data != "" {
+	if len(data) > 0 {
 		p.stdin.SetWriteDeadline(time.Time{})
 		stop := context.AfterFunc(ctx, func() { p.stdin.SetWriteDeadline(time.Now()) })
-		_, err := p.stdin.WriteString(data)
+		_, err := p.stdin.Write(data)
 		stop()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -688,6 +719,12 @@ func (p *process) info() api.Process {
 		StartedAt: p.startedAt,
 		Running:   !p.hasExited(),
 	}
+	p.stdinMu.Lock()
+	if p.ptySize != nil {
+		size := *p.ptySize
+		ap.PTY = &size
+	}
+	p.stdinMu.Unlock()
 	if !ap.Running {
 		code := p.exitStatus().code
 		ap.ExitCode = &code

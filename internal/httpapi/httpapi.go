@@ -130,6 +130,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Handler: s.proxy("/commands/{pid}/output")},
 		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Handler: s.proxy("/commands/{pid}/stdin")},
 		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Handler: s.proxy("/commands/{pid}/signal")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Handler: s.proxy("/commands/{pid}/resize")},
 		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Handler: s.proxy("/commands/{pid}")},
 
 		{Method: "GET", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},

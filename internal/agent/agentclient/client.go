@@ -258,6 +258,11 @@ func (c *Client) WriteStdin(ctx context.Context, pid int, req api.StdinRequest) 
 	return c.doJSON(ctx, http.MethodPost, "/commands/"+strconv.Itoa(pid)+"/stdin", nil, req, nil)
 }
 
+// Resize changes the size of a command's terminal (one started with PTY).
+func (c *Client) Resize(ctx context.Context, pid int, size api.PTYSize) error {
+	return c.doJSON(ctx, http.MethodPost, "/commands/"+strconv.Itoa(pid)+"/resize", nil, size, nil)
+}
+
 // Signal sends a signal ("SIGTERM", "TERM" or "15") to a command's process
 // group.
 func (c *Client) Signal(ctx context.Context, pid int, signal string) error {

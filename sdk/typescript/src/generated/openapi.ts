@@ -855,6 +855,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/machines/{id}/commands/{pid}/resize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                /** @description The command's pid, as returned when it was started. */
+                pid: components["parameters"]["PID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resize a command's terminal
+         * @description Changes the size of the terminal of a command started with `pty`; the
+         *     kernel sends its foreground process group SIGWINCH. A size out of
+         *     range, or a command without a terminal, is `invalid_argument`; one
+         *     that has exited is `failed_precondition` (409).
+         */
+        post: operations["resizeCommand"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/machines/{id}/commands/{pid}/signal": {
         parameters: {
             query?: never;
@@ -1900,6 +1928,16 @@ export interface components {
              * @default false
              */
             stream?: boolean;
+            /**
+             * @description Run the command on a pseudo-terminal of this size, in a session of
+             *     its own with the terminal as its controlling one: Ctrl-C and Ctrl-Z
+             *     written to stdin reach its foreground process group. Its output
+             *     (stdout and stderr as the terminal shows them) is the `stdout`
+             *     stream; stdin stays open (write keystrokes with `bytes`); `TERM` is
+             *     `xterm-256color` unless `env` sets it. Resize it with
+             *     `POST .../commands/{pid}/resize`.
+             */
+            pty?: components["schemas"]["PTYSize"];
         } & (unknown | unknown);
         /** @description Response of a foreground command. */
         CommandResult: {
@@ -1968,6 +2006,8 @@ export interface components {
             running: boolean;
             /** @description Present once the process has exited. */
             exit_code?: number;
+            /** @description The size of its terminal, if it runs on one. */
+            pty?: components["schemas"]["PTYSize"];
         };
         /** @description Body of `GET /v1/machines/{id}/commands`. */
         ProcessList: {
@@ -1978,10 +2018,20 @@ export interface components {
             /** @description Text to write. */
             data?: string;
             /**
-             * @description Close stdin after writing `data`.
+             * Format: byte
+             * @description Raw bytes (base64) written after `data`, e.g. a terminal's keystrokes (`Aw==` is Ctrl-C).
+             */
+            bytes?: string;
+            /**
+             * @description Close stdin after writing (refused, `invalid_argument`, for a command on a terminal).
              * @default false
              */
             close?: boolean;
+        };
+        /** @description A terminal's size in character cells. */
+        PTYSize: {
+            rows: number;
+            cols: number;
         };
         /** @description Sends a signal to a command's process group. */
         SignalRequest: {
@@ -3421,6 +3471,43 @@ export interface operations {
             500: components["responses"]["Internal"];
             503: components["responses"]["AgentUnavailable"];
             default: components["responses"]["Error"];
+        };
+    };
+    resizeCommand: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                /** @description The command's pid, as returned when it was started. */
+                pid: components["parameters"]["PID"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "rows": 50,
+                 *       "cols": 132
+                 *     }
+                 */
+                "application/json": components["schemas"]["PTYSize"];
+            };
+        };
+        responses: {
+            /** @description Resized. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["InvalidArgument"];
+            401: components["responses"]["Unauthenticated"];
+            404: components["responses"]["MachineOrProcessNotFound"];
+            409: components["responses"]["NotRunningOrBusy"];
         };
     };
     signalCommand: {
