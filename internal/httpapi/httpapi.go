@@ -131,6 +131,7 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Handler: s.proxy("/commands/{pid}/stdin")},
 		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Handler: s.proxy("/commands/{pid}/signal")},
 		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Handler: s.proxy("/commands/{pid}/resize")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/attach", Handler: s.attachCommand},
 		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Handler: s.proxy("/commands/{pid}")},
 
 		{Method: "GET", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},

@@ -855,6 +855,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/machines/{id}/commands/{pid}/attach": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                /** @description The command's pid, as returned when it was started. */
+                pid: components["parameters"]["PID"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Attach to a running command over a WebSocket
+         * @description Upgrades to a WebSocket joined to a running command, typically one
+         *     started with `pty`. Server to client: binary frames are the
+         *     command's output (from `stdout_offset`; 0 replays what the machine
+         *     holds, the scrollback), text frames JSON: `{"type":"exit",
+         *     "exit_code":N,"signal":"..."}` last, then a normal close; or
+         *     `{"type":"error","code","message"}` for a refused message (the
+         *     session goes on). Client to server: binary frames are keystrokes
+         *     (stdin), text frames `{"type":"resize","rows":R,"cols":C}`. Closing
+         *     the socket leaves the command running; attach again to go on.
+         *     Keystrokes and output count as activity for `idle_timeout_ms`. A
+         *     client that reads nothing for 30 s is disconnected (the output
+         *     stays bounded in the machine). Authenticated with the bearer key
+         *     like every call; errors before the upgrade are ordinary API errors.
+         */
+        get: operations["attachCommand"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/machines/{id}/commands/{pid}/resize": {
         parameters: {
             query?: never;
@@ -3471,6 +3508,38 @@ export interface operations {
             500: components["responses"]["Internal"];
             503: components["responses"]["AgentUnavailable"];
             default: components["responses"]["Error"];
+        };
+    };
+    attachCommand: {
+        parameters: {
+            query?: {
+                /** @description Byte offset to start the output at (the offset after what the client has). */
+                stdout_offset?: number;
+                /** @description Follow the lineage to its latest execution and wake it (resume a paused one, start a stopped one) first, like `POST .../connect`. */
+                connect?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                /** @description The command's pid, as returned when it was started. */
+                pid: components["parameters"]["PID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switching to the WebSocket protocol. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: components["responses"]["InvalidArgument"];
+            401: components["responses"]["Unauthenticated"];
+            404: components["responses"]["MachineOrProcessNotFound"];
+            409: components["responses"]["NotRunningOrBusy"];
         };
     };
     resizeCommand: {

@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"nullspace.dev/nullspace/api"
+)
+
+// attached is a WebSocket session on a command, as a client sees it.
+type attached struct {
+	t      *testing.T
+	ws     *websocket.Conn
+	screen strings.Builder
+	exit   *int
+}
+
+func attach(t *testing.T, id string, pid int, query string) *attached {
+	t.Helper()
+	u := fmt.Sprintf("ws://%s/v1/machines/%s/commands/%d/attach%s", env.inst.Addr, id, pid, query)
+	ws, resp, err := websocket.Dial(t.Context(), u, &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + env.key}}})
+	if err != nil {
+		t.Fatalf("attach %s: %v (%v)", u, err, resp)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	return &attached{t: t, ws: ws}
+}
+
+func (a *attached) keys(s string) {
+	a.t.Helper()
+	if err := a.ws.Write(a.t.Context(), websocket.MessageBinary, []byte(s)); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+func (a *attached) resize(rows, cols int) {
+	a.t.Helper()
+	b, _ := json.Marshal(map[string]any{"type": "resize", "rows": rows, "cols": cols})
+	if err := a.ws.Write(a.t.Context(), websocket.MessageText, b); err != nil {
+		a.t.Fatal(err)
+	}
+}
+
+// until reads frames until the screen shows want (or, with want "", the
+// exit message comes); it returns the last text frame.
+func (a *attached) until(want string) map[string]any {
+	a.t.Helper()
+	ctx, cancel := context.WithTimeout(a.t.Context(), 30*time.Second)
+	defer cancel()
+	for {
+		typ, b, err := a.ws.Read(ctx)
+		if err != nil {
+			a.t.Fatalf("waiting for %q: %v; screen %q", want, err, a.screen.String())
+		}
+		if typ == websocket.MessageBinary {
+			a.screen.Write(b)
+			if want != "" && strings.Contains(a.screen.String(), want) {
+				return nil
+			}
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(b, &m); err != nil {
+			a.t.Fatalf("text frame %q: %v", b, err)
+		}
+		if m["type"] == "exit" || want == "" {
+			return m
+		}
+	}
+}
+
+// TestAttach: a shell on a terminal through the WebSocket attach: resize
+// and keystrokes in, output out, a refused resize that does not end the
+// session, a client that drops mid-session (the shell runs on and is
+// attached again with its scrollback), a paused machine woken by connect,
+// and the exit message last.
+func TestAttach(t *testing.T) {
+	ctx := t.Context()
+	m := newMachine(t, api.CreateMachineRequest{Template: "base"})
+	pid, err := env.client.StartCommand(ctx, m.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
+		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := attach(t, m.ID, pid, "")
+	a.resize(30, 100)
+	a.keys("stty size\n")
+	a.until("30 100")
+	a.resize(0, 0)
+	if msg := a.until(""); msg == nil || msg["code"] != "invalid_argument" {
+		t.Fatalf("a resize to 0x0: %v, want an error notice", msg)
+	}
+	a.keys("x=still-here; echo ready\n")
+	a.until("ready")
+	a.ws.CloseNow() // the client drops
+
+	b := attach(t, m.ID, pid, "")
+	b.until("30 100") // scrollback from offset 0
+	pause(t, m.ID)
+	c := attach(t, m.ID, pid, "?connect=true") // wakes the machine: a new execution
+	c.keys("echo $x\n")
+	c.until("still-here")
+	c.keys("exit 5\n")
+	exit := c.until("")
+	if exit["type"] != "exit" || exit["exit_code"] != float64(5) {
+		t.Fatalf("last message %v, want exit code 5", exit)
+	}
+	latest, err := env.client.GetMachine(ctx, m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { env.client.KillMachine(context.WithoutCancel(ctx), latest.LatestID) })
+
+	// Refusals before the upgrade are API errors.
+	for _, tc := range []struct{ path, code string }{
+		{fmt.Sprintf("/v1/machines/%s/commands/99999/attach", latest.LatestID), "process_not_found"},
+		{fmt.Sprintf("/v1/machines/%s/commands/%d/attach", latest.LatestID, pid), "failed_precondition"},
+		{fmt.Sprintf("/v1/machines/%s/commands/%d/attach", m.ID, pid), "machine_not_running"},
+	} {
+		_, resp, err := websocket.Dial(ctx, "ws://"+env.inst.Addr+tc.path, &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + env.key}}})
+		if err == nil || resp == nil {
+			t.Fatalf("%s: dial succeeded", tc.path)
+		}
+		var e api.Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		if e.Code != tc.code {
+			t.Fatalf("%s: %d %q, want %s", tc.path, resp.StatusCode, e.Code, tc.code)
+		}
+	}
+}

@@ -1,0 +1,126 @@
+// Package terminal joins an interactive client to a command running in a
+// machine: the command's output, from a byte offset, goes to the client as
+// it comes, and the client's keystrokes and resizes go to the command. The
+// client side is a Conn (a WebSocket in httpapi today); the machine side is
+// the agent's command routes. Either side ending ends the session; the
+// command itself runs on (a dropped client reattaches later by pid).
+package terminal
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// Agent is what a session needs of a machine's agent (an *agentclient.Client).
+type Agent interface {
+	Output(ctx context.Context, pid int, opts agentclient.OutputOptions) (*agentclient.EventStream, error)
+	WriteStdin(ctx context.Context, pid int, req api.StdinRequest) error
+	Resize(ctx context.Context, pid int, size api.PTYSize) error
+}
+
+// Input is one message from the client: keystrokes, or a new size.
+type Input struct {
+	Bytes  []byte
+	Resize *api.PTYSize
+}
+
+// Exit is how the command ended, sent to the client last.
+type Exit struct {
+	ExitCode int
+	Signal   string
+}
+
+// Conn is the client's side of a session.
+type Conn interface {
+	// Output sends output that starts at byte offset of the command's
+	// output stream.
+	Output(ctx context.Context, data []byte, offset int64) error
+	// Exit sends how the command ended; the session ends after it.
+	Exit(ctx context.Context, e Exit) error
+	// Input waits for the client's next message; io.EOF when it left.
+	Input(ctx context.Context) (Input, error)
+	// Notice tells the client of a refused message (a size out of range);
+	// the session goes on.
+	Notice(ctx context.Context, err error) error
+}
+
+// Run joins conn to command pid until the command exits (conn gets Exit),
+// the client leaves, or ctx ends. Output starts at offset (0: all the
+// machine still holds, the scrollback). activity is called for every
+// keystroke and output chunk (idle suspend counts them as use).
+func Run(ctx context.Context, agent Agent, pid int, offset int64, conn Conn, activity func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := agent.Output(ctx, pid, agentclient.OutputOptions{Follow: true, StdoutOffset: offset})
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+
+	inputDone := make(chan error, 1)
+	go func() {
+		inputDone <- pumpInput(ctx, agent, pid, conn, activity)
+		cancel() // the client left: stop reading the output too
+	}()
+	outErr := pumpOutput(ctx, stream, conn, activity)
+	cancel()
+	inErr := <-inputDone
+	if outErr != nil && ctx.Err() == nil {
+		return outErr
+	}
+	if errors.Is(inErr, io.EOF) || errors.Is(inErr, context.Canceled) {
+		return outErr
+	}
+	return errors.Join(outErr, inErr)
+}
+
+func pumpOutput(ctx context.Context, stream *agentclient.EventStream, conn Conn, activity func()) error {
+	for stream.Next() {
+		ev := stream.Event()
+		switch ev.Type {
+		case api.EventStdout, api.EventStderr:
+			activity()
+			if err := conn.Output(ctx, ev.Data, ev.Offset); err != nil {
+				return err
+			}
+		case api.EventExit:
+			code := 0
+			if ev.ExitCode != nil {
+				code = *ev.ExitCode
+			}
+			return conn.Exit(ctx, Exit{ExitCode: code, Signal: ev.Signal})
+		}
+	}
+	return stream.Err()
+}
+
+func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity func()) error {
+	for {
+		in, err := conn.Input(ctx)
+		if err != nil {
+			return err
+		}
+		activity()
+		if in.Resize != nil {
+			if err := agent.Resize(ctx, pid, *in.Resize); err != nil {
+				if errors.Is(err, errdefs.ErrInvalidArgument) {
+					if err := conn.Notice(ctx, err); err != nil {
+						return err
+					}
+					continue
+				}
+				return err
+			}
+		}
+		if len(in.Bytes) > 0 {
+			if err := agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes}); err != nil {
+				return err
+			}
+		}
+	}
+}
