@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/coder/websocket"
+
 	"nullspace.dev/nullspace/api"
 )
 
@@ -131,4 +133,44 @@ func (c *Client) KillProcess(ctx context.Context, id string, pid int) error {
 
 func processPath(id string, pid int, rest ...string) string {
 	return machinePath(id, append([]string{"commands", strconv.Itoa(pid)}, rest...)...)
+}
+
+// AttachOptions says how Attach joins a command.
+type AttachOptions struct {
+	// StdoutOffset starts the output there (0: all the machine holds).
+	StdoutOffset int64
+	// Connect follows the lineage to its latest execution and wakes it
+	// first, like Connect.
+	Connect bool
+}
+
+// Attach opens a WebSocket joined to a running command
+// (GET .../commands/{pid}/attach): binary frames are output and keystrokes,
+// text frames JSON control messages (docs/http-api.md "Terminals"). The
+// caller closes the connection.
+func (c *Client) Attach(ctx context.Context, id string, pid int, opts AttachOptions) (*websocket.Conn, error) {
+	q := url.Values{}
+	if opts.StdoutOffset > 0 {
+		q.Set("stdout_offset", strconv.FormatInt(opts.StdoutOffset, 10))
+	}
+	if opts.Connect {
+		q.Set("connect", "true")
+	}
+	u := "ws" + strings.TrimPrefix(c.baseURL, "http") + processPath(id, pid, "attach")
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	h := http.Header{}
+	if c.apiKey != "" {
+		h.Set("Authorization", "Bearer "+c.apiKey)
+	}
+	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: c.http, HTTPHeader: h})
+	if err != nil {
+		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, decodeError(resp)
+		}
+		return nil, fmt.Errorf("attach to process %d in %s: %w", pid, id, err)
+	}
+	ws.SetReadLimit(4 << 20)
+	return ws, nil
 }

@@ -1,15 +1,22 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/creack/pty"
 
 	"nullspace.dev/nullspace/api"
 )
@@ -136,4 +143,103 @@ func TestAttach(t *testing.T) {
 			t.Fatalf("%s: %d %q, want %s", tc.path, resp.StatusCode, e.Code, tc.code)
 		}
 	}
+}
+
+// TestShellCLI drives `nullspace shell` on a pseudo-terminal of the host,
+// as a person would: it opens a shell in a paused machine (resuming it and
+// saying so), stty there sees this terminal's size, a command runs, and
+// the remote exit code is the CLI's; then ~. detaches from a second
+// session, which runs on and is attached again with --pid.
+func TestShellCLI(t *testing.T) {
+	bin := repoPath("bin/nullspace")
+	m := newMachine(t, api.CreateMachineRequest{Template: "base"})
+	pause(t, m.ID)
+	t.Cleanup(func() {
+		if got, err := env.client.GetMachine(context.WithoutCancel(t.Context()), m.ID); err == nil {
+			env.client.KillMachine(context.WithoutCancel(t.Context()), got.LatestID)
+		}
+	})
+	shell := func(args ...string) (*exec.Cmd, *os.File, *lockedBuffer, chan struct{}) {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), bin, append([]string{"--api-url", "http://" + env.inst.Addr, "--api-key", env.key, "shell"}, args...)...)
+		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 111})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		out := &lockedBuffer{}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			io.Copy(out, f)
+		}()
+		return cmd, f, out, done
+	}
+	waitScreen := func(out *lockedBuffer, want string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !strings.Contains(out.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("screen never showed %q: %q", want, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	cmd, f, out, done := shell(m.ID)
+	waitScreen(out, "resumed as")
+	f.Write([]byte("stty size; echo sum=$((6*7))\r"))
+	waitScreen(out, "33 111")
+	waitScreen(out, "sum=42")
+	f.Write([]byte("exit 3\r"))
+	<-done
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("nullspace shell exited %v, want exit code 3; screen %q", err, out.String())
+	}
+
+	// Detach with ~. and attach again to the same shell.
+	latest, err := env.client.GetMachine(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd, f, out, done = shell(latest.LatestID)
+	f.Write([]byte("kept=yes\r"))
+	f.Write([]byte("\r~."))
+	<-done
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("detach: %v; screen %q", err, out.String())
+	}
+	var detachedPID int
+	if i := strings.Index(out.String(), "--pid "); i < 0 {
+		t.Fatalf("detach did not say how to attach again: %q", out.String())
+	} else {
+		fmt.Sscan(out.String()[i+len("--pid "):], &detachedPID)
+	}
+	cmd, f, out, done = shell(latest.LatestID, "--pid", fmt.Sprint(detachedPID))
+	f.Write([]byte("echo kept=$kept; exit\r"))
+	waitScreen(out, "kept=yes")
+	<-done
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("reattached shell: %v; screen %q", err, out.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer one goroutine writes while another reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -74,6 +74,7 @@ on the server host they need no configuration.`,
 	root.AddCommand(
 		a.machineCommand(),
 		a.execCommand(),
+		a.shellCommand(),
 		a.filesCommand(),
 		a.templateCommand(),
 		a.snapshotCommand(),
