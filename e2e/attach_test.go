@@ -188,6 +188,7 @@ func TestShellCLI(t *testing.T) {
 
 	cmd, f, out, done := shell(m.ID)
 	waitScreen(out, "resumed as")
+	waitScreen(out, "/workspace#")
 	f.Write([]byte("stty size; echo sum=$((6*7))\r"))
 	waitScreen(out, "33 111")
 	waitScreen(out, "sum=42")
@@ -205,7 +206,9 @@ func TestShellCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd, f, out, done = shell(latest.LatestID)
-	f.Write([]byte("kept=yes\r"))
+	waitScreen(out, "/workspace#") // the prompt: bash is reading
+	f.Write([]byte("kept=yes; echo set\r"))
+	waitScreen(out, "set\r\n")
 	f.Write([]byte("\r~."))
 	<-done
 	if err := cmd.Wait(); err != nil {
@@ -218,6 +221,7 @@ func TestShellCLI(t *testing.T) {
 		fmt.Sscan(out.String()[i+len("--pid "):], &detachedPID)
 	}
 	cmd, f, out, done = shell(latest.LatestID, "--pid", fmt.Sprint(detachedPID))
+	waitScreen(out, "set\r\n") // the scrollback of the session
 	f.Write([]byte("echo kept=$kept; exit\r"))
 	waitScreen(out, "kept=yes")
 	<-done
