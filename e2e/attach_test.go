@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/creack/pty"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 // attached is a WebSocket session on a command, as a client sees it.
@@ -26,16 +26,13 @@ type attached struct {
 	t      *testing.T
 	ws     *websocket.Conn
 	screen strings.Builder
-	exit   *int
 }
 
-func attach(t *testing.T, id string, pid int, query string) *attached {
+func attach(t *testing.T, id string, pid int, opts client.AttachOptions) *attached {
 	t.Helper()
-	u := fmt.Sprintf("ws://%s/v1/machines/%s/commands/%d/attach%s", env.inst.Addr, id, pid, query)
-	ws, resp, err := websocket.Dial(t.Context(), u, &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + env.key}}})
+	ws, err := env.client.Attach(t.Context(), id, pid, opts)
 	if err != nil {
-		t.Fatalf("attach %s: %v (%v)", u, err, resp)
+		t.Fatalf("attach to %d in %s: %v", pid, id, err)
 	}
 	t.Cleanup(func() { ws.CloseNow() })
 	return &attached{t: t, ws: ws}
@@ -97,7 +94,7 @@ func TestAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := attach(t, m.ID, pid, "")
+	a := attach(t, m.ID, pid, client.AttachOptions{})
 	a.resize(30, 100)
 	a.keys("stty size\n")
 	a.until("30 100")
@@ -109,10 +106,10 @@ func TestAttach(t *testing.T) {
 	a.until("ready")
 	a.ws.CloseNow() // the client drops
 
-	b := attach(t, m.ID, pid, "")
+	b := attach(t, m.ID, pid, client.AttachOptions{})
 	b.until("30 100") // scrollback from offset 0
 	pause(t, m.ID)
-	c := attach(t, m.ID, pid, "?connect=true") // wakes the machine: a new execution
+	c := attach(t, m.ID, pid, client.AttachOptions{Connect: true}) // wakes the machine: a new execution
 	c.keys("echo $x\n")
 	c.until("still-here")
 	c.keys("exit 5\n")
@@ -127,20 +124,20 @@ func TestAttach(t *testing.T) {
 	t.Cleanup(func() { env.client.KillMachine(context.WithoutCancel(ctx), latest.LatestID) })
 
 	// Refusals before the upgrade are API errors.
-	for _, tc := range []struct{ path, code string }{
-		{fmt.Sprintf("/v1/machines/%s/commands/99999/attach", latest.LatestID), "process_not_found"},
-		{fmt.Sprintf("/v1/machines/%s/commands/%d/attach", latest.LatestID, pid), "failed_precondition"},
-		{fmt.Sprintf("/v1/machines/%s/commands/%d/attach", m.ID, pid), "machine_not_running"},
+	for _, tc := range []struct {
+		id   string
+		pid  int
+		code string
+	}{
+		{latest.LatestID, 99999, "process_not_found"},
+		{latest.LatestID, pid, "failed_precondition"},
+		{m.ID, pid, "machine_not_running"},
 	} {
-		_, resp, err := websocket.Dial(ctx, "ws://"+env.inst.Addr+tc.path, &websocket.DialOptions{
-			HTTPHeader: http.Header{"Authorization": {"Bearer " + env.key}}})
-		if err == nil || resp == nil {
-			t.Fatalf("%s: dial succeeded", tc.path)
-		}
-		var e api.Error
-		json.NewDecoder(resp.Body).Decode(&e)
-		if e.Code != tc.code {
-			t.Fatalf("%s: %d %q, want %s", tc.path, resp.StatusCode, e.Code, tc.code)
+		if ws, err := env.client.Attach(ctx, tc.id, tc.pid, client.AttachOptions{}); !client.IsCode(err, tc.code) {
+			if ws != nil {
+				ws.CloseNow()
+			}
+			t.Fatalf("attach to %d in %s: %v, want %s", tc.pid, tc.id, err, tc.code)
 		}
 	}
 }
