@@ -140,13 +140,11 @@ class AsyncTransport:
 
     def __init__(self, s: Settings, max_idle: int = 16) -> None:
         self.settings = s
-        self._https, self._host, self._port, self._prefix = s.https, s.host, s.port, s.prefix
-        self._hostport = s.netloc
         self._idle: List[_Conn] = []
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._max_idle = max_idle
         self._closed = False
-        self._ssl = ssl.create_default_context() if self._https else None
+        self._ssl = ssl.create_default_context() if self.settings.https else None
 
     def _pool(self) -> List[_Conn]:
         loop = asyncio.get_running_loop()
@@ -167,7 +165,7 @@ class AsyncTransport:
             c.close()
         t = self.settings.connect_timeout(r)
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self._host, self._port, ssl=self._ssl, limit=_MAX_HEAD), t)
+            asyncio.open_connection(self.settings.host, self.settings.port, ssl=self._ssl, limit=_MAX_HEAD), t)
         return _Conn(reader, writer), False
 
     def _put(self, c: _Conn) -> None:
@@ -225,7 +223,7 @@ class AsyncTransport:
         try:
             c, sent = await self._get(r)
             sent = True
-            lines = [f"{r.method} {self._prefix + r.url_path()} HTTP/1.1", f"Host: {self._hostport}"]
+            lines = [f"{r.method} {self.settings.prefix + r.url_path()} HTTP/1.1", f"Host: {self.settings.netloc}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             head_bytes = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             if isinstance(body, (bytes, bytearray, memoryview)):

@@ -43,12 +43,11 @@ class Transport:
 
     def __init__(self, s: Settings, max_idle: int = 16) -> None:
         self.settings = s
-        self._https, self._host, self._port, self._prefix = s.https, s.host, s.port, s.prefix
         self._idle: List[http.client.HTTPConnection] = []
         self._max_idle = max_idle
         self._lock = threading.Lock()
         self._closed = False
-        self._ssl = _ssl_context() if self._https else None
+        self._ssl = _ssl_context() if self.settings.https else None
 
     # -- connections
 
@@ -61,12 +60,12 @@ class Transport:
                 if not _dead(c):
                     return c, True
                 c.close()
-        if self._https:
+        if self.settings.https:
             c: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self._host, self._port, context=self._ssl, blocksize=_CHUNK
+                self.settings.host, self.settings.port, context=self._ssl, blocksize=_CHUNK
             )
         else:
-            c = http.client.HTTPConnection(self._host, self._port, blocksize=_CHUNK)
+            c = http.client.HTTPConnection(self.settings.host, self.settings.port, blocksize=_CHUNK)
         return c, False
 
     def _put(self, c: http.client.HTTPConnection) -> None:
@@ -101,7 +100,7 @@ class Transport:
             sent = True
             assert c.sock is not None
             c.sock.settimeout(self.settings.read_timeout(r))
-            c.putrequest(r.method, self._prefix + r.url_path(), skip_accept_encoding=True)
+            c.putrequest(r.method, self.settings.prefix + r.url_path(), skip_accept_encoding=True)
             for k, v in headers.items():
                 c.putheader(k, v)
             try:
