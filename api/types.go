@@ -401,6 +401,51 @@ type Volume struct {
 	Machines int `json:"machines"`
 }
 
+// SSHKey is a public key that opens SSH sessions in its team's machines
+// (nullspace serve --ssh-addr).
+type SSHKey struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Fingerprint string    `json:"fingerprint"` // SHA256:..., as ssh-keygen -l prints it
+	PublicKey   string    `json:"public_key"`  // authorized_keys form
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// AddSSHKeyRequest is the body of POST /v1/ssh-keys.
+type AddSSHKeyRequest struct {
+	// PublicKey is one line of authorized_keys form ("ssh-ed25519 AAAA...
+	// comment"), as in ~/.ssh/id_ed25519.pub.
+	PublicKey string `json:"public_key"`
+	// Name defaults to the key's comment.
+	Name string `json:"name,omitempty"`
+}
+
+// SSHKeyList is the answer of GET /v1/ssh-keys: all of the team's keys
+// (at most 1000), oldest first.
+type SSHKeyList struct {
+	Keys []SSHKey `json:"keys"`
+}
+
+// SSHTokenRequest is the body of POST /v1/machines/{id}/ssh-token.
+type SSHTokenRequest struct {
+	// TTLSeconds is how long the token signs in; default 600, at most 86400.
+	TTLSeconds int `json:"ttl_seconds,omitempty"`
+}
+
+// SSHToken is a short-lived password for SSH sessions in one machine.
+type SSHToken struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// User is the SSH user name: the machine's lineage id, which follows
+	// the machine across pauses and resumes.
+	User string `json:"user"`
+	// Host and Port are the gateway's address as clients reach it.
+	Host string `json:"host"`
+	Port int    `json:"port"`
+	// Command is a ready ssh command line (the token is its password).
+	Command string `json:"command"`
+}
+
 // CreateVolumeRequest is the body of POST /v1/volumes.
 type CreateVolumeRequest struct {
 	Name string `json:"name"`

@@ -153,6 +153,7 @@ func testConfig(dataDir string) server.Config {
 		cfg.EdgeAddr = a
 	}
 	cfg.EdgeHeaderTimeout = 2 * time.Second
+	cfg.SSHAddr = "127.0.0.1:0" // TestSSH
 	// A page on this origin may call the API (TestCORS).
 	cfg.CORSOrigins = []string{corsOrigin}
 	return cfg

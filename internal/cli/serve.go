@@ -69,6 +69,7 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.StringVar(&cfg.EdgeTLSKey, "edge-tls-key", "", "TLS key of --edge-tls-cert")
 	f.DurationVar(&cfg.EdgeWakeTimeout, "edge-wake-timeout", cfg.EdgeWakeTimeout, "how long a request is held while its paused machine wakes; then 503 machine_wake_timeout")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origin", nil, "browser origins allowed to call the API, e.g. https://app.example.com (repeat or comma-separate; * for any; none by default)")
+	f.StringVar(&cfg.SSHAddr, "ssh-addr", "", "listen address of the SSH gateway, e.g. 127.0.0.1:2222 (`ssh -p 2222 MACHINE-ID@host`; empty: no gateway)")
 	f.Int64Var(&cfg.EdgeHoldBodyBytes, "edge-hold-body-bytes", cfg.EdgeHoldBodyBytes, "largest request body held while its machine wakes; a larger one gets 503 machine_wake_body_too_large")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

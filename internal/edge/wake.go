@@ -152,25 +152,31 @@ func wakeTimeout(l label, window time.Duration) refusal {
 
 // refuseErr answers a request whose lookup or wake failed.
 func (s *Server) refuseErr(w http.ResponseWriter, r *http.Request, req *request, l label, err error) {
+	s.refuse(w, r, req, wakeFailure(l.LineageID, err))
+	if !errors.Is(err, errdefs.ErrNotFound) {
+		s.logger.WarnContext(r.Context(), "edge wake failed", "lineage_id", l.LineageID, "port", l.Port, "err", err)
+	}
+}
+
+// wakeFailure is the refusal for a lineage whose lookup or wake failed.
+func wakeFailure(lineageID string, err error) refusal {
 	p := errdefs.Classify(err)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
-		s.refuse(w, r, req, notFound(l.LineageID))
-		return
+		return notFound(lineageID)
 	case errors.Is(err, errdefs.ErrResourceExhausted):
-		s.refuse(w, r, req, unavailable(errdefs.CodeWakeCapacity,
-			fmt.Sprintf("machine %s cannot be woken now: the server is out of capacity (%s)", l.LineageID, p.Message), true,
-			"retry after the Retry-After delay"))
+		return unavailable(errdefs.CodeWakeCapacity,
+			fmt.Sprintf("machine %s cannot be woken now: the server is out of capacity (%s)", lineageID, p.Message), true,
+			"retry after the Retry-After delay")
 	case p.Code == errdefs.CodeSnapshotIncompatible || p.Code == errdefs.CodeSnapshotCorrupt || p.Code == errdefs.CodeSnapshotNotFound:
-		s.refuse(w, r, req, unavailable(errdefs.CodeWakeSnapshotUnusable,
-			fmt.Sprintf("machine %s cannot be woken: %s", l.LineageID, p.Message), false,
-			"create a new machine; this machine's saved state cannot be restored here"))
+		return unavailable(errdefs.CodeWakeSnapshotUnusable,
+			fmt.Sprintf("machine %s cannot be woken: %s", lineageID, p.Message), false,
+			"create a new machine; this machine's saved state cannot be restored here")
 	default:
-		msg := fmt.Sprintf("machine %s could not be woken", l.LineageID)
+		msg := fmt.Sprintf("machine %s could not be woken", lineageID)
 		if p.Code != errdefs.CodeInternal {
 			msg += ": " + p.Message
 		}
-		s.refuse(w, r, req, unavailable(errdefs.CodeWakeFailed, msg, true, "retry after the Retry-After delay"))
+		return unavailable(errdefs.CodeWakeFailed, msg, true, "retry after the Retry-After delay")
 	}
-	s.logger.WarnContext(r.Context(), "edge wake failed", "lineage_id", l.LineageID, "port", l.Port, "err", err)
 }

@@ -103,6 +103,10 @@ const (
 	CodeAutoResumeNeedsPause = "auto_resume_requires_pause"
 	CodeMachineEphemeral     = "machine_ephemeral"
 	CodeNoCommand            = "machine_has_no_command"
+	CodeSSHKeyExists         = "ssh_key_exists"
+	CodeSSHKeyNotFound       = "ssh_key_not_found"
+	CodeSSHKeyInvalid        = "ssh_key_invalid"
+	CodeSSHDisabled          = "ssh_disabled"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid           = "url_invalid"
@@ -125,6 +129,10 @@ const (
 
 // Codes lists every stable public code; the spec test checks each is documented.
 var Codes = []string{
+	CodeSSHKeyExists,
+	CodeSSHKeyNotFound,
+	CodeSSHKeyInvalid,
+	CodeSSHDisabled,
 	CodeInvalidArgument,
 	CodeUnauthenticated,
 	CodeNotFound,

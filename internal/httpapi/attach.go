@@ -69,8 +69,11 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 	switch {
 	case err == nil:
 		ws.Close(websocket.StatusNormalClosure, "")
-	case r.Context().Err() != nil || errors.Is(err, io.EOF):
-		ws.CloseNow()
+	case errors.Is(err, io.EOF):
+		ws.CloseNow() // the client left
+	case r.Context().Err() != nil:
+		// After the upgrade only the server's stop ends the context.
+		ws.Close(websocket.StatusGoingAway, fmt.Sprintf("the server is shutting down; process %d runs on: attach again", pid))
 	default:
 		s.logger.WarnContext(r.Context(), "attach ended", "machine_id", id, "pid", pid, "err", err)
 		ws.Close(websocket.StatusInternalError, truncate(errdefs.Classify(err).Message, 120))
@@ -128,8 +131,8 @@ func (c *wsConn) text(ctx context.Context, m control) error {
 	return c.write(ctx, websocket.MessageText, b)
 }
 
-func (c *wsConn) Output(ctx context.Context, data []byte, _ int64) error {
-	return c.write(ctx, websocket.MessageBinary, data)
+func (c *wsConn) Output(ctx context.Context, o terminal.Output) error {
+	return c.write(ctx, websocket.MessageBinary, o.Data)
 }
 
 func (c *wsConn) Exit(ctx context.Context, e terminal.Exit) error {

@@ -63,6 +63,7 @@ type Server struct {
 	logger    *slog.Logger
 	version   string
 	agent     *http.Client
+	ssh       SSH
 }
 
 // New returns the API server.
@@ -115,6 +116,11 @@ func (s *Server) Routes() []Route {
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Handler: s.restoreCheckpoint},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/pin", Handler: s.pinCheckpoint(true)},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/unpin", Handler: s.pinCheckpoint(false)},
+
+		{Method: "POST", Path: "/v1/machines/{id}/ssh-token", Handler: s.sshToken},
+		{Method: "POST", Path: "/v1/ssh-keys", Handler: s.addSSHKey},
+		{Method: "GET", Path: "/v1/ssh-keys", Handler: s.listSSHKeys},
+		{Method: "DELETE", Path: "/v1/ssh-keys/{id}", Handler: s.deleteSSHKey},
 
 		{Method: "GET", Path: "/v1/snapshots", Handler: s.listSnapshots},
 		{Method: "GET", Path: "/v1/snapshots/{id}", Handler: s.getSnapshot},

@@ -21,10 +21,14 @@ func (m *Manager) LineageHead(ctx context.Context, lineageID string) (*store.Mac
 
 // Wake waits for the lifecycle operation a lineage is in, if any, and when
 // resume is set brings its latest execution to running: resumed if paused,
-// started if stopped (cause "edge", with port in the events). It returns
-// the latest execution as it then is, in any state.
-func (m *Manager) Wake(ctx context.Context, lineageID string, port int, resume bool) (*store.Machine, error) {
-	ctx = withDetails(withCause(ctx, "edge"), map[string]any{"port": port})
+// started if stopped (the events name cause, "edge" or "ssh", and carry
+// details, such as the port). It returns the latest execution as it then
+// is, in any state.
+func (m *Manager) Wake(ctx context.Context, lineageID string, resume bool, cause string, details map[string]any) (*store.Machine, error) {
+	ctx = withCause(ctx, cause)
+	if details != nil {
+		ctx = withDetails(ctx, details)
+	}
 	unlock := m.lock(lineageKey(lineageID))
 	defer unlock()
 	if !resume {

@@ -30,7 +30,7 @@ func TestWakeAndObservers(t *testing.T) {
 	unlock := m.lock(lineageKey("w"))
 	got := make(chan string, 1)
 	go func() {
-		rec, err := m.Wake(ctx, "w", 8080, false)
+		rec, err := m.Wake(ctx, "w", false, "edge", map[string]any{"port": 8080})
 		if err != nil {
 			got <- err.Error()
 			return
@@ -56,10 +56,10 @@ func TestWakeAndObservers(t *testing.T) {
 		t.Fatalf("observers saw %q, want %q", seen, want)
 	}
 	mu.Unlock()
-	if rec, err := m.Wake(ctx, "w", 8080, true); err != nil || rec.State != api.StateKilled {
+	if rec, err := m.Wake(ctx, "w", true, "edge", map[string]any{"port": 8080}); err != nil || rec.State != api.StateKilled {
 		t.Fatalf("Wake of a killed lineage: %+v %v, want it as it is (killed)", rec, err)
 	}
-	if _, err := m.Wake(ctx, "nope", 8080, true); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
+	if _, err := m.Wake(ctx, "nope", true, "edge", nil); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
 		t.Fatalf("Wake of an unknown lineage: %v, want machine_not_found", err)
 	}
 	if _, err := m.LineageHead(ctx, "nope"); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {

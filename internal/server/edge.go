@@ -130,7 +130,7 @@ func (e *edgeMachines) Route(ctx context.Context, lineageID string) (edge.Target
 }
 
 func (e *edgeMachines) Wake(ctx context.Context, lineageID string, port int, resume bool) (edge.Target, error) {
-	rec, err := e.mgr.Wake(ctx, lineageID, port, resume)
+	rec, err := e.mgr.Wake(ctx, lineageID, resume, "edge", map[string]any{"port": port})
 	if err != nil {
 		return edge.Target{}, err
 	}

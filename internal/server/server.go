@@ -32,6 +32,7 @@ import (
 	"nullspace.dev/nullspace/internal/retention"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
+	"nullspace.dev/nullspace/internal/sshgate"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 	"nullspace.dev/nullspace/internal/template"
@@ -116,6 +117,9 @@ type Config struct {
 	// EdgeHeaderTimeout bounds how long a client may take to send its
 	// request headers to the edge. Default 10 s.
 	EdgeHeaderTimeout time.Duration
+	// SSHAddr is where the SSH gateway listens (internal/sshgate); empty:
+	// no gateway (the default).
+	SSHAddr string
 	// CORSOrigins are the browser origins allowed to call the API ("*" for
 	// any); none by default (internal/cors).
 	CORSOrigins []string
@@ -219,6 +223,11 @@ func (c *Config) Validate() error {
 	if _, err := cors.Parse(c.CORSOrigins); err != nil {
 		return fmt.Errorf("--cors-origin: %w", err)
 	}
+	if c.SSHAddr != "" {
+		if _, _, err := net.SplitHostPort(c.SSHAddr); err != nil {
+			return fmt.Errorf("--ssh-addr %q: %w", c.SSHAddr, err)
+		}
+	}
 	return c.validateEdge()
 }
 
@@ -285,10 +294,14 @@ type Instance struct {
 
 	// EdgeAddr is the address the edge listens on ("" without an edge).
 	EdgeAddr string
+	// SSHAddr is the address the SSH gateway listens on ("" without one).
+	SSHAddr string
 
 	http     *http.Server
 	edge     *http.Server
 	edgeDone chan struct{}
+	ssh      *sshListener
+	sshDone  chan struct{}
 	cancel   context.CancelFunc
 	closers  []io.Closer
 	done     chan struct{}
@@ -308,6 +321,13 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 		i.edge.Shutdown(sctx)
 		i.edge.Close()
 		<-i.edgeDone
+	}
+	if i.ssh != nil {
+		// Sessions end with the server (each tells its client how to
+		// reattach); their commands go on in the machines.
+		i.ssh.ln.Close()
+		<-i.sshDone
+		i.ssh.gate.Wait()
 	}
 	<-i.done
 	<-i.sparesDone
@@ -420,8 +440,18 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		closers = append(closers, edgeSrv.ln)
 		urls = edgeSrv.edge
 	}
+	sshAccess := &sshgate.Access{Keys: sshgate.NewKeys(db), Machines: &sshMachines{edgeMachines{mgr: mgr}}}
+	var sshSrv *sshListener
+	if cfg.SSHAddr != "" {
+		if sshSrv, err = startSSH(bg, cfg, mgr, sshAccess.Keys, logger); err != nil {
+			return nil, err
+		}
+		closers = append(closers, sshSrv.ln)
+		sshAccess.Gate = sshSrv.gate
+		sshAccess.Host, sshAccess.Port = sshgate.Advertised(sshSrv.ln.Addr())
+	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version)
+		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess)
 	corsPolicy, err := cors.Parse(cfg.CORSOrigins)
 	if err != nil {
 		return nil, err
@@ -434,13 +464,23 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
 		http: &http.Server{Handler: corsPolicy.Wrap(apiServer.Handler()), ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)},
+			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+			// Streams and terminal sessions end with the server (they
+			// are told so; their commands go on in the machines).
+			BaseContext: func(net.Listener) context.Context { return bg }},
 	}
 	if edgeSrv != nil {
 		inst.EdgeAddr, inst.edge, inst.edgeDone = edgeSrv.ln.Addr().String(), edgeSrv.http, make(chan struct{})
 		go func() {
 			defer close(inst.edgeDone)
 			edgeSrv.serve(logger)
+		}()
+	}
+	if sshSrv != nil {
+		inst.SSHAddr, inst.ssh, inst.sshDone = sshSrv.ln.Addr().String(), sshSrv, make(chan struct{})
+		go func() {
+			defer close(inst.sshDone)
+			sshSrv.serve(logger)
 		}()
 	}
 	go mgr.Watch(bg, 2*time.Second)
@@ -465,7 +505,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			logger.Error("http server", "err", err)
 		}
 	}()
-	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "edge_domain", cfg.EdgeDomain,
+	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "ssh_addr", inst.SSHAddr, "edge_domain", cfg.EdgeDomain,
 		"data_dir", cfg.DataDir, "api_key_file", keyFile)
 	return inst, nil
 }

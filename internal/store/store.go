@@ -183,6 +183,17 @@ var migrations = []string{
 	CREATE INDEX snapshots_team_machine ON snapshots(team_id, machine_id, created_at, id);
 	CREATE INDEX snapshots_team_kind ON snapshots(team_id, kind, created_at, id);
 	CREATE INDEX events_team_machine ON events(team_id, machine_id, seq);`,
+	// 16: public keys that open SSH sessions in a team's machines; a key
+	// belongs to one team, so that it names the team it signs in to.
+	`CREATE TABLE ssh_keys (
+		id TEXT PRIMARY KEY,
+		team_id TEXT NOT NULL REFERENCES teams(id),
+		name TEXT NOT NULL,
+		fingerprint TEXT NOT NULL UNIQUE,
+		public_key TEXT NOT NULL,
+		created_at TEXT NOT NULL
+	);
+	CREATE INDEX ssh_keys_team ON ssh_keys(team_id, created_at, id);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.

@@ -23,10 +23,19 @@ type Agent interface {
 	Resize(ctx context.Context, pid int, size api.PTYSize) error
 }
 
-// Input is one message from the client: keystrokes, or a new size.
+// Input is one message from the client: keystrokes, a new size, or the
+// end of its input (a command not on a terminal sees EOF on stdin).
 type Input struct {
-	Bytes  []byte
-	Resize *api.PTYSize
+	Bytes      []byte
+	Resize     *api.PTYSize
+	CloseStdin bool
+}
+
+// Output is a chunk of the command's output.
+type Output struct {
+	Data   []byte
+	Offset int64 // of Data in its stream
+	Stderr bool  // stderr of a command not on a terminal
 }
 
 // Exit is how the command ended, sent to the client last.
@@ -37,9 +46,8 @@ type Exit struct {
 
 // Conn is the client's side of a session.
 type Conn interface {
-	// Output sends output that starts at byte offset of the command's
-	// output stream.
-	Output(ctx context.Context, data []byte, offset int64) error
+	// Output sends a chunk of output.
+	Output(ctx context.Context, o Output) error
 	// Exit sends how the command ended; the session ends after it.
 	Exit(ctx context.Context, e Exit) error
 	// Input waits for the client's next message; io.EOF when it left.
@@ -49,10 +57,11 @@ type Conn interface {
 	Notice(ctx context.Context, err error) error
 }
 
-// Run joins conn to command pid until the command exits (conn gets Exit),
-// the client leaves, or ctx ends. Output starts at offset (0: all the
-// machine still holds, the scrollback). activity is called for every
-// keystroke and output chunk (idle suspend counts them as use).
+// Run joins conn to command pid until the command exits (conn gets Exit;
+// Run returns nil), the client leaves (io.EOF), or ctx ends. Output
+// starts at offset (0: all the machine still holds, the scrollback).
+// activity is called for every keystroke and output chunk (idle suspend
+// counts them as use).
 func Run(ctx context.Context, agent Agent, pid int, offset int64, conn Conn, activity func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -70,13 +79,15 @@ func Run(ctx context.Context, agent Agent, pid int, offset int64, conn Conn, act
 	outErr := pumpOutput(ctx, stream, conn, activity)
 	cancel()
 	inErr := <-inputDone
-	if outErr != nil && ctx.Err() == nil {
-		return outErr
+	switch {
+	case outErr == nil:
+		return nil
+	case errors.Is(inErr, io.EOF):
+		return io.EOF // the client left, which stopped the output
+	case inErr != nil && !errors.Is(inErr, context.Canceled):
+		return inErr // the input failed, which stopped the output
 	}
-	if errors.Is(inErr, io.EOF) || errors.Is(inErr, context.Canceled) {
-		return outErr
-	}
-	return errors.Join(outErr, inErr)
+	return outErr
 }
 
 func pumpOutput(ctx context.Context, stream *agentclient.EventStream, conn Conn, activity func()) error {
@@ -85,7 +96,7 @@ func pumpOutput(ctx context.Context, stream *agentclient.EventStream, conn Conn,
 		switch ev.Type {
 		case api.EventStdout, api.EventStderr:
 			activity()
-			if err := conn.Output(ctx, ev.Data, ev.Offset); err != nil {
+			if err := conn.Output(ctx, Output{Data: ev.Data, Offset: ev.Offset, Stderr: ev.Type == api.EventStderr}); err != nil {
 				return err
 			}
 		case api.EventExit:
@@ -117,8 +128,8 @@ func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity fu
 				return err
 			}
 		}
-		if len(in.Bytes) > 0 {
-			if err := agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes}); err != nil {
+		if len(in.Bytes) > 0 || in.CloseStdin {
+			if err := agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes, Close: in.CloseStdin}); err != nil {
 				return err
 			}
 		}

@@ -1,0 +1,108 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// SSHKey is a public key registered for a team's SSH sessions.
+type SSHKey struct {
+	ID          string
+	TeamID      string
+	Name        string
+	Fingerprint string // SHA256:... as ssh-keygen -l prints it
+	PublicKey   string // authorized_keys form, without a comment
+	CreatedAt   time.Time
+}
+
+// MaxSSHKeysPerTeam bounds a team's keys (a list of them is one answer).
+const MaxSSHKeysPerTeam = 1000
+
+// AddSSHKey stores a key. A key already registered, by any team, is an
+// ssh_key_exists error: a key names the one team it signs in to.
+func (s *DB) AddSSHKey(ctx context.Context, k SSHKey) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM ssh_keys WHERE team_id = ?`, k.TeamID).Scan(&n); err != nil {
+		return fmt.Errorf("count ssh keys: %w", err)
+	}
+	if n >= MaxSSHKeysPerTeam {
+		return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+			fmt.Sprintf("the team has %d SSH keys, the most it may have", n), "remove keys no longer used with `nullspace ssh-key rm`")
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO ssh_keys (id, team_id, name, fingerprint, public_key, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+		k.ID, k.TeamID, k.Name, k.Fingerprint, k.PublicKey, formatTime(k.CreatedAt))
+	if err != nil {
+		if strings.Contains(err.Error(), "UNIQUE") {
+			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSSHKeyExists,
+				fmt.Sprintf("the key %s is already registered", k.Fingerprint),
+				"a key signs in to one team: use the registered key, or remove it first (`nullspace ssh-key ls`)")
+		}
+		return fmt.Errorf("add ssh key: %w", err)
+	}
+	return tx.Commit()
+}
+
+// ListSSHKeys returns a team's keys, oldest first.
+func (s *DB) ListSSHKeys(ctx context.Context, teamID string) ([]SSHKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
+		WHERE team_id = ? ORDER BY created_at, id`, teamID)
+	if err != nil {
+		return nil, fmt.Errorf("list ssh keys: %w", err)
+	}
+	defer rows.Close()
+	var out []SSHKey
+	for rows.Next() {
+		k, err := scanSSHKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+// SSHKeyByFingerprint returns the key with this fingerprint, or an error
+// matching errdefs.ErrNotFound.
+func (s *DB) SSHKeyByFingerprint(ctx context.Context, fingerprint string) (SSHKey, error) {
+	k, err := scanSSHKey(s.db.QueryRowContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
+		WHERE fingerprint = ?`, fingerprint))
+	if errors.Is(err, sql.ErrNoRows) {
+		return SSHKey{}, fmt.Errorf("ssh key %s: %w", fingerprint, errdefs.ErrNotFound)
+	}
+	return k, err
+}
+
+// DeleteSSHKey removes a team's key by id or fingerprint.
+func (s *DB) DeleteSSHKey(ctx context.Context, teamID, idOrFingerprint string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM ssh_keys WHERE team_id = ? AND (id = ? OR fingerprint = ?)`,
+		teamID, idOrFingerprint, idOrFingerprint)
+	if err != nil {
+		return fmt.Errorf("delete ssh key: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errdefs.New(errdefs.ErrNotFound, errdefs.CodeSSHKeyNotFound, fmt.Sprintf("no SSH key %s", idOrFingerprint),
+			"list the team's keys with GET /v1/ssh-keys or `nullspace ssh-key ls`")
+	}
+	return nil
+}
+
+func scanSSHKey(r interface{ Scan(...any) error }) (SSHKey, error) {
+	var k SSHKey
+	var created string
+	if err := r.Scan(&k.ID, &k.TeamID, &k.Name, &k.Fingerprint, &k.PublicKey, &created); err != nil {
+		return SSHKey{}, err
+	}
+	k.CreatedAt = parseTime(created)
+	return k, nil
+}
