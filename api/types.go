@@ -401,6 +401,43 @@ type Volume struct {
 	Machines int `json:"machines"`
 }
 
+// FileEvent is one event of a file watch (GET .../files/watch), a line
+// of its NDJSON stream.
+type FileEvent struct {
+	Type string `json:"type"` // a FileEvent* constant
+	// Seq numbers the watch's events from 1; resume after the last seen.
+	Seq     int64     `json:"seq,omitempty"`
+	Path    string    `json:"path,omitempty"`
+	OldPath string    `json:"old_path,omitempty"` // rename: where it was
+	IsDir   bool      `json:"is_dir,omitempty"`
+	Time    time.Time `json:"time"`
+	// WatchID names the watch (the "watching" event) to resume it by.
+	WatchID string `json:"watch_id,omitempty"`
+	// Lost counts the events after the resume point that the machine no
+	// longer holds (the "lost" event).
+	Lost int64 `json:"lost,omitempty"`
+}
+
+// File event types.
+const (
+	FileEventCreate = "create"
+	FileEventWrite  = "write"
+	FileEventRemove = "remove"
+	FileEventRename = "rename"
+	FileEventChmod  = "chmod"
+	// FileEventWatching comes first on a new watch, with its WatchID.
+	FileEventWatching = "watching"
+	// FileEventLost says events were dropped (Lost of them): the reader
+	// resumed from further back than the machine holds.
+	FileEventLost = "lost"
+	// FileEventOverflow says the kernel's queue overflowed: some changes
+	// were not seen.
+	FileEventOverflow = "overflow"
+	// FileEventEnd is last: the watched directory is gone, or the watch
+	// was removed.
+	FileEventEnd = "end"
+)
+
 // SSHKey is a public key that opens SSH sessions in its team's machines
 // (nullspace serve --ssh-addr).
 type SSHKey struct {

@@ -122,3 +122,47 @@ func (c *Client) Rename(ctx context.Context, id, from, to string) (*api.FileInfo
 	}
 	return &fi, nil
 }
+
+// WatchOptions selects a file watch: a new one of Path, or the existing
+// WatchID from after its seq After.
+type WatchOptions struct {
+	Path      string
+	Recursive bool
+	WatchID   string
+	After     int64
+	// NoFollow returns once the events held are read (polling).
+	NoFollow bool
+}
+
+// WatchDir calls fn for every event of a file watch as it happens (GET
+// /v1/machines/{id}/files/watch), until ctx ends, the stream breaks, the
+// watch ends (an "end" event), or fn returns an error. A new watch's first
+// event ("watching") carries its WatchID: after a break, call WatchDir
+// again with it and After set to the last seq fn saw, and no event the
+// machine still holds is missed.
+func (c *Client) WatchDir(ctx context.Context, id string, opts WatchOptions, fn func(api.FileEvent) error) error {
+	q := url.Values{}
+	if opts.WatchID != "" {
+		q.Set("watch_id", opts.WatchID)
+		q.Set("after", strconv.FormatInt(opts.After, 10))
+	} else {
+		q.Set("path", opts.Path)
+		if opts.Recursive {
+			q.Set("recursive", "true")
+		}
+	}
+	if opts.NoFollow {
+		q.Set("follow", "false")
+	}
+	resp, err := c.send(ctx, request{method: http.MethodGet, path: machinePath(id, "files/watch"), query: q, accept: "application/x-ndjson"})
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return readLines(ctx, resp.Body, fn)
+}
+
+// Unwatch removes a file watch (DELETE .../files/watch/{watch_id}).
+func (c *Client) Unwatch(ctx context.Context, id, watchID string) error {
+	return c.do(ctx, request{method: http.MethodDelete, path: machinePath(id, "files/watch/"+url.PathEscape(watchID))}, nil)
+}

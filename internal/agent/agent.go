@@ -124,6 +124,7 @@ type Agent struct {
 	log     *slog.Logger
 	procs   *processManager
 	files   *fileService
+	watches watches
 	handler http.Handler
 
 	// tokenHash is the SHA-256 of the current token; a restore swaps it.
@@ -229,6 +230,8 @@ func (a *Agent) routes() http.Handler {
 		{"GET /files/stat", a.statFile},
 		{"POST /files/mkdir", a.mkdir},
 		{"POST /files/rename", a.rename},
+		{"GET /files/watch", a.watchFiles},
+		{"DELETE /files/watch/{watch_id}", a.unwatchFiles},
 		{"POST /lifecycle/prepare", a.prepare},
 		{"POST /lifecycle/restored", a.restored},
 		{"POST /lifecycle/stop", a.stop},

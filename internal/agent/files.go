@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -32,6 +33,37 @@ const (
 // writes are atomic (temp file, fsync, rename).
 type fileService struct {
 	maxFileBytes int64
+	// commits are the uploads being renamed into place, by temporary
+	// path: file watches report them as writes of their destination.
+	commits sync.Map // string → commit
+}
+
+type commit struct {
+	created bool // the destination did not exist
+	at      time.Time
+}
+
+// upload tells file watches whether path is an upload's temporary file,
+// and whether its destination is new (fswatch.Options.Upload).
+func (s *fileService) upload(path string) (upload, created bool) {
+	if !strings.HasPrefix(filepath.Base(path), strings.TrimSuffix(tempPattern, "*")) {
+		return false, false
+	}
+	v, ok := s.commits.Load(path)
+	return true, ok && v.(commit).created
+}
+
+// committing records an upload about to be renamed into place; records
+// older than a minute (every watch has read them) go.
+func (s *fileService) committing(tmp string, created bool) {
+	now := time.Now()
+	s.commits.Range(func(k, v any) bool {
+		if now.Sub(v.(commit).at) > time.Minute {
+			s.commits.Delete(k)
+		}
+		return true
+	})
+	s.commits.Store(tmp, commit{created: created, at: now})
 }
 
 func (a *Agent) readFile(w http.ResponseWriter, r *http.Request) error {
@@ -127,11 +159,13 @@ func (s *fileService) write(path string, mode fs.FileMode, explicitMode bool, bo
 	}
 	owner := -1
 	var gid int
+	existed := false
 	switch fi, err := os.Stat(target); {
 	case err == nil && fi.IsDir():
 		return api.WriteResult{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory,
 			fmt.Sprintf("%s is a directory", path), "write to a file path inside it")
 	case err == nil:
+		existed = true
 		if !explicitMode {
 			mode = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 		}
@@ -183,6 +217,7 @@ func (s *fileService) write(path string, mode fs.FileMode, explicitMode bool, bo
 	if err := tmp.Close(); err != nil {
 		return api.WriteResult{}, fileError(err, path)
 	}
+	s.committing(tmp.Name(), !existed)
 	if err := os.Rename(tmp.Name(), target); err != nil {
 		return api.WriteResult{}, fileError(err, path)
 	}

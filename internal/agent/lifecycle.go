@@ -142,6 +142,7 @@ func (a *Agent) restored(w http.ResponseWriter, r *http.Request) error {
 	if err := a.adopt(req, files, now); err != nil {
 		return err
 	}
+	a.watches.restored()
 	a.log.Info("restored", "machine_id", req.MachineID, "hostname", req.Hostname,
 		"restore_count", a.restore.Load().RestoreCount, "clock_skew_ms", skew)
 	hooks, err := a.runHooks(r.Context(), eventResume, req.Hooks, timeout)

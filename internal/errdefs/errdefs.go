@@ -107,6 +107,7 @@ const (
 	CodeSSHKeyNotFound       = "ssh_key_not_found"
 	CodeSSHKeyInvalid        = "ssh_key_invalid"
 	CodeSSHDisabled          = "ssh_disabled"
+	CodeWatchNotFound        = "watch_not_found"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid           = "url_invalid"
@@ -133,6 +134,7 @@ var Codes = []string{
 	CodeSSHKeyNotFound,
 	CodeSSHKeyInvalid,
 	CodeSSHDisabled,
+	CodeWatchNotFound,
 	CodeInvalidArgument,
 	CodeUnauthenticated,
 	CodeNotFound,

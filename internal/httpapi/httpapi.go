@@ -147,6 +147,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Handler: s.proxy("/files/stat")},
 		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Handler: s.proxy("/files/mkdir")},
 		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Handler: s.proxy("/files/rename")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/watch", Handler: s.proxy("/files/watch")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files/watch/{watch_id}", Handler: s.proxy("/files/watch/{watch_id}")},
 
 		{Method: "GET", Path: "/v1/templates", Handler: s.listTemplates},
 		{Method: "GET", Path: "/v1/templates/{name}", Handler: s.getTemplate},

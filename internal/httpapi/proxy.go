@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -22,7 +23,7 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 		if err != nil {
 			return err
 		}
-		path := strings.ReplaceAll(agentPath, "{pid}", r.PathValue("pid"))
+		path := strings.NewReplacer("{pid}", r.PathValue("pid"), "{watch_id}", url.PathEscape(r.PathValue("watch_id"))).Replace(agentPath)
 		u := ep.URL + path
 		if r.URL.RawQuery != "" {
 			u += "?" + r.URL.RawQuery

@@ -1067,6 +1067,70 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/machines/{id}/files/watch": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Watch a directory for changes
+         * @description Streams the changes under a directory as they happen (inotify in
+         *     the machine; NDJSON, or SSE when `Accept` asks for
+         *     `text/event-stream`): `create`, `write`, `remove`, `rename` (with
+         *     `old_path`) and `chmod`, each with a `seq` that only grows.
+         *
+         *     Without `watch_id` a new watch of `path` (a directory; `recursive`
+         *     follows its subdirectories, up to 8192, as they appear) starts, and
+         *     its first event, `watching`, names it. The watch outlives the
+         *     stream: after a disconnect (or a pause and resume: it is part of the
+         *     machine's memory) reconnect with `watch_id` and `after`, the seq of
+         *     the last event seen, to get every event since. The machine holds
+         *     the newest 4096 events of a watch; resuming from further back first
+         *     sends `lost` with how many are gone. `overflow` says the kernel
+         *     dropped changes; `end` comes last, when the directory is removed or
+         *     the watch is. A watch nobody reads for 10 minutes is removed; a
+         *     machine has at most 64. Only changes made inside the machine are
+         *     seen (gVisor's inotify does not see a volume changed from the host
+         *     or from another machine).
+         */
+        get: operations["watchFiles"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/machines/{id}/files/watch/{watch_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                watch_id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove a file watch
+         * @description Removes the watch; its streams end with an `end` event.
+         */
+        delete: operations["unwatchFiles"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/machines/{id}/files/rename": {
         parameters: {
             query?: never;
@@ -1248,6 +1312,85 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/ssh-keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List SSH keys
+         * @description The team's registered public keys (at most 1000), oldest first.
+         */
+        get: operations["listSSHKeys"];
+        put?: never;
+        /**
+         * Register an SSH public key
+         * @description Registers a public key (one line of `authorized_keys` form, as in
+         *     `~/.ssh/id_ed25519.pub`) for the team: it then signs in to any of
+         *     the team's machines through the SSH gateway. A key belongs to one
+         *     team: one already registered is `ssh_key_exists` (409). A private
+         *     key, a certificate, options or anything else is `ssh_key_invalid`.
+         */
+        post: operations["addSSHKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/ssh-keys/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_...`) or its fingerprint (`SHA256:...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove an SSH key
+         * @description Removes the key; sessions it opened go on, new ones are refused.
+         */
+        delete: operations["deleteSSHKey"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/machines/{id}/ssh-token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Get a short-lived SSH password for a machine
+         * @description Returns a token that signs in, as the SSH password, to this machine
+         *     (its lineage: any execution id works as the user name, and the token
+         *     outlives pauses and resumes) until it expires: 10 minutes unless
+         *     `ttl_seconds` says otherwise (at most 24 h). Tokens are signed, not
+         *     stored; rotating `<data-dir>/ssh-token-secret` voids them all.
+         *     `ssh_disabled` (409) when the gateway is off.
+         */
+        post: operations["createSSHToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/volumes": {
         parameters: {
             query?: never;
@@ -1417,6 +1560,11 @@ export interface components {
          *     | `snapshot_superseded` | 409 | false | The snapshot is not the lineage's latest state (the machine was resumed since); connect to the latest execution, or restore the snapshot explicitly as a checkpoint. |
          *     | `volume_in_use` | 409 | false | Machines that are not killed, or snapshots, use the volume. |
          *     | `volume_exists` | 409 | false | A volume with this name already exists. |
+         *     | `ssh_key_exists` | 409 | false | The SSH key is registered already (a key belongs to one team). |
+         *     | `ssh_key_not_found` | 404 | false | The team has no such SSH key. |
+         *     | `ssh_key_invalid` | 400 | false | The public key is not one line of authorized_keys form (or is a private key, a certificate, or has options). |
+         *     | `ssh_disabled` | 409 | false | The SSH gateway is off: the server runs without --ssh-addr. |
+         *     | `watch_not_found` | 404 | false | No such file watch in the machine: it was removed, its directory went, or nobody read it for 10 minutes. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause the machine: create with on_timeout "pause", and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1457,7 +1605,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -1907,7 +2055,7 @@ export interface components {
             machine_id?: string;
             /** Format: date-time */
             time: string;
-            /** @description api, timeout, idle, reconcile or sandbox_exit */
+            /** @description api, timeout, idle, edge (traffic to a URL woke it), ssh (an SSH session woke it), reconcile or sandbox_exit */
             cause: string;
             details?: {
                 [key: string]: unknown;
@@ -2272,6 +2420,72 @@ export interface components {
             volumes: components["schemas"]["Volume"][];
             /** @description Pass as `next_token` for the next page; empty on the last page. */
             next_token: string;
+        };
+        /** @description One event of a file watch. */
+        FileEvent: {
+            /** @enum {string} */
+            type: "create" | "write" | "remove" | "rename" | "chmod" | "watching" | "lost" | "overflow" | "end";
+            /**
+             * Format: int64
+             * @description From 1, growing; absent on watching and lost.
+             */
+            seq?: number;
+            path?: string;
+            /** @description rename: the path before. */
+            old_path?: string;
+            is_dir?: boolean;
+            /** Format: date-time */
+            time: string;
+            /** @description watching: the id to resume the watch by. */
+            watch_id?: string;
+            /**
+             * Format: int64
+             * @description lost: how many events are gone.
+             */
+            lost?: number;
+        };
+        /** @description A public key that signs in to the team's machines through the SSH gateway. */
+        SSHKey: {
+            /** @example key_5f1c0a9e2b7d4c36 */
+            id: string;
+            /** @description Given, or the key's comment. */
+            name: string;
+            /**
+             * @description As `ssh-keygen -l` prints it.
+             * @example SHA256:2cJ0tbk...
+             */
+            fingerprint: string;
+            /** @description `authorized_keys` form, without the comment. */
+            public_key: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        SSHKeyList: {
+            keys: components["schemas"]["SSHKey"][];
+        };
+        /** @description Body of `POST /v1/ssh-keys`. */
+        AddSSHKeyRequest: {
+            /** @description One line of `authorized_keys` form. */
+            public_key: string;
+            /** @description Defaults to the key's comment. */
+            name?: string;
+        };
+        /** @description Body of `POST /v1/machines/{id}/ssh-token` (optional). */
+        SSHTokenRequest: {
+            /** @description Default 600. */
+            ttl_seconds?: number;
+        };
+        SSHToken: {
+            /** @description The SSH password. */
+            token: string;
+            /** Format: date-time */
+            expires_at: string;
+            /** @description The SSH user name: the machine's lineage id. */
+            user: string;
+            host: string;
+            port: number;
+            /** @example ssh -p 2222 mch_3b1f0c9a7e5d2f4a6b8c@127.0.0.1 */
+            command: string;
         };
         /** @description Body of `POST /v1/volumes`. */
         CreateVolumeRequest: {
@@ -3891,6 +4105,99 @@ export interface operations {
             default: components["responses"]["Error"];
         };
     };
+    watchFiles: {
+        parameters: {
+            query?: {
+                /** @description The directory to watch (a new watch). */
+                path?: string;
+                recursive?: boolean;
+                /** @description Resume this watch instead of starting one. */
+                watch_id?: string;
+                /** @description With `watch_id`, the seq of the last event seen. */
+                after?: number;
+                /** @description false returns the events held at once (polling) instead of streaming. */
+                follow?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": components["schemas"]["FileEvent"];
+                    "text/event-stream": string;
+                };
+            };
+            400: components["responses"]["FileInvalid"];
+            401: components["responses"]["Unauthenticated"];
+            /** @description `machine_not_found`, `file_not_found` (the directory), or `watch_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            409: components["responses"]["MachineNotRunning"];
+            /** @description `resource_exhausted`: 64 watches, or too many directories. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            503: components["responses"]["AgentUnavailable"];
+            default: components["responses"]["Error"];
+        };
+    };
+    unwatchFiles: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+                watch_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `machine_not_found` or `watch_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            409: components["responses"]["MachineNotRunning"];
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
     renameFile: {
         parameters: {
             query?: never;
@@ -4149,6 +4456,162 @@ export interface operations {
             400: components["responses"]["InvalidArgument"];
             401: components["responses"]["Unauthenticated"];
             500: components["responses"]["Internal"];
+        };
+    };
+    listSSHKeys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The keys. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SSHKeyList"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    addSSHKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH0m... me@laptop"
+                 *     }
+                 */
+                "application/json": components["schemas"]["AddSSHKeyRequest"];
+            };
+        };
+        responses: {
+            /** @description The key. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SSHKey"];
+                };
+            };
+            /** @description `ssh_key_invalid` or `invalid_argument` (the name). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `ssh_key_exists`: the key is registered already. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `resource_exhausted`: the team has 1000 keys. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    deleteSSHKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`key_...`) or its fingerprint (`SHA256:...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthenticated"];
+            /** @description `ssh_key_not_found`: the team has no such key. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    createSSHToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The machine's id. */
+                id: components["parameters"]["MachineID"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["SSHTokenRequest"];
+            };
+        };
+        responses: {
+            /** @description The token. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SSHToken"];
+                };
+            };
+            400: components["responses"]["InvalidArgument"];
+            401: components["responses"]["Unauthenticated"];
+            404: components["responses"]["MachineNotFound"];
+            /** @description `ssh_disabled`: the server runs without --ssh-addr. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
         };
     };
     listVolumes: {

@@ -1,0 +1,241 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/fswatch"
+)
+
+// File watches outlive the stream that made them, so that a client that
+// lost its connection (a pause, a network blip) resumes from the last seq
+// it saw. A watch nobody has read for watchIdle is removed.
+const (
+	maxWatches = 64
+	watchIdle  = 10 * time.Minute
+	watchBatch = 256
+)
+
+type watches struct {
+	mu      sync.Mutex
+	m       map[string]*watchEntry
+	gcOnce  sync.Once
+}
+
+type watchEntry struct {
+	w       *fswatch.Watcher
+	readers int
+	idle    time.Time // since the last reader left
+}
+
+func (ws *watches) add(w *fswatch.Watcher) (string, error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if ws.m == nil {
+		ws.m = map[string]*watchEntry{}
+	}
+	if len(ws.m) >= maxWatches {
+		return "", errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+			fmt.Sprintf("the machine has %d file watches, the most it may have", len(ws.m)),
+			"remove watches no longer read with DELETE .../files/watch/{watch_id}")
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	id := "wch_" + hex.EncodeToString(b)
+	ws.m[id] = &watchEntry{w: w, idle: time.Now()}
+	ws.gcOnce.Do(func() { go ws.gc() })
+	return id, nil
+}
+
+// open returns a watch for a reader, who calls the function returned when
+// it leaves.
+func (ws *watches) open(id string) (*fswatch.Watcher, func(), error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	e, ok := ws.m[id]
+	if !ok {
+		return nil, nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeWatchNotFound,
+			fmt.Sprintf("no file watch %s in this machine", id),
+			fmt.Sprintf("start a new watch: watches end when removed, when their directory goes, or %s after their last reader left", watchIdle))
+	}
+	e.readers++
+	return e.w, func() {
+		ws.mu.Lock()
+		defer ws.mu.Unlock()
+		e.readers--
+		e.idle = time.Now()
+	}, nil
+}
+
+func (ws *watches) remove(id string) error {
+	ws.mu.Lock()
+	e, ok := ws.m[id]
+	delete(ws.m, id)
+	ws.mu.Unlock()
+	if !ok {
+		_, _, err := ws.open(id)
+		return err
+	}
+	return e.w.Close()
+}
+
+// restored restarts every watch's idle clock: the time a machine spent
+// paused is not its clients' idleness.
+func (ws *watches) restored() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for _, e := range ws.m {
+		e.idle = time.Now()
+	}
+}
+
+func (ws *watches) gc() {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for range t.C {
+		ws.mu.Lock()
+		for id, e := range ws.m {
+			if e.readers == 0 && time.Since(e.idle) > watchIdle {
+				e.w.Close()
+				delete(ws.m, id)
+			}
+		}
+		ws.mu.Unlock()
+	}
+}
+
+// watchFiles streams a file watch's events as NDJSON: a new watch of
+// path (its first event "watching" names it), or, with watch_id, an
+// existing one from after its seq `after`. follow=false returns what is
+// held at once (for polling).
+func (a *Agent) watchFiles(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	follow := true
+	if v := q.Get("follow"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("invalid follow %q", v), "pass follow=true or follow=false")
+		}
+		follow = b
+	}
+	var after int64
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("invalid after %q", v), "pass the seq of the last event seen, or 0")
+		}
+		after = n
+	}
+	id := q.Get("watch_id")
+	var first *api.FileEvent
+	if id == "" {
+		path, err := queryPath(r, "path")
+		if err != nil {
+			return err
+		}
+		recursive, err := queryBool(r, "recursive")
+		if err != nil {
+			return err
+		}
+		fw, err := fswatch.New(path, recursive, fswatch.Options{Upload: a.files.upload})
+		if err != nil {
+			return watchError(err, path)
+		}
+		if id, err = a.watches.add(fw); err != nil {
+			fw.Close()
+			return err
+		}
+		first = &api.FileEvent{Type: api.FileEventWatching, WatchID: id, Path: path, Time: time.Now().UTC()}
+	}
+	fw, leave, err := a.watches.open(id)
+	if err != nil {
+		return err
+	}
+	defer leave()
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if first != nil {
+		if err := enc.Encode(first); err != nil {
+			return nil
+		}
+	}
+	for {
+		evs, lost, changed, ended := fw.Read(after, watchBatch)
+		if lost > 0 {
+			enc.Encode(api.FileEvent{Type: api.FileEventLost, Lost: lost, WatchID: id, Time: time.Now().UTC()})
+		}
+		for _, e := range evs {
+			if err := enc.Encode(e); err != nil {
+				return nil
+			}
+			after = e.Seq
+		}
+		if len(evs) == watchBatch {
+			continue
+		}
+		if ended {
+			if n := len(evs); n == 0 || evs[n-1].Type != api.FileEventEnd {
+				enc.Encode(api.FileEvent{Type: api.FileEventEnd, WatchID: id, Time: time.Now().UTC()})
+			}
+			rc.Flush()
+			return nil
+		}
+		if err := rc.Flush(); err != nil || !follow {
+			return nil
+		}
+		if !wait(r.Context(), changed) {
+			return nil
+		}
+	}
+}
+
+func wait(ctx context.Context, ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func watchError(err error, path string) error {
+	switch {
+	case errors.Is(err, syscall.ENOTDIR):
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeNotADirectory,
+			fmt.Sprintf("%s is not a directory", path), "watch the directory that holds the file")
+	case errors.Is(err, fswatch.ErrTooManyDirs):
+		return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+			fmt.Sprintf("%s has more than %d directories to watch", path, fswatch.MaxDirs), "watch a smaller tree, or without recursive")
+	case errors.Is(err, syscall.ENOSPC):
+		return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+			"the machine's inotify watch limit is reached", "watch fewer directories")
+	}
+	return fileError(err, path)
+}
+
+// unwatchFiles removes a watch; its readers see its end.
+func (a *Agent) unwatchFiles(w http.ResponseWriter, r *http.Request) error {
+	if err := a.watches.remove(r.PathValue("watch_id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
