@@ -40,11 +40,12 @@ from .errors import (
     UnavailableError,
     VolumeNotFoundError,
 )
-from .machine import CommandHandle, FileStream, KeepAlive, Machine, Monitor
+from .machine import CommandHandle, FileStream, KeepAlive, Machine, Monitor, PtyHandle, WatchHandle
 from .models import (
     CommandResult,
     EntryInfo,
     Event,
+    FileEvent,
     Lease,
     MachineInfo,
     MachineURL,
@@ -52,6 +53,7 @@ from .models import (
     Metric,
     OutputChunk,
     ProcessInfo,
+    PtySize,
     Snapshot,
     Template,
     Volume,
@@ -61,6 +63,7 @@ from .models import (
 
 __all__ = [
     "AsyncClient", "AsyncCommandHandle", "AsyncFileStream", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor",
+    "AsyncPtyHandle", "AsyncWatchHandle", "FileEvent", "PtyHandle", "PtySize", "WatchHandle",
     "AuthenticationError", "Client", "CommandExitError", "CommandHandle", "CommandResult", "ConflictError",
     "ConnectionError", "DEFAULT_REQUEST_TIMEOUT", "EntryInfo", "Event", "FileStream", "InvalidArgumentError",
     "KeepAlive", "KeepAliveError", "Lease", "Machine", "MachineInfo", "MachineNotFoundError",
@@ -72,9 +75,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .aio import AsyncClient, AsyncCommandHandle, AsyncFileStream, AsyncKeepAlive, AsyncMachine, AsyncMonitor
+    from .aio import (AsyncClient, AsyncCommandHandle, AsyncFileStream, AsyncKeepAlive, AsyncMachine, AsyncMonitor,
+                      AsyncPtyHandle, AsyncWatchHandle)
 
-_ASYNC = ("AsyncClient", "AsyncCommandHandle", "AsyncFileStream", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor")
+_ASYNC = ("AsyncClient", "AsyncCommandHandle", "AsyncFileStream", "AsyncKeepAlive", "AsyncMachine", "AsyncMonitor",
+          "AsyncPtyHandle", "AsyncWatchHandle")
 
 
 def __getattr__(name: str) -> object:

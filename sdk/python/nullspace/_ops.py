@@ -4,6 +4,7 @@ read. Durations arrive here in seconds and leave as the API's ``*_ms``."""
 
 from __future__ import annotations
 
+import base64
 import shlex
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -18,6 +19,7 @@ from .models import (
     MachineURL,
     Metric,
     ProcessInfo,
+    PtySize,
     Snapshot,
     Template,
     Volume,
@@ -248,8 +250,11 @@ def run(
     background: bool,
     stream: bool,
     t: Timeout,
+    pty: Optional[PtySize] = None,
 ) -> Request[Any]:
     b: Dict[str, Any] = {}
+    if pty is not None:
+        b["pty"] = pty.to_json()
     if shell:
         b["shell"] = cmd if isinstance(cmd, str) else shlex.join(cmd)
         if not b["shell"].strip():
@@ -294,8 +299,33 @@ def output(id: str, pid: int, follow: bool, stdout_offset: int, stderr_offset: i
 
 
 def send_stdin(id: str, pid: int, data: Union[str, bytes], close: bool, t: Timeout = DEFAULT) -> Request[None]:
-    body = {"data": _text(data, "send_stdin data"), "close": close}
+    body: Dict[str, Any] = {"data": _text(data, "send_stdin data"), "close": close}
     return Request("POST", mpath(id, "commands", str(pid), "stdin"), json=body, timeout=t)
+
+
+def send_bytes(id: str, pid: int, data: Union[str, bytes], t: Timeout = DEFAULT) -> Request[None]:
+    """Raw input (keystrokes: b"\\x03" is Ctrl-C), base64 on the wire."""
+    raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    body = {"bytes": base64.b64encode(raw).decode("ascii")}
+    return Request("POST", mpath(id, "commands", str(pid), "stdin"), json=body, timeout=t)
+
+
+def resize(id: str, pid: int, size: PtySize, t: Timeout = DEFAULT) -> Request[None]:
+    return Request("POST", mpath(id, "commands", str(pid), "resize"), json=size.to_json(), idempotent=True, timeout=t)
+
+
+def watch(id: str, path: str, recursive: bool, watch_id: str, after: int, follow: bool) -> Request[Any]:
+    if watch_id:
+        query = q(watch_id=watch_id, after=after, follow=None if follow else "false")
+    else:
+        query = q(path=path, recursive="true" if recursive else None, follow=None if follow else "false")
+    # Only a watch that exists (watch_id) may be asked for again.
+    return Request("GET", mpath(id, "files", "watch"), query=query, accept=NDJSON, idempotent=bool(watch_id),
+                   extra_timeout=None)
+
+
+def unwatch(id: str, watch_id: str, t: Timeout = DEFAULT) -> Request[None]:
+    return Request("DELETE", mpath(id, "files", "watch", quote(watch_id)), idempotent=True, timeout=t)
 
 
 def _text(data: Union[str, bytes], what: str) -> str:

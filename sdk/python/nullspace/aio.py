@@ -21,6 +21,7 @@ from . import _config, _ops, errors
 from ._aio_http import AsyncStreamResponse, AsyncTransport
 from ._commands import Collector, OutputCallback, reconnectable
 from ._commands import check as check_result
+from .machine import DEFAULT_SHELL
 from ._config import DEFAULT, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, Request, Timeout, T, backoff, settings
 from .models import (
     CommandResult,
@@ -31,8 +32,10 @@ from .models import (
     MachineURL,
     MainExit,
     Metric,
+    FileEvent,
     OutputChunk,
     ProcessInfo,
+    PtySize,
     Snapshot,
     Template,
     Volume,
@@ -196,6 +199,7 @@ class AsyncMachine:
         self._client = client
         self.files = AsyncFiles(self)
         self.commands = AsyncCommands(self)
+        self.pty = AsyncPty(self)
 
     def __repr__(self) -> str:
         return f"AsyncMachine(id={self.id!r}, status={self._info.status!r})"
@@ -401,6 +405,16 @@ class AsyncFiles:
 
     async def rename(self, old_path: str, new_path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
         return await self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout))
+
+    async def watch_dir(self, path: str, *, recursive: bool = False,
+                        on_event: Optional[Callable[[FileEvent], Any]] = None) -> "AsyncWatchHandle":
+        """Like Files.watch_dir: ``async for event in handle``, or
+        ``on_event`` (a function or a coroutine function) on a task."""
+        h = AsyncWatchHandle(self._m, path, recursive)
+        await h._open()
+        if on_event is not None:
+            h._start_pump(on_event)
+        return h
 
 
 class AsyncFileStream:
@@ -638,6 +652,184 @@ class AsyncCommandHandle:
 
     async def send_stdin(self, data: Union[str, bytes], *, close: bool = False) -> None:
         await self._m.commands.send_stdin(self.pid, data, close=close)
+
+
+class AsyncPty:
+    """Like Pty, for asyncio."""
+
+    def __init__(self, m: AsyncMachine) -> None:
+        self._m = m
+
+    async def create(self, size: Optional[PtySize] = None, *, cmd: Union[str, Sequence[str], None] = None,
+                     cwd: Optional[str] = None, envs: Optional[Mapping[str, str]] = None, user: Optional[str] = None,
+                     timeout: Optional[float] = None, on_data: Optional[Callable[[bytes], Any]] = None,
+                     request_timeout: Timeout = DEFAULT) -> "AsyncPtyHandle":
+        size = size or PtySize()
+        shell = cmd is None or isinstance(cmd, str)
+        r = _ops.run(self._m.id, DEFAULT_SHELL if cmd is None else cmd, shell=shell, cwd=cwd, envs=envs, user=user,
+                     stdin=None, keep_stdin_open=False, timeout=timeout, background=True, stream=False,
+                     t=request_timeout, pty=size)
+        h = AsyncPtyHandle(self._m, int((await self._m._client.call(r))["pid"]))
+        if on_data is not None:
+            h._start_data_pump(on_data)
+        return h
+
+    async def connect(self, pid: int, *, offset: int = 0,
+                      on_data: Optional[Callable[[bytes], Any]] = None) -> "AsyncPtyHandle":
+        if not any(p.pid == pid for p in await self._m.commands.list()):
+            raise errors.ProcessNotFoundError(f"no command with pid {pid} in machine {self._m.id}",
+                                              code="process_not_found", status=404)
+        h = AsyncPtyHandle(self._m, pid)
+        h._col.offsets = {"stdout": offset, "stderr": 0}
+        if on_data is not None:
+            h._start_data_pump(on_data)
+        return h
+
+    async def send_stdin(self, pid: int, data: Union[str, bytes], *, request_timeout: Timeout = DEFAULT) -> None:
+        await self._m._client.call(_ops.send_bytes(self._m.id, pid, data, request_timeout))
+
+    async def resize(self, pid: int, size: PtySize, *, request_timeout: Timeout = DEFAULT) -> None:
+        await self._m._client.call(_ops.resize(self._m.id, pid, size, request_timeout))
+
+    async def kill(self, pid: int, *, request_timeout: Timeout = DEFAULT) -> bool:
+        return await self._m.commands.kill(pid, request_timeout=request_timeout)
+
+
+class AsyncPtyHandle(AsyncCommandHandle):
+    """Like PtyHandle, for asyncio."""
+
+    def __repr__(self) -> str:
+        return f"AsyncPtyHandle(pid={self.pid}, machine={self._m.id!r})"
+
+    def _start_data_pump(self, on_data: Callable[[bytes], Any]) -> None:
+        async def pump() -> None:
+            async with self._lock:
+                async for ch in self._chunks():
+                    if ch.raw:
+                        res = on_data(ch.raw)
+                        if asyncio.iscoroutine(res):
+                            await res
+
+        self._pump = asyncio.ensure_future(pump())
+
+    async def send_stdin(self, data: Union[str, bytes], *, close: bool = False) -> None:
+        if close:
+            raise errors.InvalidArgumentError('a terminal\'s input cannot be closed: send b"\\x04" (Ctrl-D)',
+                                              code="invalid_argument")
+        await self._m.pty.send_stdin(self.pid, data)
+
+    async def resize(self, size: PtySize) -> None:
+        await self._m.pty.resize(self.pid, size)
+
+
+class AsyncWatchHandle:
+    """Like WatchHandle, for asyncio: ``async for``, ``await
+    get_new_events()``, ``await stop()``, ``async with``."""
+
+    def __init__(self, m: AsyncMachine, path: str, recursive: bool) -> None:
+        self._m = m
+        self.path = path
+        self.recursive = recursive
+        self.watch_id = ""
+        self.last_seq = 0
+        self._stream: Optional[AsyncStreamResponse] = None
+        self._lines: Optional[AsyncIterator[bytes]] = None
+        self._stopped = False
+        self._ended = False
+        self._pump: Optional["asyncio.Task[None]"] = None
+
+    def __repr__(self) -> str:
+        return f"AsyncWatchHandle(path={self.path!r}, watch_id={self.watch_id!r}, machine={self._m.id!r})"
+
+    async def _open(self) -> None:
+        r = _ops.watch(self._m.id, self.path, self.recursive, self.watch_id, self.last_seq, True)
+        s = await self._m._client.stream(r)
+        self._stream, self._lines = s, s.lines().__aiter__()
+        if not self.watch_id:
+            first = json.loads(await self._lines.__anext__())
+            self.watch_id = first.get("watch_id", "")
+
+    def _event(self, line: bytes) -> Optional[FileEvent]:
+        d = json.loads(line)
+        if d.get("type") == "error":
+            raise errors.stream_error(d.get("error"))
+        if d.get("type") == "watching":
+            return None
+        ev = FileEvent.from_json(d)
+        if ev.seq:
+            self.last_seq = ev.seq
+        if ev.type == "end":
+            self._ended = True
+        return ev
+
+    async def __aiter__(self) -> AsyncIterator[FileEvent]:
+        attempt = 0
+        while not self._ended and not self._stopped:
+            try:
+                if self._lines is None:
+                    await self._open()
+                assert self._lines is not None
+                async for line in self._lines:
+                    attempt = 0
+                    ev = self._event(line)
+                    if ev is not None:
+                        yield ev
+                    if self._ended:
+                        return
+                self._lines = None
+                if not self._stopped:
+                    raise errors.ConnectionError("the watch stream ended before the watch", code="connection_failed")
+            except errors.NullspaceError as e:
+                self._lines = None
+                if self._stopped:
+                    return
+                if not reconnectable(e) or attempt >= 6:
+                    raise
+                await asyncio.sleep(backoff(attempt, None))
+                attempt += 1
+
+    def _start_pump(self, on_event: Callable[[FileEvent], Any]) -> None:
+        async def pump() -> None:
+            async for ev in self:
+                res = on_event(ev)
+                if asyncio.iscoroutine(res):
+                    await res
+
+        self._pump = asyncio.ensure_future(pump())
+
+    async def get_new_events(self) -> List[FileEvent]:
+        await self._close_stream()
+        r = _ops.watch(self._m.id, self.path, self.recursive, self.watch_id, self.last_seq, False)
+        out: List[FileEvent] = []
+        async with await self._m._client.stream(r) as s:
+            async for line in s.lines():
+                ev = self._event(line)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+    async def _close_stream(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+            self._stream, self._lines = None, None
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            await self._m._client.call(_ops.unwatch(self._m.id, self.watch_id))
+        except (errors.NotFoundError, errors.MachineNotRunningError):
+            pass
+        await self._close_stream()
+        if self._pump is not None:
+            self._pump.cancel()
+
+    async def __aenter__(self) -> "AsyncWatchHandle":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
 
 
 class AsyncKeepAlive:

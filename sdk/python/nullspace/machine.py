@@ -27,11 +27,20 @@ from .models import (
     MachineURL,
     MainExit,
     Metric,
+    FileEvent,
     OutputChunk,
     ProcessInfo,
+    PtySize,
     Snapshot,
     WriteInfo,
 )
+
+#: What pty.create() runs without a command: a login bash where the
+#: template has one, sh otherwise (as `nullspace shell` does).
+DEFAULT_SHELL = "command -v bash >/dev/null 2>&1 && exec bash -l || exec sh -l"
+
+DataCallback = Callable[[bytes], Any]
+EventCallback = Callable[[FileEvent], Any]
 
 
 
@@ -65,6 +74,7 @@ class Machine:
         self._client = client
         self.files = Files(self)
         self.commands = Commands(self)
+        self.pty = Pty(self)
 
     def __repr__(self) -> str:
         return f"Machine(id={self.id!r}, status={self._info.status!r})"
@@ -345,6 +355,15 @@ class Files:
     def rename(self, old_path: str, new_path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
         return self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout))
 
+    def watch_dir(self, path: str, *, recursive: bool = False, on_event: Optional[EventCallback] = None) -> "WatchHandle":
+        """Watches a directory (``recursive``: its whole tree) for changes
+        made in the machine, from now on. Iterate over the handle for
+        FileEvent values as they come, or pass ``on_event`` to get them on a
+        thread of their own, or poll with ``get_new_events()``. A dropped
+        connection is reopened where it left off; ``stop()`` (or the end of
+        a with block) removes the watch."""
+        return WatchHandle(self._m, path, recursive, on_event)
+
 
 class FileStream:
     """A file being read from a machine: ``read(n)``, iteration over
@@ -605,6 +624,205 @@ class CommandHandle:
 
     def send_stdin(self, data: Union[str, bytes], *, close: bool = False) -> None:
         self._m.commands.send_stdin(self.pid, data, close=close)
+
+
+class Pty:
+    """Terminals in the machine: ``machine.pty``. A terminal is a command
+    on a pseudo-terminal (job control works: b"\\x03" is Ctrl-C); it
+    survives a pause like any command and is reattached by pid."""
+
+    def __init__(self, m: Machine) -> None:
+        self._m = m
+
+    def create(self, size: Optional[PtySize] = None, *, cmd: Union[str, Sequence[str], None] = None,
+               cwd: Optional[str] = None, envs: Optional[Mapping[str, str]] = None, user: Optional[str] = None,
+               timeout: Optional[float] = None, on_data: Optional[DataCallback] = None,
+               request_timeout: Timeout = DEFAULT) -> "PtyHandle":
+        """Starts ``cmd`` (default: a login shell; a str runs with
+        /bin/sh -c) on a terminal of ``size`` (default 24×80; TERM is
+        xterm-256color unless ``envs`` sets it). ``on_data`` gets the
+        output bytes as they come, on a thread of its own; ``timeout``
+        seconds kill it (default: none)."""
+        size = size or PtySize()
+        shell = cmd is None or isinstance(cmd, str)
+        r = _ops.run(self._m.id, DEFAULT_SHELL if cmd is None else cmd, shell=shell, cwd=cwd, envs=envs, user=user,
+                     stdin=None, keep_stdin_open=False, timeout=timeout, background=True, stream=False,
+                     t=request_timeout, pty=size)
+        h = PtyHandle(self._m, int(self._m._client.call(r)["pid"]))
+        if on_data is not None:
+            h._start_data_pump(on_data)
+        return h
+
+    def connect(self, pid: int, *, offset: int = 0, on_data: Optional[DataCallback] = None) -> "PtyHandle":
+        """A handle on a terminal started earlier (also before a pause and
+        resume), its output read from byte ``offset`` (default 0: the
+        scrollback the machine still holds)."""
+        if not any(p.pid == pid for p in self._m.commands.list()):
+            raise errors.ProcessNotFoundError(f"no command with pid {pid} in machine {self._m.id}",
+                                              code="process_not_found", status=404)
+        h = PtyHandle(self._m, pid)
+        h._col.offsets = {"stdout": offset, "stderr": 0}
+        if on_data is not None:
+            h._start_data_pump(on_data)
+        return h
+
+    def send_stdin(self, pid: int, data: Union[str, bytes], *, request_timeout: Timeout = DEFAULT) -> None:
+        """Types ``data`` (bytes as they are, str as UTF-8)."""
+        self._m._client.call(_ops.send_bytes(self._m.id, pid, data, request_timeout))
+
+    def resize(self, pid: int, size: PtySize, *, request_timeout: Timeout = DEFAULT) -> None:
+        self._m._client.call(_ops.resize(self._m.id, pid, size, request_timeout))
+
+    def kill(self, pid: int, *, request_timeout: Timeout = DEFAULT) -> bool:
+        return self._m.commands.kill(pid, request_timeout=request_timeout)
+
+
+class PtyHandle(CommandHandle):
+    """A terminal: a CommandHandle whose output (stdout) is what the
+    terminal shows, with ``send_stdin`` for keystrokes and ``resize``."""
+
+    def __repr__(self) -> str:
+        return f"PtyHandle(pid={self.pid}, machine={self._m.id!r})"
+
+    def _start_data_pump(self, on_data: DataCallback) -> None:
+        def pump() -> None:
+            try:
+                with self._lock:
+                    for ch in self._chunks():
+                        if ch.raw:
+                            on_data(ch.raw)
+            except BaseException as e:  # surfaced by wait()
+                self._pump_err = e
+
+        self._pump = threading.Thread(target=pump, name=f"nullspace-pty-{self.pid}", daemon=True)
+        self._pump.start()
+
+    def send_stdin(self, data: Union[str, bytes], *, close: bool = False) -> None:
+        if close:
+            raise errors.InvalidArgumentError("a terminal's input cannot be closed: send b\"\\x04\" (Ctrl-D)",
+                                              code="invalid_argument")
+        self._m.pty.send_stdin(self.pid, data)
+
+    def resize(self, size: PtySize) -> None:
+        self._m.pty.resize(self.pid, size)
+
+
+class WatchHandle:
+    """A watch of a directory (Files.watch_dir): iterate for FileEvent
+    values, poll with get_new_events(), stop() to remove it."""
+
+    def __init__(self, m: Machine, path: str, recursive: bool, on_event: Optional[EventCallback]) -> None:
+        self._m = m
+        self.path = path
+        self.recursive = recursive
+        self.watch_id = ""
+        self.last_seq = 0
+        self._stream: Optional[StreamResponse] = None
+        self._lines: Optional[Iterator[bytes]] = None
+        self._stopped = threading.Event()
+        self._ended = False
+        self._lock = threading.Lock()
+        self._open()
+        self._thread: Optional[threading.Thread] = None
+        self.error: Optional[BaseException] = None
+        if on_event is not None:
+            def pump() -> None:
+                try:
+                    for ev in self:
+                        on_event(ev)
+                except BaseException as e:
+                    if not self._stopped.is_set():
+                        self.error = e
+
+            self._thread = threading.Thread(target=pump, name=f"nullspace-watch-{self.watch_id}", daemon=True)
+            self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"WatchHandle(path={self.path!r}, watch_id={self.watch_id!r}, machine={self._m.id!r})"
+
+    def _open(self) -> None:
+        """Starts the watch, or reopens its stream after the last seq seen."""
+        s = self._m._client.stream(_ops.watch(self._m.id, self.path, self.recursive, self.watch_id, self.last_seq, True))
+        self._stream, self._lines = s, iter(s.lines())
+        if not self.watch_id:
+            first = json.loads(next(self._lines))
+            self.watch_id = first.get("watch_id", "")
+
+    def _event(self, line: bytes) -> Optional[FileEvent]:
+        d = json.loads(line)
+        if d.get("type") == "error":
+            raise errors.stream_error(d.get("error"))
+        if d.get("type") == "watching":
+            return None
+        ev = FileEvent.from_json(d)
+        if ev.seq:
+            self.last_seq = ev.seq
+        if ev.type == "end":
+            self._ended = True
+        return ev
+
+    def __iter__(self) -> Iterator[FileEvent]:
+        attempt = 0
+        while not self._ended and not self._stopped.is_set():
+            try:
+                if self._lines is None:
+                    self._open()
+                assert self._lines is not None
+                for line in self._lines:
+                    attempt = 0
+                    ev = self._event(line)
+                    if ev is not None:
+                        yield ev
+                    if self._ended:
+                        return
+                self._lines = None
+                if not self._stopped.is_set():
+                    raise errors.ConnectionError("the watch stream ended before the watch", code="connection_failed")
+            except errors.NullspaceError as e:
+                self._lines = None
+                if self._stopped.is_set():
+                    return
+                if not reconnectable(e) or attempt >= 6:
+                    raise
+                time.sleep(backoff(attempt, None))
+                attempt += 1
+
+    def get_new_events(self) -> List[FileEvent]:
+        """The events since the last ones returned (polling; do not mix
+        with iterating)."""
+        self._close_stream()
+        r = _ops.watch(self._m.id, self.path, self.recursive, self.watch_id, self.last_seq, False)
+        out: List[FileEvent] = []
+        with self._m._client.stream(r) as s:
+            for line in s.lines():
+                ev = self._event(line)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+    def _close_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream, self._lines = None, None
+
+    def stop(self) -> None:
+        """Removes the watch; an iteration in progress ends."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self._m._client.call(_ops.unwatch(self._m.id, self.watch_id))
+        except (errors.NotFoundError, errors.MachineNotRunningError):
+            pass  # gone already, with its machine or by itself
+        self._close_stream()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+
+    def __enter__(self) -> "WatchHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 class KeepAlive:

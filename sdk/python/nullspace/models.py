@@ -369,6 +369,34 @@ class ProcessInfo(_Model):
         )
 
 
+class PtySize(_Model):
+    """A terminal's size in character cells (1 to 1000 each)."""
+
+    rows: int = 24
+    cols: int = 80
+
+    def to_json(self) -> Dict[str, int]:
+        return {"rows": int(self.rows), "cols": int(self.cols)}
+
+
+class FileEvent(_Model):
+    """A change seen by files.watch_dir(): ``type`` is create, write,
+    remove, rename (``old_path`` is where it was) or chmod; ``seq`` numbers
+    the watch's events from 1."""
+
+    type: str
+    path: str = ""
+    old_path: str = ""
+    is_dir: bool = False
+    seq: int = 0
+    time: Optional[datetime] = None
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "FileEvent":
+        return cls(type=d.get("type", ""), path=d.get("path", ""), old_path=d.get("old_path", ""),
+                   is_dir=bool(d.get("is_dir", False)), seq=int(d.get("seq") or 0), time=parse_time(d.get("time")))
+
+
 class EntryInfo(_Model):
     """A file or directory in a machine. ``type`` is file, dir, symlink or
     other; ``mode`` the octal permission bits ("0644")."""

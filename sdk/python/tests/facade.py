@@ -19,7 +19,7 @@ threading.Thread(target=_loop.run_forever, name="facade-loop", daemon=True).star
 
 _WRAPPED = (aio.AsyncMachine, aio.AsyncFiles, aio.AsyncCommands, aio.AsyncCommandHandle, aio.AsyncKeepAlive,
             aio.AsyncMonitor, aio.AsyncFileStream, aio.AsyncClient, aio.AsyncSnapshots, aio.AsyncVolumes,
-            aio.AsyncTemplates)
+            aio.AsyncTemplates, aio.AsyncPty, aio.AsyncPtyHandle, aio.AsyncWatchHandle)
 
 
 def run(coro: Any) -> Any:

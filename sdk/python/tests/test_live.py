@@ -202,6 +202,103 @@ class Surface:
         # From the start: everything the machine holds.
         t.assertEqual(resumed.commands.connect(h.pid).wait().stdout, want)
 
+    # -- terminals and watches
+
+    def test_pty(self) -> None:
+        m = self.machine()
+        t: Any = self
+        screen = bytearray()
+        lock = threading.Lock()
+
+        def on_data(b: bytes) -> None:
+            with lock:
+                screen.extend(b)
+
+        def until(want: str) -> None:
+            deadline = time.monotonic() + 20
+            while True:
+                with lock:
+                    if want.encode() in screen:
+                        return
+                if time.monotonic() > deadline:
+                    t.fail(f"the terminal never showed {want!r}: {bytes(screen)!r}")
+                time.sleep(0.02)
+
+        h = m.pty.create(nullspace.PtySize(rows=30, cols=100), on_data=on_data)
+        h.send_stdin(b"stty size; echo sum=$((6*7))\n")
+        until("30 100")
+        until("sum=42")
+        h.resize(nullspace.PtySize(rows=40, cols=120))
+        m.pty.send_stdin(h.pid, "stty size\n")
+        until("40 120")
+        h.send_stdin("sleep 100\n")
+        time.sleep(0.5)
+        h.send_stdin(b"\x03")  # Ctrl-C: the foreground job ends
+        h.send_stdin("echo after=$?; export kept=yes\n")
+        until("after=130")
+        with t.assertRaises(errors.InvalidArgumentError):
+            h.send_stdin("x", close=True)
+        with t.assertRaises(errors.InvalidArgumentError):
+            m.pty.resize(h.pid, nullspace.PtySize(rows=0, cols=0))
+
+        # The terminal survives a pause; reattached, its scrollback is there.
+        m.pause()
+        resumed = self.M.connect(m.id)
+        self.made.append(resumed.id)
+        screen2 = bytearray()
+        h2 = resumed.pty.connect(h.pid, on_data=screen2.extend)
+        resumed.pty.send_stdin(h.pid, "echo kept=$kept; exit 3\n")
+        res = h2.wait()
+        t.assertEqual(res.exit_code, 3)
+        t.assertIn(b"sum=42", bytes(screen2))
+        t.assertIn(b"kept=yes", bytes(screen2))
+        with t.assertRaises(errors.ProcessNotFoundError):
+            resumed.pty.connect(99999)
+
+    def test_watch_dir(self) -> None:
+        m = self.machine()
+        t: Any = self
+        m.commands.run("mkdir -p /workspace/w", shell=True)
+        events: List[Any] = []
+        w = m.files.watch_dir("/workspace/w", recursive=True, on_event=events.append)
+
+        def seen(*want: str) -> None:
+            deadline = time.monotonic() + 20
+            while True:
+                got = [(e.type, e.old_path + ">" + e.path if e.old_path else e.path) for e in list(events)]
+                keys = [f"{a} {b}" for a, b in got]
+                i = 0
+                for k in keys:
+                    if i < len(want) and k == want[i]:
+                        i += 1
+                if i == len(want):
+                    return
+                if time.monotonic() > deadline:
+                    t.fail(f"saw {keys}, want {want}")
+                time.sleep(0.05)
+
+        m.files.write("/workspace/w/a.txt", "x")
+        seen("create /workspace/w/a.txt", "write /workspace/w/a.txt")
+        m.files.rename("/workspace/w/a.txt", "/workspace/w/b.txt")
+        m.commands.run("mkdir /workspace/w/sub && echo y > /workspace/w/sub/c && rm /workspace/w/b.txt", shell=True)
+        seen("rename /workspace/w/a.txt>/workspace/w/b.txt", "create /workspace/w/sub",
+             "create /workspace/w/sub/c", "remove /workspace/w/b.txt")
+        t.assertTrue(all(e.seq > 0 for e in events))
+        w.stop()
+
+        # Polling: the events since the last poll.
+        with m.files.watch_dir("/workspace/w") as p:
+            t.assertEqual(p.get_new_events(), [])
+            m.files.write("/workspace/w/polled", "z")
+            deadline = time.monotonic() + 10
+            got: List[Any] = []
+            while not any(e.path == "/workspace/w/polled" for e in got) and time.monotonic() < deadline:
+                got += p.get_new_events()
+                time.sleep(0.1)
+            t.assertIn(("create", "/workspace/w/polled"), [(e.type, e.path) for e in got])
+        with t.assertRaises(errors.PathNotFoundError):
+            m.files.watch_dir("/workspace/nope")
+
     # -- lifecycle
 
     def test_lifecycle(self) -> None:

@@ -10,6 +10,7 @@ import builtins
 import os
 import socket
 import unittest
+from typing import List
 from datetime import timezone
 
 import nullspace
@@ -264,6 +265,58 @@ class EventsResumeTest(unittest.TestCase):
         self.assertEqual(seqs, [1, 2, 3, 4])
         self.assertIn("after=2", paths[1])
         self.assertIn("after=3", paths[2])
+
+
+class WatchResumeTest(unittest.TestCase):
+    """A watch's stream cut mid-way is opened again by watch_id from the
+    last seq seen, through both transports; stop() removes the watch."""
+
+    def setUp(self) -> None:
+        self.srv = FakeServer()
+        self.addCleanup(self.srv.close)
+        fe = lambda seq, path: {"type": "create", "seq": seq, "path": path, "time": "2026-12-01T10:00:00Z"}  # noqa: E731
+        cut = lambda h: h.connection.shutdown(socket.SHUT_RDWR)  # noqa: E731
+        streams = [
+            ndjson_stream([{"type": "watching", "watch_id": "wch_1", "time": "2026-12-01T10:00:00Z"}, fe(1, "/w/a"), fe(2, "/w/b")], then=cut),
+            ndjson_stream([fe(3, "/w/c"), {"type": "end", "seq": 4, "path": "/w", "time": "2026-12-01T10:00:00Z"}]),
+        ]
+        self.paths: List[str] = []
+
+        def route(h, body):
+            self.paths.append(h.path)
+            return streams[min(len(self.paths) - 1, 1)](h, body)
+
+        self.srv.route("GET /v1/machines/mch_1/files/watch", route)
+        self.deleted: List[str] = []
+        def delete(h, body):
+            self.deleted.append(h.path)
+            return 204, {}, b""
+
+        self.srv.route("DELETE /v1/machines/mch_1/files/watch/wch_1", delete)
+
+    def check(self, got: List[str]) -> None:
+        self.assertEqual(got, ["create /w/a", "create /w/b", "create /w/c", "end /w"])
+        self.assertIn("path=%2Fw", self.paths[0])
+        self.assertIn("watch_id=wch_1", self.paths[1])
+        self.assertIn("after=2", self.paths[1])
+        self.assertEqual(len(self.deleted), 1)
+
+    def test_sync(self) -> None:
+        with Client(self.srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            with m.files.watch_dir("/w", recursive=True) as w:
+                self.assertEqual(w.watch_id, "wch_1")
+                got = [f"{e.type} {e.path}" for e in w]
+        self.check(got)
+
+    def test_async(self) -> None:
+        async def main() -> List[str]:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), c)
+                async with await m.files.watch_dir("/w", recursive=True) as w:
+                    return [f"{e.type} {e.path}" async for e in w]
+
+        self.check(asyncio.run(main()))
 
 
 class MonitorReconnectTest(unittest.TestCase):
