@@ -51,12 +51,14 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 		}
 		id = m.ID
 	}
-	ep, err := s.machines.AgentEndpoint(r.Context(), team, id)
+	ctx, done := s.machines.WhileRunning(r.Context(), id)
+	defer done()
+	ep, err := s.machines.AgentEndpoint(ctx, team, id)
 	if err != nil {
 		return err
 	}
 	agent := agentclient.New(ep.URL, ep.Token, s.agent)
-	if err := checkProcess(r.Context(), agent, id, pid); err != nil {
+	if err := checkProcess(ctx, agent, id, pid); err != nil {
 		return err
 	}
 	ws, err := websocket.Accept(w, r, nil)
@@ -65,7 +67,7 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 	}
 	ws.SetReadLimit(1 << 20)
 	conn := &wsConn{ws: ws}
-	err = terminal.Run(r.Context(), agent, pid, offset, conn, func() { s.machines.Touch(id) })
+	err = terminal.Run(ctx, agent, pid, offset, conn, func() { s.machines.Touch(id) })
 	switch {
 	case err == nil:
 		ws.Close(websocket.StatusNormalClosure, "")
@@ -74,6 +76,8 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 	case r.Context().Err() != nil:
 		// After the upgrade only the server's stop ends the context.
 		ws.Close(websocket.StatusGoingAway, fmt.Sprintf("the server is shutting down; process %d runs on: attach again", pid))
+	case ctx.Err() != nil:
+		ws.Close(websocket.StatusGoingAway, fmt.Sprintf("machine %s stopped running; process %d is kept in its state: attach again with connect=true", id, pid))
 	default:
 		s.logger.WarnContext(r.Context(), "attach ended", "machine_id", id, "pid", pid, "err", err)
 		ws.Close(websocket.StatusInternalError, truncate(errdefs.Classify(err).Message, 120))

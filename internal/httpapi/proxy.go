@@ -19,7 +19,11 @@ import (
 func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Request, team string) error {
 	return func(w http.ResponseWriter, r *http.Request, team string) error {
 		id := r.PathValue("id")
-		ep, err := s.machines.AgentEndpoint(r.Context(), team, id)
+		// The call ends when the machine stops running (a pause): its
+		// agent goes without closing the connection.
+		ctx, done := s.machines.WhileRunning(r.Context(), id)
+		defer done()
+		ep, err := s.machines.AgentEndpoint(ctx, team, id)
 		if err != nil {
 			return err
 		}
@@ -32,7 +36,7 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 		if r.ContentLength != 0 && r.Body != nil {
 			body = r.Body
 		}
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, u, body)
+		req, err := http.NewRequestWithContext(ctx, r.Method, u, body)
 		if err != nil {
 			return fmt.Errorf("agent request: %w", err)
 		}

@@ -135,6 +135,7 @@ type Manager struct {
 
 	observersMu sync.RWMutex
 	observers   []func(lineageID, machineID, state string)
+	sessions    sessions
 
 	// locks serializes lifecycle operations per machine id (and lineage).
 	// An entry lives while someone holds or waits for it, so the map holds
@@ -652,11 +653,12 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 }
 
 // transitioned runs what follows every persisted state change of rec: its
-// lease is scheduled or cancelled, its main process followed or not, and
-// the observers are told.
+// lease is scheduled or cancelled, its main process followed or not, the
+// calls into it ended if it no longer runs, and the observers are told.
 func (m *Manager) transitioned(rec *store.Machine) {
 	m.schedule(rec)
 	m.watchMain(rec)
+	m.sessions.end(rec.ID, rec.State)
 	m.observersMu.RLock()
 	defer m.observersMu.RUnlock()
 	for _, fn := range m.observers {

@@ -74,3 +74,7 @@ func (s *sshMachines) Agent(ctx context.Context, team, machineID string) (sshgat
 
 // keyStore is where SSH keys are kept.
 var _ sshgate.KeyStore = (*store.DB)(nil)
+
+func (s *sshMachines) WhileRunning(ctx context.Context, machineID string) (context.Context, func()) {
+	return s.mgr.WhileRunning(ctx, machineID)
+}

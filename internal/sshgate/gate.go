@@ -67,6 +67,9 @@ type Machines interface {
 	Agent(ctx context.Context, team, machineID string) (Agent, error)
 	// Touch records activity (idle_timeout counts it).
 	Touch(machineID string)
+	// WhileRunning returns a context that also ends when the machine
+	// stops running (a pause: its sandbox goes without a word).
+	WhileRunning(ctx context.Context, machineID string) (context.Context, func())
 }
 
 // Server is the SSH gateway.

@@ -140,13 +140,15 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 		ss.fail(err)
 		return
 	}
-	agent, err := ss.gate.machines.Agent(ctx, ss.team, t.MachineID)
+	running, stop := ss.gate.machines.WhileRunning(ctx, t.MachineID)
+	defer stop()
+	agent, err := ss.gate.machines.Agent(running, ss.team, t.MachineID)
 	if err != nil {
 		ss.fail(err)
 		return
 	}
 	req := api.RunCommandRequest{Shell: cmd, PTY: pty, Env: env, Background: true, KeepStdinOpen: pty == nil}
-	started, err := agent.Start(ctx, req)
+	started, err := agent.Start(running, req)
 	if err != nil {
 		ss.fail(err)
 		return
@@ -161,7 +163,7 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 			log.Debug("ssh signal", "signal", sig, "err", err)
 		}
 	})
-	err = terminal.Run(ctx, agent, pid, 0, conn, func() { ss.gate.machines.Touch(t.MachineID) })
+	err = terminal.Run(running, agent, pid, 0, conn, func() { ss.gate.machines.Touch(t.MachineID) })
 	close(done)
 	switch {
 	case conn.exited:
@@ -169,6 +171,9 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 		// The server is stopping: say so, and how to get back.
 		ss.notice(fmt.Sprintf("the server is shutting down; the command goes on in machine %s as pid %d: reattach with `nullspace shell %s --pid %d`",
 			t.MachineID, pid, t.MachineID, pid), pty != nil)
+		ss.exit(255)
+	case running.Err() != nil && ctx.Err() == nil:
+		ss.notice(fmt.Sprintf("machine %s stopped running (paused or stopped); the command is kept in its state: ssh again to wake it", t.MachineID), pty != nil)
 		ss.exit(255)
 	case conn.left():
 		if pty == nil {

@@ -156,6 +156,10 @@ func (f *fakeMachines) Agent(context.Context, string, string) (Agent, error) {
 
 func (f *fakeMachines) Touch(string) {}
 
+func (f *fakeMachines) WhileRunning(ctx context.Context, _ string) (context.Context, func()) {
+	return ctx, func() {}
+}
+
 func newSigner(t *testing.T) ssh.Signer {
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	s, err := ssh.NewSignerFromKey(priv)

@@ -106,6 +106,7 @@ export class Machine {
   readonly id: string;
   readonly files: Files;
   readonly commands: Commands;
+  readonly pty: Pty;
   /** What the last call that returned this machine said (no request). */
   info: m.MachineInfo;
 
@@ -114,6 +115,7 @@ export class Machine {
     this.info = info;
     this.files = new Files(this);
     this.commands = new Commands(this);
+    this.pty = new Pty(this);
   }
 
   /** Creates a running machine from a template, or from a reusable snapshot. A create is never sent twice. */
@@ -430,6 +432,195 @@ export class Files {
   async rename(oldPath: string, newPath: string, o?: CallOptions): Promise<m.EntryInfo> {
     return m.entryInfo(await this.m.client.json({ method: "POST", path: mpath(this.m.id, "files", "rename"), json: { from: oldPath, to: newPath } }, o));
   }
+
+  /**
+   * Watches a directory (`recursive`: its whole tree) for changes made in
+   * the machine, from now on: async-iterate the handle for FileEvent
+   * values, or pass `onEvent`, or poll with getNewEvents(). A dropped
+   * stream is reopened where it left off; stop() removes the watch.
+   */
+  async watchDir(path: string, o: { recursive?: boolean; onEvent?: (e: m.FileEvent) => void | Promise<void> } & CallOptions = {}): Promise<WatchHandle> {
+    const h = new WatchHandle(this.m, path, !!o.recursive);
+    await h.open(o);
+    if (o.onEvent) h.pump(o.onEvent);
+    return h;
+  }
+}
+
+/** A watch of a directory (Files.watchDir). */
+export class WatchHandle implements AsyncIterable<m.FileEvent> {
+  watchId = "";
+  lastSeq = 0;
+  private events: AsyncGenerator<W["FileEvent"]> | undefined;
+  private abort = new AbortController();
+  private stopped = false;
+  private ended = false;
+  private pumping: Promise<void> | undefined;
+  /** Why the onEvent pump stopped, if it failed. */
+  error: unknown;
+
+  constructor(private readonly m: Machine, readonly path: string, readonly recursive: boolean) {}
+
+  private request(follow: boolean): Request {
+    const query: Record<string, string | number | boolean | undefined> = this.watchId
+      ? { watch_id: this.watchId, after: this.lastSeq }
+      : { path: this.path, recursive: this.recursive || undefined };
+    if (!follow) query.follow = "false";
+    // Only a watch that exists may be asked for again.
+    return { method: "GET", path: mpath(this.m.id, "files", "watch"), accept: "application/x-ndjson", query, idempotent: !!this.watchId, extraTimeout: null };
+  }
+
+  /** Starts the watch, or reopens its stream after the last seq seen. */
+  async open(o: CallOptions = {}): Promise<void> {
+    const r = this.request(true);
+    const signal = o.signal ? AbortSignal.any([o.signal, this.abort.signal]) : this.abort.signal;
+    this.events = ndjson<W["FileEvent"]>(await this.m.client.stream(r, { ...o, signal }), r, signal);
+    if (!this.watchId) {
+      const first = await this.events.next();
+      this.watchId = first.done ? "" : (first.value.watch_id ?? "");
+    }
+  }
+
+  private take(w: W["FileEvent"]): m.FileEvent | undefined {
+    if (w.type === "watching") return undefined;
+    const ev = m.fileEvent(w);
+    if (ev.seq) this.lastSeq = ev.seq;
+    if (ev.type === "end") this.ended = true;
+    return ev;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<m.FileEvent> {
+    for (let attempt = 0; !this.ended && !this.stopped; ) {
+      try {
+        if (!this.events) await this.open();
+        for await (const w of this.events!) {
+          attempt = 0;
+          const ev = this.take(w);
+          if (ev) yield ev;
+          if (this.ended) return;
+        }
+        this.events = undefined;
+        if (!this.stopped) throw new ConnectionError("the watch stream ended before the watch", { code: "connection_failed" });
+      } catch (e) {
+        this.events = undefined;
+        if (this.stopped) return;
+        if (!reconnectable(e) || attempt >= 6) throw e;
+        await delay(backoff(attempt++));
+      }
+    }
+  }
+
+  pump(onEvent: (e: m.FileEvent) => void | Promise<void>): void {
+    this.pumping = (async () => {
+      try {
+        for await (const ev of this) await onEvent(ev);
+      } catch (e) {
+        if (!this.stopped) this.error = e;
+      }
+    })();
+  }
+
+  /** The events since the last ones returned (polling; do not mix with iterating). */
+  async getNewEvents(o?: CallOptions): Promise<m.FileEvent[]> {
+    this.closeStream();
+    const r = this.request(false);
+    const out: m.FileEvent[] = [];
+    for await (const w of ndjson<W["FileEvent"]>(await this.m.client.stream(r, o), r, o?.signal)) {
+      const ev = this.take(w);
+      if (ev) out.push(ev);
+    }
+    return out;
+  }
+
+  private closeStream(): void {
+    if (this.events) {
+      this.abort.abort();
+      this.abort = new AbortController();
+      this.events = undefined;
+    }
+  }
+
+  /** Removes the watch; an iteration in progress ends. */
+  async stop(o?: CallOptions): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    try {
+      await this.m.client.json({ method: "DELETE", path: mpath(this.m.id, "files", "watch", encodeURIComponent(this.watchId)), idempotent: true }, o);
+    } catch (e) {
+      if (!(e instanceof NullspaceError && (e.status === 404 || e.code === "machine_not_running"))) throw e;
+    }
+    this.abort.abort();
+    this.events = undefined;
+    await this.pumping;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
+
+/** What pty.create() runs without a command: a login shell (bash where the template has it). */
+export const DEFAULT_SHELL = "command -v bash >/dev/null 2>&1 && exec bash -l || exec sh -l";
+
+export interface PtyCreateOptions extends CallOptions {
+  /** Default 24×80. */
+  size?: m.PtySize;
+  /** Default: a login shell. A string runs with /bin/sh -c. */
+  cmd?: string | string[];
+  cwd?: string;
+  /** TERM is xterm-256color unless set here. */
+  envs?: Record<string, string>;
+  user?: string;
+  /** Seconds before it is killed (default: never). */
+  timeout?: number;
+  /** The output bytes, as they come. */
+  onData?: (data: Uint8Array) => void | Promise<void>;
+}
+
+const bytesOf = (data: string | Uint8Array) => (typeof data === "string" ? new TextEncoder().encode(data) : data);
+const base64 = (b: Uint8Array) => btoa(Array.from(b, (c) => String.fromCharCode(c)).join(""));
+
+/** Terminals in the machine: commands on a pseudo-terminal (job control works: "\x03" is Ctrl-C). */
+export class Pty {
+  constructor(private readonly m: Machine) {}
+
+  async create(o: PtyCreateOptions = {}): Promise<PtyHandle> {
+    const b: W["RunCommandRequest"] = { background: true, pty: o.size ?? { rows: 24, cols: 80 } };
+    if (o.cmd === undefined || typeof o.cmd === "string") b.shell = o.cmd ?? DEFAULT_SHELL;
+    else b.cmd = argv(o.cmd, "the command");
+    if (o.cwd) b.cwd = o.cwd;
+    if (o.envs) b.env = o.envs;
+    if (o.user) b.user = o.user;
+    if (o.timeout !== undefined) b.timeout_ms = ms(o.timeout, "timeout");
+    const started = await this.m.client.json<W["CommandStarted"]>({ method: "POST", path: mpath(this.m.id, "commands"), json: b }, o);
+    const h = new PtyHandle(this.m, started.pid);
+    if (o.onData) h.pumpData(o.onData, o.signal);
+    return h;
+  }
+
+  /** A terminal started earlier (also before a pause), its output from byte `offset` (default 0: the scrollback). */
+  async connect(pid: number, o: { offset?: number; onData?: (data: Uint8Array) => void | Promise<void> } & CallOptions = {}): Promise<PtyHandle> {
+    if (!(await this.m.commands.list(o)).some((p) => p.pid === pid)) {
+      throw new ProcessNotFoundError(`no command with pid ${pid} in machine ${this.m.id}`, { code: "process_not_found", status: 404 });
+    }
+    const h = new PtyHandle(this.m, pid);
+    h.setOffsets(o.offset ?? 0, 0);
+    if (o.onData) h.pumpData(o.onData, o.signal);
+    return h;
+  }
+
+  /** Types `data` (bytes as they are, a string as UTF-8). */
+  async sendStdin(pid: number, data: string | Uint8Array, o?: CallOptions): Promise<void> {
+    await this.m.client.json({ method: "POST", path: mpath(this.m.id, "commands", String(pid), "stdin"), json: { bytes: base64(bytesOf(data)) } }, o);
+  }
+
+  async resize(pid: number, size: m.PtySize, o?: CallOptions): Promise<void> {
+    await this.m.client.json({ method: "POST", path: mpath(this.m.id, "commands", String(pid), "resize"), json: size, idempotent: true }, o);
+  }
+
+  kill(pid: number, o?: CallOptions): Promise<boolean> {
+    return this.m.commands.kill(pid, o);
+  }
 }
 
 export interface RunOptions extends CallOptions {
@@ -583,7 +774,7 @@ export class CommandHandle implements AsyncIterable<m.OutputChunk> {
   private pumping: Promise<void> | undefined;
   private busy = false;
 
-  constructor(private readonly m: Machine, readonly pid: number) {
+  constructor(protected readonly m: Machine, readonly pid: number) {
     this.col = new Collector(pid);
   }
 
@@ -604,7 +795,7 @@ export class CommandHandle implements AsyncIterable<m.OutputChunk> {
     this.col.offsets = { stdout, stderr };
   }
 
-  private async *chunks(o: CallOptions = {}): AsyncGenerator<m.OutputChunk> {
+  protected async *chunks(o: CallOptions = {}): AsyncGenerator<m.OutputChunk> {
     if (this.busy) throw new InvalidArgumentError("this handle's output is already being read", { code: "invalid_argument" });
     this.busy = true;
     try {
@@ -643,8 +834,12 @@ export class CommandHandle implements AsyncIterable<m.OutputChunk> {
   }
 
   pump(o: RunOptions): void {
+    this.pumpChunks((ch) => dispatch(ch, o), o.signal);
+  }
+
+  protected pumpChunks(fn: (ch: m.OutputChunk) => void | Promise<void>, signal?: AbortSignal): void {
     this.pumping = (async () => {
-      for await (const ch of this.chunks({ signal: o.signal })) await dispatch(ch, o);
+      for await (const ch of this.chunks({ signal })) await fn(ch);
     })();
     this.pumping.catch(() => undefined); // surfaced by wait()
   }
@@ -655,5 +850,24 @@ export class CommandHandle implements AsyncIterable<m.OutputChunk> {
 
   sendStdin(data: string, o: { close?: boolean } & CallOptions = {}): Promise<void> {
     return this.m.commands.sendStdin(this.pid, data, o);
+  }
+}
+
+/** A terminal: a CommandHandle whose output (stdout) is what the terminal shows. */
+export class PtyHandle extends CommandHandle {
+  pumpData(onData: (data: Uint8Array) => void | Promise<void>, signal?: AbortSignal): void {
+    this.pumpChunks(async (ch) => {
+      if (ch.raw.length) await onData(ch.raw);
+    }, signal);
+  }
+
+  /** Types `data`; a terminal's input is never closed (send "\x04", Ctrl-D). */
+  override sendStdin(data: string | Uint8Array, o: { close?: boolean } & CallOptions = {}): Promise<void> {
+    if (o.close) throw new InvalidArgumentError('a terminal\'s input cannot be closed: send "\\x04" (Ctrl-D)', { code: "invalid_argument" });
+    return this.m.pty.sendStdin(this.pid, data, o);
+  }
+
+  resize(size: m.PtySize, o?: CallOptions): Promise<void> {
+    return this.m.pty.resize(this.pid, size, o);
   }
 }

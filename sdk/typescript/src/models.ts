@@ -280,3 +280,30 @@ export const template = (w: S["Template"]): Template => ({
   name: w.name, state: w.state, workdir: w.workdir ?? "", envs: { ...(w.env ?? {}) }, sizeBytes: w.size_bytes,
   createdAt: date(w.created_at), error: w.error ?? "", source: w.source ?? "",
 });
+
+/** A terminal's size in character cells (1 to 1000 each). */
+export interface PtySize {
+  rows: number;
+  cols: number;
+}
+
+/**
+ * A change seen by files.watchDir(): `type` is create, write, remove,
+ * rename (`oldPath` is where it was) or chmod; lost, overflow and end
+ * report on the watch itself. `seq` numbers the watch's events from 1.
+ */
+export interface FileEvent {
+  type: S["FileEvent"]["type"];
+  path: string;
+  oldPath: string;
+  isDir: boolean;
+  seq: number;
+  time: Date | undefined;
+  /** lost: how many events the machine no longer held. */
+  lost: number;
+}
+
+export const fileEvent = (w: S["FileEvent"]): FileEvent => ({
+  type: w.type, path: w.path ?? "", oldPath: w.old_path ?? "", isDir: !!w.is_dir, seq: w.seq ?? 0, time: date(w.time),
+  lost: w.lost ?? 0,
+});

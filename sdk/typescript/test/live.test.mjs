@@ -207,6 +207,65 @@ describe(`nullspace (${build} build)`, () => {
     await assert.rejects(resumed.commands.connect(99999), errors.ProcessNotFoundError);
   });
 
+  test("terminals: size, resize, Ctrl-C, exit code, reattach after pause", async () => {
+    const m = await machine();
+    let screen = "";
+    const dec = new TextDecoder();
+    const until = (want) => eventually(`the terminal showing ${JSON.stringify(want)} (${JSON.stringify(screen.slice(-200))})`, () => screen.includes(want), 20_000);
+    const t = await m.pty.create({ size: { rows: 30, cols: 100 }, onData: (b) => { screen += dec.decode(b, { stream: true }); } });
+    await t.sendStdin("stty size; echo sum=$((6*7))\n");
+    await until("30 100");
+    await until("sum=42");
+    await t.resize({ rows: 40, cols: 120 });
+    await m.pty.sendStdin(t.pid, new TextEncoder().encode("stty size\n"));
+    await until("40 120");
+    await t.sendStdin("sleep 100\n");
+    await new Promise((r) => setTimeout(r, 500));
+    await t.sendStdin(new Uint8Array([3])); // Ctrl-C
+    await t.sendStdin("echo after=$?; export kept=yes\n");
+    await until("after=130");
+    await assert.rejects(m.pty.resize(t.pid, { rows: 0, cols: 0 }), errors.InvalidArgumentError);
+    assert.throws(() => t.sendStdin("x", { close: true }), errors.InvalidArgumentError);
+
+    await m.pause();
+    const resumed = await Machine.connect(m.id);
+    made.push(resumed.id);
+    let screen2 = "";
+    const t2 = await resumed.pty.connect(t.pid, { onData: (b) => { screen2 += dec.decode(b, { stream: true }); } });
+    await resumed.pty.sendStdin(t.pid, "echo kept=$kept; exit 3\n");
+    assert.equal((await t2.wait()).exitCode, 3);
+    assert.ok(screen2.includes("sum=42") && screen2.includes("kept=yes"), screen2);
+  });
+
+  test("watchDir: events as they happen, polling, stop", async () => {
+    const m = await machine();
+    await m.commands.run("mkdir -p /workspace/w", { shell: true });
+    const events = [];
+    const w = await m.files.watchDir("/workspace/w", { recursive: true, onEvent: (e) => { events.push(e); } });
+    assert.match(w.watchId, /^wch_/);
+    const seen = (...want) => eventually(`events ${want}`, () => {
+      const keys = events.map((e) => `${e.type} ${e.oldPath ? e.oldPath + ">" : ""}${e.path}`);
+      let i = 0;
+      for (const k of keys) if (i < want.length && k === want[i]) i++;
+      return i === want.length;
+    }, 20_000);
+    await m.files.write("/workspace/w/a.txt", "x");
+    await seen("create /workspace/w/a.txt", "write /workspace/w/a.txt");
+    await m.files.rename("/workspace/w/a.txt", "/workspace/w/b.txt");
+    await m.commands.run("mkdir /workspace/w/sub && echo y > /workspace/w/sub/c && rm /workspace/w/b.txt", { shell: true });
+    await seen("rename /workspace/w/a.txt>/workspace/w/b.txt", "create /workspace/w/sub", "create /workspace/w/sub/c", "remove /workspace/w/b.txt");
+    assert.ok(events.every((e) => e.seq > 0));
+    await w.stop();
+
+    const p = await m.files.watchDir("/workspace/w");
+    assert.deepEqual(await p.getNewEvents(), []);
+    await m.files.write("/workspace/w/polled", "z");
+    const got = await eventually("a polled event", async () => (await p.getNewEvents()).find((e) => e.path === "/workspace/w/polled"));
+    assert.equal(got.type, "create");
+    await p.stop();
+    await assert.rejects(m.files.watchDir("/workspace/nope"), errors.PathNotFoundError);
+  });
+
   test("typed errors, their fields and cause", async () => {
     const bad = new Client({ apiKey: "not-a-key" });
     await assert.rejects(Machine.getInfoById("mch_00000000000000000000", { client: bad }), errors.AuthenticationError);
