@@ -358,4 +358,3 @@ func TestSSHServerRestart(t *testing.T) {
 	a.keys("exit\n")
 	a.until("")
 }
-

@@ -28,9 +28,9 @@ const (
 )
 
 type watches struct {
-	mu      sync.Mutex
-	m       map[string]*watchEntry
-	gcOnce  sync.Once
+	mu     sync.Mutex
+	m      map[string]*watchEntry
+	gcOnce sync.Once
 }
 
 type watchEntry struct {
