@@ -123,6 +123,24 @@ func TestAttach(t *testing.T) {
 	}
 	t.Cleanup(func() { env.client.KillMachine(context.WithoutCancel(ctx), latest.LatestID) })
 
+	// A machine with auto_resume wakes for an attach without connect=true.
+	auto := newMachine(t, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", AutoResume: true})
+	apid, err := env.client.StartCommand(ctx, auto.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
+		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pause(t, auto.ID)
+	d := attach(t, auto.ID, apid, client.AttachOptions{})
+	d.keys("echo woken-by-attach\n")
+	d.until("woken-by-attach")
+	d.ws.CloseNow()
+	if got := getMachine(t, auto.ID); got.LatestID == auto.ID {
+		t.Fatalf("attach did not resume %s: %+v", auto.ID, got)
+	} else {
+		t.Cleanup(func() { env.client.KillMachine(context.WithoutCancel(ctx), got.LatestID) })
+	}
+
 	// Refusals before the upgrade are API errors.
 	for _, tc := range []struct {
 		id   string
@@ -156,9 +174,9 @@ func TestShellCLI(t *testing.T) {
 			env.client.KillMachine(context.WithoutCancel(t.Context()), got.LatestID)
 		}
 	})
-	shell := func(args ...string) (*exec.Cmd, *os.File, *lockedBuffer, chan struct{}) {
+	onTerminal := func(args ...string) (*exec.Cmd, *os.File, *lockedBuffer, chan struct{}) {
 		t.Helper()
-		cmd := exec.CommandContext(t.Context(), bin, append([]string{"--api-url", "http://" + env.inst.Addr, "--api-key", env.key, "shell"}, args...)...)
+		cmd := exec.CommandContext(t.Context(), bin, append([]string{"--api-url", "http://" + env.inst.Addr, "--api-key", env.key}, args...)...)
 		f, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 33, Cols: 111})
 		if err != nil {
 			t.Fatal(err)
@@ -171,6 +189,10 @@ func TestShellCLI(t *testing.T) {
 			io.Copy(out, f)
 		}()
 		return cmd, f, out, done
+	}
+	shell := func(args ...string) (*exec.Cmd, *os.File, *lockedBuffer, chan struct{}) {
+		t.Helper()
+		return onTerminal(append([]string{"shell"}, args...)...)
 	}
 	waitScreen := func(out *lockedBuffer, want string) {
 		t.Helper()
@@ -224,6 +246,17 @@ func TestShellCLI(t *testing.T) {
 	<-done
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("reattached shell: %v; screen %q", err, out.String())
+	}
+
+	// exec -it: an interactive command on a terminal, with exec's flags.
+	cmd, f, out, done = onTerminal("exec", "-it", "--cwd", "/tmp", "--env", "X=42", latest.LatestID, "--",
+		"sh", "-c", `stty size; read line; echo "got $line in $(pwd) x=$X"; exit 4`)
+	waitScreen(out, "33 111")
+	f.Write([]byte("typed\r"))
+	waitScreen(out, "got typed in /tmp x=42")
+	<-done
+	if err := cmd.Wait(); !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Fatalf("exec -it exited %v, want 4; screen %q", err, out.String())
 	}
 }
 

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -136,6 +138,35 @@ func TestWatchFiles(t *testing.T) {
 	wantCode(t, err, "not_a_directory")
 	err = env.client.WatchDir(ctx, resumed.ID, client.WatchOptions{Path: "/nope"}, func(api.FileEvent) error { return nil })
 	wantCode(t, err, "file_not_found")
+
+	// The CLI prints the changes, one a line.
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	cli := exec.CommandContext(cctx, repoPath("bin/nullspace"), "--api-url", "http://"+env.inst.Addr, "--api-key", env.key,
+		"files", "watch", resumed.ID, "/workspace/w", "--recursive")
+	out := &lockedBuffer{}
+	cli.Stdout = out
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// It is watching once a change shows: make changes until one does.
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; !strings.Contains(out.String(), "create /workspace/w/cli-"); i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("nullspace files watch printed %q", out.String())
+		}
+		run(t, resumed.ID, fmt.Sprintf("touch /workspace/w/cli-%d", i))
+		time.Sleep(200 * time.Millisecond)
+	}
+	run(t, resumed.ID, "mv /workspace/w/cli-0 /workspace/w/cli-moved")
+	for !strings.Contains(out.String(), "rename /workspace/w/cli-0 -> /workspace/w/cli-moved") {
+		if time.Now().After(deadline) {
+			t.Fatalf("nullspace files watch printed %q", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	cli.Wait()
 
 	// Polling: follow=false answers with what is held and returns.
 	var polled []string

@@ -33,6 +33,7 @@ func (a *app) execCommand() *cobra.Command {
 		shell      bool
 		background bool
 		stdin      bool
+		tty        bool
 		timeout    time.Duration
 	)
 	cmd := &cobra.Command{
@@ -50,6 +51,11 @@ Exit codes:
   1          exec itself failed (unknown machine, network error, ...)
   2          usage error
 
+With -t (-it) the command runs on a terminal, joined to this one as
+'nullspace shell ID -- CMD' does (raw mode, window changes, ~. to detach):
+for interactive programs (python3, vim, top). Its output is one stream,
+and the exit code is the command's.
+
 With --shell the arguments are joined with spaces and run by /bin/sh -c.
 With --background the command keeps running; exec prints its pid.
 With --json exec waits for the command and prints its result (stdout and
@@ -57,7 +63,8 @@ stderr included) as JSON instead of streaming.`,
 		Example: `  nullspace exec $ID -- ls -la /
   nullspace exec $ID --shell -- 'echo $HOME | wc -c'
   echo hello | nullspace exec $ID --stdin -- cat
-  nullspace exec $ID --background --cwd /workspace -- python3 -m http.server 8080`,
+  nullspace exec $ID --background --cwd /workspace -- python3 -m http.server 8080
+  nullspace exec -it $ID -- python3`,
 		Args: minArgs(2, "ID CMD [ARGS...]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id, argv := args[0], args[1:]
@@ -74,6 +81,16 @@ stderr included) as JSON instead of streaming.`,
 				return usageErrorf("invalid --timeout %s: must not be negative", timeout)
 			}
 			req.TimeoutMS = timeout.Milliseconds()
+			if tty {
+				if background || a.json {
+					return usageErrorf("-t runs the command on this terminal: it does not go with --background or --json")
+				}
+				c, err := a.client()
+				if err != nil {
+					return err
+				}
+				return a.runShell(cmd, c, id, req, 0)
+			}
 			if stdin {
 				b, err := io.ReadAll(cmd.InOrStdin())
 				if err != nil {
@@ -120,7 +137,8 @@ stderr included) as JSON instead of streaming.`,
 	f.DurationVar(&timeout, "timeout", 0, "kill the command after this long, e.g. 30s (0: the server default, 60s; no limit with --background)")
 	f.BoolVar(&shell, "shell", false, "run the arguments as one /bin/sh -c command line")
 	f.BoolVar(&background, "background", false, "start the command in the background and print its pid")
-	f.BoolVar(&stdin, "stdin", false, "send this process's stdin to the command (read to the end first)")
+	f.BoolVarP(&stdin, "stdin", "i", false, "send this process's stdin to the command (read to the end first; with -t, as it is typed)")
+	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal joined to this one (-it: interactive)")
 	return cmd
 }
 

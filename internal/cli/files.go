@@ -1,15 +1,19 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 func (a *app) filesCommand() *cobra.Command {
@@ -26,6 +30,7 @@ func (a *app) filesCommand() *cobra.Command {
 		a.filesRemoveCommand(),
 		a.filesMkdirCommand(),
 		a.filesMoveCommand(),
+		a.filesWatchCommand(),
 	)
 	return cmd
 }
@@ -245,4 +250,65 @@ func (a *app) filesMoveCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func (a *app) filesWatchCommand() *cobra.Command {
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "watch ID PATH",
+		Short: "Print the changes under a directory as they happen (Ctrl-C to stop)",
+		Long: `Print the changes made under a directory in the machine, one per line:
+TYPE PATH (create, write, remove, chmod), rename OLD -> NEW, until Ctrl-C or
+the directory goes. A dropped connection is reopened from the last event
+seen, so none the machine still holds is missed. With --json, each event
+as a JSON line.`,
+		Example: `  nullspace files watch $ID /workspace --recursive`,
+		Args:    exactArgs(2, "ID PATH"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			ctx, out := cmd.Context(), cmd.OutOrStdout()
+			opts := client.WatchOptions{Path: args[1], Recursive: recursive}
+			print := func(e api.FileEvent) error {
+				if e.Seq > 0 {
+					opts.After = e.Seq
+				}
+				switch {
+				case e.Type == api.FileEventWatching:
+					opts.WatchID = e.WatchID
+					return nil
+				case a.json:
+					return printJSONLine(out, e)
+				case e.Type == api.FileEventRename:
+					_, err := fmt.Fprintf(out, "rename %s -> %s\n", e.OldPath, e.Path)
+					return err
+				case e.Type == api.FileEventLost:
+					_, err := fmt.Fprintf(out, "lost %d events\n", e.Lost)
+					return err
+				}
+				_, err := fmt.Fprintf(out, "%s %s\n", e.Type, e.Path)
+				return err
+			}
+			defer func() {
+				if opts.WatchID != "" {
+					c.Unwatch(context.WithoutCancel(ctx), args[0], opts.WatchID)
+				}
+			}()
+			for attempt := 0; ; attempt++ {
+				err := c.WatchDir(ctx, args[0], opts, print)
+				if ctx.Err() != nil {
+					return nil // Ctrl-C
+				}
+				var ae *client.APIError
+				if err == nil || errors.As(err, &ae) || opts.WatchID == "" || attempt >= 5 {
+					return err // the watch ended, or was refused
+				}
+				time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "watch every directory under PATH too")
+	return cmd
 }

@@ -44,14 +44,20 @@ again later (with its scrollback).`,
 			if err != nil {
 				return err
 			}
-			return a.runShell(cmd, c, args[0], args[1:], pid)
+			req := api.RunCommandRequest{Shell: defaultShell}
+			if len(args) > 1 {
+				req = api.RunCommandRequest{Cmd: args[1:]}
+			}
+			return a.runShell(cmd, c, args[0], req, pid)
 		},
 	}
 	cmd.Flags().IntVar(&pid, "pid", 0, "attach to this running command instead of starting one")
 	return cmd
 }
 
-func (a *app) runShell(cmd *cobra.Command, c *client.Client, id string, argv []string, pid int) error {
+// runShell joins this terminal to req (started on a pseudo-terminal of
+// this terminal's size) or, with pid, to a command running already.
+func (a *app) runShell(cmd *cobra.Command, c *client.Client, id string, req api.RunCommandRequest, pid int) error {
 	ctx := cmd.Context()
 	stdout, stderr := cmd.OutOrStdout(), cmd.ErrOrStderr()
 	m, err := c.Connect(ctx, id)
@@ -73,10 +79,7 @@ func (a *app) runShell(cmd *cobra.Command, c *client.Client, id string, argv []s
 		}
 	}
 	if pid == 0 {
-		req := api.RunCommandRequest{Shell: defaultShell, PTY: &size}
-		if len(argv) > 0 {
-			req = api.RunCommandRequest{Cmd: argv, PTY: &size}
-		}
+		req.PTY = &size
 		if pid, err = c.StartCommand(ctx, m.ID, req); err != nil {
 			return err
 		}
@@ -118,6 +121,13 @@ func (a *app) runShell(cmd *cobra.Command, c *client.Client, id string, argv []s
 			}
 			if websocket.CloseStatus(err) == websocket.StatusNormalClosure {
 				return nil
+			}
+			var ce websocket.CloseError
+			if errors.As(err, &ce) && ce.Code == websocket.StatusGoingAway {
+				// The machine stopped running, or the server: the
+				// reason says how to get back.
+				fmt.Fprintf(stderr, "\r\nnullspace: %s\r\n", ce.Reason)
+				return &exitCodeError{code: 255}
 			}
 			return fmt.Errorf("terminal session: %w", err)
 		}

@@ -42,7 +42,16 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 				fmt.Sprintf("stdout_offset %q is not a byte offset", v), "pass the offset after the output you have, or 0")
 		}
 	}
-	if q.Get("connect") == "true" {
+	connect := q.Get("connect") == "true"
+	if !connect {
+		// A paused or stopped machine with auto_resume wakes for a
+		// session as it does for its URL.
+		if rec, err := s.machines.Get(r.Context(), team, id); err == nil && rec.AutoResume &&
+			(rec.State == api.StatePaused || rec.State == api.StateStopped) {
+			connect = true
+		}
+	}
+	if connect {
 		// Like POST .../connect: follow the lineage to its latest execution,
 		// resuming or starting it first.
 		m, err := s.machines.Connect(r.Context(), team, id)
