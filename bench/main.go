@@ -16,7 +16,7 @@
 //     per container (made outside the timed window), busybox sleep as init
 //     (-raw-init agent: the agent, with the server's bind mounts).
 //
-// Measured, N times each (-n), in five suites (-suite):
+// Measured, N times each (-n), in these suites (-suite):
 //
 //   - core: create to first command (CreateMachine until RunCommand(true)
 //     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
@@ -37,6 +37,9 @@
 //     echo, and 200 concurrent requests to a paused machine. See edge.go;
 //   - lists: the store queries of one API page over 1,000 and 10,000 rows,
 //     and the disk 100 pause/resume cycles leave. See lists.go;
+//   - terminal: a keystroke's echo through the WebSocket attach and through
+//     the SSH gateway beside `runsc exec` of the same program, and ssh to a
+//     prompt on a paused machine beside connect + the same. See terminal.go;
 //   - sdk: the Python SDK's create to first command, exec round trip and
 //     1 MiB file write and read beside the same calls made with raw HTTP
 //     from the same Python process, and `import nullspace`. See sdk.go.
@@ -106,7 +109,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or sdk (issue 12: the Python SDK beside raw HTTP, import time)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -146,9 +149,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge", "lists", "sdk":
+	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists or sdk", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal or sdk", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -253,6 +256,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			res.printTable(os.Stdout)
 			res.printEdge(os.Stdout)
 			res.printLists(os.Stdout)
+			res.printTerminal(os.Stdout)
 			res.printSDK(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
@@ -314,6 +318,11 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 	}
 	if cfg.suite == "all" || cfg.suite == "lists" {
 		if err := measureLists(ctx, cfg, work, ns, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "terminal" {
+		if err := measureTerminal(ctx, cfg, ns, raw, res); err != nil {
 			return err
 		}
 	}

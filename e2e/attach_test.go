@@ -109,6 +109,18 @@ func TestAttach(t *testing.T) {
 	b := attach(t, m.ID, pid, client.AttachOptions{})
 	b.until("30 100") // scrollback from offset 0
 	pause(t, m.ID)
+	// The session open during the pause ends with a reason, at once.
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	for {
+		if _, _, err := b.ws.Read(rctx); err != nil {
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || !strings.Contains(ce.Reason, "connect=true") {
+				t.Fatalf("the attach open during a pause ended with %v, want 1001 and a reason", err)
+			}
+			break
+		}
+	}
+	cancel()
 	c := attach(t, m.ID, pid, client.AttachOptions{Connect: true}) // wakes the machine: a new execution
 	c.keys("echo $x\n")
 	c.until("still-here")

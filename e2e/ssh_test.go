@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"golang.org/x/crypto/ssh"
 
 	"nullspace.dev/nullspace/api"
@@ -321,9 +323,28 @@ func TestSSHServerRestart(t *testing.T) {
 	term := sshShell(t, c, 24, 80)
 	term.keys("export kept=across-restart; echo set\n")
 	term.until("set")
+	// A WebSocket attach open at the same time.
+	wpid, err := env.client.StartCommand(t.Context(), m.ID, api.RunCommandRequest{Cmd: []string{"sh"}, PTY: &api.PTYSize{Rows: 24, Cols: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := attach(t, m.ID, wpid, client.AttachOptions{})
+	ws.keys("echo attached\n")
+	ws.until("attached")
 
 	if err := env.inst.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		if _, _, err := ws.ws.Read(rctx); err != nil {
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway || !strings.Contains(ce.Reason, "attach again") {
+				t.Fatalf("the attach ended with %v, want 1001 and a reason", err)
+			}
+			break
+		}
 	}
 	restarted := false
 	defer func() {
@@ -357,4 +378,40 @@ func TestSSHServerRestart(t *testing.T) {
 	a.until("got=across-restart")
 	a.keys("exit\n")
 	a.until("")
+}
+
+// TestTerminalKeepsMachineAwake: someone typing in an SSH terminal keeps a
+// machine with an idle timeout running; once they stop it is paused under
+// the open session, which ends with a notice (status 255) rather than
+// hanging on the vanished sandbox.
+func TestTerminalKeepsMachineAwake(t *testing.T) {
+	key := newSSHKey(t, true)
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", IdleTimeoutMS: 2000})
+	t.Cleanup(func() {
+		if got, err := env.client.GetMachine(context.WithoutCancel(t.Context()), m.ID); err == nil {
+			env.client.KillMachine(context.WithoutCancel(t.Context()), got.LatestID)
+		}
+	})
+	c := sshDial(t, m.ID, ssh.PublicKeys(key.signer))
+	term := sshShell(t, c, 24, 80)
+	for i := range 10 {
+		term.keys(fmt.Sprintf("echo tick%d\n", i))
+		term.until(fmt.Sprintf("tick%d", i))
+		time.Sleep(500 * time.Millisecond)
+	}
+	if st := getMachine(t, m.ID).State; st != api.StateRunning {
+		t.Fatalf("a machine typed in for 5 s with a 2 s idle timeout is %s", st)
+	}
+	waitState(t, m.ID, api.StatePaused, 30*time.Second)
+	waitDone := make(chan error, 1)
+	go func() { waitDone <- term.s.Wait() }()
+	select {
+	case err := <-waitDone:
+		var ee *ssh.ExitError
+		if !errors.As(err, &ee) || ee.ExitStatus() != 255 || !strings.Contains(term.stderr.String(), "stopped running") {
+			t.Fatalf("session ended %v, stderr %q; want status 255 and a notice", err, term.stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session outlived its machine's pause")
+	}
 }

@@ -76,17 +76,37 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 	}
 	ws.SetReadLimit(1 << 20)
 	conn := &wsConn{ws: ws}
-	err = terminal.Run(ctx, agent, pid, offset, conn, func() { s.machines.Touch(id) })
+	// The session runs on a context of its own: a socket read whose
+	// context ends drops the connection without a close frame, and the
+	// client is owed one with the reason when the machine or the server
+	// stops. Then the socket is closed with it, which ends the session.
+	run, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	told := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			reason := fmt.Sprintf("machine %s stopped running; process %d is kept in its state: attach again with connect=true", id, pid)
+			if r.Context().Err() != nil {
+				reason = fmt.Sprintf("the server is shutting down; process %d runs on: attach again", pid)
+			}
+			close(told)
+			ws.Close(websocket.StatusGoingAway, reason) // waits a moment for the client's answer
+			cancelRun()
+		case <-run.Done():
+		}
+	}()
+	err = terminal.Run(run, agent, pid, offset, conn, func() { s.machines.Touch(id) })
+	select {
+	case <-told:
+		return nil
+	default:
+	}
 	switch {
 	case err == nil:
 		ws.Close(websocket.StatusNormalClosure, "")
 	case errors.Is(err, io.EOF):
 		ws.CloseNow() // the client left
-	case r.Context().Err() != nil:
-		// After the upgrade only the server's stop ends the context.
-		ws.Close(websocket.StatusGoingAway, fmt.Sprintf("the server is shutting down; process %d runs on: attach again", pid))
-	case ctx.Err() != nil:
-		ws.Close(websocket.StatusGoingAway, fmt.Sprintf("machine %s stopped running; process %d is kept in its state: attach again with connect=true", id, pid))
 	default:
 		s.logger.WarnContext(r.Context(), "attach ended", "machine_id", id, "pid", pid, "err", err)
 		ws.Close(websocket.StatusInternalError, truncate(errdefs.Classify(err).Message, 120))
