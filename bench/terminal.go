@@ -231,22 +231,7 @@ func sshTerminalEcho(addr, id string, signer ssh.Signer) (func() (time.Duration,
 		conn.Close()
 		return nil, nil, err
 	}
-	buf := make([]byte, 256)
-	echo := func() (time.Duration, error) {
-		start := time.Now()
-		if _, err := stdin.Write([]byte("x")); err != nil {
-			return 0, err
-		}
-		for {
-			n, err := stdout.Read(buf)
-			if err != nil {
-				return 0, err
-			}
-			if bytes.Contains(buf[:n], []byte("x")) {
-				return time.Since(start), nil
-			}
-		}
-	}
+	echo := pipeEcho(stdin, stdout)
 	done := func() {
 		s.Signal(ssh.SIGKILL)
 		s.Close()
@@ -285,6 +270,26 @@ func sshToPrompt(addr, id string, signer ssh.Signer) error {
 	return nil
 }
 
+// pipeEcho times one byte written to w until it is read back from r.
+func pipeEcho(w io.Writer, r io.Reader) func() (time.Duration, error) {
+	buf := make([]byte, 256)
+	return func() (time.Duration, error) {
+		start := time.Now()
+		if _, err := w.Write([]byte("x")); err != nil {
+			return 0, err
+		}
+		for {
+			n, err := r.Read(buf)
+			if err != nil {
+				return 0, err
+			}
+			if bytes.Contains(buf[:n], []byte("x")) {
+				return time.Since(start), nil
+			}
+		}
+	}
+}
+
 func readUntil(r io.Reader, want string) error {
 	var seen []byte
 	buf := make([]byte, 4096)
@@ -317,22 +322,7 @@ func (r *rawSide) catEcho(ctx context.Context, c *rawContainer) (func() (time.Du
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err
 	}
-	buf := make([]byte, 256)
-	echo := func() (time.Duration, error) {
-		start := time.Now()
-		if _, err := stdin.Write([]byte("x")); err != nil {
-			return 0, err
-		}
-		for {
-			n, err := stdout.Read(buf)
-			if err != nil {
-				return 0, err
-			}
-			if bytes.Contains(buf[:n], []byte("x")) {
-				return time.Since(start), nil
-			}
-		}
-	}
+	echo := pipeEcho(stdin, stdout)
 	done := func() {
 		stdin.Close()
 		cmd.Wait()

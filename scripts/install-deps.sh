@@ -5,6 +5,8 @@ set -euo pipefail
 pkgs=(debootstrap busybox-static ca-certificates tar iproute2 curl)
 # The Python SDK's tests need a python3 (3.9+); any one on PATH will do.
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
+# The SSH gateway's tests use OpenSSH's client as a second client.
+command -v ssh >/dev/null 2>&1 || pkgs+=(openssh-client)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -172,15 +172,16 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 		ss.notice(fmt.Sprintf("the server is shutting down; the command goes on in machine %s as pid %d: reattach with `nullspace shell %s --pid %d`",
 			t.MachineID, pid, t.MachineID, pid), pty != nil)
 		ss.exit(255)
-	case running.Err() != nil && ctx.Err() == nil:
-		ss.notice(fmt.Sprintf("machine %s stopped running (paused or stopped); the command is kept in its state: ssh again to wake it", t.MachineID), pty != nil)
-		ss.exit(255)
-	case conn.left():
+	case ctx.Err() != nil || conn.left():
+		// The client left (its connection or its session ended).
 		if pty == nil {
 			// Nobody reads a plain command's output any more: hang it
 			// up, as sshd does. A terminal session is kept to reattach.
 			agent.Signal(context.WithoutCancel(ctx), pid, "SIGHUP")
 		}
+	case running.Err() != nil:
+		ss.notice(fmt.Sprintf("machine %s stopped running (paused or stopped); the command is kept in its state: ssh again to wake it", t.MachineID), pty != nil)
+		ss.exit(255)
 	case err != nil:
 		log.Warn("ssh session", "err", err)
 		ss.fail(err)

@@ -9,7 +9,7 @@ import json
 from typing import Any, Callable, Dict, List, Optional
 
 from . import errors
-from .models import CommandResult, OutputChunk, decode_data
+from .models import CommandResult, FileEvent, OutputChunk, decode_data
 
 OutputCallback = Callable[[str], Any]
 
@@ -92,3 +92,31 @@ def reconnectable(e: errors.NullspaceError) -> bool:
     return isinstance(e, (errors.ConnectionError, errors.UnavailableError)) or (
         isinstance(e, errors.TimeoutError) and e.code == "request_timeout"
     )
+
+
+class WatchLog:
+    """Follows one file watch's stream, shared by the sync and async
+    handles: its id (from the first, "watching" event), the last seq seen
+    (to reopen the stream after), and whether it ended."""
+
+    def __init__(self) -> None:
+        self.watch_id = ""
+        self.last_seq = 0
+        self.ended = False
+
+    def feed(self, line: bytes) -> Optional[FileEvent]:
+        """Takes one NDJSON line; returns the event it carried, if any for
+        the caller. An ``error`` event raises its error."""
+        d = json.loads(line)
+        typ = d.get("type")
+        if typ == "error":
+            raise errors.stream_error(d.get("error"))
+        if typ == "watching":
+            self.watch_id = d.get("watch_id", "") or self.watch_id
+            return None
+        ev = FileEvent.from_json(d)
+        if ev.seq:
+            self.last_seq = ev.seq
+        if ev.type == "end":
+            self.ended = True
+        return ev

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Literal, Mapping, O
 
 from . import _config, _ops, errors
 from ._aio_http import AsyncStreamResponse, AsyncTransport
-from ._commands import Collector, OutputCallback, reconnectable
+from ._commands import Collector, OutputCallback, WatchLog, reconnectable
 from ._commands import check as check_result
 from .machine import DEFAULT_SHELL
 from ._config import DEFAULT, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, Request, Timeout, T, backoff, settings
@@ -588,6 +588,7 @@ class AsyncCommandHandle:
         self._col = Collector(pid)
         self._lock = asyncio.Lock()
         self._pump: Optional["asyncio.Task[None]"] = None
+        self._pump_err: Optional[BaseException] = None
 
     def __repr__(self) -> str:
         return f"AsyncCommandHandle(pid={self.pid}, machine={self._m.id!r})"
@@ -633,6 +634,8 @@ class AsyncCommandHandle:
                    *, check: bool = False) -> CommandResult:
         if self._pump is not None:
             await self._pump
+            if self._pump_err is not None:
+                raise self._pump_err
         else:
             async with self._lock:
                 async for ch in self._chunks():
@@ -641,9 +644,12 @@ class AsyncCommandHandle:
 
     def _start_pump(self, on_stdout: Optional[OutputCallback], on_stderr: Optional[OutputCallback]) -> None:
         async def pump() -> None:
-            async with self._lock:
-                async for ch in self._chunks():
-                    await _dispatch(self._col, ch, on_stdout, on_stderr)
+            try:
+                async with self._lock:
+                    async for ch in self._chunks():
+                        await _dispatch(self._col, ch, on_stdout, on_stderr)
+            except Exception as e:  # surfaced by wait()
+                self._pump_err = e
 
         self._pump = asyncio.ensure_future(pump())
 
@@ -703,12 +709,15 @@ class AsyncPtyHandle(AsyncCommandHandle):
 
     def _start_data_pump(self, on_data: Callable[[bytes], Any]) -> None:
         async def pump() -> None:
-            async with self._lock:
-                async for ch in self._chunks():
-                    if ch.raw:
-                        res = on_data(ch.raw)
-                        if asyncio.iscoroutine(res):
-                            await res
+            try:
+                async with self._lock:
+                    async for ch in self._chunks():
+                        if ch.raw:
+                            res = on_data(ch.raw)
+                            if asyncio.iscoroutine(res):
+                                await res
+            except Exception as e:  # surfaced by wait()
+                self._pump_err = e
 
         self._pump = asyncio.ensure_future(pump())
 
@@ -730,13 +739,23 @@ class AsyncWatchHandle:
         self._m = m
         self.path = path
         self.recursive = recursive
-        self.watch_id = ""
-        self.last_seq = 0
+        self._log = WatchLog()
         self._stream: Optional[AsyncStreamResponse] = None
         self._lines: Optional[AsyncIterator[bytes]] = None
         self._stopped = False
-        self._ended = False
         self._pump: Optional["asyncio.Task[None]"] = None
+        #: Why the on_event task stopped, if it failed.
+        self.error: Optional[BaseException] = None
+
+    @property
+    def watch_id(self) -> str:
+        """The watch's id in the machine (to resume it from elsewhere)."""
+        return self._log.watch_id
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event read: where a reopened stream starts."""
+        return self._log.last_seq
 
     def __repr__(self) -> str:
         return f"AsyncWatchHandle(path={self.path!r}, watch_id={self.watch_id!r}, machine={self._m.id!r})"
@@ -746,35 +765,21 @@ class AsyncWatchHandle:
         s = await self._m._client.stream(r)
         self._stream, self._lines = s, s.lines().__aiter__()
         if not self.watch_id:
-            first = json.loads(await self._lines.__anext__())
-            self.watch_id = first.get("watch_id", "")
-
-    def _event(self, line: bytes) -> Optional[FileEvent]:
-        d = json.loads(line)
-        if d.get("type") == "error":
-            raise errors.stream_error(d.get("error"))
-        if d.get("type") == "watching":
-            return None
-        ev = FileEvent.from_json(d)
-        if ev.seq:
-            self.last_seq = ev.seq
-        if ev.type == "end":
-            self._ended = True
-        return ev
+            self._log.feed(await self._lines.__anext__())
 
     async def __aiter__(self) -> AsyncIterator[FileEvent]:
         attempt = 0
-        while not self._ended and not self._stopped:
+        while not self._log.ended and not self._stopped:
             try:
                 if self._lines is None:
                     await self._open()
                 assert self._lines is not None
                 async for line in self._lines:
                     attempt = 0
-                    ev = self._event(line)
+                    ev = self._log.feed(line)
                     if ev is not None:
                         yield ev
-                    if self._ended:
+                    if self._log.ended:
                         return
                 self._lines = None
                 if not self._stopped:
@@ -790,10 +795,14 @@ class AsyncWatchHandle:
 
     def _start_pump(self, on_event: Callable[[FileEvent], Any]) -> None:
         async def pump() -> None:
-            async for ev in self:
-                res = on_event(ev)
-                if asyncio.iscoroutine(res):
-                    await res
+            try:
+                async for ev in self:
+                    res = on_event(ev)
+                    if asyncio.iscoroutine(res):
+                        await res
+            except Exception as e:
+                if not self._stopped:
+                    self.error = e
 
         self._pump = asyncio.ensure_future(pump())
 
@@ -803,7 +812,7 @@ class AsyncWatchHandle:
         out: List[FileEvent] = []
         async with await self._m._client.stream(r) as s:
             async for line in s.lines():
-                ev = self._event(line)
+                ev = self._log.feed(line)
                 if ev is not None:
                     out.append(ev)
         return out

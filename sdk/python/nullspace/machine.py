@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, Iterator, List, Literal, Mapping, Optional, Sequence, Union, overload
 
 from . import _config, _ops, errors
-from ._commands import Collector, OutputCallback, reconnectable
+from ._commands import Collector, OutputCallback, WatchLog, reconnectable
 from ._commands import check as check_result
 from ._config import DEFAULT, Timeout, backoff
 from ._http import StreamResponse
@@ -715,13 +715,10 @@ class WatchHandle:
         self._m = m
         self.path = path
         self.recursive = recursive
-        self.watch_id = ""
-        self.last_seq = 0
+        self._log = WatchLog()
         self._stream: Optional[StreamResponse] = None
         self._lines: Optional[Iterator[bytes]] = None
         self._stopped = threading.Event()
-        self._ended = False
-        self._lock = threading.Lock()
         self._open()
         self._thread: Optional[threading.Thread] = None
         self.error: Optional[BaseException] = None
@@ -737,6 +734,16 @@ class WatchHandle:
             self._thread = threading.Thread(target=pump, name=f"nullspace-watch-{self.watch_id}", daemon=True)
             self._thread.start()
 
+    @property
+    def watch_id(self) -> str:
+        """The watch's id in the machine (to resume it from elsewhere)."""
+        return self._log.watch_id
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event read: where a reopened stream starts."""
+        return self._log.last_seq
+
     def __repr__(self) -> str:
         return f"WatchHandle(path={self.path!r}, watch_id={self.watch_id!r}, machine={self._m.id!r})"
 
@@ -745,35 +752,21 @@ class WatchHandle:
         s = self._m._client.stream(_ops.watch(self._m.id, self.path, self.recursive, self.watch_id, self.last_seq, True))
         self._stream, self._lines = s, iter(s.lines())
         if not self.watch_id:
-            first = json.loads(next(self._lines))
-            self.watch_id = first.get("watch_id", "")
-
-    def _event(self, line: bytes) -> Optional[FileEvent]:
-        d = json.loads(line)
-        if d.get("type") == "error":
-            raise errors.stream_error(d.get("error"))
-        if d.get("type") == "watching":
-            return None
-        ev = FileEvent.from_json(d)
-        if ev.seq:
-            self.last_seq = ev.seq
-        if ev.type == "end":
-            self._ended = True
-        return ev
+            self._log.feed(next(self._lines))
 
     def __iter__(self) -> Iterator[FileEvent]:
         attempt = 0
-        while not self._ended and not self._stopped.is_set():
+        while not self._log.ended and not self._stopped.is_set():
             try:
                 if self._lines is None:
                     self._open()
                 assert self._lines is not None
                 for line in self._lines:
                     attempt = 0
-                    ev = self._event(line)
+                    ev = self._log.feed(line)
                     if ev is not None:
                         yield ev
-                    if self._ended:
+                    if self._log.ended:
                         return
                 self._lines = None
                 if not self._stopped.is_set():
@@ -795,7 +788,7 @@ class WatchHandle:
         out: List[FileEvent] = []
         with self._m._client.stream(r) as s:
             for line in s.lines():
-                ev = self._event(line)
+                ev = self._log.feed(line)
                 if ev is not None:
                     out.append(ev)
         return out
