@@ -135,6 +135,24 @@ func TestAttach(t *testing.T) {
 	}
 	t.Cleanup(func() { env.client.KillMachine(context.WithoutCancel(ctx), latest.LatestID) })
 
+	// A plain command (no terminal) over the same socket: stdin in, stdout
+	// and stderr out, an eof message closing its stdin.
+	ppid, err := env.client.StartCommand(ctx, latest.LatestID, api.RunCommandRequest{
+		Shell: "cat; echo stdin-closed >&2", KeepStdinOpen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := attach(t, latest.LatestID, ppid, client.AttachOptions{})
+	p.keys("through a socket\n")
+	p.until("through a socket")
+	if err := p.ws.Write(ctx, websocket.MessageText, []byte(`{"type":"eof"}`)); err != nil {
+		t.Fatal(err)
+	}
+	p.until("stdin-closed")
+	if exit := p.until(""); exit["type"] != "exit" || exit["exit_code"] != float64(0) {
+		t.Fatalf("plain command's last message %v", exit)
+	}
+
 	// A machine with auto_resume wakes for an attach without connect=true.
 	auto := newMachine(t, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", AutoResume: true})
 	apid, err := env.client.StartCommand(ctx, auto.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},

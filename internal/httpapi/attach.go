@@ -141,7 +141,7 @@ func truncate(s string, n int) string {
 
 // control is a text frame of the attach protocol.
 type control struct {
-	Type     string `json:"type"` // resize (client), exit and error (server)
+	Type     string `json:"type"` // resize and eof (client), exit and error (server)
 	Rows     int    `json:"rows,omitempty"`
 	Cols     int    `json:"cols,omitempty"`
 	ExitCode *int   `json:"exit_code,omitempty"`
@@ -191,13 +191,16 @@ func (c *wsConn) Input(ctx context.Context) (terminal.Input, error) {
 			return terminal.Input{Bytes: b}, nil
 		}
 		var m control
-		if err := json.Unmarshal(b, &m); err != nil || m.Type != "resize" {
-			if err := c.Notice(ctx, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				"a text frame must be {\"type\":\"resize\",\"rows\":R,\"cols\":C}", "send keystrokes as binary frames")); err != nil {
-				return terminal.Input{}, err
-			}
-			continue
+		err = json.Unmarshal(b, &m)
+		switch {
+		case err == nil && m.Type == "resize":
+			return terminal.Input{Resize: &api.PTYSize{Rows: m.Rows, Cols: m.Cols}}, nil
+		case err == nil && m.Type == "eof":
+			return terminal.Input{CloseStdin: true}, nil
 		}
-		return terminal.Input{Resize: &api.PTYSize{Rows: m.Rows, Cols: m.Cols}}, nil
+		if err := c.Notice(ctx, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"a text frame must be {\"type\":\"resize\",\"rows\":R,\"cols\":C} or {\"type\":\"eof\"}", "send keystrokes as binary frames")); err != nil {
+			return terminal.Input{}, err
+		}
 	}
 }

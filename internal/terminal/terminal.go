@@ -117,21 +117,20 @@ func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity fu
 			return err
 		}
 		activity()
-		if in.Resize != nil {
-			if err := agent.Resize(ctx, pid, *in.Resize); err != nil {
-				if errors.Is(err, errdefs.ErrInvalidArgument) {
-					if err := conn.Notice(ctx, err); err != nil {
-						return err
-					}
-					continue
-				}
-				return err
-			}
+		err = nil
+		switch {
+		case in.Resize != nil:
+			err = agent.Resize(ctx, pid, *in.Resize)
+		case len(in.Bytes) > 0 || in.CloseStdin:
+			err = agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes, Close: in.CloseStdin})
 		}
-		if len(in.Bytes) > 0 || in.CloseStdin {
-			if err := agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes, Close: in.CloseStdin}); err != nil {
-				return err
-			}
+		if errors.Is(err, errdefs.ErrInvalidArgument) {
+			// A size out of range, or an end of input for a terminal:
+			// refused, and the session goes on.
+			err = conn.Notice(ctx, err)
+		}
+		if err != nil {
+			return err
 		}
 	}
 }

@@ -12,10 +12,13 @@ from nullspace import (
     AsyncCommandHandle,
     AsyncFileStream,
     AsyncMachine,
+    AsyncPtyHandle,
+    AsyncWatchHandle,
     Client,
     CommandHandle,
     CommandResult,
     EntryInfo,
+    FileEvent,
     FileStream,
     Lease,
     Machine,
@@ -25,7 +28,10 @@ from nullspace import (
     Monitor,
     NullspaceError,
     OutputChunk,
+    PtyHandle,
+    PtySize,
     Snapshot,
+    WatchHandle,
     WriteInfo,
 )
 
@@ -58,6 +64,15 @@ def blocking(client: Client, flag: bool) -> None:
         assert_type(info.status, str)
     with machine.keep_alive(timeout_secs=300):
         pass
+    t = machine.pty.create(PtySize(rows=30, cols=100), on_data=lambda b: None)
+    assert_type(t, PtyHandle)
+    t.send_stdin(b"\x03")
+    t.resize(PtySize(rows=40, cols=120))
+    with machine.files.watch_dir("/workspace", recursive=True) as w:
+        assert_type(w, WatchHandle)
+        for ev in w:
+            assert_type(ev, FileEvent)
+        assert_type(w.get_new_events(), List[FileEvent])
     try:
         machine.commands.run("false", check=True)
     except NullspaceError as e:
@@ -79,3 +94,10 @@ async def asynchronous() -> None:
         pass
     async for info in AsyncMachine.list():
         assert_type(info, MachineInfo)
+    at = await machine.pty.create(on_data=lambda b: None)
+    assert_type(at, AsyncPtyHandle)
+    aw = await machine.files.watch_dir("/workspace")
+    assert_type(aw, AsyncWatchHandle)
+    async for aev in aw:
+        assert_type(aev, FileEvent)
+    await aw.stop()

@@ -2,8 +2,8 @@
 // against the built declarations, resolved through package.json "exports"
 // (the "import" condition: dist/esm). `npm run typecheck-consumer`.
 import {
-  CommandHandle, CommandResult, KeepAlive, Lease, Machine, MachineInfo, MachineNotFoundError, MachineURL, Metric,
-  NullspaceError, OutputChunk, Snapshot,
+  CommandHandle, CommandResult, FileEvent, KeepAlive, Lease, Machine, MachineInfo, MachineNotFoundError, MachineURL, Metric,
+  NullspaceError, OutputChunk, PtyHandle, Snapshot, WatchHandle,
 } from "nullspace";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
@@ -34,6 +34,17 @@ export async function main(): Promise<void> {
   }
   for await (const metric of resumed.monitor()) is<Equal<typeof metric, Metric>>();
   for await (const m of Machine.list({ state: "running", metadata: { user: "42" } })) is<Equal<typeof m, MachineInfo>>();
+  const t = await resumed.pty.create({ size: { rows: 30, cols: 100 }, onData: (b) => is<Equal<typeof b, Uint8Array>>() && undefined });
+  is<Equal<typeof t, PtyHandle>>();
+  await t.sendStdin(new Uint8Array([3]));
+  await t.resize({ rows: 40, cols: 120 });
+  {
+    await using w = await resumed.files.watchDir("/workspace", { recursive: true });
+    is<Equal<typeof w, WatchHandle>>();
+    for await (const ev of w) is<Equal<typeof ev, FileEvent>>();
+    const polled: FileEvent[] = await w.getNewEvents();
+    void polled;
+  }
   const url: MachineURL = await resumed.getUrl(8080);
   void [snap, url];
   try {
