@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,6 +152,29 @@ func TestAttach(t *testing.T) {
 	p.until("stdin-closed")
 	if exit := p.until(""); exit["type"] != "exit" || exit["exit_code"] != float64(0) {
 		t.Fatalf("plain command's last message %v", exit)
+	}
+
+	// A client that never reads does not hold the command up: 4 MiB of
+	// terminal output runs to its end while the socket is not read.
+	npid, err := env.client.StartCommand(ctx, latest.LatestID, api.RunCommandRequest{
+		Shell: "yes | head -n 2000000", PTY: &api.PTYSize{Rows: 24, Cols: 80}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attach(t, latest.LatestID, npid, client.AttachOptions{}) // never read
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		procs, err := env.client.ListProcesses(ctx, latest.LatestID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := slices.IndexFunc(procs, func(p api.Process) bool { return p.PID == npid }); i >= 0 && !procs[i].Running {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a command whose only reader never reads did not finish")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	// A machine with auto_resume wakes for an attach without connect=true.

@@ -142,8 +142,8 @@ func testConfig(dataDir string) server.Config {
 	cfg.Names = testNames
 	cfg.Version = "e2e"
 	cfg.MetricsInterval = 500 * time.Millisecond
-	// Two idle snapshots (~3.5 MiB each) exceed it: TestPersistence
-	// evicts sticky machines with it. Machines of other tests are
+	// Two paused states holding 3.3 MB of random bytes each exceed it:
+	// TestPersistence evicts sticky machines with it. Machines of other tests are
 	// persistent and never evicted.
 	cfg.SnapshotBudgetMB = 6
 	// Beside a server of `make run` on the default port; the crash

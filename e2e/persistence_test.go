@@ -15,12 +15,17 @@ import (
 // an ephemeral machine cannot be paused and is destroyed where it would be.
 func TestPersistence(t *testing.T) {
 	killAll() // only this test's snapshots count against the budget
+	// 3.3 MB of random bytes in memory: each paused state is over half the
+	// 6 MiB budget whatever an idle machine's state compresses to.
+	const ballast = "head -c 3300000 /dev/urandom > /dev/shm/ballast"
 	a := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
 	if a.Persistence != api.PersistenceSticky {
 		t.Fatalf("persistence = %q", a.Persistence)
 	}
+	run(t, a.ID, ballast)
 	pause(t, a.ID)
 	b := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
+	run(t, b.ID, ballast)
 	pause(t, b.ID)
 	evicted := waitState(t, a.ID, api.StateFailed, 10*time.Second)
 	if !strings.Contains(evicted.Error, "evicted") {
@@ -36,7 +41,7 @@ func TestPersistence(t *testing.T) {
 	}
 
 	c := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
-	run(t, c.ID, "echo kept > /root/keep.txt")
+	run(t, c.ID, "echo kept > /root/keep.txt; "+ballast)
 	pause(t, c.ID)
 	waitState(t, b.ID, api.StateFailed, 10*time.Second)
 	r, err := env.client.Connect(t.Context(), c.ID)
@@ -70,6 +75,7 @@ func TestPersistence(t *testing.T) {
 	stopMachine(t, s1.ID, 0)
 	for range 2 {
 		p := newMachine(t, api.CreateMachineRequest{Template: "minimal", Persistence: api.PersistenceSticky})
+		run(t, p.ID, ballast)
 		pause(t, p.ID)
 	}
 	evicted = waitState(t, s1.ID, api.StateFailed, 10*time.Second)

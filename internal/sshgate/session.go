@@ -277,40 +277,82 @@ func newConn(ch ssh.Channel, reqs <-chan *ssh.Request, pty bool, done <-chan str
 			return false
 		}
 	}
+	// The channel's data and its requests come apart (Read, and a Go
+	// channel); the client's order between them matters (a window change,
+	// then "stty size"). x/crypto queues a request before it buffers the
+	// data that followed it, so one goroutine taking requests first keeps
+	// the order.
+	data := make(chan []byte)
 	go func() {
+		defer close(data)
 		buf := make([]byte, 32<<10)
 		for {
 			n, err := ch.Read(buf)
-			if n > 0 && !send(terminal.Input{Bytes: append([]byte(nil), buf[:n]...)}) {
-				return
+			if n > 0 {
+				select {
+				case data <- append([]byte(nil), buf[:n]...):
+				case <-done:
+					return
+				}
 			}
 			if err != nil {
-				// The client's input ended (EOF); a terminal has no
-				// end of input, a plain command sees one on stdin.
-				if errors.Is(err, io.EOF) && !pty {
-					send(terminal.Input{CloseStdin: true})
-				}
 				return
 			}
 		}
 	}()
+	request := func(req *ssh.Request) bool {
+		switch req.Type {
+		case "window-change":
+			var w windowChange
+			if ssh.Unmarshal(req.Payload, &w) == nil && pty {
+				return send(terminal.Input{Resize: ptySize(w.Rows, w.Cols)})
+			}
+		case "signal":
+			var s signalRequest
+			if ssh.Unmarshal(req.Payload, &s) == nil && s.Signal != "" {
+				signal("SIG" + s.Signal)
+			}
+		default:
+			if req.WantReply {
+				req.Reply(false, nil)
+			}
+		}
+		return true
+	}
 	go func() {
 		defer close(c.gone)
-		for req := range reqs {
-			switch req.Type {
-			case "window-change":
-				var w windowChange
-				if ssh.Unmarshal(req.Payload, &w) == nil && pty {
-					send(terminal.Input{Resize: ptySize(w.Rows, w.Cols)})
+		for reqs != nil || data != nil {
+			select { // requests first: they came before the data after them
+			case req, ok := <-reqs:
+				if !ok {
+					return // the client closed the channel
 				}
-			case "signal":
-				var s signalRequest
-				if ssh.Unmarshal(req.Payload, &s) == nil && s.Signal != "" {
-					signal("SIG" + s.Signal)
+				if !request(req) {
+					return
 				}
+				continue
 			default:
-				if req.WantReply {
-					req.Reply(false, nil)
+			}
+			select {
+			case req, ok := <-reqs:
+				if !ok {
+					return
+				}
+				if !request(req) {
+					return
+				}
+			case b, ok := <-data:
+				if !ok {
+					// The client's input ended (EOF): a terminal has no
+					// end of input, a plain command sees one on stdin.
+					data = nil
+					if !pty && !send(terminal.Input{CloseStdin: true}) {
+						return
+					}
+					continue
+				}
+				if !send(terminal.Input{Bytes: b}) {
+					return
 				}
 			}
 		}
