@@ -1,9 +1,10 @@
 // Package terminal joins an interactive client to a command running in a
 // machine: the command's output, from a byte offset, goes to the client as
 // it comes, and the client's keystrokes and resizes go to the command. The
-// client side is a Conn (a WebSocket in httpapi today); the machine side is
-// the agent's command routes. Either side ending ends the session; the
-// command itself runs on (a dropped client reattaches later by pid).
+// client side is a Conn (a WebSocket in httpapi, an SSH channel in
+// sshgate); the machine side is the agent's command routes. Either side
+// ending ends the session; the command itself runs on (a dropped client
+// reattaches later by pid).
 package terminal
 
 import (
@@ -23,8 +24,8 @@ type Agent interface {
 	Resize(ctx context.Context, pid int, size api.PTYSize) error
 }
 
-// Input is one message from the client: keystrokes, a new size, or the
-// end of its input (a command not on a terminal sees EOF on stdin).
+// Input is one message from the client, one of: keystrokes, a new size, or
+// the end of its input (a command not on a terminal sees EOF on stdin).
 type Input struct {
 	Bytes      []byte
 	Resize     *api.PTYSize
