@@ -115,4 +115,13 @@ func TestPTY(t *testing.T) {
 			break
 		}
 	}
+
+	// A terminal on a killed machine is refused, like any command.
+	if _, err := env.client.KillMachine(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = env.client.StartCommand(ctx, r.ID, api.RunCommandRequest{Cmd: []string{"sh"}, PTY: &api.PTYSize{Rows: 24, Cols: 80}})
+	wantCode(t, err, "machine_not_running")
+	_, err = env.client.Attach(ctx, r.ID, pid, client.AttachOptions{})
+	wantCode(t, err, "machine_not_running")
 }

@@ -408,7 +408,7 @@ func TestTerminalKeepsMachineAwake(t *testing.T) {
 	select {
 	case err := <-waitDone:
 		var ee *ssh.ExitError
-		if !errors.As(err, &ee) || ee.ExitStatus() != 255 || !strings.Contains(term.stderr.String(), "stopped running") {
+		if !errors.As(err, &ee) || ee.ExitStatus() != 255 || !strings.Contains(term.stderr.String(), "was paused") {
 			t.Fatalf("session ended %v, stderr %q; want status 255 and a notice", err, term.stderr.String())
 		}
 	case <-time.After(10 * time.Second):

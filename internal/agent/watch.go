@@ -65,9 +65,7 @@ func (ws *watches) open(id string) (*fswatch.Watcher, func(), error) {
 	defer ws.mu.Unlock()
 	e, ok := ws.m[id]
 	if !ok {
-		return nil, nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeWatchNotFound,
-			fmt.Sprintf("no file watch %s in this machine", id),
-			fmt.Sprintf("start a new watch: watches end when removed, when their directory goes, or %s after their last reader left", watchIdle))
+		return nil, nil, watchNotFound(id)
 	}
 	e.readers++
 	return e.w, func() {
@@ -84,10 +82,15 @@ func (ws *watches) remove(id string) error {
 	delete(ws.m, id)
 	ws.mu.Unlock()
 	if !ok {
-		_, _, err := ws.open(id)
-		return err
+		return watchNotFound(id)
 	}
 	return e.w.Close()
+}
+
+func watchNotFound(id string) error {
+	return errdefs.New(errdefs.ErrNotFound, errdefs.CodeWatchNotFound,
+		fmt.Sprintf("no file watch %s in this machine", id),
+		fmt.Sprintf("start a new watch: watches end when removed, when their directory goes, or %s after their last reader left", watchIdle))
 }
 
 // restored restarts every watch's idle clock: the time a machine spent

@@ -86,12 +86,16 @@ func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team stri
 	go func() {
 		select {
 		case <-ctx.Done():
-			reason := fmt.Sprintf("machine %s stopped running; process %d is kept in its state: attach again with connect=true", id, pid)
+			state := ""
+			if rec, err := s.machines.Get(context.WithoutCancel(ctx), team, id); err == nil {
+				state = rec.State
+			}
+			reason := terminal.Gone(id, pid, state, "attach again with connect=true")
 			if r.Context().Err() != nil {
 				reason = fmt.Sprintf("the server is shutting down; process %d runs on: attach again", pid)
 			}
 			close(told)
-			ws.Close(websocket.StatusGoingAway, reason) // waits a moment for the client's answer
+			ws.Close(websocket.StatusGoingAway, truncate(reason, 123)) // waits a moment for the client's answer
 			cancelRun()
 		case <-run.Done():
 		}

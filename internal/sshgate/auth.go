@@ -68,6 +68,8 @@ func loadHostKey(path string) (ssh.Signer, error) {
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("ssh host key: %w", err)
+	} else if err := private(path); err != nil {
+		return nil, err
 	}
 	signer, err := ssh.ParsePrivateKey(b)
 	if err != nil {
@@ -101,6 +103,8 @@ func openTokens(path string) (*Tokens, error) {
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("ssh token secret: %w", err)
+	} else if err := private(path); err != nil {
+		return nil, err
 	}
 	if len(b) < 32 {
 		return nil, fmt.Errorf("ssh token secret %s is shorter than 32 bytes: delete it to make a new one", path)
@@ -148,4 +152,16 @@ func (k *Tokens) verify(token string, now time.Time) (tokenClaims, error) {
 			time.Unix(c.Expires, 0).UTC().Format(time.RFC3339))
 	}
 	return c, nil
+}
+
+// private refuses a secret file that others may read.
+func private(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
 }

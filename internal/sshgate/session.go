@@ -180,7 +180,11 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 			agent.Signal(context.WithoutCancel(ctx), pid, "SIGHUP")
 		}
 	case running.Err() != nil:
-		ss.notice(fmt.Sprintf("machine %s stopped running (paused or stopped); the command is kept in its state: ssh again to wake it", t.MachineID), pty != nil)
+		state := ""
+		if now, err := ss.gate.machines.Route(context.WithoutCancel(ctx), ss.lineage); err == nil && now.MachineID == t.MachineID {
+			state = now.State
+		}
+		ss.notice(terminal.Gone(t.MachineID, pid, state, "ssh again (with auto_resume it wakes), and reattach with `nullspace shell --pid`"), pty != nil)
 		ss.exit(255)
 	case err != nil:
 		log.Warn("ssh session", "err", err)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -75,6 +76,10 @@ func TestTokens(t *testing.T) {
 		t.Fatal("reopen")
 	} else if _, err := k2.verify(tok, now); err != nil {
 		t.Errorf("after reopening: %v", err)
+	}
+	os.Chmod(dir+"/secret", 0o644)
+	if _, err := openTokens(dir + "/secret"); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("a secret others may read: %v", err)
 	}
 	other, _ := openTokens(t.TempDir() + "/secret")
 	if _, err := other.verify(tok, now); err == nil {

@@ -10,6 +10,7 @@ package terminal
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 
 	"nullspace.dev/nullspace/api"
@@ -134,4 +135,19 @@ func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity fu
 			return err
 		}
 	}
+}
+
+// Gone says, for a client whose session ended because its machine stopped
+// running, what became of the machine, by the state it is now in, and
+// (again) how to get back to a paused one.
+func Gone(machineID string, pid int, state, again string) string {
+	switch state {
+	case api.StatePaused, api.StatePausing:
+		return fmt.Sprintf("machine %s was paused (process %d lives on in its state): %s", machineID, pid, again)
+	case api.StateStopped, api.StateStopping:
+		return fmt.Sprintf("machine %s was stopped, which ended its processes", machineID)
+	case api.StateKilled, api.StateKilling:
+		return fmt.Sprintf("machine %s was killed", machineID)
+	}
+	return fmt.Sprintf("machine %s is no longer running", machineID)
 }
