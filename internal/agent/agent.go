@@ -219,6 +219,7 @@ func (a *Agent) routes() http.Handler {
 		{"GET /commands", a.listCommands},
 		{"GET /commands/{pid}/output", a.commandOutput},
 		{"POST /commands/{pid}/stdin", a.commandStdin},
+		{"POST /commands/{pid}/stdin/stream", a.commandStdinStream},
 		{"POST /commands/{pid}/signal", a.signalCommand},
 		{"POST /commands/{pid}/resize", a.resizeCommand},
 		{"DELETE /commands/{pid}", a.killCommand},

@@ -549,6 +549,56 @@ func TestStdin(t *testing.T) {
 	wantCode(t, err, errdefs.ErrFailedPrecondition, errdefs.CodeFailedPrecondition)
 }
 
+// TestStdinStream: one open request carries a command's stdin as it is
+// written (each write reaches the command before the next), in order with
+// the end of input sent after it; a stream to a command whose stdin is
+// closed is refused.
+func TestStdinStream(t *testing.T) {
+	ta := newAgent(t)
+	ctx := t.Context()
+	started, err := ta.c.Start(ctx, api.RunCommandRequest{Cmd: []string{"cat"}, KeepStdinOpen: true})
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	out, err := ta.c.Output(ctx, started.PID, agentclient.OutputOptions{Follow: true})
+	if err != nil {
+		t.Fatalf("Output: %v", err)
+	}
+	defer out.Close()
+	in := ta.c.OpenStdin(ctx, started.PID)
+	var seen []byte
+	for _, word := range []string{"one ", "two ", "three"} {
+		if _, err := in.Write([]byte(word)); err != nil {
+			t.Fatalf("Write: %v", err)
+		}
+		// cat echoes each write while the request is still open.
+		for !strings.HasSuffix(string(seen), word) {
+			if !out.Next() {
+				t.Fatalf("output ended: %v", out.Err())
+			}
+			seen = append(seen, out.Event().Data...)
+		}
+	}
+	if err := in.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := ta.c.WriteStdin(ctx, started.PID, api.StdinRequest{Close: true}); err != nil {
+		t.Fatalf("close stdin: %v", err)
+	}
+	for out.Next() {
+		if ev := out.Event(); ev.Type == api.EventExit {
+			break
+		}
+	}
+	if string(seen) != "one two three" {
+		t.Fatalf("stdout %q", seen)
+	}
+	late := ta.c.OpenStdin(ctx, started.PID)
+	late.Write([]byte("x"))
+	err = late.Close()
+	wantCode(t, err, errdefs.ErrFailedPrecondition, errdefs.CodeFailedPrecondition)
+}
+
 func TestSignalAndKill(t *testing.T) {
 	ta := newAgent(t)
 	ctx := t.Context()

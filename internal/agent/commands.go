@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"syscall"
@@ -161,6 +163,33 @@ func (a *Agent) commandStdin(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := p.writeStdin(r.Context(), append([]byte(req.Data), req.Bytes...), req.Close); err != nil {
 		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// commandStdinStream copies its request body to a command's stdin as it
+// comes: one request for a whole session's keystrokes instead of one per
+// keystroke. It answers when the body ends.
+func (a *Agent) commandStdinStream(w http.ResponseWriter, r *http.Request) error {
+	p, err := a.process(r)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := r.Body.Read(buf)
+		if n > 0 {
+			if err := p.writeStdin(r.Context(), buf[:n], false); err != nil {
+				return err
+			}
+		}
+		if errors.Is(rerr, io.EOF) {
+			break
+		}
+		if rerr != nil {
+			return nil // the client went away
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

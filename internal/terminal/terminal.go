@@ -112,7 +112,21 @@ func pumpOutput(ctx context.Context, stream *agentclient.EventStream, conn Conn,
 	return stream.Err()
 }
 
+// stdinOpener is an Agent that keeps one stdin stream open for a whole
+// session (an *agentclient.Client): a keystroke is then a write on an open
+// request, not a request of its own.
+type stdinOpener interface {
+	OpenStdin(ctx context.Context, pid int) *agentclient.StdinStream
+}
+
 func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity func()) error {
+	var stdin *agentclient.StdinStream
+	defer func() {
+		if stdin != nil {
+			stdin.Close()
+		}
+	}()
+	opener, streams := agent.(stdinOpener)
 	for {
 		in, err := conn.Input(ctx)
 		if err != nil {
@@ -123,8 +137,23 @@ func pumpInput(ctx context.Context, agent Agent, pid int, conn Conn, activity fu
 		switch {
 		case in.Resize != nil:
 			err = agent.Resize(ctx, pid, *in.Resize)
-		case len(in.Bytes) > 0 || in.CloseStdin:
-			err = agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes, Close: in.CloseStdin})
+		case in.CloseStdin:
+			if stdin != nil {
+				// Every byte typed reaches the command before its end.
+				err, stdin = stdin.Close(), nil
+			}
+			if err == nil {
+				err = agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes, Close: true})
+			}
+		case len(in.Bytes) > 0 && streams:
+			if stdin == nil {
+				stdin = opener.OpenStdin(ctx, pid)
+			}
+			if _, err = stdin.Write(in.Bytes); err != nil {
+				stdin = nil // refused: the next keystroke opens another
+			}
+		case len(in.Bytes) > 0:
+			err = agent.WriteStdin(ctx, pid, api.StdinRequest{Bytes: in.Bytes})
 		}
 		if errors.Is(err, errdefs.ErrInvalidArgument) {
 			// A size out of range, or an end of input for a terminal:

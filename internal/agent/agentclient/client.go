@@ -258,6 +258,52 @@ func (c *Client) WriteStdin(ctx context.Context, pid int, req api.StdinRequest) 
 	return c.doJSON(ctx, http.MethodPost, "/commands/"+strconv.Itoa(pid)+"/stdin", nil, req, nil)
 }
 
+// StdinStream is one open request whose body is a command's stdin: each
+// Write reaches the command as it is made (a chunk, flushed), without a
+// request per keystroke.
+type StdinStream struct {
+	w    *io.PipeWriter
+	done chan error
+}
+
+// OpenStdin opens a stdin stream to a command; Close ends it and returns
+// the agent's answer.
+func (c *Client) OpenStdin(ctx context.Context, pid int) *StdinStream {
+	pr, pw := io.Pipe()
+	s := &StdinStream{w: pw, done: make(chan error, 1)}
+	go func() {
+		resp, err := c.do(ctx, http.MethodPost, "/commands/"+strconv.Itoa(pid)+"/stdin/stream", nil, pr, "application/octet-stream")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		pr.CloseWithError(err) // a Write after the agent gave up fails
+		s.done <- err
+	}()
+	return s
+}
+
+// Write sends b; once the agent has refused the stream it returns why.
+func (s *StdinStream) Write(b []byte) (int, error) {
+	n, err := s.w.Write(b)
+	if err != nil {
+		if aerr := <-s.done; aerr != nil {
+			s.done <- aerr
+			return n, aerr
+		}
+		s.done <- nil
+	}
+	return n, err
+}
+
+// Close ends the stream once every byte written has reached the command.
+func (s *StdinStream) Close() error {
+	s.w.Close()
+	err := <-s.done
+	s.done <- err
+	return err
+}
+
 // Resize changes the size of a command's terminal (one started with PTY).
 func (c *Client) Resize(ctx context.Context, pid int, size api.PTYSize) error {
 	return c.doJSON(ctx, http.MethodPost, "/commands/"+strconv.Itoa(pid)+"/resize", nil, size, nil)
