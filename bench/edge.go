@@ -85,18 +85,11 @@ func measureEdge(ctx context.Context, cfg config, ns *nullspaceSide, res *result
 		tmpl = template.Base
 	}
 	fmt.Fprintf(os.Stderr, "bench: edge (template %s): wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes\n", tmpl)
-	m, err := ns.client.CreateMachine(ctx, api.CreateMachineRequest{Template: tmpl, CPUCount: cfg.cpus, MemoryMB: cfg.memoryMB,
-		OnTimeout: api.TimeoutPause, AutoResume: true, TimeoutMS: ptr(int64(time.Hour / time.Millisecond))})
+	m, release, err := ns.autoResumeMachine(ctx, tmpl)
 	if err != nil {
 		return err
 	}
-	ns.live[m.ID] = true
-	defer func() {
-		if info, err := ns.client.GetMachine(context.WithoutCancel(ctx), m.ID); err == nil {
-			ns.client.KillMachine(context.WithoutCancel(ctx), info.LatestID)
-		}
-		delete(ns.live, m.ID)
-	}()
+	defer release()
 	if err := startEdgeServers(ctx, ns.client, m.ID, tmpl); err != nil {
 		return err
 	}

@@ -155,6 +155,23 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	return s, nil
 }
 
+// autoResumeMachine creates a machine that pauses at the end of an hour's
+// lease and wakes on traffic; release kills its latest execution.
+func (s *nullspaceSide) autoResumeMachine(ctx context.Context, tmpl string) (*api.Machine, func(), error) {
+	m, err := s.client.CreateMachine(ctx, api.CreateMachineRequest{Template: tmpl, CPUCount: s.cfg.cpus, MemoryMB: s.cfg.memoryMB,
+		OnTimeout: api.TimeoutPause, AutoResume: true, TimeoutMS: ptr(int64(time.Hour / time.Millisecond))})
+	if err != nil {
+		return nil, nil, err
+	}
+	s.live[m.ID] = true
+	return m, func() {
+		if info, err := s.client.GetMachine(context.WithoutCancel(ctx), m.ID); err == nil {
+			s.client.KillMachine(context.WithoutCancel(ctx), info.LatestID)
+		}
+		delete(s.live, m.ID)
+	}, nil
+}
+
 // create creates a machine and runs its first command; it returns the
 // machine id and the time to each.
 func (s *nullspaceSide) create(ctx context.Context, tmpl string, memoryMB int) (id string, created, firstCmd time.Duration, err error) {

@@ -58,18 +58,11 @@ func measureTerminal(ctx context.Context, cfg config, ns *nullspaceSide, raw *ra
 	}
 	defer cleanupKey()
 
-	m, err := ns.client.CreateMachine(ctx, api.CreateMachineRequest{Template: tmpl, CPUCount: cfg.cpus, MemoryMB: cfg.memoryMB,
-		OnTimeout: api.TimeoutPause, AutoResume: true, TimeoutMS: ptr(int64(time.Hour / time.Millisecond))})
+	m, release, err := ns.autoResumeMachine(ctx, tmpl)
 	if err != nil {
 		return err
 	}
-	ns.live[m.ID] = true
-	defer func() {
-		if info, err := ns.client.GetMachine(context.WithoutCancel(ctx), m.ID); err == nil {
-			ns.client.KillMachine(context.WithoutCancel(ctx), info.LatestID)
-		}
-		delete(ns.live, m.ID)
-	}()
+	defer release()
 
 	// Keystroke echo, the three ways, interleaved.
 	wsEcho, closeWS, err := wsTerminalEcho(ctx, ns.client, m.ID)
