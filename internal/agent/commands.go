@@ -65,26 +65,15 @@ func (a *Agent) commandOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	follow := false
-	if s := q.Get("follow"); s != "" {
-		if follow, err = strconv.ParseBool(s); err != nil {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("invalid follow %q", s), "pass follow=true or follow=false")
-		}
+	follow, err := queryBool(r, "follow")
+	if err != nil {
+		return err
 	}
 	var offsets [2]int64
 	for i, name := range []string{"stdout_offset", "stderr_offset"} {
-		s := q.Get(name)
-		if s == "" {
-			continue
+		if offsets[i], err = queryCount(r, name, "pass a byte offset of 0 or more"); err != nil {
+			return err
 		}
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n < 0 {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("invalid %s %q", name, s), "pass a byte offset of 0 or more")
-		}
-		offsets[i] = n
 	}
 	a.streamOutput(r.Context(), w, p, offsets[0], offsets[1], follow, false)
 	return nil

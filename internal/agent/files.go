@@ -518,9 +518,14 @@ func queryPath(r *http.Request, name string) (string, error) {
 }
 
 func queryBool(r *http.Request, name string) (bool, error) {
+	return queryBoolOr(r, name, false)
+}
+
+// queryBoolOr reads a boolean parameter, def when it is absent.
+func queryBoolOr(r *http.Request, name string, def bool) (bool, error) {
 	s := r.URL.Query().Get(name)
 	if s == "" {
-		return false, nil
+		return def, nil
 	}
 	b, err := strconv.ParseBool(s)
 	if err != nil {
@@ -528,6 +533,21 @@ func queryBool(r *http.Request, name string) (bool, error) {
 			fmt.Sprintf("invalid %s %q", name, s), fmt.Sprintf("pass %s=true or %s=false", name, name))
 	}
 	return b, nil
+}
+
+// queryCount reads a parameter that is 0 or more (0 when absent); action
+// says what to pass instead of a bad one.
+func queryCount(r *http.Request, name, action string) (int64, error) {
+	s := r.URL.Query().Get(name)
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("invalid %s %q", name, s), action)
+	}
+	return n, nil
 }
 
 // cleanPath accepts absolute paths without NUL bytes, outside reservedDir,

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -123,26 +122,15 @@ func (ws *watches) gc() {
 // existing one from after its seq `after`. follow=false returns what is
 // held at once (for polling).
 func (a *Agent) watchFiles(w http.ResponseWriter, r *http.Request) error {
-	q := r.URL.Query()
-	follow := true
-	if v := q.Get("follow"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("invalid follow %q", v), "pass follow=true or follow=false")
-		}
-		follow = b
+	follow, err := queryBoolOr(r, "follow", true)
+	if err != nil {
+		return err
 	}
-	var after int64
-	if v := q.Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("invalid after %q", v), "pass the seq of the last event seen, or 0")
-		}
-		after = n
+	after, err := queryCount(r, "after", "pass the seq of the last event seen, or 0")
+	if err != nil {
+		return err
 	}
-	id := q.Get("watch_id")
+	id := r.URL.Query().Get("watch_id")
 	var first *api.FileEvent
 	if id == "" {
 		path, err := queryPath(r, "path")
