@@ -109,14 +109,7 @@ func measureEdge(ctx context.Context, cfg config, ns *nullspaceSide, res *result
 	// Wake on HTTP, interleaved with connect + direct.
 	for i := range cfg.n {
 		for _, side := range alternate(i, sideNullspace, sideDirect) {
-			head, err := latest(ctx, ns.client, m.ID)
-			if err != nil {
-				return err
-			}
-			if _, err := ns.client.Pause(ctx, head); err != nil {
-				return err
-			}
-			if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			if err := pauseSettled(ctx, ns.client, m.ID); err != nil {
 				return err
 			}
 			var took time.Duration
@@ -279,6 +272,19 @@ func latest(ctx context.Context, c *client.Client, id string) (string, error) {
 		return "", err
 	}
 	return m.LatestID, nil
+}
+
+// pauseSettled pauses the latest execution of machine id and lets the host
+// settle for 200 ms, so that a wake measured next starts from quiet.
+func pauseSettled(ctx context.Context, c *client.Client, id string) error {
+	head, err := latest(ctx, c, id)
+	if err != nil {
+		return err
+	}
+	if _, err := c.Pause(ctx, head); err != nil {
+		return err
+	}
+	return sleep(ctx, 200*time.Millisecond)
 }
 
 // lastEventSeq returns the sequence number of the newest event.

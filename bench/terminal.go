@@ -112,14 +112,7 @@ func measureTerminal(ctx context.Context, cfg config, ns *nullspaceSide, raw *ra
 	// connect + the same ssh.
 	for i := range cfg.n {
 		for _, side := range alternate(i, sideSSH, sideConnectSSH) {
-			head, err := latest(ctx, ns.client, m.ID)
-			if err != nil {
-				return err
-			}
-			if _, err := ns.client.Pause(ctx, head); err != nil {
-				return err
-			}
-			if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			if err := pauseSettled(ctx, ns.client, m.ID); err != nil {
 				return err
 			}
 			start := time.Now()

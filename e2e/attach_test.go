@@ -90,11 +90,7 @@ func (a *attached) until(want string) map[string]any {
 func TestAttach(t *testing.T) {
 	ctx := t.Context()
 	m := newMachine(t, api.CreateMachineRequest{Template: "base"})
-	pid, err := env.client.StartCommand(ctx, m.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
-		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid := startBash(t, m.ID)
 	a := attach(t, m.ID, pid, client.AttachOptions{})
 	a.resize(30, 100)
 	a.keys("stty size\n")
@@ -179,11 +175,7 @@ func TestAttach(t *testing.T) {
 
 	// A machine with auto_resume wakes for an attach without connect=true.
 	auto := newMachine(t, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", AutoResume: true})
-	apid, err := env.client.StartCommand(ctx, auto.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
-		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	apid := startBash(t, auto.ID)
 	pause(t, auto.ID)
 	d := attach(t, auto.ID, apid, client.AttachOptions{})
 	d.keys("echo woken-by-attach\n")

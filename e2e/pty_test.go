@@ -42,6 +42,18 @@ func terminal(t *testing.T, id string, pid int, want string) string {
 	return ""
 }
 
+// startBash starts an interactive bash (no rc files, prompt "$ ") on a
+// 24x80 terminal in machine id and returns its pid.
+func startBash(t *testing.T, id string) int {
+	t.Helper()
+	pid, err := env.client.StartCommand(t.Context(), id, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
+		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
 // TestPTY: bash on a terminal in a real machine: the size asked for, a
 // resize stty sees, TERM, ^C interrupting the foreground sleep, the exit
 // code; then a shell with a variable set survives a pause and resume and is
@@ -49,11 +61,7 @@ func terminal(t *testing.T, id string, pid int, want string) string {
 func TestPTY(t *testing.T) {
 	ctx := t.Context()
 	m := newMachine(t, api.CreateMachineRequest{Template: "base"})
-	pid, err := env.client.StartCommand(ctx, m.ID, api.RunCommandRequest{Cmd: []string{"bash", "--norc", "-i"},
-		PTY: &api.PTYSize{Rows: 24, Cols: 80}, Env: map[string]string{"PS1": "$ "}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pid := startBash(t, m.ID)
 	keys := func(id, s string) {
 		t.Helper()
 		if err := env.client.WriteStdin(ctx, id, pid, api.StdinRequest{Bytes: []byte(s)}); err != nil {
