@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps runsc run test bench vet typecheck-python typescript-sdk clean
+.PHONY: all build deps runsc run test bench vet typecheck-python typescript-sdk e2b-sdk e2b-proto clean
 
 all: build
 
@@ -45,9 +45,18 @@ typecheck-python:
 typescript-sdk:
 	@scripts/typescript-sdk.sh
 
+# E2B's JavaScript SDK at its pinned releases, for e2e TestE2BSDK.
+e2b-sdk:
+	@scripts/e2b-sdk.sh
+
+# Regenerates the Go code of E2B's envd protos (committed; only needed when
+# internal/e2bcompat/envd/spec changes).
+e2b-proto:
+	@scripts/e2b-proto.sh
+
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
-test: build vet typecheck-python typescript-sdk
+test: build vet typecheck-python typescript-sdk e2b-sdk
 	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 90 s)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...

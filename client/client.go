@@ -271,6 +271,15 @@ func (c *Client) do(ctx context.Context, r request, out any) error {
 type Health struct {
 	OK      bool   `json:"ok"`
 	Version string `json:"version"`
+	// E2B is where the E2B-compatible API listens (serve --e2b-compat);
+	// nil without it.
+	E2B *HealthE2B `json:"e2b,omitempty"`
+}
+
+// HealthE2B locates the E2B-compatible API.
+type HealthE2B struct {
+	URL    string `json:"url"`              // E2B_API_URL and E2B_SANDBOX_URL
+	Domain string `json:"domain,omitempty"` // E2B_DOMAIN: the edge's domain; empty without an edge
 }
 
 // Health reports whether the server is up, and its version. It needs no key.

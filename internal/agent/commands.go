@@ -22,17 +22,16 @@ func (a *Agent) runCommand(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(w, r, maxCommandBody, &req); err != nil {
 		return err
 	}
-	if req.Background && req.Stream {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			"background and stream are both set",
-			"start it in the background, then stream its output with GET /commands/{pid}/output?follow=true")
-	}
 	p, err := a.procs.start(req)
 	if err != nil {
 		return err
 	}
 	ctx := r.Context()
 	switch {
+	case req.Background && req.Stream:
+		// A command that outlives its stream (E2B's commands): the
+		// stream ending, for whatever reason, leaves it running.
+		a.streamOutput(ctx, w, p, 0, 0, true, true)
 	case req.Background:
 		writeJSON(w, http.StatusAccepted, api.CommandStarted{PID: p.pid})
 	case req.Stream:
@@ -69,11 +68,21 @@ func (a *Agent) commandOutput(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	live, err := queryBool(r, "live")
+	if err != nil {
+		return err
+	}
 	var offsets [2]int64
 	for i, name := range []string{"stdout_offset", "stderr_offset"} {
 		if offsets[i], err = queryCount(r, name, "pass a byte offset of 0 or more"); err != nil {
 			return err
 		}
+	}
+	if live {
+		// Only what is written from now on: the buffered output is skipped.
+		p.out.mu.Lock()
+		offsets[0], offsets[1] = p.out.stdout.end, p.out.stderr.end
+		p.out.mu.Unlock()
 	}
 	a.streamOutput(r.Context(), w, p, offsets[0], offsets[1], follow, false)
 	return nil

@@ -1,9 +1,12 @@
 // Package atomicfile writes small files so that a reader sees the old
 // content or the new, never a part: a temporary file in the same
-// directory, fsynced, renamed over the target.
+// directory, fsynced, renamed over the target; and the server's random
+// secrets, made once and kept private.
 package atomicfile
 
 import (
+	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -35,4 +38,35 @@ func Write(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Secret returns the random secret kept in path, creating it (n bytes,
+// mode 0600) on first use. A secret that others may read, or shorter than
+// n bytes, is refused with what to do.
+func Secret(path string, n int) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		b = make([]byte, n)
+		if _, err := rand.Read(b); err != nil {
+			return nil, err
+		}
+		if err := Write(path, b, 0o600); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	if len(b) < n {
+		return nil, fmt.Errorf("%s is shorter than %d bytes: delete it to make a new one", path, n)
+	}
+	return b, nil
 }

@@ -84,6 +84,7 @@ on the server host they need no configuration.`,
 		a.volumeCommand(),
 		a.eventsCommand(),
 		a.metricsCommand(),
+		a.e2bCommand(),
 	)
 	return root
 }

@@ -16,7 +16,8 @@ import (
 func NewServeCommand(version string) *cobra.Command {
 	cfg := server.Defaults()
 	cfg.Version = version
-	var templates, logLevel string
+	var templates, logLevel, e2bAddr string
+	var e2bCompat bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Nullspace server (API, machine manager, runtime); needs root",
@@ -36,6 +37,9 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 				return usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", logLevel)}
 			}
 			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if e2bCompat {
+				cfg.E2BAddr = e2bAddr
+			}
 			cfg.BuiltinTemplates = nil
 			for _, t := range strings.Split(templates, ",") {
 				if t = strings.TrimSpace(t); t != "" {
@@ -70,6 +74,8 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.DurationVar(&cfg.EdgeWakeTimeout, "edge-wake-timeout", cfg.EdgeWakeTimeout, "how long a request is held while its paused machine wakes; then 503 machine_wake_timeout")
 	f.StringSliceVar(&cfg.CORSOrigins, "cors-origin", nil, "browser origins allowed to call the API, e.g. https://app.example.com (repeat or comma-separate; * for any; none by default)")
 	f.StringVar(&cfg.SSHAddr, "ssh-addr", "", "listen address of the SSH gateway, e.g. 127.0.0.1:2222 (`ssh -p 2222 MACHINE-ID@host`; empty: no gateway)")
+	f.BoolVar(&e2bCompat, "e2b-compat", false, "serve the E2B-compatible API (E2B's SDKs, unmodified) on --e2b-addr; `nullspace e2b env` prints the SDKs' variables")
+	f.StringVar(&e2bAddr, "e2b-addr", "127.0.0.1:7703", "listen address of the E2B-compatible API (control plane and envd), with --e2b-compat")
 	f.Int64Var(&cfg.EdgeHoldBodyBytes, "edge-hold-body-bytes", cfg.EdgeHoldBodyBytes, "largest request body held while its machine wakes; a larger one gets 503 machine_wake_body_too_large")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")

@@ -36,6 +36,10 @@ type Error struct {
 	// Status overrides the class's HTTP status when non-zero (e.g. 413 for
 	// file_too_large, which is an invalid argument).
 	Status int
+	// Final says retrying will not help until someone acts, for a class
+	// that is retryable by default (a paused machine without auto_resume
+	// is unavailable, but not for a while).
+	Final bool
 }
 
 func (e *Error) Error() string {
@@ -215,6 +219,9 @@ func Classify(err error) Public {
 		}
 		if e.SuggestedAction != "" {
 			p.SuggestedAction = e.SuggestedAction
+		}
+		if e.Final {
+			p.Retryable = false
 		}
 		return p
 	}

@@ -64,6 +64,19 @@ type Server struct {
 	version   string
 	agent     *http.Client
 	ssh       SSH
+	e2b       *E2B // nil: no E2B-compatible API
+}
+
+// E2B says where the E2B-compatible API is, for GET /v1/health.
+type E2B struct {
+	URL    string `json:"url"`
+	Domain string `json:"domain,omitempty"`
+}
+
+// WithE2B makes the health answer say where the E2B-compatible API is.
+func (s *Server) WithE2B(e *E2B) *Server {
+	s.e2b = e
+	return s
 }
 
 // New returns the API server.
@@ -224,7 +237,11 @@ func decode(r *http.Request, v any) error {
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "version": s.version})
+	out := map[string]any{"ok": true, "version": s.version}
+	if s.e2b != nil {
+		out["e2b"] = s.e2b
+	}
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

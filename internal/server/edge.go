@@ -28,6 +28,9 @@ type edgeListener struct {
 	http *http.Server
 	ln   net.Listener
 	tls  bool
+	// domain is the one machine URLs are under, with the port picked when
+	// the configured one was 0.
+	domain string
 }
 
 // startEdge makes the edge and listens on its address.
@@ -75,7 +78,7 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		}
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	return &edgeListener{edge: e, http: srv, ln: ln, tls: tlsOn}, nil
+	return &edgeListener{edge: e, http: srv, ln: ln, tls: tlsOn, domain: domain}, nil
 }
 
 // pathBase is the origin of path-form URLs: the domain itself, except on

@@ -120,6 +120,10 @@ type Config struct {
 	// SSHAddr is where the SSH gateway listens (internal/sshgate); empty:
 	// no gateway (the default).
 	SSHAddr string
+	// E2BAddr is where the E2B-compatible API listens (internal/e2bcompat:
+	// E2B's control plane and envd on one listener); empty: none (the
+	// default; `serve --e2b-compat` sets it to 127.0.0.1:7703).
+	E2BAddr string
 	// CORSOrigins are the browser origins allowed to call the API ("*" for
 	// any); none by default (internal/cors).
 	CORSOrigins []string
@@ -228,6 +232,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--ssh-addr %q: %w", c.SSHAddr, err)
 		}
 	}
+	if c.E2BAddr != "" {
+		if _, _, err := net.SplitHostPort(c.E2BAddr); err != nil {
+			return fmt.Errorf("--e2b-addr %q: %w", c.E2BAddr, err)
+		}
+	}
 	return c.validateEdge()
 }
 
@@ -296,12 +305,16 @@ type Instance struct {
 	EdgeAddr string
 	// SSHAddr is the address the SSH gateway listens on ("" without one).
 	SSHAddr string
+	// E2BAddr is the address of the E2B-compatible API ("" without one).
+	E2BAddr string
 
 	http     *http.Server
 	edge     *http.Server
 	edgeDone chan struct{}
 	ssh      *sshListener
 	sshDone  chan struct{}
+	e2b      *e2bListener
+	e2bDone  chan struct{}
 	cancel   context.CancelFunc
 	closers  []io.Closer
 	done     chan struct{}
@@ -321,6 +334,11 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 		i.edge.Shutdown(sctx)
 		i.edge.Close()
 		<-i.edgeDone
+	}
+	if i.e2b != nil {
+		i.e2b.http.Shutdown(sctx)
+		i.e2b.http.Close()
+		<-i.e2bDone
 	}
 	if i.ssh != nil {
 		// Sessions end with the server (each tells its client how to
@@ -450,8 +468,22 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		sshAccess.Gate = sshSrv.gate
 		sshAccess.Host, sshAccess.Port = sshgate.Advertised(sshSrv.ln.Addr())
 	}
+	var e2bSrv *e2bListener
+	if cfg.E2BAddr != "" {
+		domain := ""
+		if edgeSrv != nil {
+			domain = edgeSrv.domain
+		}
+		if e2bSrv, err = startE2B(bg, cfg, mgr, &keyAuth{db: db}, domain, logger); err != nil {
+			return nil, err
+		}
+		closers = append(closers, e2bSrv.ln)
+	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess)
+	if e2bSrv != nil {
+		apiServer.WithE2B(e2bSrv.advertised())
+	}
 	corsPolicy, err := cors.Parse(cfg.CORSOrigins)
 	if err != nil {
 		return nil, err
@@ -483,6 +515,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			sshSrv.serve(logger)
 		}()
 	}
+	if e2bSrv != nil {
+		inst.E2BAddr, inst.e2b, inst.e2bDone = e2bSrv.ln.Addr().String(), e2bSrv, make(chan struct{})
+		go func() {
+			defer close(inst.e2bDone)
+			e2bSrv.serve(logger)
+		}()
+	}
 	go mgr.Watch(bg, 2*time.Second)
 	go mgr.RunLeases(bg)
 	go mgr.RunMetrics(bg)
@@ -505,7 +544,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			logger.Error("http server", "err", err)
 		}
 	}()
-	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "ssh_addr", inst.SSHAddr, "edge_domain", cfg.EdgeDomain,
+	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "ssh_addr", inst.SSHAddr, "e2b_addr", inst.E2BAddr, "edge_domain", cfg.EdgeDomain,
 		"data_dir", cfg.DataDir, "api_key_file", keyFile)
 	return inst, nil
 }

@@ -92,22 +92,9 @@ const MaxTokenTTL = 24 * time.Hour
 
 // openTokens loads (or creates) the token secret.
 func openTokens(path string) (*Tokens, error) {
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		b = make([]byte, 32)
-		if _, err := rand.Read(b); err != nil {
-			return nil, err
-		}
-		if err := atomicfile.Write(path, b, 0o600); err != nil {
-			return nil, fmt.Errorf("ssh token secret: %w", err)
-		}
-	} else if err != nil {
+	b, err := atomicfile.Secret(path, 32)
+	if err != nil {
 		return nil, fmt.Errorf("ssh token secret: %w", err)
-	} else if err := private(path); err != nil {
-		return nil, err
-	}
-	if len(b) < 32 {
-		return nil, fmt.Errorf("ssh token secret %s is shorter than 32 bytes: delete it to make a new one", path)
 	}
 	return &Tokens{secret: b}, nil
 }

@@ -26,10 +26,6 @@ const DefaultShell = "command -v bash >/dev/null 2>&1 && exec bash -l || exec sh
 // machine).
 const writeTimeout = 30 * time.Second
 
-// maxWake bounds a wake, which runs on when the session stops waiting so
-// that a client giving up does not abort a resume half-way.
-const maxWake = 5 * time.Minute
-
 // maxEnv bounds the variables a client may pass.
 const maxEnv = 64
 
@@ -196,44 +192,11 @@ func (ss *session) run(ctx context.Context, cmd string, pty *api.PTYSize, env ma
 // after a wake if it is paused or stopped with auto_resume (within the
 // edge's window), or a contract error with the edge's stable code.
 func (ss *session) wake(ctx context.Context, interactive bool) (edge.Target, error) {
-	m := ss.gate.machines
-	t, err := m.Route(ctx, ss.lineage)
-	if err != nil {
-		return edge.Target{}, edge.WakeError(ss.lineage, err)
-	}
-	hold, err := edge.Decide(t, false)
-	if err != nil || !hold {
-		return t, err
-	}
-	if interactive && t.AutoResume && (t.State == api.StatePaused || t.State == api.StateStopped) {
-		ss.notice(fmt.Sprintf("machine %s is %s: waking it", ss.lineage, t.State), true)
-	}
-	type result struct {
-		t   edge.Target
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		wctx, cancel := context.WithTimeout(ss.gate.bg, maxWake)
-		defer cancel()
-		t, err := m.Wake(wctx, ss.lineage, t.AutoResume)
-		ch <- result{t, err}
-	}()
-	window := time.NewTimer(ss.gate.cfg.WakeTimeout)
-	defer window.Stop()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			ss.log.Warn("ssh wake failed", "err", r.err)
-			return edge.Target{}, edge.WakeError(ss.lineage, r.err)
+	return edge.Bring(ctx, ss.gate.bg, ss.gate.machines, ss.lineage, ss.gate.cfg.WakeTimeout, func(t edge.Target) {
+		if interactive && t.AutoResume && (t.State == api.StatePaused || t.State == api.StateStopped) {
+			ss.notice(fmt.Sprintf("machine %s is %s: waking it", ss.lineage, t.State), true)
 		}
-		_, err := edge.Decide(r.t, true)
-		return r.t, err
-	case <-window.C:
-		return edge.Target{}, edge.WakeTimeoutError(ss.lineage, ss.gate.cfg.WakeTimeout)
-	case <-ctx.Done():
-		return edge.Target{}, ctx.Err()
-	}
+	})
 }
 
 // fail tells the client why its session cannot go on, with the stable

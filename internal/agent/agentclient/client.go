@@ -160,9 +160,10 @@ func (c *Client) Start(ctx context.Context, req api.RunCommandRequest) (api.Comm
 
 // Stream runs a command and returns its events: start, stdout and stderr
 // chunks, exit. Closing the stream, or cancelling ctx, before the exit
-// event kills the command.
+// event kills the command, unless req.Background is set: then the command
+// outlives its stream.
 func (c *Client) Stream(ctx context.Context, req api.RunCommandRequest) (*EventStream, error) {
-	req.Background, req.Stream = false, true
+	req.Stream = true
 	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, fmt.Errorf("encode command request: %w", err)
@@ -231,6 +232,9 @@ type OutputOptions struct {
 	// it has; each event carries its offset.
 	StdoutOffset int64
 	StderrOffset int64
+	// Live skips the buffered output: only what is written from now on
+	// (the offsets are ignored).
+	Live bool
 }
 
 // Output streams the buffered, and with Follow the live, output of a
@@ -239,6 +243,9 @@ func (c *Client) Output(ctx context.Context, pid int, opts OutputOptions) (*Even
 	q := url.Values{}
 	if opts.Follow {
 		q.Set("follow", "true")
+	}
+	if opts.Live {
+		q.Set("live", "true")
 	}
 	if opts.StdoutOffset > 0 {
 		q.Set("stdout_offset", strconv.FormatInt(opts.StdoutOffset, 10))
@@ -423,7 +430,45 @@ func (c *Client) Rename(ctx context.Context, from, to string) (api.FileInfo, err
 	return res, err
 }
 
-// EventStream reads the NDJSON events of a command stream:
+// WatchOptions say what a file watch reports (GET /files/watch).
+type WatchOptions struct {
+	Path      string
+	Recursive bool
+	// WatchID and After resume a watch after the last event seen.
+	WatchID string
+	After   int64
+	// Poll returns the events there are and ends, instead of following.
+	Poll bool
+}
+
+// Watch opens a file watch, or resumes one, and streams its events: a new
+// watch starts with a "watching" event carrying its id.
+func (c *Client) Watch(ctx context.Context, opts WatchOptions) (*WatchStream, error) {
+	q := url.Values{}
+	if opts.WatchID != "" {
+		q.Set("watch_id", opts.WatchID)
+		q.Set("after", strconv.FormatInt(opts.After, 10))
+	} else {
+		q.Set("path", opts.Path)
+		q.Set("recursive", strconv.FormatBool(opts.Recursive))
+	}
+	if opts.Poll {
+		q.Set("follow", "false")
+	}
+	resp, err := c.do(ctx, http.MethodGet, "/files/watch", q, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	return &WatchStream{ctx: ctx, body: resp.Body, dec: json.NewDecoder(resp.Body), what: "file watch",
+		resume: "resume it with its watch_id and the last seq as after"}, nil
+}
+
+// Unwatch removes a file watch.
+func (c *Client) Unwatch(ctx context.Context, watchID string) error {
+	return c.doJSON(ctx, http.MethodDelete, "/files/watch/"+url.PathEscape(watchID), nil, nil, nil)
+}
+
+// Stream reads an NDJSON stream of T (command events, file events):
 //
 //	for s.Next() {
 //		ev := s.Event()
@@ -431,25 +476,34 @@ func (c *Client) Rename(ctx context.Context, from, to string) (api.FileInfo, err
 //	if err := s.Err(); err != nil { ... }
 //
 // The caller must Close it.
-type EventStream struct {
-	ctx  context.Context
-	body io.ReadCloser
-	dec  *json.Decoder
-	ev   api.CommandEvent
-	err  error // io.EOF at a clean end
+type Stream[T any] struct {
+	ctx    context.Context
+	body   io.ReadCloser
+	dec    *json.Decoder
+	ev     T
+	err    error  // io.EOF at a clean end
+	what   string // what the stream carries, for errors
+	resume string // how to pick up after a break, for errors
 }
 
+// EventStream is a command's events.
+type EventStream = Stream[api.CommandEvent]
+
+// WatchStream is a file watch's events.
+type WatchStream = Stream[api.FileEvent]
+
 func newEventStream(ctx context.Context, body io.ReadCloser) *EventStream {
-	return &EventStream{ctx: ctx, body: body, dec: json.NewDecoder(body)}
+	return &EventStream{ctx: ctx, body: body, dec: json.NewDecoder(body), what: "command output",
+		resume: "reattach with GET .../commands/{pid}/output and the last offsets"}
 }
 
 // Next reads the next event; it returns false at the end of the stream or
 // on an error.
-func (s *EventStream) Next() bool {
+func (s *Stream[T]) Next() bool {
 	if s.err != nil {
 		return false
 	}
-	var ev api.CommandEvent
+	var ev T
 	if err := s.dec.Decode(&ev); err != nil {
 		s.err = err
 		return false
@@ -459,25 +513,25 @@ func (s *EventStream) Next() bool {
 }
 
 // Event returns the event read by the last successful Next.
-func (s *EventStream) Event() api.CommandEvent { return s.ev }
+func (s *Stream[T]) Event() T { return s.ev }
 
 // Err returns the error that ended the stream, or nil at a clean end. A
 // stream cut short by the caller's context gives the context's error; one
 // cut short otherwise (the agent died, the connection broke) gives an
 // agent_unavailable error.
-func (s *EventStream) Err() error {
+func (s *Stream[T]) Err() error {
 	if s.err == nil || s.err == io.EOF {
 		return nil
 	}
 	if err := s.ctx.Err(); err != nil {
-		return fmt.Errorf("read command events: %w", err)
+		return fmt.Errorf("read %s: %w", s.what, err)
 	}
 	return errdefs.Wrap(s.err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
-		"the command output stream from the machine agent broke off", "reattach with GET .../commands/{pid}/output and the last offsets")
+		"the "+s.what+" stream from the machine agent broke off", s.resume)
 }
 
 // Close ends the stream.
-func (s *EventStream) Close() error { return s.body.Close() }
+func (s *Stream[T]) Close() error { return s.body.Close() }
 
 // doJSON sends in (if not nil) as JSON and decodes a 2xx answer into out
 // (if not nil).

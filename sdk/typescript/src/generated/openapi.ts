@@ -1524,6 +1524,17 @@ export interface components {
             ok: true;
             /** @description The server's version. */
             version: string;
+            /**
+             * @description Where the E2B-compatible API listens (`serve --e2b-compat`);
+             *     absent without it. `nullspace e2b env` prints these as E2B's
+             *     environment variables.
+             */
+            e2b?: {
+                /** @description The listener's URL, for both E2B_API_URL and E2B_SANDBOX_URL. */
+                url: string;
+                /** @description E2B_DOMAIN, the edge's domain (with its port); absent without an edge. */
+                domain?: string;
+            };
         };
         /**
          * @description The body of every non-2xx response. Branch on `code`, which is stable

@@ -1,0 +1,608 @@
+package e2bcompat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/page"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// handler is a control-plane route: it answers or returns an error, which
+// becomes E2B's error body in one place (writeError).
+type handler func(w http.ResponseWriter, r *http.Request, team string) error
+
+// routes are E2B's REST paths, as the SDKs call them.
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	for pattern, h := range map[string]handler{
+		"POST /sandboxes":                 s.create,
+		"POST /v2/sandboxes":              s.create,
+		"GET /sandboxes":                  s.listV1,
+		"GET /v2/sandboxes":               s.list,
+		"GET /sandboxes/{id}":             s.get,
+		"DELETE /sandboxes/{id}":          s.kill,
+		"POST /sandboxes/{id}/timeout":    s.setTimeout,
+		"POST /sandboxes/{id}/refreshes":  s.refresh,
+		"POST /sandboxes/{id}/pause":      s.pause,
+		"POST /sandboxes/{id}/resume":     s.resume,
+		"POST /sandboxes/{id}/connect":    s.connect,
+		"POST /v2/sandboxes/{id}/connect": s.connect,
+		"GET /sandboxes/{id}/metrics":     s.metrics,
+		"POST /sandboxes/{id}/fork":       s.fork,
+		"POST /sandboxes/{id}/snapshots":  s.snapshot,
+		"GET /snapshots":                  s.listSnapshots,
+		"DELETE /templates/{id}":          s.deleteSnapshot,
+		"GET /health":                     s.health,
+		"GET /v2/sandboxes/{id}/logs":     s.unsupported("sandbox logs", "read a command's output with commands.connect, or GET /v1/events on the Nullspace API"),
+		"PUT /sandboxes/{id}/network":     s.unsupported("updating a sandbox's network", "create the sandbox with the network it needs"),
+		"POST /v3/templates":              s.unsupported("building templates", "build one with `nullspace template build` (POST /v1/templates)"),
+		"GET /templates/aliases/{alias}":  s.unsupported("template aliases", "use the template's name as its id"),
+		"POST /volumes":                   s.unsupported("E2B volumes", "use Nullspace volumes (POST /v1/volumes) and mount them at create"),
+		"GET /volumes":                    s.unsupported("E2B volumes", "use Nullspace volumes (GET /v1/volumes)"),
+		"/":                               s.unsupported("this call", "see the README's table of the E2B calls that are served"),
+	} {
+		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
+	}
+	return mux
+}
+
+// serve authenticates a control-plane call (X-API-KEY, as the SDKs send
+// it, or a bearer token) and maps its error.
+func (s *Server) serve(h handler, public bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		team := ""
+		if !public {
+			key := r.Header.Get("X-API-KEY")
+			if key == "" {
+				key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			}
+			if key == "" {
+				s.writeError(w, r, unauthenticated("no API key: set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key)"))
+				return
+			}
+			var err error
+			if team, err = s.auth.TeamByKey(r.Context(), key); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+		}
+		if err := h(w, r, team); err != nil {
+			s.writeError(w, r, err)
+		}
+	}
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {
+	w.WriteHeader(http.StatusOK)
+	return nil
+}
+
+func (s *Server) unsupported(what, instead string) handler {
+	return func(w http.ResponseWriter, r *http.Request, _ string) error {
+		return errdefs.New(errdefs.ErrNotFound, errdefs.CodeNotFound,
+			fmt.Sprintf("%s (%s %s) is not supported by Nullspace's E2B compatibility", what, r.Method, r.URL.Path), instead)
+	}
+}
+
+// writeError answers with E2B's error body: {"code": <status>, "message"},
+// which the SDKs read (the code as a number), plus our stable code as
+// error_code. A 429 or 503 carries Retry-After.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	p := errdefs.Classify(err)
+	if p.Status >= 500 {
+		s.logger.Warn("e2b call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	if p.Status == http.StatusTooManyRequests || p.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	msg := p.Message
+	if p.SuggestedAction != "" {
+		msg += "; " + p.SuggestedAction
+	}
+	writeJSON(w, p.Status, errorBody{Code: p.Status, ErrorCode: p.Code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(r *http.Request, v any) error {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"the request body is not the JSON this call takes: "+err.Error(), "send the body the E2B API documents")
+	}
+	return nil
+}
+
+func notFound(sbx string) error {
+	return errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, fmt.Sprintf("sandbox %s not found", sbx),
+		"list sandboxes with Sandbox.list(); a killed sandbox cannot come back")
+}
+
+func unauthenticated(msg string) error {
+	return errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, msg, "")
+}
+
+// lookup returns the latest execution of the sandbox a path names, or a 404
+// for one that is not the team's, was killed or never was.
+func (s *Server) lookup(ctx context.Context, team, sbx string) (*store.Machine, error) {
+	id := machineID(sbx)
+	if id == "" {
+		return nil, notFound(sbx)
+	}
+	if _, err := s.machines.Get(ctx, team, id); errors.Is(err, errdefs.ErrNotFound) {
+		return nil, notFound(sbx)
+	} else if err != nil {
+		return nil, err
+	}
+	// The lineage's first id is an alias once it has been resumed: what
+	// the sandbox is now is its latest execution.
+	rec, err := s.machines.LineageHead(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if state(rec) == "" {
+		return nil, notFound(sbx)
+	}
+	return rec, nil
+}
+
+// state is a machine's E2B state: running or paused (a stopped machine,
+// whose memory is gone, is paused without memory), or "" for a machine E2B
+// would no longer show.
+func state(rec *store.Machine) string {
+	switch rec.State {
+	case api.StateCreating, api.StateRunning, api.StateResuming, api.StateSnapshotting, api.StateStarting, api.StateRestoring:
+		return "running"
+	case api.StatePausing, api.StatePaused, api.StateStopping, api.StateStopped:
+		return "paused"
+	}
+	return ""
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) error {
+	var req newSandbox
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	cr := api.CreateMachineRequest{Template: req.TemplateID, Env: req.EnvVars, Metadata: req.Metadata,
+		AllowInternet: req.AllowInternetAccess != nil && *req.AllowInternetAccess && s.cfg.AllowInternet,
+		PublicPorts:   req.Network == nil || req.Network.AllowPublicTraffic == nil || *req.Network.AllowPublicTraffic,
+		AutoResume:    req.AutoResume.Enabled}
+	if strings.HasPrefix(req.TemplateID, "snp_") {
+		// Sandbox.create(snapshotId): E2B's snapshots are templates.
+		cr.Template, cr.SnapshotID = "", req.TemplateID
+	}
+	if cr.Template == "" && cr.SnapshotID == "" {
+		cr.Template = "base"
+	}
+	if req.Timeout != nil {
+		ms := int64(*req.Timeout) * 1000
+		cr.TimeoutMS = &ms
+	}
+	if req.AutoPause != nil && *req.AutoPause {
+		cr.OnTimeout = "pause"
+	}
+	if req.AutoResume.Enabled && cr.OnTimeout != "pause" {
+		// E2B resumes on traffic what paused at its timeout; Nullspace
+		// also needs the lease to pause, not kill.
+		cr.OnTimeout = "pause"
+	}
+	for _, v := range req.VolumeMounts {
+		cr.Volumes = append(cr.Volumes, api.VolumeMount{Name: v.Name, Path: v.Path})
+	}
+	rec, err := s.machines.Create(r.Context(), team, cr)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, s.sandbox(rec))
+	return nil
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s.detail(rec))
+	return nil
+}
+
+func (s *Server) kill(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if _, err := s.machines.Kill(r.Context(), team, rec.ID); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// listV1 is the old GET /sandboxes: running sandboxes, all at once.
+func (s *Server) listV1(w http.ResponseWriter, r *http.Request, team string) error {
+	q := r.URL.Query()
+	q.Set("state", "running")
+	r.URL.RawQuery = q.Encode()
+	return s.listPages(w, r, team, true)
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request, team string) error {
+	return s.listPages(w, r, team, false)
+}
+
+// listPages answers GET /v2/sandboxes: a page of the team's sandboxes
+// (limit, default 100), filtered by state (running, paused or both) and
+// metadata (a query string of key=value pairs), with the next page's token
+// in X-Next-Token. all reads every page into one answer.
+func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, all bool) error {
+	q := r.URL.Query()
+	f := machine.ListFilter{Metadata: map[string]string{}}
+	if raw := q.Get("metadata"); raw != "" {
+		pairs, err := url.ParseQuery(raw)
+		if err != nil {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("metadata filter %q is not key=value pairs", raw), "pass metadata as an object in the SDK's query")
+		}
+		for k, v := range pairs {
+			f.Metadata[k] = v[0]
+		}
+	}
+	states := map[string]bool{}
+	for _, st := range q["state"] {
+		for _, v := range strings.Split(st, ",") {
+			if v != "running" && v != "paused" {
+				return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+					fmt.Sprintf("state %q is not running or paused", v), "filter by running, paused or both")
+			}
+			states[v] = true
+		}
+	}
+	if len(states) == 1 {
+		for st := range states {
+			f.State = st // running or paused, as in Nullspace
+		}
+	}
+	limit, err := page.Limit(q.Get("limit"))
+	if err != nil {
+		return err
+	}
+	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State}, sortedPairs(f.Metadata)...)...)
+	var after store.MachineCursor
+	if pos, err := page.Decode(scope, q.Get("nextToken"), 2); err != nil {
+		return err
+	} else if pos != nil {
+		t, terr := time.Parse(time.RFC3339Nano, pos[0])
+		if terr != nil {
+			return page.Malformed()
+		}
+		after = store.MachineCursor{Time: t, ID: pos[1]}
+	}
+	out := []listedSandbox{}
+	for {
+		recs, more, err := s.machines.ListPage(r.Context(), team, f, after, limit)
+		if err != nil {
+			return err
+		}
+		for _, rec := range recs {
+			if st := state(rec); st != "" && (len(states) == 0 || states[st]) {
+				out = append(out, s.listed(rec))
+			}
+		}
+		if !more || len(recs) == 0 {
+			break
+		}
+		last := recs[len(recs)-1]
+		after = store.MachineCursor{Time: last.LineageCreated, ID: last.LineageID}
+		if !all {
+			w.Header().Set("X-Next-Token", page.Encode(scope, after.Time.UTC().Format(time.RFC3339Nano), after.ID))
+			break
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func sortedPairs(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Timeout *int `json:"timeout"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Timeout == nil || *req.Timeout < 0 {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"timeout is missing or negative", "send {\"timeout\": seconds}")
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if _, err := s.machines.SetTimeout(r.Context(), team, rec.ID, api.SetTimeoutRequest{TimeoutMS: int64(*req.Timeout) * 1000}); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// refresh is E2B's keep-alive (POST .../refreshes {duration}): the lease
+// is extended to duration from now, never shortened.
+func (s *Server) refresh(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Duration *int `json:"duration"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if req.Duration != nil {
+		if err := s.extend(r.Context(), team, rec, *req.Duration); err != nil {
+			return err
+		}
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// extend moves a machine's lease to secs from now if that is later than
+// it ends now: connect and refresh never shorten a lease.
+func (s *Server) extend(ctx context.Context, team string, rec *store.Machine, secs int) error {
+	want := time.Now().Add(time.Duration(secs) * time.Second)
+	if secs <= 0 || (!rec.Deadline.IsZero() && !rec.Deadline.Before(want)) || rec.TimeoutMS == 0 && rec.Deadline.IsZero() {
+		return nil
+	}
+	_, err := s.machines.SetTimeout(ctx, team, rec.ID, api.SetTimeoutRequest{TimeoutMS: int64(secs) * 1000})
+	return err
+}
+
+// pause answers 204, or 409 for a sandbox that is already paused. With
+// {"memory": false} (keepMemory: false) the machine is stopped instead:
+// its files are kept, its memory is not, and connect boots it again.
+func (s *Server) pause(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Memory *bool `json:"memory"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if state(rec) == "paused" {
+		return errdefs.New(errdefs.ErrConflict, errdefs.CodeInvalidTransition,
+			fmt.Sprintf("sandbox %s is already paused", r.PathValue("id")), "resume it with Sandbox.connect()")
+	}
+	if req.Memory != nil && !*req.Memory {
+		_, err = s.machines.Stop(r.Context(), team, rec.ID, 10*time.Second)
+	} else {
+		_, err = s.machines.Pause(r.Context(), team, rec.ID)
+	}
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// resume is the old POST .../resume: 201 with the sandbox, 409 when it
+// runs.
+func (s *Server) resume(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Timeout *int `json:"timeout"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if state(rec) == "running" {
+		return errdefs.New(errdefs.ErrConflict, errdefs.CodeInvalidTransition,
+			fmt.Sprintf("sandbox %s is already running", r.PathValue("id")), "connect to it with Sandbox.connect()")
+	}
+	return s.bringUp(w, r, team, rec, req.Timeout)
+}
+
+// connect answers 200 with a running sandbox, or 201 when it had to be
+// resumed (or started); a timeout extends its lease, never shortens it.
+func (s *Server) connect(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Timeout *int `json:"timeout"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return s.bringUp(w, r, team, rec, req.Timeout)
+}
+
+func (s *Server) bringUp(w http.ResponseWriter, r *http.Request, team string, rec *store.Machine, timeout *int) error {
+	status := http.StatusOK
+	if rec.State != api.StateRunning {
+		status = http.StatusCreated
+	}
+	rec, err := s.machines.Connect(r.Context(), team, rec.ID)
+	if err != nil {
+		return err
+	}
+	if timeout != nil {
+		if err := s.extend(r.Context(), team, rec, *timeout); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, status, s.sandbox(rec))
+	return nil
+}
+
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	samples, err := s.machines.Metrics(r.Context(), team, rec.ID)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	start, _ := strconv.ParseInt(q.Get("start"), 10, 64)
+	end, _ := strconv.ParseInt(q.Get("end"), 10, 64)
+	out := []sandboxMetric{}
+	for _, m := range samples {
+		ts := m.Timestamp.Unix()
+		if (start != 0 && ts < start) || (end != 0 && ts > end) {
+			continue
+		}
+		out = append(out, sandboxMetric{Timestamp: m.Timestamp, TimestampUnix: ts, CPUCount: m.CPUCount, CPUUsedPct: m.CPUUsedPct,
+			MemUsed: m.MemUsed, MemTotal: m.MemTotal, DiskUsed: m.DiskUsed, DiskTotal: m.DiskTotal})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// fork makes count children of a running sandbox from one snapshot of it
+// (its memory and files); each child is a sandbox of its own.
+func (s *Server) fork(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Timeout *int `json:"timeout"`
+		Count   *int `json:"count"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	count := 1
+	if req.Count != nil {
+		count = *req.Count
+	}
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	_, children, err := s.machines.Fork(r.Context(), team, rec.ID, count)
+	if err != nil {
+		return err
+	}
+	out := make([]forkResult, 0, len(children))
+	for _, c := range children {
+		res := forkResult{}
+		if req.Timeout != nil {
+			if _, err := s.machines.SetTimeout(r.Context(), team, c.ID, api.SetTimeoutRequest{TimeoutMS: int64(*req.Timeout) * 1000}); err != nil {
+				p := errdefs.Classify(err)
+				res.Error = &errorBody{Code: p.Status, ErrorCode: p.Code, Message: p.Message}
+				out = append(out, res)
+				continue
+			}
+		}
+		sb := s.sandbox(c)
+		res.Sandbox = &sb
+		out = append(out, res)
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// snapshot saves a running sandbox's memory and files as a snapshot,
+// which Sandbox.create(snapshotId) starts new sandboxes from.
+func (s *Server) snapshot(w http.ResponseWriter, r *http.Request, team string) error {
+	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	sn, err := s.machines.CreateSnapshot(r.Context(), team, rec.ID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.ID}})
+	return nil
+}
+
+func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team string) error {
+	q := r.URL.Query()
+	f := machine.SnapshotFilter{}
+	if sbx := q.Get("sandboxID"); sbx != "" {
+		rec, err := s.lookup(r.Context(), team, sbx)
+		if err != nil {
+			return err
+		}
+		f.MachineID = rec.ID
+	}
+	limit, err := page.Limit(q.Get("limit"))
+	if err != nil {
+		return err
+	}
+	scope := page.NewScope("e2b-snapshots", team, f.MachineID)
+	p := machine.SnapshotPage{Limit: limit}
+	if pos, err := page.Decode(scope, q.Get("nextToken"), 2); err != nil {
+		return err
+	} else if pos != nil {
+		t, terr := time.Parse(time.RFC3339Nano, pos[0])
+		if terr != nil {
+			return page.Malformed()
+		}
+		p.After = store.SnapshotCursor{Created: t, ID: pos[1]}
+	}
+	snaps, more, err := s.machines.ListSnapshots(r.Context(), team, f, p)
+	if err != nil {
+		return err
+	}
+	out := []snapshotInfo{}
+	for _, sn := range snaps {
+		out = append(out, snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.ID}})
+	}
+	if more && len(snaps) > 0 {
+		c := store.SnapshotCursorOf(snaps[len(snaps)-1], false)
+		w.Header().Set("X-Next-Token", page.Encode(scope, c.Created.UTC().Format(time.RFC3339Nano), c.ID))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// deleteSnapshot is DELETE /templates/{id} for a snapshot id (the SDKs
+// delete snapshots as templates).
+func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, team string) error {
+	id := r.PathValue("id")
+	if !strings.HasPrefix(id, "snp_") {
+		return s.unsupported("deleting templates", "delete a template with `nullspace template rm`")(w, r, team)
+	}
+	if err := s.machines.DeleteSnapshot(r.Context(), team, id, false); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
