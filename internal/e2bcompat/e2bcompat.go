@@ -123,6 +123,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.envd.ServeHTTP(w, r)
 		return
 	}
+	if p := r.URL.Path; strings.HasPrefix(p, "/process.Process/") || strings.HasPrefix(p, "/filesystem.Filesystem/") || p == "/files" {
+		s.writeError(w, r, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"an envd call ("+p+") that names no sandbox",
+			"send the E2b-Sandbox-Id header (E2B's SDKs do when E2B_SANDBOX_URL is set), or use the host 49983-<sandbox id>.<domain>"))
+		return
+	}
 	s.control.ServeHTTP(w, r)
 }
 
@@ -179,8 +185,8 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 	}
 	if r.AccessToken == "" || !hmac.Equal([]byte(r.AccessToken), []byte(s.accessToken(lineage))) {
 		if !r.Signed(s.accessToken(lineage)) {
-			return nil, unauthenticated("missing or wrong X-Access-Token for sandbox " + r.SandboxID +
-				": use the envdAccessToken that create and connect return (the SDKs send it)")
+			return nil, unauthenticated("missing or wrong X-Access-Token (or file URL signature) for sandbox "+r.SandboxID,
+				"send the envdAccessToken that create and connect return (the SDKs do)")
 		}
 	}
 	rec, err := s.machines.LineageHead(ctx, lineage)

@@ -70,11 +70,14 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			}
 			if key == "" {
-				s.writeError(w, r, unauthenticated("no API key: set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key)"))
+				s.writeError(w, r, unauthenticated("no API key", "set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key; `nullspace e2b env` prints it)"))
 				return
 			}
 			var err error
-			if team, err = s.auth.TeamByKey(r.Context(), key); err != nil {
+			if team, err = s.auth.TeamByKey(r.Context(), key); errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrNotFound) {
+				s.writeError(w, r, unauthenticated("the API key is not valid", "set E2B_API_KEY to a Nullspace API key (`nullspace e2b env` prints this host's)"))
+				return
+			} else if err != nil {
 				s.writeError(w, r, err)
 				return
 			}
@@ -138,8 +141,8 @@ func notFound(sbx string) error {
 		"list sandboxes with Sandbox.list(); a killed sandbox cannot come back")
 }
 
-func unauthenticated(msg string) error {
-	return errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, msg, "")
+func unauthenticated(msg, action string) error {
+	return errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, msg, action)
 }
 
 // lookup returns the latest execution of the sandbox a path names, or a 404

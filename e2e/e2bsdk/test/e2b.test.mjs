@@ -260,3 +260,100 @@ test('a command stream past its timeoutMs ends with a TimeoutError; the process 
   await new Promise((r) => setTimeout(r, 5000))
   assert.equal(await sbx.files.read('/tmp/late'), 'late\n')
 })
+
+test('snapshots: createSnapshot, then Sandbox.create from it; listSnapshots', async () => {
+  const sbx = await create()
+  await sbx.files.write('/home/user/snap.txt', 'from the snapshot')
+  await sbx.commands.run('echo 41 > /tmp/n')
+  const snap = await sbx.createSnapshot()
+  assert.match(snap.snapshotId, /^snp_/)
+  assert.equal((await sbx.getInfo()).state, 'running', 'the source keeps running')
+
+  const fromSnap = await Sandbox.create(snap.snapshotId, { timeoutMs: 120_000, metadata: { run } })
+  created.push(fromSnap)
+  assert.notEqual(fromSnap.sandboxId, sbx.sandboxId)
+  assert.equal(await fromSnap.files.read('/home/user/snap.txt'), 'from the snapshot')
+
+  const listed = []
+  const paginator = Sandbox.listSnapshots({ sandboxId: sbx.sandboxId })
+  while (paginator.hasNext) listed.push(...(await paginator.nextItems()))
+  assert.ok(listed.some((s) => s.snapshotId === snap.snapshotId), JSON.stringify(listed))
+  // A snapshot that a live sandbox was made from is not deleted under it.
+  await assert.rejects(Sandbox.deleteSnapshot(snap.snapshotId), (err) => /in use/.test(err.message))
+  await fromSnap.kill()
+  assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
+  assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false, 'a deleted snapshot is not found')
+})
+
+test('fork: children with the parent\'s memory and files', { skip: typeof Sandbox.fork !== 'function' && 'this SDK release has no fork' }, async () => {
+  const sbx = await create()
+  await sbx.commands.run('echo parent > /tmp/who')
+  const kids = await sbx.fork({ count: 2 })
+  assert.equal(kids.length, 2)
+  for (const kid of kids) {
+    assert.ok(!(kid instanceof Error), `fork failed: ${kid}`)
+    created.push(kid)
+    assert.notEqual(kid.sandboxId, sbx.sandboxId)
+    assert.equal(await kid.files.read('/tmp/who'), 'parent\n')
+  }
+})
+
+test('pty: a terminal with input, resize and exit', async () => {
+  const sbx = await create()
+  let out = ''
+  const decoder = new TextDecoder()
+  const pty = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => (out += decoder.decode(d)) })
+  const until = async (re) => {
+    for (let i = 0; i < 100 && !re.test(out); i++) await new Promise((r) => setTimeout(r, 50))
+    assert.match(out, re)
+  }
+  await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('echo $((6*7))\n'))
+  await until(/42/)
+  await sbx.pty.resize(pty.pid, { cols: 100, rows: 30 })
+  await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('stty size\n'))
+  await until(/30 100/)
+  await sbx.pty.sendInput(pty.pid, new TextEncoder().encode('exit 0\n'))
+  const res = await pty.wait()
+  assert.equal(res.exitCode, 0)
+})
+
+test('a dropped command stream is reconnected with commands.connect', async () => {
+  const sbx = await create()
+  const cmd = await sbx.commands.run('sleep 1; echo after', { background: true })
+  await cmd.disconnect()
+  const again = await sbx.commands.connect(cmd.pid)
+  const res = await again.wait()
+  assert.equal(res.stdout, 'after\n')
+})
+
+test('signed download and upload URLs', async () => {
+  const sbx = await create()
+  await sbx.files.write('/home/user/dl.txt', 'signed bytes')
+  const headers = { 'E2b-Sandbox-Id': sbx.sandboxId }
+  const dl = await sbx.downloadUrl('/home/user/dl.txt', { useSignatureExpiration: 60 })
+  const got = await fetch(dl, { headers })
+  assert.equal(got.status, 200)
+  assert.equal(await got.text(), 'signed bytes')
+
+  const forged = new URL(dl)
+  forged.searchParams.set('path', '/etc/shadow')
+  assert.equal((await fetch(forged, { headers })).status, 401, 'a signature is for its path only')
+
+  const ul = await sbx.uploadUrl('/home/user/ul.txt')
+  const form = new FormData()
+  form.append('file', new Blob(['uploaded']), 'ul.txt')
+  const put = await fetch(ul, { method: 'POST', body: form, headers })
+  assert.equal(put.status, 200)
+  assert.equal(await sbx.files.read('/home/user/ul.txt'), 'uploaded')
+})
+
+test('getMetrics', async () => {
+  const sbx = await create()
+  let metrics = []
+  for (let i = 0; i < 40 && metrics.length === 0; i++) {
+    metrics = await sbx.getMetrics()
+    if (metrics.length === 0) await new Promise((r) => setTimeout(r, 250))
+  }
+  assert.ok(metrics.length > 0, 'samples arrive')
+  assert.ok(metrics[0].cpuCount > 0 && metrics[0].memTotal > 0, JSON.stringify(metrics[0]))
+})

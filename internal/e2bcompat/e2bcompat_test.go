@@ -1,0 +1,413 @@
+package e2bcompat
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// fakeMachines is the manager for the control plane's translation tests:
+// records in memory, and what was asked of it. The real manager is driven
+// by e2e TestE2BSDK.
+type fakeMachines struct {
+	recs     map[string]*store.Machine // by lineage id (one execution each)
+	created  []api.CreateMachineRequest
+	timeouts []int64
+	n        int
+	err      error // returned by Create when set
+}
+
+var _ Machines = (*fakeMachines)(nil)
+
+func newFake() *fakeMachines { return &fakeMachines{recs: map[string]*store.Machine{}} }
+
+func (f *fakeMachines) add(team, state string) *store.Machine {
+	f.n++
+	id := fmt.Sprintf("mch_%020x", f.n)
+	rec := &store.Machine{ID: id, LineageID: id, TeamID: team, State: state, Template: "base", CPUCount: 2, MemoryMB: 512,
+		LineageCreated: time.Unix(int64(1000+f.n), 0), Deadline: time.Now().Add(time.Minute), TimeoutMS: 60000}
+	f.recs[id] = rec
+	return rec
+}
+
+func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMachineRequest) (*store.Machine, error) {
+	if f.err != nil {
+		return nil, f.err
+	}
+	f.created = append(f.created, req)
+	return f.add(team, api.StateRunning), nil
+}
+
+func (f *fakeMachines) Get(ctx context.Context, team, id string) (*store.Machine, error) {
+	if rec, ok := f.recs[id]; ok && rec.TeamID == team {
+		return rec, nil
+	}
+	return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, "no", "")
+}
+
+func (f *fakeMachines) LineageHead(ctx context.Context, id string) (*store.Machine, error) {
+	if rec, ok := f.recs[id]; ok {
+		return rec, nil
+	}
+	return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, "no", "")
+}
+
+func (f *fakeMachines) ListPage(ctx context.Context, team string, fl machine.ListFilter, after store.MachineCursor, limit int) ([]*store.Machine, bool, error) {
+	var all []*store.Machine
+	for _, r := range f.recs {
+		if r.TeamID != team || (fl.State == "" && r.State == api.StateKilled) || (fl.State != "" && r.State != fl.State) {
+			continue
+		}
+		ok := true
+		for k, v := range fl.Metadata {
+			ok = ok && r.Metadata[k] == v
+		}
+		if ok && (after.IsZero() || r.ID > after.ID) {
+			all = append(all, r)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	if len(all) > limit {
+		return all[:limit], true, nil
+	}
+	return all, false, nil
+}
+
+func (f *fakeMachines) Kill(ctx context.Context, team, id string) (*store.Machine, error) {
+	f.recs[id].State = api.StateKilled
+	return f.recs[id], nil
+}
+
+func (f *fakeMachines) Pause(ctx context.Context, team, id string) (*store.Snapshot, error) {
+	f.recs[id].State = api.StatePaused
+	return &store.Snapshot{ID: "snp_1"}, nil
+}
+
+func (f *fakeMachines) Stop(ctx context.Context, team, id string, grace time.Duration) (*store.Machine, error) {
+	f.recs[id].State = api.StateStopped
+	return f.recs[id], nil
+}
+
+func (f *fakeMachines) Connect(ctx context.Context, team, id string) (*store.Machine, error) {
+	f.recs[id].State = api.StateRunning
+	return f.recs[id], nil
+}
+
+func (f *fakeMachines) SetTimeout(ctx context.Context, team, id string, req api.SetTimeoutRequest) (*store.Machine, error) {
+	f.timeouts = append(f.timeouts, req.TimeoutMS)
+	f.recs[id].Deadline = time.Now().Add(time.Duration(req.TimeoutMS) * time.Millisecond)
+	return f.recs[id], nil
+}
+
+func (f *fakeMachines) Metrics(ctx context.Context, team, id string) ([]api.MetricSample, error) {
+	return []api.MetricSample{{Timestamp: time.Unix(5000, 0), CPUCount: 2, MemTotal: 512 << 20}}, nil
+}
+
+func (f *fakeMachines) Fork(ctx context.Context, team, id string, count int) (*store.Snapshot, []*store.Machine, error) {
+	var out []*store.Machine
+	for range count {
+		out = append(out, f.add(team, api.StateRunning))
+	}
+	return &store.Snapshot{ID: "snp_f"}, out, nil
+}
+
+func (f *fakeMachines) CreateSnapshot(ctx context.Context, team, id string) (*store.Snapshot, error) {
+	return &store.Snapshot{ID: "snp_2", CreatedAt: time.Now()}, nil
+}
+
+func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error) {
+	return nil, false, nil
+}
+
+func (f *fakeMachines) DeleteSnapshot(ctx context.Context, team, id string, force bool) error { return nil }
+
+func (f *fakeMachines) Wake(ctx context.Context, lineageID string, resume bool, cause string, details map[string]any) (*store.Machine, error) {
+	return f.recs[lineageID], nil
+}
+
+func (f *fakeMachines) AgentEndpoint(ctx context.Context, team, id string) (machine.Endpoint, error) {
+	return machine.Endpoint{}, fmt.Errorf("no agents here")
+}
+
+func (f *fakeMachines) WhileRunning(ctx context.Context, id string) (context.Context, func()) {
+	return ctx, func() {}
+}
+
+func (f *fakeMachines) Touch(string) {}
+
+type keys map[string]string
+
+func (k keys) TeamByKey(ctx context.Context, key string) (string, error) {
+	if t, ok := k[key]; ok {
+		return t, nil
+	}
+	return "", errdefs.ErrUnauthenticated
+}
+
+func newTestServer(t *testing.T, f *fakeMachines) *httptest.Server {
+	t.Helper()
+	s, err := New(t.Context(), Config{DataDir: t.TempDir(), Domain: "localhost:7701", WakeTimeout: time.Second},
+		f, keys{"key-a": "team-a", "key-b": "team-b"}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(s)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// call sends an E2B API call as the SDKs do (X-API-KEY) and decodes the
+// answer into out when it is JSON.
+func call(t *testing.T, srv *httptest.Server, key, method, path, body string, out any) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(method, srv.URL+path, strings.NewReader(body))
+	if key != "" {
+		req.Header.Set("X-API-KEY", key)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if out != nil && len(b) > 0 {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %d %q is not JSON: %v", method, path, resp.StatusCode, b, err)
+		}
+	}
+	return resp
+}
+
+func TestErrorsAreE2BBodies(t *testing.T) {
+	f := newFake()
+	other := f.add("team-b", api.StateRunning)
+	killed := f.add("team-a", api.StateKilled)
+	srv := newTestServer(t, f)
+	tests := []struct {
+		name, key, method, path string
+		status                  int
+		message                 string
+	}{
+		{"no key", "", "GET", "/v2/sandboxes", 401, "E2B_API_KEY"},
+		{"bad key", "nope", "GET", "/v2/sandboxes", 401, "not valid"},
+		{"another team's sandbox", "key-a", "GET", "/sandboxes/" + sandboxID(other), 404, "not found"},
+		{"a killed sandbox", "key-a", "GET", "/sandboxes/" + sandboxID(killed), 404, "not found"},
+		{"an id E2B cannot have", "key-a", "GET", "/sandboxes/mch_" + sandboxID(other), 404, "not found"},
+		{"an id with a hyphen", "key-a", "DELETE", "/sandboxes/abc-def", 404, "not found"},
+		{"an unsupported call", "key-a", "POST", "/v3/templates", 404, "not supported"},
+		{"envd without a sandbox header", "", "POST", "/process.Process/Start", 400, "E2b-Sandbox-Id"},
+		{"a bad state filter", "key-a", "GET", "/v2/sandboxes?state=stopped", 400, "running or paused"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var e errorBody
+			resp := call(t, srv, tc.key, tc.method, tc.path, "", &e)
+			if resp.StatusCode != tc.status || e.Code != tc.status || !strings.Contains(e.Message, tc.message) {
+				t.Errorf("%d %+v; want %d with code %d and a message with %q", resp.StatusCode, e, tc.status, tc.status, tc.message)
+			}
+		})
+	}
+	// A retryable refusal says when to retry.
+	f.err = errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted, "full", "")
+	resp := call(t, srv, "key-a", "POST", "/sandboxes", `{"templateID":"base"}`, nil)
+	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a full host: %d, Retry-After %q; want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+func TestCreateMapsE2BFields(t *testing.T) {
+	tests := []struct {
+		name, body string
+		want       api.CreateMachineRequest
+	}{
+		{"defaults", `{}`, api.CreateMachineRequest{Template: "base", PublicPorts: true}},
+		{"the SDK's defaults", `{"templateID":"base","timeout":300,"secure":true,"allow_internet_access":true}`,
+			api.CreateMachineRequest{Template: "base", TimeoutMS: ptr(int64(300000)), PublicPorts: true}},
+		{"lifecycle", `{"templateID":"py","autoPause":true,"autoResume":{"enabled":true},"metadata":{"a":"1"},"envVars":{"K":"V"}}`,
+			api.CreateMachineRequest{Template: "py", OnTimeout: "pause", AutoResume: true, Metadata: map[string]string{"a": "1"},
+				Env: map[string]string{"K": "V"}, PublicPorts: true}},
+		{"a bare autoResume", `{"autoResume":true}`, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", AutoResume: true, PublicPorts: true}},
+		{"private traffic", `{"network":{"allowPublicTraffic":false}}`, api.CreateMachineRequest{Template: "base"}},
+		{"from a snapshot", `{"templateID":"snp_0123"}`, api.CreateMachineRequest{SnapshotID: "snp_0123", PublicPorts: true}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			srv := newTestServer(t, f)
+			var sb sandbox
+			resp := call(t, srv, "key-a", "POST", "/v2/sandboxes", tc.body, &sb)
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("status %d, want 201", resp.StatusCode)
+			}
+			got, _ := json.Marshal(f.created[0])
+			want, _ := json.Marshal(tc.want)
+			if string(got) != string(want) {
+				t.Errorf("create request %s, want %s", got, want)
+			}
+			if len(sb.SandboxID) != 20 || strings.ContainsAny(sb.SandboxID, "-_") || sb.EnvdAccessToken == "" ||
+				sb.EnvdVersion != EnvdVersion || sb.Domain == nil || *sb.Domain != "localhost:7701" || sb.ClientID == "" {
+				t.Errorf("answer %+v", sb)
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func TestLifecycleStatuses(t *testing.T) {
+	f := newFake()
+	srv := newTestServer(t, f)
+	rec := f.add("team-a", api.StateRunning)
+	id := sandboxID(rec)
+
+	var d sandboxDetail
+	if resp := call(t, srv, "key-a", "GET", "/sandboxes/"+id, "", &d); resp.StatusCode != 200 || d.State != "running" || d.SandboxID != id {
+		t.Fatalf("get: %d %+v", resp.StatusCode, d)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/connect", `{"timeout":10}`, nil); resp.StatusCode != 200 {
+		t.Errorf("connect to a running sandbox: %d, want 200", resp.StatusCode)
+	}
+	if len(f.timeouts) != 0 {
+		t.Errorf("connect with a shorter timeout set the lease to %v: it must never shorten it", f.timeouts)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/v2/sandboxes/"+id+"/connect", `{"timeout":600}`, nil); resp.StatusCode != 200 || len(f.timeouts) != 1 || f.timeouts[0] != 600000 {
+		t.Errorf("connect with a longer timeout: %d, lease set to %v; want 200 and 600000", resp.StatusCode, f.timeouts)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/pause", "", nil); resp.StatusCode != 204 {
+		t.Errorf("pause: %d, want 204", resp.StatusCode)
+	}
+	var e errorBody
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/pause", "", &e); resp.StatusCode != 409 || e.Code != 409 {
+		t.Errorf("pause of a paused sandbox: %d %+v, want 409", resp.StatusCode, e)
+	}
+	if call(t, srv, "key-a", "GET", "/sandboxes/"+id, "", &d); d.State != "paused" {
+		t.Errorf("state %q after pause, want paused", d.State)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/connect", "", nil); resp.StatusCode != 201 {
+		t.Errorf("connect to a paused sandbox: %d, want 201 (resumed)", resp.StatusCode)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/resume", "", nil); resp.StatusCode != 409 {
+		t.Errorf("resume of a running sandbox: %d, want 409", resp.StatusCode)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/pause", `{"memory":false}`, nil); resp.StatusCode != 204 || rec.State != api.StateStopped {
+		t.Errorf("pause without memory: %d, state %s; want 204 and a stopped machine", resp.StatusCode, rec.State)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/timeout", `{"timeout":30}`, nil); resp.StatusCode != 204 {
+		t.Errorf("timeout: %d, want 204", resp.StatusCode)
+	}
+	var metrics []sandboxMetric
+	if resp := call(t, srv, "key-a", "GET", "/sandboxes/"+id+"/metrics", "", &metrics); resp.StatusCode != 200 || len(metrics) != 1 || metrics[0].TimestampUnix != 5000 {
+		t.Errorf("metrics: %d %+v", resp.StatusCode, metrics)
+	}
+	var forks []forkResult
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+id+"/fork", `{"count":2,"timeout":60}`, &forks); resp.StatusCode != 200 || len(forks) != 2 || forks[0].Sandbox == nil {
+		t.Errorf("fork: %d %+v", resp.StatusCode, forks)
+	}
+	if resp := call(t, srv, "key-a", "DELETE", "/sandboxes/"+id, "", nil); resp.StatusCode != 204 {
+		t.Errorf("kill: %d, want 204", resp.StatusCode)
+	}
+	if resp := call(t, srv, "key-a", "DELETE", "/sandboxes/"+id, "", nil); resp.StatusCode != 404 {
+		t.Errorf("kill of a killed sandbox: %d, want 404 (the SDK answers false)", resp.StatusCode)
+	}
+}
+
+func TestListPages(t *testing.T) {
+	f := newFake()
+	srv := newTestServer(t, f)
+	want := map[string]bool{}
+	for i := range 5 {
+		rec := f.add("team-a", api.StateRunning)
+		rec.Metadata = map[string]string{"group": "g"}
+		if i == 4 {
+			rec.State = api.StatePaused
+		}
+		want[sandboxID(rec)] = true
+	}
+	f.add("team-a", api.StateRunning) // not in the group
+	f.add("team-b", api.StateRunning) // another team's
+
+	seen := map[string]bool{}
+	token, pages := "", 0
+	for {
+		var page []listedSandbox
+		q := "/v2/sandboxes?limit=2&metadata=group%3Dg"
+		if token != "" {
+			q += "&nextToken=" + token
+		}
+		resp := call(t, srv, "key-a", "GET", q, "", &page)
+		if resp.StatusCode != 200 || len(page) > 2 {
+			t.Fatalf("page %d: %d, %d items", pages, resp.StatusCode, len(page))
+		}
+		for _, s := range page {
+			seen[s.SandboxID] = true
+		}
+		pages++
+		if token = resp.Header.Get("X-Next-Token"); token == "" {
+			break
+		}
+	}
+	if len(seen) != 5 || pages != 3 {
+		t.Errorf("saw %d sandboxes in %d pages, want the group's 5 in 3", len(seen), pages)
+	}
+	for id := range want {
+		if !seen[id] {
+			t.Errorf("sandbox %s not listed", id)
+		}
+	}
+	var paused []listedSandbox
+	call(t, srv, "key-a", "GET", "/v2/sandboxes?state=paused", "", &paused)
+	if len(paused) != 1 || paused[0].State != "paused" {
+		t.Errorf("state=paused: %+v", paused)
+	}
+	var both []listedSandbox
+	call(t, srv, "key-a", "GET", "/v2/sandboxes?state=running,paused&metadata=group%3Dg", "", &both)
+	if len(both) != 5 {
+		t.Errorf("state=running,paused: %d sandboxes, want 5", len(both))
+	}
+	var e errorBody
+	if resp := call(t, srv, "key-b", "GET", "/v2/sandboxes?nextToken="+token+"x", "", &e); resp.StatusCode != 400 {
+		t.Errorf("a token this server did not make: %d %+v, want 400", resp.StatusCode, e)
+	}
+}
+
+func TestIDs(t *testing.T) {
+	for in, want := range map[string]string{
+		"0123456789abcdef0123":     "mch_0123456789abcdef0123",
+		"0123456789ABCDEF0123":     "",
+		"mch_0123456789abcdef0123": "",
+		"0123-456789abcdef0123":    "",
+		"":                         "",
+		"0123456789abcdef012g":     "",
+	} {
+		if got := machineID(in); got != want {
+			t.Errorf("machineID(%q) = %q, want %q", in, got, want)
+		}
+	}
+	for host, want := range map[string]string{
+		"49983-0123456789abcdef0123.localhost:7703": "0123456789abcdef0123",
+		"8000-0123456789abcdef0123.localhost":       "",
+		"127.0.0.1:7703":                            "",
+	} {
+		r := httptest.NewRequest("GET", "/health", nil)
+		r.Host = host
+		if got := sandboxOf(r); got != want {
+			t.Errorf("sandboxOf(host %q) = %q, want %q", host, got, want)
+		}
+	}
+}
