@@ -42,7 +42,10 @@
 //     prompt on a paused machine beside connect + the same. See terminal.go;
 //   - sdk: the Python SDK's create to first command, exec round trip and
 //     1 MiB file write and read beside the same calls made with raw HTTP
-//     from the same Python process, and `import nullspace`. See sdk.go.
+//     from the same Python process, and `import nullspace`. See sdk.go;
+//   - e2b: create to first command and a command's round trip through
+//     E2B's unmodified SDK against the E2B-compatible API, beside the same
+//     through the TypeScript SDK against the Nullspace API. See e2b.go.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -109,7 +112,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -149,9 +152,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk":
+	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk", "e2b":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal or sdk", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal, sdk or e2b", c.suite)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
@@ -258,6 +261,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			res.printLists(os.Stdout)
 			res.printTerminal(os.Stdout)
 			res.printSDK(os.Stdout)
+			res.printE2B(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -327,7 +331,12 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "sdk" {
-		return measureSDK(ctx, cfg, ns, res)
+		if err := measureSDK(ctx, cfg, ns, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "e2b" {
+		return measureE2B(ctx, cfg, ns, res)
 	}
 	return nil
 }

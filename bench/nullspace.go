@@ -129,6 +129,7 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	sc.Addr = "127.0.0.1:0"
 	sc.EdgeAddr = "127.0.0.1:0" // beside a server of make run
 	sc.SSHAddr = "127.0.0.1:0"
+	sc.E2BAddr = "127.0.0.1:0"
 	sc.DataDir = filepath.Join(work, "server")
 	sc.TemplatesDir = cfg.templatesDir
 	sc.CacheDir = cfg.cacheDir

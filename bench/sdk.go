@@ -55,14 +55,16 @@ func measureSDK(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start bench_sdk.py: %w", err)
 	}
-	perr := readSDKSamples(out, res)
+	perr := readSamples(out, res, "minimal", "bench_sdk.py")
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("bench_sdk.py: %w\n%s", err, stderr.Bytes())
 	}
 	return perr
 }
 
-func readSDKSamples(r io.Reader, res *results) error {
+// readSamples reads a benchmark script's samples, one JSON object per
+// line: {"metric", "side", "ms"}.
+func readSamples(r io.Reader, res *results, tmpl, script string) error {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		var s struct {
@@ -70,9 +72,9 @@ func readSDKSamples(r io.Reader, res *results) error {
 			MS           float64
 		}
 		if err := json.Unmarshal(sc.Bytes(), &s); err != nil {
-			return fmt.Errorf("bench_sdk.py printed %q: %w", sc.Text(), err)
+			return fmt.Errorf("%s printed %q: %w", script, sc.Text(), err)
 		}
-		res.add(s.Metric, s.Side, "minimal", unitMS, s.MS)
+		res.add(s.Metric, s.Side, tmpl, unitMS, s.MS)
 	}
 	return sc.Err()
 }
@@ -81,15 +83,7 @@ func (r *results) printSDK(w io.Writer) {
 	if r.get(metricImport, sidePythonSDK, "minimal") == nil {
 		return
 	}
-	p50 := func(metric, side string) float64 {
-		s := r.get(metric, side, "minimal")
-		if s == nil || len(s.Samples) == 0 {
-			return 0
-		}
-		v := slices.Clone(s.Samples)
-		slices.Sort(v)
-		return percentile(v, .5)
-	}
+	p50 := func(metric, side string) float64 { return r.p50(metric, side, "minimal") }
 	fmt.Fprintln(w, "\nPython SDK (issue 12), p50, beside the same calls over raw HTTP from the same process:")
 	for _, m := range sdkMetrics {
 		sdk, raw := p50(m.metric, sidePythonSDK), p50(m.metric, sideRawHTTP)
@@ -105,4 +99,15 @@ func (r *results) printSDK(w io.Writer) {
 		verdict = "MISSED"
 	}
 	fmt.Fprintf(w, "  import nullspace: %.1f ms (target < 100 ms) %s\n", imp, verdict)
+}
+
+// p50 is the median of a series, 0 without samples.
+func (r *results) p50(metric, side, tmpl string) float64 {
+	s := r.get(metric, side, tmpl)
+	if s == nil || len(s.Samples) == 0 {
+		return 0
+	}
+	v := slices.Clone(s.Samples)
+	slices.Sort(v)
+	return percentile(v, .5)
 }

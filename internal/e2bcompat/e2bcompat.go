@@ -194,13 +194,16 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 		return nil, edge.WakeError(lineage, err)
 	}
 	t := target(rec)
-	if r.Probe {
-		if hold, err := edge.Decide(t, true); err != nil || hold {
-			return nil, errdefs.New(errdefs.ErrUnavailable, errdefs.CodeMachineUnavailable,
-				fmt.Sprintf("sandbox %s is %s", r.SandboxID, rec.State), "connect to it with Sandbox.connect()")
-		}
-	} else if t, err = edge.Bring(ctx, s.bg, waker{s.machines}, lineage, s.cfg.WakeTimeout, nil); err != nil {
+	switch hold, err := edge.Decide(t, false); {
+	case r.Probe && (err != nil || hold):
+		return nil, errdefs.New(errdefs.ErrUnavailable, errdefs.CodeMachineUnavailable,
+			fmt.Sprintf("sandbox %s is %s", r.SandboxID, rec.State), "connect to it with Sandbox.connect()")
+	case err != nil:
 		return nil, err
+	case hold: // paused or busy: wake it (auto-resume), or wait for the operation
+		if t, err = edge.Bring(ctx, s.bg, waker{s.machines}, lineage, s.cfg.WakeTimeout, nil); err != nil {
+			return nil, err
+		}
 	}
 	ep, err := s.machines.AgentEndpoint(ctx, rec.TeamID, t.MachineID)
 	if err != nil {
