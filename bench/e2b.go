@@ -18,12 +18,18 @@ import (
 // through E2B's unmodified SDK (against the E2B-compatible API) and
 // through Nullspace's TypeScript SDK (against the Nullspace API), in one
 // Node process, alternating which goes first: create to the first
-// command's result, and a command's round trip on a running machine. Both
-// run the program E2B's SDK runs, `/bin/bash -l -c true` as user.
+// command's result, and a command's round trip on a running machine; and
+// the round trip as one bare fetch of each protocol, which is what the
+// server adds without either SDK's client-side work. The SDK sides run the
+// program E2B's SDK runs, `/bin/bash -l -c true` as user; the wire sides
+// /bin/true as user, so that the protocols' cost is not lost in bash's
+// start.
 
 const (
-	sideE2BSDK = "e2b_sdk"
-	sideTSSDK  = "typescript_sdk"
+	sideE2BSDK        = "e2b_sdk"
+	sideTSSDK         = "typescript_sdk"
+	sideE2BWire       = "e2b_wire"       // envd's Start stream as one fetch
+	sideNullspaceWire = "nullspace_wire" // POST .../commands as one fetch
 )
 
 var e2bMetrics = []struct{ metric, name string }{
@@ -86,4 +92,7 @@ func (r *results) printE2B(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %s: E2B SDK %.2f ms, TypeScript SDK %.2f ms: %.2fx (target 1.1x) %s\n", m.name, e2b, ts, ratio(e2b, ts), verdict)
 	}
+	// What the server adds, without either SDK's client-side work.
+	e2b, ns := r.p50("exec_round_trip", sideE2BWire, template.Base), r.p50("exec_round_trip", sideNullspaceWire, template.Base)
+	fmt.Fprintf(w, "  /bin/true's round trip on the wire (one fetch each): envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx\n", e2b, ns, ratio(e2b, ns))
 }

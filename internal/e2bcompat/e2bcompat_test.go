@@ -132,7 +132,9 @@ func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machin
 	return nil, false, nil
 }
 
-func (f *fakeMachines) DeleteSnapshot(ctx context.Context, team, id string, force bool) error { return nil }
+func (f *fakeMachines) DeleteSnapshot(ctx context.Context, team, id string, force bool) error {
+	return nil
+}
 
 func (f *fakeMachines) Wake(ctx context.Context, lineageID string, resume bool, cause string, details map[string]any) (*store.Machine, error) {
 	return f.recs[lineageID], nil

@@ -109,8 +109,12 @@ type watcher struct {
 func New(open Opener, logger *slog.Logger) *Server {
 	s := &Server{open: open, logger: logger, mux: http.NewServeMux(),
 		tags: map[string]map[string]uint32{}, watchers: map[string]watcher{}}
-	s.mux.Handle(processconnect.NewProcessHandler(&processService{s}))
-	s.mux.Handle(filesystemconnect.NewFilesystemHandler(&filesystemService{s}))
+	// Small messages go uncompressed: gzip costs more than it saves on
+	// the few hundred bytes most answers are (a unary List was 2.4 ms
+	// slower than the Nullspace API's with every answer gzipped).
+	opts := connect.WithCompressMinBytes(4 << 10)
+	s.mux.Handle(processconnect.NewProcessHandler(&processService{s}, opts))
+	s.mux.Handle(filesystemconnect.NewFilesystemHandler(&filesystemService{s}, opts))
 	s.mux.HandleFunc("GET /files", s.getFile)
 	s.mux.HandleFunc("POST /files", s.postFiles)
 	s.mux.HandleFunc("GET /health", s.health)
