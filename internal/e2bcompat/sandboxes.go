@@ -255,12 +255,12 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, team string) error
 }
 
 // listPages answers GET /v2/sandboxes: a page of the team's sandboxes
-// (limit, default 100), filtered by state (running, paused or both) and
-// metadata (a query string of key=value pairs), with the next page's token
-// in X-Next-Token. all reads every page into one answer.
+// (limit, default 100), filtered by state (running, paused or both),
+// template and metadata (a query string of key=value pairs), with the next
+// page's token in X-Next-Token. all reads every page into one answer.
 func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, all bool) error {
 	q := r.URL.Query()
-	f := machine.ListFilter{Metadata: map[string]string{}}
+	f := machine.ListFilter{Template: q.Get("template"), Metadata: map[string]string{}}
 	if raw := q.Get("metadata"); raw != "" {
 		pairs, err := url.ParseQuery(raw)
 		if err != nil {
@@ -281,16 +281,16 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 			states[v] = true
 		}
 	}
-	if len(states) == 1 {
-		for st := range states {
-			f.State = st // running or paused, as in Nullspace
-		}
+	if len(states) == 1 && states["running"] {
+		// Filtered by the store; "paused" is filtered here, since a
+		// stopped machine shows as paused too.
+		f.State = api.StateRunning
 	}
 	limit, err := page.Limit(q.Get("limit"))
 	if err != nil {
 		return err
 	}
-	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State}, sortedPairs(f.Metadata)...)...)
+	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template}, sortedPairs(f.Metadata)...)...)
 	var after store.MachineCursor
 	if pos, err := page.Decode(scope, q.Get("nextToken"), 2); err != nil {
 		return err
