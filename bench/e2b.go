@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -63,20 +62,7 @@ func measureE2B(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 	e2bURL := "http://" + ns.inst.E2BAddr
 	cmd.Env = append(os.Environ(), "E2B_API_URL="+e2bURL, "E2B_SANDBOX_URL="+e2bURL, "E2B_API_KEY="+ns.key,
 		"NULLSPACE_API_URL=http://"+ns.inst.Addr, "NULLSPACE_API_KEY="+ns.key)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start bench.mjs: %w", err)
-	}
-	perr := readSamples(out, res, template.Base, "bench.mjs")
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("bench.mjs: %w\n%s", err, stderr.Bytes())
-	}
-	return perr
+	return runSampler(cmd, res, template.Base, "bench.mjs")
 }
 
 func (r *results) printE2B(w io.Writer) {

@@ -46,6 +46,11 @@ func measureSDK(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 	cmd := exec.CommandContext(ctx, py, filepath.Join(sdk, "bench", "bench_sdk.py"), "-n", strconv.Itoa(cfg.n), "--template", "minimal")
 	cmd.Env = append(os.Environ(), "PYTHONPATH="+sdk,
 		"NULLSPACE_API_URL=http://"+ns.inst.Addr, "NULLSPACE_API_KEY="+ns.key)
+	return runSampler(cmd, res, "minimal", "bench_sdk.py")
+}
+
+// runSampler runs a benchmark script and records the samples it prints.
+func runSampler(cmd *exec.Cmd, res *results, tmpl, script string) error {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -53,11 +58,11 @@ func measureSDK(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 		return err
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start bench_sdk.py: %w", err)
+		return fmt.Errorf("start %s: %w", script, err)
 	}
-	perr := readSamples(out, res, "minimal", "bench_sdk.py")
+	perr := readSamples(out, res, tmpl, script)
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("bench_sdk.py: %w\n%s", err, stderr.Bytes())
+		return fmt.Errorf("%s: %w\n%s", script, err, stderr.Bytes())
 	}
 	return perr
 }

@@ -997,3 +997,61 @@ func TestShutdownForwardsSIGTERM(t *testing.T) {
 		waitFor(t, "group "+strconv.Itoa(pid)+" to be gone", func() bool { return len(groupMembers(pid)) == 0 })
 	}
 }
+
+// A background command may stream its events (E2B's commands): the stream
+// ending leaves it running, and output?live=true follows only what it
+// writes from then on.
+func TestBackgroundStreamAndLiveOutput(t *testing.T) {
+	ta := newAgent(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	s, err := ta.c.Stream(ctx, api.RunCommandRequest{Cmd: []string{"sh", "-c", "echo one; read x; echo two"},
+		Background: true, KeepStdinOpen: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	for s.Next() {
+		ev := s.Event()
+		if ev.Type == api.EventStart {
+			pid = ev.PID
+		}
+		if ev.Type == api.EventStdout && string(ev.Data) == "one\n" {
+			break
+		}
+	}
+	cancel() // the stream goes; the command must not
+	s.Close()
+	time.Sleep(100 * time.Millisecond)
+	list, err := ta.c.ListProcesses(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := false
+	for _, p := range list.Processes {
+		running = running || (p.PID == pid && p.Running)
+	}
+	if !running {
+		t.Fatalf("pid %d is not running after its stream ended: %+v", pid, list.Processes)
+	}
+	live, err := ta.c.Output(t.Context(), pid, agentclient.OutputOptions{Follow: true, Live: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	if err := ta.c.WriteStdin(t.Context(), pid, api.StdinRequest{Data: "go\n"}); err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	exited := false
+	for live.Next() {
+		switch ev := live.Event(); ev.Type {
+		case api.EventStdout:
+			out += string(ev.Data)
+		case api.EventExit:
+			exited = true
+		}
+	}
+	if out != "two\n" || !exited {
+		t.Errorf("live output %q (exit seen: %v), want only \"two\\n\" and the exit", out, exited)
+	}
+}

@@ -292,14 +292,10 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 	}
 	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template}, sortedPairs(f.Metadata)...)...)
 	var after store.MachineCursor
-	if pos, err := page.Decode(scope, q.Get("nextToken"), 2); err != nil {
+	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("nextToken")); err != nil {
 		return err
-	} else if pos != nil {
-		t, terr := time.Parse(time.RFC3339Nano, pos[0])
-		if terr != nil {
-			return page.Malformed()
-		}
-		after = store.MachineCursor{Time: t, ID: pos[1]}
+	} else if ok {
+		after = store.MachineCursor{Time: t, ID: id}
 	}
 	out := []listedSandbox{}
 	for {
@@ -318,7 +314,7 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 		last := recs[len(recs)-1]
 		after = store.MachineCursor{Time: last.LineageCreated, ID: last.LineageID}
 		if !all {
-			w.Header().Set("X-Next-Token", page.Encode(scope, after.Time.UTC().Format(time.RFC3339Nano), after.ID))
+			w.Header().Set("X-Next-Token", page.EncodeTimeID(scope, after.Time, after.ID))
 			break
 		}
 	}
@@ -423,26 +419,18 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request, team string) erro
 // resume is the old POST .../resume: 201 with the sandbox, 409 when it
 // runs.
 func (s *Server) resume(w http.ResponseWriter, r *http.Request, team string) error {
-	var req struct {
-		Timeout *int `json:"timeout"`
-	}
-	if err := readJSON(r, &req); err != nil {
-		return err
-	}
-	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	if state(rec) == "running" {
-		return errdefs.New(errdefs.ErrConflict, errdefs.CodeInvalidTransition,
-			fmt.Sprintf("sandbox %s is already running", r.PathValue("id")), "connect to it with Sandbox.connect()")
-	}
-	return s.bringUp(w, r, team, rec, req.Timeout)
+	return s.bringUp(w, r, team, true)
 }
 
 // connect answers 200 with a running sandbox, or 201 when it had to be
 // resumed (or started); a timeout extends its lease, never shortens it.
 func (s *Server) connect(w http.ResponseWriter, r *http.Request, team string) error {
+	return s.bringUp(w, r, team, false)
+}
+
+// bringUp runs a sandbox and answers with it: resumed or started if it
+// must be (201), as it is otherwise (200; 409 when paused is required).
+func (s *Server) bringUp(w http.ResponseWriter, r *http.Request, team string, pausedOnly bool) error {
 	var req struct {
 		Timeout *int `json:"timeout"`
 	}
@@ -453,16 +441,16 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request, team string) er
 	if err != nil {
 		return err
 	}
-	return s.bringUp(w, r, team, rec, req.Timeout)
-}
-
-func (s *Server) bringUp(w http.ResponseWriter, r *http.Request, team string, rec *store.Machine, timeout *int) error {
+	if pausedOnly && state(rec) == "running" {
+		return errdefs.New(errdefs.ErrConflict, errdefs.CodeInvalidTransition,
+			fmt.Sprintf("sandbox %s is already running", r.PathValue("id")), "connect to it with Sandbox.connect()")
+	}
+	timeout := req.Timeout
 	status := http.StatusOK
 	if rec.State != api.StateRunning {
 		status = http.StatusCreated
 	}
-	rec, err := s.machines.Connect(r.Context(), team, rec.ID)
-	if err != nil {
+	if rec, err = s.machines.Connect(r.Context(), team, rec.ID); err != nil {
 		return err
 	}
 	if timeout != nil {
@@ -571,14 +559,10 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 	}
 	scope := page.NewScope("e2b-snapshots", team, f.MachineID)
 	p := machine.SnapshotPage{Limit: limit}
-	if pos, err := page.Decode(scope, q.Get("nextToken"), 2); err != nil {
+	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("nextToken")); err != nil {
 		return err
-	} else if pos != nil {
-		t, terr := time.Parse(time.RFC3339Nano, pos[0])
-		if terr != nil {
-			return page.Malformed()
-		}
-		p.After = store.SnapshotCursor{Created: t, ID: pos[1]}
+	} else if ok {
+		p.After = store.SnapshotCursor{Created: t, ID: id}
 	}
 	snaps, more, err := s.machines.ListSnapshots(r.Context(), team, f, p)
 	if err != nil {
@@ -590,7 +574,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 	}
 	if more && len(snaps) > 0 {
 		c := store.SnapshotCursorOf(snaps[len(snaps)-1], false)
-		w.Header().Set("X-Next-Token", page.Encode(scope, c.Created.UTC().Format(time.RFC3339Nano), c.ID))
+		w.Header().Set("X-Next-Token", page.EncodeTimeID(scope, c.Created, c.ID))
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

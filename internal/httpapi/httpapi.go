@@ -292,14 +292,10 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	}
 	scope := page.NewScope("machines", team, append([]string{f.State, f.Template, strconv.FormatBool(f.Aliases)}, sortedPairs(f.Metadata)...)...)
 	var after store.MachineCursor
-	if pos, err := page.Decode(scope, q.Get("next_token"), 2); err != nil {
+	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("next_token")); err != nil {
 		return err
-	} else if pos != nil {
-		t, terr := time.Parse(time.RFC3339Nano, pos[0])
-		if terr != nil {
-			return page.Malformed()
-		}
-		after = store.MachineCursor{Time: t, ID: pos[1]}
+	} else if ok {
+		after = store.MachineCursor{Time: t, ID: id}
 	}
 	recs, more, err := s.machines.ListPage(r.Context(), team, f, after, limit)
 	if err != nil {
@@ -308,7 +304,7 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	out := api.MachineList{Machines: s.machines.Views(r.Context(), recs)}
 	if more {
 		c := store.CursorOf(recs[len(recs)-1], f.Aliases)
-		out.NextToken = page.Encode(scope, c.Time.UTC().Format(time.RFC3339Nano), c.ID)
+		out.NextToken = page.EncodeTimeID(scope, c.Time, c.ID)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

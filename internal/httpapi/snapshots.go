@@ -25,7 +25,7 @@ func (s *Server) writeSnapshots(w http.ResponseWriter, r *http.Request, snaps []
 		if byGeneration {
 			out.NextToken = page.Encode(scope, strconv.Itoa(c.Generation), c.ID)
 		} else {
-			out.NextToken = page.Encode(scope, c.Created.UTC().Format(time.RFC3339Nano), c.ID)
+			out.NextToken = page.EncodeTimeID(scope, c.Created, c.ID)
 		}
 	}
 	writeJSON(w, http.StatusOK, out)

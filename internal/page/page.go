@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
 )
@@ -101,4 +102,23 @@ func Decode(s Scope, raw string, parts int) ([]string, error) {
 		return nil, bad("was made for other filters")
 	}
 	return t.After, nil
+}
+
+// EncodeTimeID returns the token of a position sorted by time, then id
+// (most lists: machines by creation, snapshots by creation).
+func EncodeTimeID(s Scope, t time.Time, id string) string {
+	return Encode(s, t.UTC().Format(time.RFC3339Nano), id)
+}
+
+// DecodeTimeID returns the position a token of EncodeTimeID carries; ok
+// is false for "" (the start).
+func DecodeTimeID(s Scope, raw string) (t time.Time, id string, ok bool, err error) {
+	pos, err := Decode(s, raw, 2)
+	if err != nil || pos == nil {
+		return time.Time{}, "", false, err
+	}
+	if t, err = time.Parse(time.RFC3339Nano, pos[0]); err != nil {
+		return time.Time{}, "", false, Malformed()
+	}
+	return t, pos[1], true, nil
 }

@@ -3,6 +3,7 @@ package page
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
 )
@@ -45,5 +46,20 @@ func TestTokens(t *testing.T) {
 	// Filters are told apart however their values are cut.
 	if NewScope("m", "t", "a", "bc").Filters == NewScope("m", "t", "ab", "c").Filters {
 		t.Fatal("filters ab|c and a|bc have the same digest")
+	}
+}
+
+func TestTimeIDTokens(t *testing.T) {
+	s := NewScope("machines", "team_a")
+	at := time.Date(2026, 12, 2, 5, 0, 0, 123456789, time.FixedZone("x", 3600))
+	gotT, gotID, ok, err := DecodeTimeID(s, EncodeTimeID(s, at, "mch_1"))
+	if err != nil || !ok || !gotT.Equal(at) || gotID != "mch_1" {
+		t.Fatalf("round trip: %v %q %v %v, want %v mch_1", gotT, gotID, ok, err, at)
+	}
+	if _, _, ok, err := DecodeTimeID(s, ""); ok || err != nil {
+		t.Fatalf("empty token: %v %v, want the start", ok, err)
+	}
+	if _, _, _, err := DecodeTimeID(s, Encode(s, "not a time", "mch_1")); errdefs.Classify(err).Code != errdefs.CodeInvalidArgument {
+		t.Errorf("a token whose time does not parse: %v, want invalid_argument", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"nullspace.dev/nullspace/internal/agent"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
@@ -340,19 +341,16 @@ func TestRefusals(t *testing.T) {
 	}
 
 	// An unknown method is Connect's unimplemented, at once.
-	resp, err := http.Post(f.url+"/process.Process/NoSuchMethod", "application/json", strings.NewReader("{}"))
-	if err != nil {
-		t.Fatal(err)
+	for _, path := range []string{"/process.Process/NoSuchMethod", "/filesystem.Filesystem/NoSuchMethod", "/nosuch.Service/Call"} {
+		c := connect.NewClient[emptypb.Empty, emptypb.Empty](http.DefaultClient, f.url+path, connect.WithProtoJSON(),
+			connect.WithInterceptors(fixedHeaders{"E2b-Sandbox-Id": "sbx1", "X-Access-Token": accessToken}))
+		_, err := c.CallUnary(ctx, connect.NewRequest(&emptypb.Empty{}))
+		wantCode(t, "unknown method "+path, err, connect.CodeUnimplemented)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNotFound {
-		t.Errorf("unknown method: status %d, want 404 (Connect's unimplemented)", resp.StatusCode)
-	}
-	_, err = f.proc.Start(ctx, connect.NewRequest(&process.StartRequest{}))
+	empty, err := f.proc.Start(ctx, connect.NewRequest(&process.StartRequest{}))
 	if err == nil {
-		s, _ := f.proc.Start(ctx, connect.NewRequest(&process.StartRequest{}))
-		s.Receive()
-		err = s.Err()
+		empty.Receive() // a stream's error comes with its first read
+		err = empty.Err()
 	}
 	wantCode(t, "an empty command", err, connect.CodeInvalidArgument)
 }

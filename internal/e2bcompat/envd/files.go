@@ -35,20 +35,28 @@ func fileRequest(r *http.Request, operation string) (req Request, user string, e
 	return req, user, nil
 }
 
+// openFile opens the sandbox of a /files call, or answers with why not
+// (ok false). The caller must call sb.Done.
+func (s *Server) openFile(w http.ResponseWriter, r *http.Request, operation string) (sb *Sandbox, req Request, user string, ok bool) {
+	req, user, err := fileRequest(r, operation)
+	if err == nil {
+		sb, err = s.open(r.Context(), req)
+	}
+	if err != nil {
+		writeError(w, err)
+		return nil, req, "", false
+	}
+	sb.Touch()
+	return sb, req, user, true
+}
+
 // getFile is GET /files?path=: the file's bytes.
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
-	req, user, err := fileRequest(r, "read")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	sb, err := s.open(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
+	sb, req, user, ok := s.openFile(w, r, "read")
+	if !ok {
 		return
 	}
 	defer sb.Done()
-	sb.Touch()
 	p := resolve(req.Path, user)
 	rc, size, err := sb.Agent.ReadFile(sb.Ctx, p)
 	if err != nil {
@@ -77,18 +85,11 @@ type writtenEntry struct {
 // to ?path=), or multipart/form-data parts named "file", each to ?path= or,
 // without it, to the part's file name. Each file is written atomically.
 func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
-	req, user, err := fileRequest(r, "write")
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	sb, err := s.open(r.Context(), req)
-	if err != nil {
-		writeError(w, err)
+	sb, req, user, ok := s.openFile(w, r, "write")
+	if !ok {
 		return
 	}
 	defer sb.Done()
-	sb.Touch()
 	body := io.Reader(r.Body)
 	if r.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(r.Body)

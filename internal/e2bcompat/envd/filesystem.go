@@ -212,7 +212,11 @@ func fsEvents(sb *Sandbox, dir string, ev api.FileEvent, withEntry bool) []*file
 }
 
 // The non-streaming watchers (what E2B's Python SDK uses): a watch kept in
-// the agent, read from where the previous read ended.
+// the agent, read from where the previous read ended. The agent collects a
+// watch nobody reads for 10 minutes; the positions kept here are bounded by
+// maxWatchers.
+
+const maxWatchers = 4096
 
 func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Request[filesystem.CreateWatcherRequest]) (*connect.Response[filesystem.CreateWatcherResponse], error) {
 	return unary(f, ctx, req, req.Msg.GetPath(), func(sb *Sandbox, dir string) (*filesystem.CreateWatcherResponse, error) {
@@ -224,6 +228,7 @@ func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Requ
 		for w.Next() {
 			if ev := w.Event(); ev.Type == api.FileEventWatching {
 				f.s.mu.Lock()
+				forgetOne(f.s.watchers, maxWatchers)
 				f.s.watchers[sb.Lineage+"/"+ev.WatchID] = watcher{dir: dir}
 				f.s.mu.Unlock()
 				return &filesystem.CreateWatcherResponse{WatcherId: ev.WatchID}, nil

@@ -392,13 +392,34 @@ func (s *Server) pidOf(sb *Sandbox, sel *process.ProcessSelector) (uint32, error
 	return 0, connect.NewError(connect.CodeInvalidArgument, errors.New("select the process by pid or tag"))
 }
 
+// maxTags bounds the tags kept per sandbox, and maxTagged the sandboxes
+// with tags: beyond them, arbitrary old entries are forgotten (a tag names
+// a process for as long as a client cares to, not forever).
+const (
+	maxTags   = 256
+	maxTagged = 4096
+)
+
 func (s *Server) setTag(lineage, tag string, pid uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.tags[lineage] == nil {
+		forgetOne(s.tags, maxTagged)
 		s.tags[lineage] = map[string]uint32{}
 	}
+	forgetOne(s.tags[lineage], maxTags)
 	s.tags[lineage][tag] = pid
+}
+
+// forgetOne deletes an arbitrary entry of m when it holds limit or more.
+func forgetOne[K comparable, V any](m map[K]V, limit int) {
+	if len(m) < limit {
+		return
+	}
+	for k := range m {
+		delete(m, k)
+		return
+	}
 }
 
 // tagsOf returns a lineage's tags by pid.

@@ -746,12 +746,14 @@ export interface paths {
          *       `CommandEvent`s as SSE (`Accept: text/event-stream`) or NDJSON:
          *       `start` (with `pid`), then `stdout`/`stderr` chunks in order (raw
          *       bytes, base64 in JSON, with their `offset`), then one `exit`. It is a
-         *       foreground command: the same 60 s default timeout applies. If the
-         *       client disconnects the command keeps running and its output can be
-         *       re-read with `GET .../commands/{pid}/output`.
+         *       foreground command: the same 60 s default timeout applies, and a
+         *       client that disconnects before the `exit` event ends it (SIGKILL).
+         *     - **Background stream** (`background: true` and `stream: true`): the
+         *       same stream, for a command that outlives it: no default timeout,
+         *       and a disconnect leaves the command running, its output kept for
+         *       `GET .../commands/{pid}/output` (what E2B's `commands.run` is).
          *
-         *     `background` and `stream` together are `invalid_argument`. The machine
-         *     must be running (`machine_not_running`, 409).
+         *     The machine must be running (`machine_not_running`, 409).
          */
         post: operations["runCommand"];
         delete?: never;
@@ -3659,6 +3661,11 @@ export interface operations {
                 stdout_offset?: number;
                 /** @description Byte offset into stderr to start from. */
                 stderr_offset?: number;
+                /**
+                 * @description Skip the buffered output: only what the command writes from now
+                 *     on (the offsets are ignored), then its `exit` event.
+                 */
+                live?: boolean;
             };
             header?: never;
             path: {
