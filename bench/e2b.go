@@ -2,14 +2,23 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
+	"connectrpc.com/connect"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/e2bcompat/envd/spec/process"
+	"nullspace.dev/nullspace/internal/e2bcompat/envd/spec/process/processconnect"
 	"nullspace.dev/nullspace/internal/template"
 )
 
@@ -29,6 +38,10 @@ const (
 	sideTSSDK         = "typescript_sdk"
 	sideE2BWire       = "e2b_wire"       // envd's Start stream as one fetch
 	sideNullspaceWire = "nullspace_wire" // POST .../commands as one fetch
+	sideEnvdGo        = "envd_go"        // envd's Start from the Go Connect client
+	sideAPIGo         = "api_go"         // POST .../commands from the Go client
+
+	metricBinTrue = "bin_true_round_trip"
 )
 
 var e2bMetrics = []struct{ metric, name string }{
@@ -62,7 +75,84 @@ func measureE2B(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 	e2bURL := "http://" + ns.inst.E2BAddr
 	cmd.Env = append(os.Environ(), "E2B_API_URL="+e2bURL, "E2B_SANDBOX_URL="+e2bURL, "E2B_API_KEY="+ns.key,
 		"NULLSPACE_API_URL=http://"+ns.inst.Addr, "NULLSPACE_API_KEY="+ns.key)
-	return runSampler(cmd, res, template.Base, "bench.mjs")
+	if err := runSampler(cmd, res, template.Base, "bench.mjs"); err != nil {
+		return err
+	}
+	return measureEnvdGo(ctx, cfg, ns, res)
+}
+
+// measureEnvdGo times /bin/true through envd's Start stream (the Go
+// Connect client) and through POST .../commands (the Go client) on one
+// machine, alternating: what the layer adds on the server, with the same
+// client stack on both sides.
+func measureEnvdGo(ctx context.Context, cfg config, ns *nullspaceSide, res *results) error {
+	fmt.Fprintf(os.Stderr, "bench: /bin/true through envd and through the API from Go, %d round trips each\n", cfg.n*5)
+	e2bURL := "http://" + ns.inst.E2BAddr
+	body := strings.NewReader(`{"templateID":"base","timeout":300}`)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e2bURL+"/sandboxes", body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-API-KEY", ns.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("e2b create: %w", err)
+	}
+	var sb struct{ SandboxID, EnvdAccessToken string }
+	err = json.NewDecoder(resp.Body).Decode(&sb)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("e2b create: %d, %v", resp.StatusCode, err)
+	}
+	id := "mch_" + sb.SandboxID
+	ns.live[id] = true
+	defer func() {
+		if _, err := ns.client.KillMachine(context.WithoutCancel(ctx), id); err == nil {
+			delete(ns.live, id)
+		}
+	}()
+	pc := processconnect.NewProcessClient(http.DefaultClient, e2bURL, connect.WithProtoJSON())
+	envd := func() error {
+		r := connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{Cmd: "/bin/true"}})
+		r.Header().Set("E2b-Sandbox-Id", sb.SandboxID)
+		r.Header().Set("X-Access-Token", sb.EnvdAccessToken)
+		s, err := pc.Start(ctx, r)
+		if err != nil {
+			return err
+		}
+		ended := false
+		for s.Receive() {
+			ended = ended || s.Msg().GetEvent().GetEnd() != nil
+		}
+		if err := s.Err(); err != nil || !ended {
+			return fmt.Errorf("envd start: %v (end seen: %v)", err, ended)
+		}
+		return nil
+	}
+	apiRun := func() error {
+		_, err := ns.client.RunCommand(ctx, id, api.RunCommandRequest{Cmd: []string{"/bin/true"}, User: "user", Cwd: "/home/user"})
+		return err
+	}
+	type side struct {
+		name string
+		f    func() error
+	}
+	for i := range cfg.n*5 + 5 {
+		order := []side{{sideEnvdGo, envd}, {sideAPIGo, apiRun}}
+		if i%2 == 1 {
+			slices.Reverse(order) // alternate which goes first
+		}
+		for _, side := range order {
+			t0 := time.Now()
+			if err := side.f(); err != nil {
+				return err
+			}
+			if i >= 5 { // the first five warm up
+				res.addDuration(metricBinTrue, side.name, template.Base, time.Since(t0))
+			}
+		}
+	}
+	return nil
 }
 
 func (r *results) printE2B(w io.Writer) {
@@ -80,5 +170,7 @@ func (r *results) printE2B(w io.Writer) {
 	}
 	// What the server adds, without either SDK's client-side work.
 	e2b, ns := r.p50("exec_round_trip", sideE2BWire, template.Base), r.p50("exec_round_trip", sideNullspaceWire, template.Base)
-	fmt.Fprintf(w, "  /bin/true's round trip on the wire (one fetch each): envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx\n", e2b, ns, ratio(e2b, ns))
+	fmt.Fprintf(w, "  /bin/true's round trip, one fetch from Node: envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx\n", e2b, ns, ratio(e2b, ns))
+	e2b, ns = r.p50(metricBinTrue, sideEnvdGo, template.Base), r.p50(metricBinTrue, sideAPIGo, template.Base)
+	fmt.Fprintf(w, "  /bin/true's round trip from Go: envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx (+%.2f ms)\n", e2b, ns, ratio(e2b, ns), e2b-ns)
 }
