@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -290,7 +289,7 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 	if err != nil {
 		return err
 	}
-	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template}, sortedPairs(f.Metadata)...)...)
+	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template}, page.Pairs(f.Metadata)...)...)
 	var after store.MachineCursor
 	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("nextToken")); err != nil {
 		return err
@@ -311,8 +310,7 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 		if !more || len(recs) == 0 {
 			break
 		}
-		last := recs[len(recs)-1]
-		after = store.MachineCursor{Time: last.LineageCreated, ID: last.LineageID}
+		after = store.CursorOf(recs[len(recs)-1], false)
 		if !all {
 			w.Header().Set("X-Next-Token", page.EncodeTimeID(scope, after.Time, after.ID))
 			break
@@ -320,15 +318,6 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
-}
-
-func sortedPairs(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k, v := range m {
-		out = append(out, k+"="+v)
-	}
-	slices.Sort(out)
-	return out
 }
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request, team string) error {

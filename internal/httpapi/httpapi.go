@@ -290,7 +290,7 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	if err != nil {
 		return err
 	}
-	scope := page.NewScope("machines", team, append([]string{f.State, f.Template, strconv.FormatBool(f.Aliases)}, sortedPairs(f.Metadata)...)...)
+	scope := page.NewScope("machines", team, append([]string{f.State, f.Template, strconv.FormatBool(f.Aliases)}, page.Pairs(f.Metadata)...)...)
 	var after store.MachineCursor
 	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("next_token")); err != nil {
 		return err
@@ -308,16 +308,6 @@ func (s *Server) listMachines(w http.ResponseWriter, r *http.Request, team strin
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
-}
-
-// sortedPairs returns a map's pairs as "k=v", sorted.
-func sortedPairs(m map[string]string) []string {
-	out := make([]string, 0, len(m))
-	for k, v := range m {
-		out = append(out, k+"="+v)
-	}
-	slices.Sort(out)
-	return out
 }
 
 func (s *Server) getMachine(w http.ResponseWriter, r *http.Request, team string) error {

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -121,4 +122,15 @@ func DecodeTimeID(s Scope, raw string) (t time.Time, id string, ok bool, err err
 		return time.Time{}, "", false, Malformed()
 	}
 	return t, pos[1], true, nil
+}
+
+// Pairs returns a map filter's pairs as "k=v", sorted: scope filters in a
+// fixed order.
+func Pairs(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k, v := range m {
+		out = append(out, k+"="+v)
+	}
+	slices.Sort(out)
+	return out
 }
