@@ -58,6 +58,18 @@ func Secret(path string, n int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := Private(path); err != nil {
+		return nil, err
+	}
+	if len(b) < n {
+		return nil, fmt.Errorf("%s is shorter than %d bytes: delete it to make a new one", path, n)
+	}
+	return b, nil
+}
+
+// Private refuses a secret file that others may read; it returns the
+// file's info.
+func Private(path string) (os.FileInfo, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
@@ -65,8 +77,5 @@ func Secret(path string, n int) ([]byte, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("%s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
 	}
-	if len(b) < n {
-		return nil, fmt.Errorf("%s is shorter than %d bytes: delete it to make a new one", path, n)
-	}
-	return b, nil
+	return fi, nil
 }

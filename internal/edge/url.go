@@ -155,12 +155,9 @@ func RotateSecret(path string) error {
 }
 
 func (k *Keys) loadLocked() error {
-	fi, err := os.Stat(k.path)
+	fi, err := atomicfile.Private(k.path)
 	if err != nil {
 		return fmt.Errorf("edge secret: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("edge secret %s is readable by others (mode %v): chmod 600 it", k.path, fi.Mode().Perm())
 	}
 	b, err := os.ReadFile(k.path)
 	if err != nil {

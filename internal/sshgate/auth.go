@@ -68,7 +68,7 @@ func loadHostKey(path string) (ssh.Signer, error) {
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("ssh host key: %w", err)
-	} else if err := private(path); err != nil {
+	} else if _, err := atomicfile.Private(path); err != nil {
 		return nil, err
 	}
 	signer, err := ssh.ParsePrivateKey(b)
@@ -139,16 +139,4 @@ func (k *Tokens) verify(token string, now time.Time) (tokenClaims, error) {
 			time.Unix(c.Expires, 0).UTC().Format(time.RFC3339))
 	}
 	return c, nil
-}
-
-// private refuses a secret file that others may read.
-func private(path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return fmt.Errorf("%s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
-	}
-	return nil
 }
