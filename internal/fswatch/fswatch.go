@@ -193,8 +193,13 @@ func (w *Watcher) IdleSince() time.Time {
 	return w.lastUse
 }
 
-// emitLocked appends an event and wakes the readers.
+// emitLocked appends an event and wakes the readers. A watcher that has
+// ended takes no more: Close may end it while run still handles what it
+// read before the file closed (and changed is closed for good then).
 func (w *Watcher) emitLocked(e api.FileEvent) {
+	if w.ended {
+		return
+	}
 	e.Seq = w.next
 	w.next++
 	if e.Time.IsZero() {

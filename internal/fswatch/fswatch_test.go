@@ -182,6 +182,40 @@ func TestClose(t *testing.T) {
 	}
 }
 
+// TestCloseWhileBusy: closing a watcher while changes pour in ends it;
+// what its reader had read before the close is dropped, not a panic (it
+// was once a close of the closed change channel).
+func TestCloseWhileBusy(t *testing.T) {
+	for range 300 {
+		dir := t.TempDir()
+		w, err := New(dir, true, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				os.WriteFile(filepath.Join(dir, "f"), []byte{byte(i)}, 0o644)
+			}
+		}()
+		time.Sleep(time.Millisecond)
+		w.Close()
+		close(stop)
+		<-done
+		time.Sleep(time.Millisecond) // the reader goroutine handles what it read
+		if _, _, _, ended := w.Read(0, 1); !ended {
+			t.Fatal("not ended after Close")
+		}
+	}
+}
+
 // TestUploads: an upload's temporary file is not reported; its rename
 // into place is a write, after a create when the file is new.
 func TestUploads(t *testing.T) {
