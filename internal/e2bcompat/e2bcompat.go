@@ -65,7 +65,6 @@ type Config struct {
 // Machines is what the layer needs of the machine manager.
 type Machines interface {
 	Create(ctx context.Context, team string, req api.CreateMachineRequest) (*store.Machine, error)
-	Get(ctx context.Context, team, id string) (*store.Machine, error)
 	ListPage(ctx context.Context, team string, f machine.ListFilter, after store.MachineCursor, limit int) ([]*store.Machine, bool, error)
 	Kill(ctx context.Context, team, id string) (*store.Machine, error)
 	Pause(ctx context.Context, team, id string) (*store.Snapshot, error)
@@ -153,6 +152,10 @@ func sandboxID(rec *store.Machine) string { return strings.TrimPrefix(rec.Lineag
 
 const machinePrefix = "mch_"
 
+// snapshotPrefix starts a snapshot's id, which E2B's SDKs pass where a
+// template id goes (Sandbox.create(snapshotId), deleteSnapshot).
+const snapshotPrefix = "snp_"
+
 // machineID is the lineage id an E2B sandbox id names, or "" when it cannot
 // name one (E2B ids are 20 lower-case hex digits here).
 func machineID(sbx string) string {
@@ -177,7 +180,7 @@ func (s *Server) accessToken(lineageID string) string {
 // openSandbox resolves an envd request to its machine's agent: it checks
 // the access token, wakes a paused machine with auto-resume (within the
 // edge's window) and returns a context that ends when the machine stops
-// running.
+// running. The call counts as activity (AgentEndpoint records it).
 func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox, error) {
 	lineage := machineID(r.SandboxID)
 	if lineage == "" {
@@ -210,7 +213,6 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 		return nil, err
 	}
 	runCtx, done := s.machines.WhileRunning(ctx, t.MachineID)
-	s.machines.Touch(t.MachineID)
 	return &envd.Sandbox{Ctx: runCtx, Done: done, MachineID: t.MachineID, Lineage: lineage,
 		Agent: agentclient.New(ep.URL, ep.Token, agentclient.SharedHTTPClient()),
 		Touch: func() { s.machines.Touch(t.MachineID) }}, nil

@@ -51,13 +51,6 @@ func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMa
 	return f.add(team, api.StateRunning), nil
 }
 
-func (f *fakeMachines) Get(ctx context.Context, team, id string) (*store.Machine, error) {
-	if rec, ok := f.recs[id]; ok && rec.TeamID == team {
-		return rec, nil
-	}
-	return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, "no", "")
-}
-
 func (f *fakeMachines) LineageHead(ctx context.Context, id string) (*store.Machine, error) {
 	if rec, ok := f.recs[id]; ok {
 		return rec, nil

@@ -151,19 +151,15 @@ func (s *Server) lookup(ctx context.Context, team, sbx string) (*store.Machine, 
 	if id == "" {
 		return nil, notFound(sbx)
 	}
-	if _, err := s.machines.Get(ctx, team, id); errors.Is(err, errdefs.ErrNotFound) {
-		return nil, notFound(sbx)
-	} else if err != nil {
-		return nil, err
-	}
 	// The lineage's first id is an alias once it has been resumed: what
-	// the sandbox is now is its latest execution.
+	// the sandbox is now is its latest execution (a lineage's executions
+	// are all its team's).
 	rec, err := s.machines.LineageHead(ctx, id)
+	if errors.Is(err, errdefs.ErrNotFound) || (err == nil && (rec.TeamID != team || state(rec) == "")) {
+		return nil, notFound(sbx)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if state(rec) == "" {
-		return nil, notFound(sbx)
 	}
 	return rec, nil
 }
@@ -190,7 +186,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 		AllowInternet: req.AllowInternetAccess != nil && *req.AllowInternetAccess && s.cfg.AllowInternet,
 		PublicPorts:   req.Network == nil || req.Network.AllowPublicTraffic == nil || *req.Network.AllowPublicTraffic,
 		AutoResume:    req.AutoResume.Enabled}
-	if strings.HasPrefix(req.TemplateID, "snp_") {
+	if strings.HasPrefix(req.TemplateID, snapshotPrefix) {
 		// Sandbox.create(snapshotId): E2B's snapshots are templates.
 		cr.Template, cr.SnapshotID = "", req.TemplateID
 	}
@@ -201,13 +197,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 		ms := int64(*req.Timeout) * 1000
 		cr.TimeoutMS = &ms
 	}
-	if req.AutoPause != nil && *req.AutoPause {
-		cr.OnTimeout = "pause"
-	}
-	if req.AutoResume.Enabled && cr.OnTimeout != "pause" {
-		// E2B resumes on traffic what paused at its timeout; Nullspace
-		// also needs the lease to pause, not kill.
-		cr.OnTimeout = "pause"
+	// E2B resumes on traffic what paused at its timeout; Nullspace also
+	// needs the lease to pause, not kill, for auto-resume.
+	if (req.AutoPause != nil && *req.AutoPause) || req.AutoResume.Enabled {
+		cr.OnTimeout = api.TimeoutPause
 	}
 	for _, v := range req.VolumeMounts {
 		cr.Volumes = append(cr.Volumes, api.VolumeMount{Name: v.Name, Path: v.Path})
@@ -573,7 +566,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 // delete snapshots as templates).
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, team string) error {
 	id := r.PathValue("id")
-	if !strings.HasPrefix(id, "snp_") {
+	if !strings.HasPrefix(id, snapshotPrefix) {
 		return s.unsupported("deleting templates", "delete a template with `nullspace template rm`")(w, r, team)
 	}
 	if err := s.machines.DeleteSnapshot(r.Context(), team, id, false); err != nil {

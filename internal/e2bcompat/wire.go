@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -142,7 +143,7 @@ type lifecycle struct {
 func (s *Server) detail(rec *store.Machine) sandboxDetail {
 	out := sandboxDetail{listedSandbox: s.listed(rec), EnvdAccessToken: s.accessToken(rec.LineageID),
 		AllowInternetAccess: rec.AllowInternet, Lifecycle: lifecycle{AutoResume: rec.AutoResume, OnTimeout: "kill"}}
-	if rec.OnTimeout == "pause" {
+	if rec.OnTimeout == api.TimeoutPause {
 		out.Lifecycle.OnTimeout = "pause"
 	}
 	if s.cfg.Domain != "" {

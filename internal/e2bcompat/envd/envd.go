@@ -77,7 +77,8 @@ type Sandbox struct {
 	// watcher positions): it survives pause and resume.
 	Lineage string
 	Agent   *agentclient.Client
-	// Touch records activity (idle_timeout counts it).
+	// Touch records activity (idle_timeout counts it) during a long call:
+	// opening the sandbox has counted the call itself.
 	Touch func()
 }
 
@@ -186,13 +187,11 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		_, err = sb.Agent.Health(sb.Ctx)
 	}
 	if err != nil {
-		if p := errdefs.Classify(err); p.Status == http.StatusNotFound || p.Status >= 500 {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusBadGateway)
-			json.NewEncoder(w).Encode(map[string]any{"code": http.StatusBadGateway, "message": message(p)})
-			return
+		p := errdefs.Classify(err)
+		if p.Status == http.StatusNotFound || p.Status >= 500 {
+			p.Status, p.Retryable = http.StatusBadGateway, false
 		}
-		writeError(w, err)
+		writePublic(w, p)
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -255,8 +254,10 @@ func message(p errdefs.Public) string {
 
 // writeError answers a plain HTTP envd route with E2B's error body
 // ({"code": status, "message": ...}), which the SDKs read.
-func writeError(w http.ResponseWriter, err error) {
-	p := errdefs.Classify(err)
+func writeError(w http.ResponseWriter, err error) { writePublic(w, errdefs.Classify(err)) }
+
+// writePublic writes the body of p; a retryable 5xx says when to retry.
+func writePublic(w http.ResponseWriter, p errdefs.Public) {
 	if p.Retryable && p.Status >= 500 {
 		w.Header().Set("Retry-After", "1")
 	}

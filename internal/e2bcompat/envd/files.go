@@ -46,7 +46,6 @@ func (s *Server) openFile(w http.ResponseWriter, r *http.Request, operation stri
 		writeError(w, err)
 		return nil, req, "", false
 	}
-	sb.Touch()
 	return sb, req, user, true
 }
 

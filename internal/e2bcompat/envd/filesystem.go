@@ -34,7 +34,6 @@ func unary[Req, Resp any](f *filesystemService, ctx context.Context, req *connec
 		return nil, rpcError(err)
 	}
 	defer sb.Done()
-	sb.Touch()
 	out, err := fn(sb, resolve(p, userOf(req.Header())))
 	if err != nil {
 		return nil, rpcError(err)

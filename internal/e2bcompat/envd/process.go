@@ -364,7 +364,6 @@ func (p *processService) withPid(ctx context.Context, h http.Header, sel *proces
 	if err != nil {
 		return err
 	}
-	sb.Touch()
 	if err := fn(sb, int(pid)); err != nil {
 		var e *errdefs.Error
 		if errors.As(err, &e) && e.Code == errdefs.CodeProcessNotFound {
