@@ -8,7 +8,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -119,53 +118,24 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 			sb.Agent.Unwatch(context.WithoutCancel(sb.Ctx), watchID)
 		}
 	}()
-	ch := make(chan api.FileEvent)
-	go func() {
-		defer close(ch)
-		for w.Next() {
-			select {
-			case ch <- w.Event():
-			case <-sb.Ctx.Done():
-				return
-			}
-		}
-	}()
-	interval := keepalive(req.Header())
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				if ctx.Err() != nil || sb.Ctx.Err() != nil {
-					return streamEnded(ctx, sb)
-				}
-				return rpcError(w.Err())
-			}
-			if ev.Type == api.FileEventWatching {
-				watchID = ev.WatchID
-				if err := stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Start{Start: &filesystem.WatchDirResponse_StartEvent{}}}); err != nil {
-					return err
-				}
-				continue
-			}
-			if ev.Type == api.FileEventEnd {
-				return connect.NewError(connect.CodeNotFound, fmt.Errorf("the watched directory %s was removed", dir))
-			}
-			for _, fe := range fsEvents(sb, dir, ev, req.Msg.GetIncludeEntry()) {
-				if err := stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: fe}}); err != nil {
-					return err
-				}
-			}
-			tick.Reset(interval)
-		case <-tick.C:
-			if err := stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Keepalive{Keepalive: &filesystem.WatchDirResponse_KeepAlive{}}}); err != nil {
-				return err
-			}
-		case <-sb.Ctx.Done():
-			return streamEnded(ctx, sb)
-		}
+	keep := func() error {
+		return stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Keepalive{Keepalive: &filesystem.WatchDirResponse_KeepAlive{}}})
 	}
+	return follow(ctx, sb, w, keepalive(req.Header()), nil, keep, func(ev api.FileEvent) (bool, error) {
+		switch ev.Type {
+		case api.FileEventWatching:
+			watchID = ev.WatchID
+			return false, stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Start{Start: &filesystem.WatchDirResponse_StartEvent{}}})
+		case api.FileEventEnd:
+			return true, connect.NewError(connect.CodeNotFound, fmt.Errorf("the watched directory %s was removed", dir))
+		}
+		for _, fe := range fsEvents(sb, dir, ev, req.Msg.GetIncludeEntry()) {
+			if err := stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: fe}}); err != nil {
+				return false, err
+			}
+		}
+		return false, nil
+	})
 }
 
 // fsEvents are an agent file event as envd's, named relative to the

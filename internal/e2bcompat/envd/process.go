@@ -117,12 +117,34 @@ func keepalive(h http.Header) time.Duration {
 // (unavailable), the call's deadline (Connect-Timeout-Ms) passed, or the
 // client went away; the process runs on in every case.
 func (s *Server) relay(ctx context.Context, sb *Sandbox, events *agentclient.EventStream, pty bool, interval time.Duration, send func(*process.ProcessEvent) error) error {
-	ch := make(chan api.CommandEvent)
+	cut := connect.NewError(connect.CodeUnavailable, errors.New("the process's output stream ended without its exit"))
+	keep := func() error {
+		return send(&process.ProcessEvent{Event: &process.ProcessEvent_Keepalive{Keepalive: &process.ProcessEvent_KeepAlive{}}})
+	}
+	return follow(ctx, sb, events, interval, cut, keep, func(ev api.CommandEvent) (bool, error) {
+		sb.Touch()
+		if out := processEvent(ev, pty); out != nil {
+			if err := send(out); err != nil {
+				return false, err
+			}
+		}
+		return ev.Type == api.EventExit, nil
+	})
+}
+
+// follow relays an agent stream to a client: each event to handle, which
+// says when the stream is done, and keepalive after interval of quiet. It
+// returns handle's error, or why the stream ended first: the call's end
+// (streamEnded), the agent's error, or cut for a stream that ended cleanly
+// but too soon (nil: that is its end).
+func follow[T any](ctx context.Context, sb *Sandbox, s *agentclient.Stream[T], interval time.Duration, cut error,
+	keepalive func() error, handle func(T) (done bool, err error)) error {
+	ch := make(chan T)
 	go func() {
 		defer close(ch)
-		for events.Next() {
+		for s.Next() {
 			select {
-			case ch <- events.Event():
+			case ch <- s.Event():
 			case <-sb.Ctx.Done():
 				return
 			}
@@ -134,28 +156,20 @@ func (s *Server) relay(ctx context.Context, sb *Sandbox, events *agentclient.Eve
 		select {
 		case ev, ok := <-ch:
 			if !ok {
-				if err := sb.Ctx.Err(); err != nil {
+				if sb.Ctx.Err() != nil {
 					return streamEnded(ctx, sb)
 				}
-				if err := events.Err(); err != nil {
+				if err := s.Err(); err != nil {
 					return rpcError(err)
 				}
-				return connect.NewError(connect.CodeUnavailable, errors.New("the process's output stream ended without its exit"))
+				return cut
 			}
-			sb.Touch()
-			out := processEvent(ev, pty)
-			if out == nil {
-				continue
-			}
-			if err := send(out); err != nil {
+			if done, err := handle(ev); done || err != nil {
 				return err
-			}
-			if ev.Type == api.EventExit {
-				return nil
 			}
 			tick.Reset(interval)
 		case <-tick.C:
-			if err := send(&process.ProcessEvent{Event: &process.ProcessEvent_Keepalive{Keepalive: &process.ProcessEvent_KeepAlive{}}}); err != nil {
+			if err := keepalive(); err != nil {
 				return err
 			}
 		case <-sb.Ctx.Done():
