@@ -112,6 +112,17 @@ func TestRequests(t *testing.T) {
 			wantMethod: "GET", wantPath: "/v1/machines/m1/commands/7/output", wantQuery: "follow=true&stdout_offset=10",
 		},
 		{
+			name: "live output", respBody: `{"type":"exit","exit_code":0}` + "\n",
+			call: func(ctx context.Context, c *Client) error {
+				s, err := c.StreamOutput(ctx, "m1", 7, StreamOutputOptions{Follow: true, Live: true})
+				if err != nil {
+					return err
+				}
+				return s.Close()
+			},
+			wantMethod: "GET", wantPath: "/v1/machines/m1/commands/7/output", wantQuery: "follow=true&live=true",
+		},
+		{
 			name: "stdin", status: 204,
 			call:       func(ctx context.Context, c *Client) error { return c.SendStdin(ctx, "m1", 7, "hi\n", true) },
 			wantMethod: "POST", wantPath: "/v1/machines/m1/commands/7/stdin", wantBody: `{"data":"hi\n","close":true}`,

@@ -54,6 +54,9 @@ type StreamOutputOptions struct {
 	// offset of the last event plus the length of its data.
 	StdoutOffset int64
 	StderrOffset int64
+	// Live skips the buffered output: only what the command writes from
+	// now on (the offsets are ignored), then its exit event.
+	Live bool
 }
 
 // StreamOutput streams the output of a command started earlier, buffered
@@ -63,6 +66,9 @@ func (c *Client) StreamOutput(ctx context.Context, id string, pid int, opts Stre
 	q := url.Values{}
 	if opts.Follow {
 		q.Set("follow", "true")
+	}
+	if opts.Live {
+		q.Set("live", "true")
 	}
 	if opts.StdoutOffset > 0 {
 		q.Set("stdout_offset", strconv.FormatInt(opts.StdoutOffset, 10))
