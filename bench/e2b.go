@@ -40,6 +40,7 @@ const (
 	sideNullspaceWire = "nullspace_wire" // POST .../commands as one fetch
 	sideEnvdGo        = "envd_go"        // envd's Start from the Go Connect client
 	sideAPIGo         = "api_go"         // POST .../commands from the Go client
+	sideRunscExec     = "runsc_exec"     // runsc exec /bin/true in a raw sandbox
 
 	metricBinTrue = "bin_true_round_trip"
 )
@@ -49,7 +50,7 @@ var e2bMetrics = []struct{ metric, name string }{
 	{"exec_round_trip", "command round trip"},
 }
 
-func measureE2B(ctx context.Context, cfg config, ns *nullspaceSide, res *results) error {
+func measureE2B(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results) error {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		return fmt.Errorf("the e2b suite needs Node.js 20+: %w", err)
@@ -78,14 +79,15 @@ func measureE2B(ctx context.Context, cfg config, ns *nullspaceSide, res *results
 	if err := runSampler(cmd, res, template.Base, "bench.mjs"); err != nil {
 		return err
 	}
-	return measureEnvdGo(ctx, cfg, ns, res)
+	return measureEnvdGo(ctx, cfg, ns, raw, res)
 }
 
 // measureEnvdGo times /bin/true through envd's Start stream (the Go
 // Connect client) and through POST .../commands (the Go client) on one
-// machine, alternating: what the layer adds on the server, with the same
-// client stack on both sides.
-func measureEnvdGo(ctx context.Context, cfg config, ns *nullspaceSide, res *results) error {
+// machine, and `runsc exec /bin/true` in a raw sandbox, in turn: what the
+// layer adds on the server, with the same client stack on both sides, and
+// the raw baseline.
+func measureEnvdGo(ctx context.Context, cfg config, ns *nullspaceSide, raw *rawSide, res *results) error {
 	fmt.Fprintf(os.Stderr, "bench: /bin/true through envd and through the API from Go, %d round trips each\n", cfg.n*5)
 	e2bURL := "http://" + ns.inst.E2BAddr
 	body := strings.NewReader(`{"templateID":"base","timeout":300}`)
@@ -133,12 +135,17 @@ func measureEnvdGo(ctx context.Context, cfg config, ns *nullspaceSide, res *resu
 		_, err := ns.client.RunCommand(ctx, id, api.RunCommandRequest{Cmd: []string{"/bin/true"}, User: "user", Cwd: "/home/user"})
 		return err
 	}
+	rc, err := raw.warm(ctx, 2)
+	if err != nil {
+		return err
+	}
+	defer raw.kill(context.WithoutCancel(ctx), rc, nil)
 	type side struct {
 		name string
 		f    func() error
 	}
 	for i := range cfg.n*5 + 5 {
-		order := []side{{sideEnvdGo, envd}, {sideAPIGo, apiRun}}
+		order := []side{{sideEnvdGo, envd}, {sideAPIGo, apiRun}, {sideRunscExec, func() error { return raw.execTrueIn(ctx, rc) }}}
 		if i%2 == 1 {
 			slices.Reverse(order) // alternate which goes first
 		}
@@ -173,4 +180,6 @@ func (r *results) printE2B(w io.Writer) {
 	fmt.Fprintf(w, "  /bin/true's round trip, one fetch from Node: envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx\n", e2b, ns, ratio(e2b, ns))
 	e2b, ns = r.p50(metricBinTrue, sideEnvdGo, template.Base), r.p50(metricBinTrue, sideAPIGo, template.Base)
 	fmt.Fprintf(w, "  /bin/true's round trip from Go: envd Start stream %.2f ms, POST .../commands %.2f ms: %.2fx (+%.2f ms)\n", e2b, ns, ratio(e2b, ns), e2b-ns)
+	raw := r.p50(metricBinTrue, sideRunscExec, template.Base)
+	fmt.Fprintf(w, "  beside raw runsc: `runsc exec /bin/true` %.2f ms; envd %.2fx of it, POST .../commands %.2fx\n", raw, ratio(e2b, raw), ratio(ns, raw))
 }

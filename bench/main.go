@@ -336,7 +336,7 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "e2b" {
-		return measureE2B(ctx, cfg, ns, res)
+		return measureE2B(ctx, cfg, ns, raw, res)
 	}
 	return nil
 }
