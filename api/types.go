@@ -52,6 +52,30 @@ const (
 	StateStarting = "starting"
 )
 
+// Why a machine failed (Machine.FailureReason, the machine.failed event's
+// "reason"). Stable codes; the machine's error says it in words.
+const (
+	// FailureSandboxExit: the machine's sandbox (or its init, the agent)
+	// exited.
+	FailureSandboxExit = "sandbox_exit"
+	// FailureOOM: the host killed the sandbox for exceeding its memory.
+	FailureOOM = "oom"
+	// FailurePids: the sandbox died at its process limit.
+	FailurePids = "pids"
+	// FailureAgentUnresponsive: the machine's agent did not answer for
+	// longer than the server's bound while its sandbox ran.
+	FailureAgentUnresponsive = "agent_unresponsive"
+	// FailurePauseFailed: the lease ended and the machine could not be
+	// paused, several times in a row.
+	FailurePauseFailed = "pause_failed"
+	// FailureSnapshotLost: the snapshot holding its paused state was
+	// deleted or could not be kept.
+	FailureSnapshotLost = "snapshot_lost"
+	// FailureServerRestart: the server stopped during an operation and
+	// found the sandbox gone when it started again.
+	FailureServerRestart = "server_restart"
+)
+
 // CreateMachineRequest is the body of POST /v1/machines.
 type CreateMachineRequest struct {
 	Template      string            `json:"template,omitempty"`  // default "base"
@@ -230,8 +254,11 @@ type Machine struct {
 	StartedAt     *time.Time        `json:"started_at,omitempty"`
 	EndedAt       *time.Time        `json:"ended_at,omitempty"`
 	// Error says why a machine is failed; empty otherwise.
-	Error   string        `json:"error,omitempty"`
-	Volumes []VolumeMount `json:"volumes,omitempty"`
+	Error string `json:"error,omitempty"`
+	// FailureReason is why a machine is failed as a stable code (one of
+	// the Failure* constants); empty otherwise.
+	FailureReason string        `json:"failure_reason,omitempty"`
+	Volumes       []VolumeMount `json:"volumes,omitempty"`
 	Hooks   *Hooks        `json:"hooks,omitempty"`
 	// SnapshotID is the snapshot holding a paused machine's state.
 	SnapshotID string `json:"snapshot_id,omitempty"`

@@ -36,7 +36,10 @@ func (m *Manager) RunSteps(ctx context.Context, rootfs, workdir string, env map[
 		AgentToken:    randomHex(32),
 		CreatedAt:     time.Now().UTC(),
 	}
-	unlock := m.lock(rec.ID)
+	unlock, err := m.lock(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
 		return err

@@ -98,7 +98,10 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force b
 	if err != nil {
 		return err
 	}
-	unlock := m.lock(lineageKey(sn.LineageID))
+	unlock, err := m.lock(ctx, lineageKey(sn.LineageID))
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	aliases, children, err := m.dependents(ctx, id)
 	if err != nil {
@@ -122,7 +125,10 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force b
 // deleteSnapshot deletes sn whatever depends on it; the paused machines
 // whose state it holds become failed with reason.
 func (m *Manager) deleteSnapshot(ctx context.Context, sn *store.Snapshot, reason string) error {
-	unlock := m.lock(lineageKey(sn.LineageID))
+	unlock, err := m.lock(ctx, lineageKey(sn.LineageID))
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	aliases, _, err := m.dependents(ctx, sn.ID)
 	if err != nil {
@@ -152,9 +158,13 @@ func (m *Manager) dependents(ctx context.Context, id string) (aliases, children 
 func (m *Manager) dropSnapshot(ctx context.Context, sn *store.Snapshot, aliases []*store.Machine, reason string) error {
 	var errs []error
 	for _, a := range aliases {
-		unlockM := m.lock(a.ID)
+		unlockM, err := m.lock(ctx, a.ID)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if cur, err := m.store.GetMachine(ctx, a.ID); err == nil && slices.Contains(heldStates, cur.State) {
-			errs = append(errs, m.failFrom(ctx, cur, reason))
+			errs = append(errs, m.failFrom(ctx, cur, api.FailureSnapshotLost, reason))
 		}
 		unlockM()
 	}

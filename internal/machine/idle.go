@@ -1,7 +1,6 @@
 package machine
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"time"
@@ -91,24 +90,27 @@ func (m *Manager) checkIdle(rec *store.Machine, now time.Time) {
 	if idle < time.Duration(rec.IdleTimeoutMS)*time.Millisecond {
 		return
 	}
-	go m.suspendIdle(rec.ID, idle)
+	m.background(func() { m.suspendIdle(rec.ID, idle) })
 }
 
 // suspendIdle pauses an idle machine under its lineage lock, unless it is
 // busy with another operation (then the next check looks again) or no
 // longer running.
 func (m *Manager) suspendIdle(id string, idle time.Duration) {
-	ctx := withCause(context.Background(), "idle")
+	ctx := withCause(m.root, "idle")
 	rec, err := m.store.GetMachine(ctx, id)
 	if err != nil {
 		return
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
+	ctx, unlockLineage, err := m.tryLockOp(ctx, lineageKey(rec.LineageID), id)
+	if err != nil {
 		return
 	}
 	defer unlockLineage()
-	unlock := m.lock(id)
+	unlock, err := m.lock(ctx, id)
+	if err != nil {
+		return
+	}
 	defer unlock()
 	if rec, err = m.store.GetMachine(ctx, id); err != nil || rec.State != api.StateRunning {
 		return

@@ -133,7 +133,10 @@ func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.Set
 	if err != nil {
 		return nil, err
 	}
-	unlockLineage := m.lock(lineageKey(rec.LineageID))
+	unlockLineage, err := m.lock(ctx, lineageKey(rec.LineageID))
+	if err != nil {
+		return nil, err
+	}
 	defer unlockLineage()
 	head, unlock, err := m.headLocked(ctx, rec.LineageID)
 	if err != nil {
@@ -180,18 +183,23 @@ func (m *Manager) RunLeases(ctx context.Context) {
 // there: a refresh, a pause or a kill that got there first wins, and
 // exactly one transition happens.
 func (m *Manager) expire(id string) {
-	ctx := withCause(context.Background(), "timeout")
+	ctx := withCause(m.root, "timeout")
 	rec, err := m.store.GetMachine(ctx, id)
 	if err != nil {
 		return
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		m.leases.Set(id, time.Now().Add(expireRetry)) // another operation runs; look again
+	ctx, unlockLineage, err := m.tryLockOp(ctx, lineageKey(rec.LineageID), id)
+	if err != nil {
+		if m.root.Err() == nil {
+			m.leases.Set(id, time.Now().Add(expireRetry)) // another operation runs; look again
+		}
 		return
 	}
 	defer unlockLineage()
-	unlock := m.lock(id)
+	unlock, err := m.lock(ctx, id)
+	if err != nil {
+		return
+	}
 	defer unlock()
 	if rec, err = m.store.GetMachine(ctx, id); err != nil || rec.State != api.StateRunning || rec.Deadline.IsZero() {
 		return
@@ -205,8 +213,7 @@ func (m *Manager) expire(id string) {
 	if pausesAtDeadline(rec) {
 		log.InfoContext(ctx, "lease ended: pausing the machine")
 		if _, err := m.capture(ctx, rec, api.SnapshotHibernate, 0); err != nil {
-			log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again", "err", err)
-			m.leases.Set(id, time.Now().Add(30*expireRetry))
+			m.pauseFailed(ctx, rec, err)
 		}
 		return
 	}

@@ -72,7 +72,7 @@ func (m *Manager) watchMain(rec *store.Machine) {
 		ctx, cancel := context.WithCancel(w.root)
 		f := &follower{cancel: cancel}
 		w.follows[rec.ID] = f
-		agent := agentclient.New(agentURL(ip), rec.AgentToken, w.http)
+		agent := agentclient.New(m.agentURL(ip), rec.AgentToken, w.http)
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()

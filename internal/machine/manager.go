@@ -92,6 +92,13 @@ type Config struct {
 	MaxMemoryMB     int // default: host memory minus 512 MiB
 	// ReadyTimeout bounds how long a new machine's agent may take to answer.
 	ReadyTimeout time.Duration
+	// AgentPort is the port agents listen on; default AgentPort (unit
+	// tests point it at a fake agent).
+	AgentPort int
+	// AgentSilence is how long a running machine's agent may go without
+	// answering a health probe before the machine is failed (reason
+	// agent_unresponsive); default DefaultAgentSilence.
+	AgentSilence time.Duration
 	// Nameservers for machines with internet; others get the host side IP,
 	// which the firewall rejects at once so lookups fail fast.
 	Nameservers []string
@@ -129,7 +136,13 @@ type Manager struct {
 	metrics   *metrics
 	activity  *activity
 	mainWatch *mainWatch
+	silence   *silence
 	logger    *slog.Logger
+	// root is the context of the manager's own operations (leases, idle
+	// pauses); Shutdown cancels it. bg counts those operations.
+	root     context.Context
+	stopRoot context.CancelFunc
+	bg       sync.WaitGroup
 	// evictMu serializes evictions of sticky machines' paused states.
 	evictMu sync.Mutex
 
@@ -161,6 +174,12 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	if cfg.MaxMemoryMB == 0 {
 		cfg.MaxMemoryMB = hostMemoryMB() - 512
 	}
+	if cfg.AgentPort == 0 {
+		cfg.AgentPort = AgentPort
+	}
+	if cfg.AgentSilence == 0 {
+		cfg.AgentSilence = DefaultAgentSilence
+	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 20 * time.Second
 	}
@@ -191,63 +210,13 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	m := &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
 		locks: map[string]*idLock{}}
 	m.spares = newSpares(m, cfg.Spares)
-	m.leases = lease.New(func(id string) { go m.expire(id) })
+	m.root, m.stopRoot = context.WithCancel(context.Background())
+	m.silence = newSilence()
+	m.leases = lease.New(func(id string) { m.background(func() { m.expire(id) }) })
 	m.metrics = newMetrics()
 	m.activity = newActivity()
 	m.mainWatch = newMainWatch()
 	return m, nil
-}
-
-// idLock is the lock of one id and how many hold or wait for it.
-type idLock struct {
-	mu   sync.Mutex
-	refs int // guarded by Manager.locksMu
-}
-
-// lock serializes operations on one machine id (or one lineage, with the
-// "lineage:" prefix) and returns the unlock function.
-func (m *Manager) lock(id string) func() {
-	l := m.ref(id)
-	l.mu.Lock()
-	return func() {
-		l.mu.Unlock()
-		m.unref(id, l)
-	}
-}
-
-// tryLock is lock that gives up at once: explicit lifecycle calls (pause,
-// resume, snapshot) on a lineage already busy get a conflict instead of
-// queueing behind it.
-func (m *Manager) tryLock(id string) (func(), bool) {
-	l := m.ref(id)
-	if !l.mu.TryLock() {
-		m.unref(id, l)
-		return nil, false
-	}
-	return func() {
-		l.mu.Unlock()
-		m.unref(id, l)
-	}, true
-}
-
-func (m *Manager) ref(id string) *idLock {
-	m.locksMu.Lock()
-	defer m.locksMu.Unlock()
-	l, ok := m.locks[id]
-	if !ok {
-		l = &idLock{}
-		m.locks[id] = l
-	}
-	l.refs++
-	return l
-}
-
-func (m *Manager) unref(id string, l *idLock) {
-	m.locksMu.Lock()
-	defer m.locksMu.Unlock()
-	if l.refs--; l.refs == 0 {
-		delete(m.locks, id)
-	}
 }
 
 var (
@@ -421,7 +390,10 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks
 	}
-	unlock := m.lock(rec.ID)
+	unlock, err := m.lock(ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
 		return nil, err
@@ -459,11 +431,14 @@ func (m *Manager) boot(ctx context.Context, rec *store.Machine, rootfs string, w
 	}
 	spec.Writable = writable
 	t1 := time.Now()
-	if err := m.driver.Start(ctx, spec); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, runscTimeout(0))
+	err = m.driver.Start(sctx, spec)
+	cancel()
+	if err != nil {
 		return nil, fmt.Errorf("start container: %w", err)
 	}
 	t2 := time.Now()
-	agent := agentclient.New(agentURL(ni.GuestIP), rec.AgentToken, nil)
+	agent := agentclient.New(m.agentURL(ni.GuestIP), rec.AgentToken, nil)
 	if err := m.waitAgent(ctx, agent); err != nil {
 		return nil, err
 	}
@@ -658,6 +633,10 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 func (m *Manager) transitioned(rec *store.Machine) {
 	m.schedule(rec)
 	m.watchMain(rec)
+	switch rec.State {
+	case api.StatePaused, api.StateStopped, api.StateKilled, api.StateFailed:
+		m.silence.forget(rec.ID)
+	}
 	m.sessions.end(rec.ID, rec.State)
 	m.observersMu.RLock()
 	defer m.observersMu.RUnlock()
@@ -727,36 +706,49 @@ func sortedStates() []string {
 	return out
 }
 
-// Kill terminates a machine at once and frees its resources. Killing a
-// killed machine returns it unchanged.
+// Kill terminates a machine at once and frees its resources: its latest
+// execution, whichever id of the lineage names it (an operation on a paused
+// alias acts on the lineage's latest execution), its paused aliases, and
+// the lineage's hibernate and checkpoint snapshots that no other machine was
+// made from. Killing a killed machine returns it unchanged.
 //
-// Killing a paused alias (an id its lineage has moved on from) removes only
-// that alias. Killing the lineage's latest execution ends the machine: the
-// paused aliases go too, and so do the lineage's hibernate and checkpoint
-// snapshots that no other machine was made from.
+// A kill always wins: it cancels the lifecycle operation in flight on the
+// lineage (a pause waiting for a silent agent, a resume), which is undone,
+// and it is never queued behind the operations that arrive after it.
 func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
 	}
-	unlockLineage := m.lock(lineageKey(rec.LineageID))
-	defer unlockLineage()
-	unlock := m.lock(id)
-	defer unlock()
-	if rec, err = m.store.GetMachine(ctx, id); err != nil {
+	key := lineageKey(rec.LineageID)
+	done := m.preempt(key, errKilled)
+	defer done()
+	wctx, cancel := context.WithTimeout(ctx, killWait)
+	defer cancel()
+	unlockLineage, err := m.lock(wctx, key)
+	if err != nil {
 		return nil, err
 	}
-	if rec.State == api.StateKilled {
-		return rec, nil
-	}
+	defer unlockLineage()
 	head, err := m.lineageHead(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err
 	}
-	if head.ID != rec.ID {
-		return rec, m.killLocked(ctx, rec)
+	unlock, err := m.lock(wctx, head.ID)
+	if err != nil {
+		return nil, err
 	}
-	return rec, m.killHead(ctx, rec)
+	defer unlock()
+	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
+		return nil, err
+	}
+	if head.State != api.StateKilled {
+		err = m.killHead(ctx, head)
+	}
+	if rec, gerr := m.store.GetMachine(ctx, id); gerr == nil {
+		return rec, err
+	}
+	return head, err
 }
 
 // killHead kills a lineage's latest execution and with it the lineage: its
@@ -783,7 +775,11 @@ func (m *Manager) killHead(ctx context.Context, rec *store.Machine) error {
 }
 
 func (m *Manager) killLocked(ctx context.Context, rec *store.Machine) error {
-	ctx = context.WithoutCancel(ctx) // a kill, once begun, finishes
+	// A kill, once begun, finishes; a sandbox that does not let itself be
+	// killed in time leaves the machine killing, which the next start
+	// finishes.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killTimeout)
+	defer cancel()
 	if rec.State != api.StateKilling {
 		if err := m.setState(ctx, rec, api.StateKilling); err != nil {
 			return err
@@ -834,7 +830,7 @@ func (m *Manager) CheckAgentError(ctx context.Context, teamID, id string, err er
 	if m.alive(ctx, rec) {
 		return err
 	}
-	if ferr := m.fail(ctx, rec, "the machine's init process (the agent) exited"); ferr != nil {
+	if ferr := m.fail(ctx, rec, api.FailureSandboxExit, "the machine's init process (the agent) exited"); ferr != nil {
 		return errors.Join(err, ferr)
 	}
 	return notRunning(rec)
@@ -846,8 +842,11 @@ func (m *Manager) alive(ctx context.Context, rec *store.Machine) bool {
 }
 
 // fail marks a running machine failed and frees its resources.
-func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason string) error {
-	unlock := m.lock(rec.ID)
+func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason, msg string) error {
+	unlock, err := m.lock(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
 	defer unlock()
 	cur, err := m.store.GetMachine(ctx, rec.ID)
 	if err != nil {
@@ -857,36 +856,70 @@ func (m *Manager) fail(ctx context.Context, rec *store.Machine, reason string) e
 		*rec = *cur
 		return nil
 	}
-	err = m.failFrom(ctx, cur, reason)
+	err = m.failFrom(ctx, cur, reason, msg)
 	*rec = *cur
 	return err
 }
 
 // failFrom marks a machine failed from its current state (the caller holds
-// its lock) and frees its resources.
-func (m *Manager) failFrom(ctx context.Context, rec *store.Machine, reason string) error {
+// its lock) and frees its resources. reason is a stable code (api.Failure*),
+// msg says what happened; the machine's error adds the lineage's last
+// checkpoint, from which a new machine can be made.
+func (m *Manager) failFrom(ctx context.Context, rec *store.Machine, reason, msg string) error {
 	cur := rec
 	ctx = context.WithoutCancel(ctx)
-	m.logger.WarnContext(ctx, "machine failed", "machine_id", rec.ID, "reason", reason)
+	m.logger.WarnContext(ctx, "machine failed", "machine_id", rec.ID, "reason", reason, "error", msg)
 	if err := m.release(ctx, cur); err != nil {
 		return fmt.Errorf("free failed machine %s: %w", rec.ID, err)
 	}
+	details := map[string]any{"reason": reason, "error": msg}
+	if last := m.lastCheckpoint(ctx, cur); last != "" {
+		msg += fmt.Sprintf("; its last checkpoint %s can be made into a new machine (POST /v1/machines {\"snapshot_id\": %q})", last, last)
+		details["last_checkpoint"] = last
+	}
 	cur.Slot = -1
-	cur.Error = reason
+	cur.Error = msg
+	cur.FailureReason = reason
 	if err := m.setState(ctx, cur, api.StateFailed); err != nil {
 		return err
 	}
-	m.emit(ctx, api.EventMachineFailed, cur, map[string]any{"reason": reason})
+	m.emit(ctx, api.EventMachineFailed, cur, details)
 	return nil
+}
+
+// lastCheckpoint is the newest ready state of rec's lineage that a machine
+// can be created from (a checkpoint, a reusable snapshot or a pause), or "".
+func (m *Manager) lastCheckpoint(ctx context.Context, rec *store.Machine) string {
+	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}})
+	if err != nil {
+		return ""
+	}
+	var last *store.Snapshot
+	for _, sn := range snaps {
+		if sn.Kind == api.SnapshotDisk || sn.ID == rec.SnapshotID {
+			continue // a disk holds no machine to restore; rec's own state goes with it
+		}
+		if last == nil || sn.CreatedAt.After(last.CreatedAt) {
+			last = sn
+		}
+	}
+	if last == nil {
+		return ""
+	}
+	return last.ID
 }
 
 // Watch checks the running machines every interval and fails those whose
 // sandbox died, until ctx ends. The check is a cgroup read per machine when
 // the driver offers one; `runsc state` confirms before a machine is failed.
+// Every probeEvery-th round it also asks each live machine's agent whether
+// it answers (see silence.go): one silent for longer than AgentSilence is
+// failed too, instead of staying a running zombie.
 func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
+	probeEvery := max(1, int(probeInterval/interval))
+	for round := 1; ; round++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -896,17 +929,26 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 		if err != nil {
 			continue
 		}
+		var live []*store.Machine
 		for _, rec := range recs {
 			if rc, ok := m.driver.(runningChecker); ok {
 				if running, known := rc.Running(rec.ContainerID); known && running {
+					live = append(live, rec)
 					continue // the cheap check says alive; skip runsc state
 				}
 			}
-			if !m.alive(ctx, rec) && ctx.Err() == nil {
-				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, "the machine's sandbox exited"); err != nil {
+			if m.alive(ctx, rec) {
+				live = append(live, rec)
+				continue
+			}
+			if ctx.Err() == nil {
+				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, api.FailureSandboxExit, "the machine's sandbox exited"); err != nil {
 					m.logger.ErrorContext(ctx, "fail dead machine", "machine_id", rec.ID, "err", err)
 				}
 			}
+		}
+		if round%probeEvery == 0 {
+			m.probeAgents(ctx, live)
 		}
 	}
 }
@@ -1012,7 +1054,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 				err = m.driver.Thaw(ctx, rec.ContainerID)
 			}
 			if err != nil || !m.alive(ctx, rec) {
-				if ferr := m.failFrom(ctx, rec, "the server stopped while the machine was being checkpointed, and its sandbox was gone"); ferr != nil {
+				if ferr := m.failFrom(ctx, rec, api.FailureServerRestart, "the server stopped while the machine was being checkpointed, and its sandbox was gone"); ferr != nil {
 					errs = append(errs, ferr)
 				}
 				continue
@@ -1029,7 +1071,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 				}
 			}
 			if !m.alive(ctx, rec) {
-				if err := m.fail(ctx, rec, "the machine's sandbox was gone when the server started"); err != nil {
+				if err := m.fail(ctx, rec, api.FailureSandboxExit, "the machine's sandbox was gone when the server started"); err != nil {
 					errs = append(errs, err)
 				}
 				continue
@@ -1180,7 +1222,7 @@ func (m *Manager) Views(ctx context.Context, recs []*store.Machine) []api.Machin
 func (m *Manager) view(rec *store.Machine, sum store.LineageSummary) api.Machine {
 	v := api.Machine{
 		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
-		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error,
+		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error, FailureReason: rec.FailureReason,
 		Volumes: rec.Volumes, SnapshotID: rec.SnapshotID, LineageID: rec.LineageID, LatestID: rec.ID, RestoredFrom: rec.RestoredFrom,
 	}
 	if len(rec.Hooks.OnPause)+len(rec.Hooks.OnResume) > 0 {
@@ -1282,6 +1324,12 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	if err != nil {
 		return Endpoint{}, err
 	}
+	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting && !rec.Latest {
+		// A paused alias: calls go to the lineage's latest execution.
+		if head, herr := m.lineageHead(ctx, rec.LineageID); herr == nil {
+			rec = head
+		}
+	}
 	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
 		return Endpoint{}, notRunning(rec)
 	}
@@ -1290,11 +1338,14 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 		return Endpoint{}, err
 	}
 	m.Touch(rec.ID) // an API command or file call is activity (idle suspend)
-	return Endpoint{URL: agentURL(ip), Token: rec.AgentToken}, nil
+	return Endpoint{URL: m.agentURL(ip), Token: rec.AgentToken}, nil
 }
 
 // agentURL is the base URL of the agent of the machine at ip.
-func agentURL(ip netip.Addr) string { return "http://" + netip.AddrPortFrom(ip, AgentPort).String() }
+// agentURL is the address of the agent of the machine at ip.
+func (m *Manager) agentURL(ip netip.Addr) string {
+	return "http://" + netip.AddrPortFrom(ip, uint16(m.cfg.AgentPort)).String()
+}
 
 // Record returns a machine's stored record, whatever its team. It is for
 // operators and tests, not for the API.

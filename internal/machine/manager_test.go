@@ -21,6 +21,9 @@ type fakeDriver struct {
 	mu         sync.Mutex
 	containers map[string]runtime.Status
 	failStart  error
+	// checkpoint, if set, is called by Checkpoint (a hanging or failing
+	// runsc).
+	checkpoint func(ctx context.Context) error
 }
 
 func (d *fakeDriver) Start(_ context.Context, s runtime.Spec) error {
@@ -85,7 +88,12 @@ func (d *fakeDriver) setStatus(id string, st runtime.Status) error {
 	return nil
 }
 
-func (d *fakeDriver) Checkpoint(_ context.Context, id, dir string) error {
+func (d *fakeDriver) Checkpoint(ctx context.Context, id, dir string) error {
+	if d.checkpoint != nil {
+		if err := d.checkpoint(ctx); err != nil {
+			return err
+		}
+	}
 	return os.WriteFile(filepath.Join(dir, "checkpoint.img"), []byte(id), 0o600)
 }
 

@@ -52,9 +52,9 @@ func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (*store
 			fmt.Sprintf("snapshot %s is a %s, not the state of a paused machine", sn.ID, sn.Kind),
 			"create a machine from it with POST /v1/machines {\"snapshot_id\": ...}, or restore it in place with POST /v1/machines/{id}/checkpoints/{snapshot_id}/restore")
 	}
-	unlock, ok := m.tryLock(lineageKey(sn.LineageID))
-	if !ok {
-		return nil, busy(sn.MachineID)
+	ctx, unlock, err := m.tryLockOp(ctx, lineageKey(sn.LineageID), sn.MachineID)
+	if err != nil {
+		return nil, err
 	}
 	defer unlock()
 	src, err := m.store.GetMachine(ctx, sn.MachineID)
@@ -88,7 +88,10 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 	if rec.State == api.StateKilled || rec.State == api.StateFailed {
 		return nil, notRunning(rec) // a deleted alias leads nowhere
 	}
-	unlock := m.lock(lineageKey(rec.LineageID))
+	ctx, unlock, err := m.lockOp(ctx, lineageKey(rec.LineageID))
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	head, err := m.wakeLocked(ctx, rec.LineageID)
 	if err != nil {
@@ -172,7 +175,10 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		// A state of a history may be pruned by its lineage's next
 		// checkpoint: hold the lineage until the child counts as one of
 		// its dependents.
-		unlock := m.lock(lineageKey(sn.LineageID))
+		unlock, err := m.lock(ctx, lineageKey(sn.LineageID))
+		if err != nil {
+			return nil, err
+		}
 		defer unlock()
 		if sn, err = m.readySnapshot(ctx, teamID, req.SnapshotID); err != nil {
 			return nil, err
@@ -233,7 +239,13 @@ func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.S
 		rec.ID = sp.MachineID
 		opts.net = &sp.net
 	}
-	unlock := m.lock(rec.ID)
+	unlock, err := m.lock(ctx, rec.ID)
+	if err != nil {
+		if sp != nil {
+			m.spares.destroy(ctx, sp)
+		}
+		return err
+	}
 	defer unlock()
 	if sp != nil {
 		if err := m.store.CreateMachineFromSpare(ctx, rec, sp.Spare); err != nil {
@@ -312,9 +324,9 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 			fmt.Sprintf("snapshot %s is not in the history of machine %s", sn.ID, rec.ID),
 			"list the machine's checkpoints with GET /v1/machines/{id}/checkpoints; to start from another machine's snapshot, create a machine from it")
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		return nil, busy(id)
+	ctx, unlockLineage, err := m.tryLockOp(ctx, lineageKey(rec.LineageID), id)
+	if err != nil {
+		return nil, err
 	}
 	defer unlockLineage()
 	head, unlock, err := m.headLocked(ctx, rec.LineageID)
@@ -482,16 +494,18 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 		go func() { verify <- m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)) }()
 	}
 	t1 := time.Now()
-	rerr := m.driver.Restore(ctx, rspec, m.snaps.Path(sn.ID))
+	rctx, cancel := context.WithTimeout(ctx, runscTimeout(spec.MemoryMB))
+	rerr := m.driver.Restore(rctx, rspec, m.snaps.Path(sn.ID))
+	cancel()
 	t2 := time.Now()
 	if verr := <-verify; verr != nil {
 		return verr
 	}
 	if rerr != nil {
-		return restoreError(sn.ID, rerr)
+		return interrupted(ctx, rec.ID, "restore", restoreError(sn.ID, rerr))
 	}
 	faults.Point("restore.restored")
-	agent := agentclient.New(agentURL(ni.GuestIP), sn.AgentToken, nil)
+	agent := agentclient.New(m.agentURL(ni.GuestIP), sn.AgentToken, nil)
 	if err := m.waitAgent(ctx, agent); err != nil {
 		return err
 	}
@@ -503,12 +517,14 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 	if opts.boot {
 		hooks = nil
 	}
-	res, err := agent.Restored(ctx, api.AgentRestoredRequest{
+	actx, cancel := context.WithTimeout(ctx, prepareTimeout(hooks))
+	res, err := agent.Restored(actx, api.AgentRestoredRequest{
 		MachineID: rec.ID, Hostname: hostnameOf(rec.ID), Token: rec.AgentToken, Now: time.Now().UTC(),
-		Files: files, Hooks: hooks,
+		Files: files, Hooks: hooks, TimeoutMS: hookBudget.Milliseconds(),
 	})
+	cancel()
 	if err != nil {
-		return fmt.Errorf("tell the restored agent its identity: %w", err)
+		return interrupted(ctx, rec.ID, "restore", fmt.Errorf("tell the restored agent its identity: %w", err))
 	}
 	for _, h := range res.Hooks {
 		if h.ExitCode != 0 {

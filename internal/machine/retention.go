@@ -114,7 +114,10 @@ func (m *Manager) PinCheckpoint(ctx context.Context, teamID, id, snapshotID stri
 	if err != nil {
 		return nil, err
 	}
-	unlock := m.lock(lineageKey(rec.LineageID))
+	unlock, err := m.lock(ctx, lineageKey(rec.LineageID))
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	sn, err := m.readySnapshot(ctx, teamID, snapshotID)
 	if err != nil {

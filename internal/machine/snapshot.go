@@ -88,7 +88,10 @@ func (m *Manager) headLocked(ctx context.Context, lineageID string) (*store.Mach
 	if err != nil {
 		return nil, nil, err
 	}
-	unlock := m.lock(head.ID)
+	unlock, err := m.lock(ctx, head.ID)
+	if err != nil {
+		return nil, nil, err
+	}
 	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
 		unlock()
 		return nil, nil, err
@@ -119,45 +122,46 @@ func (m *Manager) Checkpoint(ctx context.Context, teamID, id string) (*store.Sna
 	return m.captureCall(ctx, teamID, id, api.SnapshotCheckpoint)
 }
 
+// captureCall checkpoints the latest execution of id's lineage (an
+// operation on a paused alias acts on the latest execution). Pausing a
+// paused machine returns its snapshot.
 func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*store.Snapshot, error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
 	}
-	if kind == api.SnapshotHibernate && rec.State == api.StatePaused {
-		return m.store.GetSnapshot(ctx, rec.SnapshotID)
-	}
-	rec, unlock, err := m.lockRunning(ctx, rec)
+	ctx, head, unlock, err := m.lockHead(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	if kind == api.SnapshotHibernate && rec.Persistence == api.PersistenceEphemeral {
-		return nil, ephemeralPause(rec)
+	switch {
+	case kind == api.SnapshotHibernate && head.State == api.StatePaused:
+		return m.store.GetSnapshot(ctx, head.SnapshotID)
+	case head.State != api.StateRunning:
+		return nil, notRunning(head)
+	case kind == api.SnapshotHibernate && head.Persistence == api.PersistenceEphemeral:
+		return nil, ephemeralPause(head)
 	}
-	return m.capture(ctx, rec, kind, 0)
+	return m.capture(ctx, head, kind, 0)
 }
 
-// lockRunning takes the lineage lock of rec (failing at once with a
-// conflict if another lifecycle operation holds it) and its machine lock,
-// and returns rec read afresh, which must be running, and the function
-// that unlocks both.
-func (m *Manager) lockRunning(ctx context.Context, rec *store.Machine) (*store.Machine, func(), error) {
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		return nil, nil, busy(rec.ID)
-	}
-	unlock := m.lock(rec.ID)
-	unlockBoth := func() { unlock(); unlockLineage() }
-	cur, err := m.store.GetMachine(ctx, rec.ID)
-	if err == nil && cur.State != api.StateRunning {
-		err = notRunning(cur)
-	}
+// lockHead takes the lineage lock of rec (failing at once with a conflict
+// if another lifecycle operation holds it) and the machine lock of the
+// lineage's latest execution. It returns the operation's context (a kill
+// cancels it), the latest execution read afresh (running, paused or
+// stopped) and the function that unlocks both.
+func (m *Manager) lockHead(ctx context.Context, rec *store.Machine) (context.Context, *store.Machine, func(), error) {
+	opCtx, unlockLineage, err := m.tryLockOp(ctx, lineageKey(rec.LineageID), rec.ID)
 	if err != nil {
-		unlockBoth()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return cur, unlockBoth, nil
+	head, unlock, err := m.headLocked(opCtx, rec.LineageID)
+	if err != nil {
+		unlockLineage()
+		return nil, nil, nil, err
+	}
+	return opCtx, head, func() { unlock(); unlockLineage() }, nil
 }
 
 // capture takes a checkpoint of a running machine; the caller holds the
@@ -169,7 +173,16 @@ func (m *Manager) lockRunning(ctx context.Context, rec *store.Machine) (*store.M
 // process is ended (SIGTERM, SIGKILL after grace), so that it holds the
 // files and no memory; a stop that fails leaves the machine running
 // without them.
+//
+// What it waits for is bounded (bounds.go) and preemptible: a kill or the
+// server's shutdown cancels it, and it is undone. An agent that does not
+// answer the pre-pause call does not stop a pause: the checkpoint is taken
+// without the hooks and the flush, and the event says so.
 func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, grace time.Duration) (*store.Snapshot, error) {
+	// opCtx is what the checkpoint waits under: a kill ends it. ctx, for
+	// the writes that record or undo it, ends with nothing.
+	opCtx, cancelOp := preemptible(context.WithoutCancel(ctx))
+	defer cancelOp()
 	ctx = context.WithoutCancel(ctx) // a checkpoint, once begun, finishes or is undone
 	stop := kind == api.SnapshotHibernate || kind == api.SnapshotDisk
 	op := captureOps[kind]
@@ -212,7 +225,9 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 			errs = append(errs, pending.Abort())
 		}
 		if frozen {
-			errs = append(errs, m.driver.Thaw(ctx, rec.ContainerID))
+			tctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+			errs = append(errs, m.driver.Thaw(tctx, rec.ContainerID))
+			cancel()
 		}
 		errs = append(errs, m.store.DeleteSnapshot(ctx, sn.ID))
 		errs = append(errs, m.setState(ctx, rec, api.StateRunning))
@@ -220,7 +235,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 			log.ErrorContext(ctx, "undo failed checkpoint", "err", err)
 		}
 		log.WarnContext(ctx, "checkpoint failed; machine kept running", "err", cause)
-		return cause
+		return interrupted(opCtx, rec.ID, op, cause)
 	}
 
 	// Hooks and a filesystem flush inside the machine, while it still runs.
@@ -228,24 +243,38 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 	if err != nil {
 		return nil, undo(err)
 	}
-	agent := agentclient.New(agentURL(ip), rec.AgentToken, nil)
+	agent := agentclient.New(m.agentURL(ip), rec.AgentToken, nil)
 	t0 := time.Now()
 	var mainExit *api.MainExit
+	skipped := "" // why the pre-pause hooks and flush did not run
 	if kind == api.SnapshotDisk {
-		res, err := agent.Stop(ctx, api.AgentStopRequest{GraceMS: grace.Milliseconds()})
+		sctx, cancel := context.WithTimeout(opCtx, grace+agentSlack)
+		res, err := agent.Stop(sctx, api.AgentStopRequest{GraceMS: grace.Milliseconds()})
+		cancel()
 		if err != nil {
 			return nil, undo(fmt.Errorf("end the processes of machine %s: %w", rec.ID, err))
 		}
 		mainExit = res.Main
 		log.InfoContext(ctx, "processes ended for a stop", "ended", res.Ended, "killed", res.Killed)
 	} else {
-		prep, err := agent.Prepare(ctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause})
-		if err != nil {
+		pctx, cancel := context.WithTimeout(opCtx, prepareTimeout(rec.Hooks.OnPause))
+		prep, err := agent.Prepare(pctx, api.AgentPrepareRequest{Hooks: rec.Hooks.OnPause, TimeoutMS: hookBudget.Milliseconds()})
+		cancel()
+		switch {
+		case err != nil && opCtx.Err() != nil:
 			return nil, undo(fmt.Errorf("prepare machine %s for a checkpoint: %w", rec.ID, err))
-		}
-		for _, h := range prep.Hooks {
-			if h.ExitCode != 0 {
-				log.WarnContext(ctx, "on_pause hook failed", "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+		case err != nil && !errors.Is(err, errdefs.ErrUnavailable) && !errors.Is(err, errdefs.ErrDeadlineExceeded):
+			return nil, undo(fmt.Errorf("prepare machine %s for a checkpoint: %w", rec.ID, err))
+		case err != nil:
+			// The agent is silent (a wedged machine, a lost network): the
+			// checkpoint does not need it, and holds every write anyway.
+			skipped = fmt.Sprintf("the machine's agent did not answer within %s: on_pause hooks and the filesystem flush were skipped", prepareTimeout(rec.Hooks.OnPause))
+			log.WarnContext(ctx, "checkpoint without the pre-pause call", "err", err)
+		default:
+			for _, h := range prep.Hooks {
+				if h.ExitCode != 0 {
+					log.WarnContext(ctx, "on_pause hook failed", "command", h.Command, "exit_code", h.ExitCode, "output", h.Output)
+				}
 			}
 		}
 	}
@@ -257,12 +286,18 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 	// checkpoint records. A stop has ended every process already: only the
 	// idle agent is left, so the freeze would cost time and buy nothing.
 	if kind == api.SnapshotHibernate {
-		if err := m.driver.Freeze(ctx, rec.ContainerID); err != nil {
+		fctx, cancel := context.WithTimeout(opCtx, freezeTimeout)
+		err := m.driver.Freeze(fctx, rec.ContainerID)
+		cancel()
+		if err != nil {
 			return nil, undo(err)
 		}
 		frozen = true
 	}
-	if err := m.driver.Checkpoint(ctx, rec.ContainerID, pending.Dir()); err != nil {
+	cctx, cancelCheckpoint := context.WithTimeout(opCtx, runscTimeout(rec.MemoryMB))
+	err = m.driver.Checkpoint(cctx, rec.ContainerID, pending.Dir())
+	cancelCheckpoint()
+	if err != nil {
 		return nil, undo(checkpointError(rec.ID, err))
 	}
 	window := time.Since(t1)
@@ -298,10 +333,14 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 	}
 	m.transitioned(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
-	go m.enforceBudget(context.WithoutCancel(ctx))
+	m.background(func() { m.enforceBudget(context.WithoutCancel(ctx)) })
 	switch kind {
 	case api.SnapshotHibernate:
-		m.emit(ctx, api.EventMachinePaused, rec, map[string]any{"snapshot_id": sn.ID})
+		details := map[string]any{"snapshot_id": sn.ID}
+		if skipped != "" {
+			details["hooks_skipped"] = skipped
+		}
+		m.emit(ctx, api.EventMachinePaused, rec, details)
 	case api.SnapshotDisk:
 		if rec.MainPID > 0 && rec.MainExit == nil && mainExit != nil {
 			if _, err := m.store.SetMainExit(ctx, rec.ID, rec.MainPID, mainExit); err != nil {

@@ -54,14 +54,18 @@ func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Durati
 	if err != nil {
 		return nil, err
 	}
-	if rec.State == api.StateStopped {
-		return rec, nil
-	}
-	rec, unlock, err := m.lockRunning(ctx, rec)
+	ctx, rec, unlock, err := m.lockHead(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	switch rec.State {
+	case api.StateStopped:
+		return rec, nil
+	case api.StateRunning:
+	default:
+		return nil, notRunning(rec)
+	}
 	if rec.Persistence == api.PersistenceEphemeral {
 		return nil, errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeMachineEphemeral,
 			fmt.Sprintf("machine %s is ephemeral: a stop would keep its disk, and it keeps nothing", rec.ID),
@@ -80,18 +84,25 @@ func (m *Manager) Start(ctx context.Context, teamID, id string) (*store.Machine,
 	if err != nil {
 		return nil, err
 	}
-	unlockLineage, ok := m.tryLock(lineageKey(rec.LineageID))
-	if !ok {
-		return nil, busy(id)
+	ctx, unlockLineage, err := m.tryLockOp(ctx, lineageKey(rec.LineageID), id)
+	if err != nil {
+		return nil, err
 	}
 	defer unlockLineage()
-	return m.startLocked(ctx, rec.ID)
+	head, err := m.lineageHead(ctx, rec.LineageID)
+	if err != nil {
+		return nil, err
+	}
+	return m.startLocked(ctx, head.ID)
 }
 
 // startLocked starts machine id; the caller holds its lineage lock.
 func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, error) {
 	start := time.Now()
-	unlock := m.lock(id)
+	unlock, err := m.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	rec, err := m.store.GetMachine(ctx, id)
 	if err != nil {
@@ -115,7 +126,10 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 	if err := m.checkRestorable(ctx, sn, spec); err != nil {
 		return nil, err
 	}
-	ctx = context.WithoutCancel(ctx) // a start, once begun, finishes or goes back to stopped
+	// A start, once begun, finishes or goes back to stopped; a kill
+	// cancels it (preemptible).
+	ctx, cancel := preemptible(context.WithoutCancel(ctx))
+	defer cancel()
 	if err := m.store.AssignSlot(ctx, rec, m.net.Slots()); err != nil {
 		return nil, err
 	}
@@ -163,7 +177,9 @@ func (m *Manager) startMain(ctx context.Context, rec *store.Machine) error {
 	if err != nil {
 		return err
 	}
-	started, err := agentclient.New(agentURL(ip), rec.AgentToken, nil).StartMain(ctx, rec.Command)
+	sctx, cancel := context.WithTimeout(ctx, startMainTimeout)
+	defer cancel()
+	started, err := agentclient.New(m.agentURL(ip), rec.AgentToken, nil).StartMain(sctx, rec.Command)
 	if err != nil {
 		return fmt.Errorf("start main process %q: %w", rec.Command[0], err)
 	}

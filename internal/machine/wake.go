@@ -29,7 +29,10 @@ func (m *Manager) Wake(ctx context.Context, lineageID string, resume bool, cause
 	if details != nil {
 		ctx = withDetails(ctx, details)
 	}
-	unlock := m.lock(lineageKey(lineageID))
+	ctx, unlock, err := m.lockOp(ctx, lineageKey(lineageID))
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	if !resume {
 		return m.lineageHead(ctx, lineageID)

@@ -27,7 +27,7 @@ func TestWakeAndObservers(t *testing.T) {
 	addLeased(t, m, d, "w", time.Now().Add(time.Hour), true)
 
 	// An operation in progress holds the lineage lock; Wake waits for it.
-	unlock := m.lock(lineageKey("w"))
+	unlock, _ := m.lock(t.Context(), lineageKey("w"))
 	got := make(chan string, 1)
 	go func() {
 		rec, err := m.Wake(ctx, "w", false, "edge", map[string]any{"port": 8080})
@@ -75,14 +75,14 @@ func TestLocksAreFreed(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			unlock := m.lock(lineageKey("l"))
+			unlock, _ := m.lock(t.Context(), lineageKey("l"))
 			if u, ok := m.tryLock(fmt.Sprintf("m%d", i)); ok {
 				u()
 			}
 			unlock()
 		}()
 	}
-	held := m.lock("busy")
+	held, _ := m.lock(t.Context(), "busy")
 	if _, ok := m.tryLock("busy"); ok {
 		t.Fatal("tryLock of a held id succeeded")
 	}

@@ -322,13 +322,44 @@ type Instance struct {
 	sparesDone chan struct{}
 }
 
-// Shutdown stops serving and removes the spare containers. It does not
-// touch machines.
+// ShutdownTimeout bounds Shutdown, whatever is in flight.
+const ShutdownTimeout = 15 * time.Second
+
+// Shutdown stops serving, cancels the lifecycle operations in flight (they
+// are undone: a pause in progress leaves its machine running) and removes
+// the spare containers. It does not touch machines, and it returns within
+// ShutdownTimeout whatever is in flight.
 func (i *Instance) Shutdown(ctx context.Context) error {
 	i.cancel()
+	ctx, cancelAll := context.WithTimeout(ctx, ShutdownTimeout)
+	defer cancelAll()
+	// Operations in flight first: the requests waiting for them then end.
+	err := i.Manager.Shutdown(ctx)
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	err := i.http.Shutdown(sctx)
+	if herr := i.http.Shutdown(sctx); herr != nil {
+		i.http.Close() // requests still running (a long command) end now
+		err = errors.Join(err, herr)
+	}
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		i.waitServing(sctx)
+	}()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+		err = errors.Join(err, fmt.Errorf("shutdown: gave up waiting for the listeners and spares after %s", ShutdownTimeout))
+	}
+	for _, c := range i.closers {
+		c.Close()
+	}
+	return err
+}
+
+// waitServing ends the edge, E2B and SSH listeners and waits for them and
+// for the API server and the spares to be done.
+func (i *Instance) waitServing(sctx context.Context) {
 	if i.edge != nil {
 		// Held and streaming requests end with the server; machines do not.
 		i.edge.Shutdown(sctx)
@@ -349,10 +380,6 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 	}
 	<-i.done
 	<-i.sparesDone
-	for _, c := range i.closers {
-		c.Close()
-	}
-	return err
 }
 
 // Start brings every part up and starts serving in the background.

@@ -194,6 +194,9 @@ var migrations = []string{
 		created_at TEXT NOT NULL
 	);
 	CREATE INDEX ssh_keys_team ON ssh_keys(team_id, created_at, id);`,
+	// 17: why a machine failed, as a stable code (oom, pids,
+	// sandbox_exit, agent_unresponsive, ...) beside the message in error.
+	`ALTER TABLE machines ADD COLUMN failure_reason TEXT NOT NULL DEFAULT '';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -306,6 +309,9 @@ type Machine struct {
 	StartedAt   time.Time // zero until running
 	EndedAt     time.Time // zero until killed or failed
 	Error       string
+	// FailureReason is why a failed machine failed, as a stable code
+	// (api.Failure*); Error says it in words.
+	FailureReason string
 	// LineageID is the first machine of this machine's pause/resume chain
 	// (its own id for a machine made from a template or a reusable
 	// snapshot); LineageSeq orders the chain's executions.
@@ -359,7 +365,7 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention`
+	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -448,12 +454,12 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
 	cmd, _ := json.Marshal(nonNilSlice(m.Command))
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
-		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated), m.CheckpointRetention)
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated), m.CheckpointRetention, m.FailureReason)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -503,9 +509,9 @@ type execer interface {
 }
 
 func updateMachine(ctx context.Context, db execer, m *Machine) error {
-	res, err := db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?,
+	res, err := db.ExecContext(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?, failure_reason=?,
 		snapshot_id=?, agent_token=?, restored_from=?, timeout_ms=?, on_timeout=?, auto_resume=?, deadline=? WHERE id=?`,
-		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
+		m.State, m.Slot, m.ContainerID, nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error, m.FailureReason,
 		m.SnapshotID, m.AgentToken, m.RestoredFrom, m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.ID)
 	if err != nil {
 		return fmt.Errorf("update machine %s: %w", m.ID, err)
@@ -683,7 +689,7 @@ func scanMachine(r scanner) (*Machine, error) {
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
-		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated, &m.CheckpointRetention)
+		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated, &m.CheckpointRetention, &m.FailureReason)
 	if err != nil {
 		return nil, err
 	}
