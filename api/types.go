@@ -52,6 +52,12 @@ const (
 	StateStarting = "starting"
 )
 
+// MaxDurationMS bounds every duration the API takes in milliseconds
+// (timeouts, leases, idle timeouts, URL expiries, grace periods, waits): a
+// year. Larger values are refused with 400 invalid_argument; they would
+// overflow the server's clock arithmetic.
+const MaxDurationMS int64 = 366 * 24 * 60 * 60 * 1000
+
 // Why a machine failed (Machine.FailureReason, the machine.failed event's
 // "reason"). Stable codes; the machine's error says it in words.
 const (

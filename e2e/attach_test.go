@@ -195,7 +195,7 @@ func TestAttach(t *testing.T) {
 	}{
 		{latest.LatestID, 99999, "process_not_found"},
 		{latest.LatestID, pid, "failed_precondition"},
-		{m.ID, pid, "machine_not_running"},
+		{m.ID, pid, "failed_precondition"}, // a paused alias names its latest execution
 	} {
 		if ws, err := env.client.Attach(ctx, tc.id, tc.pid, client.AttachOptions{}); !client.IsCode(err, tc.code) {
 			if ws != nil {

@@ -177,7 +177,8 @@ func TestWriteThenPause(t *testing.T) {
 }
 
 // TestAliasChain: three pause/resume cycles keep one chain; every alias
-// leads to the latest execution; killing an old alias removes only it.
+// leads to the latest execution; a call on an old alias acts on the latest
+// execution (commands run there, a kill ends the machine).
 func TestAliasChain(t *testing.T) {
 	m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
 	ids := []string{m.ID}
@@ -206,15 +207,22 @@ func TestAliasChain(t *testing.T) {
 			t.Fatalf("connect(%s) = %v, %v; want %s", id, c, err, head)
 		}
 	}
-	// Deleting the original paused id removes that alias only.
+	// A command on the original id runs in the latest execution.
+	if got := run(t, m.ID, "cat /root/chain"); got != "0\n1\n2\n" {
+		t.Fatalf("chain file through the original id = %q", got)
+	}
+	// Killing the original id ends the machine: the latest execution and
+	// every alias.
 	if _, err := env.client.KillMachine(t.Context(), m.ID); err != nil {
 		t.Fatal(err)
 	}
-	_, err := env.client.Connect(t.Context(), m.ID)
-	wantCode(t, err, "machine_not_running")
-	if c, err := env.client.Connect(t.Context(), ids[1]); err != nil || c.ID != head {
-		t.Fatalf("connect(%s) after deleting the original = %v, %v", ids[1], c, err)
+	for _, id := range ids {
+		if info := getMachine(t, id); info.State != api.StateKilled {
+			t.Fatalf("%s after killing the original id: %s, want killed", id, info.State)
+		}
 	}
+	_, err := env.client.Connect(t.Context(), ids[1])
+	wantCode(t, err, "machine_not_running")
 	assertNoLeftovers(t)
 }
 

@@ -253,9 +253,9 @@ func checkHooks(hooks []string) error {
 
 func hookTimeout(ms int64) (time.Duration, error) {
 	switch {
-	case ms < 0:
+	case ms < 0 || ms > api.MaxDurationMS:
 		return 0, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			"timeout_ms must not be negative", "pass 0 for the default of 30 s or a positive number of milliseconds")
+			"timeout_ms is out of range", "pass 0 for the default of 30 s or a positive number of milliseconds up to a year")
 	case ms == 0:
 		return defaultHookTimeout, nil
 	}

@@ -146,9 +146,10 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	if req.TimeoutMS < 0 {
+	if req.TimeoutMS < 0 || req.TimeoutMS > api.MaxDurationMS {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			"timeout_ms must not be negative", "pass 0 for the default or a positive number of milliseconds")
+			fmt.Sprintf("timeout_ms %d is out of range", req.TimeoutMS),
+			fmt.Sprintf("pass 0 for the default or up to %d milliseconds (a year)", api.MaxDurationMS))
 	}
 	id, err := lookupIdentity(req.User)
 	if err != nil {

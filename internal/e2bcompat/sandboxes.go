@@ -117,6 +117,16 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	writeJSON(w, p.Status, errorBody{Code: p.Status, ErrorCode: p.Code, Message: msg})
 }
 
+// secondsMS turns E2B's timeout in seconds into milliseconds; past the
+// API's bound it gives a value the lease's check refuses (instead of one
+// the multiplication wrapped around).
+func secondsMS(secs int) int64 {
+	if int64(secs) > api.MaxDurationMS/1000 {
+		return api.MaxDurationMS + 1
+	}
+	return int64(secs) * 1000
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -194,7 +204,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 		cr.Template = "base"
 	}
 	if req.Timeout != nil {
-		ms := int64(*req.Timeout) * 1000
+		ms := secondsMS(*req.Timeout)
 		cr.TimeoutMS = &ms
 	}
 	// E2B resumes on traffic what paused at its timeout; Nullspace also
@@ -328,7 +338,7 @@ func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request, team string)
 	if err != nil {
 		return err
 	}
-	if _, err := s.machines.SetTimeout(r.Context(), team, rec.ID, api.SetTimeoutRequest{TimeoutMS: int64(*req.Timeout) * 1000}); err != nil {
+	if _, err := s.machines.SetTimeout(r.Context(), team, rec.ID, api.SetTimeoutRequest{TimeoutMS: secondsMS(*req.Timeout)}); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -364,7 +374,7 @@ func (s *Server) extend(ctx context.Context, team string, rec *store.Machine, se
 	if secs <= 0 || (!rec.Deadline.IsZero() && !rec.Deadline.Before(want)) || rec.TimeoutMS == 0 && rec.Deadline.IsZero() {
 		return nil
 	}
-	_, err := s.machines.SetTimeout(ctx, team, rec.ID, api.SetTimeoutRequest{TimeoutMS: int64(secs) * 1000})
+	_, err := s.machines.SetTimeout(ctx, team, rec.ID, api.SetTimeoutRequest{TimeoutMS: secondsMS(secs)})
 	return err
 }
 
@@ -495,7 +505,7 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request, team string) error
 	for _, c := range children {
 		res := forkResult{}
 		if req.Timeout != nil {
-			if _, err := s.machines.SetTimeout(r.Context(), team, c.ID, api.SetTimeoutRequest{TimeoutMS: int64(*req.Timeout) * 1000}); err != nil {
+			if _, err := s.machines.SetTimeout(r.Context(), team, c.ID, api.SetTimeoutRequest{TimeoutMS: secondsMS(*req.Timeout)}); err != nil {
 				p := errdefs.Classify(err)
 				res.Error = &errorBody{Code: p.Status, ErrorCode: p.Code, Message: p.Message}
 				out = append(out, res)

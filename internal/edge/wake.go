@@ -164,7 +164,7 @@ func wakeFailure(lineageID string, err error) refusal {
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
 		return notFound(lineageID)
-	case errors.Is(err, errdefs.ErrResourceExhausted):
+	case errors.Is(err, errdefs.ErrResourceExhausted) || p.Code == errdefs.CodeCapacityExhausted:
 		return unavailable(errdefs.CodeWakeCapacity,
 			fmt.Sprintf("machine %s cannot be woken now: the server is out of capacity (%s)", lineageID, p.Message), true,
 			"retry after the Retry-After delay")

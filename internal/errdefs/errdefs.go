@@ -112,6 +112,9 @@ const (
 	CodeSSHKeyInvalid        = "ssh_key_invalid"
 	CodeSSHDisabled          = "ssh_disabled"
 	CodeWatchNotFound        = "watch_not_found"
+	// CodeCapacityExhausted: the host has no room for another sandbox
+	// (memory over its overcommit, or no free network slot); retryable.
+	CodeCapacityExhausted = "capacity_exhausted"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid           = "url_invalid"
@@ -139,6 +142,7 @@ var Codes = []string{
 	CodeSSHKeyInvalid,
 	CodeSSHDisabled,
 	CodeWatchNotFound,
+	CodeCapacityExhausted,
 	CodeInvalidArgument,
 	CodeUnauthenticated,
 	CodeNotFound,

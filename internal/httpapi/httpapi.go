@@ -215,8 +215,16 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		s.logger.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	}
+	if p.Status == http.StatusServiceUnavailable || p.Status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", retryAfter)
+	}
 	writeJSON(w, p.Status, api.Error{Code: p.Code, Message: p.Message, Retryable: p.Retryable, SuggestedAction: p.SuggestedAction})
 }
+
+// retryAfter is the Retry-After of every 503 and 429 the API sends, as the
+// edge's (reference document 001: "503 Service Unavailable with
+// Retry-After: 5").
+const retryAfter = "5"
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
@@ -404,6 +412,11 @@ func (s *Server) stopMachine(w http.ResponseWriter, r *http.Request, team string
 	}
 	grace := machine.DefaultStopGrace
 	if req.GraceMS != nil {
+		if *req.GraceMS < 0 || *req.GraceMS > machine.MaxStopGrace.Milliseconds() {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("grace_ms %d is out of range", *req.GraceMS),
+				fmt.Sprintf("pass 0 (kill at once) to %d ms", machine.MaxStopGrace.Milliseconds()))
+		}
 		grace = time.Duration(*req.GraceMS) * time.Millisecond
 	}
 	rec, err := s.machines.Stop(r.Context(), team, r.PathValue("id"), grace)
@@ -430,9 +443,9 @@ func (s *Server) waitMachine(w http.ResponseWriter, r *http.Request, team string
 	var timeout int64
 	if v := r.URL.Query().Get("timeout_ms"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n <= 0 {
+		if err != nil || n <= 0 || n > api.MaxDurationMS {
 			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-				fmt.Sprintf("timeout_ms %q is not a positive number of milliseconds", v), "omit it to wait as long as the connection lasts")
+				fmt.Sprintf("timeout_ms %q is not a number of milliseconds from 1 to %d", v, api.MaxDurationMS), "omit it to wait as long as the connection lasts")
 		}
 		timeout = n
 		var cancel context.CancelFunc

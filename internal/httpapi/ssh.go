@@ -2,10 +2,12 @@ package httpapi
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
 )
 
 // SSH is the API's side of the SSH gateway: the teams' keys, and sign-in
@@ -57,6 +59,10 @@ func (s *Server) sshToken(w http.ResponseWriter, r *http.Request, team string) e
 	var req api.SSHTokenRequest
 	if err := decode(r, &req); err != nil {
 		return err
+	}
+	if req.TTLSeconds < 0 || int64(req.TTLSeconds) > api.MaxDurationMS/1000 {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("ttl_seconds %d is out of range", req.TTLSeconds), "pass a shorter ttl, or omit it for 10 minutes")
 	}
 	tok, err := s.ssh.Token(r.Context(), team, r.PathValue("id"), time.Duration(req.TTLSeconds)*time.Second)
 	if err != nil {

@@ -21,9 +21,10 @@ func (s *Server) machineURL(w http.ResponseWriter, r *http.Request, team string)
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeFailedPrecondition,
 			"this server runs without an edge, so machine ports have no public URLs", "start the server with --edge-addr")
 	}
-	if req.ExpiresInMS < 0 {
+	if req.ExpiresInMS < 0 || req.ExpiresInMS > api.MaxDurationMS {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("expires_in_ms %d is negative", req.ExpiresInMS), "give a positive number of milliseconds, or omit it for a URL that does not expire")
+			fmt.Sprintf("expires_in_ms %d is out of range", req.ExpiresInMS),
+			fmt.Sprintf("give 1 to %d milliseconds (a year), or omit it for a URL that does not expire", api.MaxDurationMS))
 	}
 	rec, err := s.machines.Get(r.Context(), team, r.PathValue("id"))
 	if err != nil {

@@ -73,6 +73,11 @@ func (a *activity) forget(running map[string]bool) {
 }
 
 func validateIdle(req *api.CreateMachineRequest) error {
+	if req.IdleTimeoutMS < 0 || req.IdleTimeoutMS > api.MaxDurationMS {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("idle_timeout_ms %d is out of range", req.IdleTimeoutMS),
+			fmt.Sprintf("give 0 (never suspend an idle machine) or %d to %d ms", MinTimeout.Milliseconds(), api.MaxDurationMS))
+	}
 	if req.IdleTimeoutMS != 0 && req.IdleTimeoutMS < MinTimeout.Milliseconds() {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("idle_timeout_ms %d is too short", req.IdleTimeoutMS),

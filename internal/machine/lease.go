@@ -56,10 +56,15 @@ func validateLease(req *api.CreateMachineRequest) error {
 }
 
 func checkWindow(ms int64) error {
-	if ms < MinTimeout.Milliseconds() {
+	switch {
+	case ms < MinTimeout.Milliseconds():
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("timeout_ms %d is too short", ms),
-			fmt.Sprintf("give at least %d ms; there is no upper bound", MinTimeout.Milliseconds()))
+			fmt.Sprintf("give at least %d ms and at most %d ms (a year)", MinTimeout.Milliseconds(), api.MaxDurationMS))
+	case ms > api.MaxDurationMS:
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("timeout_ms %d is too long", ms),
+			fmt.Sprintf("give at most %d ms (a year); refresh the lease with set_timeout or keep_alive to keep a machine longer", api.MaxDurationMS))
 	}
 	return nil
 }

@@ -92,6 +92,12 @@ type Config struct {
 	MaxMemoryMB     int // default: host memory minus 512 MiB
 	// ReadyTimeout bounds how long a new machine's agent may take to answer.
 	ReadyTimeout time.Duration
+	// HostMemoryMB is the host's memory (default: read from
+	// /proc/meminfo) and MemoryOvercommit how many times it may be
+	// committed to sandboxes (default DefaultMemoryOvercommit); see
+	// admission.go.
+	HostMemoryMB     int
+	MemoryOvercommit float64
 	// AgentPort is the port agents listen on; default AgentPort (unit
 	// tests point it at a fake agent).
 	AgentPort int
@@ -137,6 +143,7 @@ type Manager struct {
 	activity  *activity
 	mainWatch *mainWatch
 	silence   *silence
+	admission admission
 	logger    *slog.Logger
 	// root is the context of the manager's own operations (leases, idle
 	// pauses); Shutdown cancels it. bg counts those operations.
@@ -173,6 +180,12 @@ func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates
 	}
 	if cfg.MaxMemoryMB == 0 {
 		cfg.MaxMemoryMB = hostMemoryMB() - 512
+	}
+	if cfg.HostMemoryMB == 0 {
+		cfg.HostMemoryMB = hostMemoryMB()
+	}
+	if cfg.MemoryOvercommit == 0 {
+		cfg.MemoryOvercommit = DefaultMemoryOvercommit
 	}
 	if cfg.AgentPort == 0 {
 		cfg.AgentPort = AgentPort
@@ -395,7 +408,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	defer unlock()
-	if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
+	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)

@@ -217,6 +217,7 @@ func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.
 		return err
 	}
 	if sp, ok := m.spares.take(ctx, shapeOf(rec.TeamID, spec)); ok {
+		// A spare's memory is committed already: it becomes the machine's.
 		warm := *rec
 		err := m.restoreAs(ctx, &warm, sn, spec, sp)
 		if err == nil {
@@ -252,7 +253,7 @@ func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.S
 			m.spares.destroy(ctx, sp)
 			return err
 		}
-	} else if err := m.store.CreateMachine(ctx, rec, m.net.Slots()); err != nil {
+	} else if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return err
 	}
 	if err := m.restoreInto(ctx, rec, sn, spec, opts); err != nil {
@@ -351,7 +352,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	wasPaused := head.State == api.StatePaused
 	prevSnapshot := head.SnapshotID
 	if wasPaused {
-		if err := m.store.AssignSlot(ctx, head, m.net.Slots()); err != nil {
+		if err := m.admit(ctx, head.MemoryMB, func() error { return m.store.AssignSlot(ctx, head, m.net.Slots()) }); err != nil {
 			return nil, err
 		}
 	}
@@ -472,6 +473,10 @@ type restoreOpts struct {
 // verified while runsc restores (a corrupt snapshot is reported as such even
 // when runsc fails first). On error the caller releases rec's resources.
 func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, opts restoreOpts) error {
+	// A kill of the lineage cancels the restore, even where the caller
+	// detached ctx from its own caller.
+	ctx, cancelOp := preemptible(ctx)
+	defer cancelOp()
 	m.spares.restoreStarted()
 	defer m.spares.restoreDone()
 	t0 := time.Now()

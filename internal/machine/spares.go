@@ -323,7 +323,8 @@ func (p *spares) create(ctx context.Context, sh shape) (*spare, error) {
 	m := p.m
 	t0 := time.Now()
 	sp := &spare{Spare: store.Spare{MachineID: newMachineID(), ContainerID: newContainerID(), Shape: sh.key(), CreatedAt: t0.UTC()}}
-	if err := m.store.CreateSpare(ctx, &sp.Spare, m.net.Slots()); err != nil {
+	// Spares count: they never crowd out machines.
+	if err := m.admit(ctx, sh.MemoryMB, func() error { return m.store.CreateSpare(ctx, &sp.Spare, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	rec := sp.machine(sh)

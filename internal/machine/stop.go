@@ -130,7 +130,7 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 	// cancels it (preemptible).
 	ctx, cancel := preemptible(context.WithoutCancel(ctx))
 	defer cancel()
-	if err := m.store.AssignSlot(ctx, rec, m.net.Slots()); err != nil {
+	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.AssignSlot(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	rec.ContainerID = newContainerID()

@@ -88,6 +88,11 @@ type Config struct {
 	// MetricsInterval is how often running machines are sampled; default
 	// 5 s (tests shorten it).
 	MetricsInterval time.Duration
+	// MemoryOvercommit is how many times the host's memory may be given to
+	// machines as their memory_mb (gVisor takes memory as a machine touches
+	// it); a create, resume, start or fork past it is refused with 503
+	// capacity_exhausted. Default machine.DefaultMemoryOvercommit (1.5).
+	MemoryOvercommit float64
 	// Spares is how many containers are kept created ahead of restores, for
 	// the shapes of the newest snapshots; each costs ~16 MiB and a network
 	// slot and takes ~70 ms off a resume. 0 disables them. Default 2.
@@ -152,6 +157,7 @@ func Defaults() Config {
 		NetworkCIDR:         "10.200.0.0/16",
 		MaxFileBytes:        1 << 30,
 		Spares:              2,
+		MemoryOvercommit:    machine.DefaultMemoryOvercommit,
 		CheckpointRetention: machine.DefaultCheckpointRetention,
 		KilledRetention:     24 * time.Hour,
 		EventsRetention:     7 * 24 * time.Hour,
@@ -217,6 +223,12 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckpointRetention < 0 {
 		return fmt.Errorf("--checkpoint-retention must be 0 (keep all) or more, got %d", c.CheckpointRetention)
+	}
+	if c.MemoryOvercommit == 0 {
+		c.MemoryOvercommit = machine.DefaultMemoryOvercommit
+	}
+	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
+		return fmt.Errorf("--memory-overcommit must be more than 0 and at most 100, got %g (1 commits the host's memory once; the default is %g)", c.MemoryOvercommit, machine.DefaultMemoryOvercommit)
 	}
 	if c.Spares < 0 {
 		return fmt.Errorf("--spares must be 0 (none) or more, got %d", c.Spares)
@@ -456,6 +468,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		MaxFileBytes:        cfg.MaxFileBytes,
 		Nameservers:         hostNameservers(),
 		Spares:              cfg.Spares,
+		MemoryOvercommit:    cfg.MemoryOvercommit,
 		Events:              evlog,
 		Observe:             tel.Observe,
 		MetricsInterval:     cfg.MetricsInterval,

@@ -29,6 +29,8 @@ func TestValidate(t *testing.T) {
 		{"runsc is a dir", func(c *Config) { c.Runsc = dir }, "runsc not found"},
 		{"no agent", func(c *Config) { c.AgentBinary = "" }, "agent binary"},
 		{"zero file limit", func(c *Config) { c.MaxFileBytes = 0 }, "--max-file-bytes"},
+		{"negative overcommit", func(c *Config) { c.MemoryOvercommit = -1 }, "--memory-overcommit"},
+		{"absurd overcommit", func(c *Config) { c.MemoryOvercommit = 1000 }, "--memory-overcommit"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

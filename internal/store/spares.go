@@ -52,3 +52,17 @@ func (s *DB) ListSpares(ctx context.Context) ([]*Spare, error) {
 			return &sp, nil
 		})
 }
+
+// CommittedMemoryMB is the memory, in MiB, given to the machines that hold
+// a network slot (they have, or are about to have, a sandbox) and to the
+// spares.
+func (s *DB) CommittedMemoryMB(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT
+		coalesce((SELECT sum(memory_mb) FROM machines WHERE slot >= 0), 0) +
+		coalesce((SELECT sum(json_extract(shape, '$.memory_mb')) FROM spares), 0)`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("committed memory: %w", err)
+	}
+	return n, nil
+}

@@ -46,10 +46,10 @@ EventCallback = Callable[[FileEvent], Any]
 
 def _kill_by_id(machine_id: str, *, client: Optional[Client] = None, api_url: Optional[str] = None,
                 api_key: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
-    """Kills a machine: ``Machine.kill(id)`` or ``machine.kill()``. Killing
-    the latest execution ends the machine with its paused aliases and
-    history; killing a paused alias removes only it. True when the machine
-    is killed (by this call or before), False when there is no such
+    """Kills a machine: ``Machine.kill(id)`` or ``machine.kill()``. Any id
+    of the machine's lineage (a paused alias too) ends the machine: its
+    latest execution, its paused aliases and its history. True when the
+    machine is killed (by this call or before), False when there is no such
     machine."""
     c = shared_client(client, api_url, api_key)
     try:
@@ -63,9 +63,10 @@ class Machine:
     """A handle on one machine execution, named by ``id``.
 
     A pause keeps the id as a *paused alias*; resume and connect return a
-    handle with a new id, which is the one to store. Calls that need the
-    machine running (files, commands) raise MachineNotRunningError on a
-    paused handle: connect() first.
+    handle with a new id, which is the one to store. Calls on a paused
+    alias act on the machine's latest execution (kill, pause, files and
+    commands when it runs); files and commands raise
+    MachineNotRunningError while the machine is paused: connect() first.
     """
 
     def __init__(self, info: MachineInfo, client: Client) -> None:

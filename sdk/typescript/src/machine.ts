@@ -150,7 +150,7 @@ export class Machine {
     }), "machines", m.machineInfo, o);
   }
 
-  /** Kills a machine; false when there is no such machine. */
+  /** Kills a machine, named by any id of its lineage (a paused alias ends the latest execution too); false when there is no such machine. */
   static async kill(id: string, o: ConnectionOptions = {}): Promise<boolean> {
     try {
       await clientOf(o).json({ method: "DELETE", path: mpath(id), idempotent: true }, o);

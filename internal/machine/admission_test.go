@@ -1,0 +1,71 @@
+package machine
+
+import (
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// TestAdmission: creates whose memory would take the host's committed
+// memory past its overcommit are refused at once with 503
+// capacity_exhausted, also when they race; paused machines commit nothing,
+// and a resume is admitted like a create.
+func TestAdmission(t *testing.T) {
+	ctx := t.Context()
+	m, _, db := newHangManager(t, healthyAgent(t))
+	m.cfg.HostMemoryMB, m.cfg.MemoryOvercommit, m.cfg.MaxMemoryMB = 2000, 1.5, 2000                    // 3000 MiB may be committed
+	if err := os.WriteFile(filepath.Join(m.cfg.AgentDir, "nullspace-agent"), nil, 0o755); err != nil { // resumes check it
+		t.Fatal(err)
+	}
+
+	// 40 creates of 1000 MiB at once: three fit.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var made []*store.Machine
+	refused := 0
+	for range 40 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rec, err := m.Create(ctx, "team", api.CreateMachineRequest{Template: "minimal", CPUCount: 1, MemoryMB: 1000})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if p := errdefs.Classify(err); p.Code != errdefs.CodeCapacityExhausted || p.Status != http.StatusServiceUnavailable || !p.Retryable {
+					t.Errorf("refused create: %+v, want 503 capacity_exhausted, retryable", p)
+				}
+				refused++
+				return
+			}
+			made = append(made, rec)
+		}()
+	}
+	wg.Wait()
+	if len(made) != 3 || refused != 37 {
+		t.Fatalf("%d creates admitted and %d refused, want 3 and 37", len(made), refused)
+	}
+	if n, _ := db.CommittedMemoryMB(ctx); n != 3000 {
+		t.Fatalf("committed %d MiB, want 3000", n)
+	}
+
+	// A paused machine frees its share; its resume takes it again.
+	sn, err := m.Pause(ctx, "team", made[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "team", api.CreateMachineRequest{Template: "minimal", CPUCount: 1, MemoryMB: 1000}); err != nil {
+		t.Fatalf("create after a pause freed memory: %v", err)
+	}
+	if _, err := m.Resume(ctx, "team", sn.ID); errdefs.Classify(err).Code != errdefs.CodeCapacityExhausted {
+		t.Fatalf("resume on a full host: %v, want capacity_exhausted", err)
+	}
+	if rec, _ := db.GetMachine(ctx, made[0].ID); rec.State != api.StatePaused {
+		t.Fatalf("the refused resume left its machine %s, want paused", rec.State)
+	}
+}
