@@ -189,10 +189,20 @@ func TestBuildUpload(t *testing.T) {
 func TestDeleteBuiltin(t *testing.T) {
 	s := openStore(t)
 	for _, name := range []string{Minimal, Base} {
+		// A built-in that is not there (here) is still not deletable.
 		err := s.Delete(t.Context(), name)
 		if p := errdefs.Classify(err); p.Status != 403 || p.Code != errdefs.CodePermissionDenied || p.SuggestedAction == "" {
 			t.Errorf("Delete(%s) = %+v, want 403 permission_denied", name, p)
 		}
+	}
+	if err := s.EnsureBuiltin(t.Context(), Minimal); err != nil {
+		t.Skipf("no minimal template here: %v", err)
+	}
+	if p := errdefs.Classify(s.CheckDelete(t.Context(), Minimal)); p.Status != 403 {
+		t.Errorf("CheckDelete(minimal) = %+v, want 403", p)
+	}
+	if err := s.CheckDelete(t.Context(), "nope"); errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Errorf("CheckDelete(nope) = %v, want template_not_found", err)
 	}
 }
 

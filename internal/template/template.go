@@ -300,12 +300,27 @@ func (s *Store) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete template: %w", err)
 	}
 	if IsBuiltin(name) {
-		return fmt.Errorf("delete template %s: %w", name, &errdefs.Error{
-			Class: errdefs.ErrFailedPrecondition, Code: errdefs.CodePermissionDenied, Status: 403,
-			Message:         fmt.Sprintf("template %s is built in and cannot be deleted", name),
-			SuggestedAction: "build a template of your own under another name; the server keeps the built-in ones"})
+		return fmt.Errorf("delete template %s: %w", name, errBuiltin(name))
 	}
 	return s.delete(ctx, name)
+}
+
+// CheckDelete says why Delete would refuse name before anything else is
+// checked: not found, or built in (permission_denied).
+func (s *Store) CheckDelete(ctx context.Context, name string) error {
+	if _, err := s.Get(ctx, name); err != nil {
+		return err
+	}
+	if IsBuiltin(name) {
+		return fmt.Errorf("delete template %s: %w", name, errBuiltin(name))
+	}
+	return nil
+}
+
+func errBuiltin(name string) error {
+	return &errdefs.Error{Class: errdefs.ErrFailedPrecondition, Code: errdefs.CodePermissionDenied, Status: 403,
+		Message:         fmt.Sprintf("template %s is built in and cannot be deleted", name),
+		SuggestedAction: "build a template of your own under another name; the server keeps the built-in ones"}
 }
 
 // delete is Delete for any template, built-in ones included.
