@@ -704,7 +704,7 @@ type Template struct {
 	CreatedAt time.Time         `json:"created_at"`
 	Error     string            `json:"error,omitempty"`
 	// Source says what the template was built from, e.g. "builtin:base",
-	// "template:base", "dir:/srv/rootfs", "tarball:/tmp/x.tar".
+	// "template:base", "dir:/srv/rootfs", "tarball:/tmp/x.tar", "upload".
 	Source string `json:"source,omitempty"`
 }
 
@@ -715,10 +715,13 @@ type TemplateList struct {
 	NextToken string `json:"next_token"`
 }
 
-// BuildTemplateRequest is the body of POST /v1/templates. Exactly one source:
+// BuildTemplateRequest is the body of POST /v1/templates, or its request part
+// when a tarball is uploaded (multipart/form-data; the upload is then the
+// source and the request names none). Otherwise exactly one source:
 // FromTemplate (an existing template), FromDir or FromTarball (paths on the
-// server host). Steps are shell commands run inside a machine booted from the
-// source; their changes become part of the new template.
+// server host, taken only inside its --template-source-dir directories).
+// Steps are shell commands run inside a machine booted from the source; their
+// changes become part of the new template.
 type BuildTemplateRequest struct {
 	Name         string            `json:"name"`
 	FromTemplate string            `json:"from_template,omitempty"`

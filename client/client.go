@@ -201,6 +201,8 @@ type request struct {
 	accept string
 	// contentType of body.
 	contentType string
+	// length of body, if known (else it is sent chunked).
+	length int64
 }
 
 // send performs r and returns the response when its status is 2xx; otherwise
@@ -221,6 +223,9 @@ func (c *Client) send(ctx context.Context, r request) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, r.method, u, body)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", r.method, r.path, err)
+	}
+	if r.length > 0 {
+		req.ContentLength = r.length
 	}
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)

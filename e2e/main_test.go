@@ -141,6 +141,8 @@ func testConfig(dataDir string) server.Config {
 	cfg.MaxFileBytes = testMaxFileBytes
 	cfg.Names = testNames
 	cfg.Version = "e2e"
+	// Builds may name host paths only in here (TestTemplateBuild).
+	cfg.TemplateSourceDirs = []string{templateSourceDir()}
 	cfg.MetricsInterval = 500 * time.Millisecond
 	// Two paused states holding 3.3 MB of random bytes each exceed it:
 	// TestPersistence evicts sticky machines with it. Machines of other tests are
@@ -158,6 +160,13 @@ func testConfig(dataDir string) server.Config {
 	// A page on this origin may call the API (TestCORS).
 	cfg.CORSOrigins = []string{corsOrigin}
 	return cfg
+}
+
+// templateSourceDir is the test server's --template-source-dir.
+func templateSourceDir() string {
+	d := filepath.Join(os.TempDir(), "nullspace-e2e-template-sources")
+	os.MkdirAll(d, 0o755)
+	return d
 }
 
 // restartServer starts (or starts again) the server on env.cfg.

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 // TestTemplateBuild builds templates from a template, a directory and a
@@ -18,7 +21,12 @@ func TestTemplateBuild(t *testing.T) {
 	if err != nil || minimal.State != api.TemplateReady {
 		t.Fatalf("minimal template: %+v, %v", minimal, err)
 	}
-	src := t.TempDir()
+	// Host paths of builds lie in the server's --template-source-dir.
+	src, err := os.MkdirTemp(templateSourceDir(), "build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(src) })
 	rootfs := filepath.Join(env.cfg.TemplatesDir, "minimal", "rootfs")
 	// A directory source: a copy of minimal's rootfs with a marker file.
 	dirSrc := filepath.Join(src, "rootfs")
@@ -101,8 +109,124 @@ func TestTemplateBuild(t *testing.T) {
 				t.Errorf("build %+v succeeded, want an error", req)
 			}
 		}
-		_, err := c.BuildTemplate(ctx, api.BuildTemplateRequest{Name: "e2e-missing", FromDir: "/nonexistent/rootfs"})
+		_, err := c.BuildTemplate(ctx, api.BuildTemplateRequest{Name: "e2e-missing", FromDir: filepath.Join(src, "nonexistent")})
 		wantCode(t, err, "file_not_found")
+	})
+
+	t.Run("upload", func(t *testing.T) {
+		name := "e2e-upload"
+		c.DeleteTemplate(ctx, name)
+		gz := filepath.Join(t.TempDir(), "rootfs.tar.gz")
+		if out, err := execOut("tar", "-C", dirSrc, "-czf", gz, "."); err != nil {
+			t.Fatalf("tar: %v: %s", err, out)
+		}
+		f, err := os.Open(gz)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		tmpl, err := c.BuildTemplateFromTarball(ctx, api.BuildTemplateRequest{Name: name,
+			Steps: []string{"cat /from-dir > /uploaded"}}, f)
+		if err != nil || tmpl.State != api.TemplateReady || tmpl.Source != "upload" {
+			t.Fatalf("upload build: %+v, %v", tmpl, err)
+		}
+		t.Cleanup(func() { c.DeleteTemplate(ctx, name) })
+		m := newMachine(t, api.CreateMachineRequest{Template: name})
+		if got, err := c.ReadFileBytes(ctx, m.ID, "/uploaded"); err != nil || string(got) != "dir\n" {
+			t.Fatalf("/uploaded = %q, %v; want dir", got, err)
+		}
+		// An entry that leaves the root: a failed template, nothing outside.
+		evil := filepath.Join(t.TempDir(), "evil.tar")
+		target := filepath.Join(t.TempDir(), "target")
+		os.Mkdir(target, 0o755)
+		os.Symlink(target, filepath.Join(filepath.Dir(evil), "out"))
+		os.WriteFile(filepath.Join(filepath.Dir(evil), "pwned"), []byte("x"), 0o644)
+		if out, err := execOut("tar", "-C", filepath.Dir(evil), "-cf", evil, "out", "--transform", "s|pwned|out/pwned|", "pwned"); err != nil {
+			t.Fatalf("tar: %v: %s", err, out)
+		}
+		ef, err := os.Open(evil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ef.Close()
+		bad, err := c.BuildTemplateFromTarball(ctx, api.BuildTemplateRequest{Name: "e2e-evil"}, ef)
+		if err != nil || bad.State != api.TemplateFailed || !strings.Contains(bad.Error, "symbolic link") {
+			t.Errorf("evil upload = %+v, %v; want a failed template naming the symlink", bad, err)
+		}
+		c.DeleteTemplate(ctx, "e2e-evil")
+		if _, err := os.Stat(filepath.Join(target, "pwned")); err == nil {
+			t.Error("the upload wrote through its symlink onto the host")
+		}
+	})
+
+	t.Run("host paths outside the source dirs", func(t *testing.T) {
+		outside := filepath.Join(t.TempDir(), "rootfs.tar")
+		if out, err := execOut("cp", tarball, outside); err != nil {
+			t.Fatalf("cp: %v: %s", err, out)
+		}
+		if err := os.Symlink(outside, filepath.Join(src, "escape.tar")); err != nil {
+			t.Fatal(err)
+		}
+		for _, req := range []api.BuildTemplateRequest{
+			{Name: "e2e-host", FromTarball: outside},
+			{Name: "e2e-host", FromDir: "/etc"},
+			{Name: "e2e-host", FromTarball: src + "/../../" + strings.TrimPrefix(outside, filepath.Dir(templateSourceDir())+"/")},
+			{Name: "e2e-host", FromTarball: filepath.Join(src, "escape.tar")},
+		} {
+			_, err := c.BuildTemplate(ctx, req)
+			wantCode(t, err, "permission_denied")
+			var apiErr *client.APIError
+			if errors.As(err, &apiErr) && (apiErr.Status != 403 || !strings.Contains(apiErr.SuggestedAction, "--template-source-dir")) {
+				t.Errorf("%+v: got %+v, want 403 naming --template-source-dir", req, apiErr)
+			}
+		}
+	})
+
+	t.Run("deletion rules", func(t *testing.T) {
+		for _, name := range []string{"minimal", "base"} {
+			if _, err := c.GetTemplate(ctx, name); err == nil {
+				wantCode(t, c.DeleteTemplate(ctx, name), "permission_denied")
+			}
+		}
+		name := "e2e-held"
+		c.DeleteTemplate(ctx, name)
+		if tmpl, err := c.BuildTemplate(ctx, api.BuildTemplateRequest{Name: name, FromTemplate: "minimal"}); err != nil || tmpl.State != api.TemplateReady {
+			t.Fatalf("build: %+v, %v", tmpl, err)
+		}
+		t.Cleanup(func() { c.DeleteTemplate(ctx, name) })
+		// A stopped machine holds it.
+		m := newMachine(t, api.CreateMachineRequest{Template: name})
+		if _, err := c.Stop(ctx, m.ID, nil); err != nil {
+			t.Fatal(err)
+		}
+		err := c.DeleteTemplate(ctx, name)
+		wantCode(t, err, "template_in_use")
+		if !strings.Contains(err.Error(), m.ID) {
+			t.Errorf("template_in_use %q does not name machine %s", err, m.ID)
+		}
+		if _, err := c.KillMachine(ctx, m.ID); err != nil {
+			t.Fatal(err)
+		}
+		// A snapshot of a killed machine holds it: a restore needs the rootfs.
+		m2 := newMachine(t, api.CreateMachineRequest{Template: name})
+		snap, err := c.CreateSnapshot(ctx, m2.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.KillMachine(ctx, m2.ID); err != nil {
+			t.Fatal(err)
+		}
+		err = c.DeleteTemplate(ctx, name)
+		wantCode(t, err, "template_in_use")
+		if !strings.Contains(err.Error(), snap.ID) {
+			t.Errorf("template_in_use %q does not name snapshot %s", err, snap.ID)
+		}
+		if err := c.DeleteSnapshot(ctx, snap.ID, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.DeleteTemplate(ctx, name); err != nil {
+			t.Errorf("delete once nothing uses it: %v", err)
+		}
 	})
 	assertNoLeftovers(t)
 }

@@ -29,8 +29,10 @@ type fakeServer struct {
 	lastList   string // raw query
 	lastRun    api.RunCommandRequest
 	lastBuild  api.BuildTemplateRequest
-	written    []byte
-	killedPIDs []string
+	// lastTarball is the tarball part of an upload; nil for a JSON build.
+	lastTarball []byte
+	written     []byte
+	killedPIDs  []string
 	// lastCalls holds the last "METHOD path?query body" per route pattern.
 	lastCalls map[string]string
 }
@@ -354,9 +356,18 @@ func newFakeServer(t *testing.T) *fakeServer {
 	})
 	mux.HandleFunc("POST /v1/templates", func(w http.ResponseWriter, r *http.Request) {
 		var req api.BuildTemplateRequest
-		json.NewDecoder(r.Body).Decode(&req)
+		var tarball []byte
+		if mr, err := r.MultipartReader(); err == nil {
+			p, _ := mr.NextPart()
+			json.NewDecoder(p).Decode(&req)
+			if p, err := mr.NextPart(); err == nil && p.FormName() == "tarball" {
+				tarball, _ = io.ReadAll(p)
+			}
+		} else {
+			json.NewDecoder(r.Body).Decode(&req)
+		}
 		f.mu.Lock()
-		f.lastBuild = req
+		f.lastBuild, f.lastTarball = req, tarball
 		f.mu.Unlock()
 		state, msg := api.TemplateReady, ""
 		if len(req.Steps) > 0 && req.Steps[0] == "false" {
@@ -1038,12 +1049,30 @@ func TestCLIRequests(t *testing.T) {
 		t.Errorf("got run request %s, want %s", got, wantRun)
 	}
 
-	run(t, t.Context(), f, "", "template", "build", "t", "--from-dir", "rootfs", "--workdir", "/w", "--step", "a", "--step", "b c")
-	if !filepath.IsAbs(f.lastBuild.FromDir) || filepath.Base(f.lastBuild.FromDir) != "rootfs" {
-		t.Errorf("got from_dir %q, want an absolute path ending in rootfs", f.lastBuild.FromDir)
+	run(t, t.Context(), f, "", "template", "build", "t", "--from-dir", "rootfs", "--server-path", "--workdir", "/w", "--step", "a", "--step", "b c")
+	if !filepath.IsAbs(f.lastBuild.FromDir) || filepath.Base(f.lastBuild.FromDir) != "rootfs" || f.lastTarball != nil {
+		t.Errorf("got from_dir %q, want an absolute path ending in rootfs and no upload", f.lastBuild.FromDir)
 	}
 	if got, want := strings.Join(f.lastBuild.Steps, ";"), "a;b c"; got != want {
 		t.Errorf("got steps %q, want %q", got, want)
+	}
+
+	// Without --server-path, a directory and a tarball are uploaded.
+	rootfs := t.TempDir()
+	if err := os.WriteFile(filepath.Join(rootfs, "marker"), []byte("here"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, t.Context(), f, "", "template", "build", "up", "--from-dir", rootfs, "--step", "a")
+	if f.lastBuild.FromDir != "" || f.lastBuild.Name != "up" || !bytes.Contains(f.lastTarball, []byte("./marker")) {
+		t.Errorf("got request %+v with a %d-byte tarball, want the directory uploaded as a tar stream", f.lastBuild, len(f.lastTarball))
+	}
+	tarball := filepath.Join(t.TempDir(), "rootfs.tar.gz")
+	if err := os.WriteFile(tarball, []byte("tarball bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, t.Context(), f, "", "template", "build", "up2", "--from-tarball", tarball)
+	if f.lastBuild.FromTarball != "" || string(f.lastTarball) != "tarball bytes" {
+		t.Errorf("got request %+v with tarball %q, want the file uploaded", f.lastBuild, f.lastTarball)
 	}
 
 	run(t, t.Context(), f, "", "machine", "create", "--volume", "data:/data", "--volume", "cache:/var/cache:ro",

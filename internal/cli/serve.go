@@ -78,6 +78,8 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.BoolVar(&e2bCompat, "e2b-compat", false, "serve the E2B-compatible API (E2B's SDKs, unmodified) on --e2b-addr; `nullspace e2b env` prints the SDKs' variables")
 	f.StringVar(&e2bAddr, "e2b-addr", "127.0.0.1:7703", "listen address of the E2B-compatible API (control plane and envd), with --e2b-compat")
 	f.Int64Var(&cfg.EdgeHoldBodyBytes, "edge-hold-body-bytes", cfg.EdgeHoldBodyBytes, "largest request body held while its machine wakes; a larger one gets 503 machine_wake_body_too_large")
+	f.StringArrayVar(&cfg.TemplateSourceDirs, "template-source-dir", nil, "host directory whose directories and tarballs POST /v1/templates may name as from_dir/from_tarball (repeatable; none by default: other host paths are refused, uploads work)")
+	f.Int64Var(&cfg.TemplateUploadMaxBytes, "template-upload-max-bytes", cfg.TemplateUploadMaxBytes, "largest tarball one template upload may send (it may unpack to 4 times as much)")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

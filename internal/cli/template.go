@@ -1,12 +1,20 @@
 package cli
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 func (a *app) templateCommand() *cobra.Command {
@@ -89,19 +97,26 @@ func (a *app) printTemplate(cmd *cobra.Command, t *api.Template) error {
 
 func (a *app) templateBuildCommand() *cobra.Command {
 	var (
-		req api.BuildTemplateRequest
-		env []string
+		req        api.BuildTemplateRequest
+		env        []string
+		serverPath bool
 	)
 	cmd := &cobra.Command{
 		Use:   "build NAME (--from-template T | --from-dir DIR | --from-tarball FILE)",
 		Short: "Build a template and wait until it is ready",
 		Long: `Build a template from exactly one source: an existing template, a root
-filesystem directory or a tarball. Directories and tarballs are paths on the
-server host (relative paths are made absolute here, as the server runs on
-this host). Each --step is a shell command run, in order, inside a machine
-booted from the source; its changes become part of the template.`,
+filesystem directory or a tarball (plain, gzip, zstd or xz). The directory or
+tarball is read here and uploaded to the server (a directory as a tar stream
+made with tar(1), keeping numeric owners and file capabilities), so this works
+from any machine, with the files this user can read. With --server-path they
+are paths on the server host instead, which the server takes only from the
+directories its operator allows with ` + "`nullspace serve --template-source-dir`" + `.
+Each --step is a shell command run, in order, inside a machine booted from the
+source; its changes become part of the template.`,
 		Example: `  nullspace template build py --from-template base --step 'apt-get install -y python3-pip' --workdir /workspace
-  nullspace template build mine --from-tarball ./rootfs.tar`,
+  nullspace template build mine --from-tarball ./rootfs.tar.gz
+  nullspace template build mine --from-dir ./rootfs --step 'echo ready > /etc/motd'
+  nullspace template build mine --from-dir /srv/rootfs --server-path`,
 		Args: exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
@@ -113,6 +128,9 @@ booted from the source; its changes become part of the template.`,
 			}
 			if n != 1 {
 				return usageErrorf("want exactly one of --from-template, --from-dir, --from-tarball, got %d", n)
+			}
+			if serverPath && req.FromTemplate != "" {
+				return usageErrorf("--server-path goes with --from-dir or --from-tarball")
 			}
 			for _, p := range []*string{&req.FromDir, &req.FromTarball} {
 				if *p == "" {
@@ -135,7 +153,15 @@ booted from the source; its changes become part of the template.`,
 			if !a.json {
 				fmt.Fprintf(cmd.ErrOrStderr(), "building template %s...\n", req.Name)
 			}
-			t, err := c.BuildTemplate(cmd.Context(), req)
+			var t *api.Template
+			switch {
+			case serverPath || req.FromTemplate != "":
+				t, err = c.BuildTemplate(cmd.Context(), req)
+			case req.FromTarball != "":
+				t, err = uploadTarball(cmd.Context(), c, req)
+			default:
+				t, err = uploadDir(cmd.Context(), c, req)
+			}
 			if err != nil {
 				return err
 			}
@@ -155,12 +181,70 @@ booted from the source; its changes become part of the template.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.FromTemplate, "from-template", "", "build on an existing template")
-	f.StringVar(&req.FromDir, "from-dir", "", "root filesystem directory on the server host")
-	f.StringVar(&req.FromTarball, "from-tarball", "", "root filesystem tarball on the server host")
+	f.StringVar(&req.FromDir, "from-dir", "", "root filesystem directory, uploaded (a path on the server host with --server-path)")
+	f.StringVar(&req.FromTarball, "from-tarball", "", "root filesystem tarball, uploaded (a path on the server host with --server-path)")
+	f.BoolVar(&serverPath, "server-path", false, "--from-dir/--from-tarball name a path on the server host, under one of its --template-source-dir")
 	f.StringArrayVar(&req.Steps, "step", nil, "shell command to run in the template (repeatable, in order)")
 	f.StringVar(&req.Workdir, "workdir", "", "default working directory of machines")
 	f.StringArrayVar(&env, "env", nil, "default environment variable KEY=VALUE (repeatable)")
 	return cmd
+}
+
+// uploadTarball builds req from its from_tarball, a file here, uploaded.
+func uploadTarball(ctx context.Context, c *client.Client, req api.BuildTemplateRequest) (*api.Template, error) {
+	f, err := os.Open(req.FromTarball)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file: give a tarball, or a directory with --from-dir", req.FromTarball)
+	}
+	req.FromTarball = ""
+	return c.BuildTemplateFromTarball(ctx, req, f)
+}
+
+// uploadDir builds req from its from_dir, a directory here, uploaded as the
+// tar stream tar(1) makes of it (numeric owners, file capabilities kept).
+// If tar fails, the upload is cut off, and the server keeps nothing of it.
+func uploadDir(ctx context.Context, c *client.Client, req api.BuildTemplateRequest) (*api.Template, error) {
+	dir := req.FromDir
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, err
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("%s is not a directory: give a root filesystem directory, or a tarball with --from-tarball", dir)
+	}
+	req.FromDir = ""
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "tar", "-c", "-f", "-", "-C", dir, "--numeric-owner", "--xattrs",
+		"--xattrs-include=security.capability", ".")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	pr, pw := io.Pipe()
+	cmd.Stdout = pw
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("tar %s: %w", dir, err)
+	}
+	tarErr := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		if err != nil {
+			err = fmt.Errorf("tar %s: %w: %s", dir, err, strings.TrimSpace(stderr.String()))
+		}
+		pw.CloseWithError(err) // nil: the end of the stream
+		tarErr <- err
+	}()
+	t, err := c.BuildTemplateFromTarball(ctx, req, pr)
+	pr.CloseWithError(errors.New("upload ended"))
+	cancel()
+	var apiErr *client.APIError
+	if terr := <-tarErr; terr != nil && err != nil && !errors.As(err, &apiErr) {
+		return nil, terr // why the upload broke off
+	}
+	return t, err
 }
 
 func (a *app) templateDeleteCommand() *cobra.Command {

@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
+	"mime/multipart"
 	"net/http"
 	"slices"
 	"strconv"
@@ -37,6 +39,9 @@ type Authenticator interface {
 type Templates interface {
 	List(ctx context.Context) ([]api.Template, error)
 	Get(ctx context.Context, name string) (api.Template, error)
+	// CheckDelete says why the template cannot be deleted whoever uses
+	// it (not found, built in).
+	CheckDelete(ctx context.Context, name string) error
 	Delete(ctx context.Context, name string) error
 }
 
@@ -44,7 +49,14 @@ type Templates interface {
 // machine manager, which runs build steps, together).
 type TemplateBuilder interface {
 	Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error)
+	// BuildUpload builds from a root filesystem tarball streamed in; req
+	// names no source. A read error of tarball is returned, wrapped.
+	BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error)
 }
+
+// DefaultTemplateUploadBytes bounds a tarball uploaded to POST /v1/templates
+// unless WithTemplateUploadLimit says otherwise.
+const DefaultTemplateUploadBytes = 2 << 30
 
 // URLIssuer issues public URLs of machines' ports (the edge).
 type URLIssuer interface {
@@ -65,6 +77,15 @@ type Server struct {
 	agent     *http.Client
 	ssh       SSH
 	e2b       *E2B // nil: no E2B-compatible API
+	// maxUpload bounds a tarball uploaded to POST /v1/templates.
+	maxUpload int64
+}
+
+// WithTemplateUploadLimit bounds the body of a tarball upload to
+// POST /v1/templates: larger ones are file_too_large (413).
+func (s *Server) WithTemplateUploadLimit(n int64) *Server {
+	s.maxUpload = n
+	return s
 }
 
 // E2B says where the E2B-compatible API is, for GET /v1/health.
@@ -84,7 +105,8 @@ func (s *Server) WithE2B(e *E2B) *Server {
 func New(machines *machine.Manager, templates Templates, builder TemplateBuilder, auth Authenticator, events *events.Log,
 	telemetry *telemetry.Metrics, urls URLIssuer, logger *slog.Logger, version string) *Server {
 	return &Server{machines: machines, templates: templates, builder: builder, auth: auth, events: events,
-		telemetry: telemetry, urls: urls, logger: logger, version: version, agent: agentclient.SharedHTTPClient()}
+		telemetry: telemetry, urls: urls, logger: logger, version: version, agent: agentclient.SharedHTTPClient(),
+		maxUpload: DefaultTemplateUploadBytes}
 }
 
 // prometheus serves the server's own metrics in the Prometheus format.
@@ -370,11 +392,17 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request, _ string) e
 }
 
 func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
-	var req api.BuildTemplateRequest
-	if err := decode(r, &req); err != nil {
-		return err
+	var t api.Template
+	var err error
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
+		t, err = s.uploadTemplate(w, r)
+	} else {
+		var req api.BuildTemplateRequest
+		if err := decode(r, &req); err != nil {
+			return err
+		}
+		t, err = s.builder.Build(r.Context(), req)
 	}
-	t, err := s.builder.Build(r.Context(), req)
 	if err != nil && !(t.Name != "" && t.State == api.TemplateFailed) {
 		return err
 	}
@@ -384,21 +412,98 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, _ string)
 	return nil
 }
 
-func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
-	name := r.PathValue("name")
-	if _, err := s.templates.Get(r.Context(), name); err != nil {
-		return err
+// uploadTemplate builds a template from a multipart/form-data body: a part
+// named request (the JSON build request, naming no source), then a part
+// named tarball (the root filesystem), streamed into the build.
+func (s *Server) uploadTemplate(w http.ResponseWriter, r *http.Request) (api.Template, error) {
+	if r.ContentLength > s.maxUpload {
+		return api.Template{}, errUploadTooLarge(s.maxUpload)
 	}
-	inUse, err := s.machines.TemplateInUse(r.Context(), name)
+	r.Body = http.MaxBytesReader(w, r.Body, s.maxUpload)
+	mr, err := r.MultipartReader()
 	if err != nil {
+		return api.Template{}, errUploadForm(err)
+	}
+	part, err := nextPart(mr, "request")
+	if err != nil {
+		return api.Template{}, err
+	}
+	var req api.BuildTemplateRequest
+	dec := json.NewDecoder(io.LimitReader(part, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return api.Template{}, errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"invalid JSON in the request part: "+err.Error(), "send the build request as JSON, as described in api/openapi.yaml")
+	}
+	part, err = nextPart(mr, "tarball")
+	if err != nil {
+		return api.Template{}, err
+	}
+	return s.builder.BuildUpload(r.Context(), req, uploadBody{part, s.maxUpload})
+}
+
+// nextPart reads the next part of an upload, which must be called name.
+func nextPart(mr *multipart.Reader, name string) (*multipart.Part, error) {
+	part, err := mr.NextPart()
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, errUploadTooLarge(tooLarge.Limit)
+		}
+		if errors.Is(err, io.EOF) {
+			return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("the upload has no %s part", name), uploadAction)
+		}
+		return nil, errUploadForm(err)
+	}
+	if part.FormName() != name {
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("the upload has a part %q where the %s part belongs", part.FormName(), name), uploadAction)
+	}
+	return part, nil
+}
+
+const uploadAction = "send a multipart/form-data body with a part named request (the JSON build request) " +
+	"followed by a part named tarball (the root filesystem)"
+
+func errUploadForm(err error) error {
+	return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+		"the upload is not a readable multipart/form-data body: "+err.Error(), uploadAction)
+}
+
+func errUploadTooLarge(limit int64) error {
+	return &errdefs.Error{Class: errdefs.ErrInvalidArgument, Code: errdefs.CodeFileTooLarge, Status: http.StatusRequestEntityTooLarge,
+		Message:         fmt.Sprintf("the uploaded tarball is larger than this server's limit of %d bytes", limit),
+		SuggestedAction: "compress the tarball (gzip, zstd or xz) or make the root filesystem smaller, or ask the operator to raise --template-upload-max-bytes"}
+}
+
+// uploadBody gives the errors reading an upload their public class.
+type uploadBody struct {
+	r     io.Reader
+	limit int64
+}
+
+func (u uploadBody) Read(p []byte) (int, error) {
+	n, err := u.r.Read(p)
+	if err == nil || errors.Is(err, io.EOF) {
+		return n, err
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return n, errUploadTooLarge(u.limit)
+	}
+	return n, errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+		"the upload broke off: "+err.Error(), "send it again")
+}
+
+// deleteTemplate deletes a template that nothing uses; built-in ones
+// cannot be deleted.
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, team string) error {
+	name := r.PathValue("name")
+	if err := s.templates.CheckDelete(r.Context(), name); err != nil {
 		return err
 	}
-	if inUse {
-		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTemplateInUse,
-			fmt.Sprintf("template %s is used by live or paused machines or by snapshots", name),
-			"kill the machines using it and delete its snapshots first")
-	}
-	if err := s.templates.Delete(r.Context(), name); err != nil {
+	if err := s.machines.DeleteTemplate(r.Context(), team, name, s.templates.Delete); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -162,6 +162,11 @@ type Manager struct {
 	// the ids in use, not every id there ever was.
 	locksMu sync.Mutex
 	locks   map[string]*idLock
+
+	// templateMu is read-held by a create from a template from its check
+	// of the template until its machine's row is written, and held by
+	// DeleteTemplate: no machine starts on a template being deleted.
+	templateMu sync.RWMutex
 }
 
 // New returns a manager.
@@ -364,6 +369,9 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	if req.SnapshotID != "" {
 		return m.createFromSnapshot(ctx, teamID, req)
 	}
+	m.templateMu.RLock()
+	releaseTemplate := sync.OnceFunc(m.templateMu.RUnlock)
+	defer releaseTemplate()
 	tmpl, err := m.templates.Get(ctx, req.Template)
 	if err != nil {
 		return nil, err
@@ -411,6 +419,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
+	releaseTemplate() // the row in state creating now holds the template
 	log := m.logger.With("machine_id", rec.ID, "slot", rec.Slot)
 	_, err = m.boot(ctx, rec, rootfs, false, tmpl)
 	if err == nil {
@@ -1186,26 +1195,6 @@ type runningChecker interface {
 // cgroupSweeper is a driver that can remove cgroups no container owns.
 type cgroupSweeper interface {
 	SweepCgroups(ctx context.Context, keep map[string]bool) error
-}
-
-// TemplateInUse reports whether a live or paused machine or a snapshot uses
-// the template: a snapshot's overlay lies on top of its template's rootfs.
-func (m *Manager) TemplateInUse(ctx context.Context, name string) (bool, error) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: slices.Concat(heldStates, liveStates), Template: name})
-	if err != nil || len(recs) > 0 {
-		return len(recs) > 0, err
-	}
-	// A pruned snapshot's files are gone: it needs no template.
-	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting, store.SnapshotReady}})
-	if err != nil {
-		return false, err
-	}
-	for _, sn := range snaps {
-		if sn.Template == name {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // View returns the public view of a machine.

@@ -100,6 +100,17 @@ type Config struct {
 	// BuiltinTemplates are made ready at start (built once, then cached).
 	// Default minimal,base.
 	BuiltinTemplates []string
+	// TemplateSourceDirs are the host directories whose directories and
+	// tarballs POST /v1/templates may name as from_dir and from_tarball
+	// (also once symlinks are resolved); any other host path is refused,
+	// since an API key must not read the host's files. Absolute, existing
+	// directories. Default none: templates are built from templates or
+	// from tarballs uploaded through the API.
+	TemplateSourceDirs []string
+	// TemplateUploadMaxBytes bounds a tarball uploaded to POST
+	// /v1/templates (413 above it); what it unpacks to is bounded by four
+	// times as much. Default 2 GiB.
+	TemplateUploadMaxBytes int64
 	// Version is reported by /v1/health.
 	Version string
 
@@ -151,24 +162,25 @@ type HostNames struct {
 // and NULLSPACE_CACHE_DIR.
 func Defaults() Config {
 	c := Config{
-		Addr:                "127.0.0.1:7700",
-		DataDir:             envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
-		CacheDir:            envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
-		NetworkCIDR:         "10.200.0.0/16",
-		MaxFileBytes:        1 << 30,
-		Spares:              2,
-		MemoryOvercommit:    machine.DefaultMemoryOvercommit,
-		CheckpointRetention: machine.DefaultCheckpointRetention,
-		KilledRetention:     24 * time.Hour,
-		EventsRetention:     7 * 24 * time.Hour,
-		EventsMax:           1_000_000,
-		WebhookSecret:       os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
-		BuiltinTemplates:    []string{"minimal", "base"},
-		EdgeAddr:            "127.0.0.1:7701",
-		EdgeDomain:          "localhost",
-		EdgeWakeTimeout:     edge.DefaultWakeTimeout,
-		EdgeHoldBodyBytes:   edge.DefaultHoldBodyLimit,
-		EdgeHeaderTimeout:   10 * time.Second,
+		Addr:                   "127.0.0.1:7700",
+		DataDir:                envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
+		CacheDir:               envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
+		NetworkCIDR:            "10.200.0.0/16",
+		MaxFileBytes:           1 << 30,
+		Spares:                 2,
+		MemoryOvercommit:       machine.DefaultMemoryOvercommit,
+		CheckpointRetention:    machine.DefaultCheckpointRetention,
+		KilledRetention:        24 * time.Hour,
+		EventsRetention:        7 * 24 * time.Hour,
+		EventsMax:              1_000_000,
+		WebhookSecret:          os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
+		BuiltinTemplates:       []string{"minimal", "base"},
+		TemplateUploadMaxBytes: httpapi.DefaultTemplateUploadBytes,
+		EdgeAddr:               "127.0.0.1:7701",
+		EdgeDomain:             "localhost",
+		EdgeWakeTimeout:        edge.DefaultWakeTimeout,
+		EdgeHoldBodyBytes:      edge.DefaultHoldBodyLimit,
+		EdgeHeaderTimeout:      10 * time.Second,
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -235,6 +247,19 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxFileBytes <= 0 {
 		return fmt.Errorf("--max-file-bytes must be positive, got %d", c.MaxFileBytes)
+	}
+	if c.TemplateUploadMaxBytes <= 0 {
+		return fmt.Errorf("--template-upload-max-bytes must be positive, got %d", c.TemplateUploadMaxBytes)
+	}
+	for _, d := range c.TemplateSourceDirs {
+		if !filepath.IsAbs(d) {
+			return fmt.Errorf("--template-source-dir %q is not an absolute path", d)
+		}
+		if fi, err := os.Stat(d); err != nil {
+			return fmt.Errorf("--template-source-dir %s: %w", d, err)
+		} else if !fi.IsDir() {
+			return fmt.Errorf("--template-source-dir %s is not a directory", d)
+		}
 	}
 	if _, err := cors.Parse(c.CORSOrigins); err != nil {
 		return fmt.Errorf("--cors-origin: %w", err)
@@ -428,8 +453,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 
 	templates, err := template.Open(cfg.TemplatesDir, logger, template.Options{
-		CacheDir: cfg.CacheDir,
-		Progress: func(msg string) { logger.Info(msg) },
+		CacheDir:         cfg.CacheDir,
+		Progress:         func(msg string) { logger.Info(msg) },
+		SourceDirs:       cfg.TemplateSourceDirs,
+		MaxUnpackedBytes: 4 * cfg.TemplateUploadMaxBytes,
 	})
 	if err != nil {
 		return nil, err
@@ -520,7 +547,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		closers = append(closers, e2bSrv.ln)
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess)
+		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).
+		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes)
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
 	}
@@ -678,4 +706,8 @@ type templateBuilder struct {
 
 func (b *templateBuilder) Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error) {
 	return b.templates.Build(ctx, req, b.machines)
+}
+
+func (b *templateBuilder) BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
+	return b.templates.BuildUpload(ctx, req, tarball, b.machines)
 }

@@ -16,7 +16,8 @@ func TestValidate(t *testing.T) {
 	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	good := Config{Addr: "127.0.0.1:7700", DataDir: dir, Runsc: exe, AgentBinary: exe, MaxFileBytes: 1}
+	good := Config{Addr: "127.0.0.1:7700", DataDir: dir, Runsc: exe, AgentBinary: exe, MaxFileBytes: 1,
+		TemplateUploadMaxBytes: 1, TemplateSourceDirs: []string{dir}}
 	tests := []struct {
 		name   string
 		change func(*Config)
@@ -31,6 +32,10 @@ func TestValidate(t *testing.T) {
 		{"zero file limit", func(c *Config) { c.MaxFileBytes = 0 }, "--max-file-bytes"},
 		{"negative overcommit", func(c *Config) { c.MemoryOvercommit = -1 }, "--memory-overcommit"},
 		{"absurd overcommit", func(c *Config) { c.MemoryOvercommit = 1000 }, "--memory-overcommit"},
+		{"zero upload limit", func(c *Config) { c.TemplateUploadMaxBytes = 0 }, "--template-upload-max-bytes"},
+		{"relative source dir", func(c *Config) { c.TemplateSourceDirs = []string{"rootfs"} }, "--template-source-dir"},
+		{"missing source dir", func(c *Config) { c.TemplateSourceDirs = []string{filepath.Join(dir, "missing")} }, "--template-source-dir"},
+		{"file as source dir", func(c *Config) { c.TemplateSourceDirs = []string{exe} }, "not a directory"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

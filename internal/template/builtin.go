@@ -115,7 +115,7 @@ func (s *Store) EnsureBuiltin(ctx context.Context, name string) error {
 			return nil
 		case err == nil && m.State == api.TemplateFailed:
 			s.log.Warn("replacing failed built-in template", "template", name, "error", m.Error)
-			if err := s.Delete(ctx, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+			if err := s.delete(ctx, name); err != nil && !errors.Is(err, errdefs.ErrNotFound) {
 				return fmt.Errorf("ensure built-in template %s: %w", name, err)
 			}
 			continue

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -176,6 +177,10 @@ type command struct {
 	newMountNS bool
 	// onLine receives each output line (stdout and stderr), if set.
 	onLine func(string)
+	// stdin is its standard input; nil: none.
+	stdin io.Reader
+	// extraFiles are open in it as file descriptors 3, 4, ...
+	extraFiles []*os.File
 }
 
 // run runs c, killing its whole process group when ctx is done. A failure
@@ -185,6 +190,7 @@ func (c command) run(ctx context.Context) error {
 	out := &outputTail{max: 8 << 10, onLine: c.onLine}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env, cmd.Dir = c.env, c.dir
+	cmd.Stdin, cmd.ExtraFiles = c.stdin, c.extraFiles
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if c.newMountNS {
 		// Go makes / recursively private in the child before exec.

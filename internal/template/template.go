@@ -4,6 +4,12 @@
 // host) and user templates made from a template, a directory or a tarball plus
 // shell steps run inside a machine.
 //
+// A template's source is untrusted unless it is a template: directories and
+// tarballs of the server host are taken only from the directories the
+// operator names (Options.SourceDirs), and tarballs, uploaded or not, are
+// extracted through a filter that keeps every entry inside the root
+// filesystem (tarball.go).
+//
 // On disk, under the store's directory:
 //
 //	<name>/template.json      metadata: api.Template plus internal fields
@@ -65,6 +71,15 @@ type Options struct {
 	// Progress, if set, receives one human-readable line per slow step, from
 	// the goroutine doing the step.
 	Progress func(string)
+	// SourceDirs are the directories of this host whose contents builds may
+	// name as from_dir or from_tarball (after symlinks are resolved); a path
+	// anywhere else is refused. Each must be an existing directory, given
+	// by its absolute path. Default none: templates come from templates or
+	// from uploaded tarballs (BuildUpload) only.
+	SourceDirs []string
+	// MaxUnpackedBytes bounds what an uploaded tarball unpacks to (its tar
+	// stream, decompressed). 0: no bound.
+	MaxUnpackedBytes int64
 }
 
 // Defaults of Options.
@@ -80,6 +95,9 @@ type Store struct {
 	dir  string
 	log  *slog.Logger
 	opts Options
+
+	// sourceDirs are Options.SourceDirs as given and with symlinks resolved.
+	sourceDirs []sourceDir
 
 	mu sync.Mutex
 	// building maps names this process is building to their held lock file.
@@ -150,6 +168,13 @@ func Open(dir string, logger *slog.Logger, opts Options) (*Store, error) {
 		opts:     opts,
 		building: make(map[string]*os.File),
 		sources:  make(map[string]int),
+	}
+	for _, d := range opts.SourceDirs {
+		sd, err := resolveSourceDir(d)
+		if err != nil {
+			return nil, fmt.Errorf("open template store: %w", err)
+		}
+		s.sourceDirs = append(s.sourceDirs, sd)
 	}
 	if err := s.cleanup(); err != nil {
 		return nil, fmt.Errorf("open template store %s: %w", dir, err)
@@ -267,11 +292,39 @@ func (s *Store) RootfsDir(name string) (string, error) {
 }
 
 // Delete removes a template. The caller must make sure no machine uses it.
-// A template being built cannot be deleted (template_not_ready).
+// A template being built cannot be deleted (template_not_ready), nor can a
+// built-in one (permission_denied): the server makes those ready at start
+// and rebuilds a failed one itself.
 func (s *Store) Delete(ctx context.Context, name string) error {
 	if err := ValidateName(name); err != nil {
 		return fmt.Errorf("delete template: %w", err)
 	}
+	if IsBuiltin(name) {
+		return fmt.Errorf("delete template %s: %w", name, errBuiltin(name))
+	}
+	return s.delete(ctx, name)
+}
+
+// CheckDelete says why Delete would refuse name before anything else is
+// checked: not found, or built in (permission_denied).
+func (s *Store) CheckDelete(ctx context.Context, name string) error {
+	if _, err := s.Get(ctx, name); err != nil {
+		return err
+	}
+	if IsBuiltin(name) {
+		return fmt.Errorf("delete template %s: %w", name, errBuiltin(name))
+	}
+	return nil
+}
+
+func errBuiltin(name string) error {
+	return &errdefs.Error{Class: errdefs.ErrFailedPrecondition, Code: errdefs.CodePermissionDenied, Status: 403,
+		Message:         fmt.Sprintf("template %s is built in and cannot be deleted", name),
+		SuggestedAction: "build a template of your own under another name; the server keeps the built-in ones"}
+}
+
+// delete is Delete for any template, built-in ones included.
+func (s *Store) delete(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("delete template %s: %w", name, err)
 	}

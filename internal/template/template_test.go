@@ -32,7 +32,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func openStore(t *testing.T) *Store {
 	t.Helper()
-	s, err := Open(t.TempDir(), testLogger(t), Options{CacheDir: t.TempDir()})
+	s, err := Open(t.TempDir(), testLogger(t), Options{CacheDir: t.TempDir(), SourceDirs: []string{os.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -600,7 +600,7 @@ func TestBuildInProgress(t *testing.T) {
 		t.Errorf("concurrent Build = %v, want template_exists", err)
 	}
 	// Another process's view: a second store on the same directory.
-	other, err := Open(s.dir, testLogger(t), Options{})
+	other, err := Open(s.dir, testLogger(t), Options{SourceDirs: []string{os.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -646,12 +646,12 @@ func TestErrors(t *testing.T) {
 		{"no source", api.BuildTemplateRequest{Name: "x"}, errdefs.CodeInvalidArgument},
 		{"two sources", api.BuildTemplateRequest{Name: "x", FromDir: src, FromTemplate: "exists"}, errdefs.CodeInvalidArgument},
 		{"relative dir", api.BuildTemplateRequest{Name: "x", FromDir: "rootfs"}, errdefs.CodeInvalidArgument},
-		{"missing dir", api.BuildTemplateRequest{Name: "x", FromDir: "/nonexistent/rootfs"}, errdefs.CodeFileNotFound},
+		{"missing dir", api.BuildTemplateRequest{Name: "x", FromDir: filepath.Join(src, "nonexistent")}, errdefs.CodeFileNotFound},
 		{"dir is a file", api.BuildTemplateRequest{Name: "x", FromDir: file}, errdefs.CodeInvalidArgument},
 		{"dir holds the store", api.BuildTemplateRequest{Name: "x", FromDir: filepath.Dir(s.dir)}, errdefs.CodeInvalidArgument},
-		{"dir is the host", api.BuildTemplateRequest{Name: "x", FromDir: "/"}, errdefs.CodeInvalidArgument},
+		{"dir is the host", api.BuildTemplateRequest{Name: "x", FromDir: "/"}, errdefs.CodePermissionDenied},
 		{"dir links to the store", api.BuildTemplateRequest{Name: "x", FromDir: storeLink}, errdefs.CodeInvalidArgument},
-		{"missing tarball", api.BuildTemplateRequest{Name: "x", FromTarball: "/nonexistent.tar"}, errdefs.CodeFileNotFound},
+		{"missing tarball", api.BuildTemplateRequest{Name: "x", FromTarball: filepath.Join(src, "nonexistent.tar")}, errdefs.CodeFileNotFound},
 		{"not a tarball", api.BuildTemplateRequest{Name: "x", FromTarball: file}, errdefs.CodeInvalidArgument},
 		{"tarball is a dir", api.BuildTemplateRequest{Name: "x", FromTarball: src}, errdefs.CodeInvalidArgument},
 		{"missing template", api.BuildTemplateRequest{Name: "x", FromTemplate: "nope"}, errdefs.CodeTemplateNotFound},
@@ -728,7 +728,7 @@ func TestDelete(t *testing.T) {
 
 func TestOpenCleansUp(t *testing.T) {
 	dir := t.TempDir()
-	s, err := Open(dir, testLogger(t), Options{})
+	s, err := Open(dir, testLogger(t), Options{SourceDirs: []string{os.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -742,7 +742,7 @@ func TestOpenCleansUp(t *testing.T) {
 	if got, err := s.Get(t.Context(), "crashed"); errCode(err) != errdefs.CodeTemplateNotFound {
 		t.Errorf("Get(crashed) = %+v, %v; a build without its lock holder is not building", got, err)
 	}
-	s2, err := Open(dir, testLogger(t), Options{})
+	s2, err := Open(dir, testLogger(t), Options{SourceDirs: []string{os.TempDir()}})
 	if err != nil {
 		t.Fatal(err)
 	}
