@@ -809,6 +809,8 @@ func notRunning(rec *store.Machine) error {
 	}
 	action := "create a new machine; a killed or failed machine cannot run commands"
 	switch rec.State {
+	case api.StateFailed:
+		action = "create a new machine: a failed machine cannot run commands; when the error names its last checkpoint, create it from that (snapshot_id)"
 	case api.StatePaused:
 		action = "resume it with POST /v1/machines/{id}/connect (`nullspace machine connect`) and use the id it returns"
 	case api.StateStopped:
@@ -903,7 +905,8 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 				}
 			}
 			if !m.alive(ctx, rec) && ctx.Err() == nil {
-				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, "the machine's sandbox exited"); err != nil {
+				reason, details := m.sandboxExit(ctx, rec)
+				if err := m.fail(withDetails(withCause(ctx, "sandbox_exit"), details), rec, reason); err != nil {
 					m.logger.ErrorContext(ctx, "fail dead machine", "machine_id", rec.ID, "err", err)
 				}
 			}
