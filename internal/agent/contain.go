@@ -105,8 +105,8 @@ func parseMeminfo(b []byte) (meminfo, error) {
 }
 
 // oomGuard is how much of the machine's memory the watcher keeps free:
-// what the fastest filler takes in one shortest interval, and at least
-// 1/32 of the machine.
+// 1/32 of the machine, and at least what the fastest filler takes in two
+// of the watcher's shortest intervals.
 func oomGuard(total uint64) uint64 {
 	g := total / 32
 	if min := uint64(fillBytesPerMilli * oomMinInterval.Milliseconds() * 2); g < min {
