@@ -3,7 +3,6 @@ package e2e
 import (
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,13 +23,12 @@ func TestContainForkBomb(t *testing.T) {
 	logAgentKills(t, m.ID)
 	start := time.Now()
 	res, err := env.client.RunCommand(t.Context(), m.ID, api.RunCommandRequest{
-		User: "user", Shell: "ulimit -u; bash -c ':(){ :|:& };:'; sleep 4", TimeoutMS: 8000,
+		User: "user", Shell: "bash -c ':(){ :|:& };:'; sleep 4", TimeoutMS: 8000,
 	})
 	if err != nil {
 		t.Fatalf("fork bomb: %v", err)
 	}
-	t.Logf("fork bomb: %v, exit %d signal %q, process limit %q", time.Since(start).Round(time.Millisecond),
-		res.ExitCode, res.Signal, firstLine(res.Stdout))
+	t.Logf("fork bomb: %v, exit %d signal %q", time.Since(start).Round(time.Millisecond), res.ExitCode, res.Signal)
 	// The bomb's processes outlive its shell: the user ends them all.
 	start = time.Now()
 	r, err := env.client.RunCommand(t.Context(), m.ID, api.RunCommandRequest{User: "user", Shell: "kill -KILL -1", TimeoutMS: 20000})
@@ -132,14 +130,6 @@ func machineState(t *testing.T, id string) string {
 		return got.State + ": " + got.Error
 	}
 	return got.State
-}
-
-func firstLine(s string) string {
-	line, _, _ := strings.Cut(s, "\n")
-	if _, err := strconv.Atoi(line); err != nil && line != "unlimited" {
-		return ""
-	}
-	return line
 }
 
 // logAgentKills logs, when the test ends, the processes the machine's agent
