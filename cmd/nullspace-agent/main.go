@@ -7,6 +7,7 @@
 //	NULLSPACE_AGENT_OUTPUT_BYTES    output kept per process and stream (default 1 MiB)
 //	NULLSPACE_WORKDIR               default cwd of commands, when it exists
 //	NULLSPACE_MACHINE_ID            the machine's id (a restore replaces it)
+//	NULLSPACE_AGENT_CONTAIN         0 turns off the process limit and OOM watcher (default on as PID 1)
 //
 // NULLSPACE_AGENT_* variables are not passed on to commands. See package
 // nullspace.dev/nullspace/internal/agent.
@@ -98,6 +99,8 @@ func loadConfig(environ []string) (agent.Config, error) {
 		Workdir:   env["NULLSPACE_WORKDIR"],
 		Env:       environ,
 		Version:   version,
+		// In a machine (PID 1) the agent contains what runs inside it.
+		Contain: os.Getpid() == 1 && env["NULLSPACE_AGENT_CONTAIN"] != "0",
 	}
 	if s := env["NULLSPACE_AGENT_MAX_FILE_BYTES"]; s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,14 @@ type Config struct {
 	// restore.json (api.AgentRestoreInfo) after every restore. Default
 	// /run/nullspace.
 	RunDir string
+	// Contain holds what runs in the machine inside it (contain.go): a
+	// process limit for commands of non-root users and an OOM watcher over
+	// /proc. The agent turns it on when it is PID 1, i.e. in a machine.
+	// Env NULLSPACE_AGENT_CONTAIN=0 turns it off there.
+	Contain bool
+	// ProcRoot is where the OOM watcher reads processes and memory.
+	// Default /proc.
+	ProcRoot string
 }
 
 // Defaults.
@@ -102,6 +111,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RunDir == "" {
 		c.RunDir = DefaultRunDir
+	}
+	if c.ProcRoot == "" {
+		c.ProcRoot = "/proc"
 	}
 }
 
@@ -160,6 +172,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		procs: newProcessManager(log, cfg.OutputBytes, env, cfg.Workdir),
 		files: &fileService{maxFileBytes: cfg.MaxFileBytes},
 	}
+	if cfg.Contain {
+		mi, err := readMeminfo(filepath.Join(cfg.ProcRoot, "meminfo"))
+		if err != nil {
+			return nil, fmt.Errorf("process limit: %w", err)
+		}
+		a.procs.processLimit = ProcessLimitFor(mi.total)
+	}
 	a.setToken(cfg.Token)
 	a.restore.Store(&api.AgentRestoreInfo{MachineID: cfg.MachineID})
 	a.handler = a.routes()
@@ -190,7 +209,14 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	a.log.Info("agent listening", "addr", ln.Addr().String(), "version", a.cfg.Version)
+	a.log.Info("agent listening", "addr", ln.Addr().String(), "version", a.cfg.Version,
+		"contain", a.cfg.Contain, "process_limit", a.procs.processLimit)
+	if a.cfg.Contain {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		w := &oomWatcher{log: a.log.With("component", "oom"), procRoot: a.cfg.ProcRoot}
+		go w.run(watchCtx)
+	}
 
 	select {
 	case err := <-errc:

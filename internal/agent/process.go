@@ -43,6 +43,9 @@ type processManager struct {
 	log         *slog.Logger
 	outputBytes int
 	workdir     string
+	// processLimit is the soft RLIMIT_NPROC of commands run as a non-root
+	// user (contain.go); 0 leaves it alone.
+	processLimit uint64
 
 	// envMu guards baseEnv, which a restore changes (the machine's id).
 	envMu   sync.Mutex
@@ -213,8 +216,15 @@ func (m *processManager) start(req api.RunCommandRequest) (*process, error) {
 	if timeout == 0 && !req.Background {
 		timeout = defaultForegroundTimeout
 	}
+	limit := uint64(0)
+	if id.cred != nil && id.cred.Uid != 0 {
+		limit = m.processLimit
+	}
 	pid, err := procReaper.start(func() (int, error) {
-		pid, _, err := syscall.StartProcess(path, argv, attr)
+		pid, err := withProcessLimit(limit, func() (int, error) {
+			pid, _, err := syscall.StartProcess(path, argv, attr)
+			return pid, err
+		})
 		if err != nil {
 			return 0, err
 		}

@@ -827,6 +827,8 @@ func notRunning(rec *store.Machine) error {
 	}
 	action := "create a new machine; a killed or failed machine cannot run commands"
 	switch rec.State {
+	case api.StateFailed:
+		action = "create a new machine: a failed machine cannot run commands; when the error names its last checkpoint, create it from that (snapshot_id)"
 	case api.StatePaused:
 		action = "resume it with POST /v1/machines/{id}/connect (`nullspace machine connect`) and use the id it returns"
 	case api.StateStopped:
@@ -918,7 +920,7 @@ func (m *Manager) lastCheckpoint(ctx context.Context, rec *store.Machine) string
 	}
 	var last *store.Snapshot
 	for _, sn := range snaps {
-		if sn.Kind == api.SnapshotDisk || sn.ID == rec.SnapshotID {
+		if sn.Kind == api.SnapshotDisk || sn.ID == rec.SnapshotID || sn.TeamID != rec.TeamID {
 			continue // a disk holds no machine to restore; rec's own state goes with it
 		}
 		if last == nil || sn.CreatedAt.After(last.CreatedAt) {
@@ -964,7 +966,8 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 				continue
 			}
 			if ctx.Err() == nil {
-				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, api.FailureSandboxExit, "the machine's sandbox exited"); err != nil {
+				reason, msg := m.sandboxExit(rec)
+				if err := m.fail(withCause(ctx, "sandbox_exit"), rec, reason, msg); err != nil {
 					m.logger.ErrorContext(ctx, "fail dead machine", "machine_id", rec.ID, "err", err)
 				}
 			}

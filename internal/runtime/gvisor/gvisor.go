@@ -98,7 +98,7 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
 		return errors.Join(fmt.Errorf("start container %s: %w", spec.ID, err), cleanupErr)
 	}
-	return nil
+	return d.raiseMemoryLimit(spec)
 }
 
 // Freeze pauses every task of the sandbox (runsc pause).
@@ -138,7 +138,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
 		return errors.Join(fmt.Errorf("create container %s: %w", spec.ID, err), cleanupErr)
 	}
-	return nil
+	return d.raiseMemoryLimit(spec)
 }
 
 // Restore restores the container detached: into the container Create made,
@@ -157,7 +157,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, imageDir string
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
 		return errors.Join(fmt.Errorf("restore container %s: %w", spec.ID, err), cleanupErr)
 	}
-	return nil
+	return d.raiseMemoryLimit(spec)
 }
 
 func (d *Driver) writeBundle(spec runtime.Spec) error {
@@ -245,7 +245,8 @@ func (d *Driver) ociSpec(s runtime.Spec) *specs.Spec {
 		}
 		mounts = append(mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
 	}
-	memLimit := int64(s.MemoryMB) << 20
+	memLimit := int64(s.MemoryMB) << 20 // what the machine sees; see raiseMemoryLimit
+	pidsLimit := hostPidsLimit(s.MemoryMB)
 	quota := int64(s.CPUCount) * 100000
 	period := uint64(100000)
 	namespaces := []specs.LinuxNamespace{
@@ -273,6 +274,7 @@ func (d *Driver) ociSpec(s runtime.Spec) *specs.Spec {
 			Resources: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: &memLimit},
 				CPU:    &specs.LinuxCPU{Quota: &quota, Period: &period},
+				Pids:   &specs.LinuxPids{Limit: &pidsLimit},
 			},
 			Namespaces: namespaces,
 		},

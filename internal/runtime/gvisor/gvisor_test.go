@@ -44,3 +44,14 @@ func TestDeleteRemovesLeftCgroup(t *testing.T) {
 		t.Fatalf("cgroup %s is still there after Delete (stat: %v)", dir, err)
 	}
 }
+
+func TestKeyedCounter(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "memory.oom_control")
+	os.WriteFile(p, []byte("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 0o644)
+	if n, ok := keyedCounter(p, "oom_kill"); !ok || n != 2 {
+		t.Errorf("oom_kill = %d, %v; want 2", n, ok)
+	}
+	if _, ok := keyedCounter(p, "max"); ok {
+		t.Error("a missing key was found")
+	}
+}

@@ -1,0 +1,94 @@
+package gvisor
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"nullspace.dev/nullspace/internal/runtime"
+)
+
+// A machine's sandbox must survive what runs inside it. gVisor has no OOM
+// killer of its own, and when the host's memory cgroup OOM-kills any host
+// process of a systrap sandbox the whole sandbox dies; so the agent inside
+// kills the largest process before the machine's memory runs out
+// (internal/agent/contain.go), and the host cgroup is given headroom above
+// memory_mb for the sentry itself and the watcher's reaction time. The
+// sentry sizes the machine (MemTotal, --total-memory) from the cgroup limit
+// runsc finds when the sandbox boots, so the spec carries memory_mb and the
+// limit is raised once the sandbox is up.
+
+// memoryHeadroomMB is what a machine's host cgroup gets above its memory_mb:
+// 64 MiB or an eighth, whichever is more. Measured: an idle sandbox's sentry
+// and gofer take ~16 MB of the cgroup, and a filler reaches 1.5 GB/s, i.e.
+// 8 MB in the OOM watcher's shortest interval.
+func memoryHeadroomMB(memoryMB int) int { return max(64, memoryMB/8) }
+
+// hostPidsLimit is the sandbox's pids.max on the host: a backstop for what
+// the in-machine process limit does not hold (root's processes). Under
+// systrap every guest address space is a host stub process, and the stub
+// pool keeps about two per guest process.
+func hostPidsLimit(memoryMB int) int64 { return int64(2*memoryMB + 512) }
+
+// raiseMemoryLimit gives the sandbox's host cgroup its headroom (see above).
+func (d *Driver) raiseMemoryLimit(spec runtime.Spec) error {
+	if spec.MemoryMB <= 0 {
+		return nil
+	}
+	limit := strconv.FormatInt(int64(spec.MemoryMB+memoryHeadroomMB(spec.MemoryMB))<<20, 10)
+	cg := d.cfg.CgroupParent + "/" + spec.ID
+	for _, p := range []string{
+		"/sys/fs/cgroup/memory" + cg + "/memory.limit_in_bytes", // cgroup v1
+		"/sys/fs/cgroup" + cg + "/memory.max",                   // cgroup v2
+	} {
+		if _, err := os.Stat(p); err != nil {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(limit), 0); err != nil {
+			return fmt.Errorf("raise memory limit of container %s: %w", spec.ID, err)
+		}
+		return nil
+	}
+	return nil
+}
+
+// Reasons a sandbox was killed by its host cgroup, as ExitReason gives them.
+const (
+	ExitOOM  = "oom"  // the memory cgroup's OOM killer killed a process of it
+	ExitPids = "pids" // a fork failed at the cgroup's pids limit
+)
+
+// ExitReason tells why a container's sandbox died, from its cgroup: ExitOOM,
+// ExitPids, or "" when the cgroup shows neither (or is gone). It must be
+// asked before Delete, which removes the cgroup.
+func (d *Driver) ExitReason(id string) string {
+	cg := d.cfg.CgroupParent + "/" + id
+	if n, ok := keyedCounter("/sys/fs/cgroup/memory"+cg+"/memory.oom_control", "oom_kill"); ok && n > 0 {
+		return ExitOOM
+	}
+	if n, ok := keyedCounter("/sys/fs/cgroup"+cg+"/memory.events", "oom_kill"); ok && n > 0 {
+		return ExitOOM
+	}
+	for _, p := range []string{"/sys/fs/cgroup/pids" + cg + "/pids.events", "/sys/fs/cgroup" + cg + "/pids.events"} {
+		if n, ok := keyedCounter(p, "max"); ok && n > 0 {
+			return ExitPids
+		}
+	}
+	return ""
+}
+
+// keyedCounter reads "key N" from a cgroup file of such lines.
+func keyedCounter(path, key string) (uint64, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, key+" "); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
