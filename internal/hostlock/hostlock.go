@@ -89,10 +89,10 @@ type Registry struct {
 var validKey = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 
 // Claim takes key's lock with record in it. Before, it calls check with the
-// record of every other live holder in the registry; if check returns an
+// records of every other live holder in the registry; if check returns an
 // error the claim is refused with it. If key itself is held, the error is a
 // *HeldError. Files of holders that are gone are removed.
-func (r Registry) Claim(key string, record []byte, check func(holder []byte) error) (*Lock, error) {
+func (r Registry) Claim(key string, record []byte, check func(holders [][]byte) error) (*Lock, error) {
 	if !validKey.MatchString(key) || strings.HasSuffix(key, ".lock") {
 		return nil, fmt.Errorf("lock registry key %q: use lower-case letters, digits, '.', '_' and '-'", key)
 	}
@@ -122,11 +122,7 @@ func (r Registry) Claim(key string, record []byte, check func(holder []byte) err
 	}
 	holders, err := r.liveLocked(own)
 	if err == nil {
-		for _, h := range holders {
-			if err = check(h); err != nil {
-				break
-			}
-		}
+		err = check(holders)
 	}
 	if err == nil {
 		err = writeRecord(f, record)

@@ -41,7 +41,7 @@ func TestAcquire(t *testing.T) {
 
 func TestRegistryClaim(t *testing.T) {
 	reg := Registry{Dir: filepath.Join(t.TempDir(), "run")}
-	none := func([]byte) error { return nil }
+	none := func([][]byte) error { return nil }
 	a, err := reg.Claim("node-a", []byte("a"), none)
 	if err != nil {
 		t.Fatal(err)
@@ -59,8 +59,8 @@ func TestRegistryClaim(t *testing.T) {
 	// unclaimed.
 	var seen []string
 	refuse := errors.New("overlaps a")
-	_, err = reg.Claim("node-b", []byte("b"), func(h []byte) error {
-		seen = append(seen, string(h))
+	_, err = reg.Claim("node-b", []byte("b"), func(hs [][]byte) error {
+		seen = strs(hs)
 		return refuse
 	})
 	if !errors.Is(err, refuse) {
@@ -77,8 +77,8 @@ func TestRegistryClaim(t *testing.T) {
 	// A released holder is gone: it is not checked and its file is removed.
 	b.Close()
 	seen = nil
-	c, err := reg.Claim("node-c", []byte("c"), func(h []byte) error {
-		seen = append(seen, string(h))
+	c, err := reg.Claim("node-c", []byte("c"), func(hs [][]byte) error {
+		seen = strs(hs)
 		return nil
 	})
 	if err != nil {
@@ -93,10 +93,18 @@ func TestRegistryClaim(t *testing.T) {
 	}
 }
 
+func strs(bs [][]byte) []string {
+	var out []string
+	for _, b := range bs {
+		out = append(out, string(b))
+	}
+	return out
+}
+
 func TestRegistryKeys(t *testing.T) {
 	reg := Registry{Dir: t.TempDir()}
 	for _, key := range []string{"", ".claims", "../x", "a/b", "Upper", "x.lock"} {
-		if l, err := reg.Claim(key, nil, func([]byte) error { return nil }); err == nil {
+		if l, err := reg.Claim(key, nil, func([][]byte) error { return nil }); err == nil {
 			l.Close()
 			t.Errorf("Claim(%q): got no error, want one", key)
 		}
