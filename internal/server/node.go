@@ -112,9 +112,10 @@ func (n HostNames) or(d HostNames) HostNames {
 // resolveNodeName returns the data directory's node name: the one given,
 // else the one recorded in it, else DefaultNodeName for DefaultDataDir or
 // a data directory a server older than node names used (its machines'
-// objects carry the default names), else one derived from its path. The
-// name is recorded, and a given name that differs from the recorded one is
-// refused: the machines of the data directory carry the recorded one.
+// objects carry the default names), else one derived from its path. A
+// given name that differs from the recorded one is refused: the machines
+// of the data directory carry the recorded one. recordNodeName records it
+// once the name is claimed.
 func resolveNodeName(dataDir, given string) (string, error) {
 	file := filepath.Join(dataDir, nodeNameFile)
 	recorded := ""
@@ -137,12 +138,19 @@ func resolveNodeName(dataDir, given string) (string, error) {
 	if err := ValidateNodeName(name); err != nil {
 		return "", fmt.Errorf("node name of data dir %s (recorded in %s): %w", dataDir, file, err)
 	}
-	if name != recorded {
-		if err := atomicfile.Write(file, []byte(name+"\n"), 0o644); err != nil {
-			return "", fmt.Errorf("record node name: %w", err)
-		}
-	}
 	return name, nil
+}
+
+// recordNodeName records the data directory's node name.
+func recordNodeName(dataDir, name string) error {
+	file := filepath.Join(dataDir, nodeNameFile)
+	if b, err := os.ReadFile(file); err == nil && strings.TrimSpace(string(b)) == name {
+		return nil
+	}
+	if err := atomicfile.Write(file, []byte(name+"\n"), 0o644); err != nil {
+		return fmt.Errorf("record node name: %w", err)
+	}
+	return nil
 }
 
 // derivedNodeName is a data directory's default node name: DefaultNodeName

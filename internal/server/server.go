@@ -413,6 +413,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if locks.node, err = claimNode(LockDir, self); err != nil {
 		return nil, err
 	}
+	if err := recordNodeName(cfg.DataDir, cfg.NodeName); err != nil {
+		return nil, err
+	}
 	db, err := store.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
 	if err != nil {
 		return nil, err
