@@ -15,6 +15,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/mountinfo"
 	"nullspace.dev/nullspace/internal/server"
 )
 
@@ -54,7 +55,13 @@ func TestTwoServers(t *testing.T) {
 			}
 		}
 		lf.Close()
-		os.RemoveAll(root)
+		// After the sandboxes are gone: runsc's null-netns mounts in the roots.
+		if err := mountinfo.UnmountUnder(root); err != nil {
+			t.Error(err)
+		}
+		if err := os.RemoveAll(root); err != nil {
+			t.Error(err)
+		}
 		removeNodeObjects(t, twoNodeA, twoCIDRA)
 		removeNodeObjects(t, twoNodeB, twoCIDRB)
 	})
