@@ -377,11 +377,13 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	var closers []io.Closer
+	locks := &hostLocks{}
 	defer func() {
 		if err != nil {
 			for _, c := range closers {
 				c.Close()
 			}
+			locks.Close() // last: nothing of this server is left working
 		}
 	}()
 	for _, d := range []string{cfg.DataDir, cfg.TemplatesDir} {
@@ -395,12 +397,6 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if abs, err := filepath.Abs(cfg.DataDir); err == nil {
 		self.DataDir = abs
 	}
-	locks := &hostLocks{}
-	defer func() {
-		if err != nil {
-			locks.Close()
-		}
-	}()
 	if locks.dataDir, err = lockDataDir(cfg.DataDir, self); err != nil {
 		return nil, err
 	}
