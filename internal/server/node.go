@@ -162,11 +162,11 @@ func derivedNodeName(dataDir string) string {
 	if err != nil {
 		abs = filepath.Clean(dataDir)
 	}
-	if r, err := filepath.EvalSymlinks(abs); err == nil {
-		abs = r
-	}
 	if abs == DefaultDataDir {
 		return DefaultNodeName
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
 	}
 	if _, err := os.Stat(filepath.Join(abs, "nullspace.db")); err == nil {
 		return DefaultNodeName
