@@ -137,6 +137,7 @@ func startNullspace(ctx context.Context, cfg config, work string, tmpls template
 	sc.AgentBinary = cfg.agent
 	sc.NetworkCIDR = benchCIDR
 	sc.BuiltinTemplates = tmpls.names() // ready already: Start only checks
+	sc.NodeName = "bench"
 	sc.Names = benchNames
 	sc.Version = "bench"
 	inst, err := server.Start(ctx, sc, slog.New(tap))

@@ -276,6 +276,9 @@ func (c *Client) do(ctx context.Context, r request, out any) error {
 type Health struct {
 	OK      bool   `json:"ok"`
 	Version string `json:"version"`
+	// Node is the server's node name (serve --node-name), which its host
+	// objects' names derive from.
+	Node string `json:"node,omitempty"`
 	// E2B is where the E2B-compatible API listens (serve --e2b-compat);
 	// nil without it.
 	E2B *HealthE2B `json:"e2b,omitempty"`

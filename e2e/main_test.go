@@ -139,6 +139,9 @@ func testConfig(dataDir string) server.Config {
 	cfg.AgentBinary = agentPath()
 	cfg.NetworkCIDR = testCIDR
 	cfg.MaxFileBytes = testMaxFileBytes
+	// Its own node name: the data dir already holds a database, which
+	// would make its default "local", `make run`'s.
+	cfg.NodeName = "e2e"
 	cfg.Names = testNames
 	cfg.Version = "e2e"
 	// Builds may name host paths only in here (TestTemplateBuild).

@@ -29,7 +29,14 @@ On first start it creates an API key for the default team and writes it to
 templates are made ready before the API opens (base takes about 90 s the
 first time, seconds afterwards from the cache).
 
-Stopping the server never stops machines: the next start reconciles with them.`,
+Stopping the server never stops machines: the next start reconciles with them.
+
+One server runs per data directory (it holds <data dir>/serve.lock). Several
+servers may run on one host, each with its own --data-dir and --node-name:
+the names of a server's network namespaces, interfaces, nftables table and
+cgroups derive from its node name, and a server refuses to start beside a
+live one whose node name, host object names or --network-cidr (in the same
+network namespace) clash with its own (registry: /run/nullspace).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var level slog.Level
@@ -56,7 +63,9 @@ Stopping the server never stops machines: the next start reconciles with them.`,
 	f.StringVar(&cfg.CacheDir, "cache-dir", cfg.CacheDir, "cache for slow artefacts such as template rootfs (env NULLSPACE_CACHE_DIR)")
 	f.StringVar(&cfg.Runsc, "runsc", cfg.Runsc, "runsc binary")
 	f.StringVar(&cfg.AgentBinary, "agent", cfg.AgentBinary, "nullspace-agent binary")
-	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from")
+	f.StringVar(&cfg.NodeName, "node-name", "", "name of this server on the host, which its netns, interface, nftables and cgroup names derive from "+
+		"(default: the one recorded in the data dir, else \"local\" for /var/lib/nullspace, else derived from the data dir's path)")
+	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from (two servers on one host need pools that do not overlap)")
 	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
 	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")
 	f.IntVar(&cfg.Spares, "spares", cfg.Spares, "containers kept created ahead of resumes (~16 MiB each; 0: none)")

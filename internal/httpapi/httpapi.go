@@ -76,7 +76,8 @@ type Server struct {
 	version   string
 	agent     *http.Client
 	ssh       SSH
-	e2b       *E2B // nil: no E2B-compatible API
+	e2b       *E2B   // nil: no E2B-compatible API
+	node      string // the server's node name, for GET /v1/health
 	// maxUpload bounds a tarball uploaded to POST /v1/templates.
 	maxUpload int64
 }
@@ -97,6 +98,12 @@ type E2B struct {
 // WithE2B makes the health answer say where the E2B-compatible API is.
 func (s *Server) WithE2B(e *E2B) *Server {
 	s.e2b = e
+	return s
+}
+
+// WithNode makes the health answer name the server's node.
+func (s *Server) WithNode(name string) *Server {
+	s.node = name
 	return s
 }
 
@@ -268,6 +275,9 @@ func decode(r *http.Request, v any) error {
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {
 	out := map[string]any{"ok": true, "version": s.version}
+	if s.node != "" {
+		out["node"] = s.node
+	}
 	if s.e2b != nil {
 		out["e2b"] = s.e2b
 	}

@@ -144,18 +144,24 @@ type Config struct {
 	// any); none by default (internal/cors).
 	CORSOrigins []string
 
-	// Names of the host objects the server makes. The zero value gives the
-	// defaults; tests and benchmarks set them so that a second server on the
-	// host never touches the first one's machines.
+	// NodeName names this server on the host; its host objects' names
+	// derive from it (NodeHostNames), so that servers with different node
+	// names never touch each other's machines. Default: the one recorded in
+	// the data dir, else "local" for /var/lib/nullspace (today's names),
+	// else one derived from the data dir's path (resolveNodeName).
+	NodeName string
+	// Names of the host objects the server makes. Empty fields derive from
+	// the node name; tests and benchmarks set them.
 	Names HostNames
 }
 
-// HostNames name the host objects a server makes.
+// HostNames name the host objects a server makes. Those of node "local"
+// are in DefaultHostNames.
 type HostNames struct {
-	NetnsPrefix   string // network namespaces; default "nullspace-"
-	VethPrefix    string // host-side veth interfaces; default "nsv"
-	FirewallTable string // nftables table; default "nullspace"
-	CgroupParent  string // parent cgroup of machines; default "/nullspace"
+	NetnsPrefix   string `json:"netns_prefix"`   // network namespaces; default "nullspace-"
+	VethPrefix    string `json:"veth_prefix"`    // host-side veth interfaces; default "nsv"
+	FirewallTable string `json:"firewall_table"` // nftables table; default "nullspace"
+	CgroupParent  string `json:"cgroup_parent"`  // parent cgroup of machines; default "/nullspace"
 }
 
 // Defaults returns the default configuration, honouring NULLSPACE_DATA_DIR
@@ -163,7 +169,7 @@ type HostNames struct {
 func Defaults() Config {
 	c := Config{
 		Addr:                   "127.0.0.1:7700",
-		DataDir:                envOr("NULLSPACE_DATA_DIR", "/var/lib/nullspace"),
+		DataDir:                envOr("NULLSPACE_DATA_DIR", DefaultDataDir),
 		CacheDir:               envOr("NULLSPACE_CACHE_DIR", "/var/cache/nullspace"),
 		NetworkCIDR:            "10.200.0.0/16",
 		MaxFileBytes:           1 << 30,
@@ -209,6 +215,11 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("--data-dir is empty")
+	}
+	if c.NodeName != "" {
+		if err := ValidateNodeName(c.NodeName); err != nil {
+			return err
+		}
 	}
 	if c.TemplatesDir == "" {
 		c.TemplatesDir = filepath.Join(c.DataDir, "templates")
@@ -337,6 +348,9 @@ type Instance struct {
 	APIKeyFile string
 	// Manager is the machine manager (tests use it to inspect state).
 	Manager *machine.Manager
+	// NodeName is the server's node name, and Names its host objects'.
+	NodeName string
+	Names    HostNames
 
 	// EdgeAddr is the address the edge listens on ("" without an edge).
 	EdgeAddr string
@@ -354,6 +368,7 @@ type Instance struct {
 	e2bDone  chan struct{}
 	cancel   context.CancelFunc
 	closers  []io.Closer
+	locks    *hostLocks
 	done     chan struct{}
 	// sparesDone is closed when the spare containers are gone.
 	sparesDone chan struct{}
@@ -364,8 +379,9 @@ const ShutdownTimeout = 15 * time.Second
 
 // Shutdown stops serving, cancels the lifecycle operations in flight (they
 // are undone: a pause in progress leaves its machine running) and removes
-// the spare containers. It does not touch machines, and it returns within
-// ShutdownTimeout whatever is in flight.
+// the spare containers, and releases the data dir and the node name. It
+// does not touch machines, and it returns within ShutdownTimeout whatever
+// is in flight.
 func (i *Instance) Shutdown(ctx context.Context) error {
 	i.cancel()
 	ctx, cancelAll := context.WithTimeout(ctx, ShutdownTimeout)
@@ -391,6 +407,7 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 	for _, c := range i.closers {
 		c.Close()
 	}
+	i.locks.Close()
 	return err
 }
 
@@ -425,17 +442,40 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	var closers []io.Closer
+	locks := &hostLocks{}
 	defer func() {
 		if err != nil {
 			for _, c := range closers {
 				c.Close()
 			}
+			locks.Close() // last: nothing of this server is left working
 		}
 	}()
 	for _, d := range []string{cfg.DataDir, cfg.TemplatesDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
+	}
+	// Before anything reads the data dir or touches the host: a second
+	// server would reconcile the first one's machines away.
+	self := holder{PID: os.Getpid(), Started: time.Now().UTC(), DataDir: cfg.DataDir, NetworkCIDR: cfg.NetworkCIDR, NetNS: netNS()}
+	if abs, err := filepath.Abs(cfg.DataDir); err == nil {
+		self.DataDir = abs
+	}
+	if locks.dataDir, err = lockDataDir(cfg.DataDir, self); err != nil {
+		return nil, err
+	}
+	if self.Node, err = resolveNodeName(cfg.DataDir, cfg.NodeName); err != nil {
+		return nil, err
+	}
+	cfg.NodeName = self.Node
+	cfg.Names = cfg.Names.or(NodeHostNames(cfg.NodeName))
+	self.Names = cfg.Names
+	if locks.node, err = claimNode(LockDir, self); err != nil {
+		return nil, err
+	}
+	if err := recordNodeName(cfg.DataDir, cfg.NodeName); err != nil {
+		return nil, err
 	}
 	db, err := store.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
 	if err != nil {
@@ -476,7 +516,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	driver, err := gvisor.New(gvisor.Config{
 		Runsc:        cfg.Runsc,
 		Root:         filepath.Join(cfg.DataDir, "runsc"),
-		CgroupParent: orDefault(cfg.Names.CgroupParent, "/nullspace"),
+		CgroupParent: cfg.Names.CgroupParent,
 	}, logger)
 	if err != nil {
 		return nil, err
@@ -547,7 +587,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		closers = append(closers, e2bSrv.ln)
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).
+		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes)
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
@@ -561,7 +601,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	inst := &Instance{
-		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers,
+		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers, locks: locks,
+		NodeName: cfg.NodeName, Names: cfg.Names,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
 		http: &http.Server{Handler: corsPolicy.Wrap(apiServer.Handler()), ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -613,7 +654,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		}
 	}()
 	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "ssh_addr", inst.SSHAddr, "e2b_addr", inst.E2BAddr, "edge_domain", cfg.EdgeDomain,
-		"data_dir", cfg.DataDir, "api_key_file", keyFile)
+		"data_dir", cfg.DataDir, "api_key_file", keyFile, "node", cfg.NodeName, "netns_prefix", cfg.Names.NetnsPrefix,
+		"veth_prefix", cfg.Names.VethPrefix, "firewall_table", cfg.Names.FirewallTable, "cgroup_parent", cfg.Names.CgroupParent)
 	return inst, nil
 }
 

@@ -1527,6 +1527,12 @@ export interface components {
             /** @description The server's version. */
             version: string;
             /**
+             * @description The server's node name (`serve --node-name`), which the names of
+             *     its host objects (network namespaces, interfaces, nftables table,
+             *     cgroups) derive from.
+             */
+            node?: string;
+            /**
              * @description Where the E2B-compatible API listens (`serve --e2b-compat`);
              *     absent without it. `nullspace e2b env` prints these as E2B's
              *     environment variables.
