@@ -114,8 +114,9 @@ export interface paths {
          *     `memory_mb` to 512. `cpu_count` and `memory_mb` are validated against
          *     the host: a value below 1, or above what the host has, is
          *     `invalid_argument` (400); asking for more than the host can give right
-         *     now, with what other machines already use, is `resource_exhausted`
-         *     (429, retryable). The template must exist (`template_not_found`, 404)
+         *     now, with what other machines already commit (their `memory_mb` past
+         *     the host's memory times `--memory-overcommit`, or no free network
+         *     slot), is `capacity_exhausted` (503, retryable, with `Retry-After`). The template must exist (`template_not_found`, 404)
          *     and be ready (`template_not_ready`, 409). `allow_internet: true` needs
          *     the operator to allow outbound traffic (`internet_not_allowed`, 409);
          *     without it the machine has no outbound network. `env` is the default
@@ -201,14 +202,17 @@ export interface paths {
          *     machine with state `killed` and `ended_at` set. Idempotent in effect:
          *     killing a machine that is already killed returns it unchanged (200),
          *     and a `failed` machine can be killed to free what it held. A kill while
-         *     another lifecycle operation runs on the machine may get `conflict` or
-         *     `invalid_transition` (409, retryable).
+         *     another lifecycle operation runs on the machine cancels that
+         *     operation (it is undone: a pause in progress leaves nothing behind)
+         *     and completes within seconds; operations that arrive after the kill
+         *     do not get in first.
          *
-         *     Killing a paused alias (an id its lineage has moved on from) removes
-         *     only that alias. Killing the lineage's latest execution, running,
-         *     paused or stopped, ends the machine: the lineage's paused aliases are
-         *     killed too, and its hibernate, checkpoint and disk snapshots that no
-         *     other machine was made from are deleted. Reusable snapshots stay.
+         *     Any id of the lineage (the latest execution, or a paused alias an
+         *     earlier resume moved on from) names the machine: the kill ends the
+         *     latest execution, running, paused or stopped, kills the lineage's
+         *     paused aliases, and deletes its hibernate, checkpoint and disk
+         *     snapshots that no other machine was made from. Reusable snapshots
+         *     stay. The answer is the record of the id given, now `killed`.
          *
          *     A kill is immediate: processes get no grace period. To end them
          *     gracefully and keep the files, stop the machine instead
@@ -1463,12 +1467,36 @@ export interface paths {
         /**
          * Build a template
          * @description Builds a new template named `name` from exactly one source:
-         *     `from_template` (an existing, ready template), `from_dir` or
-         *     `from_tarball` (a root filesystem directory or tarball, as paths on the
-         *     server host). Each of `steps` is then run as a shell command inside a
-         *     machine booted from the source, in order, stopping at the first that
-         *     fails; their changes to the filesystem become part of the new template.
-         *     `workdir` and `env` become the defaults of machines made from it.
+         *     `from_template` (an existing, ready template), an uploaded root
+         *     filesystem tarball, or `from_dir` or `from_tarball` (a root filesystem
+         *     directory or tarball, as paths on the server host). Each of `steps` is
+         *     then run as a shell command inside a machine booted from the source, in
+         *     order, stopping at the first that fails; their changes to the
+         *     filesystem become part of the new template. `workdir` and `env` become
+         *     the defaults of machines made from it.
+         *
+         *     **Uploading a tarball** (works against any server): send
+         *     `multipart/form-data` with a part named `request` (the JSON build
+         *     request, naming no source) followed by a part named `tarball` (the root
+         *     filesystem: plain tar, gzip, zstd or xz, recognised by its first
+         *     bytes), e.g. `curl -F 'request={"name":"mine"};type=application/json'
+         *     -F tarball=@rootfs.tar.gz`. The tarball is streamed into the build. A
+         *     body over the server's limit (`nullspace serve
+         *     --template-upload-max-bytes`, default 2 GiB) is `file_too_large`
+         *     (413), as is one that unpacks to more than four times the limit;
+         *     nothing is kept of either.
+         *
+         *     **Host paths** are an API key's read access to the server host, so
+         *     the server takes `from_dir` and `from_tarball` only from inside the
+         *     directories its operator names with `nullspace serve
+         *     --template-source-dir` (none by default), also once symlinks are
+         *     resolved; any other path is `permission_denied` (403), without a look
+         *     at it.
+         *
+         *     Every tarball, uploaded or not, is untrusted: an entry with an absolute
+         *     name, a `..` element, a path under one of the archive's symbolic
+         *     links, a hard link leading out the same ways, or a device node fails
+         *     the build, and nothing of it is written outside the template.
          *
          *     The build runs synchronously: the response comes when the template is
          *     ready or has failed, and is `201` either way; a failed build has
@@ -1477,7 +1505,9 @@ export interface paths {
          *     found before the build starts are returned as errors: a bad request
          *     (`invalid_argument`), a name already taken (`template_exists`, 409), a
          *     missing or unready source template (`template_not_found`, 404;
-         *     `template_not_ready`, 409).
+         *     `template_not_ready`, 409), a host path outside the allowed
+         *     directories (`permission_denied`, 403), an upload over the limit
+         *     (`file_too_large`, 413).
          */
         post: operations["buildTemplate"];
         delete?: never;
@@ -1505,10 +1535,15 @@ export interface paths {
         post?: never;
         /**
          * Delete a template
-         * @description Deletes the template and its root filesystem. A template that live or
-         *     paused machines still use, or that snapshots were taken of, is `template_in_use` (409): kill the machines
+         * @description Deletes the template and its root filesystem. A template that
+         *     machines still use (running, paused, stopped or in any live state) or
+         *     that restorable snapshots were taken from (a restore needs the
+         *     template's root filesystem under the snapshot's) is `template_in_use`
+         *     (409), whoever asks; the message names the caller's team's machines
+         *     and snapshots that use it and counts other teams'. Kill the machines
          *     and delete the snapshots first. A template being built is
-         *     `template_not_ready` (409).
+         *     `template_not_ready` (409). The built-in templates (`minimal`, `base`)
+         *     cannot be deleted: `permission_denied` (403).
          */
         delete: operations["deleteTemplate"];
         options?: never;
@@ -1553,7 +1588,7 @@ export interface components {
          *     |---|---|---|---|
          *     | `invalid_argument` | 400 | false | The request is malformed or a value is out of range (bad JSON, missing field, relative path, cpu_count or memory_mb beyond the host, ...). |
          *     | `unauthenticated` | 401 | false | Missing or invalid API key. |
-         *     | `permission_denied` | 403 | false | The machine's filesystem refused the operation for the command's or agent's user. |
+         *     | `permission_denied` | 403 | false | The machine's filesystem refused the operation for the command's or agent's user; or a template source path outside the server's `--template-source-dir`s, or a built-in template to delete. |
          *     | `not_found` | 404 | false | A resource that has no more specific code does not exist. |
          *     | `machine_not_found` | 404 | false | No machine with this id. |
          *     | `template_not_found` | 404 | false | No template with this name. |
@@ -1570,7 +1605,7 @@ export interface components {
          *     | `machine_not_running` | 409 | false | The operation needs a running machine; this one is in another state (paused: connect; stopped: start). |
          *     | `machine_has_no_command` | 409 | false | The machine was created without a `command`, so it has no main process to wait for. |
          *     | `template_not_ready` | 409 | false | The template is still building or its build failed. |
-         *     | `template_in_use` | 409 | false | Machines still use the template; kill them first. |
+         *     | `template_in_use` | 409 | false | Machines (running, paused, stopped) or snapshots still use the template; kill them and delete the snapshots first. |
          *     | `template_exists` | 409 | false | A template with this name already exists. |
          *     | `internet_not_allowed` | 409 | false | `allow_internet` was asked for but the operator does not allow outbound traffic. |
          *     | `snapshot_in_use` | 409 | false | A paused machine's state is in the snapshot, or live machines were made from it; kill them or delete with `force=true`. |
@@ -1584,12 +1619,13 @@ export interface components {
          *     | `ssh_key_invalid` | 400 | false | The public key is not one line of authorized_keys form (or is a private key, a certificate, or has options). |
          *     | `ssh_disabled` | 409 | false | The SSH gateway is off: the server runs without --ssh-addr. |
          *     | `watch_not_found` | 404 | false | No such file watch in the machine: it was removed, its directory went, or nobody read it for 10 minutes. |
+         *     | `capacity_exhausted` | 503 | true | The host has no room for another sandbox: the memory committed to machines (their `memory_mb`, spares included) would pass the host's memory times `--memory-overcommit`, or every network slot is taken. Sent with `Retry-After`; creates, resumes, connects, starts, forks and restores of a paused machine can get it. Pause or kill machines you do not need, or retry later. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause the machine: create with on_timeout "pause", and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
          *     | `conflict` | 409 | true | Another operation on the resource is in progress (e.g. a pause, resume, snapshot, restore, stop or start on the same machine); retry after it finishes. |
          *     | `invalid_transition` | 409 | true | The machine's lifecycle does not allow this transition from its current state (often a concurrent operation); check its state. |
-         *     | `file_too_large` | 413 | false | The file is larger than the server's limit; nothing was written. |
+         *     | `file_too_large` | 413 | false | The file (or template tarball upload) is larger than the server's limit; nothing was written. |
          *     | `resource_exhausted` | 429, 507 | true | Not enough capacity (CPU, memory, addresses, disk) right now; kill unused machines or retry later. Status 507 when the snapshot disk is full during a pause, snapshot, fork, checkpoint or stop: nothing was kept and the machine keeps running; delete unused snapshots. |
          *     | `url_invalid` | 400 | false | Edge: the host or path is not a machine URL (malformed label). |
          *     | `port_not_allowed` | 400 | false | The port is out of 1-65535 or is the machine agent's (49983), which is never reachable from outside. |
@@ -1624,7 +1660,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -1950,8 +1986,13 @@ export interface components {
              * @description When the machine was killed or failed.
              */
             ended_at?: string;
-            /** @description Why the machine is `failed`; absent otherwise. */
+            /** @description Why the machine is `failed`, in words, with its last checkpoint when it has one (a new machine can be created from it); absent otherwise. */
             error?: string;
+            /**
+             * @description Why the machine is `failed`, as a stable code: its sandbox exited (`sandbox_exit`), was killed for its memory (`oom`) or died at its process limit (`pids`); its agent did not answer for longer than the server's bound while the sandbox ran (`agent_unresponsive`); its lease ended and it could not be paused, three times in a row (`pause_failed`); the snapshot holding its paused state was deleted (`snapshot_lost`); the server stopped during an operation and found it gone (`server_restart`). Absent otherwise.
+             * @enum {string}
+             */
+            failure_reason?: "sandbox_exit" | "oom" | "pids" | "agent_unresponsive" | "pause_failed" | "snapshot_lost" | "server_restart";
             volumes?: components["schemas"]["VolumeMount"][];
             hooks?: components["schemas"]["Hooks"];
             /** @description The hibernate snapshot holding a `paused` machine's state, or the `disk` snapshot holding a `stopped` machine's files; absent in other states. */
@@ -2311,7 +2352,7 @@ export interface components {
             error?: string;
             /**
              * @description What it was built from, e.g. `builtin:base`, `template:base`,
-             *     `dir:/srv/rootfs`, `tarball:/tmp/x.tar`.
+             *     `dir:/srv/rootfs`, `tarball:/tmp/x.tar`, `upload` (an uploaded tarball).
              */
             source?: string;
         };
@@ -2322,22 +2363,23 @@ export interface components {
             next_token: string;
         };
         /**
-         * @description Body of `POST /v1/templates`. Exactly one source: `from_template`,
-         *     `from_dir` or `from_tarball`.
+         * @description Body of `POST /v1/templates` (or its `request` part, with an uploaded
+         *     tarball as the source). Exactly one source: `from_template`,
+         *     `from_dir`, `from_tarball` or the upload.
          */
         BuildTemplateRequest: {
             name: string;
             /** @description An existing, ready template. */
             from_template?: string;
-            /** @description A root filesystem directory on the server host. */
+            /** @description A root filesystem directory on the server host, inside one of its `--template-source-dir`s. */
             from_dir?: string;
-            /** @description A root filesystem tarball on the server host. */
+            /** @description A root filesystem tarball on the server host, inside one of its `--template-source-dir`s. */
             from_tarball?: string;
             /** @description Shell commands run in order in a machine booted from the source. */
             steps?: string[];
             workdir?: string;
             env?: components["schemas"]["StringMap"];
-        } & (unknown | unknown | unknown);
+        } & (unknown | unknown | unknown | unknown);
         /**
          * @description `hibernate` (a paused machine's state, made by pause; resumed with
          *     resume or connect), `snapshot` (reusable: made by
@@ -4801,6 +4843,14 @@ export interface operations {
                  *     }
                  */
                 "application/json": components["schemas"]["BuildTemplateRequest"];
+                "multipart/form-data": {
+                    request: components["schemas"]["BuildTemplateRequest"];
+                    /**
+                     * Format: binary
+                     * @description The root filesystem, a tar stream (plain, gzip, zstd or xz). Must come after `request`.
+                     */
+                    tarball: string;
+                };
             };
         };
         responses: {
@@ -4815,6 +4865,15 @@ export interface operations {
             };
             400: components["responses"]["InvalidArgument"];
             401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: `from_dir` or `from_tarball` lies outside the directories the server takes templates from (`nullspace serve --template-source-dir`); upload the tarball instead. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             /** @description `template_not_found` (`from_template`); `file_not_found` (`from_dir` or `from_tarball`). */
             404: {
                 headers: {
@@ -4826,6 +4885,15 @@ export interface operations {
             };
             /** @description `template_exists`; `template_not_ready` (`from_template` is not ready). */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `file_too_large`: the uploaded tarball is over the server's limit, or unpacks to more than four times it; nothing is kept. */
+            413: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4886,6 +4954,15 @@ export interface operations {
                 content?: never;
             };
             401: components["responses"]["Unauthenticated"];
+            /** @description `permission_denied`: a built-in template. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             404: components["responses"]["TemplateNotFound"];
             /** @description `template_in_use`; `template_not_ready` (still building). */
             409: {
