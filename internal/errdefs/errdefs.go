@@ -112,6 +112,9 @@ const (
 	CodeSSHKeyInvalid        = "ssh_key_invalid"
 	CodeSSHDisabled          = "ssh_disabled"
 	CodeWatchNotFound        = "watch_not_found"
+	CodeBodyTooLarge         = "body_too_large"
+	CodeBodyTooSlow          = "body_too_slow"
+	CodeHeadersTooLarge      = "headers_too_large"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid           = "url_invalid"
@@ -139,6 +142,9 @@ var Codes = []string{
 	CodeSSHKeyInvalid,
 	CodeSSHDisabled,
 	CodeWatchNotFound,
+	CodeBodyTooLarge,
+	CodeBodyTooSlow,
+	CodeHeadersTooLarge,
 	CodeInvalidArgument,
 	CodeUnauthenticated,
 	CodeNotFound,
