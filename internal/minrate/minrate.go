@@ -43,10 +43,19 @@ func Handler(h http.Handler, rate Rate, exempt func(*http.Request) bool) http.Ha
 		return h
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 && (exempt == nil || !exempt(r)) {
-			r.Body = &body{ReadCloser: r.Body, rc: http.NewResponseController(w), rate: rate}
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 || exempt != nil && exempt(r) {
+			h.ServeHTTP(w, r)
+			return
 		}
+		b := &body{ReadCloser: r.Body, rc: http.NewResponseController(w), rate: rate}
+		r.Body = b
 		h.ServeHTTP(w, r)
+		if b.err == nil {
+			// The handler left some of the body unread: net/http reads
+			// what is left (up to 256 KiB) to reuse the connection, and
+			// may take one window for it, not as long as the client likes.
+			b.rc.SetReadDeadline(time.Now().Add(rate.Window))
+		}
 	})
 }
 

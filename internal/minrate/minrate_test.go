@@ -46,6 +46,11 @@ func readAll(pause time.Duration) http.HandlerFunc {
 // returns what the server answered and how long until the connection
 // ended.
 func trickle(t *testing.T, addr string, size int, interval time.Duration) (string, time.Duration) {
+	return trickleConn(t, addr, "Connection: close\r\n", size, interval)
+}
+
+// trickleConn is trickle with extra header lines.
+func trickleConn(t *testing.T, addr, header string, size int, interval time.Duration) (string, time.Duration) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -53,7 +58,7 @@ func trickle(t *testing.T, addr string, size int, interval time.Duration) (strin
 	}
 	defer c.Close()
 	start := time.Now()
-	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n", size)
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\n%sContent-Length: %d\r\n\r\n", header, size)
 	go func() {
 		for range size {
 			if _, err := c.Write([]byte("x")); err != nil {
@@ -151,6 +156,19 @@ func TestDeadlineClearedAfterBody(t *testing.T) {
 			t.Fatalf("request %d: got %q, %v; want the whole stream", i, b, err)
 		}
 		time.Sleep(2 * testRate.Window) // idle between requests
+	}
+}
+
+// A handler that answers without reading the body does not leave net/http
+// reading the rest of a trickled body for ever.
+func TestUnreadBody(t *testing.T) {
+	srv := httptest.NewServer(Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+	}), testRate, nil))
+	defer srv.Close()
+	resp, took := trickleConn(t, srv.Listener.Addr().String(), "", 1000, 50*time.Millisecond) // keep-alive
+	if !strings.HasPrefix(resp, "HTTP/1.1 404") || took > 3*time.Second {
+		t.Fatalf("answered %q, connection held %v; want the 404 and the connection closed within 3s", resp, took)
 	}
 }
 
