@@ -60,6 +60,7 @@ test: build vet typecheck-python typescript-sdk e2b-sdk
 	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 90 s)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 10s ./internal/httpapi
 
 # Nullspace against raw runsc on this host, in one run (needs root): prints
 # a table and writes every sample to bench/results.json. Pass more flags

@@ -273,6 +273,14 @@ func TestRunErrors(t *testing.T) {
 			errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
 		{"bad env", api.RunCommandRequest{Cmd: []string{"true"}, Env: map[string]string{"A=B": "c"}},
 			errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
+		// Fuzzed requests (issue 21): a NUL anywhere the kernel takes a C
+		// string is the caller's mistake, never a 500.
+		{"NUL in shell", api.RunCommandRequest{Shell: "echo a\x00b"}, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
+		{"NUL in cmd", api.RunCommandRequest{Cmd: []string{"echo", "a\x00b"}}, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
+		{"NUL in env value", api.RunCommandRequest{Cmd: []string{"true"}, Env: map[string]string{"A": "b\x00"}},
+			errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
+		{"NUL in cwd", api.RunCommandRequest{Cmd: []string{"true"}, Cwd: "/tmp\x00x"}, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
+		{"NUL in user", api.RunCommandRequest{Cmd: []string{"true"}, User: "root\x00"}, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

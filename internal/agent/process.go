@@ -262,6 +262,10 @@ func commandArgv(req api.RunCommandRequest) ([]string, error) {
 	case len(req.Cmd) > 0 && req.Shell != "":
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			"cmd and shell are both set", "pass either cmd (an argv array) or shell (a string run with /bin/sh -c)")
+	case strings.IndexByte(req.Shell, 0) >= 0:
+		// The kernel takes arguments as C strings: exec would fail.
+		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			"shell contains a NUL byte", "remove NUL bytes from the command line")
 	case req.Shell != "":
 		return []string{"/bin/sh", "-c", req.Shell}, nil
 	case len(req.Cmd) == 0 || req.Cmd[0] == "":
@@ -297,6 +301,11 @@ func lookupIdentity(name string) (identity, error) {
 			return identity{name: "root", home: "/root"}, nil
 		}
 		return identity{name: uid, home: "/"}, nil
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		// getpwnam would read "root\x00x" as root.
+		return identity{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("user %q contains a NUL byte", name), "pass a user name or uid without NUL bytes")
 	}
 	var u *user.User
 	var err error

@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -89,6 +90,12 @@ const (
 	DefaultWakeTimeout   = 30 * time.Second
 	DefaultHoldBodyLimit = 1 << 20
 )
+
+// MaxHeaderBytes bounds a request's line and headers: a larger request
+// gets 431 headers_too_large, as JSON like every answer of the edge. The
+// http.Server in front must allow more than this (its own refusal is plain
+// text); requests past the server's limit never reach the edge.
+const MaxHeaderBytes = 64 << 10
 
 // Server is the edge's HTTP handler and URL issuer.
 type Server struct {
@@ -203,6 +210,9 @@ type request struct {
 	code           string // the public code of a refusal, for metrics
 	// upgraded is set when a WebSocket upgrade succeeded.
 	upgraded atomic.Bool
+	// body is the client's request body, which keeps the error that
+	// ended it (nil: no body).
+	body *bodyReader
 }
 
 type requestKey struct{}
@@ -218,6 +228,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &statusWriter{ResponseWriter: w}
 	req := &request{}
 	r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
+	if r.Body != nil && r.Body != http.NoBody {
+		req.body = &bodyReader{ReadCloser: r.Body}
+		r.Body = req.body
+	}
 	s.serve(rw, r, req)
 	if req.upgraded.Load() {
 		s.metrics.websockets.Dec()
@@ -238,6 +252,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
+	if n := headerBytes(r); n > MaxHeaderBytes {
+		s.refuse(w, r, req, refusal{Status: http.StatusRequestHeaderFieldsTooLarge, Code: errdefs.CodeHeadersTooLarge,
+			Message: fmt.Sprintf("the request's line and headers are %d bytes, over the edge's limit of %d", n, MaxHeaderBytes),
+			Action:  "send fewer or smaller headers (cookies often grow): clear the site's cookies"})
+		return
+	}
 	raw, path, pathForm, ok := s.locate(r)
 	if !ok {
 		s.refuse(w, r, req, refusal{Status: http.StatusNotFound, Code: errdefs.CodeNotFound,
@@ -444,4 +464,47 @@ func forwardedURL(t Target, port int, escapedPath, rawQuery string) *url.URL {
 		u.Path = escapedPath
 	}
 	return u
+}
+
+// headerBytes is about the size of a request's line and headers on the
+// wire, as net/http counts them against MaxHeaderBytes.
+func headerBytes(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len(r.Proto) + 2 + len("Host: ") + len(r.Host) + 2
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n
+}
+
+// bodyReader is a client's request body; it keeps the error that ended
+// it, so that a request the client broke (a malformed chunk, a body too
+// slow) is answered as the client's fault, not the machine's.
+type bodyReader struct {
+	io.ReadCloser
+	err error // other than io.EOF
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		b.err = err
+	}
+	return n, err
+}
+
+// bodyRefusal is the answer to a request whose body could not be read
+// because of the client: a too-slow body keeps its own code (see
+// internal/minrate), anything else (a malformed chunk, a body shorter than
+// its Content-Length) is a 400.
+func bodyRefusal(err error) refusal {
+	var public *errdefs.Error
+	if errors.As(err, &public) {
+		p := errdefs.Classify(err)
+		return refusal{Status: p.Status, Code: p.Code, Message: p.Message, Action: p.SuggestedAction}
+	}
+	return refusal{Status: http.StatusBadRequest, Code: errdefs.CodeInvalidArgument,
+		Message: "the request body could not be read: " + err.Error(),
+		Action:  "send the body with a correct Content-Length or chunked encoding"}
 }

@@ -774,3 +774,83 @@ func TestGatePacesNewConnections(t *testing.T) {
 		t.Fatalf("%d idle gates kept, want none", len(g.m))
 	}
 }
+
+// rawDo sends raw bytes (framing http.Client never writes) to the edge and
+// returns its answer.
+func (h *harness) rawDo(t *testing.T, raw string) (*http.Response, []byte) {
+	t.Helper()
+	c, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read the answer: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// TestBadInput: the edge's fuzz findings of issue 21. Headers over the
+// limit get the JSON 431, a body the client breaks is the client's 400
+// (not the machine's 502), held or streamed, and X-Real-Ip is the address
+// the edge saw.
+func TestBadInput(t *testing.T) {
+	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			return
+		}
+		fmt.Fprintf(w, "real-ip=%s xff=%s", r.Header.Get("X-Real-Ip"), r.Header.Get("X-Forwarded-For"))
+	}), Config{})
+	u := h.url(t)
+	pathURL, err := url.Parse(u.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("headers over the limit", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, u.URL+"/x", nil)
+		req.Header.Set("Cookie", strings.Repeat("a", MaxHeaderBytes+1))
+		resp := h.do(t, req)
+		wantError(t, resp, http.StatusRequestHeaderFieldsTooLarge, errdefs.CodeHeadersTooLarge)
+		// Just under the limit passes.
+		req.Header.Set("Cookie", strings.Repeat("a", MaxHeaderBytes-1024))
+		if resp := h.do(t, req); resp.StatusCode != 200 {
+			t.Fatalf("headers under the limit: %d, want 200", resp.StatusCode)
+		}
+	})
+
+	t.Run("spoofed X-Real-Ip", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodGet, u.URL+"/x", nil)
+		req.Header.Set("X-Real-Ip", "203.0.113.9")
+		req.Header.Set("X-Forwarded-For", "203.0.113.9")
+		resp := h.do(t, req)
+		b, _ := io.ReadAll(resp.Body)
+		if want := "real-ip=127.0.0.1 xff=203.0.113.9, 127.0.0.1"; string(b) != want {
+			t.Fatalf("machine saw %q, want %q", b, want)
+		}
+	})
+
+	malformed := "POST " + pathURL.Path + "/up HTTP/1.1\r\nHost: " + pathURL.Host +
+		"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\nzz\r\n"
+	t.Run("malformed chunk streamed", func(t *testing.T) {
+		resp, b := h.rawDo(t, malformed)
+		if resp.StatusCode != 400 || !strings.Contains(string(b), errdefs.CodeInvalidArgument) {
+			t.Fatalf("got %d %s, want 400 invalid_argument", resp.StatusCode, b)
+		}
+	})
+	t.Run("malformed chunk held", func(t *testing.T) {
+		h.machines.wakeDelay = 50 * time.Millisecond
+		h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StatePaused, AutoResume: true, IP: netip.MustParseAddr("127.0.0.1")})
+		resp, b := h.rawDo(t, malformed)
+		if resp.StatusCode != 400 || !strings.Contains(string(b), errdefs.CodeInvalidArgument) {
+			t.Fatalf("got %d %s, want 400 invalid_argument", resp.StatusCode, b)
+		}
+	})
+}

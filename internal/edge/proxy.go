@@ -72,6 +72,15 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 		pr.Out.Header["X-Forwarded-For"] = slices.Clone(xff)
 	}
 	pr.SetXForwarded()
+	// X-Real-Ip is the address the edge saw, whatever the client sent: a
+	// client cannot make the machine believe it comes from elsewhere. (The
+	// last X-Forwarded-For entry is the same address; earlier ones are the
+	// client's own claim.)
+	if ip, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		pr.Out.Header.Set("X-Real-Ip", ip)
+	} else {
+		pr.Out.Header.Del("X-Real-Ip")
+	}
 	if s.cfg.TLS {
 		pr.Out.Header.Set("X-Forwarded-Proto", "https")
 	}
@@ -153,6 +162,11 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	req := requestOf(r.Context())
 	if r.Context().Err() != nil {
 		req.code = "client_gone"
+		return
+	}
+	if req.body != nil && req.body.err != nil {
+		// The client's body broke the request, not the machine.
+		s.refuse(w, r, req, bodyRefusal(req.body.err))
 		return
 	}
 	l := req.label

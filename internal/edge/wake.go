@@ -95,7 +95,11 @@ func (s *Server) hold(w http.ResponseWriter, r *http.Request, req *request, resu
 			return Target{}, false
 		}
 		if b.err != nil {
-			req.code = "client_gone"
+			if r.Context().Err() == nil {
+				s.refuse(w, r, req, bodyRefusal(b.err))
+			} else {
+				req.code = "client_gone"
+			}
 			return Target{}, false
 		}
 		r.Body = io.NopCloser(bytes.NewReader(b.data))

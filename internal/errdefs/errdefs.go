@@ -112,6 +112,9 @@ const (
 	CodeSSHKeyInvalid        = "ssh_key_invalid"
 	CodeSSHDisabled          = "ssh_disabled"
 	CodeWatchNotFound        = "watch_not_found"
+	CodeBodyTooLarge         = "body_too_large"
+	CodeBodyTooSlow          = "body_too_slow"
+	CodeHeadersTooLarge      = "headers_too_large"
 	// CodeCapacityExhausted: the host has no room for another sandbox
 	// (memory over its overcommit, or no free network slot); retryable.
 	CodeCapacityExhausted = "capacity_exhausted"
@@ -143,6 +146,9 @@ var Codes = []string{
 	CodeSSHDisabled,
 	CodeWatchNotFound,
 	CodeCapacityExhausted,
+	CodeBodyTooLarge,
+	CodeBodyTooSlow,
+	CodeHeadersTooLarge,
 	CodeInvalidArgument,
 	CodeUnauthenticated,
 	CodeNotFound,

@@ -29,10 +29,9 @@ const attachWriteTimeout = 30 * time.Second
 // upgrade are ordinary API errors.
 func (s *Server) attachCommand(w http.ResponseWriter, r *http.Request, team string) error {
 	id := r.PathValue("id")
-	pid, err := strconv.Atoi(r.PathValue("pid"))
-	if err != nil || pid <= 0 {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("pid %q is not a process id", r.PathValue("pid")), "use the pid that starting the command returned")
+	pid, err := parsePID(r)
+	if err != nil {
+		return err
 	}
 	q := r.URL.Query()
 	var offset int64

@@ -17,8 +17,14 @@ import (
 // is the same route without the /v1/machines/{id} prefix. Bodies stream in
 // both directions; NDJSON streams become SSE when the client asks for it.
 func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Request, team string) error {
+	hasPID := strings.Contains(agentPath, "{pid}")
 	return func(w http.ResponseWriter, r *http.Request, team string) error {
 		id := r.PathValue("id")
+		if hasPID {
+			if _, err := parsePID(r); err != nil {
+				return err
+			}
+		}
 		// The call ends when the machine stops running (a pause): its
 		// agent goes without closing the connection.
 		ctx, done := s.machines.WhileRunning(r.Context(), id)
@@ -33,8 +39,10 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 			u += "?" + r.URL.RawQuery
 		}
 		var body io.Reader
+		var in *bodyReader
 		if r.ContentLength != 0 && r.Body != nil {
-			body = r.Body
+			in = &bodyReader{r: r.Body}
+			body = in
 		}
 		req, err := http.NewRequestWithContext(ctx, r.Method, u, body)
 		if err != nil {
@@ -60,6 +68,9 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 		if err != nil {
 			if r.Context().Err() != nil {
 				return nil // the client went away
+			}
+			if in != nil && in.err != nil {
+				return bodyError(in.err) // the client's body broke the request, not the agent
 			}
 			unavailable := errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
 				fmt.Sprintf("machine %s's agent did not answer", id), "retry in a moment; if it keeps failing, kill the machine and create a new one")
@@ -135,4 +146,20 @@ func copyLines(w io.Writer, f http.Flusher, body io.Reader, sse bool) error {
 			return err
 		}
 	}
+}
+
+// bodyReader is a client's request body; it keeps the error that ended
+// it, so that a request the client broke (a malformed chunk, a body too
+// large or too slow) is answered as the client's fault.
+type bodyReader struct {
+	r   io.Reader
+	err error // other than io.EOF
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		b.err = err
+	}
+	return n, err
 }

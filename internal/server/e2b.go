@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"nullspace.dev/nullspace/internal/e2bcompat"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/minrate"
 	"nullspace.dev/nullspace/internal/sshgate"
 )
 
@@ -40,7 +42,13 @@ func startE2B(bg context.Context, cfg Config, mgr *machine.Manager, auth *keyAut
 		return nil, fmt.Errorf("e2b compatibility: listen on %s: %w", cfg.E2BAddr, err)
 	}
 	logger.Info("e2b-compatible API", "addr", ln.Addr().String(), "domain", domain)
-	return &e2bListener{ln: ln, domain: domain, http: &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second,
+	// A command's input streamed to it (envd's StreamInput) idles by
+	// design: it is not held to a rate.
+	h := minrate.Handler(srv, cfg.MinBodyRate, func(r *http.Request) bool {
+		return strings.HasSuffix(r.URL.Path, "/StreamInput")
+	})
+	return &e2bListener{ln: ln, domain: domain, http: &http.Server{Handler: h,
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext: func(net.Listener) context.Context { return bg }}}, nil
 }

@@ -9,11 +9,13 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/minrate"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 )
@@ -60,12 +62,18 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		mgr.OnTransition(func(lineageID, _, _ string) { e.Forget(lineageID) })
 	}
 	srv := &http.Server{
-		Handler: e,
+		// gRPC streams idle by design: their bodies are not held to a rate.
+		Handler: minrate.Handler(e, cfg.MinBodyRate, func(r *http.Request) bool {
+			return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+		}),
 		// A client that sends its headers slowly is cut off before it
 		// reaches a handler, so it never holds a wake.
 		ReadHeaderTimeout: cfg.EdgeHeaderTimeout,
-		MaxHeaderBytes:    64 << 10,
-		IdleTimeout:       2 * time.Minute,
+		// The edge refuses headers over edge.MaxHeaderBytes itself, with
+		// its JSON error; past this larger bound net/http answers 431 in
+		// plain text without reading on.
+		MaxHeaderBytes: 16 * edge.MaxHeaderBytes,
+		IdleTimeout:    2 * time.Minute,
 		// Requests (held ones and WebSockets too) end when the server stops.
 		BaseContext: func(net.Listener) context.Context { return bg },
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelDebug),

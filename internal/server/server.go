@@ -29,6 +29,7 @@ import (
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/minrate"
 	"nullspace.dev/nullspace/internal/retention"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
@@ -133,6 +134,11 @@ type Config struct {
 	// EdgeHeaderTimeout bounds how long a client may take to send its
 	// request headers to the edge. Default 10 s.
 	EdgeHeaderTimeout time.Duration
+	// MinBodyRate is the slowest a request body may arrive at the API, the
+	// edge and the E2B listener (internal/minrate): slower ones get 408
+	// body_too_slow and are disconnected. Default minrate.Default (1 KiB
+	// in every 10 s of waiting); a zero Bytes or Window means the default.
+	MinBodyRate minrate.Rate
 	// SSHAddr is where the SSH gateway listens (internal/sshgate); empty:
 	// no gateway (the default).
 	SSHAddr string
@@ -187,6 +193,7 @@ func Defaults() Config {
 		EdgeWakeTimeout:        edge.DefaultWakeTimeout,
 		EdgeHoldBodyBytes:      edge.DefaultHoldBodyLimit,
 		EdgeHeaderTimeout:      10 * time.Second,
+		MinBodyRate:            minrate.Default,
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -322,6 +329,9 @@ func (c *Config) validateEdge() error {
 	}
 	if c.EdgeHeaderTimeout <= 0 {
 		c.EdgeHeaderTimeout = 10 * time.Second
+	}
+	if c.MinBodyRate.Bytes <= 0 || c.MinBodyRate.Window <= 0 {
+		c.MinBodyRate = minrate.Default
 	}
 	if c.EdgeHoldBodyBytes <= 0 {
 		return fmt.Errorf("--edge-hold-body-bytes must be positive, got %d", c.EdgeHoldBodyBytes)
@@ -604,7 +614,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers, locks: locks,
 		NodeName: cfg.NodeName, Names: cfg.Names,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
-		http: &http.Server{Handler: corsPolicy.Wrap(apiServer.Handler()), ReadHeaderTimeout: 10 * time.Second,
+		http: &http.Server{Handler: minrate.Handler(corsPolicy.Wrap(apiServer.Handler()), cfg.MinBodyRate, nil),
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 			// Streams and terminal sessions end with the server (they
 			// are told so; their commands go on in the machines).

@@ -43,6 +43,17 @@ type Config struct {
 	WakeTimeout time.Duration
 	// HandshakeTimeout bounds a connection's key exchange and sign-in.
 	HandshakeTimeout time.Duration
+
+	// The sign-in throttle (throttle.go), over failures within
+	// AuthFailureWindow (default 10 min) of one another: past
+	// AuthFreeFailures (5) from one address or for one user name, each
+	// failure is answered after a delay doubling from AuthBaseDelay
+	// (250 ms) up to AuthMaxDelay (8 s); past AuthLockoutFailures (20)
+	// from one address, it is refused at once until the window has passed
+	// since its last failure. One connection has at most 6 tries.
+	AuthFreeFailures, AuthLockoutFailures int
+	AuthBaseDelay, AuthMaxDelay           time.Duration
+	AuthFailureWindow                     time.Duration
 }
 
 // Agent is what a session needs of a machine's agent (an
@@ -82,6 +93,7 @@ type Server struct {
 	hostKey  ssh.PublicKey
 	logger   *slog.Logger
 	bg       context.Context
+	throttle *throttle
 
 	wg sync.WaitGroup // connections
 }
@@ -99,13 +111,32 @@ func New(bg context.Context, cfg Config, machines Machines, keys *Keys, logger *
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 20 * time.Second
 	}
+	if cfg.AuthFreeFailures <= 0 {
+		cfg.AuthFreeFailures = DefaultAuthFreeFailures
+	}
+	if cfg.AuthLockoutFailures <= 0 {
+		cfg.AuthLockoutFailures = DefaultAuthLockoutFailures
+	}
+	if cfg.AuthBaseDelay <= 0 {
+		cfg.AuthBaseDelay = DefaultAuthBaseDelay
+	}
+	if cfg.AuthMaxDelay <= 0 {
+		cfg.AuthMaxDelay = DefaultAuthMaxDelay
+	}
+	if cfg.AuthFailureWindow <= 0 {
+		cfg.AuthFailureWindow = DefaultAuthFailureWindow
+	}
 	s := &Server{cfg: cfg, machines: machines, keys: keys, tokens: tokens, hostKey: signer.PublicKey(),
-		logger: logger, bg: bg}
+		logger: logger, bg: bg, throttle: newThrottle(cfg)}
 	s.ssh = &ssh.ServerConfig{
-		ServerVersion:     "SSH-2.0-Nullspace",
-		MaxAuthTries:      6,
-		PublicKeyCallback: s.publicKeyAuth,
-		PasswordCallback:  s.tokenAuth,
+		ServerVersion: "SSH-2.0-Nullspace",
+		MaxAuthTries:  6,
+		PublicKeyCallback: func(conn ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			return s.throttled(conn, func() (*ssh.Permissions, error) { return s.publicKeyAuth(conn, key) })
+		},
+		PasswordCallback: func(conn ssh.ConnMetadata, password []byte) (*ssh.Permissions, error) {
+			return s.throttled(conn, func() (*ssh.Permissions, error) { return s.tokenAuth(conn, password) })
+		},
 	}
 	s.ssh.AddHostKey(signer)
 	return s, nil
@@ -123,6 +154,34 @@ const (
 	extLineage = "nullspace-lineage"
 	extVia     = "nullspace-via" // key:<id> or token
 )
+
+// throttled runs a sign-in check under the throttle: refused at once
+// while the address is locked out, answered late when it fails past the
+// free failures.
+func (s *Server) throttled(conn ssh.ConnMetadata, check func() (*ssh.Permissions, error)) (*ssh.Permissions, error) {
+	addr := conn.RemoteAddr().String()
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	if d := s.throttle.locked(addr); d > 0 {
+		return nil, banner(fmt.Sprintf("too many failed sign-ins from %s: retry in %s", addr, d.Round(time.Second)))
+	}
+	perms, err := check()
+	if err == nil {
+		s.throttle.succeeded(addr)
+		return perms, nil
+	}
+	if d := s.throttle.failed(addr, conn.User()); d > 0 {
+		s.logger.Info("ssh sign-in failures throttled", "remote", addr, "user", conn.User(), "delay", d)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.bg.Done():
+		}
+	}
+	return nil, err
+}
 
 // publicKeyAuth signs a registered key in to its team's machine named by
 // the user name.

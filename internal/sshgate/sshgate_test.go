@@ -191,7 +191,8 @@ func TestSignInAndRefusals(t *testing.T) {
 		"mch_b":      {team: "team_b", target: edge.Target{LineageID: "mch_b", MachineID: "mch_b", State: api.StatePaused}},
 	}}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	gate, err := New(t.Context(), Config{DataDir: t.TempDir(), WakeTimeout: 300 * time.Millisecond}, fm, NewKeys(keys), logger)
+	gate, err := New(t.Context(), Config{DataDir: t.TempDir(), WakeTimeout: 300 * time.Millisecond,
+		AuthFreeFailures: 100}, fm, NewKeys(keys), logger) // the refusals below are not throttled (TestThrottle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,5 +288,77 @@ func TestSignInAndRefusals(t *testing.T) {
 	}
 	if got := <-fm.woken; got != "mch_auto" {
 		t.Errorf("woke %s", got)
+	}
+}
+
+// TestThrottle: failed sign-ins past the free ones are answered later and
+// later, and past the lockout an address is refused even with the right
+// token, while the same token from another address still signs in.
+func TestThrottle(t *testing.T) {
+	fm := &fakeMachines{machines: map[string]fakeMachine{
+		"mch_a": {team: "team_a", target: edge.Target{LineageID: "mch_a", MachineID: "mch_a", State: api.StatePaused}},
+	}}
+	gate, err := New(t.Context(), Config{DataDir: t.TempDir(), AuthFreeFailures: 2, AuthLockoutFailures: 5,
+		AuthBaseDelay: 200 * time.Millisecond, AuthMaxDelay: time.Second, AuthFailureWindow: time.Minute},
+		fm, NewKeys(&memKeys{}), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gate.Serve(ln)
+	t.Cleanup(func() { ln.Close() })
+	good := gate.Tokens().Issue("team_a", "mch_a", time.Now().Add(time.Minute))
+	bad := gate.Tokens().Issue("team_a", "mch_other", time.Now().Add(time.Minute))
+
+	// signIn tries one password from the local address from and says how
+	// long the refusal took (0 and the banner on success).
+	signIn := func(from, password string) (time.Duration, string, error) {
+		var banner bytes.Buffer
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+		nc, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		start := time.Now()
+		c, chans, reqs, err := ssh.NewClientConn(nc, ln.Addr().String(), &ssh.ClientConfig{User: "mch_a",
+			Auth: []ssh.AuthMethod{ssh.Password(password)}, HostKeyCallback: ssh.FixedHostKey(gate.HostKey()),
+			BannerCallback: func(msg string) error { banner.WriteString(msg); return nil }})
+		took := time.Since(start)
+		if err == nil {
+			ssh.NewClient(c, chans, reqs).Close()
+		}
+		return took, banner.String(), err
+	}
+
+	var took []time.Duration
+	for range 5 {
+		d, _, err := signIn("127.0.0.1", bad)
+		if err == nil {
+			t.Fatal("a wrong token signed in")
+		}
+		took = append(took, d)
+	}
+	// Free, free, then 200 ms, 400 ms, 800 ms.
+	for i, want := range []time.Duration{0, 0, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond} {
+		if took[i] < want || want == 0 && took[i] > 150*time.Millisecond {
+			t.Errorf("failure %d answered after %v, want %v", i+1, took[i], want)
+		}
+	}
+	// Locked out: the right token is refused at once, with the reason.
+	d, banner, err := signIn("127.0.0.1", good)
+	if err == nil || !strings.Contains(banner, "too many failed sign-ins") || d > 150*time.Millisecond {
+		t.Fatalf("the right token from a locked-out address: %v after %v, banner %q; want refused at once with the reason", err, d, banner)
+	}
+	// Another address is not locked out (but the user's failures slow its
+	// wrong tries, not its right one).
+	if d, banner, err := signIn("127.0.0.2", good); err != nil || d > 150*time.Millisecond {
+		t.Fatalf("the right token from another address: %v after %v (banner %q), want signed in at once", err, d, banner)
+	}
+	if d, _, err := signIn("127.0.0.2", bad); err == nil || d < time.Second {
+		t.Fatalf("a wrong token for a user with 5 failures from another address: %v after %v, want refused after 1s", err, d)
 	}
 }

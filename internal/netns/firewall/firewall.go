@@ -10,6 +10,9 @@
 //	    set internet { type ipv4_addr; }
 //	    chain prerouting { type filter hook prerouting priority raw; policy accept;
 //	        iifname "nsv*" fib saddr . iif oif missing drop          # no spoofed sources
+//	        iifname "nsv*" ip saddr @internet accept                 # internet, per machine
+//	        iifname "nsv*" fib daddr type != { local, broadcast, multicast } meta l4proto tcp reject with tcp reset
+//	        iifname "nsv*" fib daddr type != { local, broadcast, multicast } reject   # nothing else leaves, at once
 //	    }
 //	    chain input { type filter hook input priority filter; policy accept;
 //	        iifname "nsv*" ct state established,related accept      # replies to the host's own connections
@@ -247,6 +250,16 @@ func (f *Firewall) install() error {
 
 	pre := chain("prerouting", nftables.ChainTypeFilter, nftables.ChainHookPrerouting, nftables.ChainPriorityRaw)
 	rule(pre, fromMachine, noReversePath(), verdict(expr.VerdictDrop))
+	// What a machine without internet sends past the host is refused here,
+	// before routing: with forwarding off on its interface (the host's
+	// default, left alone when the operator disallows internet) the kernel
+	// drops it silently before the forward chain, and a connection hangs
+	// until its timeout.
+	if f.allowInternet {
+		rule(pre, fromMachine, ipv4(), saddrInSet(f.set), verdict(expr.VerdictAccept))
+	}
+	rule(pre, fromMachine, notForHost(), tcp, tcpReset())
+	rule(pre, fromMachine, notForHost(), portUnreachable())
 
 	in := chain("input", nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
 	rule(in, fromMachine, establishedOrRelated(), verdict(expr.VerdictAccept))
@@ -320,6 +333,16 @@ func noReversePath() []expr.Any {
 		&expr.Fib{Register: 1, FlagSADDR: true, FlagIIF: true, ResultOIF: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
 	}
+}
+
+// notForHost matches packets the host would not take in itself: "fib
+// daddr type != { local, broadcast, multicast }".
+func notForHost() []expr.Any {
+	out := []expr.Any{&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true}}
+	for _, typ := range []uint32{unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_MULTICAST} {
+		out = append(out, &expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(typ)})
+	}
+	return out
 }
 
 func saddrInSet(s *nftables.Set) []expr.Any {

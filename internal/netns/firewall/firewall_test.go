@@ -342,6 +342,26 @@ func TestInternet(t *testing.T) {
 		refused("no internet")
 	})
 
+	// With forwarding off (the host's default, left alone when the operator
+	// disallows internet), the kernel drops what a machine sends out before
+	// the forward chain sees it: the refusal must come earlier, or a
+	// connection hangs until its timeout (issue 21: 3 s in a machine).
+	t.Run("operator disallows, forwarding off", func(t *testing.T) {
+		initFirewall(t, false)
+		restoreIPForward(t)
+		if err := os.WriteFile(ipForward, []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// Off for B's interface only: what the kernel checks is the
+		// forwarding of the interface a packet came in on.
+		fwd := "/proc/sys/net/ipv4/conf/" + b.HostInterface + "/forwarding"
+		if err := os.WriteFile(fwd, []byte("0"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.WriteFile(fwd, []byte("1"), 0o644) })
+		refused("no internet, forwarding off")
+	})
+
 	t.Run("operator allows", func(t *testing.T) {
 		fw := initFirewall(t, true)
 		refused("not in the set")
