@@ -105,6 +105,10 @@ func walk(path string, o walkOpts) (*pathAt, error) {
 		}
 		fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) && !final && o.mkdirs {
+			if perr := pseudoPath("/"+filepath.Join(names...), cur, "create directories in"); perr != nil {
+				closeFrom(0)
+				return nil, perr
+			}
 			if err = mkdirAt(cur, c, o.privileged); err == nil {
 				fd, err = unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			}
