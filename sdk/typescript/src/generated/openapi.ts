@@ -2270,6 +2270,8 @@ export interface components {
         MkdirRequest: {
             /** @description Absolute path of the directory. */
             path: string;
+            /** @description Who creates the directories (name or uid); default root. See the `user` parameter of the file routes. */
+            user?: string;
         };
         /** @description Body of `POST /v1/machines/{id}/files/rename`. */
         RenameRequest: {
@@ -2277,6 +2279,8 @@ export interface components {
             from: string;
             /** @description Absolute path to move it to. */
             to: string;
+            /** @description Who renames (name or uid); default root. See the `user` parameter of the file routes. */
+            user?: string;
         };
         /** @description Response of `PUT /v1/machines/{id}/files`. */
         WriteResult: {
@@ -2698,6 +2702,21 @@ export interface components {
          * @example /workspace/report.txt
          */
         Path: string;
+        /**
+         * @description Who the call acts as: a user name of the machine or a numeric uid;
+         *     default root, as for commands. The call has that user's
+         *     permissions (`permission_denied`, 403, otherwise) and what it
+         *     creates is that user's. Whoever it acts as, a symlink is followed
+         *     only as far as the link's owner could go: writing through a link
+         *     another user planted (to `/etc/shadow`, say) is
+         *     `permission_denied`. Devices, FIFOs and sockets are refused
+         *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+         *     `/dev` and other pseudo file systems, and removing or replacing a
+         *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+         *     remove or listing that takes over 60 s is `deadline_exceeded`.
+         * @example user
+         */
+        FileUser: string;
     };
     requestBodies: never;
     headers: never;
@@ -3869,6 +3888,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
             };
             header?: never;
             path: {
@@ -3906,6 +3940,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description Octal permission bits of the written file. */
                 mode?: string;
             };
@@ -3967,6 +4016,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description Remove a directory and everything in it. */
                 recursive?: boolean;
             };
@@ -4012,6 +4076,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description How many levels to descend; 1 lists the directory's own entries. */
                 depth?: number;
             };
@@ -4051,6 +4130,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
             };
             header?: never;
             path: {
@@ -4126,6 +4220,21 @@ export interface operations {
     watchFiles: {
         parameters: {
             query?: {
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description The directory to watch (a new watch). */
                 path?: string;
                 recursive?: boolean;
