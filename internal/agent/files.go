@@ -72,9 +72,57 @@ func (s *fileService) committing(tmp string, created bool) {
 }
 
 // fileUser is the user a file call acts as: its user parameter, the
-// agent's own user (root) by default, as for commands.
+// agent's own user (root) by default, as for commands. Identities are
+// cached while /etc/passwd and /etc/group stay as they were: a file call
+// costs a stat of each instead of a read and a parse.
 func fileUser(name string) (identity, error) {
-	return lookupIdentity(name)
+	if name == "" {
+		return identity{name: "agent"}, nil // the agent's own: nothing to switch
+	}
+	key := accountsKey()
+	users.mu.Lock()
+	if users.key == key {
+		if id, ok := users.m[name]; ok {
+			users.mu.Unlock()
+			return id, nil
+		}
+	} else {
+		users.key, users.m = key, map[string]identity{}
+	}
+	users.mu.Unlock()
+	id, err := lookupIdentity(name)
+	if err != nil {
+		return id, err
+	}
+	users.mu.Lock()
+	if users.key == key && len(users.m) < 256 {
+		users.m[name] = id
+	}
+	users.mu.Unlock()
+	return id, nil
+}
+
+// users caches fileUser's identities for one state of the account files.
+var users struct {
+	mu  sync.Mutex
+	key string
+	m   map[string]identity
+}
+
+// accountsKey names the state of /etc/passwd and /etc/group: their
+// sizes, modification times and inodes ("" when one cannot be read,
+// which caches nothing past a change).
+func accountsKey() string {
+	var b strings.Builder
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			fmt.Fprintf(&b, "%s:-;", f)
+			continue
+		}
+		fmt.Fprintf(&b, "%d:%d:%d.%d;", st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return b.String()
 }
 
 // as runs op acting as id. When a walk done as root meets a symlink
