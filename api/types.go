@@ -673,12 +673,17 @@ type FileList struct {
 // MkdirRequest is the body of POST .../files/mkdir.
 type MkdirRequest struct {
 	Path string `json:"path"`
+	// User is who creates the directories (name or uid); default root,
+	// as for commands.
+	User string `json:"user,omitempty"`
 }
 
 // RenameRequest is the body of POST .../files/rename.
 type RenameRequest struct {
 	From string `json:"from"`
 	To   string `json:"to"`
+	// User is who renames (name or uid); default root, as for commands.
+	User string `json:"user,omitempty"`
 }
 
 // WriteResult is the response of PUT .../files.

@@ -47,6 +47,20 @@ type Client struct {
 	apiKey    string
 	http      *http.Client
 	userAgent string
+	// fileUser is who file calls act as (AsUser); "" is the server's
+	// default, root, as for commands.
+	fileUser string
+}
+
+// AsUser returns a copy of c whose file calls (ReadFile, WriteFile,
+// ListFiles, Stat, Remove, Mkdir, Rename, WatchDir) act as user, a name or
+// uid of the machine: with that user's permissions, creating files it
+// owns, and never following a symlink further than that user could go.
+// "" is the default, root.
+func (c *Client) AsUser(user string) *Client {
+	cp := *c
+	cp.fileUser = user
+	return &cp
 }
 
 // Option configures a Client.

@@ -19,7 +19,7 @@ func (c *Client) ReadFile(ctx context.Context, id, path string) (io.ReadCloser, 
 	resp, err := c.send(ctx, request{
 		method: http.MethodGet,
 		path:   machinePath(id, "files"),
-		query:  url.Values{"path": {path}},
+		query:  c.fileQuery(path),
 		accept: "application/octet-stream",
 	})
 	if err != nil {
@@ -46,7 +46,7 @@ func (c *Client) ReadFileBytes(ctx context.Context, id, path string) ([]byte, er
 // streamed (PUT .../files?path=&mode=). mode gives the permission bits; 0
 // leaves the server's default.
 func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, mode fs.FileMode) (*api.WriteResult, error) {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if mode != 0 {
 		q.Set("mode", fmt.Sprintf("%04o", mode.Perm()))
 	}
@@ -72,7 +72,7 @@ func (c *Client) WriteFileBytes(ctx context.Context, id, path string, data []byt
 // ListFiles lists a directory in a machine (GET .../files/list). depth 0
 // leaves the server's default (1: the directory's own entries).
 func (c *Client) ListFiles(ctx context.Context, id, path string, depth int) ([]api.FileInfo, error) {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if depth > 0 {
 		q.Set("depth", strconv.Itoa(depth))
 	}
@@ -86,7 +86,7 @@ func (c *Client) ListFiles(ctx context.Context, id, path string, depth int) ([]a
 // Stat describes a file in a machine (GET .../files/stat).
 func (c *Client) Stat(ctx context.Context, id, path string) (*api.FileInfo, error) {
 	var fi api.FileInfo
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if err := c.do(ctx, request{method: http.MethodGet, path: machinePath(id, "files", "stat"), query: q}, &fi); err != nil {
 		return nil, err
 	}
@@ -96,7 +96,7 @@ func (c *Client) Stat(ctx context.Context, id, path string) (*api.FileInfo, erro
 // Remove deletes a file or an empty directory in a machine; with recursive,
 // a directory and everything under it (DELETE .../files).
 func (c *Client) Remove(ctx context.Context, id, path string, recursive bool) error {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if recursive {
 		q.Set("recursive", "true")
 	}
@@ -106,7 +106,7 @@ func (c *Client) Remove(ctx context.Context, id, path string, recursive bool) er
 // Mkdir creates a directory in a machine (POST .../files/mkdir).
 func (c *Client) Mkdir(ctx context.Context, id, path string) (*api.FileInfo, error) {
 	var fi api.FileInfo
-	body := api.MkdirRequest{Path: path}
+	body := api.MkdirRequest{Path: path, User: c.fileUser}
 	if err := c.do(ctx, request{method: http.MethodPost, path: machinePath(id, "files", "mkdir"), json: body}, &fi); err != nil {
 		return nil, err
 	}
@@ -116,7 +116,7 @@ func (c *Client) Mkdir(ctx context.Context, id, path string) (*api.FileInfo, err
 // Rename moves a file or directory in a machine (POST .../files/rename).
 func (c *Client) Rename(ctx context.Context, id, from, to string) (*api.FileInfo, error) {
 	var fi api.FileInfo
-	body := api.RenameRequest{From: from, To: to}
+	body := api.RenameRequest{From: from, To: to, User: c.fileUser}
 	if err := c.do(ctx, request{method: http.MethodPost, path: machinePath(id, "files", "rename"), json: body}, &fi); err != nil {
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func (c *Client) WatchDir(ctx context.Context, id string, opts WatchOptions, fn 
 		q.Set("watch_id", opts.WatchID)
 		q.Set("after", strconv.FormatInt(opts.After, 10))
 	} else {
-		q.Set("path", opts.Path)
+		q = c.fileQuery(opts.Path)
 		if opts.Recursive {
 			q.Set("recursive", "true")
 		}
@@ -165,4 +165,13 @@ func (c *Client) WatchDir(ctx context.Context, id string, opts WatchOptions, fn 
 // Unwatch removes a file watch (DELETE .../files/watch/{watch_id}).
 func (c *Client) Unwatch(ctx context.Context, id, watchID string) error {
 	return c.do(ctx, request{method: http.MethodDelete, path: machinePath(id, "files/watch/"+url.PathEscape(watchID))}, nil)
+}
+
+// fileQuery is the query of a file call on path.
+func (c *Client) fileQuery(path string) url.Values {
+	q := url.Values{"path": {path}}
+	if c.fileUser != "" {
+		q.Set("user", c.fileUser)
+	}
+	return q
 }

@@ -50,6 +50,10 @@ type Config struct {
 	// MaxFileBytes is the largest file PUT /files accepts. Default 1 GiB.
 	// Env NULLSPACE_AGENT_MAX_FILE_BYTES.
 	MaxFileBytes int64
+	// FileTimeout bounds one file operation's work in the machine (a
+	// recursive remove, a deep listing): past it the call answers
+	// deadline_exceeded. Default 60 s.
+	FileTimeout time.Duration
 	// OutputBytes is the size of the buffer kept per process and stream
 	// (stdout, stderr); older output is dropped. Default 1 MiB.
 	// Env NULLSPACE_AGENT_OUTPUT_BYTES.
@@ -83,6 +87,7 @@ type Config struct {
 const (
 	DefaultAddr         = ":49983"
 	DefaultMaxFileBytes = 1 << 30
+	DefaultFileTimeout  = 60 * time.Second
 	DefaultOutputBytes  = 1 << 20
 	DefaultRunDir       = "/run/nullspace"
 )
@@ -99,6 +104,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxFileBytes == 0 {
 		c.MaxFileBytes = DefaultMaxFileBytes
+	}
+	if c.FileTimeout == 0 {
+		c.FileTimeout = DefaultFileTimeout
 	}
 	if c.OutputBytes == 0 {
 		c.OutputBytes = DefaultOutputBytes
@@ -170,7 +178,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		cfg:   cfg,
 		log:   log,
 		procs: newProcessManager(log, cfg.OutputBytes, env, cfg.Workdir),
-		files: &fileService{maxFileBytes: cfg.MaxFileBytes},
+		files: &fileService{maxFileBytes: cfg.MaxFileBytes, timeout: cfg.FileTimeout},
 	}
 	if cfg.Contain {
 		mi, err := readMeminfo(filepath.Join(cfg.ProcRoot, "meminfo"))

@@ -1,11 +1,15 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"net/http"
+	"nullspace.dev/nullspace/internal/mountinfo"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,6 +37,7 @@ const (
 // writes are atomic (temp file, fsync, rename).
 type fileService struct {
 	maxFileBytes int64
+	timeout      time.Duration // bounds one call's work (Config.FileTimeout)
 	// commits are the uploads being renamed into place, by temporary
 	// path: file watches report them as writes of their destination.
 	commits sync.Map // string → commit
@@ -66,31 +71,132 @@ func (s *fileService) committing(tmp string, created bool) {
 	s.commits.Store(tmp, commit{created: created, at: now})
 }
 
+// fileUser is the user a file call acts as: its user parameter, the
+// agent's own user (root) by default, as for commands. Identities are
+// cached while /etc/passwd and /etc/group stay as they were: a file call
+// costs a stat of each instead of a read and a parse.
+func fileUser(name string) (identity, error) {
+	if name == "" {
+		return identity{name: "agent"}, nil // the agent's own: nothing to switch
+	}
+	key := accountsKey()
+	users.mu.Lock()
+	if users.key == key {
+		if id, ok := users.m[name]; ok {
+			users.mu.Unlock()
+			return id, nil
+		}
+	} else {
+		users.key, users.m = key, map[string]identity{}
+	}
+	users.mu.Unlock()
+	id, err := lookupIdentity(name)
+	if err != nil {
+		return id, err
+	}
+	users.mu.Lock()
+	if users.key == key && len(users.m) < 256 {
+		users.m[name] = id
+	}
+	users.mu.Unlock()
+	return id, nil
+}
+
+// users caches fileUser's identities for one state of the account files.
+var users struct {
+	mu  sync.Mutex
+	key string
+	m   map[string]identity
+}
+
+// accountsKey names the state of /etc/passwd and /etc/group: their
+// sizes, modification times and inodes ("" when one cannot be read,
+// which caches nothing past a change).
+func accountsKey() string {
+	var b strings.Builder
+	for _, f := range []string{"/etc/passwd", "/etc/group"} {
+		var st unix.Stat_t
+		if err := unix.Stat(f, &st); err != nil {
+			fmt.Fprintf(&b, "%s:-;", f)
+			continue
+		}
+		fmt.Fprintf(&b, "%d:%d:%d.%d;", st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	return b.String()
+}
+
+// as runs op acting as id. When a walk done as root meets a symlink
+// another user owns, op runs again as that user (see walk).
+func as(id identity, op func(o walkOpts) error) error {
+	err := id.run(func() error { return op(walkOpts{privileged: id.privileged()}) })
+	var fl *foreignLinkError
+	if !errors.As(err, &fl) {
+		return err
+	}
+	owner, err := userOfUID(fl.uid)
+	if err != nil {
+		return err
+	}
+	return owner.run(func() error { return op(walkOpts{privileged: false}) })
+}
+
+// fileCtx bounds a file call's work.
+func (a *Agent) fileCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), a.files.timeout)
+}
+
 func (a *Agent) readFile(w http.ResponseWriter, r *http.Request) error {
 	path, err := queryPath(r, "path")
 	if err != nil {
 		return err
 	}
-	// O_NONBLOCK: opening a FIFO must not hang; it is refused below.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	id, err := fileUser(r.URL.Query().Get("user"))
+	if err != nil {
+		return err
+	}
+	var f *os.File
+	var size int64
+	err = as(id, func(o walkOpts) error {
+		o.followFinal = true
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		if err := checkReserved(p.real); err != nil {
+			return err
+		}
+		if p.isRoot() {
+			return isADirectory(path)
+		}
+		// Look before opening: opening a device or a FIFO can act.
+		st, err := lstatAt(p)
+		if err != nil {
+			return err
+		}
+		if err := readable(path, st.Mode); err != nil {
+			return err
+		}
+		fd, err := unix.Openat(p.dir, p.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p.real, Err: err}
+		}
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			return &fs.PathError{Op: "stat", Path: p.real, Err: err}
+		}
+		if err := readable(path, st.Mode); err != nil { // swapped meanwhile
+			unix.Close(fd)
+			return err
+		}
+		f, size = os.NewFile(uintptr(fd), p.real), st.Size
+		return nil
+	})
 	if err != nil {
 		return fileError(err, path)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fileError(err, path)
-	}
-	if fi.IsDir() {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory,
-			fmt.Sprintf("%s is a directory", path), "list it with GET /files/list")
-	}
-	if !fi.Mode().IsRegular() {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("%s is not a regular file", path), "read regular files only; use a command for devices and pipes")
-	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	size := fi.Size()
 	if size == 0 {
 		// Files in /proc and /sys report size 0 and still have content.
 		w.WriteHeader(http.StatusOK)
@@ -107,6 +213,19 @@ func (a *Agent) readFile(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// readable refuses what GET /files does not read: directories and special
+// files.
+func readable(path string, mode uint32) error {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return nil
+	case unix.S_IFDIR:
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory,
+			fmt.Sprintf("%s is a directory", path), "list it with GET /files/list")
+	}
+	return specialFile(path, mode)
+}
+
 func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	path, err := queryPath(r, "path")
@@ -117,11 +236,15 @@ func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	id, err := fileUser(q.Get("user"))
+	if err != nil {
+		return err
+	}
 	limit := a.files.maxFileBytes
 	if r.ContentLength > limit {
 		return tooLarge(path, limit)
 	}
-	res, err := a.files.write(path, mode, explicitMode, r.Body)
+	res, err := a.files.write(id, path, mode, explicitMode, r.Body)
 	if err != nil {
 		if r.ContentLength < 0 && errors.Is(err, errdefs.ErrInvalidArgument) {
 			drainBody(w, r)
@@ -145,85 +268,120 @@ func drainBody(w http.ResponseWriter, r *http.Request) {
 }
 
 // write streams body into a temp file next to path, then renames it over
-// path. A failed, aborted or oversize upload leaves nothing behind and the
-// old file untouched. A symlink at path is followed. The file keeps the
-// owner and, unless mode is explicit, the mode of the file it replaces; a
-// new file gets the owner of its directory and mode.
-func (s *fileService) write(path string, mode fs.FileMode, explicitMode bool, body io.Reader) (api.WriteResult, error) {
-	target := path
-	if real, err := filepath.EvalSymlinks(path); err == nil && real != path {
-		if err := checkReserved(real); err != nil {
-			return api.WriteResult{}, err
+// path, acting as id. A failed, aborted or oversize upload leaves nothing
+// behind and the old file untouched. A symlink at path is followed (see
+// walk for whose). The temp file is created by the user, so a new file is
+// the user's; as root, the file keeps the owner and, unless mode is
+// explicit, the mode of the file it replaces, and a new one gets the owner
+// of its directory.
+func (s *fileService) write(id identity, path string, mode fs.FileMode, explicitMode bool, body io.Reader) (api.WriteResult, error) {
+	var n int64
+	err := as(id, func(o walkOpts) error {
+		o.followFinal, o.mkdirs = true, true
+		p, err := walk(path, o)
+		if err != nil {
+			return err
 		}
-		target = real
-	}
-	owner := -1
-	var gid int
-	existed := false
-	switch fi, err := os.Stat(target); {
-	case err == nil && fi.IsDir():
-		return api.WriteResult{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory,
-			fmt.Sprintf("%s is a directory", path), "write to a file path inside it")
-	case err == nil:
-		existed = true
-		if !explicitMode {
-			mode = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
+		defer p.close()
+		if err := checkReserved(p.real); err != nil {
+			return err
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if p.isRoot() {
+			return isADirectory(path)
+		}
+		if err := checkPseudo(p, "write"); err != nil {
+			return err
+		}
+		owner, gid := -1, -1
+		existed := false
+		switch st, err := lstatAt(p); {
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR:
+			return isADirectory(path)
+		case err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK:
+			// Swapped in since the walk: replaced, never followed.
+		case err == nil && st.Mode&unix.S_IFMT != unix.S_IFREG:
+			return specialFile(path, st.Mode)
+		case err == nil:
+			existed = true
+			if !explicitMode {
+				mode = fileMode(st.Mode)
+			}
 			owner, gid = int(st.Uid), int(st.Gid)
+		case !errors.Is(err, fs.ErrNotExist):
+			return err
 		}
-	case !errors.Is(err, fs.ErrNotExist):
-		return api.WriteResult{}, fileError(err, path)
-	}
-	dir := filepath.Dir(target)
-	if err := mkdirAll(dir); err != nil {
-		return api.WriteResult{}, fileError(err, dir)
-	}
 
-	tmp, err := os.CreateTemp(dir, tempPattern)
+		tmp, tmpName, err := createTemp(p.dir)
+		if err != nil {
+			return &fs.PathError{Op: "create", Path: p.real, Err: err}
+		}
+		committed := false
+		defer func() {
+			if !committed {
+				tmp.Close()
+				unix.Unlinkat(p.dir, tmpName, 0)
+			}
+		}()
+		n, err = io.Copy(tmp, io.LimitReader(body, s.maxFileBytes+1))
+		if n > s.maxFileBytes {
+			return tooLarge(path, s.maxFileBytes)
+		}
+		if err != nil {
+			var fsErr *fs.PathError
+			if errors.As(err, &fsErr) {
+				return err
+			}
+			return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("upload of %s was interrupted", path), "send the whole file again")
+		}
+		if err := tmp.Chmod(mode); err != nil {
+			return err
+		}
+		if o.privileged {
+			if owner >= 0 {
+				tmp.Chown(owner, gid) // keeps the replaced file's owner
+			} else {
+				var dst unix.Stat_t
+				if unix.Fstat(p.dir, &dst) == nil && (dst.Uid != 0 || dst.Gid != 0) {
+					tmp.Chown(int(dst.Uid), int(dst.Gid))
+				}
+			}
+		}
+		if err := tmp.Sync(); err != nil {
+			return err
+		}
+		if err := tmp.Close(); err != nil {
+			return err
+		}
+		s.committing(filepath.Join(filepath.Dir(p.real), tmpName), !existed)
+		if err := unix.Renameat(p.dir, tmpName, p.dir, p.name); err != nil {
+			return &fs.PathError{Op: "rename", Path: p.real, Err: err}
+		}
+		committed = true
+		syncDirAt(p.dir)
+		return nil
+	})
 	if err != nil {
 		return api.WriteResult{}, fileError(err, path)
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	n, err := io.Copy(tmp, io.LimitReader(body, s.maxFileBytes+1))
-	if n > s.maxFileBytes {
-		return api.WriteResult{}, tooLarge(path, s.maxFileBytes)
-	}
-	if err != nil {
-		var fsErr *fs.PathError
-		if errors.As(err, &fsErr) {
-			return api.WriteResult{}, fileError(err, path)
-		}
-		return api.WriteResult{}, errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("upload of %s was interrupted", path), "send the whole file again")
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		return api.WriteResult{}, fileError(err, path)
-	}
-	if owner >= 0 {
-		tmp.Chown(owner, gid) // best effort: needs root
-	} else {
-		inheritOwner(tmp.Name(), dir)
-	}
-	if err := tmp.Sync(); err != nil {
-		return api.WriteResult{}, fileError(err, path)
-	}
-	if err := tmp.Close(); err != nil {
-		return api.WriteResult{}, fileError(err, path)
-	}
-	s.committing(tmp.Name(), !existed)
-	if err := os.Rename(tmp.Name(), target); err != nil {
-		return api.WriteResult{}, fileError(err, path)
-	}
-	committed = true
-	syncDir(dir)
 	return api.WriteResult{Path: path, Size: n}, nil
+}
+
+// createTemp creates an upload's temp file in dir, readable by its owner
+// only until it is complete.
+func createTemp(dir int) (*os.File, string, error) {
+	for range 100 {
+		name := strings.TrimSuffix(tempPattern, "*") + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		fd, err := unix.Openat(dir, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		return os.NewFile(uintptr(fd), name), name, nil
+	}
+	return nil, "", unix.EEXIST
 }
 
 func tooLarge(path string, limit int64) error {
@@ -232,11 +390,11 @@ func tooLarge(path string, limit int64) error {
 		"split the file, or raise the machine agent's max file size")
 }
 
-// syncDir makes a rename in dir durable; best effort.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
+// syncDirAt makes a rename in dir (opened O_PATH) durable; best effort.
+func syncDirAt(dir int) {
+	if fd, err := unix.Openat(dir, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		unix.Fsync(fd)
+		unix.Close(fd)
 	}
 }
 
@@ -249,20 +407,47 @@ func (a *Agent) removeFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if path == "/" {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			"refusing to remove /", "remove the files inside it one by one")
-	}
-	fi, err := os.Lstat(path)
+	id, err := fileUser(r.URL.Query().Get("user"))
 	if err != nil {
-		return fileError(err, path)
+		return err
 	}
-	if fi.IsDir() && recursive {
-		err = os.RemoveAll(path)
-	} else {
-		err = os.Remove(path)
-	}
-	if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
+	ctx, cancel := a.fileCtx(r)
+	defer cancel()
+	err = as(id, func(o walkOpts) error {
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		if p.isRoot() {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				"refusing to remove /", "remove the files inside it one by one")
+		}
+		if err := checkReserved(p.real); err != nil {
+			return err
+		}
+		if err := checkPseudo(p, "remove"); err != nil {
+			return err
+		}
+		st, err := lstatAt(p)
+		if err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return unlinkAt(p, 0)
+		}
+		if recursive {
+			// Refuse before anything goes: a mount point cannot be removed.
+			if mounts, err := mountinfo.Under(p.real); err == nil && len(mounts) > 0 {
+				return mountPoint(path, mounts[len(mounts)-1])
+			}
+			if err := removeContents(ctx, p.dir, p.name, p.real); err != nil {
+				return err
+			}
+		}
+		return unlinkAt(p, unix.AT_REMOVEDIR)
+	})
+	if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
 		return errdefs.Wrap(err, errdefs.ErrFailedPrecondition, errdefs.CodeDirectoryNotEmpty,
 			fmt.Sprintf("directory %s is not empty", path), "pass recursive=true to remove it with its contents")
 	}
@@ -271,6 +456,65 @@ func (a *Agent) removeFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
+}
+
+func unlinkAt(p *pathAt, flags int) error {
+	if err := unix.Unlinkat(p.dir, p.name, flags); err != nil {
+		return &fs.PathError{Op: "remove", Path: p.real, Err: err}
+	}
+	return nil
+}
+
+// removeContents removes what directory name in dir holds, without
+// following symlinks, until ctx ends.
+func removeContents(ctx context.Context, dir int, name, real string) error {
+	fd, err := unix.Openat(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: real, Err: err}
+	}
+	d := os.NewFile(uintptr(fd), real)
+	defer d.Close()
+	for {
+		if _, err := d.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		names, err := d.Readdirnames(1024)
+		if len(names) == 0 {
+			if err == nil || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return &fs.PathError{Op: "readdir", Path: real, Err: err}
+		}
+		for _, n := range names {
+			if err := ctx.Err(); err != nil {
+				return removeTimeout(real, err)
+			}
+			child := real + "/" + n
+			var st unix.Stat_t
+			if err := unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return &fs.PathError{Op: "stat", Path: child, Err: err}
+			}
+			flags := 0
+			if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				if err := removeContents(ctx, fd, n, child); err != nil {
+					return err
+				}
+				flags = unix.AT_REMOVEDIR
+			}
+			if err := unix.Unlinkat(fd, n, flags); err != nil && !errors.Is(err, unix.ENOENT) {
+				return &fs.PathError{Op: "remove", Path: child, Err: err}
+			}
+		}
+	}
+}
+
+func removeTimeout(path string, err error) error {
+	return errdefs.Wrap(err, errdefs.ErrDeadlineExceeded, errdefs.CodeDeadlineExceeded,
+		fmt.Sprintf("removing %s took too long; part of it is removed", path),
+		"remove it again, or smaller parts of it, or with a command (rm -rf)")
 }
 
 func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
@@ -285,18 +529,35 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 				fmt.Sprintf("invalid depth %q", s), "pass depth=1 for the directory's entries, more to descend")
 		}
 	}
-	fi, err := os.Stat(path)
+	id, err := fileUser(r.URL.Query().Get("user"))
 	if err != nil {
-		return fileError(err, path)
-	}
-	if !fi.IsDir() {
-		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeNotADirectory,
-			fmt.Sprintf("%s is not a directory", path), "use GET /files/stat for a single file")
-	}
-	entries := []api.FileInfo{}
-	if err := listDir(path, depth, &entries); errors.Is(err, errTooManyEntries) {
 		return err
-	} else if err != nil {
+	}
+	ctx, cancel := a.fileCtx(r)
+	defer cancel()
+	entries := []api.FileInfo{}
+	err = as(id, func(o walkOpts) error {
+		entries = entries[:0]
+		o.followFinal = true
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		if err := checkReserved(p.real); err != nil {
+			return err
+		}
+		fd, err := openDir(p)
+		if errors.Is(err, unix.ENOTDIR) {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeNotADirectory,
+				fmt.Sprintf("%s is not a directory", path), "use GET /files/stat for a single file")
+		}
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p.real, Err: err}
+		}
+		return listDir(ctx, fd, path, depth, &entries)
+	})
+	if err != nil {
 		return fileError(err, path)
 	}
 	slices.SortFunc(entries, func(a, b api.FileInfo) int { return strings.Compare(a.Path, b.Path) })
@@ -304,35 +565,65 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// openDir opens the directory p names for reading its entries.
+func openDir(p *pathAt) (int, error) {
+	if p.isRoot() {
+		return unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	}
+	fd, err := unix.Openat(p.dir, p.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) {
+		err = unix.ENOTDIR // a symlink swapped in since the walk
+	}
+	return fd, err
+}
+
 // errTooManyEntries stops a listing that grows past maxListEntries.
 var errTooManyEntries = errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 	fmt.Sprintf("more than %d entries", maxListEntries), "list with a smaller depth or a deeper path")
 
-// listDir appends the entries of dir, descending depth-1 more levels. It
-// does not follow symlinks below dir. Subdirectories that cannot be read
-// (permission, removed meanwhile) are skipped.
-func listDir(dir string, depth int, out *[]api.FileInfo) error {
-	des, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	for _, de := range des {
-		if len(*out) >= maxListEntries {
-			return errTooManyEntries
-		}
-		p := filepath.Join(dir, de.Name())
-		fi, err := de.Info()
-		if err != nil {
-			continue // removed meanwhile
-		}
-		*out = append(*out, fileInfo(p, fi))
-		if depth > 1 && fi.IsDir() {
-			if err := listDir(p, depth-1, out); errors.Is(err, errTooManyEntries) {
-				return err
+// listDir appends the entries of the directory open as fd (which it
+// closes), named dir, descending depth-1 more levels. It does not follow
+// symlinks below dir. Subdirectories that cannot be read (permission,
+// removed meanwhile) are skipped. It stops when ctx ends.
+func listDir(ctx context.Context, fd int, dir string, depth int, out *[]api.FileInfo) error {
+	d := os.NewFile(uintptr(fd), dir)
+	defer d.Close()
+	for {
+		names, err := d.Readdirnames(1024)
+		for _, n := range names {
+			if len(*out) >= maxListEntries {
+				return errTooManyEntries
+			}
+			if err := ctx.Err(); err != nil {
+				return errdefs.Wrap(err, errdefs.ErrDeadlineExceeded, errdefs.CodeDeadlineExceeded,
+					fmt.Sprintf("listing %s took too long", dir), "list with a smaller depth or a deeper path")
+			}
+			var st unix.Stat_t
+			if unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+				continue // removed meanwhile
+			}
+			p := filepath.Join(dir, n)
+			*out = append(*out, statInfo(p, &st, readlinkAt(fd, n, st.Mode)))
+			if depth > 1 && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				if err != nil {
+					continue
+				}
+				if err := listDir(ctx, sub, p, depth-1, out); err != nil {
+					return err
+				}
 			}
 		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if len(names) == 0 {
+			return nil
+		}
 	}
-	return nil
 }
 
 func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
@@ -340,12 +631,66 @@ func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	fi, err := os.Lstat(path)
+	id, err := fileUser(r.URL.Query().Get("user"))
+	if err != nil {
+		return err
+	}
+	var info api.FileInfo
+	err = as(id, func(o walkOpts) error {
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		info, err = infoAt(p, path)
+		return err
+	})
 	if err != nil {
 		return fileError(err, path)
 	}
-	writeJSON(w, http.StatusOK, fileInfo(path, fi))
+	writeJSON(w, http.StatusOK, info)
 	return nil
+}
+
+// infoAt describes what p names (not following a symlink), as path.
+func infoAt(p *pathAt, path string) (api.FileInfo, error) {
+	st, err := lstatAt(p)
+	if err != nil {
+		return api.FileInfo{}, err
+	}
+	target := ""
+	if !p.isRoot() {
+		target = readlinkAt(p.dir, p.name, st.Mode)
+	}
+	return statInfo(path, &st, target), nil
+}
+
+// lstatAt is lstat of what p names.
+func lstatAt(p *pathAt) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	var err error
+	if p.isRoot() {
+		err = unix.Stat("/", &st)
+	} else {
+		err = unix.Fstatat(p.dir, p.name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return st, &fs.PathError{Op: "stat", Path: p.real, Err: err}
+	}
+	return st, nil
+}
+
+// readlinkAt is the target of name in dir when mode says it is a symlink.
+func readlinkAt(dir int, name string, mode uint32) string {
+	if mode&unix.S_IFMT != unix.S_IFLNK {
+		return ""
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Readlinkat(dir, name, buf)
+	if err != nil {
+		return ""
+	}
+	return string(buf[:n])
 }
 
 func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
@@ -357,18 +702,43 @@ func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
-		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeFileExists,
-			fmt.Sprintf("a file already exists at %s", path), "remove it first or choose another path")
+	id, err := fileUser(req.User)
+	if err != nil {
+		return err
 	}
-	if err := mkdirAll(path); err != nil {
-		return fileError(err, path)
-	}
-	fi, err := os.Lstat(path)
+	var info api.FileInfo
+	err = as(id, func(o walkOpts) error {
+		o.followFinal, o.mkdirs = true, true
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		if err := checkReserved(p.real); err != nil {
+			return err
+		}
+		st, err := lstatAt(p)
+		switch {
+		case err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
+			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeFileExists,
+				fmt.Sprintf("a file already exists at %s", path), "remove it first or choose another path")
+		case errors.Is(err, fs.ErrNotExist):
+			if err := checkPseudo(p, "create directories"); err != nil {
+				return err
+			}
+			if err := mkdirAt(p.dir, p.name, o.privileged); err != nil {
+				return &fs.PathError{Op: "mkdir", Path: p.real, Err: err}
+			}
+		case err != nil:
+			return err
+		}
+		info, err = infoAt(p, path)
+		return err
+	})
 	if err != nil {
 		return fileError(err, path)
 	}
-	writeJSON(w, http.StatusOK, fileInfo(path, fi))
+	writeJSON(w, http.StatusOK, info)
 	return nil
 }
 
@@ -389,104 +759,178 @@ func (a *Agent) rename(w http.ResponseWriter, r *http.Request) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			"cannot rename /", "rename a path below /")
 	}
-	if _, err := os.Lstat(from); err != nil {
-		return fileError(err, from)
-	}
-	if err := mkdirAll(filepath.Dir(to)); err != nil {
-		return fileError(err, filepath.Dir(to))
-	}
-	if err := os.Rename(from, to); err != nil {
-		if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-			return errdefs.Wrap(err, errdefs.ErrFailedPrecondition, errdefs.CodeDirectoryNotEmpty,
-				fmt.Sprintf("directory %s is not empty", to), "remove it first or rename to another path")
-		}
-		return fileError(err, to)
-	}
-	fi, err := os.Lstat(to)
+	id, err := fileUser(req.User)
 	if err != nil {
-		return fileError(err, to)
-	}
-	writeJSON(w, http.StatusOK, fileInfo(to, fi))
-	return nil
-}
-
-// mkdirAll is os.MkdirAll that gives each directory it creates the owner
-// of its parent, so files written into a user's home stay the user's.
-func mkdirAll(path string) error {
-	fi, err := os.Stat(path)
-	if err == nil {
-		if fi.IsDir() {
-			return nil
-		}
-		return &fs.PathError{Op: "mkdir", Path: path, Err: syscall.ENOTDIR}
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	parent := filepath.Dir(path)
-	if parent != path {
-		if err := mkdirAll(parent); err != nil {
+	var info api.FileInfo
+	errPath := from
+	err = as(id, func(o walkOpts) error {
+		errPath = from
+		pf, err := walk(from, o)
+		if err != nil {
 			return err
 		}
-	}
-	if err := os.Mkdir(path, 0o755); err != nil {
-		if fi, serr := os.Stat(path); serr == nil && fi.IsDir() {
-			return nil // made by someone else meanwhile
+		defer pf.close()
+		if err := checkReserved(pf.real); err != nil {
+			return err
 		}
+		if err := checkPseudo(pf, "rename"); err != nil {
+			return err
+		}
+		if _, err := lstatAt(pf); err != nil {
+			return err
+		}
+		errPath = to
+		o.mkdirs = true
+		pt, err := walk(to, o)
+		if err != nil {
+			return err
+		}
+		defer pt.close()
+		if err := checkReserved(pt.real); err != nil {
+			return err
+		}
+		if pf.isRoot() || pt.isRoot() {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				"cannot rename /", "rename a path below /")
+		}
+		if err := checkPseudo(pt, "rename"); err != nil {
+			return err
+		}
+		if err := unix.Renameat(pf.dir, pf.name, pt.dir, pt.name); err != nil {
+			if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+				return errdefs.Wrap(err, errdefs.ErrFailedPrecondition, errdefs.CodeDirectoryNotEmpty,
+					fmt.Sprintf("directory %s is not empty", to), "remove it first or rename to another path")
+			}
+			if errors.Is(err, unix.EBUSY) {
+				errPath = from
+			}
+			return &fs.PathError{Op: "rename", Path: pt.real, Err: err}
+		}
+		info, err = infoAt(pt, to)
 		return err
+	})
+	if err != nil {
+		return fileError(err, errPath)
 	}
-	inheritOwner(path, parent)
+	writeJSON(w, http.StatusOK, info)
 	return nil
 }
 
-// inheritOwner gives path the owner of dir when the agent may (as root).
-func inheritOwner(path, dir string) {
-	if os.Geteuid() != 0 {
-		return
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && (st.Uid != 0 || st.Gid != 0) {
-		os.Lchown(path, int(st.Uid), int(st.Gid))
-	}
+// pseudoRoots are the pseudo file systems of every machine, refused
+// whatever the type of file system mounted there.
+var pseudoRoots = []string{"/proc", "/sys", "/dev"}
+
+// pseudoTypes are the statfs types of pseudo file systems.
+var pseudoTypes = map[int64]string{
+	unix.PROC_SUPER_MAGIC:    "proc",
+	unix.SYSFS_MAGIC:         "sysfs",
+	unix.DEVPTS_SUPER_MAGIC:  "devpts",
+	unix.CGROUP_SUPER_MAGIC:  "cgroup",
+	unix.CGROUP2_SUPER_MAGIC: "cgroup2",
+	unix.DEBUGFS_MAGIC:       "debugfs",
+	unix.TRACEFS_MAGIC:       "tracefs",
+	unix.SECURITYFS_MAGIC:    "securityfs",
+	unix.BPF_FS_MAGIC:        "bpf",
+	unix.NSFS_MAGIC:          "nsfs",
 }
 
-func fileInfo(path string, fi fs.FileInfo) api.FileInfo {
-	info := api.FileInfo{
-		Name:    fi.Name(),
-		Path:    path,
-		Size:    fi.Size(),
-		Mode:    fmt.Sprintf("%04o", unixMode(fi.Mode())),
-		ModTime: fi.ModTime().UTC(),
+// checkPseudo refuses to change files on a pseudo file system (/proc,
+// /sys, /dev, or one mounted elsewhere).
+func checkPseudo(p *pathAt, verb string) error {
+	return pseudoPath(p.real, p.dir, verb)
+}
+
+func pseudoPath(real string, dir int, verb string) error {
+	for _, root := range pseudoRoots {
+		if real == root || strings.HasPrefix(real, root+"/") {
+			return pseudoFS(real, root, verb)
+		}
 	}
-	switch m := fi.Mode(); {
-	case m.IsDir():
+	var sf unix.Statfs_t
+	if dir >= 0 && unix.Fstatfs(dir, &sf) == nil {
+		if t, ok := pseudoTypes[int64(sf.Type)]; ok {
+			return pseudoFS(real, t, verb)
+		}
+	}
+	return nil
+}
+
+func pseudoFS(path, fsName, verb string) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+		fmt.Sprintf("cannot %s %s: it is on %s, a pseudo file system", verb, path, fsName),
+		"the file API changes regular files only; use a command for the kernel's files")
+}
+
+func specialFile(path string, mode uint32) error {
+	kind := "special file"
+	switch mode & unix.S_IFMT {
+	case unix.S_IFCHR:
+		kind = "character device"
+	case unix.S_IFBLK:
+		kind = "block device"
+	case unix.S_IFIFO:
+		kind = "named pipe (FIFO)"
+	case unix.S_IFSOCK:
+		kind = "socket"
+	}
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+		fmt.Sprintf("%s is a %s, not a regular file", path, kind),
+		"the file API reads and writes regular files only; use a command for devices, pipes and sockets")
+}
+
+func isADirectory(path string) error {
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory,
+		fmt.Sprintf("%s is a directory", path), "pass the path of a file")
+}
+
+func mountPoint(path, mount string) *errdefs.Error {
+	msg := fmt.Sprintf("%s is a mount point", path)
+	if mount != path {
+		msg = fmt.Sprintf("%s holds a mount point, %s", path, mount)
+	}
+	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+		msg+", which cannot be removed or replaced; nothing was changed",
+		"remove the files inside it instead; the machine manages its mounts, such as /etc/hosts, /etc/resolv.conf and /tmp")
+}
+
+// statInfo describes a file from its stat, as path.
+func statInfo(path string, st *unix.Stat_t, target string) api.FileInfo {
+	info := api.FileInfo{
+		Name:    filepath.Base(path),
+		Path:    path,
+		Size:    st.Size,
+		Mode:    fmt.Sprintf("%04o", st.Mode&0o7777),
+		ModTime: time.Unix(st.Mtim.Unix()).UTC(),
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
 		info.Type = "dir"
-	case m.IsRegular():
+	case unix.S_IFREG:
 		info.Type = "file"
-	case m&fs.ModeSymlink != 0:
+	case unix.S_IFLNK:
 		info.Type = "symlink"
-		info.Target, _ = os.Readlink(path)
+		info.Target = target
 	default:
 		info.Type = "other"
 	}
 	return info
 }
 
-func unixMode(m fs.FileMode) uint32 {
-	u := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		u |= 0o4000
+// fileMode is the permission bits of a stat mode as an fs.FileMode.
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	if m&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
 	}
-	if m&fs.ModeSetgid != 0 {
-		u |= 0o2000
+	if m&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
 	}
-	if m&fs.ModeSticky != 0 {
-		u |= 0o1000
+	if m&unix.S_ISVTX != 0 {
+		mode |= fs.ModeSticky
 	}
-	return u
+	return mode
 }
 
 // parseMode parses an octal mode such as 0644 or 755. The empty string is
@@ -591,6 +1035,9 @@ func fileError(err error, path string) error {
 	case errors.Is(err, syscall.EISDIR):
 		class, code = errdefs.ErrInvalidArgument, errdefs.CodeIsADirectory
 		msg, action = fmt.Sprintf("%s is a directory", path), "pass the path of a file"
+	case errors.Is(err, syscall.EBUSY):
+		return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			mountPoint(path, path).Message, mountPoint(path, path).SuggestedAction)
 	case errors.Is(err, syscall.ENOTEMPTY):
 		class, code = errdefs.ErrFailedPrecondition, errdefs.CodeDirectoryNotEmpty
 		msg, action = fmt.Sprintf("directory %s is not empty", path), "remove its contents first"

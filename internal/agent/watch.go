@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
+	"io/fs"
 	"net/http"
 	"sync"
 	"syscall"
@@ -141,6 +143,9 @@ func (a *Agent) watchFiles(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
+		if err := canList(r.URL.Query().Get("user"), path); err != nil {
+			return err
+		}
 		fw, err := fswatch.New(path, recursive, fswatch.Options{Upload: a.files.upload})
 		if err != nil {
 			return watchError(err, path)
@@ -228,5 +233,31 @@ func (a *Agent) unwatchFiles(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// canList checks that user may list directory path: a watch reports what
+// a listing would.
+func canList(user, path string) error {
+	id, err := fileUser(user)
+	if err != nil {
+		return err
+	}
+	err = as(id, func(o walkOpts) error {
+		o.followFinal = true
+		p, err := walk(path, o)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		fd, err := openDir(p)
+		if err != nil {
+			return &fs.PathError{Op: "open", Path: p.real, Err: err}
+		}
+		return unix.Close(fd)
+	})
+	if err != nil {
+		return watchError(err, path)
+	}
 	return nil
 }

@@ -32,11 +32,57 @@ import (
 type Client struct {
 	base   string // e.g. http://10.11.0.2:49983, without trailing slash
 	hc     *http.Client
-	shared bool // hc is sharedHTTP
+	shared bool // hc is sharedHTTP, or c is a view (AsUser)
+	auth   *auth
+	// user is who file calls act as; "" is the agent's default (root).
+	user string
+}
 
+// auth is the token of an agent, shared by a client and its views.
+type auth struct {
 	// mu guards token, which SetToken changes after a restore.
 	mu    sync.Mutex
 	token string
+}
+
+// AsUser returns a view of c whose file calls (read, write, list, stat,
+// remove, mkdir, rename, watch) act as user, a name or uid of the
+// machine: with its permissions, and creating files it owns. "" is the
+// agent's default, root.
+func (c *Client) AsUser(user string) *Client {
+	return &Client{base: c.base, hc: c.hc, shared: true, auth: c.auth, user: user}
+}
+
+// FileCallTimeout bounds a file call that names no deadline of its own:
+// the agent bounds its work by 60 s (agent.DefaultFileTimeout); a read's
+// or a write's bytes may take longer, and only the answer's head is
+// bounded there.
+const FileCallTimeout = 90 * time.Second
+
+// bounded gives ctx FileCallTimeout when it has no deadline.
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, FileCallTimeout)
+}
+
+// headBounded is ctx, cancelled if the answer's head has not come within
+// FileCallTimeout; call the stop function returned once it has come. It
+// reports whether the head came too late.
+func headBounded(ctx context.Context) (context.Context, context.CancelFunc, func() (late bool)) {
+	ctx, cancel := context.WithCancel(ctx)
+	t := time.AfterFunc(FileCallTimeout, cancel)
+	return ctx, cancel, func() bool { return !t.Stop() }
+}
+
+// fileQuery is the query of a file call on path.
+func (c *Client) fileQuery(path string) url.Values {
+	q := url.Values{"path": {path}}
+	if c.user != "" {
+		q.Set("user", c.user)
+	}
+	return q
 }
 
 // New returns a client for the agent at baseURL (scheme, host and port)
@@ -45,7 +91,7 @@ type Client struct {
 // no overall timeout, since foreground commands and streams last long:
 // bound calls with their context.
 func New(baseURL, token string, hc *http.Client) *Client {
-	c := &Client{base: strings.TrimRight(baseURL, "/"), token: token, hc: hc}
+	c := &Client{base: strings.TrimRight(baseURL, "/"), auth: &auth{token: token}, hc: hc}
 	if hc == nil {
 		c.hc, c.shared = sharedHTTP, true
 	}
@@ -80,15 +126,15 @@ func NewHTTPClient() *http.Client {
 // SetToken makes the client authenticate with token from now on: the
 // agent's new token after POST /lifecycle/restored.
 func (c *Client) SetToken(token string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.token = token
+	c.auth.mu.Lock()
+	defer c.auth.mu.Unlock()
+	c.auth.token = token
 }
 
 func (c *Client) bearer() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return "Bearer " + c.token
+	c.auth.mu.Lock()
+	defer c.auth.mu.Unlock()
+	return "Bearer " + c.auth.token
 }
 
 // Close releases the idle connections of a client given its own
@@ -332,11 +378,34 @@ func (c *Client) Kill(ctx context.Context, pid int) error {
 // agent does not know it up front (files in /proc). The caller closes the
 // reader.
 func (c *Client) ReadFile(ctx context.Context, path string) (rc io.ReadCloser, size int64, err error) {
-	resp, err := c.do(ctx, http.MethodGet, "/files", url.Values{"path": {path}}, nil, "")
-	if err != nil {
+	ctx, cancel, stop := headBounded(ctx)
+	resp, err := c.do(ctx, http.MethodGet, "/files", c.fileQuery(path), nil, "")
+	if late := stop(); err != nil {
+		cancel()
+		if late {
+			return nil, 0, headTimeout("GET /files", err)
+		}
 		return nil, 0, err
 	}
-	return resp.Body, resp.ContentLength, nil
+	return &cancelBody{ReadCloser: resp.Body, cancel: cancel}, resp.ContentLength, nil
+}
+
+// cancelBody is a response body that releases its call's context when
+// closed.
+type cancelBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+func headTimeout(what string, err error) error {
+	return errdefs.Wrap(fmt.Errorf("agent %s: %w", what, err), errdefs.ErrDeadlineExceeded, errdefs.CodeDeadlineExceeded,
+		fmt.Sprintf("the machine agent did not answer within %s", FileCallTimeout), "retry; if it keeps failing, check the machine with a command")
 }
 
 // WriteOptions tunes WriteFile.
@@ -354,7 +423,7 @@ type WriteOptions struct {
 // content or the new, never a part; a failed upload changes nothing.
 // Missing parent directories are created.
 func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts WriteOptions) (api.WriteResult, error) {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if opts.Mode != 0 {
 		q.Set("mode", fmt.Sprintf("%04o", unixMode(opts.Mode)))
 	}
@@ -389,10 +458,12 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts W
 // ListFiles lists the entries of a directory, descending depth levels
 // (1: the directory's own entries), sorted by path.
 func (c *Client) ListFiles(ctx context.Context, path string, depth int) (api.FileList, error) {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if depth > 0 {
 		q.Set("depth", strconv.Itoa(depth))
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	var res api.FileList
 	err := c.doJSON(ctx, http.MethodGet, "/files/list", q, nil, &res)
 	return res, err
@@ -400,33 +471,41 @@ func (c *Client) ListFiles(ctx context.Context, path string, depth int) (api.Fil
 
 // Stat describes a file without following a final symlink.
 func (c *Client) Stat(ctx context.Context, path string) (api.FileInfo, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	var res api.FileInfo
-	err := c.doJSON(ctx, http.MethodGet, "/files/stat", url.Values{"path": {path}}, nil, &res)
+	err := c.doJSON(ctx, http.MethodGet, "/files/stat", c.fileQuery(path), nil, &res)
 	return res, err
 }
 
 // Remove removes a file or an empty directory; with recursive, a
 // directory and everything in it.
 func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
-	q := url.Values{"path": {path}}
+	q := c.fileQuery(path)
 	if recursive {
 		q.Set("recursive", "true")
 	}
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	return c.doJSON(ctx, http.MethodDelete, "/files", q, nil, nil)
 }
 
 // Mkdir creates a directory and its missing parents (mkdir -p).
 func (c *Client) Mkdir(ctx context.Context, path string) (api.FileInfo, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	var res api.FileInfo
-	err := c.doJSON(ctx, http.MethodPost, "/files/mkdir", nil, api.MkdirRequest{Path: path}, &res)
+	err := c.doJSON(ctx, http.MethodPost, "/files/mkdir", nil, api.MkdirRequest{Path: path, User: c.user}, &res)
 	return res, err
 }
 
 // Rename moves from to to, replacing a file at to; to's missing parents
 // are created.
 func (c *Client) Rename(ctx context.Context, from, to string) (api.FileInfo, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	var res api.FileInfo
-	err := c.doJSON(ctx, http.MethodPost, "/files/rename", nil, api.RenameRequest{From: from, To: to}, &res)
+	err := c.doJSON(ctx, http.MethodPost, "/files/rename", nil, api.RenameRequest{From: from, To: to, User: c.user}, &res)
 	return res, err
 }
 
@@ -449,7 +528,7 @@ func (c *Client) Watch(ctx context.Context, opts WatchOptions) (*WatchStream, er
 		q.Set("watch_id", opts.WatchID)
 		q.Set("after", strconv.FormatInt(opts.After, 10))
 	} else {
-		q.Set("path", opts.Path)
+		q = c.fileQuery(opts.Path)
 		q.Set("recursive", strconv.FormatBool(opts.Recursive))
 	}
 	if opts.Poll {
@@ -671,7 +750,11 @@ func decodeError(resp *http.Response) error {
 	if !ok {
 		class = statusClass(resp.StatusCode)
 	}
-	return errdefs.New(class, ae.Code, ae.Message, ae.SuggestedAction)
+	e := errdefs.New(class, ae.Code, ae.Message, ae.SuggestedAction)
+	if ae.Code == errdefs.CodePermissionDenied {
+		e.Status = http.StatusForbidden // as the agent answers it
+	}
+	return e
 }
 
 func unixMode(m fs.FileMode) uint32 {

@@ -493,7 +493,9 @@ func TestFilesRoutes(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp, string(b)
 	}
-	auth := http.Header{"E2b-Sandbox-Id": {"sbx1"}, "X-Access-Token": {accessToken}}
+	// As root: the host has no account "user", envd's default.
+	asRoot := "Basic " + base64.StdEncoding.EncodeToString([]byte("root:"))
+	auth := http.Header{"E2b-Sandbox-Id": {"sbx1"}, "X-Access-Token": {accessToken}, "Authorization": {asRoot}}
 
 	// Multipart: each part to its own path, named by the whole path.
 	var buf bytes.Buffer
@@ -529,7 +531,7 @@ func TestFilesRoutes(t *testing.T) {
 		t.Errorf("download: %d %q", resp.StatusCode, body)
 	}
 	sig := sign(p, "read", "", accessToken, 0)
-	idOnly := http.Header{"E2b-Sandbox-Id": {"sbx1"}}
+	idOnly := http.Header{"E2b-Sandbox-Id": {"sbx1"}, "Authorization": {asRoot}}
 	if resp, body = do("GET", "path="+p+"&signature="+url.QueryEscape(sig), nil, "", idOnly); resp.StatusCode != 200 {
 		t.Errorf("signed download: %d %s", resp.StatusCode, body)
 	}

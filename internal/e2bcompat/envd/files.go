@@ -57,7 +57,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	}
 	defer sb.Done()
 	p := resolve(req.Path, user)
-	rc, size, err := sb.Agent.ReadFile(sb.Ctx, p)
+	rc, size, err := sb.Agent.AsUser(user).ReadFile(sb.Ctx, p)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -104,7 +104,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 			return writtenEntry{}, badBody("no path for the file: pass ?path= or name the multipart part's file")
 		}
 		p := resolve(dest, user)
-		if _, err := sb.Agent.WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size}); err != nil {
+		if _, err := sb.Agent.AsUser(user).WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size}); err != nil {
 			return writtenEntry{}, err
 		}
 		return writtenEntry{Name: path.Base(p), Type: "file", Path: p}, nil

@@ -25,7 +25,8 @@ type filesystemService struct{ s *Server }
 var _ filesystemconnect.FilesystemHandler = (*filesystemService)(nil)
 
 // unary opens the sandbox of a call and runs fn on it with the path
-// resolved for the call's user; errors come back as Connect errors.
+// resolved for the call's user, whom the sandbox's agent client acts as;
+// errors come back as Connect errors.
 func unary[Req, Resp any](f *filesystemService, ctx context.Context, req *connect.Request[Req], p string,
 	fn func(sb *Sandbox, p string) (*Resp, error)) (*connect.Response[Resp], error) {
 	sb, err := f.s.open(ctx, request(req.Header()))
@@ -33,7 +34,9 @@ func unary[Req, Resp any](f *filesystemService, ctx context.Context, req *connec
 		return nil, rpcError(err)
 	}
 	defer sb.Done()
-	out, err := fn(sb, resolve(p, userOf(req.Header())))
+	user := userOf(req.Header())
+	sb.Agent = sb.Agent.AsUser(user) // sb is this call's
+	out, err := fn(sb, resolve(p, user))
 	if err != nil {
 		return nil, rpcError(err)
 	}
@@ -106,7 +109,9 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 		return rpcError(err)
 	}
 	defer sb.Done()
-	dir := resolve(req.Msg.GetPath(), userOf(req.Header()))
+	user := userOf(req.Header())
+	sb.Agent = sb.Agent.AsUser(user) // sb is this call's
+	dir := resolve(req.Msg.GetPath(), user)
 	w, err := sb.Agent.Watch(sb.Ctx, agentclient.WatchOptions{Path: dir, Recursive: req.Msg.GetRecursive()})
 	if err != nil {
 		return rpcError(err)

@@ -351,12 +351,13 @@ def kill_process(id: str, pid: int, t: Timeout = DEFAULT) -> Request[None]:
 # -- files
 
 
-def read_file(id: str, path: str, t: Timeout = DEFAULT) -> Request[bytes]:
-    return Request("GET", mpath(id, "files"), query=q(path=path), accept="application/octet-stream",
+def read_file(id: str, path: str, t: Timeout = DEFAULT, user: Optional[str] = None) -> Request[bytes]:
+    return Request("GET", mpath(id, "files"), query=q(path=path, user=user), accept="application/octet-stream",
                    idempotent=True, raw=True, timeout=t)
 
 
-def write_file(id: str, path: str, data: Any, mode: Optional[int], t: Timeout = DEFAULT) -> Request[WriteInfo]:
+def write_file(id: str, path: str, data: Any, mode: Optional[int], t: Timeout = DEFAULT,
+               user: Optional[str] = None) -> Request[WriteInfo]:
     length: Optional[int] = None
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -368,7 +369,7 @@ def write_file(id: str, path: str, data: Any, mode: Optional[int], t: Timeout = 
         raise errors.InvalidArgumentError(
             f"files.write takes str, bytes, a file-like object or an iterable of bytes, not {type(data).__name__}",
             code="invalid_argument")
-    query = q(path=path, mode=None if mode is None else format(mode, "04o"))
+    query = q(path=path, mode=None if mode is None else format(mode, "04o"), user=user)
     return Request("PUT", mpath(id, "files"), query=query, body=data, content_type="application/octet-stream",
                    content_length=length, idempotent=True, parse=WriteInfo.from_json, timeout=t)
 
@@ -387,28 +388,36 @@ def _remaining(f: Any) -> Optional[int]:
         return None
 
 
-def list_files(id: str, path: str, depth: Optional[int], t: Timeout = DEFAULT) -> Request[List[EntryInfo]]:
-    return Request("GET", mpath(id, "files", "list"), query=q(path=path, depth=depth), idempotent=True,
+def list_files(id: str, path: str, depth: Optional[int], t: Timeout = DEFAULT,
+               user: Optional[str] = None) -> Request[List[EntryInfo]]:
+    return Request("GET", mpath(id, "files", "list"), query=q(path=path, depth=depth, user=user), idempotent=True,
                    parse=lambda d: [EntryInfo.from_json(e) for e in d.get("entries") or []], timeout=t)
 
 
-def stat(id: str, path: str, t: Timeout = DEFAULT) -> Request[EntryInfo]:
-    return Request("GET", mpath(id, "files", "stat"), query=q(path=path), idempotent=True,
+def stat(id: str, path: str, t: Timeout = DEFAULT, user: Optional[str] = None) -> Request[EntryInfo]:
+    return Request("GET", mpath(id, "files", "stat"), query=q(path=path, user=user), idempotent=True,
                    parse=EntryInfo.from_json, timeout=t)
 
 
-def remove(id: str, path: str, recursive: bool, t: Timeout = DEFAULT) -> Request[None]:
-    return Request("DELETE", mpath(id, "files"), query=q(path=path, recursive=recursive), idempotent=True, timeout=t)
+def remove(id: str, path: str, recursive: bool, t: Timeout = DEFAULT, user: Optional[str] = None) -> Request[None]:
+    return Request("DELETE", mpath(id, "files"), query=q(path=path, recursive=recursive, user=user), idempotent=True, timeout=t)
 
 
-def make_dir(id: str, path: str, t: Timeout = DEFAULT) -> Request[EntryInfo]:
-    return Request("POST", mpath(id, "files", "mkdir"), json={"path": path}, idempotent=True,
+def make_dir(id: str, path: str, t: Timeout = DEFAULT, user: Optional[str] = None) -> Request[EntryInfo]:
+    return Request("POST", mpath(id, "files", "mkdir"), json=_with_user({"path": path}, user), idempotent=True,
                    parse=EntryInfo.from_json, timeout=t)
 
 
-def rename(id: str, old: str, new: str, t: Timeout = DEFAULT) -> Request[EntryInfo]:
-    return Request("POST", mpath(id, "files", "rename"), json={"from": old, "to": new},
+def rename(id: str, old: str, new: str, t: Timeout = DEFAULT, user: Optional[str] = None) -> Request[EntryInfo]:
+    return Request("POST", mpath(id, "files", "rename"), json=_with_user({"from": old, "to": new}, user),
                    parse=EntryInfo.from_json, timeout=t)
+
+
+def _with_user(body: Dict[str, Any], user: Optional[str]) -> Dict[str, Any]:
+    """A file call's body with who it acts as, when given."""
+    if user:
+        body["user"] = str(user)
+    return body
 
 
 # -- snapshots, volumes, templates, events

@@ -362,15 +362,15 @@ class AsyncFiles:
         self._m = m
 
     @overload
-    async def read(self, path: str, format: Literal["text"] = "text", *, request_timeout: Timeout = ...) -> str: ...
+    async def read(self, path: str, format: Literal["text"] = "text", *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> str: ...
     @overload
-    async def read(self, path: str, format: Literal["bytes"], *, request_timeout: Timeout = ...) -> bytes: ...
+    async def read(self, path: str, format: Literal["bytes"], *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> bytes: ...
     @overload
-    async def read(self, path: str, format: Literal["stream"], *, request_timeout: Timeout = ...) -> "AsyncFileStream": ...
+    async def read(self, path: str, format: Literal["stream"], *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> "AsyncFileStream": ...
 
-    async def read(self, path: str, format: str = "text", *, request_timeout: Timeout = DEFAULT) -> Any:
+    async def read(self, path: str, format: str = "text", *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Any:
         c = self._m._client
-        r = _ops.read_file(self._m.id, path, request_timeout)
+        r = _ops.read_file(self._m.id, path, request_timeout, user=user)
         if format == "stream":
             return AsyncFileStream(await c.stream(r))
         if format not in ("text", "bytes"):
@@ -379,32 +379,32 @@ class AsyncFiles:
         data = await c.call(r)
         return data if format == "bytes" else data.decode("utf-8")
 
-    async def write(self, path: str, data: Any, *, mode: Optional[int] = None,
+    async def write(self, path: str, data: Any, *, user: Optional[str] = None, mode: Optional[int] = None,
                     request_timeout: Timeout = DEFAULT) -> WriteInfo:
         """Like Files.write; also takes an async iterable of bytes."""
-        return await self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout))
+        return await self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user))
 
-    async def list(self, path: str, *, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
-        return await self._m._client.call(_ops.list_files(self._m.id, path, depth, request_timeout))
+    async def list(self, path: str, *, user: Optional[str] = None, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
+        return await self._m._client.call(_ops.list_files(self._m.id, path, depth, request_timeout, user=user))
 
-    async def stat(self, path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
-        return await self._m._client.call(_ops.stat(self._m.id, path, request_timeout))
+    async def stat(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+        return await self._m._client.call(_ops.stat(self._m.id, path, request_timeout, user=user))
 
-    async def exists(self, path: str, *, request_timeout: Timeout = DEFAULT) -> bool:
+    async def exists(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
         try:
-            await self.stat(path, request_timeout=request_timeout)
+            await self.stat(path, user=user, request_timeout=request_timeout)
         except errors.PathNotFoundError:
             return False
         return True
 
-    async def remove(self, path: str, *, recursive: bool = False, request_timeout: Timeout = DEFAULT) -> None:
-        await self._m._client.call(_ops.remove(self._m.id, path, recursive, request_timeout))
+    async def remove(self, path: str, *, user: Optional[str] = None, recursive: bool = False, request_timeout: Timeout = DEFAULT) -> None:
+        await self._m._client.call(_ops.remove(self._m.id, path, recursive, request_timeout, user=user))
 
-    async def make_dir(self, path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
-        return await self._m._client.call(_ops.make_dir(self._m.id, path, request_timeout))
+    async def make_dir(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+        return await self._m._client.call(_ops.make_dir(self._m.id, path, request_timeout, user=user))
 
-    async def rename(self, old_path: str, new_path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
-        return await self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout))
+    async def rename(self, old_path: str, new_path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+        return await self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout, user=user))
 
     async def watch_dir(self, path: str, *, recursive: bool = False,
                         on_event: Optional[Callable[[FileEvent], Any]] = None) -> "AsyncWatchHandle":

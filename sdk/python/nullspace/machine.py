@@ -302,18 +302,18 @@ class Files:
         self._m = m
 
     @overload
-    def read(self, path: str, format: Literal["text"] = "text", *, request_timeout: Timeout = ...) -> str: ...
+    def read(self, path: str, format: Literal["text"] = "text", *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> str: ...
     @overload
-    def read(self, path: str, format: Literal["bytes"], *, request_timeout: Timeout = ...) -> bytes: ...
+    def read(self, path: str, format: Literal["bytes"], *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> bytes: ...
     @overload
-    def read(self, path: str, format: Literal["stream"], *, request_timeout: Timeout = ...) -> "FileStream": ...
+    def read(self, path: str, format: Literal["stream"], *, user: Optional[str] = ..., request_timeout: Timeout = ...) -> "FileStream": ...
 
-    def read(self, path: str, format: str = "text", *, request_timeout: Timeout = DEFAULT) -> Any:
+    def read(self, path: str, format: str = "text", *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Any:
         """The file's content: ``format="text"`` a str (UTF-8), ``"bytes"``,
         or ``"stream"`` a FileStream to read in chunks (close it, or use it in
         a with block)."""
         c = self._m._client
-        r = _ops.read_file(self._m.id, path, request_timeout)
+        r = _ops.read_file(self._m.id, path, request_timeout, user=user)
         if format == "stream":
             return FileStream(c.stream(r))
         data = c.call(r)
@@ -324,37 +324,37 @@ class Files:
         raise errors.InvalidArgumentError(f'format must be "text", "bytes" or "stream", not {format!r}',
                                           code="invalid_argument")
 
-    def write(self, path: str, data: Any, *, mode: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> WriteInfo:
+    def write(self, path: str, data: Any, *, user: Optional[str] = None, mode: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> WriteInfo:
         """Creates or replaces a file (and its parent directories) with
         ``data``: str (UTF-8), bytes, a file opened in binary mode or any
         iterable of bytes. Files and iterables are streamed, never read
         whole into memory. ``mode`` sets the permission bits (0o755)."""
-        return self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout))
+        return self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user))
 
-    def list(self, path: str, *, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
+    def list(self, path: str, *, user: Optional[str] = None, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
         """The entries of a directory (``depth`` > 1 descends)."""
-        return self._m._client.call(_ops.list_files(self._m.id, path, depth, request_timeout))
+        return self._m._client.call(_ops.list_files(self._m.id, path, depth, request_timeout, user=user))
 
-    def stat(self, path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
-        return self._m._client.call(_ops.stat(self._m.id, path, request_timeout))
+    def stat(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+        return self._m._client.call(_ops.stat(self._m.id, path, request_timeout, user=user))
 
-    def exists(self, path: str, *, request_timeout: Timeout = DEFAULT) -> bool:
+    def exists(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> bool:
         try:
-            self.stat(path, request_timeout=request_timeout)
+            self.stat(path, user=user, request_timeout=request_timeout)
         except errors.PathNotFoundError:
             return False
         return True
 
-    def remove(self, path: str, *, recursive: bool = False, request_timeout: Timeout = DEFAULT) -> None:
+    def remove(self, path: str, *, user: Optional[str] = None, recursive: bool = False, request_timeout: Timeout = DEFAULT) -> None:
         """Deletes a file or an empty directory; ``recursive`` a whole tree."""
-        self._m._client.call(_ops.remove(self._m.id, path, recursive, request_timeout))
+        self._m._client.call(_ops.remove(self._m.id, path, recursive, request_timeout, user=user))
 
-    def make_dir(self, path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+    def make_dir(self, path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
         """Creates a directory and its parents; an existing one is fine."""
-        return self._m._client.call(_ops.make_dir(self._m.id, path, request_timeout))
+        return self._m._client.call(_ops.make_dir(self._m.id, path, request_timeout, user=user))
 
-    def rename(self, old_path: str, new_path: str, *, request_timeout: Timeout = DEFAULT) -> EntryInfo:
-        return self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout))
+    def rename(self, old_path: str, new_path: str, *, user: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> EntryInfo:
+        return self._m._client.call(_ops.rename(self._m.id, old_path, new_path, request_timeout, user=user))
 
     def watch_dir(self, path: str, *, recursive: bool = False, on_event: Optional[EventCallback] = None) -> "WatchHandle":
         """Watches a directory (``recursive``: its whole tree) for changes

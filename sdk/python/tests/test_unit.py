@@ -404,3 +404,22 @@ class ModelsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FileUserTest(unittest.TestCase):
+    """File calls name the user they act as: in the query, or in the
+    mkdir and rename bodies; absent, the server's default (root)."""
+
+    def test_user_sent(self) -> None:
+        from nullspace import _ops
+        for r in (_ops.read_file("m", "/a", user="user"), _ops.write_file("m", "/a", b"x", None, user="user"),
+                  _ops.list_files("m", "/a", None, user="user"), _ops.stat("m", "/a", user="user"),
+                  _ops.remove("m", "/a", True, user="user")):
+            self.assertIn(("user", "user"), r.query)
+        self.assertEqual(_ops.make_dir("m", "/a", user="1000").json, {"path": "/a", "user": "1000"})
+        self.assertEqual(_ops.rename("m", "/a", "/b", user="user").json, {"from": "/a", "to": "/b", "user": "user"})
+
+    def test_default_sends_none(self) -> None:
+        from nullspace import _ops
+        self.assertNotIn("user", [k for k, _ in _ops.read_file("m", "/a").query])
+        self.assertEqual(_ops.make_dir("m", "/a").json, {"path": "/a"})

@@ -366,15 +366,19 @@ export class KeepAlive {
 
 export type ReadFormat = "text" | "bytes" | "stream";
 
-/** The machine's filesystem. */
+/**
+ * The machine's filesystem. Every call takes `user` (a name or uid of the
+ * machine; default root, as for commands): it acts with that user's
+ * permissions and what it creates is that user's.
+ */
 export class Files {
   constructor(private readonly m: Machine) {}
 
-  read(path: string, o?: { format?: "text" } & CallOptions): Promise<string>;
-  read(path: string, o: { format: "bytes" } & CallOptions): Promise<Uint8Array>;
-  read(path: string, o: { format: "stream" } & CallOptions): Promise<ReadableStream<Uint8Array>>;
-  async read(path: string, o: { format?: ReadFormat } & CallOptions = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
-    const r: Request = { method: "GET", path: mpath(this.m.id, "files"), query: { path }, accept: "application/octet-stream", idempotent: true };
+  read(path: string, o?: { format?: "text"; user?: string } & CallOptions): Promise<string>;
+  read(path: string, o: { format: "bytes"; user?: string } & CallOptions): Promise<Uint8Array>;
+  read(path: string, o: { format: "stream"; user?: string } & CallOptions): Promise<ReadableStream<Uint8Array>>;
+  async read(path: string, o: { format?: ReadFormat; user?: string } & CallOptions = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
+    const r: Request = { method: "GET", path: mpath(this.m.id, "files"), query: { path, user: o.user }, accept: "application/octet-stream", idempotent: true };
     const format = o.format ?? "text";
     if (format === "stream") {
       const res = await this.m.client.stream({ ...r, extraTimeout: null }, o);
@@ -388,7 +392,7 @@ export class Files {
   }
 
   /** Creates or replaces a file; a Blob or ReadableStream is streamed. */
-  async write(path: string, data: string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array>, o: { mode?: number } & CallOptions = {}): Promise<m.WriteInfo> {
+  async write(path: string, data: string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array>, o: { mode?: number; user?: string } & CallOptions = {}): Promise<m.WriteInfo> {
     let body: Body;
     if (typeof data === "string") body = new TextEncoder().encode(data);
     else if (data instanceof ArrayBuffer) body = new Uint8Array(data);
@@ -396,22 +400,22 @@ export class Files {
     else throw new InvalidArgumentError("files.write takes a string, Uint8Array, ArrayBuffer, Blob or ReadableStream", { code: "invalid_argument" });
     const w = await this.m.client.json<W["WriteResult"]>({
       method: "PUT", path: mpath(this.m.id, "files"), body,
-      query: { path, mode: o.mode === undefined ? undefined : o.mode.toString(8).padStart(4, "0") },
+      query: { path, mode: o.mode === undefined ? undefined : o.mode.toString(8).padStart(4, "0"), user: o.user },
       idempotent: true,
     }, o);
     return { path: w.path, size: w.size };
   }
 
-  async list(path: string, o: { depth?: number } & CallOptions = {}): Promise<m.EntryInfo[]> {
-    const l = await this.m.client.json<W["FileList"]>({ method: "GET", path: mpath(this.m.id, "files", "list"), query: { path, depth: o.depth }, idempotent: true }, o);
+  async list(path: string, o: { depth?: number; user?: string } & CallOptions = {}): Promise<m.EntryInfo[]> {
+    const l = await this.m.client.json<W["FileList"]>({ method: "GET", path: mpath(this.m.id, "files", "list"), query: { path, depth: o.depth, user: o.user }, idempotent: true }, o);
     return (l.entries ?? []).map(m.entryInfo);
   }
 
-  async stat(path: string, o?: CallOptions): Promise<m.EntryInfo> {
-    return m.entryInfo(await this.m.client.json({ method: "GET", path: mpath(this.m.id, "files", "stat"), query: { path }, idempotent: true }, o));
+  async stat(path: string, o: { user?: string } & CallOptions = {}): Promise<m.EntryInfo> {
+    return m.entryInfo(await this.m.client.json({ method: "GET", path: mpath(this.m.id, "files", "stat"), query: { path, user: o.user }, idempotent: true }, o));
   }
 
-  async exists(path: string, o?: CallOptions): Promise<boolean> {
+  async exists(path: string, o: { user?: string } & CallOptions = {}): Promise<boolean> {
     try {
       await this.stat(path, o);
       return true;
@@ -421,16 +425,16 @@ export class Files {
     }
   }
 
-  async remove(path: string, o: { recursive?: boolean } & CallOptions = {}): Promise<void> {
-    await this.m.client.json({ method: "DELETE", path: mpath(this.m.id, "files"), query: { path, recursive: o.recursive }, idempotent: true }, o);
+  async remove(path: string, o: { recursive?: boolean; user?: string } & CallOptions = {}): Promise<void> {
+    await this.m.client.json({ method: "DELETE", path: mpath(this.m.id, "files"), query: { path, recursive: o.recursive, user: o.user }, idempotent: true }, o);
   }
 
-  async makeDir(path: string, o?: CallOptions): Promise<m.EntryInfo> {
-    return m.entryInfo(await this.m.client.json({ method: "POST", path: mpath(this.m.id, "files", "mkdir"), json: { path }, idempotent: true }, o));
+  async makeDir(path: string, o: { user?: string } & CallOptions = {}): Promise<m.EntryInfo> {
+    return m.entryInfo(await this.m.client.json({ method: "POST", path: mpath(this.m.id, "files", "mkdir"), json: { path, user: o.user }, idempotent: true }, o));
   }
 
-  async rename(oldPath: string, newPath: string, o?: CallOptions): Promise<m.EntryInfo> {
-    return m.entryInfo(await this.m.client.json({ method: "POST", path: mpath(this.m.id, "files", "rename"), json: { from: oldPath, to: newPath } }, o));
+  async rename(oldPath: string, newPath: string, o: { user?: string } & CallOptions = {}): Promise<m.EntryInfo> {
+    return m.entryInfo(await this.m.client.json({ method: "POST", path: mpath(this.m.id, "files", "rename"), json: { from: oldPath, to: newPath, user: o.user } }, o));
   }
 
   /**

@@ -25,11 +25,14 @@ const MACHINE = { id: "mch_1", state: "running", template: "base", cpu_count: 2,
 function scripted() {
   const routes = new Map();
   const seen = [];
+  const calls = []; // [method, url with query, body]
   const srv = createServer((req, res) => {
     const path = req.url.split("?")[0];
     seen.push(`${req.method} ${path}`);
-    req.resume();
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
+      calls.push([req.method, req.url, Buffer.concat(chunks).toString()]);
       const q = routes.get(`${req.method} ${path}`) ?? [[404, { code: "not_found", message: "no route" }]];
       const [status, body, headers] = q.length > 1 ? q.shift() : q[0];
       res.writeHead(status, { "Content-Type": "application/json", ...(headers ?? {}) });
@@ -37,7 +40,7 @@ function scripted() {
     });
   });
   return {
-    routes, seen, srv,
+    routes, seen, calls, srv,
     count: (key) => seen.filter((s) => s === key).length,
     start: () => new Promise((r) => srv.listen(0, "127.0.0.1", () => r(`http://127.0.0.1:${srv.address().port}`))),
   };
@@ -105,6 +108,29 @@ for (const [name, sdk] of Object.entries(builds)) {
       const start = Date.now();
       await assert.rejects(sdk.Machine.create({ client: c }), (e) => e instanceof sdk.ConnectionError && e.cause !== undefined && e.retryable);
       assert.ok(Date.now() - start > 100, "no backoff between attempts");
+    });
+
+    test("file calls name their user: in the query, or the mkdir and rename bodies", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k", maxRetries: 0 });
+      s.routes.set("POST /v1/machines/mch_f/connect", [[200, { ...MACHINE, id: "mch_f" }]]);
+      const entry = { name: "a", path: "/a", type: "file", size: 1, mode: "0644", mod_time: "2026-12-01T10:00:00Z" };
+      s.routes.set("GET /v1/machines/mch_f/files/stat", [[200, entry]]);
+      s.routes.set("POST /v1/machines/mch_f/files/mkdir", [[200, entry]]);
+      s.routes.set("POST /v1/machines/mch_f/files/rename", [[200, entry]]);
+      s.routes.set("PUT /v1/machines/mch_f/files", [[200, { path: "/a", size: 1 }]]);
+      const mf = await sdk.Machine.connect("mch_f", { client: c });
+      s.calls.length = 0;
+      await mf.files.stat("/a", { user: "user" });
+      await mf.files.write("/a", "x", { user: "1000" });
+      await mf.files.makeDir("/d", { user: "user" });
+      await mf.files.rename("/a", "/b", { user: "user" });
+      await mf.files.stat("/a");
+      const [stat, write, mkdir, rename, plain] = s.calls;
+      assert.equal(new URL(stat[1], url).searchParams.get("user"), "user");
+      assert.equal(new URL(write[1], url).searchParams.get("user"), "1000");
+      assert.deepEqual(JSON.parse(mkdir[2]), { path: "/d", user: "user" });
+      assert.deepEqual(JSON.parse(rename[2]), { from: "/a", to: "/b", user: "user" });
+      assert.equal(new URL(plain[1], url).searchParams.has("user"), false);
     });
 
     test("bad arguments are refused before anything is sent", async () => {

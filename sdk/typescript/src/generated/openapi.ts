@@ -2317,6 +2317,8 @@ export interface components {
         MkdirRequest: {
             /** @description Absolute path of the directory. */
             path: string;
+            /** @description Who creates the directories (name or uid); default root. See the `user` parameter of the file routes. */
+            user?: string;
         };
         /** @description Body of `POST /v1/machines/{id}/files/rename`. */
         RenameRequest: {
@@ -2324,6 +2326,8 @@ export interface components {
             from: string;
             /** @description Absolute path to move it to. */
             to: string;
+            /** @description Who renames (name or uid); default root. See the `user` parameter of the file routes. */
+            user?: string;
         };
         /** @description Response of `PUT /v1/machines/{id}/files`. */
         WriteResult: {
@@ -2746,6 +2750,21 @@ export interface components {
          * @example /workspace/report.txt
          */
         Path: string;
+        /**
+         * @description Who the call acts as: a user name of the machine or a numeric uid;
+         *     default root, as for commands. The call has that user's
+         *     permissions (`permission_denied`, 403, otherwise) and what it
+         *     creates is that user's. Whoever it acts as, a symlink is followed
+         *     only as far as the link's owner could go: writing through a link
+         *     another user planted (to `/etc/shadow`, say) is
+         *     `permission_denied`. Devices, FIFOs and sockets are refused
+         *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+         *     `/dev` and other pseudo file systems, and removing or replacing a
+         *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+         *     remove or listing that takes over 60 s is `deadline_exceeded`.
+         * @example user
+         */
+        FileUser: string;
     };
     requestBodies: never;
     headers: never;
@@ -3917,6 +3936,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
             };
             header?: never;
             path: {
@@ -3954,6 +3988,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description Octal permission bits of the written file. */
                 mode?: string;
             };
@@ -4015,6 +4064,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description Remove a directory and everything in it. */
                 recursive?: boolean;
             };
@@ -4060,6 +4124,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description How many levels to descend; 1 lists the directory's own entries. */
                 depth?: number;
             };
@@ -4099,6 +4178,21 @@ export interface operations {
                  * @example /workspace/report.txt
                  */
                 path: components["parameters"]["Path"];
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
             };
             header?: never;
             path: {
@@ -4174,6 +4268,21 @@ export interface operations {
     watchFiles: {
         parameters: {
             query?: {
+                /**
+                 * @description Who the call acts as: a user name of the machine or a numeric uid;
+                 *     default root, as for commands. The call has that user's
+                 *     permissions (`permission_denied`, 403, otherwise) and what it
+                 *     creates is that user's. Whoever it acts as, a symlink is followed
+                 *     only as far as the link's owner could go: writing through a link
+                 *     another user planted (to `/etc/shadow`, say) is
+                 *     `permission_denied`. Devices, FIFOs and sockets are refused
+                 *     (`invalid_argument`, 400), and so are changes under `/proc`, `/sys`,
+                 *     `/dev` and other pseudo file systems, and removing or replacing a
+                 *     mount point (`/tmp`, `/etc/hosts`): nothing is changed. A recursive
+                 *     remove or listing that takes over 60 s is `deadline_exceeded`.
+                 * @example user
+                 */
+                user?: components["parameters"]["FileUser"];
                 /** @description The directory to watch (a new watch). */
                 path?: string;
                 recursive?: boolean;
