@@ -1626,6 +1626,9 @@ export interface components {
          *     | `conflict` | 409 | true | Another operation on the resource is in progress (e.g. a pause, resume, snapshot, restore, stop or start on the same machine); retry after it finishes. |
          *     | `invalid_transition` | 409 | true | The machine's lifecycle does not allow this transition from its current state (often a concurrent operation); check its state. |
          *     | `file_too_large` | 413 | false | The file (or template tarball upload) is larger than the server's limit; nothing was written. |
+         *     | `body_too_large` | 413 | false | The request's JSON body is over 1 MiB (bodies the API reads itself; files have --max-file-bytes). |
+         *     | `body_too_slow` | 408 | false | The request body arrived slower than the server's minimum rate (1 KiB in every 10 s of waiting); the connection is closed. API, edge and E2B listener. |
+         *     | `headers_too_large` | 431 | false | Edge: the request's headers are over 64 KiB. |
          *     | `resource_exhausted` | 429, 507 | true | Not enough capacity (CPU, memory, addresses, disk) right now; kill unused machines or retry later. Status 507 when the snapshot disk is full during a pause, snapshot, fork, checkpoint or stop: nothing was kept and the machine keeps running; delete unused snapshots. |
          *     | `url_invalid` | 400 | false | Edge: the host or path is not a machine URL (malformed label). |
          *     | `port_not_allowed` | 400 | false | The port is out of 1-65535 or is the machine agent's (49983), which is never reachable from outside. |
@@ -1660,7 +1663,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -2567,6 +2570,15 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
+        /** @description `body_too_large`: the JSON body is over 1 MiB. */
+        BodyTooLarge: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
         /** @description `invalid_argument`: the request is malformed or a value is out of range. */
         InvalidArgument: {
             headers: {
@@ -2944,6 +2956,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             429: components["responses"]["ResourceExhausted"];
             500: components["responses"]["Internal"];
             503: components["responses"]["Unavailable"];
@@ -3045,6 +3058,7 @@ export interface operations {
             401: components["responses"]["Unauthenticated"];
             404: components["responses"]["MachineNotFound"];
             409: components["responses"]["NotRunningOrBusy"];
+            413: components["responses"]["BodyTooLarge"];
             500: components["responses"]["Internal"];
         };
     };
@@ -3093,6 +3107,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             500: components["responses"]["Internal"];
         };
     };
@@ -3173,6 +3188,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             500: components["responses"]["Internal"];
             503: components["responses"]["AgentUnavailable"];
             507: components["responses"]["SnapshotDiskFull"];
@@ -3390,6 +3406,7 @@ export interface operations {
             401: components["responses"]["Unauthenticated"];
             404: components["responses"]["MachineNotFound"];
             409: components["responses"]["NotRunningOrBusy"];
+            413: components["responses"]["BodyTooLarge"];
             429: components["responses"]["ResourceExhausted"];
             500: components["responses"]["Internal"];
             503: components["responses"]["AgentUnavailable"];
@@ -4702,6 +4719,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             /** @description `resource_exhausted`: the team has 1000 keys. */
             429: {
                 headers: {
@@ -4785,6 +4803,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             500: components["responses"]["Internal"];
             default: components["responses"]["Error"];
         };
@@ -4855,6 +4874,7 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            413: components["responses"]["BodyTooLarge"];
             500: components["responses"]["Internal"];
             default: components["responses"]["Error"];
         };
