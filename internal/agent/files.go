@@ -158,14 +158,11 @@ func (a *Agent) readFile(w http.ResponseWriter, r *http.Request) error {
 	var size int64
 	err = as(id, func(o walkOpts) error {
 		o.followFinal = true
-		p, err := walk(path, o)
+		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
 		}
 		defer p.close()
-		if err := checkReserved(p.real); err != nil {
-			return err
-		}
 		if p.isRoot() {
 			return isADirectory(path)
 		}
@@ -278,14 +275,11 @@ func (s *fileService) write(id identity, path string, mode fs.FileMode, explicit
 	var n int64
 	err := as(id, func(o walkOpts) error {
 		o.followFinal, o.mkdirs = true, true
-		p, err := walk(path, o)
+		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
 		}
 		defer p.close()
-		if err := checkReserved(p.real); err != nil {
-			return err
-		}
 		if p.isRoot() {
 			return isADirectory(path)
 		}
@@ -414,7 +408,7 @@ func (a *Agent) removeFile(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := a.fileCtx(r)
 	defer cancel()
 	err = as(id, func(o walkOpts) error {
-		p, err := walk(path, o)
+		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
 		}
@@ -422,9 +416,6 @@ func (a *Agent) removeFile(w http.ResponseWriter, r *http.Request) error {
 		if p.isRoot() {
 			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 				"refusing to remove /", "remove the files inside it one by one")
-		}
-		if err := checkReserved(p.real); err != nil {
-			return err
 		}
 		if err := checkPseudo(p, "remove"); err != nil {
 			return err
@@ -539,14 +530,11 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 	err = as(id, func(o walkOpts) error {
 		entries = entries[:0]
 		o.followFinal = true
-		p, err := walk(path, o)
+		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
 		}
 		defer p.close()
-		if err := checkReserved(p.real); err != nil {
-			return err
-		}
 		fd, err := openDir(p)
 		if errors.Is(err, unix.ENOTDIR) {
 			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeNotADirectory,
@@ -709,14 +697,11 @@ func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
 	var info api.FileInfo
 	err = as(id, func(o walkOpts) error {
 		o.followFinal, o.mkdirs = true, true
-		p, err := walk(path, o)
+		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
 		}
 		defer p.close()
-		if err := checkReserved(p.real); err != nil {
-			return err
-		}
 		st, err := lstatAt(p)
 		switch {
 		case err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR:
@@ -838,6 +823,20 @@ var pseudoTypes = map[int64]string{
 
 // checkPseudo refuses to change files on a pseudo file system (/proc,
 // /sys, /dev, or one mounted elsewhere).
+// walkTarget walks to path as o says (see walk) and refuses the agent's
+// own directory; the caller closes what it returns.
+func walkTarget(path string, o walkOpts) (*pathAt, error) {
+	p, err := walk(path, o)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkReserved(p.real); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
 func checkPseudo(p *pathAt, verb string) error {
 	return pseudoPath(p.real, p.dir, verb)
 }

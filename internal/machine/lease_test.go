@@ -25,7 +25,12 @@ func TestValidateLease(t *testing.T) {
 		wantPlcy string
 	}{
 		{name: "defaults", req: api.CreateMachineRequest{}, wantMS: 300000, wantPlcy: api.TimeoutDestroy},
-		{name: "long window, no cap", req: api.CreateMachineRequest{TimeoutMS: ms(1000 * time.Hour)}, wantMS: (1000 * time.Hour).Milliseconds(), wantPlcy: api.TimeoutDestroy},
+		{name: "long window", req: api.CreateMachineRequest{TimeoutMS: ms(1000 * time.Hour)}, wantMS: (1000 * time.Hour).Milliseconds(), wantPlcy: api.TimeoutDestroy},
+		{name: "a year", req: api.CreateMachineRequest{TimeoutMS: &[]int64{api.MaxDurationMS}[0]}, wantMS: api.MaxDurationMS, wantPlcy: api.TimeoutDestroy},
+		{name: "over a year", req: api.CreateMachineRequest{TimeoutMS: &[]int64{api.MaxDurationMS + 1}[0]}, code: errdefs.CodeInvalidArgument},
+		// Seen on a live server: 10^13 ms overflowed the deadline, which
+		// destroyed the machine within 2.5 s.
+		{name: "overflowing", req: api.CreateMachineRequest{TimeoutMS: &[]int64{10_000_000_000_000}[0]}, code: errdefs.CodeInvalidArgument},
 		{name: "hibernate means pause", req: api.CreateMachineRequest{OnTimeout: "hibernate"}, wantMS: 300000, wantPlcy: api.TimeoutPause},
 		{name: "pause with auto_resume", req: api.CreateMachineRequest{OnTimeout: "pause", AutoResume: true}, wantMS: 300000, wantPlcy: api.TimeoutPause},
 		{name: "too short", req: api.CreateMachineRequest{TimeoutMS: ms(10 * time.Millisecond)}, code: errdefs.CodeInvalidArgument},

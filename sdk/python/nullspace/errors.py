@@ -116,8 +116,9 @@ class SnapshotSupersededError(ConflictError):
 
 
 class ResourceExhaustedError(NullspaceError):
-    """The server has no capacity now (memory, addresses) or its snapshot
-    disk is full (507)."""
+    """The server has no capacity now (503 ``capacity_exhausted``: memory or
+    addresses; retry after ``retry_after`` seconds) or its snapshot disk is
+    full (507)."""
 
 
 class RateLimitError(NullspaceError):
@@ -192,6 +193,7 @@ _BY_CODE: Dict[str, Type[NullspaceError]] = {
     "snapshot_corrupt": SnapshotCorruptError,
     "snapshot_superseded": SnapshotSupersededError,
     "resource_exhausted": ResourceExhaustedError,
+    "capacity_exhausted": ResourceExhaustedError,
     "unavailable": UnavailableError,
     "agent_unavailable": UnavailableError,
     "deadline_exceeded": TimeoutError,

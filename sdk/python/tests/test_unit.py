@@ -51,6 +51,7 @@ class ErrorClassesTest(unittest.TestCase):
             (503, "unavailable", errors.UnavailableError),
             (504, "deadline_exceeded", errors.TimeoutError),
             (507, "resource_exhausted", errors.ResourceExhaustedError),
+            (503, "capacity_exhausted", errors.ResourceExhaustedError),
             (418, "a_code_from_the_future", errors.NullspaceError),
         ]
         srv = FakeServer()

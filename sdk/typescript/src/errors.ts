@@ -63,7 +63,7 @@ export class MachineNotRunningError extends ConflictError {}
 export class SnapshotIncompatibleError extends ConflictError {}
 export class SnapshotCorruptError extends ConflictError {}
 export class SnapshotSupersededError extends ConflictError {}
-/** No capacity now, or the snapshot disk is full (507). */
+/** No capacity now (503 `capacity_exhausted`, retry after `retryAfter`), or the snapshot disk is full (507). */
 export class ResourceExhaustedError extends NullspaceError {}
 /** Too many requests (429). */
 export class RateLimitError extends NullspaceError {}
@@ -124,6 +124,7 @@ const byCode: Record<string, ErrorClass> = {
   snapshot_corrupt: SnapshotCorruptError,
   snapshot_superseded: SnapshotSupersededError,
   resource_exhausted: ResourceExhaustedError,
+  capacity_exhausted: ResourceExhaustedError,
   unavailable: UnavailableError,
   agent_unavailable: UnavailableError,
   deadline_exceeded: TimeoutError,

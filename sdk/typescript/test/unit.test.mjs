@@ -76,7 +76,7 @@ for (const [name, sdk] of Object.entries(builds)) {
         [409, "machine_not_running", sdk.MachineNotRunningError], [409, "snapshot_incompatible", sdk.SnapshotIncompatibleError],
         [409, "snapshot_corrupt", sdk.SnapshotCorruptError], [409, "conflict", sdk.ConflictError],
         [429, "rate_limited", sdk.RateLimitError], [503, "unavailable", sdk.UnavailableError],
-        [504, "deadline_exceeded", sdk.TimeoutError], [507, "resource_exhausted", sdk.ResourceExhaustedError],
+        [504, "deadline_exceeded", sdk.TimeoutError], [507, "resource_exhausted", sdk.ResourceExhaustedError], [503, "capacity_exhausted", sdk.ResourceExhaustedError],
         [418, "a_code_from_the_future", sdk.NullspaceError],
       ];
       for (const [status, code, cls] of cases) {
