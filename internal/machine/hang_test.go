@@ -165,17 +165,30 @@ func TestPauseWithSilentAgent(t *testing.T) {
 	}
 }
 
-// TestKillWins: a kill cancels a pause in flight (here runsc's checkpoint
-// hangs), which is undone, and completes within seconds; the pause answers
-// that the machine was killed. Operations queued behind the kill do not get
-// in first.
+// TestKillWins: a kill cancels a pause in flight, which is undone, and
+// completes within seconds; the pause answers that the machine was killed.
+// The pause hangs in runsc's checkpoint, or in its call into an agent that
+// accepts and never answers (with deadlines far longer than the test).
 func TestKillWins(t *testing.T) {
-	m, d, db := newHangManager(t, healthyAgent(t))
+	for _, hang := range []string{"runsc", "agent"} {
+		t.Run(hang, func(t *testing.T) { testKillWins(t, hang) })
+	}
+}
+
+func testKillWins(t *testing.T, hang string) {
+	shorten(t, &agentSlack, time.Hour)
+	port := healthyAgent(t)
+	if hang == "agent" {
+		port = silentAgent(t)
+	}
+	m, d, db := newHangManager(t, port)
 	started := make(chan struct{}, 1)
-	d.checkpoint = func(ctx context.Context) error {
-		started <- struct{}{}
-		<-ctx.Done() // a checkpoint that would never end
-		return ctx.Err()
+	if hang == "runsc" {
+		d.checkpoint = func(ctx context.Context) error {
+			started <- struct{}{}
+			<-ctx.Done() // a checkpoint that would never end
+			return ctx.Err()
+		}
 	}
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), false)
 	paused := make(chan error, 1)
@@ -183,7 +196,12 @@ func TestKillWins(t *testing.T) {
 		_, err := m.Pause(context.Background(), "team", "a")
 		paused <- err
 	}()
-	<-started
+	if hang == "runsc" {
+		<-started
+	} else {
+		waitState(t, db, "a", api.StatePausing) // in the agent call
+		time.Sleep(50 * time.Millisecond)
+	}
 
 	if _, err := within(t, 5*time.Second, "kill during a hanging pause", func() (*store.Machine, error) {
 		return m.Kill(t.Context(), "team", "a")
@@ -221,18 +239,37 @@ func TestLockWaitsWithContext(t *testing.T) {
 }
 
 // TestShutdownBounded: the manager's shutdown cancels a lease's pause that
-// hangs in runsc (the machine keeps running) and returns at once.
+// hangs in runsc, or in an agent that never answers (the machine keeps
+// running), and returns at once.
 func TestShutdownBounded(t *testing.T) {
-	m, d, db := newHangManager(t, healthyAgent(t))
+	for _, hang := range []string{"runsc", "agent"} {
+		t.Run(hang, func(t *testing.T) { testShutdownBounded(t, hang) })
+	}
+}
+
+func testShutdownBounded(t *testing.T, hang string) {
+	shorten(t, &agentSlack, time.Hour)
+	port := healthyAgent(t)
+	if hang == "agent" {
+		port = silentAgent(t)
+	}
+	m, d, db := newHangManager(t, port)
 	started := make(chan struct{}, 1)
-	d.checkpoint = func(ctx context.Context) error {
-		started <- struct{}{}
-		<-ctx.Done()
-		return ctx.Err()
+	if hang == "runsc" {
+		d.checkpoint = func(ctx context.Context) error {
+			started <- struct{}{}
+			<-ctx.Done()
+			return ctx.Err()
+		}
 	}
 	addLeased(t, m, d, "a", time.Now().Add(-time.Second), true)
 	m.background(func() { m.expire("a") })
-	<-started
+	if hang == "runsc" {
+		<-started
+	} else {
+		waitState(t, db, "a", api.StatePausing)
+		time.Sleep(50 * time.Millisecond)
+	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if _, err := within(t, 3*time.Second, "shutdown", func() (struct{}, error) { return struct{}{}, m.Shutdown(ctx) }); err != nil {
