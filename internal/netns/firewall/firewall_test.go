@@ -331,6 +331,10 @@ func TestInternet(t *testing.T) {
 		if !errors.Is(err, syscall.ECONNREFUSED) || took > 2*time.Second {
 			t.Errorf("%s: B -> outside %s: %v after %v, want connection refused within 2s", what, outTCP, err, took)
 		}
+		took, err = dial(b.NetnsPath, "udp", outUDP, 5*time.Second)
+		if !errors.Is(err, syscall.ECONNREFUSED) || took > 2*time.Second {
+			t.Errorf("%s: B -> outside %s (udp): %v after %v, want connection refused within 2s", what, outUDP, err, took)
+		}
 	}
 
 	t.Run("operator disallows", func(t *testing.T) {
