@@ -31,10 +31,30 @@ type admission struct {
 // admit runs take, which gives a machine of memMB a network slot in the
 // store (from then on the store counts its memory as committed), if the
 // host has room for it; otherwise it refuses with capacity_exhausted.
-// A "no free slot" from take becomes capacity_exhausted too.
+// A "no free slot" from take becomes capacity_exhausted too. Spares make
+// room: when a machine does not fit, or finds no slot, the idle spares are
+// removed and it is tried again.
 func (m *Manager) admit(ctx context.Context, memMB int, take func() error) error {
+	return m.admitAs(ctx, memMB, take, false)
+}
+
+// admitSpare is admit for a spare, which never removes other spares: a
+// spare is made only where a machine would fit.
+func (m *Manager) admitSpare(ctx context.Context, memMB int, take func() error) error {
+	return m.admitAs(ctx, memMB, take, true)
+}
+
+func (m *Manager) admitAs(ctx context.Context, memMB int, take func() error, spare bool) error {
 	m.admission.mu.Lock()
 	defer m.admission.mu.Unlock()
+	err := m.admitLocked(ctx, memMB, take)
+	if spare || errdefs.Classify(err).Code != errdefs.CodeCapacityExhausted || m.spares.drain(ctx) == 0 {
+		return err
+	}
+	return m.admitLocked(ctx, memMB, take)
+}
+
+func (m *Manager) admitLocked(ctx context.Context, memMB int, take func() error) error {
 	committed, err := m.store.CommittedMemoryMB(ctx)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -67,5 +68,30 @@ func TestAdmission(t *testing.T) {
 	}
 	if rec, _ := db.GetMachine(ctx, made[0].ID); rec.State != api.StatePaused {
 		t.Fatalf("the refused resume left its machine %s, want paused", rec.State)
+	}
+}
+
+// TestSparesMakeRoom: spares are made only where a machine would fit, and
+// a machine that does not fit removes the idle spares and is admitted.
+func TestSparesMakeRoom(t *testing.T) {
+	ctx := t.Context()
+	m, _, _, db := newSpareManager(t, 3)
+	m.cfg.HostMemoryMB, m.cfg.MemoryOvercommit = 200, 1
+	addRunning(t, db, "a", "minimal", time.Now()) // 64 MiB
+	m.spares.used("team", specOf(m, "minimal"))
+	m.spares.fill(ctx)
+	if n := len(m.Spares()); n != 2 {
+		t.Fatalf("%d spares of 64 MiB beside 64 MiB of machines on 200 MiB, want 2", n)
+	}
+	rec := &store.Machine{ID: "b", TeamID: "team", State: api.StateCreating, Template: "minimal", CPUCount: 1, MemoryMB: 100,
+		ContainerID: "c-b", AgentToken: "x", CreatedAt: time.Now()}
+	if err := m.admit(ctx, rec.MemoryMB, func() error { return db.CreateMachine(ctx, rec, 16) }); err != nil {
+		t.Fatalf("a machine that fits once the spares go: %v", err)
+	}
+	if n := len(m.Spares()); n != 0 {
+		t.Fatalf("%d spares left after they made room, want 0", n)
+	}
+	if n, _ := db.CommittedMemoryMB(ctx); n != 164 {
+		t.Fatalf("committed %d MiB, want 164", n)
 	}
 }

@@ -848,6 +848,9 @@ func (m *Manager) CheckAgentError(ctx context.Context, teamID, id string, err er
 		return err
 	}
 	rec, gerr := m.Get(ctx, teamID, id)
+	if gerr == nil && rec.State != api.StateRunning && !rec.Latest {
+		rec, gerr = m.lineageHead(ctx, rec.LineageID) // the call went to the latest execution
+	}
 	if gerr != nil || rec.State != api.StateRunning {
 		return err
 	}

@@ -175,7 +175,9 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		// A state of a history may be pruned by its lineage's next
 		// checkpoint: hold the lineage until the child counts as one of
 		// its dependents.
-		unlock, err := m.lock(ctx, lineageKey(sn.LineageID))
+		// A kill of that lineage cancels the child's restore (lockOp).
+		var unlock func()
+		ctx, unlock, err = m.lockOp(ctx, lineageKey(sn.LineageID))
 		if err != nil {
 			return nil, err
 		}
@@ -225,8 +227,8 @@ func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.
 			return nil
 		}
 		m.spares.poke() // the spare is gone
-		if errors.Is(err, errdefs.ErrFailedPrecondition) {
-			return err // the snapshot itself is refused: a new container would not help
+		if errors.Is(err, errdefs.ErrFailedPrecondition) || ctx.Err() != nil {
+			return err // the snapshot itself is refused, or the operation was cancelled: a new container would not help
 		}
 		m.logger.WarnContext(ctx, "restore into a spare failed; restoring into a new container", "snapshot_id", sn.ID, "err", err)
 	}
@@ -260,10 +262,12 @@ func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.S
 		if uerr := m.undoCreate(ctx, rec); uerr != nil {
 			m.logger.ErrorContext(ctx, "clean up failed restore", "machine_id", rec.ID, "err", uerr)
 		}
-		return err
+		return interrupted(ctx, rec.ID, "restore", err)
 	}
 	m.spares.used(rec.TeamID, spec)
-	return m.setState(ctx, rec, api.StateRunning)
+	// Restored: it is recorded running whatever happened to ctx meanwhile
+	// (a kill that came now kills a running machine).
+	return m.setState(context.WithoutCancel(ctx), rec, api.StateRunning)
 }
 
 // Fork snapshots a running machine and creates count children from the

@@ -139,7 +139,7 @@ func (m *Manager) probeAgents(ctx context.Context, recs []*store.Machine) {
 // fails. A pause cancelled by a kill or the shutdown is left alone.
 func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, err error) {
 	log := m.logger.With("machine_id", rec.ID)
-	if cause := context.Cause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) {
+	if cause := context.Cause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) || m.root.Err() != nil {
 		log.InfoContext(ctx, "pause at the end of the lease cancelled", "cause", cause)
 		return
 	}

@@ -323,8 +323,9 @@ func (p *spares) create(ctx context.Context, sh shape) (*spare, error) {
 	m := p.m
 	t0 := time.Now()
 	sp := &spare{Spare: store.Spare{MachineID: newMachineID(), ContainerID: newContainerID(), Shape: sh.key(), CreatedAt: t0.UTC()}}
-	// Spares count: they never crowd out machines.
-	if err := m.admit(ctx, sh.MemoryMB, func() error { return m.store.CreateSpare(ctx, &sp.Spare, m.net.Slots()) }); err != nil {
+	// Spares count, and are made only where a machine would fit; a
+	// machine that does not fit removes them (admit).
+	if err := m.admitSpare(ctx, sh.MemoryMB, func() error { return m.store.CreateSpare(ctx, &sp.Spare, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	rec := sp.machine(sh)
@@ -367,8 +368,8 @@ func (p *spares) destroy(ctx context.Context, sp *spare) {
 	}
 }
 
-// drain removes every idle spare.
-func (p *spares) drain(ctx context.Context) {
+// drain removes every idle spare and says how many it removed.
+func (p *spares) drain(ctx context.Context) int {
 	p.mu.Lock()
 	var all []*spare
 	for key, list := range p.idle {
@@ -379,6 +380,7 @@ func (p *spares) drain(ctx context.Context) {
 	for _, sp := range all {
 		p.destroy(ctx, sp)
 	}
+	return len(all)
 }
 
 // Spares returns the idle spares.

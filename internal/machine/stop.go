@@ -126,9 +126,11 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 	if err := m.checkRestorable(ctx, sn, spec); err != nil {
 		return nil, err
 	}
-	// A start, once begun, finishes or goes back to stopped; a kill
-	// cancels it (preemptible).
-	ctx, cancel := preemptible(context.WithoutCancel(ctx))
+	// A start, once begun, finishes or goes back to stopped: ctx, for the
+	// writes that record or undo it, ends with nothing; opCtx, what the
+	// boot waits under, ends with a kill (or the server's shutdown).
+	ctx = context.WithoutCancel(ctx)
+	opCtx, cancel := preemptible(ctx)
 	defer cancel()
 	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.AssignSlot(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
@@ -138,12 +140,13 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 		return nil, err
 	}
 	boot := func() error {
-		if err := m.restoreInto(ctx, rec, sn, spec, restoreOpts{boot: true}); err != nil {
+		if err := m.restoreInto(opCtx, rec, sn, spec, restoreOpts{boot: true}); err != nil {
 			return err
 		}
-		return m.startMain(ctx, rec)
+		return m.startMain(opCtx, rec)
 	}
 	if err := boot(); err != nil {
+		err = interrupted(opCtx, rec.ID, "start", err)
 		if rerr := m.release(ctx, rec); rerr != nil {
 			err = errors.Join(err, rerr)
 		}

@@ -397,7 +397,10 @@ func (i *Instance) Shutdown(ctx context.Context) error {
 	ctx, cancelAll := context.WithTimeout(ctx, ShutdownTimeout)
 	defer cancelAll()
 	// Operations in flight first: the requests waiting for them then end.
-	err := i.Manager.Shutdown(ctx)
+	// They get half the budget; the listeners and the spares the rest.
+	mctx, cancelManager := context.WithTimeout(ctx, ShutdownTimeout/2)
+	err := i.Manager.Shutdown(mctx)
+	cancelManager()
 	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if herr := i.http.Shutdown(sctx); herr != nil {
