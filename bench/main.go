@@ -21,7 +21,8 @@
 //   - core: create to first command (CreateMachine until RunCommand(true)
 //     returns, against `runsc run --detach` + `runsc exec /bin/true`), the
 //     exec round trip on a warm machine, kill, and the idle memory of a
-//     machine (its cgroup's usage and the RSS/PSS of its processes);
+//     machine (its cgroup's usage and the RSS/PSS of its processes) and its
+//     idle CPU (its cgroup's CPU time per second over idleWindow);
 //   - hibernate: pause against `runsc checkpoint`, resume to the first
 //     command against `runsc restore` + `runsc exec`, create_snapshot and its
 //     pause window against `runsc checkpoint --leave-running`, a child from

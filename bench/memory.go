@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,6 +28,36 @@ func memoryCgroupRoot() string {
 		return "/sys/fs/cgroup"
 	}
 	return "/sys/fs/cgroup/memory"
+}
+
+// idleWindow is how long an idle sandbox's CPU time is measured.
+const idleWindow = 2 * time.Second
+
+// idleCPU measures the CPU time the idle sandbox in cgroup <parent>/<id>
+// takes per second (cgroup v1 cpuacct.usage, v2 cpu.stat usage_usec): what
+// a host pays for each machine that waits.
+func idleCPU(ctx context.Context, parent, id string) (time.Duration, error) {
+	read := func() (time.Duration, error) {
+		if cgroupV2() {
+			stat, err := readKeyed(filepath.Join("/sys/fs/cgroup", parent, id, "cpu.stat"), 1)
+			return time.Duration(stat["usage_usec"]) * time.Microsecond, err
+		}
+		n, err := readInt(filepath.Join("/sys/fs/cgroup/cpuacct", parent, id, "cpuacct.usage"))
+		return time.Duration(n), err
+	}
+	before, err := read()
+	if err != nil {
+		return 0, fmt.Errorf("cpu time of container %s: %w", id, err)
+	}
+	start := time.Now()
+	if err := sleep(ctx, idleWindow); err != nil {
+		return 0, err
+	}
+	after, err := read()
+	if err != nil {
+		return 0, fmt.Errorf("cpu time of container %s: %w", id, err)
+	}
+	return time.Duration(float64(after-before) / time.Since(start).Seconds()), nil
 }
 
 // memSample is one idle sandbox's memory.

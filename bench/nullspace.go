@@ -227,6 +227,15 @@ func (s *nullspaceSide) lifecycle(ctx context.Context, tmpl string, res *results
 		return err
 	}
 	res.addMemory(sideNullspace, tmpl, mem)
+	rec, err := s.inst.Manager.Get(ctx, defaultTeam, id)
+	if err != nil {
+		return err
+	}
+	cpu, err := idleCPU(ctx, benchNames.CgroupParent, rec.ContainerID)
+	if err != nil {
+		return err
+	}
+	res.addDuration(metricIdleCPU, sideNullspace, tmpl, cpu)
 	return s.kill(ctx, &warmMachine{id: id, template: tmpl}, res)
 }
 

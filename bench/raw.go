@@ -211,6 +211,11 @@ func (r *rawSide) lifecycle(ctx context.Context, res *results) error {
 		return err
 	}
 	res.addMemory(sideRaw, "minimal", mem)
+	cpu, err := idleCPU(ctx, rawCgroupParent, c.id)
+	if err != nil {
+		return err
+	}
+	res.addDuration(metricIdleCPU, sideRaw, "minimal", cpu)
 	return r.kill(ctx, c, res)
 }
 

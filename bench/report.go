@@ -27,6 +27,7 @@ const (
 	metricMemRSS      = "idle_memory_cgroup_rss"
 	metricMemProcRSS  = "idle_memory_processes_rss"
 	metricMemProcPSS  = "idle_memory_processes_pss"
+	metricIdleCPU     = "idle_cpu_per_second" // CPU time an idle sandbox's cgroup takes per second of wall time
 
 	// Issue 3: pause, resume, snapshots and children (hibernate.go).
 	metricPause          = "pause"                           // Pause round trip; runsc checkpoint (no --leave-running)
@@ -200,7 +201,7 @@ func (r *results) summarize() {
 		s.Summary = summarize(s.Samples)
 	}
 	rows := []string{
-		metricCreate, metricExec, metricKill, metricMemUsage, metricMemRSS, metricMemProcRSS, metricMemProcPSS,
+		metricCreate, metricExec, metricKill, metricMemUsage, metricMemRSS, metricMemProcRSS, metricMemProcPSS, metricIdleCPU,
 		metricCreateStart, metricCreateFirst,
 		metricPause, metricPauseDelete, metricPauseWindow, metricResume, metricResumeCall, metricResumeFirst,
 		metricResumeCreated, metricSnapshotCall, metricSnapshotWindow, metricChild, metricChildCall, metricChildFirst, metricSnapshotSize,
@@ -264,6 +265,7 @@ var metricTitles = map[string]string{
 	metricMemRSS:      "idle memory: cgroup rss",
 	metricMemProcRSS:  "idle memory: processes RSS",
 	metricMemProcPSS:  "idle memory: processes PSS",
+	metricIdleCPU:     "idle CPU, ms per second",
 	metricCreateStart: "  part: CreateMachine / runsc run",
 	metricCreateFirst: "  part: first RunCommand / first exec",
 

@@ -35,6 +35,7 @@ for kind, proto in (("tcp", socket.SOCK_STREAM), ("udp", socket.SOCK_DGRAM)):
     print("%%.3f" %% (time.monotonic() - t0))
 `, b.IP)
 	out := run(t, a.ID, "python3 - <<'EOF'\n"+script+"EOF")
+	t.Logf("from a machine without internet: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", "; "))
 	for _, kind := range []string{"tcp", "udp"} {
 		var got string
 		var took float64

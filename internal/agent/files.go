@@ -167,8 +167,10 @@ func (a *Agent) readFile(w http.ResponseWriter, r *http.Request) error {
 			return isADirectory(path)
 		}
 		// Look before opening: opening a device or a FIFO can act.
-		st, err := lstatAt(p)
-		if err != nil {
+		var st unix.Stat_t
+		if p.st != nil {
+			st = *p.st // walk just looked
+		} else if st, err = lstatAt(p); err != nil {
 			return err
 		}
 		if err := readable(path, st.Mode); err != nil {

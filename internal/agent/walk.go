@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -25,19 +26,38 @@ import (
 // maxLinks is Linux's limit of symlinks followed in one path (ELOOP).
 const maxLinks = 40
 
+// Every call costs here (a system call under gVisor's systrap is tens of
+// microseconds, and one that looks a name up may ask the gofer), so a walk
+// makes as few as it can: / is opened once for the process, a directory on
+// the way is opened with O_DIRECTORY (one call; a symlink there fails with
+// ENOTDIR and is then looked at), and the last component is looked at with
+// one fstatat, whose result the caller gets.
+
+// rootDir is / opened O_PATH, once for the process; walks start from it
+// and never close it.
+var rootDir = sync.OnceValues(func() (int, error) {
+	return unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+})
+
+// closeDir closes a directory a walk opened (never the shared /).
+func closeDir(fd int) {
+	if root, err := rootDir(); fd >= 0 && (err != nil || fd != root) {
+		unix.Close(fd)
+	}
+}
+
 // pathAt is a resolved path: its parent directory, held open, and its
 // last component, which is not a symlink the agent was asked to follow.
 type pathAt struct {
 	dir  int    // the parent directory, opened O_PATH; -1 for /
 	name string // the last component; "" for /
 	real string // the path with every symlink resolved
+	// st is what the last component was when walk looked at it (lstat);
+	// nil when it does not exist or was not looked at.
+	st *unix.Stat_t
 }
 
-func (p *pathAt) close() {
-	if p.dir >= 0 {
-		unix.Close(p.dir)
-	}
-}
+func (p *pathAt) close() { closeDir(p.dir) }
 
 // isRoot reports whether p is / itself.
 func (p *pathAt) isRoot() bool { return p.name == "" }
@@ -69,7 +89,7 @@ func (e *foreignLinkError) Error() string {
 // walk resolves path (absolute, cleaned). The last component need not
 // exist. Errors are *fs.PathError with the path as far as it got.
 func walk(path string, o walkOpts) (*pathAt, error) {
-	root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	root, err := rootDir()
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: "/", Err: err}
 	}
@@ -78,7 +98,7 @@ func walk(path string, o walkOpts) (*pathAt, error) {
 	var names []string
 	closeFrom := func(i int) {
 		for _, fd := range stack[i:] {
-			unix.Close(fd)
+			closeDir(fd)
 		}
 		stack = stack[:i]
 	}
@@ -103,16 +123,47 @@ func walk(path string, o walkOpts) (*pathAt, error) {
 		if final && !o.followFinal {
 			return done(stack, names, c), nil
 		}
-		fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) && !final && o.mkdirs {
-			if perr := pseudoPath("/"+filepath.Join(names...), cur, "create directories in"); perr != nil {
-				closeFrom(0)
-				return nil, perr
+		if !final {
+			// A directory on the way, in one call.
+			fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if errors.Is(err, unix.ENOENT) && o.mkdirs {
+				if perr := pseudoPath("/"+filepath.Join(names...), cur, "create directories in"); perr != nil {
+					closeFrom(0)
+					return nil, perr
+				}
+				if err = mkdirAt(cur, c, o.privileged); err == nil {
+					fd, err = unix.Openat(cur, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				}
 			}
-			if err = mkdirAt(cur, c, o.privileged); err == nil {
-				fd, err = unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			if err == nil {
+				stack = append(stack, fd)
+				names = append(names, c)
+				continue
+			}
+			if !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
+				return fail("open", c, err)
+			}
+			// Not a directory: a symlink to follow, or the end.
+		} else {
+			// The last component, in one call when it is no symlink.
+			var st unix.Stat_t
+			err := unix.Fstatat(cur, c, &st, unix.AT_SYMLINK_NOFOLLOW)
+			if errors.Is(err, unix.ENOENT) {
+				return done(stack, names, c), nil
+			}
+			if err != nil {
+				return fail("stat", c, err)
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+				p := done(stack, names, c)
+				p.st = &st
+				return p, nil
 			}
 		}
+		// A symlink (or not a directory): look at it through a descriptor
+		// of its own, so that the owner checked is the link's whose target
+		// is read.
+		fd, err := unix.Openat(cur, c, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) && final {
 			return done(stack, names, c), nil
 		}
@@ -176,7 +227,7 @@ func done(stack []int, names []string, name string) *pathAt {
 	top := len(stack) - 1
 	dir := stack[top]
 	for _, fd := range stack[:top] {
-		unix.Close(fd)
+		closeDir(fd)
 	}
 	return &pathAt{dir: dir, name: name, real: "/" + filepath.Join(append(names, name)...)}
 }
