@@ -816,3 +816,11 @@ type AgentRestoreInfo struct {
 	RestoreCount int       `json:"restore_count"`
 	RestoredAt   time.Time `json:"restored_at,omitempty"`
 }
+
+// AgentReclaimResult is the answer of the agent's POST /lifecycle/reclaim:
+// the process it killed to give memory back (PID 0: none was left to kill).
+type AgentReclaimResult struct {
+	PID      int    `json:"pid"`
+	Command  string `json:"command,omitempty"`
+	RSSBytes int64  `json:"rss_bytes,omitempty"`
+}

@@ -219,12 +219,6 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { errc <- srv.Serve(ln) }()
 	a.log.Info("agent listening", "addr", ln.Addr().String(), "version", a.cfg.Version,
 		"contain", a.cfg.Contain, "process_limit", a.procs.processLimit)
-	if a.cfg.Contain {
-		watchCtx, stopWatch := context.WithCancel(ctx)
-		defer stopWatch()
-		w := &oomWatcher{log: a.log.With("component", "oom"), procRoot: a.cfg.ProcRoot}
-		go w.run(watchCtx)
-	}
 
 	select {
 	case err := <-errc:
@@ -270,6 +264,7 @@ func (a *Agent) routes() http.Handler {
 		{"POST /lifecycle/prepare", a.prepare},
 		{"POST /lifecycle/restored", a.restored},
 		{"POST /lifecycle/stop", a.stop},
+		{"POST /lifecycle/reclaim", a.reclaim},
 		{"POST /lifecycle/main", a.startMain},
 		{"/", a.notFound},
 	} {

@@ -3,15 +3,15 @@ package agent
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
-	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
+
+	"nullspace.dev/nullspace/api"
 )
 
 // What runs inside a machine must not destroy it. gVisor has no OOM killer
@@ -24,35 +24,23 @@ import (
 //
 //   - commands run as a non-root user start with a soft RLIMIT_NPROC, which
 //     the sentry enforces per user, threads included (kernel.incRLimitNProc);
-//   - an OOM watcher reads the sentry's memory accounting (/proc/meminfo,
-//     whose MemTotal is the machine's memory_mb) and kills the process with
-//     the largest resident set, as Linux's OOM killer would, before the
-//     machine's memory is used up. The server gives the sandbox's host cgroup
-//     headroom above memory_mb for the sentry itself and the watcher's
-//     overshoot (runtime/gvisor).
+//   - the host watches the sandbox's memory from its cgroup (machine's
+//     memwatch.go, at no cost to the machine) and, before the machine's
+//     memory is used up, asks the agent (POST /lifecycle/reclaim) to kill
+//     the process with the largest resident set, as Linux's OOM killer
+//     would. The server gives the sandbox's host cgroup headroom above
+//     memory_mb for the sentry itself and the watch's reaction time
+//     (runtime/gvisor).
 
-const (
-	// hostBytesPerProcess is what each guest process costs the host beyond
-	// what the sentry accounts for it: under systrap every address space is
-	// a host stub process, and the pool keeps about two per guest process.
-	// Measured: 400 sleeping processes took 47 MB inside and 200 MB in the
-	// sandbox's cgroup.
-	hostBytesPerProcess = 384 << 10
-	// fillBytesPerMilli is the fastest a process fills memory under gVisor
-	// here, with margin: python appending 16 MiB strings measured 1.5 GB/s.
-	fillBytesPerMilli = 2 << 20
-	oomMinInterval    = 5 * time.Millisecond
-	oomMaxInterval    = 250 * time.Millisecond
-	// oomSettle bounds the wait for a killed process's memory to return.
-	oomSettle = time.Second
-	// minProcessLimit is the smallest RLIMIT_NPROC given to user commands.
-	minProcessLimit = 128
-)
+// minProcessLimit is the smallest RLIMIT_NPROC given to user commands.
+const minProcessLimit = 128
 
 // ProcessLimitFor is the RLIMIT_NPROC of non-root commands in a machine of
 // memTotal bytes: one task per 2 MiB, at least minProcessLimit. A fork bomb
-// held there costs at most ~memTotal/4 of host memory (see
-// hostBytesPerProcess), which the OOM watcher accounts for.
+// held there costs at most ~memTotal/4 of host memory (each guest process
+// costs the host ~384 KiB of systrap stubs beyond what the sentry counts:
+// 400 sleeping processes took 47 MB inside and 200 MB in the cgroup),
+// which the host's memory watch sees.
 func ProcessLimitFor(memTotal uint64) uint64 {
 	n := memTotal / (2 << 20)
 	if n < minProcessLimit {
@@ -102,24 +90,6 @@ func parseMeminfo(b []byte) (meminfo, error) {
 		return mi, fmt.Errorf("meminfo without MemTotal and MemAvailable")
 	}
 	return mi, nil
-}
-
-// oomGuard is how much of the machine's memory the watcher keeps free:
-// 1/32 of the machine, and at least what the fastest filler takes in two
-// of the watcher's shortest intervals.
-func oomGuard(total uint64) uint64 {
-	g := total / 32
-	if min := uint64(fillBytesPerMilli * oomMinInterval.Milliseconds() * 2); g < min {
-		g = min
-	}
-	return g
-}
-
-// oomInterval is how long the watcher may sleep when free bytes remain
-// before the guard: as long as the fastest filler needs to use them up.
-func oomInterval(free uint64) time.Duration {
-	d := time.Duration(free/fillBytesPerMilli) * time.Millisecond
-	return min(max(d, oomMinInterval), oomMaxInterval)
 }
 
 // procInfo is one candidate of the OOM watcher.
@@ -186,94 +156,32 @@ func listProcs(procRoot string) []procInfo {
 	return procs
 }
 
-// countProcs counts the processes under procRoot, init included.
-func countProcs(procRoot string) int {
-	f, err := os.Open(procRoot)
+// reclaim is POST /lifecycle/reclaim: the host saw the machine's sandbox
+// near its memory limit (machine/memwatch.go) and asks for memory back
+// before the host's OOM killer takes the whole sandbox. The agent kills the
+// process with the largest resident set, as Linux's OOM killer would
+// (oom_score_adj counts; never the agent), and says which. Polling from the
+// host costs the machine nothing while it idles; a watcher in here woke the
+// agent four times a second, 13 ms of CPU a second under systrap.
+func (a *Agent) reclaim(w http.ResponseWriter, r *http.Request) error {
+	mi, err := readMeminfo(filepath.Join(a.cfg.ProcRoot, "meminfo"))
 	if err != nil {
-		return 0
+		return err
 	}
-	defer f.Close()
-	names, _ := f.Readdirnames(-1)
-	n := 0
-	for _, name := range names {
-		if name[0] >= '0' && name[0] <= '9' {
-			n++
+	res := api.AgentReclaimResult{}
+	victim, ok := pickVictim(listProcs(a.cfg.ProcRoot), mi.total)
+	if ok {
+		err := syscall.Kill(victim.pid, syscall.SIGKILL)
+		a.log.Warn("out of memory: killed process", "pid", victim.pid, "comm", victim.comm,
+			"rss_bytes", victim.rss, "mem_available_bytes", mi.available, "err", err)
+		if err == nil {
+			res = api.AgentReclaimResult{PID: victim.pid, Command: victim.comm, RSSBytes: int64(victim.rss)}
 		}
+	} else {
+		a.log.Error("out of memory and no process to kill", "mem_available_bytes", mi.available)
 	}
-	return n
-}
-
-// oomWatcher kills the largest process when the machine nears the end of
-// its memory (see the top of this file).
-type oomWatcher struct {
-	log      *slog.Logger
-	procRoot string // "/proc"
-}
-
-// usage is the watcher's view of the machine: what the sentry accounts
-// for, plus the host-side cost of its processes.
-func (w *oomWatcher) usage() (used, limit uint64, err error) {
-	mi, err := readMeminfo(filepath.Join(w.procRoot, "meminfo"))
-	if err != nil {
-		return 0, 0, err
-	}
-	used = mi.total - min(mi.available, mi.total)
-	used += uint64(countProcs(w.procRoot)) * hostBytesPerProcess
-	return used, mi.total - oomGuard(mi.total), nil
-}
-
-// run watches until ctx is done.
-func (w *oomWatcher) run(ctx context.Context) {
-	for {
-		wait := oomMaxInterval
-		used, limit, err := w.usage()
-		switch {
-		case err != nil:
-			w.log.Warn("oom watcher cannot read memory usage", "err", err)
-			wait = 10 * oomMaxInterval
-		case used >= limit:
-			w.killOne(ctx, used, limit)
-			continue
-		default:
-			wait = oomInterval(limit - used)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
-}
-
-// killOne kills the worst process and waits for the memory to come back.
-func (w *oomWatcher) killOne(ctx context.Context, used, limit uint64) {
-	mi, _ := readMeminfo(filepath.Join(w.procRoot, "meminfo"))
-	victim, ok := pickVictim(listProcs(w.procRoot), mi.total)
-	if !ok {
-		w.log.Error("out of memory and no process to kill", "used_bytes", used, "limit_bytes", limit)
-		select {
-		case <-ctx.Done():
-		case <-time.After(oomMaxInterval):
-		}
-		return
-	}
-	err := syscall.Kill(victim.pid, syscall.SIGKILL)
-	w.log.Warn("out of memory: killed process", "pid", victim.pid, "comm", victim.comm,
-		"rss_bytes", victim.rss, "used_bytes", used, "limit_bytes", limit, "err", err)
-	deadline := time.Now().Add(oomSettle)
-	for time.Now().Before(deadline) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
-		if used, limit, err := w.usage(); err != nil || used < limit {
-			return
-		}
-		if syscall.Kill(victim.pid, 0) != nil && time.Until(deadline) < oomSettle/2 {
-			return // gone, and memory is still short: pick the next one
-		}
-	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
 }
 
 // rlimitNPROC is RLIMIT_NPROC, which package syscall does not name.

@@ -54,17 +54,32 @@ func silentAgent(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// healthyAgent answers /health (and nothing else) like an agent.
+// healthyAgent answers every call with {"ok":true}, as an agent's /health.
 func healthyAgent(t *testing.T) int {
+	port, _ := recordingAgent(t)
+	return port
+}
+
+// recordingAgent is healthyAgent, and the paths it was called on, in order.
+func recordingAgent(t *testing.T) (int, func() []string) {
 	t.Helper()
+	var mu sync.Mutex
+	var paths []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"ok":true}`)
 	}))
 	t.Cleanup(srv.Close)
 	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 	n, _ := strconv.Atoi(port)
-	return n
+	return n, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), paths...)
+	}
 }
 
 // newHangManager is newTestManager with the agent at port and events

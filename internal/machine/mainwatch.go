@@ -161,6 +161,7 @@ func (m *Manager) RunMainWatch(ctx context.Context) {
 	}
 	for _, rec := range recs {
 		m.watchMain(rec)
+		m.watchMemory(rec)
 	}
 	<-ctx.Done()
 	w := m.mainWatch

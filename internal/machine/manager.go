@@ -144,6 +144,7 @@ type Manager struct {
 	mainWatch *mainWatch
 	silence   *silence
 	admission admission
+	memWatch  memWatch
 	logger    *slog.Logger
 	// root is the context of the manager's own operations (leases, idle
 	// pauses); Shutdown cancels it. bg counts those operations.
@@ -655,6 +656,7 @@ func (m *Manager) setState(ctx context.Context, rec *store.Machine, to string) e
 func (m *Manager) transitioned(rec *store.Machine) {
 	m.schedule(rec)
 	m.watchMain(rec)
+	m.watchMemory(rec)
 	switch rec.State {
 	case api.StatePaused, api.StateStopped, api.StateKilled, api.StateFailed:
 		m.silence.forget(rec.ID)

@@ -24,6 +24,18 @@ type fakeDriver struct {
 	// checkpoint, if set, is called by Checkpoint (a hanging or failing
 	// runsc).
 	checkpoint func(ctx context.Context) error
+	// memory, if set, is what MemoryPressure reads (no limit otherwise).
+	memory func(id string) (used, limit uint64)
+}
+
+func (d *fakeDriver) MemoryPressure(id string) (used, limit uint64, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.memory == nil {
+		return 0, 0, nil
+	}
+	used, limit = d.memory(id)
+	return used, limit, nil
 }
 
 func (d *fakeDriver) Start(_ context.Context, s runtime.Spec) error {

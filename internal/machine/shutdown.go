@@ -29,6 +29,7 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		m.bg.Wait()
+		m.stopMemoryWatch()
 		close(done)
 	}()
 	select {

@@ -229,6 +229,14 @@ func (c *Client) Prepare(ctx context.Context, req api.AgentPrepareRequest) (api.
 	return res, err
 }
 
+// Reclaim asks the agent to kill the process with the largest resident set
+// (POST /lifecycle/reclaim): the machine is about to run out of memory.
+func (c *Client) Reclaim(ctx context.Context) (api.AgentReclaimResult, error) {
+	var res api.AgentReclaimResult
+	err := c.doJSON(ctx, http.MethodPost, "/lifecycle/reclaim", nil, struct{}{}, &res)
+	return res, err
+}
+
 // Restored tells the agent of a restored machine its new identity, then
 // has it run the resume hooks. It authenticates with the token the agent
 // was checkpointed with; once it succeeds the agent accepts only req.Token:

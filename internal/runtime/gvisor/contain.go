@@ -11,10 +11,11 @@ import (
 
 // A machine's sandbox must survive what runs inside it. gVisor has no OOM
 // killer of its own, and when the host's memory cgroup OOM-kills any host
-// process of a systrap sandbox the whole sandbox dies; so the agent inside
-// kills the largest process before the machine's memory runs out
-// (internal/agent/contain.go), and the host cgroup is given headroom above
-// memory_mb for the sentry itself and the watcher's reaction time. The
+// process of a systrap sandbox the whole sandbox dies; so the server watches
+// the sandbox's memory here (MemoryPressure, machine/memwatch.go) and has
+// the agent kill the largest process before the machine's memory runs out,
+// and the host cgroup is given headroom above memory_mb for the sentry
+// itself and the watch's reaction time. The
 // sentry sizes the machine (MemTotal, --total-memory) from the cgroup limit
 // runsc finds when the sandbox boots, so the spec carries memory_mb and the
 // limit is raised once the sandbox is up.
@@ -22,7 +23,7 @@ import (
 // memoryHeadroomMB is what a machine's host cgroup gets above its memory_mb:
 // 64 MiB or an eighth, whichever is more. Measured: an idle sandbox's sentry
 // and gofer take ~16 MB of the cgroup, and a filler reaches 1.5 GB/s, i.e.
-// 8 MB in the OOM watcher's shortest interval.
+// 8 MB in the memory watch's shortest interval.
 func memoryHeadroomMB(memoryMB int) int { return max(64, memoryMB/8) }
 
 // hostPidsLimit is the sandbox's pids.max on the host: a backstop for what
@@ -91,4 +92,41 @@ func keyedCounter(path, key string) (uint64, bool) {
 		}
 	}
 	return 0, false
+}
+
+// MemoryPressure reads what a container's host cgroup holds that the host
+// cannot reclaim, and its limit: anonymous memory (the sentry's own) and
+// shared memory, which is where gVisor keeps the machine's memory (its
+// memory file is a memfd: the processes' memory and in-memory files). Page
+// cache is left out: the kernel drops it before it kills anything. One
+// read of memory.stat and one of the limit, cheap on the host.
+func (d *Driver) MemoryPressure(id string) (used, limit uint64, err error) {
+	cg := d.cfg.CgroupParent + "/" + id
+	if stat, err := os.ReadFile("/sys/fs/cgroup/memory" + cg + "/memory.stat"); err == nil { // cgroup v1
+		used = statField(stat, "total_rss") + statField(stat, "total_shmem")
+		limit, err = readUint("/sys/fs/cgroup/memory" + cg + "/memory.limit_in_bytes")
+		return used, limit, err
+	}
+	stat, err := os.ReadFile("/sys/fs/cgroup" + cg + "/memory.stat") // cgroup v2
+	if err != nil {
+		return 0, 0, fmt.Errorf("memory of container %s: %w", id, err)
+	}
+	used = statField(stat, "anon") + statField(stat, "shmem")
+	b, err := os.ReadFile("/sys/fs/cgroup" + cg + "/memory.max")
+	if err != nil {
+		return 0, 0, err
+	}
+	limit, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64) // "max": 0, no limit
+	return used, limit, nil
+}
+
+// statField is the value of key in a memory.stat file, 0 when missing.
+func statField(stat []byte, key string) uint64 {
+	for _, line := range strings.Split(string(stat), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok && k == key {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
