@@ -265,7 +265,7 @@ type Machine struct {
 	// the Failure* constants); empty otherwise.
 	FailureReason string        `json:"failure_reason,omitempty"`
 	Volumes       []VolumeMount `json:"volumes,omitempty"`
-	Hooks   *Hooks        `json:"hooks,omitempty"`
+	Hooks         *Hooks        `json:"hooks,omitempty"`
 	// SnapshotID is the snapshot holding a paused machine's state.
 	SnapshotID string `json:"snapshot_id,omitempty"`
 	// LineageID is the id of the first machine of the pause/resume chain
