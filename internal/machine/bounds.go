@@ -44,6 +44,13 @@ func runscTimeout(memoryMB int) time.Duration {
 	return time.Minute + time.Duration(memoryMB)*20*time.Millisecond
 }
 
+// wrapInterrupted is deferred by an operation holding a preemptible lock
+// (ctx is the operation's): whatever step a kill or the shutdown cut short,
+// the operation's error says so, instead of "context canceled".
+func wrapInterrupted(ctx context.Context, id, what string, err *error) {
+	*err = interrupted(ctx, id, what, *err)
+}
+
 // interrupted turns the error of an operation whose context was preempted
 // (a kill, the server's shutdown) or ran out of time into a public error
 // that says what happened; other errors are returned as they are.

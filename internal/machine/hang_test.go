@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -360,5 +361,49 @@ func TestLeasePauseGivesUp(t *testing.T) {
 	}
 	if ev := eventOf(t, db, "a", api.EventMachineFailed); ev["last_checkpoint"] == nil {
 		t.Fatalf("failed event %v does not name the last checkpoint", ev)
+	}
+}
+
+// TestKillDuringResume: a kill cancels a connect's resume in flight (here
+// runsc's restore hangs): the resume is undone, nothing of it is left, the
+// connect answers that the machine was killed (not an internal error), and
+// the machine ends killed.
+func TestKillDuringResume(t *testing.T) {
+	m, d, db := newHangManager(t, healthyAgent(t))
+	if err := os.WriteFile(filepath.Join(m.cfg.AgentDir, "nullspace-agent"), nil, 0o755); err != nil { // resumes check it
+		t.Fatal(err)
+	}
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), false)
+	if _, err := m.Pause(t.Context(), "team", "a"); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 1)
+	d.restore = func(ctx context.Context) error {
+		started <- struct{}{}
+		<-ctx.Done() // a restore that would never end
+		return ctx.Err()
+	}
+	connected := make(chan error, 1)
+	go func() {
+		_, err := m.Connect(context.Background(), "team", "a")
+		connected <- err
+	}()
+	<-started
+	if _, err := within(t, 5*time.Second, "kill during a hanging resume", func() (*store.Machine, error) {
+		return m.Kill(t.Context(), "team", "a")
+	}); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	if err := <-connected; errdefs.Classify(err).Code != errdefs.CodeMachineNotRunning {
+		t.Fatalf("the preempted connect answered %v (%s), want machine_not_running", err, errdefs.Classify(err).Code)
+	}
+	recs, _ := db.ListMachines(t.Context(), store.MachineFilter{LineageID: "a"})
+	for _, r := range recs {
+		if r.State != api.StateKilled {
+			t.Errorf("machine %s of the lineage is %s after the kill, want killed", r.ID, r.State)
+		}
+	}
+	if len(d.containers) != 0 {
+		t.Errorf("containers left: %v", d.containers)
 	}
 }

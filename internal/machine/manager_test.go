@@ -24,6 +24,8 @@ type fakeDriver struct {
 	// checkpoint, if set, is called by Checkpoint (a hanging or failing
 	// runsc).
 	checkpoint func(ctx context.Context) error
+	// restore, if set, is called by Restore (a hanging runsc restore).
+	restore func(ctx context.Context) error
 	// memory, if set, is what MemoryPressure reads (no limit otherwise).
 	memory func(id string) (used, limit uint64)
 }
@@ -119,6 +121,11 @@ func (d *fakeDriver) Running(id string) (running, known bool) {
 }
 
 func (d *fakeDriver) Restore(ctx context.Context, s runtime.Spec, _ string) error {
+	if d.restore != nil {
+		if err := d.restore(ctx); err != nil {
+			return err
+		}
+	}
 	return d.Start(ctx, s)
 }
 

@@ -42,7 +42,7 @@ func (m *Manager) readySnapshot(ctx context.Context, teamID, id string) (*store.
 // machine id. The paused id stays as an alias of the lineage. Only the
 // lineage's latest state can be resumed: an older snapshot is refused with
 // snapshot_superseded (restore it explicitly as a checkpoint instead).
-func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (*store.Machine, error) {
+func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (_ *store.Machine, err error) {
 	sn, err := m.readySnapshot(ctx, teamID, snapshotID)
 	if err != nil {
 		return nil, err
@@ -57,6 +57,7 @@ func (m *Manager) Resume(ctx context.Context, teamID, snapshotID string) (*store
 		return nil, err
 	}
 	defer unlock()
+	defer wrapInterrupted(ctx, sn.MachineID, "resume", &err)
 	src, err := m.store.GetMachine(ctx, sn.MachineID)
 	if err != nil {
 		return nil, err
@@ -80,7 +81,7 @@ func superseded(sn *store.Snapshot, head *store.Machine) error {
 // Connect returns the running latest execution of id's lineage, resuming it
 // first if it is paused. Unlike Pause and Resume it waits for an operation
 // in progress instead of failing: many clients may connect at once.
-func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machine, error) {
+func (m *Manager) Connect(ctx context.Context, teamID, id string) (_ *store.Machine, err error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
@@ -93,6 +94,7 @@ func (m *Manager) Connect(ctx context.Context, teamID, id string) (*store.Machin
 		return nil, err
 	}
 	defer unlock()
+	defer wrapInterrupted(ctx, id, "connect", &err)
 	head, err := m.wakeLocked(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err
@@ -160,7 +162,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 
 // createFromSnapshot makes an independent machine (a new lineage) from any
 // committed snapshot.
-func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api.CreateMachineRequest) (*store.Machine, error) {
+func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api.CreateMachineRequest) (_ *store.Machine, err error) {
 	start := time.Now()
 	sn, err := m.readySnapshot(ctx, teamID, req.SnapshotID)
 	if err != nil {
@@ -182,6 +184,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 			return nil, err
 		}
 		defer unlock()
+		defer wrapInterrupted(ctx, sn.MachineID, "child", &err)
 		if sn, err = m.readySnapshot(ctx, teamID, req.SnapshotID); err != nil {
 			return nil, err
 		}
@@ -311,7 +314,7 @@ func (m *Manager) Fork(ctx context.Context, teamID, id string, count int) (*stor
 // checkpoints stay in the history. The snapshot is checked (host, template,
 // files) before the current state is dropped; id may be any alias of the
 // lineage, and the machine returned is the execution restored.
-func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID string) (*store.Machine, error) {
+func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID string) (_ *store.Machine, err error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
@@ -334,6 +337,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 		return nil, err
 	}
 	defer unlockLineage()
+	defer wrapInterrupted(ctx, id, "restore", &err)
 	head, unlock, err := m.headLocked(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err
@@ -478,9 +482,15 @@ type restoreOpts struct {
 // when runsc fails first). On error the caller releases rec's resources.
 func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, opts restoreOpts) error {
 	// A kill of the lineage cancels the restore, even where the caller
-	// detached ctx from its own caller.
+	// detached ctx from its own caller; its error then says so, whatever
+	// step it cut short.
 	ctx, cancelOp := preemptible(ctx)
 	defer cancelOp()
+	return interrupted(ctx, rec.ID, "restore", m.restoreSteps(ctx, rec, sn, spec, opts))
+}
+
+// restoreSteps is restoreInto's work.
+func (m *Manager) restoreSteps(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec, opts restoreOpts) error {
 	m.spares.restoreStarted()
 	defer m.spares.restoreDone()
 	t0 := time.Now()
@@ -511,7 +521,7 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 		return verr
 	}
 	if rerr != nil {
-		return interrupted(ctx, rec.ID, "restore", restoreError(sn.ID, rerr))
+		return restoreError(sn.ID, rerr)
 	}
 	faults.Point("restore.restored")
 	agent := agentclient.New(m.agentURL(ni.GuestIP), sn.AgentToken, nil)
@@ -533,7 +543,7 @@ func (m *Manager) restoreInto(ctx context.Context, rec *store.Machine, sn *store
 	})
 	cancel()
 	if err != nil {
-		return interrupted(ctx, rec.ID, "restore", fmt.Errorf("tell the restored agent its identity: %w", err))
+		return fmt.Errorf("tell the restored agent its identity: %w", err)
 	}
 	for _, h := range res.Hooks {
 		if h.ExitCode != 0 {

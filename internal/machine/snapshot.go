@@ -125,7 +125,7 @@ func (m *Manager) Checkpoint(ctx context.Context, teamID, id string) (*store.Sna
 // captureCall checkpoints the latest execution of id's lineage (an
 // operation on a paused alias acts on the latest execution). Pausing a
 // paused machine returns its snapshot.
-func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*store.Snapshot, error) {
+func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (_ *store.Snapshot, err error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
@@ -135,6 +135,7 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (*st
 		return nil, err
 	}
 	defer unlock()
+	defer wrapInterrupted(ctx, id, captureOps[kind], &err)
 	switch {
 	case kind == api.SnapshotHibernate && head.State == api.StatePaused:
 		return m.store.GetSnapshot(ctx, head.SnapshotID)

@@ -44,7 +44,7 @@ const (
 
 // Stop ends a running machine's processes and keeps its files; start boots
 // it again. Stopping a stopped machine returns it unchanged.
-func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Duration) (*store.Machine, error) {
+func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Duration) (_ *store.Machine, err error) {
 	if grace < 0 || grace > MaxStopGrace {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("grace_ms %d is out of range", grace.Milliseconds()),
@@ -59,6 +59,7 @@ func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Durati
 		return nil, err
 	}
 	defer unlock()
+	defer wrapInterrupted(ctx, id, "stop", &err)
 	switch rec.State {
 	case api.StateStopped:
 		return rec, nil
@@ -79,7 +80,7 @@ func (m *Manager) Stop(ctx context.Context, teamID, id string, grace time.Durati
 
 // Start boots a stopped machine from its disk under the same id. Starting a
 // running machine returns it unchanged.
-func (m *Manager) Start(ctx context.Context, teamID, id string) (*store.Machine, error) {
+func (m *Manager) Start(ctx context.Context, teamID, id string) (_ *store.Machine, err error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
@@ -89,6 +90,7 @@ func (m *Manager) Start(ctx context.Context, teamID, id string) (*store.Machine,
 		return nil, err
 	}
 	defer unlockLineage()
+	defer wrapInterrupted(ctx, id, "start", &err)
 	head, err := m.lineageHead(ctx, rec.LineageID)
 	if err != nil {
 		return nil, err

@@ -24,7 +24,7 @@ func (m *Manager) LineageHead(ctx context.Context, lineageID string) (*store.Mac
 // started if stopped (the events name cause, "edge" or "ssh", and carry
 // details, such as the port). It returns the latest execution as it then
 // is, in any state.
-func (m *Manager) Wake(ctx context.Context, lineageID string, resume bool, cause string, details map[string]any) (*store.Machine, error) {
+func (m *Manager) Wake(ctx context.Context, lineageID string, resume bool, cause string, details map[string]any) (_ *store.Machine, err error) {
 	ctx = withCause(ctx, cause)
 	if details != nil {
 		ctx = withDetails(ctx, details)
@@ -34,6 +34,7 @@ func (m *Manager) Wake(ctx context.Context, lineageID string, resume bool, cause
 		return nil, err
 	}
 	defer unlock()
+	defer wrapInterrupted(ctx, lineageID, "wake", &err)
 	if !resume {
 		return m.lineageHead(ctx, lineageID)
 	}
