@@ -5,11 +5,15 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"nullspace.dev/nullspace/internal/apikey"
 )
 
 // e2bSDKs are the pinned releases of E2B's JavaScript SDK (npm aliases in
-// e2e/e2bsdk/package.json): the newest 2.x and one about six months older.
-var e2bSDKs = []string{"e2b-latest", "e2b-older"}
+// e2e/e2bsdk/package.json): the newest 2.x, 2.45.0 (the last of the
+// releases that refuse keys not spelt e2b_ + hex on the client) and the
+// oldest supported, 2.16.0.
+var e2bSDKs = []string{"e2b-latest", "e2b-validating", "e2b-older"}
 
 // TestE2BSDK runs E2B's documented examples (e2e/e2bsdk/test/e2b.test.mjs)
 // with E2B's unmodified SDK against this server's E2B-compatible API, once
@@ -46,7 +50,7 @@ func TestE2BSDK(t *testing.T) {
 		vars[k] = v
 	}
 	want := map[string]string{"E2B_API_URL": "http://" + env.inst.E2BAddr, "E2B_SANDBOX_URL": "http://" + env.inst.E2BAddr,
-		"E2B_API_KEY": env.key}
+		"E2B_API_KEY": apikey.E2BForm(env.key)}
 	for k, v := range want {
 		if vars[k] != v {
 			t.Fatalf("nullspace e2b env: %s=%q, want %q (all: %s)", k, vars[k], v, out)

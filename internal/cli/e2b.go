@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/apikey"
 )
 
 func (a *app) e2bCommand() *cobra.Command {
@@ -27,7 +28,8 @@ func (a *app) e2bEnvCommand() *cobra.Command {
 		Long: `env prints the variables that point E2B's unmodified SDKs at this server's
 E2B-compatible API (nullspace serve --e2b-compat): E2B_API_URL and
 E2B_SANDBOX_URL (the one listener for the control plane and envd),
-E2B_API_KEY (this CLI's Nullspace API key) and, with an edge,
+E2B_API_KEY (this CLI's Nullspace API key, in its E2B form e2b_... that
+every E2B SDK release accepts) and, with an edge,
 E2B_DOMAIN, so that sandbox.getHost(port) reaches ports through it.`,
 		Example: `  eval "$(nullspace e2b env)"
   node agent.mjs   # uses the e2b package, unchanged`,
@@ -53,7 +55,9 @@ E2B_DOMAIN, so that sandbox.getHost(port) reaches ports through it.`,
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "export E2B_API_URL=%s\n", shellQuote(h.E2B.URL))
 			fmt.Fprintf(w, "export E2B_SANDBOX_URL=%s\n", shellQuote(h.E2B.URL))
-			fmt.Fprintf(w, "export E2B_API_KEY=%s\n", shellQuote(key))
+			// The E2B form of the same key: E2B's SDKs from 2.27.0 to
+			// 2.45.0 refuse keys not spelt e2b_ + hex.
+			fmt.Fprintf(w, "export E2B_API_KEY=%s\n", shellQuote(apikey.E2BForm(key)))
 			if h.E2B.Domain != "" {
 				fmt.Fprintf(w, "export E2B_DOMAIN=%s\n", shellQuote(h.E2B.Domain))
 			}

@@ -704,7 +704,8 @@ func bootstrapKey(ctx context.Context, db *store.DB, dataDir string, logger *slo
 type keyAuth struct{ db *store.DB }
 
 func (a *keyAuth) TeamByKey(ctx context.Context, key string) (string, error) {
-	return a.db.TeamByKeyHash(ctx, apikey.Hash(strings.TrimSpace(key)))
+	// A key in its E2B form (e2b_ + hex) is the same key (apikey.Canonical).
+	return a.db.TeamByKeyHash(ctx, apikey.Hash(apikey.Canonical(strings.TrimSpace(key))))
 }
 
 // installAgent copies the agent binary into a directory named by its

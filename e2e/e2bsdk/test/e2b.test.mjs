@@ -1,7 +1,7 @@
 // E2B's own documented examples, run with E2B's unmodified JavaScript SDK
 // against a Nullspace server's E2B-compatible API (serve --e2b-compat).
 // e2e TestE2BSDK runs this file once per pinned SDK release (E2B_SDK names
-// the npm alias: e2b-latest or e2b-older) with E2B_API_URL,
+// the npm alias: e2b-latest, e2b-validating or e2b-older) with E2B_API_URL,
 // E2B_SANDBOX_URL, E2B_API_KEY and E2B_DOMAIN set, as `nullspace e2b env`
 // prints them.
 import { test, after } from 'node:test'
