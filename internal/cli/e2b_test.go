@@ -37,6 +37,17 @@ func TestE2BEnv(t *testing.T) {
 			}
 		})
 	}
+	// A Nullspace key is printed in its E2B form, which E2B's SDKs 2.27.0
+	// to 2.45.0 require.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"ok":true,"version":"v","e2b":{"url":"http://127.0.0.1:7703"}}`))
+	}))
+	defer srv.Close()
+	out, _, _ := run(t, t.Context(), &fakeServer{Server: srv}, "", "e2b", "env", "--api-key", "ns_00ff")
+	if !strings.Contains(out, "export E2B_API_KEY=e2b_00ff\n") {
+		t.Errorf("printed\n%s\nwant E2B_API_KEY=e2b_00ff", out)
+	}
 	if got := shellQuote("it's"); got != `'it'"'"'s'` {
 		t.Errorf("shellQuote: %s", got)
 	}
