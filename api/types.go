@@ -663,6 +663,11 @@ type FileInfo struct {
 	Mode    string    `json:"mode"` // octal permission bits, e.g. "0644"
 	ModTime time.Time `json:"mod_time"`
 	Target  string    `json:"symlink_target,omitempty"`
+	// Owner and Group are the names of the file's uid and gid in the
+	// machine's /etc/passwd and /etc/group, or the number when it has no
+	// entry. Empty from agents older than these fields.
+	Owner string `json:"owner,omitempty"`
+	Group string `json:"group,omitempty"`
 }
 
 // FileList is the body of GET .../files/list.

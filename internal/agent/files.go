@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"nullspace.dev/nullspace/internal/mountinfo"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -107,6 +108,62 @@ var users struct {
 	mu  sync.Mutex
 	key string
 	m   map[string]identity
+}
+
+// ownerNames turns the numeric owners and groups statInfo records into
+// their names in the machine's /etc/passwd and /etc/group, as envd
+// reports them; an id without an entry stays a number. Names are cached
+// for one state of the account files, as fileUser's identities are: a
+// listing costs one stat of each, not a parse per entry.
+func ownerNames(infos []api.FileInfo) {
+	key := accountsKey()
+	names.mu.Lock()
+	defer names.mu.Unlock()
+	if names.key != key || len(names.users)+len(names.groups) > 4096 {
+		names.key, names.users, names.groups = key, map[string]string{}, map[string]string{}
+	}
+	for i := range infos {
+		infos[i].Owner = cachedName(names.users, infos[i].Owner, func(id string) (string, error) {
+			u, err := user.LookupId(id)
+			if err != nil {
+				return "", err
+			}
+			return u.Username, nil
+		})
+		infos[i].Group = cachedName(names.groups, infos[i].Group, func(id string) (string, error) {
+			g, err := user.LookupGroupId(id)
+			if err != nil {
+				return "", err
+			}
+			return g.Name, nil
+		})
+	}
+}
+
+// cachedName is the name of id in m, looked up and kept when missing; an
+// id that has no name (or is empty) is its own.
+func cachedName(m map[string]string, id string, lookup func(string) (string, error)) string {
+	if id == "" {
+		return ""
+	}
+	if n, ok := m[id]; ok {
+		return n
+	}
+	n, err := lookup(id)
+	if err != nil || n == "" {
+		n = id
+	}
+	m[id] = n
+	return n
+}
+
+// names caches ownerNames' user and group names, by id, for one state of
+// the account files.
+var names struct {
+	mu     sync.Mutex
+	key    string
+	users  map[string]string
+	groups map[string]string
 }
 
 // accountsKey names the state of /etc/passwd and /etc/group: their
@@ -551,6 +608,7 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 		return fileError(err, path)
 	}
 	slices.SortFunc(entries, func(a, b api.FileInfo) int { return strings.Compare(a.Path, b.Path) })
+	ownerNames(entries)
 	writeJSON(w, http.StatusOK, api.FileList{Entries: entries})
 	return nil
 }
@@ -638,7 +696,9 @@ func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fileError(err, path)
 	}
-	writeJSON(w, http.StatusOK, info)
+	named := []api.FileInfo{info}
+	ownerNames(named)
+	writeJSON(w, http.StatusOK, named[0])
 	return nil
 }
 
@@ -725,7 +785,9 @@ func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fileError(err, path)
 	}
-	writeJSON(w, http.StatusOK, info)
+	named := []api.FileInfo{info}
+	ownerNames(named)
+	writeJSON(w, http.StatusOK, named[0])
 	return nil
 }
 
@@ -801,7 +863,9 @@ func (a *Agent) rename(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fileError(err, errPath)
 	}
-	writeJSON(w, http.StatusOK, info)
+	named := []api.FileInfo{info}
+	ownerNames(named)
+	writeJSON(w, http.StatusOK, named[0])
 	return nil
 }
 
@@ -904,6 +968,9 @@ func statInfo(path string, st *unix.Stat_t, target string) api.FileInfo {
 		Size:    st.Size,
 		Mode:    fmt.Sprintf("%04o", st.Mode&0o7777),
 		ModTime: time.Unix(st.Mtim.Unix()).UTC(),
+		// Numbers until ownerNames names them.
+		Owner: strconv.FormatUint(uint64(st.Uid), 10),
+		Group: strconv.FormatUint(uint64(st.Gid), 10),
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:

@@ -446,3 +446,50 @@ func TestFailedUploadKeepsOldFile(t *testing.T) {
 		})
 	}
 }
+
+// TestFileOwners checks that file answers name the owner and group from
+// the machine's accounts, and give the number of an id that has none.
+func TestFileOwners(t *testing.T) {
+	ta := newAgent(t)
+	ctx := t.Context()
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "root.txt"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "nobody.txt"), nil, 0o644)
+	// 4000000 is far past any account a host or image defines.
+	if err := os.Lchown(filepath.Join(dir, "nobody.txt"), 4000000, 4000001); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"root.txt": "root:root", "nobody.txt": "4000000:4000001"}
+	list, err := ta.c.ListFiles(ctx, dir, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range list.Entries {
+		if got := e.Owner + ":" + e.Group; got != want[e.Name] {
+			t.Errorf("ListFiles %s: got owner:group %q, want %q", e.Name, got, want[e.Name])
+		}
+	}
+	for name, w := range want {
+		fi, err := ta.c.Stat(ctx, filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Owner + ":" + fi.Group; got != w {
+			t.Errorf("Stat %s: got owner:group %q, want %q", name, got, w)
+		}
+	}
+	for what, fi := range map[string]func() (api.FileInfo, error){
+		"Mkdir": func() (api.FileInfo, error) { return ta.c.Mkdir(ctx, filepath.Join(dir, "d")) },
+		"Rename": func() (api.FileInfo, error) {
+			return ta.c.Rename(ctx, filepath.Join(dir, "root.txt"), filepath.Join(dir, "moved.txt"))
+		},
+	} {
+		info, err := fi()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := info.Owner + ":" + info.Group; got != "root:root" {
+			t.Errorf("%s: got owner:group %q, want %q", what, got, "root:root")
+		}
+	}
+}

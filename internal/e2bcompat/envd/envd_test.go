@@ -418,6 +418,85 @@ func TestFilesystem(t *testing.T) {
 	}
 }
 
+// TestEntryInfo checks entries against what E2B's envd answers: mode is
+// the permission bits alone, a symlink's target is absolute, owner and
+// group are names, and removing what does not exist succeeds.
+func TestEntryInfo(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(dir, "d"), 0o755) // past the umask
+	os.WriteFile(filepath.Join(dir, "a.txt"), []byte("a"), 0o644)
+	os.Chmod(filepath.Join(dir, "a.txt"), 0o644)
+	os.Symlink("a.txt", filepath.Join(dir, "rel"))
+	os.Symlink("../d/../a.txt", filepath.Join(dir, "d", "up"))
+	os.Symlink("/etc/hostname", filepath.Join(dir, "abs"))
+
+	for _, tc := range []struct {
+		path         string
+		mode         uint32
+		perms        string
+		target       string // "" for none
+		owner, group string
+		typ          filesystem.FileType
+	}{
+		{path: "d", mode: 0o755, perms: "drwxr-xr-x", owner: "root", group: "root", typ: filesystem.FileType_FILE_TYPE_DIRECTORY},
+		{path: "a.txt", mode: 0o644, perms: "-rw-r--r--", owner: "root", group: "root", typ: filesystem.FileType_FILE_TYPE_FILE},
+		// A symlink's mode and type are left out: envd reports its
+		// target's, which we do not (yet).
+		{path: "rel", perms: "Lrwxrwxrwx", target: filepath.Join(dir, "a.txt"), owner: "root", group: "root"},
+		{path: "d/up", perms: "Lrwxrwxrwx", target: filepath.Join(dir, "a.txt"), owner: "root", group: "root"},
+		{path: "abs", perms: "Lrwxrwxrwx", target: "/etc/hostname", owner: "root", group: "root"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			p := filepath.Join(dir, tc.path)
+			st, err := f.files.Stat(ctx, connect.NewRequest(&filesystem.StatRequest{Path: p}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ls, err := f.files.ListDir(ctx, connect.NewRequest(&filesystem.ListDirRequest{Path: filepath.Dir(p)}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var listed *filesystem.EntryInfo
+			for _, e := range ls.Msg.GetEntries() {
+				if e.GetPath() == p {
+					listed = e
+				}
+			}
+			if listed == nil {
+				t.Fatalf("ListDir of %s did not list %s", filepath.Dir(p), p)
+			}
+			for name, e := range map[string]*filesystem.EntryInfo{"Stat": st.Msg.GetEntry(), "ListDir": listed} {
+				if tc.mode != 0 && e.GetMode() != tc.mode {
+					t.Errorf("%s mode: got %d (%o), want %d (%o)", name, e.GetMode(), e.GetMode(), tc.mode, tc.mode)
+				}
+				if e.GetPermissions() != tc.perms {
+					t.Errorf("%s permissions: got %q, want %q", name, e.GetPermissions(), tc.perms)
+				}
+				if tc.typ != filesystem.FileType_FILE_TYPE_UNSPECIFIED && e.GetType() != tc.typ {
+					t.Errorf("%s type: got %v, want %v", name, e.GetType(), tc.typ)
+				}
+				if got := e.GetSymlinkTarget(); got != tc.target || (tc.target == "") != (e.SymlinkTarget == nil) {
+					t.Errorf("%s symlink target: got %q (set %v), want %q", name, got, e.SymlinkTarget != nil, tc.target)
+				}
+				if e.GetOwner() != tc.owner || e.GetGroup() != tc.group {
+					t.Errorf("%s owner:group: got %q:%q, want %q:%q", name, e.GetOwner(), e.GetGroup(), tc.owner, tc.group)
+				}
+			}
+		})
+	}
+
+	for _, p := range []string{filepath.Join(dir, "none"), filepath.Join(dir, "none", "deeper")} {
+		if _, err := f.files.Remove(ctx, connect.NewRequest(&filesystem.RemoveRequest{Path: p})); err != nil {
+			t.Errorf("Remove of missing %s: got %v, want success as envd answers", p, err)
+		}
+	}
+}
+
 func TestWatchers(t *testing.T) {
 	f := newFixture(t)
 	dir := t.TempDir()

@@ -16,6 +16,7 @@ import (
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/e2bcompat/envd/spec/filesystem"
 	"nullspace.dev/nullspace/internal/e2bcompat/envd/spec/filesystem/filesystemconnect"
+	"nullspace.dev/nullspace/internal/errdefs"
 )
 
 // filesystemService is filesystem.Filesystem over the agent's files and
@@ -99,7 +100,12 @@ func (f *filesystemService) Move(ctx context.Context, req *connect.Request[files
 
 func (f *filesystemService) Remove(ctx context.Context, req *connect.Request[filesystem.RemoveRequest]) (*connect.Response[filesystem.RemoveResponse], error) {
 	return unary(f, ctx, req, req.Msg.GetPath(), func(sb *Sandbox, p string) (*filesystem.RemoveResponse, error) {
-		return &filesystem.RemoveResponse{}, sb.Agent.Remove(sb.Ctx, p, true)
+		// envd removes as rm -rf does: nothing to remove is not an error.
+		err := sb.Agent.Remove(sb.Ctx, p, true)
+		if errdefs.Classify(err).Code == errdefs.CodeFileNotFound {
+			err = nil
+		}
+		return &filesystem.RemoveResponse{}, err
 	})
 }
 
@@ -256,23 +262,34 @@ func (f *filesystemService) RemoveWatcher(ctx context.Context, req *connect.Requ
 	})
 }
 
-// entryInfo is a file as envd describes it. Owner and group are not
-// reported by the agent and stay empty.
+// entryInfo is a file as envd describes it: mode is the permission bits
+// alone (0o755 for a directory), permissions the ls-style string with
+// its type letter, a symlink's target an absolute path (link text that is
+// relative is resolved against the link's directory), owner and group
+// names.
 func entryInfo(fi api.FileInfo) *filesystem.EntryInfo {
 	perm, _ := strconv.ParseUint(fi.Mode, 8, 32)
 	mode := fs.FileMode(perm) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-	e := &filesystem.EntryInfo{Name: fi.Name, Path: fi.Path, Size: fi.Size, ModifiedTime: timestamppb.New(fi.ModTime)}
+	e := &filesystem.EntryInfo{Name: fi.Name, Path: fi.Path, Size: fi.Size, ModifiedTime: timestamppb.New(fi.ModTime),
+		Owner: fi.Owner, Group: fi.Group}
 	switch fi.Type {
 	case "file":
 		e.Type = filesystem.FileType_FILE_TYPE_FILE
 	case "dir":
-		e.Type, mode = filesystem.FileType_FILE_TYPE_DIRECTORY, mode|fs.ModeDir
+		e.Type = filesystem.FileType_FILE_TYPE_DIRECTORY
+		mode |= fs.ModeDir
 	case "symlink":
-		e.Type, mode = filesystem.FileType_FILE_TYPE_SYMLINK, mode|fs.ModeSymlink
+		e.Type = filesystem.FileType_FILE_TYPE_SYMLINK
+		mode |= fs.ModeSymlink
 		if fi.Target != "" {
-			e.SymlinkTarget = &fi.Target
+			target := fi.Target
+			if !path.IsAbs(target) {
+				target = path.Join(path.Dir(fi.Path), target)
+			}
+			target = path.Clean(target)
+			e.SymlinkTarget = &target
 		}
 	}
-	e.Mode, e.Permissions = uint32(mode), mode.String()
+	e.Mode, e.Permissions = uint32(mode.Perm()), mode.String()
 	return e
 }

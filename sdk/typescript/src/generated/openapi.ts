@@ -2311,6 +2311,10 @@ export interface components {
             mod_time: string;
             /** @description The link's target, for symlinks. */
             symlink_target?: string;
+            /** @description The name of the file's owner in the machine's `/etc/passwd`, or its uid when it has no entry there. */
+            owner?: string;
+            /** @description The name of the file's group in the machine's `/etc/group`, or its gid when it has no entry there. */
+            group?: string;
         };
         /** @description Body of `GET /v1/machines/{id}/files/list`. */
         FileList: {
