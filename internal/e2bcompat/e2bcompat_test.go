@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -59,20 +59,36 @@ func (f *fakeMachines) LineageHead(ctx context.Context, id string) (*store.Machi
 }
 
 func (f *fakeMachines) ListPage(ctx context.Context, team string, fl machine.ListFilter, after store.MachineCursor, limit int) ([]*store.Machine, bool, error) {
+	// The store's order: (lineage created, lineage id), either way.
+	cmp := func(a, b *store.Machine) int {
+		c := a.LineageCreated.Compare(b.LineageCreated)
+		if c == 0 {
+			c = strings.Compare(a.LineageID, b.LineageID)
+		}
+		if fl.Desc {
+			c = -c
+		}
+		return c
+	}
+	pos := &store.Machine{LineageCreated: after.Time, LineageID: after.ID}
 	var all []*store.Machine
 	for _, r := range f.recs {
 		if r.TeamID != team || (fl.State == "" && r.State == api.StateKilled) || (fl.State != "" && r.State != fl.State) {
+			continue
+		}
+		if (!fl.CreatedFrom.IsZero() && r.LineageCreated.Before(fl.CreatedFrom)) ||
+			(!fl.CreatedBefore.IsZero() && !r.LineageCreated.Before(fl.CreatedBefore)) {
 			continue
 		}
 		ok := true
 		for k, v := range fl.Metadata {
 			ok = ok && r.Metadata[k] == v
 		}
-		if ok && (after.IsZero() || r.ID > after.ID) {
+		if ok && (after.IsZero() || cmp(r, pos) > 0) {
 			all = append(all, r)
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].ID < all[j].ID })
+	slices.SortFunc(all, cmp)
 	if len(all) > limit {
 		return all[:limit], true, nil
 	}
@@ -378,6 +394,96 @@ func TestListPages(t *testing.T) {
 	var e errorBody
 	if resp := call(t, srv, "key-b", "GET", "/v2/sandboxes?nextToken="+token+"x", "", &e); resp.StatusCode != 400 {
 		t.Errorf("a token this server did not make: %d %+v, want 400", resp.StatusCode, e)
+	}
+}
+
+// TestListOrder: E2B lists newest first by start time unless order=asc,
+// filters by startedAfter (inclusive; startedBefore, exclusive, is ours),
+// and pages without skips or repeats in either order.
+func TestListOrder(t *testing.T) {
+	f := newFake()
+	srv := newTestServer(t, f)
+	var ids []string // oldest first: started at 1001s, 1002s, ...
+	for range 5 {
+		ids = append(ids, sandboxID(f.add("team-a", api.StateRunning)))
+	}
+	f.add("team-b", api.StateRunning) // another team's
+	newestFirst := slices.Clone(ids)
+	slices.Reverse(newestFirst)
+
+	at := func(i int) string { return time.Unix(int64(1000+i), 0).UTC().Format(time.RFC3339) }
+	for _, tc := range []struct {
+		query string
+		want  []string
+	}{
+		{"", newestFirst},
+		{"&order=desc", newestFirst},
+		{"&order=asc", ids},
+		{"&startedAfter=" + at(3), []string{ids[4], ids[3], ids[2]}},
+		{"&startedAfter=" + at(3) + "&order=asc", []string{ids[2], ids[3], ids[4]}},
+		{"&startedAfter=" + at(2) + "&startedBefore=" + at(4), []string{ids[2], ids[1]}},
+		{"&startedBefore=" + strings.Replace(time.Unix(1003, 0).In(time.FixedZone("", 3600)).Format(time.RFC3339), "+", "%2B", 1), []string{ids[1], ids[0]}},
+	} {
+		t.Run(tc.query, func(t *testing.T) {
+			var got []string
+			token := ""
+			for {
+				path := "/v2/sandboxes?limit=2" + tc.query
+				if token != "" {
+					path += "&nextToken=" + token
+				}
+				var page []listedSandbox
+				resp := call(t, srv, "key-a", "GET", path, "", &page)
+				if resp.StatusCode != 200 || len(page) > 2 {
+					t.Fatalf("%s: %d, %d items", path, resp.StatusCode, len(page))
+				}
+				for _, s := range page {
+					got = append(got, s.SandboxID)
+				}
+				if token = resp.Header.Get("X-Next-Token"); token == "" {
+					break
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+
+	// A sandbox started while paging newest first is newer than the
+	// position: it is not listed, and nothing is listed twice.
+	var first []listedSandbox
+	resp := call(t, srv, "key-a", "GET", "/v2/sandboxes?limit=2", "", &first)
+	late := sandboxID(f.add("team-a", api.StateRunning))
+	var rest []listedSandbox
+	call(t, srv, "key-a", "GET", "/v2/sandboxes?limit=10&nextToken="+resp.Header.Get("X-Next-Token"), "", &rest)
+	if len(first) != 2 || len(rest) != 3 || rest[0].SandboxID != ids[2] {
+		t.Errorf("pages across a new sandbox: %d then %d (first %v), want 2 then 3 from %s", len(first), len(rest), rest, ids[2])
+	}
+	for _, s := range rest {
+		if s.SandboxID == late {
+			t.Errorf("the sandbox started after the first page is listed on the second")
+		}
+	}
+
+	// v1 lists newest first too.
+	var v1 []listedSandbox
+	call(t, srv, "key-a", "GET", "/sandboxes?order=asc", "", &v1)
+	if len(v1) != 6 || v1[0].SandboxID != late {
+		t.Errorf("v1: %d sandboxes, first %+v; want 6, newest (%s) first", len(v1), v1, late)
+	}
+
+	// Bad values, and a token of another order, answer 400 in E2B's shape.
+	for _, path := range []string{
+		"/v2/sandboxes?order=newest",
+		"/v2/sandboxes?startedAfter=yesterday",
+		"/v2/sandboxes?startedBefore=2026-01-01",
+		"/v2/sandboxes?order=asc&nextToken=" + resp.Header.Get("X-Next-Token"),
+	} {
+		var e errorBody
+		if resp := call(t, srv, "key-a", "GET", path, "", &e); resp.StatusCode != 400 || e.Code != 400 || e.Message == "" {
+			t.Errorf("%s: %d %+v, want 400 with a message", path, resp.StatusCode, e)
+		}
 	}
 }
 

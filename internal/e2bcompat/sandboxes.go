@@ -244,10 +244,12 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request, team string) error
 	return nil
 }
 
-// listV1 is the old GET /sandboxes: running sandboxes, all at once.
+// listV1 is the old GET /sandboxes: running sandboxes, all at once,
+// newest first (E2B's v1 list takes no order).
 func (s *Server) listV1(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
 	q.Set("state", "running")
+	q.Del("order")
 	r.URL.RawQuery = q.Encode()
 	return s.listPages(w, r, team, true)
 }
@@ -258,11 +260,30 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, team string) error
 
 // listPages answers GET /v2/sandboxes: a page of the team's sandboxes
 // (limit, default 100), filtered by state (running, paused or both),
-// template and metadata (a query string of key=value pairs), with the next
-// page's token in X-Next-Token. all reads every page into one answer.
+// template, metadata (a query string of key=value pairs) and start time
+// (startedAfter, inclusive; startedBefore, exclusive, which E2B lacks),
+// sorted by start time (the startedAt it answers: when the sandbox was
+// first created, which a pause and resume does not move) in order: desc
+// (the default, newest first, as E2B) or asc. The next page's token is in
+// X-Next-Token. all reads every page into one answer.
 func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, all bool) error {
 	q := r.URL.Query()
-	f := machine.ListFilter{Template: q.Get("template"), Metadata: map[string]string{}}
+	f := machine.ListFilter{Template: q.Get("template"), Metadata: map[string]string{}, Desc: true}
+	switch o := q.Get("order"); o {
+	case "", "desc":
+	case "asc":
+		f.Desc = false
+	default:
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("order %q is not asc or desc", o), "sort by asc (oldest first) or desc (newest first, the default)")
+	}
+	var err error
+	if f.CreatedFrom, err = listTime(q, "startedAfter"); err != nil {
+		return err
+	}
+	if f.CreatedBefore, err = listTime(q, "startedBefore"); err != nil {
+		return err
+	}
 	if raw := q.Get("metadata"); raw != "" {
 		pairs, err := url.ParseQuery(raw)
 		if err != nil {
@@ -292,7 +313,9 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 	if err != nil {
 		return err
 	}
-	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template}, page.Pairs(f.Metadata)...)...)
+	// A token is good for the order and bounds it was made with only.
+	scope := page.NewScope("e2b-sandboxes", team, append([]string{f.State, f.Template, fmt.Sprint(f.Desc),
+		scopeTime(f.CreatedFrom), scopeTime(f.CreatedBefore)}, page.Pairs(f.Metadata)...)...)
 	var after store.MachineCursor
 	if t, id, ok, err := page.DecodeTimeID(scope, q.Get("nextToken")); err != nil {
 		return err
@@ -321,6 +344,28 @@ func (s *Server) listPages(w http.ResponseWriter, r *http.Request, team string, 
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// listTime parses a list's time bound, an RFC 3339 date-time (zero when
+// absent). A "+" of the offset sent unescaped arrives as a space.
+func listTime(q url.Values, name string) (time.Time, error) {
+	raw := q.Get(name)
+	if raw == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, strings.ReplaceAll(raw, " ", "+"))
+	if err != nil {
+		return time.Time{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("%s %q is not an RFC 3339 date-time", name, raw), "pass a time like 2026-01-02T15:04:05Z (a Date in the SDK)")
+	}
+	return t, nil
+}
+
+func scopeTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request, team string) error {

@@ -701,6 +701,12 @@ type ListFilter struct {
 	// Aliases lists every execution id; without it, one row per machine
 	// (its lineage's latest execution).
 	Aliases bool
+	// Desc lists newest first; otherwise oldest first.
+	Desc bool
+	// CreatedFrom and CreatedBefore bound when the machine (its lineage)
+	// was first created, or the execution with Aliases: inclusive and
+	// exclusive; zero: unbounded.
+	CreatedFrom, CreatedBefore time.Time
 }
 
 // ListPage returns up to limit of a team's machines after the position
@@ -708,7 +714,8 @@ type ListFilter struct {
 // filter, killed machines are left out. One indexed query, whatever the
 // number of machines and aliases.
 func (m *Manager) ListPage(ctx context.Context, teamID string, f ListFilter, after store.MachineCursor, limit int) ([]*store.Machine, bool, error) {
-	q := store.MachinePageQuery{TeamID: teamID, Template: f.Template, Metadata: f.Metadata, Aliases: f.Aliases, After: after, Limit: limit}
+	q := store.MachinePageQuery{TeamID: teamID, Template: f.Template, Metadata: f.Metadata, Aliases: f.Aliases, Desc: f.Desc,
+		CreatedFrom: f.CreatedFrom, CreatedBefore: f.CreatedBefore, After: after, Limit: limit}
 	if f.State != "" {
 		if _, ok := transitions[f.State]; !ok {
 			return nil, false, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,

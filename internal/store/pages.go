@@ -26,8 +26,14 @@ type MachinePageQuery struct {
 	// per machine: its lineage's latest execution, ordered by when the
 	// machine was first created (a resume does not move it).
 	Aliases bool
+	// Desc lists newest first (the E2B list's default); otherwise oldest
+	// first. The same index serves both: SQLite walks it backwards.
+	Desc bool
+	// CreatedFrom and CreatedBefore bound the sort key's time (inclusive
+	// and exclusive); zero: unbounded.
+	CreatedFrom, CreatedBefore time.Time
 	// After is the position to start after (MachineCursor of the previous
-	// page's last row); zero: from the start.
+	// page's last row, in the same order); zero: from the start.
 	After MachineCursor
 	Limit int
 }
@@ -66,11 +72,21 @@ func (s *DB) ListMachinesPage(ctx context.Context, q MachinePageQuery) ([]*Machi
 	} else {
 		w.cond("latest = ?", true)
 	}
+	if !q.CreatedFrom.IsZero() {
+		w.cond(timeCol+" >= ?", formatTime(q.CreatedFrom))
+	}
+	if !q.CreatedBefore.IsZero() {
+		w.cond(timeCol+" < ?", formatTime(q.CreatedBefore))
+	}
+	cmp, dir := ">", ""
+	if q.Desc {
+		cmp, dir = "<", " DESC"
+	}
 	if !q.After.IsZero() {
-		w.conds = append(w.conds, fmt.Sprintf("(%s, %s) > (?, ?)", timeCol, idCol))
+		w.conds = append(w.conds, fmt.Sprintf("(%s, %s) %s (?, ?)", timeCol, idCol, cmp))
 		w.args = append(w.args, formatTime(q.After.Time), q.After.ID)
 	}
-	query := fmt.Sprintf("SELECT %s FROM machines%s ORDER BY %s, %s LIMIT ?", machineColumns, w.sql(), timeCol, idCol)
+	query := fmt.Sprintf("SELECT %s FROM machines%s ORDER BY %s%s, %s%s LIMIT ?", machineColumns, w.sql(), timeCol, dir, idCol, dir)
 	recs, err := queryAll(ctx, s.db, "list machines", query, append(w.args, q.Limit+1), scanMachine)
 	return pageOf(recs, q.Limit, err)
 }

@@ -216,3 +216,50 @@ func TestVolumePages(t *testing.T) {
 		t.Fatalf("volume users %v %v, want a: 1 (one machine, two executions), b: 0", users, err)
 	}
 }
+
+func TestListMachinesPageDescAndRange(t *testing.T) {
+	db := openTest(t)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mm := &machineMaker{t: t, db: db, now: base}
+	for i := range 6 {
+		mm.add(fmt.Sprintf("a%d", i), "t", "", "running", nil) // created at base+1s .. base+6s
+	}
+
+	// Newest first, over pages of 2, while rows come and go between pages:
+	// a resume of one already listed (a5r1, still a5's place), one not yet
+	// listed (a1r1, listed in a1's place), a newer machine (after the
+	// position: not listed), a deletion of one not yet listed.
+	got := pageAll(t, db, MachinePageQuery{TeamID: "t", Desc: true, Limit: 2}, func(page int) {
+		if page == 0 {
+			mm.add("a5r1", "t", "a5", "running", nil)
+			mm.add("a1r1", "t", "a1", "running", nil)
+			mm.add("new", "t", "", "running", nil)
+			if err := db.DeleteMachine(t.Context(), "a2"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	want := []string{"a5", "a4", "a3", "a1r1", "a0"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("newest first across changes: got %v, want %v", got, want)
+	}
+	got = pageAll(t, db, MachinePageQuery{TeamID: "t", Desc: true, Aliases: true, Limit: 3}, nil)
+	want = []string{"new", "a1r1", "a5r1", "a5", "a4", "a3", "a1", "a0"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("every execution newest first: got %v, want %v", got, want)
+	}
+
+	// A time range: from a1 (inclusive) to a4 (exclusive), both orders.
+	q := MachinePageQuery{TeamID: "t", CreatedFrom: base.Add(2 * time.Second), CreatedBefore: base.Add(5 * time.Second), Limit: 1}
+	if got := pageAll(t, db, q, nil); !slices.Equal(got, []string{"a1r1", "a3"}) {
+		t.Fatalf("range oldest first: got %v, want [a1r1 a3]", got)
+	}
+	q.Desc = true
+	if got := pageAll(t, db, q, nil); !slices.Equal(got, []string{"a3", "a1r1"}) {
+		t.Fatalf("range newest first: got %v, want [a3 a1r1]", got)
+	}
+	q.CreatedBefore = time.Time{}
+	if got := pageAll(t, db, q, nil); !slices.Equal(got, []string{"new", "a5r1", "a4", "a3", "a1r1"}) {
+		t.Fatalf("from a1 newest first: got %v", got)
+	}
+}
