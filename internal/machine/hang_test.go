@@ -191,7 +191,11 @@ func TestKillWins(t *testing.T) {
 	}
 }
 
-func testKillWins(t *testing.T, hang string) {
+// hangingPause is a manager whose pauses hang, in runsc's checkpoint
+// ("runsc") or in the call into an agent that accepts and never answers
+// ("agent"), with deadlines far longer than a test; and the function that
+// waits until a pause of machine id hangs there.
+func hangingPause(t *testing.T, hang string) (*Manager, *fakeDriver, *store.DB, func(id string)) {
 	shorten(t, &agentSlack, time.Hour)
 	port := healthyAgent(t)
 	if hang == "agent" {
@@ -206,18 +210,25 @@ func testKillWins(t *testing.T, hang string) {
 			return ctx.Err()
 		}
 	}
+	return m, d, db, func(id string) {
+		if hang == "runsc" {
+			<-started
+			return
+		}
+		waitState(t, db, id, api.StatePausing) // then in the agent call
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func testKillWins(t *testing.T, hang string) {
+	m, d, db, hanging := hangingPause(t, hang)
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), false)
 	paused := make(chan error, 1)
 	go func() {
 		_, err := m.Pause(context.Background(), "team", "a")
 		paused <- err
 	}()
-	if hang == "runsc" {
-		<-started
-	} else {
-		waitState(t, db, "a", api.StatePausing) // in the agent call
-		time.Sleep(50 * time.Millisecond)
-	}
+	hanging("a")
 
 	if _, err := within(t, 5*time.Second, "kill during a hanging pause", func() (*store.Machine, error) {
 		return m.Kill(t.Context(), "team", "a")
@@ -264,28 +275,10 @@ func TestShutdownBounded(t *testing.T) {
 }
 
 func testShutdownBounded(t *testing.T, hang string) {
-	shorten(t, &agentSlack, time.Hour)
-	port := healthyAgent(t)
-	if hang == "agent" {
-		port = silentAgent(t)
-	}
-	m, d, db := newHangManager(t, port)
-	started := make(chan struct{}, 1)
-	if hang == "runsc" {
-		d.checkpoint = func(ctx context.Context) error {
-			started <- struct{}{}
-			<-ctx.Done()
-			return ctx.Err()
-		}
-	}
+	m, d, db, hanging := hangingPause(t, hang)
 	addLeased(t, m, d, "a", time.Now().Add(-time.Second), true)
 	m.background(func() { m.expire("a") })
-	if hang == "runsc" {
-		<-started
-	} else {
-		waitState(t, db, "a", api.StatePausing)
-		time.Sleep(50 * time.Millisecond)
-	}
+	hanging("a")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	if _, err := within(t, 3*time.Second, "shutdown", func() (struct{}, error) { return struct{}{}, m.Shutdown(ctx) }); err != nil {
