@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,6 +30,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/reqbody"
 )
 
 // Machines is what the edge needs of the machine manager.
@@ -212,7 +212,7 @@ type request struct {
 	upgraded atomic.Bool
 	// body is the client's request body, which keeps the error that
 	// ended it (nil: no body).
-	body *bodyReader
+	body *reqbody.Reader
 }
 
 type requestKey struct{}
@@ -229,7 +229,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	req := &request{}
 	r = r.WithContext(context.WithValue(r.Context(), requestKey{}, req))
 	if r.Body != nil && r.Body != http.NoBody {
-		req.body = &bodyReader{ReadCloser: r.Body}
+		req.body = reqbody.New(r.Body)
 		r.Body = req.body
 	}
 	s.serve(rw, r, req)
@@ -478,33 +478,11 @@ func headerBytes(r *http.Request) int {
 	return n
 }
 
-// bodyReader is a client's request body; it keeps the error that ended
-// it, so that a request the client broke (a malformed chunk, a body too
-// slow) is answered as the client's fault, not the machine's.
-type bodyReader struct {
-	io.ReadCloser
-	err error // other than io.EOF
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		b.err = err
-	}
-	return n, err
-}
-
 // bodyRefusal is the answer to a request whose body could not be read
 // because of the client: a too-slow body keeps its own code (see
 // internal/minrate), anything else (a malformed chunk, a body shorter than
 // its Content-Length) is a 400.
 func bodyRefusal(err error) refusal {
-	var public *errdefs.Error
-	if errors.As(err, &public) {
-		p := errdefs.Classify(err)
-		return refusal{Status: p.Status, Code: p.Code, Message: p.Message, Action: p.SuggestedAction}
-	}
-	return refusal{Status: http.StatusBadRequest, Code: errdefs.CodeInvalidArgument,
-		Message: "the request body could not be read: " + err.Error(),
-		Action:  "send the body with a correct Content-Length or chunked encoding"}
+	p := errdefs.Classify(reqbody.Error(err))
+	return refusal{Status: p.Status, Code: p.Code, Message: p.Message, Action: p.SuggestedAction}
 }

@@ -164,9 +164,9 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		req.code = "client_gone"
 		return
 	}
-	if req.body != nil && req.body.err != nil {
+	if req.body != nil && req.body.Err != nil {
 		// The client's body broke the request, not the machine.
-		s.refuse(w, r, req, bodyRefusal(req.body.err))
+		s.refuse(w, r, req, bodyRefusal(req.body.Err))
 		return
 	}
 	l := req.label

@@ -26,6 +26,7 @@ import (
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
+	"nullspace.dev/nullspace/internal/reqbody"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 )
@@ -269,35 +270,17 @@ const MaxBodyBytes = 1 << 20
 // decode reads a JSON body into v, refusing unknown fields so that typos
 // fail loudly instead of being ignored.
 func decode(r *http.Request, v any) error {
-	body := &bodyReader{r: http.MaxBytesReader(nil, r.Body, MaxBodyBytes)}
+	body := reqbody.New(http.MaxBytesReader(nil, r.Body, MaxBodyBytes))
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-		if body.err != nil {
-			return bodyError(body.err)
+		if body.Err != nil {
+			return reqbody.Error(body.Err)
 		}
 		return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			"invalid JSON body: "+err.Error(), "send a JSON object as described in api/openapi.yaml")
 	}
 	return nil
-}
-
-// bodyError is the public error of a request body that could not be read:
-// too large, too slow (internal/minrate), or cut short or not valid HTTP
-// framing (a malformed chunk). All of them are the client's doing.
-func bodyError(err error) error {
-	var tooLarge *http.MaxBytesError
-	var public *errdefs.Error
-	switch {
-	case errors.As(err, &tooLarge):
-		return &errdefs.Error{Class: errdefs.ErrInvalidArgument, Code: errdefs.CodeBodyTooLarge, Status: http.StatusRequestEntityTooLarge,
-			Message:         fmt.Sprintf("the request body is larger than the %d bytes this route accepts", tooLarge.Limit),
-			SuggestedAction: "send a smaller body; files go through PUT /v1/machines/{id}/files", Err: err}
-	case errors.As(err, &public):
-		return err
-	}
-	return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-		"the request body could not be read: "+err.Error(), "send the body with a correct Content-Length or chunked encoding")
 }
 
 // parsePID reads the {pid} of a command route: a positive decimal number.

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/reqbody"
 )
 
 // proxy forwards a command or file call to the machine's agent, whose API
@@ -39,9 +40,9 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 			u += "?" + r.URL.RawQuery
 		}
 		var body io.Reader
-		var in *bodyReader
+		var in *reqbody.Reader
 		if r.ContentLength != 0 && r.Body != nil {
-			in = &bodyReader{r: r.Body}
+			in = reqbody.New(r.Body)
 			body = in
 		}
 		req, err := http.NewRequestWithContext(ctx, r.Method, u, body)
@@ -69,8 +70,8 @@ func (s *Server) proxy(agentPath string) func(w http.ResponseWriter, r *http.Req
 			if r.Context().Err() != nil {
 				return nil // the client went away
 			}
-			if in != nil && in.err != nil {
-				return bodyError(in.err) // the client's body broke the request, not the agent
+			if in != nil && in.Err != nil {
+				return reqbody.Error(in.Err) // the client's body broke the request, not the agent
 			}
 			unavailable := errdefs.Wrap(err, errdefs.ErrUnavailable, errdefs.CodeAgentUnavailable,
 				fmt.Sprintf("machine %s's agent did not answer", id), "retry in a moment; if it keeps failing, kill the machine and create a new one")
@@ -146,20 +147,4 @@ func copyLines(w io.Writer, f http.Flusher, body io.Reader, sse bool) error {
 			return err
 		}
 	}
-}
-
-// bodyReader is a client's request body; it keeps the error that ended
-// it, so that a request the client broke (a malformed chunk, a body too
-// large or too slow) is answered as the client's fault.
-type bodyReader struct {
-	r   io.Reader
-	err error // other than io.EOF
-}
-
-func (b *bodyReader) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) {
-		b.err = err
-	}
-	return n, err
 }
