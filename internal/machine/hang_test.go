@@ -18,7 +18,6 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
-	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -87,19 +86,10 @@ func recordingAgent(t *testing.T) (int, func() []string) {
 // recorded.
 func newHangManager(t *testing.T, port int) (*Manager, *fakeDriver, *store.DB) {
 	t.Helper()
-	dir := t.TempDir()
-	db, err := store.Open(t.Context(), filepath.Join(dir, "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := &fakeDriver{containers: map[string]runtime.Status{}}
-	m, err := New(Config{DataDir: dir, AgentDir: dir, MaxCPU: 2, MaxMemoryMB: 1024, AgentPort: port,
-		Events: events.New(db, logger)}, db, d, &fakeNetwork{slots: map[int]bool{}}, fakeTemplates{}, logger)
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, d, _, db := newManagerWith(t, func(cfg *Config, db *store.DB) {
+		cfg.AgentPort = port
+		cfg.Events = events.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	})
 	t.Cleanup(func() { m.Shutdown(context.Background()) })
 	return m, d, db
 }

@@ -175,6 +175,14 @@ func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", 
 
 func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
 	t.Helper()
+	return newManagerWith(t, func(*Config, *store.DB) {})
+}
+
+// newManagerWith is a manager over a fake driver and network and a fresh
+// store, in a temporary data dir, with the changes adjust makes to its
+// configuration.
+func newManagerWith(t *testing.T, adjust func(*Config, *store.DB)) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+	t.Helper()
 	dir := t.TempDir()
 	db, err := store.Open(t.Context(), filepath.Join(dir, "db"))
 	if err != nil {
@@ -183,8 +191,9 @@ func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *store.D
 	t.Cleanup(func() { db.Close() })
 	d := &fakeDriver{containers: map[string]runtime.Status{}}
 	n := &fakeNetwork{slots: map[int]bool{}}
-	m, err := New(Config{DataDir: dir, AgentDir: dir, MaxCPU: 2, MaxMemoryMB: 1024}, db, d, n, fakeTemplates{},
-		slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg := Config{DataDir: dir, AgentDir: dir, MaxCPU: 2, MaxMemoryMB: 1024}
+	adjust(&cfg, db)
+	m, err := New(cfg, db, d, n, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
