@@ -856,10 +856,7 @@ func (m *Manager) CheckAgentError(ctx context.Context, teamID, id string, err er
 	if !errors.Is(err, errdefs.ErrUnavailable) {
 		return err
 	}
-	rec, gerr := m.Get(ctx, teamID, id)
-	if gerr == nil && rec.State != api.StateRunning && !rec.Latest {
-		rec, gerr = m.lineageHead(ctx, rec.LineageID) // the call went to the latest execution
-	}
+	rec, gerr := m.callTarget(ctx, teamID, id)
 	if gerr != nil || rec.State != api.StateRunning {
 		return err
 	}
@@ -1337,15 +1334,9 @@ type Endpoint struct {
 
 // AgentEndpoint returns the agent endpoint of a running machine.
 func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoint, error) {
-	rec, err := m.Get(ctx, teamID, id)
+	rec, err := m.callTarget(ctx, teamID, id)
 	if err != nil {
 		return Endpoint{}, err
-	}
-	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting && !rec.Latest {
-		// A paused alias: calls go to the lineage's latest execution.
-		if head, herr := m.lineageHead(ctx, rec.LineageID); herr == nil {
-			rec = head
-		}
 	}
 	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
 		return Endpoint{}, notRunning(rec)
@@ -1359,6 +1350,20 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 }
 
 // agentURL is the base URL of the agent of the machine at ip.
+// callTarget is the execution a call on machine id goes to: the id's own,
+// or, for a paused alias (an id its lineage has moved on from), the
+// lineage's latest.
+func (m *Manager) callTarget(ctx context.Context, teamID, id string) (*store.Machine, error) {
+	rec, err := m.Get(ctx, teamID, id)
+	if err != nil || rec.Latest || rec.State == api.StateRunning || rec.State == api.StateSnapshotting {
+		return rec, err
+	}
+	if head, err := m.lineageHead(ctx, rec.LineageID); err == nil {
+		return head, nil
+	}
+	return rec, nil
+}
+
 // agentURL is the address of the agent of the machine at ip.
 func (m *Manager) agentURL(ip netip.Addr) string {
 	return "http://" + netip.AddrPortFrom(ip, uint16(m.cfg.AgentPort)).String()
