@@ -147,6 +147,10 @@ class MachineInfo(_Model):
     started_at: Optional[datetime] = None
     ended_at: Optional[datetime] = None
     error: str = ""
+    #: Why a failed machine failed, as a stable code: sandbox_exit, oom,
+    #: pids, agent_unresponsive, pause_failed, snapshot_lost,
+    #: server_restart; "" otherwise.
+    failure_reason: str = ""
     volumes: List[VolumeMount] = []
     snapshot_id: str = ""
     lineage_id: str = ""
@@ -192,6 +196,7 @@ class MachineInfo(_Model):
             started_at=parse_time(d.get("started_at")),
             ended_at=parse_time(d.get("ended_at")),
             error=d.get("error", ""),
+            failure_reason=d.get("failure_reason", ""),
             volumes=[VolumeMount.from_json(v) for v in d.get("volumes") or []],
             snapshot_id=d.get("snapshot_id", ""),
             lineage_id=d.get("lineage_id", ""),

@@ -379,6 +379,11 @@ class ModelsTest(unittest.TestCase):
         self.assertIsNone(parse_time("0001-01-01T00:00:00Z"))
         self.assertIsNone(parse_time(None))
 
+    def test_failure_reason(self) -> None:
+        info = nullspace.MachineInfo.from_json({**MACHINE, "state": "failed", "error": "out of memory", "failure_reason": "oom"})
+        self.assertEqual((info.status, info.failure_reason), ("failed", "oom"))
+        self.assertEqual(nullspace.MachineInfo.from_json(MACHINE).failure_reason, "")
+
     def test_url_is_a_string(self) -> None:
         u = nullspace.MachineURL.from_json({"url": "http://e/m/x", "ws_url": "ws://e/m/x", "port": 80})
         self.assertEqual(u + "/a", "http://e/m/x/a")

@@ -42,6 +42,8 @@ export interface MachineInfo {
   startedAt: Date | undefined;
   endedAt: Date | undefined;
   error: string;
+  /** Why a failed machine failed: sandbox_exit, oom, pids, agent_unresponsive, pause_failed, snapshot_lost, server_restart; "" otherwise. */
+  failureReason: string;
   volumes: VolumeMount[];
   snapshotId: string;
   lineageId: string;
@@ -81,6 +83,7 @@ export function machineInfo(w: S["Machine"]): MachineInfo {
     startedAt: date(w.started_at),
     endedAt: date(w.ended_at),
     error: w.error ?? "",
+    failureReason: w.failure_reason ?? "",
     volumes: (w.volumes ?? []).map((v) => ({ name: v.name, path: v.path, readOnly: !!v.read_only })),
     snapshotId: w.snapshot_id ?? "",
     lineageId: w.lineage_id,

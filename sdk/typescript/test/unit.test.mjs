@@ -94,6 +94,9 @@ for (const [name, sdk] of Object.entries(builds)) {
       const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
       s.routes.set("GET /v1/machines/mch_2", [[503, err("unavailable", true), { "Retry-After": "0" }], [503, err("unavailable", true), { "Retry-After": "0" }], [200, { ...MACHINE, id: "mch_2" }]]);
       assert.equal((await sdk.Machine.getInfoById("mch_2", { client: c })).id, "mch_2");
+      s.routes.set("GET /v1/machines/mch_9", [[200, { ...MACHINE, id: "mch_9", state: "failed", failure_reason: "oom" }]]);
+      const failed = await sdk.Machine.getInfoById("mch_9", { client: c });
+      assert.equal(failed.failureReason, "oom");
       assert.equal(s.count("GET /v1/machines/mch_2"), 3);
       s.routes.set("POST /v1/machines", [[503, err("unavailable", true), { "Retry-After": "0" }]]);
       await assert.rejects(sdk.Machine.create({ client: c }), sdk.UnavailableError);
