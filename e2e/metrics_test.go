@@ -23,7 +23,13 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("metrics of a machine just created: %v, %+v", err, first)
 	}
 	run(t, m.ID, "dd if=/dev/zero of=/root/blob bs=1M count=8 && sync")
-	idle := waitSample(t, m.ID, func(s api.MetricSample) bool { return s.DiskUsed >= 8<<20 })
+	// Idle: a sample whose CPU window (the sampler's interval, 500 ms
+	// here) began after dd had ended; the first one showing the file can
+	// still count dd's CPU on a loaded host.
+	ddDone := time.Now()
+	idle := waitSample(t, m.ID, func(s api.MetricSample) bool {
+		return s.DiskUsed >= 8<<20 && s.Timestamp.After(ddDone.Add(2*env.cfg.MetricsInterval))
+	})
 	if idle.CPUCount != 1 || idle.MemUsed == 0 || idle.MemTotal != 512<<20 || idle.DiskTotal == 0 || idle.NetRxBytes == 0 || idle.NetTxBytes == 0 {
 		t.Fatalf("sample of an idle machine: %+v", idle)
 	}
