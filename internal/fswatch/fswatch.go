@@ -214,18 +214,52 @@ func (w *Watcher) emitLocked(e api.FileEvent) {
 	w.changed = make(chan struct{})
 }
 
+// pairWait is how long a batch whose move-out has no move-in yet waits for
+// more: a rename queues its two halves one after the other, but a read
+// can fall between them (seen on a loaded host), and without its second
+// half an upload's rename into place would be lost and a rename within
+// the tree reported as a remove and a create.
+const pairWait = 100 * time.Millisecond
+
+// maxHeld bounds the events held back waiting for a move's second half.
+const maxHeld = 4096
+
 func (w *Watcher) run() {
 	buf := make([]byte, 64<<10)
+	var held []raw // a batch waiting for a move's second half
 	for {
 		n, err := w.f.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The move-out's partner did not come: it left the tree.
+			w.f.SetReadDeadline(time.Time{})
+			w.mu.Lock()
+			w.handle(held)
+			w.mu.Unlock()
+			held = nil
+			continue
+		}
 		if err != nil {
 			w.mu.Lock()
 			w.endLocked()
 			w.mu.Unlock()
 			return
 		}
+		evs := append(held, parse(buf[:n])...)
+		if unpairedMove(evs) && len(evs) < maxHeld {
+			// Hold on until the partner comes, for pairWait from the
+			// first read held: no event waits longer than that.
+			if held == nil {
+				w.f.SetReadDeadline(time.Now().Add(pairWait))
+			}
+			held = evs
+			continue
+		}
+		if held != nil {
+			w.f.SetReadDeadline(time.Time{})
+			held = nil
+		}
 		w.mu.Lock()
-		w.handle(buf[:n])
+		w.handle(evs)
 		ended := w.ended
 		w.mu.Unlock()
 		if ended {
@@ -233,6 +267,16 @@ func (w *Watcher) run() {
 			return
 		}
 	}
+}
+
+// unpairedMove says whether evs has a move-out without its move-in.
+func unpairedMove(evs []raw) bool {
+	for i, ev := range evs {
+		if ev.mask&unix.IN_MOVED_FROM != 0 && movedTo(evs, i, ev.cookie) < 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // raw is one inotify event as read.
@@ -264,8 +308,7 @@ func parse(b []byte) []raw {
 // handle turns one read's events into the log's: renames paired by
 // cookie (a move out of the tree is a remove, a move in a create),
 // repeated writes of a file in a row kept once, new directories watched.
-func (w *Watcher) handle(b []byte) {
-	evs := parse(b)
+func (w *Watcher) handle(evs []raw) {
 	moved := map[uint32]int{} // cookie → index of its IN_MOVED_FROM
 	for i, ev := range evs {
 		if ev.mask&unix.IN_MOVED_FROM != 0 {

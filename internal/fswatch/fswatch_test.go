@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"nullspace.dev/nullspace/api"
 )
@@ -242,5 +245,61 @@ func TestUploads(t *testing.T) {
 	evs := collect(t, w, 0, "create:f.txt", "write:f.txt", "write:f.txt", "create:last")
 	if d := describe(root, evs); d != "[create:f.txt write:f.txt write:f.txt create:last]" {
 		t.Fatalf("events %s", d)
+	}
+}
+
+// TestSplitRename: a rename whose two halves come in separate reads (a
+// read can fall between them on a loaded host) is still one rename, an
+// upload's rename into place still a write, and a move-out with no second
+// half a remove once pairWait has passed. The watcher reads a pipe fed
+// by hand, so the split is certain.
+func TestSplitRename(t *testing.T) {
+	ev := func(mask, cookie uint32, name string) []byte {
+		n := (len(name) + 1 + 15) / 16 * 16
+		b := make([]byte, unix.SizeofInotifyEvent+n)
+		*(*unix.InotifyEvent)(unsafe.Pointer(&b[0])) = unix.InotifyEvent{Wd: 1, Mask: mask, Cookie: cookie, Len: uint32(n)}
+		copy(b[unix.SizeofInotifyEvent:], name)
+		return b
+	}
+	tests := []struct {
+		name   string
+		writes [][]byte
+		want   string
+	}{
+		{"upload", [][]byte{ev(unix.IN_MOVED_FROM, 7, ".up-1-new"), ev(unix.IN_MOVED_TO, 7, "f.txt")},
+			"[create:f.txt write:f.txt create:last]"},
+		{"rename", [][]byte{ev(unix.IN_MOVED_FROM, 8, "a"), ev(unix.IN_MOVED_TO, 8, "b")},
+			"[rename:a>b create:last]"},
+		{"move out", [][]byte{ev(unix.IN_MOVED_FROM, 9, "gone")},
+			"[remove:gone create:last]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, pw, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pw.Close()
+			root := t.TempDir()
+			w := &Watcher{Root: root, f: r, fd: -1, dirs: map[int32]string{1: root}, capacity: 100, next: 1,
+				changed: make(chan struct{}), opts: Options{Upload: func(p string) (bool, bool) {
+					base := filepath.Base(p)
+					return strings.HasPrefix(base, ".up-"), strings.HasSuffix(base, "-new")
+				}}}
+			go w.run()
+			defer w.Close()
+			for _, b := range tt.writes {
+				pw.Write(b)
+				time.Sleep(pairWait / 4)
+			}
+			if len(tt.writes) == 1 {
+				time.Sleep(pairWait * 2)
+			}
+			pw.Write(ev(unix.IN_CREATE, 0, "last"))
+			evs := collect(t, w, 0, "create:last")
+			if d := describe(root, evs); d != tt.want {
+				t.Fatalf("events %s, want %s", d, tt.want)
+			}
+		})
 	}
 }
