@@ -101,6 +101,7 @@ const (
 	CodeSnapshotIncompatible = "snapshot_incompatible"
 	CodeSnapshotSuperseded   = "snapshot_superseded"
 	CodeSnapshotKind         = "snapshot_wrong_kind"
+	CodeSnapshotNameExists   = "snapshot_name_exists"
 	CodeVolumeNotFound       = "volume_not_found"
 	CodeVolumeInUse          = "volume_in_use"
 	CodeVolumeExists         = "volume_exists"
@@ -183,6 +184,7 @@ var Codes = []string{
 	CodeSnapshotIncompatible,
 	CodeSnapshotSuperseded,
 	CodeSnapshotKind,
+	CodeSnapshotNameExists,
 	CodeVolumeNotFound,
 	CodeVolumeInUse,
 	CodeVolumeExists,

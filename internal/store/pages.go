@@ -176,6 +176,8 @@ type SnapshotPageQuery struct {
 	LineageID string
 	Kinds     []string
 	States    []string
+	// Name selects the snapshot of that name ("": any).
+	Name string
 	// ByGeneration orders by generation (a lineage's history); otherwise
 	// by creation.
 	ByGeneration bool
@@ -207,6 +209,7 @@ func (s *DB) ListSnapshotsPage(ctx context.Context, q SnapshotPageQuery) ([]*Sna
 	w.eq("lineage_id", q.LineageID)
 	w.in("kind", q.Kinds)
 	w.in("state", q.States)
+	w.eq("name", q.Name)
 	order := "created_at, id"
 	if q.ByGeneration {
 		order = "generation, id"

@@ -51,18 +51,27 @@ type Snapshot struct {
 	AgentToken string
 	// Pinned keeps a checkpoint out of retention's reach.
 	Pinned bool
+	// Name is the snapshot's name, unique in its team ("": none).
+	Name string
 }
 
 const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
-	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned`
+	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned, name`
 
-// CreateSnapshot stores a new snapshot row.
+// CreateSnapshot stores a new snapshot row. A name the team has given
+// another snapshot (in any state: a snapshot being written holds its name)
+// is a snapshot_name_exists error.
 func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
 		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, formatTime(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
-		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned)
+		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name)
 	if err != nil {
+		if sn.Name != "" && strings.Contains(err.Error(), "UNIQUE") && strings.Contains(err.Error(), "snapshots.name") {
+			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
+				fmt.Sprintf("a snapshot named %s already exists", sn.Name),
+				"choose another name, or delete the snapshot that has it (DELETE /v1/snapshots/"+sn.Name+") first")
+		}
 		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
 	}
 	return nil
@@ -97,6 +106,17 @@ func (s *DB) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 	sn, err := scanSnapshot(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("snapshot %s: %w", id, errdefs.ErrNotFound)
+	}
+	return sn, err
+}
+
+// GetSnapshotByName returns a team's snapshot by name, or an error
+// matching ErrNotFound.
+func (s *DB) GetSnapshotByName(ctx context.Context, teamID, name string) (*Snapshot, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE team_id=? AND name=? AND name != ''`, teamID, name)
+	sn, err := scanSnapshot(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("snapshot named %s: %w", name, errdefs.ErrNotFound)
 	}
 	return sn, err
 }
@@ -139,7 +159,7 @@ func scanSnapshot(r scanner) (*Snapshot, error) {
 	var sn Snapshot
 	var created, host, spec, files string
 	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
-		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken, &sn.Pinned)
+		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name)
 	if err != nil {
 		return nil, err
 	}

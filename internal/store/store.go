@@ -197,6 +197,9 @@ var migrations = []string{
 	// 17: why a machine failed, as a stable code (oom, pids,
 	// sandbox_exit, agent_unresponsive, ...) beside the message in error.
 	`ALTER TABLE machines ADD COLUMN failure_reason TEXT NOT NULL DEFAULT '';`,
+	// 18: snapshot names, unique in a team; '' is no name.
+	`ALTER TABLE snapshots ADD COLUMN name TEXT NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX snapshots_team_name ON snapshots(team_id, name) WHERE name != '';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
