@@ -90,8 +90,9 @@ type CreateMachineRequest struct {
 	Env           map[string]string `json:"env,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	AllowInternet bool              `json:"allow_internet,omitempty"`
-	// SnapshotID creates the machine from a reusable snapshot instead of a
-	// template: memory, processes and files come from the snapshot, and
+	// SnapshotID creates the machine from a reusable snapshot (its id or
+	// name) instead of a template: memory, processes and files come from
+	// the snapshot, and
 	// template, cpu_count, memory_mb, env, volumes and hooks are the
 	// snapshot's (setting them is an error).
 	SnapshotID string `json:"snapshot_id,omitempty"`
@@ -401,6 +402,18 @@ type Snapshot struct {
 	Children int `json:"children"`
 	// Pinned: kept whatever the machine's checkpoint retention.
 	Pinned bool `json:"pinned,omitempty"`
+	// Name is the snapshot's name, unique in the team; usable wherever
+	// its id is.
+	Name string `json:"name,omitempty"`
+}
+
+// CreateSnapshotRequest is the (optional) body of
+// POST /v1/machines/{id}/snapshots.
+type CreateSnapshotRequest struct {
+	// Name names the snapshot: 1 to 128 lower-case letters, digits, '-'
+	// and '_', starting with a letter or digit, not with "snp_"; unique in
+	// the team (snapshot_name_exists). Usable wherever the id is.
+	Name string `json:"name,omitempty"`
 }
 
 // SnapshotList is the body of GET /v1/snapshots and GET .../checkpoints:

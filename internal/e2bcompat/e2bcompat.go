@@ -73,7 +73,8 @@ type Machines interface {
 	SetTimeout(ctx context.Context, team, id string, req api.SetTimeoutRequest) (*store.Machine, error)
 	Metrics(ctx context.Context, team, id string) ([]api.MetricSample, error)
 	Fork(ctx context.Context, team, id string, count int) (*store.Snapshot, []*store.Machine, error)
-	CreateSnapshot(ctx context.Context, team, id string) (*store.Snapshot, error)
+	CreateSnapshot(ctx context.Context, team, id, name string) (*store.Snapshot, error)
+	GetSnapshot(ctx context.Context, team, idOrName string) (*store.Snapshot, error)
 	ListSnapshots(ctx context.Context, team string, f machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error)
 	DeleteSnapshot(ctx context.Context, team, id string, force bool) error
 
@@ -153,7 +154,8 @@ func sandboxID(rec *store.Machine) string { return strings.TrimPrefix(rec.Lineag
 const machinePrefix = "mch_"
 
 // snapshotPrefix starts a snapshot's id, which E2B's SDKs pass where a
-// template id goes (Sandbox.create(snapshotId), deleteSnapshot).
+// template id goes (Sandbox.create(snapshotId), deleteSnapshot); a
+// snapshot's name goes there too.
 const snapshotPrefix = "snp_"
 
 // machineID is the lineage id an E2B sandbox id names, or "" when it cannot

@@ -28,11 +28,16 @@ type fakeMachines struct {
 	timeouts []int64
 	n        int
 	err      error // returned by Create when set
+	// templates, when set, are the only templates Create finds.
+	templates map[string]bool
+	snaps     map[string]*store.Snapshot // by id
 }
 
 var _ Machines = (*fakeMachines)(nil)
 
-func newFake() *fakeMachines { return &fakeMachines{recs: map[string]*store.Machine{}} }
+func newFake() *fakeMachines {
+	return &fakeMachines{recs: map[string]*store.Machine{}, snaps: map[string]*store.Snapshot{}}
+}
 
 func (f *fakeMachines) add(team, state string) *store.Machine {
 	f.n++
@@ -46,6 +51,9 @@ func (f *fakeMachines) add(team, state string) *store.Machine {
 func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMachineRequest) (*store.Machine, error) {
 	if f.err != nil {
 		return nil, f.err
+	}
+	if req.Template != "" && f.templates != nil && !f.templates[req.Template] {
+		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound, "template "+req.Template+" not found", "")
 	}
 	f.created = append(f.created, req)
 	return f.add(team, api.StateRunning), nil
@@ -133,8 +141,21 @@ func (f *fakeMachines) Fork(ctx context.Context, team, id string, count int) (*s
 	return &store.Snapshot{ID: "snp_f"}, out, nil
 }
 
-func (f *fakeMachines) CreateSnapshot(ctx context.Context, team, id string) (*store.Snapshot, error) {
-	return &store.Snapshot{ID: "snp_2", CreatedAt: time.Now()}, nil
+func (f *fakeMachines) CreateSnapshot(ctx context.Context, team, id, name string) (*store.Snapshot, error) {
+	f.n++
+	sn := &store.Snapshot{ID: fmt.Sprintf("snp_%d", f.n), TeamID: team, MachineID: id, Name: name, CreatedAt: time.Now()}
+	f.snaps[sn.ID] = sn
+	return sn, nil
+}
+
+// GetSnapshot finds a team's snapshot by id or name, as the manager does.
+func (f *fakeMachines) GetSnapshot(ctx context.Context, team, idOrName string) (*store.Snapshot, error) {
+	for _, sn := range f.snaps {
+		if sn.TeamID == team && (sn.ID == idOrName || sn.Name != "" && sn.Name == idOrName) {
+			return sn, nil
+		}
+	}
+	return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound, "snapshot "+idOrName+" not found", "")
 }
 
 func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error) {
@@ -142,6 +163,11 @@ func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machin
 }
 
 func (f *fakeMachines) DeleteSnapshot(ctx context.Context, team, id string, force bool) error {
+	sn, err := f.GetSnapshot(ctx, team, id)
+	if err != nil {
+		return err
+	}
+	delete(f.snaps, sn.ID)
 	return nil
 }
 
@@ -510,5 +536,95 @@ func TestIDs(t *testing.T) {
 		if got := sandboxOf(r); got != want {
 			t.Errorf("sandboxOf(host %q) = %q, want %q", host, got, want)
 		}
+	}
+}
+
+// TestNamedSnapshots: a snapshot's name is stored (as E2B takes it:
+// trimmed, lower-case) and is its names; listSnapshots filters by it;
+// Sandbox.create(name) starts from it when no template has the name;
+// deleteSnapshot(name) deletes it.
+func TestNamedSnapshots(t *testing.T) {
+	f := newFake()
+	f.templates = map[string]bool{"base": true, "web": true}
+	srv := newTestServer(t, f)
+	a, b := f.add("team-a", api.StateRunning), f.add("team-a", api.StateRunning)
+
+	var named, unnamed snapshotInfo
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+sandboxID(a)+"/snapshots", `{"name":" My-Snap "}`, &named); resp.StatusCode != 201 {
+		t.Fatalf("create a named snapshot: %d", resp.StatusCode)
+	}
+	if sn := f.snaps[named.SnapshotID]; sn == nil || sn.Name != "my-snap" || !slices.Equal(named.Names, []string{"my-snap"}) {
+		t.Fatalf("named snapshot %+v stored as %+v, want the name my-snap stored and as its names", named, sn)
+	}
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+sandboxID(a)+"/snapshots", `{}`, &unnamed); resp.StatusCode != 201 ||
+		f.snaps[unnamed.SnapshotID].Name != "" || !slices.Equal(unnamed.Names, []string{unnamed.SnapshotID}) {
+		t.Fatalf("unnamed snapshot: %d %+v", resp.StatusCode, unnamed)
+	}
+
+	for _, tc := range []struct {
+		query string
+		want  []string
+	}{
+		{"?name=my-snap", []string{named.SnapshotID}},
+		{"?name=MY-SNAP", []string{named.SnapshotID}},
+		{"?name=" + unnamed.SnapshotID, []string{unnamed.SnapshotID}},
+		{"?name=nope", []string{}},
+		{"?name=my-snap&sandboxID=" + sandboxID(a), []string{named.SnapshotID}},
+		{"?name=my-snap&sandboxID=" + sandboxID(b), []string{}},
+	} {
+		var got []snapshotInfo
+		if resp := call(t, srv, "key-a", "GET", "/snapshots"+tc.query, "", &got); resp.StatusCode != 200 {
+			t.Fatalf("list %s: %d", tc.query, resp.StatusCode)
+		}
+		ids := []string{}
+		for _, i := range got {
+			ids = append(ids, i.SnapshotID)
+		}
+		if !slices.Equal(ids, tc.want) {
+			t.Errorf("list %s: %v, want %v", tc.query, ids, tc.want)
+		}
+	}
+	// Another team's name is not this team's.
+	var other []snapshotInfo
+	if call(t, srv, "key-b", "GET", "/snapshots?name=my-snap", "", &other); len(other) != 0 {
+		t.Errorf("team b lists team a's snapshot by name: %v", other)
+	}
+
+	// Sandbox.create(name): a template of the name first, then the
+	// team's snapshot of that name.
+	for _, tc := range []struct {
+		template string
+		status   int
+		want     api.CreateMachineRequest
+	}{
+		{"my-snap", 201, api.CreateMachineRequest{SnapshotID: named.SnapshotID, PublicPorts: true}},
+		{"web", 201, api.CreateMachineRequest{Template: "web", PublicPorts: true}},
+		{"nope", 404, api.CreateMachineRequest{}},
+	} {
+		f.created = nil
+		resp := call(t, srv, "key-a", "POST", "/sandboxes", `{"templateID":"`+tc.template+`"}`, nil)
+		if resp.StatusCode != tc.status {
+			t.Fatalf("create from %s: %d, want %d", tc.template, resp.StatusCode, tc.status)
+		}
+		if tc.status != 201 {
+			continue
+		}
+		got, _ := json.Marshal(f.created[len(f.created)-1])
+		want, _ := json.Marshal(tc.want)
+		if string(got) != string(want) {
+			t.Errorf("create from %s: %s, want %s", tc.template, got, want)
+		}
+	}
+
+	// deleteSnapshot(name) deletes it; then the name is not found (the SDK's false).
+	if resp := call(t, srv, "key-b", "DELETE", "/templates/my-snap", "", nil); resp.StatusCode != 404 || f.snaps[named.SnapshotID] == nil {
+		t.Fatalf("team b deletes team a's snapshot by name: %d", resp.StatusCode)
+	}
+	if resp := call(t, srv, "key-a", "DELETE", "/templates/my-snap", "", nil); resp.StatusCode != 204 || f.snaps[named.SnapshotID] != nil {
+		t.Fatalf("delete by name: %d, snapshot left: %v", resp.StatusCode, f.snaps[named.SnapshotID] != nil)
+	}
+	var e errorBody
+	if resp := call(t, srv, "key-a", "DELETE", "/templates/my-snap", "", &e); resp.StatusCode != 404 || e.ErrorCode != errdefs.CodeSnapshotNotFound {
+		t.Fatalf("delete a deleted name: %d %+v, want 404 snapshot_not_found", resp.StatusCode, e)
 	}
 }

@@ -216,12 +216,25 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 		cr.Volumes = append(cr.Volumes, api.VolumeMount{Name: v.Name, Path: v.Path})
 	}
 	rec, err := s.machines.Create(r.Context(), team, cr)
+	if err != nil && cr.Template != "" && errdefs.Classify(err).Code == errdefs.CodeTemplateNotFound {
+		// Sandbox.create(name) of a named snapshot: E2B's snapshot names
+		// are template names. A template of that name comes first, so
+		// that a snapshot's name never changes what a template's does.
+		if sn, serr := s.machines.GetSnapshot(r.Context(), team, e2bName(cr.Template)); serr == nil {
+			cr.Template, cr.SnapshotID = "", sn.ID
+			rec, err = s.machines.Create(r.Context(), team, cr)
+		}
+	}
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusCreated, s.sandbox(rec))
 	return nil
 }
+
+// e2bName is a snapshot name as E2B's API takes it: trimmed and
+// lower-cased.
+func e2bName(name string) string { return strings.ToLower(strings.TrimSpace(name)) }
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request, team string) error {
 	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
@@ -566,20 +579,42 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request, team string) error
 }
 
 // snapshot saves a running sandbox's memory and files as a snapshot,
-// which Sandbox.create(snapshotId) starts new sandboxes from.
+// which Sandbox.create(snapshotId) starts new sandboxes from; with a name,
+// Sandbox.create(name) does too. A name the team has given another
+// snapshot is snapshot_name_exists (409): E2B would move the name to the
+// new snapshot, Nullspace keeps a name on one snapshot until it is
+// deleted.
 func (s *Server) snapshot(w http.ResponseWriter, r *http.Request, team string) error {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
 	rec, err := s.lookup(r.Context(), team, r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	sn, err := s.machines.CreateSnapshot(r.Context(), team, rec.ID)
+	sn, err := s.machines.CreateSnapshot(r.Context(), team, rec.ID, e2bName(req.Name))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.ID}})
+	writeJSON(w, http.StatusCreated, infoOf(sn))
 	return nil
 }
 
+// infoOf is E2B's view of a snapshot: its id, and its name as its names
+// (E2B's carry a team namespace and a tag, which Nullspace has not).
+func infoOf(sn *store.Snapshot) snapshotInfo {
+	if sn.Name != "" {
+		return snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.Name}}
+	}
+	return snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.ID}}
+}
+
+// listSnapshots answers GET /snapshots: a page of the team's snapshots,
+// of one sandbox with sandboxID; name keeps the snapshot of that name or
+// id (at most one, so no next page).
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
 	f := machine.SnapshotFilter{}
@@ -589,6 +624,18 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 			return err
 		}
 		f.MachineID = rec.ID
+	}
+	if name := q.Get("name"); name != "" {
+		out := []snapshotInfo{}
+		sn, err := s.machines.GetSnapshot(r.Context(), team, e2bName(name))
+		switch {
+		case err == nil && (f.MachineID == "" || sn.MachineID == f.MachineID):
+			out = append(out, infoOf(sn))
+		case err != nil && !errors.Is(err, errdefs.ErrNotFound):
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
 	}
 	limit, err := page.Limit(q.Get("limit"))
 	if err != nil {
@@ -607,7 +654,7 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 	}
 	out := []snapshotInfo{}
 	for _, sn := range snaps {
-		out = append(out, snapshotInfo{SnapshotID: sn.ID, Names: []string{sn.ID}})
+		out = append(out, infoOf(sn))
 	}
 	if more && len(snaps) > 0 {
 		c := store.SnapshotCursorOf(snaps[len(snaps)-1], false)
@@ -617,14 +664,21 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team stri
 	return nil
 }
 
-// deleteSnapshot is DELETE /templates/{id} for a snapshot id (the SDKs
-// delete snapshots as templates).
+// deleteSnapshot is DELETE /templates/{id} for a snapshot's id or name
+// (the SDKs delete snapshots as templates). Any other name is not found:
+// templates are not deleted here.
 func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, team string) error {
 	id := r.PathValue("id")
 	if !strings.HasPrefix(id, snapshotPrefix) {
-		return s.unsupported("deleting templates", "delete a template with `nullspace template rm`")(w, r, team)
+		id = e2bName(id)
 	}
-	if err := s.machines.DeleteSnapshot(r.Context(), team, id, false); err != nil {
+	err := s.machines.DeleteSnapshot(r.Context(), team, id, false)
+	if errors.Is(err, errdefs.ErrNotFound) && !strings.HasPrefix(id, snapshotPrefix) {
+		return errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound,
+			fmt.Sprintf("no snapshot is named %s (deleting templates is not supported by Nullspace's E2B compatibility)", id),
+			"list snapshots with Sandbox.listSnapshots(); delete a template with `nullspace template rm`")
+	}
+	if err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -117,6 +117,13 @@ func (noSSH) Token(context.Context, string, string, time.Duration) (api.SSHToken
 // newTestAPI serves the API on loopback and returns its base URL.
 func newTestAPI(t testing.TB) string {
 	t.Helper()
+	base, _ := newTestAPIStore(t)
+	return base
+}
+
+// newTestAPIStore is newTestAPI, and the store behind it.
+func newTestAPIStore(t testing.TB) (string, *store.DB) {
+	t.Helper()
 	// The stub agent listens on the agent's fixed port at an address of
 	// 127/8 of its own, so that tests running beside this one never meet.
 	var agentIP netip.Addr
@@ -160,7 +167,7 @@ func newTestAPI(t testing.TB) string {
 	s := New(mgr, noTemplates{}, noTemplates{}, keyAuth{}, events.New(db, logger), telemetry.New(db), nil, logger, "test").WithSSH(noSSH{})
 	srv := httptest.NewServer(s.Handler())
 	t.Cleanup(srv.Close)
-	return srv.URL
+	return srv.URL, db
 }
 
 // call sends a request with the test key and returns the status and body.

@@ -87,7 +87,11 @@ func (s *Server) connectMachine(w http.ResponseWriter, r *http.Request, team str
 }
 
 func (s *Server) snapshotMachine(w http.ResponseWriter, r *http.Request, team string) error {
-	sn, err := s.machines.CreateSnapshot(r.Context(), team, r.PathValue("id"))
+	var req api.CreateSnapshotRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	sn, err := s.machines.CreateSnapshot(r.Context(), team, r.PathValue("id"), req.Name)
 	if err != nil {
 		return err
 	}
@@ -158,8 +162,8 @@ func (s *Server) pinCheckpoint(pinned bool) func(w http.ResponseWriter, r *http.
 
 func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
-	f := machine.SnapshotFilter{MachineID: q.Get("machine_id"), Kind: q.Get("kind")}
-	scope := page.NewScope("snapshots", team, f.MachineID, f.Kind)
+	f := machine.SnapshotFilter{MachineID: q.Get("machine_id"), Kind: q.Get("kind"), Name: q.Get("name")}
+	scope := page.NewScope("snapshots", team, f.MachineID, f.Kind, f.Name)
 	p, err := snapshotPage(r, scope, false)
 	if err != nil {
 		return err

@@ -33,7 +33,7 @@ func (m *Manager) SnapshotViews(ctx context.Context, snaps []*store.Snapshot) []
 		v := api.Snapshot{
 			ID: sn.ID, Kind: sn.Kind, MachineID: sn.MachineID, LineageID: sn.LineageID, Template: sn.Template,
 			SizeBytes: sn.SizeBytes, CreatedAt: sn.CreatedAt, ParentID: sn.ParentID, Generation: sn.Generation,
-			Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS, Children: kids[sn.ID], Pinned: sn.Pinned,
+			Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS, Children: kids[sn.ID], Pinned: sn.Pinned, Name: sn.Name,
 		}
 		if host, err := hostOf(sn); err == nil {
 			v.RuntimeVersion, v.Kernel = host.RuntimeVersion, host.Kernel
@@ -43,7 +43,7 @@ func (m *Manager) SnapshotViews(ctx context.Context, snaps []*store.Snapshot) []
 	return out
 }
 
-// GetSnapshot returns a team's committed snapshot.
+// GetSnapshot returns a team's committed snapshot, by id or name.
 func (m *Manager) GetSnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
 	return m.readySnapshot(ctx, teamID, id)
 }
@@ -52,6 +52,7 @@ func (m *Manager) GetSnapshot(ctx context.Context, teamID, id string) (*store.Sn
 type SnapshotFilter struct {
 	MachineID string
 	Kind      string
+	Name      string
 }
 
 // SnapshotPage is where a page of snapshots starts and how long it is.
@@ -63,7 +64,7 @@ type SnapshotPage struct {
 // ListSnapshots returns a page of a team's committed snapshots, oldest
 // first, and whether more follow.
 func (m *Manager) ListSnapshots(ctx context.Context, teamID string, f SnapshotFilter, p SnapshotPage) ([]*store.Snapshot, bool, error) {
-	q := store.SnapshotPageQuery{TeamID: teamID, MachineID: f.MachineID, States: []string{store.SnapshotReady}, After: p.After, Limit: p.Limit}
+	q := store.SnapshotPageQuery{TeamID: teamID, MachineID: f.MachineID, Name: f.Name, States: []string{store.SnapshotReady}, After: p.After, Limit: p.Limit}
 	if f.Kind != "" {
 		switch f.Kind {
 		case api.SnapshotHibernate, api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk:
@@ -88,7 +89,8 @@ func (m *Manager) Checkpoints(ctx context.Context, teamID, id string, p Snapshot
 		ByGeneration: true, After: p.After, Limit: p.Limit})
 }
 
-// DeleteSnapshot removes a snapshot. While a paused machine's state is in
+// DeleteSnapshot removes a snapshot (id may be its name), which frees its
+// name. While a paused machine's state is in
 // it, or live machines were created from it, it is refused with
 // snapshot_in_use unless force is set; forced, the paused machines that
 // depended on it are failed (their state is gone), and running children
@@ -103,6 +105,7 @@ func (m *Manager) DeleteSnapshot(ctx context.Context, teamID, id string, force b
 		return err
 	}
 	defer unlock()
+	id = sn.ID
 	aliases, children, err := m.dependents(ctx, id)
 	if err != nil {
 		return err

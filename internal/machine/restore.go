@@ -23,9 +23,9 @@ import (
 // MaxFork bounds the children of one fork call.
 const MaxFork = 16
 
-// readySnapshot returns a team's committed snapshot.
+// readySnapshot returns a team's committed snapshot, by id or name.
 func (m *Manager) readySnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
-	sn, err := m.store.GetSnapshot(ctx, id)
+	sn, err := m.snapshotByIDOrName(ctx, teamID, id)
 	if err == nil && sn.TeamID == teamID && (sn.State == store.SnapshotPruned || sn.State == store.SnapshotPruning) {
 		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound,
 			fmt.Sprintf("snapshot %s was pruned by the checkpoint retention of machine %s (it keeps its newest checkpoints)", id, sn.MachineID),
@@ -281,7 +281,7 @@ func (m *Manager) Fork(ctx context.Context, teamID, id string, count int) (*stor
 		return nil, nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("count %d is out of range: fork makes 1 to %d children per call", count, MaxFork), "fix count")
 	}
-	sn, err := m.CreateSnapshot(ctx, teamID, id)
+	sn, err := m.CreateSnapshot(ctx, teamID, id, "")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -61,7 +61,7 @@ func lineageKey(id string) string { return "lineage:" + id }
 var captureOps = map[string]string{api.SnapshotHibernate: "pause", api.SnapshotReusable: "snapshot",
 	api.SnapshotCheckpoint: "checkpoint", api.SnapshotDisk: "stop"}
 
-func newSnapshotID() string { return "snp_" + randomHex(10) }
+func newSnapshotID() string { return snapshotIDPrefix + randomHex(10) }
 
 // busy is the error for a lifecycle call on a lineage that is in the middle
 // of another one: concurrent calls are serialized and the loser is told so
@@ -107,25 +107,35 @@ func (m *Manager) headLocked(ctx context.Context, lineageID string) (*store.Mach
 // files go into a hibernate snapshot, its resources are freed, and its id
 // stays as a paused alias. Pausing a paused machine returns its snapshot.
 func (m *Manager) Pause(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
-	return m.captureCall(ctx, teamID, id, api.SnapshotHibernate)
+	return m.captureCall(ctx, teamID, id, api.SnapshotHibernate, "")
 }
 
 // CreateSnapshot checkpoints a running machine and leaves it running: the
 // reusable snapshot returned can be restored into any number of children.
-func (m *Manager) CreateSnapshot(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
-	return m.captureCall(ctx, teamID, id, api.SnapshotReusable)
+// A name ("": none) must be free in the team; the snapshot holds it from
+// the start of the checkpoint until it is deleted.
+func (m *Manager) CreateSnapshot(ctx context.Context, teamID, id, name string) (*store.Snapshot, error) {
+	if name != "" {
+		if err := CheckSnapshotName(name); err != nil {
+			return nil, err
+		}
+		if err := m.nameFree(ctx, teamID, name); err != nil {
+			return nil, err
+		}
+	}
+	return m.captureCall(ctx, teamID, id, api.SnapshotReusable, name)
 }
 
 // Checkpoint adds a checkpoint of a running machine to its history without
 // stopping it.
 func (m *Manager) Checkpoint(ctx context.Context, teamID, id string) (*store.Snapshot, error) {
-	return m.captureCall(ctx, teamID, id, api.SnapshotCheckpoint)
+	return m.captureCall(ctx, teamID, id, api.SnapshotCheckpoint, "")
 }
 
 // captureCall checkpoints the latest execution of id's lineage (an
 // operation on a paused alias acts on the latest execution). Pausing a
-// paused machine returns its snapshot.
-func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (_ *store.Snapshot, err error) {
+// paused machine returns its snapshot. name names the snapshot ("": none).
+func (m *Manager) captureCall(ctx context.Context, teamID, id, kind, name string) (_ *store.Snapshot, err error) {
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
 		return nil, err
@@ -144,7 +154,7 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind string) (_ *
 	case kind == api.SnapshotHibernate && head.Persistence == api.PersistenceEphemeral:
 		return nil, ephemeralPause(head)
 	}
-	return m.capture(ctx, head, kind, 0)
+	return m.captureNamed(ctx, head, kind, 0, name)
 }
 
 // lockHead takes the lineage lock of rec (failing at once with a conflict
@@ -180,6 +190,13 @@ func (m *Manager) lockHead(ctx context.Context, rec *store.Machine) (context.Con
 // answer the pre-pause call does not stop a pause: the checkpoint is taken
 // without the hooks and the flush, and the event says so.
 func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, grace time.Duration) (*store.Snapshot, error) {
+	return m.captureNamed(ctx, rec, kind, grace, "")
+}
+
+// captureNamed is capture of a snapshot named name ("": none). The name is
+// in the snapshot's first row, so that a taken one fails before anything
+// is checkpointed, and an undone checkpoint frees it with the row.
+func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind string, grace time.Duration, name string) (*store.Snapshot, error) {
 	// opCtx is what the checkpoint waits under: a kill ends it. ctx, for
 	// the writes that record or undo it, ends with nothing.
 	opCtx, cancelOp := preemptible(context.WithoutCancel(ctx))
@@ -200,7 +217,7 @@ func (m *Manager) capture(ctx context.Context, rec *store.Machine, kind string, 
 	sn := &store.Snapshot{
 		ID: newSnapshotID(), TeamID: rec.TeamID, Kind: kind, State: store.SnapshotWriting, MachineID: rec.ID,
 		LineageID: rec.LineageID, Template: rec.Template, ParentID: rec.RestoredFrom, Generation: gen,
-		CreatedAt: time.Now().UTC(), AgentToken: rec.AgentToken,
+		CreatedAt: time.Now().UTC(), AgentToken: rec.AgentToken, Name: name,
 	}
 	sn.Host, _ = json.Marshal(m.cfg.Host)
 	sn.Spec, _ = json.Marshal(spec)
