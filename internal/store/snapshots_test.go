@@ -23,8 +23,8 @@ func TestSnapshotNames(t *testing.T) {
 	}{
 		{"s1", "t", "web", ""},
 		{"s2", "t", "web", errdefs.CodeSnapshotNameExists}, // taken, though s1 is still being written
-		{"s3", "u", "web", ""},                           // another team's names are its own
-		{"s4", "t", "", ""},                              // unnamed snapshots do not collide
+		{"s3", "u", "web", ""},                             // another team's names are its own
+		{"s4", "t", "", ""},                                // unnamed snapshots do not collide
 		{"s5", "t", "", ""},
 		{"s6", "t", "db", ""},
 	} {
