@@ -320,6 +320,28 @@ func TestRequests(t *testing.T) {
 			wantMethod: "POST", wantPath: "/v1/machines/m1/snapshots",
 		},
 		{
+			name: "create named snapshot", status: 201, respBody: `{"id":"snp_2","kind":"snapshot","name":"web"}`,
+			call: func(ctx context.Context, c *Client) error {
+				s, err := c.CreateSnapshotWith(ctx, "m1", api.CreateSnapshotRequest{Name: "web"})
+				if err == nil && s.Name != "web" {
+					err = fmt.Errorf("got name %q, want web", s.Name)
+				}
+				return err
+			},
+			wantMethod: "POST", wantPath: "/v1/machines/m1/snapshots", wantBody: `{"name":"web"}`,
+		},
+		{
+			name: "list snapshots by name", respBody: `{"snapshots":[{"id":"snp_1","name":"web"}]}`,
+			call: func(ctx context.Context, c *Client) error {
+				ss, err := c.ListSnapshotsWhere(ctx, SnapshotFilter{Name: "web"})
+				if err == nil && (len(ss) != 1 || ss[0].Name != "web") {
+					err = fmt.Errorf("got %+v, want snp_1 named web", ss)
+				}
+				return err
+			},
+			wantMethod: "GET", wantPath: "/v1/snapshots", wantQuery: "name=web",
+		},
+		{
 			name: "fork", status: 201, respBody: `{"snapshot":{"id":"snp_3"},"machines":[{"id":"c1"},{"id":"c2"}]}`,
 			call: func(ctx context.Context, c *Client) error {
 				r, err := c.Fork(ctx, "m1", 2)

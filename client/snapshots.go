@@ -46,8 +46,19 @@ func (c *Client) Connect(ctx context.Context, id string) (*api.Machine, error) {
 // running (POST /v1/machines/{id}/snapshots). Create machines from it with
 // CreateMachine and api.CreateMachineRequest.SnapshotID.
 func (c *Client) CreateSnapshot(ctx context.Context, id string) (*api.Snapshot, error) {
+	return c.CreateSnapshotWith(ctx, id, api.CreateSnapshotRequest{})
+}
+
+// CreateSnapshotWith is CreateSnapshot with options: req.Name names the
+// snapshot (unique in the team: a taken name fails with code
+// snapshot_name_exists), and the name then works wherever its id does.
+func (c *Client) CreateSnapshotWith(ctx context.Context, id string, req api.CreateSnapshotRequest) (*api.Snapshot, error) {
+	r := request{method: http.MethodPost, path: machinePath(id, "snapshots")}
+	if req != (api.CreateSnapshotRequest{}) {
+		r.json = req
+	}
 	var s api.Snapshot
-	if err := c.do(ctx, request{method: http.MethodPost, path: machinePath(id, "snapshots")}, &s); err != nil {
+	if err := c.do(ctx, r, &s); err != nil {
 		return nil, err
 	}
 	return &s, nil
@@ -108,17 +119,33 @@ func (c *Client) RestoreCheckpoint(ctx context.Context, id, snapshotID string) (
 // machineID and kind do not filter; kind is one of api.SnapshotHibernate,
 // api.SnapshotReusable, api.SnapshotCheckpoint, api.SnapshotDisk.
 func (c *Client) ListSnapshots(ctx context.Context, machineID, kind string) ([]api.Snapshot, error) {
+	return c.ListSnapshotsWhere(ctx, SnapshotFilter{MachineID: machineID, Kind: kind})
+}
+
+// SnapshotFilter filters ListSnapshotsWhere. Zero values do not filter.
+type SnapshotFilter struct {
+	MachineID string // snapshots taken of this machine id
+	Kind      string // api.SnapshotHibernate, api.SnapshotReusable, ...
+	Name      string // the snapshot of this name (none or one)
+}
+
+// ListSnapshotsWhere lists the snapshots that match f, oldest first
+// (GET /v1/snapshots, every page).
+func (c *Client) ListSnapshotsWhere(ctx context.Context, f SnapshotFilter) ([]api.Snapshot, error) {
 	q := url.Values{}
-	if machineID != "" {
-		q.Set("machine_id", machineID)
+	if f.MachineID != "" {
+		q.Set("machine_id", f.MachineID)
 	}
-	if kind != "" {
-		q.Set("kind", kind)
+	if f.Kind != "" {
+		q.Set("kind", f.Kind)
+	}
+	if f.Name != "" {
+		q.Set("name", f.Name)
 	}
 	return c.allSnapshots(ctx, "/v1/snapshots", q)
 }
 
-// GetSnapshot returns one snapshot (GET /v1/snapshots/{id}).
+// GetSnapshot returns one snapshot by id or name (GET /v1/snapshots/{id}).
 func (c *Client) GetSnapshot(ctx context.Context, id string) (*api.Snapshot, error) {
 	var s api.Snapshot
 	if err := c.do(ctx, request{method: http.MethodGet, path: snapshotPath(id)}, &s); err != nil {
@@ -127,7 +154,8 @@ func (c *Client) GetSnapshot(ctx context.Context, id string) (*api.Snapshot, err
 	return &s, nil
 }
 
-// DeleteSnapshot deletes a snapshot (DELETE /v1/snapshots/{id}). A snapshot
+// DeleteSnapshot deletes a snapshot by id or name, which frees its name
+// (DELETE /v1/snapshots/{id}). A snapshot
 // that paused or live machines depend on fails with code snapshot_in_use
 // unless force is set; forced, paused machines whose state it held become
 // failed.

@@ -63,7 +63,7 @@ func (f *fakeServer) lastCall(pattern string) string {
 var (
 	snapHibernate = api.Snapshot{ID: "snp-h", Kind: api.SnapshotHibernate, MachineID: "m-1", LineageID: "m-1", Template: "base",
 		SizeBytes: 14 << 20, CreatedAt: testNow.Add(-2 * time.Minute), Generation: 2, Checksum: "crc32c:0badf00d",
-		PauseWindowMS: 85, RuntimeVersion: "release-20250512.0", Kernel: "6.8.0"}
+		PauseWindowMS: 85, RuntimeVersion: "release-20250512.0", Kernel: "6.8.0", Name: "web"}
 	snapCheckpoint = api.Snapshot{ID: "snp-c", Kind: api.SnapshotCheckpoint, MachineID: "m-1", LineageID: "m-1", Template: "base",
 		SizeBytes: 12 << 20, CreatedAt: testNow.Add(-time.Hour), Generation: 1, PauseWindowMS: 1250}
 )
@@ -756,9 +756,9 @@ func TestCLI(t *testing.T) {
 			name: "snapshot ls table",
 			args: []string{"snapshot", "ls"},
 			wantStdout: "" +
-				"ID      KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
-				"snp-c   checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
-				"snp-h   hibernate    m-1       14.0MiB   2     2m    85ms\n",
+				"ID      NAME   KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
+				"snp-c   -      checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
+				"snp-h   web    hibernate    m-1       14.0MiB   2     2m    85ms\n",
 		},
 		{
 			name:       "snapshot ls --json with nothing to list prints []",
@@ -770,6 +770,7 @@ func TestCLI(t *testing.T) {
 			args: []string{"snapshot", "info", "snp-h"},
 			wantStdout: "" +
 				"ID:          snp-h\n" +
+				"Name:        web\n" +
 				"Kind:        hibernate\n" +
 				"Machine:     m-1\n" +
 				"Generation:  2\n" +
@@ -809,9 +810,9 @@ func TestCLI(t *testing.T) {
 			name: "checkpoint ls",
 			args: []string{"checkpoint", "ls", "m-1"},
 			wantStdout: "" +
-				"ID      KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
-				"snp-c   checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
-				"snp-h   hibernate    m-1       14.0MiB   2     2m    85ms\n",
+				"ID      NAME   KIND         MACHINE   SIZE      GEN   AGE   WINDOW\n" +
+				"snp-c   -      checkpoint   m-1       12.0MiB   1     1h    1.25s\n" +
+				"snp-h   web    hibernate    m-1       14.0MiB   2     2m    85ms\n",
 		},
 		{
 			name:       "checkpoint create prints the id",
@@ -1105,6 +1106,9 @@ func TestCLIRequests(t *testing.T) {
 		{[]string{"machine", "resume", "snp-h"}, "POST /v1/snapshots/{id}/resume", "POST /v1/snapshots/snp-h/resume"},
 		{[]string{"machine", "connect", "m-p"}, "POST /v1/machines/{id}/connect", "POST /v1/machines/m-p/connect"},
 		{[]string{"machine", "snapshot", "m-1"}, "POST /v1/machines/{id}/snapshots", "POST /v1/machines/m-1/snapshots"},
+		{[]string{"machine", "snapshot", "m-1", "--name", "web"}, "POST /v1/machines/{id}/snapshots", `POST /v1/machines/m-1/snapshots {"name":"web"}`},
+		{[]string{"snapshot", "create", "m-1", "--name", "db"}, "POST /v1/machines/{id}/snapshots", `POST /v1/machines/m-1/snapshots {"name":"db"}`},
+		{[]string{"snapshot", "ls", "--name", "web"}, "GET /v1/snapshots", "GET /v1/snapshots?name=web"},
 		{[]string{"machine", "fork", "m-1"}, "POST /v1/machines/{id}/fork", `POST /v1/machines/m-1/fork {"count":1}`},
 		{[]string{"machine", "fork", "m-1", "-n", "4"}, "POST /v1/machines/{id}/fork", `POST /v1/machines/m-1/fork {"count":4}`},
 		{[]string{"snapshot", "ls", "--machine", "m-1", "--kind", "checkpoint"}, "GET /v1/snapshots", "GET /v1/snapshots?kind=checkpoint&machine_id=m-1"},

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 // Hibernate, snapshot, fork and checkpoint commands. Commands that make a
@@ -94,25 +95,37 @@ Use the printed id for later commands. 'machine info' never resumes.`,
 }
 
 func (a *app) machineSnapshotCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "snapshot ID",
+	return a.snapshotCreateCommand("snapshot ID [--name NAME]")
+}
+
+// snapshotCreateCommand is 'machine snapshot' and 'snapshot create'.
+func (a *app) snapshotCreateCommand(use string) *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   use,
 		Short: "Take a reusable snapshot of a running machine; print its id",
 		Long: `Take a reusable snapshot of a running machine, which keeps running. Create
 machines from it with 'nullspace machine create --snapshot SNAPSHOT'; it is
-kept until 'nullspace snapshot rm'.`,
+kept until 'nullspace snapshot rm'. --name names it (unique among your
+snapshots; lower-case letters, digits, '-' and '_'): the name then works
+wherever the id does, until the snapshot is deleted.`,
+		Example: `  nullspace machine snapshot $ID --name web-ready
+  nullspace machine create --snapshot web-ready`,
 		Args: exactArgs(1, "ID"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
 			if err != nil {
 				return err
 			}
-			s, err := c.CreateSnapshot(cmd.Context(), args[0])
+			s, err := c.CreateSnapshotWith(cmd.Context(), args[0], api.CreateSnapshotRequest{Name: name})
 			if err != nil {
 				return err
 			}
 			return a.printSnapshotID(cmd, s)
 		},
 	}
+	cmd.Flags().StringVar(&name, "name", "", "name the snapshot (unique among your snapshots)")
+	return cmd
 }
 
 func (a *app) machineForkCommand() *cobra.Command {
@@ -155,18 +168,18 @@ func (a *app) snapshotCommand() *cobra.Command {
 	cmd := asGroup(&cobra.Command{
 		Use:     "snapshot",
 		Aliases: []string{"snapshots", "snap"},
-		Short:   "List, inspect and delete snapshots",
-		Long: `List, inspect and delete snapshots. Snapshots are made by 'machine pause'
-(kind hibernate), 'machine snapshot' and 'machine fork' (kind snapshot),
+		Short:   "Create, list, inspect and delete snapshots",
+		Long: `Create, list, inspect and delete snapshots. Snapshots are made by 'machine pause'
+(kind hibernate), 'machine snapshot' (or 'snapshot create') and 'machine fork' (kind snapshot),
 'checkpoint create' (kind checkpoint) and 'machine stop' (kind disk: a
 stopped machine's files, deleted when it starts).`,
 	})
-	cmd.AddCommand(a.snapshotListCommand(), a.snapshotInfoCommand(), a.snapshotRemoveCommand())
+	cmd.AddCommand(a.snapshotCreateCommand("create MACHINE_ID [--name NAME]"), a.snapshotListCommand(), a.snapshotInfoCommand(), a.snapshotRemoveCommand())
 	return cmd
 }
 
 func (a *app) snapshotListCommand() *cobra.Command {
-	var machineID, kind string
+	var f client.SnapshotFilter
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
@@ -178,16 +191,17 @@ func (a *app) snapshotListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ss, err := c.ListSnapshots(cmd.Context(), machineID, kind)
+			ss, err := c.ListSnapshotsWhere(cmd.Context(), f)
 			if err != nil {
 				return err
 			}
 			return a.printSnapshots(cmd.OutOrStdout(), ss)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&machineID, "machine", "", "only snapshots taken of this machine id")
-	f.StringVar(&kind, "kind", "", "only snapshots of this kind (hibernate, snapshot, checkpoint, disk)")
+	fl := cmd.Flags()
+	fl.StringVar(&f.MachineID, "machine", "", "only snapshots taken of this machine id")
+	fl.StringVar(&f.Kind, "kind", "", "only snapshots of this kind (hibernate, snapshot, checkpoint, disk)")
+	fl.StringVar(&f.Name, "name", "", "only the snapshot of this name")
 	return cmd
 }
 
@@ -211,6 +225,7 @@ func (a *app) snapshotInfoCommand() *cobra.Command {
 			}
 			return printFields(cmd.OutOrStdout(), [][2]string{
 				{"ID", s.ID},
+				{"Name", s.Name},
 				{"Kind", s.Kind},
 				{"Machine", s.MachineID},
 				{"Lineage", unlessSelf(s.LineageID, s.MachineID)},
@@ -381,15 +396,15 @@ func (a *app) printSnapshots(w io.Writer, ss []api.Snapshot) error {
 		return printJSON(w, ss)
 	}
 	tw := newTable(w)
-	fmt.Fprintln(tw, "ID\tKIND\tMACHINE\tSIZE\tGEN\tAGE\tWINDOW")
+	fmt.Fprintln(tw, "ID\tNAME\tKIND\tMACHINE\tSIZE\tGEN\tAGE\tWINDOW")
 	now := a.now()
 	for _, s := range ss {
 		kind := s.Kind
 		if s.Pinned {
 			kind += ", pinned"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
-			s.ID, kind, s.MachineID, formatBytes(s.SizeBytes), s.Generation, formatAge(now, s.CreatedAt), formatWindow(s.PauseWindowMS))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
+			s.ID, orDash(s.Name), kind, s.MachineID, formatBytes(s.SizeBytes), s.Generation, formatAge(now, s.CreatedAt), formatWindow(s.PauseWindowMS))
 	}
 	return tw.Flush()
 }
