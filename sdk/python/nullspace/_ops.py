@@ -168,8 +168,8 @@ def pause(id: str, t: Timeout = DEFAULT) -> Request[Snapshot]:
     return Request("POST", mpath(id, "pause"), parse=Snapshot.from_json, timeout=t)
 
 
-def create_snapshot(id: str, t: Timeout = DEFAULT) -> Request[Snapshot]:
-    return Request("POST", mpath(id, "snapshots"), parse=Snapshot.from_json, timeout=t)
+def create_snapshot(id: str, name: Optional[str] = None, t: Timeout = DEFAULT) -> Request[Snapshot]:
+    return Request("POST", mpath(id, "snapshots"), json={"name": name} if name else None, parse=Snapshot.from_json, timeout=t)
 
 
 def fork(id: str, count: int, t: Timeout = DEFAULT) -> Request[Dict[str, Any]]:
@@ -424,8 +424,8 @@ def _with_user(body: Dict[str, Any], user: Optional[str]) -> Dict[str, Any]:
 
 
 def snapshots_page(machine_id: Optional[str], kind: Optional[str], limit: Optional[int], next_token: Optional[str],
-                   t: Timeout = DEFAULT) -> Request[Dict[str, Any]]:
-    query = q(machine_id=machine_id, kind=kind, limit=limit, next_token=next_token)
+                   t: Timeout = DEFAULT, name: Optional[str] = None) -> Request[Dict[str, Any]]:
+    query = q(machine_id=machine_id, kind=kind, name=name, limit=limit, next_token=next_token)
     return Request("GET", "/v1/snapshots", query=query, idempotent=True, timeout=t)
 
 

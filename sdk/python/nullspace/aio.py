@@ -119,9 +119,9 @@ class AsyncSnapshots:
     def __init__(self, c: AsyncClient) -> None:
         self._c = c
 
-    def list(self, *, machine_id: Optional[str] = None, kind: Optional[str] = None,
+    def list(self, *, machine_id: Optional[str] = None, kind: Optional[str] = None, name: Optional[str] = None,
              request_timeout: Timeout = DEFAULT) -> AsyncIterator[Snapshot]:
-        return self._c.pages(lambda tok: _ops.snapshots_page(machine_id, kind, None, tok, request_timeout),
+        return self._c.pages(lambda tok: _ops.snapshots_page(machine_id, kind, None, tok, request_timeout, name),
                              "snapshots", Snapshot.from_json)
 
     async def get(self, snapshot_id: str, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
@@ -296,8 +296,8 @@ class AsyncMachine:
     async def pause(self, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
         return await self._client.call(_ops.pause(self.id, request_timeout))
 
-    async def create_snapshot(self, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
-        return await self._client.call(_ops.create_snapshot(self.id, request_timeout))
+    async def create_snapshot(self, *, name: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Snapshot:
+        return await self._client.call(_ops.create_snapshot(self.id, name, request_timeout))
 
     async def fork(self, count: int = 1, *, request_timeout: Timeout = DEFAULT) -> List["AsyncMachine"]:
         _, children = _ops.fork_result(await self._client.call(_ops.fork(self.id, count, request_timeout)))

@@ -119,14 +119,15 @@ class Snapshots:
     def __init__(self, c: Client) -> None:
         self._c = c
 
-    def list(self, *, machine_id: Optional[str] = None, kind: Optional[str] = None,
+    def list(self, *, machine_id: Optional[str] = None, kind: Optional[str] = None, name: Optional[str] = None,
              request_timeout: Timeout = DEFAULT) -> Iterator[Snapshot]:
-        """Every snapshot (of one machine's lineage, of one kind), oldest
-        first, read a page at a time as the iteration goes."""
-        return self._c.pages(lambda tok: _ops.snapshots_page(machine_id, kind, None, tok, request_timeout),
+        """Every snapshot (of one machine's lineage, of one kind, of one
+        name), oldest first, read a page at a time as the iteration goes."""
+        return self._c.pages(lambda tok: _ops.snapshots_page(machine_id, kind, None, tok, request_timeout, name),
                              "snapshots", Snapshot.from_json)
 
     def get(self, snapshot_id: str, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
+        """The snapshot of this id, or of this name."""
         return self._c.call(_ops.get_snapshot(snapshot_id, request_timeout))
 
     def delete(self, snapshot_id: str, *, force: bool = False, request_timeout: Timeout = DEFAULT) -> None:

@@ -186,6 +186,7 @@ _BY_CODE: Dict[str, Type[NullspaceError]] = {
     "snapshot_in_use": ConflictError,
     "volume_in_use": ConflictError,
     "volume_exists": ConflictError,
+    "snapshot_name_exists": ConflictError,
     "template_exists": ConflictError,
     "template_in_use": ConflictError,
     "template_not_ready": ConflictError,

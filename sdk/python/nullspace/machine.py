@@ -203,10 +203,13 @@ class Machine:
         snap = self._client.call(_ops.pause(self.id, request_timeout))
         return snap
 
-    def create_snapshot(self, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
+    def create_snapshot(self, *, name: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Snapshot:
         """A reusable snapshot of the running machine, which keeps running;
-        Machine.create(snapshot_id=...) makes independent children of it."""
-        return self._client.call(_ops.create_snapshot(self.id, request_timeout))
+        Machine.create(snapshot_id=...) makes independent children of it.
+        ``name`` names it (unique in the team, else ``ConflictError`` with
+        code ``snapshot_name_exists``); the name then works wherever the id
+        does, until the snapshot is deleted."""
+        return self._client.call(_ops.create_snapshot(self.id, name, request_timeout))
 
     def fork(self, count: int = 1, *, request_timeout: Timeout = DEFAULT) -> List["Machine"]:
         """``count`` (1..16) running children of one snapshot of this

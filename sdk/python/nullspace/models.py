@@ -261,6 +261,9 @@ class Snapshot(_Model):
     kernel: str = ""
     children: int = 0
     pinned: bool = False
+    #: The snapshot's name ("" if it has none), unique in the team; it works
+    #: wherever the id does.
+    name: str = ""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Snapshot":
@@ -280,6 +283,7 @@ class Snapshot(_Model):
             kernel=d.get("kernel", ""),
             children=int(d.get("children", 0)),
             pinned=bool(d.get("pinned", False)),
+            name=d.get("name", ""),
         )
 
 

@@ -47,6 +47,7 @@ class ErrorClassesTest(unittest.TestCase):
             (409, "snapshot_incompatible", errors.SnapshotIncompatibleError),
             (409, "snapshot_corrupt", errors.SnapshotCorruptError),
             (409, "snapshot_superseded", errors.SnapshotSupersededError),
+            (409, "snapshot_name_exists", errors.ConflictError),
             (429, "rate_limited", errors.RateLimitError),
             (503, "unavailable", errors.UnavailableError),
             (504, "deadline_exceeded", errors.TimeoutError),
@@ -429,3 +430,33 @@ class FileUserTest(unittest.TestCase):
         from nullspace import _ops
         self.assertNotIn("user", [k for k, _ in _ops.read_file("m", "/a").query])
         self.assertEqual(_ops.make_dir("m", "/a").json, {"path": "/a"})
+
+
+class SnapshotNameTest(unittest.TestCase):
+    """A snapshot's name is sent when given, read back, and filters lists."""
+
+    def test_named_snapshot(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        snap = {"id": "snp_1", "kind": "snapshot", "name": "web"}
+        srv.route("POST /v1/machines/mch_1/snapshots", js(201, snap), js(201, dict(snap, name=None)), js(201, snap))
+        srv.route("GET /v1/snapshots", js(200, {"snapshots": [snap], "next_token": ""}), js(200, {"snapshots": [snap], "next_token": ""}))
+        with Client(srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            self.assertEqual(m.create_snapshot(name="web").name, "web")
+            m.create_snapshot()
+            self.assertEqual([s.name for s in c.snapshots.list(name="web")], ["web"])
+
+        async def main() -> None:
+            async with AsyncClient(srv.url, "k") as ac:
+                am = AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), ac)
+                self.assertEqual((await am.create_snapshot(name="web")).name, "web")
+                self.assertEqual([s.id async for s in ac.snapshots.list(name="web")], ["snp_1"])
+
+        asyncio.run(main())
+        posts = [(p, b) for meth, p, _, b in srv.requests if meth == "POST"]
+        self.assertEqual(posts, [("/v1/machines/mch_1/snapshots", b'{"name":"web"}'),
+                                 ("/v1/machines/mch_1/snapshots", b""),
+                                 ("/v1/machines/mch_1/snapshots", b'{"name":"web"}')])
+        lists = [p for meth, p, _, _ in srv.requests if meth == "GET"]
+        self.assertEqual(lists, ["/v1/snapshots?name=web", "/v1/snapshots?name=web"])
