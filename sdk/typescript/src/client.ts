@@ -113,12 +113,13 @@ const enc = encodeURIComponent;
 export class Snapshots {
   constructor(private readonly c: Client) {}
 
-  /** Every snapshot (of one machine's lineage, of one kind), oldest first. */
-  list(o: { machineId?: string; kind?: string } & CallOptions = {}): AsyncGenerator<m.Snapshot> {
+  /** Every snapshot (of one machine's lineage, of one kind, of one name), oldest first. */
+  list(o: { machineId?: string; kind?: string; name?: string } & CallOptions = {}): AsyncGenerator<m.Snapshot> {
     return this.c.pages((tok) => ({ method: "GET", path: "/v1/snapshots", idempotent: true,
-      query: { machine_id: o.machineId, kind: o.kind, next_token: tok } }), "snapshots", m.snapshot, o);
+      query: { machine_id: o.machineId, kind: o.kind, name: o.name, next_token: tok } }), "snapshots", m.snapshot, o);
   }
 
+  /** The snapshot of this id, or of this name. */
   async get(id: string, o?: CallOptions): Promise<m.Snapshot> {
     return m.snapshot(await this.c.json({ method: "GET", path: `/v1/snapshots/${enc(id)}`, idempotent: true }, o));
   }

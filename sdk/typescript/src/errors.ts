@@ -117,6 +117,7 @@ const byCode: Record<string, ErrorClass> = {
   snapshot_in_use: ConflictError,
   volume_in_use: ConflictError,
   volume_exists: ConflictError,
+  snapshot_name_exists: ConflictError,
   template_exists: ConflictError,
   template_in_use: ConflictError,
   template_not_ready: ConflictError,

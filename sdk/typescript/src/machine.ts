@@ -188,9 +188,13 @@ export class Machine {
     return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "pause") }, o));
   }
 
-  /** A reusable snapshot; the machine keeps running. */
-  async createSnapshot(o?: CallOptions): Promise<m.Snapshot> {
-    return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "snapshots") }, o));
+  /**
+   * A reusable snapshot; the machine keeps running. `name` names it (unique in the team, else
+   * ConflictError with code snapshot_name_exists); the name then works wherever the id does.
+   */
+  async createSnapshot(o: { name?: string } & CallOptions = {}): Promise<m.Snapshot> {
+    const json = o.name ? { name: o.name } : undefined;
+    return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "snapshots"), json }, o));
   }
 
   /** `count` running children of one snapshot; all or none. */

@@ -75,6 +75,7 @@ for (const [name, sdk] of Object.entries(builds)) {
         [404, "file_not_found", sdk.PathNotFoundError], [404, "process_not_found", sdk.ProcessNotFoundError],
         [409, "machine_not_running", sdk.MachineNotRunningError], [409, "snapshot_incompatible", sdk.SnapshotIncompatibleError],
         [409, "snapshot_corrupt", sdk.SnapshotCorruptError], [409, "conflict", sdk.ConflictError],
+        [409, "snapshot_name_exists", sdk.ConflictError],
         [429, "rate_limited", sdk.RateLimitError], [503, "unavailable", sdk.UnavailableError],
         [504, "deadline_exceeded", sdk.TimeoutError], [507, "resource_exhausted", sdk.ResourceExhaustedError], [503, "capacity_exhausted", sdk.ResourceExhaustedError],
         [418, "a_code_from_the_future", sdk.NullspaceError],
@@ -134,6 +135,27 @@ for (const [name, sdk] of Object.entries(builds)) {
       assert.deepEqual(JSON.parse(mkdir[2]), { path: "/d", user: "user" });
       assert.deepEqual(JSON.parse(rename[2]), { from: "/a", to: "/b", user: "user" });
       assert.equal(new URL(plain[1], url).searchParams.has("user"), false);
+    });
+
+    test("a snapshot's name is sent when given, read back, and filters lists", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k", maxRetries: 0 });
+      const snap = { id: "snp_1", kind: "snapshot", machine_id: "mch_n", lineage_id: "mch_n", template: "base", size_bytes: 1,
+        created_at: "2026-12-01T10:00:00Z", generation: 1, checksum: "c", pause_window_ms: 1, runtime_version: "r", kernel: "k",
+        children: 0, name: "web" };
+      s.routes.set("POST /v1/machines/mch_n/connect", [[200, { ...MACHINE, id: "mch_n" }]]);
+      s.routes.set("POST /v1/machines/mch_n/snapshots", [[201, snap]]);
+      s.routes.set("GET /v1/snapshots", [[200, { snapshots: [snap], next_token: "" }]]);
+      const mn = await sdk.Machine.connect("mch_n", { client: c });
+      s.calls.length = 0;
+      assert.equal((await mn.createSnapshot({ name: "web" })).name, "web");
+      await mn.createSnapshot();
+      const listed = [];
+      for await (const sn of c.snapshots.list({ name: "web" })) listed.push(sn.name);
+      assert.deepEqual(listed, ["web"]);
+      const [named, plain, list] = s.calls;
+      assert.deepEqual(JSON.parse(named[2]), { name: "web" });
+      assert.equal(plain[2], "");
+      assert.equal(new URL(list[1], url).searchParams.get("name"), "web");
     });
 
     test("bad arguments are refused before anything is sent", async () => {

@@ -146,8 +146,8 @@ export interface paths {
          *     `command_not_found`), the create fails and nothing is left behind.
          *     Without `command` the machine has no main process.
          *
-         *     With `snapshot_id` the machine is created from a snapshot instead of a
-         *     template: its memory, processes and files are the snapshot's, and so
+         *     With `snapshot_id` (a snapshot's id, or its name) the machine is
+         *     created from a snapshot instead of a template: its memory, processes and files are the snapshot's, and so
          *     are its template, `cpu_count`, `memory_mb`, `env`, `volumes`, `hooks`
          *     and `command` (setting any of them is `invalid_argument`); `metadata`
          *     and `allow_internet` may be set. The child is an independent machine
@@ -536,6 +536,16 @@ export interface paths {
          *     with `POST /v1/machines` `{"snapshot_id": ...}`. The snapshot stays
          *     until deleted with `DELETE /v1/snapshots/{id}`, even after its
          *     machine is killed.
+         *
+         *     `name` names the snapshot: 1 to 128 lower-case letters, digits, `-`
+         *     and `_`, starting with a letter or digit and not with `snp_` (which
+         *     snapshot ids start with), else `invalid_argument`. A name is unique
+         *     in the team: one another snapshot has (even one still being taken)
+         *     is `snapshot_name_exists` (409), checked before the machine is
+         *     touched. The name then works wherever the snapshot's id does
+         *     (`snapshot_id` of `POST /v1/machines`, `GET`/`DELETE
+         *     /v1/snapshots/{id}`); deleting the snapshot frees it, and so does a
+         *     checkpoint that fails.
          *
          *     If the checkpoint fails the machine keeps running and nothing is
          *     kept; a full snapshot disk is `resource_exhausted` with status 507.
@@ -1174,7 +1184,8 @@ export interface paths {
          * List snapshots
          * @description Lists the caller's snapshots, oldest first. `machine_id` keeps those
          *     taken of that machine id (not of its whole lineage: use
-         *     `GET /v1/machines/{id}/checkpoints` for that); `kind` keeps one kind.
+         *     `GET /v1/machines/{id}/checkpoints` for that); `kind` keeps one kind;
+         *     `name` keeps the snapshot of that name (none or one).
          *     An unknown kind is `invalid_argument`.
          */
         get: operations["listSnapshots"];
@@ -1191,7 +1202,7 @@ export interface paths {
             query?: never;
             header?: never;
             path: {
-                /** @description The snapshot's id. */
+                /** @description The snapshot's id, or its name. */
                 id: components["parameters"]["SnapshotID"];
             };
             cookie?: never;
@@ -1224,7 +1235,7 @@ export interface paths {
             query?: never;
             header?: never;
             path: {
-                /** @description The snapshot's id. */
+                /** @description The snapshot's id, or its name. */
                 id: components["parameters"]["SnapshotID"];
             };
             cookie?: never;
@@ -1614,6 +1625,7 @@ export interface components {
          *     | `snapshot_superseded` | 409 | false | The snapshot is not the lineage's latest state (the machine was resumed since); connect to the latest execution, or restore the snapshot explicitly as a checkpoint. |
          *     | `volume_in_use` | 409 | false | Machines that are not killed, or snapshots, use the volume. |
          *     | `volume_exists` | 409 | false | A volume with this name already exists. |
+         *     | `snapshot_name_exists` | 409 | false | Another of the team's snapshots has this name: choose another, or delete that snapshot first. |
          *     | `ssh_key_exists` | 409 | false | The SSH key is registered already (a key belongs to one team). |
          *     | `ssh_key_not_found` | 404 | false | The team has no such SSH key. |
          *     | `ssh_key_invalid` | 400 | false | The public key is not one line of authorized_keys form (or is a private key, a certificate, or has options). |
@@ -1663,7 +1675,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -1733,7 +1745,8 @@ export interface components {
              */
             allow_internet?: boolean;
             /**
-             * @description Create the machine from this snapshot instead of a template. Its
+             * @description Create the machine from this snapshot (its id, or its name)
+             *     instead of a template. Its
              *     template, `cpu_count`, `memory_mb`, `env`, `volumes`, `hooks` and
              *     `command` are the snapshot's; setting them too is
              *     `invalid_argument`. A `disk` snapshot is `snapshot_wrong_kind`.
@@ -2449,6 +2462,19 @@ export interface components {
             children: number;
             /** @description Kept whatever the machine's checkpoint retention (`POST .../checkpoints/{snapshot_id}/pin`). */
             pinned?: boolean;
+            /**
+             * @description The snapshot's name (absent when it has none), unique in the team; it works wherever the id does.
+             * @example web-ready
+             */
+            name?: string;
+        };
+        /** @description Body of `POST /v1/machines/{id}/snapshots` (optional). */
+        CreateSnapshotRequest: {
+            /**
+             * @description Names the snapshot; unique in the team (`snapshot_name_exists`).
+             *     Must not start with `snp_`.
+             */
+            name?: string;
         };
         /** @description Body of `GET /v1/snapshots` and `GET /v1/machines/{id}/checkpoints`, a page. */
         SnapshotList: {
@@ -2755,7 +2781,7 @@ export interface components {
         PID: number;
         /** @description The template's name. */
         TemplateName: string;
-        /** @description The snapshot's id. */
+        /** @description The snapshot's id, or its name. */
         SnapshotID: string;
         /** @description The id of a snapshot in the machine's history (`GET /v1/machines/{id}/checkpoints`). */
         CheckpointID: string;
@@ -3356,7 +3382,11 @@ export interface operations {
             };
             cookie?: never;
         };
-        requestBody?: never;
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["CreateSnapshotRequest"];
+            };
+        };
         responses: {
             /** @description The snapshot. */
             201: {
@@ -3367,9 +3397,31 @@ export interface operations {
                     "application/json": components["schemas"]["Snapshot"];
                 };
             };
+            /** @description `invalid_argument`: the name is not a valid snapshot name. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             401: components["responses"]["Unauthenticated"];
             404: components["responses"]["MachineNotFound"];
-            409: components["responses"]["NotRunningOrBusy"];
+            /**
+             * @description `snapshot_name_exists` (another of the team's snapshots has the
+             *     name); `machine_not_running`; `conflict` (another lifecycle
+             *     operation runs on the machine's lineage; retry when it has
+             *     finished); `invalid_transition`.
+             */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
             500: components["responses"]["Internal"];
             503: components["responses"]["AgentUnavailable"];
             507: components["responses"]["SnapshotDiskFull"];
@@ -4444,6 +4496,8 @@ export interface operations {
                 machine_id?: string;
                 /** @description Keep only snapshots of this kind. */
                 kind?: components["schemas"]["SnapshotKind"];
+                /** @description Keep only the snapshot of this name. */
+                name?: string;
                 /** @description Page size, 1 to 1000 (default 100); out of range is `invalid_argument`. */
                 limit?: components["parameters"]["Limit"];
                 /** @description The `next_token` of the previous page (opaque); absent for the first page. */
@@ -4475,7 +4529,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The snapshot's id. */
+                /** @description The snapshot's id, or its name. */
                 id: components["parameters"]["SnapshotID"];
             };
             cookie?: never;
@@ -4505,7 +4559,7 @@ export interface operations {
             };
             header?: never;
             path: {
-                /** @description The snapshot's id. */
+                /** @description The snapshot's id, or its name. */
                 id: components["parameters"]["SnapshotID"];
             };
             cookie?: never;
@@ -4540,7 +4594,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
-                /** @description The snapshot's id. */
+                /** @description The snapshot's id, or its name. */
                 id: components["parameters"]["SnapshotID"];
             };
             cookie?: never;
