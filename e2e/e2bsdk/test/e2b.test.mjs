@@ -6,10 +6,20 @@
 // prints them.
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import http from 'node:http'
 
 const sdkName = process.env.E2B_SDK ?? 'e2b-latest'
 const { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } = await import(sdkName)
+const sdkVersion = JSON.parse(readFileSync(new URL(`../node_modules/${sdkName}/package.json`, import.meta.url))).version
+
+// atLeast reports whether the SDK release is version v or newer: features
+// that are only options of a call cannot be detected otherwise.
+function atLeast(v) {
+  const [a, b] = [sdkVersion, v].map((x) => x.split('.').map(Number))
+  for (let i = 0; i < 3; i++) if (a[i] !== b[i]) return a[i] > b[i]
+  return true
+}
 
 const run = `${sdkName}-${process.pid}-${Date.now()}`
 const created = []
@@ -283,6 +293,34 @@ test('snapshots: createSnapshot, then Sandbox.create from it; listSnapshots', as
   await fromSnap.kill()
   assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
   assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false, 'a deleted snapshot is not found')
+})
+
+test('named snapshots: createSnapshot({name}), listSnapshots({name}), Sandbox.create(name), deleteSnapshot(name)', {
+  skip: !atLeast('2.34.0') && `e2b ${sdkVersion} has no snapshot names (createSnapshot's name came in 2.20, listSnapshots' name filter in 2.34)`,
+}, async () => {
+  const sbx = await create()
+  await sbx.files.write('/home/user/named.txt', 'named')
+  const name = `snap-${sdkName}-${process.pid}`
+  const snap = await sbx.createSnapshot({ name })
+  assert.match(snap.snapshotId, /^snp_/)
+  assert.ok(snap.names.some((n) => n.includes(name)), JSON.stringify(snap))
+  // The name stays this snapshot's until it is deleted.
+  await assert.rejects(sbx.createSnapshot({ name }), (err) => /already exists/.test(err.message))
+
+  const found = await Sandbox.listSnapshots({ name }).nextItems()
+  assert.deepEqual(found.map((s) => s.snapshotId), [snap.snapshotId])
+  assert.ok(found[0].names.includes(name), JSON.stringify(found))
+  assert.deepEqual(await Sandbox.listSnapshots({ name: `${name}-does-not-exist` }).nextItems(), [])
+
+  // E2B's snapshot names are template names.
+  const fromName = await Sandbox.create(name, { timeoutMs: 120_000, metadata: { run } })
+  created.push(fromName)
+  assert.equal(await fromName.files.read('/home/user/named.txt'), 'named')
+  await fromName.kill()
+
+  assert.equal(await Sandbox.deleteSnapshot(name), true)
+  assert.equal(await Sandbox.deleteSnapshot(name), false, 'a deleted name is not found')
+  assert.deepEqual(await Sandbox.listSnapshots({ name }).nextItems(), [], 'a deleted name is free')
 })
 
 test('fork: children with the parent\'s memory and files', { skip: typeof Sandbox.fork !== 'function' && 'this SDK release has no fork' }, async () => {
