@@ -116,7 +116,7 @@ func (m *Manager) Pause(ctx context.Context, teamID, id string) (*store.Snapshot
 // the start of the checkpoint until it is deleted.
 func (m *Manager) CreateSnapshot(ctx context.Context, teamID, id, name string) (*store.Snapshot, error) {
 	if name != "" {
-		if err := CheckSnapshotName(name); err != nil {
+		if err := checkSnapshotName(name); err != nil {
 			return nil, err
 		}
 		if err := m.nameFree(ctx, teamID, name); err != nil {

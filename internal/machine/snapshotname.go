@@ -20,9 +20,9 @@ var snapshotNameRe = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,127}$`)
 // so that wherever a snapshot id is accepted a name is too, unambiguously.
 const snapshotIDPrefix = "snp_"
 
-// CheckSnapshotName returns an invalid_argument error if name cannot name
+// checkSnapshotName returns an invalid_argument error if name cannot name
 // a snapshot.
-func CheckSnapshotName(name string) error {
+func checkSnapshotName(name string) error {
 	if !snapshotNameRe.MatchString(name) || strings.HasPrefix(name, snapshotIDPrefix) {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("snapshot name %q is invalid", name),
@@ -32,11 +32,11 @@ func CheckSnapshotName(name string) error {
 }
 
 // snapshotByIDOrName returns a team's snapshot by id or, failing that, by
-// name: names never look like ids (CheckSnapshotName), so a value is one
+// name: names never look like ids (checkSnapshotName), so a value is one
 // or the other.
 func (m *Manager) snapshotByIDOrName(ctx context.Context, teamID, idOrName string) (*store.Snapshot, error) {
 	sn, err := m.store.GetSnapshot(ctx, idOrName)
-	if errors.Is(err, errdefs.ErrNotFound) && CheckSnapshotName(idOrName) == nil {
+	if errors.Is(err, errdefs.ErrNotFound) && checkSnapshotName(idOrName) == nil {
 		return m.store.GetSnapshotByName(ctx, teamID, idOrName)
 	}
 	return sn, err

@@ -33,8 +33,8 @@ func TestCheckSnapshotName(t *testing.T) {
 		{"snp_0123", false}, // an id's shape
 		{"snp-0123", true},
 	} {
-		if err := CheckSnapshotName(c.name); (err == nil) != c.ok || (err != nil && !errors.Is(err, errdefs.ErrInvalidArgument)) {
-			t.Errorf("CheckSnapshotName(%q) = %v, want ok %v", c.name, err, c.ok)
+		if err := checkSnapshotName(c.name); (err == nil) != c.ok || (err != nil && !errors.Is(err, errdefs.ErrInvalidArgument)) {
+			t.Errorf("checkSnapshotName(%q) = %v, want ok %v", c.name, err, c.ok)
 		}
 	}
 }
