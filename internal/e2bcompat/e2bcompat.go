@@ -20,6 +20,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -215,7 +216,23 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 	runCtx, done := s.machines.WhileRunning(ctx, t.MachineID)
 	return &envd.Sandbox{Ctx: runCtx, Done: done, MachineID: t.MachineID, Lineage: lineage,
 		Agent: agentclient.New(ep.URL, ep.Token, agentclient.SharedHTTPClient()),
-		Touch: func() { s.machines.Touch(t.MachineID) }}, nil
+		Touch: func() { s.machines.Touch(t.MachineID) }, Gone: func(ctx context.Context) bool { return s.gone(ctx, lineage) }}, nil
+}
+
+// gone says whether a lineage has ended for good: killed, failed, or no
+// longer known. A pause, a stop or a lookup that fails is not gone.
+func (s *Server) gone(ctx context.Context, lineage string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := s.machines.LineageHead(ctx, lineage)
+	if err != nil {
+		return errors.Is(err, errdefs.ErrNotFound)
+	}
+	switch rec.State {
+	case api.StateKilled, api.StateKilling, api.StateFailed:
+		return true
+	}
+	return false
 }
 
 // waker is the manager as edge.Bring sees it.

@@ -80,7 +80,14 @@ type Sandbox struct {
 	// Touch records activity (idle_timeout counts it) during a long call:
 	// opening the sandbox has counted the call itself.
 	Touch func()
+	// Gone, asked once Ctx has ended, says whether the sandbox is gone for
+	// good (killed or failed) rather than paused; nil: not known.
+	Gone func(ctx context.Context) bool
 }
+
+// killedText is what E2B's SDKs say of a sandbox that went away under a
+// call (and what code written for E2B looks for in the error).
+const killedText = "the sandbox was killed or reached its end of life while the request was in flight"
 
 // Opener resolves a call to its sandbox, waking it when it may; errors are
 // errdefs-classified.
