@@ -188,7 +188,11 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 		return nil, notFound(r.SandboxID)
 	}
 	if r.AccessToken == "" || !hmac.Equal([]byte(r.AccessToken), []byte(s.accessToken(lineage))) {
-		if !r.Signed(s.accessToken(lineage)) {
+		if r.Signature != "" {
+			if err := r.CheckSignature(s.accessToken(lineage)); err != nil {
+				return nil, err
+			}
+		} else {
 			return nil, unauthenticated("missing or wrong X-Access-Token (or file URL signature) for sandbox "+r.SandboxID,
 				"send the envdAccessToken that create and connect return (the SDKs do)")
 		}

@@ -80,8 +80,13 @@ func newFixture(t *testing.T) *fixture {
 		if r.SandboxID != "sbx1" {
 			return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, "sandbox "+r.SandboxID+" not found", "")
 		}
-		if r.AccessToken != accessToken && !r.Signed(accessToken) {
-			return nil, errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, "wrong token", "")
+		if r.AccessToken != accessToken {
+			if r.Signature == "" {
+				return nil, errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, "wrong token", "")
+			}
+			if err := r.CheckSignature(accessToken); err != nil {
+				return nil, err
+			}
 		}
 		runCtx, cancel := context.WithCancel(ctx)
 		f.mu.Lock()
@@ -677,8 +682,14 @@ func TestFilesRoutes(t *testing.T) {
 	}
 	exp := time.Now().Add(-time.Minute).Unix()
 	old := sign(p, "read", "", accessToken, exp)
-	if resp, _ = do("GET", "path="+p+"&signature="+url.QueryEscape(old)+"&signature_expiration="+itoa(exp), nil, "", idOnly); resp.StatusCode != 401 {
-		t.Errorf("an expired signature: %d, want 401", resp.StatusCode)
+	// E2B's envd's bodies, which code written for E2B compares whole.
+	if resp, body = do("GET", "path="+p+"&signature="+url.QueryEscape(old)+"&signature_expiration="+itoa(exp), nil, "", idOnly); resp.StatusCode != 401 ||
+		body != `{"code":401,"message":"signature is already expired"}`+"\n" {
+		t.Errorf("an expired signature: %d %s, want 401 and E2B's body", resp.StatusCode, body)
+	}
+	if resp, body = do("GET", "path="+p+"&signature=v1_forged", nil, "", idOnly); resp.StatusCode != 401 ||
+		body != `{"code":401,"message":"invalid signature"}`+"\n" {
+		t.Errorf("a forged signature: %d %s, want 401 and E2B's body", resp.StatusCode, body)
 	}
 
 	// Errors are E2B's body: the status as a number, and a message.
@@ -692,25 +703,26 @@ func TestFilesRoutes(t *testing.T) {
 	}
 }
 
-func TestRequestSigned(t *testing.T) {
+func TestCheckSignature(t *testing.T) {
 	future := time.Now().Add(time.Hour).Unix()
 	past := time.Now().Add(-time.Hour).Unix()
 	tests := []struct {
 		name string
 		req  envd.Request
-		want bool
+		want error
 	}{
-		{"valid", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "tok", 0)}, true},
+		{"valid", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "tok", 0)}, nil},
 		{"valid with user and expiry", envd.Request{Path: "/a", Operation: "write", User: "root", Expiration: future,
-			Signature: sign("/a", "write", "root", "tok", future)}, true},
-		{"expired", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: sign("/a", "read", "", "tok", past)}, false},
-		{"other operation", envd.Request{Path: "/a", Operation: "write", Signature: sign("/a", "read", "", "tok", 0)}, false},
-		{"other token", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "other", 0)}, false},
-		{"none", envd.Request{Path: "/a", Operation: "read"}, false},
+			Signature: sign("/a", "write", "root", "tok", future)}, nil},
+		{"expired", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: sign("/a", "read", "", "tok", past)}, envd.ErrSignatureExpired},
+		{"forged and expired: invalid first", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: "v1_forged"}, envd.ErrSignatureInvalid},
+		{"other operation", envd.Request{Path: "/a", Operation: "write", Signature: sign("/a", "read", "", "tok", 0)}, envd.ErrSignatureInvalid},
+		{"other token", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "other", 0)}, envd.ErrSignatureInvalid},
+		{"none", envd.Request{Path: "/a", Operation: "read"}, envd.ErrSignatureInvalid},
 	}
 	for _, tc := range tests {
-		if got := tc.req.Signed("tok"); got != tc.want {
-			t.Errorf("%s: Signed = %v, want %v", tc.name, got, tc.want)
+		if got := tc.req.CheckSignature("tok"); got != tc.want {
+			t.Errorf("%s: CheckSignature = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
