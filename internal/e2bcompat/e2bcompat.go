@@ -119,7 +119,10 @@ func New(bg context.Context, cfg Config, machines Machines, auth Authenticator, 
 // ServeHTTP sends a request to envd when it names a sandbox, to the
 // control plane otherwise.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if sandboxOf(r) != "" {
+	if id := sandboxOf(r); id != "" {
+		// envd reads the sandbox from the header, which a call on the
+		// host 49983-{id} (the edge's, and signed file URLs) lacks.
+		r.Header.Set("E2b-Sandbox-Id", id)
 		s.envd.ServeHTTP(w, r)
 		return
 	}
@@ -177,6 +180,19 @@ func (s *Server) accessToken(lineageID string) string {
 	m.Write([]byte("envd-access:" + lineageID))
 	return hex.EncodeToString(m.Sum(nil)[:24])
 }
+
+// TrafficToken is the token that opens a private sandbox's ports on the
+// edge (allowPublicTraffic: false), stateless like the access token and
+// void for every other sandbox (edge.E2B.TrafficToken).
+func (s *Server) TrafficToken(lineageID string) string {
+	m := hmac.New(sha256.New, s.secret)
+	m.Write([]byte("traffic-access:" + lineageID))
+	return hex.EncodeToString(m.Sum(nil)[:24])
+}
+
+// Envd is envd for the edge's 49983-{sandbox} hosts: there every request
+// names its sandbox by its host, so it goes to envd.
+func (s *Server) Envd() http.Handler { return s }
 
 // openSandbox resolves an envd request to its machine's agent: it checks
 // the access token, wakes a paused machine with auto-resume (within the

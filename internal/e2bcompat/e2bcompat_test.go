@@ -48,7 +48,9 @@ func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMa
 		return nil, f.err
 	}
 	f.created = append(f.created, req)
-	return f.add(team, api.StateRunning), nil
+	rec := f.add(team, api.StateRunning)
+	rec.PublicPorts = req.PublicPorts
+	return rec, nil
 }
 
 func (f *fakeMachines) LineageHead(ctx context.Context, id string) (*store.Machine, error) {
@@ -274,6 +276,10 @@ func TestCreateMapsE2BFields(t *testing.T) {
 			if len(sb.SandboxID) != 20 || strings.ContainsAny(sb.SandboxID, "-_") || sb.EnvdAccessToken == "" ||
 				sb.EnvdVersion != EnvdVersion || sb.Domain == nil || *sb.Domain != "localhost:7701" || sb.ClientID == "" {
 				t.Errorf("answer %+v", sb)
+			}
+			// A private sandbox's ports open to its traffic access token.
+			if private := !tc.want.PublicPorts; private != (sb.TrafficAccessToken != nil && len(*sb.TrafficAccessToken) == 48) {
+				t.Errorf("trafficAccessToken %v for a sandbox with public ports %v", sb.TrafficAccessToken, tc.want.PublicPorts)
 			}
 		})
 	}
@@ -510,5 +516,30 @@ func TestIDs(t *testing.T) {
 		if got := sandboxOf(r); got != want {
 			t.Errorf("sandboxOf(host %q) = %q, want %q", host, got, want)
 		}
+	}
+}
+
+// TestEnvdByHost: a call on the host 49983-{sandbox} (the edge's, and the
+// file URLs the SDKs sign with E2B_DOMAIN alone) reaches that sandbox's
+// envd with no E2b-Sandbox-Id header.
+func TestEnvdByHost(t *testing.T) {
+	f := newFake()
+	rec := f.add("team-a", api.StateRunning)
+	srv := newTestServer(t, f)
+	req, _ := http.NewRequest("GET", srv.URL+"/files?path=/etc/hostname", nil)
+	req.Host = "49983-" + sandboxID(rec) + ".localhost:7701"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}
+	json.NewDecoder(resp.Body).Decode(&e)
+	// No token: the sandbox was found, and the call refused for that.
+	if resp.StatusCode != 401 || !strings.Contains(e.Message, sandboxID(rec)) {
+		t.Fatalf("a call by host: %d %+v, want 401 naming sandbox %s", resp.StatusCode, e, sandboxID(rec))
 	}
 }

@@ -69,6 +69,10 @@ func (s *Server) sandbox(rec *store.Machine) sandbox {
 	if s.cfg.Domain != "" {
 		out.Domain = &s.cfg.Domain
 	}
+	if !rec.PublicPorts {
+		tok := s.TrafficToken(rec.LineageID)
+		out.TrafficAccessToken = &tok
+	}
 	return out
 }
 
