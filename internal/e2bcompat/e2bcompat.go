@@ -190,10 +190,6 @@ func (s *Server) TrafficToken(lineageID string) string {
 	return hex.EncodeToString(m.Sum(nil)[:24])
 }
 
-// Envd is envd for the edge's 49983-{sandbox} hosts: there every request
-// names its sandbox by its host, so it goes to envd.
-func (s *Server) Envd() http.Handler { return s }
-
 // openSandbox resolves an envd request to its machine's agent: it checks
 // the access token, wakes a paused machine with auto-resume (within the
 // edge's window) and returns a context that ends when the machine stops

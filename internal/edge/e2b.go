@@ -14,11 +14,12 @@ import (
 // envd and its ports on the same per-sandbox hosts, {port}-{sandbox}.
 // {domain}, and read E2B's answers there.
 type E2B struct {
-	// Envd serves envd, E2B's in-machine API, on the host
-	// 49983-{sandbox}.{domain}: the agent's port, which the edge never
-	// forwards. The SDKs go there when only E2B_DOMAIN is set, as on E2B,
-	// and so do the download and upload URLs they sign.
-	Envd http.Handler
+	// API serves E2B's API: its control plane on the host api.{domain},
+	// and envd, E2B's in-machine API, on 49983-{sandbox}.{domain} (the
+	// agent's port, which the edge never forwards). The SDKs go there when
+	// only E2B_DOMAIN is set, as on E2B, and so do the download and upload
+	// URLs they sign.
+	API http.Handler
 	// TrafficToken is the token that opens a private sandbox's ports
 	// (network.allowPublicTraffic: false) in the TrafficTokenHeader: E2B's
 	// shape of the guard signed URLs are.
@@ -32,9 +33,20 @@ const TrafficTokenHeader = "E2b-Traffic-Access-Token"
 // edge serves.
 func (s *Server) ServeE2B(e E2B) { s.e2b = &e }
 
-// e2bEnvd says whether a request is for envd on an E2B sandbox host.
-func (s *Server) e2bEnvd(l label, pathForm bool) bool {
-	return s.e2b != nil && s.e2b.Envd != nil && l.Port == AgentPort && !pathForm && l.Sig == ""
+// e2bAPIHost is the host label of E2B's control plane under the domain.
+const e2bAPIHost = "api"
+
+// e2bAPI says whether a request is for E2B's API: on api.{domain}, or
+// envd on an E2B sandbox's host.
+func (s *Server) e2bAPI(raw string, pathForm bool) bool {
+	if s.e2b == nil || s.e2b.API == nil || pathForm {
+		return false
+	}
+	if raw == e2bAPIHost {
+		return true
+	}
+	l, err := parseLabel(raw)
+	return err == nil && l.Port == AgentPort && l.Sig == "" && l.Expires.IsZero()
 }
 
 // trafficTokenOK says whether a request carries the traffic access token

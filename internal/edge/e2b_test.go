@@ -18,20 +18,27 @@ func (h *harness) e2bHost(port int, path string) string {
 	return "http://" + strconv.Itoa(port) + "-" + strings.TrimPrefix(lineage, lineagePrefix) + "." + h.domain + path
 }
 
-// TestE2BEnvdHost: with the E2B layer on, the host 49983-{sandbox} is
-// envd's (the SDKs' and their signed file URLs' with E2B_DOMAIN alone);
-// without it, the agent's port stays refused.
-func TestE2BEnvdHost(t *testing.T) {
+// TestE2BHosts: with the E2B layer on, api.{domain} is E2B's control
+// plane and the host 49983-{sandbox} its envd (the SDKs' and their signed
+// file URLs' with E2B_DOMAIN alone); without it, the agent's port stays
+// refused.
+func TestE2BHosts(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(echoPath), Config{})
 	wantError(t, h.get(t, h.e2bHost(AgentPort, "/files?path=x")), 400, errdefs.CodePortNotAllowed)
 
-	h.edge.ServeE2B(E2B{Envd: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "envd "+r.Host+" "+r.URL.RequestURI())
+	h.edge.ServeE2B(E2B{API: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "e2b "+r.Host+" "+r.URL.RequestURI())
 	})})
 	resp := h.get(t, h.e2bHost(AgentPort, "/files?path=x"))
 	b, _ := io.ReadAll(resp.Body)
-	if want := "envd 49983-" + strings.TrimPrefix(lineage, lineagePrefix) + "." + h.domain + " /files?path=x"; resp.StatusCode != 200 || string(b) != want {
+	if want := "e2b 49983-" + strings.TrimPrefix(lineage, lineagePrefix) + "." + h.domain + " /files?path=x"; resp.StatusCode != 200 || string(b) != want {
 		t.Fatalf("envd host: %d %q, want 200 %q", resp.StatusCode, b, want)
+	}
+	// E2B's control plane is api.{domain}, where the SDKs go with
+	// E2B_DOMAIN alone.
+	resp = h.get(t, "http://api."+h.domain+"/v2/sandboxes")
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "e2b api."+h.domain+" /v2/sandboxes" {
+		t.Fatalf("api host: %d %q", resp.StatusCode, b)
 	}
 	// A signed label of the agent's port is never envd's, nor forwarded.
 	l := label{Port: AgentPort, LineageID: lineage}
@@ -44,7 +51,7 @@ func TestE2BEnvdHost(t *testing.T) {
 // along; a signed URL keeps our 404.
 func TestE2BNotFound(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(echoPath), Config{})
-	h.edge.ServeE2B(E2B{Envd: http.NotFoundHandler()})
+	h.edge.ServeE2B(E2B{API: http.NotFoundHandler()})
 	h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StateKilled, PublicPorts: true})
 	for name, u := range map[string]string{
 		"killed":  h.e2bHost(h.port, "/"),
@@ -72,7 +79,7 @@ func TestE2BTrafficToken(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "token header: "+r.Header.Get(TrafficTokenHeader))
 	}), Config{})
-	h.edge.ServeE2B(E2B{Envd: http.NotFoundHandler(), TrafficToken: func(id string) string { return "tok-" + id }})
+	h.edge.ServeE2B(E2B{API: http.NotFoundHandler(), TrafficToken: func(id string) string { return "tok-" + id }})
 	h.machines.set(Target{LineageID: lineage, MachineID: lineage, ContainerID: "ns0", State: api.StateRunning,
 		IP: netip.MustParseAddr("127.0.0.1"), PublicPorts: false})
 	get := func(token string) *http.Response {

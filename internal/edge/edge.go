@@ -267,6 +267,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 		return
 	}
 	req.path = path // escaped
+	if s.e2bAPI(raw, pathForm) {
+		s.e2b.API.ServeHTTP(w, r)
+		return
+	}
 	l, err := parseLabel(raw)
 	if err != nil {
 		s.refuse(w, r, req, refusal{Status: http.StatusBadRequest, Code: errdefs.CodeURLInvalid,
@@ -274,10 +278,6 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 		return
 	}
 	req.label = l
-	if s.e2bEnvd(l, pathForm) {
-		s.e2b.Envd.ServeHTTP(w, r)
-		return
-	}
 	if err := checkPort(l.Port); err != nil {
 		p := errdefs.Classify(err)
 		s.refuse(w, r, req, refusal{Status: http.StatusBadRequest, Code: p.Code, Message: p.Message, Action: p.SuggestedAction})
@@ -472,6 +472,17 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+var _ http.Flusher = (*statusWriter)(nil)
+
+// Flush is for handlers that assert http.Flusher rather than use a
+// ResponseController: E2B's envd (Connect streams) on its hosts.
+func (w *statusWriter) Flush() {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	http.NewResponseController(w.ResponseWriter).Flush()
+}
 
 // forwardedURL builds the outbound URL of a request to t: the host names
 // the sandbox (its container id), never an IP, so that pooled connections

@@ -599,7 +599,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		}
 		closers = append(closers, e2bSrv.ln)
 		if edgeSrv != nil {
-			edgeSrv.edge.ServeE2B(edge.E2B{Envd: e2bSrv.compat.Envd(), TrafficToken: e2bSrv.compat.TrafficToken})
+			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
 		}
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},

@@ -3,10 +3,11 @@
 // e2e TestE2BSDK runs this file once per pinned SDK release (E2B_SDK names
 // the npm alias: e2b-latest, e2b-validating or e2b-older) with E2B_API_URL,
 // E2B_SANDBOX_URL, E2B_API_KEY and E2B_DOMAIN set, as `nullspace e2b env`
-// prints them.
+// prints them, and TestE2BDomainOnly once more with E2B_DOMAIN and
+// E2B_API_KEY alone, against an edge with TLS, as on E2B. Node runs it with
+// --import ./resolve-localhost.mjs (wildcard DNS for *.localhost).
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
-import http from 'node:http'
 
 const sdkName = process.env.E2B_SDK ?? 'e2b-latest'
 const { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } = await import(sdkName)
@@ -26,18 +27,15 @@ after(async () => {
   }
 })
 
-// A GET of a URL's path through the edge with the Host header getHost
-// gives: glibc (so Node) does not resolve *.localhost by itself.
-function getThroughEdge(host, path = '/') {
-  const [hostname, port] = process.env.E2B_DOMAIN.split(':')
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: hostname === 'localhost' ? '127.0.0.1' : hostname, port, path, headers: { Host: host } }, (res) => {
-      let body = ''
-      res.on('data', (c) => (body += c))
-      res.on('end', () => resolve({ status: res.statusCode, body }))
-    })
-    req.on('error', reject)
-  })
+// The scheme of the edge's URLs: https when the SDK is given E2B_DOMAIN
+// alone (it then makes https URLs, as on E2B), http beside E2B_SANDBOX_URL.
+const edgeScheme = process.env.E2B_SANDBOX_URL ? 'http' : 'https'
+
+// A GET of a path of a getHost(port) host through the edge (*.localhost
+// resolves here through resolve-localhost.mjs).
+async function getThroughEdge(host, path = '/', headers = {}) {
+  const res = await fetch(`${edgeScheme}://${host}${path}`, { headers })
+  return { status: res.status, body: await res.text() }
 }
 
 test('create, run a command, read its result', async () => {
@@ -244,7 +242,15 @@ test('getHost(port) reaches a server in the sandbox through the edge', async () 
 
 test('kill, then the sandbox is gone', async () => {
   const sbx = await create()
+  const host = sbx.getHost(3000)
   await sbx.kill()
+  // E2B's answer on a gone sandbox's host: 502 and its body.
+  const gone = await getThroughEdge(host)
+  assert.equal(gone.status, 502)
+  const body = JSON.parse(gone.body)
+  assert.equal(body.message, 'The sandbox was not found')
+  assert.equal(body.code, 502)
+  assert.ok(sbx.sandboxId.startsWith(body.sandboxId), JSON.stringify(body))
   await assert.rejects(sbx.getInfo(), (err) => err instanceof NotFoundError || /not found/i.test(err.message))
   assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   await assert.rejects(Sandbox.connect('0123456789abcdef0123'), (err) => /not found/i.test(err.message))
@@ -326,10 +332,39 @@ test('a dropped command stream is reconnected with commands.connect', async () =
   assert.equal(res.stdout, 'after\n')
 })
 
+test('a command whose sandbox is killed under it ends with a TimeoutError in E2B\'s words', async () => {
+  const sbx = await create()
+  const cmd = await sbx.commands.run('sleep 60', { background: true })
+  await sbx.kill()
+  const err = await cmd.wait().catch((e) => e)
+  assert.ok(err instanceof TimeoutError, `got ${err}`)
+  assert.match(err.message, /sandbox was killed or reached its end of life/)
+})
+
+test('allowPublicTraffic: false: the ports open to the trafficAccessToken', async () => {
+  const sbx = await create({ network: { allowPublicTraffic: false } })
+  assert.ok(sbx.trafficAccessToken, 'a private sandbox has a traffic access token')
+  await sbx.commands.run('cd /tmp && python3 -m http.server 8080', { background: true })
+  const host = sbx.getHost(8080)
+  let res
+  for (let i = 0; i < 50; i++) {
+    res = await getThroughEdge(host, '/', { 'e2b-traffic-access-token': sbx.trafficAccessToken })
+    if (res.status === 200) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  assert.equal(res.status, 200)
+  assert.equal((await getThroughEdge(host)).status, 403, 'no token')
+  assert.equal((await getThroughEdge(host, '/', { 'e2b-traffic-access-token': 'wrong' })).status, 403, 'a wrong token')
+  const open = await create()
+  assert.equal(open.trafficAccessToken, undefined, 'a public sandbox has none')
+})
+
 test('signed download and upload URLs', async () => {
   const sbx = await create()
   await sbx.files.write('/home/user/dl.txt', 'signed bytes')
-  const headers = { 'E2b-Sandbox-Id': sbx.sandboxId }
+  // With E2B_SANDBOX_URL the URL names no sandbox by its host: the header
+  // does. With E2B_DOMAIN alone the URL is the sandbox's own host.
+  const headers = process.env.E2B_SANDBOX_URL ? { 'E2b-Sandbox-Id': sbx.sandboxId } : {}
   const dl = await sbx.downloadUrl('/home/user/dl.txt', { useSignatureExpiration: 60 })
   const got = await fetch(dl, { headers })
   assert.equal(got.status, 200)
@@ -345,6 +380,16 @@ test('signed download and upload URLs', async () => {
   const put = await fetch(ul, { method: 'POST', body: form, headers })
   assert.equal(put.status, 200)
   assert.equal(await sbx.files.read('/home/user/ul.txt'), 'uploaded')
+
+  // Expired and forged: 401 with E2B's envd's own bodies.
+  const expired = await fetch(await sbx.downloadUrl('/home/user/dl.txt', { useSignatureExpiration: -10_000 }), { headers })
+  assert.equal(expired.status, 401)
+  assert.deepEqual(await expired.json(), { code: 401, message: 'signature is already expired' })
+  const bad = new URL(dl)
+  bad.searchParams.set('signature', 'v1_forged')
+  const refused = await fetch(bad, { headers })
+  assert.equal(refused.status, 401)
+  assert.deepEqual(await refused.json(), { code: 401, message: 'invalid signature' })
 })
 
 test('getMetrics', async () => {
