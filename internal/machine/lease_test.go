@@ -232,7 +232,10 @@ func TestExpireStops(t *testing.T) {
 	if ev := eventOf(t, db, "s", api.EventMachineTimeout); ev["on_timeout"] != api.TimeoutStop {
 		t.Fatalf("timeout event %v, want on_timeout stop", ev)
 	}
-	eventOf(t, db, "s", api.EventMachineStopped)
+	evs, err := db.ListEvents(ctx, store.EventFilter{MachineID: "s"})
+	if err != nil || len(evs) == 0 || evs[len(evs)-1].Type != api.EventMachineStopped || evs[len(evs)-1].Cause != "timeout" {
+		t.Fatalf("events of the lease-stopped machine: %+v, %v; want machine.stopped with cause timeout last", evs, err)
+	}
 
 	m.expire("eph")
 	if got, _ := db.GetMachine(ctx, "eph"); got.State != api.StateKilled {
