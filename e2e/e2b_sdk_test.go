@@ -20,7 +20,9 @@ var e2bSDKs = []string{"e2b-latest", "e2b-validating", "e2b-older"}
 // per pinned release, configured only by the variables `nullspace e2b env`
 // prints: create, commands (foreground, background, callbacks, stdin,
 // kill), files (write, read, list, watch), setTimeout, getInfo, pause and
-// connect with files and a process intact, auto-resume, paging, getHost
+// connect with files and a process intact, a pause without memory (by
+// pause({keepMemory: false}) or at the timeout) booting afresh on connect,
+// auto-resume, paging, getHost
 // through the edge, kill, and the SDK's error paths. make test installs the
 // SDKs (scripts/e2b-sdk.sh); without Node or them the test fails and says
 // so.
