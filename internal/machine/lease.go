@@ -15,11 +15,11 @@ import (
 // resume, connect, restore, start), set_timeout restarts it from now, and at
 // its deadline the machine is destroyed, paused or stopped (on_timeout). It
 // does not run while the machine is paused or stopped: the window starts
-// again when it resumes or starts, so
-// a resume never shortens a long lease to some default. get_info and list
-// never renew it. Deadlines live in the store and in one scheduler
-// (internal/lease); after a restart they are scheduled again, and one that
-// passed while the server was down fires at once.
+// again when it resumes or starts, so a resume never shortens a long lease
+// to some default. get_info and list never renew it. Deadlines live in the
+// store and in one scheduler (internal/lease); after a restart they are
+// scheduled again, and one that passed while the server was down fires at
+// once.
 
 const (
 	// DefaultTimeout is a machine's lease window when create gives none.
