@@ -20,10 +20,13 @@ var e2bSDKs = []string{"e2b-latest", "e2b-validating", "e2b-keyrange", "e2b-olde
 // per pinned release, configured only by the variables `nullspace e2b env`
 // prints: create, commands (foreground, background, callbacks, stdin,
 // kill), files (write, read, list, watch), setTimeout, getInfo, pause and
-// connect with files and a process intact, auto-resume, paging, getHost
-// through the edge, kill, and the SDK's error paths. make test installs the
-// SDKs (scripts/e2b-sdk.sh); without Node or them the test fails and says
-// so.
+// connect with files and a process intact, a pause without memory (by
+// pause({keepMemory: false}) or at the timeout) booting afresh on connect,
+// auto-resume, paging, getHost through the edge, private ports and their
+// traffic token, kill (E2B's 502 on the gone sandbox's host, and under a
+// running command), signed file URLs, and the SDK's error paths. make test
+// installs the SDKs (scripts/e2b-sdk.sh); without Node or them the test
+// fails and says so.
 func TestE2BSDK(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {

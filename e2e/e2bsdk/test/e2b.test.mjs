@@ -186,6 +186,65 @@ test('pause, then connect: files and a background process are intact', async () 
   assert.equal(await third.isRunning(), true)
 })
 
+// keepMemory (pause({keepMemory}) and lifecycle.onTimeout {action,
+// keepMemory}) came after 2.16.0, whose pause sends no body and whose
+// create reads onTimeout as a string only: what the release's pause sends
+// tells whether it has them.
+const keepMemory = /keepMemory/.test(String(Sandbox.pause)) || 'this SDK release has no keepMemory (pause without memory)'
+
+// A filesystem-only pause drops memory and processes and keeps the files:
+// connect boots the sandbox afresh. tag names the marker process.
+async function assertBootedCold(id, pid, tag) {
+  // A timeout: the lease of the timeout test is a second, which the boot
+  // starts anew, and 2.51.0 sends none of its own.
+  const again = await Sandbox.connect(id, { timeoutMs: 120_000 })
+  assert.equal(again.sandboxId, id, 'the id is stable across the pause and the boot')
+  assert.equal((await again.getInfo()).state, 'running')
+  assert.equal(await again.files.read('/home/user/state.txt'), 'kept')
+  const procs = await again.commands.list()
+  assert.ok(!procs.some((p) => p.pid === pid || p.cmd.includes(tag) || (p.args ?? []).join(' ').includes(tag)),
+    `the background process is gone: ${JSON.stringify(procs)}`)
+  const ps = await again.commands.run(`for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -c '${tag.slice(0, -1)}[${tag.slice(-1)}]' || true`)
+  assert.equal(ps.stdout.trim(), '0', `processes running ${tag} after the boot`)
+}
+
+test('pause({keepMemory: false}), then connect: files kept, a background process gone', { skip: keepMemory !== true && keepMemory }, async () => {
+  const sbx = await create()
+  await sbx.files.write('/home/user/state.txt', 'kept')
+  const bg = await sbx.commands.run('sleep 1001', { background: true })
+  assert.equal(await sbx.pause({ keepMemory: false }), true)
+  assert.equal((await sbx.getInfo()).state, 'paused')
+  assert.equal(await sbx.isRunning(), false)
+  await assertBootedCold(sbx.sandboxId, bg.pid, 'sleep 1001')
+})
+
+test('lifecycle onTimeout {action: pause, keepMemory: false}: the timeout keeps the files, connect boots afresh', { skip: keepMemory !== true && keepMemory }, async () => {
+  const sbx = await create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })
+  assert.deepEqual((await sbx.getInfo()).lifecycle, { onTimeout: 'pause', autoResume: false })
+  await sbx.files.write('/home/user/state.txt', 'kept')
+  const bg = await sbx.commands.run('sleep 1002', { background: true })
+  await sbx.setTimeout(1000) // the lease ends in a second, once the file and the process are there
+  let info
+  for (let i = 0; i < 150; i++) {
+    info = await sbx.getInfo()
+    if (info.state === 'paused') break
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  assert.equal(info.state, 'paused', 'the timeout paused it')
+  await assertBootedCold(sbx.sandboxId, bg.pid, 'sleep 1002')
+  // E2B's SDK refuses auto-resume with it before asking; the server
+  // refuses the request such a check would have stopped, saying what to do.
+  const res = await fetch(`${process.env.E2B_API_URL}/sandboxes`, {
+    method: 'POST',
+    headers: { 'X-API-KEY': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ templateID: 'base', autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }),
+  })
+  const refusal = await res.json()
+  assert.equal(res.status, 400, JSON.stringify(refusal))
+  assert.equal(refusal.code, 400)
+  assert.match(refusal.message, /Sandbox\.connect\(\)/)
+})
+
 test('auto-resume: a command wakes a paused sandbox', async () => {
   const sbx = await create({ lifecycle: { onTimeout: 'pause', autoResume: true } })
   await sbx.files.write('/tmp/x', 'before')
