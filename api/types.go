@@ -72,7 +72,7 @@ const (
 	// longer than the server's bound while its sandbox ran.
 	FailureAgentUnresponsive = "agent_unresponsive"
 	// FailurePauseFailed: the lease ended and the machine could not be
-	// paused, several times in a row.
+	// paused (or stopped, with on_timeout "stop"), several times in a row.
 	FailurePauseFailed = "pause_failed"
 	// FailureSnapshotLost: the snapshot holding its paused state was
 	// deleted or could not be kept.
@@ -104,11 +104,13 @@ type CreateMachineRequest struct {
 	// starts running unless refreshed (POST /v1/machines/{id}/timeout).
 	// Default 300000 (5 minutes); at least 1000.
 	TimeoutMS *int64 `json:"timeout_ms,omitempty"`
-	// OnTimeout is what the end of the lease does: "destroy" (default) or
-	// "pause" (hibernate: memory and files kept, the id stays an alias).
+	// OnTimeout is what the end of the lease does: "destroy" (default),
+	// "pause" (hibernate: memory and files kept, the id stays an alias) or
+	// "stop" (files kept, memory and processes dropped, as POST
+	// /v1/machines/{id}/stop: start, connect or a wake boots it cold).
 	OnTimeout string `json:"on_timeout,omitempty"`
-	// AutoResume lets public traffic wake the machine once paused; it needs
-	// on_timeout "pause".
+	// AutoResume lets public traffic wake the machine once paused or
+	// stopped; it needs on_timeout "pause" or "stop".
 	AutoResume bool `json:"auto_resume,omitempty"`
 	// IdleTimeoutMS pauses the machine after this long without network
 	// activity (API commands and file calls, packets through its
@@ -139,19 +141,21 @@ const (
 	PersistenceEphemeral  = "ephemeral"
 )
 
-// Timeout actions: on_timeout takes destroy or pause, timeout_action
-// destroy or hibernate (the same thing as pause).
+// Timeout actions: on_timeout takes destroy, pause or stop, timeout_action
+// destroy, hibernate (the same thing as pause) or stop.
 const (
 	TimeoutDestroy   = "destroy"
 	TimeoutPause     = "pause"
 	TimeoutHibernate = "hibernate"
+	TimeoutStop      = "stop"
 )
 
 // SetTimeoutRequest refreshes a machine's lease: the deadline becomes
 // timeout_ms from now.
 type SetTimeoutRequest struct {
 	TimeoutMS int64 `json:"timeout_ms"`
-	// TimeoutAction is "destroy" or "hibernate"; empty keeps the current one.
+	// TimeoutAction is "destroy", "hibernate" or "stop"; empty keeps the
+	// current one.
 	TimeoutAction string `json:"timeout_action,omitempty"`
 }
 
@@ -235,7 +239,8 @@ type Lease struct {
 	// RemainingMS is the time left until TimeoutAt, clamped at 0; for a
 	// paused machine, the window it will have when it resumes.
 	RemainingMS int64 `json:"remaining_ms"`
-	// TimeoutAction is what fires at the deadline: "destroy" or "hibernate".
+	// TimeoutAction is what fires at the deadline: "destroy", "hibernate"
+	// or "stop".
 	TimeoutAction string `json:"timeout_action"`
 }
 
@@ -291,8 +296,9 @@ type Machine struct {
 	TimeoutAt     *time.Time `json:"timeout_at,omitempty"`
 	RemainingMS   int64      `json:"remaining_ms,omitempty"`
 	TimeoutAction string     `json:"timeout_action,omitempty"`
-	// OnTimeout is the create-time policy ("destroy" or "pause") and
-	// AutoResume whether public traffic wakes the machine once paused.
+	// OnTimeout is the lease's policy ("destroy", "pause" or "stop") and
+	// AutoResume whether public traffic wakes the machine once paused or
+	// stopped.
 	OnTimeout  string `json:"on_timeout,omitempty"`
 	AutoResume bool   `json:"auto_resume,omitempty"`
 	// IdleTimeoutMS and Persistence: see CreateMachineRequest.

@@ -10,8 +10,8 @@ import (
 
 // SetTimeout refreshes a machine's lease: its deadline becomes timeout from
 // now (POST /v1/machines/{id}/timeout). action is api.TimeoutDestroy,
-// api.TimeoutHibernate or "" to keep the current one. It returns the lease
-// now in effect.
+// api.TimeoutHibernate, api.TimeoutStop (files kept, memory dropped) or ""
+// to keep the current one. It returns the lease now in effect.
 func (c *Client) SetTimeout(ctx context.Context, id string, timeout time.Duration, action string) (*api.Lease, error) {
 	var l api.Lease
 	req := api.SetTimeoutRequest{TimeoutMS: timeout.Milliseconds(), TimeoutAction: action}

@@ -97,6 +97,73 @@ func TestTimeoutPause(t *testing.T) {
 	assertNoLeftovers(t)
 }
 
+// TestTimeoutStop: at the end of its lease a stop-on-timeout machine is
+// stopped under its own id (the lease's filesystem-only pause, E2B's
+// keepMemory false): files kept, no deadline while stopped; start boots it
+// afresh, without the process that ran before, with its window anew.
+func TestTimeoutStop(t *testing.T) {
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", TimeoutMS: ptr(int64(600_000)), OnTimeout: api.TimeoutStop})
+	if m.OnTimeout != api.TimeoutStop || m.TimeoutAction != api.TimeoutStop {
+		t.Fatalf("new machine: on_timeout %q, timeout_action %q; want stop", m.OnTimeout, m.TimeoutAction)
+	}
+	run(t, m.ID, "echo kept > /root/keep.txt")
+	bg, err := env.client.StartCommand(t.Context(), m.ID, api.RunCommandRequest{Shell: "sleep 1000", Background: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A 1 s window from now, once the file and the process are there; the
+	// refresh keeps the action.
+	if l, err := env.client.SetTimeout(t.Context(), m.ID, time.Second, ""); err != nil || l.TimeoutAction != api.TimeoutStop {
+		t.Fatalf("refresh: %+v, %v; want timeout_action stop", l, err)
+	}
+	s := waitState(t, m.ID, api.StateStopped, 30*time.Second)
+	if s.SnapshotID == "" || s.TimeoutAt != nil || s.RemainingMS != 1000 {
+		t.Fatalf("stopped by its lease: snapshot %q, at %v, %d ms left; want a disk, no deadline, the 1 s window", s.SnapshotID, s.TimeoutAt, s.RemainingMS)
+	}
+	evs, err := env.client.ListEvents(t.Context(), client.EventQuery{MachineID: m.ID,
+		Types: []string{api.EventMachineTimeout, api.EventMachineStopped}})
+	if err != nil || len(evs) != 2 || evs[0].Type != api.EventMachineTimeout || evs[1].Cause != "timeout" {
+		t.Fatalf("events of the lease-stopped machine: %+v, %v", evs, err)
+	}
+	// A refresh of a stopped machine sets the window its start gets,
+	// without starting it.
+	if l, err := env.client.SetTimeout(t.Context(), m.ID, 10*time.Minute, ""); err != nil || l.TimeoutAt != nil || getMachine(t, m.ID).State != api.StateStopped {
+		t.Fatalf("refresh of the stopped machine: %+v, %v; want it left stopped", l, err)
+	}
+	r, err := env.client.Start(t.Context(), m.ID)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() { env.client.KillMachine(context.Background(), m.ID) })
+	if r.ID != m.ID || r.State != api.StateRunning {
+		t.Fatalf("started: %s %s, want %s running", r.ID, r.State, m.ID)
+	}
+	if got := run(t, m.ID, "cat /root/keep.txt"); got != "kept\n" {
+		t.Fatalf("file after the lease's stop = %q, want kept", got)
+	}
+	procs, err := env.client.ListProcesses(t.Context(), m.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range procs {
+		if p.PID == bg || strings.Contains(strings.Join(p.Cmd, " "), "sleep 1000") {
+			t.Fatalf("process %+v survived the lease's stop", p)
+		}
+	}
+	if out := run(t, m.ID, `for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < $f; echo; done | grep -c 'sleep 10[0]0' || true`); strings.TrimSpace(out) != "0" {
+		t.Fatalf("processes running sleep 1000 after start: %s, want 0", out)
+	}
+	// The lease stops it again after a start.
+	if _, err := env.client.SetTimeout(t.Context(), m.ID, time.Second, ""); err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, m.ID, api.StateStopped, 30*time.Second)
+	if _, err := env.client.KillMachine(t.Context(), m.ID); err != nil {
+		t.Fatal(err)
+	}
+	assertNoLeftovers(t)
+}
+
 // TestSetTimeout: the refresh echoes the lease, info shows the same, and the
 // auto_resume rules are enforced at create and on refresh.
 func TestSetTimeout(t *testing.T) {

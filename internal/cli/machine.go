@@ -125,8 +125,8 @@ after it exits, until its lease ends or it is stopped or killed.`,
 	f.StringArrayVar(&hooks.OnPause, "on-pause", nil, "shell command run in the machine before every pause, snapshot or checkpoint (repeatable, in order)")
 	f.StringArrayVar(&hooks.OnResume, "on-resume", nil, "shell command run in the machine after every resume or restore (repeatable, in order)")
 	f.Var(&timeoutFlag{req: &req}, "timeout", "lease window in seconds: the machine ends this long after it starts running unless refreshed (default 300)")
-	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default) or pause")
-	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused (needs --on-timeout pause)")
+	f.StringVar(&req.OnTimeout, "on-timeout", "", "what the end of the lease does: destroy (default), pause (memory and files kept) or stop (files kept, memory dropped; start or connect boots it afresh)")
+	f.BoolVar(&req.AutoResume, "auto-resume", false, "public traffic wakes the machine once paused or stopped (needs --on-timeout pause or stop)")
 	f.BoolVar(&req.PublicPorts, "public-ports", false, "every port is reachable through the edge without a signed URL")
 	f.StringVar(&req.Persistence, "persistence", "", "what is kept of its paused state: persistent (default), sticky (evicted oldest first over the server's budget) or ephemeral (nothing: destroyed where it would pause)")
 	f.Var(&idleFlag{req: &req}, "idle-timeout", "pause the machine after this many seconds without network activity (default: never)")
@@ -182,7 +182,8 @@ func (a *app) machineTimeoutCommand() *cobra.Command {
 		Use:   "timeout ID SECONDS",
 		Short: "Refresh a machine's lease: it ends SECONDS from now unless refreshed again",
 		Long: `Reset the lease of the machine's latest execution to SECONDS from now (no
-upper bound), and with --action what its end does: destroy or hibernate.
+upper bound), and with --action what its end does: destroy, hibernate or
+stop (files kept, memory dropped).
 Prints the lease now in effect.`,
 		Example: `  nullspace machine timeout mch_1a2b3c4d5e6f7a8b9c0d 600
   nullspace machine timeout mch_1a2b3c4d5e6f7a8b9c0d 120 --action hibernate`,
@@ -212,7 +213,7 @@ Prints the lease now in effect.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&action, "action", "", "what the deadline does: destroy or hibernate (default: keep)")
+	cmd.Flags().StringVar(&action, "action", "", "what the deadline does: destroy, hibernate or stop (default: keep)")
 	return cmd
 }
 

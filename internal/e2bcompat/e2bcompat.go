@@ -20,6 +20,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -119,7 +120,10 @@ func New(bg context.Context, cfg Config, machines Machines, auth Authenticator, 
 // ServeHTTP sends a request to envd when it names a sandbox, to the
 // control plane otherwise.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if sandboxOf(r) != "" {
+	if id := sandboxOf(r); id != "" {
+		// envd reads the sandbox from the header, which a call on the
+		// host 49983-{id} (the edge's, and signed file URLs) lacks.
+		r.Header.Set("E2b-Sandbox-Id", id)
 		s.envd.ServeHTTP(w, r)
 		return
 	}
@@ -179,6 +183,15 @@ func (s *Server) accessToken(lineageID string) string {
 	return hex.EncodeToString(m.Sum(nil)[:24])
 }
 
+// TrafficToken is the token that opens a private sandbox's ports on the
+// edge (allowPublicTraffic: false), stateless like the access token and
+// void for every other sandbox (edge.E2B.TrafficToken).
+func (s *Server) TrafficToken(lineageID string) string {
+	m := hmac.New(sha256.New, s.secret)
+	m.Write([]byte("traffic-access:" + lineageID))
+	return hex.EncodeToString(m.Sum(nil)[:24])
+}
+
 // openSandbox resolves an envd request to its machine's agent: it checks
 // the access token, wakes a paused machine with auto-resume (within the
 // edge's window) and returns a context that ends when the machine stops
@@ -189,7 +202,11 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 		return nil, notFound(r.SandboxID)
 	}
 	if r.AccessToken == "" || !hmac.Equal([]byte(r.AccessToken), []byte(s.accessToken(lineage))) {
-		if !r.Signed(s.accessToken(lineage)) {
+		if r.Signature != "" {
+			if err := r.CheckSignature(s.accessToken(lineage)); err != nil {
+				return nil, err
+			}
+		} else {
 			return nil, unauthenticated("missing or wrong X-Access-Token (or file URL signature) for sandbox "+r.SandboxID,
 				"send the envdAccessToken that create and connect return (the SDKs do)")
 		}
@@ -217,7 +234,23 @@ func (s *Server) openSandbox(ctx context.Context, r envd.Request) (*envd.Sandbox
 	runCtx, done := s.machines.WhileRunning(ctx, t.MachineID)
 	return &envd.Sandbox{Ctx: runCtx, Done: done, MachineID: t.MachineID, Lineage: lineage,
 		Agent: agentclient.New(ep.URL, ep.Token, agentclient.SharedHTTPClient()),
-		Touch: func() { s.machines.Touch(t.MachineID) }}, nil
+		Touch: func() { s.machines.Touch(t.MachineID) }, Gone: func(ctx context.Context) bool { return s.gone(ctx, lineage) }}, nil
+}
+
+// gone says whether a lineage has ended for good: killed, failed, or no
+// longer known. A pause, a stop or a lookup that fails is not gone.
+func (s *Server) gone(ctx context.Context, lineage string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rec, err := s.machines.LineageHead(ctx, lineage)
+	if err != nil {
+		return errors.Is(err, errdefs.ErrNotFound)
+	}
+	switch rec.State {
+	case api.StateKilled, api.StateKilling, api.StateFailed:
+		return true
+	}
+	return false
 }
 
 // waker is the manager as edge.Bring sees it.

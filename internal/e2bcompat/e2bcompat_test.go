@@ -56,7 +56,9 @@ func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMa
 		return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound, "template "+req.Template+" not found", "")
 	}
 	f.created = append(f.created, req)
-	return f.add(team, api.StateRunning), nil
+	rec := f.add(team, api.StateRunning)
+	rec.PublicPorts = req.PublicPorts
+	return rec, nil
 }
 
 func (f *fakeMachines) LineageHead(ctx context.Context, id string) (*store.Machine, error) {
@@ -280,6 +282,13 @@ func TestCreateMapsE2BFields(t *testing.T) {
 			api.CreateMachineRequest{Template: "py", OnTimeout: "pause", AutoResume: true, Metadata: map[string]string{"a": "1"},
 				Env: map[string]string{"K": "V"}, PublicPorts: true}},
 		{"a bare autoResume", `{"autoResume":true}`, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", AutoResume: true, PublicPorts: true}},
+		// lifecycle {onTimeout: {action: 'pause', keepMemory: false}}, as
+		// the SDK (2.45.0, 2.51.0) sends it: a filesystem-only pause,
+		// which is our stop.
+		{"a pause without memory", `{"autoPause":true,"autoPauseMemory":false}`, api.CreateMachineRequest{Template: "base", OnTimeout: "stop", PublicPorts: true}},
+		{"a pause without memory, auto-resume off", `{"autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":false}}`,
+			api.CreateMachineRequest{Template: "base", OnTimeout: "stop", PublicPorts: true}},
+		{"a pause with memory", `{"autoPause":true,"autoPauseMemory":true}`, api.CreateMachineRequest{Template: "base", OnTimeout: "pause", PublicPorts: true}},
 		{"private traffic", `{"network":{"allowPublicTraffic":false}}`, api.CreateMachineRequest{Template: "base"}},
 		{"from a snapshot", `{"templateID":"snp_0123"}`, api.CreateMachineRequest{SnapshotID: "snp_0123", PublicPorts: true}},
 	}
@@ -300,6 +309,65 @@ func TestCreateMapsE2BFields(t *testing.T) {
 			if len(sb.SandboxID) != 20 || strings.ContainsAny(sb.SandboxID, "-_") || sb.EnvdAccessToken == "" ||
 				sb.EnvdVersion != EnvdVersion || sb.Domain == nil || *sb.Domain != "localhost:7701" || sb.ClientID == "" {
 				t.Errorf("answer %+v", sb)
+			}
+			// A private sandbox's ports open to its traffic access token.
+			if private := !tc.want.PublicPorts; private != (sb.TrafficAccessToken != nil && len(*sb.TrafficAccessToken) == 48) {
+				t.Errorf("trafficAccessToken %v for a sandbox with public ports %v", sb.TrafficAccessToken, tc.want.PublicPorts)
+			}
+		})
+	}
+}
+
+// TestCreateRefusesPauseWithoutMemory: autoPauseMemory false is refused
+// with autoResume (traffic cannot wake a sandbox that must boot afresh) and
+// without autoPause (it says what the timeout's pause keeps), as E2B's API
+// refuses them, with what to do; nothing is created.
+func TestCreateRefusesPauseWithoutMemory(t *testing.T) {
+	for _, tc := range []struct{ name, body, message, action string }{
+		{"with autoResume", `{"autoPause":true,"autoPauseMemory":false,"autoResume":{"enabled":true}}`, "cannot be woken by traffic", "Sandbox.connect()"},
+		{"with a bare autoResume", `{"autoPause":true,"autoPauseMemory":false,"autoResume":true}`, "cannot be woken by traffic", "Sandbox.connect()"},
+		{"without autoPause", `{"autoPauseMemory":false}`, "only applies when autoPause is true", "keepMemory"},
+		{"with autoPause false", `{"autoPause":false,"autoPauseMemory":false}`, "only applies when autoPause is true", "keepMemory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			srv := newTestServer(t, f)
+			var e errorBody
+			resp := call(t, srv, "key-a", "POST", "/sandboxes", tc.body, &e)
+			if resp.StatusCode != 400 || e.Code != 400 || e.ErrorCode != errdefs.CodeInvalidArgument ||
+				!strings.Contains(e.Message, tc.message) || !strings.Contains(e.Message, tc.action) {
+				t.Errorf("%d %+v; want 400 invalid_argument saying %q and %q", resp.StatusCode, e, tc.message, tc.action)
+			}
+			if len(f.created) != 0 {
+				t.Errorf("a refused create made %+v", f.created)
+			}
+		})
+	}
+}
+
+// TestInfoLifecycle: getInfo's lifecycle is E2B's: onTimeout pause for a
+// pause with or without memory (a stopped sandbox shows state paused),
+// kill otherwise.
+func TestInfoLifecycle(t *testing.T) {
+	for _, tc := range []struct {
+		onTimeout, state  string
+		autoResume        bool
+		wantOn, wantState string
+	}{
+		{api.TimeoutDestroy, api.StateRunning, false, "kill", "running"},
+		{api.TimeoutPause, api.StatePaused, true, "pause", "paused"},
+		{api.TimeoutStop, api.StateRunning, false, "pause", "running"},
+		{api.TimeoutStop, api.StateStopped, false, "pause", "paused"},
+	} {
+		t.Run(tc.onTimeout+"/"+tc.state, func(t *testing.T) {
+			f := newFake()
+			srv := newTestServer(t, f)
+			rec := f.add("team-a", tc.state)
+			rec.OnTimeout, rec.AutoResume = tc.onTimeout, tc.autoResume
+			var d sandboxDetail
+			call(t, srv, "key-a", "GET", "/sandboxes/"+sandboxID(rec), "", &d)
+			if d.State != tc.wantState || d.Lifecycle != (lifecycle{AutoResume: tc.autoResume, OnTimeout: tc.wantOn}) {
+				t.Errorf("state %q, lifecycle %+v; want %q, onTimeout %q autoResume %v", d.State, d.Lifecycle, tc.wantState, tc.wantOn, tc.autoResume)
 			}
 		})
 	}
@@ -626,5 +694,30 @@ func TestNamedSnapshots(t *testing.T) {
 	var e errorBody
 	if resp := call(t, srv, "key-a", "DELETE", "/templates/my-snap", "", &e); resp.StatusCode != 404 || e.ErrorCode != errdefs.CodeSnapshotNotFound {
 		t.Fatalf("delete a deleted name: %d %+v, want 404 snapshot_not_found", resp.StatusCode, e)
+	}
+}
+
+// TestEnvdByHost: a call on the host 49983-{sandbox} (the edge's, and the
+// file URLs the SDKs sign with E2B_DOMAIN alone) reaches that sandbox's
+// envd with no E2b-Sandbox-Id header.
+func TestEnvdByHost(t *testing.T) {
+	f := newFake()
+	rec := f.add("team-a", api.StateRunning)
+	srv := newTestServer(t, f)
+	req, _ := http.NewRequest("GET", srv.URL+"/files?path=/etc/hostname", nil)
+	req.Host = "49983-" + sandboxID(rec) + ".localhost:7701"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	}
+	json.NewDecoder(resp.Body).Decode(&e)
+	// No token: the sandbox was found, and the call refused for that.
+	if resp.StatusCode != 401 || !strings.Contains(e.Message, sandboxID(rec)) {
+		t.Fatalf("a call by host: %d %+v, want 401 naming sandbox %s", resp.StatusCode, e, sandboxID(rec))
 	}
 }

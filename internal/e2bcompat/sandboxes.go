@@ -192,10 +192,14 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 	if err := readJSON(r, &req); err != nil {
 		return err
 	}
+	policy, err := onTimeout(req)
+	if err != nil {
+		return err
+	}
 	cr := api.CreateMachineRequest{Template: req.TemplateID, Env: req.EnvVars, Metadata: req.Metadata,
 		AllowInternet: req.AllowInternetAccess != nil && *req.AllowInternetAccess && s.cfg.AllowInternet,
 		PublicPorts:   req.Network == nil || req.Network.AllowPublicTraffic == nil || *req.Network.AllowPublicTraffic,
-		AutoResume:    req.AutoResume.Enabled}
+		AutoResume:    req.AutoResume.Enabled, OnTimeout: policy}
 	if strings.HasPrefix(req.TemplateID, snapshotPrefix) {
 		// Sandbox.create(snapshotId): E2B's snapshots are templates.
 		cr.Template, cr.SnapshotID = "", req.TemplateID
@@ -206,11 +210,6 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 	if req.Timeout != nil {
 		ms := secondsMS(*req.Timeout)
 		cr.TimeoutMS = &ms
-	}
-	// E2B resumes on traffic what paused at its timeout; Nullspace also
-	// needs the lease to pause, not kill, for auto-resume.
-	if (req.AutoPause != nil && *req.AutoPause) || req.AutoResume.Enabled {
-		cr.OnTimeout = api.TimeoutPause
 	}
 	for _, v := range req.VolumeMounts {
 		cr.Volumes = append(cr.Volumes, api.VolumeMount{Name: v.Name, Path: v.Path})
@@ -230,6 +229,35 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 	}
 	writeJSON(w, http.StatusCreated, s.sandbox(rec))
 	return nil
+}
+
+// onTimeout maps a create's autoPause, autoPauseMemory and autoResume to
+// the lease's on_timeout. A pause without memory (E2B's filesystem-only
+// snapshot: files kept, a cold boot on connect) is our stop. E2B refuses
+// that with autoResume, since traffic cannot wake a sandbox that must
+// reboot, and autoPauseMemory without autoPause; so does this layer, for
+// clients that do not check it themselves.
+func onTimeout(req newSandbox) (string, error) {
+	autoPause := req.AutoPause != nil && *req.AutoPause
+	if req.AutoPauseMemory != nil && !*req.AutoPauseMemory {
+		switch {
+		case !autoPause:
+			return "", errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				"autoPauseMemory false only applies when autoPause is true",
+				"create with lifecycle {onTimeout: {action: 'pause', keepMemory: false}}, or leave keepMemory out")
+		case req.AutoResume.Enabled:
+			return "", errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				"autoResume is refused with autoPauseMemory false: a sandbox paused without its memory boots afresh and cannot be woken by traffic",
+				"leave autoResume out and bring the sandbox back with Sandbox.connect(), or keep its memory (keepMemory: true) to auto-resume")
+		}
+		return api.TimeoutStop, nil
+	}
+	// E2B resumes on traffic what paused at its timeout; Nullspace also
+	// needs the lease to pause, not kill, for auto-resume.
+	if autoPause || req.AutoResume.Enabled {
+		return api.TimeoutPause, nil
+	}
+	return "", nil
 }
 
 // e2bName is a snapshot name as E2B's API takes it: trimmed and

@@ -18,6 +18,7 @@ type newSandbox struct {
 	TemplateID          string            `json:"templateID"`
 	Timeout             *int              `json:"timeout"` // seconds
 	AutoPause           *bool             `json:"autoPause"`
+	AutoPauseMemory     *bool             `json:"autoPauseMemory"` // false: the timeout's pause keeps only the files
 	AutoResume          autoResume        `json:"autoResume"`
 	AllowInternetAccess *bool             `json:"allow_internet_access"`
 	Metadata            map[string]string `json:"metadata"`
@@ -68,6 +69,10 @@ func (s *Server) sandbox(rec *store.Machine) sandbox {
 		EnvdVersion: EnvdVersion, EnvdAccessToken: s.accessToken(rec.LineageID)}
 	if s.cfg.Domain != "" {
 		out.Domain = &s.cfg.Domain
+	}
+	if !rec.PublicPorts {
+		tok := s.TrafficToken(rec.LineageID)
+		out.TrafficAccessToken = &tok
 	}
 	return out
 }
@@ -135,6 +140,9 @@ type sandboxDetail struct {
 	Lifecycle           lifecycle `json:"lifecycle"`
 }
 
+// lifecycle is E2B's SandboxLifecycle, which has no field for the kind of
+// pause: a sandbox created with autoPauseMemory false (our on_timeout
+// "stop") shows onTimeout "pause", as E2B shows it.
 type lifecycle struct {
 	AutoResume bool   `json:"autoResume"`
 	OnTimeout  string `json:"onTimeout"` // pause or kill
@@ -143,7 +151,7 @@ type lifecycle struct {
 func (s *Server) detail(rec *store.Machine) sandboxDetail {
 	out := sandboxDetail{listedSandbox: s.listed(rec), EnvdAccessToken: s.accessToken(rec.LineageID),
 		AllowInternetAccess: rec.AllowInternet, Lifecycle: lifecycle{AutoResume: rec.AutoResume, OnTimeout: "kill"}}
-	if rec.OnTimeout == api.TimeoutPause {
+	if rec.OnTimeout == api.TimeoutPause || rec.OnTimeout == api.TimeoutStop {
 		out.Lifecycle.OnTimeout = "pause"
 	}
 	if s.cfg.Domain != "" {

@@ -113,6 +113,8 @@ type Server struct {
 	// bg is the context wakes run under: a client that leaves does not
 	// cancel the wake the others wait for.
 	bg context.Context
+	// e2b is set when the server runs the E2B compatibility API.
+	e2b *E2B
 }
 
 // New returns the edge. Its collectors are registered with reg (nil: not
@@ -265,6 +267,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 		return
 	}
 	req.path = path // escaped
+	if s.e2bAPI(raw, pathForm) {
+		s.e2b.API.ServeHTTP(w, r)
+		return
+	}
 	l, err := parseLabel(raw)
 	if err != nil {
 		s.refuse(w, r, req, refusal{Status: http.StatusBadRequest, Code: errdefs.CodeURLInvalid,
@@ -277,7 +283,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 		s.refuse(w, r, req, refusal{Status: http.StatusBadRequest, Code: p.Code, Message: p.Message, Action: p.SuggestedAction})
 		return
 	}
-	if ref, ok := s.authorize(r.Context(), l); !ok {
+	if ref, ok := s.authorize(r, l); !ok {
 		s.refuse(w, r, req, ref)
 		return
 	}
@@ -324,7 +330,8 @@ func (s *Server) locate(r *http.Request) (raw, path string, pathForm, ok bool) {
 // authorize checks a request's label before anything is looked up or
 // woken: a signature must be valid and unexpired; an unsigned label is
 // let through only to a machine whose ports are public.
-func (s *Server) authorize(ctx context.Context, l label) (refusal, bool) {
+func (s *Server) authorize(r *http.Request, l label) (refusal, bool) {
+	ctx := r.Context()
 	if l.Sig != "" {
 		if !s.keys.verify(l) {
 			return refusal{Status: http.StatusForbidden, Code: errdefs.CodeSignatureInvalid,
@@ -339,6 +346,19 @@ func (s *Server) authorize(ctx context.Context, l label) (refusal, bool) {
 		return refusal{}, true
 	}
 	t, err := s.route(ctx, l.LineageID)
+	if s.e2b != nil {
+		// E2B's shape: a sandbox that is gone is 502 (see e2bNotFound),
+		// a private one opens to its traffic access token.
+		switch {
+		case errors.Is(err, errdefs.ErrNotFound):
+			return notFound(l.LineageID), false
+		case err == nil && !t.PublicPorts:
+			if s.trafficTokenOK(r, l.LineageID) {
+				return refusal{}, true
+			}
+			return trafficTokenRefusal(), false
+		}
+	}
 	if err != nil || !t.PublicPorts {
 		// An unknown machine and a private one look the same here.
 		return refusal{Status: http.StatusUnauthorized, Code: errdefs.CodeSignatureMissing,
@@ -452,6 +472,17 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+var _ http.Flusher = (*statusWriter)(nil)
+
+// Flush is for handlers that assert http.Flusher rather than use a
+// ResponseController: E2B's envd (Connect streams) on its hosts.
+func (w *statusWriter) Flush() {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	http.NewResponseController(w.ResponseWriter).Flush()
+}
 
 // forwardedURL builds the outbound URL of a request to t: the host names
 // the sandbox (its container id), never an IP, so that pooled connections

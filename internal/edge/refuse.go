@@ -37,6 +37,13 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, req *request, f 
 	if f.Status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", RetryAfter)
 	}
+	if s.e2bNotFound(req, f) {
+		f.Status = http.StatusBadGateway
+		if !wantsHTML(r) {
+			writeE2BNotFound(w, req, f)
+			return
+		}
+	}
 	if wantsHTML(r) {
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("X-Content-Type-Options", "nosniff")

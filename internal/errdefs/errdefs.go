@@ -121,10 +121,13 @@ const (
 	CodeCapacityExhausted = "capacity_exhausted"
 
 	// The edge's codes (public machine URLs; see internal/edge).
-	CodeURLInvalid           = "url_invalid"
-	CodePortNotAllowed       = "port_not_allowed"
-	CodeSignatureMissing     = "url_signature_missing"
-	CodeSignatureInvalid     = "url_signature_invalid"
+	CodeURLInvalid       = "url_invalid"
+	CodePortNotAllowed   = "port_not_allowed"
+	CodeSignatureMissing = "url_signature_missing"
+	CodeSignatureInvalid = "url_signature_invalid"
+	// CodeTrafficTokenInvalid: an E2B sandbox's private port without its
+	// traffic access token (403; serve --e2b-compat only).
+	CodeTrafficTokenInvalid  = "traffic_access_token_invalid"
 	CodeURLExpired           = "url_expired"
 	CodePortNotListening     = "port_not_listening"
 	CodeUpstreamFailed       = "upstream_failed"
@@ -195,6 +198,7 @@ var Codes = []string{
 	CodePortNotAllowed,
 	CodeSignatureMissing,
 	CodeSignatureInvalid,
+	CodeTrafficTokenInvalid,
 	CodeURLExpired,
 	CodePortNotListening,
 	CodeUpstreamFailed,

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -314,11 +315,17 @@ func TestSilentMachineFails(t *testing.T) {
 	}
 }
 
-// TestLeasePauseGivesUp: a lease whose pause fails (runsc refuses the
+// TestLeasePauseGivesUp: a lease whose pause (or stop) fails (runsc refuses the
 // checkpoint) tries again, and after maxLeasePauses failures in a row the
 // machine fails with reason pause_failed, naming its last checkpoint,
 // instead of being tried every 30 s for ever.
 func TestLeasePauseGivesUp(t *testing.T) {
+	for _, onTimeout := range []string{api.TimeoutPause, api.TimeoutStop} {
+		t.Run(onTimeout, func(t *testing.T) { testLeasePauseGivesUp(t, onTimeout) })
+	}
+}
+
+func testLeasePauseGivesUp(t *testing.T, onTimeout string) {
 	m, d, db := newHangManager(t, healthyAgent(t))
 	rec := addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
 	if _, err := m.Checkpoint(t.Context(), "team", "a"); err != nil { // the last good state
@@ -326,6 +333,7 @@ func TestLeasePauseGivesUp(t *testing.T) {
 	}
 	d.checkpoint = func(context.Context) error { return errors.New("runsc: checkpoint failed") }
 	rec.Deadline = time.Now().Add(-time.Second)
+	rec.OnTimeout = onTimeout
 	if err := db.UpdateMachine(t.Context(), rec); err != nil {
 		t.Fatal(err)
 	}
@@ -341,6 +349,9 @@ func TestLeasePauseGivesUp(t *testing.T) {
 	got, _ := db.GetMachine(t.Context(), "a")
 	if got.State != api.StateFailed || got.FailureReason != api.FailurePauseFailed {
 		t.Fatalf("after %d failed lease pauses: %s %q, want failed pause_failed", maxLeasePauses, got.State, got.FailureReason)
+	}
+	if want := map[string]string{api.TimeoutPause: "pauses", api.TimeoutStop: "stops"}[onTimeout]; !strings.Contains(got.Error, want) {
+		t.Fatalf("failure %q does not say the lease's %s failed", got.Error, want)
 	}
 	if ev := eventOf(t, db, "a", api.EventMachineFailed); ev["last_checkpoint"] == nil {
 		t.Fatalf("failed event %v does not name the last checkpoint", ev)

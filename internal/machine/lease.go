@@ -12,13 +12,14 @@ import (
 
 // Leases: every machine has a timeout window (timeout_ms). The lease runs
 // while the machine runs: it starts when the machine starts running (create,
-// resume, connect, restore), set_timeout restarts it from now, and at its
-// deadline the machine is destroyed or paused (on_timeout). It does not run
-// while the machine is paused: the window starts again when it resumes, so
-// a resume never shortens a long lease to some default. get_info and list
-// never renew it. Deadlines live in the store and in one scheduler
-// (internal/lease); after a restart they are scheduled again, and one that
-// passed while the server was down fires at once.
+// resume, connect, restore, start), set_timeout restarts it from now, and at
+// its deadline the machine is destroyed, paused or stopped (on_timeout). It
+// does not run while the machine is paused or stopped: the window starts
+// again when it resumes or starts, so a resume never shortens a long lease
+// to some default. get_info and list never renew it. Deadlines live in the
+// store and in one scheduler (internal/lease); after a restart they are
+// scheduled again, and one that passed while the server was down fires at
+// once.
 
 const (
 	// DefaultTimeout is a machine's lease window when create gives none.
@@ -44,12 +45,13 @@ func validateLease(req *api.CreateMachineRequest) error {
 		req.OnTimeout = api.TimeoutDestroy
 	case api.TimeoutHibernate:
 		req.OnTimeout = api.TimeoutPause
-	case api.TimeoutDestroy, api.TimeoutPause:
+	case api.TimeoutDestroy, api.TimeoutPause, api.TimeoutStop:
 	default:
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("on_timeout %q is not a timeout policy", req.OnTimeout), `use "destroy" (the default) or "pause"`)
+			fmt.Sprintf("on_timeout %q is not a timeout policy", req.OnTimeout),
+			`use "destroy" (the default), "pause" (memory and files kept) or "stop" (files kept, memory dropped)`)
 	}
-	if req.AutoResume && req.OnTimeout != api.TimeoutPause {
+	if req.AutoResume && req.OnTimeout == api.TimeoutDestroy {
 		return autoResumeNeedsPause("create with auto_resume and on_timeout \"destroy\"")
 	}
 	return nil
@@ -71,14 +73,14 @@ func checkWindow(ms int64) error {
 
 func autoResumeNeedsPause(what string) error {
 	return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeAutoResumeNeedsPause,
-		what+" is refused: an auto-resumable machine must pause at its deadline, so that its id stays an alias public traffic can wake",
-		`use on_timeout "pause" / timeout_action "hibernate", or create the machine without auto_resume`)
+		what+" is refused: an auto-resumable machine must pause or stop at its deadline, so that its id stays one public traffic can wake",
+		`use on_timeout "pause" / timeout_action "hibernate" (or "stop" to keep only the files), or create the machine without auto_resume`)
 }
 
 // LeaseOf returns a machine's lease as the API shows it, at now.
 func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
-	l := api.Lease{TimeoutMS: rec.TimeoutMS, TimeoutAction: api.TimeoutDestroy}
-	if pausesAtDeadline(rec) {
+	l := api.Lease{TimeoutMS: rec.TimeoutMS, TimeoutAction: deadlineAction(rec)}
+	if l.TimeoutAction == api.TimeoutPause {
 		l.TimeoutAction = api.TimeoutHibernate
 	}
 	if rec.Deadline.IsZero() {
@@ -91,10 +93,18 @@ func LeaseOf(rec *store.Machine, now time.Time) api.Lease {
 	return l
 }
 
-// pausesAtDeadline says whether the end of rec's lease pauses it; else it
-// destroys it. An ephemeral machine keeps no paused state: it is destroyed.
-func pausesAtDeadline(rec *store.Machine) bool {
-	return rec.OnTimeout == api.TimeoutPause && rec.Persistence != api.PersistenceEphemeral
+// deadlineAction says what the end of rec's lease does: api.TimeoutPause,
+// api.TimeoutStop or api.TimeoutDestroy. An ephemeral machine keeps neither
+// a paused state nor a disk: where it would pause or stop, it is destroyed.
+func deadlineAction(rec *store.Machine) string {
+	if rec.Persistence == api.PersistenceEphemeral {
+		return api.TimeoutDestroy
+	}
+	switch rec.OnTimeout {
+	case api.TimeoutPause, api.TimeoutStop:
+		return rec.OnTimeout
+	}
+	return api.TimeoutDestroy
 }
 
 // startLease starts rec's window as it begins to run; the caller persists
@@ -130,9 +140,12 @@ func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.Set
 		onTimeout = api.TimeoutDestroy
 	case api.TimeoutHibernate, api.TimeoutPause:
 		onTimeout = api.TimeoutPause
+	case api.TimeoutStop:
+		onTimeout = api.TimeoutStop
 	default:
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
-			fmt.Sprintf("timeout_action %q is not a timeout action", req.TimeoutAction), `use "destroy" or "hibernate"`)
+			fmt.Sprintf("timeout_action %q is not a timeout action", req.TimeoutAction),
+			`use "destroy", "hibernate" (memory and files kept) or "stop" (files kept, memory dropped)`)
 	}
 	rec, err := m.Get(ctx, teamID, id)
 	if err != nil {
@@ -215,10 +228,19 @@ func (m *Manager) expire(id string) {
 	}
 	log := m.logger.With("machine_id", id, "on_timeout", rec.OnTimeout, "deadline", rec.Deadline)
 	m.emit(ctx, api.EventMachineTimeout, rec, map[string]any{"on_timeout": rec.OnTimeout, "deadline": rec.Deadline})
-	if pausesAtDeadline(rec) {
+	switch deadlineAction(rec) {
+	case api.TimeoutPause:
 		log.InfoContext(ctx, "lease ended: pausing the machine")
 		if _, err := m.capture(ctx, rec, api.SnapshotHibernate, 0); err != nil {
-			m.pauseFailed(ctx, rec, err)
+			m.pauseFailed(ctx, rec, "pauses", err)
+		}
+		return
+	case api.TimeoutStop:
+		// A stop as POST .../stop makes it, with its default grace: the
+		// processes get SIGTERM and time to end before the files are kept.
+		log.InfoContext(ctx, "lease ended: stopping the machine")
+		if _, err := m.capture(ctx, rec, api.SnapshotDisk, DefaultStopGrace); err != nil {
+			m.pauseFailed(ctx, rec, "stops", err)
 		}
 		return
 	}

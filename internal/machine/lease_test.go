@@ -3,6 +3,8 @@ package machine
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +35,10 @@ func TestValidateLease(t *testing.T) {
 		{name: "overflowing", req: api.CreateMachineRequest{TimeoutMS: &[]int64{10_000_000_000_000}[0]}, code: errdefs.CodeInvalidArgument},
 		{name: "hibernate means pause", req: api.CreateMachineRequest{OnTimeout: "hibernate"}, wantMS: 300000, wantPlcy: api.TimeoutPause},
 		{name: "pause with auto_resume", req: api.CreateMachineRequest{OnTimeout: "pause", AutoResume: true}, wantMS: 300000, wantPlcy: api.TimeoutPause},
+		{name: "stop", req: api.CreateMachineRequest{OnTimeout: "stop"}, wantMS: 300000, wantPlcy: api.TimeoutStop},
+		// The edge starts a stopped machine with auto_resume as it
+		// resumes a paused one: its id stays.
+		{name: "stop with auto_resume", req: api.CreateMachineRequest{OnTimeout: "stop", AutoResume: true}, wantMS: 300000, wantPlcy: api.TimeoutStop},
 		{name: "too short", req: api.CreateMachineRequest{TimeoutMS: ms(10 * time.Millisecond)}, code: errdefs.CodeInvalidArgument},
 		{name: "zero", req: api.CreateMachineRequest{TimeoutMS: ms(0)}, code: errdefs.CodeInvalidArgument},
 		{name: "unknown policy", req: api.CreateMachineRequest{OnTimeout: "explode"}, code: errdefs.CodeInvalidArgument},
@@ -70,6 +76,23 @@ func TestLeaseOf(t *testing.T) {
 	paused := &store.Machine{TimeoutMS: 60000, OnTimeout: api.TimeoutDestroy}
 	if l := LeaseOf(paused, now); l.TimeoutAt != nil || l.RemainingMS != 60000 || l.TimeoutAction != api.TimeoutDestroy {
 		t.Fatalf("paused lease = %+v", l)
+	}
+	stops := &store.Machine{TimeoutMS: 60000, OnTimeout: api.TimeoutStop, Deadline: now.Add(time.Second)}
+	if l := LeaseOf(stops, now); l.TimeoutAction != api.TimeoutStop {
+		t.Fatalf("stop-on-timeout lease action = %s, want stop", l.TimeoutAction)
+	}
+}
+
+// TestValidateLeaseMessages: a refused policy says which ones there are.
+func TestValidateLeaseMessages(t *testing.T) {
+	req := api.CreateMachineRequest{OnTimeout: "nap"}
+	p := errdefs.Classify(validateLease(&req))
+	if !strings.Contains(p.SuggestedAction, `"stop"`) || !strings.Contains(p.SuggestedAction, `"pause"`) {
+		t.Fatalf("unknown on_timeout: %q / %q, want the policies named", p.Message, p.SuggestedAction)
+	}
+	req = api.CreateMachineRequest{OnTimeout: "destroy", AutoResume: true}
+	if p := errdefs.Classify(validateLease(&req)); !strings.Contains(p.SuggestedAction, `"stop"`) {
+		t.Fatalf("auto_resume with destroy: %q / %q, want stop offered", p.Message, p.SuggestedAction)
 	}
 }
 
@@ -114,6 +137,13 @@ func TestSetTimeout(t *testing.T) {
 	_, err = m.SetTimeout(ctx, "team", "auto", api.SetTimeoutRequest{TimeoutMS: 60000, TimeoutAction: "destroy"})
 	if errdefs.Classify(err).Code != errdefs.CodeAutoResumeNeedsPause {
 		t.Fatalf("destroy on auto-resumable: %v", err)
+	}
+	rec, err = m.SetTimeout(ctx, "team", "auto", api.SetTimeoutRequest{TimeoutMS: 60000, TimeoutAction: "stop"})
+	if err != nil || rec.OnTimeout != api.TimeoutStop {
+		t.Fatalf("stop on auto-resumable: %+v, %v; want on_timeout stop", rec, err)
+	}
+	if stored, _ := db.GetMachine(ctx, "auto"); stored.OnTimeout != api.TimeoutStop {
+		t.Fatalf("stored on_timeout after timeout_action stop = %s", stored.OnTimeout)
 	}
 	for _, bad := range []api.SetTimeoutRequest{{TimeoutMS: 10}, {TimeoutMS: 60000, TimeoutAction: "nap"}} {
 		if _, err := m.SetTimeout(ctx, "team", "a", bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -164,6 +194,52 @@ func TestExpireDestroys(t *testing.T) {
 	m.expire("refreshed")
 	if rec, _ := db.GetMachine(ctx, "refreshed"); rec.State != api.StateRunning {
 		t.Fatalf("refreshed machine is %s", rec.State)
+	}
+}
+
+// TestExpireStops: a stop-on-timeout machine whose lease passed is stopped
+// as POST .../stop stops it: its processes are ended through the agent, its
+// files kept in a disk snapshot, its sandbox and deadline gone, the same id
+// stopped. An ephemeral one keeps nothing: it is destroyed.
+func TestExpireStops(t *testing.T) {
+	ctx := t.Context()
+	port, calls := recordingAgent(t)
+	m, d, db := newHangManager(t, port)
+	for id, persistence := range map[string]string{"s": api.PersistencePersistent, "eph": api.PersistenceEphemeral} {
+		rec := &store.Machine{ID: id, TeamID: "team", State: api.StateRunning, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+			ContainerID: "c-" + id, AgentToken: "x", CreatedAt: time.Now(), TimeoutMS: 60000, OnTimeout: api.TimeoutStop,
+			Deadline: time.Now().Add(-time.Second), Persistence: persistence}
+		if err := db.CreateMachine(ctx, rec, 16); err != nil {
+			t.Fatal(err)
+		}
+		d.containers[rec.ContainerID] = runtime.StatusRunning
+	}
+
+	m.expire("s")
+	got, _ := db.GetMachine(ctx, "s")
+	if got.State != api.StateStopped || got.SnapshotID == "" || !got.Deadline.IsZero() {
+		t.Fatalf("after its lease: %s on %q, deadline %v; want stopped on a disk, no deadline", got.State, got.SnapshotID, got.Deadline)
+	}
+	if sn, err := db.GetSnapshot(ctx, got.SnapshotID); err != nil || sn.Kind != api.SnapshotDisk {
+		t.Fatalf("snapshot of the stopped machine: %+v, %v; want kind disk", sn, err)
+	}
+	if !slices.Contains(calls(), "/lifecycle/stop") {
+		t.Fatalf("agent calls %v: the processes were not ended", calls())
+	}
+	if _, ok := d.containers["c-s"]; ok {
+		t.Fatal("the stopped machine's container is left")
+	}
+	if ev := eventOf(t, db, "s", api.EventMachineTimeout); ev["on_timeout"] != api.TimeoutStop {
+		t.Fatalf("timeout event %v, want on_timeout stop", ev)
+	}
+	evs, err := db.ListEvents(ctx, store.EventFilter{MachineID: "s"})
+	if err != nil || len(evs) == 0 || evs[len(evs)-1].Type != api.EventMachineStopped || evs[len(evs)-1].Cause != "timeout" {
+		t.Fatalf("events of the lease-stopped machine: %+v, %v; want machine.stopped with cause timeout last", evs, err)
+	}
+
+	m.expire("eph")
+	if got, _ := db.GetMachine(ctx, "eph"); got.State != api.StateKilled {
+		t.Fatalf("ephemeral stop-on-timeout machine after its lease: %s, want killed", got.State)
 	}
 }
 

@@ -136,12 +136,13 @@ func (m *Manager) probeAgents(ctx context.Context, recs []*store.Machine) {
 	m.silence.keep(ids)
 }
 
-// pauseFailed handles a lease-driven pause of rec that failed with err; the
-// caller holds rec's lineage and machine locks. The pause is tried again
-// later, unless it failed maxLeasePauses times in a row: then the machine
-// fails. A pause cancelled by a kill or the shutdown is left alone.
-func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, err error) {
-	log := m.logger.With("machine_id", rec.ID)
+// pauseFailed handles a lease-driven pause (or stop: what is "pauses" or
+// "stops") of rec that failed with err; the caller holds rec's lineage and
+// machine locks. The pause is tried again later, unless it failed
+// maxLeasePauses times in a row: then the machine fails. A pause cancelled
+// by a kill or the shutdown is left alone.
+func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, what string, err error) {
+	log := m.logger.With("machine_id", rec.ID, "action", what)
 	if cause := context.Cause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) || m.root.Err() != nil {
 		log.InfoContext(ctx, "pause at the end of the lease cancelled", "cause", cause)
 		return
@@ -157,7 +158,7 @@ func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, err error
 	if gerr != nil || cur.State != api.StateRunning {
 		return
 	}
-	msg := fmt.Sprintf("its lease ended and %d pauses in a row failed (last: %s)", n, errdefs.Classify(err).Message)
+	msg := fmt.Sprintf("its lease ended and %d %s in a row failed (last: %s)", n, what, errdefs.Classify(err).Message)
 	if ferr := m.failFrom(ctx, cur, api.FailurePauseFailed, msg); ferr != nil {
 		log.ErrorContext(ctx, "fail a machine that could not be paused", "err", ferr)
 	}

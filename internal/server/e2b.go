@@ -23,6 +23,7 @@ var _ e2bcompat.Machines = (*machine.Manager)(nil)
 
 // e2bListener is the E2B-compatible API with its listener, not yet serving.
 type e2bListener struct {
+	compat *e2bcompat.Server
 	http   *http.Server
 	ln     net.Listener
 	domain string
@@ -44,14 +45,16 @@ func startE2B(bg context.Context, cfg Config, mgr *machine.Manager, auth *keyAut
 	logger.Info("e2b-compatible API", "addr", ln.Addr().String(), "domain", domain)
 	// A command's input streamed to it (envd's StreamInput) idles by
 	// design: it is not held to a rate.
-	h := minrate.Handler(srv, cfg.MinBodyRate, func(r *http.Request) bool {
-		return strings.HasSuffix(r.URL.Path, "/StreamInput")
-	})
-	return &e2bListener{ln: ln, domain: domain, http: &http.Server{Handler: h,
+	h := minrate.Handler(srv, cfg.MinBodyRate, streamsInput)
+	return &e2bListener{compat: srv, ln: ln, domain: domain, http: &http.Server{Handler: h,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 		BaseContext: func(net.Listener) context.Context { return bg }}}, nil
 }
+
+// streamsInput says whether a request is envd's StreamInput: a command's
+// input streamed to it idles by design, so it is not held to a rate.
+func streamsInput(r *http.Request) bool { return strings.HasSuffix(r.URL.Path, "/StreamInput") }
 
 // advertised is where clients reach the layer, for GET /v1/health.
 func (l *e2bListener) advertised() *httpapi.E2B {

@@ -62,9 +62,11 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		mgr.OnTransition(func(lineageID, _, _ string) { e.Forget(lineageID) })
 	}
 	srv := &http.Server{
-		// gRPC streams idle by design: their bodies are not held to a rate.
+		// gRPC streams idle by design: their bodies are not held to a rate,
+		// nor is envd's StreamInput on E2B's 49983-{sandbox} hosts.
 		Handler: minrate.Handler(e, cfg.MinBodyRate, func(r *http.Request) bool {
-			return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+			return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") ||
+				(strings.HasPrefix(r.Host, fmt.Sprint(edge.AgentPort)+"-") && streamsInput(r))
 		}),
 		// A client that sends its headers slowly is cut off before it
 		// reaches a handler, so it never holds a wake.

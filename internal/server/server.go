@@ -598,6 +598,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			return nil, err
 		}
 		closers = append(closers, e2bSrv.ln)
+		if edgeSrv != nil {
+			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
+		}
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).WithNode(cfg.NodeName).

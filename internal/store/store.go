@@ -331,8 +331,8 @@ type Machine struct {
 	// a restore must mount the same binary.
 	AgentDir string
 	// TimeoutMS is the lease window (0: none), OnTimeout what its end does
-	// ("destroy" or "pause"), AutoResume whether public traffic wakes the
-	// machine once paused.
+	// ("destroy", "pause" or "stop"), AutoResume whether public traffic
+	// wakes the machine once paused or stopped.
 	TimeoutMS  int64
 	OnTimeout  string
 	AutoResume bool

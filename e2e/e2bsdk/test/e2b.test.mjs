@@ -3,11 +3,12 @@
 // e2e TestE2BSDK runs this file once per pinned SDK release (E2B_SDK names
 // the npm alias: e2b-latest, e2b-validating or e2b-older) with E2B_API_URL,
 // E2B_SANDBOX_URL, E2B_API_KEY and E2B_DOMAIN set, as `nullspace e2b env`
-// prints them.
+// prints them, and TestE2BDomainOnly once more with E2B_DOMAIN and
+// E2B_API_KEY alone, against an edge with TLS, as on E2B. Node runs it with
+// --import ./resolve-localhost.mjs (wildcard DNS for *.localhost).
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
-import http from 'node:http'
 
 const sdkName = process.env.E2B_SDK ?? 'e2b-latest'
 const { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } = await import(sdkName)
@@ -36,18 +37,15 @@ after(async () => {
   }
 })
 
-// A GET of a URL's path through the edge with the Host header getHost
-// gives: glibc (so Node) does not resolve *.localhost by itself.
-function getThroughEdge(host, path = '/') {
-  const [hostname, port] = process.env.E2B_DOMAIN.split(':')
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: hostname === 'localhost' ? '127.0.0.1' : hostname, port, path, headers: { Host: host } }, (res) => {
-      let body = ''
-      res.on('data', (c) => (body += c))
-      res.on('end', () => resolve({ status: res.statusCode, body }))
-    })
-    req.on('error', reject)
-  })
+// The scheme of the edge's URLs: https when the SDK is given E2B_DOMAIN
+// alone (it then makes https URLs, as on E2B), http beside E2B_SANDBOX_URL.
+const edgeScheme = process.env.E2B_SANDBOX_URL ? 'http' : 'https'
+
+// A GET of a path of a getHost(port) host through the edge (*.localhost
+// resolves here through resolve-localhost.mjs).
+async function getThroughEdge(host, path = '/', headers = {}) {
+  const res = await fetch(`${edgeScheme}://${host}${path}`, { headers })
+  return { status: res.status, body: await res.text() }
 }
 
 test('create, run a command, read its result', async () => {
@@ -198,6 +196,65 @@ test('pause, then connect: files and a background process are intact', async () 
   assert.equal(await third.isRunning(), true)
 })
 
+// keepMemory (pause({keepMemory}) and lifecycle.onTimeout {action,
+// keepMemory}) came after 2.16.0, whose pause sends no body and whose
+// create reads onTimeout as a string only: what the release's pause sends
+// tells whether it has them.
+const keepMemory = /keepMemory/.test(String(Sandbox.pause)) || 'this SDK release has no keepMemory (pause without memory)'
+
+// A filesystem-only pause drops memory and processes and keeps the files:
+// connect boots the sandbox afresh. tag names the marker process.
+async function assertBootedCold(id, pid, tag) {
+  // A timeout: the lease of the timeout test is a second, which the boot
+  // starts anew, and 2.51.0 sends none of its own.
+  const again = await Sandbox.connect(id, { timeoutMs: 120_000 })
+  assert.equal(again.sandboxId, id, 'the id is stable across the pause and the boot')
+  assert.equal((await again.getInfo()).state, 'running')
+  assert.equal(await again.files.read('/home/user/state.txt'), 'kept')
+  const procs = await again.commands.list()
+  assert.ok(!procs.some((p) => p.pid === pid || p.cmd.includes(tag) || (p.args ?? []).join(' ').includes(tag)),
+    `the background process is gone: ${JSON.stringify(procs)}`)
+  const ps = await again.commands.run(`for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done | grep -c '${tag.slice(0, -1)}[${tag.slice(-1)}]' || true`)
+  assert.equal(ps.stdout.trim(), '0', `processes running ${tag} after the boot`)
+}
+
+test('pause({keepMemory: false}), then connect: files kept, a background process gone', { skip: keepMemory !== true && keepMemory }, async () => {
+  const sbx = await create()
+  await sbx.files.write('/home/user/state.txt', 'kept')
+  const bg = await sbx.commands.run('sleep 1001', { background: true })
+  assert.equal(await sbx.pause({ keepMemory: false }), true)
+  assert.equal((await sbx.getInfo()).state, 'paused')
+  assert.equal(await sbx.isRunning(), false)
+  await assertBootedCold(sbx.sandboxId, bg.pid, 'sleep 1001')
+})
+
+test('lifecycle onTimeout {action: pause, keepMemory: false}: the timeout keeps the files, connect boots afresh', { skip: keepMemory !== true && keepMemory }, async () => {
+  const sbx = await create({ lifecycle: { onTimeout: { action: 'pause', keepMemory: false } } })
+  assert.deepEqual((await sbx.getInfo()).lifecycle, { onTimeout: 'pause', autoResume: false })
+  await sbx.files.write('/home/user/state.txt', 'kept')
+  const bg = await sbx.commands.run('sleep 1002', { background: true })
+  await sbx.setTimeout(1000) // the lease ends in a second, once the file and the process are there
+  let info
+  for (let i = 0; i < 150; i++) {
+    info = await sbx.getInfo()
+    if (info.state === 'paused') break
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  assert.equal(info.state, 'paused', 'the timeout paused it')
+  await assertBootedCold(sbx.sandboxId, bg.pid, 'sleep 1002')
+  // E2B's SDK refuses auto-resume with it before asking; the server
+  // refuses the request such a check would have stopped, saying what to do.
+  const res = await fetch(`${process.env.E2B_API_URL}/sandboxes`, {
+    method: 'POST',
+    headers: { 'X-API-KEY': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ templateID: 'base', autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }),
+  })
+  const refusal = await res.json()
+  assert.equal(res.status, 400, JSON.stringify(refusal))
+  assert.equal(refusal.code, 400)
+  assert.match(refusal.message, /Sandbox\.connect\(\)/)
+})
+
 test('auto-resume: a command wakes a paused sandbox', async () => {
   const sbx = await create({ lifecycle: { onTimeout: 'pause', autoResume: true } })
   await sbx.files.write('/tmp/x', 'before')
@@ -254,7 +311,15 @@ test('getHost(port) reaches a server in the sandbox through the edge', async () 
 
 test('kill, then the sandbox is gone', async () => {
   const sbx = await create()
+  const host = sbx.getHost(3000)
   await sbx.kill()
+  // E2B's answer on a gone sandbox's host: 502 and its body.
+  const gone = await getThroughEdge(host)
+  assert.equal(gone.status, 502)
+  const body = JSON.parse(gone.body)
+  assert.equal(body.message, 'The sandbox was not found')
+  assert.equal(body.code, 502)
+  assert.ok(sbx.sandboxId.startsWith(body.sandboxId), JSON.stringify(body))
   await assert.rejects(sbx.getInfo(), (err) => err instanceof NotFoundError || /not found/i.test(err.message))
   assert.equal(await Sandbox.kill(sbx.sandboxId), false)
   await assert.rejects(Sandbox.connect('0123456789abcdef0123'), (err) => /not found/i.test(err.message))
@@ -364,10 +429,39 @@ test('a dropped command stream is reconnected with commands.connect', async () =
   assert.equal(res.stdout, 'after\n')
 })
 
+test('a command whose sandbox is killed under it ends with a TimeoutError in E2B\'s words', async () => {
+  const sbx = await create()
+  const cmd = await sbx.commands.run('sleep 60', { background: true })
+  await sbx.kill()
+  const err = await cmd.wait().catch((e) => e)
+  assert.ok(err instanceof TimeoutError, `got ${err}`)
+  assert.match(err.message, /sandbox was killed or reached its end of life/)
+})
+
+test('allowPublicTraffic: false: the ports open to the trafficAccessToken', async () => {
+  const sbx = await create({ network: { allowPublicTraffic: false } })
+  assert.ok(sbx.trafficAccessToken, 'a private sandbox has a traffic access token')
+  await sbx.commands.run('cd /tmp && python3 -m http.server 8080', { background: true })
+  const host = sbx.getHost(8080)
+  let res
+  for (let i = 0; i < 50; i++) {
+    res = await getThroughEdge(host, '/', { 'e2b-traffic-access-token': sbx.trafficAccessToken })
+    if (res.status === 200) break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  assert.equal(res.status, 200)
+  assert.equal((await getThroughEdge(host)).status, 403, 'no token')
+  assert.equal((await getThroughEdge(host, '/', { 'e2b-traffic-access-token': 'wrong' })).status, 403, 'a wrong token')
+  const open = await create()
+  assert.equal(open.trafficAccessToken, undefined, 'a public sandbox has none')
+})
+
 test('signed download and upload URLs', async () => {
   const sbx = await create()
   await sbx.files.write('/home/user/dl.txt', 'signed bytes')
-  const headers = { 'E2b-Sandbox-Id': sbx.sandboxId }
+  // With E2B_SANDBOX_URL the URL names no sandbox by its host: the header
+  // does. With E2B_DOMAIN alone the URL is the sandbox's own host.
+  const headers = process.env.E2B_SANDBOX_URL ? { 'E2b-Sandbox-Id': sbx.sandboxId } : {}
   const dl = await sbx.downloadUrl('/home/user/dl.txt', { useSignatureExpiration: 60 })
   const got = await fetch(dl, { headers })
   assert.equal(got.status, 200)
@@ -383,6 +477,16 @@ test('signed download and upload URLs', async () => {
   const put = await fetch(ul, { method: 'POST', body: form, headers })
   assert.equal(put.status, 200)
   assert.equal(await sbx.files.read('/home/user/ul.txt'), 'uploaded')
+
+  // Expired and forged: 401 with E2B's envd's own bodies.
+  const expired = await fetch(await sbx.downloadUrl('/home/user/dl.txt', { useSignatureExpiration: -10_000 }), { headers })
+  assert.equal(expired.status, 401)
+  assert.deepEqual(await expired.json(), { code: 401, message: 'signature is already expired' })
+  const bad = new URL(dl)
+  bad.searchParams.set('signature', 'v1_forged')
+  const refused = await fetch(bad, { headers })
+  assert.equal(refused.status, 401)
+  assert.deepEqual(await refused.json(), { code: 401, message: 'invalid signature' })
 })
 
 test('getMetrics', async () => {

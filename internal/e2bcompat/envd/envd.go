@@ -9,6 +9,7 @@ package envd
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -46,15 +47,27 @@ type Request struct {
 	Probe bool
 }
 
-// Signed reports whether the request carries a valid, unexpired file
-// signature made with token (E2B's v1 signature: sha256 of
-// path:operation:user:token[:expiration], base64 without padding).
-func (r Request) Signed(token string) bool {
+// SignatureError is a file URL's signature that does not hold. Its answer
+// is E2B's envd's, word for word ({"code": 401, "message": ...}): code
+// written for E2B compares it whole.
+type SignatureError struct{ Message string }
+
+func (e *SignatureError) Error() string { return e.Message }
+
+// The signature refusals, in E2B's words.
+var (
+	ErrSignatureInvalid = &SignatureError{"invalid signature"}
+	ErrSignatureExpired = &SignatureError{"signature is already expired"}
+)
+
+// CheckSignature checks the file signature the request carries against
+// token (E2B's v1 signature: sha256 of path:operation:user:token
+// [:expiration], base64 without padding): nil when it holds,
+// ErrSignatureInvalid, or ErrSignatureExpired. The signature is checked
+// before the expiry, as envd does: a forger learns nothing of the clock.
+func (r Request) CheckSignature(token string) error {
 	if r.Signature == "" || r.Operation == "" {
-		return false
-	}
-	if r.Expiration != 0 && time.Now().Unix() > r.Expiration {
-		return false
+		return ErrSignatureInvalid
 	}
 	raw := r.Path + ":" + r.Operation + ":" + r.User + ":" + token
 	if r.Expiration != 0 {
@@ -62,7 +75,13 @@ func (r Request) Signed(token string) bool {
 	}
 	sum := sha256.Sum256([]byte(raw))
 	want := "v1_" + strings.TrimRight(base64.StdEncoding.EncodeToString(sum[:]), "=")
-	return r.Signature == want
+	if subtle.ConstantTimeCompare([]byte(r.Signature), []byte(want)) != 1 {
+		return ErrSignatureInvalid
+	}
+	if r.Expiration != 0 && time.Now().Unix() > r.Expiration {
+		return ErrSignatureExpired
+	}
+	return nil
 }
 
 // Sandbox is the machine an envd call runs against.
@@ -80,7 +99,14 @@ type Sandbox struct {
 	// Touch records activity (idle_timeout counts it) during a long call:
 	// opening the sandbox has counted the call itself.
 	Touch func()
+	// Gone, asked once Ctx has ended, says whether the sandbox is gone for
+	// good (killed or failed) rather than paused; nil: not known.
+	Gone func(ctx context.Context) bool
 }
+
+// killedText is what E2B's SDKs say of a sandbox that went away under a
+// call (and what code written for E2B looks for in the error).
+const killedText = "the sandbox was killed or reached its end of life while the request was in flight"
 
 // Opener resolves a call to its sandbox, waking it when it may; errors are
 // errdefs-classified.
@@ -254,7 +280,15 @@ func message(p errdefs.Public) string {
 
 // writeError answers a plain HTTP envd route with E2B's error body
 // ({"code": status, "message": ...}), which the SDKs read.
-func writeError(w http.ResponseWriter, err error) { writePublic(w, errdefs.Classify(err)) }
+func writeError(w http.ResponseWriter, err error) {
+	if se := (*SignatureError)(nil); errors.As(err, &se) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(map[string]any{"code": http.StatusUnauthorized, "message": se.Message})
+		return
+	}
+	writePublic(w, errdefs.Classify(err))
+}
 
 // writePublic writes the body of p; a retryable 5xx says when to retry.
 func writePublic(w http.ResponseWriter, p errdefs.Public) {

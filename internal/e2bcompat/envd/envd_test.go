@@ -18,6 +18,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,6 +46,22 @@ type fixture struct {
 	proc  processconnect.ProcessClient
 	files filesystemconnect.FilesystemClient
 	agent *agentclient.Client
+
+	mu      sync.Mutex
+	running []context.CancelFunc // the calls' machine contexts
+	gone    atomic.Bool          // what Sandbox.Gone says
+}
+
+// stopMachine ends the calls in flight as the machine's leaving running
+// does; gone says whether it was killed (or paused).
+func (f *fixture) stopMachine(gone bool) {
+	f.gone.Store(gone)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, cancel := range f.running {
+		cancel()
+	}
+	f.running = nil
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -57,14 +75,25 @@ func newFixture(t *testing.T) *fixture {
 	}
 	agentSrv := httptest.NewServer(a.Handler())
 	ac := agentclient.New(agentSrv.URL, "agent-token", nil)
+	f := &fixture{agent: ac}
 	open := func(ctx context.Context, r envd.Request) (*envd.Sandbox, error) {
 		if r.SandboxID != "sbx1" {
 			return nil, errdefs.New(errdefs.ErrNotFound, errdefs.CodeMachineNotFound, "sandbox "+r.SandboxID+" not found", "")
 		}
-		if r.AccessToken != accessToken && !r.Signed(accessToken) {
-			return nil, errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, "wrong token", "")
+		if r.AccessToken != accessToken {
+			if r.Signature == "" {
+				return nil, errdefs.New(errdefs.ErrUnauthenticated, errdefs.CodeUnauthenticated, "wrong token", "")
+			}
+			if err := r.CheckSignature(accessToken); err != nil {
+				return nil, err
+			}
 		}
-		return &envd.Sandbox{Ctx: ctx, Done: func() {}, MachineID: "mch_1", Lineage: "mch_1", Agent: ac, Touch: func() {}}, nil
+		runCtx, cancel := context.WithCancel(ctx)
+		f.mu.Lock()
+		f.running = append(f.running, cancel)
+		f.mu.Unlock()
+		return &envd.Sandbox{Ctx: runCtx, Done: cancel, MachineID: "mch_1", Lineage: "mch_1", Agent: ac, Touch: func() {},
+			Gone: func(context.Context) bool { return f.gone.Load() }}, nil
 	}
 	srv := httptest.NewServer(envd.New(open, slog.New(slog.DiscardHandler)))
 	t.Cleanup(func() {
@@ -78,9 +107,10 @@ func newFixture(t *testing.T) *fixture {
 		agentSrv.Close()
 	})
 	headers := connect.WithInterceptors(headerInterceptor{})
-	return &fixture{url: srv.URL, agent: ac,
-		proc:  processconnect.NewProcessClient(http.DefaultClient, srv.URL, connect.WithProtoJSON(), headers),
-		files: filesystemconnect.NewFilesystemClient(http.DefaultClient, srv.URL, connect.WithProtoJSON(), headers)}
+	f.url = srv.URL
+	f.proc = processconnect.NewProcessClient(http.DefaultClient, srv.URL, connect.WithProtoJSON(), headers)
+	f.files = filesystemconnect.NewFilesystemClient(http.DefaultClient, srv.URL, connect.WithProtoJSON(), headers)
+	return f
 }
 
 // headerInterceptor sends what the SDKs send: the sandbox id, its access
@@ -321,6 +351,39 @@ func TestStreamTimeoutAndKeepalive(t *testing.T) {
 	list, err := f.proc.List(t.Context(), connect.NewRequest(&process.ListRequest{}))
 	if err != nil || len(list.Msg.GetProcesses()) == 0 {
 		t.Fatalf("List after the timeout: %v, %v: the process should run on", list, err)
+	}
+}
+
+// TestMachineGoneUnderStream: a command's stream whose machine stops
+// running ends unavailable (a TimeoutError in every SDK release), in E2B's
+// words when the machine was killed, and saying how to follow the process
+// again when it was paused.
+func TestMachineGoneUnderStream(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		gone bool
+		want string
+	}{
+		{"killed", true, "the sandbox was killed or reached its end of life"},
+		{"paused", false, "connect to the sandbox, then to the process by pid"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			s, err := start(t.Context(), f, "sleep 60")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !s.Receive() || s.Msg().GetEvent().GetStart() == nil {
+				t.Fatalf("no start event: %v", s.Err())
+			}
+			f.stopMachine(tc.gone)
+			for s.Receive() {
+			}
+			wantCode(t, "the stream of a machine that stopped", s.Err(), connect.CodeUnavailable)
+			if err := s.Err(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("the stream's error %v does not say %q", err, tc.want)
+			}
+		})
 	}
 }
 
@@ -619,8 +682,14 @@ func TestFilesRoutes(t *testing.T) {
 	}
 	exp := time.Now().Add(-time.Minute).Unix()
 	old := sign(p, "read", "", accessToken, exp)
-	if resp, _ = do("GET", "path="+p+"&signature="+url.QueryEscape(old)+"&signature_expiration="+itoa(exp), nil, "", idOnly); resp.StatusCode != 401 {
-		t.Errorf("an expired signature: %d, want 401", resp.StatusCode)
+	// E2B's envd's bodies, which code written for E2B compares whole.
+	if resp, body = do("GET", "path="+p+"&signature="+url.QueryEscape(old)+"&signature_expiration="+itoa(exp), nil, "", idOnly); resp.StatusCode != 401 ||
+		body != `{"code":401,"message":"signature is already expired"}`+"\n" {
+		t.Errorf("an expired signature: %d %s, want 401 and E2B's body", resp.StatusCode, body)
+	}
+	if resp, body = do("GET", "path="+p+"&signature=v1_forged", nil, "", idOnly); resp.StatusCode != 401 ||
+		body != `{"code":401,"message":"invalid signature"}`+"\n" {
+		t.Errorf("a forged signature: %d %s, want 401 and E2B's body", resp.StatusCode, body)
 	}
 
 	// Errors are E2B's body: the status as a number, and a message.
@@ -634,25 +703,26 @@ func TestFilesRoutes(t *testing.T) {
 	}
 }
 
-func TestRequestSigned(t *testing.T) {
+func TestCheckSignature(t *testing.T) {
 	future := time.Now().Add(time.Hour).Unix()
 	past := time.Now().Add(-time.Hour).Unix()
 	tests := []struct {
 		name string
 		req  envd.Request
-		want bool
+		want error
 	}{
-		{"valid", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "tok", 0)}, true},
+		{"valid", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "tok", 0)}, nil},
 		{"valid with user and expiry", envd.Request{Path: "/a", Operation: "write", User: "root", Expiration: future,
-			Signature: sign("/a", "write", "root", "tok", future)}, true},
-		{"expired", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: sign("/a", "read", "", "tok", past)}, false},
-		{"other operation", envd.Request{Path: "/a", Operation: "write", Signature: sign("/a", "read", "", "tok", 0)}, false},
-		{"other token", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "other", 0)}, false},
-		{"none", envd.Request{Path: "/a", Operation: "read"}, false},
+			Signature: sign("/a", "write", "root", "tok", future)}, nil},
+		{"expired", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: sign("/a", "read", "", "tok", past)}, envd.ErrSignatureExpired},
+		{"forged and expired: invalid first", envd.Request{Path: "/a", Operation: "read", Expiration: past, Signature: "v1_forged"}, envd.ErrSignatureInvalid},
+		{"other operation", envd.Request{Path: "/a", Operation: "write", Signature: sign("/a", "read", "", "tok", 0)}, envd.ErrSignatureInvalid},
+		{"other token", envd.Request{Path: "/a", Operation: "read", Signature: sign("/a", "read", "", "other", 0)}, envd.ErrSignatureInvalid},
+		{"none", envd.Request{Path: "/a", Operation: "read"}, envd.ErrSignatureInvalid},
 	}
 	for _, tc := range tests {
-		if got := tc.req.Signed("tok"); got != tc.want {
-			t.Errorf("%s: Signed = %v, want %v", tc.name, got, tc.want)
+		if got := tc.req.CheckSignature("tok"); got != tc.want {
+			t.Errorf("%s: CheckSignature = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }

@@ -160,6 +160,11 @@ func follow[T any](ctx context.Context, sb *Sandbox, s *agentclient.Stream[T], i
 					return streamEnded(ctx, sb)
 				}
 				if err := s.Err(); err != nil {
+					if sb.Gone != nil && sb.Gone(context.WithoutCancel(ctx)) {
+						// The agent's stream broke as the kill took the
+						// machine, before the call's context ended.
+						return gone(sb)
+					}
 					return rpcError(err)
 				}
 				return cut
@@ -189,8 +194,19 @@ func streamEnded(ctx context.Context, sb *Sandbox) error {
 	case err != nil:
 		return connect.NewError(connect.CodeCanceled, err)
 	}
-	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("machine %s stopped running (paused or killed); "+
+	if sb.Gone != nil && sb.Gone(context.WithoutCancel(ctx)) {
+		return gone(sb)
+	}
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("machine %s stopped running (paused); "+
 		"a paused machine keeps its processes: connect to the sandbox, then to the process by pid", sb.MachineID))
+}
+
+// gone is the error of a stream whose sandbox went away for good:
+// unavailable, which every SDK release makes a TimeoutError, with E2B's own
+// words in its message.
+func gone(sb *Sandbox) error {
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s (machine %s is gone); start a new sandbox",
+		killedText, sb.MachineID))
 }
 
 // processEvent is an agent event as envd's, or nil for none.

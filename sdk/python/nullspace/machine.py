@@ -123,9 +123,11 @@ class Machine:
         ``snapshot_id``, as a child of a reusable snapshot.
 
         ``timeout`` is the lease in seconds (default 300): at its end the
-        machine is destroyed, or paused with ``on_timeout="pause"``;
-        ``auto_resume=True`` (needs pause) lets traffic to its public URLs
-        wake it. ``idle_timeout`` pauses it after that many seconds without
+        machine is destroyed, paused with ``on_timeout="pause"`` (memory and
+        files kept), or stopped with ``on_timeout="stop"`` (files kept,
+        memory and processes dropped: ``connect`` boots it afresh);
+        ``auto_resume=True`` (needs pause or stop) lets traffic to its public
+        URLs wake it. ``idle_timeout`` pauses it after that many seconds without
         network activity. ``on_pause`` / ``on_resume`` are shell commands run
         inside it around every pause and restore. A create is never retried:
         a failure leaves no machine behind.
@@ -253,8 +255,9 @@ class Machine:
     def set_timeout(self, timeout: float, timeout_action: Optional[str] = None, *,
                     request_timeout: Timeout = DEFAULT) -> Lease:
         """Refreshes the lease: the deadline becomes ``timeout`` seconds from
-        now, and ``timeout_action`` ("destroy" or "hibernate") what happens
-        then (None keeps the current one). Returns the lease in effect."""
+        now, and ``timeout_action`` ("destroy", "hibernate" or "stop") what
+        happens then (None keeps the current one). Returns the lease in
+        effect."""
         return self._client.call(_ops.set_timeout(self.id, timeout, timeout_action, request_timeout))
 
     def keep_alive(self, timeout_secs: Optional[float] = None, refresh_every_secs: Optional[float] = None,

@@ -28,9 +28,13 @@ export interface CreateOptions extends ConnectionOptions {
   template?: string;
   /** The lease in seconds (default 300). */
   timeout?: number;
-  /** What the lease's end does: "destroy" (default) or "pause". */
-  onTimeout?: "destroy" | "pause";
-  /** Public traffic wakes the machine once paused (needs onTimeout "pause"). */
+  /**
+   * What the lease's end does: "destroy" (default), "pause" (memory and
+   * files kept) or "stop" (files kept, memory and processes dropped: `start`,
+   * `connect` or a wake boots it afresh).
+   */
+  onTimeout?: "destroy" | "pause" | "stop";
+  /** Public traffic wakes the machine once paused or stopped (needs onTimeout "pause" or "stop"). */
   autoResume?: boolean;
   /** Pause after this many seconds without network activity. */
   idleTimeout?: number;
@@ -243,8 +247,11 @@ export class Machine {
     return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "checkpoints", enc(snapshotId), pinned ? "pin" : "unpin"), idempotent: true }, o));
   }
 
-  /** Refreshes the lease: its deadline becomes `timeout` seconds from now. */
-  async setTimeout(timeout: number, o: { timeoutAction?: "destroy" | "hibernate" } & CallOptions = {}): Promise<m.Lease> {
+  /**
+   * Refreshes the lease: its deadline becomes `timeout` seconds from now, and
+   * `timeoutAction` ("destroy", "hibernate" or "stop") what it does then.
+   */
+  async setTimeout(timeout: number, o: { timeoutAction?: "destroy" | "hibernate" | "stop" } & CallOptions = {}): Promise<m.Lease> {
     const json: W["SetTimeoutRequest"] = { timeout_ms: ms(timeout, "timeout", 1)! };
     if (o.timeoutAction) json.timeout_action = o.timeoutAction;
     return m.lease(await this.call({ method: "POST", path: mpath(this.id, "timeout"), json, idempotent: true }, o));

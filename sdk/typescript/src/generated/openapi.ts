@@ -251,8 +251,10 @@ export interface paths {
          *     again, and no `timeout_at`; nothing fires while it is stopped). On a
          *     paused or stopped machine this call changes the window and action it
          *     will get, without starting it. At the deadline the machine is
-         *     destroyed, or paused as by `POST /v1/machines/{id}/pause`. Setting
-         *     `timeout_action` `destroy` on an auto-resumable machine is
+         *     destroyed, paused as by `POST /v1/machines/{id}/pause`
+         *     (`hibernate`), or stopped as by `POST /v1/machines/{id}/stop`
+         *     (`stop`: files kept, memory dropped). Setting `timeout_action`
+         *     `destroy` on an auto-resumable machine is
          *     `auto_resume_requires_pause`.
          */
         post: operations["setMachineTimeout"];
@@ -1633,7 +1635,7 @@ export interface components {
          *     | `watch_not_found` | 404 | false | No such file watch in the machine: it was removed, its directory went, or nobody read it for 10 minutes. |
          *     | `capacity_exhausted` | 503 | true | The host has no room for another sandbox: the memory committed to machines (their `memory_mb`, spares included) would pass the host's memory times `--memory-overcommit`, or every network slot is taken. Sent with `Retry-After`; creates, resumes, connects, starts, forks and restores of a paused machine can get it. Pause or kill machines you do not need, or retry later. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
-         *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause the machine: create with on_timeout "pause", and do not set timeout_action "destroy" on an auto-resumable machine. |
+         *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
          *     | `conflict` | 409 | true | Another operation on the resource is in progress (e.g. a pause, resume, snapshot, restore, stop or start on the same machine); retry after it finishes. |
          *     | `invalid_transition` | 409 | true | The machine's lifecycle does not allow this transition from its current state (often a concurrent operation); check its state. |
@@ -1760,19 +1762,25 @@ export interface components {
              * @description The machine's lease window. The lease runs while the machine runs:
              *     it starts when the machine starts running (again after every
              *     resume or start), it does not run while the machine is paused or
-             *     stopped, and at its end the machine is destroyed or paused
-             *     (`on_timeout`). Refresh it with `POST /v1/machines/{id}/timeout`;
+             *     stopped, and at its end the machine is destroyed, paused or
+             *     stopped (`on_timeout`). Refresh it with `POST /v1/machines/{id}/timeout`;
              *     there is no upper bound.
              * @default 300000
              */
             timeout_ms?: number;
             /**
-             * @description What the end of the lease does. `pause` hibernates the machine (memory and files kept; the id stays an alias).
+             * @description What the end of the lease does. `pause` hibernates the machine
+             *     (memory and files kept; the id stays an alias). `stop` stops it
+             *     as `POST /v1/machines/{id}/stop` does with its default grace
+             *     (files kept, memory and processes dropped; the id stays):
+             *     `start`, `connect` or, with `auto_resume`, a request through the
+             *     edge boots it afresh from its disk. An ephemeral machine keeps
+             *     nothing: where it would pause or stop, it is destroyed.
              * @default destroy
              * @enum {string}
              */
-            on_timeout?: "destroy" | "pause";
-            /** @description Public traffic (HTTP and WebSocket requests to its URLs, served by the edge) wakes the machine once paused or stopped. Needs `on_timeout` `pause` (`auto_resume_requires_pause` otherwise). */
+            on_timeout?: "destroy" | "pause" | "stop";
+            /** @description Public traffic (HTTP and WebSocket requests to its URLs, served by the edge) wakes the machine once paused or stopped. Needs `on_timeout` `pause` or `stop` (`auto_resume_requires_pause` otherwise). */
             auto_resume?: boolean;
             /**
              * @description How many unpinned states of its history (pauses and manual
@@ -1894,10 +1902,10 @@ export interface components {
              */
             timeout_ms: number;
             /**
-             * @description What the deadline does; omitted keeps the current action.
+             * @description What the deadline does (as `on_timeout`, `hibernate` being `pause`); omitted keeps the current action.
              * @enum {string}
              */
-            timeout_action?: "destroy" | "hibernate";
+            timeout_action?: "destroy" | "hibernate" | "stop";
         };
         Lease: {
             /**
@@ -1919,7 +1927,7 @@ export interface components {
              * @description What fires at the deadline.
              * @enum {string}
              */
-            timeout_action: "destroy" | "hibernate";
+            timeout_action: "destroy" | "hibernate" | "stop";
         };
         /** @description Body of `POST /v1/machines/{id}/stop`. Optional. */
         StopMachineRequest: {
@@ -2005,7 +2013,7 @@ export interface components {
             /** @description Why the machine is `failed`, in words, with its last checkpoint when it has one (a new machine can be created from it); absent otherwise. */
             error?: string;
             /**
-             * @description Why the machine is `failed`, as a stable code: its sandbox exited (`sandbox_exit`), was killed for its memory (`oom`) or died at its process limit (`pids`); its agent did not answer for longer than the server's bound while the sandbox ran (`agent_unresponsive`); its lease ended and it could not be paused, three times in a row (`pause_failed`); the snapshot holding its paused state was deleted (`snapshot_lost`); the server stopped during an operation and found it gone (`server_restart`). Absent otherwise.
+             * @description Why the machine is `failed`, as a stable code: its sandbox exited (`sandbox_exit`), was killed for its memory (`oom`) or died at its process limit (`pids`); its agent did not answer for longer than the server's bound while the sandbox ran (`agent_unresponsive`); its lease ended and it could not be paused (or stopped), three times in a row (`pause_failed`); the snapshot holding its paused state was deleted (`snapshot_lost`); the server stopped during an operation and found it gone (`server_restart`). Absent otherwise.
              * @enum {string}
              */
             failure_reason?: "sandbox_exit" | "oom" | "pids" | "agent_unresponsive" | "pause_failed" | "snapshot_lost" | "server_restart";
@@ -2039,9 +2047,9 @@ export interface components {
              */
             remaining_ms?: number;
             /** @enum {string} */
-            timeout_action?: "destroy" | "hibernate";
+            timeout_action?: "destroy" | "hibernate" | "stop";
             /** @enum {string} */
-            on_timeout?: "destroy" | "pause";
+            on_timeout?: "destroy" | "pause" | "stop";
             auto_resume?: boolean;
             /** @description The machine's ports are reachable through the edge without a signed URL. */
             public_ports?: boolean;

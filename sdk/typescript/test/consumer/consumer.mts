@@ -16,6 +16,9 @@ export async function main(): Promise<void> {
   const info: MachineInfo = await Machine.getInfoById(machine.id);
   is<Equal<typeof info.timeoutAt, Date | undefined>>();
   const lease: Lease = await resumed.setTimeout(120, { timeoutAction: "hibernate" });
+  // Files kept, memory dropped at the lease's end, and the same on refresh.
+  await using stopping = await Machine.create({ template: "base", timeout: 60, onTimeout: "stop" });
+  await stopping.setTimeout(60, { timeoutAction: "stop" });
   is<Equal<typeof lease.remainingMs, number>>();
   const text = await resumed.files.read("/workspace/report.txt");
   is<Equal<typeof text, string>>();
