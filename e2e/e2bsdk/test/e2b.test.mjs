@@ -41,6 +41,10 @@ after(async () => {
 // alone (it then makes https URLs, as on E2B), http beside E2B_SANDBOX_URL.
 const edgeScheme = process.env.E2B_SANDBOX_URL ? 'http' : 'https'
 
+// E2B's control plane, where the SDK finds it: E2B_API_URL, or
+// api.{E2B_DOMAIN} over https.
+const apiURL = process.env.E2B_API_URL ?? `https://api.${process.env.E2B_DOMAIN}`
+
 // A GET of a path of a getHost(port) host through the edge (*.localhost
 // resolves here through resolve-localhost.mjs).
 async function getThroughEdge(host, path = '/', headers = {}) {
@@ -244,7 +248,7 @@ test('lifecycle onTimeout {action: pause, keepMemory: false}: the timeout keeps 
   await assertBootedCold(sbx.sandboxId, bg.pid, 'sleep 1002')
   // E2B's SDK refuses auto-resume with it before asking; the server
   // refuses the request such a check would have stopped, saying what to do.
-  const res = await fetch(`${process.env.E2B_API_URL}/sandboxes`, {
+  const res = await fetch(`${apiURL}/sandboxes`, {
     method: 'POST',
     headers: { 'X-API-KEY': process.env.E2B_API_KEY, 'Content-Type': 'application/json' },
     body: JSON.stringify({ templateID: 'base', autoPause: true, autoPauseMemory: false, autoResume: { enabled: true } }),
