@@ -92,8 +92,8 @@ func uploadMetadata(h http.Header) map[string]string {
 	var md map[string]string
 	for name, vs := range h {
 		key, ok := strings.CutPrefix(http.CanonicalHeaderKey(name), metadataHeader)
-		if !ok || len(vs) == 0 {
-			continue
+		if !ok || key == "" || len(vs) == 0 {
+			continue // a bare X-Metadata- names nothing: envd skips it too
 		}
 		if md == nil {
 			md = map[string]string{}

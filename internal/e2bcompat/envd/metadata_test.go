@@ -57,7 +57,8 @@ func TestFileMetadata(t *testing.T) {
 	ctx := t.Context()
 	dir := t.TempDir()
 	md := map[string]string{"author": "mish", "purpose": "upload"}
-	h := http.Header{"X-Metadata-Author": {"mish"}, "x-metadata-PURPOSE": {"upload"}}
+	// A bare X-Metadata- names no key: skipped, as envd does.
+	h := http.Header{"X-Metadata-Author": {"mish"}, "x-metadata-PURPOSE": {"upload"}, "X-Metadata-": {"nameless"}}
 
 	a := filepath.Join(dir, "a.txt")
 	status, body := upload(t, f, "path="+url.QueryEscape(a), "application/octet-stream", strings.NewReader("a"), h)
