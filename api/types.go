@@ -468,6 +468,10 @@ type FileEvent struct {
 	// Lost counts the events after the resume point that the machine no
 	// longer holds (the "lost" event).
 	Lost int64 `json:"lost,omitempty"`
+	// Entry describes Path as it was when the event was seen, on create,
+	// write, chmod and rename events of a watch started with entry=true;
+	// absent when it was gone by then.
+	Entry *FileInfo `json:"entry,omitempty"`
 }
 
 // File event types.
@@ -687,6 +691,9 @@ type FileInfo struct {
 	// entry. Empty from agents older than these fields.
 	Owner string `json:"owner,omitempty"`
 	Group string `json:"group,omitempty"`
+	// Metadata is the user metadata kept on a file or directory as
+	// extended attributes (user.e2b.KEY), as written with PUT .../files.
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // FileList is the body of GET .../files/list.
@@ -714,6 +721,9 @@ type RenameRequest struct {
 type WriteResult struct {
 	Path string `json:"path"`
 	Size int64  `json:"size"`
+	// Metadata is what the write stored on the file (it replaces any the
+	// file had).
+	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 // Template states.

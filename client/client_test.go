@@ -149,6 +149,17 @@ func TestRequests(t *testing.T) {
 			wantMethod: "PUT", wantPath: "/v1/machines/m1/files", wantQuery: "mode=0600&path=%2Fa+b", wantBody: "abc",
 		},
 		{
+			name: "write file with metadata", respBody: `{"path":"/f","size":1,"metadata":{"author":"mish"}}`,
+			call: func(ctx context.Context, c *Client) error {
+				res, err := c.WriteFileWith(ctx, "m1", "/f", strings.NewReader("x"), WriteOptions{Metadata: map[string]string{"author": "mish"}})
+				if err == nil && res.Metadata["author"] != "mish" {
+					err = fmt.Errorf("got metadata %v, want author=mish", res.Metadata)
+				}
+				return err
+			},
+			wantMethod: "PUT", wantPath: "/v1/machines/m1/files", wantQuery: "metadata%5Bauthor%5D=mish&path=%2Ff", wantBody: "x",
+		},
+		{
 			name: "read file", respBody: "\x00\x01raw",
 			call: func(ctx context.Context, c *Client) error {
 				b, err := c.ReadFileBytes(ctx, "m1", "/bin/x")

@@ -46,9 +46,27 @@ func (c *Client) ReadFileBytes(ctx context.Context, id, path string) ([]byte, er
 // streamed (PUT .../files?path=&mode=). mode gives the permission bits; 0
 // leaves the server's default.
 func (c *Client) WriteFile(ctx context.Context, id, path string, r io.Reader, mode fs.FileMode) (*api.WriteResult, error) {
+	return c.WriteFileWith(ctx, id, path, r, WriteOptions{Mode: mode})
+}
+
+// WriteOptions tune WriteFileWith.
+type WriteOptions struct {
+	// Mode gives the permission bits; 0 leaves the server's default.
+	Mode fs.FileMode
+	// Metadata is stored on the file (as user.e2b.KEY extended
+	// attributes), replacing what it had; FileInfo.Metadata reads it back.
+	Metadata map[string]string
+}
+
+// WriteFileWith is WriteFile with options (PUT
+// .../files?path=&mode=&metadata[KEY]=VALUE).
+func (c *Client) WriteFileWith(ctx context.Context, id, path string, r io.Reader, opts WriteOptions) (*api.WriteResult, error) {
 	q := c.fileQuery(path)
-	if mode != 0 {
-		q.Set("mode", fmt.Sprintf("%04o", mode.Perm()))
+	if opts.Mode != 0 {
+		q.Set("mode", fmt.Sprintf("%04o", opts.Mode.Perm()))
+	}
+	for k, v := range opts.Metadata {
+		q.Set("metadata["+k+"]", v)
 	}
 	var res api.WriteResult
 	err := c.do(ctx, request{

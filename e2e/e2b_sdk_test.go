@@ -19,7 +19,8 @@ var e2bSDKs = []string{"e2b-latest", "e2b-validating", "e2b-keyrange", "e2b-olde
 // with E2B's unmodified SDK against this server's E2B-compatible API, once
 // per pinned release, configured only by the variables `nullspace e2b env`
 // prints: create, commands (foreground, background, callbacks, stdin,
-// kill), files (write, read, list, watch), setTimeout, getInfo, pause and
+// kill), files (write, read, list, watch; metadata and watch entries on the
+// releases that have them), setTimeout, getInfo, pause and
 // connect with files and a process intact, a pause without memory (by
 // pause({keepMemory: false}) or at the timeout) booting afresh on connect,
 // auto-resume, paging, getHost through the edge, private ports and their

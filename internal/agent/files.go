@@ -292,6 +292,10 @@ func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	md, err := queryMetadata(q)
+	if err != nil {
+		return err
+	}
 	id, err := fileUser(q.Get("user"))
 	if err != nil {
 		return err
@@ -300,7 +304,7 @@ func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength > limit {
 		return tooLarge(path, limit)
 	}
-	res, err := a.files.write(id, path, mode, explicitMode, r.Body)
+	res, err := a.files.write(id, path, mode, explicitMode, md, r.Body)
 	if err != nil {
 		if r.ContentLength < 0 && errors.Is(err, errdefs.ErrInvalidArgument) {
 			drainBody(w, r)
@@ -324,13 +328,14 @@ func drainBody(w http.ResponseWriter, r *http.Request) {
 }
 
 // write streams body into a temp file next to path, then renames it over
-// path, acting as id. A failed, aborted or oversize upload leaves nothing
+// path, acting as id. The file gets metadata md and no other: a new inode
+// replaces the old one, whose metadata goes with it. A failed, aborted or oversize upload leaves nothing
 // behind and the old file untouched. A symlink at path is followed (see
 // walk for whose). The temp file is created by the user, so a new file is
 // the user's; as root, the file keeps the owner and, unless mode is
 // explicit, the mode of the file it replaces, and a new one gets the owner
 // of its directory.
-func (s *fileService) write(id identity, path string, mode fs.FileMode, explicitMode bool, body io.Reader) (api.WriteResult, error) {
+func (s *fileService) write(id identity, path string, mode fs.FileMode, explicitMode bool, md map[string]string, body io.Reader) (api.WriteResult, error) {
 	var n int64
 	err := as(id, func(o walkOpts) error {
 		o.followFinal, o.mkdirs = true, true
@@ -387,6 +392,11 @@ func (s *fileService) write(id identity, path string, mode fs.FileMode, explicit
 			return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 				fmt.Sprintf("upload of %s was interrupted", path), "send the whole file again")
 		}
+		// Before the chmod: setting a user attribute needs write
+		// permission by the file's mode, which 0444 would take away.
+		if err := setMetadata(tmp, path, md); err != nil {
+			return err
+		}
 		if err := tmp.Chmod(mode); err != nil {
 			return err
 		}
@@ -417,7 +427,7 @@ func (s *fileService) write(id identity, path string, mode fs.FileMode, explicit
 	if err != nil {
 		return api.WriteResult{}, fileError(err, path)
 	}
-	return api.WriteResult{Path: path, Size: n}, nil
+	return api.WriteResult{Path: path, Size: n, Metadata: md}, nil
 }
 
 // createTemp creates an upload's temp file in dir, readable by its owner
@@ -651,7 +661,9 @@ func listDir(ctx context.Context, fd int, dir string, depth int, out *[]api.File
 				continue // removed meanwhile
 			}
 			p := filepath.Join(dir, n)
-			*out = append(*out, statInfo(p, &st, readlinkAt(fd, n, st.Mode)))
+			info := statInfo(p, &st, readlinkAt(fd, n, st.Mode))
+			info.Metadata = readMetadata(fd, n, st.Mode)
+			*out = append(*out, info)
 			if depth > 1 && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 				sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 				if err != nil {
@@ -702,7 +714,8 @@ func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// infoAt describes what p names (not following a symlink), as path.
+// infoAt describes what p names (not following a symlink), as path,
+// with its metadata.
 func infoAt(p *pathAt, path string) (api.FileInfo, error) {
 	st, err := lstatAt(p)
 	if err != nil {
@@ -712,7 +725,9 @@ func infoAt(p *pathAt, path string) (api.FileInfo, error) {
 	if !p.isRoot() {
 		target = readlinkAt(p.dir, p.name, st.Mode)
 	}
-	return statInfo(path, &st, target), nil
+	info := statInfo(path, &st, target)
+	info.Metadata = readMetadata(p.dir, p.name, st.Mode)
+	return info, nil
 }
 
 // lstatAt is lstat of what p names.

@@ -143,10 +143,32 @@ func (a *Agent) watchFiles(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return err
 		}
-		if err := canList(r.URL.Query().Get("user"), path); err != nil {
+		withEntry, err := queryBool(r, "entry")
+		if err != nil {
 			return err
 		}
-		fw, err := fswatch.New(path, recursive, fswatch.Options{Upload: a.files.upload})
+		// The Nullspace API has always watched any file system; envd
+		// refuses network ones unless asked (allow_network_mounts).
+		network, err := queryBoolOr(r, "allow_network_mounts", true)
+		if err != nil {
+			return err
+		}
+		user := r.URL.Query().Get("user")
+		if err := canList(user, path); err != nil {
+			return err
+		}
+		if !network {
+			if err := localFS(path); err != nil {
+				return err
+			}
+		}
+		opts := fswatch.Options{Upload: a.files.upload}
+		if withEntry {
+			if opts.Entry, err = entryAs(user); err != nil {
+				return err
+			}
+		}
+		fw, err := fswatch.New(path, recursive, opts)
 		if err != nil {
 			return watchError(err, path)
 		}
@@ -258,6 +280,74 @@ func canList(user, path string) error {
 	})
 	if err != nil {
 		return watchError(err, path)
+	}
+	return nil
+}
+
+// entryAs describes the path of a watch's event as user sees it (the
+// user who started the watch), with its metadata; nil when it is gone or
+// user may not look at it.
+func entryAs(user string) (func(path string) *api.FileInfo, error) {
+	id, err := fileUser(user)
+	if err != nil {
+		return nil, err
+	}
+	return func(path string) *api.FileInfo {
+		var info api.FileInfo
+		err := as(id, func(o walkOpts) error {
+			p, err := walk(path, o)
+			if err != nil {
+				return err
+			}
+			defer p.close()
+			info, err = infoAt(p, path)
+			return err
+		})
+		if err != nil {
+			return nil
+		}
+		named := []api.FileInfo{info}
+		ownerNames(named)
+		return &named[0]
+	}, nil
+}
+
+// networkFS are the statfs types of the network file systems envd
+// refuses to watch unless asked to (allow_network_mounts): inotify sees
+// only the changes made through this machine's kernel, not those made by
+// the server's other clients. FUSE is among them because a FUSE server
+// may be a network one.
+var networkFS = map[int64]string{
+	unix.NFS_SUPER_MAGIC:  "nfs",
+	unix.CIFS_SUPER_MAGIC: "cifs",
+	unix.SMB_SUPER_MAGIC:  "smb",
+	unix.SMB2_SUPER_MAGIC: "smb2",
+	unix.FUSE_SUPER_MAGIC: "fuse",
+}
+
+// statfsType is the statfs type of the file system path is on (a hook
+// for tests: the host has no network file system to watch).
+var statfsType = func(path string) (int64, error) {
+	var sf unix.Statfs_t
+	if err := unix.Statfs(path, &sf); err != nil {
+		return 0, &fs.PathError{Op: "statfs", Path: path, Err: err}
+	}
+	return int64(sf.Type), nil
+}
+
+// localFS refuses a directory on a network file system. Nullspace's
+// volumes are not network file systems to the machine (gVisor's gofer
+// serves them), though changes a volume gets from the host or from
+// another machine are not seen either (see the README).
+func localFS(path string) error {
+	t, err := statfsType(path)
+	if err != nil {
+		return watchError(err, path)
+	}
+	if name, ok := networkFS[t]; ok {
+		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+			fmt.Sprintf("%s is on a network file system (%s), whose changes made elsewhere a watch would not see", path, name),
+			"watch it anyway with allow_network_mounts=true, or watch a local directory")
 	}
 	return nil
 }

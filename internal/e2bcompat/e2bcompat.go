@@ -43,8 +43,10 @@ const TokenSecretFile = "e2b-token-secret"
 
 // EnvdVersion is the envd version reported to the SDKs. They switch
 // features on by it (default user, octet-stream uploads, recursive
-// watches, file metadata); this is the newest whose features are served.
-const EnvdVersion = "0.5.7"
+// watches, file metadata 0.6.2, watch events with their entry 0.6.3,
+// allow_network_mounts 0.6.4); this is the newest whose features are
+// served.
+const EnvdVersion = "0.6.4"
 
 // Config configures the compatibility layer.
 type Config struct {

@@ -48,6 +48,10 @@ type Options struct {
 	// write of the destination (after a create when created says it is
 	// new).
 	Upload func(path string) (upload, created bool)
+	// Entry, if set, describes a path when its create, write, chmod or
+	// rename event is logged (nil: it is gone already), so that readers
+	// see the file as it was then rather than when they read.
+	Entry func(path string) *api.FileInfo
 }
 
 // Watcher watches one directory.
@@ -196,12 +200,16 @@ func (w *Watcher) IdleSince() time.Time {
 // emitLocked appends an event and wakes the readers. A watcher that has
 // ended takes no more: Close may end it while run still handles what it
 // read before the file closed (and changed is closed for good then).
+// Options.Entry runs here, under the lock: a stat, which readers wait for.
 func (w *Watcher) emitLocked(e api.FileEvent) {
 	if w.ended {
 		return
 	}
 	e.Seq = w.next
 	w.next++
+	if w.opts.Entry != nil && carriesEntry(e.Type) {
+		e.Entry = w.opts.Entry(e.Path)
+	}
 	if e.Time.IsZero() {
 		e.Time = time.Now().UTC()
 	}
@@ -212,6 +220,16 @@ func (w *Watcher) emitLocked(e api.FileEvent) {
 	w.log = append(w.log, e)
 	close(w.changed)
 	w.changed = make(chan struct{})
+}
+
+// carriesEntry says whether an event's path names what it is about: a
+// remove's is gone (a stat could find a newer file there).
+func carriesEntry(typ string) bool {
+	switch typ {
+	case api.FileEventCreate, api.FileEventWrite, api.FileEventChmod, api.FileEventRename:
+		return true
+	}
+	return false
 }
 
 // pairWait is how long a batch whose move-out has no move-in yet waits for

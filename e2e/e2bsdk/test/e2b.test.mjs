@@ -9,6 +9,7 @@
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
 
 const sdkName = process.env.E2B_SDK ?? 'e2b-latest'
 const { Sandbox, CommandExitError, NotFoundError, TimeoutError, SandboxError } = await import(sdkName)
@@ -21,6 +22,13 @@ function atLeast(v) {
   for (let i = 0; i < 3; i++) if (a[i] !== b[i]) return a[i] > b[i]
   return true
 }
+
+// File metadata, watch events with their entry and allowNetworkMounts
+// (envd 0.6.2 to 0.6.4) came in one SDK line; a release before them (2.16.0)
+// sends no X-Metadata- headers.
+const sdkSource = readFileSync(createRequire(import.meta.url).resolve(sdkName), 'utf8')
+const noMetadata = !sdkSource.includes('X-Metadata-') &&
+  'this SDK release has no file metadata, includeEntry or allowNetworkMounts (envd 0.6.2-0.6.4)'
 
 const run = `${sdkName}-${process.pid}-${Date.now()}`
 const created = []
@@ -149,6 +157,57 @@ test('files: watchDir reports writes', async () => {
   }
   await handle.stop()
   assert.ok(events.some((e) => e.name === 'new.txt'), JSON.stringify(events))
+})
+
+test('files: metadata on write, getInfo, list and rename; one set in the sandbox; an overwrite clears it', { skip: noMetadata }, async () => {
+  const sbx = await create()
+  const metadata = { author: 'mish', purpose: 'upload' }
+  const info = await sbx.files.write('meta.txt', 'content', { metadata })
+  assert.deepEqual(info.metadata, metadata)
+  assert.deepEqual((await sbx.files.getInfo('meta.txt')).metadata, metadata)
+  const octet = await sbx.files.write('/tmp/octet.txt', 'x', { metadata: { Mixed: 'Case' }, useOctetStream: true })
+  assert.deepEqual(octet.metadata, { mixed: 'Case' }, 'keys are lower case, as envd keeps them')
+
+  const many = await sbx.files.write([
+    { path: '/tmp/meta/a.txt', data: 'a' },
+    { path: '/tmp/meta/b.txt', data: 'b' },
+  ], { metadata: { source: 'suite' } })
+  assert.deepEqual(many.map((w) => w.metadata), [{ source: 'suite' }, { source: 'suite' }])
+  const listed = await sbx.files.list('/tmp/meta')
+  assert.deepEqual(listed.map((e) => [e.name, e.metadata]), [['a.txt', { source: 'suite' }], ['b.txt', { source: 'suite' }]])
+
+  const renamed = await sbx.files.rename('meta.txt', 'renamed.txt')
+  assert.deepEqual(renamed.metadata, metadata)
+  await sbx.commands.run(`python3 -c "import os; os.setxattr('/home/user/renamed.txt', 'user.e2b.extra', b'set in the sandbox')"`)
+  assert.deepEqual((await sbx.files.getInfo('renamed.txt')).metadata, { ...metadata, extra: 'set in the sandbox' })
+
+  const again = await sbx.files.write('renamed.txt', 'again')
+  assert.equal(again.metadata, undefined)
+  assert.equal((await sbx.files.getInfo('renamed.txt')).metadata, undefined)
+})
+
+test('files: watchDir with includeEntry and allowNetworkMounts', { skip: noMetadata }, async () => {
+  const sbx = await create()
+  await sbx.files.makeDir('/tmp/entries')
+  const events = []
+  const plain = []
+  const handle = await sbx.files.watchDir('/tmp/entries', (e) => events.push(e), { includeEntry: true, allowNetworkMounts: true })
+  const plainHandle = await sbx.files.watchDir('/tmp/entries', (e) => plain.push(e))
+  await sbx.files.write('/tmp/entries/f.txt', 'hello', { metadata: { tag: 'watched' } })
+  const written = () => events.find((e) => e.type === 'write' && e.name === 'f.txt')
+  for (let i = 0; i < 50 && !(written() && plain.some((e) => e.type === 'write')); i++) {
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  await handle.stop()
+  await plainHandle.stop()
+  const ev = written()
+  assert.ok(ev, JSON.stringify(events))
+  assert.equal(ev.entry?.name, 'f.txt')
+  assert.equal(ev.entry?.path, '/tmp/entries/f.txt')
+  assert.equal(ev.entry?.type, 'file')
+  assert.equal(ev.entry?.size, 5)
+  assert.deepEqual(ev.entry?.metadata, { tag: 'watched' })
+  assert.ok(plain.length > 0 && plain.every((e) => e.entry === undefined), JSON.stringify(plain))
 })
 
 test('setTimeout and getInfo', async () => {

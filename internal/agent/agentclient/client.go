@@ -425,6 +425,9 @@ type WriteOptions struct {
 	// oversize file is refused before it is sent). 0 means unknown, unless
 	// r is a *bytes.Reader, *bytes.Buffer or *strings.Reader.
 	Size int64
+	// Metadata is stored on the file as extended attributes, replacing
+	// what it had (none when empty).
+	Metadata map[string]string
 }
 
 // WriteFile streams r into path atomically: readers of path see the old
@@ -434,6 +437,9 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts W
 	q := c.fileQuery(path)
 	if opts.Mode != 0 {
 		q.Set("mode", fmt.Sprintf("%04o", unixMode(opts.Mode)))
+	}
+	for k, v := range opts.Metadata {
+		q.Set("metadata["+k+"]", v)
 	}
 	if r == nil {
 		r = http.NoBody
@@ -526,6 +532,12 @@ type WatchOptions struct {
 	After   int64
 	// Poll returns the events there are and ends, instead of following.
 	Poll bool
+	// Entry has a new watch describe each created, written, chmodded or
+	// renamed path (FileEvent.Entry) when it sees the change.
+	Entry bool
+	// LocalOnly has a new watch refuse a directory on a network file
+	// system (envd's default, unless allow_network_mounts).
+	LocalOnly bool
 }
 
 // Watch opens a file watch, or resumes one, and streams its events: a new
@@ -538,6 +550,12 @@ func (c *Client) Watch(ctx context.Context, opts WatchOptions) (*WatchStream, er
 	} else {
 		q = c.fileQuery(opts.Path)
 		q.Set("recursive", strconv.FormatBool(opts.Recursive))
+		if opts.Entry {
+			q.Set("entry", "true")
+		}
+		if opts.LocalOnly {
+			q.Set("allow_network_mounts", "false")
+		}
 	}
 	if opts.Poll {
 		q.Set("follow", "false")

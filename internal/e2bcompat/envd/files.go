@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"strings"
 
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -75,9 +76,31 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 
 // writtenEntry is what POST /files answers for each file.
 type writtenEntry struct {
-	Name string `json:"name"`
-	Type string `json:"type"`
-	Path string `json:"path"`
+	Name     string            `json:"name"`
+	Type     string            `json:"type"`
+	Path     string            `json:"path"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+// metadataHeader prefixes the headers that carry an upload's metadata
+// (X-Metadata-KEY: VALUE), the same for every file of the upload.
+const metadataHeader = "X-Metadata-"
+
+// uploadMetadata is an upload's metadata, keys lower case as envd has
+// them (header names are case-insensitive); nil when there is none.
+func uploadMetadata(h http.Header) map[string]string {
+	var md map[string]string
+	for name, vs := range h {
+		key, ok := strings.CutPrefix(http.CanonicalHeaderKey(name), metadataHeader)
+		if !ok || key == "" || len(vs) == 0 {
+			continue // a bare X-Metadata- names nothing: envd skips it too
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		md[strings.ToLower(key)] = vs[0]
+	}
+	return md
 }
 
 // postFiles is POST /files: one file as the body (application/octet-stream,
@@ -99,15 +122,17 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 		defer zr.Close()
 		body = zr
 	}
+	md := uploadMetadata(r.Header)
 	write := func(dest string, rd io.Reader, size int64) (writtenEntry, error) {
 		if dest == "" {
 			return writtenEntry{}, badBody("no path for the file: pass ?path= or name the multipart part's file")
 		}
 		p := resolve(dest, user)
-		if _, err := sb.Agent.AsUser(user).WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size}); err != nil {
+		res, err := sb.Agent.AsUser(user).WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size, Metadata: md})
+		if err != nil {
 			return writtenEntry{}, err
 		}
-		return writtenEntry{Name: path.Base(p), Type: "file", Path: p}, nil
+		return writtenEntry{Name: path.Base(p), Type: "file", Path: p, Metadata: res.Metadata}, nil
 	}
 	var out []writtenEntry
 	mt, params, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))

@@ -118,7 +118,8 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 	user := userOf(req.Header())
 	sb.Agent = sb.Agent.AsUser(user) // sb is this call's
 	dir := resolve(req.Msg.GetPath(), user)
-	w, err := sb.Agent.Watch(sb.Ctx, agentclient.WatchOptions{Path: dir, Recursive: req.Msg.GetRecursive()})
+	w, err := sb.Agent.Watch(sb.Ctx, agentclient.WatchOptions{Path: dir, Recursive: req.Msg.GetRecursive(),
+		Entry: req.Msg.GetIncludeEntry(), LocalOnly: !req.Msg.GetAllowNetworkMounts()})
 	if err != nil {
 		return rpcError(err)
 	}
@@ -140,7 +141,7 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 		case api.FileEventEnd:
 			return true, connect.NewError(connect.CodeNotFound, fmt.Errorf("the watched directory %s was removed", dir))
 		}
-		for _, fe := range fsEvents(sb, dir, ev, req.Msg.GetIncludeEntry()) {
+		for _, fe := range fsEvents(dir, ev) {
 			if err := stream.Send(&filesystem.WatchDirResponse{Event: &filesystem.WatchDirResponse_Filesystem{Filesystem: fe}}); err != nil {
 				return false, err
 			}
@@ -151,8 +152,10 @@ func (f *filesystemService) WatchDir(ctx context.Context, req *connect.Request[f
 
 // fsEvents are an agent file event as envd's, named relative to the
 // watched directory. A rename is two, like fsnotify's: a rename of the old
-// name and a create of the new one.
-func fsEvents(sb *Sandbox, dir string, ev api.FileEvent, withEntry bool) []*filesystem.FilesystemEvent {
+// name and a create of the new one. The entry (include_entry) is the one
+// the agent took when it saw the change, as envd stats when it does; a
+// remove and a rename's old name have none.
+func fsEvents(dir string, ev api.FileEvent) []*filesystem.FilesystemEvent {
 	rel := func(p string) string {
 		r := strings.TrimPrefix(strings.TrimPrefix(p, dir), "/")
 		if r == "" {
@@ -162,10 +165,8 @@ func fsEvents(sb *Sandbox, dir string, ev api.FileEvent, withEntry bool) []*file
 	}
 	mk := func(t filesystem.EventType, p string) *filesystem.FilesystemEvent {
 		fe := &filesystem.FilesystemEvent{Name: rel(p), Type: t}
-		if withEntry && t != filesystem.EventType_EVENT_TYPE_REMOVE {
-			if fi, err := sb.Agent.Stat(sb.Ctx, p); err == nil {
-				fe.Entry = entryInfo(fi)
-			}
+		if ev.Entry != nil && t != filesystem.EventType_EVENT_TYPE_REMOVE {
+			fe.Entry = entryInfo(*ev.Entry)
 		}
 		return fe
 	}
@@ -200,7 +201,8 @@ const maxWatchers = 4096
 
 func (f *filesystemService) CreateWatcher(ctx context.Context, req *connect.Request[filesystem.CreateWatcherRequest]) (*connect.Response[filesystem.CreateWatcherResponse], error) {
 	return unary(f, ctx, req, req.Msg.GetPath(), func(sb *Sandbox, dir string) (*filesystem.CreateWatcherResponse, error) {
-		w, err := sb.Agent.Watch(sb.Ctx, agentclient.WatchOptions{Path: dir, Recursive: req.Msg.GetRecursive(), Poll: true})
+		w, err := sb.Agent.Watch(sb.Ctx, agentclient.WatchOptions{Path: dir, Recursive: req.Msg.GetRecursive(), Poll: true,
+			Entry: req.Msg.GetIncludeEntry(), LocalOnly: !req.Msg.GetAllowNetworkMounts()})
 		if err != nil {
 			return nil, err
 		}
@@ -240,7 +242,7 @@ func (f *filesystemService) GetWatcherEvents(ctx context.Context, req *connect.R
 		for w.Next() {
 			ev := w.Event()
 			pos.after = max(pos.after, ev.Seq)
-			out.Events = append(out.Events, fsEvents(sb, pos.dir, ev, false)...)
+			out.Events = append(out.Events, fsEvents(pos.dir, ev)...)
 		}
 		if err := w.Err(); err != nil {
 			return nil, err
@@ -262,7 +264,8 @@ func (f *filesystemService) RemoveWatcher(ctx context.Context, req *connect.Requ
 	})
 }
 
-// entryInfo is a file as envd describes it: mode is the permission bits
+// entryInfo is a file as envd describes it, with its metadata (the
+// user.e2b. attributes, prefix stripped): mode is the permission bits
 // alone (0o755 for a directory), permissions the ls-style string with
 // its type letter, a symlink's target an absolute path (link text that is
 // relative is resolved against the link's directory), owner and group
@@ -271,7 +274,7 @@ func entryInfo(fi api.FileInfo) *filesystem.EntryInfo {
 	perm, _ := strconv.ParseUint(fi.Mode, 8, 32)
 	mode := fs.FileMode(perm) & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
 	e := &filesystem.EntryInfo{Name: fi.Name, Path: fi.Path, Size: fi.Size, ModifiedTime: timestamppb.New(fi.ModTime),
-		Owner: fi.Owner, Group: fi.Group}
+		Owner: fi.Owner, Group: fi.Group, Metadata: fi.Metadata}
 	switch fi.Type {
 	case "file":
 		e.Type = filesystem.FileType_FILE_TYPE_FILE

@@ -357,7 +357,7 @@ def read_file(id: str, path: str, t: Timeout = DEFAULT, user: Optional[str] = No
 
 
 def write_file(id: str, path: str, data: Any, mode: Optional[int], t: Timeout = DEFAULT,
-               user: Optional[str] = None) -> Request[WriteInfo]:
+               user: Optional[str] = None, metadata: Optional[Mapping[str, str]] = None) -> Request[WriteInfo]:
     length: Optional[int] = None
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -370,6 +370,7 @@ def write_file(id: str, path: str, data: Any, mode: Optional[int], t: Timeout = 
             f"files.write takes str, bytes, a file-like object or an iterable of bytes, not {type(data).__name__}",
             code="invalid_argument")
     query = q(path=path, mode=None if mode is None else format(mode, "04o"), user=user)
+    query += [(f"metadata[{k}]", str(v)) for k, v in (metadata or {}).items()]
     return Request("PUT", mpath(id, "files"), query=query, body=data, content_type="application/octet-stream",
                    content_length=length, idempotent=True, parse=WriteInfo.from_json, timeout=t)
 

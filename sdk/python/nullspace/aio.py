@@ -380,9 +380,10 @@ class AsyncFiles:
         return data if format == "bytes" else data.decode("utf-8")
 
     async def write(self, path: str, data: Any, *, user: Optional[str] = None, mode: Optional[int] = None,
-                    request_timeout: Timeout = DEFAULT) -> WriteInfo:
+                    metadata: Optional[Dict[str, str]] = None, request_timeout: Timeout = DEFAULT) -> WriteInfo:
         """Like Files.write; also takes an async iterable of bytes."""
-        return await self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user))
+        return await self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user,
+                                                          metadata=metadata))
 
     async def list(self, path: str, *, user: Optional[str] = None, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
         return await self._m._client.call(_ops.list_files(self._m.id, path, depth, request_timeout, user=user))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Literal, Mapping, Optional, Sequence, Union, overload
+from typing import Any, Callable, Dict, Iterator, List, Literal, Mapping, Optional, Sequence, Union, overload
 
 from . import _config, _ops, errors
 from ._commands import Collector, OutputCallback, WatchLog, reconnectable
@@ -330,12 +330,17 @@ class Files:
         raise errors.InvalidArgumentError(f'format must be "text", "bytes" or "stream", not {format!r}',
                                           code="invalid_argument")
 
-    def write(self, path: str, data: Any, *, user: Optional[str] = None, mode: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> WriteInfo:
+    def write(self, path: str, data: Any, *, user: Optional[str] = None, mode: Optional[int] = None,
+              metadata: Optional[Dict[str, str]] = None, request_timeout: Timeout = DEFAULT) -> WriteInfo:
         """Creates or replaces a file (and its parent directories) with
         ``data``: str (UTF-8), bytes, a file opened in binary mode or any
         iterable of bytes. Files and iterables are streamed, never read
-        whole into memory. ``mode`` sets the permission bits (0o755)."""
-        return self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user))
+        whole into memory. ``mode`` sets the permission bits (0o755).
+        ``metadata`` is stored on the file (user.e2b.KEY extended
+        attributes; printable ASCII), replacing what it had; EntryInfo
+        .metadata reads it back."""
+        return self._m._client.call(_ops.write_file(self._m.id, path, data, mode, request_timeout, user=user,
+                                                    metadata=metadata))
 
     def list(self, path: str, *, user: Optional[str] = None, depth: Optional[int] = None, request_timeout: Timeout = DEFAULT) -> List[EntryInfo]:
         """The entries of a directory (``depth`` > 1 descends)."""

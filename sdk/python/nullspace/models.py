@@ -399,11 +399,16 @@ class FileEvent(_Model):
     is_dir: bool = False
     seq: int = 0
     time: Optional[datetime] = None
+    #: The file as it was when the change was seen, from a watch asked for
+    #: entries (the API's ``entry=true``); None otherwise.
+    entry: Optional["EntryInfo"] = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "FileEvent":
+        e = d.get("entry")
         return cls(type=d.get("type", ""), path=d.get("path", ""), old_path=d.get("old_path", ""),
-                   is_dir=bool(d.get("is_dir", False)), seq=int(d.get("seq") or 0), time=parse_time(d.get("time")))
+                   is_dir=bool(d.get("is_dir", False)), seq=int(d.get("seq") or 0), time=parse_time(d.get("time")),
+                   entry=EntryInfo.from_json(e) if e else None)
 
 
 class EntryInfo(_Model):
@@ -417,6 +422,8 @@ class EntryInfo(_Model):
     mode: str = ""
     mod_time: Optional[datetime] = None
     symlink_target: str = ""
+    #: User metadata: the file's user.e2b.KEY extended attributes, by KEY.
+    metadata: Dict[str, str] = {}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "EntryInfo":
@@ -428,6 +435,7 @@ class EntryInfo(_Model):
             mode=d.get("mode", ""),
             mod_time=parse_time(d.get("mod_time")),
             symlink_target=d.get("symlink_target", ""),
+            metadata=_str_map(d.get("metadata")),
         )
 
 
@@ -436,10 +444,12 @@ class WriteInfo(_Model):
 
     path: str
     size: int
+    #: The metadata stored on the file; empty when none.
+    metadata: Dict[str, str] = {}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "WriteInfo":
-        return cls(path=d.get("path", ""), size=int(d.get("size", 0)))
+        return cls(path=d.get("path", ""), size=int(d.get("size", 0)), metadata=_str_map(d.get("metadata")))
 
 
 class MachineURL(str):

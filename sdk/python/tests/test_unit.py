@@ -460,3 +460,26 @@ class SnapshotNameTest(unittest.TestCase):
                                  ("/v1/machines/mch_1/snapshots", b'{"name":"web"}')])
         lists = [p for meth, p, _, _ in srv.requests if meth == "GET"]
         self.assertEqual(lists, ["/v1/snapshots?name=web", "/v1/snapshots?name=web"])
+
+
+class FileMetadataTest(unittest.TestCase):
+    """Metadata goes as metadata[KEY]= on a write and comes back on the
+    write, the entries and a watch's entry."""
+
+    def test_sent(self) -> None:
+        from nullspace import _ops
+        r = _ops.write_file("m", "/a", b"x", None, metadata={"author": "mish"})
+        self.assertIn(("metadata[author]", "mish"), r.query)
+        self.assertNotIn("metadata[author]", [k for k, _ in _ops.write_file("m", "/a", b"x", None).query])
+
+    def test_read(self) -> None:
+        from nullspace.models import EntryInfo, FileEvent, WriteInfo
+        entry = {"name": "a", "path": "/a", "type": "file", "metadata": {"k": "v"}}
+        self.assertEqual(WriteInfo.from_json({"path": "/a", "size": 1, "metadata": {"k": "v"}}).metadata, {"k": "v"})
+        self.assertEqual(EntryInfo.from_json(entry).metadata, {"k": "v"})
+        self.assertEqual(EntryInfo.from_json({"name": "a", "path": "/a", "type": "file"}).metadata, {})
+        ev = FileEvent.from_json({"type": "write", "path": "/a", "entry": entry})
+        self.assertIsNotNone(ev.entry)
+        assert ev.entry is not None
+        self.assertEqual(ev.entry.metadata, {"k": "v"})
+        self.assertIsNone(FileEvent.from_json({"type": "remove", "path": "/a"}).entry)

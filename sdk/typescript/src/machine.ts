@@ -402,19 +402,23 @@ export class Files {
     return format === "bytes" ? b : new TextDecoder().decode(b);
   }
 
-  /** Creates or replaces a file; a Blob or ReadableStream is streamed. */
-  async write(path: string, data: string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array>, o: { mode?: number; user?: string } & CallOptions = {}): Promise<m.WriteInfo> {
+  /**
+   * Creates or replaces a file; a Blob or ReadableStream is streamed.
+   * `metadata` is stored on it (user.e2b.KEY extended attributes; printable
+   * ASCII), replacing what it had.
+   */
+  async write(path: string, data: string | Uint8Array | ArrayBuffer | Blob | ReadableStream<Uint8Array>, o: { mode?: number; user?: string; metadata?: Record<string, string> } & CallOptions = {}): Promise<m.WriteInfo> {
     let body: Body;
     if (typeof data === "string") body = new TextEncoder().encode(data);
     else if (data instanceof ArrayBuffer) body = new Uint8Array(data);
     else if (data instanceof Uint8Array || data instanceof Blob || data instanceof ReadableStream) body = data;
     else throw new InvalidArgumentError("files.write takes a string, Uint8Array, ArrayBuffer, Blob or ReadableStream", { code: "invalid_argument" });
+    const query: Record<string, string | undefined> = { path, mode: o.mode === undefined ? undefined : o.mode.toString(8).padStart(4, "0"), user: o.user };
+    for (const [k, v] of Object.entries(o.metadata ?? {})) query[`metadata[${k}]`] = v;
     const w = await this.m.client.json<W["WriteResult"]>({
-      method: "PUT", path: mpath(this.m.id, "files"), body,
-      query: { path, mode: o.mode === undefined ? undefined : o.mode.toString(8).padStart(4, "0"), user: o.user },
-      idempotent: true,
+      method: "PUT", path: mpath(this.m.id, "files"), body, query, idempotent: true,
     }, o);
-    return { path: w.path, size: w.size };
+    return { path: w.path, size: w.size, metadata: { ...(w.metadata ?? {}) } };
   }
 
   async list(path: string, o: { depth?: number; user?: string } & CallOptions = {}): Promise<m.EntryInfo[]> {
@@ -453,9 +457,11 @@ export class Files {
    * the machine, from now on: async-iterate the handle for FileEvent
    * values, or pass `onEvent`, or poll with getNewEvents(). A dropped
    * stream is reopened where it left off; stop() removes the watch.
+   * `includeEntry`: each create, write, chmod and rename carries the file as
+   * it was when the change was seen (FileEvent.entry).
    */
-  async watchDir(path: string, o: { recursive?: boolean; onEvent?: (e: m.FileEvent) => void | Promise<void> } & CallOptions = {}): Promise<WatchHandle> {
-    const h = new WatchHandle(this.m, path, !!o.recursive);
+  async watchDir(path: string, o: { recursive?: boolean; includeEntry?: boolean; onEvent?: (e: m.FileEvent) => void | Promise<void> } & CallOptions = {}): Promise<WatchHandle> {
+    const h = new WatchHandle(this.m, path, !!o.recursive, !!o.includeEntry);
     await h.open(o);
     if (o.onEvent) h.pump(o.onEvent);
     return h;
@@ -474,12 +480,12 @@ export class WatchHandle implements AsyncIterable<m.FileEvent> {
   /** Why the onEvent pump stopped, if it failed. */
   error: unknown;
 
-  constructor(private readonly m: Machine, readonly path: string, readonly recursive: boolean) {}
+  constructor(private readonly m: Machine, readonly path: string, readonly recursive: boolean, readonly includeEntry = false) {}
 
   private request(follow: boolean): Request {
     const query: Record<string, string | number | boolean | undefined> = this.watchId
       ? { watch_id: this.watchId, after: this.lastSeq }
-      : { path: this.path, recursive: this.recursive || undefined };
+      : { path: this.path, recursive: this.recursive || undefined, entry: this.includeEntry || undefined };
     if (!follow) query.follow = "false";
     // Only a watch that exists may be asked for again.
     return { method: "GET", path: mpath(this.m.id, "files", "watch"), accept: "application/x-ndjson", query, idempotent: !!this.watchId, extraTimeout: null };

@@ -216,16 +216,20 @@ export interface EntryInfo {
   mode: string;
   modTime: Date | undefined;
   symlinkTarget: string;
+  /** User metadata (the file's user.e2b.KEY extended attributes, by KEY); empty when none. */
+  metadata: Record<string, string>;
 }
 
 export const entryInfo = (w: S["FileInfo"]): EntryInfo => ({
   name: w.name, path: w.path, type: w.type, size: w.size, mode: w.mode, modTime: date(w.mod_time),
-  symlinkTarget: w.symlink_target ?? "",
+  symlinkTarget: w.symlink_target ?? "", metadata: { ...(w.metadata ?? {}) },
 });
 
 export interface WriteInfo {
   path: string;
   size: number;
+  /** The metadata stored on the file; empty when none. */
+  metadata: Record<string, string>;
 }
 
 /** A public URL of a machine's port; `url` is the one to use. */
@@ -306,9 +310,11 @@ export interface FileEvent {
   time: Date | undefined;
   /** lost: how many events the machine no longer held. */
   lost: number;
+  /** With includeEntry: the file as it was when the create, write, chmod or rename was seen. */
+  entry: EntryInfo | undefined;
 }
 
 export const fileEvent = (w: S["FileEvent"]): FileEvent => ({
   type: w.type, path: w.path ?? "", oldPath: w.old_path ?? "", isDir: !!w.is_dir, seq: w.seq ?? 0, time: date(w.time),
-  lost: w.lost ?? 0,
+  lost: w.lost ?? 0, entry: w.entry ? entryInfo(w.entry) : undefined,
 });

@@ -121,7 +121,7 @@ for (const [name, sdk] of Object.entries(builds)) {
       s.routes.set("GET /v1/machines/mch_f/files/stat", [[200, entry]]);
       s.routes.set("POST /v1/machines/mch_f/files/mkdir", [[200, entry]]);
       s.routes.set("POST /v1/machines/mch_f/files/rename", [[200, entry]]);
-      s.routes.set("PUT /v1/machines/mch_f/files", [[200, { path: "/a", size: 1 }]]);
+      s.routes.set("PUT /v1/machines/mch_f/files", [[200, { path: "/a", size: 1 }], [200, { path: "/a", size: 1, metadata: { k: "v" } }]]);
       const mf = await sdk.Machine.connect("mch_f", { client: c });
       s.calls.length = 0;
       await mf.files.stat("/a", { user: "user" });
@@ -135,6 +135,14 @@ for (const [name, sdk] of Object.entries(builds)) {
       assert.deepEqual(JSON.parse(mkdir[2]), { path: "/d", user: "user" });
       assert.deepEqual(JSON.parse(rename[2]), { from: "/a", to: "/b", user: "user" });
       assert.equal(new URL(plain[1], url).searchParams.has("user"), false);
+
+      // Metadata goes as metadata[KEY]= and comes back on the write and the entries.
+      s.calls.length = 0;
+      s.routes.set("GET /v1/machines/mch_f/files/stat", [[200, { ...entry, metadata: { k: "v" } }]]);
+      const w = await mf.files.write("/a", "x", { metadata: { k: "v" } });
+      assert.deepEqual(w.metadata, { k: "v" });
+      assert.equal(new URL(s.calls[0][1], url).searchParams.get("metadata[k]"), "v");
+      assert.deepEqual((await mf.files.stat("/a")).metadata, { k: "v" });
     });
 
     test("a snapshot's name is sent when given, read back, and filters lists", async () => {

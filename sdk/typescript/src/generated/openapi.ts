@@ -994,6 +994,16 @@ export interface paths {
          *     (413) and nothing is written. Writing over a directory is
          *     `is_a_directory` (400); a parent that is not a directory is
          *     `not_a_directory` (400).
+         *
+         *     `metadata[KEY]=VALUE` (repeatable) stores user metadata on the file
+         *     as extended attributes, `user.e2b.KEY` (the namespace E2B's envd
+         *     uses, so the E2B-compatible API reads the same metadata); the
+         *     written file has that metadata and no other (a replaced file's goes
+         *     with it). Keys and values are printable ASCII, a key at most 246
+         *     bytes, 4096 bytes in all (names with their prefix, and values);
+         *     anything else is `invalid_argument` (400) and nothing is written,
+         *     as on a file system that keeps no extended attributes. The root
+         *     file system, `/tmp` and volumes keep them.
          */
         put: operations["writeFile"];
         post?: never;
@@ -2337,6 +2347,10 @@ export interface components {
             owner?: string;
             /** @description The name of the file's group in the machine's `/etc/group`, or its gid when it has no entry there. */
             group?: string;
+            /** @description User metadata of a file or directory: its `user.e2b.KEY` extended attributes (as written with `metadata[KEY]=` on `PUT .../files`, or set in the machine), by KEY. Absent when it has none. */
+            metadata?: {
+                [key: string]: string;
+            };
         };
         /** @description Body of `GET /v1/machines/{id}/files/list`. */
         FileList: {
@@ -2366,6 +2380,10 @@ export interface components {
              * @description Bytes written.
              */
             size: number;
+            /** @description The metadata stored on the file; absent when none. */
+            metadata?: {
+                [key: string]: string;
+            };
         };
         /** @enum {string} */
         TemplateState: "building" | "ready" | "failed";
@@ -2550,6 +2568,8 @@ export interface components {
              * @description lost: how many events are gone.
              */
             lost?: number;
+            /** @description With `entry=true`: the path as it was when the create, write, chmod or rename was seen. */
+            entry?: components["schemas"]["FileInfo"];
         };
         /** @description A public key that signs in to the team's machines through the SSH gateway. */
         SSHKey: {
@@ -4087,6 +4107,10 @@ export interface operations {
                 user?: components["parameters"]["FileUser"];
                 /** @description Octal permission bits of the written file. */
                 mode?: string;
+                /** @description User metadata for the file: `metadata[author]=mish&metadata[stage]=draft`. */
+                metadata?: {
+                    [key: string]: string;
+                };
             };
             header?: never;
             path: {
@@ -4374,6 +4398,10 @@ export interface operations {
                 after?: number;
                 /** @description false returns the events held at once (polling) instead of streaming. */
                 follow?: boolean;
+                /** @description A new watch describes the path of each `create`, `write`, `chmod` and `rename` event (`entry`, a FileInfo with its metadata) as it was when the change was seen; absent when the path was gone by then. */
+                entry?: boolean;
+                /** @description false has a new watch refuse (`invalid_argument`) a directory on a network file system (NFS, CIFS, SMB, FUSE), whose changes made elsewhere it would not see, as E2B's envd does by default. Volumes are not network file systems to the machine. */
+                allow_network_mounts?: boolean;
             };
             header?: never;
             path: {
