@@ -589,6 +589,9 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 				fmt.Sprintf("invalid depth %q", s), "pass depth=1 for the directory's entries, more to descend")
 		}
 	}
+	// Reading an entry's metadata opens it: a large listing that does not
+	// need it asks metadata=false (about 2x faster on gVisor).
+	withMetadata := r.URL.Query().Get("metadata") != "false"
 	id, err := fileUser(r.URL.Query().Get("user"))
 	if err != nil {
 		return err
@@ -612,7 +615,7 @@ func (a *Agent) listFiles(w http.ResponseWriter, r *http.Request) error {
 		if err != nil {
 			return &fs.PathError{Op: "open", Path: p.real, Err: err}
 		}
-		return listDir(ctx, fd, path, depth, &entries)
+		return listDir(ctx, fd, path, depth, withMetadata, &entries)
 	})
 	if err != nil {
 		return fileError(err, path)
@@ -640,10 +643,11 @@ var errTooManyEntries = errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInva
 	fmt.Sprintf("more than %d entries", maxListEntries), "list with a smaller depth or a deeper path")
 
 // listDir appends the entries of the directory open as fd (which it
-// closes), named dir, descending depth-1 more levels. It does not follow
+// closes), named dir, descending depth-1 more levels, with their metadata
+// when withMetadata. It does not follow
 // symlinks below dir. Subdirectories that cannot be read (permission,
 // removed meanwhile) are skipped. It stops when ctx ends.
-func listDir(ctx context.Context, fd int, dir string, depth int, out *[]api.FileInfo) error {
+func listDir(ctx context.Context, fd int, dir string, depth int, withMetadata bool, out *[]api.FileInfo) error {
 	d := os.NewFile(uintptr(fd), dir)
 	defer d.Close()
 	for {
@@ -662,14 +666,16 @@ func listDir(ctx context.Context, fd int, dir string, depth int, out *[]api.File
 			}
 			p := filepath.Join(dir, n)
 			info := statInfo(p, &st, readlinkAt(fd, n, st.Mode))
-			info.Metadata = readMetadata(fd, n, st.Mode)
+			if withMetadata {
+				info.Metadata = readMetadata(fd, n, st.Mode)
+			}
 			*out = append(*out, info)
 			if depth > 1 && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 				sub, err := unix.Openat(fd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 				if err != nil {
 					continue
 				}
-				if err := listDir(ctx, sub, p, depth-1, out); err != nil {
+				if err := listDir(ctx, sub, p, depth-1, withMetadata, out); err != nil {
 					return err
 				}
 			}

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"maps"
@@ -77,6 +78,24 @@ func TestFileMetadata(t *testing.T) {
 	for _, e := range list.Entries {
 		if !maps.Equal(e.Metadata, want[e.Path]) {
 			t.Errorf("ListFiles %s: got metadata %v, want %v", e.Path, e.Metadata, want[e.Path])
+		}
+	}
+
+	// A listing that does not need it skips reading it.
+	req, _ := http.NewRequestWithContext(ctx, "GET", ta.url+"/files/list?depth=2&metadata=false&path="+url.QueryEscape(dir), nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var bare api.FileList
+	if err := json.NewDecoder(resp.Body).Decode(&bare); err != nil || len(bare.Entries) != 2 {
+		t.Fatalf("metadata=false: %+v, %v", bare, err)
+	}
+	for _, e := range bare.Entries {
+		if e.Metadata != nil {
+			t.Errorf("metadata=false: %s has metadata %v", e.Path, e.Metadata)
 		}
 	}
 }

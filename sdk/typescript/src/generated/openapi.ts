@@ -4247,6 +4247,8 @@ export interface operations {
                 user?: components["parameters"]["FileUser"];
                 /** @description How many levels to descend; 1 lists the directory's own entries. */
                 depth?: number;
+                /** @description Whether entries carry their `metadata` (reading it opens each entry: a large listing that does not need it is about twice as fast with `false`). */
+                metadata?: boolean;
             };
             header?: never;
             path: {
