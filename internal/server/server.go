@@ -691,11 +691,31 @@ func upgradeBuiltins(ctx context.Context, names []string, templates *template.St
 		if !stale {
 			continue
 		}
+		keep := func(use string) {
+			logger.Warn("built-in template made by an older recipe is kept while machines or snapshots use it; "+
+				"kill them and restart the server to get the new one", "template", name, "recipe", recipe, "use", use)
+		}
+		// Checked first so that a template in use costs no build; checked
+		// again, under the manager's lock, by DeleteTemplate.
+		use, err := mgr.TemplateUse(ctx, name)
+		if err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+		if use.InUse() {
+			keep(fmt.Sprintf("%d machines, %d snapshots", len(use.Machines), len(use.Snapshots)))
+			continue
+		}
+		// The new recipe is built beside the old template before it goes:
+		// a host that cannot build it (no mirror) keeps serving the old one.
+		if err := templates.PrepareBuiltin(ctx, name); err != nil {
+			logger.Warn("cannot build the built-in template of this recipe; keeping the one of an older recipe",
+				"template", name, "recipe", recipe, "err", err)
+			continue
+		}
 		err = mgr.DeleteTemplate(ctx, "", name, templates.DeleteStale)
 		var e *errdefs.Error
 		if errors.As(err, &e) && e.Code == errdefs.CodeTemplateInUse {
-			logger.Warn("built-in template made by an older recipe is kept while machines or snapshots use it; "+
-				"kill them and restart the server to get the new one", "template", name, "recipe", recipe, "use", e.Message)
+			keep(e.Message)
 			continue
 		}
 		if err != nil {

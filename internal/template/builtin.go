@@ -170,7 +170,8 @@ func (s *Store) EnsureBuiltin(ctx context.Context, name string) error {
 // made by an older recipe than this binary's (base before it had sudo, say),
 // and names that recipe. EnsureBuiltin keeps such a template: machines and
 // snapshots made from it need its root filesystem as it is. The server
-// replaces it (DeleteStale, then EnsureBuiltin) once nothing uses it.
+// replaces it (PrepareBuiltin, DeleteStale, EnsureBuiltin) once nothing uses
+// it.
 func (s *Store) StaleBuiltin(name string) (recipe string, stale bool, err error) {
 	b, ok := builtinSpec(name)
 	if !ok {
@@ -182,6 +183,34 @@ func (s *Store) StaleBuiltin(name string) (recipe string, stale bool, err error)
 		return "", false, fmt.Errorf("built-in template %s: %w", name, err)
 	}
 	return m.Recipe, m.State == api.TemplateReady && m.Recipe != b.recipe, nil
+}
+
+// PrepareBuiltin readies what making the built-in template name needs, and
+// leaves the store's copy alone: for base, the cached tarball of this
+// binary's recipe, built with debootstrap when missing (in a directory of
+// the store that Open removes if the build is interrupted). After it,
+// DeleteStale and EnsureBuiltin replace a stale copy in seconds and without
+// the network, so a host that cannot build the new recipe keeps the old one.
+func (s *Store) PrepareBuiltin(ctx context.Context, name string) error {
+	if _, ok := builtinSpec(name); !ok {
+		return errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound,
+			fmt.Sprintf("no built-in template named %q", name), "use minimal or base")
+	}
+	if name != Base { // minimal needs nothing but busybox
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(s.opts.CacheDir, "templates", baseRecipe+cacheExt)); err == nil {
+		return nil
+	}
+	dir, err := os.MkdirTemp(s.dir, trashPrefix+"prepare-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("prepare built-in template %s: %w", name, err)
+	}
+	defer removeTree(dir)
+	if err := s.buildBase(ctx, dir); err != nil {
+		return fmt.Errorf("prepare built-in template %s: %w", name, err)
+	}
+	return nil
 }
 
 // DeleteStale deletes the built-in template name if StaleBuiltin says it is

@@ -263,6 +263,44 @@ func TestStaleBuiltin(t *testing.T) {
 	}
 }
 
+// TestPrepareBuiltin: preparing base is nothing when this recipe's tarball
+// is cached, and when it is not and cannot be built (no mirror here; or not
+// root) an error that leaves nothing behind in the store or the cache.
+func TestPrepareBuiltin(t *testing.T) {
+	cache := t.TempDir()
+	s, err := Open(t.TempDir(), testLogger(t), Options{CacheDir: cache, DebianMirror: "http://127.0.0.1:9/debian"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := s.PrepareBuiltin(ctx, Minimal); err != nil {
+		t.Errorf("PrepareBuiltin(minimal) = %v, want nil", err)
+	}
+	if err := s.PrepareBuiltin(ctx, "nope"); errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Errorf("PrepareBuiltin(nope) = %v, want template_not_found", err)
+	}
+	cached := filepath.Join(cache, "templates", baseRecipe+cacheExt)
+	err = s.PrepareBuiltin(ctx, Base)
+	if err == nil {
+		t.Fatal("PrepareBuiltin(base) with an unreachable mirror = nil, want an error")
+	}
+	t.Logf("PrepareBuiltin(base) without a mirror: %v", err)
+	assertEmpty(t, s)
+	if _, err := os.Stat(cached); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("cache after a failed prepare: %v, want no %s", err, cached)
+	}
+	if err := os.WriteFile(cached, []byte("stands for a tarball"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PrepareBuiltin(ctx, Base); err != nil {
+		t.Errorf("PrepareBuiltin(base) with this recipe cached = %v, want nil", err)
+	}
+	if b, _ := os.ReadFile(cached); string(b) != "stands for a tarball" {
+		t.Errorf("cached tarball rewritten: %q", b)
+	}
+	assertEmpty(t, s)
+}
+
 // TestBaseRecipe: the base recipe's name, which keys its cache, changes with
 // its package set (whatever the order) and with its revision.
 func TestBaseRecipe(t *testing.T) {
