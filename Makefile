@@ -57,7 +57,7 @@ e2b-proto:
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
 test: build vet typecheck-python typescript-sdk e2b-sdk
-	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 90 s)"
+	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 2 minutes)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		$(GO) test -race -count=1 -timeout 40m ./...
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 10s ./internal/httpapi

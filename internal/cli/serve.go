@@ -26,7 +26,7 @@ process, with an embedded SQLite database in the data directory.
 
 On first start it creates an API key for the default team and writes it to
 <data dir>/api-key, where the CLI and SDKs on this host find it. Built-in
-templates are made ready before the API opens (base takes about 90 s the
+templates are made ready before the API opens (base takes about 2 minutes the
 first time, seconds afterwards from the cache).
 
 Stopping the server never stops machines: the next start reconciles with them.

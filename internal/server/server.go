@@ -26,6 +26,7 @@ import (
 	"nullspace.dev/nullspace/internal/atomicfile"
 	"nullspace.dev/nullspace/internal/cors"
 	"nullspace.dev/nullspace/internal/edge"
+	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
@@ -562,6 +563,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		// Reconcile errors are about leftovers; the server can still serve.
 		logger.Error("reconcile with the host after start", "err", err)
 	}
+	if err := upgradeBuiltins(ctx, cfg.BuiltinTemplates, templates, mgr, logger); err != nil {
+		return nil, err
+	}
 
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
@@ -674,6 +678,57 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		"data_dir", cfg.DataDir, "api_key_file", keyFile, "node", cfg.NodeName, "netns_prefix", cfg.Names.NetnsPrefix,
 		"veth_prefix", cfg.Names.VethPrefix, "firewall_table", cfg.Names.FirewallTable, "cgroup_parent", cfg.Names.CgroupParent)
 	return inst, nil
+}
+
+// upgradeBuiltins rebuilds the built-in templates that an older recipe made
+// (base before it had sudo, say), so that an upgraded server, and CI's
+// persistent template dir, get this binary's. One that a machine or a
+// snapshot still uses is kept, with a warning: their overlays lie on its
+// root filesystem as it is. It runs before the server serves or makes spares.
+func upgradeBuiltins(ctx context.Context, names []string, templates *template.Store, mgr *machine.Manager, logger *slog.Logger) error {
+	for _, name := range names {
+		recipe, stale, err := templates.StaleBuiltin(name)
+		if err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+		if !stale {
+			continue
+		}
+		keep := func(use string) {
+			logger.Warn("built-in template made by an older recipe is kept while machines or snapshots use it; "+
+				"kill them and restart the server to get the new one", "template", name, "recipe", recipe, "use", use)
+		}
+		// Checked first so that a template in use costs no build; checked
+		// again, under the manager's lock, by DeleteTemplate.
+		use, err := mgr.TemplateUse(ctx, name)
+		if err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+		if use.InUse() {
+			keep(fmt.Sprintf("%d machines, %d snapshots", len(use.Machines), len(use.Snapshots)))
+			continue
+		}
+		// The new recipe is built beside the old template before it goes:
+		// a host that cannot build it (no mirror) keeps serving the old one.
+		if err := templates.PrepareBuiltin(ctx, name); err != nil {
+			logger.Warn("cannot build the built-in template of this recipe; keeping the one of an older recipe",
+				"template", name, "recipe", recipe, "err", err)
+			continue
+		}
+		err = mgr.DeleteTemplate(ctx, "", name, templates.DeleteStale)
+		var e *errdefs.Error
+		if errors.As(err, &e) && e.Code == errdefs.CodeTemplateInUse {
+			keep(e.Message)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+		if err := templates.EnsureBuiltin(ctx, name); err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // bootstrapKey creates the default team and its API key on first start and

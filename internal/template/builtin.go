@@ -3,6 +3,7 @@ package template
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -39,14 +41,39 @@ const Workspace = "/workspace"
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-// The base recipe. Bump baseRecipe whenever the recipe changes: it names the
-// cached tarball, so a changed recipe never reuses an old cache.
+// The base recipe. Its name keys the cached tarball (and is recorded in each
+// data dir's copy, see StaleBuiltin), so a changed recipe never reuses an old
+// build: the suite and the package list are in the name (the list hashed),
+// and baseRevision counts every other change, such as what customizeBase
+// writes. Bump it when you make one.
 const (
-	baseRecipe = "base-bookworm-r1"
-	baseSuite  = "bookworm"
+	baseRevision = 2
+	baseSuite    = "bookworm"
 )
 
-var basePackages = []string{"python3", "procps", "ca-certificates", "curl", "git", "bash"}
+// basePackages are what code written for E2B's base image (Debian with
+// Python, Node.js and build tools) commonly calls, as far as Debian ships
+// them: python and pip, node, sudo for the user account, and the usual
+// fetch, archive and JSON tools. Left out, to keep the build short and the
+// rootfs small: build-essential (gcc, make: +250 MB), and npm, which in
+// Debian is 360 packages that bring node-gyp and so g++ (+450 MB, and beyond
+// debootstrap's resolver); `sudo apt-get install npm` adds it in a machine
+// allowed out. README.md ("Using E2B's SDKs") lists the differences.
+var basePackages = []string{
+	"python3", "python-is-python3", "python3-pip", "python3-venv", "nodejs",
+	"sudo", "procps", "ca-certificates", "curl", "wget", "git", "bash", "less", "openssh-client",
+	"unzip", "zip", "xz-utils", "bzip2", "jq",
+}
+
+var baseRecipe = recipeName("base-"+baseSuite, baseRevision, basePackages)
+
+// recipeName is prefix-r<revision>-<digest of the package set>: a different
+// set of packages, in any order, gives a different name.
+func recipeName(prefix string, revision int, packages []string) string {
+	sorted := slices.Sorted(slices.Values(packages))
+	sum := sha256.Sum256([]byte(strings.Join(sorted, "\n")))
+	return fmt.Sprintf("%s-r%d-%x", prefix, revision, sum[:4])
+}
 
 // Cache layout: <CacheDir>/templates/<recipe>.tar, an uncompressed tar of the
 // rootfs with numeric owners and file capabilities, written to a temporary
@@ -137,6 +164,67 @@ func (s *Store) EnsureBuiltin(ctx context.Context, name string) error {
 		case <-t.C:
 		}
 	}
+}
+
+// StaleBuiltin reports whether the built-in template name is ready but was
+// made by an older recipe than this binary's (base before it had sudo, say),
+// and names that recipe. EnsureBuiltin keeps such a template: machines and
+// snapshots made from it need its root filesystem as it is. The server
+// replaces it (PrepareBuiltin, DeleteStale, EnsureBuiltin) once nothing uses
+// it.
+func (s *Store) StaleBuiltin(name string) (recipe string, stale bool, err error) {
+	b, ok := builtinSpec(name)
+	if !ok {
+		return "", false, errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound,
+			fmt.Sprintf("no built-in template named %q", name), "use minimal or base")
+	}
+	m, err := s.get(name)
+	if err != nil {
+		return "", false, fmt.Errorf("built-in template %s: %w", name, err)
+	}
+	return m.Recipe, m.State == api.TemplateReady && m.Recipe != b.recipe, nil
+}
+
+// PrepareBuiltin readies what making the built-in template name needs, and
+// leaves the store's copy alone: for base, the cached tarball of this
+// binary's recipe, built with debootstrap when missing (in a directory of
+// the store that Open removes if the build is interrupted). After it,
+// DeleteStale and EnsureBuiltin replace a stale copy in seconds and without
+// the network, so a host that cannot build the new recipe keeps the old one.
+func (s *Store) PrepareBuiltin(ctx context.Context, name string) error {
+	if _, ok := builtinSpec(name); !ok {
+		return errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound,
+			fmt.Sprintf("no built-in template named %q", name), "use minimal or base")
+	}
+	if name != Base { // minimal needs nothing but busybox
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(s.opts.CacheDir, "templates", baseRecipe+cacheExt)); err == nil {
+		return nil
+	}
+	dir, err := os.MkdirTemp(s.dir, trashPrefix+"prepare-"+name+"-")
+	if err != nil {
+		return fmt.Errorf("prepare built-in template %s: %w", name, err)
+	}
+	defer removeTree(dir)
+	if err := s.buildBase(ctx, dir); err != nil {
+		return fmt.Errorf("prepare built-in template %s: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteStale deletes the built-in template name if StaleBuiltin says it is
+// stale, and refuses otherwise. The caller makes sure no machine uses it.
+func (s *Store) DeleteStale(ctx context.Context, name string) error {
+	recipe, stale, err := s.StaleBuiltin(name)
+	if err != nil {
+		return err
+	}
+	if !stale {
+		return fmt.Errorf("delete template %s: %w", name, errBuiltin(name))
+	}
+	s.log.Info("deleting built-in template made by an older recipe", "template", name, "recipe", recipe)
+	return s.delete(ctx, name)
 }
 
 func (s *Store) buildBuiltin(ctx context.Context, name string, b builtin) error {
@@ -356,7 +444,7 @@ func (s *Store) debootstrapBase(ctx context.Context, rootfs string) error {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeFailedPrecondition,
 			"building template base with debootstrap needs root", "run the server as root")
 	}
-	s.opts.Progress("building template base with debootstrap (about 90 s, once)")
+	s.opts.Progress("building template base with debootstrap (about 2 minutes, once)")
 	start := time.Now()
 	env := []string{"PATH=" + defaultPath, "LC_ALL=C", "HOME=/root", "DEBIAN_FRONTEND=noninteractive"}
 	for _, k := range []string{"http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"} {
@@ -409,8 +497,9 @@ func debootstrapStage(line string) (string, bool) {
 	return "", false
 }
 
-// customizeBase adds the user account and /workspace, makes the per-machine
-// files neutral, points apt at updates and security, and drops apt's caches.
+// customizeBase adds the user account (a sudoer) and /workspace, lets pip
+// install, makes the per-machine files neutral, points apt at updates and
+// security, and drops apt's caches.
 func (s *Store) customizeBase(rootfs string) error {
 	root, err := os.OpenRoot(rootfs)
 	if err != nil {
@@ -452,6 +541,25 @@ func (s *Store) customizeBase(rootfs string) error {
 		if err := lchown(root, d, userID, userID); err != nil {
 			return err
 		}
+	}
+	// As in E2B's base, the user may do anything as root with sudo, without a
+	// password: code written for it installs packages with `sudo apt-get`.
+	// sudo skips a sudoers.d file that root does not own or that others may
+	// write; 0440 is what visudo makes.
+	sudoers := userName + " ALL=(ALL:ALL) NOPASSWD: ALL\n"
+	if err := writeRootFile(root, "etc/sudoers.d/"+userName, []byte(sudoers), 0o440); err != nil {
+		return err
+	}
+	if err := root.Chmod("etc/sudoers.d/"+userName, 0o440); err != nil {
+		return err
+	}
+	// Debian marks its Python as managed by apt (PEP 668), so a plain
+	// `pip install` fails with externally-managed-environment, which code
+	// written for E2B's base (Python from python.org) never meets. Debian's
+	// pip installs into /usr/local or ~/.local, never over apt's files.
+	pipConf := "[global]\nbreak-system-packages = true\n"
+	if err := writeRootFile(root, "etc/pip.conf", []byte(pipConf), 0o644); err != nil {
+		return err
 	}
 	sources := fmt.Sprintf("deb %[1]s %[2]s main\ndeb %[1]s %[2]s-updates main\n"+
 		"deb http://deb.debian.org/debian-security %[2]s-security main\n", s.opts.DebianMirror, baseSuite)

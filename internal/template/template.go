@@ -25,9 +25,11 @@
 // is deleted; a failed built-in leaves nothing.
 //
 // Slow artefacts live in Options.CacheDir, shared by every data dir on the
-// host: <CacheDir>/templates/<recipe>.tar (today base-bookworm-r1.tar, an
-// uncompressed tar of the finished base rootfs, about 290 MB) beside its
-// .lock. Changing the base recipe means a new recipe name, hence a new cache.
+// host: <CacheDir>/templates/<recipe>.tar (base-bookworm-r<revision>-<hash of
+// the package list>.tar, an uncompressed tar of the finished base rootfs)
+// beside its .lock. Changing the base recipe means a new recipe name, hence a
+// new cache; a data dir's copy made by an older recipe is replaced once no
+// machine uses it (StaleBuiltin).
 //
 // Whether a template is used by machines is the caller's business: check it
 // before Delete.
@@ -123,7 +125,7 @@ type meta struct {
 	api.Template
 	// Format is the version of this file's layout.
 	Format int `json:"format"`
-	// Recipe names the recipe of a built-in template, e.g. base-bookworm-r1.
+	// Recipe names the recipe of a built-in template, e.g. base-bookworm-r2-1a2b3c4d.
 	Recipe string `json:"recipe,omitempty"`
 }
 

@@ -2,6 +2,7 @@ package template
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,6 +198,128 @@ func TestMinimalFails(t *testing.T) {
 			}
 			assertEmpty(t, s) // a failed built-in leaves nothing
 		})
+	}
+}
+
+// TestStaleBuiltin: a built-in template made by an older recipe is kept by
+// EnsureBuiltin, reported by StaleBuiltin, and deleted by DeleteStale, after
+// which EnsureBuiltin makes it with this binary's recipe; a current one is
+// not deleted.
+func TestStaleBuiltin(t *testing.T) {
+	needBusybox(t)
+	s := openStore(t)
+	ctx := t.Context()
+	if err := s.EnsureBuiltin(ctx, Minimal); err != nil {
+		t.Fatal(err)
+	}
+	current, _ := builtinSpec(Minimal)
+	if recipe, stale, err := s.StaleBuiltin(Minimal); err != nil || stale || recipe != current.recipe {
+		t.Fatalf("StaleBuiltin(fresh minimal) = %q, %v, %v; want %q, false", recipe, stale, err, current.recipe)
+	}
+	if err := s.DeleteStale(ctx, Minimal); errCode(err) != errdefs.CodePermissionDenied {
+		t.Errorf("DeleteStale(current minimal) = %v, want permission_denied", err)
+	}
+
+	// Make it look built by an older recipe.
+	file := filepath.Join(s.dir, Minimal, metaFile)
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["recipe"] != current.recipe {
+		t.Fatalf("%s holds recipe %v, want %q", file, m["recipe"], current.recipe)
+	}
+	m["recipe"] = "minimal-r0"
+	if b, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.EnsureBuiltin(ctx, Minimal); err != nil {
+		t.Fatal(err)
+	}
+	if recipe, stale, err := s.StaleBuiltin(Minimal); err != nil || !stale || recipe != "minimal-r0" {
+		t.Fatalf("StaleBuiltin(old minimal) = %q, %v, %v; want minimal-r0, true", recipe, stale, err)
+	}
+	if err := s.DeleteStale(ctx, Minimal); err != nil {
+		t.Fatalf("DeleteStale(old minimal): %v", err)
+	}
+	if _, err := s.Get(ctx, Minimal); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Get after DeleteStale = %v, want not found", err)
+	}
+	if err := s.EnsureBuiltin(ctx, Minimal); err != nil {
+		t.Fatal(err)
+	}
+	if recipe, stale, err := s.StaleBuiltin(Minimal); err != nil || stale || recipe != current.recipe {
+		t.Errorf("StaleBuiltin(rebuilt minimal) = %q, %v, %v; want %q, false", recipe, stale, err, current.recipe)
+	}
+	if _, _, err := s.StaleBuiltin("nope"); errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Errorf("StaleBuiltin(nope) = %v, want template_not_found", err)
+	}
+}
+
+// TestPrepareBuiltin: preparing base is nothing when this recipe's tarball
+// is cached, and when it is not and cannot be built (no mirror here; or not
+// root) an error that leaves nothing behind in the store or the cache.
+func TestPrepareBuiltin(t *testing.T) {
+	cache := t.TempDir()
+	s, err := Open(t.TempDir(), testLogger(t), Options{CacheDir: cache, DebianMirror: "http://127.0.0.1:9/debian"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := s.PrepareBuiltin(ctx, Minimal); err != nil {
+		t.Errorf("PrepareBuiltin(minimal) = %v, want nil", err)
+	}
+	if err := s.PrepareBuiltin(ctx, "nope"); errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Errorf("PrepareBuiltin(nope) = %v, want template_not_found", err)
+	}
+	cached := filepath.Join(cache, "templates", baseRecipe+cacheExt)
+	err = s.PrepareBuiltin(ctx, Base)
+	if err == nil {
+		t.Fatal("PrepareBuiltin(base) with an unreachable mirror = nil, want an error")
+	}
+	t.Logf("PrepareBuiltin(base) without a mirror: %v", err)
+	assertEmpty(t, s)
+	if _, err := os.Stat(cached); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("cache after a failed prepare: %v, want no %s", err, cached)
+	}
+	if err := os.WriteFile(cached, []byte("stands for a tarball"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PrepareBuiltin(ctx, Base); err != nil {
+		t.Errorf("PrepareBuiltin(base) with this recipe cached = %v, want nil", err)
+	}
+	if b, _ := os.ReadFile(cached); string(b) != "stands for a tarball" {
+		t.Errorf("cached tarball rewritten: %q", b)
+	}
+	assertEmpty(t, s)
+}
+
+// TestBaseRecipe: the base recipe's name, which keys its cache, changes with
+// its package set (whatever the order) and with its revision.
+func TestBaseRecipe(t *testing.T) {
+	if want := recipeName("base-bookworm", baseRevision, basePackages); baseRecipe != want {
+		t.Errorf("baseRecipe = %q, want %q", baseRecipe, want)
+	}
+	reversed := slices.Clone(basePackages)
+	slices.Reverse(reversed)
+	if got := recipeName("base-bookworm", baseRevision, reversed); got != baseRecipe {
+		t.Errorf("reordered packages give %q, want %q", got, baseRecipe)
+	}
+	for _, other := range []string{
+		recipeName("base-bookworm", baseRevision, append(slices.Clone(basePackages), "vim")),
+		recipeName("base-bookworm", baseRevision, basePackages[1:]),
+		recipeName("base-bookworm", baseRevision+1, basePackages),
+	} {
+		if other == baseRecipe || !strings.HasPrefix(other, "base-bookworm-r") {
+			t.Errorf("changed recipe named %q, want a base-bookworm-r... name other than %q", other, baseRecipe)
+		}
 	}
 }
 

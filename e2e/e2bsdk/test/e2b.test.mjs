@@ -78,6 +78,13 @@ test('create, run a command, read its result', async () => {
   assert.equal(root.stdout, 'root\n')
   const env = await sbx.commands.run('echo $GREETING; pwd', { envs: { GREETING: 'hi' }, cwd: '/tmp' })
   assert.equal(env.stdout, 'hi\n/tmp\n')
+
+  // What E2B's base template offers code: sudo without a password, and
+  // python as well as python3. The envs of the command before do not
+  // reach this one (E2B's own test runs `sudo echo "$FOO"`).
+  const base = await sbx.commands.run('sudo whoami && sudo echo "[$GREETING]" && python --version')
+  assert.match(base.stdout, /^root\n\[\]\nPython 3\.\d+\.\d+\n$/)
+  assert.equal(base.stderr, '')
 })
 
 test('commands: onStdout, background with wait and kill, stdin, list', async () => {

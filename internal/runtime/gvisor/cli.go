@@ -38,6 +38,13 @@ func (c *CLI) GlobalFlags(overlay string) []string {
 		"--network=sandbox",
 		// The vCPU count seen inside follows the cgroup CPU quota.
 		"--cpu-num-from-quota",
+		// Honour setuid and setgid bits, as Linux does: without it runsc
+		// ignores them, and sudo as the template's user fails ("effective
+		// uid is not 0"). Root inside is the machine's own, and any API
+		// caller may already run commands as root: gVisor is the boundary.
+		// The kernel keeps the setting in a checkpoint, so a machine
+		// paused before it came resumes without it.
+		"--allow-suid",
 	}
 	if overlay != "" {
 		flags = append(flags, "--overlay2="+overlay)
