@@ -404,7 +404,10 @@ class FileEvent(_Model):
 
 class EntryInfo(_Model):
     """A file or directory in a machine. ``type`` is file, dir, symlink or
-    other; ``mode`` the octal permission bits ("0644")."""
+    other; ``mode`` the octal permission bits ("0644"); ``owner`` and
+    ``group`` the names of its uid and gid in the machine's /etc/passwd and
+    /etc/group, or the number ("1000") when it has no entry there ("" from
+    a server older than these fields)."""
 
     name: str
     path: str
@@ -413,6 +416,8 @@ class EntryInfo(_Model):
     mode: str = ""
     mod_time: Optional[datetime] = None
     symlink_target: str = ""
+    owner: str = ""
+    group: str = ""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "EntryInfo":
@@ -424,6 +429,8 @@ class EntryInfo(_Model):
             mode=d.get("mode", ""),
             mod_time=parse_time(d.get("mod_time")),
             symlink_target=d.get("symlink_target", ""),
+            owner=d.get("owner", ""),
+            group=d.get("group", ""),
         )
 
 

@@ -214,11 +214,19 @@ export interface EntryInfo {
   mode: string;
   modTime: Date | undefined;
   symlinkTarget: string;
+  /**
+   * The names of its uid and gid in the machine's /etc/passwd and
+   * /etc/group, or the number ("1000") when it has no entry there ("" from a
+   * server older than these fields).
+   */
+  owner: string;
+  group: string;
 }
 
 export const entryInfo = (w: S["FileInfo"]): EntryInfo => ({
   name: w.name, path: w.path, type: w.type, size: w.size, mode: w.mode, modTime: date(w.mod_time),
   symlinkTarget: w.symlink_target ?? "",
+  owner: w.owner ?? "", group: w.group ?? "",
 });
 
 export interface WriteInfo {
