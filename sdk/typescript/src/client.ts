@@ -173,7 +173,7 @@ export class Templates {
     if (o.tarball === undefined) body.from_template = o.fromTemplate ?? "base";
     if (o.workdir) body.workdir = o.workdir;
     if (o.envs) body.env = o.envs;
-    // The build answers when it is done: no deadline beyond requestTimeout.
+    // The build answers when it is done: no deadline unless requestTimeout is given.
     if (o.tarball === undefined) return m.template(await this.c.json({ method: "POST", path: "/v1/templates", json: body, extraTimeout: null }, o));
     const up = await upload(body, o.tarball);
     return m.template(await this.c.json({ method: "POST", path: "/v1/templates", ...up, extraTimeout: null }, o));
@@ -208,9 +208,10 @@ const tarballAction = "pass a Blob (a File), a Uint8Array, a ReadableStream of b
 /**
  * A template upload's body (multipart/form-data): a part "request" with the
  * JSON build request, then a part "tarball", streamed. A Blob, bytes or a
- * file is sent as one Blob of the parts, which no copy of a Blob or a file
- * makes and which has a length, so a server refuses one over its limit
- * before it is sent; a ReadableStream is read as the upload goes (chunked).
+ * file is sent as one Blob of the three parts (composing it copies only
+ * bytes given in memory, never a Blob's or a file's), which has a length,
+ * so a server refuses one over its limit before it is sent; a
+ * ReadableStream is read as the upload goes (chunked).
  */
 async function upload(request: m.Wire["BuildTemplateRequest"], tarball: Tarball): Promise<{ body: Blob | ReadableStream<Uint8Array>; contentType: string }> {
   const boundary = `nullspace-${[...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("")}`;

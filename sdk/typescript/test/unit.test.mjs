@@ -279,6 +279,7 @@ for (const [name, sdk] of Object.entries(builds)) {
           return true;
         });
         assert.equal(big.got.length, 1, "an upload was sent twice");
+        assert.match(big.got[0].headers["content-type"], /^multipart\/form-data; boundary=/);
       } finally {
         big.srv.close();
       }
