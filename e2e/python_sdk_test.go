@@ -41,6 +41,8 @@ func runPythonSuite(t *testing.T, py string) {
 		"PYTHONUNBUFFERED=1",
 		"NULLSPACE_API_URL=http://"+env.inst.Addr,
 		"NULLSPACE_API_KEY="+env.key,
+		// A root filesystem the suite uploads as a template tarball.
+		"NULLSPACE_TEST_ROOTFS="+minimalRootfs(),
 	)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -77,4 +79,11 @@ func python39() string {
 		}
 	}
 	return ""
+}
+
+// minimalRootfs is the test server's minimal template (busybox) as a root
+// filesystem directory: the SDK suites tar it and upload it as a template
+// (NULLSPACE_TEST_ROOTFS), as TestTemplateBuild does with the Go client.
+func minimalRootfs() string {
+	return filepath.Join(env.cfg.TemplatesDir, "minimal", "rootfs")
 }

@@ -11,7 +11,8 @@ import (
 // (sdk/typescript/test/live.test.mjs) against this server, once from its
 // ESM build and once from its CommonJS build: pause/connect/alias,
 // snapshots and children, leases and keepAlive, files in every form,
-// commands with callbacks and reattach, typed errors, abort, paging. make
+// commands with callbacks and reattach, typed errors, abort, paging, a
+// template built from an uploaded tarball and files' owners. make
 // test builds the SDK first (scripts/typescript-sdk.sh); without Node or a
 // build the test fails and says so.
 func TestTypeScriptSDK(t *testing.T) {
@@ -30,7 +31,8 @@ func TestTypeScriptSDK(t *testing.T) {
 			cmd := exec.CommandContext(t.Context(), node, "--test", "--test-reporter=spec", "test/live.test.mjs")
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), "NULLSPACE_SDK_BUILD="+build,
-				"NULLSPACE_API_URL=http://"+env.inst.Addr, "NULLSPACE_API_KEY="+env.key)
+				"NULLSPACE_API_URL=http://"+env.inst.Addr, "NULLSPACE_API_KEY="+env.key,
+				"NULLSPACE_TEST_ROOTFS="+minimalRootfs())
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("node --test (%s build): %v\n%s", build, err, out)

@@ -5,8 +5,12 @@ read. Durations arrive here in seconds and leave as the API's ``*_ms``."""
 from __future__ import annotations
 
 import base64
+import io
+import json as _json
+import os
 import shlex
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+import stat as statmod
+from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import errors
 from ._config import DEFAULT, Request, Timeout, q, quote
@@ -28,6 +32,8 @@ from .models import (
 )
 
 NDJSON = "application/x-ndjson"
+
+_CHUNK = 64 << 10
 
 
 def ms(secs: Optional[float], name: str, minimum: float = 0) -> Optional[int]:
@@ -459,16 +465,134 @@ def get_template(name: str, t: Timeout = DEFAULT) -> Request[Template]:
 
 
 def build_template(name: str, from_template: Optional[str], steps: Sequence[str], workdir: Optional[str],
-                   envs: Optional[Mapping[str, str]], t: Timeout = DEFAULT) -> Request[Template]:
+                   envs: Optional[Mapping[str, str]], t: Timeout = DEFAULT, tarball: Any = None) -> Request[Template]:
+    """A build from ``from_template`` (default "base") or, with
+    ``tarball``, from that root filesystem uploaded: exactly one source."""
+    if tarball is not None and from_template:
+        raise errors.InvalidArgumentError(
+            "a template is built from one source: from_template or tarball, not both", code="invalid_argument",
+            suggested_action="drop from_template to build from the tarball, or tarball to build from the template")
     b: Dict[str, Any] = {"name": name, "steps": list(steps)}
-    if from_template:
-        b["from_template"] = from_template
+    if tarball is None:
+        b["from_template"] = from_template or "base"
     if workdir:
         b["workdir"] = workdir
     if envs:
         b["env"] = dict(envs)
     # The build answers when it is done: no read limit.
-    return Request("POST", "/v1/templates", json=b, parse=Template.from_json, timeout=t, extra_timeout=None)
+    if tarball is None:
+        return Request("POST", "/v1/templates", json=b, parse=Template.from_json, timeout=t, extra_timeout=None)
+    up = _Upload(b, tarball)
+    return Request("POST", "/v1/templates", body=up, content_type="multipart/form-data; boundary=" + up.boundary,
+                   content_length=up.length, parse=Template.from_json, timeout=t, extra_timeout=None)
+
+
+_TARBALL_ACTION = "pass the path of a root filesystem tarball (plain, gzip, zstd or xz) or a file object opened 'rb'"
+
+
+class _Upload:
+    """The body of a template upload (multipart/form-data): a part
+    ``request`` with the JSON build request, then a part ``tarball`` read a
+    chunk at a time as it is sent, never whole in memory (a path is opened
+    then, and closed at the end). The blocking transport iterates it; the
+    asyncio one async-iterates it, awaiting a file object's read when it is
+    a coroutine. ``length`` is the whole body's size when the tarball's is
+    known (a path, a seekable file), so that the server refuses one over its
+    limit (413 file_too_large) before it is sent; None sends it chunked."""
+
+    def __init__(self, request: Mapping[str, Any], tarball: Any) -> None:
+        self.boundary = "nullspace-" + os.urandom(16).hex()
+        self._path: Optional[str] = None
+        self._file: Any = None
+        size: Optional[int]
+        if isinstance(tarball, (str, os.PathLike)):
+            self._path = os.fspath(tarball)
+            try:
+                st = os.stat(self._path)
+            except OSError as e:
+                raise errors.InvalidArgumentError(f"tarball {self._path}: {e.strerror}", code="invalid_argument",
+                                                  suggested_action=_TARBALL_ACTION) from e
+            if not statmod.S_ISREG(st.st_mode):
+                raise errors.InvalidArgumentError(f"tarball {self._path} is not a regular file", code="invalid_argument",
+                                                  suggested_action=_TARBALL_ACTION)
+            size = st.st_size
+        elif hasattr(tarball, "read") and not isinstance(tarball, io.TextIOBase):
+            self._file = tarball
+            size = _remaining(tarball)
+        else:
+            what = "a text file" if isinstance(tarball, io.TextIOBase) else type(tarball).__name__
+            raise errors.InvalidArgumentError(
+                f"tarball takes a path or a binary file object, not {what}", code="invalid_argument",
+                suggested_action=_TARBALL_ACTION + " (io.BytesIO(data) for bytes in memory)")
+        b = "--" + self.boundary + "\r\n"
+        self.head = (b + 'Content-Disposition: form-data; name="request"\r\nContent-Type: application/json\r\n\r\n').encode()
+        self.head += _json.dumps(request, separators=(",", ":")).encode() + b"\r\n"
+        self.head += (b + 'Content-Disposition: form-data; name="tarball"; filename="rootfs.tar"\r\n'
+                      "Content-Type: application/octet-stream\r\n\r\n").encode()
+        self.tail = ("\r\n--" + self.boundary + "--\r\n").encode()
+        self.size = size
+        self.length = None if size is None else len(self.head) + size + len(self.tail)
+
+    def _chunk(self, b: Any, sent: int) -> bytes:
+        """A chunk of the tarball, checked; sent is what came before it."""
+        if not isinstance(b, (bytes, bytearray, memoryview)):
+            raise errors.InvalidArgumentError(
+                f"the tarball's read() gave {type(b).__name__}, not bytes", code="invalid_argument",
+                suggested_action=_TARBALL_ACTION)
+        if self.size is not None and sent + len(b) > self.size:
+            raise self._changed()
+        return bytes(b)
+
+    def _changed(self) -> errors.InvalidArgumentError:
+        # The request announced a Content-Length: a body of another length
+        # would leave the server waiting, or read past it.
+        return errors.InvalidArgumentError(
+            f"the tarball changed size while it was sent (it had {self.size} bytes)", code="invalid_argument",
+            suggested_action="upload a tarball that nothing writes to meanwhile")
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self.head
+        f: Any = open(self._path, "rb") if self._path is not None else self._file
+        try:
+            sent = 0
+            while True:
+                b = self._chunk(f.read(_CHUNK), sent)
+                if not b:
+                    break
+                sent += len(b)
+                yield b
+        finally:
+            if self._path is not None:
+                f.close()
+        if self.size is not None and sent != self.size:
+            raise self._changed()
+        yield self.tail
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        import asyncio  # loaded already: this runs on its loop
+
+        yield self.head
+        f: Any = open(self._path, "rb") if self._path is not None else self._file
+        try:
+            sent = 0
+            while True:
+                b = f.read(_CHUNK)
+                if hasattr(b, "__await__"):  # an asynchronous file object
+                    b = await b
+                b = self._chunk(b, sent)
+                if not b:
+                    break
+                sent += len(b)
+                yield b
+                # A server that reads as fast as it is sent never makes
+                # the writer wait: let the loop's other tasks run.
+                await asyncio.sleep(0)
+        finally:
+            if self._path is not None:
+                f.close()
+        if self.size is not None and sent != self.size:
+            raise self._changed()
+        yield self.tail
 
 
 def delete_template(name: str, t: Timeout = DEFAULT) -> Request[None]:

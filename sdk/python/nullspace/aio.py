@@ -156,10 +156,14 @@ class AsyncTemplates:
     async def get(self, name: str, *, request_timeout: Timeout = DEFAULT) -> Template:
         return await self._c.call(_ops.get_template(name, request_timeout))
 
-    async def build(self, name: str, *, from_template: str = "base", steps: Sequence[str] = (),
-                    workdir: Optional[str] = None, envs: Optional[Mapping[str, str]] = None,
-                    request_timeout: Timeout = DEFAULT) -> Template:
-        return await self._c.call(_ops.build_template(name, from_template, steps, workdir, envs, request_timeout))
+    async def build(self, name: str, *, from_template: Optional[str] = None, tarball: Any = None,
+                    steps: Sequence[str] = (), workdir: Optional[str] = None,
+                    envs: Optional[Mapping[str, str]] = None, request_timeout: Timeout = DEFAULT) -> Template:
+        """Client.templates.build: from ``from_template`` (default "base")
+        or an uploaded ``tarball`` (a path, or a binary file object whose
+        ``read`` may be a coroutine), streamed."""
+        return await self._c.call(_ops.build_template(name, from_template, steps, workdir, envs, request_timeout,
+                                                      tarball=tarball))
 
     async def delete(self, name: str, *, request_timeout: Timeout = DEFAULT) -> None:
         await self._c.call(_ops.delete_template(name, request_timeout))

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import threading
 import time
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import IO, Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 from . import _ops, errors
 from ._config import DEFAULT, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, Request, Timeout, backoff, settings
@@ -15,6 +16,9 @@ from ._http import StreamResponse, Transport
 from .models import Event, Snapshot, Template, Volume
 
 T = TypeVar("T")
+
+#: What templates.build uploads: a path, or a file object opened "rb".
+Tarball = Union[str, "os.PathLike[str]", IO[bytes], None]
 
 
 class Client:
@@ -166,12 +170,18 @@ class Templates:
     def get(self, name: str, *, request_timeout: Timeout = DEFAULT) -> Template:
         return self._c.call(_ops.get_template(name, request_timeout))
 
-    def build(self, name: str, *, from_template: str = "base", steps: Sequence[str] = (),
-              workdir: Optional[str] = None, envs: Optional[Mapping[str, str]] = None,
+    def build(self, name: str, *, from_template: Optional[str] = None, tarball: Tarball = None,
+              steps: Sequence[str] = (), workdir: Optional[str] = None, envs: Optional[Mapping[str, str]] = None,
               request_timeout: Timeout = DEFAULT) -> Template:
-        """Builds a template from another by running shell ``steps`` in a
-        machine; returns when it is ready or failed (``state``, ``error``)."""
-        return self._c.call(_ops.build_template(name, from_template, steps, workdir, envs, request_timeout))
+        """Builds a template from another (``from_template``, default
+        "base") or from a root filesystem of yours (``tarball``: a path or a
+        binary file object holding a tar stream, plain, gzip, zstd or xz,
+        uploaded as it is read), then runs shell ``steps`` in a machine;
+        returns when it is ready or failed (``state``, ``error``). One
+        source only. An upload over the server's limit (2 GiB by default)
+        raises InvalidArgumentError ``file_too_large``."""
+        return self._c.call(_ops.build_template(name, from_template, steps, workdir, envs, request_timeout,
+                                                tarball=tarball))
 
     def delete(self, name: str, *, request_timeout: Timeout = DEFAULT) -> None:
         self._c.call(_ops.delete_template(name, request_timeout))

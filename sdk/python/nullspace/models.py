@@ -413,7 +413,10 @@ class FileEvent(_Model):
 
 class EntryInfo(_Model):
     """A file or directory in a machine. ``type`` is file, dir, symlink or
-    other; ``mode`` the octal permission bits ("0644")."""
+    other; ``mode`` the octal permission bits ("0644"); ``owner`` and
+    ``group`` the names of its uid and gid in the machine's /etc/passwd and
+    /etc/group, or the number ("1000") when it has no entry there ("" from
+    a server older than these fields)."""
 
     name: str
     path: str
@@ -424,6 +427,8 @@ class EntryInfo(_Model):
     symlink_target: str = ""
     #: User metadata: the file's user.e2b.KEY extended attributes, by KEY.
     metadata: Dict[str, str] = {}
+    owner: str = ""
+    group: str = ""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "EntryInfo":
@@ -436,6 +441,8 @@ class EntryInfo(_Model):
             mod_time=parse_time(d.get("mod_time")),
             symlink_target=d.get("symlink_target", ""),
             metadata=_str_map(d.get("metadata")),
+            owner=d.get("owner", ""),
+            group=d.get("group", ""),
         )
 
 

@@ -25,6 +25,18 @@ def require_server() -> None:
         c.health()
 
 
+def test_rootfs() -> str:
+    """A root filesystem directory the suites upload as a template tarball:
+    make test passes the test server's minimal template (busybox) in
+    NULLSPACE_TEST_ROOTFS. Fails (not skips) without one."""
+    d = os.environ.get("NULLSPACE_TEST_ROOTFS", "")
+    if not d or not os.path.isfile(os.path.join(d, "bin", "busybox")):
+        raise RuntimeError(
+            f"NULLSPACE_TEST_ROOTFS={d!r} is not a root filesystem with /bin/busybox: set it to the server's "
+            "minimal template (TEMPLATES_DIR/minimal/rootfs), as e2e TestPythonSDK does")
+    return d
+
+
 def eventually(what: str, f: Callable[[], Any], timeout: float = 30.0, every: float = 0.2) -> Any:
     """Polls f until it returns a true value, or fails after timeout."""
     deadline = time.monotonic() + timeout

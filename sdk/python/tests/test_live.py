@@ -5,7 +5,9 @@ AsyncMachine (the asyncio transport, driven by tests/facade.py)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import tarfile
 import tempfile
 import threading
 import time
@@ -507,6 +509,55 @@ class Surface:
         t.assertEqual(sorted(sum(pages, [])), sorted(ids))
         t.assertTrue(all(len(p) <= 1 for p in pages))
         c.close()
+
+    def test_template_upload(self) -> None:
+        """A template built from an uploaded tarball (the minimal template's
+        root filesystem and two files of other owners, gzip; from a path
+        through Machine, from an open file through AsyncMachine), a machine
+        made from it, and its files' owner and group."""
+        t: Any = self
+        c = self.make_client()
+        name = f"upload-{self.tag}"
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "rootfs.tar.gz")
+            with tarfile.open(path, "w:gz") as tf:
+                tf.add(live.test_rootfs(), arcname=".")
+                for arcname, uid, data in (("./workspace/mine", 1000, b"uploaded\n"), ("./workspace/nobody", 4242, b"")):
+                    info = tarfile.TarInfo(arcname)
+                    info.size, info.uid, info.gid, info.mode = len(data), uid, uid, 0o640
+                    tf.addfile(info, io.BytesIO(data))
+            with t.assertRaises(errors.InvalidArgumentError):
+                c.templates.build(name, from_template="minimal", tarball=path)
+            if self.M is nullspace.Machine:
+                tmpl = c.templates.build(name, tarball=path, steps=["cat /workspace/mine > /from-step"],
+                                         workdir="/workspace")
+            else:
+                with open(path, "rb") as f:
+                    tmpl = c.templates.build(name, tarball=f, steps=["cat /workspace/mine > /from-step"],
+                                             workdir="/workspace")
+        try:
+            t.assertEqual((tmpl.name, tmpl.state, tmpl.source, tmpl.error), (name, "ready", "upload", ""))
+            m = self.machine(template=name)
+            r = m.commands.run("cat /from-step && pwd && busybox | head -1", shell=True)
+            t.assertEqual(r.exit_code, 0, r.stderr)
+            t.assertEqual(r.stdout.splitlines()[:2], ["uploaded", "/workspace"])
+            t.assertIn("BusyBox", r.stdout)
+            got = {e.name: (e.owner, e.group) for e in m.files.list("/workspace")}
+            t.assertEqual((got["mine"], got["nobody"]), (("user", "user"), ("4242", "4242")))
+            st = m.files.stat("/from-step")
+            t.assertEqual((st.owner, st.group), ("root", "root"))
+            m.kill()
+            c.templates.delete(name)
+            with t.assertRaises(errors.TemplateNotFoundError):
+                c.templates.get(name)
+        finally:
+            for mid in self.made:
+                live.kill_quietly(mid)
+            try:
+                c.templates.delete(name)
+            except errors.NullspaceError:
+                pass  # deleted above, or the test failed before
+            c.close()
 
     def test_snapshots_volumes_templates(self) -> None:
         t: Any = self

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import builtins
+import io
 import os
 import socket
+import time
 import unittest
-from typing import List
+from typing import Any, List
 from datetime import timezone
 
 import nullspace
@@ -407,6 +409,229 @@ class ModelsTest(unittest.TestCase):
             with self.assertRaises(errors.InvalidArgumentError):
                 Client("ftp://x")
         self.assertEqual(srv.requests, [])
+
+
+TEMPLATE = {"name": "up", "state": "ready", "size_bytes": 1, "created_at": "2026-12-01T10:00:00Z", "source": "upload"}
+
+
+class TemplateUploadTest(unittest.TestCase):
+    """templates.build(tarball=...) sends multipart/form-data: the JSON
+    request part, then the tarball read a chunk at a time, then the closing
+    boundary; with a Content-Length when the tarball's size is known,
+    chunked otherwise; through both transports."""
+
+    def setUp(self) -> None:
+        self.srv = FakeServer()
+        self.addCleanup(self.srv.close)
+        self.srv.route("POST /v1/templates", js(201, TEMPLATE))
+        # Several chunks' worth, not a multiple of one.
+        self.data = os.urandom((300 << 10) + 7)
+        d = self.enterContext_tmpdir()
+        self.path = os.path.join(d, "rootfs.tar.gz")
+        with open(self.path, "wb") as f:
+            f.write(self.data)
+
+    def enterContext_tmpdir(self) -> str:
+        import tempfile
+
+        d = tempfile.TemporaryDirectory()
+        self.addCleanup(d.cleanup)
+        return d.name
+
+    def sent(self, want_request: dict, data: bytes, chunked: bool = False) -> None:
+        """Checks the one request sent, byte for byte, and with the standard
+        library's own multipart parser."""
+        import email.parser
+        import json
+
+        self.assertEqual(len(self.srv.requests), 1)
+        method, path, headers, body = self.srv.requests[0]
+        self.assertEqual((method, path), ("POST", "/v1/templates"))
+        ctype = headers["Content-Type"]
+        self.assertTrue(ctype.startswith("multipart/form-data; boundary="), ctype)
+        boundary = ctype.split("boundary=", 1)[1]
+        if chunked:
+            self.assertEqual(headers.get("Transfer-Encoding"), "chunked")
+            self.assertNotIn("Content-Length", headers)
+        else:
+            self.assertEqual(headers.get("Content-Length"), str(len(body)))
+        b = f"--{boundary}\r\n"
+        want = (b + 'Content-Disposition: form-data; name="request"\r\nContent-Type: application/json\r\n\r\n').encode()
+        want += json.dumps(want_request, separators=(",", ":")).encode() + b"\r\n"
+        want += (b + 'Content-Disposition: form-data; name="tarball"; filename="rootfs.tar"\r\n'
+                 "Content-Type: application/octet-stream\r\n\r\n").encode()
+        want += data + f"\r\n--{boundary}--\r\n".encode()
+        self.assertEqual(body, want)
+        msg = email.parser.BytesParser().parsebytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body)
+        parts = msg.get_payload()
+        assert isinstance(parts, list)
+        self.assertEqual([p.get_param("name", header="content-disposition") for p in parts], ["request", "tarball"])
+        self.assertEqual(json.loads(parts[0].get_payload(decode=True)), want_request)
+        self.assertEqual(parts[1].get_payload(decode=True), data)
+
+    def test_sync_path(self) -> None:
+        with Client(self.srv.url, "k") as c:
+            t = c.templates.build("up", tarball=self.path, steps=["echo hi"], workdir="/w", envs={"A": "1"})
+        self.assertEqual((t.name, t.source), ("up", "upload"))
+        self.sent({"name": "up", "steps": ["echo hi"], "workdir": "/w", "env": {"A": "1"}}, self.data)
+
+    def test_sync_file_object_read_a_chunk_at_a_time(self) -> None:
+        reads: List[int] = []
+
+        class Unseekable:
+            """A pipe-like source of the tarball: its size cannot be known."""
+
+            def __init__(self, data: bytes) -> None:
+                self._f = io.BytesIO(data)
+
+            def read(self, n: int = -1) -> bytes:
+                reads.append(n)
+                return self._f.read(n)
+
+        with Client(self.srv.url, "k") as c:
+            c.templates.build("up", tarball=Unseekable(self.data))
+        self.sent({"name": "up", "steps": []}, self.data, chunked=True)
+        self.assertGreater(len(reads), 4)
+        self.assertTrue(all(0 < n <= 1 << 20 for n in reads), f"reads of {set(reads)} bytes: the tarball is read whole")
+        self.srv.requests.clear()
+        with Client(self.srv.url, "k") as c, open(self.path, "rb") as f:
+            f.seek(7)  # what is left of a seekable file is sent, with its length
+            c.templates.build("up", tarball=f)
+        self.sent({"name": "up", "steps": []}, self.data[7:])
+
+    def test_async_path_and_async_file(self) -> None:
+        class AsyncFile:
+            """A file object whose read is a coroutine (aiofiles' kind)."""
+
+            def __init__(self, data: bytes) -> None:
+                self._f = io.BytesIO(data)
+
+            async def read(self, n: int = -1) -> bytes:
+                await asyncio.sleep(0)
+                return self._f.read(n)
+
+        async def main(tarball: object) -> str:
+            async with AsyncClient(self.srv.url, "k") as c:
+                return (await c.templates.build("up", tarball=tarball, steps=["true"])).source
+
+        self.assertEqual(asyncio.run(main(self.path)), "upload")
+        self.sent({"name": "up", "steps": ["true"]}, self.data)
+        self.srv.requests.clear()
+        asyncio.run(main(AsyncFile(self.data)))
+        self.sent({"name": "up", "steps": ["true"]}, self.data, chunked=True)
+
+    def test_from_template_is_json_and_default_base(self) -> None:
+        import json
+
+        with Client(self.srv.url, "k") as c:
+            c.templates.build("t1", steps=["true"])
+            c.templates.build("t2", from_template="minimal")
+        got = [(h["Content-Type"], json.loads(b)) for _, _, h, b in self.srv.requests]
+        self.assertEqual(got, [("application/json", {"name": "t1", "steps": ["true"], "from_template": "base"}),
+                               ("application/json", {"name": "t2", "steps": [], "from_template": "minimal"})])
+
+    def test_bad_sources_refused_before_sending(self) -> None:
+        d = self.enterContext_tmpdir()
+        text = open(self.path, "r", encoding="latin-1")
+        self.addCleanup(text.close)
+        cases = [
+            ({"from_template": "base", "tarball": self.path}, "one source"),
+            ({"tarball": os.path.join(d, "missing.tar")}, "No such file"),
+            ({"tarball": d}, "not a regular file"),
+            ({"tarball": b"tar bytes"}, "not bytes"),
+            ({"tarball": text}, "not a text file"),
+        ]
+        with Client(self.srv.url, "k") as c:
+            for kw, msg in cases:
+                with self.subTest(kw=kw), self.assertRaises(errors.InvalidArgumentError) as cm:
+                    c.templates.build("up", **kw)  # type: ignore[arg-type]
+                self.assertIn(msg, str(cm.exception))
+                self.assertTrue(cm.exception.suggested_action)
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                await c.templates.build("up", from_template="base", tarball=self.path)
+
+        with self.assertRaises(errors.InvalidArgumentError):
+            asyncio.run(main())
+        self.assertEqual(self.srv.requests, [])
+
+    def test_tarball_changed_while_sent(self) -> None:
+        from nullspace import _ops
+
+        r = _ops.build_template("up", None, (), None, None, tarball=self.path)
+        with open(self.path, "r+b") as f:
+            f.truncate(1000)
+        # The request is cut short: the server has nothing to answer.
+        self.srv.route("POST /v1/templates", lambda h, body: None)
+        with Client(self.srv.url, "k") as c, self.assertRaises(errors.InvalidArgumentError) as cm:
+            c.call(r)
+        self.assertIn("changed size", str(cm.exception))
+
+    def test_too_large_refused_before_read(self) -> None:
+        """The server's 413 file_too_large, answered before it read the
+        body, is what the caller gets, through both transports."""
+        with open(self.path, "wb") as f:
+            f.write(b"x" * (32 << 20))
+        self.srv.no_read.add("POST /v1/templates")
+        # Answered and closed at once (a reset: the body is unread).
+        self.srv.route("POST /v1/templates", err(413, "file_too_large", headers={"Connection": "close"}))
+        with Client(self.srv.url, "k") as c, self.assertRaises(errors.InvalidArgumentError) as cm:
+            c.templates.build("big", tarball=self.path)
+        self.assertEqual((cm.exception.code, cm.exception.status), ("file_too_large", 413))
+
+        def like_go(h: Any, _: bytes) -> None:
+            # As the server's net/http does (closeWriteAndWait): the answer,
+            # a FIN, and the reset only a while later.
+            status, headers, data = err(413, "file_too_large", headers={"Connection": "close"})
+            h.send_response(status)
+            for k, v in headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)
+
+        self.srv.route("POST /v1/templates", like_go)
+        for tarball in (self.path, io.BufferedReader(io.BytesIO(b"x" * (32 << 20)))):  # type: ignore[arg-type]
+            with self.subTest(tarball=type(tarball).__name__):
+                with Client(self.srv.url, "k") as c, self.assertRaises(errors.InvalidArgumentError) as cm:
+                    c.templates.build("big", tarball=tarball)
+                self.assertEqual((cm.exception.code, cm.exception.status), ("file_too_large", 413))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                await c.templates.build("big", tarball=self.path)
+
+        with self.assertRaises(errors.InvalidArgumentError) as cm:
+            asyncio.run(main())
+        self.assertEqual((cm.exception.code, cm.exception.status), ("file_too_large", 413))
+
+
+class EntryOwnerTest(unittest.TestCase):
+    def test_owner_and_group(self) -> None:
+        srv = FakeServer()
+        self.addCleanup(srv.close)
+        entry = {"name": "a", "path": "/w/a", "type": "file", "size": 1, "mode": "0644",
+                 "mod_time": "2026-12-01T10:00:00Z", "owner": "user", "group": "1234"}
+        srv.route("GET /v1/machines/mch_1/files/list", js(200, {"entries": [entry, {**entry, "owner": "", "group": ""}]}))
+        old = {k: v for k, v in entry.items() if k not in ("owner", "group")}
+        srv.route("GET /v1/machines/mch_1/files/stat", js(200, old))
+        with Client(srv.url, "k") as c:
+            m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
+            got = [(e.owner, e.group) for e in m.files.list("/w")]
+            st = m.files.stat("/w/a")
+        self.assertEqual(got, [("user", "1234"), ("", "")])
+        self.assertEqual((st.owner, st.group), ("", ""))  # a server older than the fields
+
+        async def main() -> "tuple[str, str]":
+            async with AsyncClient(srv.url, "k") as ac:
+                e = (await AsyncMachine(nullspace.MachineInfo.from_json(MACHINE), ac).files.list("/w"))[0]
+                return e.owner, e.group
+
+        self.assertEqual(asyncio.run(main()), ("user", "1234"))
 
 
 if __name__ == "__main__":

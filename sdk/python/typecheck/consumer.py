@@ -31,6 +31,7 @@ from nullspace import (
     PtyHandle,
     PtySize,
     Snapshot,
+    Template,
     WatchHandle,
     WriteInfo,
 )
@@ -51,6 +52,10 @@ def blocking(client: Client, flag: bool) -> None:
     assert_type(machine.files.read("/x", format="stream"), FileStream)
     assert_type(machine.files.write("/x", b"data"), WriteInfo)
     assert_type(machine.files.list("/"), List[EntryInfo])
+    assert_type(machine.files.stat("/x").owner, str)
+    assert_type(client.templates.build("mine", tarball="rootfs.tar.gz", steps=["true"]), Template)
+    with open("rootfs.tar", "rb") as tarball:
+        assert_type(client.templates.build("mine", tarball=tarball).state, str)
     assert_type(machine.commands.run("echo hi", shell=True), CommandResult)
     handle = machine.commands.run("sleep 10", background=True)
     assert_type(handle, CommandHandle)

@@ -3,8 +3,8 @@
  * snapshots, volumes, templates, events.
  */
 
-import { resolveKey, resolveUrl } from "./config.js";
-import { ConnectionError, UnavailableError } from "./errors.js";
+import { nodeProcess, resolveKey, resolveUrl } from "./config.js";
+import { ConnectionError, InvalidArgumentError, UnavailableError } from "./errors.js";
 import { backoff, CallOptions, DEFAULT_MAX_RETRIES, DEFAULT_REQUEST_TIMEOUT, ndjson, Request, Transport } from "./http.js";
 import * as m from "./models.js";
 
@@ -157,17 +157,132 @@ export class Templates {
     return m.template(await this.c.json({ method: "GET", path: `/v1/templates/${enc(name)}`, idempotent: true }, o));
   }
 
-  /** Builds a template from another by running shell steps; returns when it is ready or failed. */
-  async build(name: string, o: { fromTemplate?: string; steps?: string[]; workdir?: string; envs?: Record<string, string> } & CallOptions = {}): Promise<m.Template> {
-    const body: m.Wire["BuildTemplateRequest"] = { name, from_template: o.fromTemplate ?? "base", steps: o.steps ?? [] };
+  /**
+   * Builds a template from another (`fromTemplate`, default "base") or from
+   * a root filesystem of yours (`tarball`, uploaded as it is read), then runs
+   * shell `steps` in a machine; returns when it is ready or failed (`state`,
+   * `error`). One source only. An upload over the server's limit (2 GiB by
+   * default) is an InvalidArgumentError with code `file_too_large`.
+   */
+  async build(name: string, o: BuildTemplateOptions = {}): Promise<m.Template> {
+    if (o.tarball !== undefined && o.fromTemplate) {
+      throw new InvalidArgumentError("a template is built from one source: fromTemplate or tarball, not both", {
+        code: "invalid_argument", suggestedAction: "drop fromTemplate to build from the tarball, or tarball to build from the template",
+      });
+    }
+    const body: m.Wire["BuildTemplateRequest"] = { name, steps: o.steps ?? [] };
+    if (o.tarball === undefined) body.from_template = o.fromTemplate ?? "base";
     if (o.workdir) body.workdir = o.workdir;
     if (o.envs) body.env = o.envs;
-    return m.template(await this.c.json({ method: "POST", path: "/v1/templates", json: body, extraTimeout: null }, o));
+    // The build answers when it is done: no deadline unless requestTimeout is given.
+    if (o.tarball === undefined) return m.template(await this.c.json({ method: "POST", path: "/v1/templates", json: body, extraTimeout: null }, o));
+    const up = await upload(body, o.tarball);
+    return m.template(await this.c.json({ method: "POST", path: "/v1/templates", ...up, extraTimeout: null }, o));
   }
 
   async delete(name: string, o?: CallOptions): Promise<void> {
     await this.c.json({ method: "DELETE", path: `/v1/templates/${enc(name)}`, idempotent: true }, o);
   }
+}
+
+/**
+ * A root filesystem to upload: a tar stream, plain, gzip, zstd or xz. A
+ * string is a file path, read as it is sent (Node only).
+ */
+export type Tarball = Blob | Uint8Array | ArrayBuffer | ReadableStream<Uint8Array> | string;
+
+export interface BuildTemplateOptions extends CallOptions {
+  /** The template to start from (default "base"); not with `tarball`. */
+  fromTemplate?: string;
+  /** A root filesystem to start from instead, uploaded: a Blob (a File), bytes, a ReadableStream, or in Node a path. */
+  tarball?: Tarball;
+  /** Shell commands run in order in a machine booted from the source. */
+  steps?: string[];
+  /** The default working directory of machines made from it. */
+  workdir?: string;
+  /** The default environment of machines made from it. */
+  envs?: Record<string, string>;
+}
+
+const tarballAction = "pass a Blob (a File), a Uint8Array, a ReadableStream of bytes, or in Node the path of a tarball";
+
+/**
+ * A template upload's body (multipart/form-data): a part "request" with the
+ * JSON build request, then a part "tarball", streamed. A Blob, bytes or a
+ * file is sent as one Blob of the three parts (composing it copies only
+ * bytes given in memory, never a Blob's or a file's), which has a length,
+ * so a server refuses one over its limit before it is sent; a
+ * ReadableStream is read as the upload goes (chunked).
+ */
+async function upload(request: m.Wire["BuildTemplateRequest"], tarball: Tarball): Promise<{ body: Blob | ReadableStream<Uint8Array>; contentType: string }> {
+  const boundary = `nullspace-${[...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+  const te = new TextEncoder();
+  const head = te.encode(
+    `--${boundary}\r\nContent-Disposition: form-data; name="request"\r\nContent-Type: application/json\r\n\r\n${JSON.stringify(request)}\r\n` +
+    `--${boundary}\r\nContent-Disposition: form-data; name="tarball"; filename="rootfs.tar"\r\nContent-Type: application/octet-stream\r\n\r\n`,
+  );
+  const tail = te.encode(`\r\n--${boundary}--\r\n`);
+  const contentType = `multipart/form-data; boundary=${boundary}`;
+  let t: unknown = tarball;
+  if (typeof t === "string") t = await openFile(t);
+  if (t instanceof ArrayBuffer) t = new Uint8Array(t);
+  if (t instanceof Blob || t instanceof Uint8Array) return { body: new Blob([head, t as BlobPart, tail]), contentType };
+  if (t instanceof ReadableStream) return { body: framed(head, t as ReadableStream<unknown>, tail), contentType };
+  throw new InvalidArgumentError(`tarball takes a Blob, bytes, a ReadableStream or a path, not ${t === null ? "null" : typeof t}`, {
+    code: "invalid_argument", suggestedAction: tarballAction,
+  });
+}
+
+/** head, then what s gives, then tail: read from s only as it is sent. */
+function framed(head: Uint8Array, s: ReadableStream<unknown>, tail: Uint8Array): ReadableStream<Uint8Array> {
+  const reader = s.getReader();
+  let started = false;
+  return new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      if (!started) {
+        started = true;
+        return ctl.enqueue(head);
+      }
+      const { done, value } = await reader.read();
+      if (done) {
+        ctl.enqueue(tail);
+        return ctl.close();
+      }
+      if (!(value instanceof Uint8Array)) {
+        const e = new InvalidArgumentError(`the tarball stream gave ${typeof value}, not a Uint8Array`, { code: "invalid_argument", suggestedAction: tarballAction });
+        await reader.cancel(e);
+        throw e;
+      }
+      ctl.enqueue(value);
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+}
+
+/**
+ * A file as a Blob that reads it as it is sent (Node's fs.openAsBlob, which
+ * also refuses to go on if the file changes meanwhile). Node modules are
+ * imported only here, when Node runs it: the SDK runs in browsers.
+ */
+async function openFile(path: string): Promise<Blob> {
+  if (!nodeProcess()) {
+    throw new InvalidArgumentError("a tarball path works in Node only", { code: "invalid_argument", suggestedAction: "pass a Blob (a File) or a ReadableStream" });
+  }
+  const mod = "node:fs";
+  const fs = (await import(/* @vite-ignore */ /* webpackIgnore: true */ mod)) as {
+    promises: { stat(p: string): Promise<{ isFile(): boolean }> };
+    openAsBlob(p: string): Promise<Blob>;
+  };
+  let file = false;
+  try {
+    file = (await fs.promises.stat(path)).isFile();
+  } catch (e) {
+    throw new InvalidArgumentError(`tarball ${path}: ${(e as Error).message}`, { code: "invalid_argument", suggestedAction: tarballAction, cause: e });
+  }
+  if (!file) throw new InvalidArgumentError(`tarball ${path} is not a regular file`, { code: "invalid_argument", suggestedAction: tarballAction });
+  return fs.openAsBlob(path);
 }
 
 // Clients made for calls without `client`, one per server and key.

@@ -15,7 +15,7 @@ interface NodeProcess {
   versions?: { node?: string };
 }
 
-function nodeProcess(): NodeProcess | undefined {
+export function nodeProcess(): NodeProcess | undefined {
   const p = (globalThis as { process?: NodeProcess }).process;
   return p?.versions?.node ? p : undefined;
 }

@@ -33,6 +33,8 @@ export interface Request {
   query?: Record<string, string | number | boolean | string[] | undefined | null>;
   json?: unknown;
   body?: Body;
+  /** The body's Content-Type (default application/octet-stream). */
+  contentType?: string;
   accept?: string;
   /** May be sent again after a failure that may have reached the server. */
   idempotent?: boolean;
@@ -159,10 +161,14 @@ export class Transport {
       headers["Content-Type"] = "application/json";
     } else if (r.body !== undefined) {
       body = r.body as BodyInit;
-      headers["Content-Type"] = "application/octet-stream";
+      headers["Content-Type"] = r.contentType ?? "application/octet-stream";
     }
     const init: RequestInit & { duplex?: "half" } = { method: r.method, headers, body, signal: ctl.signal };
     if (body instanceof ReadableStream) init.duplex = "half"; // a streamed upload
+    // Following a redirect means fetch keeps a copy of the body to send
+    // again: all of it, for a stream or a Blob (a file) that is sent as it
+    // is read (Node's fetch tees it). The API never redirects.
+    if (body instanceof ReadableStream || body instanceof Blob) init.redirect = "error";
     const done = () => {
       if (timer !== undefined) clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
@@ -182,6 +188,9 @@ export class Transport {
     } catch (e) {
       done();
       if (signal?.aborted) throw abortError(signal);
+      // The body's own refusal (a bad chunk of an upload), not the network's.
+      const cause = (e as { cause?: unknown })?.cause;
+      if (cause instanceof NullspaceError) throw cause;
       if (timedOut) {
         throw new TimeoutError(`${r.method} ${r.path}: no answer within the request timeout`, {
           code: "request_timeout", retryable: true, suggestedAction: "pass a larger requestTimeout, or null for no limit", cause: e,

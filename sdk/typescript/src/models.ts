@@ -218,11 +218,19 @@ export interface EntryInfo {
   symlinkTarget: string;
   /** User metadata (the file's user.e2b.KEY extended attributes, by KEY); empty when none. */
   metadata: Record<string, string>;
+  /**
+   * The names of its uid and gid in the machine's /etc/passwd and
+   * /etc/group, or the number ("1000") when it has no entry there ("" from a
+   * server older than these fields).
+   */
+  owner: string;
+  group: string;
 }
 
 export const entryInfo = (w: S["FileInfo"]): EntryInfo => ({
   name: w.name, path: w.path, type: w.type, size: w.size, mode: w.mode, modTime: date(w.mod_time),
   symlinkTarget: w.symlink_target ?? "", metadata: { ...(w.metadata ?? {}) },
+  owner: w.owner ?? "", group: w.group ?? "",
 });
 
 export interface WriteInfo {

@@ -5,7 +5,12 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { createReadStream, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
 import { after, before, describe, test } from "node:test";
 
 const build = process.env.NULLSPACE_SDK_BUILD ?? "esm";
@@ -345,5 +350,49 @@ describe(`nullspace (${build} build)`, () => {
     assert.ok(names.includes(vol));
     await vm.kill();
     await c.volumes.delete(vol);
+  });
+
+  test("a template from an uploaded tarball; files' owner and group", async () => {
+    // The server's minimal template (busybox) with two files of other
+    // owners appended, gzip; uploaded from its path by the ESM run and as a
+    // ReadableStream (chunked) by the CJS run.
+    const rootfs = process.env.NULLSPACE_TEST_ROOTFS;
+    assert.ok(rootfs && existsSync(join(rootfs, "bin", "busybox")),
+      `NULLSPACE_TEST_ROOTFS=${rootfs} is not a root filesystem with /bin/busybox: set it to the server's minimal template, as e2e TestTypeScriptSDK does`);
+    const dir = mkdtempSync(join(tmpdir(), "ns-live-upload-"));
+    const extra = join(dir, "extra");
+    mkdirSync(join(extra, "workspace"), { recursive: true });
+    writeFileSync(join(extra, "workspace", "mine"), "uploaded\n");
+    writeFileSync(join(extra, "workspace", "nobody"), "");
+    const tar = join(dir, "rootfs.tar");
+    execFileSync("tar", ["-C", rootfs, "-cf", tar, "."]);
+    execFileSync("tar", ["-C", extra, "--numeric-owner", "--owner=1000", "--group=1000", "-rf", tar, "./workspace/mine"]);
+    execFileSync("tar", ["-C", extra, "--numeric-owner", "--owner=4242", "--group=4242", "-rf", tar, "./workspace/nobody"]);
+    execFileSync("gzip", [tar]);
+    const path = `${tar}.gz`;
+    const c = new Client();
+    const name = `upload-${build}-${randomUUID().slice(0, 8)}`;
+    await assert.rejects(c.templates.build(name, { fromTemplate: "minimal", tarball: path }), errors.InvalidArgumentError);
+    const tarball = build === "esm" ? path : Readable.toWeb(createReadStream(path));
+    const t = await c.templates.build(name, { tarball, steps: ["cat /workspace/mine > /from-step"], workdir: "/workspace" });
+    try {
+      assert.deepEqual([t.name, t.state, t.source, t.error], [name, "ready", "upload", ""]);
+      const m = await machine({ template: name });
+      const r = await m.commands.run("cat /from-step && pwd && busybox | head -1", { shell: true });
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.deepEqual(r.stdout.split("\n").slice(0, 2), ["uploaded", "/workspace"]);
+      assert.match(r.stdout, /BusyBox/);
+      const owners = Object.fromEntries((await m.files.list("/workspace")).map((e) => [e.name, [e.owner, e.group]]));
+      assert.deepEqual([owners.mine, owners.nobody], [["user", "user"], ["4242", "4242"]]);
+      const st = await m.files.stat("/from-step");
+      assert.deepEqual([st.owner, st.group], ["root", "root"]);
+      await m.kill();
+      await c.templates.delete(name);
+      await assert.rejects(c.templates.get(name), errors.TemplateNotFoundError);
+    } finally {
+      for (const id of made) await Machine.kill(id).catch(() => undefined);
+      await c.templates.delete(name).catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

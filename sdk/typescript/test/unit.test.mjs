@@ -3,8 +3,9 @@
 // types being current. No Nullspace server needed; both builds are tested.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { execFile, execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -174,6 +175,187 @@ for (const [name, sdk] of Object.entries(builds)) {
       assert.throws(() => new sdk.Client({ apiUrl: "ftp://x" }), sdk.InvalidArgumentError);
       assert.equal(s.seen.length, before);
     });
+  });
+}
+
+/** A server that keeps each request's raw body and headers, and answers with answer(req, body). */
+async function recorder(answer) {
+  const got = [];
+  const srv = createServer((req, res) => {
+    const chunks = [];
+    req.on("data", (c) => chunks.push(c));
+    req.on("end", () => {
+      const body = Buffer.concat(chunks);
+      got.push({ method: req.method, url: req.url, headers: req.headers, body });
+      const [status, json] = answer(req, body);
+      res.writeHead(status, { "Content-Type": "application/json" });
+      res.end(JSON.stringify(json));
+    });
+  });
+  await new Promise((r) => srv.listen(0, "127.0.0.1", r));
+  return { got, srv, url: `http://127.0.0.1:${srv.address().port}` };
+}
+
+const TEMPLATE = { name: "up", state: "ready", size_bytes: 1, created_at: "2026-12-01T10:00:00Z", source: "upload" };
+
+/** The multipart body an upload of request and data must be, exactly. */
+function uploadBody(boundary, request, data) {
+  const b = `--${boundary}\r\n`;
+  return Buffer.concat([
+    Buffer.from(b + 'Content-Disposition: form-data; name="request"\r\nContent-Type: application/json\r\n\r\n' + JSON.stringify(request) + "\r\n" +
+      b + 'Content-Disposition: form-data; name="tarball"; filename="rootfs.tar"\r\nContent-Type: application/octet-stream\r\n\r\n'),
+    Buffer.from(data),
+    Buffer.from(`\r\n--${boundary}--\r\n`),
+  ]);
+}
+
+for (const [name, sdk] of Object.entries(builds)) {
+  describe(`${name} build: template uploads`, () => {
+    let r;
+    const data = randomBytes((300 << 10) + 7);
+    const dir = mkdtempSync(join(tmpdir(), "ns-upload-"));
+    const path = join(dir, "rootfs.tar.gz");
+    writeFileSync(path, data);
+    before(async () => {
+      r = await recorder((req) => (req.url === "/v1/templates" ? [201, TEMPLATE] : [404, { code: "not_found", message: "no" }]));
+    });
+    after(() => r.srv.close());
+
+    /** Checks the one request sent: multipart, request part then tarball, byte for byte. */
+    function sent(request, bytes, { chunked = false } = {}) {
+      assert.equal(r.got.length, 1);
+      const { method, url, headers, body } = r.got.pop();
+      assert.deepEqual([method, url], ["POST", "/v1/templates"]);
+      const m = /^multipart\/form-data; boundary=(\S+)$/.exec(headers["content-type"]);
+      assert.ok(m, headers["content-type"]);
+      if (chunked) {
+        assert.equal(headers["transfer-encoding"], "chunked");
+        assert.equal(headers["content-length"], undefined);
+      } else {
+        assert.equal(headers["content-length"], String(body.length));
+      }
+      assert.ok(body.equals(uploadBody(m[1], request, bytes)), `the body is not the multipart upload:\n${body.subarray(0, 400)}`);
+    }
+
+    test("a Blob, bytes, an ArrayBuffer and a path are sent with their length", async () => {
+      const c = new sdk.Client({ apiUrl: r.url, apiKey: "k" });
+      const t = await c.templates.build("up", { tarball: new Blob([data]), steps: ["echo hi"], workdir: "/w", envs: { A: "1" } });
+      assert.deepEqual([t.name, t.source], ["up", "upload"]);
+      sent({ name: "up", steps: ["echo hi"], workdir: "/w", env: { A: "1" } }, data);
+      await c.templates.build("up", { tarball: new Uint8Array(data) });
+      sent({ name: "up", steps: [] }, data);
+      await c.templates.build("up", { tarball: new Uint8Array(data).buffer });
+      sent({ name: "up", steps: [] }, data);
+      await c.templates.build("up", { tarball: path });
+      sent({ name: "up", steps: [] }, data);
+    });
+
+    test("a ReadableStream is read as it is sent, chunked", async () => {
+      const c = new sdk.Client({ apiUrl: r.url, apiKey: "k" });
+      let pulls = 0;
+      let off = 0;
+      const stream = new ReadableStream({
+        pull(ctl) {
+          pulls++;
+          if (off >= data.length) return ctl.close();
+          ctl.enqueue(new Uint8Array(data.subarray(off, off + 50_000)));
+          off += 50_000;
+        },
+      }, { highWaterMark: 0 });
+      const req = c.templates.build("up", { tarball: stream });
+      assert.equal(pulls, 0, "the stream was read before the call was sent");
+      await req;
+      sent({ name: "up", steps: [] }, data, { chunked: true });
+      assert.ok(pulls > 5, `${pulls} pulls`);
+    });
+
+    test("without a tarball: JSON, from base by default", async () => {
+      const c = new sdk.Client({ apiUrl: r.url, apiKey: "k" });
+      await c.templates.build("t1", { steps: ["true"] });
+      await c.templates.build("t2", { fromTemplate: "minimal" });
+      const got = r.got.splice(0).map((g) => [g.headers["content-type"], JSON.parse(g.body.toString())]);
+      assert.deepEqual(got, [["application/json", { name: "t1", steps: ["true"], from_template: "base" }],
+        ["application/json", { name: "t2", steps: [], from_template: "minimal" }]]);
+    });
+
+    test("bad sources are refused before anything is sent", async () => {
+      const c = new sdk.Client({ apiUrl: r.url, apiKey: "k" });
+      const cases = [
+        [{ fromTemplate: "base", tarball: path }, /one source/],
+        [{ tarball: join(dir, "missing.tar") }, /ENOENT/],
+        [{ tarball: dir }, /not a regular file/],
+        [{ tarball: 42 }, /not number/],
+        [{ tarball: new ReadableStream({ start: (ctl) => { ctl.enqueue("text"); ctl.close(); } }) }, /gave string/],
+      ];
+      for (const [o, msg] of cases) {
+        await assert.rejects(c.templates.build("up", o), (e) => {
+          assert.ok(e instanceof sdk.InvalidArgumentError, `${e}`);
+          assert.match(e.message, msg);
+          return true;
+        });
+      }
+      // The text stream fails mid-way: nothing was built, no answer parsed.
+      assert.ok(r.got.every((g) => g.body.length === 0 || !g.body.includes("text")), "a bad chunk was sent");
+      r.got.length = 0;
+    });
+
+    test("the server's 413 file_too_large", async () => {
+      const big = await recorder(() => [413, { code: "file_too_large", message: "too large", retryable: false, suggested_action: "compress it" }]);
+      try {
+        const c = new sdk.Client({ apiUrl: big.url, apiKey: "k" });
+        await assert.rejects(c.templates.build("big", { tarball: new Blob([data]) }), (e) => {
+          assert.ok(e instanceof sdk.InvalidArgumentError);
+          assert.deepEqual([e.code, e.status, e.suggestedAction], ["file_too_large", 413, "compress it"]);
+          return true;
+        });
+        assert.equal(big.got.length, 1, "an upload was sent twice");
+        assert.match(big.got[0].headers["content-type"], /^multipart\/form-data; boundary=/);
+      } finally {
+        big.srv.close();
+      }
+    });
+
+    test("a large file is sent as it is read, not held in memory", async () => {
+      // A 256 MiB sparse file uploaded by a child process, which reports
+      // the most memory its buffers took.
+      let n = 0;
+      const sink = createServer((req, res) => {
+        req.on("data", (c) => (n += c.length));
+        req.on("end", () => res.writeHead(201, { "Content-Type": "application/json" }).end(JSON.stringify(TEMPLATE)));
+      });
+      await new Promise((res) => sink.listen(0, "127.0.0.1", res));
+      const big = join(dir, "big.tar");
+      execFileSync("truncate", ["-s", "256M", big]);
+      try {
+        const mod = name === "cjs" ? `require(${JSON.stringify(join(here, "..", "dist", "cjs", "index.js"))})`
+          : `await import(${JSON.stringify(join(here, "..", "dist", "esm", "index.js"))})`;
+        const script = `const sdk = ${mod}; let peak = 0;
+          const t = setInterval(() => { peak = Math.max(peak, process.memoryUsage().arrayBuffers); }, 5);
+          await new sdk.Client({ apiUrl: "http://127.0.0.1:${sink.address().port}", apiKey: "k" }).templates.build("big", { tarball: ${JSON.stringify(big)} });
+          clearInterval(t); console.log(peak);`;
+        const out = await new Promise((res, rej) => execFile(process.execPath, ["--input-type=module", "-e", name === "cjs" ? `import { createRequire } from "node:module"; const require = createRequire(import.meta.url); ${script}` : script],
+          (e, stdout, stderr) => (e ? rej(new Error(`${e.message}\n${stderr}`)) : res(stdout))));
+        assert.ok(n > 256 << 20, `the server got ${n} bytes`);
+        assert.ok(Number(out) < 64 << 20, `the upload held ${Number(out) >> 20} MiB of buffers`);
+      } finally {
+        sink.close();
+      }
+    });
+  });
+
+  test(`${name}: file entries carry owner and group`, async () => {
+    const entry = { name: "a", path: "/w/a", type: "file", size: 1, mode: "0644", mod_time: "2026-12-01T10:00:00Z", owner: "user", group: "1234" };
+    const { owner: _o, group: _g, ...old } = entry;
+    const r = await recorder((req) => (req.url.startsWith("/v1/machines/mch_1/files/list") ? [200, { entries: [entry] }] : [200, old]));
+    try {
+      const m = new sdk.Machine({ id: "mch_1", status: "running", latestId: "mch_1" }, new sdk.Client({ apiUrl: r.url, apiKey: "k" }));
+      const [e] = await m.files.list("/w");
+      assert.deepEqual([e.owner, e.group], ["user", "1234"]);
+      const st = await m.files.stat("/w/a"); // a server older than the fields
+      assert.deepEqual([st.owner, st.group], ["", ""]);
+    } finally {
+      r.srv.close();
+    }
   });
 }
 

@@ -2,8 +2,8 @@
 // against the built declarations, resolved through package.json "exports"
 // (the "import" condition: dist/esm). `npm run typecheck-consumer`.
 import {
-  CommandHandle, CommandResult, FileEvent, KeepAlive, Lease, Machine, MachineInfo, MachineNotFoundError, MachineURL, Metric,
-  NullspaceError, OutputChunk, PtyHandle, Snapshot, WatchHandle,
+  Client, CommandHandle, CommandResult, EntryInfo, FileEvent, KeepAlive, Lease, Machine, MachineInfo, MachineNotFoundError, MachineURL, Metric,
+  NullspaceError, OutputChunk, PtyHandle, Snapshot, Tarball, Template, WatchHandle,
 } from "nullspace";
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
@@ -48,8 +48,15 @@ export async function main(): Promise<void> {
     const polled: FileEvent[] = await w.getNewEvents();
     void polled;
   }
+  const entries: EntryInfo[] = await resumed.files.list("/workspace");
+  is<Equal<(typeof entries)[number]["owner"], string>>();
+  const client = new Client();
+  const built: Template = await client.templates.build("mine", { tarball: new Blob([]), steps: ["true"] });
+  await client.templates.build("mine", { tarball: "rootfs.tar.gz", requestTimeout: null });
+  const tarball: Tarball = new ReadableStream<Uint8Array>();
+  await client.templates.build("mine", { tarball });
   const url: MachineURL = await resumed.getUrl(8080);
-  void [snap, url];
+  void [snap, url, built];
   try {
     await Machine.kill("mch_...");
   } catch (e) {
