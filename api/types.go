@@ -707,6 +707,9 @@ type MkdirRequest struct {
 	// User is who creates the directories (name or uid); default root,
 	// as for commands.
 	User string `json:"user,omitempty"`
+	// ParentsAsRoot: a directory the user may not make is made by root and
+	// given to the user, as E2B's envd does.
+	ParentsAsRoot bool `json:"parents_as_root,omitempty"`
 }
 
 // RenameRequest is the body of POST .../files/rename.

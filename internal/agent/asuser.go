@@ -96,6 +96,32 @@ func (id identity) run(fn func() error) error {
 	return <-errc
 }
 
+// mkdirGiven makes name in dir as root and gives it to id, on a thread
+// that acts as id (inside id.run): the thread is root for the mkdir and
+// the chown only. Root, or the agent's own user, has nothing to gain.
+// (Not id.switches: it asks the thread, which acts as id here.)
+func (id identity) mkdirGiven(dir int, name string) (err error) {
+	if id.cred == nil || id.cred.Uid == 0 {
+		return unix.EACCES
+	}
+	if err := restoreThreadCred(); err != nil {
+		return fmt.Errorf("act as root to make %s: %w", name, err)
+	}
+	defer func() {
+		if serr := setThreadCred(id.cred); serr != nil {
+			// The rest of the call must not go on as root.
+			err = fmt.Errorf("act as user %s again: %w", id.name, serr)
+		}
+	}()
+	if err := unix.Mkdirat(dir, name, 0o755); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil // made by someone else meanwhile
+		}
+		return err
+	}
+	return unix.Fchownat(dir, name, int(id.cred.Uid), int(id.cred.Gid), unix.AT_SYMLINK_NOFOLLOW)
+}
+
 // setThreadCred gives the calling thread cred's groups, gid and uid as its
 // effective ones, in that order (setgroups and setresgid need root).
 func setThreadCred(cred *syscall.Credential) error {

@@ -304,7 +304,7 @@ func (a *Agent) writeFile(w http.ResponseWriter, r *http.Request) error {
 	if r.ContentLength > limit {
 		return tooLarge(path, limit)
 	}
-	res, err := a.files.write(id, path, mode, explicitMode, md, r.Body)
+	res, err := a.files.write(id, path, mode, explicitMode, q.Get("parents_as_root") == "true", md, r.Body)
 	if err != nil {
 		if r.ContentLength < 0 && errors.Is(err, errdefs.ErrInvalidArgument) {
 			drainBody(w, r)
@@ -335,10 +335,15 @@ func drainBody(w http.ResponseWriter, r *http.Request) {
 // the user's; as root, the file keeps the owner and, unless mode is
 // explicit, the mode of the file it replaces, and a new one gets the owner
 // of its directory.
-func (s *fileService) write(id identity, path string, mode fs.FileMode, explicitMode bool, md map[string]string, body io.Reader) (api.WriteResult, error) {
+// With parentsAsRoot, missing directories on the way that the user may
+// not make are made by root and given to the user (walkOpts.giveDirs).
+func (s *fileService) write(id identity, path string, mode fs.FileMode, explicitMode, parentsAsRoot bool, md map[string]string, body io.Reader) (api.WriteResult, error) {
 	var n int64
 	err := as(id, func(o walkOpts) error {
 		o.followFinal, o.mkdirs = true, true
+		if parentsAsRoot {
+			o.giveDirs = &id
+		}
 		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
@@ -780,6 +785,9 @@ func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
 	var info api.FileInfo
 	err = as(id, func(o walkOpts) error {
 		o.followFinal, o.mkdirs = true, true
+		if req.ParentsAsRoot {
+			o.giveDirs = &id
+		}
 		p, err := walkTarget(path, o)
 		if err != nil {
 			return err
@@ -794,7 +802,7 @@ func (a *Agent) mkdir(w http.ResponseWriter, r *http.Request) error {
 			if err := checkPseudo(p, "create directories"); err != nil {
 				return err
 			}
-			if err := mkdirAt(p.dir, p.name, o.privileged); err != nil {
+			if err := mkdirFor(p.dir, p.name, o); err != nil {
 				return &fs.PathError{Op: "mkdir", Path: p.real, Err: err}
 			}
 		case err != nil:

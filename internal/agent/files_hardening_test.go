@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/agent"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -255,5 +259,61 @@ func TestRemoveBounded(t *testing.T) {
 	err := ta.c.Remove(t.Context(), dir+"/tree", true)
 	if p := errdefs.Classify(err); !errors.Is(err, errdefs.ErrDeadlineExceeded) || p.Code != errdefs.CodeDeadlineExceeded {
 		t.Errorf("got %v (%s), want deadline_exceeded", err, p.Code)
+	}
+}
+
+// TestParentsAsRoot: with parents_as_root a user's write or mkdir makes
+// the missing directories the user may not make as root and gives them to
+// the user, as E2B's envd does; without it they are refused. A file the
+// user may not write stays refused either way.
+func TestParentsAsRoot(t *testing.T) {
+	ta := newAgent(t)
+	dir, _, secret := userTree(t)
+	user := ta.c.AsUser("1000")
+	ctx := t.Context()
+	owned := func(p string) {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil || st.Uid != uid || st.Gid != uid {
+			t.Errorf("%s: uid %d gid %d (%v), want %d", p, st.Uid, st.Gid, err, uid)
+		}
+	}
+
+	_, err := user.WriteFile(ctx, dir+"/new/sub/f.txt", strings.NewReader("x"), agentclient.WriteOptions{})
+	wantDenied(t, err)
+	if _, err := os.Stat(dir + "/new"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused write left %s/new: %v", dir, err)
+	}
+	if _, err := user.WriteFile(ctx, dir+"/new/sub/f.txt", strings.NewReader("x"), agentclient.WriteOptions{ParentsAsRoot: true}); err != nil {
+		t.Fatalf("write with parents as root: %v", err)
+	}
+	for _, p := range []string{dir + "/new", dir + "/new/sub", dir + "/new/sub/f.txt"} {
+		owned(p)
+	}
+
+	_, err = user.Mkdir(ctx, dir+"/made")
+	wantDenied(t, err)
+	if _, err := user.MkdirWith(ctx, api.MkdirRequest{Path: dir + "/made/deep", ParentsAsRoot: true}); err != nil {
+		t.Fatalf("mkdir with parents as root: %v", err)
+	}
+	owned(dir + "/made")
+	owned(dir + "/made/deep")
+
+	// Only missing directories: an existing root file stays the root's.
+	_, err = user.WriteFile(ctx, secret, strings.NewReader("mine"), agentclient.WriteOptions{ParentsAsRoot: true})
+	wantDenied(t, err)
+	if b, _ := os.ReadFile(secret); string(b) != "root:secret\n" {
+		t.Errorf("%s became %q", secret, b)
+	}
+	// The agent's own thread is itself again: a root write still works.
+	if _, err := ta.c.WriteFile(ctx, dir+"/root.txt", strings.NewReader("r"), agentclient.WriteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func wantDenied(t *testing.T, err error) {
+	t.Helper()
+	if p := errdefs.Classify(err); err == nil || p.Code != errdefs.CodePermissionDenied || p.Status != 403 {
+		t.Fatalf("got %v, want 403 permission_denied", err)
 	}
 }

@@ -347,7 +347,7 @@ func ceilMS(d time.Duration) int64 {
 // A bind-mounted file cannot be renamed over (EBUSY): it is rewritten in
 // place instead, which readers may see half done.
 func (s *fileService) replace(path, data string) error {
-	_, err := s.write(identity{}, path, 0o644, true, nil, strings.NewReader(data))
+	_, err := s.write(identity{}, path, 0o644, true, false, nil, strings.NewReader(data))
 	if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EXDEV) {
 		return err
 	}

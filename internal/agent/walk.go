@@ -73,6 +73,21 @@ type walkOpts struct {
 	// privileged refuses to follow symlinks owned by other users than
 	// root (foreignLinkError).
 	privileged bool
+	// giveDirs, with mkdirs, makes a missing directory the user may not
+	// make as root and gives it to the user (giveDirs): E2B's envd acts as
+	// root and does that for a write or a mkdir. Nil: the user's own
+	// permissions only.
+	giveDirs *identity
+}
+
+// mkdirFor makes name in dir as o's user: mkdirAt, or, when the user may
+// not and o.giveDirs is set, as root given to the user.
+func mkdirFor(dir int, name string, o walkOpts) error {
+	err := mkdirAt(dir, name, o.privileged)
+	if errors.Is(err, unix.EACCES) && o.giveDirs != nil {
+		err = o.giveDirs.mkdirGiven(dir, name)
+	}
+	return err
 }
 
 // foreignLinkError stops a walk done as root at a symlink another user
@@ -131,7 +146,7 @@ func walk(path string, o walkOpts) (*pathAt, error) {
 					closeFrom(0)
 					return nil, perr
 				}
-				if err = mkdirAt(cur, c, o.privileged); err == nil {
+				if err = mkdirFor(cur, c, o); err == nil {
 					fd, err = unix.Openat(cur, c, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 				}
 			}

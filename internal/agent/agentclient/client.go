@@ -428,6 +428,10 @@ type WriteOptions struct {
 	// Metadata is stored on the file as extended attributes, replacing
 	// what it had (none when empty).
 	Metadata map[string]string
+	// ParentsAsRoot: a missing directory on the way that the client's user
+	// may not make is made by root and given to the user, as E2B's envd
+	// does.
+	ParentsAsRoot bool
 }
 
 // WriteFile streams r into path atomically: readers of path see the old
@@ -440,6 +444,9 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts W
 	}
 	for k, v := range opts.Metadata {
 		q.Set("metadata["+k+"]", v)
+	}
+	if opts.ParentsAsRoot {
+		q.Set("parents_as_root", "true")
 	}
 	if r == nil {
 		r = http.NoBody
@@ -506,10 +513,17 @@ func (c *Client) Remove(ctx context.Context, path string, recursive bool) error 
 
 // Mkdir creates a directory and its missing parents (mkdir -p).
 func (c *Client) Mkdir(ctx context.Context, path string) (api.FileInfo, error) {
+	return c.MkdirWith(ctx, api.MkdirRequest{Path: path})
+}
+
+// MkdirWith is Mkdir with the request's options (ParentsAsRoot); the
+// request's user is the client's.
+func (c *Client) MkdirWith(ctx context.Context, req api.MkdirRequest) (api.FileInfo, error) {
 	ctx, cancel := bounded(ctx)
 	defer cancel()
+	req.User = c.user
 	var res api.FileInfo
-	err := c.doJSON(ctx, http.MethodPost, "/files/mkdir", nil, api.MkdirRequest{Path: path, User: c.user}, &res)
+	err := c.doJSON(ctx, http.MethodPost, "/files/mkdir", nil, req, &res)
 	return res, err
 }
 

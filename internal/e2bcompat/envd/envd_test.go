@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -766,5 +767,41 @@ func wantCode(t *testing.T, what string, err error, want connect.Code) {
 	t.Helper()
 	if got := connect.CodeOf(err); err == nil || got != want {
 		t.Errorf("%s: error %v (code %v), want code %v", what, err, got, want)
+	}
+}
+
+// TestUserWritesMakeParents: as E2B's envd (root) does, a user's upload or
+// MakeDir makes the directories on the way that the user could not, and
+// gives them to the user.
+func TestUserWritesMakeParents(t *testing.T) {
+	f := newFixture(t)
+	dir := t.TempDir()
+	os.Chmod(filepath.Dir(dir), 0o755)
+	os.Chmod(dir, 0o755) // root's: uid 1000 may not make anything in it
+	as1000 := "Basic " + base64.StdEncoding.EncodeToString([]byte("1000:"))
+	req, _ := http.NewRequest("POST", f.url+"/files?path="+url.QueryEscape(dir+"/new/f.txt"), strings.NewReader("x"))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("E2b-Sandbox-Id", "sbx1")
+	req.Header.Set("X-Access-Token", accessToken)
+	req.Header.Set("Authorization", as1000)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("upload as 1000 into a new directory of root's: %d %s", resp.StatusCode, b)
+	}
+	mk := connect.NewRequest(&filesystem.MakeDirRequest{Path: dir + "/made/deep"})
+	mk.Header().Set("Authorization", as1000)
+	if _, err := f.files.MakeDir(t.Context(), mk); err != nil {
+		t.Fatalf("MakeDir as 1000: %v", err)
+	}
+	for _, p := range []string{dir + "/new", dir + "/new/f.txt", dir + "/made", dir + "/made/deep"} {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil || st.Uid != 1000 {
+			t.Errorf("%s: uid %d (%v), want 1000", p, st.Uid, err)
+		}
 	}
 }

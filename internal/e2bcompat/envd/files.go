@@ -128,7 +128,9 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 			return writtenEntry{}, badBody("no path for the file: pass ?path= or name the multipart part's file")
 		}
 		p := resolve(dest, user)
-		res, err := sb.Agent.AsUser(user).WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size, Metadata: md})
+		// envd runs as root: the directories it makes on the way are the
+		// user's, wherever they are.
+		res, err := sb.Agent.AsUser(user).WriteFile(sb.Ctx, p, rd, agentclient.WriteOptions{Size: size, Metadata: md, ParentsAsRoot: true})
 		if err != nil {
 			return writtenEntry{}, err
 		}

@@ -79,7 +79,8 @@ func (f *filesystemService) MakeDir(ctx context.Context, req *connect.Request[fi
 		if _, err := sb.Agent.Stat(sb.Ctx, p); err == nil {
 			return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("%s already exists", p))
 		}
-		fi, err := sb.Agent.Mkdir(sb.Ctx, p)
+		// envd runs as root and gives what it makes to the user.
+		fi, err := sb.Agent.MkdirWith(sb.Ctx, api.MkdirRequest{Path: p, ParentsAsRoot: true})
 		if err != nil {
 			return nil, err
 		}

@@ -2362,6 +2362,8 @@ export interface components {
             path: string;
             /** @description Who creates the directories (name or uid); default root. See the `user` parameter of the file routes. */
             user?: string;
+            /** @description Directories the `user` may not create are created by root and given to the user, as E2B's envd does. */
+            parents_as_root?: boolean;
         };
         /** @description Body of `POST /v1/machines/{id}/files/rename`. */
         RenameRequest: {
@@ -4107,6 +4109,8 @@ export interface operations {
                 user?: components["parameters"]["FileUser"];
                 /** @description Octal permission bits of the written file. */
                 mode?: string;
+                /** @description Missing directories on the way that the `user` may not create are created by root and given to the user (E2B's envd does this); the file itself is still written with the user's permissions. */
+                parents_as_root?: boolean;
                 /** @description User metadata for the file: `metadata[author]=mish&metadata[stage]=draft`. */
                 metadata?: {
                     [key: string]: string;
