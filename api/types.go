@@ -132,6 +132,9 @@ type CreateMachineRequest struct {
 	// (pauses, checkpoints) the machine keeps; older ones are pruned.
 	// Absent: the server's default (--checkpoint-retention); 0: all.
 	CheckpointRetention *int `json:"checkpoint_retention,omitempty"`
+	// Origin is set by the server's own front doors, never by a client:
+	// "e2b" for a sandbox created through the E2B-compatible API.
+	Origin string `json:"-"`
 }
 
 // Persistence policies.

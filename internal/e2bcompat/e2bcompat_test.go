@@ -306,6 +306,9 @@ func TestCreateMapsE2BFields(t *testing.T) {
 			if string(got) != string(want) {
 				t.Errorf("create request %s, want %s", got, want)
 			}
+			if f.created[0].Origin != store.OriginE2B {
+				t.Errorf("create request's origin %q, want %q: the edge answers E2B sandboxes in E2B's shape", f.created[0].Origin, store.OriginE2B)
+			}
 			if len(sb.SandboxID) != 20 || strings.ContainsAny(sb.SandboxID, "-_") || sb.EnvdAccessToken == "" ||
 				sb.EnvdVersion != EnvdVersion || sb.Domain == nil || *sb.Domain != "localhost:7701" || sb.ClientID == "" {
 				t.Errorf("answer %+v", sb)

@@ -199,7 +199,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request, team string) err
 	cr := api.CreateMachineRequest{Template: req.TemplateID, Env: req.EnvVars, Metadata: req.Metadata,
 		AllowInternet: req.AllowInternetAccess != nil && *req.AllowInternetAccess && s.cfg.AllowInternet,
 		PublicPorts:   req.Network == nil || req.Network.AllowPublicTraffic == nil || *req.Network.AllowPublicTraffic,
-		AutoResume:    req.AutoResume.Enabled, OnTimeout: policy}
+		AutoResume:    req.AutoResume.Enabled, OnTimeout: policy, Origin: store.OriginE2B}
 	if strings.HasPrefix(req.TemplateID, snapshotPrefix) {
 		// Sandbox.create(snapshotId): E2B's snapshots are templates.
 		cr.Template, cr.SnapshotID = "", req.TemplateID

@@ -69,12 +69,14 @@ func trafficTokenRefusal() refusal {
 		Action: "send the trafficAccessToken that Sandbox.create returned, or get a signed URL with POST /v1/machines/{id}/urls"}
 }
 
-// e2bNotFound says whether a refusal goes out in E2B's shape: a machine
-// that does not exist (killed, or never was) on the unsigned URL E2B's
-// getHost makes. E2B's clients expect 502 and E2B's body; ours rides along
-// (error_code, suggested_action).
+// e2bNotFound says whether a refusal goes out in E2B's shape: an E2B
+// sandbox that was killed, on the unsigned URL E2B's getHost makes. E2B's
+// clients expect 502 and E2B's body; ours rides along (error_code,
+// suggested_action). A machine of the Nullspace API keeps its 404, and a
+// lineage the server no longer knows, whose origin is unknown, is
+// answered as Nullspace's.
 func (s *Server) e2bNotFound(req *request, f refusal) bool {
-	return s.e2b != nil && f.Code == errdefs.CodeMachineNotFound && req.label.Sig == "" && req.label.LineageID != ""
+	return s.e2b != nil && req.e2b && f.Code == errdefs.CodeMachineNotFound && req.label.Sig == "" && req.label.LineageID != ""
 }
 
 func writeE2BNotFound(w http.ResponseWriter, req *request, f refusal) {

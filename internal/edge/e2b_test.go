@@ -46,31 +46,32 @@ func TestE2BHosts(t *testing.T) {
 	wantError(t, h.get(t, "http://"+l.String()+"."+h.domain+"/"), 400, errdefs.CodePortNotAllowed)
 }
 
-// TestE2BNotFound: with the E2B layer on, getHost's URL of a sandbox that
-// is gone (killed, or unknown) answers 502 with E2B's body, our code riding
-// along; a signed URL keeps our 404.
+// TestE2BNotFound: with the E2B layer on, getHost's URL of an E2B
+// sandbox that was killed answers 502 with E2B's body, our code riding
+// along; a signed URL of it, a Nullspace machine's URL and a lineage the
+// server does not know keep Nullspace's answers.
 func TestE2BNotFound(t *testing.T) {
 	h := newHarness(t, http.HandlerFunc(echoPath), Config{})
 	h.edge.ServeE2B(E2B{API: http.NotFoundHandler()})
-	h.machines.set(Target{LineageID: lineage, MachineID: lineage, State: api.StateKilled, PublicPorts: true})
-	for name, u := range map[string]string{
-		"killed":  h.e2bHost(h.port, "/"),
-		"unknown": "http://" + strconv.Itoa(h.port) + "-ffffffffffffffffffff." + h.domain + "/",
-	} {
-		resp := h.get(t, u)
-		var body struct {
-			Code      int    `json:"code"`
-			Message   string `json:"message"`
-			SandboxID string `json:"sandboxId"`
-			ErrorCode string `json:"error_code"`
-		}
-		json.NewDecoder(resp.Body).Decode(&body)
-		if resp.StatusCode != 502 || body.Code != 502 || body.Message != "The sandbox was not found" ||
-			body.ErrorCode != errdefs.CodeMachineNotFound || !strings.HasPrefix(u, "http://"+strconv.Itoa(h.port)+"-"+body.SandboxID+".") {
-			t.Errorf("%s: %d %+v, want 502 and E2B's body", name, resp.StatusCode, body)
-		}
+	killed := Target{LineageID: lineage, MachineID: lineage, State: api.StateKilled, PublicPorts: true, E2B: true}
+	h.machines.set(killed)
+	resp := h.get(t, h.e2bHost(h.port, "/"))
+	var body struct {
+		Code      int    `json:"code"`
+		Message   string `json:"message"`
+		SandboxID string `json:"sandboxId"`
+		ErrorCode string `json:"error_code"`
+	}
+	json.NewDecoder(resp.Body).Decode(&body)
+	if resp.StatusCode != 502 || body.Code != 502 || body.Message != "The sandbox was not found" ||
+		body.ErrorCode != errdefs.CodeMachineNotFound || body.SandboxID != strings.TrimPrefix(lineage, lineagePrefix) {
+		t.Errorf("a killed E2B sandbox: %d %+v, want 502 and E2B's body", resp.StatusCode, body)
 	}
 	wantError(t, h.get(t, h.url(t).URL+"/"), 404, errdefs.CodeMachineNotFound)
+	wantError(t, h.get(t, "http://"+strconv.Itoa(h.port)+"-ffffffffffffffffffff."+h.domain+"/"), 401, errdefs.CodeSignatureMissing)
+	killed.E2B = false
+	h.machines.set(killed)
+	wantError(t, h.get(t, h.e2bHost(h.port, "/")), 404, errdefs.CodeMachineNotFound)
 }
 
 // TestE2BTrafficToken: a private sandbox's unsigned URL opens to its
@@ -80,8 +81,9 @@ func TestE2BTrafficToken(t *testing.T) {
 		io.WriteString(w, "token header: "+r.Header.Get(TrafficTokenHeader))
 	}), Config{})
 	h.edge.ServeE2B(E2B{API: http.NotFoundHandler(), TrafficToken: func(id string) string { return "tok-" + id }})
-	h.machines.set(Target{LineageID: lineage, MachineID: lineage, ContainerID: "ns0", State: api.StateRunning,
-		IP: netip.MustParseAddr("127.0.0.1"), PublicPorts: false})
+	private := Target{LineageID: lineage, MachineID: lineage, ContainerID: "ns0", State: api.StateRunning,
+		IP: netip.MustParseAddr("127.0.0.1"), PublicPorts: false, E2B: true}
+	h.machines.set(private)
 	get := func(token string) *http.Response {
 		req, _ := http.NewRequest(http.MethodGet, h.e2bHost(h.port, "/"), nil)
 		if token != "" {
@@ -99,4 +101,9 @@ func TestE2BTrafficToken(t *testing.T) {
 	if resp := h.get(t, h.url(t).URL+"/"); resp.StatusCode != 200 {
 		t.Fatalf("signed URL of a private sandbox: %d", resp.StatusCode)
 	}
+	// A private machine of the Nullspace API: no token opens it, and an
+	// unsigned URL is refused as ever.
+	private.E2B = false
+	h.machines.set(private)
+	wantError(t, get("tok-"+lineage), 401, errdefs.CodeSignatureMissing)
 }

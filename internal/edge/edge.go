@@ -59,6 +59,9 @@ type Target struct {
 	AutoResume  bool
 	PublicPorts bool
 	Error       string // why a failed machine failed
+	// E2B: a sandbox created through the E2B-compatible API, whose URLs
+	// are answered in E2B's shape (see E2B).
+	E2B bool
 }
 
 // AgentPort is the in-machine agent's port, never reachable by the edge.
@@ -210,6 +213,9 @@ type request struct {
 	// wake, while the server inside becomes reachable).
 	retryDialUntil time.Time
 	code           string // the public code of a refusal, for metrics
+	// e2b: the target is an E2B sandbox (Target.E2B): a refusal that E2B
+	// words differently goes out in E2B's shape.
+	e2b bool
 	// upgraded is set when a WebSocket upgrade succeeded.
 	upgraded atomic.Bool
 	// body is the client's request body, which keeps the error that
@@ -346,18 +352,13 @@ func (s *Server) authorize(r *http.Request, l label) (refusal, bool) {
 		return refusal{}, true
 	}
 	t, err := s.route(ctx, l.LineageID)
-	if s.e2b != nil {
-		// E2B's shape: a sandbox that is gone is 502 (see e2bNotFound),
-		// a private one opens to its traffic access token.
-		switch {
-		case errors.Is(err, errdefs.ErrNotFound):
-			return notFound(l.LineageID), false
-		case err == nil && !t.PublicPorts:
-			if s.trafficTokenOK(r, l.LineageID) {
-				return refusal{}, true
-			}
-			return trafficTokenRefusal(), false
+	if err == nil && t.E2B && s.e2b != nil && !t.PublicPorts {
+		// E2B's shape of the guard: a private sandbox opens to its
+		// traffic access token.
+		if s.trafficTokenOK(r, l.LineageID) {
+			return refusal{}, true
 		}
+		return trafficTokenRefusal(), false
 	}
 	if err != nil || !t.PublicPorts {
 		// An unknown machine and a private one look the same here.
@@ -377,6 +378,7 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, req *request) (T
 		s.refuseErr(w, r, req, l, err)
 		return Target{}, false
 	}
+	req.e2b = t.E2B
 	switch f, v := triage(t, false); v {
 	case toForward:
 		return t, true

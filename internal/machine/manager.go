@@ -408,6 +408,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		Command:             req.Command,
 		PublicPorts:         req.PublicPorts,
 		CheckpointRetention: retentionOr(req.CheckpointRetention),
+		Origin:              req.Origin,
 	}
 	if req.Hooks != nil {
 		rec.Hooks = *req.Hooks

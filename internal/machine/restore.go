@@ -144,7 +144,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
 		TimeoutMS: src.TimeoutMS, OnTimeout: src.OnTimeout, AutoResume: src.AutoResume, IdleTimeoutMS: src.IdleTimeoutMS,
 		Persistence: src.Persistence, Command: src.Command, MainPID: src.MainPID, MainExit: src.MainExit,
-		PublicPorts: src.PublicPorts, CheckpointRetention: src.CheckpointRetention,
+		PublicPorts: src.PublicPorts, CheckpointRetention: src.CheckpointRetention, Origin: src.Origin,
 	}
 	spec, err := decodeSpec(sn)
 	if err != nil {
@@ -201,7 +201,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,
 		TimeoutMS: *req.TimeoutMS, OnTimeout: req.OnTimeout, AutoResume: req.AutoResume, IdleTimeoutMS: req.IdleTimeoutMS,
 		Persistence: req.Persistence, Command: spec.Command, MainPID: spec.MainPID, PublicPorts: req.PublicPorts,
-		CheckpointRetention: retentionOr(req.CheckpointRetention),
+		CheckpointRetention: retentionOr(req.CheckpointRetention), Origin: req.Origin,
 	}
 	if err := m.restoreNew(ctx, rec, sn, spec); err != nil {
 		return nil, fmt.Errorf("create machine from snapshot %s: %w", sn.ID, err)
@@ -281,6 +281,10 @@ func (m *Manager) Fork(ctx context.Context, teamID, id string, count int) (*stor
 		return nil, nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 			fmt.Sprintf("count %d is out of range: fork makes 1 to %d children per call", count, MaxFork), "fix count")
 	}
+	src, err := m.Get(ctx, teamID, id)
+	if err != nil {
+		return nil, nil, err
+	}
 	sn, err := m.CreateSnapshot(ctx, teamID, id, "")
 	if err != nil {
 		return nil, nil, err
@@ -292,7 +296,8 @@ func (m *Manager) Fork(ctx context.Context, teamID, id string, count int) (*stor
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			children[i], errs[i] = m.Create(ctx, teamID, api.CreateMachineRequest{SnapshotID: sn.ID})
+			// Children come through the parent's front door.
+			children[i], errs[i] = m.Create(ctx, teamID, api.CreateMachineRequest{SnapshotID: sn.ID, Origin: src.Origin})
 		}()
 	}
 	wg.Wait()

@@ -154,7 +154,7 @@ func (e *edgeMachines) Touch(machineID string) { e.mgr.Touch(machineID) }
 
 func (e *edgeMachines) target(rec *store.Machine) edge.Target {
 	t := edge.Target{LineageID: rec.LineageID, MachineID: rec.ID, ContainerID: rec.ContainerID, State: rec.State,
-		AutoResume: rec.AutoResume, PublicPorts: rec.PublicPorts, Error: rec.Error}
+		AutoResume: rec.AutoResume, PublicPorts: rec.PublicPorts, Error: rec.Error, E2B: rec.Origin == store.OriginE2B}
 	if rec.Slot >= 0 && (rec.State == api.StateRunning || rec.State == api.StateSnapshotting) {
 		t.IP, _ = e.mgr.GuestIP(rec)
 	}

@@ -200,6 +200,9 @@ var migrations = []string{
 	// 18: snapshot names, unique in a team; '' is no name.
 	`ALTER TABLE snapshots ADD COLUMN name TEXT NOT NULL DEFAULT '';
 	CREATE UNIQUE INDEX snapshots_team_name ON snapshots(team_id, name) WHERE name != '';`,
+	// 19: the API a machine's lineage was created through ('' Nullspace's,
+	// 'e2b'): the edge answers an E2B sandbox's URLs in E2B's shape.
+	`ALTER TABLE machines ADD COLUMN origin TEXT NOT NULL DEFAULT '';`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -354,6 +357,10 @@ type Machine struct {
 	// PublicPorts makes every port of the machine reachable through the
 	// edge without a signature. Set at create, kept by the lineage.
 	PublicPorts bool
+	// Origin is the API the lineage was created through: "" Nullspace's,
+	// OriginE2B the E2B-compatible one, whose sandboxes' URLs the edge
+	// answers in E2B's shape.
+	Origin string
 	// Latest: this row is its lineage's latest execution (kept by the
 	// store). LineageCreated is when the lineage's first machine was
 	// created (set by the store).
@@ -368,7 +375,10 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason`
+	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason, origin`
+
+// OriginE2B is the Origin of a machine created through the E2B layer.
+const OriginE2B = "e2b"
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -457,12 +467,12 @@ func insertMachine(ctx context.Context, tx *sql.Tx, m *Machine) error {
 	vols, _ := json.Marshal(nonNilSlice(m.Volumes))
 	hooks, _ := json.Marshal(m.Hooks)
 	cmd, _ := json.Marshal(nonNilSlice(m.Command))
-	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO machines (`+machineColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		m.ID, m.TeamID, m.State, m.Template, m.CPUCount, m.MemoryMB, string(env), string(meta), m.AllowInternet,
 		m.Slot, m.ContainerID, m.AgentToken, formatTime(m.CreatedAt), nullTime(m.StartedAt), nullTime(m.EndedAt), m.Error,
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optTime(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
-		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated), m.CheckpointRetention, m.FailureReason)
+		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, formatTime(m.LineageCreated), m.CheckpointRetention, m.FailureReason, m.Origin)
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
 	}
@@ -692,7 +702,7 @@ func scanMachine(r scanner) (*Machine, error) {
 		&m.Slot, &m.ContainerID, &m.AgentToken, &created, &started, &ended, &m.Error,
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, &deadline, &m.IdleTimeoutMS, &m.Persistence,
-		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated, &m.CheckpointRetention, &m.FailureReason)
+		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, &lineageCreated, &m.CheckpointRetention, &m.FailureReason, &m.Origin)
 	if err != nil {
 		return nil, err
 	}

@@ -65,7 +65,7 @@ func TestMachineRoundTrip(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Millisecond)
 	in := &Machine{ID: "m", TeamID: "t", State: "creating", Template: "base", CPUCount: 2, MemoryMB: 512,
 		Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, AllowInternet: true,
-		ContainerID: "cid", AgentToken: "tok", CreatedAt: now}
+		ContainerID: "cid", AgentToken: "tok", CreatedAt: now, Origin: OriginE2B}
 	if err := db.CreateMachine(ctx, in, 10); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestMachineRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.State != "running" || got.Env["A"] != "1" || got.Metadata["k"] != "v" || !got.AllowInternet ||
-		!got.StartedAt.Equal(in.StartedAt) || !got.CreatedAt.Equal(now) || !got.EndedAt.IsZero() {
+		!got.StartedAt.Equal(in.StartedAt) || !got.CreatedAt.Equal(now) || !got.EndedAt.IsZero() || got.Origin != OriginE2B {
 		t.Errorf("got %+v, want %+v", got, in)
 	}
 	if _, err := db.GetMachine(ctx, "nope"); !errors.Is(err, errdefs.ErrNotFound) {

@@ -1657,7 +1657,7 @@ export interface components {
          *     | `url_invalid` | 400 | false | Edge: the host or path is not a machine URL (malformed label). |
          *     | `port_not_allowed` | 400 | false | The port is out of 1-65535 or is the machine agent's (49983), which is never reachable from outside. |
          *     | `url_signature_missing` | 401 | false | Edge: the URL has no signature and the machine's ports are not public. |
-         *     | `traffic_access_token_invalid` | 403 | false | Edge, with `--e2b-compat`: an unsigned URL of a private sandbox without its `trafficAccessToken` in the `e2b-traffic-access-token` header. |
+         *     | `traffic_access_token_invalid` | 403 | false | Edge: an unsigned URL of a private sandbox created through the E2B-compatible API, without its `trafficAccessToken` in the `e2b-traffic-access-token` header. |
          *     | `url_signature_invalid` | 403 | false | Edge: the URL's signature is not valid for this machine and port (forged, another machine's or port's, or issued before the edge secret was rotated). |
          *     | `url_expired` | 403 | false | Edge: the URL's expiry has passed; ask for a new one. |
          *     | `port_not_listening` | 502 | true | Edge: nothing listens on the port in the machine (bind 0.0.0.0). |
