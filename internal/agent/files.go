@@ -706,8 +706,19 @@ func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	info, err := statAs(id, path)
+	if err != nil {
+		return fileError(err, path)
+	}
+	writeJSON(w, http.StatusOK, info)
+	return nil
+}
+
+// statAs describes path, a final symlink itself, as id sees it, with its
+// owner's and group's names.
+func statAs(id identity, path string) (api.FileInfo, error) {
 	var info api.FileInfo
-	err = as(id, func(o walkOpts) error {
+	err := as(id, func(o walkOpts) error {
 		p, err := walk(path, o)
 		if err != nil {
 			return err
@@ -717,12 +728,11 @@ func (a *Agent) statFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	})
 	if err != nil {
-		return fileError(err, path)
+		return info, err
 	}
 	named := []api.FileInfo{info}
 	ownerNames(named)
-	writeJSON(w, http.StatusOK, named[0])
-	return nil
+	return named[0], nil
 }
 
 // infoAt describes what p names (not following a symlink), as path,

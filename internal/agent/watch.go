@@ -293,22 +293,11 @@ func entryAs(user string) (func(path string) *api.FileInfo, error) {
 		return nil, err
 	}
 	return func(path string) *api.FileInfo {
-		var info api.FileInfo
-		err := as(id, func(o walkOpts) error {
-			p, err := walk(path, o)
-			if err != nil {
-				return err
-			}
-			defer p.close()
-			info, err = infoAt(p, path)
-			return err
-		})
+		info, err := statAs(id, path)
 		if err != nil {
 			return nil
 		}
-		named := []api.FileInfo{info}
-		ownerNames(named)
-		return &named[0]
+		return &info
 	}, nil
 }
 
