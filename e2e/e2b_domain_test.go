@@ -48,6 +48,7 @@ func TestE2BDomainOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { os.RemoveAll(root) }) // runs last, after the server's cleanup
 	caFile, certFile, keyFile := writeTestCerts(t, t.TempDir(), domainEdge)
 	cfg := testConfig(filepath.Join(root, "data"))
 	cfg.NodeName, cfg.Names, cfg.NetworkCIDR = domainNode, server.HostNames{}, domainCIDR

@@ -329,8 +329,8 @@ func drainBody(w http.ResponseWriter, r *http.Request) {
 
 // write streams body into a temp file next to path, then renames it over
 // path, acting as id. The file gets metadata md and no other: a new inode
-// replaces the old one, whose metadata goes with it. A failed, aborted or oversize upload leaves nothing
-// behind and the old file untouched. A symlink at path is followed (see
+// replaces the old one, whose metadata goes with it. A failed, aborted or
+// oversize upload leaves nothing behind and the old file untouched. A symlink at path is followed (see
 // walk for whose). The temp file is created by the user, so a new file is
 // the user's; as root, the file keeps the owner and, unless mode is
 // explicit, the mode of the file it replaces, and a new one gets the owner
@@ -385,6 +385,13 @@ func (s *fileService) write(id identity, path string, mode fs.FileMode, explicit
 				unix.Unlinkat(p.dir, tmpName, 0)
 			}
 		}()
+		// Before the body, so that a file system without extended
+		// attributes refuses at once, not after the whole upload; and
+		// before the chmod, since setting a user attribute needs write
+		// permission by the file's mode, which 0444 would take away.
+		if err := setMetadata(tmp, path, md); err != nil {
+			return err
+		}
 		n, err = io.Copy(tmp, io.LimitReader(body, s.maxFileBytes+1))
 		if n > s.maxFileBytes {
 			return tooLarge(path, s.maxFileBytes)
@@ -396,11 +403,6 @@ func (s *fileService) write(id identity, path string, mode fs.FileMode, explicit
 			}
 			return errdefs.Wrap(err, errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
 				fmt.Sprintf("upload of %s was interrupted", path), "send the whole file again")
-		}
-		// Before the chmod: setting a user attribute needs write
-		// permission by the file's mode, which 0444 would take away.
-		if err := setMetadata(tmp, path, md); err != nil {
-			return err
 		}
 		if err := tmp.Chmod(mode); err != nil {
 			return err

@@ -80,6 +80,7 @@ type Machines interface {
 	GetSnapshot(ctx context.Context, team, idOrName string) (*store.Snapshot, error)
 	ListSnapshots(ctx context.Context, team string, f machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error)
 	DeleteSnapshot(ctx context.Context, team, id string, force bool) error
+	Template(ctx context.Context, name string) (api.Template, error)
 
 	// For envd calls: where a lineage is, a wake, and its agent.
 	LineageHead(ctx context.Context, lineageID string) (*store.Machine, error)

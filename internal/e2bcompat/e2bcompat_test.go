@@ -57,7 +57,7 @@ func (f *fakeMachines) Create(ctx context.Context, team string, req api.CreateMa
 	}
 	f.created = append(f.created, req)
 	rec := f.add(team, api.StateRunning)
-	rec.PublicPorts = req.PublicPorts
+	rec.PublicPorts, rec.Origin = req.PublicPorts, req.Origin
 	return rec, nil
 }
 
@@ -162,6 +162,13 @@ func (f *fakeMachines) GetSnapshot(ctx context.Context, team, idOrName string) (
 
 func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error) {
 	return nil, false, nil
+}
+
+func (f *fakeMachines) Template(ctx context.Context, name string) (api.Template, error) {
+	if f.templates[name] {
+		return api.Template{Name: name}, nil
+	}
+	return api.Template{}, errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound, "no template "+name, "")
 }
 
 func (f *fakeMachines) DeleteSnapshot(ctx context.Context, team, id string, force bool) error {
@@ -697,6 +704,14 @@ func TestNamedSnapshots(t *testing.T) {
 	var e errorBody
 	if resp := call(t, srv, "key-a", "DELETE", "/templates/my-snap", "", &e); resp.StatusCode != 404 || e.ErrorCode != errdefs.CodeSnapshotNotFound {
 		t.Fatalf("delete a deleted name: %d %+v, want 404 snapshot_not_found", resp.StatusCode, e)
+	}
+	// A template's name deletes no snapshot of that name (Template.delete).
+	var web snapshotInfo
+	if resp := call(t, srv, "key-a", "POST", "/sandboxes/"+sandboxID(a)+"/snapshots", `{"name":"web"}`, &web); resp.StatusCode != 201 {
+		t.Fatalf("create a snapshot named like a template: %d", resp.StatusCode)
+	}
+	if resp := call(t, srv, "key-a", "DELETE", "/templates/web", "", nil); resp.StatusCode != 404 || f.snaps[web.SnapshotID] == nil {
+		t.Fatalf("delete of template web: %d, snapshot web deleted: %v", resp.StatusCode, f.snaps[web.SnapshotID] == nil)
 	}
 }
 

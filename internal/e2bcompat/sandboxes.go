@@ -699,6 +699,13 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, team str
 	id := r.PathValue("id")
 	if !strings.HasPrefix(id, snapshotPrefix) {
 		id = e2bName(id)
+		// A template of that name comes first, as in create: deleting
+		// a template (Template.delete) never takes a snapshot instead.
+		if _, err := s.machines.Template(r.Context(), r.PathValue("id")); err == nil {
+			return errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound,
+				fmt.Sprintf("%s is a template: deleting templates is not supported by Nullspace's E2B compatibility", r.PathValue("id")),
+				"delete a template with `nullspace template rm`")
+		}
 	}
 	err := s.machines.DeleteSnapshot(r.Context(), team, id, false)
 	if errors.Is(err, errdefs.ErrNotFound) && !strings.HasPrefix(id, snapshotPrefix) {

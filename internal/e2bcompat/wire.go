@@ -70,7 +70,8 @@ func (s *Server) sandbox(rec *store.Machine) sandbox {
 	if s.cfg.Domain != "" {
 		out.Domain = &s.cfg.Domain
 	}
-	if !rec.PublicPorts {
+	// The edge takes the token for a private sandbox of this API only.
+	if !rec.PublicPorts && rec.Origin == store.OriginE2B {
 		tok := s.TrafficToken(rec.LineageID)
 		out.TrafficAccessToken = &tok
 	}

@@ -237,7 +237,7 @@ func carriesEntry(typ string) bool {
 // can fall between them (seen on a loaded host), and without its second
 // half an upload's rename into place would be lost and a rename within
 // the tree reported as a remove and a create.
-const pairWait = 100 * time.Millisecond
+var pairWait = 100 * time.Millisecond // a variable for the tests
 
 // maxHeld bounds the events held back waiting for a move's second half.
 const maxHeld = 4096
@@ -252,8 +252,13 @@ func (w *Watcher) run() {
 			w.f.SetReadDeadline(time.Time{})
 			w.mu.Lock()
 			w.handle(held)
+			ended := w.ended // the batch may hold the root's removal
 			w.mu.Unlock()
 			held = nil
+			if ended {
+				w.f.Close()
+				return
+			}
 			continue
 		}
 		if err != nil {

@@ -273,8 +273,16 @@ func TestSplitRename(t *testing.T) {
 		{"move out", [][]byte{ev(unix.IN_MOVED_FROM, 9, "gone")},
 			"[remove:gone create:last]"},
 	}
+	defer func(d time.Duration) { pairWait = d }(pairWait)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// A long wait for a pair, as a loaded host may take a while
+			// between the halves; a short one for a move out, which waits
+			// it out.
+			pairWait = 3 * time.Second
+			if len(tt.writes) == 1 {
+				pairWait = 200 * time.Millisecond
+			}
 			r, pw, err := os.Pipe()
 			if err != nil {
 				t.Fatal(err)
@@ -290,10 +298,7 @@ func TestSplitRename(t *testing.T) {
 			defer w.Close()
 			for _, b := range tt.writes {
 				pw.Write(b)
-				time.Sleep(pairWait / 4)
-			}
-			if len(tt.writes) == 1 {
-				time.Sleep(pairWait * 2)
+				time.Sleep(50 * time.Millisecond) // the halves in two reads
 			}
 			pw.Write(ev(unix.IN_CREATE, 0, "last"))
 			evs := collect(t, w, 0, "create:last")

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
 )
@@ -25,6 +26,12 @@ func (u TemplateUse) InUse() bool { return len(u.Machines)+len(u.Snapshots) > 0 
 
 // TemplateUse returns the machines and snapshots, of every team, that use
 // the template name.
+// Template returns the template called name (template_not_found when
+// there is none).
+func (m *Manager) Template(ctx context.Context, name string) (api.Template, error) {
+	return m.templates.Get(ctx, name)
+}
+
 func (m *Manager) TemplateUse(ctx context.Context, name string) (TemplateUse, error) {
 	var u TemplateUse
 	var err error

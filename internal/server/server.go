@@ -685,6 +685,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 // persistent template dir, get this binary's. One that a machine or a
 // snapshot still uses is kept, with a warning: their overlays lie on its
 // root filesystem as it is. It runs before the server serves or makes spares.
+// builtinUpgradeTimeout bounds the build of a built-in template's new
+// recipe at start; past it the old template is kept.
+const builtinUpgradeTimeout = 10 * time.Minute
+
 func upgradeBuiltins(ctx context.Context, names []string, templates *template.Store, mgr *machine.Manager, logger *slog.Logger) error {
 	for _, name := range names {
 		recipe, stale, err := templates.StaleBuiltin(name)
@@ -710,7 +714,12 @@ func upgradeBuiltins(ctx context.Context, names []string, templates *template.St
 		}
 		// The new recipe is built beside the old template before it goes:
 		// a host that cannot build it (no mirror) keeps serving the old one.
-		if err := templates.PrepareBuiltin(ctx, name); err != nil {
+		// Bounded: an unreachable mirror must not hold the start for
+		// ever (a build here takes about two minutes).
+		pctx, cancel := context.WithTimeout(ctx, builtinUpgradeTimeout)
+		err = templates.PrepareBuiltin(pctx, name)
+		cancel()
+		if err != nil {
 			logger.Warn("cannot build the built-in template of this recipe; keeping the one of an older recipe",
 				"template", name, "recipe", recipe, "err", err)
 			continue
