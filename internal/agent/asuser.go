@@ -104,15 +104,16 @@ func (id identity) mkdirGiven(dir int, name string) (err error) {
 	if id.cred == nil || id.cred.Uid == 0 {
 		return unix.EACCES
 	}
-	if err := restoreThreadCred(); err != nil {
-		return fmt.Errorf("act as root to make %s: %w", name, err)
-	}
+	// Back to the user however far the switch to root got.
 	defer func() {
 		if serr := setThreadCred(id.cred); serr != nil {
 			// The rest of the call must not go on as root.
 			err = fmt.Errorf("act as user %s again: %w", id.name, serr)
 		}
 	}()
+	if err := restoreThreadCred(); err != nil {
+		return fmt.Errorf("act as root to make %s: %w", name, err)
+	}
 	if err := unix.Mkdirat(dir, name, 0o755); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return nil // made by someone else meanwhile

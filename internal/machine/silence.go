@@ -143,13 +143,19 @@ func (m *Manager) probeAgents(ctx context.Context, recs []*store.Machine) {
 // by a kill or the shutdown is left alone.
 func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, what string, err error) {
 	log := m.logger.With("machine_id", rec.ID, "action", what)
+	// A stop has ended the processes before it could fail: the machine
+	// runs on without them.
+	act, runs := "pause", "the machine keeps running"
+	if what == "stops" {
+		act, runs = "stop", "the machine keeps running, its processes ended,"
+	}
 	if cause := context.Cause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) || m.root.Err() != nil {
-		log.InfoContext(ctx, "pause at the end of the lease cancelled", "cause", cause)
+		log.InfoContext(ctx, act+" at the end of the lease cancelled", "cause", cause)
 		return
 	}
 	n := m.silence.pauseFailed(rec.ID)
 	if n < maxLeasePauses {
-		log.ErrorContext(ctx, "pause at the end of the lease failed; the machine keeps running and is tried again",
+		log.ErrorContext(ctx, act+" at the end of the lease failed; "+runs+" and is tried again",
 			"attempt", n, "retry_in", leasePauseRetry, "err", err)
 		m.leases.Set(rec.ID, time.Now().Add(leasePauseRetry))
 		return
@@ -160,7 +166,7 @@ func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, what stri
 	}
 	msg := fmt.Sprintf("its lease ended and %d %s in a row failed (last: %s)", n, what, errdefs.Classify(err).Message)
 	if ferr := m.failFrom(ctx, cur, api.FailurePauseFailed, msg); ferr != nil {
-		log.ErrorContext(ctx, "fail a machine that could not be paused", "err", ferr)
+		log.ErrorContext(ctx, "fail a machine whose lease could not end it", "err", ferr)
 	}
 	m.silence.forget(rec.ID)
 }

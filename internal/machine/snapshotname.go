@@ -49,9 +49,7 @@ func (m *Manager) nameFree(ctx context.Context, teamID, name string) error {
 	_, err := m.store.GetSnapshotByName(ctx, teamID, name)
 	switch {
 	case err == nil:
-		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
-			fmt.Sprintf("a snapshot named %s already exists", name),
-			"choose another name, or delete the snapshot that has it (DELETE /v1/snapshots/"+name+") first")
+		return store.SnapshotNameTaken(name)
 	case errors.Is(err, errdefs.ErrNotFound):
 		return nil
 	}

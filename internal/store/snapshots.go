@@ -58,6 +58,14 @@ type Snapshot struct {
 const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
 	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned, name`
 
+// SnapshotNameTaken is the error of a name the team has given another
+// snapshot already.
+func SnapshotNameTaken(name string) error {
+	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
+		fmt.Sprintf("a snapshot named %s already exists", name),
+		"choose another name, or delete the snapshot that has it first")
+}
+
 // CreateSnapshot stores a new snapshot row. A name the team has given
 // another snapshot (in any state: a snapshot being written holds its name)
 // is a snapshot_name_exists error.
@@ -68,9 +76,7 @@ func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
 		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name)
 	if err != nil {
 		if sn.Name != "" && strings.Contains(err.Error(), "UNIQUE") && strings.Contains(err.Error(), "snapshots.name") {
-			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
-				fmt.Sprintf("a snapshot named %s already exists", sn.Name),
-				"choose another name, or delete the snapshot that has it (DELETE /v1/snapshots/"+sn.Name+") first")
+			return SnapshotNameTaken(sn.Name)
 		}
 		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
 	}
