@@ -180,20 +180,19 @@ func machineID(sbx string) string {
 // accessToken is a sandbox's envd access token: stateless (a MAC of the
 // lineage), so it survives pause, resume and server restarts, and is void
 // for every other sandbox.
-func (s *Server) accessToken(lineageID string) string {
+func (s *Server) accessToken(lineageID string) string { return s.token("envd-access:", lineageID) }
+
+// token is a sandbox's token for purpose: a MAC of its lineage.
+func (s *Server) token(purpose, lineageID string) string {
 	m := hmac.New(sha256.New, s.secret)
-	m.Write([]byte("envd-access:" + lineageID))
+	m.Write([]byte(purpose + lineageID))
 	return hex.EncodeToString(m.Sum(nil)[:24])
 }
 
 // TrafficToken is the token that opens a private sandbox's ports on the
 // edge (allowPublicTraffic: false), stateless like the access token and
 // void for every other sandbox (edge.E2B.TrafficToken).
-func (s *Server) TrafficToken(lineageID string) string {
-	m := hmac.New(sha256.New, s.secret)
-	m.Write([]byte("traffic-access:" + lineageID))
-	return hex.EncodeToString(m.Sum(nil)[:24])
-}
+func (s *Server) TrafficToken(lineageID string) string { return s.token("traffic-access:", lineageID) }
 
 // openSandbox resolves an envd request to its machine's agent: it checks
 // the access token, wakes a paused machine with auto-resume (within the

@@ -37,16 +37,12 @@ func (s *Server) ServeE2B(e E2B) { s.e2b = &e }
 const e2bAPIHost = "api"
 
 // e2bAPI says whether a request is for E2B's API: on api.{domain}, or
-// envd on an E2B sandbox's host.
-func (s *Server) e2bAPI(raw string, pathForm bool) bool {
+// envd on an E2B sandbox's host. l and lerr are raw parsed as a label.
+func (s *Server) e2bAPI(raw string, l label, lerr error, pathForm bool) bool {
 	if s.e2b == nil || s.e2b.API == nil || pathForm {
 		return false
 	}
-	if raw == e2bAPIHost {
-		return true
-	}
-	l, err := parseLabel(raw)
-	return err == nil && l.Port == AgentPort && l.Sig == "" && l.Expires.IsZero()
+	return raw == e2bAPIHost || lerr == nil && l.Port == AgentPort && l.Sig == "" && l.Expires.IsZero()
 }
 
 // trafficTokenOK says whether a request carries the traffic access token

@@ -273,11 +273,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 		return
 	}
 	req.path = path // escaped
-	if s.e2bAPI(raw, pathForm) {
+	l, err := parseLabel(raw)
+	if s.e2bAPI(raw, l, err, pathForm) {
 		s.e2b.API.ServeHTTP(w, r)
 		return
 	}
-	l, err := parseLabel(raw)
 	if err != nil {
 		s.refuse(w, r, req, refusal{Status: http.StatusBadRequest, Code: errdefs.CodeURLInvalid,
 			Message: "the host or path is not a machine URL", Action: "use the URL exactly as POST /v1/machines/{id}/urls returned it"})

@@ -250,13 +250,9 @@ func (w *Watcher) run() {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// The move-out's partner did not come: it left the tree.
 			w.f.SetReadDeadline(time.Time{})
-			w.mu.Lock()
-			w.handle(held)
-			ended := w.ended // the batch may hold the root's removal
-			w.mu.Unlock()
+			evs := held
 			held = nil
-			if ended {
-				w.f.Close()
+			if w.apply(evs) {
 				return
 			}
 			continue
@@ -281,15 +277,23 @@ func (w *Watcher) run() {
 			w.f.SetReadDeadline(time.Time{})
 			held = nil
 		}
-		w.mu.Lock()
-		w.handle(evs)
-		ended := w.ended
-		w.mu.Unlock()
-		if ended {
-			w.f.Close()
+		if w.apply(evs) {
 			return
 		}
 	}
+}
+
+// apply handles a batch of events and says whether it ended the watcher
+// (the root is gone), whose file it then closes.
+func (w *Watcher) apply(evs []raw) bool {
+	w.mu.Lock()
+	w.handle(evs)
+	ended := w.ended
+	w.mu.Unlock()
+	if ended {
+		w.f.Close()
+	}
+	return ended
 }
 
 // unpairedMove says whether evs has a move-out without its move-in.

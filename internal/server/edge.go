@@ -24,6 +24,9 @@ import (
 // signed with.
 const EdgeSecretFile = "edge-secret"
 
+// envdHostPrefix starts the hosts where the edge serves E2B's envd.
+var envdHostPrefix = fmt.Sprint(edge.AgentPort) + "-"
+
 // edgeListener is the edge with its listener, not yet serving.
 type edgeListener struct {
 	edge *edge.Server
@@ -66,7 +69,7 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 		// nor is envd's StreamInput on E2B's 49983-{sandbox} hosts.
 		Handler: minrate.Handler(e, cfg.MinBodyRate, func(r *http.Request) bool {
 			return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") ||
-				(strings.HasPrefix(r.Host, fmt.Sprint(edge.AgentPort)+"-") && streamsInput(r))
+				(strings.HasPrefix(r.Host, envdHostPrefix) && streamsInput(r))
 		}),
 		// A client that sends its headers slowly is cut off before it
 		// reaches a handler, so it never holds a wake.

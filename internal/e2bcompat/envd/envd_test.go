@@ -53,6 +53,24 @@ type fixture struct {
 	gone    atomic.Bool          // what Sandbox.Gone says
 }
 
+// filesCall sends method /files?query with contentType and h's headers
+// only, and returns the answer with its body read.
+func (f *fixture) filesCall(t *testing.T, method, query string, body io.Reader, contentType string, h http.Header) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, f.url+"/files?"+query, body)
+	req.Header.Set("Content-Type", contentType)
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
 // stopMachine ends the calls in flight as the machine's leaving running
 // does; gone says whether it was killed (or paused).
 func (f *fixture) stopMachine(gone bool) {
@@ -623,18 +641,7 @@ func TestFilesRoutes(t *testing.T) {
 	f := newFixture(t)
 	dir := t.TempDir()
 	do := func(method, query string, body io.Reader, contentType string, h http.Header) (*http.Response, string) {
-		req, _ := http.NewRequest(method, f.url+"/files?"+query, body)
-		req.Header.Set("Content-Type", contentType)
-		for k, v := range h {
-			req.Header[k] = v
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp, string(b)
+		return f.filesCall(t, method, query, body, contentType, h)
 	}
 	// As root: the host has no account "user", envd's default.
 	asRoot := "Basic " + base64.StdEncoding.EncodeToString([]byte("root:"))
@@ -779,19 +786,9 @@ func TestUserWritesMakeParents(t *testing.T) {
 	os.Chmod(filepath.Dir(dir), 0o755)
 	os.Chmod(dir, 0o755) // root's: uid 1000 may not make anything in it
 	as1000 := "Basic " + base64.StdEncoding.EncodeToString([]byte("1000:"))
-	req, _ := http.NewRequest("POST", f.url+"/files?path="+url.QueryEscape(dir+"/new/f.txt"), strings.NewReader("x"))
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set("E2b-Sandbox-Id", "sbx1")
-	req.Header.Set("X-Access-Token", accessToken)
-	req.Header.Set("Authorization", as1000)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("upload as 1000 into a new directory of root's: %d %s", resp.StatusCode, b)
+	if status, b := upload(t, f, "path="+url.QueryEscape(dir+"/new/f.txt"), "application/octet-stream", strings.NewReader("x"),
+		http.Header{"Authorization": {as1000}}); status != 200 {
+		t.Fatalf("upload as 1000 into a new directory of root's: %d %s", status, b)
 	}
 	mk := connect.NewRequest(&filesystem.MakeDirRequest{Path: dir + "/made/deep"})
 	mk.Header().Set("Authorization", as1000)

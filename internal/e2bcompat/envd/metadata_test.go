@@ -28,24 +28,17 @@ import (
 	"nullspace.dev/nullspace/internal/e2bcompat/envd/spec/filesystem/filesystemconnect"
 )
 
-// upload posts body to /files as E2B's SDKs do, with h's headers added.
+// upload posts body to /files as E2B's SDKs do (as root), with h's
+// headers added over theirs.
 func upload(t *testing.T, f *fixture, query, contentType string, body io.Reader, h http.Header) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest("POST", f.url+"/files?"+query, body)
-	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("E2b-Sandbox-Id", "sbx1")
-	req.Header.Set("X-Access-Token", accessToken)
-	req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("root:")))
+	sdk := http.Header{"E2b-Sandbox-Id": {"sbx1"}, "X-Access-Token": {accessToken},
+		"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte("root:"))}}
 	for k, v := range h {
-		req.Header[k] = v
+		sdk[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	resp, b := f.filesCall(t, "POST", query, body, contentType, sdk)
+	return resp.StatusCode, b
 }
 
 // TestFileMetadata: metadata sent as X-Metadata-* headers of an upload
