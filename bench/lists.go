@@ -11,6 +11,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 // The issue-11 measurements: what one page of a list costs in the store
@@ -77,7 +78,7 @@ func measureLists(ctx context.Context, cfg config, work string, ns *nullspaceSid
 // measureListScale builds a store of rows machine rows and 5x as many
 // events and times pages of it.
 func measureListScale(ctx context.Context, cfg config, path string, rows int, res *results) error {
-	db, err := store.Open(ctx, path)
+	db, err := sqlstore.Open(ctx, path)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ import (
 
 // Log appends events and wakes their followers.
 type Log struct {
-	db     *store.DB
+	db     store.Events
 	logger *slog.Logger
 
 	mu      sync.Mutex
@@ -34,7 +34,7 @@ type Log struct {
 }
 
 // New returns a log over db.
-func New(db *store.DB, logger *slog.Logger) *Log {
+func New(db store.Events, logger *slog.Logger) *Log {
 	return &Log{db: db, logger: logger, waiters: map[chan struct{}]struct{}{}}
 }
 

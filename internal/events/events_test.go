@@ -14,11 +14,12 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 func newLog(t *testing.T) *Log {
 	t.Helper()
-	db, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "db"))
+	db, err := sqlstore.Open(t.Context(), filepath.Join(t.TempDir(), "db"))
 	if err != nil {
 		t.Fatal(err)
 	}

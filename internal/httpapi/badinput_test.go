@@ -25,6 +25,7 @@ import (
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 	"nullspace.dev/nullspace/internal/telemetry"
 )
 
@@ -122,7 +123,7 @@ func newTestAPI(t testing.TB) string {
 }
 
 // newTestAPIStore is newTestAPI, and the store behind it.
-func newTestAPIStore(t testing.TB) (string, *store.DB) {
+func newTestAPIStore(t testing.TB) (string, *sqlstore.DB) {
 	t.Helper()
 	// The stub agent listens on the agent's fixed port at an address of
 	// 127/8 of its own, so that tests running beside this one never meet.
@@ -147,7 +148,7 @@ func newTestAPIStore(t testing.TB) (string, *store.DB) {
 	t.Cleanup(agent.Close)
 
 	dir := t.TempDir()
-	db, err := store.Open(context.Background(), filepath.Join(dir, "db"))
+	db, err := sqlstore.Open(context.Background(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 // silentAgent is an agent that accepts connections and never answers:
@@ -85,9 +86,9 @@ func recordingAgent(t *testing.T) (int, func() []string) {
 
 // newHangManager is newTestManager with the agent at port and events
 // recorded.
-func newHangManager(t *testing.T, port int) (*Manager, *fakeDriver, *store.DB) {
+func newHangManager(t *testing.T, port int) (*Manager, *fakeDriver, *sqlstore.DB) {
 	t.Helper()
-	m, d, _, db := newManagerWith(t, func(cfg *Config, db *store.DB) {
+	m, d, _, db := newManagerWith(t, func(cfg *Config, db *sqlstore.DB) {
 		cfg.AgentPort = port
 		cfg.Events = events.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	})
@@ -125,7 +126,7 @@ func within[T any](t *testing.T, limit time.Duration, what string, fn func() (T,
 }
 
 // eventOf returns the details of the newest event of type typ about id.
-func eventOf(t *testing.T, db *store.DB, id, typ string) map[string]any {
+func eventOf(t *testing.T, db *sqlstore.DB, id, typ string) map[string]any {
 	t.Helper()
 	evs, err := db.ListEvents(t.Context(), store.EventFilter{MachineID: id})
 	if err != nil {
@@ -186,7 +187,7 @@ func TestKillWins(t *testing.T) {
 // ("runsc") or in the call into an agent that accepts and never answers
 // ("agent"), with deadlines far longer than a test; and the function that
 // waits until a pause of machine id hangs there.
-func hangingPause(t *testing.T, hang string) (*Manager, *fakeDriver, *store.DB, func(id string)) {
+func hangingPause(t *testing.T, hang string) (*Manager, *fakeDriver, *sqlstore.DB, func(id string)) {
 	shorten(t, &agentSlack, time.Hour)
 	port := healthyAgent(t)
 	if hang == "agent" {

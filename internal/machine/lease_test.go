@@ -13,6 +13,7 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 func ms(d time.Duration) *int64 { v := d.Milliseconds(); return &v }
@@ -243,7 +244,7 @@ func TestExpireStops(t *testing.T) {
 	}
 }
 
-func waitState(t *testing.T, db *store.DB, id, state string) {
+func waitState(t *testing.T, db *sqlstore.DB, id, state string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

@@ -132,7 +132,7 @@ type Config struct {
 // Manager manages machines.
 type Manager struct {
 	cfg       Config
-	store     *store.DB
+	store     store.Store
 	driver    runtime.Driver
 	net       Network
 	templates Templates
@@ -171,7 +171,7 @@ type Manager struct {
 }
 
 // New returns a manager.
-func New(cfg Config, db *store.DB, driver runtime.Driver, net Network, templates Templates, logger *slog.Logger) (*Manager, error) {
+func New(cfg Config, db store.Store, driver runtime.Driver, net Network, templates Templates, logger *slog.Logger) (*Manager, error) {
 	if cfg.DefaultTemplate == "" {
 		cfg.DefaultTemplate = "base"
 	}

@@ -14,6 +14,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 // fakeDriver records containers; Start fails when failStart is set.
@@ -173,18 +174,18 @@ func (f fakeTemplates) Get(_ context.Context, name string) (api.Template, error)
 }
 func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", nil }
 
-func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *sqlstore.DB) {
 	t.Helper()
-	return newManagerWith(t, func(*Config, *store.DB) {})
+	return newManagerWith(t, func(*Config, *sqlstore.DB) {})
 }
 
 // newManagerWith is a manager over a fake driver and network and a fresh
 // store, in a temporary data dir, with the changes adjust makes to its
 // configuration.
-func newManagerWith(t *testing.T, adjust func(*Config, *store.DB)) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+func newManagerWith(t *testing.T, adjust func(*Config, *sqlstore.DB)) (*Manager, *fakeDriver, *fakeNetwork, *sqlstore.DB) {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := store.Open(t.Context(), filepath.Join(dir, "db"))
+	db, err := sqlstore.Open(t.Context(), filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 // TestPruneHistory: a lineage keeps its newest unpinned states up to its
@@ -98,7 +99,7 @@ func TestPruneHistory(t *testing.T) {
 	}
 }
 
-func readyIDs(t *testing.T, db *store.DB) []string {
+func readyIDs(t *testing.T, db *sqlstore.DB) []string {
 	t.Helper()
 	snaps, err := db.ListSnapshots(t.Context(), store.SnapshotFilter{States: []string{store.SnapshotReady}})
 	if err != nil {

@@ -12,11 +12,12 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
 // newSpareManager is a test manager with a pool of max spares and an
 // installed agent binary (shapes need one).
-func newSpareManager(t *testing.T, max int) (*Manager, *fakeDriver, *fakeNetwork, *store.DB) {
+func newSpareManager(t *testing.T, max int) (*Manager, *fakeDriver, *fakeNetwork, *sqlstore.DB) {
 	t.Helper()
 	m, d, n, db := newTestManager(t)
 	if err := os.WriteFile(filepath.Join(m.cfg.AgentDir, "nullspace-agent"), nil, 0o755); err != nil {
@@ -26,7 +27,7 @@ func newSpareManager(t *testing.T, max int) (*Manager, *fakeDriver, *fakeNetwork
 	return m, d, n, db
 }
 
-func addRunning(t *testing.T, db *store.DB, id, template string, created time.Time) {
+func addRunning(t *testing.T, db *sqlstore.DB, id, template string, created time.Time) {
 	t.Helper()
 	rec := &store.Machine{ID: id, TeamID: "team", State: api.StateRunning, Template: template, CPUCount: 1,
 		MemoryMB: 64, ContainerID: "c-" + id, AgentToken: "x", CreatedAt: created}
@@ -47,7 +48,7 @@ func addUse(m *Manager, template string, age time.Duration) {
 	m.spares.recent[sh.key()] = recentShape{at: time.Now().Add(-age), sh: sh, spec: spec}
 }
 
-func addSnapshot(t *testing.T, m *Manager, db *store.DB, id, template string, created time.Time) {
+func addSnapshot(t *testing.T, m *Manager, db *sqlstore.DB, id, template string, created time.Time) {
 	t.Helper()
 	spec, _ := json.Marshal(specOf(m, template))
 	sn := &store.Snapshot{ID: id, TeamID: "team", Kind: api.SnapshotHibernate, State: store.SnapshotReady, MachineID: "x",

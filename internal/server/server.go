@@ -36,6 +36,7 @@ import (
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/sshgate"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
 	"nullspace.dev/nullspace/internal/telemetry"
 	"nullspace.dev/nullspace/internal/template"
 )
@@ -491,7 +492,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err := recordNodeName(cfg.DataDir, cfg.NodeName); err != nil {
 		return nil, err
 	}
-	db, err := store.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
+	db, err := sqlstore.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
 	if err != nil {
 		return nil, err
 	}
@@ -742,7 +743,7 @@ func upgradeBuiltins(ctx context.Context, names []string, templates *template.St
 
 // bootstrapKey creates the default team and its API key on first start and
 // writes the key where the CLI and SDKs on this host find it.
-func bootstrapKey(ctx context.Context, db *store.DB, dataDir string, logger *slog.Logger) (string, error) {
+func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *slog.Logger) (string, error) {
 	keyFile := filepath.Join(dataDir, "api-key")
 	n, err := db.CountTeams(ctx)
 	if err != nil {
@@ -768,7 +769,7 @@ func bootstrapKey(ctx context.Context, db *store.DB, dataDir string, logger *slo
 	return keyFile, nil
 }
 
-type keyAuth struct{ db *store.DB }
+type keyAuth struct{ db store.Teams }
 
 func (a *keyAuth) TeamByKey(ctx context.Context, key string) (string, error) {
 	// A key in its E2B form (e2b_ + hex) is the same key (apikey.Canonical).

@@ -73,7 +73,7 @@ func (s *sshMachines) Agent(ctx context.Context, team, machineID string) (sshgat
 }
 
 // keyStore is where SSH keys are kept.
-var _ sshgate.KeyStore = (*store.DB)(nil)
+var _ sshgate.KeyStore = store.Store(nil)
 
 func (s *sshMachines) WhileRunning(ctx context.Context, machineID string) (context.Context, func()) {
 	return s.mgr.WhileRunning(ctx, machineID)

@@ -16,7 +16,7 @@ import (
 	"nullspace.dev/nullspace/internal/store"
 )
 
-// KeyStore keeps the registered keys (*store.DB).
+// KeyStore keeps the registered keys (store.SSHKeys).
 type KeyStore interface {
 	AddSSHKey(ctx context.Context, k store.SSHKey) error
 	ListSSHKeys(ctx context.Context, teamID string) ([]store.SSHKey, error)

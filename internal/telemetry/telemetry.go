@@ -11,8 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"nullspace.dev/nullspace/internal/store"
 )
 
 // Metrics holds the server's collectors.
@@ -22,8 +20,15 @@ type Metrics struct {
 	errors    *prometheus.CounterVec
 }
 
+// Stats is what the metrics read of the store at every scrape.
+type Stats interface {
+	CountMachines(ctx context.Context) (map[string]int, error)
+	SnapshotBytes(ctx context.Context) (int64, error)
+	SnapshotBytesByKind(ctx context.Context) (map[string]int64, error)
+}
+
 // New returns the metrics of a server whose state is in db.
-func New(db *store.DB) *Metrics {
+func New(db Stats) *Metrics {
 	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		lifecycle: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -61,7 +66,7 @@ func (m *Metrics) Handler() http.Handler {
 
 // stateCollector reads the machine counts and snapshot storage from the
 // store at every scrape.
-type stateCollector struct{ db *store.DB }
+type stateCollector struct{ db Stats }
 
 var (
 	machinesDesc  = prometheus.NewDesc("nullspace_machines", "Machines by state.", []string{"state"}, nil)

@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 // machineMaker inserts machines with increasing creation times.
@@ -16,10 +17,10 @@ type machineMaker struct {
 	now time.Time
 }
 
-func (mm *machineMaker) add(id, team, lineage, state string, meta map[string]string) *Machine {
+func (mm *machineMaker) add(id, team, lineage, state string, meta map[string]string) *store.Machine {
 	mm.t.Helper()
 	mm.now = mm.now.Add(time.Second)
-	m := &Machine{ID: id, TeamID: team, State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64, LineageID: lineage,
+	m := &store.Machine{ID: id, TeamID: team, State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64, LineageID: lineage,
 		ContainerID: "c" + id, AgentToken: "x", CreatedAt: mm.now, Metadata: meta}
 	if err := mm.db.CreateMachine(mm.t.Context(), m, 1000); err != nil {
 		mm.t.Fatalf("create %s: %v", id, err)
@@ -28,7 +29,7 @@ func (mm *machineMaker) add(id, team, lineage, state string, meta map[string]str
 }
 
 // pageAll reads every page of q, calling between after each page.
-func pageAll(t *testing.T, db *DB, q MachinePageQuery, between func(page int)) []string {
+func pageAll(t *testing.T, db *DB, q store.MachinePageQuery, between func(page int)) []string {
 	t.Helper()
 	var ids []string
 	for page := 0; ; page++ {
@@ -45,7 +46,7 @@ func pageAll(t *testing.T, db *DB, q MachinePageQuery, between func(page int)) [
 		if !more {
 			return ids
 		}
-		q.After = CursorOf(recs[len(recs)-1], q.Aliases)
+		q.After = store.CursorOf(recs[len(recs)-1], q.Aliases)
 		if between != nil {
 			between(page)
 		}
@@ -63,20 +64,20 @@ func TestListMachinesPage(t *testing.T) {
 	mm.add("a3r1", "t", "a3", "paused", map[string]string{"owner": "bob"})
 	mm.add("a3r2", "t", "a3", "running", map[string]string{"owner": "bob"})
 
-	all := pageAll(t, db, MachinePageQuery{TeamID: "t", Limit: 3}, nil)
+	all := pageAll(t, db, store.MachinePageQuery{TeamID: "t", Limit: 3}, nil)
 	want := []string{"a0", "a1", "a2", "a3r2", "a4", "a5", "a6", "a7", "a8", "a9"}
 	if !slices.Equal(all, want) {
 		t.Fatalf("one row per machine: got %v, want %v", all, want)
 	}
-	aliases := pageAll(t, db, MachinePageQuery{TeamID: "t", Aliases: true, Limit: 4}, nil)
+	aliases := pageAll(t, db, store.MachinePageQuery{TeamID: "t", Aliases: true, Limit: 4}, nil)
 	if len(aliases) != 12 || aliases[10] != "a3r1" || aliases[11] != "a3r2" {
 		t.Fatalf("every execution: got %v", aliases)
 	}
-	bob := pageAll(t, db, MachinePageQuery{TeamID: "t", Metadata: map[string]string{"owner": "bob"}, Limit: 2}, nil)
+	bob := pageAll(t, db, store.MachinePageQuery{TeamID: "t", Metadata: map[string]string{"owner": "bob"}, Limit: 2}, nil)
 	if !slices.Equal(bob, []string{"a1", "a3r2", "a5", "a7", "a9"}) {
 		t.Fatalf("metadata owner=bob: got %v", bob)
 	}
-	running := pageAll(t, db, MachinePageQuery{TeamID: "t", States: []string{"paused"}, Aliases: true, Limit: 2}, nil)
+	running := pageAll(t, db, store.MachinePageQuery{TeamID: "t", States: []string{"paused"}, Aliases: true, Limit: 2}, nil)
 	if !slices.Equal(running, []string{"a3r1"}) {
 		t.Fatalf("paused executions: got %v", running)
 	}
@@ -84,7 +85,7 @@ func TestListMachinesPage(t *testing.T) {
 	// Between pages: a machine already listed resumes (a new row for its
 	// lineage), one not yet listed resumes, one is inserted, one deleted.
 	// Each machine is still listed exactly once, at its place.
-	got := pageAll(t, db, MachinePageQuery{TeamID: "t", Limit: 3}, func(page int) {
+	got := pageAll(t, db, store.MachinePageQuery{TeamID: "t", Limit: 3}, func(page int) {
 		if page == 0 {
 			mm.add("a1r1", "t", "a1", "running", nil) // listed as a1 already
 			mm.add("a8r1", "t", "a8", "running", nil) // not yet listed: listed as a8r1
@@ -111,7 +112,7 @@ func TestListMachinesPage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sums["a3"] != (LineageSummary{LatestID: "a3r2", PausedAliases: 1}) || sums["a8"] != (LineageSummary{LatestID: "a8"}) {
+	if sums["a3"] != (store.LineageSummary{LatestID: "a3r2", PausedAliases: 1}) || sums["a8"] != (store.LineageSummary{LatestID: "a8"}) {
 		t.Fatalf("summaries %+v", sums)
 	}
 }
@@ -121,7 +122,7 @@ func TestListSnapshotsPage(t *testing.T) {
 	db := openTest(t)
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	add := func(id string, gen int, at time.Time) {
-		sn := &Snapshot{ID: id, TeamID: "t", Kind: "hibernate", State: SnapshotReady, MachineID: "m", LineageID: "m",
+		sn := &store.Snapshot{ID: id, TeamID: "t", Kind: "hibernate", State: store.SnapshotReady, MachineID: "m", LineageID: "m",
 			Template: "minimal", Generation: gen, CreatedAt: at, Host: []byte("{}"), Spec: []byte("{}"), Files: []byte("[]")}
 		if err := db.CreateSnapshot(ctx, sn); err != nil {
 			t.Fatal(err)
@@ -132,7 +133,7 @@ func TestListSnapshotsPage(t *testing.T) {
 	add("s3", 3, base.Add(time.Second))
 	add("s2", 2, base.Add(2*time.Second))
 	for _, byGen := range []bool{false, true} {
-		q := SnapshotPageQuery{TeamID: "t", ByGeneration: byGen, Limit: 1}
+		q := store.SnapshotPageQuery{TeamID: "t", ByGeneration: byGen, Limit: 1}
 		var got []string
 		for {
 			page, more, err := db.ListSnapshotsPage(ctx, q)
@@ -145,7 +146,7 @@ func TestListSnapshotsPage(t *testing.T) {
 			if !more {
 				break
 			}
-			q.After = SnapshotCursorOf(page[len(page)-1], byGen)
+			q.After = store.SnapshotCursorOf(page[len(page)-1], byGen)
 			if len(got) == 1 {
 				add("s4", 4, base.Add(3*time.Second)) // inserted while paging: listed once, at the end
 			}
@@ -167,28 +168,28 @@ func TestVolumePages(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
 	for _, name := range []string{"c", "a", "b", "d"} {
-		if err := db.CreateVolume(ctx, Volume{TeamID: "t", Name: name, CreatedAt: time.Now()}); err != nil {
+		if err := db.CreateVolume(ctx, store.Volume{TeamID: "t", Name: name, CreatedAt: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// One machine mounting a, resumed once (two rows, one machine), and
 	// a killed one mounting b.
-	mount := func(m *Machine, vols ...string) {
+	mount := func(m *store.Machine, vols ...string) {
 		for _, v := range vols {
 			m.Volumes = append(m.Volumes, api.VolumeMount{Name: v, Path: "/" + v})
 		}
 	}
-	first := &Machine{ID: "m1", TeamID: "t", State: "paused", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c1", AgentToken: "x", CreatedAt: time.Now()}
+	first := &store.Machine{ID: "m1", TeamID: "t", State: "paused", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c1", AgentToken: "x", CreatedAt: time.Now()}
 	mount(first, "a")
 	if err := db.CreateMachine(ctx, first, 10); err != nil {
 		t.Fatal(err)
 	}
-	next := &Machine{ID: "m2", TeamID: "t", State: "running", LineageID: "m1", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c2", AgentToken: "x", CreatedAt: time.Now()}
+	next := &store.Machine{ID: "m2", TeamID: "t", State: "running", LineageID: "m1", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "c2", AgentToken: "x", CreatedAt: time.Now()}
 	mount(next, "a")
 	if err := db.CreateMachine(ctx, next, 10); err != nil {
 		t.Fatal(err)
 	}
-	gone := &Machine{ID: "k", TeamID: "t", State: "killed", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "ck", AgentToken: "x", CreatedAt: time.Now()}
+	gone := &store.Machine{ID: "k", TeamID: "t", State: "killed", Template: "minimal", CPUCount: 1, MemoryMB: 64, ContainerID: "ck", AgentToken: "x", CreatedAt: time.Now()}
 	mount(gone, "b")
 	if err := db.CreateMachine(ctx, gone, 10); err != nil {
 		t.Fatal(err)
@@ -229,7 +230,7 @@ func TestListMachinesPageDescAndRange(t *testing.T) {
 	// a resume of one already listed (a5r1, still a5's place), one not yet
 	// listed (a1r1, listed in a1's place), a newer machine (after the
 	// position: not listed), a deletion of one not yet listed.
-	got := pageAll(t, db, MachinePageQuery{TeamID: "t", Desc: true, Limit: 2}, func(page int) {
+	got := pageAll(t, db, store.MachinePageQuery{TeamID: "t", Desc: true, Limit: 2}, func(page int) {
 		if page == 0 {
 			mm.add("a5r1", "t", "a5", "running", nil)
 			mm.add("a1r1", "t", "a1", "running", nil)
@@ -243,14 +244,14 @@ func TestListMachinesPageDescAndRange(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("newest first across changes: got %v, want %v", got, want)
 	}
-	got = pageAll(t, db, MachinePageQuery{TeamID: "t", Desc: true, Aliases: true, Limit: 3}, nil)
+	got = pageAll(t, db, store.MachinePageQuery{TeamID: "t", Desc: true, Aliases: true, Limit: 3}, nil)
 	want = []string{"new", "a1r1", "a5r1", "a5", "a4", "a3", "a1", "a0"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("every execution newest first: got %v, want %v", got, want)
 	}
 
 	// A time range: from a1 (inclusive) to a4 (exclusive), both orders.
-	q := MachinePageQuery{TeamID: "t", CreatedFrom: base.Add(2 * time.Second), CreatedBefore: base.Add(5 * time.Second), Limit: 1}
+	q := store.MachinePageQuery{TeamID: "t", CreatedFrom: base.Add(2 * time.Second), CreatedBefore: base.Add(5 * time.Second), Limit: 1}
 	if got := pageAll(t, db, q, nil); !slices.Equal(got, []string{"a1r1", "a3"}) {
 		t.Fatalf("range oldest first: got %v, want [a1r1 a3]", got)
 	}

@@ -1,26 +1,16 @@
-package store
+package sqlstore
 
 import (
 	"context"
 	"database/sql"
 	"fmt"
-	"time"
-)
 
-// Spare is a container created ahead of a restore (see machine.spares): it
-// holds a machine id chosen in advance, a container id and a network slot.
-// Shape is the opaque key of the restores it can serve.
-type Spare struct {
-	MachineID   string
-	ContainerID string
-	Slot        int
-	Shape       string
-	CreatedAt   time.Time
-}
+	"nullspace.dev/nullspace/internal/store"
+)
 
 // CreateSpare stores a spare and gives it, in the same transaction, the
 // lowest free network slot (as CreateMachine does).
-func (s *DB) CreateSpare(ctx context.Context, sp *Spare, slots int) error {
+func (s *DB) CreateSpare(ctx context.Context, sp *store.Spare, slots int) error {
 	return s.withFreeSlot(ctx, "create spare "+sp.MachineID, slots, func(tx *sql.Tx, slot int) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at) VALUES (?,?,?,?,?)`,
 			sp.MachineID, sp.ContainerID, slot, sp.Shape, formatTime(sp.CreatedAt)); err != nil {
@@ -40,10 +30,10 @@ func (s *DB) DeleteSpare(ctx context.Context, machineID string) error {
 }
 
 // ListSpares returns every spare, oldest first.
-func (s *DB) ListSpares(ctx context.Context) ([]*Spare, error) {
+func (s *DB) ListSpares(ctx context.Context) ([]*store.Spare, error) {
 	return queryAll(ctx, s.db, "list spares", `SELECT machine_id, container_id, slot, shape, created_at FROM spares ORDER BY created_at, machine_id`, nil,
-		func(r scanner) (*Spare, error) {
-			var sp Spare
+		func(r scanner) (*store.Spare, error) {
+			var sp store.Spare
 			var created string
 			if err := r.Scan(&sp.MachineID, &sp.ContainerID, &sp.Slot, &sp.Shape, &created); err != nil {
 				return nil, err

@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"context"
@@ -6,27 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
-
-// SSHKey is a public key registered for a team's SSH sessions.
-type SSHKey struct {
-	ID          string
-	TeamID      string
-	Name        string
-	Fingerprint string // SHA256:... as ssh-keygen -l prints it
-	PublicKey   string // authorized_keys form, without a comment
-	CreatedAt   time.Time
-}
-
-// MaxSSHKeysPerTeam bounds a team's keys (a list of them is one answer).
-const MaxSSHKeysPerTeam = 1000
 
 // AddSSHKey stores a key. A key already registered, by any team, is an
 // ssh_key_exists error: a key names the one team it signs in to.
-func (s *DB) AddSSHKey(ctx context.Context, k SSHKey) error {
+func (s *DB) AddSSHKey(ctx context.Context, k store.SSHKey) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -36,7 +23,7 @@ func (s *DB) AddSSHKey(ctx context.Context, k SSHKey) error {
 	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM ssh_keys WHERE team_id = ?`, k.TeamID).Scan(&n); err != nil {
 		return fmt.Errorf("count ssh keys: %w", err)
 	}
-	if n >= MaxSSHKeysPerTeam {
+	if n >= store.MaxSSHKeysPerTeam {
 		return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
 			fmt.Sprintf("the team has %d SSH keys, the most it may have", n), "remove keys no longer used with `nullspace ssh-key rm`")
 	}
@@ -54,14 +41,14 @@ func (s *DB) AddSSHKey(ctx context.Context, k SSHKey) error {
 }
 
 // ListSSHKeys returns a team's keys, oldest first.
-func (s *DB) ListSSHKeys(ctx context.Context, teamID string) ([]SSHKey, error) {
+func (s *DB) ListSSHKeys(ctx context.Context, teamID string) ([]store.SSHKey, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
 		WHERE team_id = ? ORDER BY created_at, id`, teamID)
 	if err != nil {
 		return nil, fmt.Errorf("list ssh keys: %w", err)
 	}
 	defer rows.Close()
-	var out []SSHKey
+	var out []store.SSHKey
 	for rows.Next() {
 		k, err := scanSSHKey(rows)
 		if err != nil {
@@ -74,11 +61,11 @@ func (s *DB) ListSSHKeys(ctx context.Context, teamID string) ([]SSHKey, error) {
 
 // SSHKeyByFingerprint returns the key with this fingerprint, or an error
 // matching errdefs.ErrNotFound.
-func (s *DB) SSHKeyByFingerprint(ctx context.Context, fingerprint string) (SSHKey, error) {
+func (s *DB) SSHKeyByFingerprint(ctx context.Context, fingerprint string) (store.SSHKey, error) {
 	k, err := scanSSHKey(s.db.QueryRowContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
 		WHERE fingerprint = ?`, fingerprint))
 	if errors.Is(err, sql.ErrNoRows) {
-		return SSHKey{}, fmt.Errorf("ssh key %s: %w", fingerprint, errdefs.ErrNotFound)
+		return store.SSHKey{}, fmt.Errorf("ssh key %s: %w", fingerprint, errdefs.ErrNotFound)
 	}
 	return k, err
 }
@@ -97,11 +84,11 @@ func (s *DB) DeleteSSHKey(ctx context.Context, teamID, idOrFingerprint string) e
 	return nil
 }
 
-func scanSSHKey(r interface{ Scan(...any) error }) (SSHKey, error) {
-	var k SSHKey
+func scanSSHKey(r interface{ Scan(...any) error }) (store.SSHKey, error) {
+	var k store.SSHKey
 	var created string
 	if err := r.Scan(&k.ID, &k.TeamID, &k.Name, &k.Fingerprint, &k.PublicKey, &created); err != nil {
-		return SSHKey{}, err
+		return store.SSHKey{}, err
 	}
 	k.CreatedAt = parseTime(created)
 	return k, nil

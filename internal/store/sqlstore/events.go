@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 // AppendEvent stores an event and sets its sequence number.
@@ -26,19 +27,8 @@ func (s *DB) AppendEvent(ctx context.Context, ev *api.Event) error {
 	return err
 }
 
-// EventFilter selects events. Zero fields match everything.
-type EventFilter struct {
-	TeamID    string
-	MachineID string
-	Types     []string
-	// After returns only events with a larger sequence number.
-	After int64
-	// Limit bounds the number returned (default 1000).
-	Limit int
-}
-
 // ListEvents returns events matching f, by sequence number.
-func (s *DB) ListEvents(ctx context.Context, f EventFilter) ([]api.Event, error) {
+func (s *DB) ListEvents(ctx context.Context, f store.EventFilter) ([]api.Event, error) {
 	var w where
 	w.eq("team_id", f.TeamID)
 	w.eq("machine_id", f.MachineID)

@@ -1,17 +1,18 @@
-package store
+package sqlstore
 
 import (
 	"testing"
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 func TestPruneEnded(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
 	mm := &machineMaker{t: t, db: db, now: time.Now().Add(-72 * time.Hour)}
-	end := func(m *Machine, state string, at time.Time) {
+	end := func(m *store.Machine, state string, at time.Time) {
 		m.State, m.EndedAt = state, at
 		if err := db.UpdateMachine(ctx, m); err != nil {
 			t.Fatal(err)
@@ -48,7 +49,7 @@ func TestPruneEnded(t *testing.T) {
 	if h, err := db.LineageHead(ctx, "l"); err != nil || h.ID != "l2" {
 		t.Fatalf("lineage l's head %+v %v, want the failed l2 kept", h, err)
 	}
-	rows, _, err := db.ListMachinesPage(ctx, MachinePageQuery{TeamID: "t", Metadata: map[string]string{"k": "v"}, Aliases: true, Limit: 10,
+	rows, _, err := db.ListMachinesPage(ctx, store.MachinePageQuery{TeamID: "t", Metadata: map[string]string{"k": "v"}, Aliases: true, Limit: 10,
 		States: []string{api.StateKilled}})
 	if err != nil || len(rows) != 0 {
 		t.Fatalf("metadata of a pruned machine still matches: %v %v", rows, err)
@@ -75,7 +76,7 @@ func TestPruneEvents(t *testing.T) {
 	if err != nil || n != 3 {
 		t.Fatalf("pruned %d, %v; want 3 (4, 5, 6)", n, err)
 	}
-	evs, err := db.ListEvents(ctx, EventFilter{})
+	evs, err := db.ListEvents(ctx, store.EventFilter{})
 	if err != nil || len(evs) != 4 || evs[0].Seq != 7 {
 		t.Fatalf("left %v %v, want seqs 7..10", evs, err)
 	}

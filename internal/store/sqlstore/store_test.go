@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"errors"
@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 func openTest(t *testing.T) *DB {
@@ -22,8 +23,8 @@ func openTest(t *testing.T) *DB {
 func TestSlotAllocation(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
-	mk := func(id string) *Machine {
-		m := &Machine{ID: id, TeamID: "t", State: "running", Template: "minimal", CPUCount: 1, MemoryMB: 64,
+	mk := func(id string) *store.Machine {
+		m := &store.Machine{ID: id, TeamID: "t", State: "running", Template: "minimal", CPUCount: 1, MemoryMB: 64,
 			ContainerID: "c" + id, AgentToken: "x", CreatedAt: time.Now()}
 		if err := db.CreateMachine(ctx, m, 3); err != nil {
 			t.Fatalf("create %s: %v", id, err)
@@ -31,13 +32,13 @@ func TestSlotAllocation(t *testing.T) {
 		return m
 	}
 	a, b, c := mk("a"), mk("b"), mk("c")
-	for i, m := range []*Machine{a, b, c} {
+	for i, m := range []*store.Machine{a, b, c} {
 		if m.Slot != i {
 			t.Errorf("machine %s got slot %d, want %d", m.ID, m.Slot, i)
 		}
 	}
 	// The pool is full.
-	err := db.CreateMachine(ctx, &Machine{ID: "d", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3)
+	err := db.CreateMachine(ctx, &store.Machine{ID: "d", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3)
 	if !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("create in a full pool: %v, want resource exhausted", err)
 	}
@@ -47,7 +48,7 @@ func TestSlotAllocation(t *testing.T) {
 	if err := db.UpdateMachine(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.CreateMachine(ctx, &Machine{ID: "e", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3); !errors.Is(err, errdefs.ErrResourceExhausted) {
+	if err := db.CreateMachine(ctx, &store.Machine{ID: "e", TeamID: "t", State: "creating", CreatedAt: time.Now()}, 3); !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Fatalf("create while a killed machine still holds its slot: %v, want resource exhausted", err)
 	}
 	b.Slot = -1
@@ -63,9 +64,9 @@ func TestMachineRoundTrip(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
 	now := time.Now().UTC().Truncate(time.Millisecond)
-	in := &Machine{ID: "m", TeamID: "t", State: "creating", Template: "base", CPUCount: 2, MemoryMB: 512,
+	in := &store.Machine{ID: "m", TeamID: "t", State: "creating", Template: "base", CPUCount: 2, MemoryMB: 512,
 		Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, AllowInternet: true,
-		ContainerID: "cid", AgentToken: "tok", CreatedAt: now, Origin: OriginE2B}
+		ContainerID: "cid", AgentToken: "tok", CreatedAt: now, Origin: store.OriginE2B}
 	if err := db.CreateMachine(ctx, in, 10); err != nil {
 		t.Fatal(err)
 	}
@@ -78,13 +79,13 @@ func TestMachineRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got.State != "running" || got.Env["A"] != "1" || got.Metadata["k"] != "v" || !got.AllowInternet ||
-		!got.StartedAt.Equal(in.StartedAt) || !got.CreatedAt.Equal(now) || !got.EndedAt.IsZero() || got.Origin != OriginE2B {
+		!got.StartedAt.Equal(in.StartedAt) || !got.CreatedAt.Equal(now) || !got.EndedAt.IsZero() || got.Origin != store.OriginE2B {
 		t.Errorf("got %+v, want %+v", got, in)
 	}
 	if _, err := db.GetMachine(ctx, "nope"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("get unknown: %v, want not found", err)
 	}
-	list, err := db.ListMachines(ctx, MachineFilter{TeamID: "t", States: []string{"running"}, Template: "base"})
+	list, err := db.ListMachines(ctx, store.MachineFilter{TeamID: "t", States: []string{"running"}, Template: "base"})
 	if err != nil || len(list) != 1 {
 		t.Errorf("list = %v, %v; want the one machine", list, err)
 	}
@@ -93,7 +94,7 @@ func TestMachineRoundTrip(t *testing.T) {
 func TestAPIKeys(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
-	if err := db.CreateTeam(ctx, Team{ID: "t1", Name: "one", CreatedAt: time.Now()}); err != nil {
+	if err := db.CreateTeam(ctx, store.Team{ID: "t1", Name: "one", CreatedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.AddAPIKey(ctx, "t1", "hash1", "ns_abc", time.Now()); err != nil {

@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"database/sql"
@@ -8,13 +8,14 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 func TestSnapshotNames(t *testing.T) {
 	ctx := t.Context()
 	db := openTest(t)
 	add := func(id, team, name string) error {
-		return db.CreateSnapshot(ctx, &Snapshot{ID: id, TeamID: team, Kind: "snapshot", State: SnapshotWriting, MachineID: "m",
+		return db.CreateSnapshot(ctx, &store.Snapshot{ID: id, TeamID: team, Kind: "snapshot", State: store.SnapshotWriting, MachineID: "m",
 			LineageID: "m", Template: "minimal", CreatedAt: time.Now(), Name: name})
 	}
 	for _, c := range []struct {
@@ -49,7 +50,7 @@ func TestSnapshotNames(t *testing.T) {
 			t.Errorf("snapshot named %q in %s: %+v %v, want %s", c.name, c.team, sn, err, c.wantID)
 		}
 	}
-	page, _, err := db.ListSnapshotsPage(ctx, SnapshotPageQuery{TeamID: "t", Name: "web", Limit: 10})
+	page, _, err := db.ListSnapshotsPage(ctx, store.SnapshotPageQuery{TeamID: "t", Name: "web", Limit: 10})
 	if err != nil || len(page) != 1 || page[0].ID != "s1" {
 		t.Fatalf("list team t named web: %v %v, want [s1]", page, err)
 	}
@@ -104,7 +105,7 @@ func TestSnapshotNameMigration(t *testing.T) {
 		t.Fatalf("old snapshot after the migration: %+v %v", sn, err)
 	}
 	for i, id := range []string{"n1", "n2"} {
-		err := db.CreateSnapshot(ctx, &Snapshot{ID: id, TeamID: "t", Kind: "snapshot", State: SnapshotReady, CreatedAt: time.Now(), Name: "web"})
+		err := db.CreateSnapshot(ctx, &store.Snapshot{ID: id, TeamID: "t", Kind: "snapshot", State: store.SnapshotReady, CreatedAt: time.Now(), Name: "web"})
 		if (err == nil) != (i == 0) {
 			t.Fatalf("%s named web: %v, want an error for the second only", id, err)
 		}

@@ -1,4 +1,4 @@
-package store
+package sqlstore
 
 import (
 	"context"
@@ -7,76 +7,25 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
-
-// Snapshot states: a snapshot row is written before its checkpoint (so a
-// crash leaves a trace Reconcile can clean) and becomes ready in the same
-// transaction that records what it is for.
-//
-// A checkpoint pruned by retention goes ready ─▶ pruning (no longer
-// listed or restorable; committed before its files are touched) ─▶ pruned
-// (files gone; the row stays, small, so that a restore of it can say it
-// was pruned). Reconcile finishes a prune a crash cut short.
-const (
-	SnapshotWriting = "writing"
-	SnapshotReady   = "ready"
-	SnapshotPruning = "pruning"
-	SnapshotPruned  = "pruned"
-)
-
-// Snapshot is a snapshot's stored record. Host, Spec and Files are opaque
-// JSON owned by the machine manager and the snapshot store.
-type Snapshot struct {
-	ID            string
-	TeamID        string
-	Kind          string
-	State         string
-	MachineID     string
-	LineageID     string
-	Template      string
-	ParentID      string
-	Generation    int
-	SizeBytes     int64
-	Checksum      string
-	PauseWindowMS int64
-	CreatedAt     time.Time
-	Host          json.RawMessage
-	Spec          json.RawMessage
-	Files         json.RawMessage
-	// AgentToken is the token the checkpointed agent answers to until it is
-	// told its new identity.
-	AgentToken string
-	// Pinned keeps a checkpoint out of retention's reach.
-	Pinned bool
-	// Name is the snapshot's name, unique in its team ("": none).
-	Name string
-}
 
 const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
 	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned, name`
 
-// SnapshotNameTaken is the error of a name the team has given another
-// snapshot already.
-func SnapshotNameTaken(name string) error {
-	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
-		fmt.Sprintf("a snapshot named %s already exists", name),
-		"choose another name, or delete the snapshot that has it first")
-}
-
 // CreateSnapshot stores a new snapshot row. A name the team has given
 // another snapshot (in any state: a snapshot being written holds its name)
 // is a snapshot_name_exists error.
-func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
+func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
 		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, formatTime(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
 		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name)
 	if err != nil {
 		if sn.Name != "" && strings.Contains(err.Error(), "UNIQUE") && strings.Contains(err.Error(), "snapshots.name") {
-			return SnapshotNameTaken(sn.Name)
+			return store.SnapshotNameTaken(sn.Name)
 		}
 		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
 	}
@@ -86,13 +35,13 @@ func (s *DB) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
 // CommitSnapshot marks a snapshot ready with its final fields and, in the
 // same transaction, writes machines (e.g. the paused source): either both
 // are recorded or neither.
-func (s *DB) CommitSnapshot(ctx context.Context, sn *Snapshot, machines ...*Machine) error {
+func (s *DB) CommitSnapshot(ctx context.Context, sn *store.Snapshot, machines ...*store.Machine) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("commit snapshot %s: %w", sn.ID, err)
 	}
 	defer tx.Rollback()
-	sn.State = SnapshotReady
+	sn.State = store.SnapshotReady
 	_, err = tx.ExecContext(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
 		sn.State, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
 	if err != nil {
@@ -107,7 +56,7 @@ func (s *DB) CommitSnapshot(ctx context.Context, sn *Snapshot, machines ...*Mach
 }
 
 // GetSnapshot returns a snapshot by id, or an error matching ErrNotFound.
-func (s *DB) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) {
+func (s *DB) GetSnapshot(ctx context.Context, id string) (*store.Snapshot, error) {
 	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id=?`, id)
 	sn, err := scanSnapshot(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -118,7 +67,7 @@ func (s *DB) GetSnapshot(ctx context.Context, id string) (*Snapshot, error) {
 
 // GetSnapshotByName returns a team's snapshot by name, or an error
 // matching ErrNotFound.
-func (s *DB) GetSnapshotByName(ctx context.Context, teamID, name string) (*Snapshot, error) {
+func (s *DB) GetSnapshotByName(ctx context.Context, teamID, name string) (*store.Snapshot, error) {
 	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE team_id=? AND name=? AND name != ''`, teamID, name)
 	sn, err := scanSnapshot(row)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -127,19 +76,8 @@ func (s *DB) GetSnapshotByName(ctx context.Context, teamID, name string) (*Snaps
 	return sn, err
 }
 
-// SnapshotFilter selects snapshots. Empty fields match everything.
-type SnapshotFilter struct {
-	TeamID    string
-	MachineID string
-	LineageID string
-	Kinds     []string
-	States    []string
-	// Newest, if positive, returns only the newest n snapshots, newest first.
-	Newest int
-}
-
 // ListSnapshots returns snapshots matching f, oldest first (see Newest).
-func (s *DB) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]*Snapshot, error) {
+func (s *DB) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]*store.Snapshot, error) {
 	var w where
 	w.eq("team_id", f.TeamID)
 	w.eq("machine_id", f.MachineID)
@@ -161,8 +99,8 @@ func (s *DB) DeleteSnapshot(ctx context.Context, id string) error {
 	return nil
 }
 
-func scanSnapshot(r scanner) (*Snapshot, error) {
-	var sn Snapshot
+func scanSnapshot(r scanner) (*store.Snapshot, error) {
+	var sn store.Snapshot
 	var created, host, spec, files string
 	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
 		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name)
@@ -181,15 +119,8 @@ func rawOr(b json.RawMessage, def string) string {
 	return string(b)
 }
 
-// Volume is a named volume's stored record.
-type Volume struct {
-	TeamID    string
-	Name      string
-	CreatedAt time.Time
-}
-
 // CreateVolume stores a volume; an existing name is a volume_exists error.
-func (s *DB) CreateVolume(ctx context.Context, v Volume) error {
+func (s *DB) CreateVolume(ctx context.Context, v store.Volume) error {
 	_, err := s.db.ExecContext(ctx, `INSERT INTO volumes (team_id, name, created_at) VALUES (?, ?, ?)`,
 		v.TeamID, v.Name, formatTime(v.CreatedAt))
 	if err != nil {
@@ -203,15 +134,15 @@ func (s *DB) CreateVolume(ctx context.Context, v Volume) error {
 }
 
 // ListVolumes returns a team's volumes by name.
-func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]Volume, error) {
+func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]store.Volume, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT team_id, name, created_at FROM volumes WHERE team_id=? ORDER BY name`, teamID)
 	if err != nil {
 		return nil, fmt.Errorf("list volumes: %w", err)
 	}
 	defer rows.Close()
-	var out []Volume
+	var out []store.Volume
 	for rows.Next() {
-		var v Volume
+		var v store.Volume
 		var created string
 		if err := rows.Scan(&v.TeamID, &v.Name, &created); err != nil {
 			return nil, err
@@ -224,10 +155,10 @@ func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]Volume, error) {
 
 // ListVolumesPage returns up to limit of a team's volumes whose names come
 // after after, by name, and whether more follow.
-func (s *DB) ListVolumesPage(ctx context.Context, teamID, after string, limit int) ([]Volume, bool, error) {
+func (s *DB) ListVolumesPage(ctx context.Context, teamID, after string, limit int) ([]store.Volume, bool, error) {
 	vols, err := queryAll(ctx, s.db, "list volumes", `SELECT team_id, name, created_at FROM volumes WHERE team_id=? AND name > ? ORDER BY name LIMIT ?`,
-		[]any{teamID, after, limit + 1}, func(r scanner) (Volume, error) {
-			var v Volume
+		[]any{teamID, after, limit + 1}, func(r scanner) (store.Volume, error) {
+			var v store.Volume
 			var created string
 			err := r.Scan(&v.TeamID, &v.Name, &created)
 			v.CreatedAt = parseTime(created)
@@ -273,7 +204,7 @@ func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error
 
 // SetSnapshotPinned pins or unpins a ready snapshot.
 func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET pinned=? WHERE id=? AND state=?`, pinned, id, SnapshotReady)
+	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET pinned=? WHERE id=? AND state=?`, pinned, id, store.SnapshotReady)
 	if err != nil {
 		return fmt.Errorf("pin snapshot %s: %w", id, err)
 	}
@@ -286,7 +217,7 @@ func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) erro
 // MarkPruning takes a ready snapshot out of every list and restore (the
 // first step of a prune); it reports false if it was not ready.
 func (s *DB) MarkPruning(ctx context.Context, id string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND pinned=0`, SnapshotPruning, id, SnapshotReady)
+	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND pinned=0`, store.SnapshotPruning, id, store.SnapshotReady)
 	if err != nil {
 		return false, fmt.Errorf("prune snapshot %s: %w", id, err)
 	}
@@ -298,7 +229,7 @@ func (s *DB) MarkPruning(ctx context.Context, id string) (bool, error) {
 // what only a restore needed of its row.
 func (s *DB) MarkPruned(ctx context.Context, id string) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=?, host='{}', spec='{}', files='[]', agent_token='' WHERE id=? AND state=?`,
-		SnapshotPruned, id, SnapshotPruning)
+		store.SnapshotPruned, id, store.SnapshotPruning)
 	if err != nil {
 		return fmt.Errorf("prune snapshot %s: %w", id, err)
 	}

@@ -1,0 +1,210 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+)
+
+// Team owns machines and API keys.
+type Team struct {
+	ID        string
+	Name      string
+	CreatedAt time.Time
+}
+
+// Machine is a machine's stored record.
+type Machine struct {
+	ID            string
+	TeamID        string
+	State         string
+	Template      string
+	CPUCount      int
+	MemoryMB      int
+	Env           map[string]string
+	Metadata      map[string]string
+	AllowInternet bool
+	// Slot is the machine's network slot, -1 when it holds none.
+	Slot        int
+	ContainerID string
+	AgentToken  string
+	CreatedAt   time.Time
+	StartedAt   time.Time // zero until running
+	EndedAt     time.Time // zero until killed or failed
+	Error       string
+	// FailureReason is why a failed machine failed, as a stable code
+	// (api.Failure*); Error says it in words.
+	FailureReason string
+	// LineageID is the first machine of this machine's pause/resume chain
+	// (its own id for a machine made from a template or a reusable
+	// snapshot); LineageSeq orders the chain's executions.
+	LineageID  string
+	LineageSeq int
+	// SnapshotID is the snapshot holding a paused machine's state, or the
+	// one being written while it is pausing.
+	SnapshotID string
+	// RestoredFrom is the snapshot this execution was restored from.
+	RestoredFrom string
+	Volumes      []api.VolumeMount
+	Hooks        api.Hooks
+	// AgentDir is the host directory of the agent binary the machine runs:
+	// a restore must mount the same binary.
+	AgentDir string
+	// TimeoutMS is the lease window (0: none), OnTimeout what its end does
+	// ("destroy", "pause" or "stop"), AutoResume whether public traffic
+	// wakes the machine once paused or stopped.
+	TimeoutMS  int64
+	OnTimeout  string
+	AutoResume bool
+	// Deadline is when a running machine's lease ends; zero while the lease
+	// does not run (paused, ended, no timeout).
+	Deadline time.Time
+	// IdleTimeoutMS pauses the machine after this long without network
+	// activity (0: never).
+	IdleTimeoutMS int64
+	// Persistence is "persistent", "sticky" or "ephemeral" (see
+	// machine/persistence.go).
+	Persistence string
+	// Command is the main process's argv (nil: none); MainPID its pid in
+	// the current boot (0: not running); MainExit how it ended in this
+	// boot. The last two change only through SetMain.
+	Command  []string
+	MainPID  int
+	MainExit *api.MainExit
+	// PublicPorts makes every port of the machine reachable through the
+	// edge without a signature. Set at create, kept by the lineage.
+	PublicPorts bool
+	// Origin is the API the lineage was created through: "" Nullspace's,
+	// OriginE2B the E2B-compatible one, whose sandboxes' URLs the edge
+	// answers in E2B's shape.
+	Origin string
+	// Latest: this row is its lineage's latest execution (kept by the
+	// store). LineageCreated is when the lineage's first machine was
+	// created (set by the store).
+	Latest         bool
+	LineageCreated time.Time
+	// CheckpointRetention is how many unpinned checkpoints the lineage
+	// keeps (0: all; -1: the server's default).
+	CheckpointRetention int
+}
+
+// OriginE2B is the Origin of a machine created through the E2B layer.
+const OriginE2B = "e2b"
+
+// MachineFilter selects machines. Empty fields match everything.
+type MachineFilter struct {
+	TeamID   string
+	States   []string
+	Template string
+	// LineageID selects one pause/resume chain; RestoredFrom the machines
+	// restored from one snapshot.
+	LineageID    string
+	RestoredFrom string
+}
+
+// Snapshot states: a snapshot row is written before its checkpoint (so a
+// crash leaves a trace Reconcile can clean) and becomes ready in the same
+// transaction that records what it is for.
+//
+// A checkpoint pruned by retention goes ready ─▶ pruning (no longer
+// listed or restorable; committed before its files are touched) ─▶ pruned
+// (files gone; the row stays, small, so that a restore of it can say it
+// was pruned). Reconcile finishes a prune a crash cut short.
+const (
+	SnapshotWriting = "writing"
+	SnapshotReady   = "ready"
+	SnapshotPruning = "pruning"
+	SnapshotPruned  = "pruned"
+)
+
+// Snapshot is a snapshot's stored record. Host, Spec and Files are opaque
+// JSON owned by the machine manager and the snapshot store.
+type Snapshot struct {
+	ID            string
+	TeamID        string
+	Kind          string
+	State         string
+	MachineID     string
+	LineageID     string
+	Template      string
+	ParentID      string
+	Generation    int
+	SizeBytes     int64
+	Checksum      string
+	PauseWindowMS int64
+	CreatedAt     time.Time
+	Host          json.RawMessage
+	Spec          json.RawMessage
+	Files         json.RawMessage
+	// AgentToken is the token the checkpointed agent answers to until it is
+	// told its new identity.
+	AgentToken string
+	// Pinned keeps a checkpoint out of retention's reach.
+	Pinned bool
+	// Name is the snapshot's name, unique in its team ("": none).
+	Name string
+}
+
+// SnapshotNameTaken is the error of a name the team has given another
+// snapshot already.
+func SnapshotNameTaken(name string) error {
+	return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotNameExists,
+		fmt.Sprintf("a snapshot named %s already exists", name),
+		"choose another name, or delete the snapshot that has it first")
+}
+
+// SnapshotFilter selects snapshots. Empty fields match everything.
+type SnapshotFilter struct {
+	TeamID    string
+	MachineID string
+	LineageID string
+	Kinds     []string
+	States    []string
+	// Newest, if positive, returns only the newest n snapshots, newest first.
+	Newest int
+}
+
+// Volume is a named volume's stored record.
+type Volume struct {
+	TeamID    string
+	Name      string
+	CreatedAt time.Time
+}
+
+// Spare is a container created ahead of a restore (see machine.spares): it
+// holds a machine id chosen in advance, a container id and a network slot.
+// Shape is the opaque key of the restores it can serve.
+type Spare struct {
+	MachineID   string
+	ContainerID string
+	Slot        int
+	Shape       string
+	CreatedAt   time.Time
+}
+
+// SSHKey is a public key registered for a team's SSH sessions.
+type SSHKey struct {
+	ID          string
+	TeamID      string
+	Name        string
+	Fingerprint string // SHA256:... as ssh-keygen -l prints it
+	PublicKey   string // authorized_keys form, without a comment
+	CreatedAt   time.Time
+}
+
+// MaxSSHKeysPerTeam bounds a team's keys (a list of them is one answer).
+const MaxSSHKeysPerTeam = 1000
+
+// EventFilter selects events. Zero fields match everything.
+type EventFilter struct {
+	TeamID    string
+	MachineID string
+	Types     []string
+	// After returns only events with a larger sequence number.
+	After int64
+	// Limit bounds the number returned (default 1000).
+	Limit int
+}
