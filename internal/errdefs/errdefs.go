@@ -119,6 +119,9 @@ const (
 	// CodeCapacityExhausted: the host has no room for another sandbox
 	// (memory over its overcommit, or no free network slot); retryable.
 	CodeCapacityExhausted = "capacity_exhausted"
+	// CodeStoreUnavailable: the state database (PostgreSQL) could not be
+	// reached; nothing was changed, and a retry can finish the operation.
+	CodeStoreUnavailable = "store_unavailable"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid       = "url_invalid"

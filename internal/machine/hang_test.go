@@ -333,6 +333,10 @@ func testLeasePauseGivesUp(t *testing.T, onTimeout string) {
 		t.Fatal(err)
 	}
 	d.checkpoint = func(context.Context) error { return errors.New("runsc: checkpoint failed") }
+	rec, err := db.GetMachine(t.Context(), "a") // the checkpoint wrote it
+	if err != nil {
+		t.Fatal(err)
+	}
 	rec.Deadline = time.Now().Add(-time.Second)
 	rec.OnTimeout = onTimeout
 	if err := db.UpdateMachine(t.Context(), rec); err != nil {

@@ -89,6 +89,10 @@ type Machine struct {
 	// CheckpointRetention is how many unpinned checkpoints the lineage
 	// keeps (0: all; -1: the server's default).
 	CheckpointRetention int
+	// Version counts the writes of the row's lifecycle fields. A write
+	// names the version it read and fails with a *ConflictError if the row
+	// has moved on (set by the store).
+	Version int64
 }
 
 // OriginE2B is the Origin of a machine created through the E2B layer.

@@ -31,13 +31,13 @@ func (s *DB) ListMachinesPage(ctx context.Context, q store.MachinePageQuery) ([]
 	if q.Aliases {
 		timeCol, idCol = "created_at", "id"
 	} else {
-		w.cond("latest = ?", true)
+		w.conds = append(w.conds, "latest")
 	}
 	if !q.CreatedFrom.IsZero() {
-		w.cond(timeCol+" >= ?", formatTime(q.CreatedFrom))
+		w.cond(timeCol+" >= ?", at(q.CreatedFrom))
 	}
 	if !q.CreatedBefore.IsZero() {
-		w.cond(timeCol+" < ?", formatTime(q.CreatedBefore))
+		w.cond(timeCol+" < ?", at(q.CreatedBefore))
 	}
 	cmp, dir := ">", ""
 	if q.Desc {
@@ -45,23 +45,11 @@ func (s *DB) ListMachinesPage(ctx context.Context, q store.MachinePageQuery) ([]
 	}
 	if !q.After.IsZero() {
 		w.conds = append(w.conds, fmt.Sprintf("(%s, %s) %s (?, ?)", timeCol, idCol, cmp))
-		w.args = append(w.args, formatTime(q.After.Time), q.After.ID)
+		w.args = append(w.args, at(q.After.Time), q.After.ID)
 	}
 	query := fmt.Sprintf("SELECT %s FROM machines%s ORDER BY %s%s, %s%s LIMIT ?", machineColumns, w.sql(), timeCol, dir, idCol, dir)
-	recs, err := queryAll(ctx, s.db, "list machines", query, append(w.args, q.Limit+1), scanMachine)
+	recs, err := queryAll(ctx, s.c(), "list machines", query, append(w.args, q.Limit+1), scanMachine)
 	return pageOf(recs, q.Limit, err)
-}
-
-// pageOf cuts the rows of a query that asked for limit+1 to a page, and
-// says whether more follow.
-func pageOf[T any](rows []T, limit int, err error) ([]T, bool, error) {
-	if err != nil {
-		return nil, false, err
-	}
-	if len(rows) > limit {
-		return rows[:limit], true, nil
-	}
-	return rows, false, nil
 }
 
 // LineageSummaries returns the summaries of lineages, in three indexed
@@ -72,51 +60,40 @@ func (s *DB) LineageSummaries(ctx context.Context, lineageIDs []string) (map[str
 		return out, nil
 	}
 	ids := anySlice(slices.Compact(slices.Sorted(slices.Values(lineageIDs))))
-	rows, err := s.db.QueryContext(ctx, `SELECT lineage_id, id FROM machines WHERE latest = 1 AND lineage_id IN (`+placeholders(len(ids))+`)`, ids...)
-	if err != nil {
-		return nil, fmt.Errorf("lineage summaries: %w", err)
-	}
-	for rows.Next() {
-		var lin, id string
-		if err := rows.Scan(&lin, &id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		out[lin] = store.LineageSummary{LatestID: id}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	err = s.sumByLineage(ctx, `SELECT lineage_id, count(*) FROM machines WHERE latest = 0 AND state = 'paused' AND lineage_id IN (`+
-		placeholders(len(ids))+`) GROUP BY lineage_id`, ids, func(sum *store.LineageSummary, n int64) { sum.PausedAliases = int(n) }, out)
+	in := `lineage_id IN (` + placeholders(len(ids)) + `)`
+	heads, err := queryAll(ctx, s.c(), "lineage summaries", `SELECT lineage_id, id FROM machines WHERE latest AND `+in, ids,
+		func(r scanner) ([2]string, error) {
+			var p [2]string
+			err := r.Scan(&p[0], &p[1])
+			return p, err
+		})
 	if err != nil {
 		return nil, err
 	}
-	err = s.sumByLineage(ctx, `SELECT lineage_id, coalesce(sum(size_bytes), 0) FROM snapshots WHERE state = 'ready' AND lineage_id IN (`+
-		placeholders(len(ids))+`) GROUP BY lineage_id`, ids, func(sum *store.LineageSummary, n int64) { sum.SnapshotBytes = n }, out)
-	return out, err
-}
-
-// sumByLineage runs a query of (lineage_id, number) rows and sets each
-// number into the lineage's summary.
-func (s *DB) sumByLineage(ctx context.Context, query string, args []any, set func(*store.LineageSummary, int64), out map[string]store.LineageSummary) error {
-	rows, err := s.db.QueryContext(ctx, query, args...)
+	paused, err := countBy[string, int](ctx, s.c(), "lineage summaries",
+		`SELECT lineage_id, count(*) FROM machines WHERE NOT latest AND state = 'paused' AND `+in+` GROUP BY lineage_id`, ids...)
 	if err != nil {
-		return fmt.Errorf("lineage summaries: %w", err)
+		return nil, err
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var lin string
-		var n int64
-		if err := rows.Scan(&lin, &n); err != nil {
-			return err
+	bytes, err := countBy[string, int64](ctx, s.c(), "lineage summaries",
+		`SELECT lineage_id, CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM snapshots WHERE state = 'ready' AND `+in+` GROUP BY lineage_id`, ids...)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range heads {
+		out[h[0]] = store.LineageSummary{LatestID: h[1], PausedAliases: paused[h[0]], SnapshotBytes: bytes[h[0]]}
+	}
+	for lin, n := range paused {
+		if _, ok := out[lin]; !ok {
+			out[lin] = store.LineageSummary{PausedAliases: n, SnapshotBytes: bytes[lin]}
 		}
-		sum := out[lin]
-		set(&sum, n)
-		out[lin] = sum
 	}
-	return rows.Err()
+	for lin, n := range bytes {
+		if _, ok := out[lin]; !ok {
+			out[lin] = store.LineageSummary{SnapshotBytes: n}
+		}
+	}
+	return out, nil
 }
 
 // ListSnapshotsPage returns up to q.Limit snapshots after q.After, and
@@ -139,10 +116,10 @@ func (s *DB) ListSnapshotsPage(ctx context.Context, q store.SnapshotPageQuery) (
 			w.args = append(w.args, q.After.Generation, q.After.ID)
 		} else {
 			w.conds = append(w.conds, "(created_at, id) > (?, ?)")
-			w.args = append(w.args, formatTime(q.After.Created), q.After.ID)
+			w.args = append(w.args, at(q.After.Created), q.After.ID)
 		}
 	}
-	recs, err := queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY "+order+" LIMIT ?",
+	recs, err := queryAll(ctx, s.c(), "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+" ORDER BY "+order+" LIMIT ?",
 		append(w.args, q.Limit+1), scanSnapshot)
 	return pageOf(recs, q.Limit, err)
 }
@@ -157,18 +134,5 @@ func (s *DB) CountRestoredFrom(ctx context.Context, snapshotIDs, states []string
 	var w where
 	w.in("restored_from", snapshotIDs)
 	w.in("state", states)
-	rows, err := s.db.QueryContext(ctx, `SELECT restored_from, count(*) FROM machines`+w.sql()+` GROUP BY restored_from`, w.args...)
-	if err != nil {
-		return nil, fmt.Errorf("count children: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id string
-		var n int
-		if err := rows.Scan(&id, &n); err != nil {
-			return nil, err
-		}
-		out[id] = n
-	}
-	return out, rows.Err()
+	return countBy[string, int](ctx, s.c(), "count children", `SELECT restored_from, count(*) FROM machines`+w.sql()+` GROUP BY restored_from`, w.args...)
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
@@ -19,12 +18,14 @@ const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, templ
 // another snapshot (in any state: a snapshot being written holds its name)
 // is a snapshot_name_exists error.
 func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.c().exec(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
-		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, formatTime(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
+		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, at(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
 		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name)
 	if err != nil {
-		if sn.Name != "" && strings.Contains(err.Error(), "UNIQUE") && strings.Contains(err.Error(), "snapshots.name") {
+		// Ids are random: the one unique index a new row can hit is the
+		// team's names.
+		if sn.Name != "" && s.d.unique(err) {
 			return store.SnapshotNameTaken(sn.Name)
 		}
 		return fmt.Errorf("insert snapshot %s: %w", sn.ID, err)
@@ -36,28 +37,32 @@ func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
 // same transaction, writes machines (e.g. the paused source): either both
 // are recorded or neither.
 func (s *DB) CommitSnapshot(ctx context.Context, sn *store.Snapshot, machines ...*store.Machine) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("commit snapshot %s: %w", sn.ID, err)
-	}
-	defer tx.Rollback()
-	sn.State = store.SnapshotReady
-	_, err = tx.ExecContext(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
-		sn.State, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
-	if err != nil {
-		return fmt.Errorf("commit snapshot %s: %w", sn.ID, err)
-	}
-	for _, m := range machines {
-		if err := updateMachine(ctx, tx, m); err != nil {
+	err := s.inTx(ctx, "commit snapshot "+sn.ID, func(c conn) error {
+		_, err := c.exec(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
+			store.SnapshotReady, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
+		if err != nil {
 			return err
 		}
+		for _, m := range machines {
+			if err := updateMachine(ctx, c, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return tx.Commit()
+	sn.State = store.SnapshotReady
+	for _, m := range machines {
+		m.Version++
+	}
+	return nil
 }
 
 // GetSnapshot returns a snapshot by id, or an error matching ErrNotFound.
 func (s *DB) GetSnapshot(ctx context.Context, id string) (*store.Snapshot, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id=?`, id)
+	row := s.c().queryRow(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE id=?`, id)
 	sn, err := scanSnapshot(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("snapshot %s: %w", id, errdefs.ErrNotFound)
@@ -68,7 +73,7 @@ func (s *DB) GetSnapshot(ctx context.Context, id string) (*store.Snapshot, error
 // GetSnapshotByName returns a team's snapshot by name, or an error
 // matching ErrNotFound.
 func (s *DB) GetSnapshotByName(ctx context.Context, teamID, name string) (*store.Snapshot, error) {
-	row := s.db.QueryRowContext(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE team_id=? AND name=? AND name != ''`, teamID, name)
+	row := s.c().queryRow(ctx, `SELECT `+snapshotColumns+` FROM snapshots WHERE team_id=? AND name=? AND name != ''`, teamID, name)
 	sn, err := scanSnapshot(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("snapshot named %s: %w", name, errdefs.ErrNotFound)
@@ -88,12 +93,12 @@ func (s *DB) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]*stor
 	if f.Newest > 0 {
 		order = fmt.Sprintf(" ORDER BY created_at DESC, id DESC LIMIT %d", f.Newest)
 	}
-	return queryAll(ctx, s.db, "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+order, w.args, scanSnapshot)
+	return queryAll(ctx, s.c(), "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+order, w.args, scanSnapshot)
 }
 
 // DeleteSnapshot removes a snapshot's row.
 func (s *DB) DeleteSnapshot(ctx context.Context, id string) error {
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM snapshots WHERE id=?`, id); err != nil {
+	if _, err := s.c().exec(ctx, `DELETE FROM snapshots WHERE id=?`, id); err != nil {
 		return fmt.Errorf("delete snapshot %s: %w", id, err)
 	}
 	return nil
@@ -101,13 +106,12 @@ func (s *DB) DeleteSnapshot(ctx context.Context, id string) error {
 
 func scanSnapshot(r scanner) (*store.Snapshot, error) {
 	var sn store.Snapshot
-	var created, host, spec, files string
+	var host, spec, files string
 	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
-		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, &created, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name)
+		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, timeDest{&sn.CreatedAt}, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name)
 	if err != nil {
 		return nil, err
 	}
-	sn.CreatedAt = parseTime(created)
 	sn.Host, sn.Spec, sn.Files = json.RawMessage(host), json.RawMessage(spec), json.RawMessage(files)
 	return &sn, nil
 }
@@ -121,10 +125,10 @@ func rawOr(b json.RawMessage, def string) string {
 
 // CreateVolume stores a volume; an existing name is a volume_exists error.
 func (s *DB) CreateVolume(ctx context.Context, v store.Volume) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO volumes (team_id, name, created_at) VALUES (?, ?, ?)`,
-		v.TeamID, v.Name, formatTime(v.CreatedAt))
+	_, err := s.c().exec(ctx, `INSERT INTO volumes (team_id, name, created_at) VALUES (?, ?, ?)`,
+		v.TeamID, v.Name, at(v.CreatedAt))
 	if err != nil {
-		if strings.Contains(err.Error(), "UNIQUE") {
+		if s.d.unique(err) {
 			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeVolumeExists, fmt.Sprintf("volume %s already exists", v.Name),
 				"use the existing volume, or delete it first")
 		}
@@ -135,36 +139,21 @@ func (s *DB) CreateVolume(ctx context.Context, v store.Volume) error {
 
 // ListVolumes returns a team's volumes by name.
 func (s *DB) ListVolumes(ctx context.Context, teamID string) ([]store.Volume, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT team_id, name, created_at FROM volumes WHERE team_id=? ORDER BY name`, teamID)
-	if err != nil {
-		return nil, fmt.Errorf("list volumes: %w", err)
-	}
-	defer rows.Close()
-	var out []store.Volume
-	for rows.Next() {
-		var v store.Volume
-		var created string
-		if err := rows.Scan(&v.TeamID, &v.Name, &created); err != nil {
-			return nil, err
-		}
-		v.CreatedAt = parseTime(created)
-		out = append(out, v)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.c(), "list volumes", `SELECT team_id, name, created_at FROM volumes WHERE team_id=? ORDER BY name`, []any{teamID}, scanVolume)
 }
 
 // ListVolumesPage returns up to limit of a team's volumes whose names come
 // after after, by name, and whether more follow.
 func (s *DB) ListVolumesPage(ctx context.Context, teamID, after string, limit int) ([]store.Volume, bool, error) {
-	vols, err := queryAll(ctx, s.db, "list volumes", `SELECT team_id, name, created_at FROM volumes WHERE team_id=? AND name > ? ORDER BY name LIMIT ?`,
-		[]any{teamID, after, limit + 1}, func(r scanner) (store.Volume, error) {
-			var v store.Volume
-			var created string
-			err := r.Scan(&v.TeamID, &v.Name, &created)
-			v.CreatedAt = parseTime(created)
-			return v, err
-		})
+	vols, err := queryAll(ctx, s.c(), "list volumes", `SELECT team_id, name, created_at FROM volumes WHERE team_id=? AND name > ? ORDER BY name LIMIT ?`,
+		[]any{teamID, after, limit + 1}, scanVolume)
 	return pageOf(vols, limit, err)
+}
+
+func scanVolume(r scanner) (store.Volume, error) {
+	var v store.Volume
+	err := r.Scan(&v.TeamID, &v.Name, timeDest{&v.CreatedAt})
+	return v, err
 }
 
 // VolumeMachines counts, for each of a team's volume names, the machines
@@ -174,27 +163,14 @@ func (s *DB) VolumeMachines(ctx context.Context, teamID string, names []string) 
 	if len(names) == 0 {
 		return out, nil
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT mv.name, count(*) FROM machine_volumes mv JOIN machines m ON m.id = mv.machine_id
-		WHERE m.team_id = ? AND m.latest = 1 AND m.state != 'killed' AND mv.name IN (`+placeholders(len(names))+`) GROUP BY mv.name`,
+	return countBy[string, int](ctx, s.c(), "volume users", `SELECT mv.name, count(*) FROM machine_volumes mv JOIN machines m ON m.id = mv.machine_id
+		WHERE m.team_id = ? AND m.latest AND m.state != 'killed' AND mv.name IN (`+placeholders(len(names))+`) GROUP BY mv.name`,
 		append([]any{teamID}, anySlice(names)...)...)
-	if err != nil {
-		return nil, fmt.Errorf("volume users: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var name string
-		var n int
-		if err := rows.Scan(&name, &n); err != nil {
-			return nil, err
-		}
-		out[name] = n
-	}
-	return out, rows.Err()
 }
 
 // DeleteVolume removes a volume's row; it reports whether one existed.
 func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM volumes WHERE team_id=? AND name=?`, teamID, name)
+	res, err := s.c().exec(ctx, `DELETE FROM volumes WHERE team_id=? AND name=?`, teamID, name)
 	if err != nil {
 		return false, fmt.Errorf("delete volume %s: %w", name, err)
 	}
@@ -204,11 +180,11 @@ func (s *DB) DeleteVolume(ctx context.Context, teamID, name string) (bool, error
 
 // SetSnapshotPinned pins or unpins a ready snapshot.
 func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET pinned=? WHERE id=? AND state=?`, pinned, id, store.SnapshotReady)
+	res, err := s.c().exec(ctx, `UPDATE snapshots SET pinned=? WHERE id=? AND state=?`, pinned, id, store.SnapshotReady)
 	if err != nil {
 		return fmt.Errorf("pin snapshot %s: %w", id, err)
 	}
-	if n, _ := res.RowsAffected(); n != 1 {
+	if !exactlyOne(res) {
 		return fmt.Errorf("pin snapshot %s: %w", id, errdefs.ErrNotFound)
 	}
 	return nil
@@ -217,21 +193,36 @@ func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) erro
 // MarkPruning takes a ready snapshot out of every list and restore (the
 // first step of a prune); it reports false if it was not ready.
 func (s *DB) MarkPruning(ctx context.Context, id string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND pinned=0`, store.SnapshotPruning, id, store.SnapshotReady)
+	res, err := s.c().exec(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND NOT pinned`, store.SnapshotPruning, id, store.SnapshotReady)
 	if err != nil {
 		return false, fmt.Errorf("prune snapshot %s: %w", id, err)
 	}
-	n, _ := res.RowsAffected()
-	return n == 1, nil
+	return exactlyOne(res), nil
 }
 
 // MarkPruned records that a pruning snapshot's files are gone, and drops
 // what only a restore needed of its row.
 func (s *DB) MarkPruned(ctx context.Context, id string) error {
-	_, err := s.db.ExecContext(ctx, `UPDATE snapshots SET state=?, host='{}', spec='{}', files='[]', agent_token='' WHERE id=? AND state=?`,
+	_, err := s.c().exec(ctx, `UPDATE snapshots SET state=?, host='{}', spec='{}', files='[]', agent_token='' WHERE id=? AND state=?`,
 		store.SnapshotPruned, id, store.SnapshotPruning)
 	if err != nil {
 		return fmt.Errorf("prune snapshot %s: %w", id, err)
 	}
 	return nil
+}
+
+// SnapshotBytesByKind returns the size of the committed snapshots by kind.
+func (s *DB) SnapshotBytesByKind(ctx context.Context) (map[string]int64, error) {
+	return countBy[string, int64](ctx, s.c(), "snapshot bytes",
+		`SELECT kind, CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM snapshots WHERE state = ? GROUP BY kind`, store.SnapshotReady)
+}
+
+// SnapshotBytes returns the size of the committed snapshots.
+func (s *DB) SnapshotBytes(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.c().queryRow(ctx, `SELECT CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM snapshots WHERE state = ?`, store.SnapshotReady).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("snapshot bytes: %w", err)
+	}
+	return n, nil
 }

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
@@ -14,55 +13,41 @@ import (
 // AddSSHKey stores a key. A key already registered, by any team, is an
 // ssh_key_exists error: a key names the one team it signs in to.
 func (s *DB) AddSSHKey(ctx context.Context, k store.SSHKey) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	var n int
-	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM ssh_keys WHERE team_id = ?`, k.TeamID).Scan(&n); err != nil {
-		return fmt.Errorf("count ssh keys: %w", err)
-	}
-	if n >= store.MaxSSHKeysPerTeam {
-		return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
-			fmt.Sprintf("the team has %d SSH keys, the most it may have", n), "remove keys no longer used with `nullspace ssh-key rm`")
-	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO ssh_keys (id, team_id, name, fingerprint, public_key, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
-		k.ID, k.TeamID, k.Name, k.Fingerprint, k.PublicKey, formatTime(k.CreatedAt))
-	if err != nil {
-		if strings.Contains(err.Error(), "UNIQUE") {
+	return s.inTx(ctx, "add ssh key", func(c conn) error {
+		// The team's row lock (PostgreSQL) makes the count and the insert
+		// one step, so two adds at once cannot both pass the bound.
+		if _, err := c.exec(ctx, `SELECT id FROM teams WHERE id = ?`+c.d.forUpdate, k.TeamID); err != nil {
+			return err
+		}
+		var n int
+		if err := c.queryRow(ctx, `SELECT count(*) FROM ssh_keys WHERE team_id = ?`, k.TeamID).Scan(&n); err != nil {
+			return fmt.Errorf("count ssh keys: %w", err)
+		}
+		if n >= store.MaxSSHKeysPerTeam {
+			return errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted,
+				fmt.Sprintf("the team has %d SSH keys, the most it may have", n), "remove keys no longer used with `nullspace ssh-key rm`")
+		}
+		_, err := c.exec(ctx, `INSERT INTO ssh_keys (id, team_id, name, fingerprint, public_key, created_at) VALUES (?, ?, ?, ?, ?, ?)`,
+			k.ID, k.TeamID, k.Name, k.Fingerprint, k.PublicKey, at(k.CreatedAt))
+		if c.d.unique(err) {
 			return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeSSHKeyExists,
 				fmt.Sprintf("the key %s is already registered", k.Fingerprint),
 				"a key signs in to one team: use the registered key, or remove it first (`nullspace ssh-key ls`)")
 		}
-		return fmt.Errorf("add ssh key: %w", err)
-	}
-	return tx.Commit()
+		return err
+	})
 }
 
 // ListSSHKeys returns a team's keys, oldest first.
 func (s *DB) ListSSHKeys(ctx context.Context, teamID string) ([]store.SSHKey, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
-		WHERE team_id = ? ORDER BY created_at, id`, teamID)
-	if err != nil {
-		return nil, fmt.Errorf("list ssh keys: %w", err)
-	}
-	defer rows.Close()
-	var out []store.SSHKey
-	for rows.Next() {
-		k, err := scanSSHKey(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, k)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, s.c(), "list ssh keys", `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
+		WHERE team_id = ? ORDER BY created_at, id`, []any{teamID}, scanSSHKey)
 }
 
 // SSHKeyByFingerprint returns the key with this fingerprint, or an error
 // matching errdefs.ErrNotFound.
 func (s *DB) SSHKeyByFingerprint(ctx context.Context, fingerprint string) (store.SSHKey, error) {
-	k, err := scanSSHKey(s.db.QueryRowContext(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
+	k, err := scanSSHKey(s.c().queryRow(ctx, `SELECT id, team_id, name, fingerprint, public_key, created_at FROM ssh_keys
 		WHERE fingerprint = ?`, fingerprint))
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.SSHKey{}, fmt.Errorf("ssh key %s: %w", fingerprint, errdefs.ErrNotFound)
@@ -72,7 +57,7 @@ func (s *DB) SSHKeyByFingerprint(ctx context.Context, fingerprint string) (store
 
 // DeleteSSHKey removes a team's key by id or fingerprint.
 func (s *DB) DeleteSSHKey(ctx context.Context, teamID, idOrFingerprint string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM ssh_keys WHERE team_id = ? AND (id = ? OR fingerprint = ?)`,
+	res, err := s.c().exec(ctx, `DELETE FROM ssh_keys WHERE team_id = ? AND (id = ? OR fingerprint = ?)`,
 		teamID, idOrFingerprint, idOrFingerprint)
 	if err != nil {
 		return fmt.Errorf("delete ssh key: %w", err)
@@ -84,12 +69,10 @@ func (s *DB) DeleteSSHKey(ctx context.Context, teamID, idOrFingerprint string) e
 	return nil
 }
 
-func scanSSHKey(r interface{ Scan(...any) error }) (store.SSHKey, error) {
+func scanSSHKey(r scanner) (store.SSHKey, error) {
 	var k store.SSHKey
-	var created string
-	if err := r.Scan(&k.ID, &k.TeamID, &k.Name, &k.Fingerprint, &k.PublicKey, &created); err != nil {
+	if err := r.Scan(&k.ID, &k.TeamID, &k.Name, &k.Fingerprint, &k.PublicKey, timeDest{&k.CreatedAt}); err != nil {
 		return store.SSHKey{}, err
 	}
-	k.CreatedAt = parseTime(created)
 	return k, nil
 }
