@@ -7,6 +7,9 @@ pkgs=(debootstrap busybox-static ca-certificates tar iproute2 curl)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3)
 # The SSH gateway's tests use OpenSSH's client as a second client.
 command -v ssh >/dev/null 2>&1 || pkgs+=(openssh-client)
+# The PostgreSQL store's tests start a throwaway cluster from these binaries
+# (internal/store/pgtest); the package's own `main` cluster is never used.
+pkgs+=(postgresql-15)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
