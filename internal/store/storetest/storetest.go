@@ -1,0 +1,310 @@
+// Package storetest is the conformance suite of store.Store: every
+// behaviour that the machine manager and the store's other consumers rely
+// on, checked through the interface only, so that each backend (SQLite,
+// PostgreSQL) runs the same tests.
+//
+// Times the suite stores are in UTC and whole microseconds (PostgreSQL's
+// precision), and are compared with Equal: a backend may return them in
+// another location.
+package storetest
+
+import (
+	"encoding/json"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// Run runs the suite, one subtest per behaviour. open returns a fresh,
+// empty store for one subtest (it may register its own cleanups with t);
+// Run closes the store when the subtest ends.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			t.Cleanup(func() {
+				if err := s.Close(); err != nil {
+					t.Errorf("close: %v", err)
+				}
+			})
+			tc.run(t, s)
+		})
+	}
+}
+
+var tests = []struct {
+	name string
+	run  func(t *testing.T, s store.Store)
+}{
+	{"Teams", testTeams},
+	{"MachineRoundTrip", testMachineRoundTrip},
+	{"MachineDefaults", testMachineDefaults},
+	{"MainProcess", testMainProcess},
+	{"SlotAllocation", testSlotAllocation},
+	{"Spares", testSpares},
+	{"CreateMachineFromSpare", testCreateMachineFromSpare},
+	{"Lineages", testLineages},
+	{"ListMachines", testListMachines},
+	{"CountsAndCommittedMemory", testCountsAndCommittedMemory},
+	{"MachinePageFilters", testMachinePageFilters},
+	{"MachinePageStability", testMachinePageStability},
+	{"MachinePageDescAndRange", testMachinePageDescAndRange},
+	{"LineageSummaries", testLineageSummaries},
+	{"PruneEnded", testPruneEnded},
+	{"SnapshotRoundTrip", testSnapshotRoundTrip},
+	{"CommitSnapshotIsAtomic", testCommitSnapshotIsAtomic},
+	{"SnapshotNames", testSnapshotNames},
+	{"ListSnapshots", testListSnapshots},
+	{"SnapshotPageFilters", testSnapshotPageFilters},
+	{"SnapshotPageStability", testSnapshotPageStability},
+	{"CountRestoredFrom", testCountRestoredFrom},
+	{"SnapshotRetention", testSnapshotRetention},
+	{"SnapshotBytes", testSnapshotBytes},
+	{"Volumes", testVolumes},
+	{"VolumeMachines", testVolumeMachines},
+	{"Events", testEvents},
+	{"EventsDefaultLimit", testEventsDefaultLimit},
+	{"Cursors", testCursors},
+	{"PruneEvents", testPruneEvents},
+	{"SSHKeys", testSSHKeys},
+	{"SSHKeyQuota", testSSHKeyQuota},
+}
+
+// base is the suite's clock origin.
+var base = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// now is the current time as the suite stores times.
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// slots is the network pool of tests that do not test it.
+const slots = 1000
+
+// fixture stores records with increasing creation times, a second apart.
+type fixture struct {
+	t     *testing.T
+	s     store.Store
+	clock time.Time
+}
+
+func newFixture(t *testing.T, s store.Store) *fixture {
+	return &fixture{t: t, s: s, clock: base}
+}
+
+// tick advances the clock by a second and returns it.
+func (f *fixture) tick() time.Time {
+	f.clock = f.clock.Add(time.Second)
+	return f.clock
+}
+
+// machine stores a machine of team, created at the next tick, as the next
+// execution of lineage ("": a new lineage), after applying opts.
+func (f *fixture) machine(id, team, lineage, state string, opts ...func(*store.Machine)) *store.Machine {
+	f.t.Helper()
+	m := &store.Machine{ID: id, TeamID: team, State: state, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+		LineageID: lineage, ContainerID: "c-" + id, AgentToken: "tok-" + id, CreatedAt: f.tick()}
+	for _, o := range opts {
+		o(m)
+	}
+	if err := f.s.CreateMachine(f.t.Context(), m, slots); err != nil {
+		f.t.Fatalf("create machine %s: %v", id, err)
+	}
+	return m
+}
+
+// update applies change to m and stores it.
+func (f *fixture) update(m *store.Machine, change func(*store.Machine)) {
+	f.t.Helper()
+	change(m)
+	if err := f.s.UpdateMachine(f.t.Context(), m); err != nil {
+		f.t.Fatalf("update machine %s: %v", m.ID, err)
+	}
+}
+
+// get returns a stored machine.
+func (f *fixture) get(id string) *store.Machine {
+	f.t.Helper()
+	m, err := f.s.GetMachine(f.t.Context(), id)
+	if err != nil {
+		f.t.Fatalf("get machine %s: %v", id, err)
+	}
+	return m
+}
+
+// snapshot stores a ready hibernate snapshot of machine m (lineage m) in
+// team t, created at the next tick, after applying opts.
+func (f *fixture) snapshot(id string, opts ...func(*store.Snapshot)) *store.Snapshot {
+	f.t.Helper()
+	sn := &store.Snapshot{ID: id, TeamID: "t", Kind: "hibernate", State: store.SnapshotReady, MachineID: "m", LineageID: "m",
+		Template: "minimal", Generation: 1, SizeBytes: 10, CreatedAt: f.tick(),
+		Host: json.RawMessage(`{}`), Spec: json.RawMessage(`{}`), Files: json.RawMessage(`[]`)}
+	for _, o := range opts {
+		o(sn)
+	}
+	if err := f.s.CreateSnapshot(f.t.Context(), sn); err != nil {
+		f.t.Fatalf("create snapshot %s: %v", id, err)
+	}
+	return sn
+}
+
+// Options of fixture records.
+func withMeta(kv ...string) func(*store.Machine) {
+	return func(m *store.Machine) {
+		m.Metadata = map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m.Metadata[kv[i]] = kv[i+1]
+		}
+	}
+}
+
+func withTemplate(name string) func(*store.Machine) {
+	return func(m *store.Machine) { m.Template = name }
+}
+
+func withRestoredFrom(id string) func(*store.Machine) {
+	return func(m *store.Machine) { m.RestoredFrom = id }
+}
+
+func withMounts(names ...string) func(*store.Machine) {
+	return func(m *store.Machine) {
+		for _, n := range names {
+			m.Volumes = append(m.Volumes, api.VolumeMount{Name: n, Path: "/" + n})
+		}
+	}
+}
+
+// must fails the test on an error.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkErr checks that err is of class and, unless code is "", carries
+// that public code.
+func checkErr(t *testing.T, what string, err, class error, code string) {
+	t.Helper()
+	if !errors.Is(err, class) {
+		t.Errorf("%s: got %v, want an error matching %v", what, err, class)
+		return
+	}
+	if got := errdefs.Classify(err).Code; code != "" && got != code {
+		t.Errorf("%s: got code %q (%v), want %q", what, got, err, code)
+	}
+}
+
+// ids returns the ids of records, in order.
+func ids[T any](recs []T, id func(T) string) []string {
+	out := []string{}
+	for _, r := range recs {
+		out = append(out, id(r))
+	}
+	return out
+}
+
+func machineIDs(ms []*store.Machine) []string {
+	return ids(ms, func(m *store.Machine) string { return m.ID })
+}
+func snapshotIDs(ss []*store.Snapshot) []string {
+	return ids(ss, func(s *store.Snapshot) string { return s.ID })
+}
+
+// normalMachine returns a copy of m that compares with reflect.DeepEqual
+// across backends: times in UTC, empty maps and slices nil.
+func normalMachine(m *store.Machine) store.Machine {
+	c := *m
+	for _, tp := range []*time.Time{&c.CreatedAt, &c.StartedAt, &c.EndedAt, &c.Deadline, &c.LineageCreated} {
+		*tp = tp.UTC()
+	}
+	if c.MainExit != nil {
+		e := *c.MainExit
+		e.At = e.At.UTC()
+		c.MainExit = &e
+	}
+	if len(c.Env) == 0 {
+		c.Env = nil
+	}
+	if len(c.Metadata) == 0 {
+		c.Metadata = nil
+	}
+	if len(c.Volumes) == 0 {
+		c.Volumes = nil
+	}
+	if len(c.Command) == 0 {
+		c.Command = nil
+	}
+	if len(c.Hooks.OnPause) == 0 {
+		c.Hooks.OnPause = nil
+	}
+	if len(c.Hooks.OnResume) == 0 {
+		c.Hooks.OnResume = nil
+	}
+	return c
+}
+
+// checkMachine checks that a stored machine reads back as want.
+func checkMachine(t *testing.T, what string, got, want *store.Machine) {
+	t.Helper()
+	if g, w := normalMachine(got), normalMachine(want); !reflect.DeepEqual(g, w) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, g, w)
+	}
+}
+
+// sameJSON reports whether a and b hold the same JSON value (a backend may
+// store JSON reformatted).
+func sameJSON(a, b json.RawMessage) bool {
+	var va, vb any
+	if json.Unmarshal(a, &va) != nil || json.Unmarshal(b, &vb) != nil {
+		return false
+	}
+	return reflect.DeepEqual(va, vb)
+}
+
+// checkSnapshot checks that a stored snapshot reads back as want.
+func checkSnapshot(t *testing.T, what string, got, want *store.Snapshot) {
+	t.Helper()
+	g, w := *got, *want
+	if !g.CreatedAt.Equal(w.CreatedAt) {
+		t.Errorf("%s: created %v, want %v", what, g.CreatedAt, w.CreatedAt)
+	}
+	for _, p := range []struct {
+		name string
+		g, w json.RawMessage
+	}{{"host", g.Host, w.Host}, {"spec", g.Spec, w.Spec}, {"files", g.Files, w.Files}} {
+		if !sameJSON(p.g, p.w) {
+			t.Errorf("%s: %s %s, want %s", what, p.name, p.g, p.w)
+		}
+	}
+	g.CreatedAt, w.CreatedAt = time.Time{}, time.Time{}
+	g.Host, g.Spec, g.Files, w.Host, w.Spec, w.Files = nil, nil, nil, nil, nil, nil
+	if !reflect.DeepEqual(g, w) {
+		t.Errorf("%s:\n got %+v\nwant %+v", what, g, w)
+	}
+}
+
+func testTeams(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	if n, err := s.CountTeams(ctx); err != nil || n != 0 {
+		t.Fatalf("CountTeams of an empty store = %d, %v; want 0", n, err)
+	}
+	must(t, s.CreateTeam(ctx, store.Team{ID: "t1", Name: "one", CreatedAt: base}))
+	must(t, s.CreateTeam(ctx, store.Team{ID: "t2", Name: "two", CreatedAt: base}))
+	if n, err := s.CountTeams(ctx); err != nil || n != 2 {
+		t.Fatalf("CountTeams = %d, %v; want 2", n, err)
+	}
+	must(t, s.AddAPIKey(ctx, "t1", "hash1", "ns_abc", base))
+	must(t, s.AddAPIKey(ctx, "t1", "hash2", "ns_def", base))
+	must(t, s.AddAPIKey(ctx, "t2", "hash3", "ns_ghi", base))
+	for hash, want := range map[string]string{"hash1": "t1", "hash2": "t1", "hash3": "t2"} {
+		if team, err := s.TeamByKeyHash(ctx, hash); err != nil || team != want {
+			t.Errorf("TeamByKeyHash(%s) = %q, %v; want %s", hash, team, err, want)
+		}
+	}
+	_, err := s.TeamByKeyHash(ctx, "other")
+	checkErr(t, "unknown key", err, errdefs.ErrUnauthenticated, "")
+}
