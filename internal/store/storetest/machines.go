@@ -464,3 +464,41 @@ func testPruneEnded(t *testing.T, s store.Store) {
 		t.Errorf("volume mounts of a pruned machine still count: %v %v", users, err)
 	}
 }
+
+// testPruneEndedKeepsOneLatest: a prune that takes a lineage's latest row
+// takes every row of the lineage, or leaves a latest one. Here the head
+// failed long ago and an older alias was killed recently: the lineage
+// must not be left with rows and no latest (it would drop out of lists).
+func testPruneEndedKeepsOneLatest(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	f := &fixture{t: t, s: s, clock: now().Add(-72 * time.Hour)}
+	alias := f.machine("l", "t", "", api.StatePaused)
+	head := f.machine("l2", "t", "l", api.StateRunning)
+	f.update(head, func(m *store.Machine) { m.State, m.EndedAt, m.Slot = api.StateFailed, now().Add(-48*time.Hour), -1 })
+	f.update(alias, func(m *store.Machine) { m.State, m.EndedAt, m.Slot = api.StateKilled, now().Add(-time.Hour), -1 })
+	if _, err := s.PruneEnded(ctx, now().Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := s.ListMachines(ctx, store.MachineFilter{LineageID: "l"})
+	must(t, err)
+	latest := 0
+	for _, m := range rows {
+		if m.Latest {
+			latest++
+		}
+	}
+	if len(rows) > 0 && latest != 1 {
+		t.Errorf("after the prune: rows %v with %d latest, want none or exactly one latest", machineIDs(rows), latest)
+	}
+}
+
+// testAssignSlotOfMissingMachine: AssignSlot of a machine whose row is
+// gone fails with not found and gives out no slot.
+func testAssignSlotOfMissingMachine(t *testing.T, s store.Store) {
+	ghost := &store.Machine{ID: "ghost", TeamID: "t", Slot: -1}
+	err := s.AssignSlot(t.Context(), ghost, 10)
+	checkErr(t, "AssignSlot of a missing machine", err, errdefs.ErrNotFound, "")
+	if ghost.Slot != -1 {
+		t.Errorf("the record got slot %d, want -1", ghost.Slot)
+	}
+}

@@ -475,3 +475,17 @@ func testVolumeMachines(t *testing.T, s store.Store) {
 		}
 	}
 }
+
+// testCommitMissingSnapshot: committing a snapshot whose row is gone
+// fails with not found and writes none of the machines (else a machine is
+// recorded paused on a snapshot that does not exist).
+func testCommitMissingSnapshot(t *testing.T, s store.Store) {
+	f := newFixture(t, s)
+	m := f.machine("m", "t", "", api.StatePausing)
+	m.State, m.SnapshotID = api.StatePaused, "gone"
+	err := s.CommitSnapshot(t.Context(), &store.Snapshot{ID: "gone"}, m)
+	checkErr(t, "commit a missing snapshot", err, errdefs.ErrNotFound, "")
+	if got := f.get("m"); got.State != api.StatePausing || got.SnapshotID != "" {
+		t.Errorf("machine after the commit: state %s snapshot %q, want pausing, none", got.State, got.SnapshotID)
+	}
+}
