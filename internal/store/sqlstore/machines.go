@@ -58,7 +58,7 @@ func (s *DB) CreateMachineFromSpare(ctx context.Context, m *store.Machine, sp st
 			return fmt.Errorf("take spare %s: %w", sp.MachineID, err)
 		}
 		if !exactlyOne(res) {
-			return fmt.Errorf("take spare %s: it is gone", sp.MachineID)
+			return fmt.Errorf("take spare %s: another restore took it: %w", sp.MachineID, errdefs.ErrConflict)
 		}
 		m.ID, m.ContainerID, m.Slot = sp.MachineID, sp.ContainerID, sp.Slot
 		return insertMachine(ctx, c, m)
@@ -117,7 +117,7 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, at(m.LineageCreated), m.CheckpointRetention, m.FailureReason, m.Origin,
 		m.Version)
 	if c.d.unique(err) {
-		return fmt.Errorf("insert machine %s: its lineage %s got another execution at the same time: %w", m.ID, m.LineageID, errdefs.ErrConflict)
+		return fmt.Errorf("insert machine %s: another write took its slot or its place in lineage %s at the same time: %w", m.ID, m.LineageID, errdefs.ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("insert machine %s: %w", m.ID, err)
@@ -346,16 +346,19 @@ func (s *DB) PruneEnded(ctx context.Context, before time.Time) (int64, error) {
 	var n int64
 	err := s.inTx(ctx, "prune ended machines", func(c conn) error {
 		// A lineage's latest row goes only with the whole lineage: were it
-		// deleted while a paused alias stays, that alias would look like
-		// the latest state and a connect would resume an older one.
-		const ended = `SELECT id FROM machines m WHERE state IN ('killed', 'failed') AND ended_at IS NOT NULL AND ended_at < ?
-			AND (NOT latest OR NOT EXISTS (SELECT 1 FROM machines l WHERE l.lineage_id = m.lineage_id AND l.state NOT IN ('killed', 'failed')))`
+		// deleted while another row stays (a paused alias, or one that
+		// ended after the cutoff), that row would be left without a latest
+		// one, out of lists, or look like the latest state.
+		const gone = `state IN ('killed', 'failed') AND ended_at IS NOT NULL AND ended_at < ?`
+		const ended = `SELECT id FROM machines m WHERE ` + gone + `
+			AND (NOT latest OR NOT EXISTS (SELECT 1 FROM machines l WHERE l.lineage_id = m.lineage_id AND l.id <> m.id AND NOT (` + gone + `)))`
+		cutoff := []any{at(before), at(before)}
 		for _, table := range []string{"machine_metadata", "machine_volumes"} {
-			if _, err := c.exec(ctx, `DELETE FROM `+table+` WHERE machine_id IN (`+ended+`)`, at(before)); err != nil {
+			if _, err := c.exec(ctx, `DELETE FROM `+table+` WHERE machine_id IN (`+ended+`)`, cutoff...); err != nil {
 				return err
 			}
 		}
-		res, err := c.exec(ctx, `DELETE FROM machines WHERE id IN (`+ended+`)`, at(before))
+		res, err := c.exec(ctx, `DELETE FROM machines WHERE id IN (`+ended+`)`, cutoff...)
 		if err != nil {
 			return err
 		}

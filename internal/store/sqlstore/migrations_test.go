@@ -19,7 +19,7 @@ func TestSnapshotNameMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, m := range migrations[:17] {
+	for i, m := range sqliteMigrations[:17] {
 		if _, err := raw.ExecContext(ctx, m); err != nil {
 			t.Fatalf("migration %d: %v", i+1, err)
 		}
@@ -43,8 +43,8 @@ func TestSnapshotNameMigration(t *testing.T) {
 	}
 	defer db.Close()
 	var version int
-	if err := db.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(migrations) {
-		t.Fatalf("user_version %d %v, want %d", version, err, len(migrations))
+	if err := db.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(sqliteMigrations) {
+		t.Fatalf("user_version %d %v, want %d", version, err, len(sqliteMigrations))
 	}
 	sn, err := db.GetSnapshot(ctx, "old")
 	if err != nil || sn.Name != "" || sn.SizeBytes != 10 {

@@ -38,10 +38,13 @@ func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
 // are recorded or neither.
 func (s *DB) CommitSnapshot(ctx context.Context, sn *store.Snapshot, machines ...*store.Machine) error {
 	err := s.inTx(ctx, "commit snapshot "+sn.ID, func(c conn) error {
-		_, err := c.exec(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
+		res, err := c.exec(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
 			store.SnapshotReady, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
 		if err != nil {
 			return err
+		}
+		if !exactlyOne(res) {
+			return fmt.Errorf("snapshot %s: %w", sn.ID, errdefs.ErrNotFound)
 		}
 		for _, m := range machines {
 			if err := updateMachine(ctx, c, m); err != nil {

@@ -76,6 +76,7 @@ var tests = []struct {
 	{"PruneEvents", testPruneEvents},
 	{"SSHKeys", testSSHKeys},
 	{"SSHKeyQuota", testSSHKeyQuota},
+	{"StaleWrite", testStaleWrite},
 }
 
 // base is the suite's clock origin.
