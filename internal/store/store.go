@@ -24,6 +24,7 @@ type Store interface {
 	Spares
 	Events
 	SSHKeys
+	Secrets
 	Close() error
 }
 
@@ -110,6 +111,15 @@ type Events interface {
 	Cursor(ctx context.Context, name string) (int64, error)
 	SetCursor(ctx context.Context, name string, seq int64) error
 	PruneEvents(ctx context.Context, before time.Time, keep int, notAfter int64) (int64, error)
+}
+
+// Secrets keeps the keys that every server sharing the store signs with.
+type Secrets interface {
+	// ShareSecret stores value as the secret name unless one is stored
+	// already, and returns the stored one.
+	ShareSecret(ctx context.Context, name string, value []byte) ([]byte, error)
+	// Secret returns the stored secret name, or nil if there is none.
+	Secret(ctx context.Context, name string) ([]byte, error)
 }
 
 // SSHKeys keeps the public keys of SSH sessions.

@@ -101,7 +101,10 @@ func pgUnavailable(err error) bool {
 
 // postgresSchema keeps PostgreSQL's version in schema_migrations.
 var postgresSchema = schema{
-	steps: []step{{version: 20, sql: postgresBaseline}},
+	steps: []step{
+		{version: 20, sql: postgresBaseline},
+		{version: 21, sql: sqliteMigrations[20]}, // the same SQL on both
+	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 			version INTEGER PRIMARY KEY,

@@ -248,4 +248,11 @@ var sqliteMigrations = []string{
 	DROP INDEX machines_lineage;
 	CREATE UNIQUE INDEX machines_lineage ON machines(lineage_id, lineage_seq);
 	CREATE UNIQUE INDEX machines_lineage_latest ON machines(lineage_id) WHERE latest;`,
+	// 21: secrets every server sharing the database signs with (machine
+	// URLs, E2B and SSH tokens, the SSH host key), so that one server
+	// verifies what another signed.
+	`CREATE TABLE cluster_secrets (
+		name TEXT PRIMARY KEY,
+		value TEXT NOT NULL
+	);`,
 }

@@ -291,3 +291,18 @@ func testConcurrentEvents(t *testing.T, a, b store.Store) {
 		t.Fatalf("the follower saw %d events %v;\nappended %d %v", len(seen), seen, len(appended), appended)
 	}
 }
+
+// testSecrets: the first value offered for a secret is kept.
+func testSecrets(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	got, err := s.Secret(ctx, "edge")
+	if err != nil || got != nil {
+		t.Fatalf("a secret never stored: %q %v, want nil", got, err)
+	}
+	for _, offer := range []string{"first\x00\xff", "second"} {
+		got, err := s.ShareSecret(ctx, "edge", []byte(offer))
+		if err != nil || string(got) != "first\x00\xff" {
+			t.Fatalf("share %q: %q %v, want the first", offer, got, err)
+		}
+	}
+}

@@ -77,6 +77,7 @@ var tests = []struct {
 	{"SSHKeys", testSSHKeys},
 	{"SSHKeyQuota", testSSHKeyQuota},
 	{"StaleWrite", testStaleWrite},
+	{"Secrets", testSecrets},
 }
 
 // base is the suite's clock origin.
