@@ -65,6 +65,8 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 	f.StringVar(&cfg.AgentBinary, "agent", cfg.AgentBinary, "nullspace-agent binary")
 	f.StringVar(&cfg.NodeName, "node-name", "", "name of this server on the host, which its netns, interface, nftables and cgroup names derive from "+
 		"(default: the one recorded in the data dir, else \"local\" for /var/lib/nullspace, else derived from the data dir's path)")
+	f.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "PostgreSQL database to keep state in, postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or ~/.pgpass "+
+		"(env NULLSPACE_DATABASE_URL; default: SQLite in the data dir)")
 	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from (two servers on one host need pools that do not overlap)")
 	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
 	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")

@@ -158,6 +158,10 @@ type Config struct {
 	// the data dir, else "local" for /var/lib/nullspace (today's names),
 	// else one derived from the data dir's path (resolveNodeName).
 	NodeName string
+	// DatabaseURL is the PostgreSQL database the server keeps its state
+	// in (postgres://user@host:port/db; the password may come from
+	// PGPASSWORD or ~/.pgpass); empty: SQLite in the data dir.
+	DatabaseURL string
 	// Names of the host objects the server makes. Empty fields derive from
 	// the node name; tests and benchmarks set them.
 	Names HostNames
@@ -196,6 +200,7 @@ func Defaults() Config {
 		EdgeHoldBodyBytes:      edge.DefaultHoldBodyLimit,
 		EdgeHeaderTimeout:      10 * time.Second,
 		MinBodyRate:            minrate.Default,
+		DatabaseURL:            os.Getenv("NULLSPACE_DATABASE_URL"),
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -232,6 +237,11 @@ func (c *Config) Validate() error {
 	}
 	if c.TemplatesDir == "" {
 		c.TemplatesDir = filepath.Join(c.DataDir, "templates")
+	}
+	if c.DatabaseURL != "" {
+		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+			return fmt.Errorf("--database-url %s: want postgres://USER@HOST:PORT/DATABASE (the password from PGPASSWORD or ~/.pgpass)", sqlstore.Redact(c.DatabaseURL))
+		}
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("--addr %q: %w", c.Addr, err)
@@ -492,11 +502,14 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err := recordNodeName(cfg.DataDir, cfg.NodeName); err != nil {
 		return nil, err
 	}
-	db, err := sqlstore.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
+	db, err := openStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	closers = append(closers, db)
+	if err := adoptSecrets(ctx, db, cfg.DataDir, logger); err != nil {
+		return nil, err
+	}
 	keyFile, err := bootstrapKey(ctx, db, cfg.DataDir, logger)
 	if err != nil {
 		return nil, err
@@ -607,6 +620,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
 		}
 	}
+	if err := offerSecrets(ctx, db, cfg.DataDir); err != nil {
+		return nil, err
+	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes)
@@ -676,7 +692,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		}
 	}()
 	logger.Info("nullspace serving", "addr", inst.Addr, "edge_addr", inst.EdgeAddr, "ssh_addr", inst.SSHAddr, "e2b_addr", inst.E2BAddr, "edge_domain", cfg.EdgeDomain,
-		"data_dir", cfg.DataDir, "api_key_file", keyFile, "node", cfg.NodeName, "netns_prefix", cfg.Names.NetnsPrefix,
+		"data_dir", cfg.DataDir, "store", storeName(cfg), "api_key_file", keyFile, "node", cfg.NodeName, "netns_prefix", cfg.Names.NetnsPrefix,
 		"veth_prefix", cfg.Names.VethPrefix, "firewall_table", cfg.Names.FirewallTable, "cgroup_parent", cfg.Names.CgroupParent)
 	return inst, nil
 }
@@ -835,4 +851,21 @@ func (b *templateBuilder) Build(ctx context.Context, req api.BuildTemplateReques
 
 func (b *templateBuilder) BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
 	return b.templates.BuildUpload(ctx, req, tarball, b.machines)
+}
+
+// openStore opens the state store: PostgreSQL with a database URL, else
+// SQLite in the data dir.
+func openStore(ctx context.Context, cfg Config) (store.Store, error) {
+	if cfg.DatabaseURL != "" {
+		return sqlstore.OpenPostgres(ctx, cfg.DatabaseURL)
+	}
+	return sqlstore.Open(ctx, filepath.Join(cfg.DataDir, "nullspace.db"))
+}
+
+// storeName says where the state is, for the log (never a password).
+func storeName(cfg Config) string {
+	if cfg.DatabaseURL != "" {
+		return sqlstore.Redact(cfg.DatabaseURL)
+	}
+	return "sqlite:" + filepath.Join(cfg.DataDir, "nullspace.db")
 }
