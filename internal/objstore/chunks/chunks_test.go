@@ -1,0 +1,466 @@
+package chunks_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/objstore"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
+	"nullspace.dev/nullspace/internal/objstore/memstore"
+)
+
+const mib = 1 << 20
+
+var fast = objstore.Backoff{Attempts: 4, Base: time.Millisecond, Max: 2 * time.Millisecond}
+
+// newStore returns a chunk store on a fresh fake, retried as the real one is.
+func newStore(t *testing.T) (*chunks.Store, *memstore.Store) {
+	t.Helper()
+	m := memstore.New()
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return chunks.New(objstore.WithRetry(m, fast, log), log), m
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// random returns n bytes that do not compress, the same for the same seed.
+func random(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	r.Read(b)
+	return b
+}
+
+func writeDir(t *testing.T, files map[string][]byte) (string, []string) {
+	t.Helper()
+	dir := t.TempDir()
+	var names []string
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	return dir, names
+}
+
+func checkDir(t *testing.T, dir string, want map[string][]byte) {
+	t.Helper()
+	for name, data := range want {
+		got, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("read %s: %v", name, err)
+			continue
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("%s: got %d bytes that differ from the %d uploaded", name, len(got), len(data))
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != len(want) {
+		t.Errorf("%s has %d entries, want %d", dir, len(entries), len(want))
+	}
+}
+
+// checkNoTemp fails if a download left anything in parent.
+func checkNoTemp(t *testing.T, parent string) {
+	t.Helper()
+	entries, _ := os.ReadDir(parent)
+	for _, e := range entries {
+		t.Errorf("left behind in %s: %s", parent, e.Name())
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	tests := []struct {
+		name           string
+		files          map[string][]byte
+		wantChunks     int
+		wantUploaded   int
+		wantCompressed bool // BytesUploaded well under BytesRead
+	}{
+		{"small files whole", map[string][]byte{"checkpoint.img": random(1, 280<<10), "pages_meta.img": bytes.Repeat([]byte("meta"), 1000), "meta.json": []byte(`{}`)}, 3, 3, false},
+		{"empty file", map[string][]byte{"empty": nil}, 0, 0, false},
+		{"exactly one chunk", map[string][]byte{"f": random(2, mib)}, 1, 1, false},
+		{"one byte over", map[string][]byte{"f": random(3, mib+1)}, 2, 2, false},
+		{"large file in 1 MiB chunks", map[string][]byte{"pages.img": random(4, 10*mib+4096)}, 11, 11, false},
+		{"repeated chunks put once, compressed", map[string][]byte{"pages.img": make([]byte, 3*mib)}, 3, 1, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, _ := newStore(t)
+			ctx := t.Context()
+			dir, names := writeDir(t, tt.files)
+			meta := json.RawMessage(`{"snapshot":"s-1"}`)
+			m, st, err := s.Upload(ctx, "snapshots/s-1/manifest.json", dir, names, meta)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var size int64
+			for _, d := range tt.files {
+				size += int64(len(d))
+			}
+			if st.BytesRead != size || st.Chunks != tt.wantChunks || st.ChunksUploaded != tt.wantUploaded {
+				t.Errorf("stats: got %+v, want %d bytes read, %d chunks, %d uploaded", st, size, tt.wantChunks, tt.wantUploaded)
+			}
+			if tt.wantCompressed && st.BytesUploaded*100 > st.BytesRead {
+				t.Errorf("stats: %d bytes uploaded for %d of zeros, want them compressed", st.BytesUploaded, st.BytesRead)
+			}
+
+			got, err := s.ReadManifest(ctx, "snapshots/s-1/manifest.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, _ := json.Marshal(m)
+			b, _ := json.Marshal(got)
+			if !bytes.Equal(a, b) {
+				t.Errorf("read manifest:\n got %s\nwant %s", b, a)
+			}
+			if string(got.Meta) != string(meta) {
+				t.Errorf("meta: got %s, want %s", got.Meta, meta)
+			}
+
+			parent := t.TempDir()
+			out := filepath.Join(parent, "s-1")
+			if err := s.Download(ctx, got, out); err != nil {
+				t.Fatal(err)
+			}
+			checkDir(t, out, tt.files)
+		})
+	}
+}
+
+// TestDedup: a second upload of an unchanged directory puts no chunk, and
+// a one-page change in a 10 MiB file puts one.
+func TestDedup(t *testing.T) {
+	s, m := newStore(t)
+	ctx := t.Context()
+	pages := random(5, 10*mib)
+	dir, names := writeDir(t, map[string][]byte{"pages.img": pages, "checkpoint.img": random(6, 100<<10)})
+	if _, st, err := s.Upload(ctx, "snapshots/a/manifest.json", dir, names, nil); err != nil || st.ChunksUploaded != 11 {
+		t.Fatalf("first upload: %+v, %v; want 11 chunks uploaded", st, err)
+	}
+
+	puts := m.Count(memstore.OpPut)
+	_, st, err := s.Upload(ctx, "snapshots/b/manifest.json", dir, names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChunksUploaded != 0 || st.BytesUploaded != 0 || st.Chunks != 11 {
+		t.Errorf("unchanged: got %+v, want 11 chunks and none uploaded", st)
+	}
+	if got := m.Count(memstore.OpPut) - puts; got != 1 {
+		t.Errorf("unchanged: %d puts, want 1 (the manifest)", got)
+	}
+
+	page := random(7, 4096)
+	copy(pages[5*mib+8192:], page)
+	if err := os.WriteFile(filepath.Join(dir, "pages.img"), pages, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err = s.Upload(ctx, "snapshots/c/manifest.json", dir, names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChunksUploaded != 1 || st.BytesUploaded < mib || st.BytesUploaded > mib+mib/8 {
+		t.Errorf("one page changed: got %+v, want 1 chunk (about 1 MiB) uploaded", st)
+	}
+}
+
+// TestUploadRenewsOldChunk: a present chunk older than Grace/2 is put again
+// so that a concurrent Sweep cannot collect it before the manifest names it.
+func TestUploadRenewsOldChunk(t *testing.T) {
+	s, m := newStore(t)
+	ctx := t.Context()
+	dir, names := writeDir(t, map[string][]byte{"f": random(8, 2*mib)})
+	man, _, err := s.Upload(ctx, "snapshots/a/manifest.json", dir, names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := man.Files[0].Chunks[0].SHA256
+	if err := m.SetModTime(chunks.ChunkKey(old), time.Now().Add(-s.Grace/2-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	_, st, err := s.Upload(ctx, "snapshots/b/manifest.json", dir, names, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChunksUploaded != 1 {
+		t.Errorf("got %d chunks uploaded, want 1 (the old one renewed)", st.ChunksUploaded)
+	}
+	info, err := m.Stat(ctx, chunks.ChunkKey(old))
+	if err != nil || time.Since(info.LastModified) > time.Minute {
+		t.Errorf("the old chunk: %+v, %v; want it renewed", info, err)
+	}
+}
+
+// TestCorrupt: damaged or missing stored data is snapshot_corrupt, never
+// accepted, and the download leaves nothing behind.
+func TestCorrupt(t *testing.T) {
+	tests := []struct {
+		name      string
+		damage    func(t *testing.T, m *memstore.Store, man *chunks.Manifest)
+		wantGets  int // gets of the damaged chunk; 0 to skip the check
+		wantNotFn bool
+	}{
+		{"bit flip", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			mutate(t, m, man, func(b []byte) []byte { b[len(b)/2] ^= 0x10; return b })
+		}, 3, false},
+		{"truncated", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			mutate(t, m, man, func(b []byte) []byte { return b[:len(b)-100] })
+		}, 3, false},
+		{"empty", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			mutate(t, m, man, func(b []byte) []byte { return nil })
+		}, 3, false},
+		{"not zstd", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			mutate(t, m, man, func(b []byte) []byte { return []byte("<Error>InternalError</Error>") })
+		}, 3, false},
+		{"missing", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			if err := m.Delete(t.Context(), chunks.ChunkKey(man.Files[0].Chunks[1].SHA256)); err != nil {
+				t.Fatal(err)
+			}
+		}, 1, true},
+		{"chunks in the wrong order (the whole-file CRC)", func(t *testing.T, m *memstore.Store, man *chunks.Manifest) {
+			// Each chunk matches its address and length; only the
+			// CRC-32C of the whole file can see the swap.
+			c := man.Files[0].Chunks
+			c[0].SHA256, c[1].SHA256 = c[1].SHA256, c[0].SHA256
+			c[0].ZLen, c[1].ZLen = c[1].ZLen, c[0].ZLen
+		}, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, m := newStore(t)
+			ctx := t.Context()
+			files := map[string][]byte{"pages.img": random(9, 3*mib)}
+			dir, names := writeDir(t, files)
+			man, _, err := s.Upload(ctx, "snapshots/x/manifest.json", dir, names, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.damage(t, m, &man)
+			gets := m.Count(memstore.OpGet)
+			parent := t.TempDir()
+			err = s.Download(ctx, man, filepath.Join(parent, "x"))
+			checkCorrupt(t, err)
+			var ce *chunks.CorruptError
+			if errors.As(err, &ce) && errors.Is(err, objstore.ErrNotFound) != tt.wantNotFn {
+				t.Errorf("errors.Is(err, ErrNotFound) = %v, want %v", !tt.wantNotFn, tt.wantNotFn)
+			}
+			if tt.wantGets > 0 {
+				// Chunk 0 is fetched once; the damaged chunk wantGets
+				// times; chunk 2 at most once (a worker may have
+				// started it).
+				if got := m.Count(memstore.OpGet) - gets; got < 1+tt.wantGets || got > 2+tt.wantGets {
+					t.Errorf("%d gets, want %d of the damaged chunk besides the others", got, tt.wantGets)
+				}
+			}
+			checkNoTemp(t, parent)
+		})
+	}
+}
+
+// TestCorruptManifest: a manifest that is missing or damaged is
+// snapshot_corrupt.
+func TestCorruptManifest(t *testing.T) {
+	s, m := newStore(t)
+	ctx := t.Context()
+	for key, body := range map[string]string{
+		"snapshots/garbage/manifest.json":    "{not json",
+		"snapshots/traverse/manifest.json":   `{"version":1,"files":[{"name":"../../etc/x","size":0,"chunks":[]}]}`,
+		"snapshots/gap/manifest.json":        `{"version":1,"files":[{"name":"f","size":10,"chunks":[{"sha256":"` + strings.Repeat("a", 64) + `","offset":2,"len":8,"zlen":9}]}]}`,
+		"snapshots/newversion/manifest.json": `{"version":2,"files":[]}`,
+	} {
+		m.Put(ctx, key, strings.NewReader(body), int64(len(body)))
+	}
+	for _, key := range []string{"snapshots/garbage/manifest.json", "snapshots/traverse/manifest.json",
+		"snapshots/gap/manifest.json", "snapshots/newversion/manifest.json", "snapshots/missing/manifest.json"} {
+		_, err := s.ReadManifest(ctx, key)
+		checkCorrupt(t, err)
+	}
+}
+
+// TestFaults: 500s and slow answers are retried; a store that stays down is
+// object_store_unavailable, with no manifest written and nothing left on
+// disk; a cancelled context ends an upload or download at once.
+func TestFaults(t *testing.T) {
+	files := map[string][]byte{"pages.img": random(10, 3*mib), "checkpoint.img": random(11, 1000)}
+	tests := []struct {
+		name     string
+		fault    memstore.Fault
+		download bool // inject before the download instead of the upload
+		timeout  time.Duration
+		check    func(t *testing.T, err error)
+	}{
+		{"upload: 500s then success", memstore.Fault{Op: memstore.OpPut, Times: 3}, false, 0, wantNil},
+		{"upload: stat 500s then success", memstore.Fault{Op: memstore.OpStat, Times: 3}, false, 0, wantNil},
+		{"upload: persistent 500s", memstore.Fault{Op: memstore.OpPut}, false, 0, wantUnavailable},
+		{"upload: manifest put fails", memstore.Fault{Op: memstore.OpPut, KeyPrefix: "snapshots/"}, false, 0, wantUnavailable},
+		{"upload: slow store, ctx deadline", memstore.Fault{Op: memstore.OpPut, Delay: time.Hour}, false, 100 * time.Millisecond, wantDeadline},
+		{"download: 500s then success", memstore.Fault{Op: memstore.OpGet, Times: 3}, true, 0, wantNil},
+		{"download: persistent 500s", memstore.Fault{Op: memstore.OpGet}, true, 0, wantUnavailable},
+		{"download: slow store, ctx deadline", memstore.Fault{Op: memstore.OpGet, Delay: time.Hour}, true, 100 * time.Millisecond, wantDeadline},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, m := newStore(t)
+			// The deadline, if any, is for the phase with the fault.
+			faulted := t.Context()
+			if tt.timeout > 0 {
+				var cancel context.CancelFunc
+				faulted, cancel = context.WithTimeout(faulted, tt.timeout)
+				defer cancel()
+			}
+			ctx := t.Context()
+			if !tt.download {
+				ctx = faulted
+			}
+			dir, names := writeDir(t, files)
+			const key = "snapshots/f/manifest.json"
+			if !tt.download {
+				m.Inject(tt.fault)
+			}
+			start := time.Now()
+			man, _, err := s.Upload(ctx, key, dir, names, nil)
+			if !tt.download {
+				tt.check(t, err)
+				if _, statErr := m.Stat(t.Context(), key); (err == nil) != (statErr == nil) {
+					t.Errorf("upload error %v, manifest stat %v: want a manifest exactly when the upload succeeded", err, statErr)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				m.Inject(tt.fault)
+				parent := t.TempDir()
+				out := filepath.Join(parent, "f")
+				err = s.Download(faulted, man, out)
+				tt.check(t, err)
+				if err == nil {
+					checkDir(t, out, files)
+				} else {
+					checkNoTemp(t, parent)
+				}
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %v", d)
+			}
+		})
+	}
+}
+
+// TestBodyBreaksOff: a chunk whose body breaks off mid-way is fetched again,
+// and a store whose bodies keep breaking is unavailable, not corrupt.
+func TestBodyBreaksOff(t *testing.T) {
+	for _, breaks := range []int{1, 100} {
+		s, m := newStore(t)
+		ctx := t.Context()
+		files := map[string][]byte{"f": random(12, 2*mib)}
+		dir, names := writeDir(t, files)
+		man, _, err := s.Upload(ctx, "snapshots/b/manifest.json", dir, names, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Remote = objstore.WithRetry(&breakingBodies{Store: m, left: breaks}, fast, s.Log)
+		out := filepath.Join(t.TempDir(), "b")
+		err = s.Download(ctx, man, out)
+		if breaks == 1 {
+			if err != nil {
+				t.Errorf("one broken body: got %v, want a second fetch to succeed", err)
+			}
+			checkDir(t, out, files)
+		} else if p := errdefs.Classify(err); p.Code != errdefs.CodeObjectStoreUnavailable {
+			t.Errorf("bodies always breaking: got %v (%s), want object_store_unavailable", err, p.Code)
+		}
+	}
+}
+
+// breakingBodies cuts the first `left` bodies it serves after 1000 bytes
+// with a connection reset.
+type breakingBodies struct {
+	*memstore.Store
+	mu   sync.Mutex
+	left int
+}
+
+func (b *breakingBodies) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, err := b.Store.Get(ctx, key)
+	if err != nil || !strings.HasPrefix(key, chunks.ChunkPrefix) {
+		return rc, err
+	}
+	if b.take() {
+		return io.NopCloser(io.MultiReader(io.LimitReader(rc, 1000), errReader{})), nil
+	}
+	return rc, nil
+}
+
+func (b *breakingBodies) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.left == 0 {
+		return false
+	}
+	b.left--
+	return true
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) {
+	return 0, errors.New("read tcp: connection reset by peer")
+}
+
+func wantNil(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Errorf("got %v, want success after retries", err)
+	}
+}
+
+func wantUnavailable(t *testing.T, err error) {
+	t.Helper()
+	p := errdefs.Classify(err)
+	if p.Code != errdefs.CodeObjectStoreUnavailable || !p.Retryable || p.Status != 503 {
+		t.Errorf("got %v (%+v), want a retryable 503 object_store_unavailable", err, p)
+	}
+}
+
+func wantDeadline(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("got %v, want the context's deadline", err)
+	}
+}
+
+func checkCorrupt(t *testing.T, err error) {
+	t.Helper()
+	var ce *chunks.CorruptError
+	p := errdefs.Classify(err)
+	if !errors.As(err, &ce) || p.Code != errdefs.CodeSnapshotCorrupt || p.Retryable {
+		t.Errorf("got %v (%+v), want a *CorruptError classified snapshot_corrupt", err, p)
+	}
+}
+
+func mutate(t *testing.T, m *memstore.Store, man *chunks.Manifest, fn func([]byte) []byte) {
+	t.Helper()
+	if err := m.Mutate(chunks.ChunkKey(man.Files[0].Chunks[1].SHA256), fn); err != nil {
+		t.Fatal(err)
+	}
+}
