@@ -464,3 +464,77 @@ func mutate(t *testing.T, m *memstore.Store, man *chunks.Manifest, fn func([]byt
 		t.Fatal(err)
 	}
 }
+
+// TestSweep keeps what live manifests name and what is younger than the
+// grace period, and deletes the rest.
+func TestSweep(t *testing.T) {
+	s, m := newStore(t)
+	ctx := t.Context()
+	old := time.Now().Add(-2 * s.Grace)
+	shared := random(20, mib)
+	upload := func(key string, files map[string][]byte) chunks.Manifest {
+		t.Helper()
+		dir, names := writeDir(t, files)
+		man, _, err := s.Upload(ctx, key, dir, names, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return man
+	}
+	const keptKey, deadKey, youngKey = "snapshots/kept/manifest.json", "snapshots/dead/manifest.json", "snapshots/young/manifest.json"
+	kept := upload(keptKey, map[string][]byte{"f": append(bytes.Clone(shared), random(21, mib)...)})
+	dead := upload(deadKey, map[string][]byte{"f": append(bytes.Clone(shared), random(22, mib)...)})
+	// Everything so far is old.
+	for _, k := range m.Keys("") {
+		m.SetModTime(k, old)
+	}
+	// Uploaded now and not yet in the caller's keep set: an upload in flight.
+	young := upload(youngKey, map[string][]byte{"f": random(23, 100)})
+	orphanOld, orphanYoung := chunks.ChunkKey(strings.Repeat("0", 64)), chunks.ChunkKey(strings.Repeat("1", 64))
+	m.Put(ctx, orphanOld, strings.NewReader("x"), 1)
+	m.SetModTime(orphanOld, old)
+	m.Put(ctx, orphanYoung, strings.NewReader("y"), 1)
+
+	st, err := s.Sweep(ctx, []string{"snapshots/"}, func(key string) bool { return key == keptKey })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := chunks.SweepStats{Manifests: 3, ManifestsDeleted: 1, Chunks: 6, ChunksDeleted: 2}
+	st.BytesDeleted = 0
+	if st != want {
+		t.Errorf("stats: got %+v, want %+v", st, want)
+	}
+	deadOnly := chunks.ChunkKey(dead.Files[0].Chunks[1].SHA256)
+	for key, wantThere := range map[string]bool{
+		keptKey: true, deadKey: false, youngKey: true,
+		chunks.ChunkKey(kept.Files[0].Chunks[0].SHA256): true, // shared with the dead one
+		chunks.ChunkKey(kept.Files[0].Chunks[1].SHA256): true,
+		deadOnly: false,
+		chunks.ChunkKey(young.Files[0].Chunks[0].SHA256): true,
+		orphanOld: false, orphanYoung: true,
+	} {
+		if _, err := m.Stat(ctx, key); (err == nil) != wantThere {
+			t.Errorf("%s: stat %v, want present %v", key, err, wantThere)
+		}
+	}
+	if err := s.Download(ctx, kept, filepath.Join(t.TempDir(), "k")); err != nil {
+		t.Errorf("the kept manifest after the sweep: %v", err)
+	}
+
+	t.Run("an unreadable kept manifest stops chunk deletion", func(t *testing.T) {
+		m.Put(ctx, "snapshots/bad/manifest.json", strings.NewReader("{"), 1)
+		m.SetModTime(youngKey, old)
+		before := len(m.Keys(chunks.ChunkPrefix))
+		_, err := s.Sweep(ctx, []string{"snapshots/"}, func(key string) bool { return key != youngKey })
+		checkCorrupt(t, err)
+		if after := len(m.Keys(chunks.ChunkPrefix)); after != before {
+			t.Errorf("%d chunks deleted, want none", before-after)
+		}
+	})
+
+	t.Run("a manifest prefix over the chunks is refused", func(t *testing.T) {
+		if _, err := s.Sweep(ctx, []string{""}, func(string) bool { return true }); err == nil {
+			t.Error("got nil, want an error")
+		}
+	})
+}
