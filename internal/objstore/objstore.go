@@ -173,6 +173,9 @@ func (c Credentials) String() string {
 	return "access key " + c.AccessKeyID + " (secret redacted)"
 }
 
+// GoString keeps %#v from printing the fields.
+func (c Credentials) GoString() string { return c.String() }
+
 // LogValue implements slog.LogValuer.
 func (c Credentials) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("access_key_id", c.AccessKeyID), slog.String("secret", "REDACTED"))

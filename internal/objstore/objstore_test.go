@@ -62,7 +62,7 @@ func TestCredentialsRedacted(t *testing.T) {
 	}.get)
 	var logs bytes.Buffer
 	slog.New(slog.NewJSONHandler(&logs, nil)).Info("creds", "creds", c)
-	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v", c, c), logs.String()} {
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%v %+v %#v %s", c, c, c, c), logs.String()} {
 		if strings.Contains(s, "topsecret") || strings.Contains(s, "tok\"") || !strings.Contains(s, "AKIAEXAMPLE") {
 			t.Errorf("got %q, want the access key id and no secret", s)
 		}

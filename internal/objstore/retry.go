@@ -26,8 +26,12 @@ var DefaultBackoff = Backoff{Attempts: 8, Base: 500 * time.Millisecond, Max: 8 *
 // fails transiently (see Transient), and a store still failing after the
 // last attempt gives Unavailable. Waits select on ctx.Done, so a cancelled
 // context ends the retries at once with ctx's error. A Get is retried
-// until it returns a reader; reading that reader is not.
+// until it returns a reader; reading that reader is not. Retries are
+// logged at warn level on log (nil discards).
 func WithRetry(r Remote, b Backoff, log *slog.Logger) Remote {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	if b.Attempts < 1 {
 		b.Attempts = 1
 	}

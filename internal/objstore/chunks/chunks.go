@@ -117,8 +117,11 @@ type Store struct {
 	Now func() time.Time
 }
 
-// New returns a Store with the defaults.
+// New returns a Store with the defaults; a nil log discards.
 func New(r objstore.Remote, log *slog.Logger) *Store {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Store{Remote: r, Log: log, Chunker: Fixed(1 << 20), Workers: 2, Grace: time.Hour, Now: time.Now}
 }
 
@@ -138,6 +141,9 @@ type Fixed int
 
 func (f Fixed) Split(r io.Reader) func() ([]byte, error) {
 	return func() ([]byte, error) {
+		if f <= 0 {
+			return nil, fmt.Errorf("chunk size %d: must be positive", int(f))
+		}
 		buf := make([]byte, f)
 		n, err := io.ReadFull(r, buf)
 		switch {

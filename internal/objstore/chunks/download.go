@@ -114,13 +114,17 @@ func (s *Store) downloadFile(ctx context.Context, dir string, f File) error {
 		return fmt.Errorf("file %s: %w", f.Name, err)
 	}
 
-	chunks := make(chan Chunk)
-	g, gctx := errgroup.WithContext(ctx)
-	for range s.Workers {
+	decs := make([]*zstd.Decoder, max(1, s.Workers))
+	for i := range decs {
 		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2*maxChunk))
 		if err != nil {
 			return fmt.Errorf("file %s: zstd: %w", f.Name, err)
 		}
+		decs[i] = dec
+	}
+	chunks := make(chan Chunk)
+	g, gctx := errgroup.WithContext(ctx)
+	for _, dec := range decs {
 		g.Go(func() error {
 			defer dec.Close()
 			for c := range chunks {

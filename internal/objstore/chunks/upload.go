@@ -43,21 +43,27 @@ type Stats struct {
 // once they are older than Grace. Calling Upload again is idempotent.
 func (s *Store) Upload(ctx context.Context, key, dir string, files []string, meta json.RawMessage) (Manifest, Stats, error) {
 	m := Manifest{Version: manifestVersion, Meta: meta}
-	var st Stats
+	var st Stats // BytesRead and Chunks: this goroutine's; the rest under mu
 	var mu sync.Mutex
-	zlens := map[string]int64{} // sha → compressed length, once put or found
+	zlens := map[string]int64{} // sha → compressed length, once put or found; under mu
 
-	type job struct {
-		sha  string
-		data []byte
-	}
-	jobs := make(chan job, s.Workers)
-	g, gctx := errgroup.WithContext(ctx)
-	for range s.Workers {
+	// One single-threaded encoder per worker: on 2 cores, two chunks
+	// compressed at once use both without zstd's own goroutines.
+	encs := make([]*zstd.Encoder, max(1, s.Workers))
+	for i := range encs {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
 		if err != nil {
 			return Manifest{}, Stats{}, fmt.Errorf("upload %s: zstd: %w", key, err)
 		}
+		encs[i] = enc
+	}
+	type job struct {
+		sha  string
+		data []byte
+	}
+	jobs := make(chan job, len(encs))
+	g, gctx := errgroup.WithContext(ctx)
+	for _, enc := range encs {
 		g.Go(func() error {
 			defer enc.Close()
 			for j := range jobs {
