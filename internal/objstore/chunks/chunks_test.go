@@ -3,6 +3,7 @@ package chunks_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -43,7 +44,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 // random returns n bytes that do not compress, the same for the same seed.
 func random(seed uint64, n int) []byte {
 	b := make([]byte, n)
-	r := rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8)})
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	r := rand.NewChaCha8(key)
 	r.Read(b)
 	return b
 }
