@@ -156,6 +156,7 @@ var Codes = []string{
 	CodeSSHDisabled,
 	CodeWatchNotFound,
 	CodeCapacityExhausted,
+	CodeStoreUnavailable,
 	CodeObjectStoreUnavailable,
 	CodeBodyTooLarge,
 	CodeBodyTooSlow,
