@@ -31,7 +31,11 @@ func newStore(t *testing.T) (*chunks.Store, *memstore.Store) {
 	t.Helper()
 	m := memstore.New()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return chunks.New(objstore.WithRetry(m, fast, log), log), m
+	s := chunks.New(objstore.WithRetry(m, fast, log), log)
+	// The machinery's tests count chunks on a fixed grid; TestCDC covers
+	// the default chunker.
+	s.Chunker = chunks.Fixed(mib)
+	return s, m
 }
 
 type testWriter struct{ t *testing.T }
@@ -540,4 +544,55 @@ func TestSweep(t *testing.T) {
 			t.Error("got nil, want an error")
 		}
 	})
+}
+
+// TestCDC: the default chunker cuts by content, so bytes inserted at the
+// front (pages moved after a restore) leave the later chunks' addresses as
+// they were; the fixed grid loses them all. Cuts are the same on every run
+// and host (a fixed polynomial).
+func TestCDC(t *testing.T) {
+	data := random(40, 10*mib)
+	shifted := append(random(41, 3*4096), data...)
+	for _, tt := range []struct {
+		chunker        chunks.Chunker
+		maxUploaded    int
+		minAvg, maxAvg int64
+	}{
+		{chunks.DefaultCDC, 2, 32 << 10, 128 << 10},
+		{chunks.Fixed(mib), 11, mib, mib},
+	} {
+		s, _ := newStore(t)
+		s.Chunker = tt.chunker
+		ctx := t.Context()
+		dir, names := writeDir(t, map[string][]byte{"pages.img": data})
+		m1, st1, err := s.Upload(ctx, "snapshots/1/manifest.json", dir, names, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if avg := st1.BytesRead / int64(st1.Chunks); avg < tt.minAvg || avg > tt.maxAvg {
+			t.Errorf("%T: average chunk %d bytes, want %d to %d", tt.chunker, avg, tt.minAvg, tt.maxAvg)
+		}
+		m1again, _, _ := s.Upload(ctx, "snapshots/1b/manifest.json", dir, names, nil)
+		a, _ := json.Marshal(m1)
+		b, _ := json.Marshal(m1again)
+		if !bytes.Equal(a, b) {
+			t.Errorf("%T: the same file cut differently twice", tt.chunker)
+		}
+		dir2, _ := writeDir(t, map[string][]byte{"pages.img": shifted})
+		m2, st2, err := s.Upload(ctx, "snapshots/2/manifest.json", dir2, names, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, isFixed := tt.chunker.(chunks.Fixed); !isFixed && st2.ChunksUploaded > tt.maxUploaded {
+			t.Errorf("%T: 12 KiB inserted at the front: %d of %d chunks uploaded, want at most %d", tt.chunker, st2.ChunksUploaded, st2.Chunks, tt.maxUploaded)
+		}
+		if _, isFixed := tt.chunker.(chunks.Fixed); isFixed && st2.ChunksUploaded != st2.Chunks {
+			t.Errorf("fixed: %d of %d chunks uploaded after a shift, want all (this is why CDC is the default)", st2.ChunksUploaded, st2.Chunks)
+		}
+		out := filepath.Join(t.TempDir(), "2")
+		if err := s.Download(ctx, m2, out); err != nil {
+			t.Fatal(err)
+		}
+		checkDir(t, out, map[string][]byte{"pages.img": shifted})
+	}
 }

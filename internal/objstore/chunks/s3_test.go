@@ -25,6 +25,7 @@ func TestVersitygw(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := chunks.New(r, log)
+	s.Chunker = chunks.Fixed(mib) // the chunk counts below are on a 1 MiB grid
 	ctx := t.Context()
 
 	files := map[string][]byte{"pages.img": random(30, 5*mib+123), "checkpoint.img": random(31, 300<<10), "pages_meta.img": make([]byte, 8192)}
