@@ -20,7 +20,7 @@ import (
 )
 
 // maxManifest bounds a manifest read from the store (a 256 MiB pages.img
-// in 1 MiB chunks is about 40 KB of JSON).
+// in 64 KiB chunks is about 600 KB of JSON).
 const maxManifest = 64 << 20
 
 // ReadManifest reads and validates the manifest at key. A missing or
