@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps runsc run test bench vet typecheck-python typescript-sdk e2b-sdk e2b-proto clean
+.PHONY: all build deps runsc versitygw run test bench vet typecheck-python typescript-sdk e2b-sdk e2b-proto clean
 
 all: build
 
@@ -23,6 +23,14 @@ deps:
 runsc: deps
 	@mkdir -p bin
 	@ln -sf "$$(scripts/build-runsc.sh $(CACHE_DIR))" bin/runsc
+
+# versitygw (Apache-2.0) is the S3-compatible server the object-store tests
+# run against; built from tools/versitygw/go.mod, cached like runsc, never
+# linked into nullspace. Only test and bench need it, so `make run` does not
+# wait for it.
+versitygw: deps
+	@mkdir -p bin
+	@ln -sf "$$(scripts/build-versitygw.sh $(CACHE_DIR))" bin/versitygw
 
 build: runsc
 	@echo "==> building bin/nullspace and bin/nullspace-agent"
@@ -56,17 +64,19 @@ e2b-proto:
 
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
-test: build vet typecheck-python typescript-sdk e2b-sdk
+test: build versitygw vet typecheck-python typescript-sdk e2b-sdk
 	@echo "==> running tests (real gVisor machines included; the first run builds the base template, about 2 minutes)"
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
+		NULLSPACE_VERSITYGW=$(CURDIR)/bin/versitygw \
 		$(GO) test -race -count=1 -timeout 40m ./...
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 10s ./internal/httpapi
 
 # Nullspace against raw runsc on this host, in one run (needs root): prints
 # a table and writes every sample to bench/results.json. Pass more flags
 # with BENCH_FLAGS, e.g. `make bench BENCH_FLAGS='-n 50 -log-level debug'`.
-bench: build
+bench: build versitygw
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
+		NULLSPACE_VERSITYGW=$(CURDIR)/bin/versitygw \
 		$(GO) run ./bench -out bench/results.json $(BENCH_FLAGS)
 
 clean:

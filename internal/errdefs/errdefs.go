@@ -122,6 +122,9 @@ const (
 	// CodeStoreUnavailable: the state database (PostgreSQL) could not be
 	// reached; nothing was changed, and a retry can finish the operation.
 	CodeStoreUnavailable = "store_unavailable"
+	// CodeObjectStoreUnavailable: the object store (--object-store) did not
+	// answer, or kept failing, after retries; retryable, 503.
+	CodeObjectStoreUnavailable = "object_store_unavailable"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid       = "url_invalid"
@@ -153,6 +156,8 @@ var Codes = []string{
 	CodeSSHDisabled,
 	CodeWatchNotFound,
 	CodeCapacityExhausted,
+	CodeStoreUnavailable,
+	CodeObjectStoreUnavailable,
 	CodeBodyTooLarge,
 	CodeBodyTooSlow,
 	CodeHeadersTooLarge,
