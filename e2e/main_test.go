@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +15,7 @@ import (
 
 	"nullspace.dev/nullspace/client"
 	"nullspace.dev/nullspace/internal/server"
+	"nullspace.dev/nullspace/internal/store/pgtest"
 )
 
 // Host object names of the test server: distinct from a real server's and
@@ -40,7 +43,29 @@ var env struct {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(runTests(m))
+	os.Exit(pgtest.MainWith(m, runTests))
+}
+
+// storeEnv set to "postgres" runs every server of the tests on a
+// PostgreSQL database of its own (one per data dir, on a throwaway
+// cluster) instead of SQLite: `make test` runs the lifecycle tests once
+// more that way.
+const storeEnv = "NULLSPACE_E2E_STORE"
+
+// databaseURL returns the database of a server's data dir in a
+// PostgreSQL run, and "" otherwise. A child server of a crash test gets
+// its parent's (same data dir, same cluster).
+func databaseURL(dataDir string) string {
+	if os.Getenv(storeEnv) != "postgres" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(dataDir))
+	u, err := pgtest.Database("e2e_" + hex.EncodeToString(sum[:6]))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %s=postgres: %v\n", storeEnv, err)
+		os.Exit(1)
+	}
+	return u
 }
 
 func runTests(m *testing.M) int {
@@ -134,6 +159,7 @@ func testConfig(dataDir string) server.Config {
 	cfg := server.Defaults()
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
+	cfg.DatabaseURL = databaseURL(dataDir)
 	cfg.TemplatesDir = filepath.Join(cfg.CacheDir, "test-templates")
 	cfg.Runsc = runscPath()
 	cfg.AgentBinary = agentPath()

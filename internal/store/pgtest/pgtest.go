@@ -75,9 +75,13 @@ type server struct {
 // removes its directory. Its result is the exit code for os.Exit: a failure
 // to stop makes an otherwise green run fail, since it leaves a postgres
 // behind.
-func Main(m *testing.M) int {
+func Main(m *testing.M) int { return MainWith(m, (*testing.M).Run) }
+
+// MainWith is Main for a TestMain that runs the tests its own way (run
+// calls m.Run among other things).
+func MainWith(m *testing.M, run func(*testing.M) int) int {
 	mainCalled.Store(true)
-	code := m.Run()
+	code := run(m)
 	if err := stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: pgtest: %v\n", err)
 		if code == 0 {
@@ -125,13 +129,46 @@ func BadPasswordURL(t testing.TB) string {
 	return u.String()
 }
 
+// Database returns a URL to the database name, created empty if it does
+// not exist yet and never dropped (it goes with the cluster). It is for a
+// TestMain that has no testing.TB (the e2e servers); it also sets
+// NULLSPACE_TEST_DATABASE_URL, so that child processes of the test binary
+// (servers it runs and kills) use the same server.
+func Database(name string) (string, error) {
+	if !mainCalled.Load() {
+		return "", errors.New("pgtest: the package's TestMain must call pgtest.Main or MainWith (it stops the cluster when the tests end)")
+	}
+	once.Do(func() { srv, srvErr = open(func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }) })
+	if srvErr != nil {
+		return "", fmt.Errorf("pgtest: %w", srvErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	srv.mu.Lock()
+	var exists bool
+	err := srv.admin.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists)
+	srv.mu.Unlock()
+	if err != nil {
+		return "", fmt.Errorf("pgtest: look up database %s: %w", name, err)
+	}
+	if !exists {
+		if err := srv.exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"); err != nil {
+			return "", fmt.Errorf("pgtest: create database %s: %w", name, err)
+		}
+	}
+	os.Setenv(EnvURL, srv.base.String())
+	u := *srv.base
+	u.Path = "/" + name
+	return u.String(), nil
+}
+
 // get returns the server, starting it on the first call.
 func get(t testing.TB) *server {
 	t.Helper()
 	if !mainCalled.Load() {
 		t.Fatal("pgtest: the package's TestMain must call pgtest.Main (it stops the cluster when the tests end)")
 	}
-	once.Do(func() { srv, srvErr = open(t) })
+	once.Do(func() { srv, srvErr = open(t.Logf) })
 	if srvErr != nil {
 		t.Fatalf("pgtest: %v", srvErr)
 	}
@@ -140,7 +177,7 @@ func get(t testing.TB) *server {
 
 // open connects to NULLSPACE_TEST_DATABASE_URL's server, or starts a
 // cluster when it is unset.
-func open(t testing.TB) (*server, error) {
+func open(logf func(format string, args ...any)) (*server, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if env := os.Getenv(EnvURL); env != "" {
@@ -152,12 +189,12 @@ func open(t testing.TB) (*server, error) {
 		if err := s.connectLocked(ctx); err != nil {
 			return nil, err
 		}
-		t.Logf("pgtest: using the server of %s at %s", EnvURL, base.Host)
+		logf("pgtest: using the server of %s at %s", EnvURL, base.Host)
 		return s, nil
 	}
 
 	begin := time.Now()
-	c, err := startCluster(ctx, t)
+	c, err := startCluster(ctx, logf)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +202,7 @@ func open(t testing.TB) (*server, error) {
 	if err := s.connectLocked(ctx); err != nil {
 		return nil, errors.Join(err, c.stop())
 	}
-	t.Logf("pgtest: PostgreSQL cluster in %s (pid %d, port %d) ready in %v (initdb %v, start %v)",
+	logf("pgtest: PostgreSQL cluster in %s (pid %d, port %d) ready in %v (initdb %v, start %v)",
 		c.dir, c.pid, c.port, time.Since(begin).Round(time.Millisecond),
 		c.initdb.Round(time.Millisecond), c.start.Round(time.Millisecond))
 	return s, nil
@@ -238,7 +275,7 @@ const (
 
 // startCluster initdb's a cluster into a new temp dir and starts it on a
 // free loopback port, with a superuser role that logs in by password.
-func startCluster(ctx context.Context, t testing.TB) (*cluster, error) {
+func startCluster(ctx context.Context, logf func(format string, args ...any)) (*cluster, error) {
 	if err := checkInstalled(binDir); err != nil {
 		return nil, err
 	}
@@ -256,7 +293,7 @@ func startCluster(ctx context.Context, t testing.TB) (*cluster, error) {
 		uid, _ = strconv.Atoi(pg.Uid)
 		gid, _ = strconv.Atoi(pg.Gid)
 	}
-	sweep(ctx, t, parent)
+	sweep(ctx, logf, parent)
 
 	dir, err := os.MkdirTemp(parent, dirPrefix)
 	if err != nil {
@@ -430,7 +467,7 @@ func (c *cluster) run(ctx context.Context, bin string, args ...string) ([]byte, 
 // before its Main ran (a -timeout panic, a kill): pg_ctl detaches the
 // postmaster, so nothing else would ever end it. Clusters of live binaries
 // (go test runs packages in parallel) are left alone.
-func sweep(ctx context.Context, t testing.TB, parent string) {
+func sweep(ctx context.Context, logf func(format string, args ...any), parent string) {
 	dirs, _ := filepath.Glob(filepath.Join(parent, dirPrefix+"*"))
 	for _, dir := range dirs {
 		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
@@ -449,15 +486,15 @@ func sweep(ctx context.Context, t testing.TB, parent string) {
 		// nothing to stop.
 		if pid, err := c.postmasterPID(); err == nil && alive(pid) {
 			if out, err := c.run(ctx, "pg_ctl", "-D", c.data(), "-m", "immediate", "-w", "-s", "stop"); err != nil {
-				t.Logf("pgtest: stop a cluster left by a dead test binary in %s: %v\n%s", dir, err, out)
+				logf("pgtest: stop a cluster left by a dead test binary in %s: %v\n%s", dir, err, out)
 				continue
 			}
 		}
 		if err := os.RemoveAll(dir); err != nil {
-			t.Logf("pgtest: remove a cluster left by a dead test binary: %v", err)
+			logf("pgtest: remove a cluster left by a dead test binary: %v", err)
 			continue
 		}
-		t.Logf("pgtest: removed a cluster left by a test binary that died: %s", dir)
+		logf("pgtest: removed a cluster left by a test binary that died: %s", dir)
 	}
 }
 

@@ -238,7 +238,7 @@ func databases(t *testing.T) int {
 // TestSweep: a cluster whose test binary died before Main could stop it is
 // stopped and removed by the next start; a live binary's is left alone.
 func TestSweep(t *testing.T) {
-	c, err := startCluster(t.Context(), t)
+	c, err := startCluster(t.Context(), t.Logf)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -251,7 +251,7 @@ func TestSweep(t *testing.T) {
 	})
 	parent := filepath.Dir(c.dir)
 
-	sweep(t.Context(), t, parent)
+	sweep(t.Context(), t.Logf, parent)
 	if !alive(c.pid) {
 		t.Fatal("sweep stopped the cluster of a live test binary")
 	}
@@ -264,7 +264,7 @@ func TestSweep(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(c.dir, ownerFile), []byte(strconv.Itoa(dead.Process.Pid)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sweep(t.Context(), t, parent)
+	sweep(t.Context(), t.Logf, parent)
 	if _, err := os.Stat(c.dir); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the dead binary's cluster dir: got %v, want it removed", err)
 	}
