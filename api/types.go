@@ -414,6 +414,10 @@ type Snapshot struct {
 	// Name is the snapshot's name, unique in the team; usable wherever
 	// its id is.
 	Name string `json:"name,omitempty"`
+	// Durable: its files are in the server's object store, so that any
+	// server sharing it can restore the snapshot, and losing this host's
+	// disk loses nothing. Always false without --object-store.
+	Durable bool `json:"durable"`
 }
 
 // CreateSnapshotRequest is the (optional) body of

@@ -33,7 +33,7 @@ func (m *Manager) SnapshotViews(ctx context.Context, snaps []*store.Snapshot) []
 		v := api.Snapshot{
 			ID: sn.ID, Kind: sn.Kind, MachineID: sn.MachineID, LineageID: sn.LineageID, Template: sn.Template,
 			SizeBytes: sn.SizeBytes, CreatedAt: sn.CreatedAt, ParentID: sn.ParentID, Generation: sn.Generation,
-			Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS, Children: kids[sn.ID], Pinned: sn.Pinned, Name: sn.Name,
+			Checksum: sn.Checksum, PauseWindowMS: sn.PauseWindowMS, Children: kids[sn.ID], Pinned: sn.Pinned, Name: sn.Name, Durable: sn.Durable,
 		}
 		if host, err := hostOf(sn); err == nil {
 			v.RuntimeVersion, v.Kernel = host.RuntimeVersion, host.Kernel

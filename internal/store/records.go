@@ -150,6 +150,9 @@ type Snapshot struct {
 	Pinned bool
 	// Name is the snapshot's name, unique in its team ("": none).
 	Name string
+	// Durable: the snapshot's files are in the object store, so any
+	// server can restore it (set by MarkDurable).
+	Durable bool
 }
 
 // SnapshotNameTaken is the error of a name the team has given another
@@ -169,6 +172,9 @@ type SnapshotFilter struct {
 	States    []string
 	// Newest, if positive, returns only the newest n snapshots, newest first.
 	Newest int
+	// NotDurable selects the snapshots whose files are not yet in the
+	// object store.
+	NotDurable bool
 }
 
 // Volume is a named volume's stored record.

@@ -80,6 +80,9 @@ type Snapshots interface {
 	SetSnapshotPinned(ctx context.Context, id string, pinned bool) error
 	MarkPruning(ctx context.Context, id string) (bool, error)
 	MarkPruned(ctx context.Context, id string) error
+	// MarkDurable records that a ready snapshot's files are in the object
+	// store; false if it is no longer ready.
+	MarkDurable(ctx context.Context, id string) (bool, error)
 	SnapshotBytes(ctx context.Context) (int64, error)
 	SnapshotBytesByKind(ctx context.Context) (map[string]int64, error)
 }

@@ -104,6 +104,7 @@ var postgresSchema = schema{
 	steps: []step{
 		{version: 20, sql: postgresBaseline},
 		{version: 21, sql: sqliteMigrations[20]}, // the same SQL on both
+		{version: 22, sql: sqliteMigrations[21]},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

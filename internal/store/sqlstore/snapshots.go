@@ -12,16 +12,16 @@ import (
 )
 
 const snapshotColumns = `id, team_id, kind, state, machine_id, lineage_id, template, parent_id, generation,
-	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned, name`
+	size_bytes, checksum, pause_window_ms, created_at, host, spec, files, agent_token, pinned, name, durable`
 
 // CreateSnapshot stores a new snapshot row. A name the team has given
 // another snapshot (in any state: a snapshot being written holds its name)
 // is a snapshot_name_exists error.
 func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
-	_, err := s.c().exec(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+	_, err := s.c().exec(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 		sn.ID, sn.TeamID, sn.Kind, sn.State, sn.MachineID, sn.LineageID, sn.Template, sn.ParentID, sn.Generation,
 		sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, at(sn.CreatedAt), rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"),
-		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name)
+		rawOr(sn.Files, "[]"), sn.AgentToken, sn.Pinned, sn.Name, sn.Durable)
 	if err != nil {
 		// Ids are random: the one unique index a new row can hit is the
 		// team's names.
@@ -92,6 +92,9 @@ func (s *DB) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]*stor
 	w.eq("lineage_id", f.LineageID)
 	w.in("kind", f.Kinds)
 	w.in("state", f.States)
+	if f.NotDurable {
+		w.conds = append(w.conds, "NOT durable")
+	}
 	order := " ORDER BY created_at, id"
 	if f.Newest > 0 {
 		order = fmt.Sprintf(" ORDER BY created_at DESC, id DESC LIMIT %d", f.Newest)
@@ -111,7 +114,7 @@ func scanSnapshot(r scanner) (*store.Snapshot, error) {
 	var sn store.Snapshot
 	var host, spec, files string
 	err := r.Scan(&sn.ID, &sn.TeamID, &sn.Kind, &sn.State, &sn.MachineID, &sn.LineageID, &sn.Template, &sn.ParentID,
-		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, timeDest{&sn.CreatedAt}, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name)
+		&sn.Generation, &sn.SizeBytes, &sn.Checksum, &sn.PauseWindowMS, timeDest{&sn.CreatedAt}, &host, &spec, &files, &sn.AgentToken, &sn.Pinned, &sn.Name, &sn.Durable)
 	if err != nil {
 		return nil, err
 	}
@@ -228,4 +231,15 @@ func (s *DB) SnapshotBytes(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("snapshot bytes: %w", err)
 	}
 	return n, nil
+}
+
+// MarkDurable records that a ready snapshot's files are in the object
+// store; it reports false if the snapshot is no longer ready (pruned or
+// deleted while it was uploaded).
+func (s *DB) MarkDurable(ctx context.Context, id string) (bool, error) {
+	res, err := s.c().exec(ctx, `UPDATE snapshots SET durable = TRUE WHERE id = ? AND state = ?`, id, store.SnapshotReady)
+	if err != nil {
+		return false, fmt.Errorf("mark snapshot %s durable: %w", id, err)
+	}
+	return exactlyOne(res), nil
 }

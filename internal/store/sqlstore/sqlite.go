@@ -255,4 +255,7 @@ var sqliteMigrations = []string{
 		name TEXT PRIMARY KEY,
 		value TEXT NOT NULL
 	);`,
+	// 22: a snapshot is durable once its files are in the object store
+	// (--object-store), which makes it restorable on any server.
+	`ALTER TABLE snapshots ADD COLUMN durable BOOLEAN NOT NULL DEFAULT FALSE;`,
 }

@@ -306,3 +306,34 @@ func testSecrets(t *testing.T, s store.Store) {
 		}
 	}
 }
+
+// testDurable: a ready snapshot becomes durable once; the filter of
+// snapshots not yet durable leaves it out; a snapshot no longer ready is
+// not marked.
+func testDurable(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	f := newFixture(t, s)
+	a := f.snapshot("a")
+	f.snapshot("b")
+	if a.Durable {
+		t.Fatal("a new snapshot is durable")
+	}
+	ok, err := s.MarkDurable(ctx, "a")
+	if err != nil || !ok {
+		t.Fatalf("mark a: %v %v", ok, err)
+	}
+	got, err := s.GetSnapshot(ctx, "a")
+	if err != nil || !got.Durable {
+		t.Fatalf("a after the mark: %+v %v", got, err)
+	}
+	rest, err := s.ListSnapshots(ctx, store.SnapshotFilter{NotDurable: true, States: []string{store.SnapshotReady}})
+	if err != nil || len(rest) != 1 || rest[0].ID != "b" {
+		t.Fatalf("not durable: %v %v, want [b]", rest, err)
+	}
+	if ok, err := s.MarkPruning(ctx, "b"); err != nil || !ok {
+		t.Fatalf("prune b: %v %v", ok, err)
+	}
+	if ok, err := s.MarkDurable(ctx, "b"); err != nil || ok {
+		t.Fatalf("mark of a pruning snapshot: %v %v, want false", ok, err)
+	}
+}

@@ -78,6 +78,7 @@ var tests = []struct {
 	{"SSHKeyQuota", testSSHKeyQuota},
 	{"StaleWrite", testStaleWrite},
 	{"Secrets", testSecrets},
+	{"Durable", testDurable},
 }
 
 // base is the suite's clock origin.
