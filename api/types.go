@@ -178,6 +178,7 @@ const (
 	EventMachineExited       = "machine.exited" // its main process exited
 	EventMachineFailed       = "machine.failed"
 	EventSnapshotCreated     = "snapshot.created"
+	EventSnapshotDurable     = "snapshot.durable"
 	EventSnapshotDeleted     = "snapshot.deleted"
 	EventSnapshotPruned      = "snapshot.pruned" // removed by checkpoint retention
 	EventLeaseUpdated        = "lease.updated"

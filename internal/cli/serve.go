@@ -18,6 +18,7 @@ func NewServeCommand(version string) *cobra.Command {
 	cfg.Version = version
 	var templates, logLevel, e2bAddr string
 	var e2bCompat bool
+	var cacheMaxGB float64
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Nullspace server (API, machine manager, runtime); needs root",
@@ -47,6 +48,7 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 			if e2bCompat {
 				cfg.E2BAddr = e2bAddr
 			}
+			cfg.CacheMaxBytes = int64(cacheMaxGB * (1 << 30))
 			cfg.BuiltinTemplates = nil
 			for _, t := range strings.Split(templates, ",") {
 				if t = strings.TrimSpace(t); t != "" {
@@ -67,6 +69,9 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 		"(default: the one recorded in the data dir, else \"local\" for /var/lib/nullspace, else derived from the data dir's path)")
 	f.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "PostgreSQL database to keep state in, postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or ~/.pgpass "+
 		"(env NULLSPACE_DATABASE_URL; default: SQLite in the data dir)")
+	f.StringVar(&cfg.ObjectStore, "object-store", cfg.ObjectStore, "S3-compatible store to copy snapshots to, s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=R; "+
+		"credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env NULLSPACE_OBJECT_STORE; default: none)")
+	f.Float64Var(&cacheMaxGB, "cache-max-gb", 0, "with --object-store, bound the local copies of snapshots the object store holds to this many GiB (0: no bound)")
 	f.StringVar(&cfg.NetworkCIDR, "network-cidr", cfg.NetworkCIDR, "IPv4 pool machines get a /30 from (two servers on one host need pools that do not overlap)")
 	f.BoolVar(&cfg.AllowInternet, "allow-internet", false, "let machines created with allow_internet reach the internet")
 	f.Int64Var(&cfg.MaxFileBytes, "max-file-bytes", cfg.MaxFileBytes, "largest file one upload may write")

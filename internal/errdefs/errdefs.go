@@ -102,6 +102,10 @@ const (
 	CodeSnapshotSuperseded   = "snapshot_superseded"
 	CodeSnapshotKind         = "snapshot_wrong_kind"
 	CodeSnapshotNameExists   = "snapshot_name_exists"
+	// CodeSnapshotNotDurable: a restore on a server without the
+	// snapshot's files, of a snapshot not yet uploaded to the object
+	// store; retryable (the server that took it is uploading it).
+	CodeSnapshotNotDurable   = "snapshot_not_durable"
 	CodeVolumeNotFound       = "volume_not_found"
 	CodeVolumeInUse          = "volume_in_use"
 	CodeVolumeExists         = "volume_exists"
@@ -158,6 +162,7 @@ var Codes = []string{
 	CodeCapacityExhausted,
 	CodeStoreUnavailable,
 	CodeObjectStoreUnavailable,
+	CodeSnapshotNotDurable,
 	CodeBodyTooLarge,
 	CodeBodyTooSlow,
 	CodeHeadersTooLarge,

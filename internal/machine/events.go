@@ -54,11 +54,17 @@ func (m *Manager) emit(ctx context.Context, typ string, rec *store.Machine, deta
 
 // emitSnapshot records an event about sn.
 func (m *Manager) emitSnapshot(ctx context.Context, typ string, sn *store.Snapshot) {
+	m.emitSnapshotDetails(ctx, typ, sn, nil)
+}
+
+// emitSnapshotDetails is emitSnapshot with more details.
+func (m *Manager) emitSnapshotDetails(ctx context.Context, typ string, sn *store.Snapshot, more map[string]any) {
 	if m.cfg.Events == nil {
 		return
 	}
-	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: sn.TeamID, MachineID: sn.MachineID, Cause: causeOf(ctx),
-		Details: map[string]any{"snapshot_id": sn.ID, "kind": sn.Kind, "size_bytes": sn.SizeBytes}})
+	details := map[string]any{"snapshot_id": sn.ID, "kind": sn.Kind, "size_bytes": sn.SizeBytes}
+	maps.Copy(details, more)
+	m.cfg.Events.Emit(ctx, api.Event{Type: typ, TeamID: sn.TeamID, MachineID: sn.MachineID, Cause: causeOf(ctx), Details: details})
 }
 
 // observe reports the duration of a successful lifecycle operation.

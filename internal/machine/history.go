@@ -185,7 +185,7 @@ func (m *Manager) removeSnapshot(ctx context.Context, sn *store.Snapshot) error 
 	}
 	m.spares.poke() // its shape may no longer be wanted
 	m.emitSnapshot(ctx, api.EventSnapshotDeleted, sn)
-	if err := m.snaps.Delete(sn.ID); err != nil {
+	if err := m.deleteSnapshotFiles(ctx, sn.ID); err != nil {
 		return fmt.Errorf("remove snapshot %s files: %w", sn.ID, err)
 	}
 	m.logger.InfoContext(ctx, "snapshot deleted", "snapshot_id", sn.ID)

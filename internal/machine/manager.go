@@ -26,6 +26,7 @@ import (
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/lease"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
@@ -74,6 +75,11 @@ type Config struct {
 	AgentDir string
 	// SnapshotDir holds snapshots; default <DataDir>/snapshots.
 	SnapshotDir string
+	// Remote is the object store snapshots are copied to (nil: none);
+	// CacheMaxBytes bounds the local copies of those it holds (0: no
+	// bound). See upload.go.
+	Remote        *chunks.Store
+	CacheMaxBytes int64
 	// VolumesDir holds named volumes; default <DataDir>/volumes.
 	VolumesDir string
 	// Host is what snapshots written here depend on; restores of snapshots
@@ -137,6 +143,7 @@ type Manager struct {
 	net       Network
 	templates Templates
 	snaps     *snapshot.Store
+	uploads   *uploader
 	spares    *spares
 	leases    *lease.Scheduler
 	metrics   *metrics
@@ -226,9 +233,13 @@ func New(cfg Config, db store.Store, driver runtime.Driver, net Network, templat
 	if err != nil {
 		return nil, err
 	}
+	if cfg.Remote != nil {
+		snaps.SetRemote(cfg.Remote)
+	}
 	m := &Manager{cfg: cfg, store: db, driver: driver, net: net, templates: templates, snaps: snaps, logger: logger,
 		locks: map[string]*idLock{}}
 	m.spares = newSpares(m, cfg.Spares)
+	m.uploads = newUploader()
 	m.root, m.stopRoot = context.WithCancel(context.Background())
 	m.silence = newSilence()
 	m.leases = lease.New(func(id string) { m.background(func() { m.expire(id) }) })
@@ -532,11 +543,7 @@ func (m *Manager) machineSpec(rec *store.Machine, ni NetInfo, rootfs string, tmp
 		mounts = append(mounts, runtime.Mount{Source: p, Destination: "/etc/" + name})
 	}
 	sort.Slice(mounts, func(i, j int) bool { return mounts[i].Destination < mounts[j].Destination })
-	agentDir := rec.AgentDir
-	if agentDir == "" {
-		agentDir = m.cfg.AgentDir
-	}
-	mounts = append(mounts, runtime.Mount{Source: agentDir, Destination: "/.nullspace", ReadOnly: true})
+	mounts = append(mounts, runtime.Mount{Source: m.localAgent(rec.AgentDir), Destination: "/.nullspace", ReadOnly: true})
 	for _, v := range rec.Volumes {
 		mounts = append(mounts, runtime.Mount{Source: m.volumeDir(rec.TeamID, v.Name), Destination: v.Path, ReadOnly: v.ReadOnly})
 	}
@@ -1374,4 +1381,24 @@ func (m *Manager) agentURL(ip netip.Addr) string {
 // operators and tests, not for the API.
 func (m *Manager) Record(ctx context.Context, id string) (*store.Machine, error) {
 	return m.store.GetMachine(ctx, id)
+}
+
+// localAgent returns where the agent binary a machine ran (recorded as
+// its directory on the server that started it, "" for the configured
+// one) is on this server. An agent's directory is named by its digest
+// (<data dir>/agent/<digest>/), so a machine recorded by a server with
+// another data dir finds the same binary under this server's agent
+// directory, if it is installed here.
+func (m *Manager) localAgent(dir string) string {
+	if dir == "" {
+		return m.cfg.AgentDir
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nullspace-agent")); err == nil {
+		return dir
+	}
+	here := filepath.Join(filepath.Dir(m.cfg.AgentDir), filepath.Base(dir))
+	if _, err := os.Stat(filepath.Join(here, "nullspace-agent")); err == nil {
+		return here
+	}
+	return dir
 }

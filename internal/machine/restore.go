@@ -218,9 +218,11 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 // container when there is none or the spare failed (its sandbox may have
 // died just now). On error nothing of rec is left.
 func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.Snapshot, spec savedSpec) error {
-	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+	release, err := m.prepareRestore(ctx, sn, spec)
+	if err != nil {
 		return err
 	}
+	defer release()
 	if sp, ok := m.spares.take(ctx, shapeOf(rec.TeamID, spec)); ok {
 		// A spare's memory is committed already: it becomes the machine's.
 		warm := *rec
@@ -355,9 +357,11 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	if err != nil {
 		return nil, err
 	}
-	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+	release, err := m.prepareRestore(ctx, sn, spec)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if err := m.snaps.Verify(ctx, sn.ID, snapshotFiles(sn)); err != nil {
 		return nil, err
 	}
@@ -433,6 +437,21 @@ func snapshotFiles(sn *store.Snapshot) []snapshot.File {
 	return files
 }
 
+// prepareRestore checks that sn is restorable here (checkRestorable),
+// keeps its local files from the cache's eviction until release, and
+// fetches them from the object store if this server does not have them.
+func (m *Manager) prepareRestore(ctx context.Context, sn *store.Snapshot, spec savedSpec) (release func(), err error) {
+	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+		return nil, err
+	}
+	release = m.snaps.Hold(sn.ID)
+	if err := m.fetchSnapshot(ctx, sn); err != nil {
+		release()
+		return nil, err
+	}
+	return release, nil
+}
+
 // checkRestorable refuses, with snapshot_incompatible, a snapshot this host
 // cannot restore exactly: another runsc, platform or CPU, a template that
 // was rebuilt or removed, a missing agent binary or volume.
@@ -458,7 +477,7 @@ func (m *Manager) checkSpec(ctx context.Context, snapshotID, teamID string, spec
 		return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
 			spec.Template, tmpl.CreatedAt.Format(time.RFC3339), spec.TemplateCreated.Format(time.RFC3339)))
 	}
-	if _, err := os.Stat(filepath.Join(spec.AgentDir, "nullspace-agent")); err != nil {
+	if _, err := os.Stat(filepath.Join(m.localAgent(spec.AgentDir), "nullspace-agent")); err != nil {
 		return snapshot.Incompatible(snapshotID, "spec: the agent binary it ran is no longer installed")
 	}
 	for _, v := range spec.Volumes {

@@ -92,7 +92,7 @@ func (m *Manager) prune(ctx context.Context, sn *store.Snapshot, keep int) error
 		return err
 	}
 	faults.Point("prune.marked")
-	if err := m.snaps.Delete(sn.ID); err != nil {
+	if err := m.deleteSnapshotFiles(ctx, sn.ID); err != nil {
 		return fmt.Errorf("remove files of pruned snapshot %s: %w", sn.ID, err)
 	}
 	if err := m.store.MarkPruned(ctx, sn.ID); err != nil {
@@ -149,7 +149,7 @@ func (m *Manager) finishPrunes(ctx context.Context) error {
 	}
 	for _, sn := range pending {
 		m.logger.InfoContext(ctx, "finishing an interrupted prune", "snapshot_id", sn.ID)
-		if err := m.snaps.Delete(sn.ID); err != nil {
+		if err := m.deleteSnapshotFiles(ctx, sn.ID); err != nil {
 			return err
 		}
 		if err := m.store.MarkPruned(ctx, sn.ID); err != nil {

@@ -351,6 +351,7 @@ func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind str
 	}
 	m.transitioned(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
+	m.queueUpload(sn.ID)
 	m.background(func() { m.enforceBudget(context.WithoutCancel(ctx)) })
 	switch kind {
 	case api.SnapshotHibernate:

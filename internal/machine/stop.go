@@ -125,9 +125,11 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 	if err != nil {
 		return nil, err
 	}
-	if err := m.checkRestorable(ctx, sn, spec); err != nil {
+	release, err := m.prepareRestore(ctx, sn, spec)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	// A start, once begun, finishes or goes back to stopped: ctx, for the
 	// writes that record or undo it, ends with nothing; opCtx, what the
 	// boot waits under, ends with a kill (or the server's shutdown).

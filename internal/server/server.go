@@ -31,6 +31,9 @@ import (
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/minrate"
+	"nullspace.dev/nullspace/internal/objstore"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
+	"nullspace.dev/nullspace/internal/objstore/s3"
 	"nullspace.dev/nullspace/internal/retention"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
@@ -162,6 +165,12 @@ type Config struct {
 	// in (postgres://user@host:port/db; the password may come from
 	// PGPASSWORD or ~/.pgpass); empty: SQLite in the data dir.
 	DatabaseURL string
+	// ObjectStore is the S3-compatible store snapshots are copied to
+	// (s3://BUCKET/PREFIX?endpoint=...&region=...; credentials from the
+	// AWS_* variables); empty: none. CacheMaxBytes bounds the local
+	// copies of the snapshots it holds (0: no bound).
+	ObjectStore   string
+	CacheMaxBytes int64
 	// Names of the host objects the server makes. Empty fields derive from
 	// the node name; tests and benchmarks set them.
 	Names HostNames
@@ -201,6 +210,7 @@ func Defaults() Config {
 		EdgeHeaderTimeout:      10 * time.Second,
 		MinBodyRate:            minrate.Default,
 		DatabaseURL:            os.Getenv("NULLSPACE_DATABASE_URL"),
+		ObjectStore:            os.Getenv("NULLSPACE_OBJECT_STORE"),
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
@@ -237,6 +247,14 @@ func (c *Config) Validate() error {
 	}
 	if c.TemplatesDir == "" {
 		c.TemplatesDir = filepath.Join(c.DataDir, "templates")
+	}
+	if c.ObjectStore != "" {
+		if _, err := objstore.Parse(c.ObjectStore); err != nil {
+			return fmt.Errorf("--object-store: %w", err)
+		}
+	}
+	if c.CacheMaxBytes < 0 {
+		return errors.New("--cache-max-gb must be 0 (no bound) or more")
 	}
 	if c.DatabaseURL != "" {
 		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
@@ -553,6 +571,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	remote, err := openObjectStore(ctx, cfg, logger)
+	if err != nil {
+		return nil, err
+	}
 	evlog := events.New(db, logger)
 	tel := telemetry.New(db)
 	mgr, err := machine.New(machine.Config{
@@ -569,6 +591,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		MetricsInterval:     cfg.MetricsInterval,
 		SnapshotBudget:      cfg.SnapshotBudgetMB << 20,
 		CheckpointRetention: cfg.CheckpointRetention,
+		Remote:              remote,
+		CacheMaxBytes:       cfg.CacheMaxBytes,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err
@@ -673,6 +697,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	go mgr.RunLeases(bg)
 	go mgr.RunMetrics(bg)
 	go mgr.RunMainWatch(bg)
+	go mgr.RunUploads(bg)
 	rc := retention.Config{Ended: cfg.KilledRetention, EventsAge: cfg.EventsRetention, EventsMax: cfg.EventsMax}
 	if cfg.WebhookURL != "" {
 		rc.Consumer = events.WebhookCursor
@@ -868,4 +893,22 @@ func storeName(cfg Config) string {
 		return sqlstore.Redact(cfg.DatabaseURL)
 	}
 	return "sqlite:" + filepath.Join(cfg.DataDir, "nullspace.db")
+}
+
+// openObjectStore connects to the object store, if one is configured,
+// checking its bucket and credentials.
+func openObjectStore(ctx context.Context, cfg Config, logger *slog.Logger) (*chunks.Store, error) {
+	if cfg.ObjectStore == "" {
+		return nil, nil
+	}
+	loc, err := objstore.Parse(cfg.ObjectStore)
+	if err != nil {
+		return nil, fmt.Errorf("--object-store: %w", err)
+	}
+	log := logger.With("component", "objstore")
+	r, err := s3.Open(ctx, loc, objstore.CredentialsFromEnv(os.Getenv), log)
+	if err != nil {
+		return nil, fmt.Errorf("object store %s: %w", loc, err)
+	}
+	return chunks.New(r, log), nil
 }

@@ -22,8 +22,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
 )
 
 // File is one file of a snapshot with its size and CRC-32C. CRC-32C runs at
@@ -46,6 +48,12 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Store is a directory of snapshots, one subdirectory per snapshot id.
 type Store struct {
 	dir string
+	// remote keeps copies of committed snapshots (nil: none; remote.go).
+	remote *chunks.Store
+
+	mu       sync.Mutex
+	fetching map[string]*sync.Mutex // per snapshot id
+	holds    map[string]int         // restores reading a snapshot, by id
 }
 
 // Open returns the store at dir, creating it.

@@ -1,0 +1,293 @@
+package machine
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/faults"
+	"nullspace.dev/nullspace/internal/snapshot"
+	"nullspace.dev/nullspace/internal/store"
+)
+
+// With an object store (Config.Remote), every committed snapshot is
+// copied there after its pause, in the background: a pause must not keep
+// its machine frozen for an upload, and a slow or failing object store
+// must not fail a pause whose checkpoint is safe on this disk. A snapshot
+// is durable once its copy is complete; until then only this server can
+// restore it (another refuses with snapshot_not_durable, retryable). An
+// upload that fails is retried with backoff while the server runs, and a
+// restart queues again every ready snapshot that is not yet durable.
+//
+// The local directory is a cache in front of the object store, bounded by
+// Config.CacheMaxBytes: past it, durable snapshots' local copies go,
+// oldest first (those no paused machine waits on before the others), and
+// come back from the object store when a restore needs them.
+
+// uploader is the queue of snapshots to copy.
+type uploader struct {
+	wake chan struct{}
+
+	mu     sync.Mutex
+	queue  []string        // snapshot ids, oldest first
+	queued map[string]bool // ids in queue or being uploaded
+}
+
+func newUploader() *uploader {
+	return &uploader{wake: make(chan struct{}, 1), queued: map[string]bool{}}
+}
+
+// queueUpload adds a committed snapshot to the upload queue (no-op
+// without an object store).
+func (m *Manager) queueUpload(id string) {
+	if m.snaps.Remote() == nil {
+		return
+	}
+	u := m.uploads
+	u.mu.Lock()
+	if !u.queued[id] {
+		u.queued[id] = true
+		u.queue = append(u.queue, id)
+	}
+	u.mu.Unlock()
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
+}
+
+// next takes the oldest queued id, or "" when the queue is empty.
+func (u *uploader) next() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.queue) == 0 {
+		return ""
+	}
+	id := u.queue[0]
+	u.queue = u.queue[1:]
+	return id
+}
+
+func (u *uploader) done(id string) {
+	u.mu.Lock()
+	delete(u.queued, id)
+	u.mu.Unlock()
+}
+
+// Pending reports how many snapshots wait for their upload.
+func (u *uploader) pending() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.queued)
+}
+
+// remoteSweepEvery is how often the object store's unreferenced objects
+// are swept.
+var remoteSweepEvery = 10 * time.Minute
+
+// RunUploads copies snapshots to the object store until ctx ends: those
+// left not durable by an earlier run first, then each one committed.
+// Without an object store it returns at once.
+func (m *Manager) RunUploads(ctx context.Context) {
+	if m.snaps.Remote() == nil {
+		return
+	}
+	if left, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotReady}, NotDurable: true}); err != nil {
+		m.logger.ErrorContext(ctx, "list snapshots to upload", "err", err)
+	} else {
+		for _, sn := range left {
+			if m.snaps.Local(sn.ID) {
+				m.queueUpload(sn.ID)
+			}
+		}
+	}
+	sweep := time.NewTimer(time.Minute)
+	defer sweep.Stop()
+	for {
+		for id := m.uploads.next(); id != ""; id = m.uploads.next() {
+			m.uploadWithRetry(ctx, id)
+			m.uploads.done(id)
+			if ctx.Err() != nil {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.uploads.wake:
+		case <-sweep.C:
+			m.sweepRemote(ctx)
+			sweep.Reset(remoteSweepEvery)
+		}
+	}
+}
+
+// uploadWithRetry uploads snapshot id until it succeeds, the snapshot is
+// no longer ready, or ctx ends (the next start queues it again).
+func (m *Manager) uploadWithRetry(ctx context.Context, id string) {
+	log := m.logger.With("snapshot_id", id)
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		sn, err := m.store.GetSnapshot(ctx, id)
+		if err != nil || sn.State != store.SnapshotReady || sn.Durable {
+			return // deleted, pruned, or done by an earlier run
+		}
+		err = m.uploadOnce(ctx, sn)
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.WarnContext(ctx, "snapshot upload failed; retrying", "attempt", attempt, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait + time.Duration(rand.Int64N(int64(wait/2)))):
+		}
+		wait = min(2*wait, time.Minute)
+	}
+}
+
+func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
+	t0 := time.Now()
+	st, err := m.snaps.Upload(ctx, sn.ID)
+	if err != nil {
+		return err
+	}
+	faults.Point("upload.uploaded") // the objects are there, the row does not say so yet
+	ok, err := m.store.MarkDurable(ctx, sn.ID)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		// Pruned or deleted while it was uploaded: its copy goes too.
+		return m.snaps.DeleteRemote(ctx, sn.ID)
+	}
+	m.observe("upload", t0)
+	m.logger.InfoContext(ctx, "snapshot durable in the object store", "snapshot_id", sn.ID, "bytes", st.BytesRead,
+		"chunks", st.Chunks, "chunks_uploaded", st.ChunksUploaded, "bytes_uploaded", st.BytesUploaded, "took", time.Since(t0))
+	m.emitSnapshotDetails(ctx, api.EventSnapshotDurable, sn, map[string]any{
+		"bytes_uploaded": st.BytesUploaded, "chunks": st.Chunks, "chunks_uploaded": st.ChunksUploaded})
+	m.evictCache(ctx)
+	return nil
+}
+
+// sweepRemote deletes the object store's manifests of snapshots that no
+// longer exist, and the chunks nothing names any more.
+func (m *Manager) sweepRemote(ctx context.Context) {
+	rows, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting, store.SnapshotReady}})
+	if err != nil {
+		m.logger.ErrorContext(ctx, "sweep the object store: list snapshots", "err", err)
+		return
+	}
+	live := map[string]bool{}
+	for _, sn := range rows {
+		live[sn.ID] = true
+	}
+	st, err := m.snaps.SweepRemote(ctx, func(id string) bool { return live[id] }, templateManifests)
+	if err != nil {
+		m.logger.ErrorContext(ctx, "sweep the object store", "err", err)
+		return
+	}
+	m.logger.InfoContext(ctx, "swept the object store", "stats", st)
+}
+
+// templateManifests is where templates keep their manifests in the object
+// store; a sweep of snapshots keeps the chunks they name.
+const templateManifests = "templates/"
+
+// fetchSnapshot makes sure a snapshot's files are on this disk before a
+// restore, fetching them from the object store when they are not: only a
+// durable snapshot is there.
+func (m *Manager) fetchSnapshot(ctx context.Context, sn *store.Snapshot) error {
+	if m.snaps.Local(sn.ID) || m.snaps.Remote() == nil {
+		return nil // Verify says what is missing
+	}
+	if !sn.Durable {
+		return snapshot.NotDurable(sn.ID)
+	}
+	t0 := time.Now()
+	if err := m.snaps.Fetch(ctx, sn.ID); err != nil {
+		return err
+	}
+	m.observe("fetch", t0)
+	m.logger.InfoContext(ctx, "snapshot fetched from the object store", "snapshot_id", sn.ID, "took", time.Since(t0))
+	return nil
+}
+
+// evictCache removes local copies of durable snapshots while the local
+// copies take more than Config.CacheMaxBytes.
+func (m *Manager) evictCache(ctx context.Context) {
+	if m.cfg.CacheMaxBytes <= 0 {
+		return
+	}
+	rows, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotReady}})
+	if err != nil {
+		m.logger.ErrorContext(ctx, "evict cached snapshots", "err", err)
+		return
+	}
+	var total int64
+	var durable []*store.Snapshot
+	for _, sn := range rows {
+		if !m.snaps.Local(sn.ID) {
+			continue
+		}
+		total += sn.SizeBytes
+		if sn.Durable {
+			durable = append(durable, sn)
+		}
+	}
+	if total <= m.cfg.CacheMaxBytes {
+		return
+	}
+	waitedOn := map[string]bool{}
+	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StatePaused}}); err == nil {
+		for _, rec := range paused {
+			waitedOn[rec.SnapshotID] = true
+		}
+	}
+	// ListSnapshots is oldest first; a stable sort puts the snapshots a
+	// paused machine resumes from last.
+	slices.SortStableFunc(durable, func(a, b *store.Snapshot) int {
+		switch {
+		case waitedOn[a.ID] == waitedOn[b.ID]:
+			return 0
+		case waitedOn[a.ID]:
+			return 1
+		default:
+			return -1
+		}
+	})
+	for _, sn := range durable {
+		if total <= m.cfg.CacheMaxBytes {
+			return
+		}
+		evicted, err := m.snaps.Evict(sn.ID)
+		if err != nil {
+			m.logger.ErrorContext(ctx, "evict a cached snapshot", "snapshot_id", sn.ID, "err", err)
+			continue
+		}
+		if evicted {
+			total -= sn.SizeBytes
+			m.logger.InfoContext(ctx, "evicted a snapshot's local copy (it is in the object store)", "snapshot_id", sn.ID)
+		}
+	}
+}
+
+// deleteSnapshotFiles removes a snapshot's local files and its copy in the
+// object store. An object store that does not answer does not fail the
+// caller: the manifest of a snapshot without a live row goes with the
+// next sweep.
+func (m *Manager) deleteSnapshotFiles(ctx context.Context, id string) error {
+	if err := m.snaps.Delete(id); err != nil {
+		return err
+	}
+	if err := m.snaps.DeleteRemote(ctx, id); err != nil {
+		m.logger.WarnContext(ctx, "delete a snapshot's copy in the object store; the next sweep will", "snapshot_id", id, "err", err)
+	}
+	return nil
+}
