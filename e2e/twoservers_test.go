@@ -144,18 +144,27 @@ func twoConfig(dataDir, node, cidr string) server.Config {
 }
 
 func startTwo(t *testing.T, log *os.File, cfg server.Config) *twoServer {
+	return startTwoKey(t, log, cfg, "")
+}
+
+// startTwoKey starts a server whose client uses key ("": the key file the
+// server wrote).
+func startTwoKey(t *testing.T, log *os.File, cfg server.Config, key string) *twoServer {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", cfg.NodeName)
 	inst, err := server.Start(t.Context(), cfg, logger)
 	if err != nil {
 		t.Fatalf("start server on %s: %v", cfg.DataDir, err)
 	}
-	key, err := os.ReadFile(inst.APIKeyFile)
-	if err != nil {
-		inst.Shutdown(context.Background())
-		t.Fatal(err)
+	if key == "" {
+		b, err := os.ReadFile(inst.APIKeyFile)
+		if err != nil {
+			inst.Shutdown(context.Background())
+			t.Fatal(err)
+		}
+		key = strings.TrimSpace(string(b))
 	}
-	return &twoServer{inst: inst, client: client.New("http://"+inst.Addr, strings.TrimSpace(string(key)))}
+	return &twoServer{inst: inst, client: client.New("http://"+inst.Addr, key)}
 }
 
 func (s *twoServer) newMachine(t *testing.T) *api.Machine {
