@@ -84,6 +84,10 @@ func (u *uploader) pending() int {
 	return len(u.queued)
 }
 
+// uploadBackoff is the first wait before an upload is tried again; it
+// doubles up to a minute.
+var uploadBackoff = time.Second
+
 // remoteSweepEvery is how often the object store's unreferenced objects
 // are swept.
 var remoteSweepEvery = 10 * time.Minute
@@ -129,7 +133,7 @@ func (m *Manager) RunUploads(ctx context.Context) {
 // no longer ready, or ctx ends (the next start queues it again).
 func (m *Manager) uploadWithRetry(ctx context.Context, id string) {
 	log := m.logger.With("snapshot_id", id)
-	wait := time.Second
+	wait := uploadBackoff
 	for attempt := 1; ; attempt++ {
 		sn, err := m.store.GetSnapshot(ctx, id)
 		if err != nil || sn.State != store.SnapshotReady || sn.Durable {

@@ -1,0 +1,181 @@
+package machine
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/events"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
+	"nullspace.dev/nullspace/internal/objstore/memstore"
+	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/store/sqlstore"
+)
+
+// newRemoteManager is a manager whose snapshots are copied to an
+// in-memory object store, with its uploader running.
+func newRemoteManager(t *testing.T, port int, remote *memstore.Store) (*Manager, *fakeDriver, *sqlstore.DB) {
+	t.Helper()
+	m, d, _, db := newManagerWith(t, func(cfg *Config, db *sqlstore.DB) {
+		cfg.AgentPort = port
+		cfg.Events = events.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		cfg.Remote = chunks.New(remote, nil)
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	if err := os.WriteFile(filepath.Join(m.cfg.AgentDir, "nullspace-agent"), nil, 0o755); err != nil { // resumes check it
+		t.Fatal(err)
+	}
+	shorten(t, &uploadBackoff, 10*time.Millisecond)
+	go func() { m.RunUploads(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; m.Shutdown(context.Background()) })
+	return m, d, db
+}
+
+// durableWithin waits for a snapshot to become durable.
+func durableWithin(t *testing.T, db store.Store, id string, limit time.Duration) bool {
+	t.Helper()
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if sn, err := db.GetSnapshot(t.Context(), id); err == nil && sn.Durable {
+			return true
+		}
+	}
+	return false
+}
+
+// TestUploadRetries: a pause while the object store fails commits at
+// once (the machine is paused, the snapshot not durable), and the upload
+// is retried until the store answers; then the snapshot is durable and
+// its copy restores into a server without the local files.
+func TestUploadRetries(t *testing.T) {
+	remote := memstore.New()
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, Times: 6}) // 500s
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	sn, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatalf("pause with the object store failing: %v", err)
+	}
+	if rec, _ := db.GetMachine(t.Context(), "a"); rec.State != api.StatePaused {
+		t.Fatalf("state after the pause: %s", rec.State)
+	}
+	if got, _ := db.GetSnapshot(t.Context(), sn.ID); got.Durable {
+		t.Fatal("durable while the object store refuses every put")
+	}
+	if !durableWithin(t, db, sn.ID, 30*time.Second) {
+		t.Fatal("not durable once the object store answers again")
+	}
+	if remote.Count(memstore.OpPut) <= 6 {
+		t.Fatalf("%d puts: the failed ones were not retried", remote.Count(memstore.OpPut))
+	}
+	// The local copy gone (another server, or evicted): a resume fetches it.
+	if err := m.snaps.Delete(sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := m.Connect(t.Context(), "team", "a")
+	if err != nil || rec.State != api.StateRunning {
+		t.Fatalf("resume from the object store: %+v %v", rec, err)
+	}
+	if !m.snaps.Local(sn.ID) {
+		t.Fatal("the snapshot was not fetched")
+	}
+}
+
+// TestNotDurableElsewhere: a snapshot this server does not have and the
+// object store does not have yet is refused with the retryable
+// snapshot_not_durable, and the machine stays paused.
+func TestNotDurableElsewhere(t *testing.T) {
+	remote := memstore.New()
+	remote.Inject(memstore.Fault{Op: memstore.OpPut}) // never succeeds
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	sn, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.snaps.Delete(sn.ID); err != nil { // as on another server
+		t.Fatal(err)
+	}
+	_, err = m.Connect(t.Context(), "team", "a")
+	pub := errdefs.Classify(err)
+	if pub.Code != errdefs.CodeSnapshotNotDurable || !pub.Retryable {
+		t.Fatalf("resume of a snapshot neither here nor in the object store: %v (%s, retryable %v)", err, pub.Code, pub.Retryable)
+	}
+	if rec, _ := db.GetMachine(t.Context(), "a"); rec.State != api.StatePaused || rec.Slot != -1 {
+		t.Fatalf("after the refused resume: state %s slot %d, want paused and no slot", rec.State, rec.Slot)
+	}
+}
+
+// TestCorruptCopy: a copy damaged in the object store is snapshot_corrupt,
+// never a silent cold boot, and the machine stays paused.
+func TestCorruptCopy(t *testing.T) {
+	remote := memstore.New()
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	sn, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !durableWithin(t, db, sn.ID, 10*time.Second) {
+		t.Fatal("not durable")
+	}
+	flipped := 0
+	for _, k := range remote.Keys("chunks/") {
+		{
+			remote.Mutate(k, func(b []byte) []byte { b[len(b)/2] ^= 0xff; return b })
+			flipped++
+		}
+	}
+	if flipped == 0 {
+		t.Fatal("no chunk to damage")
+	}
+	if err := m.snaps.Delete(sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.Connect(t.Context(), "team", "a")
+	if code := errdefs.Classify(err).Code; code != errdefs.CodeSnapshotCorrupt {
+		t.Fatalf("resume from a damaged copy: %v (code %s), want snapshot_corrupt", err, code)
+	}
+	if rec, _ := db.GetMachine(t.Context(), "a"); rec.State != api.StatePaused {
+		t.Fatalf("state after the refused resume: %s", rec.State)
+	}
+}
+
+// TestPruneRemovesCopy: a checkpoint pruned by retention, and a deleted
+// snapshot, take their manifests out of the object store.
+func TestPruneRemovesCopy(t *testing.T) {
+	remote := memstore.New()
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	rec := &store.Machine{ID: "a", TeamID: "team", State: api.StateRunning, Template: "minimal", CPUCount: 1, MemoryMB: 64,
+		ContainerID: "c-a", AgentToken: "x", CreatedAt: time.Now(), CheckpointRetention: 1}
+	if err := db.CreateMachine(t.Context(), rec, 16); err != nil {
+		t.Fatal(err)
+	}
+	d.containers[rec.ContainerID] = runtime.StatusRunning
+	var ids []string
+	for range 3 {
+		sn, err := m.Checkpoint(t.Context(), "team", "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !durableWithin(t, db, sn.ID, 10*time.Second) {
+			t.Fatal("not durable")
+		}
+		ids = append(ids, sn.ID)
+	}
+	// The machine keeps one: the two older went with the later ones.
+	has := func(id string) bool {
+		_, err := remote.Stat(t.Context(), "snapshots/"+id+"/manifest.json")
+		return err == nil
+	}
+	if has(ids[0]) || has(ids[1]) || !has(ids[2]) {
+		t.Fatalf("manifests after the prune: %v %v %v, want only the newest", has(ids[0]), has(ids[1]), has(ids[2]))
+	}
+}
