@@ -25,7 +25,7 @@ func run(ctx context.Context) int {
 
 	root := cli.NewRootCommand(version)
 	// Server-side commands are added here, one line each:
-	root.AddCommand(cli.NewServeCommand(version), cli.NewEdgeCommand())
+	root.AddCommand(cli.NewServeCommand(version), cli.NewEdgeCommand(), cli.NewStoreCommand())
 
 	return cli.Execute(ctx, root)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/errdefs"
 )
 
 // printError writes err the way every command reports failures:
@@ -33,6 +34,12 @@ func printError(w io.Writer, err error) {
 		return
 	}
 	fmt.Fprintf(w, "error: %v\n", err)
+	// Server-side commands (serve, store) fail with the domain's errors,
+	// whose suggested action is the hint.
+	var de *errdefs.Error
+	if errors.As(err, &de) && de.SuggestedAction != "" {
+		fmt.Fprintf(w, "hint: %s\n", de.SuggestedAction)
+	}
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		fmt.Fprintf(w, "hint: is the nullspace server running? Start it with 'nullspace serve', or point --api-url ($%s) at it\n", client.EnvAPIURL)
 	}
