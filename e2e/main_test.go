@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/client"
+	"nullspace.dev/nullspace/internal/objstore"
+	"nullspace.dev/nullspace/internal/objstore/s3test"
 	"nullspace.dev/nullspace/internal/server"
 	"nullspace.dev/nullspace/internal/store/pgtest"
 )
@@ -48,24 +50,72 @@ func TestMain(m *testing.M) {
 
 // storeEnv set to "postgres" runs every server of the tests on a
 // PostgreSQL database of its own (one per data dir, on a throwaway
-// cluster) instead of SQLite: `make test` runs the lifecycle tests once
-// more that way.
+// cluster) instead of SQLite; "postgres+s3" also gives each an object
+// store (a prefix of its own in one bucket of a throwaway versitygw).
+// `make test` runs the lifecycle tests once more the second way.
 const storeEnv = "NULLSPACE_E2E_STORE"
+
+// s3Env carries the test binary's versitygw (its URL) to the child
+// servers of the crash tests, with the AWS_* variables.
+const s3Env = "NULLSPACE_E2E_S3"
+
+// stopS3 stops the versitygw this binary started, if any.
+var stopS3 = func() {}
 
 // databaseURL returns the database of a server's data dir in a
 // PostgreSQL run, and "" otherwise. A child server of a crash test gets
 // its parent's (same data dir, same cluster).
 func databaseURL(dataDir string) string {
-	if os.Getenv(storeEnv) != "postgres" {
+	if !strings.HasPrefix(os.Getenv(storeEnv), "postgres") {
 		return ""
 	}
-	sum := sha256.Sum256([]byte(dataDir))
-	u, err := pgtest.Database("e2e_" + hex.EncodeToString(sum[:6]))
+	u, err := pgtest.Database("e2e_" + dirKey(dataDir))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: %s=postgres: %v\n", storeEnv, err)
+		fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", storeEnv, err)
 		os.Exit(1)
 	}
 	return u
+}
+
+// objectStoreURL returns the object store of a server's data dir in a
+// postgres+s3 run, and "" otherwise.
+func objectStoreURL(dataDir string) string {
+	if os.Getenv(storeEnv) != "postgres+s3" {
+		return ""
+	}
+	base := os.Getenv(s3Env)
+	if base == "" {
+		root, err := os.MkdirTemp("", "nullspace-e2e-s3-")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+			os.Exit(1)
+		}
+		srv, stop, err := s3test.Run(filepath.Join(root, "data"), filepath.Join(root, "meta"))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", storeEnv, err)
+			os.Exit(1)
+		}
+		stopS3 = func() { stop(); os.RemoveAll(root) }
+		for _, kv := range srv.Env() {
+			k, v, _ := strings.Cut(kv, "=")
+			os.Setenv(k, v)
+		}
+		base = srv.URL
+		os.Setenv(s3Env, base)
+	}
+	loc, err := objstore.Parse(base)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", s3Env, err)
+		os.Exit(1)
+	}
+	loc.Prefix = "e2e-" + dirKey(dataDir) + "/"
+	return loc.String()
+}
+
+// dirKey names a data dir's database and object-store prefix.
+func dirKey(dataDir string) string {
+	sum := sha256.Sum256([]byte(dataDir))
+	return hex.EncodeToString(sum[:6])
 }
 
 func runTests(m *testing.M) int {
@@ -89,6 +139,7 @@ func runTests(m *testing.M) int {
 	code := m.Run()
 	killAll()
 	env.inst.Shutdown(context.Background())
+	stopS3()
 	// The test pool's unreachable route (a server keeps its own).
 	exec.Command("ip", "route", "del", "unreachable", testCIDR).Run()
 	if code != 0 {
@@ -160,6 +211,7 @@ func testConfig(dataDir string) server.Config {
 	cfg.Addr = "127.0.0.1:0"
 	cfg.DataDir = dataDir
 	cfg.DatabaseURL = databaseURL(dataDir)
+	cfg.ObjectStore = objectStoreURL(dataDir)
 	cfg.TemplatesDir = filepath.Join(cfg.CacheDir, "test-templates")
 	cfg.Runsc = runscPath()
 	cfg.AgentBinary = agentPath()

@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -47,18 +48,35 @@ func (s *Server) Env() []string {
 // ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	s, stop, err := Run(t.TempDir(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Run is Start for callers without a testing.TB (a TestMain): it serves
+// root, with its metadata in sidecar, until stop is called.
+func Run(root, sidecar string) (s *Server, stop func(), err error) {
 	bin := os.Getenv("NULLSPACE_VERSITYGW")
 	if bin == "" {
-		t.Fatal("NULLSPACE_VERSITYGW is not set: run the tests through `make test`, or run `make versitygw` and set NULLSPACE_VERSITYGW=$PWD/bin/versitygw")
+		return nil, nil, errors.New("NULLSPACE_VERSITYGW is not set: run the tests through `make test`, or run `make versitygw` and set NULLSPACE_VERSITYGW=$PWD/bin/versitygw")
 	}
 	if _, err := os.Stat(bin); err != nil {
-		t.Fatalf("versitygw (NULLSPACE_VERSITYGW) not usable: %v; run `make versitygw`", err)
+		return nil, nil, fmt.Errorf("versitygw (NULLSPACE_VERSITYGW) not usable: %v; run `make versitygw`", err)
 	}
-	creds := objstore.Credentials{AccessKeyID: "test" + randHex(t, 6), SecretAccessKey: randHex(t, 20)}
-	root := t.TempDir()
+	id, err := randHex(6)
+	if err != nil {
+		return nil, nil, err
+	}
+	secret, err := randHex(20)
+	if err != nil {
+		return nil, nil, err
+	}
+	creds := objstore.Credentials{AccessKeyID: "test" + id, SecretAccessKey: secret}
 	// Metadata in a sidecar directory, not xattrs: a developer's /tmp may
 	// be a tmpfs without user xattrs.
-	sidecar := t.TempDir()
 
 	// Another process may take the port between our probe and versitygw's
 	// bind; a few tries make that race harmless.
@@ -66,26 +84,25 @@ func Start(t testing.TB) *Server {
 	for try := 0; try < 3; try++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("versitygw: find a free port: %v", err)
+			return nil, nil, fmt.Errorf("versitygw: find a free port: %w", err)
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		s, err := start(t, bin, addr, root, sidecar, creds)
+		s, stop, err := start(bin, addr, root, sidecar, creds)
 		if err == nil {
-			return s
+			return s, stop, nil
 		}
 		lastErr = err
 	}
-	t.Fatalf("versitygw did not start: %v", lastErr)
-	return nil
+	return nil, nil, fmt.Errorf("versitygw did not start: %w", lastErr)
 }
 
-func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credentials) (*Server, error) {
+func start(bin, addr, root, sidecar string, creds objstore.Credentials) (*Server, func(), error) {
 	var out syncBuffer
 	cmd := exec.Command(bin, "--access", creds.AccessKeyID, "--secret", creds.SecretAccessKey,
 		"--port", addr, "--quiet", "posix", "--sidecar", sidecar, root)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+		return nil, nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -102,7 +119,7 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 	})
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, nil, fmt.Errorf("client: %w", err)
 	}
 	bucket := "nullspace-test"
 	deadline := time.Now().Add(15 * time.Second)
@@ -115,17 +132,15 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 		}
 		select {
 		case <-exited:
-			return nil, fmt.Errorf("versitygw exited: %s", out.String())
+			return nil, nil, fmt.Errorf("versitygw exited: %s", out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, fmt.Errorf("no answer on %s in 15s (last: %v); its output: %s", addr, err, out.String())
+			return nil, nil, fmt.Errorf("no answer on %s in 15s (last: %v); its output: %s", addr, err, out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Cleanup(stop)
-
 	loc := objstore.Location{Bucket: bucket, Endpoint: addr, Region: "us-east-1"}
 	return &Server{
 		URL:   "s3://" + bucket + "/?endpoint=http://" + addr + "&region=us-east-1",
@@ -133,7 +148,7 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 		Creds: creds,
 		Root:  root,
 		PID:   cmd.Process.Pid,
-	}, nil
+	}, stop, nil
 }
 
 func freePort() (int, error) {
@@ -145,12 +160,12 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func randHex(t testing.TB, n int) string {
+func randHex(n int) (string, error) {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("random key: %v", err)
+		return "", fmt.Errorf("random key: %w", err)
 	}
-	return hex.EncodeToString(b)
+	return hex.EncodeToString(b), nil
 }
 
 // syncBuffer collects the server's output, written by exec's copying
