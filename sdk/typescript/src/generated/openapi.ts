@@ -1643,7 +1643,9 @@ export interface components {
          *     | `ssh_key_invalid` | 400 | false | The public key is not one line of authorized_keys form (or is a private key, a certificate, or has options). |
          *     | `ssh_disabled` | 409 | false | The SSH gateway is off: the server runs without --ssh-addr. |
          *     | `watch_not_found` | 404 | false | No such file watch in the machine: it was removed, its directory went, or nobody read it for 10 minutes. |
+         *     | `object_store_unavailable` | 503 | true | The object store (the server's `--object-store`) did not answer, or kept failing, after retries. Retry in a minute; if it persists the operator should check that the store is reachable. |
          *     | `capacity_exhausted` | 503 | true | The host has no room for another sandbox: the memory committed to machines (their `memory_mb`, spares included) would pass the host's memory times `--memory-overcommit`, or every network slot is taken. Sent with `Retry-After`; creates, resumes, connects, starts, forks and restores of a paused machine can get it. Pause or kill machines you do not need, or retry later. |
+         *     | `store_unavailable` | 503 | true | The state database (PostgreSQL, with `--database-url`) could not be reached. Nothing half-made is left: retry the same call; if it persists, the operator checks the database. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1688,7 +1690,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -2408,6 +2410,13 @@ export interface components {
              *     `dir:/srv/rootfs`, `tarball:/tmp/x.tar`, `upload` (an uploaded tarball).
              */
             source?: string;
+            /**
+             * @description The root filesystem's content digest, `sha256:<hex>`: two templates with
+             *     the same digest boot from the same files, on any server. Absent while
+             *     building, for a failed template, and briefly for a template made by an
+             *     older server.
+             */
+            digest?: string;
         };
         /** @description Body of `GET /v1/templates`. */
         TemplateList: {
