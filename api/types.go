@@ -756,6 +756,12 @@ type Template struct {
 	// Source says what the template was built from, e.g. "builtin:base",
 	// "template:base", "dir:/srv/rootfs", "tarball:/tmp/x.tar", "upload".
 	Source string `json:"source,omitempty"`
+	// Digest names the root filesystem by its content, "sha256:<hex>"
+	// (internal/template/digest.go defines it): two templates with the
+	// same digest boot from the same files, on any host. Empty while
+	// building, for a failed template, and for one made by an older
+	// server until it is computed.
+	Digest string `json:"digest,omitempty"`
 }
 
 // TemplateList is the body of GET /v1/templates: a page.

@@ -219,15 +219,17 @@ func (s *Store) buildStaged(ctx context.Context, st *staging, m meta, src buildS
 			return m, inputErr(err, "the steps left a root filesystem that cannot be used: %s", err)
 		}
 	}
-	var err error
-	if m.SizeBytes, err = treeSize(rootfs); err != nil {
-		return m, fmt.Errorf("size: %w", err)
+	sc, err := scanTree(ctx, rootfs, nil)
+	if err != nil {
+		return m, fmt.Errorf("digest: %w", err)
 	}
+	m.SizeBytes, m.Digest = sc.size, sc.digest
 	m.CreatedAt = time.Now().UTC()
 	if err := st.commit(m); err != nil {
 		return m, err
 	}
 	m.State = api.TemplateReady
+	s.uploads.add(m.Name)
 	return m, nil
 }
 

@@ -255,16 +255,19 @@ func (s *Store) buildBuiltin(ctx context.Context, name string, b builtin) error 
 	if err := Prepare(st.rootfs()); err != nil {
 		return err
 	}
-	if m.SizeBytes, err = treeSize(st.rootfs()); err != nil {
-		return fmt.Errorf("size of template %s: %w", name, err)
+	sc, err := scanTree(ctx, st.rootfs(), nil)
+	if err != nil {
+		return fmt.Errorf("digest of template %s: %w", name, err)
 	}
+	m.SizeBytes, m.Digest = sc.size, sc.digest
 	m.CreatedAt = time.Now().UTC()
 	committed = true
 	if err := st.commit(m); err != nil {
 		return err
 	}
+	s.uploads.add(name)
 	s.log.Info("built-in template ready", "template", name, "duration", time.Since(start).Round(time.Millisecond),
-		"size_bytes", m.SizeBytes)
+		"size_bytes", m.SizeBytes, "digest", m.Digest)
 	return nil
 }
 

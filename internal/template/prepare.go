@@ -120,36 +120,6 @@ func writeRootFile(root *os.Root, name string, data []byte, perm fs.FileMode) er
 	return root.WriteFile(name, data, perm)
 }
 
-// treeSize returns the apparent size of the regular files under dir, counting
-// hard-linked files once.
-func treeSize(dir string) (int64, error) {
-	type inode struct{ dev, ino uint64 }
-	seen := make(map[inode]bool)
-	var total int64
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-			k := inode{uint64(st.Dev), st.Ino}
-			if seen[k] {
-				return nil
-			}
-			seen[k] = true
-		}
-		total += fi.Size()
-		return nil
-	})
-	return total, err
-}
-
 // removeTree removes path and everything under it, first detaching any mount
 // below it (debootstrap bind-mounts the host's /dev; a removal must never
 // reach through such a mount).

@@ -19,7 +19,10 @@ import (
 // The tarballs of user templates (an upload, or a file on this host) are
 // untrusted input: extractUntrusted passes them through filterTar before GNU
 // tar (the extraction the built-in templates use) writes them, so that only
-// entries that stay inside the root filesystem reach the disk.
+// entries that stay inside the root filesystem reach the disk. A template
+// fetched from the object store (remote.go) goes through the same filter,
+// with device nodes allowed: base has /dev/null and the like, and the
+// fetched tree must match its digest before anything uses it.
 
 // tarEntryError is a tarball entry the filter refuses.
 type tarEntryError struct {
@@ -45,6 +48,11 @@ func errUnpackedTooLarge(limit int64) error {
 // Errors that are the tarball's fault wrap a *tarEntryError or a read error
 // of the stream; errUnpackedTooLarge is an *errdefs.Error.
 func extractUntrusted(ctx context.Context, r io.Reader, dir string, limit int64) error {
+	return extract(ctx, r, dir, limit, false)
+}
+
+// extract is extractUntrusted, letting device nodes through if devices.
+func extract(ctx context.Context, r io.Reader, dir string, limit int64, devices bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	plain, wait, err := decompress(ctx, r)
@@ -58,7 +66,7 @@ func extractUntrusted(ctx context.Context, r io.Reader, dir string, limit int64)
 	filtered := make(chan error, 1)
 	go func() {
 		ew := &errWriter{w: pw}
-		err := filterTar(plain, ew)
+		err := filterTar(plain, ew, devices)
 		if ew.err != nil {
 			err = ew.err // tar stopped reading: its error says why
 		}
@@ -181,10 +189,10 @@ func decompress(ctx context.Context, r io.Reader) (plain io.Reader, wait func() 
 
 // filterTar copies the tar stream r to w, entry by entry, refusing entries
 // that could make the extraction write outside its directory, and device
-// nodes. Regular files, directories, symbolic links (to any target: they are
-// resolved inside the machine), hard links and FIFOs pass, with their modes,
-// owners, times and extended attributes.
-func filterTar(r io.Reader, w io.Writer) error {
+// nodes unless devices. Regular files, directories, symbolic links (to any
+// target: they are resolved inside the machine), hard links and FIFOs pass,
+// with their modes, owners, times and extended attributes.
+func filterTar(r io.Reader, w io.Writer, devices bool) error {
 	tr := tar.NewReader(r)
 	tw := tar.NewWriter(w)
 	symlinks := make(map[string]bool) // names of the archive's symbolic links
@@ -207,6 +215,9 @@ func filterTar(r io.Reader, w io.Writer) error {
 			hdr.Typeflag = tar.TypeReg // the reader expands sparse files
 		case tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeFifo:
 		case tar.TypeChar, tar.TypeBlock:
+			if devices {
+				break
+			}
 			return &tarEntryError{hdr.Name, "is a device node: a root filesystem needs none (the sandbox provides /dev)"}
 		default:
 			return &tarEntryError{hdr.Name, fmt.Sprintf("has the unsupported type %q", hdr.Typeflag)}

@@ -213,6 +213,7 @@ func openStoreWith(t *testing.T, opts Options) *Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { s.Close() })
 	return s
 }
 

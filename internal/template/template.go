@@ -17,6 +17,9 @@
 //	.build-<name>/            a build in progress, same layout, state building
 //	.trash-<name>-<random>/   a deleted template being removed
 //	.locks/<name>.lock        flock(2)ed while <name> is being built
+//	.by-digest/<hex>/rootfs/  a root filesystem fetched by its digest (RootfsByDigest)
+//	.locks/digest-<hex>.lock  flock(2)ed while that digest is being fetched
+//	.trash-upload-*, .trash-fetch-*   an upload's tar, a fetch in progress
 //
 // A template appears under its name only once complete: every build happens
 // in .build-<name> and is renamed into place, so a crash never leaves a half
@@ -30,6 +33,11 @@
 // beside its .lock. Changing the base recipe means a new recipe name, hence a
 // new cache; a data dir's copy made by an older recipe is replaced once no
 // machine uses it (StaleBuiltin).
+//
+// Every ready template has a content digest (digest.go), which names its
+// root filesystem on any host. With Options.Remote, each is uploaded to the
+// object store in the background once built, and a root filesystem this
+// host lacks is fetched by its digest (remote.go).
 //
 // Whether a template is used by machines is the caller's business: check it
 // before Delete.
@@ -54,8 +62,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sync/singleflight"
+
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/objstore/chunks"
 )
 
 // Options configures a Store. The zero value is usable.
@@ -82,6 +93,14 @@ type Options struct {
 	// MaxUnpackedBytes bounds what an uploaded tarball unpacks to (its tar
 	// stream, decompressed). 0: no bound.
 	MaxUnpackedBytes int64
+	// Remote is the object store templates are uploaded to once built and
+	// fetched from by digest (RootfsByDigest), under
+	// templates/<hex digest>/manifest.json. nil: none; templates stay on
+	// this host.
+	Remote *chunks.Store
+	// UploadBackoff is the first wait after a failed upload; it doubles up
+	// to maxUploadBackoff. Default 5 s.
+	UploadBackoff time.Duration
 }
 
 // Defaults of Options.
@@ -107,6 +126,19 @@ type Store struct {
 	// sources counts this process's builds copying from a template; Delete
 	// refuses such templates.
 	sources map[string]int
+
+	// metaMu serializes this process's changes to the template.json of
+	// ready templates (updateMeta).
+	metaMu sync.Mutex
+	// flight joins concurrent digest computations and fetches.
+	flight singleflight.Group
+
+	// uploads is the background uploader's queue (remote.go).
+	uploads uploadQueue
+	// stop ends the background work that Open started; done is closed when
+	// it has ended.
+	stop func()
+	done chan struct{}
 }
 
 const (
@@ -127,6 +159,9 @@ type meta struct {
 	Format int `json:"format"`
 	// Recipe names the recipe of a built-in template, e.g. base-bookworm-r2-1a2b3c4d.
 	Recipe string `json:"recipe,omitempty"`
+	// Uploaded is true once the root filesystem is in the object store
+	// (Options.Remote) under its digest.
+	Uploaded bool `json:"uploaded,omitempty"`
 }
 
 // Open opens the template store in dir, creating it if needed, and removes
@@ -181,7 +216,26 @@ func Open(dir string, logger *slog.Logger, opts Options) (*Store, error) {
 	if err := s.cleanup(); err != nil {
 		return nil, fmt.Errorf("open template store %s: %w", dir, err)
 	}
+	if opts.UploadBackoff <= 0 {
+		s.opts.UploadBackoff = defaultUploadBackoff
+	}
+	s.uploads.init(opts.Remote != nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop, s.done = cancel, make(chan struct{})
+	go func() {
+		defer close(s.done)
+		s.background(ctx)
+	}()
 	return s, nil
+}
+
+// Close stops the background work Open started (digests of templates made
+// by an older binary, uploads) and waits for it to end. Uploads not done
+// are done by the next Open.
+func (s *Store) Close() error {
+	s.stop()
+	<-s.done
+	return nil
 }
 
 // cleanup removes stale builds (their lock is free) and trash.
@@ -515,7 +569,7 @@ func (st *staging) commit(m meta) error {
 func (st *staging) fail(m meta, why string) (meta, error) {
 	m.State = api.TemplateFailed
 	m.Error = why
-	m.SizeBytes = 0
+	m.SizeBytes, m.Digest = 0, ""
 	if err := removeTree(st.rootfs()); err != nil {
 		st.abort()
 		return m, err

@@ -2410,6 +2410,13 @@ export interface components {
              *     `dir:/srv/rootfs`, `tarball:/tmp/x.tar`, `upload` (an uploaded tarball).
              */
             source?: string;
+            /**
+             * @description The root filesystem's content digest, `sha256:<hex>`: two templates with
+             *     the same digest boot from the same files, on any server. Absent while
+             *     building, for a failed template, and briefly for a template made by an
+             *     older server.
+             */
+            digest?: string;
         };
         /** @description Body of `GET /v1/templates`. */
         TemplateList: {
