@@ -62,6 +62,13 @@ type NetInfo struct {
 type Templates interface {
 	Get(ctx context.Context, name string) (api.Template, error)
 	RootfsDir(name string) (string, error)
+	// Digest is the content digest of a template's root filesystem: a
+	// snapshot records it, so that it restores on any server that has,
+	// or can fetch, the same tree.
+	Digest(ctx context.Context, name string) (string, error)
+	// RootfsByDigest returns a root filesystem with that digest (the
+	// template's, a kept copy, or one fetched from the object store).
+	RootfsByDigest(ctx context.Context, name, digest string) (string, error)
 }
 
 // Config configures the manager.

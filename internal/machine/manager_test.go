@@ -8,11 +8,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
@@ -173,6 +175,15 @@ func (f fakeTemplates) Get(_ context.Context, name string) (api.Template, error)
 	return api.Template{Name: name, State: api.TemplateReady}, nil
 }
 func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", nil }
+func (fakeTemplates) Digest(_ context.Context, name string) (string, error) {
+	return "sha256:" + strings.Repeat("0", 64), nil
+}
+func (f fakeTemplates) RootfsByDigest(ctx context.Context, name, digest string) (string, error) {
+	if _, err := f.Get(ctx, name); err != nil {
+		return "", snapshot.Incompatible("", "spec: its template "+name+" is gone")
+	}
+	return "/nonexistent", nil
+}
 
 func newTestManager(t *testing.T) (*Manager, *fakeDriver, *fakeNetwork, *sqlstore.DB) {
 	t.Helper()

@@ -466,16 +466,34 @@ func (m *Manager) checkRestorable(ctx context.Context, sn *store.Snapshot, spec 
 	return m.checkSpec(ctx, sn.ID, sn.TeamID, spec)
 }
 
+// specRootfs returns the root filesystem a snapshot was taken on: by its
+// digest (fetched from the object store if this server lacks it), or, for
+// a snapshot taken before digests, the template of its name if it was not
+// rebuilt since.
+func (m *Manager) specRootfs(ctx context.Context, snapshotID string, spec savedSpec) (string, error) {
+	if spec.TemplateDigest != "" {
+		dir, err := m.templates.RootfsByDigest(ctx, spec.Template, spec.TemplateDigest)
+		if err != nil {
+			return "", fmt.Errorf("snapshot %s: %w", snapshotID, err)
+		}
+		return dir, nil
+	}
+	tmpl, err := m.templates.Get(ctx, spec.Template)
+	if err != nil || tmpl.State != api.TemplateReady {
+		return "", snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: its template %s is gone", spec.Template))
+	}
+	if !tmpl.CreatedAt.Equal(spec.TemplateCreated) {
+		return "", snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
+			spec.Template, tmpl.CreatedAt.Format(time.RFC3339), spec.TemplateCreated.Format(time.RFC3339)))
+	}
+	return m.templates.RootfsDir(spec.Template)
+}
+
 // checkSpec is the part of checkRestorable about what a container is made
 // of: the template (not rebuilt since), the agent binary and the volumes.
 func (m *Manager) checkSpec(ctx context.Context, snapshotID, teamID string, spec savedSpec) error {
-	tmpl, err := m.templates.Get(ctx, spec.Template)
-	if err != nil || tmpl.State != api.TemplateReady {
-		return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: its template %s is gone", spec.Template))
-	}
-	if !tmpl.CreatedAt.Equal(spec.TemplateCreated) {
-		return snapshot.Incompatible(snapshotID, fmt.Sprintf("spec: template %s was rebuilt at %s, after the snapshot's template of %s",
-			spec.Template, tmpl.CreatedAt.Format(time.RFC3339), spec.TemplateCreated.Format(time.RFC3339)))
+	if _, err := m.specRootfs(ctx, snapshotID, spec); err != nil {
+		return err
 	}
 	if _, err := os.Stat(filepath.Join(m.localAgent(spec.AgentDir), "nullspace-agent")); err != nil {
 		return snapshot.Incompatible(snapshotID, "spec: the agent binary it ran is no longer installed")
@@ -522,7 +540,7 @@ func (m *Manager) restoreSteps(ctx context.Context, rec *store.Machine, sn *stor
 	if err != nil {
 		return err
 	}
-	rootfs, err := m.templates.RootfsDir(spec.Template)
+	rootfs, err := m.specRootfs(ctx, sn.ID, spec)
 	if err != nil {
 		return err
 	}

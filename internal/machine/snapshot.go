@@ -23,17 +23,20 @@ import (
 // container and identity. It is stored with every snapshot (in the state
 // store and in the snapshot's meta.json).
 type savedSpec struct {
-	Template        string            `json:"template"`
-	TemplateCreated time.Time         `json:"template_created"`
-	TemplateEnv     map[string]string `json:"template_env,omitempty"`
-	Workdir         string            `json:"workdir,omitempty"`
-	CPUCount        int               `json:"cpu_count"`
-	MemoryMB        int               `json:"memory_mb"`
-	Env             map[string]string `json:"env,omitempty"`
-	AllowInternet   bool              `json:"allow_internet"`
-	Volumes         []api.VolumeMount `json:"volumes,omitempty"`
-	Hooks           api.Hooks         `json:"hooks"`
-	AgentDir        string            `json:"agent_dir"`
+	Template        string    `json:"template"`
+	TemplateCreated time.Time `json:"template_created"`
+	// TemplateDigest identifies the template's tree wherever it is ("" in
+	// snapshots taken before digests: TemplateCreated is checked then).
+	TemplateDigest string            `json:"template_digest,omitempty"`
+	TemplateEnv    map[string]string `json:"template_env,omitempty"`
+	Workdir        string            `json:"workdir,omitempty"`
+	CPUCount       int               `json:"cpu_count"`
+	MemoryMB       int               `json:"memory_mb"`
+	Env            map[string]string `json:"env,omitempty"`
+	AllowInternet  bool              `json:"allow_internet"`
+	Volumes        []api.VolumeMount `json:"volumes,omitempty"`
+	Hooks          api.Hooks         `json:"hooks"`
+	AgentDir       string            `json:"agent_dir"`
 	// Command and MainPID: the main process, which children of a reusable
 	// snapshot share (its pid is the same in every restored copy).
 	Command []string `json:"command,omitempty"`
@@ -430,8 +433,14 @@ func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpe
 	if agentDir == "" {
 		agentDir = m.cfg.AgentDir
 	}
+	digest, err := m.templates.Digest(ctx, rec.Template)
+	if err != nil {
+		// The snapshot then restores only where this template is.
+		m.logger.WarnContext(ctx, "template digest", "template", rec.Template, "err", err)
+		digest = ""
+	}
 	return savedSpec{
-		Template: rec.Template, TemplateCreated: tmpl.CreatedAt, TemplateEnv: tmpl.Env, Workdir: tmpl.Workdir,
+		Template: rec.Template, TemplateCreated: tmpl.CreatedAt, TemplateDigest: digest, TemplateEnv: tmpl.Env, Workdir: tmpl.Workdir,
 		CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
 		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir, Command: rec.Command, MainPID: rec.MainPID,
 	}, nil

@@ -60,6 +60,7 @@ type shape struct {
 	TeamID          string            `json:"team_id"`
 	Template        string            `json:"template"`
 	TemplateCreated time.Time         `json:"template_created"`
+	TemplateDigest  string            `json:"template_digest,omitempty"`
 	CPUCount        int               `json:"cpu_count"`
 	MemoryMB        int               `json:"memory_mb"`
 	AgentDir        string            `json:"agent_dir"`
@@ -67,7 +68,7 @@ type shape struct {
 }
 
 func shapeOf(teamID string, spec savedSpec) shape {
-	return shape{TeamID: teamID, Template: spec.Template, TemplateCreated: spec.TemplateCreated.UTC(),
+	return shape{TeamID: teamID, Template: spec.Template, TemplateCreated: spec.TemplateCreated.UTC(), TemplateDigest: spec.TemplateDigest,
 		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, AgentDir: spec.AgentDir, Volumes: spec.Volumes}
 }
 
@@ -330,7 +331,7 @@ func (p *spares) create(ctx context.Context, sh shape) (*spare, error) {
 	}
 	rec := sp.machine(sh)
 	err := func() error {
-		rootfs, err := m.templates.RootfsDir(sh.Template)
+		rootfs, err := m.specRootfs(ctx, "", savedSpec{Template: sh.Template, TemplateCreated: sh.TemplateCreated, TemplateDigest: sh.TemplateDigest})
 		if err != nil {
 			return err
 		}

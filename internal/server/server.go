@@ -538,7 +538,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 
+	remote, err := openObjectStore(ctx, cfg, logger)
+	if err != nil {
+		return nil, err
+	}
 	templates, err := template.Open(cfg.TemplatesDir, logger, template.Options{
+		Remote:           remote,
 		CacheDir:         cfg.CacheDir,
 		Progress:         func(msg string) { logger.Info(msg) },
 		SourceDirs:       cfg.TemplateSourceDirs,
@@ -547,6 +552,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	closers = append(closers, templates)
 	for _, name := range cfg.BuiltinTemplates {
 		if err := templates.EnsureBuiltin(ctx, name); err != nil {
 			return nil, fmt.Errorf("template %s: %w", name, err)
@@ -568,10 +574,6 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	host, err := snapshot.DetectHost(cfg.Runsc, "systrap")
-	if err != nil {
-		return nil, err
-	}
-	remote, err := openObjectStore(ctx, cfg, logger)
 	if err != nil {
 		return nil, err
 	}
