@@ -90,7 +90,10 @@ func objectStoreURL(dataDir string) string {
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.Exit(1)
 		}
-		srv, stop, err := s3test.Run(filepath.Join(root, "data"), filepath.Join(root, "meta"))
+		data, meta := filepath.Join(root, "data"), filepath.Join(root, "meta")
+		os.Mkdir(data, 0o700)
+		os.Mkdir(meta, 0o700)
+		srv, stop, err := s3test.Run(data, meta)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", storeEnv, err)
 			os.Exit(1)
