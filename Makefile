@@ -62,6 +62,11 @@ e2b-sdk:
 e2b-proto:
 	@scripts/e2b-proto.sh
 
+# The e2e tests that `make test` runs a second time with PostgreSQL and an
+# object store (NULLSPACE_E2E_STORE=postgres+s3): those of hibernation and
+# persistence.
+STORE_E2E := TestPauseResume|TestWriteThenPause|TestAliasChain|TestSnapshotChildren|TestCheckpointHistory|TestSnapshotCorrupt|TestHooksAndVolumes|TestConcurrentLifecycle|TestPersistence|TestCrashDuringLifecycle|TestCrashDuringPrune|TestServerRestart|TestStopStart|TestTimeoutPause|TestLeaseAcrossRestart|TestResumeIntoSpare|TestCheckpointPages|TestCheckpointRetention|TestCLIHibernate
+
 # The gVisor tests need root and runsc; they fail (not skip) with the reason
 # when either is missing.
 test: build versitygw vet typecheck-python typescript-sdk e2b-sdk
@@ -69,6 +74,10 @@ test: build versitygw vet typecheck-python typescript-sdk e2b-sdk
 	NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
 		NULLSPACE_VERSITYGW=$(CURDIR)/bin/versitygw \
 		$(GO) test -race -count=1 -timeout 40m ./...
+	@echo "==> the lifecycle tests again, every server on PostgreSQL and an object store"
+	NULLSPACE_E2E_STORE=postgres+s3 NULLSPACE_RUNSC=$(CURDIR)/bin/runsc NULLSPACE_AGENT_BIN=$(CURDIR)/bin/nullspace-agent \
+		NULLSPACE_VERSITYGW=$(CURDIR)/bin/versitygw \
+		$(GO) test -count=1 -timeout 30m -run '$(STORE_E2E)' ./e2e
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 10s ./internal/httpapi
 
 # Nullspace against raw runsc on this host, in one run (needs root): prints
