@@ -179,3 +179,60 @@ func TestPruneRemovesCopy(t *testing.T) {
 		t.Fatalf("manifests after the prune: %v %v %v, want only the newest", has(ids[0]), has(ids[1]), has(ids[2]))
 	}
 }
+
+// TestUploadAfterRestart: a server that stopped before an upload (kill -9
+// between the local write and the upload) or between the upload and its
+// record (durable not yet set) uploads at its next start; the second
+// upload of objects already there puts no chunk again.
+func TestUploadAfterRestart(t *testing.T) {
+	remote := memstore.New()
+	remote.Inject(memstore.Fault{Op: memstore.OpPut}) // the first server never uploads
+	port := healthyAgent(t)
+	m, d, db := newRemoteManager(t, port, remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	addLeased(t, m, d, "b", time.Now().Add(time.Hour), true)
+	snA, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	snB, err := m.Pause(t.Context(), "team", "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Shutdown(context.Background())
+
+	// b's objects got there before the server stopped; its row does not say so.
+	good := memstore.New()
+	if _, err := m.snaps.Upload(t.Context(), snB.ID); err == nil {
+		t.Fatal("upload succeeded against the failing store")
+	}
+	m.snaps.SetRemote(chunks.New(good, nil))
+	if _, err := m.snaps.Upload(t.Context(), snB.ID); err != nil {
+		t.Fatal(err)
+	}
+	putsBefore := good.Count(memstore.OpPut)
+
+	// The next start, on the same data dir and database.
+	cfg := m.cfg
+	cfg.Remote = chunks.New(good, nil)
+	m2, err := New(cfg, db, d, &fakeNetwork{slots: map[int]bool{}}, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m2.RunUploads(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; m2.Shutdown(context.Background()) })
+	for _, id := range []string{snA.ID, snB.ID} {
+		if !durableWithin(t, db, id, 10*time.Second) {
+			t.Fatalf("%s not durable after the restart", id)
+		}
+	}
+	// a was uploaded whole after the restart.
+	if _, err := good.Stat(t.Context(), "snapshots/"+snA.ID+"/manifest.json"); err != nil {
+		t.Fatalf("a's manifest: %v", err)
+	}
+	if got := good.Count(memstore.OpPut) - putsBefore; got == 0 {
+		t.Fatal("nothing uploaded after the restart")
+	}
+}
