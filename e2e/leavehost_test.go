@@ -24,7 +24,8 @@ import (
 // data dir is deleted. Server B (a new data dir, the same database and
 // bucket) resumes the machine by its original id: the file and the
 // process's memory are there, and the lineage's snapshots, checkpoints and
-// events are all listed; B makes a new machine of A's checkpoint.
+// events are all listed; B makes a new machine of A's checkpoint, and two
+// children of A's reusable snapshot.
 func TestStateLeavesHost(t *testing.T) {
 	ctx := t.Context()
 	dbURL := pgtest.URL(t)
@@ -82,11 +83,15 @@ func TestStateLeavesHost(t *testing.T) {
 	if err != nil {
 		t.Fatalf("checkpoint: %v", err)
 	}
+	reusable, err := a.client.CreateSnapshot(ctx, m.ID)
+	if err != nil {
+		t.Fatalf("snapshot: %v", err)
+	}
 	sn, err := a.client.Pause(ctx, m.ID)
 	if err != nil {
 		t.Fatalf("pause: %v", err)
 	}
-	for _, id := range []string{cp.ID, sn.ID} {
+	for _, id := range []string{cp.ID, reusable.ID, sn.ID} {
 		waitDurable(t, a.client, id)
 	}
 	if err := a.inst.Shutdown(context.Background()); err != nil {
@@ -155,6 +160,17 @@ func TestStateLeavesHost(t *testing.T) {
 	t.Cleanup(func() { b.client.KillMachine(context.Background(), back.ID) })
 	if got := b.run(t, back.ID, "cat /root/file /root/secret"); got != "kept\n"+secret {
 		t.Fatalf("files of the checkpoint on B: %q", got)
+	}
+	// Children of A's reusable snapshot, on B, run its process.
+	for i := range 2 {
+		child, err := b.client.CreateMachine(ctx, api.CreateMachineRequest{SnapshotID: reusable.ID})
+		if err != nil {
+			t.Fatalf("child %d of A's snapshot on B: %v", i, err)
+		}
+		t.Cleanup(func() { b.client.KillMachine(context.Background(), child.ID) })
+		if got := b.run(t, child.ID, "rm -f /tmp/now; sleep 0.5; cat /tmp/now"); got != secret {
+			t.Fatalf("child %d's process value: %q, want %q", i, got, secret)
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
+	"nullspace.dev/nullspace/internal/objstore"
 	"nullspace.dev/nullspace/internal/objstore/chunks"
 	"nullspace.dev/nullspace/internal/objstore/memstore"
 	"nullspace.dev/nullspace/internal/runtime"
@@ -26,7 +27,9 @@ func newRemoteManager(t *testing.T, port int, remote *memstore.Store) (*Manager,
 	m, d, _, db := newManagerWith(t, func(cfg *Config, db *sqlstore.DB) {
 		cfg.AgentPort = port
 		cfg.Events = events.New(db, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		cfg.Remote = chunks.New(remote, nil)
+		// As the server wraps its S3 client: transient failures are
+		// retried, then object_store_unavailable.
+		cfg.Remote = chunks.New(objstore.WithRetry(remote, objstore.Backoff{Attempts: 2, Base: time.Millisecond, Max: time.Millisecond}, nil), nil)
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -234,5 +237,89 @@ func TestUploadAfterRestart(t *testing.T) {
 	}
 	if got := good.Count(memstore.OpPut) - putsBefore; got == 0 {
 		t.Fatal("nothing uploaded after the restart")
+	}
+}
+
+// TestObjectStoreDownAtResume: a resume that must fetch while the object
+// store does not answer fails with the retryable object_store_unavailable,
+// and the machine stays paused.
+func TestObjectStoreDownAtResume(t *testing.T) {
+	remote := memstore.New()
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	sn, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !durableWithin(t, db, sn.ID, 10*time.Second) {
+		t.Fatal("not durable")
+	}
+	if err := m.snaps.Delete(sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	remote.Inject(memstore.Fault{Op: memstore.OpGet}) // 500s from now on
+	_, err = m.Connect(t.Context(), "team", "a")
+	pub := errdefs.Classify(err)
+	if pub.Code != errdefs.CodeObjectStoreUnavailable || !pub.Retryable {
+		t.Fatalf("resume with the object store down: %v (code %s, retryable %v)", err, pub.Code, pub.Retryable)
+	}
+	if rec, _ := db.GetMachine(t.Context(), "a"); rec.State != api.StatePaused {
+		t.Fatalf("state after the refused resume: %s", rec.State)
+	}
+}
+
+// TestSweepRemote: a snapshot deleted while the object store did not
+// answer leaves its copy; the next sweep removes its manifest, and its
+// chunks once they are past the grace period, and keeps what live
+// snapshots name.
+func TestSweepRemote(t *testing.T) {
+	remote := memstore.New()
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	for _, id := range []string{"a", "b"} {
+		addLeased(t, m, d, id, time.Now().Add(time.Hour), true)
+	}
+	gone, err := m.Checkpoint(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept, err := m.Checkpoint(t.Context(), "team", "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{gone.ID, kept.ID} {
+		if !durableWithin(t, db, id, 10*time.Second) {
+			t.Fatal("not durable")
+		}
+	}
+	remote.Inject(memstore.Fault{Op: memstore.OpDelete})
+	if err := m.DeleteSnapshot(t.Context(), "team", gone.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	remote.ClearFaults()
+	manifest := func(id string) bool {
+		_, err := remote.Stat(t.Context(), "snapshots/"+id+"/manifest.json")
+		return err == nil
+	}
+	if !manifest(gone.ID) {
+		t.Fatal("the failed delete removed the manifest")
+	}
+	// Every object past the grace period.
+	for _, k := range remote.Keys("") {
+		remote.SetModTime(k, time.Now().Add(-2*time.Hour))
+	}
+	chunksBefore := len(remote.Keys("chunks/"))
+	m.sweepRemote(t.Context())
+	if after := len(remote.Keys("chunks/")); after >= chunksBefore {
+		t.Fatalf("chunks: %d before the sweep, %d after; want the deleted snapshot's own gone", chunksBefore, after)
+	}
+	if manifest(gone.ID) || !manifest(kept.ID) {
+		t.Fatalf("after the sweep: deleted snapshot's manifest %v, live one's %v", manifest(gone.ID), manifest(kept.ID))
+	}
+	// What is left is exactly what the live snapshot names.
+	if err := m.snaps.Delete(kept.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.snaps.Fetch(t.Context(), kept.ID); err != nil {
+		t.Fatalf("the live snapshot after the sweep: %v", err)
 	}
 }
