@@ -116,10 +116,10 @@ func TestNotDurableElsewhere(t *testing.T) {
 	}
 }
 
-// TestCorruptCopy: a copy damaged in the object store is snapshot_corrupt,
-// never a silent cold boot, and the machine stays paused.
-func TestCorruptCopy(t *testing.T) {
-	remote := memstore.New()
+// pausedElsewhere is a manager whose machine "a" is paused, durable, and
+// without its local copy, as a server that did not take it sees it.
+func pausedElsewhere(t *testing.T, remote *memstore.Store) (*Manager, *sqlstore.DB) {
+	t.Helper()
 	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
 	sn, err := m.Pause(t.Context(), "team", "a")
@@ -129,6 +129,17 @@ func TestCorruptCopy(t *testing.T) {
 	if !durableWithin(t, db, sn.ID, 10*time.Second) {
 		t.Fatal("not durable")
 	}
+	if err := m.snaps.Delete(sn.ID); err != nil {
+		t.Fatal(err)
+	}
+	return m, db
+}
+
+// TestCorruptCopy: a copy damaged in the object store is snapshot_corrupt,
+// never a silent cold boot, and the machine stays paused.
+func TestCorruptCopy(t *testing.T) {
+	remote := memstore.New()
+	m, db := pausedElsewhere(t, remote)
 	flipped := 0
 	for _, k := range remote.Keys("chunks/") {
 		{
@@ -139,10 +150,7 @@ func TestCorruptCopy(t *testing.T) {
 	if flipped == 0 {
 		t.Fatal("no chunk to damage")
 	}
-	if err := m.snaps.Delete(sn.ID); err != nil {
-		t.Fatal(err)
-	}
-	_, err = m.Connect(t.Context(), "team", "a")
+	_, err := m.Connect(t.Context(), "team", "a")
 	if code := errdefs.Classify(err).Code; code != errdefs.CodeSnapshotCorrupt {
 		t.Fatalf("resume from a damaged copy: %v (code %s), want snapshot_corrupt", err, code)
 	}
@@ -245,20 +253,9 @@ func TestUploadAfterRestart(t *testing.T) {
 // and the machine stays paused.
 func TestObjectStoreDownAtResume(t *testing.T) {
 	remote := memstore.New()
-	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
-	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
-	sn, err := m.Pause(t.Context(), "team", "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !durableWithin(t, db, sn.ID, 10*time.Second) {
-		t.Fatal("not durable")
-	}
-	if err := m.snaps.Delete(sn.ID); err != nil {
-		t.Fatal(err)
-	}
+	m, db := pausedElsewhere(t, remote)
 	remote.Inject(memstore.Fault{Op: memstore.OpGet}) // 500s from now on
-	_, err = m.Connect(t.Context(), "team", "a")
+	_, err := m.Connect(t.Context(), "team", "a")
 	pub := errdefs.Classify(err)
 	if pub.Code != errdefs.CodeObjectStoreUnavailable || !pub.Retryable {
 		t.Fatalf("resume with the object store down: %v (code %s, retryable %v)", err, pub.Code, pub.Retryable)
