@@ -117,12 +117,16 @@ type Events interface {
 }
 
 // Secrets keeps the keys that every server sharing the store signs with.
+// The newest wins: a secret set later (a rotation) replaces one set
+// earlier, and an older one offered later changes nothing.
 type Secrets interface {
-	// ShareSecret stores value as the secret name unless one is stored
-	// already, and returns the stored one.
-	ShareSecret(ctx context.Context, name string, value []byte) ([]byte, error)
-	// Secret returns the stored secret name, or nil if there is none.
-	Secret(ctx context.Context, name string) ([]byte, error)
+	// PutSecret stores value as the secret name, set at at, unless the
+	// stored one is as new or newer; it returns the stored one after it,
+	// and when that was set.
+	PutSecret(ctx context.Context, name string, value []byte, at time.Time) ([]byte, time.Time, error)
+	// Secret returns the stored secret name and when it was set (nil if
+	// there is none).
+	Secret(ctx context.Context, name string) ([]byte, time.Time, error)
 }
 
 // SSHKeys keeps the public keys of SSH sessions.

@@ -73,7 +73,7 @@ var copyTables = tables(
 	"events: seq:int team_id type machine_id time:at cause details",
 	"cursors: name seq:int",
 	"ssh_keys: id team_id name fingerprint public_key created_at:at",
-	"cluster_secrets: name value",
+	"cluster_secrets: name value updated_at:optat",
 )
 
 // notCopied are the tables Copy leaves out, and why.

@@ -192,7 +192,7 @@ func fillNode(t *testing.T, s store.Store) {
 			Fingerprint: fmt.Sprintf("SHA256:fp%d", i), PublicKey: fmt.Sprintf("ssh-ed25519 AAAA%d", i), CreatedAt: tick()}))
 	}
 	for _, name := range []string{"url-signing", "ssh-host-key"} {
-		if _, err := s.ShareSecret(ctx, name, []byte("secret \x00\xff "+name)); err != nil {
+		if _, _, err := s.PutSecret(ctx, name, []byte("secret \x00\xff "+name), tick()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -333,8 +333,11 @@ func readAll(t *testing.T, s store.Store) map[string]any {
 		put("Cursor "+name, seq, err)
 	}
 	for _, name := range []string{"url-signing", "ssh-host-key", "none"} {
-		v, err := s.Secret(ctx, name)
-		put("Secret "+name, v, err)
+		v, at, err := s.Secret(ctx, name)
+		put("Secret "+name, struct {
+			V  []byte
+			At time.Time
+		}{v, at}, err)
 	}
 	return out
 }

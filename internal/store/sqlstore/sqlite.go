@@ -258,4 +258,7 @@ var sqliteMigrations = []string{
 	// 22: a snapshot is durable once its files are in the object store
 	// (--object-store), which makes it restorable on any server.
 	`ALTER TABLE snapshots ADD COLUMN durable BOOLEAN NOT NULL DEFAULT FALSE;`,
+	// 23: when a shared secret was set, so that a newer one (a rotation
+	// on a server's host) replaces it and an older one does not.
+	`ALTER TABLE cluster_secrets ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';`,
 }

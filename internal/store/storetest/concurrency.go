@@ -292,17 +292,32 @@ func testConcurrentEvents(t *testing.T, a, b store.Store) {
 	}
 }
 
-// testSecrets: the first value offered for a secret is kept.
+// testSecrets: the first value offered for a secret is kept unless a
+// newer one comes (a rotation); an older one changes nothing.
 func testSecrets(t *testing.T, s store.Store) {
 	ctx := t.Context()
-	got, err := s.Secret(ctx, "edge")
+	got, _, err := s.Secret(ctx, "edge")
 	if err != nil || got != nil {
 		t.Fatalf("a secret never stored: %q %v, want nil", got, err)
 	}
-	for _, offer := range []string{"first\x00\xff", "second"} {
-		got, err := s.ShareSecret(ctx, "edge", []byte(offer))
-		if err != nil || string(got) != "first\x00\xff" {
-			t.Fatalf("share %q: %q %v, want the first", offer, got, err)
+	t0 := base
+	for _, tc := range []struct {
+		offer string
+		at    time.Time
+		want  string
+	}{
+		{"first\x00\xff", t0, "first\x00\xff"},
+		{"same time", t0, "first\x00\xff"},
+		{"older", t0.Add(-time.Hour), "first\x00\xff"},
+		{"rotated", t0.Add(time.Second), "rotated"},
+		{"", t0.Add(2 * time.Second), ""},
+	} {
+		got, at, err := s.PutSecret(ctx, "edge", []byte(tc.offer), tc.at)
+		if err != nil || string(got) != tc.want || got == nil {
+			t.Fatalf("put %q at %v: %q %v, want %q", tc.offer, tc.at, got, err, tc.want)
+		}
+		if stored, sat, _ := s.Secret(ctx, "edge"); string(stored) != tc.want || !sat.Equal(at) {
+			t.Fatalf("after putting %q: %q set at %v, want %q set at %v", tc.offer, stored, sat, tc.want, at)
 		}
 	}
 }
