@@ -1318,7 +1318,7 @@ export interface paths {
          * @description The team's lifecycle events (`machine.created`, `.paused`,
          *     `.resumed`, `.resume_failed`, `.restored`, `.timeout`, `.idle`,
          *     `.stopped`, `.started`, `.start_failed`, `.exited`, `.killed`,
-         *     `.failed`, `snapshot.created`, `snapshot.deleted`, `snapshot.pruned`, `lease.updated`),
+         *     `.failed`, `snapshot.created`, `snapshot.durable`, `snapshot.deleted`, `snapshot.pruned`, `lease.updated`),
          *     each with the machine id, time, cause (`api`, `timeout`, `idle`,
          *     `reconcile`, `sandbox_exit`) and details, by `seq`, which only grows.
          *     `machine.stopped` has details `snapshot_id` (the disk) and
@@ -2147,7 +2147,7 @@ export interface components {
              * @description Grows by one per event on the server.
              */
             seq: number;
-            /** @description machine.created, machine.paused, machine.resumed, machine.resume_failed, machine.restored, machine.timeout, machine.idle, machine.stopped, machine.started, machine.start_failed, machine.exited, machine.killed, machine.failed, snapshot.created, snapshot.deleted, snapshot.pruned, lease.updated */
+            /** @description machine.created, machine.paused, machine.resumed, machine.resume_failed, machine.restored, machine.timeout, machine.idle, machine.stopped, machine.started, machine.start_failed, machine.exited, machine.killed, machine.failed, snapshot.created, snapshot.durable, snapshot.deleted, snapshot.pruned, lease.updated */
             type: string;
             team_id: string;
             machine_id?: string;
