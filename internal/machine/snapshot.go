@@ -349,7 +349,12 @@ func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind str
 	}
 	if err := m.store.CommitSnapshot(ctx, sn, rec); err != nil {
 		*rec = prev
-		m.snaps.Delete(sn.ID)
+		// With the database unreachable, the commit may have happened
+		// (its answer lost): the files stay, and the next start's
+		// Reconcile removes them unless the snapshot is ready.
+		if !errors.Is(err, errdefs.ErrUnavailable) {
+			m.snaps.Delete(sn.ID)
+		}
 		return nil, undo(err)
 	}
 	m.transitioned(rec)
@@ -425,13 +430,24 @@ func combinedChecksum(files []snapshot.File) string {
 }
 
 func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpec, error) {
-	tmpl, err := m.templates.Get(ctx, rec.Template)
-	if err != nil {
-		return savedSpec{}, fmt.Errorf("template of machine %s: %w", rec.ID, err)
-	}
 	agentDir := rec.AgentDir
 	if agentDir == "" {
 		agentDir = m.cfg.AgentDir
+	}
+	spec := savedSpec{
+		Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
+		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir, Command: rec.Command, MainPID: rec.MainPID,
+	}
+	// The tree a machine runs on never changes: a machine restored from a
+	// snapshot runs on that snapshot's, which this server may hold only by
+	// its digest (fetched from the object store), under no template name.
+	if from, ok := m.treeOf(ctx, rec); ok {
+		spec.TemplateCreated, spec.TemplateDigest, spec.TemplateEnv, spec.Workdir = from.TemplateCreated, from.TemplateDigest, from.TemplateEnv, from.Workdir
+		return spec, nil
+	}
+	tmpl, err := m.templates.Get(ctx, rec.Template)
+	if err != nil {
+		return savedSpec{}, fmt.Errorf("template of machine %s: %w", rec.ID, err)
 	}
 	digest, err := m.templates.Digest(ctx, rec.Template)
 	if err != nil {
@@ -439,11 +455,29 @@ func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpe
 		m.logger.WarnContext(ctx, "template digest", "template", rec.Template, "err", err)
 		digest = ""
 	}
-	return savedSpec{
-		Template: rec.Template, TemplateCreated: tmpl.CreatedAt, TemplateDigest: digest, TemplateEnv: tmpl.Env, Workdir: tmpl.Workdir,
-		CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
-		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir, Command: rec.Command, MainPID: rec.MainPID,
-	}, nil
+	spec.TemplateCreated, spec.TemplateDigest, spec.TemplateEnv, spec.Workdir = tmpl.CreatedAt, digest, tmpl.Env, tmpl.Workdir
+	return spec, nil
+}
+
+// treeOf returns the spec of a snapshot that names the tree rec runs on:
+// the one it was restored from, else any ready one of its lineage (a
+// lineage's tree never changes); false when none has a digest.
+func (m *Manager) treeOf(ctx context.Context, rec *store.Machine) (savedSpec, bool) {
+	var candidates []*store.Snapshot
+	if rec.RestoredFrom != "" {
+		if sn, err := m.store.GetSnapshot(ctx, rec.RestoredFrom); err == nil {
+			candidates = append(candidates, sn)
+		}
+	}
+	if rest, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}, Newest: 5}); err == nil {
+		candidates = append(candidates, rest...)
+	}
+	for _, sn := range candidates {
+		if spec, err := decodeSpec(sn); err == nil && spec.TemplateDigest != "" {
+			return spec, true
+		}
+	}
+	return savedSpec{}, false
 }
 
 // nextGeneration is one more than the newest state the machine's lineage or

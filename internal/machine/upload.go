@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"nullspace.dev/nullspace/internal/faults"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/template"
 )
 
 // With an object store (Config.Remote), every committed snapshot is
@@ -163,6 +165,13 @@ func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
 		return err
 	}
 	faults.Point("upload.uploaded") // the objects are there, the row does not say so yet
+	// Restorable elsewhere only with its tree: the template uploads on its
+	// own (a big tar, after its build), and the snapshot waits for it.
+	if spec, err := decodeSpec(sn); err == nil && spec.TemplateDigest != "" {
+		if _, err := m.snaps.Remote().Remote.Stat(ctx, template.ManifestKey(spec.TemplateDigest)); err != nil {
+			return fmt.Errorf("snapshot %s waits for its template %s (%s) to be in the object store: %w", sn.ID, spec.Template, spec.TemplateDigest, err)
+		}
+	}
 	ok, err := m.store.MarkDurable(ctx, sn.ID)
 	if err != nil {
 		return err
@@ -209,7 +218,7 @@ const templateManifests = "templates/"
 // durable snapshot is there.
 func (m *Manager) fetchSnapshot(ctx context.Context, sn *store.Snapshot) error {
 	if m.snaps.Local(sn.ID) || m.snaps.Remote() == nil {
-		return nil // Verify says what is missing
+		return nil // held: no eviction removes it now; Verify says what is missing
 	}
 	if !sn.Durable {
 		return snapshot.NotDurable(sn.ID)
@@ -220,6 +229,7 @@ func (m *Manager) fetchSnapshot(ctx context.Context, sn *store.Snapshot) error {
 	}
 	m.observe("fetch", t0)
 	m.logger.InfoContext(ctx, "snapshot fetched from the object store", "snapshot_id", sn.ID, "took", time.Since(t0))
+	m.background(func() { m.evictCache(m.root) }) // a fetch grows the cache too
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"nullspace.dev/nullspace/internal/runtime"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/store/sqlstore"
+	"nullspace.dev/nullspace/internal/template"
 )
 
 // newRemoteManager is a manager whose snapshots are copied to an
@@ -37,9 +39,20 @@ func newRemoteManager(t *testing.T, port int, remote *memstore.Store) (*Manager,
 		t.Fatal(err)
 	}
 	shorten(t, &uploadBackoff, 10*time.Millisecond)
+	withTemplate(t, remote)
 	go func() { m.RunUploads(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; m.Shutdown(context.Background()) })
 	return m, d, db
+}
+
+// withTemplate puts the test template's tree in the object store (its
+// own upload, done): snapshots wait for it before they are durable.
+func withTemplate(t *testing.T, remote *memstore.Store) {
+	t.Helper()
+	digest, _ := fakeTemplates{}.Digest(t.Context(), "minimal")
+	if err := remote.Put(t.Context(), template.ManifestKey(digest), strings.NewReader(`{"version":1,"files":[]}`), 24); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // durableWithin waits for a snapshot to become durable.
@@ -59,7 +72,7 @@ func durableWithin(t *testing.T, db store.Store, id string, limit time.Duration)
 // its copy restores into a server without the local files.
 func TestUploadRetries(t *testing.T) {
 	remote := memstore.New()
-	remote.Inject(memstore.Fault{Op: memstore.OpPut, Times: 6}) // 500s
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, KeyPrefix: "chunks/", Times: 6}) // 500s
 	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
 	sn, err := m.Pause(t.Context(), "team", "a")
@@ -96,7 +109,7 @@ func TestUploadRetries(t *testing.T) {
 // snapshot_not_durable, and the machine stays paused.
 func TestNotDurableElsewhere(t *testing.T) {
 	remote := memstore.New()
-	remote.Inject(memstore.Fault{Op: memstore.OpPut}) // never succeeds
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, KeyPrefix: "chunks/"}) // never succeeds
 	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
 	sn, err := m.Pause(t.Context(), "team", "a")
@@ -197,7 +210,7 @@ func TestPruneRemovesCopy(t *testing.T) {
 // upload of objects already there puts no chunk again.
 func TestUploadAfterRestart(t *testing.T) {
 	remote := memstore.New()
-	remote.Inject(memstore.Fault{Op: memstore.OpPut}) // the first server never uploads
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, KeyPrefix: "chunks/"}) // the first server never uploads
 	port := healthyAgent(t)
 	m, d, db := newRemoteManager(t, port, remote)
 	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
@@ -214,6 +227,7 @@ func TestUploadAfterRestart(t *testing.T) {
 
 	// b's objects got there before the server stopped; its row does not say so.
 	good := memstore.New()
+	withTemplate(t, good)
 	if _, err := m.snaps.Upload(t.Context(), snB.ID); err == nil {
 		t.Fatal("upload succeeded against the failing store")
 	}
@@ -318,5 +332,29 @@ func TestSweepRemote(t *testing.T) {
 	}
 	if err := m.snaps.Fetch(t.Context(), kept.ID); err != nil {
 		t.Fatalf("the live snapshot after the sweep: %v", err)
+	}
+}
+
+// TestDurableWaitsForTemplate: a snapshot is not durable while its
+// template's tree is not in the object store (another server could not
+// restore it), and is once it is.
+func TestDurableWaitsForTemplate(t *testing.T) {
+	remote := memstore.New()
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	digest, _ := fakeTemplates{}.Digest(t.Context(), "minimal")
+	if err := remote.Delete(t.Context(), template.ManifestKey(digest)); err != nil {
+		t.Fatal(err)
+	}
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	sn, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if durableWithin(t, db, sn.ID, 300*time.Millisecond) {
+		t.Fatal("durable without its template in the object store")
+	}
+	withTemplate(t, remote)
+	if !durableWithin(t, db, sn.ID, 10*time.Second) {
+		t.Fatal("not durable once its template is in the object store")
 	}
 }

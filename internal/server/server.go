@@ -257,7 +257,7 @@ func (c *Config) Validate() error {
 		return errors.New("--cache-max-gb must be 0 (no bound) or more")
 	}
 	if c.DatabaseURL != "" {
-		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && u.Query().Get("host") == "") {
 			return fmt.Errorf("--database-url %s: want postgres://USER@HOST:PORT/DATABASE (the password from PGPASSWORD or ~/.pgpass)", sqlstore.Redact(c.DatabaseURL))
 		}
 	}

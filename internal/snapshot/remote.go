@@ -177,6 +177,11 @@ func NotDurable(id string) error {
 // Hold keeps snapshot id's local files from Evict until release is
 // called (a restore in progress reads them).
 func (s *Store) Hold(id string) (release func()) {
+	// After an Evict in progress, never between its check and its removal:
+	// the caller's look for local files that follows sees them gone.
+	fl := s.fetchLock(id)
+	fl.Lock()
+	defer fl.Unlock()
 	s.mu.Lock()
 	if s.holds == nil {
 		s.holds = map[string]int{}

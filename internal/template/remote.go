@@ -109,7 +109,10 @@ func (s *Store) background(ctx context.Context) {
 	}
 	for _, m := range metas {
 		switch {
-		case s.uploads.enabled && !m.Uploaded:
+		case s.uploads.enabled:
+			// Whatever the uploaded flag says: it does not say to which
+			// store, and a templates dir may serve servers of several.
+			// The upload asks the store first, which is cheap.
 			s.uploads.add(m.Name) // the upload computes the digest first
 		case m.Digest == "":
 			if _, err := s.Digest(ctx, m.Name); err != nil && ctx.Err() == nil {
@@ -168,9 +171,6 @@ func (s *Store) upload(ctx context.Context, name string) error {
 	}
 	if err != nil {
 		return err
-	}
-	if m.Uploaded {
-		return nil
 	}
 	if m.Digest != d {
 		return errReplaced // try again with the new one

@@ -138,7 +138,9 @@ func Database(name string) (string, error) {
 	if !mainCalled.Load() {
 		return "", errors.New("pgtest: the package's TestMain must call pgtest.Main or MainWith (it stops the cluster when the tests end)")
 	}
-	once.Do(func() { srv, srvErr = open(func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }) })
+	once.Do(func() {
+		srv, srvErr = open(func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+	})
 	if srvErr != nil {
 		return "", fmt.Errorf("pgtest: %w", srvErr)
 	}

@@ -161,7 +161,11 @@ func (d timeDest) Scan(src any) error {
 // sort as text.
 const timeFormat = "2006-01-02T15:04:05.000000000Z07:00"
 
-func formatTime(t time.Time) string { return t.UTC().Truncate(time.Microsecond).Format(timeFormat) }
+// formatTime does not cut to microseconds: rows written before this
+// version keep nanoseconds, and a cursor made of one must compare equal to
+// it. Machine times are cut when written (keptTimes), so new rows agree
+// with PostgreSQL's.
+func formatTime(t time.Time) string { return t.UTC().Format(timeFormat) }
 
 func parseTime(s string) time.Time {
 	if s == "" {
@@ -183,8 +187,9 @@ type dialect struct {
 	// BEGIN (_txlock=immediate), so it needs none.
 	forUpdate string
 	// lock serializes the transactions that take the same key, until they
-	// end ("" where a write transaction already excludes every other).
-	lock string
+	// end ("" where a write transaction already excludes every other);
+	// lockNamed the same for a key and a name (a lineage).
+	lock, lockNamed string
 	// jsonInt extracts an integer field of a JSON text column.
 	jsonInt func(col, field string) string
 	// unique reports whether err is a unique-constraint violation.
@@ -201,7 +206,18 @@ type dialect struct {
 const (
 	lockSlots   = 7301 // the free-slot scan of machines and spares
 	lockMigrate = 7302 // schema migrations of servers starting at once
+	lockLineage = 7303 // inserts into one lineage (with its id)
 )
+
+// lockTxNamed takes lock key for name for the rest of the transaction
+// (a no-op on SQLite).
+func lockTxNamed(ctx context.Context, c conn, key int32, name string) error {
+	if c.d.lockNamed == "" {
+		return nil
+	}
+	_, err := c.exec(ctx, c.d.lockNamed, key, name)
+	return err
+}
 
 // lockTx takes lock key for the rest of the transaction (a no-op on
 // SQLite, whose write transactions exclude each other).

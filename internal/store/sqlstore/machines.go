@@ -77,8 +77,14 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 	}
 	// The lineage's position in lists is its first machine's creation,
 	// which the latest row carries on (older rows may have been deleted).
+	// A lock on the lineage's id, not a row lock on its latest row: under
+	// READ COMMITTED a second insert waiting on that row would find it no
+	// longer latest and read no lineage at all.
+	if err := lockTxNamed(ctx, c, lockLineage, m.LineageID); err != nil {
+		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
+	}
 	var created time.Time
-	err := c.queryRow(ctx, `SELECT lineage_created FROM machines WHERE lineage_id = ? AND latest`+c.d.forUpdate, m.LineageID).Scan(timeDest{&created})
+	err := c.queryRow(ctx, `SELECT lineage_created FROM machines WHERE lineage_id = ? AND latest`, m.LineageID).Scan(timeDest{&created})
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
 	}
@@ -168,6 +174,7 @@ func (s *DB) UpdateMachine(ctx context.Context, m *store.Machine) error {
 // updateMachine writes m at m.Version+1 if the row is at m.Version; the
 // caller advances m.Version once the write is committed.
 func updateMachine(ctx context.Context, c conn, m *store.Machine) error {
+	keptTimes(m)
 	res, err := c.exec(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?, failure_reason=?,
 		snapshot_id=?, agent_token=?, restored_from=?, timeout_ms=?, on_timeout=?, auto_resume=?, deadline=?, version = version + 1
 		WHERE id=? AND version=?`,
@@ -180,7 +187,6 @@ func updateMachine(ctx context.Context, c conn, m *store.Machine) error {
 	if !exactlyOne(res) {
 		return lostWrite(ctx, c, m)
 	}
-	keptTimes(m)
 	return nil
 }
 

@@ -44,22 +44,44 @@ func OpenPostgres(ctx context.Context, rawURL string) (*DB, error) {
 	return s, nil
 }
 
-// Redact returns a database URL without its password, for messages.
+// secretParams are the URL parameters pgx reads secrets from.
+var secretParams = []string{"password", "sslpassword"}
+
+// Redact returns a database URL without its passwords (in the user
+// information or in the parameters), for messages.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return "(an unparsable database URL)"
 	}
+	q := u.Query()
+	for _, p := range secretParams {
+		if q.Has(p) {
+			q.Set(p, "xxxxx")
+		}
+	}
+	u.RawQuery = q.Encode()
 	return u.Redacted()
 }
 
-// scrub returns err's text with the URL's password removed, in case a
-// driver quotes it.
+// scrub returns err's text with the URL's passwords removed, in case a
+// driver quotes them.
 func scrub(err error, rawURL string) string {
 	msg := err.Error()
-	if u, perr := url.Parse(rawURL); perr == nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	u, perr := url.Parse(rawURL)
+	if perr != nil {
+		return msg
+	}
+	secrets := []string{}
+	if pw, ok := u.User.Password(); ok {
+		secrets = append(secrets, pw)
+	}
+	for _, p := range secretParams {
+		secrets = append(secrets, u.Query().Get(p))
+	}
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
 		}
 	}
 	return msg
@@ -70,6 +92,7 @@ var postgresDialect = &dialect{
 	dollar:    true,
 	forUpdate: " FOR UPDATE",
 	lock:      "SELECT pg_advisory_xact_lock(?)",
+	lockNamed: "SELECT pg_advisory_xact_lock(?::int4, hashtext(?))",
 	jsonInt: func(col, field string) string {
 		return fmt.Sprintf("(%s::jsonb->>'%s')::bigint", col, field)
 	},
@@ -89,6 +112,9 @@ var postgresDialect = &dialect{
 // or went away: connection errors, and the server shutting down or not
 // yet accepting connections.
 func pgUnavailable(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the caller's deadline, not the database's absence
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"

@@ -186,3 +186,23 @@ func TestPostgresUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// TestRedact: passwords leave a URL wherever pgx reads them from.
+func TestRedact(t *testing.T) {
+	for _, raw := range []string{
+		"postgres://u:hunter2@db:5432/n",
+		"postgres://u@db/n?password=hunter2&sslmode=disable",
+		"postgres://u@db/n?sslpassword=hunter2",
+	} {
+		if got := Redact(raw); strings.Contains(got, "hunter2") || !strings.Contains(got, "db") {
+			t.Errorf("Redact(%q) = %q", raw, got)
+		}
+		if got := scrub(errors.New("failed for "+raw), raw); strings.Contains(got, "hunter2") {
+			t.Errorf("scrub of an error quoting %q: %q", raw, got)
+		}
+	}
+	// A caller's deadline is not the database's absence.
+	if pgUnavailable(context.DeadlineExceeded) || pgUnavailable(context.Canceled) {
+		t.Error("a context's end classified as store_unavailable")
+	}
+}
