@@ -161,6 +161,17 @@ func TestStateLeavesHost(t *testing.T) {
 	if got := b.run(t, back.ID, "cat /root/file /root/secret"); got != "kept\n"+secret {
 		t.Fatalf("files of the checkpoint on B: %q", got)
 	}
+	// A snapshot B deletes leaves the object store too.
+	manifest := filepath.Join(bucket.Root, bucket.Loc.Bucket, "snapshots", cp.ID, "manifest.json")
+	if _, err := os.Stat(manifest); err != nil {
+		t.Fatalf("the checkpoint's manifest in versitygw's directory: %v", err)
+	}
+	if err := b.client.DeleteSnapshot(ctx, cp.ID, true); err != nil { // its running child is unaffected
+		t.Fatalf("delete A's checkpoint on B: %v", err)
+	}
+	if _, err := os.Stat(manifest); !os.IsNotExist(err) {
+		t.Fatalf("the deleted checkpoint's manifest: %v, want it gone", err)
+	}
 	// Children of A's reusable snapshot, on B, run its process.
 	for i := range 2 {
 		child, err := b.client.CreateMachine(ctx, api.CreateMachineRequest{SnapshotID: reusable.ID})
