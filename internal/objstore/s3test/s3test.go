@@ -2,6 +2,7 @@
 // (Apache-2.0) serving a POSIX directory, built by `make versitygw` and
 // found through $NULLSPACE_VERSITYGW. A missing binary fails the test with
 // what to run; it never skips (the project's rule for real parts).
+// Run starts one for a program that is not a test (the benchmark).
 package s3test
 
 import (
@@ -13,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -54,11 +56,29 @@ func Start(t testing.TB) *Server {
 	if _, err := os.Stat(bin); err != nil {
 		t.Fatalf("versitygw (NULLSPACE_VERSITYGW) not usable: %v; run `make versitygw`", err)
 	}
-	creds := objstore.Credentials{AccessKeyID: "test" + randHex(t, 6), SecretAccessKey: randHex(t, 20)}
-	root := t.TempDir()
+	s, stop, err := Run(bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Run is Start for a program that is not a test (the benchmark): it runs
+// versitygw (bin) over dir/root, with its metadata in dir/sidecar, and
+// returns the server and a stop that kills it (dir is the caller's to
+// remove).
+func Run(bin, dir string) (*Server, func(), error) {
+	creds := objstore.Credentials{AccessKeyID: "test" + randHex(6), SecretAccessKey: randHex(20)}
+	root := filepath.Join(dir, "root")
 	// Metadata in a sidecar directory, not xattrs: a developer's /tmp may
 	// be a tmpfs without user xattrs.
-	sidecar := t.TempDir()
+	sidecar := filepath.Join(dir, "sidecar")
+	for _, d := range []string{root, sidecar} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("versitygw: %w", err)
+		}
+	}
 
 	// Another process may take the port between our probe and versitygw's
 	// bind; a few tries make that race harmless.
@@ -66,26 +86,25 @@ func Start(t testing.TB) *Server {
 	for try := 0; try < 3; try++ {
 		port, err := freePort()
 		if err != nil {
-			t.Fatalf("versitygw: find a free port: %v", err)
+			return nil, nil, fmt.Errorf("versitygw: find a free port: %w", err)
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		s, err := start(t, bin, addr, root, sidecar, creds)
+		s, stop, err := start(bin, addr, root, sidecar, creds)
 		if err == nil {
-			return s
+			return s, stop, nil
 		}
 		lastErr = err
 	}
-	t.Fatalf("versitygw did not start: %v", lastErr)
-	return nil
+	return nil, nil, fmt.Errorf("versitygw did not start: %w", lastErr)
 }
 
-func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credentials) (*Server, error) {
+func start(bin, addr, root, sidecar string, creds objstore.Credentials) (*Server, func(), error) {
 	var out syncBuffer
 	cmd := exec.Command(bin, "--access", creds.AccessKeyID, "--secret", creds.SecretAccessKey,
 		"--port", addr, "--quiet", "posix", "--sidecar", sidecar, root)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+		return nil, nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -102,7 +121,7 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 	})
 	if err != nil {
 		stop()
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, nil, fmt.Errorf("client: %w", err)
 	}
 	bucket := "nullspace-test"
 	deadline := time.Now().Add(15 * time.Second)
@@ -115,16 +134,15 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 		}
 		select {
 		case <-exited:
-			return nil, fmt.Errorf("versitygw exited: %s", out.String())
+			return nil, nil, fmt.Errorf("versitygw exited: %s", out.String())
 		default:
 		}
 		if time.Now().After(deadline) {
 			stop()
-			return nil, fmt.Errorf("no answer on %s in 15s (last: %v); its output: %s", addr, err, out.String())
+			return nil, nil, fmt.Errorf("no answer on %s in 15s (last: %v); its output: %s", addr, err, out.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Cleanup(stop)
 
 	loc := objstore.Location{Bucket: bucket, Endpoint: addr, Region: "us-east-1"}
 	return &Server{
@@ -133,7 +151,7 @@ func start(t testing.TB, bin, addr, root, sidecar string, creds objstore.Credent
 		Creds: creds,
 		Root:  root,
 		PID:   cmd.Process.Pid,
-	}, nil
+	}, stop, nil
 }
 
 func freePort() (int, error) {
@@ -145,11 +163,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func randHex(t testing.TB, n int) string {
+func randHex(n int) string {
 	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatalf("random key: %v", err)
-	}
+	rand.Read(b) // never fails (crypto/rand, Go 1.24+)
 	return hex.EncodeToString(b)
 }
 
