@@ -15,28 +15,39 @@ import (
 
 // verifyClean checks that nothing the benchmark made is left on the host:
 // network namespaces, host-side veths, containers under either runsc root,
-// snapshot images, cgroups and the firewall table.
+// snapshot images, cgroups and the firewall tables, of both servers (the
+// store suite's second one has names of its own).
 func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 	var rep cleanupReport
 	left := func(format string, args ...any) { rep.Leftovers = append(rep.Leftovers, fmt.Sprintf(format, args...)) }
+	servers := []serverSpec{mainServer(cfg.backend), secondServer(otherBackend(cfg.backend))}
 
 	rep.Checked = append(rep.Checked, "ip netns list")
 	if ip, err := lookIP(); err == nil {
 		for _, name := range listNetns(ctx, ip) {
-			if strings.HasPrefix(name, benchNames.NetnsPrefix) || strings.HasPrefix(name, rawNetnsPrefix) {
+			if strings.HasPrefix(name, benchNames.NetnsPrefix) || strings.HasPrefix(name, benchNames2.NetnsPrefix) ||
+				strings.HasPrefix(name, rawNetnsPrefix) {
 				left("network namespace %s", name)
 			}
 		}
 	}
-	rep.Checked = append(rep.Checked, "host interfaces "+benchNames.VethPrefix+"N, "+rawVethPrefix+"N")
+	rep.Checked = append(rep.Checked, "host interfaces "+benchNames.VethPrefix+"N, "+benchNames2.VethPrefix+"N, "+rawVethPrefix+"N")
 	if ifs, err := net.Interfaces(); err == nil {
 		for _, i := range ifs {
-			if isSlotName(i.Name, benchNames.VethPrefix) || isSlotName(i.Name, rawVethPrefix) {
+			if isSlotName(i.Name, benchNames.VethPrefix) || isSlotName(i.Name, benchNames2.VethPrefix) || isSlotName(i.Name, rawVethPrefix) {
 				left("interface %s", i.Name)
 			}
 		}
 	}
-	for _, root := range []string{filepath.Join(work, "server", "runsc"), filepath.Join(work, "raw", "runsc-root")} {
+	roots := []string{filepath.Join(work, "raw", "runsc-root")}
+	images := []string{filepath.Join(work, "raw", "images")}
+	cgroups := []string{rawCgroupParent}
+	for _, sp := range servers {
+		roots = append(roots, filepath.Join(work, sp.dataDir, "runsc"))
+		images = append(images, filepath.Join(work, sp.dataDir, "snapshots"))
+		cgroups = append(cgroups, sp.names.CgroupParent)
+	}
+	for _, root := range roots {
 		rep.Checked = append(rep.Checked, "runsc --root="+root+" list")
 		ids, err := (&gvisor.CLI{Bin: cfg.runsc, Root: root}).List(ctx)
 		if err != nil {
@@ -48,14 +59,14 @@ func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 	}
 	// Snapshots: the server's store (killed lineages drop theirs, the rest
 	// were deleted) and the raw side's images.
-	for _, dir := range []string{filepath.Join(work, "server", "snapshots"), filepath.Join(work, "raw", "images")} {
+	for _, dir := range images {
 		rep.Checked = append(rep.Checked, "snapshot images under "+dir)
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
 			left("snapshot image %s", filepath.Join(dir, e.Name()))
 		}
 	}
-	for _, parent := range []string{benchNames.CgroupParent, rawCgroupParent} {
+	for _, parent := range cgroups {
 		rep.Checked = append(rep.Checked, "cgroup "+parent)
 		for _, d := range cgroupDirs(parent) {
 			left("cgroup %s", d)
@@ -66,9 +77,11 @@ func verifyClean(ctx context.Context, cfg config, work string) cleanupReport {
 	for _, mp := range mps {
 		left("mount %s", mp)
 	}
-	rep.Checked = append(rep.Checked, "nftables table inet "+benchNames.FirewallTable)
-	if conn, err := nftables.New(); err == nil && firewallTableExists(conn, benchNames.FirewallTable) {
-		left("nftables table inet %s", benchNames.FirewallTable)
+	for _, sp := range servers {
+		rep.Checked = append(rep.Checked, "nftables table inet "+sp.names.FirewallTable)
+		if conn, err := nftables.New(); err == nil && firewallTableExists(conn, sp.names.FirewallTable) {
+			left("nftables table inet %s", sp.names.FirewallTable)
+		}
 	}
 	rep.OK = len(rep.Leftovers) == 0
 	if rep.OK {

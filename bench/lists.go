@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -19,7 +18,9 @@ import (
 // its rows) with 1,000 and with 10,000 machine rows (some lineages with 200
 // aliases) and 5,000 and 50,000 events, built directly through the store;
 // and the disk that 100 pause/resume cycles of an idle minimal machine
-// leave with the default checkpoint retention.
+// leave with the default checkpoint retention. The store is the server's
+// kind (-store): a SQLite file, or a database of its own on the
+// benchmark's PostgreSQL cluster.
 
 const (
 	metricListMachines = "list_page_machines"      // one page of 100 machines (first, middle, last)
@@ -29,10 +30,16 @@ const (
 	aliasesPerLineage  = 200
 )
 
-func measureLists(ctx context.Context, cfg config, work string, ns *nullspaceSide, res *results) error {
+func measureLists(ctx context.Context, cfg config, ns *nullspaceSide, svc *services, res *results) error {
 	for _, rows := range []int{1000, 10000} {
-		fmt.Fprintf(os.Stderr, "bench: lists over %d machine rows and %d events\n", rows, rows*5)
-		if err := measureListScale(ctx, cfg, filepath.Join(work, fmt.Sprintf("lists-%d.db", rows)), rows, res); err != nil {
+		fmt.Fprintf(os.Stderr, "bench: lists over %d machine rows and %d events (%s)\n", rows, rows*5, cfg.backend.DB)
+		db, analyze, err := svc.openStore(ctx, cfg.backend.DB, fmt.Sprintf("lists_%d", rows))
+		if err != nil {
+			return err
+		}
+		err = measureListScale(ctx, cfg, db, analyze, sideNullspace, rows, res)
+		db.Close()
+		if err != nil {
 			return err
 		}
 	}
@@ -75,14 +82,9 @@ func measureLists(ctx context.Context, cfg config, work string, ns *nullspaceSid
 	return nil
 }
 
-// measureListScale builds a store of rows machine rows and 5x as many
-// events and times pages of it.
-func measureListScale(ctx context.Context, cfg config, path string, rows int, res *results) error {
-	db, err := sqlstore.Open(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
+// measureListScale fills the empty store db with rows machine rows and 5x
+// as many events, calls analyze, and times pages of it, as side.
+func measureListScale(ctx context.Context, cfg config, db *sqlstore.DB, analyze func(context.Context) error, side string, rows int, res *results) error {
 	lineages := max(rows/2000, 1) // lineages of 200 executions: 1 at 1,000 rows, 5 at 10,000
 	per := rows / lineages
 	now := time.Now().Add(-time.Duration(rows) * time.Second)
@@ -128,6 +130,9 @@ func measureListScale(ctx context.Context, cfg config, path string, rows int, re
 			return err
 		}
 	}
+	if err := analyze(ctx); err != nil {
+		return err
+	}
 	label := fmt.Sprintf("%d rows", rows)
 	// The positions of the first, a middle and the last page.
 	var cursors []store.MachineCursor
@@ -158,13 +163,13 @@ func measureListScale(ctx context.Context, cfg config, path string, rows int, re
 		if _, err := db.LineageSummaries(ctx, lins); err != nil {
 			return err
 		}
-		res.addDuration(metricListMachines, sideNullspace, label, time.Since(start))
+		res.addDuration(metricListMachines, side, label, time.Since(start))
 
 		start = time.Now()
 		if _, err := db.ListEvents(ctx, store.EventFilter{TeamID: "team", After: int64(rows * 5 / 2), Limit: 100}); err != nil {
 			return err
 		}
-		res.addDuration(metricListEvents, sideNullspace, label, time.Since(start))
+		res.addDuration(metricListEvents, side, label, time.Since(start))
 
 		start = time.Now()
 		m, err := db.GetMachine(ctx, aliased)
@@ -175,7 +180,7 @@ func measureListScale(ctx context.Context, cfg config, path string, rows int, re
 		if err != nil {
 			return err
 		}
-		res.addDuration(metricGetAliased, sideNullspace, label, time.Since(start))
+		res.addDuration(metricGetAliased, side, label, time.Since(start))
 		if sums[m.LineageID].PausedAliases != aliasesPerLineage-1 {
 			return fmt.Errorf("lineage of %s: %d paused aliases, want %d", aliased, sums[m.LineageID].PausedAliases, aliasesPerLineage-1)
 		}

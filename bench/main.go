@@ -9,7 +9,8 @@
 //     and host object names of its own (netns nsbench-N, veth nsbN, nftables
 //     table nullspace_bench, cgroup parent /nullspace-bench, pool
 //     10.231.0.0/16), driven over HTTP by the public Go client, as a user
-//     would;
+//     would; the store suite starts a second one beside it (nsbench2-N,
+//     nscN, nullspace_bench2, /nullspace-bench2, 10.234.0.0/16);
 //   - raw runsc: the same runsc binary and global flags, an OCI bundle over
 //     the same minimal template rootfs (shared read-only through
 //     --overlay2=root:dir=...), a fresh network namespace with a veth pair
@@ -46,7 +47,18 @@
 //     from the same Python process, and `import nullspace`. See sdk.go;
 //   - e2b: create to first command and a command's round trip through
 //     E2B's unmodified SDK against the E2B-compatible API, beside the same
-//     through the TypeScript SDK against the Nullspace API. See e2b.go.
+//     through the TypeScript SDK against the Nullspace API. See e2b.go;
+//   - store: a second server beside the first, one on SQLite and the local
+//     directory and the other on PostgreSQL and an S3 object store, driven
+//     interleaved: pause, resume with the cache warm and cold, a child from
+//     a snapshot, a lease refresh, the bytes uploaded by a first and a second
+//     pause, and the list queries on both stores. See store.go.
+//
+// -store postgres and -object-store s3 put the benchmark's server on
+// PostgreSQL (a throwaway PostgreSQL 15 cluster the benchmark starts, as
+// the tests do) and on an object store (versitygw over a directory of the
+// work dir), for every suite; the default is SQLite and the local
+// directory. The store suite's second server has the other backend.
 //
 // The table goes to stdout, every sample and summary to -out as JSON, with
 // the durations the server logged (at debug level too) by message.
@@ -91,6 +103,8 @@ type config struct {
 	memoryMB     int           // memory limit of every machine and raw sandbox
 	logLevel     slog.Level    // server log level on stderr
 	keepWorkDir  bool          // keep the temporary data dir (logs, bundles)
+	backend      backend       // -store and -object-store: the server's backend
+	versitygw    string        // versitygw binary (S3 server)
 }
 
 func main() {
@@ -113,7 +127,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK) or store (issue 23: SQLite + local directory beside PostgreSQL + S3 object store: pause, resume warm and cold, child, lease refresh, upload sizes, list queries)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -129,6 +143,9 @@ func parseFlags() (config, error) {
 	flag.IntVar(&c.memoryMB, "memory-mb", 512, "memory limit in MiB of every machine and raw sandbox")
 	flag.StringVar(&logLevel, "log-level", "warn", "server log level on stderr: debug, info, warn, error")
 	flag.BoolVar(&c.keepWorkDir, "keep", false, "keep the temporary work dir (server data dir, raw bundles, logs)")
+	flag.StringVar(&c.backend.DB, "store", "sqlite", "the server's state store: sqlite (in its data dir) or postgres (a throwaway PostgreSQL 15 cluster the benchmark starts)")
+	flag.StringVar(&c.backend.Objects, "object-store", "local", "where the server's snapshots go: local (its data dir only) or s3 (also to versitygw, an S3 server the benchmark starts)")
+	flag.StringVar(&c.versitygw, "versitygw", envOr("NULLSPACE_VERSITYGW", "bin/versitygw"), "versitygw binary, the S3 server of -object-store s3 and the store suite (env NULLSPACE_VERSITYGW)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -153,14 +170,20 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk", "e2b":
+	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk", "e2b", "store":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal, sdk or e2b", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal, sdk, e2b or store", c.suite)
+	}
+	if c.backend.DB != "sqlite" && c.backend.DB != "postgres" {
+		return c, fmt.Errorf("-store %q: want sqlite or postgres", c.backend.DB)
+	}
+	if c.backend.Objects != "local" && c.backend.Objects != "s3" {
+		return c, fmt.Errorf("-object-store %q: want local or s3", c.backend.Objects)
 	}
 	if err := c.logLevel.UnmarshalText([]byte(logLevel)); err != nil {
 		return c, fmt.Errorf("-log-level: %w", err)
 	}
-	for _, p := range []*string{&c.runsc, &c.agent, &c.templatesDir, &c.cacheDir} {
+	for _, p := range []*string{&c.runsc, &c.agent, &c.templatesDir, &c.cacheDir, &c.versitygw} {
 		abs, err := filepath.Abs(*p)
 		if err != nil {
 			return c, err
@@ -220,9 +243,10 @@ func run(ctx context.Context, cfg config) (err error) {
 	res.Host = hostInfo(ctx, cfg)
 
 	var (
-		ns  *nullspaceSide
-		raw *rawSide
+		ns, ns2 *nullspaceSide // ns2: the store suite's second server
+		raw     *rawSide
 	)
+	svc := &services{work: work, versitygw: cfg.versitygw}
 	tap := newTapHandler(os.Stderr, cfg.logLevel)
 	defer func() {
 		// Cleanup ignores the signal context: it always runs to the end.
@@ -230,7 +254,9 @@ func run(ctx context.Context, cfg config) (err error) {
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "bench: interrupted; cleaning up (this takes a few seconds)")
 		}
-		cerr := cleanup(cctx, ns, raw)
+		cerr := cleanup(cctx, ns, ns2, raw)
+		// After the servers: they hold connections to both.
+		cerr = errors.Join(cerr, svc.close())
 		// After the sandboxes are gone: runsc's null-netns mounts in the roots.
 		cerr = errors.Join(cerr, mountinfo.UnmountUnder(work))
 		res.Cleanup = verifyClean(cctx, cfg, work)
@@ -263,6 +289,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			res.printTerminal(os.Stdout)
 			res.printSDK(os.Stdout)
 			res.printE2B(os.Stdout)
+			res.printStore(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -288,17 +315,24 @@ func run(ctx context.Context, cfg config) (err error) {
 	if err != nil {
 		return err
 	}
-	ns, err = startNullspace(ctx, cfg, work, templates, tap)
+	ns, err = startNullspace(ctx, cfg, work, templates, tap, mainServer(cfg.backend), svc)
 	if err != nil {
 		return err
 	}
+	res.Config.Backend = cfg.backend
+	if cfg.suite == "all" || cfg.suite == "store" {
+		ns2, err = startNullspace(ctx, cfg, work, templates, tap, secondServer(otherBackend(cfg.backend)), svc)
+		if err != nil {
+			return err
+		}
+	}
 	res.Host.RunscFlags = raw.runsc.GlobalFlags("")
 
-	return measure(ctx, cfg, work, ns, raw, res)
+	return measure(ctx, cfg, work, ns, ns2, raw, svc, res)
 }
 
 // measure runs the suites -suite asks for.
-func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, raw *rawSide, res *results) error {
+func measure(ctx context.Context, cfg config, work string, ns, ns2 *nullspaceSide, raw *rawSide, svc *services, res *results) error {
 	watchOthers := func() { res.Host.OtherSandboxes = max(res.Host.OtherSandboxes, otherSandboxes(work)) }
 	watchOthers()
 	if cfg.suite == "all" || cfg.suite == "core" {
@@ -322,7 +356,7 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "lists" {
-		if err := measureLists(ctx, cfg, work, ns, res); err != nil {
+		if err := measureLists(ctx, cfg, ns, svc, res); err != nil {
 			return err
 		}
 	}
@@ -337,7 +371,12 @@ func measure(ctx context.Context, cfg config, work string, ns *nullspaceSide, ra
 		}
 	}
 	if cfg.suite == "all" || cfg.suite == "e2b" {
-		return measureE2B(ctx, cfg, ns, raw, res)
+		if err := measureE2B(ctx, cfg, ns, raw, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "store" {
+		return measureStore(ctx, cfg, ns, ns2, raw, svc, res)
 	}
 	return nil
 }
@@ -418,10 +457,12 @@ func progress(done, total int) {
 // cleanup removes everything the sides made. It keeps going on errors. The
 // server's firewall table and both parent cgroups go last: a production
 // server keeps them across restarts, the benchmark owns its own.
-func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
+func cleanup(ctx context.Context, ns, ns2 *nullspaceSide, raw *rawSide) error {
 	var errs []error
-	if ns != nil {
-		errs = append(errs, ns.close(ctx))
+	for _, s := range []*nullspaceSide{ns, ns2} {
+		if s != nil {
+			errs = append(errs, s.close(ctx))
+		}
 	}
 	if raw != nil {
 		errs = append(errs, raw.close(ctx))
@@ -430,8 +471,11 @@ func cleanup(ctx context.Context, ns *nullspaceSide, raw *rawSide) error {
 		// The pool's unreachable route: a server keeps its own, the
 		// benchmark's pool is used by nothing else.
 		exec.Command(ip, "route", "del", "unreachable", benchCIDR).Run()
+		if ns2 != nil {
+			exec.Command(ip, "route", "del", "unreachable", benchCIDR2).Run()
+		}
 	}
-	errs = append(errs, removeFirewallTable(benchNames.FirewallTable),
-		removeCgroupParent(benchNames.CgroupParent), removeCgroupParent(rawCgroupParent))
+	errs = append(errs, removeFirewallTable(benchNames.FirewallTable), removeFirewallTable(benchNames2.FirewallTable),
+		removeCgroupParent(benchNames.CgroupParent), removeCgroupParent(benchNames2.CgroupParent), removeCgroupParent(rawCgroupParent))
 	return errors.Join(errs...)
 }

@@ -119,32 +119,44 @@ type nullspaceSide struct {
 	key            string   // the server's API key
 	extraTemplates []string // templates beyond minimal to benchmark
 	tap            *tapHandler
+	spec           serverSpec
+	dataDir        string // the server's data dir
 
 	// live holds the machines made and not yet killed (one goroutine only).
 	live map[string]bool
 }
 
-func startNullspace(ctx context.Context, cfg config, work string, tmpls templateSet, tap *tapHandler) (*nullspaceSide, error) {
+// startNullspace starts a server as spec says, on spec's backend (svc
+// starts PostgreSQL and the S3 server when it needs them); the second
+// server's log lines are marked with its backend.
+func startNullspace(ctx context.Context, cfg config, work string, tmpls templateSet, tap *tapHandler, spec serverSpec, svc *services) (*nullspaceSide, error) {
 	sc := server.Defaults()
 	sc.Addr = "127.0.0.1:0"
 	sc.EdgeAddr = "127.0.0.1:0" // beside a server of make run
 	sc.SSHAddr = "127.0.0.1:0"
 	sc.E2BAddr = "127.0.0.1:0"
-	sc.DataDir = filepath.Join(work, "server")
+	sc.DataDir = filepath.Join(work, spec.dataDir)
+	if err := svc.configure(ctx, &sc, spec.backend, spec.node); err != nil {
+		return nil, fmt.Errorf("%s server: %w", spec.backend, err)
+	}
 	sc.TemplatesDir = cfg.templatesDir
 	sc.CacheDir = cfg.cacheDir
 	sc.Runsc = cfg.runsc
 	sc.AgentBinary = cfg.agent
-	sc.NetworkCIDR = benchCIDR
+	sc.NetworkCIDR = spec.cidr
 	sc.BuiltinTemplates = tmpls.names() // ready already: Start only checks
-	sc.NodeName = "bench"
-	sc.Names = benchNames
+	sc.NodeName = spec.node
+	sc.Names = spec.names
 	sc.Version = "bench"
-	inst, err := server.Start(ctx, sc, slog.New(tap))
-	if err != nil {
-		return nil, fmt.Errorf("start nullspace server: %w", err)
+	var h slog.Handler = tap
+	if spec.node != mainServer(spec.backend).node {
+		h = tap.forServer(spec.backend.String())
 	}
-	s := &nullspaceSide{cfg: cfg, inst: inst, tap: tap, live: map[string]bool{}}
+	inst, err := server.Start(ctx, sc, slog.New(h))
+	if err != nil {
+		return nil, fmt.Errorf("start nullspace server (%s): %w", spec.backend, err)
+	}
+	s := &nullspaceSide{cfg: cfg, inst: inst, tap: tap, spec: spec, dataDir: sc.DataDir, live: map[string]bool{}}
 	if tmpls.base {
 		s.extraTemplates = []string{template.Base}
 	}

@@ -135,6 +135,9 @@ type runConfig struct {
 	RawInit   string   `json:"raw_init"`
 	// Hibernate lists the cases of the issue-3 measurements.
 	Hibernate []hibernateCase `json:"hibernate_cases,omitempty"`
+	// Backend is the server's (-store, -object-store); the store suite's
+	// second server has the other (see Store).
+	Backend backend `json:"backend"`
 }
 
 // results is everything written to -out.
@@ -146,6 +149,9 @@ type results struct {
 	Memory      map[string][]memSample `json:"memory_samples"` // by side/template
 	Server      map[string]summary     `json:"server_log_durations_ms,omitempty"`
 	Notes       []string               `json:"notes,omitempty"`
+	StoreSides  []string               `json:"store_sides,omitempty"` // the store suite's servers: default, other
+	Store       []storeRow             `json:"store,omitempty"`       // the store suite's table
+	Uploads     []uploadRecord         `json:"uploads,omitempty"`     // every upload the store suite waited for
 	Cleanup     cleanupReport          `json:"cleanup"`
 	Error       string                 `json:"error,omitempty"`
 	index       map[string]*series
@@ -217,6 +223,9 @@ func (r *results) summarize() {
 		metricResume + "/" + labelIdle: {ratio: 1.2, p50: 250},
 		metricResume + "/" + label256:  {ratio: 1.2},
 		metricSnapshotWindow:           {p50: 150},
+	}
+	if len(r.StoreSides) == 2 {
+		r.Store = r.storeRows(r.StoreSides[0], r.StoreSides[1])
 	}
 	r.Comparisons = nil
 	for _, metric := range rows {

@@ -90,10 +90,12 @@ func objectStoreURL(dataDir string) string {
 			fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 			os.Exit(1)
 		}
-		data, meta := filepath.Join(root, "data"), filepath.Join(root, "meta")
-		os.Mkdir(data, 0o700)
-		os.Mkdir(meta, 0o700)
-		srv, stop, err := s3test.Run(data, meta)
+		bin := os.Getenv("NULLSPACE_VERSITYGW")
+		if bin == "" {
+			fmt.Fprintf(os.Stderr, "e2e: %s=postgres+s3 needs NULLSPACE_VERSITYGW: run `make test`, or `make versitygw`\n", storeEnv)
+			os.Exit(1)
+		}
+		srv, stop, err := s3test.Run(bin, root)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", storeEnv, err)
 			os.Exit(1)

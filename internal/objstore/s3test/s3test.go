@@ -2,6 +2,7 @@
 // (Apache-2.0) serving a POSIX directory, built by `make versitygw` and
 // found through $NULLSPACE_VERSITYGW. A missing binary fails the test with
 // what to run; it never skips (the project's rule for real parts).
+// Run starts one for a program that is not a test (the benchmark).
 package s3test
 
 import (
@@ -9,11 +10,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -48,7 +49,14 @@ func (s *Server) Env() []string {
 // ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, stop, err := Run(t.TempDir(), t.TempDir())
+	bin := os.Getenv("NULLSPACE_VERSITYGW")
+	if bin == "" {
+		t.Fatal("NULLSPACE_VERSITYGW is not set: run the tests through `make test`, or run `make versitygw` and set NULLSPACE_VERSITYGW=$PWD/bin/versitygw")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("versitygw (NULLSPACE_VERSITYGW) not usable: %v; run `make versitygw`", err)
+	}
+	s, stop, err := Run(bin, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,27 +64,21 @@ func Start(t testing.TB) *Server {
 	return s
 }
 
-// Run is Start for callers without a testing.TB (a TestMain): it serves
-// root, with its metadata in sidecar, until stop is called.
-func Run(root, sidecar string) (s *Server, stop func(), err error) {
-	bin := os.Getenv("NULLSPACE_VERSITYGW")
-	if bin == "" {
-		return nil, nil, errors.New("NULLSPACE_VERSITYGW is not set: run the tests through `make test`, or run `make versitygw` and set NULLSPACE_VERSITYGW=$PWD/bin/versitygw")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return nil, nil, fmt.Errorf("versitygw (NULLSPACE_VERSITYGW) not usable: %v; run `make versitygw`", err)
-	}
-	id, err := randHex(6)
-	if err != nil {
-		return nil, nil, err
-	}
-	secret, err := randHex(20)
-	if err != nil {
-		return nil, nil, err
-	}
-	creds := objstore.Credentials{AccessKeyID: "test" + id, SecretAccessKey: secret}
+// Run is Start for a program that is not a test (the benchmark): it runs
+// versitygw (bin) over dir/root, with its metadata in dir/sidecar, and
+// returns the server and a stop that kills it (dir is the caller's to
+// remove).
+func Run(bin, dir string) (*Server, func(), error) {
+	creds := objstore.Credentials{AccessKeyID: "test" + randHex(6), SecretAccessKey: randHex(20)}
+	root := filepath.Join(dir, "root")
 	// Metadata in a sidecar directory, not xattrs: a developer's /tmp may
 	// be a tmpfs without user xattrs.
+	sidecar := filepath.Join(dir, "sidecar")
+	for _, d := range []string{root, sidecar} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("versitygw: %w", err)
+		}
+	}
 
 	// Another process may take the port between our probe and versitygw's
 	// bind; a few tries make that race harmless.
@@ -141,6 +143,7 @@ func start(bin, addr, root, sidecar string, creds objstore.Credentials) (*Server
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+
 	loc := objstore.Location{Bucket: bucket, Endpoint: addr, Region: "us-east-1"}
 	return &Server{
 		URL:   "s3://" + bucket + "/?endpoint=http://" + addr + "&region=us-east-1",
@@ -160,12 +163,10 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func randHex(n int) (string, error) {
+func randHex(n int) string {
 	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("random key: %w", err)
-	}
-	return hex.EncodeToString(b), nil
+	rand.Read(b) // never fails (crypto/rand, Go 1.24+)
+	return hex.EncodeToString(b)
 }
 
 // syncBuffer collects the server's output, written by exec's copying

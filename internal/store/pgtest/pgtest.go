@@ -12,7 +12,8 @@
 // when run as root) and listens on a free port of 127.0.0.1; the Debian
 // package's own `main` cluster is never touched. When
 // NULLSPACE_TEST_DATABASE_URL is set, that server is used instead and no
-// cluster is started.
+// cluster is started. A program that is not a test (the benchmark) starts
+// a cluster of its own with StartCluster.
 package pgtest
 
 import (
@@ -162,6 +163,20 @@ func Database(name string) (string, error) {
 	u := *srv.base
 	u.Path = "/" + name
 	return u.String(), nil
+}
+
+// StartCluster starts a throwaway cluster for a program that is not a
+// test binary (the benchmark), whatever NULLSPACE_TEST_DATABASE_URL says.
+// dbURL reaches the cluster's postgres database as a superuser over TCP;
+// stop stops the cluster and removes its directory, and must be called: a
+// postmaster outlives its starter (a later start sweeps a cluster whose
+// starter died).
+func StartCluster(ctx context.Context) (dbURL string, stop func() error, err error) {
+	c, err := startCluster(ctx, func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+	if err != nil {
+		return "", nil, fmt.Errorf("pgtest: %w", err)
+	}
+	return c.url().String(), c.stop, nil
 }
 
 // get returns the server, starting it on the first call.
