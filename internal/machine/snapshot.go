@@ -359,7 +359,6 @@ func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind str
 	}
 	m.transitioned(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
-	m.queueUpload(sn.ID)
 	m.background(func() { m.enforceBudget(context.WithoutCancel(ctx)) })
 	switch kind {
 	case api.SnapshotHibernate:
@@ -396,6 +395,9 @@ func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind str
 		agentclient.SharedHTTPClient().CloseIdleConnections()
 	}
 	m.observe(op, t0)
+	// After the teardown: on a small host the upload's compression would
+	// otherwise share the CPUs with the pause it follows.
+	m.queueUpload(sn.ID)
 	log.InfoContext(ctx, "checkpoint taken", "snapshot_id", sn.ID, "size_bytes", sn.SizeBytes,
 		"prepare", t1.Sub(t0), "window", window, "total", time.Since(t0))
 	if kind == api.SnapshotHibernate || kind == api.SnapshotCheckpoint {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -912,5 +913,10 @@ func openObjectStore(ctx context.Context, cfg Config, logger *slog.Logger) (*chu
 	if err != nil {
 		return nil, fmt.Errorf("object store %s: %w", loc, err)
 	}
-	return chunks.New(r, log), nil
+	cs := chunks.New(r, log)
+	// Uploads are background work: on a small host they leave a core to
+	// the lifecycle operations in the foreground (a resume right after a
+	// pause competes with that pause's upload).
+	cs.Workers = max(1, goruntime.NumCPU()/2)
+	return cs, nil
 }

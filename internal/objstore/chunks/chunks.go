@@ -108,10 +108,11 @@ type Store struct {
 	Log    *slog.Logger
 	// Chunker cuts files; default DefaultCDC (64 KiB content-defined).
 	Chunker Chunker
-	// Workers is how many chunks are compressed and sent (or fetched) at
-	// once; default 2, one per core on the 2-core hosts we aim at, each
-	// with a single-threaded zstd encoder.
-	Workers int
+	// Workers is how many chunks an upload compresses and sends at once;
+	// FetchWorkers how many a download fetches and decompresses at once.
+	// An upload is background work and a download is in a resume's path,
+	// so a server may give them different shares of a small host.
+	Workers, FetchWorkers int
 	// Grace protects young objects: Sweep deletes no chunk or unkept
 	// manifest younger than it, and Upload re-puts a present chunk older
 	// than Grace/2 (see Upload). Default 1 h.
@@ -125,7 +126,7 @@ func New(r objstore.Remote, log *slog.Logger) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{Remote: r, Log: log, Chunker: DefaultCDC, Workers: 2, Grace: time.Hour, Now: time.Now}
+	return &Store{Remote: r, Log: log, Chunker: DefaultCDC, Workers: 2, FetchWorkers: 2, Grace: time.Hour, Now: time.Now}
 }
 
 // Chunker cuts a file into chunks: Fixed or CDC. The manifest records the

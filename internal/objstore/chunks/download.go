@@ -101,7 +101,7 @@ func (s *Store) Download(ctx context.Context, m Manifest, dir string) (err error
 	return nil
 }
 
-// downloadFile fetches f's chunks with Workers at once, each written at
+// downloadFile fetches f's chunks with FetchWorkers at once, each written at
 // its offset, then checks the whole file's CRC-32C and syncs it.
 func (s *Store) downloadFile(ctx context.Context, dir string, f File) error {
 	path := filepath.Join(dir, f.Name)
@@ -114,7 +114,7 @@ func (s *Store) downloadFile(ctx context.Context, dir string, f File) error {
 		return fmt.Errorf("file %s: %w", f.Name, err)
 	}
 
-	decs := make([]*zstd.Decoder, max(1, s.Workers))
+	decs := make([]*zstd.Decoder, max(1, s.FetchWorkers))
 	for i := range decs {
 		dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(2*maxChunk))
 		if err != nil {
