@@ -159,19 +159,20 @@ func (m *Manager) uploadWithRetry(ctx context.Context, id string) {
 }
 
 func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
-	t0 := time.Now()
-	st, err := m.snaps.Upload(ctx, sn.ID)
-	if err != nil {
-		return err
-	}
-	faults.Point("upload.uploaded") // the objects are there, the row does not say so yet
 	// Restorable elsewhere only with its tree: the template uploads on its
-	// own (a big tar, after its build), and the snapshot waits for it.
+	// own (a big tar, after its build), and the snapshot waits for it
+	// before it starts, so that its one upload says what it put.
 	if spec, err := decodeSpec(sn); err == nil && spec.TemplateDigest != "" {
 		if _, err := m.snaps.Remote().Remote.Stat(ctx, template.ManifestKey(spec.TemplateDigest)); err != nil {
 			return fmt.Errorf("snapshot %s waits for its template %s (%s) to be in the object store: %w", sn.ID, spec.Template, spec.TemplateDigest, err)
 		}
 	}
+	t0 := time.Now()
+	st, err := m.snaps.Upload(ctx, sn.ID, snapshotFiles(sn))
+	if err != nil {
+		return err
+	}
+	faults.Point("upload.uploaded") // the objects are there, the row does not say so yet
 	ok, err := m.store.MarkDurable(ctx, sn.ID)
 	if err != nil {
 		return err

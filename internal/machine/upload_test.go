@@ -228,11 +228,11 @@ func TestUploadAfterRestart(t *testing.T) {
 	// b's objects got there before the server stopped; its row does not say so.
 	good := memstore.New()
 	withTemplate(t, good)
-	if _, err := m.snaps.Upload(t.Context(), snB.ID); err == nil {
+	if _, err := m.snaps.Upload(t.Context(), snB.ID, snapshotFiles(snB)); err == nil {
 		t.Fatal("upload succeeded against the failing store")
 	}
 	m.snaps.SetRemote(chunks.New(good, nil))
-	if _, err := m.snaps.Upload(t.Context(), snB.ID); err != nil {
+	if _, err := m.snaps.Upload(t.Context(), snB.ID, snapshotFiles(snB)); err != nil {
 		t.Fatal(err)
 	}
 	putsBefore := good.Count(memstore.OpPut)

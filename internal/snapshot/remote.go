@@ -58,24 +58,23 @@ func (s *Store) Local(id string) bool {
 	return err == nil
 }
 
-// Upload copies committed snapshot id (its files and meta.json) to the
-// object store. It is idempotent: chunks already there are not put again.
-func (s *Store) Upload(ctx context.Context, id string) (chunks.Stats, error) {
+// Upload copies committed snapshot id, whose files are files (as its
+// record lists them), and its meta.json, to the object store. Only those:
+// never whatever the directory holds at the time, so that a directory
+// being removed cannot make a manifest of fewer files. It is idempotent:
+// chunks already there are not put again.
+func (s *Store) Upload(ctx context.Context, id string, files []File) (chunks.Stats, error) {
 	if s.remote == nil {
 		return chunks.Stats{}, errors.New("upload snapshot: no object store")
 	}
-	dir := s.Path(id)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return chunks.Stats{}, fmt.Errorf("upload snapshot %s: %w", id, err)
+	if len(files) == 0 {
+		return chunks.Stats{}, fmt.Errorf("upload snapshot %s: its record lists no files", id)
 	}
-	var names []string
-	for _, e := range entries {
-		if e.Type().IsRegular() {
-			names = append(names, e.Name())
-		}
+	names := []string{metaFile}
+	for _, f := range files {
+		names = append(names, f.Name)
 	}
-	_, st, err := s.remote.Upload(ctx, manifestKey(id), dir, names, nil)
+	_, st, err := s.remote.Upload(ctx, manifestKey(id), s.Path(id), names, nil)
 	if err != nil {
 		return st, fmt.Errorf("upload snapshot %s: %w", id, err)
 	}
