@@ -134,6 +134,11 @@ func runTests(m *testing.M) int {
 	// A fixed data dir: if an earlier run died with machines up, this run's
 	// server adopts (reconciles) them and killAll removes them.
 	dataDir := "/var/lib/nullspace-e2e"
+	if s := os.Getenv(storeEnv); s != "" {
+		// Its own: a run on SQLite and one on PostgreSQL do not share the
+		// data dir's records of each other's machines.
+		dataDir += "-" + strings.ReplaceAll(s, "+", "-")
+	}
 	env.logFile = filepath.Join(os.TempDir(), "nullspace-e2e.log")
 	os.Remove(env.logFile)
 	if err := startServer(dataDir); err != nil {

@@ -65,3 +65,38 @@ func TestSharedSecrets(t *testing.T) {
 		t.Fatalf("after the rotation: b %q, an older data dir %q; want rotated", file(b), file(old))
 	}
 }
+
+// TestBootstrapKeepsKey: a data dir whose server moves to an empty
+// database keeps its API key (the file is not replaced, and the key
+// works), and a data dir without one gets a new key.
+func TestBootstrapKeepsKey(t *testing.T) {
+	ctx := t.Context()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dir := t.TempDir()
+	first, err := sqlstore.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	keyFile, err := bootstrapKey(ctx, first, dir, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := os.ReadFile(keyFile)
+	second, err := sqlstore.Open(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, err := bootstrapKey(ctx, second, dir, log); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := os.ReadFile(keyFile)
+	if !bytes.Equal(key, again) {
+		t.Fatalf("the key file was replaced: %q, then %q", key, again)
+	}
+	auth := &keyAuth{db: second}
+	if team, err := auth.TeamByKey(ctx, string(key)); err != nil || team == "" {
+		t.Fatalf("the kept key on the new database: %q %v", team, err)
+	}
+}

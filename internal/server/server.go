@@ -797,6 +797,14 @@ func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *s
 		return keyFile, nil
 	}
 	key, hash, display := apikey.Generate()
+	// A data dir that already has a key (its server moves to a new, empty
+	// database) keeps it: the CLI, SDKs and scripts that hold it go on
+	// working, and the file is not replaced under them.
+	if b, err := os.ReadFile(keyFile); err == nil {
+		if old := strings.TrimSpace(string(b)); strings.HasPrefix(old, apikey.Prefix) && len(old) > len(apikey.Prefix)+6 {
+			key, hash, display = old, apikey.Hash(old), old[:len(apikey.Prefix)+6]
+		}
+	}
 	now := time.Now().UTC()
 	team := store.Team{ID: "team_default", Name: "default", CreatedAt: now}
 	if err := db.CreateTeam(ctx, team); err != nil {
@@ -808,7 +816,7 @@ func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *s
 	if err := atomicfile.Write(keyFile, []byte(key+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("write api key: %w", err)
 	}
-	logger.Info("created the default team's API key; the CLI and SDKs on this host read it from the file",
+	logger.Info("the default team's API key; the CLI and SDKs on this host read it from the file",
 		"file", keyFile, "key_prefix", display)
 	return keyFile, nil
 }
