@@ -94,6 +94,7 @@ type noTemplates struct{}
 var templateNotFound = errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound, "no templates in these tests", "")
 
 func (noTemplates) Digest(context.Context, string) (string, error) { return "", templateNotFound }
+func (noTemplates) Upload(context.Context, string, string) error   { return templateNotFound }
 func (noTemplates) RootfsByDigest(context.Context, string, string) (string, error) {
 	return "", templateNotFound
 }

@@ -69,6 +69,9 @@ type Templates interface {
 	// RootfsByDigest returns a root filesystem with that digest (the
 	// template's, a kept copy, or one fetched from the object store).
 	RootfsByDigest(ctx context.Context, name, digest string) (string, error)
+	// Upload puts a template's tree of that digest in the object store
+	// now, unless it is there.
+	Upload(ctx context.Context, name, digest string) error
 }
 
 // Config configures the manager.

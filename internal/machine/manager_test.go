@@ -178,6 +178,9 @@ func (fakeTemplates) RootfsDir(string) (string, error) { return "/nonexistent", 
 func (fakeTemplates) Digest(_ context.Context, name string) (string, error) {
 	return "sha256:" + strings.Repeat("0", 64), nil
 }
+func (fakeTemplates) Upload(context.Context, string, string) error {
+	return errors.New("fake templates: no upload")
+}
 func (f fakeTemplates) RootfsByDigest(ctx context.Context, name, digest string) (string, error) {
 	if _, err := f.Get(ctx, name); err != nil {
 		return "", snapshot.Incompatible("", "spec: its template "+name+" is gone")

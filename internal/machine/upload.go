@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -10,6 +11,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/faults"
+	"nullspace.dev/nullspace/internal/objstore"
 	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/template"
@@ -163,7 +165,11 @@ func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
 	// own (a big tar, after its build), and the snapshot waits for it
 	// before it starts, so that its one upload says what it put.
 	if spec, err := decodeSpec(sn); err == nil && spec.TemplateDigest != "" {
-		if _, err := m.snaps.Remote().Remote.Stat(ctx, template.ManifestKey(spec.TemplateDigest)); err != nil {
+		_, err := m.snaps.Remote().Remote.Stat(ctx, template.ManifestKey(spec.TemplateDigest))
+		if errors.Is(err, objstore.ErrNotFound) {
+			err = m.templates.Upload(ctx, spec.Template, spec.TemplateDigest)
+		}
+		if err != nil {
 			return fmt.Errorf("snapshot %s waits for its template %s (%s) to be in the object store: %w", sn.ID, spec.Template, spec.TemplateDigest, err)
 		}
 	}

@@ -155,6 +155,24 @@ func (s *Store) background(ctx context.Context) {
 	}
 }
 
+// Upload puts template name, whose digest must be digest, in the object
+// store now, unless it is there: a snapshot taken on it is durable only
+// then, and should not wait behind the background queue (a big template
+// ahead of it).
+func (s *Store) Upload(ctx context.Context, name, digest string) error {
+	if s.opts.Remote == nil {
+		return errors.New("upload template: no object store")
+	}
+	d, err := s.Digest(ctx, name)
+	if err != nil {
+		return err
+	}
+	if d != digest {
+		return fmt.Errorf("upload template %s: it was rebuilt (%s), and its tree %s is gone", name, d, digest)
+	}
+	return s.upload(ctx, name)
+}
+
 // upload puts the template name in the object store unless it is there;
 // a template deleted meanwhile is done with.
 func (s *Store) upload(ctx context.Context, name string) error {

@@ -268,3 +268,34 @@ func TestVersitygw(t *testing.T) {
 		t.Errorf("data/b = %q, %v", b, err)
 	}
 }
+
+// TestUploadNow: Upload puts a template in the object store at once
+// (a snapshot on it waits for it), is a no-op when it is there, and is
+// refused for a digest the template no longer has.
+func TestUploadNow(t *testing.T) {
+	remote := memstore.New()
+	// The background queue never succeeds: only Upload can put it.
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, Times: 3})
+	s := openRemote(t, remote)
+	ctx := t.Context()
+	tmpl := buildFromDir(t, s, "x", digestTree(t))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := s.Upload(ctx, "x", tmpl.Digest)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("upload: %v", err)
+		}
+	}
+	if _, err := remote.Stat(ctx, ManifestKey(tmpl.Digest)); err != nil {
+		t.Fatalf("manifest after Upload: %v", err)
+	}
+	if err := s.Upload(ctx, "x", tmpl.Digest); err != nil {
+		t.Fatalf("a second Upload: %v", err)
+	}
+	if err := s.Upload(ctx, "x", "sha256:"+strings.Repeat("1", 64)); err == nil {
+		t.Fatal("Upload of a digest the template does not have succeeded")
+	}
+}
