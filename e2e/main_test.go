@@ -97,6 +97,7 @@ func objectStoreURL(dataDir string) string {
 		}
 		srv, stop, err := s3test.Run(bin, root)
 		if err != nil {
+			os.RemoveAll(root)
 			fmt.Fprintf(os.Stderr, "e2e: %s: %v\n", storeEnv, err)
 			os.Exit(1)
 		}
