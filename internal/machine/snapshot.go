@@ -348,14 +348,25 @@ func (m *Manager) captureNamed(ctx context.Context, rec *store.Machine, kind str
 		rec.Deadline = time.Time{} // the lease does not run while paused
 	}
 	if err := m.store.CommitSnapshot(ctx, sn, rec); err != nil {
-		*rec = prev
-		// With the database unreachable, the commit may have happened
-		// (its answer lost): the files stay, and the next start's
-		// Reconcile removes them unless the snapshot is ready.
-		if !errors.Is(err, errdefs.ErrUnavailable) {
-			m.snaps.Delete(sn.ID)
+		// With the database unreachable, the commit may have happened and
+		// only its answer been lost: ask it again before undoing, since an
+		// undo of a commit that landed would delete a paused machine's
+		// state, and a thaw would run a machine the database has paused.
+		landed, known := m.commitOutcome(ctx, sn.ID, err)
+		if !landed {
+			*rec = prev
+			if known {
+				m.snaps.Delete(sn.ID)
+			} // else the files stay, and the next start's Reconcile removes them unless the snapshot is ready
+			return nil, undo(err)
 		}
-		return nil, undo(err)
+		fresh, gerr := m.store.GetMachine(ctx, rec.ID)
+		if gerr != nil {
+			return nil, gerr
+		}
+		*rec = *fresh
+		sn.State = store.SnapshotReady
+		log.WarnContext(ctx, "the snapshot's commit landed; its answer was lost", "err", err)
 	}
 	m.transitioned(rec)
 	m.emitSnapshot(ctx, api.EventSnapshotCreated, sn)
@@ -499,4 +510,35 @@ func (m *Manager) nextGeneration(ctx context.Context, rec *store.Machine) (int, 
 		}
 	}
 	return gen + 1, nil
+}
+
+// commitOutcomeWait bounds how long a pause asks an unreachable database
+// whether its commit landed.
+var commitOutcomeWait = 30 * time.Second
+
+// commitOutcome says whether a commit that failed with err landed after
+// all: only a database that went away can have committed and lost the
+// answer; then the snapshot's row is read again, with backoff, until it
+// answers or commitOutcomeWait passes (known false).
+func (m *Manager) commitOutcome(ctx context.Context, id string, err error) (landed, known bool) {
+	if !errors.Is(err, errdefs.ErrUnavailable) {
+		return false, true
+	}
+	deadline := time.Now().Add(commitOutcomeWait)
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		sn, err := m.store.GetSnapshot(ctx, id)
+		if err == nil {
+			return sn.State == store.SnapshotReady, true
+		}
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return false, true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false, false
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 }

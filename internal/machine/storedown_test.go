@@ -24,6 +24,8 @@ import (
 type downStore struct {
 	store.Store
 	down atomic.Bool
+	// lostAnswer: a snapshot's commit lands, and its answer is lost.
+	lostAnswer atomic.Bool
 }
 
 func (s *downStore) err() error {
@@ -50,6 +52,15 @@ func (s *downStore) UpdateMachine(ctx context.Context, m *store.Machine) error {
 
 func (s *downStore) CommitSnapshot(ctx context.Context, sn *store.Snapshot, ms ...*store.Machine) error {
 	if err := s.err(); err != nil {
+		return err
+	}
+	if s.lostAnswer.Load() {
+		if err := s.Store.CommitSnapshot(ctx, sn, ms...); err != nil {
+			return err
+		}
+		s.down.Store(true)
+		err := s.err()
+		s.down.Store(false)
 		return err
 	}
 	return s.Store.CommitSnapshot(ctx, sn, ms...)
@@ -124,5 +135,33 @@ func TestStoreDown(t *testing.T) {
 	ds.down.Store(false)
 	if got, err := m.Connect(ctx, "team", "a"); err != nil || got.State != api.StateRunning {
 		t.Fatalf("resume once the database is back: %+v %v", got, err)
+	}
+}
+
+// TestCommitAnswerLost: a pause whose commit landed but whose answer was
+// lost asks the database again and goes on as paused: its state is kept,
+// not deleted by an undo, and the machine is not thawed.
+func TestCommitAnswerLost(t *testing.T) {
+	m, d, _, db := newManagerWith(t, func(cfg *Config, db *sqlstore.DB) {
+		cfg.AgentPort = healthyAgent(t)
+	})
+	m.Shutdown(context.Background())
+	ds := &downStore{Store: db}
+	m, err := New(m.cfg, ds, d, &fakeNetwork{slots: map[int]bool{}}, fakeTemplates{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown(context.Background()) })
+	ctx := t.Context()
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	ds.lostAnswer.Store(true)
+	sn, err := m.Pause(ctx, "team", "a")
+	if err != nil {
+		t.Fatalf("pause whose commit's answer was lost: %v", err)
+	}
+	got, _ := db.GetSnapshot(ctx, sn.ID)
+	rec, _ := db.GetMachine(ctx, "a")
+	if got == nil || got.State != store.SnapshotReady || rec.State != api.StatePaused || rec.SnapshotID != sn.ID || !m.snaps.Local(sn.ID) {
+		t.Fatalf("after the lost answer: snapshot %+v, machine %s on %s, files %v; want ready, paused on it, kept", got, rec.State, rec.SnapshotID, m.snaps.Local(sn.ID))
 	}
 }

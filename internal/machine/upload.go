@@ -35,13 +35,23 @@ import (
 type uploader struct {
 	wake chan struct{}
 
-	mu     sync.Mutex
-	queue  []string        // snapshot ids, oldest first
-	queued map[string]bool // ids in queue or being uploaded
+	evictMu sync.Mutex // one evictCache at a time
+
+	mu      sync.Mutex
+	queue   []string        // snapshot ids, oldest first
+	queued  map[string]bool // ids in queue, being uploaded, or waiting to be tried again
+	backoff map[string]retry
+}
+
+// retry is a snapshot's failed uploads so far and the wait before the
+// next.
+type retry struct {
+	wait     time.Duration
+	attempts int
 }
 
 func newUploader() *uploader {
-	return &uploader{wake: make(chan struct{}, 1), queued: map[string]bool{}}
+	return &uploader{wake: make(chan struct{}, 1), queued: map[string]bool{}, backoff: map[string]retry{}}
 }
 
 // queueUpload adds a committed snapshot to the upload queue (no-op
@@ -78,7 +88,37 @@ func (u *uploader) next() string {
 func (u *uploader) done(id string) {
 	u.mu.Lock()
 	delete(u.queued, id)
+	delete(u.backoff, id)
 	u.mu.Unlock()
+}
+
+// failed records a failed attempt of id and returns how long to wait
+// before the next one, and which attempt failed.
+func (u *uploader) failed(id string) (time.Duration, int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	b := u.backoff[id]
+	if b.wait == 0 {
+		b.wait = uploadBackoff
+	} else {
+		b.wait = min(2*b.wait, time.Minute)
+	}
+	b.attempts++
+	u.backoff[id] = b
+	return b.wait, b.attempts
+}
+
+// requeue puts id, still queued, back at the end of the queue.
+func (u *uploader) requeue(id string) {
+	u.mu.Lock()
+	if u.queued[id] {
+		u.queue = append(u.queue, id)
+	}
+	u.mu.Unlock()
+	select {
+	case u.wake <- struct{}{}:
+	default:
+	}
 }
 
 // Pending reports how many snapshots wait for their upload.
@@ -116,8 +156,9 @@ func (m *Manager) RunUploads(ctx context.Context) {
 	defer sweep.Stop()
 	for {
 		for id := m.uploads.next(); id != ""; id = m.uploads.next() {
-			m.uploadWithRetry(ctx, id)
-			m.uploads.done(id)
+			if !m.uploadAttempt(ctx, id) {
+				m.uploads.done(id)
+			}
 			if ctx.Err() != nil {
 				return
 			}
@@ -133,31 +174,23 @@ func (m *Manager) RunUploads(ctx context.Context) {
 	}
 }
 
-// uploadWithRetry uploads snapshot id until it succeeds, the snapshot is
-// no longer ready, or ctx ends (the next start queues it again).
-func (m *Manager) uploadWithRetry(ctx context.Context, id string) {
-	log := m.logger.With("snapshot_id", id)
-	wait := uploadBackoff
-	for attempt := 1; ; attempt++ {
-		sn, err := m.store.GetSnapshot(ctx, id)
-		if err != nil || sn.State != store.SnapshotReady || sn.Durable {
-			return // deleted, pruned, or done by an earlier run
-		}
-		err = m.uploadOnce(ctx, sn)
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		log.WarnContext(ctx, "snapshot upload failed; retrying", "attempt", attempt, "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(wait + time.Duration(rand.Int64N(int64(wait/2)))):
-		}
-		wait = min(2*wait, time.Minute)
+// uploadAttempt tries snapshot id's upload once. A failed one is queued
+// again after a backoff of its own (doubling to a minute), behind the
+// others: one snapshot that cannot be uploaded yet (its template, say)
+// holds up no other. It reports whether id stays queued.
+func (m *Manager) uploadAttempt(ctx context.Context, id string) (again bool) {
+	sn, err := m.store.GetSnapshot(ctx, id)
+	if err != nil || sn.State != store.SnapshotReady || sn.Durable {
+		return false // deleted, pruned, or done by an earlier run
 	}
+	err = m.uploadOnce(ctx, sn)
+	if err == nil || ctx.Err() != nil {
+		return false // uploaded, or the server stops (its next start queues it again)
+	}
+	wait, attempt := m.uploads.failed(id)
+	m.logger.WarnContext(ctx, "snapshot upload failed; retrying", "snapshot_id", id, "attempt", attempt, "in", wait, "err", err)
+	time.AfterFunc(wait+time.Duration(rand.Int64N(int64(wait/2)+1)), func() { m.uploads.requeue(id) })
+	return true
 }
 
 func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
@@ -165,9 +198,12 @@ func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
 	// own (a big tar, after its build), and the snapshot waits for it
 	// before it starts, so that its one upload says what it put.
 	if spec, err := decodeSpec(sn); err == nil && spec.TemplateDigest != "" {
-		_, err := m.snaps.Remote().Remote.Stat(ctx, template.ManifestKey(spec.TemplateDigest))
+		key := template.ManifestKey(spec.TemplateDigest)
+		_, err := m.snaps.Remote().Remote.Stat(ctx, key)
 		if errors.Is(err, objstore.ErrNotFound) {
-			err = m.templates.Upload(ctx, spec.Template, spec.TemplateDigest)
+			if err = m.templates.Upload(ctx, spec.Template, spec.TemplateDigest); err == nil {
+				_, err = m.snaps.Remote().Remote.Stat(ctx, key) // it is there now, not just no error
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("snapshot %s waits for its template %s (%s) to be in the object store: %w", sn.ID, spec.Template, spec.TemplateDigest, err)
@@ -246,6 +282,9 @@ func (m *Manager) evictCache(ctx context.Context) {
 	if m.cfg.CacheMaxBytes <= 0 {
 		return
 	}
+	// One at a time: two from the same total would evict twice as much.
+	m.uploads.evictMu.Lock()
+	defer m.uploads.evictMu.Unlock()
 	rows, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotReady}})
 	if err != nil {
 		m.logger.ErrorContext(ctx, "evict cached snapshots", "err", err)

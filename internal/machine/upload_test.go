@@ -17,6 +17,7 @@ import (
 	"nullspace.dev/nullspace/internal/objstore/chunks"
 	"nullspace.dev/nullspace/internal/objstore/memstore"
 	"nullspace.dev/nullspace/internal/runtime"
+	"nullspace.dev/nullspace/internal/snapshot"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/store/sqlstore"
 	"nullspace.dev/nullspace/internal/template"
@@ -231,8 +232,12 @@ func TestUploadAfterRestart(t *testing.T) {
 	if _, err := m.snaps.Upload(t.Context(), snB.ID, snapshotFiles(snB)); err == nil {
 		t.Fatal("upload succeeded against the failing store")
 	}
-	m.snaps.SetRemote(chunks.New(good, nil))
-	if _, err := m.snaps.Upload(t.Context(), snB.ID, snapshotFiles(snB)); err != nil {
+	direct, err := snapshot.Open(m.cfg.SnapshotDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct.SetRemote(chunks.New(good, nil))
+	if _, err := direct.Upload(t.Context(), snB.ID, snapshotFiles(snB)); err != nil {
 		t.Fatal(err)
 	}
 	putsBefore := good.Count(memstore.OpPut)
@@ -356,5 +361,33 @@ func TestDurableWaitsForTemplate(t *testing.T) {
 	withTemplate(t, remote)
 	if !durableWithin(t, db, sn.ID, 10*time.Second) {
 		t.Fatal("not durable once its template is in the object store")
+	}
+}
+
+// TestStuckUploadHoldsNoOther: a snapshot whose upload cannot succeed
+// (its files are gone here) is retried behind the others, which become
+// durable.
+func TestStuckUploadHoldsNoOther(t *testing.T) {
+	remote := memstore.New()
+	remote.Inject(memstore.Fault{Op: memstore.OpPut, KeyPrefix: "chunks/", Times: 1}) // a's first try fails
+	m, d, db := newRemoteManager(t, healthyAgent(t), remote)
+	addLeased(t, m, d, "a", time.Now().Add(time.Hour), true)
+	addLeased(t, m, d, "b", time.Now().Add(time.Hour), true)
+	snA, err := m.Pause(t.Context(), "team", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.snaps.Delete(snA.ID); err != nil { // a can never be uploaded now
+		t.Fatal(err)
+	}
+	snB, err := m.Pause(t.Context(), "team", "b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !durableWithin(t, db, snB.ID, 5*time.Second) {
+		t.Fatal("b's upload waited behind a's, which cannot succeed")
+	}
+	if got, _ := db.GetSnapshot(t.Context(), snA.ID); got.Durable {
+		t.Fatal("a is durable without its files")
 	}
 }

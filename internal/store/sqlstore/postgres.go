@@ -51,8 +51,8 @@ var secretParams = []string{"password", "sslpassword"}
 // information or in the parameters), for messages.
 func Redact(rawURL string) string {
 	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "(an unparsable database URL)"
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return "(a database URL that is not postgres://...)"
 	}
 	q := u.Query()
 	for _, p := range secretParams {
@@ -112,14 +112,17 @@ var postgresDialect = &dialect{
 // or went away: connection errors, and the server shutting down or not
 // yet accepting connections.
 func pgUnavailable(err error) bool {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return false // the caller's deadline, not the database's absence
-	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
 	}
 	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return true // a connect timeout included
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false // the caller's deadline, not the database's absence
+	}
 	var ne net.Error
 	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, io.EOF) || pgconn.SafeToRetry(err) || errors.Is(err, sql.ErrConnDone)
