@@ -124,8 +124,8 @@ func pgUnavailable(err error) bool {
 		return false // the caller's deadline, not the database's absence
 	}
 	var ne net.Error
-	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, io.EOF) || pgconn.SafeToRetry(err) || errors.Is(err, sql.ErrConnDone)
+	return errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+		errors.Is(err, pgconn.ErrConnClosed) || pgconn.SafeToRetry(err) || errors.Is(err, sql.ErrConnDone)
 }
 
 // postgresSchema keeps PostgreSQL's version in schema_migrations.

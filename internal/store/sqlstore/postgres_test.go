@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/store/pgtest"
@@ -201,8 +203,12 @@ func TestRedact(t *testing.T) {
 			t.Errorf("scrub of an error quoting %q: %q", raw, got)
 		}
 	}
-	// A caller's deadline is not the database's absence.
+	// A caller's deadline is not the database's absence; a connection
+	// pgx has closed is.
 	if pgUnavailable(context.DeadlineExceeded) || pgUnavailable(context.Canceled) {
 		t.Error("a context's end classified as store_unavailable")
+	}
+	if !pgUnavailable(fmt.Errorf("begin: %w", pgconn.ErrConnClosed)) {
+		t.Error("a closed connection not classified as store_unavailable")
 	}
 }
