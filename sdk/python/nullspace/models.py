@@ -264,6 +264,9 @@ class Snapshot(_Model):
     #: The snapshot's name ("" if it has none), unique in the team; it works
     #: wherever the id does.
     name: str = ""
+    #: Its files are in the server's object store (``--object-store``), so any
+    #: server sharing it can restore the snapshot; always False without one.
+    durable: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Snapshot":
@@ -284,6 +287,7 @@ class Snapshot(_Model):
             children=int(d.get("children", 0)),
             pinned=bool(d.get("pinned", False)),
             name=d.get("name", ""),
+            durable=bool(d.get("durable", False)),
         )
 
 

@@ -140,13 +140,15 @@ export interface Snapshot {
   pinned: boolean;
   /** The snapshot's name ("" if it has none), unique in the team; it works wherever the id does. */
   name: string;
+  /** Its files are in the server's object store (`--object-store`), so any server sharing it can restore it; always false without one. */
+  durable: boolean;
 }
 
 export const snapshot = (w: S["Snapshot"]): Snapshot => ({
   id: w.id, kind: w.kind, machineId: w.machine_id, lineageId: w.lineage_id, template: w.template, sizeBytes: w.size_bytes,
   createdAt: date(w.created_at), parentId: w.parent_id ?? "", generation: w.generation, checksum: w.checksum,
   pauseWindowMs: w.pause_window_ms, runtimeVersion: w.runtime_version, kernel: w.kernel, children: w.children,
-  pinned: !!w.pinned, name: w.name ?? "",
+  pinned: !!w.pinned, name: w.name ?? "", durable: !!w.durable,
 });
 
 /** One sample of a running machine; cpuUsedPct is in percent of cpuCount. */
