@@ -544,6 +544,8 @@ class Template(_Model):
     created_at: Optional[datetime] = None
     error: str = ""
     source: str = ""
+    #: The content digest of its tree ("sha256:..."), which snapshots record.
+    digest: str = ""
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Template":
@@ -556,6 +558,7 @@ class Template(_Model):
             created_at=parse_time(d.get("created_at")),
             error=d.get("error", ""),
             source=d.get("source", ""),
+            digest=d.get("digest", ""),
         )
 
 

@@ -293,11 +293,13 @@ export interface Template {
   createdAt: Date | undefined;
   error: string;
   source: string;
+  /** The content digest of its tree ("sha256:..."), which snapshots record. */
+  digest: string;
 }
 
 export const template = (w: S["Template"]): Template => ({
   name: w.name, state: w.state, workdir: w.workdir ?? "", envs: { ...(w.env ?? {}) }, sizeBytes: w.size_bytes,
-  createdAt: date(w.created_at), error: w.error ?? "", source: w.source ?? "",
+  createdAt: date(w.created_at), error: w.error ?? "", source: w.source ?? "", digest: w.digest ?? "",
 });
 
 /** A terminal's size in character cells (1 to 1000 each). */
