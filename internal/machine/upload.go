@@ -244,17 +244,13 @@ func (m *Manager) sweepRemote(ctx context.Context) {
 	for _, sn := range rows {
 		live[sn.ID] = true
 	}
-	st, err := m.snaps.SweepRemote(ctx, func(id string) bool { return live[id] }, templateManifests)
+	st, err := m.snaps.SweepRemote(ctx, func(id string) bool { return live[id] }, template.ManifestPrefix) // the chunks templates name are kept
 	if err != nil {
 		m.logger.ErrorContext(ctx, "sweep the object store", "err", err)
 		return
 	}
 	m.logger.InfoContext(ctx, "swept the object store", "stats", st)
 }
-
-// templateManifests is where templates keep their manifests in the object
-// store; a sweep of snapshots keeps the chunks they name.
-const templateManifests = "templates/"
 
 // fetchSnapshot makes sure a snapshot's files are on this disk before a
 // restore, fetching them from the object store when they are not: only a
