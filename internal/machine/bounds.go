@@ -58,7 +58,7 @@ func interrupted(ctx context.Context, id, what string, err error) error {
 	if err == nil {
 		return nil
 	}
-	switch cause := context.Cause(ctx); {
+	switch cause := preemptCause(ctx); {
 	case errors.Is(cause, errKilled):
 		return errdefs.Wrap(err, errdefs.ErrConflict, errdefs.CodeMachineNotRunning,
 			fmt.Sprintf("the %s of machine %s was cancelled: the machine was killed meanwhile", what, id),
@@ -73,6 +73,19 @@ func interrupted(ctx context.Context, id, what string, err error) error {
 			"retry; if it keeps failing, kill the machine (its last checkpoint can be restored into a new one)")
 	}
 	return err
+}
+
+// preemptCause is why ctx ended. A preempt cancels the operation's own
+// context at once but the contexts made from it (opCtx among them) through
+// context.AfterFunc, a moment later: an operation that fails on the first
+// may return before the second knows, so the first is asked.
+func preemptCause(ctx context.Context) error {
+	if pre, _ := ctx.Value(preemptKey{}).(context.Context); pre != nil && pre.Err() != nil {
+		if cause := context.Cause(pre); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) {
+			return cause
+		}
+	}
+	return context.Cause(ctx)
 }
 
 // killTimeout bounds freeing a killed machine's sandbox, network and files.

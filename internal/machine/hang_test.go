@@ -3,6 +3,7 @@ package machine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -254,6 +255,31 @@ func TestLockWaitsWithContext(t *testing.T) {
 	}
 	if _, err := m.Connect(ctx, "team", "nope"); errdefs.Classify(err).Code != errdefs.CodeMachineNotFound {
 		t.Fatalf("connect of an unknown machine: %v", err)
+	}
+}
+
+// TestPreemptedAtOnce: an operation that fails the moment a kill preempts
+// it (on a context made from its own, which a preempt cancels first) says
+// it was killed, never an internal error, however late the goroutine that
+// cancels its outer context runs. CI saw the 500 in TestPruneRaces.
+func TestPreemptedAtOnce(t *testing.T) {
+	m, _, _, _ := newTestManager(t)
+	for i := range 200 {
+		key := lineageKey(fmt.Sprint("l", i))
+		opCtx, unlock, err := m.lockOp(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inner, stop := preemptible(context.WithoutCancel(opCtx))
+		done := m.preempt(key, errKilled)
+		<-inner.Done()
+		err = interrupted(opCtx, "m", "checkpoint", context.Cause(inner))
+		if got := errdefs.Classify(err).Code; got != errdefs.CodeMachineNotRunning {
+			t.Fatalf("try %d: an operation preempted by a kill answered %v (%s), want machine_not_running", i, err, got)
+		}
+		stop()
+		unlock()
+		done()
 	}
 }
 

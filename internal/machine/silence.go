@@ -149,7 +149,7 @@ func (m *Manager) pauseFailed(ctx context.Context, rec *store.Machine, what stri
 	if what == "stops" {
 		act, runs = "stop", "the machine keeps running, its processes ended,"
 	}
-	if cause := context.Cause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) || m.root.Err() != nil {
+	if cause := preemptCause(ctx); errors.Is(cause, errKilled) || errors.Is(cause, errShutdown) || m.root.Err() != nil {
 		log.InfoContext(ctx, act+" at the end of the lease cancelled", "cause", cause)
 		return
 	}
