@@ -762,6 +762,9 @@ type Template struct {
 	// building, for a failed template, and for one made by an older
 	// server until it is computed.
 	Digest string `json:"digest,omitempty"`
+	// TeamID is the team that owns the template; empty for the built-in
+	// ones, which every team may use and none may change.
+	TeamID string `json:"team_id,omitempty"`
 }
 
 // TemplateList is the body of GET /v1/templates: a page.
@@ -874,4 +877,62 @@ type AgentReclaimResult struct {
 	PID      int    `json:"pid"`
 	Command  string `json:"command,omitempty"`
 	RSSBytes int64  `json:"rss_bytes,omitempty"`
+}
+
+// Team owns machines, snapshots, volumes, templates and API keys
+// (GET/POST /v1/teams, operator scope).
+type Team struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// CreateTeamRequest is the body of POST /v1/teams.
+type CreateTeamRequest struct {
+	Name string `json:"name"`
+}
+
+// TeamList is the body of GET /v1/teams.
+type TeamList struct {
+	Teams []Team `json:"teams"`
+}
+
+// APIKey describes an API key; the key itself is shown only once, in
+// CreatedAPIKey.
+type APIKey struct {
+	ID     string `json:"id"`
+	TeamID string `json:"team_id"`
+	Name   string `json:"name"`
+	// Prefix is the key's first characters, to tell keys apart.
+	Prefix     string     `json:"prefix"`
+	Scopes     []string   `json:"scopes"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	ExpiresAt  *time.Time `json:"expires_at,omitempty"`
+	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
+}
+
+// CreatedAPIKey is the answer to POST /v1/keys: the key's description and
+// the key, which is not stored and cannot be shown again.
+type CreatedAPIKey struct {
+	APIKey
+	Key string `json:"key"`
+}
+
+// CreateAPIKeyRequest is the body of POST /v1/keys.
+type CreateAPIKeyRequest struct {
+	Name string `json:"name"`
+	// TeamID is the team the key acts for; default the caller's. Only an
+	// operator key names another team.
+	TeamID string `json:"team_id,omitempty"`
+	// Scopes: at least one of machines:read, machines:write,
+	// templates:write, keys:admin, operator; no more than the caller's.
+	Scopes []string `json:"scopes"`
+	// ExpiresAt, if set, is when the key stops working (in the future).
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+}
+
+// APIKeyList is the body of GET /v1/keys.
+type APIKeyList struct {
+	Keys []APIKey `json:"keys"`
 }

@@ -84,6 +84,7 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 	f.Int64Var(&cfg.SnapshotBudgetMB, "snapshot-budget-mb", 0, "snapshot storage budget in MiB: over it, sticky machines' paused states are evicted, oldest first (0: none)")
 	f.StringVar(&cfg.WebhookURL, "webhook-url", "", "POST every lifecycle event to this URL (retried with backoff)")
 	f.StringVar(&cfg.WebhookSecret, "webhook-secret", cfg.WebhookSecret, "HMAC-SHA256 key of the webhook's X-Nullspace-Signature (env NULLSPACE_WEBHOOK_SECRET)")
+	f.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "listen address of a keyless GET /metrics for Prometheus, on a private network (empty: none; on the API's address /metrics needs an operator key)")
 	f.StringVar(&cfg.EdgeAddr, "edge-addr", cfg.EdgeAddr, "listen address of the edge, which serves machine URLs (empty: no edge)")
 	f.StringVar(&cfg.EdgeDomain, "edge-domain", cfg.EdgeDomain, "domain machine URLs are under, DOMAIN[:PORT] (wildcard DNS *.DOMAIN points at the edge; default port: --edge-addr's)")
 	f.StringVar(&cfg.EdgeTLSCert, "edge-tls-cert", "", "TLS certificate of the edge (a wildcard certificate for *.DOMAIN): URLs become https/wss")

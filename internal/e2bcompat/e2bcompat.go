@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/atomicfile"
 	"nullspace.dev/nullspace/internal/e2bcompat/envd"
@@ -80,7 +81,7 @@ type Machines interface {
 	GetSnapshot(ctx context.Context, team, idOrName string) (*store.Snapshot, error)
 	ListSnapshots(ctx context.Context, team string, f machine.SnapshotFilter, p machine.SnapshotPage) ([]*store.Snapshot, bool, error)
 	DeleteSnapshot(ctx context.Context, team, id string, force bool) error
-	Template(ctx context.Context, name string) (api.Template, error)
+	Template(ctx context.Context, teamID, name string) (api.Template, error)
 
 	// For envd calls: where a lineage is, a wake, and its agent.
 	LineageHead(ctx context.Context, lineageID string) (*store.Machine, error)
@@ -90,9 +91,9 @@ type Machines interface {
 	Touch(id string)
 }
 
-// Authenticator resolves an API key to the team that owns it.
+// Authenticator resolves an API key to whom it acts as.
 type Authenticator interface {
-	TeamByKey(ctx context.Context, key string) (string, error)
+	Authenticate(ctx context.Context, key string) (*access.Principal, error)
 }
 
 // Server serves the E2B-compatible API.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/store"
@@ -164,7 +165,7 @@ func (f *fakeMachines) ListSnapshots(ctx context.Context, team string, fl machin
 	return nil, false, nil
 }
 
-func (f *fakeMachines) Template(ctx context.Context, name string) (api.Template, error) {
+func (f *fakeMachines) Template(ctx context.Context, teamID, name string) (api.Template, error) {
 	if f.templates[name] {
 		return api.Template{Name: name}, nil
 	}
@@ -196,11 +197,11 @@ func (f *fakeMachines) Touch(string) {}
 
 type keys map[string]string
 
-func (k keys) TeamByKey(ctx context.Context, key string) (string, error) {
+func (k keys) Authenticate(ctx context.Context, key string) (*access.Principal, error) {
 	if t, ok := k[key]; ok {
-		return t, nil
+		return &access.Principal{TeamID: t, Scopes: access.Scopes{access.MachinesWrite}}, nil
 	}
-	return "", errdefs.ErrUnauthenticated
+	return nil, errdefs.ErrUnauthenticated
 }
 
 func newTestServer(t *testing.T, f *fakeMachines) *httptest.Server {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
@@ -72,14 +73,25 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				s.writeError(w, r, unauthenticated("no API key", "set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key; `nullspace e2b env` prints it)"))
 				return
 			}
-			var err error
-			if team, err = s.auth.TeamByKey(r.Context(), key); errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrNotFound) {
+			p, err := s.auth.Authenticate(r.Context(), key)
+			if errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrNotFound) {
 				s.writeError(w, r, unauthenticated("the API key is not valid", "set E2B_API_KEY to a Nullspace API key (`nullspace e2b env` prints this host's)"))
 				return
 			} else if err != nil {
 				s.writeError(w, r, err)
 				return
 			}
+			// E2B's calls read (GET) or act on sandboxes and their
+			// snapshots.
+			need := access.MachinesWrite
+			if r.Method == http.MethodGet {
+				need = access.MachinesRead
+			}
+			if !p.Scopes.Has(need) {
+				s.writeError(w, r, access.Need(need))
+				return
+			}
+			team = p.TeamID
 		}
 		if err := h(w, r, team); err != nil {
 			s.writeError(w, r, err)
@@ -701,7 +713,7 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request, team str
 		id = e2bName(id)
 		// A template of that name comes first, as in create: deleting
 		// a template (Template.delete) never takes a snapshot instead.
-		if _, err := s.machines.Template(r.Context(), r.PathValue("id")); err == nil {
+		if _, err := s.machines.Template(r.Context(), team, r.PathValue("id")); err == nil {
 			return errdefs.New(errdefs.ErrNotFound, errdefs.CodeSnapshotNotFound,
 				fmt.Sprintf("%s is a template: deleting templates is not supported by Nullspace's E2B compatibility", r.PathValue("id")),
 				"delete a template with `nullspace template rm`")

@@ -19,10 +19,12 @@ var (
 	ErrInvalidArgument    = errors.New("invalid argument")
 	ErrFailedPrecondition = errors.New("failed precondition")
 	ErrUnauthenticated    = errors.New("unauthenticated")
-	ErrResourceExhausted  = errors.New("resource exhausted")
-	ErrUnavailable        = errors.New("unavailable")
-	ErrDeadlineExceeded   = errors.New("deadline exceeded")
-	ErrInternal           = errors.New("internal")
+	// ErrForbidden: the key is valid but lacks the scope (403).
+	ErrForbidden         = errors.New("forbidden")
+	ErrResourceExhausted = errors.New("resource exhausted")
+	ErrUnavailable       = errors.New("unavailable")
+	ErrDeadlineExceeded  = errors.New("deadline exceeded")
+	ErrInternal          = errors.New("internal")
 )
 
 // Error is an error with a stable public code, a message that is safe to show
@@ -150,10 +152,25 @@ const (
 	CodeWakeBodyTooLarge     = "machine_wake_body_too_large"
 	CodeMachineFailed        = "machine_failed"
 	CodeMachineUnavailable   = "machine_unavailable"
+
+	// Teams and keys.
+	CodeTeamNotFound = "team_not_found"
+	CodeTeamExists   = "team_exists"
+	// CodeTeamInUse: a team with live machines is deleted only with force.
+	CodeTeamInUse   = "team_in_use"
+	CodeKeyNotFound = "key_not_found"
+	// CodeInsufficientScope: the key is valid but lacks the route's scope
+	// (403); the message names the scope.
+	CodeInsufficientScope = "insufficient_scope"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
 var Codes = []string{
+	CodeTeamNotFound,
+	CodeTeamExists,
+	CodeTeamInUse,
+	CodeKeyNotFound,
+	CodeInsufficientScope,
 	CodeSSHKeyExists,
 	CodeSSHKeyNotFound,
 	CodeSSHKeyInvalid,
@@ -288,6 +305,9 @@ func classPublic(class error) Public {
 	case ErrUnauthenticated:
 		return Public{Status: http.StatusUnauthorized, Code: CodeUnauthenticated, Message: "missing or invalid API key",
 			SuggestedAction: "send Authorization: Bearer <api key>; on the server host the key is in <data dir>/api-key"}
+	case ErrForbidden:
+		return Public{Status: http.StatusForbidden, Code: CodeInsufficientScope, Message: "the API key lacks the scope this call needs",
+			SuggestedAction: "use a key with the scope (nullspace key create --scope ...)"}
 	case ErrResourceExhausted:
 		return Public{Status: http.StatusTooManyRequests, Code: CodeResourceExhausted, Message: "resource exhausted", Retryable: true,
 			SuggestedAction: "kill unused machines or retry later"}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
@@ -79,10 +80,10 @@ func (noTemplates) CheckDelete(context.Context, string) error    { return templa
 func (noTemplates) Get(context.Context, string) (api.Template, error) {
 	return api.Template{}, templateNotFound
 }
-func (noTemplates) Build(context.Context, api.BuildTemplateRequest) (api.Template, error) {
+func (noTemplates) Build(context.Context, string, api.BuildTemplateRequest) (api.Template, error) {
 	return api.Template{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "no builds in these tests", "")
 }
-func (noTemplates) BuildUpload(_ context.Context, _ api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
+func (noTemplates) BuildUpload(_ context.Context, _ string, _ api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
 	io.Copy(io.Discard, tarball)
 	return api.Template{}, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, "no builds in these tests", "")
 }
@@ -101,11 +102,11 @@ func (noTemplates) RootfsByDigest(context.Context, string, string) (string, erro
 
 type keyAuth struct{}
 
-func (keyAuth) TeamByKey(_ context.Context, key string) (string, error) {
+func (keyAuth) Authenticate(_ context.Context, key string) (*access.Principal, error) {
 	if key == testKey {
-		return testTeam, nil
+		return &access.Principal{TeamID: testTeam, Scopes: access.Scopes{access.Operator}}, nil
 	}
-	return "", errdefs.ErrUnauthenticated
+	return nil, errdefs.ErrUnauthenticated
 }
 
 type noSSH struct{}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
@@ -29,11 +30,12 @@ import (
 	"nullspace.dev/nullspace/internal/reqbody"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
+	"nullspace.dev/nullspace/internal/template"
 )
 
-// Authenticator resolves an API key to the team that owns it.
+// Authenticator resolves an API key to whom it acts as.
 type Authenticator interface {
-	TeamByKey(ctx context.Context, key string) (string, error)
+	Authenticate(ctx context.Context, key string) (*access.Principal, error)
 }
 
 // Templates is what the API needs of the template store.
@@ -49,10 +51,10 @@ type Templates interface {
 // TemplateBuilder builds templates (the server wires the store and the
 // machine manager, which runs build steps, together).
 type TemplateBuilder interface {
-	Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error)
+	Build(ctx context.Context, team string, req api.BuildTemplateRequest) (api.Template, error)
 	// BuildUpload builds from a root filesystem tarball streamed in; req
 	// names no source. A read error of tarball is returned, wrapped.
-	BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error)
+	BuildUpload(ctx context.Context, team string, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error)
 }
 
 // DefaultTemplateUploadBytes bounds a tarball uploaded to POST /v1/templates
@@ -66,6 +68,7 @@ type URLIssuer interface {
 
 // Server serves the API.
 type Server struct {
+	access    *access.Service
 	machines  *machine.Manager
 	events    *events.Log
 	telemetry *telemetry.Metrics
@@ -125,79 +128,82 @@ func (s *Server) prometheus(w http.ResponseWriter, r *http.Request, _ string) er
 
 // Route is one API route.
 type Route struct {
-	Method  string
-	Path    string // as in api/openapi.yaml
-	Public  bool   // no API key needed
+	Method string
+	Path   string // as in api/openapi.yaml
+	Public bool   // no API key needed
+	// Scope is the one a key needs (an access constant); "" for any
+	// valid key. The spec test checks it against the operation's security.
+	Scope   string
 	Handler func(w http.ResponseWriter, r *http.Request, team string) error
 }
 
 // Routes lists every route; the spec test compares it with api/openapi.yaml.
 func (s *Server) Routes() []Route {
-	return []Route{
+	return append([]Route{
 		{Method: "GET", Path: "/v1/health", Public: true, Handler: s.health},
 		{Method: "GET", Path: "/v1/openapi.yaml", Public: true, Handler: s.spec},
-		{Method: "GET", Path: "/metrics", Public: true, Handler: s.prometheus},
+		{Method: "GET", Path: "/metrics", Scope: access.Operator, Handler: s.prometheus},
 
-		{Method: "POST", Path: "/v1/machines", Handler: s.createMachine},
-		{Method: "GET", Path: "/v1/machines", Handler: s.listMachines},
-		{Method: "GET", Path: "/v1/machines/{id}", Handler: s.getMachine},
-		{Method: "DELETE", Path: "/v1/machines/{id}", Handler: s.killMachine},
+		{Method: "POST", Path: "/v1/machines", Scope: access.MachinesWrite, Handler: s.createMachine},
+		{Method: "GET", Path: "/v1/machines", Scope: access.MachinesRead, Handler: s.listMachines},
+		{Method: "GET", Path: "/v1/machines/{id}", Scope: access.MachinesRead, Handler: s.getMachine},
+		{Method: "DELETE", Path: "/v1/machines/{id}", Scope: access.MachinesWrite, Handler: s.killMachine},
 
-		{Method: "POST", Path: "/v1/machines/{id}/pause", Handler: s.pauseMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/stop", Handler: s.stopMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/start", Handler: s.startMachine},
-		{Method: "GET", Path: "/v1/machines/{id}/wait", Handler: s.waitMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/timeout", Handler: s.setTimeout},
-		{Method: "POST", Path: "/v1/machines/{id}/urls", Handler: s.machineURL},
-		{Method: "GET", Path: "/v1/events", Handler: s.listEvents},
-		{Method: "GET", Path: "/v1/machines/{id}/metrics", Handler: s.machineMetrics},
-		{Method: "POST", Path: "/v1/machines/{id}/connect", Handler: s.connectMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Handler: s.snapshotMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/fork", Handler: s.forkMachine},
-		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Handler: s.listCheckpoints},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Handler: s.checkpointMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Handler: s.restoreCheckpoint},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/pin", Handler: s.pinCheckpoint(true)},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/unpin", Handler: s.pinCheckpoint(false)},
+		{Method: "POST", Path: "/v1/machines/{id}/pause", Scope: access.MachinesWrite, Handler: s.pauseMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/stop", Scope: access.MachinesWrite, Handler: s.stopMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/start", Scope: access.MachinesWrite, Handler: s.startMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/wait", Scope: access.MachinesRead, Handler: s.waitMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/timeout", Scope: access.MachinesWrite, Handler: s.setTimeout},
+		{Method: "POST", Path: "/v1/machines/{id}/urls", Scope: access.MachinesWrite, Handler: s.machineURL},
+		{Method: "GET", Path: "/v1/events", Scope: access.MachinesRead, Handler: s.listEvents},
+		{Method: "GET", Path: "/v1/machines/{id}/metrics", Scope: access.MachinesRead, Handler: s.machineMetrics},
+		{Method: "POST", Path: "/v1/machines/{id}/connect", Scope: access.MachinesWrite, Handler: s.connectMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Scope: access.MachinesWrite, Handler: s.snapshotMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/fork", Scope: access.MachinesWrite, Handler: s.forkMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesRead, Handler: s.listCheckpoints},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesWrite, Handler: s.checkpointMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Scope: access.MachinesWrite, Handler: s.restoreCheckpoint},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/pin", Scope: access.MachinesWrite, Handler: s.pinCheckpoint(true)},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/unpin", Scope: access.MachinesWrite, Handler: s.pinCheckpoint(false)},
 
-		{Method: "POST", Path: "/v1/machines/{id}/ssh-token", Handler: s.sshToken},
-		{Method: "POST", Path: "/v1/ssh-keys", Handler: s.addSSHKey},
-		{Method: "GET", Path: "/v1/ssh-keys", Handler: s.listSSHKeys},
-		{Method: "DELETE", Path: "/v1/ssh-keys/{id}", Handler: s.deleteSSHKey},
+		{Method: "POST", Path: "/v1/machines/{id}/ssh-token", Scope: access.MachinesWrite, Handler: s.sshToken},
+		{Method: "POST", Path: "/v1/ssh-keys", Scope: access.MachinesWrite, Handler: s.addSSHKey},
+		{Method: "GET", Path: "/v1/ssh-keys", Scope: access.MachinesRead, Handler: s.listSSHKeys},
+		{Method: "DELETE", Path: "/v1/ssh-keys/{id}", Scope: access.MachinesWrite, Handler: s.deleteSSHKey},
 
-		{Method: "GET", Path: "/v1/snapshots", Handler: s.listSnapshots},
-		{Method: "GET", Path: "/v1/snapshots/{id}", Handler: s.getSnapshot},
-		{Method: "DELETE", Path: "/v1/snapshots/{id}", Handler: s.deleteSnapshot},
-		{Method: "POST", Path: "/v1/snapshots/{id}/resume", Handler: s.resumeSnapshot},
+		{Method: "GET", Path: "/v1/snapshots", Scope: access.MachinesRead, Handler: s.listSnapshots},
+		{Method: "GET", Path: "/v1/snapshots/{id}", Scope: access.MachinesRead, Handler: s.getSnapshot},
+		{Method: "DELETE", Path: "/v1/snapshots/{id}", Scope: access.MachinesWrite, Handler: s.deleteSnapshot},
+		{Method: "POST", Path: "/v1/snapshots/{id}/resume", Scope: access.MachinesWrite, Handler: s.resumeSnapshot},
 
-		{Method: "GET", Path: "/v1/volumes", Handler: s.listVolumes},
-		{Method: "POST", Path: "/v1/volumes", Handler: s.createVolume},
-		{Method: "DELETE", Path: "/v1/volumes/{name}", Handler: s.deleteVolume},
+		{Method: "GET", Path: "/v1/volumes", Scope: access.MachinesRead, Handler: s.listVolumes},
+		{Method: "POST", Path: "/v1/volumes", Scope: access.MachinesWrite, Handler: s.createVolume},
+		{Method: "DELETE", Path: "/v1/volumes/{name}", Scope: access.MachinesWrite, Handler: s.deleteVolume},
 
-		{Method: "POST", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands", Handler: s.proxy("/commands")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Handler: s.proxy("/commands/{pid}/output")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Handler: s.proxy("/commands/{pid}/stdin")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Handler: s.proxy("/commands/{pid}/signal")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Handler: s.proxy("/commands/{pid}/resize")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/attach", Handler: s.attachCommand},
-		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Handler: s.proxy("/commands/{pid}")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands", Scope: access.MachinesWrite, Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands", Scope: access.MachinesRead, Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Scope: access.MachinesRead, Handler: s.proxy("/commands/{pid}/output")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/stdin")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/signal")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/resize")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/attach", Scope: access.MachinesWrite, Handler: s.attachCommand},
+		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}")},
 
-		{Method: "GET", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
-		{Method: "PUT", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
-		{Method: "DELETE", Path: "/v1/machines/{id}/files", Handler: s.proxy("/files")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/list", Handler: s.proxy("/files/list")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Handler: s.proxy("/files/stat")},
-		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Handler: s.proxy("/files/mkdir")},
-		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Handler: s.proxy("/files/rename")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/watch", Handler: s.proxy("/files/watch")},
-		{Method: "DELETE", Path: "/v1/machines/{id}/files/watch/{watch_id}", Handler: s.proxy("/files/watch/{watch_id}")},
+		{Method: "GET", Path: "/v1/machines/{id}/files", Scope: access.MachinesRead, Handler: s.proxy("/files")},
+		{Method: "PUT", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Handler: s.proxy("/files")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Handler: s.proxy("/files")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/list", Scope: access.MachinesRead, Handler: s.proxy("/files/list")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Scope: access.MachinesRead, Handler: s.proxy("/files/stat")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Scope: access.MachinesWrite, Handler: s.proxy("/files/mkdir")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Scope: access.MachinesWrite, Handler: s.proxy("/files/rename")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/watch", Scope: access.MachinesRead, Handler: s.proxy("/files/watch")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files/watch/{watch_id}", Scope: access.MachinesWrite, Handler: s.proxy("/files/watch/{watch_id}")},
 
-		{Method: "GET", Path: "/v1/templates", Handler: s.listTemplates},
-		{Method: "GET", Path: "/v1/templates/{name}", Handler: s.getTemplate},
-		{Method: "POST", Path: "/v1/templates", Handler: s.buildTemplate},
-		{Method: "DELETE", Path: "/v1/templates/{name}", Handler: s.deleteTemplate},
-	}
+		{Method: "GET", Path: "/v1/templates", Scope: access.MachinesRead, Handler: s.listTemplates},
+		{Method: "GET", Path: "/v1/templates/{name}", Scope: access.MachinesRead, Handler: s.getTemplate},
+		{Method: "POST", Path: "/v1/templates", Scope: access.TemplatesWrite, Handler: s.buildTemplate},
+		{Method: "DELETE", Path: "/v1/templates/{name}", Scope: access.TemplatesWrite, Handler: s.deleteTemplate},
+	}, s.accessRoutes()...)
 }
 
 // Handler returns the http.Handler serving every route.
@@ -222,12 +228,17 @@ func (s *Server) wrap(rt Route) http.Handler {
 				s.writeError(w, r, errdefs.ErrUnauthenticated)
 				return
 			}
-			t, err := s.auth.TeamByKey(r.Context(), key)
+			p, err := s.auth.Authenticate(r.Context(), key)
 			if err != nil {
 				s.writeError(w, r, err)
 				return
 			}
-			team = t
+			if rt.Scope != "" && !p.Scopes.Has(rt.Scope) {
+				s.writeError(w, r, access.Need(rt.Scope))
+				return
+			}
+			team = p.TeamID
+			r = r.WithContext(access.WithPrincipal(r.Context(), p))
 		}
 		if err := rt.Handler(w, r, team); err != nil {
 			s.writeError(w, r, err)
@@ -401,6 +412,7 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, team stri
 	if err != nil {
 		return err
 	}
+	ts = slices.DeleteFunc(ts, func(t api.Template) bool { return !template.Visible(t, team) })
 	slices.SortFunc(ts, func(a, b api.Template) int { return strings.Compare(a.Name, b.Name) })
 	ts = slices.DeleteFunc(ts, func(t api.Template) bool { return t.Name <= after })
 	out := api.TemplateList{Templates: []api.Template{}}
@@ -413,8 +425,8 @@ func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request, team stri
 	return nil
 }
 
-func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
-	t, err := s.templates.Get(r.Context(), r.PathValue("name"))
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request, team string) error {
+	t, err := s.machines.Template(r.Context(), team, r.PathValue("name"))
 	if err != nil {
 		return err
 	}
@@ -422,17 +434,17 @@ func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request, _ string) e
 	return nil
 }
 
-func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, _ string) error {
+func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, team string) error {
 	var t api.Template
 	var err error
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "multipart/form-data" {
-		t, err = s.uploadTemplate(w, r)
+		t, err = s.uploadTemplate(w, r, team)
 	} else {
 		var req api.BuildTemplateRequest
 		if err := decode(r, &req); err != nil {
 			return err
 		}
-		t, err = s.builder.Build(r.Context(), req)
+		t, err = s.builder.Build(r.Context(), team, req)
 	}
 	if err != nil && !(t.Name != "" && t.State == api.TemplateFailed) {
 		return err
@@ -446,7 +458,7 @@ func (s *Server) buildTemplate(w http.ResponseWriter, r *http.Request, _ string)
 // uploadTemplate builds a template from a multipart/form-data body: a part
 // named request (the JSON build request, naming no source), then a part
 // named tarball (the root filesystem), streamed into the build.
-func (s *Server) uploadTemplate(w http.ResponseWriter, r *http.Request) (api.Template, error) {
+func (s *Server) uploadTemplate(w http.ResponseWriter, r *http.Request, team string) (api.Template, error) {
 	if r.ContentLength > s.maxUpload {
 		return api.Template{}, errUploadTooLarge(s.maxUpload)
 	}
@@ -470,7 +482,7 @@ func (s *Server) uploadTemplate(w http.ResponseWriter, r *http.Request) (api.Tem
 	if err != nil {
 		return api.Template{}, err
 	}
-	return s.builder.BuildUpload(r.Context(), req, uploadBody{part, s.maxUpload})
+	return s.builder.BuildUpload(r.Context(), team, req, uploadBody{part, s.maxUpload})
 }
 
 // nextPart reads the next part of an upload, which must be called name.
@@ -531,6 +543,9 @@ func (u uploadBody) Read(p []byte) (int, error) {
 // cannot be deleted.
 func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request, team string) error {
 	name := r.PathValue("name")
+	if _, err := s.machines.Template(r.Context(), team, name); err != nil {
+		return err
+	}
 	if err := s.templates.CheckDelete(r.Context(), name); err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -54,6 +55,50 @@ func TestSpecMatchesRoutes(t *testing.T) {
 	}
 	if len(inCode) == 0 {
 		t.Fatal("no routes registered")
+	}
+}
+
+// TestSpecScopes: the scope each route checks is the one its operation's
+// security lists (public routes list none), so the document tells callers
+// exactly which key they need.
+func TestSpecScopes(t *testing.T) {
+	var spec struct {
+		Paths map[string]map[string]yaml.Node `yaml:"paths"`
+	}
+	if err := yaml.Unmarshal(api.Spec, &spec); err != nil {
+		t.Fatalf("parse api/openapi.yaml: %v", err)
+	}
+	for _, r := range (&Server{}).Routes() {
+		node, ok := spec.Paths[r.Path][strings.ToLower(r.Method)]
+		if !ok {
+			continue // TestSpecMatchesRoutes reports it
+		}
+		name := r.Method + " " + r.Path
+		var op struct {
+			Security *[]map[string][]string `yaml:"security"`
+		}
+		if err := node.Decode(&op); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		switch {
+		case op.Security == nil:
+			t.Errorf("%s: no security in api/openapi.yaml; list the scope it needs", name)
+		case r.Public:
+			if len(*op.Security) != 0 {
+				t.Errorf("%s is public but api/openapi.yaml lists security %v", name, *op.Security)
+			}
+		case len(*op.Security) != 1:
+			t.Errorf("%s: security %v, want [{bearerAuth: [%s]}]", name, *op.Security, r.Scope)
+		default:
+			got := (*op.Security)[0]["bearerAuth"]
+			want := []string{}
+			if r.Scope != "" {
+				want = []string{r.Scope}
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("%s: api/openapi.yaml lists scopes %v, the route checks %v", name, got, want)
+			}
+		}
 	}
 }
 

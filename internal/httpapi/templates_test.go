@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/telemetry"
 	"nullspace.dev/nullspace/internal/template"
@@ -25,21 +26,21 @@ import (
 // storeBuilder builds with a real template store, without steps.
 type storeBuilder struct{ s *template.Store }
 
-func (b storeBuilder) Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error) {
-	return b.s.Build(ctx, req, nil)
+func (b storeBuilder) Build(ctx context.Context, team string, req api.BuildTemplateRequest) (api.Template, error) {
+	return b.s.Build(ctx, team, req, nil)
 }
 
-func (b storeBuilder) BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
-	return b.s.BuildUpload(ctx, req, tarball, nil)
+func (b storeBuilder) BuildUpload(ctx context.Context, team string, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
+	return b.s.BuildUpload(ctx, team, req, tarball, nil)
 }
 
 type oneKey struct{}
 
-func (oneKey) TeamByKey(_ context.Context, key string) (string, error) {
+func (oneKey) Authenticate(_ context.Context, key string) (*access.Principal, error) {
 	if key != "key" {
-		return "", errdefs.ErrUnauthenticated
+		return nil, errdefs.ErrUnauthenticated
 	}
-	return "team", nil
+	return &access.Principal{TeamID: "team", Scopes: access.Scopes{access.Operator}}, nil
 }
 
 func newTemplateServer(t *testing.T, maxUpload int64) (*httptest.Server, *template.Store) {

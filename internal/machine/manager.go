@@ -394,7 +394,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 	m.templateMu.RLock()
 	releaseTemplate := sync.OnceFunc(m.templateMu.RUnlock)
 	defer releaseTemplate()
-	tmpl, err := m.templates.Get(ctx, req.Template)
+	tmpl, err := m.Template(ctx, teamID, req.Template)
 	if err != nil {
 		return nil, err
 	}

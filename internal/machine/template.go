@@ -9,6 +9,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
+	"nullspace.dev/nullspace/internal/template"
 )
 
 // TemplateUse is what keeps a template from being deleted.
@@ -26,10 +27,18 @@ func (u TemplateUse) InUse() bool { return len(u.Machines)+len(u.Snapshots) > 0 
 
 // TemplateUse returns the machines and snapshots, of every team, that use
 // the template name.
-// Template returns the template called name (template_not_found when
-// there is none).
-func (m *Manager) Template(ctx context.Context, name string) (api.Template, error) {
-	return m.templates.Get(ctx, name)
+// Template returns the template called name if the team may use it (its
+// own, or a built-in one), and template_not_found otherwise.
+func (m *Manager) Template(ctx context.Context, teamID, name string) (api.Template, error) {
+	t, err := m.templates.Get(ctx, name)
+	if err != nil {
+		return api.Template{}, err
+	}
+	if !template.Visible(t, teamID) {
+		return api.Template{}, errdefs.New(errdefs.ErrNotFound, errdefs.CodeTemplateNotFound, fmt.Sprintf("template %s not found", name),
+			"list templates with GET /v1/templates")
+	}
+	return t, nil
 }
 
 func (m *Manager) TemplateUse(ctx context.Context, name string) (TemplateUse, error) {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/e2bcompat"
 	"nullspace.dev/nullspace/internal/httpapi"
 	"nullspace.dev/nullspace/internal/machine"
@@ -32,7 +33,7 @@ type e2bListener struct {
 // startE2B makes the E2B-compatible API and listens on its address.
 // domain is the edge's ("" without one): the SDKs' getHost(port) builds
 // PORT-ID.domain.
-func startE2B(bg context.Context, cfg Config, mgr *machine.Manager, auth *keyAuth, domain string, logger *slog.Logger) (*e2bListener, error) {
+func startE2B(bg context.Context, cfg Config, mgr *machine.Manager, auth *access.Service, domain string, logger *slog.Logger) (*e2bListener, error) {
 	srv, err := e2bcompat.New(bg, e2bcompat.Config{DataDir: cfg.DataDir, Domain: domain, AllowInternet: cfg.AllowInternet,
 		WakeTimeout: cfg.EdgeWakeTimeout}, mgr, auth, logger.With("component", "e2b"))
 	if err != nil {

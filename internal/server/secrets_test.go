@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/store/sqlstore"
 )
 
@@ -95,8 +96,7 @@ func TestBootstrapKeepsKey(t *testing.T) {
 	if !bytes.Equal(key, again) {
 		t.Fatalf("the key file was replaced: %q, then %q", key, again)
 	}
-	auth := &keyAuth{db: second}
-	if team, err := auth.TeamByKey(ctx, string(key)); err != nil || team == "" {
-		t.Fatalf("the kept key on the new database: %q %v", team, err)
+	if p, err := access.New(second).Authenticate(ctx, string(key)); err != nil || p.TeamID == "" || !p.Operator() {
+		t.Fatalf("the kept key on the new database: %+v %v; want the operator's", p, err)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/apikey"
 	"nullspace.dev/nullspace/internal/atomicfile"
 	"nullspace.dev/nullspace/internal/cors"
@@ -120,6 +121,11 @@ type Config struct {
 	TemplateUploadMaxBytes int64
 	// Version is reported by /v1/health.
 	Version string
+
+	// MetricsAddr, if set, serves GET /metrics (Prometheus) there without
+	// a key, for a scraper on a private network; on the API's address it
+	// needs an operator key.
+	MetricsAddr string
 
 	// EdgeAddr is where public traffic to machine URLs is served; empty:
 	// no edge. Default 127.0.0.1:7701.
@@ -399,6 +405,8 @@ type Instance struct {
 	SSHAddr string
 	// E2BAddr is the address of the E2B-compatible API ("" without one).
 	E2BAddr string
+	// MetricsAddr is the address of the keyless metrics listener ("" without one).
+	MetricsAddr string
 
 	http     *http.Server
 	edge     *http.Server
@@ -533,6 +541,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	keys := access.New(db)
 
 	agentDir, err := installAgent(cfg.AgentBinary, filepath.Join(cfg.DataDir, "agent"))
 	if err != nil {
@@ -580,6 +589,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	evlog := events.New(db, logger)
 	tel := telemetry.New(db)
+	metricsAddr, err := serveMetrics(cfg.MetricsAddr, tel, logger, &closers)
+	if err != nil {
+		return nil, err
+	}
 	mgr, err := machine.New(machine.Config{
 		DataDir:             cfg.DataDir,
 		AgentDir:            agentDir,
@@ -639,7 +652,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		if edgeSrv != nil {
 			domain = edgeSrv.domain
 		}
-		if e2bSrv, err = startE2B(bg, cfg, mgr, &keyAuth{db: db}, domain, logger); err != nil {
+		if e2bSrv, err = startE2B(bg, cfg, mgr, keys, domain, logger); err != nil {
 			return nil, err
 		}
 		closers = append(closers, e2bSrv.ln)
@@ -651,7 +664,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		&keyAuth{db: db}, evlog, tel, urls, logger, cfg.Version).WithSSH(sshAccess).WithNode(cfg.NodeName).
+		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes)
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
@@ -666,7 +679,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	inst := &Instance{
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers, locks: locks,
-		NodeName: cfg.NodeName, Names: cfg.Names,
+		NodeName: cfg.NodeName, Names: cfg.Names, MetricsAddr: metricsAddr,
 		done: make(chan struct{}), sparesDone: make(chan struct{}),
 		http: &http.Server{Handler: minrate.Handler(corsPolicy.Wrap(apiServer.Handler()), cfg.MinBodyRate, nil),
 			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
@@ -785,8 +798,9 @@ func upgradeBuiltins(ctx context.Context, names []string, templates *template.St
 	return nil
 }
 
-// bootstrapKey creates the default team and its API key on first start and
-// writes the key where the CLI and SDKs on this host find it.
+// bootstrapKey creates the default team and its API key, the operator's,
+// on first start and writes the key where the CLI and SDKs on this host
+// find it.
 func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *slog.Logger) (string, error) {
 	keyFile := filepath.Join(dataDir, "api-key")
 	n, err := db.CountTeams(ctx)
@@ -806,11 +820,13 @@ func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *s
 		}
 	}
 	now := time.Now().UTC()
-	team := store.Team{ID: "team_default", Name: "default", CreatedAt: now}
+	team := store.Team{ID: template.LegacyTeam, Name: "default", CreatedAt: now}
 	if err := db.CreateTeam(ctx, team); err != nil {
 		return "", err
 	}
-	if err := db.AddAPIKey(ctx, team.ID, hash, display, now); err != nil {
+	k := store.APIKey{ID: access.NewID("ak_"), TeamID: team.ID, Hash: hash, Prefix: display, Name: "operator",
+		Scopes: []string{access.Operator}, CreatedAt: now}
+	if err := db.AddAPIKey(ctx, k); err != nil {
 		return "", err
 	}
 	if err := atomicfile.Write(keyFile, []byte(key+"\n"), 0o600); err != nil {
@@ -821,11 +837,23 @@ func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *s
 	return keyFile, nil
 }
 
-type keyAuth struct{ db store.Teams }
-
-func (a *keyAuth) TeamByKey(ctx context.Context, key string) (string, error) {
-	// A key in its E2B form (e2b_ + hex) is the same key (apikey.Canonical).
-	return a.db.TeamByKeyHash(ctx, apikey.Hash(apikey.Canonical(strings.TrimSpace(key))))
+// serveMetrics serves the Prometheus metrics without a key on addr ("":
+// not at all), and returns the address it listens on.
+func serveMetrics(addr string, tel *telemetry.Metrics, logger *slog.Logger, closers *[]io.Closer) (string, error) {
+	if addr == "" {
+		return "", nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", tel.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	go srv.Serve(ln)
+	*closers = append(*closers, srv)
+	return ln.Addr().String(), nil
 }
 
 // installAgent copies the agent binary into a directory named by its
@@ -881,12 +909,12 @@ type templateBuilder struct {
 	machines  *machine.Manager
 }
 
-func (b *templateBuilder) Build(ctx context.Context, req api.BuildTemplateRequest) (api.Template, error) {
-	return b.templates.Build(ctx, req, b.machines)
+func (b *templateBuilder) Build(ctx context.Context, team string, req api.BuildTemplateRequest) (api.Template, error) {
+	return b.templates.Build(ctx, team, req, b.machines)
 }
 
-func (b *templateBuilder) BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
-	return b.templates.BuildUpload(ctx, req, tarball, b.machines)
+func (b *templateBuilder) BuildUpload(ctx context.Context, team string, req api.BuildTemplateRequest, tarball io.Reader) (api.Template, error) {
+	return b.templates.BuildUpload(ctx, team, req, tarball, b.machines)
 }
 
 // openStore opens the state store: PostgreSQL with a database URL, else

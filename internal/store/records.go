@@ -9,11 +9,29 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 )
 
-// Team owns machines and API keys.
+// Team owns machines, snapshots, volumes, templates and API keys.
 type Team struct {
 	ID        string
 	Name      string
 	CreatedAt time.Time
+	// DeletedAt is set once the team is deleted: its row stays, since the
+	// records of its killed machines name it, but its name is free again
+	// and its keys are revoked.
+	DeletedAt time.Time
+}
+
+// APIKey is a stored API key: never the key itself, only its hash.
+type APIKey struct {
+	ID     string
+	TeamID string
+	// Hash is apikey.Hash of the key; Prefix its first characters, shown
+	// so that people can tell keys apart.
+	Hash, Prefix string
+	Name         string
+	Scopes       []string
+	CreatedAt    time.Time
+	// LastUsedAt, ExpiresAt and RevokedAt are zero for never.
+	LastUsedAt, ExpiresAt, RevokedAt time.Time
 }
 
 // Machine is a machine's stored record.

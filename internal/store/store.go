@@ -30,11 +30,33 @@ type Store interface {
 
 // Teams keeps teams and the hashes of their API keys.
 type Teams interface {
+	// CreateTeam fails with errdefs.CodeTeamExists if a team that is not
+	// deleted has the name.
 	CreateTeam(ctx context.Context, t Team) error
+	// GetTeam fails with errdefs.CodeTeamNotFound for an unknown or
+	// deleted team.
+	GetTeam(ctx context.Context, id string) (*Team, error)
+	// ListTeams returns the teams that are not deleted, oldest first.
+	ListTeams(ctx context.Context) ([]Team, error)
+	// DeleteTeam marks the team deleted and revokes its keys.
+	DeleteTeam(ctx context.Context, id string, now time.Time) error
 	CountTeams(ctx context.Context) (int, error)
-	AddAPIKey(ctx context.Context, teamID, hash, prefix string, now time.Time) error
-	// TeamByKeyHash fails with errdefs.ErrUnauthenticated for an unknown key.
-	TeamByKeyHash(ctx context.Context, hash string) (string, error)
+
+	AddAPIKey(ctx context.Context, k APIKey) error
+	// ListAPIKeys returns a team's keys, revoked ones included, oldest
+	// first.
+	ListAPIKeys(ctx context.Context, teamID string) ([]APIKey, error)
+	// GetAPIKey fails with errdefs.CodeKeyNotFound for an unknown id.
+	GetAPIKey(ctx context.Context, id string) (*APIKey, error)
+	// APIKeyByHash returns the key with this hash, revoked or expired
+	// alike (the caller says which); it fails with
+	// errdefs.ErrUnauthenticated for an unknown hash.
+	APIKeyByHash(ctx context.Context, hash string) (*APIKey, error)
+	// RevokeAPIKey sets the key's RevokedAt, once; revoking a revoked key
+	// changes nothing.
+	RevokeAPIKey(ctx context.Context, id string, now time.Time) error
+	// TouchAPIKey records that the key was used at now.
+	TouchAPIKey(ctx context.Context, id string, now time.Time) error
 }
 
 // Machines keeps machine records: one row per execution, chained into

@@ -53,7 +53,7 @@ func TestBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	child, err := s.Build(t.Context(), api.BuildTemplateRequest{Name: "child", FromTemplate: Base}, nil)
+	child, err := s.Build(t.Context(), "team", api.BuildTemplateRequest{Name: "child", FromTemplate: Base}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,8 +58,8 @@ const stepOutputTail = 2 << 10
 // is kept as a template in state failed, without a rootfs, until deleted: Build
 // returns it along with the error (the HTTP API answers 201 with it). Other
 // failures, such as a cancelled ctx, leave nothing.
-func (s *Store) Build(ctx context.Context, req api.BuildTemplateRequest, runner StepRunner) (api.Template, error) {
-	return s.build(ctx, req, nil, runner)
+func (s *Store) Build(ctx context.Context, team string, req api.BuildTemplateRequest, runner StepRunner) (api.Template, error) {
+	return s.build(ctx, team, req, nil, runner)
 }
 
 // BuildUpload is Build from a root filesystem tarball streamed in (plain,
@@ -70,11 +70,11 @@ func (s *Store) Build(ctx context.Context, req api.BuildTemplateRequest, runner 
 // the build, as does unpacking to more than Options.MaxUnpackedBytes. If
 // reading tarball fails (the upload was cut short or is over its size limit)
 // nothing is left and that error is returned, wrapped.
-func (s *Store) BuildUpload(ctx context.Context, req api.BuildTemplateRequest, tarball io.Reader, runner StepRunner) (api.Template, error) {
+func (s *Store) BuildUpload(ctx context.Context, team string, req api.BuildTemplateRequest, tarball io.Reader, runner StepRunner) (api.Template, error) {
 	if tarball == nil {
 		return api.Template{}, errors.New("build template: no tarball")
 	}
-	return s.build(ctx, req, &uploadReader{r: tarball}, runner)
+	return s.build(ctx, team, req, &uploadReader{r: tarball}, runner)
 }
 
 // uploadReader keeps the first error reading an upload.
@@ -91,8 +91,8 @@ func (u *uploadReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (s *Store) build(ctx context.Context, req api.BuildTemplateRequest, upload *uploadReader, runner StepRunner) (api.Template, error) {
-	src, err := s.checkBuild(ctx, req, upload)
+func (s *Store) build(ctx context.Context, team string, req api.BuildTemplateRequest, upload *uploadReader, runner StepRunner) (api.Template, error) {
+	src, err := s.checkBuild(ctx, team, req, upload)
 	if err != nil {
 		return api.Template{}, fmt.Errorf("build template: %w", err)
 	}
@@ -124,6 +124,7 @@ func (s *Store) build(ctx context.Context, req api.BuildTemplateRequest, upload 
 		Env:       src.env,
 		CreatedAt: time.Now().UTC(),
 		Source:    src.source,
+		TeamID:    team,
 	}}
 	st, err := s.begin(m)
 	if err != nil {
@@ -262,7 +263,7 @@ var tarballSuffixes = []string{".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst", "
 
 // checkBuild validates req and resolves its source: upload if not nil, else
 // the one req names. The caller closes the returned source's file.
-func (s *Store) checkBuild(ctx context.Context, req api.BuildTemplateRequest, upload *uploadReader) (buildSource, error) {
+func (s *Store) checkBuild(ctx context.Context, team string, req api.BuildTemplateRequest, upload *uploadReader) (buildSource, error) {
 	if err := ValidateName(req.Name); err != nil {
 		return buildSource{}, err
 	}
@@ -308,7 +309,7 @@ func (s *Store) checkBuild(ctx context.Context, req api.BuildTemplateRequest, up
 	case upload != nil:
 		src.upload, src.source = upload, "upload"
 	case req.FromTemplate != "":
-		t, err := s.Get(ctx, req.FromTemplate)
+		t, err := s.VisibleTo(ctx, team, req.FromTemplate)
 		if err != nil {
 			return buildSource{}, err
 		}

@@ -147,7 +147,7 @@ func mkdev(major, minor uint32) uint64 {
 
 func buildFromDir(t *testing.T, s *Store, name, dir string) api.Template {
 	t.Helper()
-	got, err := s.Build(t.Context(), api.BuildTemplateRequest{Name: name, FromDir: dir}, nil)
+	got, err := s.Build(t.Context(), "team", api.BuildTemplateRequest{Name: name, FromDir: dir}, nil)
 	if err != nil {
 		t.Fatalf("build %s: %v", name, err)
 	}

@@ -63,7 +63,7 @@ func TestSourceDirs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.req.Name = "t-" + strings.ReplaceAll(tc.name, " ", "-")
-			got, err := s.Build(ctx, tc.req, nil)
+			got, err := s.Build(ctx, "team", tc.req, nil)
 			if tc.code == "" {
 				if err != nil || got.State != api.TemplateReady {
 					t.Fatalf("Build = %+v, %v; want ready", got, err)
@@ -86,7 +86,7 @@ func TestSourceDirs(t *testing.T) {
 
 	// None allowed (the default): every host path is refused.
 	none := openStoreWith(t, Options{})
-	_, err = none.Build(ctx, api.BuildTemplateRequest{Name: "x", FromTarball: tarball}, nil)
+	_, err = none.Build(ctx, "team", api.BuildTemplateRequest{Name: "x", FromTarball: tarball}, nil)
 	if p := errdefs.Classify(err); p.Status != 403 || !strings.Contains(p.Message, "takes templates from none") {
 		t.Errorf("Build with no source dirs = %+v, want 403 saying none are allowed", p)
 	}
@@ -109,7 +109,7 @@ func TestBuildUpload(t *testing.T) {
 		regular("abs-link-is-fine", ""), symlinkEntry("etc/alternatives", "/etc")}
 	for _, gz := range []bool{false, true} {
 		name := map[bool]string{false: "plain", true: "gzip"}[gz]
-		got, err := s.BuildUpload(ctx, api.BuildTemplateRequest{Name: name, Workdir: "/w"}, bytes.NewReader(tarOf(t, gz, good...)), nil)
+		got, err := s.BuildUpload(ctx, "team", api.BuildTemplateRequest{Name: name, Workdir: "/w"}, bytes.NewReader(tarOf(t, gz, good...)), nil)
 		if err != nil || got.State != api.TemplateReady || got.Source != "upload" || got.Workdir != "/w" {
 			t.Fatalf("BuildUpload(%s) = %+v, %v; want ready from upload", name, got, err)
 		}
@@ -146,7 +146,7 @@ func TestBuildUpload(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := strings.ReplaceAll(tc.name, " ", "-")
-			got, err := s.BuildUpload(ctx, api.BuildTemplateRequest{Name: name}, bytes.NewReader(tarOf(t, true, tc.entries...)), nil)
+			got, err := s.BuildUpload(ctx, "team", api.BuildTemplateRequest{Name: name}, bytes.NewReader(tarOf(t, true, tc.entries...)), nil)
 			if errCode(err) != errdefs.CodeInvalidArgument || got.State != api.TemplateFailed || !strings.Contains(got.Error, tc.want) {
 				t.Errorf("BuildUpload = %+v, %v; want a failed template saying %q", got, err, tc.want)
 			}
@@ -164,14 +164,14 @@ func TestBuildUpload(t *testing.T) {
 
 	// Over the unpacked bound: 413, nothing left.
 	bomb := tarOf(t, true, regular("big", strings.Repeat("0", 2<<20)))
-	got, err := s.BuildUpload(ctx, api.BuildTemplateRequest{Name: "bomb"}, bytes.NewReader(bomb), nil)
+	got, err := s.BuildUpload(ctx, "team", api.BuildTemplateRequest{Name: "bomb"}, bytes.NewReader(bomb), nil)
 	if p := errdefs.Classify(err); p.Status != 413 || p.Code != errdefs.CodeFileTooLarge || got.Name != "" {
 		t.Errorf("BuildUpload of a bomb = %+v, %+v; want 413 file_too_large and no template", got, p)
 	}
 	// The upload breaks off: its error, nothing left.
 	cut := errors.New("connection reset")
 	r := io.MultiReader(bytes.NewReader(tarOf(t, false, good...)[:1024]), errReader{cut})
-	if got, err := s.BuildUpload(ctx, api.BuildTemplateRequest{Name: "cut"}, r, nil); !errors.Is(err, cut) || got.Name != "" {
+	if got, err := s.BuildUpload(ctx, "team", api.BuildTemplateRequest{Name: "cut"}, r, nil); !errors.Is(err, cut) || got.Name != "" {
 		t.Errorf("BuildUpload cut short = %+v, %v; want %v and no template", got, err, cut)
 	}
 	for _, name := range []string{"bomb", "cut"} {
@@ -181,7 +181,7 @@ func TestBuildUpload(t *testing.T) {
 	}
 	assertNoStaging(t, s)
 	// An upload is the one source.
-	if _, err := s.BuildUpload(ctx, api.BuildTemplateRequest{Name: "two", FromTemplate: "plain"}, bytes.NewReader(nil), nil); errCode(err) != errdefs.CodeInvalidArgument {
+	if _, err := s.BuildUpload(ctx, "team", api.BuildTemplateRequest{Name: "two", FromTemplate: "plain"}, bytes.NewReader(nil), nil); errCode(err) != errdefs.CodeInvalidArgument {
 		t.Errorf("BuildUpload with from_template = %v, want invalid_argument", err)
 	}
 }

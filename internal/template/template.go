@@ -461,7 +461,33 @@ func (s *Store) readMeta(dir string) (meta, error) {
 		return brokenMeta(name, dir, "template.json is unreadable: "+err.Error()), nil
 	}
 	m.Env = maps.Clone(m.Env)
+	if m.TeamID == "" && !IsBuiltin(name) {
+		m.TeamID = LegacyTeam
+	}
 	return m, nil
+}
+
+// LegacyTeam owns the templates built before templates had owners: the
+// one team a server had then, which its first start made.
+const LegacyTeam = "team_default"
+
+// Visible reports whether team may see and use t: its own templates and
+// the built-in ones. Another team's template is not found, never
+// forbidden, so that names of other teams' templates are not disclosed
+// (except that a name taken by anyone cannot be taken again).
+func Visible(t api.Template, team string) bool { return t.TeamID == "" || t.TeamID == team }
+
+// VisibleTo returns the template called name if team may see it, and
+// template_not_found otherwise.
+func (s *Store) VisibleTo(ctx context.Context, team, name string) (api.Template, error) {
+	t, err := s.Get(ctx, name)
+	if err != nil {
+		return api.Template{}, err
+	}
+	if !Visible(t, team) {
+		return api.Template{}, fmt.Errorf("get template %s: %w", name, errNotFound(name))
+	}
+	return t, nil
 }
 
 func brokenMeta(name, dir, why string) meta {

@@ -517,7 +517,7 @@ func TestBuild(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.req.Name, func(t *testing.T) {
 			runner := &fakeRunner{}
-			got, err := s.Build(ctx, c.req, runner)
+			got, err := s.Build(ctx, "team", c.req, runner)
 			if err != nil {
 				t.Fatalf("Build: %v", err)
 			}
@@ -563,7 +563,7 @@ func TestBuild(t *testing.T) {
 
 	// From a template: inherits workdir and env, the source stays unchanged.
 	runner := &fakeRunner{}
-	got, err := s.Build(ctx, api.BuildTemplateRequest{Name: "child", FromTemplate: "from-dir",
+	got, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "child", FromTemplate: "from-dir",
 		Env: map[string]string{"B": "2"}, Steps: []string{"echo child"}}, runner)
 	if err != nil {
 		t.Fatal(err)
@@ -624,7 +624,7 @@ func TestBuildStepFails(t *testing.T) {
 	ctx := t.Context()
 	runner := &fakeRunner{fail: &StepError{Index: 1, Step: "make", ExitCode: 2,
 		Output: strings.Repeat("noise\n", 2000) + "make: *** no rule to make target"}}
-	got, err := s.Build(ctx, api.BuildTemplateRequest{Name: "bad", FromDir: sourceRootfs(t),
+	got, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "bad", FromDir: sourceRootfs(t),
 		Steps: []string{"true", "make"}}, runner)
 	if err == nil {
 		t.Fatal("Build succeeded, want the step's failure")
@@ -660,7 +660,7 @@ func TestBuildStepFails(t *testing.T) {
 	runner = &fakeRunner{block: make(chan struct{})}
 	done := make(chan error)
 	go func() {
-		_, err := s.Build(cctx, api.BuildTemplateRequest{Name: "cancelled", FromDir: sourceRootfs(t), Steps: []string{"sleep 1000"}}, runner)
+		_, err := s.Build(cctx, "team", api.BuildTemplateRequest{Name: "cancelled", FromDir: sourceRootfs(t), Steps: []string{"sleep 1000"}}, runner)
 		done <- err
 	}()
 	waitBuilding(t, s, "cancelled")
@@ -671,7 +671,7 @@ func TestBuildStepFails(t *testing.T) {
 	assertEmpty(t, s)
 
 	// An error of the runner itself leaves nothing either.
-	_, err = s.Build(ctx, api.BuildTemplateRequest{Name: "infra", FromDir: sourceRootfs(t), Steps: []string{"true"}},
+	_, err = s.Build(ctx, "team", api.BuildTemplateRequest{Name: "infra", FromDir: sourceRootfs(t), Steps: []string{"true"}},
 		&fakeRunner{fail: errdefs.New(errdefs.ErrResourceExhausted, errdefs.CodeResourceExhausted, "no room", "")})
 	if !errors.Is(err, errdefs.ErrResourceExhausted) {
 		t.Errorf("Build with a full host = %v, want resource exhausted", err)
@@ -711,7 +711,7 @@ func TestBuildInProgress(t *testing.T) {
 	runner := &fakeRunner{block: make(chan struct{})}
 	done := make(chan error)
 	go func() {
-		_, err := s.Build(ctx, api.BuildTemplateRequest{Name: "slow", FromDir: sourceRootfs(t), Steps: []string{"true"}}, runner)
+		_, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "slow", FromDir: sourceRootfs(t), Steps: []string{"true"}}, runner)
 		done <- err
 	}()
 	waitBuilding(t, s, "slow")
@@ -720,7 +720,7 @@ func TestBuildInProgress(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].Name != "slow" || list[0].State != api.TemplateBuilding {
 		t.Errorf("List = %+v, %v; want slow building", list, err)
 	}
-	_, err = s.Build(ctx, api.BuildTemplateRequest{Name: "slow", FromDir: sourceRootfs(t)}, nil)
+	_, err = s.Build(ctx, "team", api.BuildTemplateRequest{Name: "slow", FromDir: sourceRootfs(t)}, nil)
 	if errCode(err) != errdefs.CodeTemplateExists || !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("concurrent Build = %v, want template_exists", err)
 	}
@@ -738,7 +738,7 @@ func TestBuildInProgress(t *testing.T) {
 	if _, err := s.RootfsDir("slow"); errCode(err) != errdefs.CodeTemplateNotReady {
 		t.Errorf("RootfsDir(building) = %v, want template_not_ready", err)
 	}
-	_, err = s.Build(ctx, api.BuildTemplateRequest{Name: "x", FromTemplate: "slow"}, nil)
+	_, err = s.Build(ctx, "team", api.BuildTemplateRequest{Name: "x", FromTemplate: "slow"}, nil)
 	if errCode(err) != errdefs.CodeTemplateNotReady {
 		t.Errorf("Build from a building template = %v, want template_not_ready", err)
 	}
@@ -755,7 +755,7 @@ func TestErrors(t *testing.T) {
 	s := openStore(t)
 	ctx := t.Context()
 	src := sourceRootfs(t)
-	if _, err := s.Build(ctx, api.BuildTemplateRequest{Name: "exists", FromDir: src}, nil); err != nil {
+	if _, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "exists", FromDir: src}, nil); err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(src, "etc/os-release")
@@ -786,7 +786,7 @@ func TestErrors(t *testing.T) {
 		{"empty step", api.BuildTemplateRequest{Name: "x", FromDir: src, Steps: []string{" "}}, errdefs.CodeInvalidArgument},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := s.Build(ctx, tc.req, &fakeRunner{})
+			got, err := s.Build(ctx, "team", tc.req, &fakeRunner{})
 			if errCode(err) != tc.code {
 				t.Errorf("Build = %v (code %q), want code %s", err, errCode(err), tc.code)
 			}
@@ -811,14 +811,14 @@ func TestErrors(t *testing.T) {
 	// A tarball that does not extract is the input's fault: a failed template.
 	bad := filepath.Join(t.TempDir(), "bad.tar.gz")
 	write(t, bad, "not gzip")
-	got, err := s.Build(ctx, api.BuildTemplateRequest{Name: "badtar", FromTarball: bad}, nil)
+	got, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "badtar", FromTarball: bad}, nil)
 	if errCode(err) != errdefs.CodeInvalidArgument || got.State != api.TemplateFailed {
 		t.Errorf("Build from a corrupt tarball = %+v, %v; want a failed template and invalid_argument", got, err)
 	}
 	// Steps need a shell; the message points at a wrapping directory.
 	wrapped := t.TempDir()
 	write(t, filepath.Join(wrapped, "rootfs/bin/sh"), "")
-	_, err = s.Build(ctx, api.BuildTemplateRequest{Name: "nosh", FromDir: wrapped, Steps: []string{"true"}}, &fakeRunner{})
+	_, err = s.Build(ctx, "team", api.BuildTemplateRequest{Name: "nosh", FromDir: wrapped, Steps: []string{"true"}}, &fakeRunner{})
 	if msg := errdefs.Classify(err).Message; !strings.Contains(msg, "no /bin/sh") || !strings.Contains(msg, "under rootfs/") {
 		t.Errorf("Build without /bin/sh: %q, want it to say so and point at rootfs/", msg)
 	}
@@ -829,7 +829,7 @@ func TestDelete(t *testing.T) {
 	ctx := t.Context()
 	src := sourceRootfs(t)
 	for _, name := range []string{"one", "two"} {
-		if _, err := s.Build(ctx, api.BuildTemplateRequest{Name: name, FromDir: src}, nil); err != nil {
+		if _, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: name, FromDir: src}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -843,7 +843,7 @@ func TestDelete(t *testing.T) {
 		t.Errorf("List after Delete = %+v, want only two", list)
 	}
 	assertNoStaging(t, s)
-	if _, err := s.Build(ctx, api.BuildTemplateRequest{Name: "one", FromDir: src}, nil); err != nil {
+	if _, err := s.Build(ctx, "team", api.BuildTemplateRequest{Name: "one", FromDir: src}, nil); err != nil {
 		t.Errorf("rebuilding a deleted name: %v", err)
 	}
 	if _, err := os.Stat(src); err != nil {
@@ -857,7 +857,7 @@ func TestOpenCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Build(t.Context(), api.BuildTemplateRequest{Name: "keep", FromDir: sourceRootfs(t)}, nil); err != nil {
+	if _, err := s.Build(t.Context(), "team", api.BuildTemplateRequest{Name: "keep", FromDir: sourceRootfs(t)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	// What a crash leaves: a build nobody holds, and trash.
@@ -899,5 +899,55 @@ func TestOutputTail(t *testing.T) {
 	}
 	if got := lastBytes("a\nbb\nccc", 5); got != "...ccc" {
 		t.Errorf("lastBytes = %q, want ...ccc", got)
+	}
+}
+
+// TestOwnership: a template belongs to the team that built it; another
+// team neither sees it nor builds from it (not found, not forbidden), and
+// a template written before templates had owners is the first team's.
+func TestOwnership(t *testing.T) {
+	s := openStore(t)
+	ctx := t.Context()
+	got, err := s.Build(ctx, "team_a", api.BuildTemplateRequest{Name: "mine", FromDir: sourceRootfs(t)}, nil)
+	if err != nil || got.TeamID != "team_a" {
+		t.Fatalf("build: %+v, %v; want team_a's", got, err)
+	}
+	if _, err := s.VisibleTo(ctx, "team_a", "mine"); err != nil {
+		t.Fatalf("the owner's view: %v", err)
+	}
+	if _, err := s.VisibleTo(ctx, "team_b", "mine"); errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Fatalf("another team's view: %v, want template_not_found", err)
+	}
+	_, err = s.Build(ctx, "team_b", api.BuildTemplateRequest{Name: "theirs", FromTemplate: "mine"}, nil)
+	if errCode(err) != errdefs.CodeTemplateNotFound {
+		t.Fatalf("another team builds from it: %v, want template_not_found", err)
+	}
+	_, err = s.Build(ctx, "team_b", api.BuildTemplateRequest{Name: "mine", FromDir: sourceRootfs(t)}, nil)
+	if errCode(err) != errdefs.CodeTemplateExists {
+		t.Fatalf("another team takes the name: %v, want template_exists", err)
+	}
+	if !Visible(api.Template{Name: "base"}, "team_b") {
+		t.Fatal("a built-in template is not visible to every team")
+	}
+
+	// An owner-less template.json (written by an older server).
+	meta := filepath.Join(s.dir, "mine", metaFile)
+	b, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fields map[string]any
+	if err := json.Unmarshal(b, &fields); err != nil {
+		t.Fatal(err)
+	}
+	delete(fields, "team_id")
+	if b, err = json.Marshal(fields); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(meta, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, "mine"); err != nil || got.TeamID != LegacyTeam {
+		t.Fatalf("an owner-less template: %+v, %v; want %s's", got, err, LegacyTeam)
 	}
 }

@@ -57,8 +57,8 @@ type copyTable struct {
 // optat, nullat; text without one). TestCopyCoversSchema fails when a
 // migration adds a table or a column that is not here.
 var copyTables = tables(
-	"teams: id name created_at:at",
-	"api_keys: hash team_id prefix created_at:at",
+	"teams: id name created_at:at deleted_at:nullat",
+	"api_keys: hash team_id prefix created_at:at id name scopes last_used_at:nullat expires_at:nullat revoked_at:nullat",
 	`machines: id team_id state template cpu_count:int memory_mb:int env metadata allow_internet:flag
 		slot:int container_id agent_token created_at:at started_at:nullat ended_at:nullat error
 		lineage_id lineage_seq:int snapshot_id restored_from volumes hooks agent_dir

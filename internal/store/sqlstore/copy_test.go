@@ -52,7 +52,8 @@ func fillNode(t *testing.T, s store.Store) {
 	}
 	for _, team := range []string{"t", "u"} {
 		check(t, s.CreateTeam(ctx, store.Team{ID: team, Name: "team " + team, CreatedAt: tick()}))
-		check(t, s.AddAPIKey(ctx, team, "hash-"+team, "ns_"+team, tick()))
+		check(t, s.AddAPIKey(ctx, store.APIKey{ID: "key_" + team, TeamID: team, Hash: "hash-" + team, Prefix: "ns_" + team,
+			Name: "k", Scopes: []string{"machines:write"}, CreatedAt: tick(), ExpiresAt: tick()}))
 	}
 	machine := func(id, team, lineage string, opts ...func(*store.Machine)) *store.Machine {
 		t.Helper()
@@ -316,11 +317,15 @@ func readAll(t *testing.T, s store.Store) map[string]any {
 		put("VolumeMachines "+team, users, err)
 		keys, err := s.ListSSHKeys(ctx, team)
 		put("ListSSHKeys "+team, keys, err)
-		got, err := s.TeamByKeyHash(ctx, "hash-"+team)
-		put("TeamByKeyHash "+team, got, err)
+		got, err := s.APIKeyByHash(ctx, "hash-"+team)
+		put("APIKeyByHash "+team, got, err)
+		apiKeys, err := s.ListAPIKeys(ctx, team)
+		put("ListAPIKeys "+team, apiKeys, err)
 	}
 	n, err := s.CountTeams(ctx)
 	put("CountTeams", n, err)
+	teams, err := s.ListTeams(ctx)
+	put("ListTeams", teams, err)
 	key, err := s.SSHKeyByFingerprint(ctx, "SHA256:fp1")
 	put("SSHKeyByFingerprint", key, err)
 

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -261,4 +262,25 @@ var sqliteMigrations = []string{
 	// 23: when a shared secret was set, so that a newer one (a rotation
 	// on a server's host) replaces it and an older one does not.
 	`ALTER TABLE cluster_secrets ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';`,
+	// 24: teams are made and deleted by the operator; keys have ids,
+	// names, scopes, an expiry and a revocation. The keys made before
+	// (the first start's) become the operator's.
+	keysMigration("TEXT"),
+}
+
+// keysMigration is migration 24 on either backend, with its time type.
+func keysMigration(timeType string) string {
+	return strings.NewReplacer("TIME", timeType).Replace(`
+	ALTER TABLE teams ADD COLUMN deleted_at TIME;
+	CREATE UNIQUE INDEX teams_name ON teams(name) WHERE deleted_at IS NULL;
+	ALTER TABLE api_keys ADD COLUMN id TEXT NOT NULL DEFAULT '';
+	UPDATE api_keys SET id = 'ak_' || substr(hash, 1, 20);
+	CREATE UNIQUE INDEX api_keys_id ON api_keys(id);
+	ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+	ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+	UPDATE api_keys SET scopes = 'operator', name = 'first key';
+	ALTER TABLE api_keys ADD COLUMN last_used_at TIME;
+	ALTER TABLE api_keys ADD COLUMN expires_at TIME;
+	ALTER TABLE api_keys ADD COLUMN revoked_at TIME;
+	CREATE INDEX api_keys_team ON api_keys(team_id, created_at, id);`)
 }

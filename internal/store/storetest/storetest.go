@@ -299,18 +299,61 @@ func testTeams(t *testing.T, s store.Store) {
 		t.Fatalf("CountTeams of an empty store = %d, %v; want 0", n, err)
 	}
 	must(t, s.CreateTeam(ctx, store.Team{ID: "t1", Name: "one", CreatedAt: base}))
-	must(t, s.CreateTeam(ctx, store.Team{ID: "t2", Name: "two", CreatedAt: base}))
+	must(t, s.CreateTeam(ctx, store.Team{ID: "t2", Name: "two", CreatedAt: base.Add(time.Second)}))
 	if n, err := s.CountTeams(ctx); err != nil || n != 2 {
 		t.Fatalf("CountTeams = %d, %v; want 2", n, err)
 	}
-	must(t, s.AddAPIKey(ctx, "t1", "hash1", "ns_abc", base))
-	must(t, s.AddAPIKey(ctx, "t1", "hash2", "ns_def", base))
-	must(t, s.AddAPIKey(ctx, "t2", "hash3", "ns_ghi", base))
-	for hash, want := range map[string]string{"hash1": "t1", "hash2": "t1", "hash3": "t2"} {
-		if team, err := s.TeamByKeyHash(ctx, hash); err != nil || team != want {
-			t.Errorf("TeamByKeyHash(%s) = %q, %v; want %s", hash, team, err, want)
+	err := s.CreateTeam(ctx, store.Team{ID: "t3", Name: "one", CreatedAt: base})
+	checkErr(t, "a second team named one", err, errdefs.ErrConflict, errdefs.CodeTeamExists)
+	if got, err := s.GetTeam(ctx, "t2"); err != nil || got.Name != "two" || !got.CreatedAt.Equal(base.Add(time.Second)) || !got.DeletedAt.IsZero() {
+		t.Fatalf("GetTeam(t2) = %+v, %v", got, err)
+	}
+	_, err = s.GetTeam(ctx, "nope")
+	checkErr(t, "unknown team", err, errdefs.ErrNotFound, errdefs.CodeTeamNotFound)
+
+	expires := base.Add(time.Hour)
+	keys := []store.APIKey{
+		{ID: "k1", TeamID: "t1", Hash: "hash1", Prefix: "ns_abc", Name: "ci", Scopes: []string{"machines:read", "machines:write"}, CreatedAt: base},
+		{ID: "k2", TeamID: "t1", Hash: "hash2", Prefix: "ns_def", Name: "admin", Scopes: []string{"keys:admin"}, CreatedAt: base.Add(time.Second), ExpiresAt: expires},
+		{ID: "k3", TeamID: "t2", Hash: "hash3", Prefix: "ns_ghi", Scopes: []string{"operator"}, CreatedAt: base},
+	}
+	for _, k := range keys {
+		must(t, s.AddAPIKey(ctx, k))
+	}
+	for _, want := range keys {
+		got, err := s.APIKeyByHash(ctx, want.Hash)
+		if err != nil || !reflect.DeepEqual(*got, want) {
+			t.Errorf("APIKeyByHash(%s) = %+v, %v; want %+v", want.Hash, got, err, want)
 		}
 	}
-	_, err := s.TeamByKeyHash(ctx, "other")
+	_, err = s.APIKeyByHash(ctx, "other")
 	checkErr(t, "unknown key", err, errdefs.ErrUnauthenticated, "")
+	_, err = s.GetAPIKey(ctx, "nope")
+	checkErr(t, "unknown key id", err, errdefs.ErrNotFound, errdefs.CodeKeyNotFound)
+	if got, err := s.ListAPIKeys(ctx, "t1"); err != nil || len(got) != 2 || got[0].ID != "k1" || got[1].ID != "k2" {
+		t.Fatalf("ListAPIKeys(t1) = %+v, %v; want k1, k2", got, err)
+	}
+
+	used := base.Add(time.Minute)
+	must(t, s.TouchAPIKey(ctx, "k1", used))
+	must(t, s.RevokeAPIKey(ctx, "k1", used))
+	must(t, s.RevokeAPIKey(ctx, "k1", used.Add(time.Hour))) // the first revocation stands
+	if got, err := s.GetAPIKey(ctx, "k1"); err != nil || !got.LastUsedAt.Equal(used) || !got.RevokedAt.Equal(used) {
+		t.Fatalf("k1 after a use and a revocation: %+v, %v", got, err)
+	}
+	checkErr(t, "revoke an unknown key", s.RevokeAPIKey(ctx, "nope", used), errdefs.ErrNotFound, errdefs.CodeKeyNotFound)
+
+	// A deleted team: gone from lists, its keys revoked, its name free.
+	must(t, s.DeleteTeam(ctx, "t1", used))
+	checkErr(t, "delete a deleted team", s.DeleteTeam(ctx, "t1", used), errdefs.ErrNotFound, errdefs.CodeTeamNotFound)
+	if got, err := s.APIKeyByHash(ctx, "hash2"); err != nil || !got.RevokedAt.Equal(used) {
+		t.Fatalf("a key of a deleted team: %+v, %v; want it revoked", got, err)
+	}
+	if got, err := s.ListTeams(ctx); err != nil || len(got) != 1 || got[0].ID != "t2" {
+		t.Fatalf("ListTeams after deleting t1 = %+v, %v; want t2", got, err)
+	}
+	must(t, s.CreateTeam(ctx, store.Team{ID: "t4", Name: "one", CreatedAt: used}))
+	if n, err := s.CountTeams(ctx); err != nil || n != 3 {
+		t.Fatalf("CountTeams counts deleted teams too: %d, %v; want 3", n, err)
+	}
 }

@@ -60,8 +60,10 @@ export interface paths {
          *     pause, snapshot, checkpoint, resume, child, stop and start),
          *     `nullspace_api_errors_total{code}`,
          *     `nullspace_snapshot_storage_bytes`, plus the Go runtime's and the
-         *     process's. Needs no authentication (it shows counts, no ids); keep the
-         *     server's address private or put it behind your scraper's network.
+         *     process's. Needs an operator key (Prometheus: `authorization:
+         *     {credentials_file: <data dir>/api-key}`); or serve it without a key
+         *     on a private address of its own with `nullspace serve
+         *     --metrics-addr`.
          */
         get: operations["getServerMetrics"];
         put?: never;
@@ -1341,6 +1343,135 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List teams
+         * @description Every team that is not deleted, oldest first (operator scope).
+         */
+        get: operations["listTeams"];
+        put?: never;
+        /**
+         * Create a team
+         * @description Makes a team (operator scope). Give it keys with `POST /v1/keys`
+         *     and `team_id`. Team names are unique among teams that are not
+         *     deleted.
+         */
+        post: operations["createTeam"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The team's id (`team_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** Get a team */
+        get: operations["getTeam"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a team
+         * @description Deletes a team and revokes its keys (operator scope). A team that
+         *     still has machines (running, paused or stopped) is refused with
+         *     `team_in_use` unless `force=true`: then its machines are killed and
+         *     its snapshots and volumes deleted, each with its events, before its
+         *     keys are revoked. The key making the call cannot delete its own team.
+         */
+        delete: operations["deleteTeam"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List API keys
+         * @description The team's keys, revoked and expired ones included, oldest first:
+         *     never the keys themselves, only their prefixes. An operator key may
+         *     name another team with `team_id`.
+         */
+        get: operations["listAPIKeys"];
+        put?: never;
+        /**
+         * Create an API key
+         * @description Makes a key for the caller's team (an operator key may name any
+         *     team). The answer holds the key itself, once: it is not stored and
+         *     cannot be shown again. A key may only make keys with no more scopes
+         *     than its own (`insufficient_scope` otherwise).
+         */
+        post: operations["createAPIKey"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keys/current": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The key making the call
+         * @description Describes the key the request is authenticated with (its team and scopes); any valid key may ask.
+         */
+        get: operations["getCurrentAPIKey"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/keys/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`ak_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** Get an API key */
+        get: operations["getAPIKey"];
+        put?: never;
+        post?: never;
+        /**
+         * Revoke an API key
+         * @description Revokes the key: every request with it is `unauthenticated` from
+         *     now on. Revoking a revoked key changes nothing. A key may revoke
+         *     itself.
+         */
+        delete: operations["revokeAPIKey"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/ssh-keys": {
         parameters: {
             query?: never;
@@ -1647,6 +1778,11 @@ export interface components {
          *     | `capacity_exhausted` | 503 | true | The host has no room for another sandbox: the memory committed to machines (their `memory_mb`, spares included) would pass the host's memory times `--memory-overcommit`, or every network slot is taken. Sent with `Retry-After`; creates, resumes, connects, starts, forks and restores of a paused machine can get it. Pause or kill machines you do not need, or retry later. |
          *     | `store_unavailable` | 503 | true | The state database (PostgreSQL, with `--database-url`) could not be reached. Nothing half-made is left: retry the same call; if it persists, the operator checks the database. |
          *     | `snapshot_not_durable` | 503 | true | A restore on a server that does not have the snapshot's files, of a snapshot not yet uploaded to the object store (`--object-store`). The server that took it is uploading it: retry in a few seconds. |
+         *     | `team_not_found` | 404 | false | No team with this id (operator routes), or another team's (`team_id` from a key that is not the operator's). |
+         *     | `team_exists` | 409 | false | A team that is not deleted has the name. |
+         *     | `team_in_use` | 409 | false | The team has machines (delete with `force=true`), or it is the team of the key making the call. |
+         *     | `key_not_found` | 404 | false | No API key with this id in the caller's team. |
+         *     | `insufficient_scope` | 403 | false | The key is valid but lacks the scope the call needs (the message names it), or asks for a key with more scopes than its own. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1691,7 +1827,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -2585,6 +2721,81 @@ export interface components {
             /** @description With `entry=true`: the path as it was when the create, write, chmod or rename was seen. */
             entry?: components["schemas"]["FileInfo"];
         };
+        /** @description A team owns machines, snapshots, volumes, templates and API keys. */
+        Team: {
+            /** @example team_3c1f0a9e2b7d4c36aa01 */
+            id: string;
+            name: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        TeamList: {
+            teams: components["schemas"]["Team"][];
+        };
+        /** @description Body of `POST /v1/teams`. */
+        CreateTeamRequest: {
+            name: string;
+        };
+        /** @description An API key, without the secret. */
+        APIKey: {
+            /** @example ak_5f1c0a9e2b7d4c36aa01 */
+            id: string;
+            team_id: string;
+            name: string;
+            /**
+             * @description The key's first characters, to tell keys apart.
+             * @example ns_1a2b3c
+             */
+            prefix: string;
+            scopes: components["schemas"]["Scope"][];
+            /** Format: date-time */
+            created_at: string;
+            /**
+             * Format: date-time
+             * @description Optional; to the minute.
+             */
+            last_used_at?: string;
+            /**
+             * Format: date-time
+             * @description Optional; none: the key does not expire.
+             */
+            expires_at?: string;
+            /**
+             * Format: date-time
+             * @description Optional; set once the key is revoked.
+             */
+            revoked_at?: string;
+        };
+        /** @description A new key, with the secret, shown once. */
+        CreatedAPIKey: components["schemas"]["APIKey"] & {
+            /** @description The key: send it as `Authorization: Bearer <key>`. */
+            key: string;
+        };
+        APIKeyList: {
+            keys: components["schemas"]["APIKey"][];
+        };
+        /** @description Body of `POST /v1/keys`. */
+        CreateAPIKeyRequest: {
+            name?: string;
+            /** @description The team the key acts for; default the caller's (another team: operator scope). */
+            team_id?: string;
+            scopes: components["schemas"]["Scope"][];
+            /**
+             * Format: date-time
+             * @description When the key stops working; in the future.
+             */
+            expires_at?: string;
+        };
+        /**
+         * @description What a key may do. `machines:read`: read machines, snapshots,
+         *     volumes, events, metrics, files, command output, templates, SSH
+         *     keys. `machines:write` (implies read): everything a machine does.
+         *     `templates:write` (implies machines:read): build and delete the
+         *     team's templates. `keys:admin`: the team's own keys. `operator`:
+         *     all of them, and teams, every team's keys and the server's metrics.
+         * @enum {string}
+         */
+        Scope: "machines:read" | "machines:write" | "templates:write" | "keys:admin" | "operator";
         /** @description A public key that signs in to the team's machines through the SSH gateway. */
         SSHKey: {
             /** @example key_5f1c0a9e2b7d4c36 */
@@ -2661,7 +2872,16 @@ export interface components {
                 "application/json": components["schemas"]["Error"];
             };
         };
-        /** @description `unauthenticated`: missing or invalid API key. */
+        /** @description `insufficient_scope`: the key lacks the scope the call needs. */
+        Forbidden: {
+            headers: {
+                [name: string]: unknown;
+            };
+            content: {
+                "application/json": components["schemas"]["Error"];
+            };
+        };
+        /** @description `unauthenticated`: missing, unknown, revoked or expired API key. */
         Unauthenticated: {
             headers: {
                 [name: string]: unknown;
@@ -4761,6 +4981,350 @@ export interface operations {
             400: components["responses"]["InvalidArgument"];
             401: components["responses"]["Unauthenticated"];
             500: components["responses"]["Internal"];
+        };
+    };
+    listTeams: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The teams. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamList"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    createTeam: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "name": "acme"
+                 *     }
+                 */
+                "application/json": components["schemas"]["CreateTeamRequest"];
+            };
+        };
+        responses: {
+            /** @description The team. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            /** @description `invalid_argument`: the name is empty or longer than 64 characters. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_exists`: a team has the name. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getTeam: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The team's id (`team_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The team. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Team"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    deleteTeam: {
+        parameters: {
+            query?: {
+                /** @description Kill the team's machines and delete its snapshots and volumes. */
+                force?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description The team's id (`team_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description `team_in_use`: the team has machines (use force=true), or it is the caller's own team. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    listAPIKeys: {
+        parameters: {
+            query?: {
+                /** @description The team whose keys to list (operator scope); default the caller's. */
+                team_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The keys. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["APIKeyList"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`: no such team, or another team's (only an operator key names one). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    createAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "name": "ci",
+                 *       "scopes": [
+                 *         "machines:write"
+                 *       ],
+                 *       "expires_at": "2027-01-01T00:00:00Z"
+                 *     }
+                 */
+                "application/json": components["schemas"]["CreateAPIKeyRequest"];
+            };
+        };
+        responses: {
+            /** @description The key, with the secret. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CreatedAPIKey"];
+                };
+            };
+            /** @description `invalid_argument`: an unknown scope, no scope, an expiry in the past, a name over 128 characters. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getCurrentAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["APIKey"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`ak_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The key. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["APIKey"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `key_not_found`: no such key in the caller's team. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    revokeAPIKey: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The key's id (`ak_...`). */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The revoked key. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["APIKey"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `key_not_found`: no such key in the caller's team. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
         };
     };
     listSSHKeys: {
