@@ -123,8 +123,8 @@ A key can make keys with no more scopes than its own.`,
 func (a *app) keyCreateCommand() *cobra.Command {
 	var (
 		team, name string
-		scopes    []string
-		expiresIn time.Duration
+		scopes     []string
+		expiresIn  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "create",
