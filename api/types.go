@@ -19,6 +19,15 @@ type Error struct {
 	Message         string `json:"message"`
 	Retryable       bool   `json:"retryable"`
 	SuggestedAction string `json:"suggested_action,omitempty"`
+	// Quota is set on quota_exceeded: which limit, and the use found.
+	Quota *QuotaExceeded `json:"quota,omitempty"`
+}
+
+// QuotaExceeded names the quota a request passed.
+type QuotaExceeded struct {
+	Name  string `json:"name"`
+	Limit int64  `json:"limit"`
+	Used  int64  `json:"used"`
 }
 
 // Machine states. The lifecycle is defined in internal/machine.
@@ -935,4 +944,41 @@ type CreateAPIKeyRequest struct {
 // APIKeyList is the body of GET /v1/keys.
 type APIKeyList struct {
 	Keys []APIKey `json:"keys"`
+}
+
+// QuotaLimits are a team's limits; 0 is no limit.
+type QuotaLimits struct {
+	RunningMachines  int64 `json:"running_machines"`
+	VCPUs            int64 `json:"vcpus"`
+	MemoryMB         int64 `json:"memory_mb"`
+	SnapshotBytes    int64 `json:"snapshot_bytes"`
+	CreatesPerMinute int64 `json:"creates_per_minute"`
+}
+
+// QuotaUsage is what a team holds now: the machines with a sandbox, their
+// vCPUs and memory, its snapshots' bytes, and its creates in the last
+// minute.
+type QuotaUsage struct {
+	RunningMachines  int64 `json:"running_machines"`
+	VCPUs            int64 `json:"vcpus"`
+	MemoryMB         int64 `json:"memory_mb"`
+	SnapshotBytes    int64 `json:"snapshot_bytes"`
+	CreatesPerMinute int64 `json:"creates_per_minute"`
+}
+
+// Quotas is the body of GET /v1/quotas.
+type Quotas struct {
+	TeamID string      `json:"team_id"`
+	Limits QuotaLimits `json:"limits"`
+	Usage  QuotaUsage  `json:"usage"`
+}
+
+// SetQuotaRequest is the body of PUT /v1/teams/{id}/quota: the team's own
+// limits; a limit left out takes the server's default, 0 is no limit.
+type SetQuotaRequest struct {
+	RunningMachines  *int64 `json:"running_machines,omitempty"`
+	VCPUs            *int64 `json:"vcpus,omitempty"`
+	MemoryMB         *int64 `json:"memory_mb,omitempty"`
+	SnapshotBytes    *int64 `json:"snapshot_bytes,omitempty"`
+	CreatesPerMinute *int64 `json:"creates_per_minute,omitempty"`
 }

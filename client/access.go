@@ -76,3 +76,27 @@ func (c *Client) RevokeKey(ctx context.Context, id string) (*api.APIKey, error) 
 	}
 	return &k, nil
 }
+
+// Quotas returns a team's limits and use (GET /v1/quotas); teamID "" is
+// the caller's (another team: operator key).
+func (c *Client) Quotas(ctx context.Context, teamID string) (*api.Quotas, error) {
+	r := request{method: http.MethodGet, path: "/v1/quotas"}
+	if teamID != "" {
+		r.query = url.Values{"team_id": {teamID}}
+	}
+	var q api.Quotas
+	if err := c.do(ctx, r, &q); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}
+
+// SetQuota replaces a team's own limits (PUT /v1/teams/{id}/quota;
+// operator key).
+func (c *Client) SetQuota(ctx context.Context, teamID string, req api.SetQuotaRequest) (*api.Quotas, error) {
+	var q api.Quotas
+	if err := c.do(ctx, request{method: http.MethodPut, path: "/v1/teams/" + url.PathEscape(teamID) + "/quota", json: req}, &q); err != nil {
+		return nil, err
+	}
+	return &q, nil
+}

@@ -263,3 +263,99 @@ func (a *app) keyRevokeCommand() *cobra.Command {
 		},
 	}
 }
+
+func (a *app) quotaCommand() *cobra.Command {
+	cmd := asGroup(&cobra.Command{
+		Use:     "quota",
+		Aliases: []string{"quotas"},
+		Short:   "Show a team's quotas and use; set them (operator key)",
+	})
+	cmd.AddCommand(a.quotaShowCommand(), a.quotaSetCommand())
+	return cmd
+}
+
+func (a *app) quotaShowCommand() *cobra.Command {
+	var team string
+	cmd := &cobra.Command{
+		Use:   "show",
+		Short: "Show the limits in force and the use (0: no limit)",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			q, err := c.Quotas(cmd.Context(), team)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), q)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintf(tw, "QUOTA\tUSED\tLIMIT\t(team %s)\n", q.TeamID)
+			limit := func(v int64) string {
+				if v == 0 {
+					return "none"
+				}
+				return fmt.Sprint(v)
+			}
+			for _, r := range []struct {
+				name        string
+				used, limit int64
+			}{
+				{"running_machines", q.Usage.RunningMachines, q.Limits.RunningMachines},
+				{"vcpus", q.Usage.VCPUs, q.Limits.VCPUs},
+				{"memory_mb", q.Usage.MemoryMB, q.Limits.MemoryMB},
+				{"snapshot_bytes", q.Usage.SnapshotBytes, q.Limits.SnapshotBytes},
+				{"creates_per_minute", q.Usage.CreatesPerMinute, q.Limits.CreatesPerMinute},
+			} {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t\n", r.name, r.used, limit(r.limit))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&team, "team", "", "another team (operator key)")
+	return cmd
+}
+
+func (a *app) quotaSetCommand() *cobra.Command {
+	var running, vcpus, memory, snapshotBytes, creates int64
+	cmd := &cobra.Command{
+		Use:     "set TEAM-ID",
+		Short:   "Set a team's own limits; a limit not given takes the server's default, 0 is none",
+		Example: `  nullspace quota set team_1a2b --running-machines 10 --memory-mb 8192 --creates-per-minute 30`,
+		Args:    exactArgs(1, "TEAM-ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var req api.SetQuotaRequest
+			for name, dst := range map[string]**int64{"running-machines": &req.RunningMachines, "vcpus": &req.VCPUs,
+				"memory-mb": &req.MemoryMB, "snapshot-bytes": &req.SnapshotBytes, "creates-per-minute": &req.CreatesPerMinute} {
+				if cmd.Flags().Changed(name) {
+					v, _ := cmd.Flags().GetInt64(name)
+					*dst = &v
+				}
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			q, err := c.SetQuota(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), q)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "team %s: running_machines %d, vcpus %d, memory_mb %d, snapshot_bytes %d, creates_per_minute %d (0: none)\n",
+				q.TeamID, q.Limits.RunningMachines, q.Limits.VCPUs, q.Limits.MemoryMB, q.Limits.SnapshotBytes, q.Limits.CreatesPerMinute)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.Int64Var(&running, "running-machines", 0, "machines with a sandbox")
+	f.Int64Var(&vcpus, "vcpus", 0, "vCPUs of those machines")
+	f.Int64Var(&memory, "memory-mb", 0, "MiB of memory of those machines")
+	f.Int64Var(&snapshotBytes, "snapshot-bytes", 0, "bytes of paused states, snapshots and checkpoints")
+	f.Int64Var(&creates, "creates-per-minute", 0, "machines created a minute")
+	return cmd
+}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +28,25 @@ type handler func(w http.ResponseWriter, r *http.Request, team string) error
 // routes are E2B's REST paths, as the SDKs call them.
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	for pattern, h := range map[string]handler{
+	for pattern, h := range s.table() {
+		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
+	}
+	return mux
+}
+
+// Patterns lists the REST routes served ("METHOD /path/{id}"), for tests
+// that walk every one (the cross-team table).
+func Patterns() []string {
+	var out []string
+	for p := range (&Server{}).table() {
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (s *Server) table() map[string]handler {
+	return map[string]handler{
 		"POST /sandboxes":                 s.create,
 		"POST /v2/sandboxes":              s.create,
 		"GET /sandboxes":                  s.listV1,
@@ -53,10 +72,7 @@ func (s *Server) routes() *http.ServeMux {
 		"POST /volumes":                   s.unsupported("E2B volumes", "use Nullspace volumes (POST /v1/volumes) and mount them at create"),
 		"GET /volumes":                    s.unsupported("E2B volumes", "use Nullspace volumes (GET /v1/volumes)"),
 		"/":                               s.unsupported("this call", "see the README's table of the E2B calls that are served"),
-	} {
-		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
 	}
-	return mux
 }
 
 // serve authenticates a control-plane call (X-API-KEY, as the SDKs send

@@ -42,6 +42,15 @@ type Error struct {
 	// that is retryable by default (a paused machine without auto_resume
 	// is unavailable, but not for a while).
 	Final bool
+	// Quota names the limit a quota_exceeded error hit.
+	Quota *QuotaDetail
+}
+
+// QuotaDetail is the limit a request passed and the use it found.
+type QuotaDetail struct {
+	Name  string `json:"name"`
+	Limit int64  `json:"limit"`
+	Used  int64  `json:"used"`
 }
 
 func (e *Error) Error() string {
@@ -162,6 +171,10 @@ const (
 	// CodeInsufficientScope: the key is valid but lacks the route's scope
 	// (403); the message names the scope.
 	CodeInsufficientScope = "insufficient_scope"
+	// CodeQuotaExceeded: a team quota refused the request (429); the body
+	// names the quota, its limit and the use. Retryable only for the
+	// rate of creates.
+	CodeQuotaExceeded = "quota_exceeded"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -171,6 +184,7 @@ var Codes = []string{
 	CodeTeamInUse,
 	CodeKeyNotFound,
 	CodeInsufficientScope,
+	CodeQuotaExceeded,
 	CodeSSHKeyExists,
 	CodeSSHKeyNotFound,
 	CodeSSHKeyInvalid,
@@ -250,6 +264,7 @@ type Public struct {
 	Message         string
 	Retryable       bool
 	SuggestedAction string
+	Quota           *QuotaDetail
 }
 
 // Classify maps any error to its public view. Errors without a class are
@@ -269,6 +284,7 @@ func Classify(err error) Public {
 		if e.Final {
 			p.Retryable = false
 		}
+		p.Quota = e.Quota
 		return p
 	}
 	var te *InvalidTransitionError

@@ -203,7 +203,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/templates/{name}", Scope: access.MachinesRead, Handler: s.getTemplate},
 		{Method: "POST", Path: "/v1/templates", Scope: access.TemplatesWrite, Handler: s.buildTemplate},
 		{Method: "DELETE", Path: "/v1/templates/{name}", Scope: access.TemplatesWrite, Handler: s.deleteTemplate},
-	}, s.accessRoutes()...)
+	}, append(s.accessRoutes(), s.quotaRoutes()...)...)
 }
 
 // Handler returns the http.Handler serving every route.
@@ -259,7 +259,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if p.Status == http.StatusServiceUnavailable || p.Status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", retryAfter)
 	}
-	writeJSON(w, p.Status, api.Error{Code: p.Code, Message: p.Message, Retryable: p.Retryable, SuggestedAction: p.SuggestedAction})
+	body := api.Error{Code: p.Code, Message: p.Message, Retryable: p.Retryable, SuggestedAction: p.SuggestedAction}
+	if p.Quota != nil {
+		body.Quota = &api.QuotaExceeded{Name: p.Quota.Name, Limit: p.Quota.Limit, Used: p.Quota.Used}
+	}
+	writeJSON(w, p.Status, body)
 }
 
 // retryAfter is the Retry-After of every 503 and 429 the API sends, as the

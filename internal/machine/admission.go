@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 // Admission control. Every sandbox is given its memory_mb as a cgroup
@@ -28,29 +29,43 @@ type admission struct {
 	mu sync.Mutex
 }
 
-// admit runs take, which gives a machine of memMB a network slot in the
-// store (from then on the store counts its memory as committed), if the
-// host has room for it; otherwise it refuses with capacity_exhausted.
-// A "no free slot" from take becomes capacity_exhausted too. Spares make
-// room: when a machine does not fit, or finds no slot, the idle spares are
-// removed and it is tried again.
-func (m *Manager) admit(ctx context.Context, memMB int, take func() error) error {
-	return m.admitAs(ctx, memMB, take, false)
+// admit runs take, which gives rec a network slot in the store (from then
+// on the store counts its memory as committed, and it counts against its
+// team's quotas), if the host has room for it and its team is within its
+// quotas (quota.go; create says rec begins a lineage); otherwise it
+// refuses with capacity_exhausted or quota_exceeded. A "no free slot" from
+// take becomes capacity_exhausted too. Spares make room: when a machine
+// does not fit, or finds no slot, the idle spares are removed and it is
+// tried again.
+func (m *Manager) admit(ctx context.Context, rec *store.Machine, create bool, take func() error) error {
+	m.admission.mu.Lock()
+	defer m.admission.mu.Unlock()
+	if err := m.checkQuota(ctx, rec, create); err != nil {
+		return err
+	}
+	err := m.admitLocked(ctx, rec.MemoryMB, take)
+	if errdefs.Classify(err).Code != errdefs.CodeCapacityExhausted || m.spares.drain(ctx) == 0 {
+		return err
+	}
+	return m.admitLocked(ctx, rec.MemoryMB, take)
+}
+
+// admitQuota is admit for a machine that takes over a spare, whose memory
+// and slot are committed already: only its team's quotas are checked.
+func (m *Manager) admitQuota(ctx context.Context, rec *store.Machine, create bool, take func() error) error {
+	m.admission.mu.Lock()
+	defer m.admission.mu.Unlock()
+	if err := m.checkQuota(ctx, rec, create); err != nil {
+		return err
+	}
+	return take()
 }
 
 // admitSpare is admit for a spare, which never removes other spares: a
-// spare is made only where a machine would fit.
+// spare is made only where a machine would fit. A spare is no team's.
 func (m *Manager) admitSpare(ctx context.Context, memMB int, take func() error) error {
-	return m.admitAs(ctx, memMB, take, true)
-}
-
-func (m *Manager) admitAs(ctx context.Context, memMB int, take func() error, spare bool) error {
 	m.admission.mu.Lock()
 	defer m.admission.mu.Unlock()
-	err := m.admitLocked(ctx, memMB, take)
-	if spare || errdefs.Classify(err).Code != errdefs.CodeCapacityExhausted || m.spares.drain(ctx) == 0 {
-		return err
-	}
 	return m.admitLocked(ctx, memMB, take)
 }
 

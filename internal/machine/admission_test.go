@@ -85,7 +85,7 @@ func TestSparesMakeRoom(t *testing.T) {
 	}
 	rec := &store.Machine{ID: "b", TeamID: "team", State: api.StateCreating, Template: "minimal", CPUCount: 1, MemoryMB: 100,
 		ContainerID: "c-b", AgentToken: "x", CreatedAt: time.Now()}
-	if err := m.admit(ctx, rec.MemoryMB, func() error { return db.CreateMachine(ctx, rec, 16) }); err != nil {
+	if err := m.admit(ctx, rec, true, func() error { return db.CreateMachine(ctx, rec, 16) }); err != nil {
 		t.Fatalf("a machine that fits once the spares go: %v", err)
 	}
 	if n := len(m.Spares()); n != 0 {

@@ -41,7 +41,7 @@ func (m *Manager) RunSteps(ctx context.Context, rootfs, workdir string, env map[
 		return err
 	}
 	defer unlock()
-	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
+	if err := m.admit(ctx, rec, true, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return err
 	}
 	defer func() {

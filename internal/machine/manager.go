@@ -114,6 +114,9 @@ type Config struct {
 	// admission.go.
 	HostMemoryMB     int
 	MemoryOvercommit float64
+	// Quota is every team's default limits (zero: no limit); a team's own,
+	// set by the operator, take precedence (see quota.go).
+	Quota store.Quota
 	// AgentPort is the port agents listen on; default AgentPort (unit
 	// tests point it at a fake agent).
 	AgentPort int
@@ -439,7 +442,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		return nil, err
 	}
 	defer unlock()
-	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
+	if err := m.admit(ctx, rec, true, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	releaseTemplate() // the row in state creating now holds the template

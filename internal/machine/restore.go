@@ -232,7 +232,7 @@ func (m *Manager) restoreNew(ctx context.Context, rec *store.Machine, sn *store.
 			return nil
 		}
 		m.spares.poke() // the spare is gone
-		if errors.Is(err, errdefs.ErrFailedPrecondition) || ctx.Err() != nil {
+		if errors.Is(err, errdefs.ErrFailedPrecondition) || errdefs.Classify(err).Code == errdefs.CodeQuotaExceeded || ctx.Err() != nil {
 			return err // the snapshot itself is refused, or the operation was cancelled: a new container would not help
 		}
 		m.logger.WarnContext(ctx, "restore into a spare failed; restoring into a new container", "snapshot_id", sn.ID, "err", err)
@@ -255,12 +255,15 @@ func (m *Manager) restoreAs(ctx context.Context, rec *store.Machine, sn *store.S
 		return err
 	}
 	defer unlock()
+	// A machine without a lineage yet begins one (a child, a fork); with
+	// one, it is the next execution of a paused lineage (a resume).
+	create := rec.LineageID == ""
 	if sp != nil {
-		if err := m.store.CreateMachineFromSpare(ctx, rec, sp.Spare); err != nil {
+		if err := m.admitQuota(ctx, rec, create, func() error { return m.store.CreateMachineFromSpare(ctx, rec, sp.Spare) }); err != nil {
 			m.spares.destroy(ctx, sp)
 			return err
 		}
-	} else if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
+	} else if err := m.admit(ctx, rec, create, func() error { return m.store.CreateMachine(ctx, rec, m.net.Slots()) }); err != nil {
 		return err
 	}
 	if err := m.restoreInto(ctx, rec, sn, spec, opts); err != nil {
@@ -369,7 +372,7 @@ func (m *Manager) RestoreCheckpoint(ctx context.Context, teamID, id, snapshotID 
 	wasPaused := head.State == api.StatePaused
 	prevSnapshot := head.SnapshotID
 	if wasPaused {
-		if err := m.admit(ctx, head.MemoryMB, func() error { return m.store.AssignSlot(ctx, head, m.net.Slots()) }); err != nil {
+		if err := m.admit(ctx, head, false, func() error { return m.store.AssignSlot(ctx, head, m.net.Slots()) }); err != nil {
 			return nil, err
 		}
 	}

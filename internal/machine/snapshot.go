@@ -157,6 +157,9 @@ func (m *Manager) captureCall(ctx context.Context, teamID, id, kind, name string
 	case kind == api.SnapshotHibernate && head.Persistence == api.PersistenceEphemeral:
 		return nil, ephemeralPause(head)
 	}
+	if err := m.checkStorage(ctx, head.TeamID); err != nil {
+		return nil, err
+	}
 	return m.captureNamed(ctx, head, kind, 0, name)
 }
 

@@ -136,7 +136,7 @@ func (m *Manager) startLocked(ctx context.Context, id string) (*store.Machine, e
 	ctx = context.WithoutCancel(ctx)
 	opCtx, cancel := preemptible(ctx)
 	defer cancel()
-	if err := m.admit(ctx, rec.MemoryMB, func() error { return m.store.AssignSlot(ctx, rec, m.net.Slots()) }); err != nil {
+	if err := m.admit(ctx, rec, false, func() error { return m.store.AssignSlot(ctx, rec, m.net.Slots()) }); err != nil {
 		return nil, err
 	}
 	rec.ContainerID = newContainerID()

@@ -101,6 +101,9 @@ type Config struct {
 	// it); a create, resume, start or fork past it is refused with 503
 	// capacity_exhausted. Default machine.DefaultMemoryOvercommit (1.5).
 	MemoryOvercommit float64
+	// Quota is every team's default limits (0: none); the operator sets a
+	// team's own with PUT /v1/teams/{id}/quota.
+	Quota store.Quota
 	// Spares is how many containers are kept created ahead of restores, for
 	// the shapes of the newest snapshots; each costs ~16 MiB and a network
 	// slot and takes ~70 ms off a resume. 0 disables them. Default 2.
@@ -293,6 +296,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MemoryOvercommit == 0 {
 		c.MemoryOvercommit = machine.DefaultMemoryOvercommit
+	}
+	for name, v := range map[string]int64{"--quota-running-machines": c.Quota.RunningMachines, "--quota-vcpus": c.Quota.VCPUs,
+		"--quota-memory-mb": c.Quota.MemoryMB, "--quota-snapshot-bytes": c.Quota.SnapshotBytes, "--quota-creates-per-minute": c.Quota.CreatesPerMinute} {
+		if v < 0 {
+			return fmt.Errorf("%s must be 0 (no limit) or more, got %d", name, v)
+		}
 	}
 	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
 		return fmt.Errorf("--memory-overcommit must be more than 0 and at most 100, got %g (1 commits the host's memory once; the default is %g)", c.MemoryOvercommit, machine.DefaultMemoryOvercommit)
@@ -602,6 +611,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Nameservers:         hostNameservers(),
 		Spares:              cfg.Spares,
 		MemoryOvercommit:    cfg.MemoryOvercommit,
+		Quota:               cfg.Quota,
 		Events:              evlog,
 		Observe:             tel.Observe,
 		MetricsInterval:     cfg.MetricsInterval,

@@ -34,6 +34,31 @@ type APIKey struct {
 	LastUsedAt, ExpiresAt, RevokedAt time.Time
 }
 
+// Quota is a team's own limits, set by the operator; a field below zero
+// takes the server's default (its flag), zero means no limit.
+type Quota struct {
+	RunningMachines  int64
+	VCPUs            int64
+	MemoryMB         int64
+	SnapshotBytes    int64
+	CreatesPerMinute int64
+}
+
+// DefaultQuota is a quota that takes every default.
+var DefaultQuota = Quota{-1, -1, -1, -1, -1}
+
+// TeamUsage is what a team holds: the machines that hold a network slot
+// (they have, or are about to have, a sandbox), what they were given, and
+// the bytes of its ready snapshots; Creates counts its machines created
+// since the time asked.
+type TeamUsage struct {
+	RunningMachines int64
+	VCPUs           int64
+	MemoryMB        int64
+	SnapshotBytes   int64
+	Creates         int64
+}
+
 // Machine is a machine's stored record.
 type Machine struct {
 	ID            string

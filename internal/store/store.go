@@ -38,7 +38,8 @@ type Teams interface {
 	GetTeam(ctx context.Context, id string) (*Team, error)
 	// ListTeams returns the teams that are not deleted, oldest first.
 	ListTeams(ctx context.Context) ([]Team, error)
-	// DeleteTeam marks the team deleted and revokes its keys.
+	// DeleteTeam marks the team deleted, revokes its API keys and removes
+	// its SSH keys.
 	DeleteTeam(ctx context.Context, id string, now time.Time) error
 	CountTeams(ctx context.Context) (int, error)
 
@@ -57,6 +58,15 @@ type Teams interface {
 	RevokeAPIKey(ctx context.Context, id string, now time.Time) error
 	// TouchAPIKey records that the key was used at now.
 	TouchAPIKey(ctx context.Context, id string, now time.Time) error
+
+	// GetQuota returns a team's own limits (DefaultQuota if none were
+	// set); SetQuota replaces them.
+	GetQuota(ctx context.Context, teamID string) (Quota, error)
+	SetQuota(ctx context.Context, teamID string, q Quota) error
+	// TeamUsage is what the team holds now, and how many machines it
+	// created since since (lineages begun: forks, creates from snapshots
+	// and creates; not resumes).
+	TeamUsage(ctx context.Context, teamID string, since time.Time) (TeamUsage, error)
 }
 
 // Machines keeps machine records: one row per execution, chained into

@@ -74,6 +74,7 @@ var copyTables = tables(
 	"cursors: name seq:int",
 	"ssh_keys: id team_id name fingerprint public_key created_at:at",
 	"cluster_secrets: name value updated_at:optat",
+	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int",
 )
 
 // notCopied are the tables Copy leaves out, and why.

@@ -197,6 +197,7 @@ func fillNode(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
+	check(t, s.SetQuota(ctx, "u", store.Quota{RunningMachines: 3, VCPUs: -1, MemoryMB: 2048, SnapshotBytes: 0, CreatesPerMinute: 10}))
 	check(t, s.CreateSpare(ctx, &store.Spare{MachineID: "spare1", ContainerID: "c-spare1", Shape: `{"memory_mb":128}`, CreatedAt: tick()}, 64))
 }
 
@@ -326,6 +327,12 @@ func readAll(t *testing.T, s store.Store) map[string]any {
 	put("CountTeams", n, err)
 	teams, err := s.ListTeams(ctx)
 	put("ListTeams", teams, err)
+	for _, team := range []string{"t", "u"} {
+		q, err := s.GetQuota(ctx, team)
+		put("GetQuota "+team, q, err)
+		u, err := s.TeamUsage(ctx, team, copyBase)
+		put("TeamUsage "+team, u, err)
+	}
 	key, err := s.SSHKeyByFingerprint(ctx, "SHA256:fp1")
 	put("SSHKeyByFingerprint", key, err)
 
@@ -428,7 +435,7 @@ func TestCopySQLiteToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRows := map[string]int64{"teams": 2, "api_keys": 2, "machines": 7, "machine_metadata": 7, "machine_volumes": 5,
-		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2}
+		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1}
 	var total int64
 	for _, tc := range stats.Tables {
 		if tc.Rows != wantRows[tc.Table] {

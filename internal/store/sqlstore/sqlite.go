@@ -266,6 +266,15 @@ var sqliteMigrations = []string{
 	// names, scopes, an expiry and a revocation. The keys made before
 	// (the first start's) become the operator's.
 	keysMigration("TEXT"),
+	// 25: each team's own limits (-1: the server's default).
+	`CREATE TABLE team_quotas (
+		team_id TEXT PRIMARY KEY REFERENCES teams(id),
+		running_machines BIGINT NOT NULL DEFAULT -1,
+		vcpus BIGINT NOT NULL DEFAULT -1,
+		memory_mb BIGINT NOT NULL DEFAULT -1,
+		snapshot_bytes BIGINT NOT NULL DEFAULT -1,
+		creates_per_minute BIGINT NOT NULL DEFAULT -1
+	);`,
 }
 
 // keysMigration is migration 24 on either backend, with its time type.

@@ -57,8 +57,9 @@ func (s *DB) ListTeams(ctx context.Context) ([]store.Team, error) {
 		`SELECT `+teamColumns+` FROM teams WHERE deleted_at IS NULL ORDER BY created_at, id`, nil, scanTeam)
 }
 
-// DeleteTeam marks a team deleted and revokes its keys, in one
-// transaction: no key of a deleted team authenticates.
+// DeleteTeam marks a team deleted, revokes its API keys and removes its
+// SSH keys, in one transaction: no key of a deleted team authenticates,
+// and its public keys may be registered again by another team.
 func (s *DB) DeleteTeam(ctx context.Context, id string, now time.Time) error {
 	return s.inTx(ctx, "delete team "+id, func(c conn) error {
 		res, err := c.exec(ctx, `UPDATE teams SET deleted_at = ? WHERE id = ? AND deleted_at IS NULL`, at(now), id)
@@ -68,7 +69,10 @@ func (s *DB) DeleteTeam(ctx context.Context, id string, now time.Time) error {
 		if !exactlyOne(res) {
 			return teamNotFound(id)
 		}
-		_, err = c.exec(ctx, `UPDATE api_keys SET revoked_at = ? WHERE team_id = ? AND revoked_at IS NULL`, at(now), id)
+		if _, err = c.exec(ctx, `UPDATE api_keys SET revoked_at = ? WHERE team_id = ? AND revoked_at IS NULL`, at(now), id); err != nil {
+			return err
+		}
+		_, err = c.exec(ctx, `DELETE FROM ssh_keys WHERE team_id = ?`, id)
 		return err
 	})
 }
@@ -155,4 +159,47 @@ func (s *DB) TouchAPIKey(ctx context.Context, id string, now time.Time) error {
 		return fmt.Errorf("touch api key %s: %w", id, err)
 	}
 	return nil
+}
+
+// GetQuota returns a team's own limits.
+func (s *DB) GetQuota(ctx context.Context, teamID string) (store.Quota, error) {
+	q := store.DefaultQuota
+	err := s.c().queryRow(ctx, `SELECT running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute
+		FROM team_quotas WHERE team_id = ?`, teamID).Scan(&q.RunningMachines, &q.VCPUs, &q.MemoryMB, &q.SnapshotBytes, &q.CreatesPerMinute)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.DefaultQuota, nil
+	}
+	if err != nil {
+		return q, fmt.Errorf("get quota of team %s: %w", teamID, err)
+	}
+	return q, nil
+}
+
+// SetQuota replaces a team's own limits.
+func (s *DB) SetQuota(ctx context.Context, teamID string, q store.Quota) error {
+	return s.inTx(ctx, "set quota of team "+teamID, func(c conn) error {
+		if _, err := c.exec(ctx, `DELETE FROM team_quotas WHERE team_id = ?`, teamID); err != nil {
+			return err
+		}
+		_, err := c.exec(ctx, `INSERT INTO team_quotas (team_id, running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute)
+			VALUES (?, ?, ?, ?, ?, ?)`, teamID, q.RunningMachines, q.VCPUs, q.MemoryMB, q.SnapshotBytes, q.CreatesPerMinute)
+		return err
+	})
+}
+
+// TeamUsage is what a team holds, in one statement (one snapshot of the
+// database on either backend).
+func (s *DB) TeamUsage(ctx context.Context, teamID string, since time.Time) (store.TeamUsage, error) {
+	var u store.TeamUsage
+	err := s.c().queryRow(ctx, `SELECT
+		(SELECT count(*) FROM machines WHERE team_id = ? AND slot >= 0),
+		(SELECT CAST(coalesce(sum(cpu_count), 0) AS BIGINT) FROM machines WHERE team_id = ? AND slot >= 0),
+		(SELECT CAST(coalesce(sum(memory_mb), 0) AS BIGINT) FROM machines WHERE team_id = ? AND slot >= 0),
+		(SELECT CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM snapshots WHERE team_id = ? AND state = 'ready'),
+		(SELECT count(*) FROM machines WHERE team_id = ? AND created_at >= ? AND lineage_seq = 1)`,
+		teamID, teamID, teamID, teamID, teamID, at(since)).Scan(&u.RunningMachines, &u.VCPUs, &u.MemoryMB, &u.SnapshotBytes, &u.Creates)
+	if err != nil {
+		return u, fmt.Errorf("usage of team %s: %w", teamID, err)
+	}
+	return u, nil
 }

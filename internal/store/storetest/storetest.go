@@ -42,6 +42,7 @@ var tests = []struct {
 	run  func(t *testing.T, s store.Store)
 }{
 	{"Teams", testTeams},
+	{"Quotas", testQuotas},
 	{"MachineRoundTrip", testMachineRoundTrip},
 	{"MachineDefaults", testMachineDefaults},
 	{"MainProcess", testMainProcess},
@@ -343,8 +344,13 @@ func testTeams(t *testing.T, s store.Store) {
 	}
 	checkErr(t, "revoke an unknown key", s.RevokeAPIKey(ctx, "nope", used), errdefs.ErrNotFound, errdefs.CodeKeyNotFound)
 
-	// A deleted team: gone from lists, its keys revoked, its name free.
+	// A deleted team: gone from lists, its keys revoked, its SSH keys
+	// gone, its name free.
+	must(t, s.AddSSHKey(ctx, store.SSHKey{ID: "s1", TeamID: "t1", Name: "n", Fingerprint: "SHA256:t1", PublicKey: "ssh-ed25519 AAAA", CreatedAt: base}))
 	must(t, s.DeleteTeam(ctx, "t1", used))
+	if keys, err := s.ListSSHKeys(ctx, "t1"); err != nil || len(keys) != 0 {
+		t.Fatalf("SSH keys of a deleted team: %+v, %v", keys, err)
+	}
 	checkErr(t, "delete a deleted team", s.DeleteTeam(ctx, "t1", used), errdefs.ErrNotFound, errdefs.CodeTeamNotFound)
 	if got, err := s.APIKeyByHash(ctx, "hash2"); err != nil || !got.RevokedAt.Equal(used) {
 		t.Fatalf("a key of a deleted team: %+v, %v; want it revoked", got, err)
@@ -355,5 +361,42 @@ func testTeams(t *testing.T, s store.Store) {
 	must(t, s.CreateTeam(ctx, store.Team{ID: "t4", Name: "one", CreatedAt: used}))
 	if n, err := s.CountTeams(ctx); err != nil || n != 3 {
 		t.Fatalf("CountTeams counts deleted teams too: %d, %v; want 3", n, err)
+	}
+}
+
+// testQuotas: a team's own limits round-trip (defaults until set), and
+// its usage counts what holds a slot, its ready snapshots and the
+// lineages it began since a time, and nothing of another team's.
+func testQuotas(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	must(t, s.CreateTeam(ctx, store.Team{ID: "t", Name: "t", CreatedAt: base}))
+	if q, err := s.GetQuota(ctx, "t"); err != nil || q != store.DefaultQuota {
+		t.Fatalf("quota never set: %+v, %v; want the defaults", q, err)
+	}
+	q := store.Quota{RunningMachines: 5, VCPUs: -1, MemoryMB: 4096, SnapshotBytes: 1 << 30, CreatesPerMinute: 0}
+	must(t, s.SetQuota(ctx, "t", q))
+	must(t, s.SetQuota(ctx, "t", q)) // replaces
+	if got, err := s.GetQuota(ctx, "t"); err != nil || got != q {
+		t.Fatalf("quota %+v, %v; want %+v", got, err, q)
+	}
+
+	f := newFixture(t, s)
+	shape := func(cpu, mb int) func(*store.Machine) {
+		return func(m *store.Machine) { m.CPUCount, m.MemoryMB = cpu, mb }
+	}
+	f.machine("a", "t", "", api.StateRunning, shape(2, 512))
+	since := f.clock.Add(time.Millisecond)
+	b := f.machine("b", "t", "", api.StateRunning, shape(1, 256))
+	f.machine("b2", "t", b.LineageID, api.StateRunning, shape(1, 256)) // a resume: not a create
+	paused := f.machine("p", "t", "", api.StatePaused, shape(4, 1024))
+	f.update(paused, func(m *store.Machine) { m.Slot = -1 })
+	f.machine("o", "u", "", api.StateRunning, shape(8, 8192))
+	f.snapshot("s1", func(sn *store.Snapshot) { sn.SizeBytes = 1000 })
+	f.snapshot("s2", func(sn *store.Snapshot) { sn.SizeBytes = 234; sn.State = store.SnapshotWriting })
+	f.snapshot("s3", func(sn *store.Snapshot) { sn.SizeBytes = 99; sn.TeamID = "u" })
+	u, err := s.TeamUsage(ctx, "t", since)
+	want := store.TeamUsage{RunningMachines: 3, VCPUs: 4, MemoryMB: 1024, SnapshotBytes: 1000, Creates: 2}
+	if err != nil || u != want {
+		t.Fatalf("usage %+v, %v; want %+v", u, err, want)
 	}
 }

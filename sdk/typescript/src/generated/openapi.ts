@@ -1397,6 +1397,54 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/quotas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The team's quotas and use
+         * @description The limits in force for the caller's team (its own, set by the
+         *     operator, else the server's defaults; 0 is no limit) and what it
+         *     holds now. An operator key may name another team with `team_id`.
+         */
+        get: operations["getQuotas"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{id}/quota": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The team's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Set a team's quotas
+         * @description Replaces the team's own limits (operator scope): a limit left out
+         *     takes the server's default (`nullspace serve --quota-*`), 0 is no
+         *     limit. A limit lowered below the use stops nothing that runs; new
+         *     machines are refused until the use is under it.
+         */
+        put: operations["setTeamQuota"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/keys": {
         parameters: {
             query?: never;
@@ -1783,6 +1831,7 @@ export interface components {
          *     | `team_in_use` | 409 | false | The team has machines (delete with `force=true`), or it is the team of the key making the call. |
          *     | `key_not_found` | 404 | false | No API key with this id in the caller's team. |
          *     | `insufficient_scope` | 403 | false | The key is valid but lacks the scope the call needs (the message names it), or asks for a key with more scopes than its own. |
+         *     | `quota_exceeded` | 429 | false, true for `creates_per_minute` | A team quota refused the request before anything was made; `quota` names it, its limit and the use. Pause or kill machines, delete snapshots, or ask the operator to raise it. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1827,13 +1876,22 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "quota_exceeded" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
             retryable: boolean;
             /** @description What the caller should do next. Optional. */
             suggested_action?: string;
+            /** @description On `quota_exceeded` only, the quota the request passed. */
+            quota?: {
+                /** @enum {string} */
+                name: "running_machines" | "vcpus" | "memory_mb" | "snapshot_bytes" | "creates_per_minute";
+                /** Format: int64 */
+                limit: number;
+                /** Format: int64 */
+                used: number;
+            };
         };
         StringMap: {
             [key: string]: string;
@@ -2720,6 +2778,95 @@ export interface components {
             lost?: number;
             /** @description With `entry=true`: the path as it was when the create, write, chmod or rename was seen. */
             entry?: components["schemas"]["FileInfo"];
+        };
+        /** @description A team's limits; 0 is no limit. */
+        QuotaLimits: {
+            /**
+             * Format: int64
+             * @description Machines with a sandbox (running, or being made, resumed, paused...).
+             */
+            running_machines: number;
+            /**
+             * Format: int64
+             * @description vCPUs of those machines.
+             */
+            vcpus: number;
+            /**
+             * Format: int64
+             * @description MiB of memory of those machines.
+             */
+            memory_mb: number;
+            /**
+             * Format: int64
+             * @description Bytes of paused states, snapshots and checkpoints.
+             */
+            snapshot_bytes: number;
+            /**
+             * Format: int64
+             * @description Machines created (creates, children, forks; not resumes) in a minute.
+             */
+            creates_per_minute: number;
+        };
+        /** @description What a team holds now (creates_per_minute counts the last minute's). */
+        QuotaUsage: {
+            /**
+             * Format: int64
+             * @description Machines with a sandbox (running, or being made, resumed, paused...).
+             */
+            running_machines: number;
+            /**
+             * Format: int64
+             * @description vCPUs of those machines.
+             */
+            vcpus: number;
+            /**
+             * Format: int64
+             * @description MiB of memory of those machines.
+             */
+            memory_mb: number;
+            /**
+             * Format: int64
+             * @description Bytes of paused states, snapshots and checkpoints.
+             */
+            snapshot_bytes: number;
+            /**
+             * Format: int64
+             * @description Machines created (creates, children, forks; not resumes) in a minute.
+             */
+            creates_per_minute: number;
+        };
+        Quotas: {
+            team_id: string;
+            limits: components["schemas"]["QuotaLimits"];
+            usage: components["schemas"]["QuotaUsage"];
+        };
+        /** @description Body of `PUT /v1/teams/{id}/quota`; a limit left out takes the server's default, 0 is no limit. */
+        SetQuotaRequest: {
+            /**
+             * Format: int64
+             * @description Machines with a sandbox (running, or being made, resumed, paused...).
+             */
+            running_machines?: number;
+            /**
+             * Format: int64
+             * @description vCPUs of those machines.
+             */
+            vcpus?: number;
+            /**
+             * Format: int64
+             * @description MiB of memory of those machines.
+             */
+            memory_mb?: number;
+            /**
+             * Format: int64
+             * @description Bytes of paused states, snapshots and checkpoints.
+             */
+            snapshot_bytes?: number;
+            /**
+             * Format: int64
+             * @description Machines created (creates, children, forks; not resumes) in a minute.
+             */
+            creates_per_minute?: number;
         };
         /** @description A team owns machines, snapshots, volumes, templates and API keys. */
         Team: {
@@ -5129,6 +5276,90 @@ export interface operations {
             };
             /** @description `team_in_use`: the team has machines (use force=true), or it is the caller's own team. */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getQuotas: {
+        parameters: {
+            query?: {
+                /** @description Another team (operator scope). */
+                team_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Limits and use. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Quotas"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    setTeamQuota: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The team's id. */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                /**
+                 * @example {
+                 *       "running_machines": 10,
+                 *       "memory_mb": 8192,
+                 *       "creates_per_minute": 30
+                 *     }
+                 */
+                "application/json": components["schemas"]["SetQuotaRequest"];
+            };
+        };
+        responses: {
+            /** @description The limits in force and the use. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Quotas"];
+                };
+            };
+            400: components["responses"]["InvalidArgument"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };
