@@ -246,9 +246,13 @@ func testConcurrentEvents(t *testing.T, a, b store.Store) {
 		defer close(followed)
 		var after int64
 		for {
+			// Whether every append had returned before this read began:
+			// only such a read, finding nothing, is the last (one that
+			// began earlier may miss the last commit).
+			finished := false
 			select {
 			case <-done:
-				// One last read after every append has returned.
+				finished = true
 			default:
 			}
 			evs, err := a.ListEvents(ctx, store.EventFilter{After: after})
@@ -260,12 +264,10 @@ func testConcurrentEvents(t *testing.T, a, b store.Store) {
 				seen = append(seen, ev.Seq)
 				after = ev.Seq
 			}
-			select {
-			case <-done:
-				if len(evs) == 0 {
-					return
-				}
-			default:
+			if finished && len(evs) == 0 {
+				return
+			}
+			if !finished {
 				time.Sleep(time.Millisecond)
 			}
 		}
