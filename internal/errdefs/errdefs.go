@@ -10,6 +10,7 @@ package errdefs
 import (
 	"errors"
 	"net/http"
+	"time"
 )
 
 // Error classes. Match with errors.Is.
@@ -42,6 +43,9 @@ type Error struct {
 	// that is retryable by default (a paused machine without auto_resume
 	// is unavailable, but not for a while).
 	Final bool
+	// RetryAfter, when non-zero, is how long the caller should wait before
+	// trying again (sent as Retry-After, in whole seconds rounded up).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -131,6 +135,10 @@ const (
 	// CodeObjectStoreUnavailable: the object store (--object-store) did not
 	// answer, or kept failing, after retries; retryable, 503.
 	CodeObjectStoreUnavailable = "object_store_unavailable"
+	// CodeRateLimited: the caller (an API key, a source address) or the
+	// machine sent requests or opened connections faster than the
+	// server's rate limit; 429, retryable after its Retry-After.
+	CodeRateLimited = "rate_limited"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid       = "url_invalid"
@@ -179,6 +187,7 @@ var Codes = []string{
 	CodeCapacityExhausted,
 	CodeStoreUnavailable,
 	CodeObjectStoreUnavailable,
+	CodeRateLimited,
 	CodeSnapshotNotDurable,
 	CodeBodyTooLarge,
 	CodeBodyTooSlow,
@@ -250,6 +259,8 @@ type Public struct {
 	Message         string
 	Retryable       bool
 	SuggestedAction string
+	// RetryAfter is the Error's, if any: how long to wait before a retry.
+	RetryAfter time.Duration
 }
 
 // Classify maps any error to its public view. Errors without a class are
@@ -269,6 +280,7 @@ func Classify(err error) Public {
 		if e.Final {
 			p.Retryable = false
 		}
+		p.RetryAfter = e.RetryAfter
 		return p
 	}
 	var te *InvalidTransitionError
@@ -320,6 +332,16 @@ func classPublic(class error) Public {
 		return Public{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error", Retryable: true,
 			SuggestedAction: "retry; if it keeps failing, check the server log"}
 	}
+}
+
+// RateLimited is the error of a request refused by a rate limit: 429
+// rate_limited, retryable after retryAfter. what names what was limited
+// ("requests with this API key").
+func RateLimited(what string, retryAfter time.Duration) *Error {
+	return &Error{Class: ErrResourceExhausted, Code: CodeRateLimited, Status: http.StatusTooManyRequests,
+		Message:         "too many " + what + ": over the server's rate limit",
+		SuggestedAction: "retry after the Retry-After delay, and send requests more slowly",
+		RetryAfter:      retryAfter}
 }
 
 // InvalidTransitionError reports a lifecycle transition the state machine does not allow.
