@@ -15,6 +15,8 @@ import (
 	"container/list"
 	"fmt"
 	"math"
+	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -204,4 +206,25 @@ func (l *Limiter) Len() int {
 // rounded up, at least 1.
 func RetryAfterSeconds(d time.Duration) string {
 	return strconv.FormatInt(max(1, int64(math.Ceil(d.Seconds()))), 10)
+}
+
+// SourceKey is the bucket key of a client address ("host:port" or a bare
+// IP): its IP, or for IPv6 its /64, since one host commonly holds a whole
+// /64 and could otherwise spread a flood over fresh addresses of it. An
+// address that does not parse is its own key.
+func SourceKey(addr string) string {
+	host := addr
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.String()
+	}
+	return ip.String()
 }

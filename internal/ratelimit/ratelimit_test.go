@@ -288,3 +288,19 @@ func TestRetryAfterSeconds(t *testing.T) {
 		}
 	}
 }
+
+func TestSourceKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.7:5555":            "192.0.2.7",
+		"192.0.2.7":                 "192.0.2.7",
+		"[::ffff:192.0.2.7]:1":      "192.0.2.7",
+		"[2001:db8:1:2:3:4:5:6]:80": "2001:db8:1:2::/64",
+		"[2001:db8:1:2:ff::1]:81":   "2001:db8:1:2::/64",
+		"[fe80::1%eth0]:22":         "fe80::/64",
+		"@":                         "@",
+	} {
+		if got := SourceKey(in); got != want {
+			t.Errorf("SourceKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
