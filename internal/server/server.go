@@ -171,7 +171,8 @@ type Config struct {
 	// in a row); they are there to stop floods.
 	//
 	// RatePerKey limits the authenticated API requests of each API key
-	// (today a team's). Default DefaultRatePerKey.
+	// (today a team's), on the API and the E2B-compatible control plane
+	// together. Default DefaultRatePerKey.
 	RatePerKey ratelimit.Limit
 	// EdgeRatePerSource limits the edge's requests from one client address
 	// (an IPv6 client's /64), EdgeRatePerMachine those to one machine's
@@ -662,6 +663,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			cancel()
 		}
 	}()
+	// One budget per key, on the API and the E2B-compatible API alike.
+	perKey := ratelimit.New(ratelimit.Config{Default: cfg.RatePerKey})
 	var edgeSrv *edgeListener
 	var urls httpapi.URLIssuer
 	if cfg.EdgeAddr != "" {
@@ -691,6 +694,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			return nil, err
 		}
 		closers = append(closers, e2bSrv.ln)
+		e2bSrv.compat.WithRateLimit(perKey)
 		if edgeSrv != nil {
 			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
 		}
@@ -701,7 +705,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes).
-		WithRateLimit(ratelimit.New(ratelimit.Config{Default: cfg.RatePerKey}))
+		WithRateLimit(perKey)
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
 	}
