@@ -304,3 +304,33 @@ func TestSourceKey(t *testing.T) {
 		}
 	}
 }
+
+// The cost of a check, for the overhead budget (≤ 0.3 ms p50 for
+// authentication, scope, quota and rate checks together).
+func BenchmarkAllow(b *testing.B) {
+	l := New(Config{Default: Limit{Rate: 1e9, Burst: 1 << 30}})
+	b.Run("one key", func(b *testing.B) {
+		for b.Loop() {
+			l.Allow("team")
+		}
+	})
+	b.Run("one key parallel", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				l.Allow("team")
+			}
+		})
+	})
+	keys := make([]string, 1<<17)
+	for i := range keys {
+		keys[i] = fmt.Sprint("203.0.113.", i)
+	}
+	b.Run("distinct keys past the cap", func(b *testing.B) {
+		l := New(Config{Default: Limit{Rate: 1, Burst: 1}, MaxKeys: 1 << 16})
+		i := 0
+		for b.Loop() {
+			l.Allow(keys[i%len(keys)])
+			i++
+		}
+	})
+}
