@@ -171,7 +171,7 @@ type Config struct {
 	// in a row); they are there to stop floods.
 	//
 	// RatePerKey limits the authenticated API requests of each API key
-	// (today a team's), on the API and the E2B-compatible control plane
+	// (by its id), on the API and the E2B-compatible control plane
 	// together. Default DefaultRatePerKey.
 	RatePerKey ratelimit.Limit
 	// EdgeRatePerSource limits the edge's requests from one client address
