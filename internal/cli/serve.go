@@ -102,6 +102,11 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 	f.Int64Var(&cfg.EdgeHoldBodyBytes, "edge-hold-body-bytes", cfg.EdgeHoldBodyBytes, "largest request body held while its machine wakes; a larger one gets 503 machine_wake_body_too_large")
 	f.StringArrayVar(&cfg.TemplateSourceDirs, "template-source-dir", nil, "host directory whose directories and tarballs POST /v1/templates may name as from_dir/from_tarball (repeatable; none by default: other host paths are refused, uploads work)")
 	f.Int64Var(&cfg.TemplateUploadMaxBytes, "template-upload-max-bytes", cfg.TemplateUploadMaxBytes, "largest tarball one template upload may send (it may unpack to 4 times as much)")
+	f.Var(&cfg.RatePerKey, "rate-limit-per-key", "API requests per second and burst allowed to each API key; past it 429 rate_limited with Retry-After (0: no limit)")
+	f.Var(&cfg.EdgeRatePerSource, "edge-rate-per-source", "edge requests per second and burst allowed from one client address (an IPv6 /64); past it 429 rate_limited (0: no limit; use 0 behind a proxy, whose address every request has)")
+	f.Var(&cfg.EdgeRatePerMachine, "edge-rate-per-machine", "edge requests per second and burst allowed to one machine's URLs; past it 429 rate_limited (0: no limit)")
+	f.Var(&cfg.SSHRatePerSource, "ssh-rate-per-source", "new SSH gateway connections per second and burst allowed from one client address (0: no limit)")
+	f.Var(&cfg.SSHRatePerMachine, "ssh-rate-per-machine", "new SSH sessions per second and burst allowed on one machine (0: no limit)")
 	f.StringVar(&templates, "builtin-templates", strings.Join(cfg.BuiltinTemplates, ","), "built-in templates to make ready at start")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	return cmd

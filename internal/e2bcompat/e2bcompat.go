@@ -36,6 +36,7 @@ import (
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -106,6 +107,17 @@ type Server struct {
 	secret   []byte
 	control  *http.ServeMux
 	envd     http.Handler
+	// limits is the rate limit of authenticated control-plane calls, by
+	// API key id (nil: none): the API's, so a key has one budget on both.
+	limits *ratelimit.Limiter
+}
+
+// WithRateLimit limits the authenticated control-plane calls of each API
+// key with l (nil: no limit): past it 429 with Retry-After. envd calls (by a
+// sandbox's access token) are not counted here.
+func (s *Server) WithRateLimit(l *ratelimit.Limiter) *Server {
+	s.limits = l
+	return s
 }
 
 // New returns the compatibility layer; bg outlives requests (wakes run on

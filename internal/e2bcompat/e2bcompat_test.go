@@ -199,7 +199,7 @@ type keys map[string]string
 
 func (k keys) Authenticate(ctx context.Context, key string) (*access.Principal, error) {
 	if t, ok := k[key]; ok {
-		return &access.Principal{TeamID: t, Scopes: access.Scopes{access.MachinesWrite}}, nil
+		return &access.Principal{TeamID: t, KeyID: "id-" + key, Scopes: access.Scopes{access.MachinesWrite}}, nil
 	}
 	return nil, errdefs.ErrUnauthenticated
 }

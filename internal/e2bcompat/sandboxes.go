@@ -18,6 +18,7 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/store"
 )
 
@@ -97,6 +98,10 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				s.writeError(w, r, err)
 				return
 			}
+			if ok, after := s.limits.Allow(p.KeyID); !ok {
+				s.writeError(w, r, errdefs.RateLimited("calls with this API key", after))
+				return
+			}
 			// E2B's calls read (GET) or act on sandboxes and their
 			// snapshots.
 			need := access.MachinesWrite
@@ -135,7 +140,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if p.Status >= 500 {
 		s.logger.Warn("e2b call failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	if p.Status == http.StatusTooManyRequests || p.Status == http.StatusServiceUnavailable {
+	if p.RetryAfter > 0 {
+		w.Header().Set("Retry-After", ratelimit.RetryAfterSeconds(p.RetryAfter))
+	} else if p.Status == http.StatusTooManyRequests || p.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
 	msg := p.Message

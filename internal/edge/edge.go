@@ -30,6 +30,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/reqbody"
 )
 
@@ -86,6 +87,15 @@ type Config struct {
 	// held; a larger body gets 503 machine_wake_body_too_large (retryable:
 	// once the machine is awake bodies stream). Default DefaultHoldBodyLimit.
 	HoldBodyLimit int64
+	// RatePerSource limits the requests of one client address (an IPv6
+	// client's /64), whatever they are for; RatePerMachine the requests
+	// that reach one machine's URLs (counted once the URL is authorized,
+	// so strangers cannot spend a private machine's budget). Past either,
+	// a request gets 429 rate_limited with Retry-After before anything is
+	// looked up or woken. Requests, not TCP connections, are counted: a
+	// kept-alive connection or an HTTP/2 one carries any number, and each
+	// costs a route look-up and maybe an upstream dial. Zero: no limit.
+	RatePerSource, RatePerMachine ratelimit.Limit
 }
 
 // Defaults of Config.
@@ -111,6 +121,8 @@ type Server struct {
 	wakes    singleflight.Group
 	routes   routes
 	gates    gates
+	// perSource and perMachine are Config's rate limits (nil: none).
+	perSource, perMachine *ratelimit.Limiter
 	// domainHost is Domain without its port, lower-case.
 	domainHost string
 	// bg is the context wakes run under: a client that leaves does not
@@ -140,7 +152,9 @@ func New(bg context.Context, cfg Config, machines Machines, keys *Keys, reg prom
 		cfg.PathBase = scheme(cfg.TLS) + "://" + cfg.Domain
 	}
 	s := &Server{cfg: cfg, machines: machines, keys: keys, logger: logger, metrics: newMetrics(reg),
-		domainHost: host, bg: context.WithoutCancel(bg)}
+		domainHost: host, bg: context.WithoutCancel(bg),
+		perSource:  ratelimit.New(ratelimit.Config{Default: cfg.RatePerSource}),
+		perMachine: ratelimit.New(ratelimit.Config{Default: cfg.RatePerMachine})}
 	s.proxy = s.newProxy()
 	return s, nil
 }
@@ -260,6 +274,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
+	if ok, after := s.perSource.Allow(ratelimit.SourceKey(r.RemoteAddr)); !ok {
+		s.refuse(w, r, req, rateLimited("requests from your address", after))
+		return
+	}
 	if n := headerBytes(r); n > MaxHeaderBytes {
 		s.refuse(w, r, req, refusal{Status: http.StatusRequestHeaderFieldsTooLarge, Code: errdefs.CodeHeadersTooLarge,
 			Message: fmt.Sprintf("the request's line and headers are %d bytes, over the edge's limit of %d", n, MaxHeaderBytes),
@@ -291,6 +309,10 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 	}
 	if ref, ok := s.authorize(r, l); !ok {
 		s.refuse(w, r, req, ref)
+		return
+	}
+	if ok, after := s.perMachine.Allow(l.LineageID); !ok {
+		s.refuse(w, r, req, rateLimited(fmt.Sprintf("requests to machine %s", l.LineageID), after))
 		return
 	}
 	// Browsers get each machine port as an origin of its own: its cookies

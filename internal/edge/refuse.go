@@ -5,8 +5,11 @@ import (
 	"html/template"
 	"net/http"
 	"strings"
+	"time"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/ratelimit"
 )
 
 // refusal is an answer the edge gives itself instead of the machine's.
@@ -16,6 +19,9 @@ type refusal struct {
 	Message   string
 	Retryable bool
 	Action    string
+	// RetryAfter, when non-zero, is sent as Retry-After instead of the
+	// 503s' RetryAfter.
+	RetryAfter time.Duration
 }
 
 // RetryAfter is the Retry-After of every 503 the edge sends (reference
@@ -28,13 +34,23 @@ func unavailable(code, msg string, retryable bool, action string) refusal {
 	return refusal{Status: http.StatusServiceUnavailable, Code: code, Message: msg, Retryable: retryable, Action: action}
 }
 
+// rateLimited is the answer past a rate limit (Config.RatePerSource,
+// RatePerMachine): errdefs' 429 rate_limited.
+func rateLimited(what string, after time.Duration) refusal {
+	p := errdefs.Classify(errdefs.RateLimited(what, after))
+	return refusal{Status: p.Status, Code: p.Code, Message: p.Message, Retryable: p.Retryable, Action: p.SuggestedAction,
+		RetryAfter: p.RetryAfter}
+}
+
 // refuse writes a refusal: the standard JSON error body, or a small HTML
 // page for a browser navigation.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, req *request, f refusal) {
 	req.code = f.Code
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
-	if f.Status == http.StatusServiceUnavailable {
+	if f.RetryAfter > 0 {
+		h.Set("Retry-After", ratelimit.RetryAfterSeconds(f.RetryAfter))
+	} else if f.Status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", RetryAfter)
 	}
 	if s.e2bNotFound(req, f) {

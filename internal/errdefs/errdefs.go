@@ -10,6 +10,7 @@ package errdefs
 import (
 	"errors"
 	"net/http"
+	"time"
 )
 
 // Error classes. Match with errors.Is.
@@ -42,6 +43,9 @@ type Error struct {
 	// that is retryable by default (a paused machine without auto_resume
 	// is unavailable, but not for a while).
 	Final bool
+	// RetryAfter, when non-zero, is how long the caller should wait before
+	// trying again (sent as Retry-After, in whole seconds rounded up).
+	RetryAfter time.Duration
 	// Quota names the limit a quota_exceeded error hit.
 	Quota *QuotaDetail
 }
@@ -140,6 +144,10 @@ const (
 	// CodeObjectStoreUnavailable: the object store (--object-store) did not
 	// answer, or kept failing, after retries; retryable, 503.
 	CodeObjectStoreUnavailable = "object_store_unavailable"
+	// CodeRateLimited: the caller (an API key, a source address) or the
+	// machine sent requests or opened connections faster than the
+	// server's rate limit; 429, retryable after its Retry-After.
+	CodeRateLimited = "rate_limited"
 
 	// The edge's codes (public machine URLs; see internal/edge).
 	CodeURLInvalid       = "url_invalid"
@@ -193,6 +201,7 @@ var Codes = []string{
 	CodeCapacityExhausted,
 	CodeStoreUnavailable,
 	CodeObjectStoreUnavailable,
+	CodeRateLimited,
 	CodeSnapshotNotDurable,
 	CodeBodyTooLarge,
 	CodeBodyTooSlow,
@@ -264,7 +273,9 @@ type Public struct {
 	Message         string
 	Retryable       bool
 	SuggestedAction string
-	Quota           *QuotaDetail
+	// RetryAfter is the Error's, if any: how long to wait before a retry.
+	RetryAfter time.Duration
+	Quota      *QuotaDetail
 }
 
 // Classify maps any error to its public view. Errors without a class are
@@ -284,6 +295,7 @@ func Classify(err error) Public {
 		if e.Final {
 			p.Retryable = false
 		}
+		p.RetryAfter = e.RetryAfter
 		p.Quota = e.Quota
 		return p
 	}
@@ -336,6 +348,16 @@ func classPublic(class error) Public {
 		return Public{Status: http.StatusInternalServerError, Code: CodeInternal, Message: "internal error", Retryable: true,
 			SuggestedAction: "retry; if it keeps failing, check the server log"}
 	}
+}
+
+// RateLimited is the error of a request refused by a rate limit: 429
+// rate_limited, retryable after retryAfter. what names what was limited
+// ("requests with this API key").
+func RateLimited(what string, retryAfter time.Duration) *Error {
+	return &Error{Class: ErrResourceExhausted, Code: CodeRateLimited, Status: http.StatusTooManyRequests,
+		Message:         "too many " + what + ": over the server's rate limit",
+		SuggestedAction: "retry after the Retry-After delay, and send requests more slowly",
+		RetryAfter:      retryAfter}
 }
 
 // InvalidTransitionError reports a lifecycle transition the state machine does not allow.

@@ -27,6 +27,7 @@ import (
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/reqbody"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
@@ -84,6 +85,29 @@ type Server struct {
 	node      string // the server's node name, for GET /v1/health
 	// maxUpload bounds a tarball uploaded to POST /v1/templates.
 	maxUpload int64
+	// limits is the rate limit of authenticated requests, by API key id
+	// (nil: none).
+	limits *ratelimit.Limiter
+}
+
+// WithRateLimit limits the authenticated requests of each API key with l
+// (nil: no limit); a request over it gets 429 rate_limited with
+// Retry-After, and nothing is done. Public routes are not limited.
+func (s *Server) WithRateLimit(l *ratelimit.Limiter) *Server {
+	s.limits = l
+	return s
+}
+
+// limited takes a token of the bucket of key (an API key's id), or
+// answers the request with 429 rate_limited and returns true. It runs
+// right after authentication, before the scope check: every request a key
+// authenticates counts.
+func (s *Server) limited(w http.ResponseWriter, r *http.Request, key string) bool {
+	ok, after := s.limits.Allow(key)
+	if !ok {
+		s.writeError(w, r, errdefs.RateLimited("requests with this API key", after))
+	}
+	return !ok
 }
 
 // WithTemplateUploadLimit bounds the body of a tarball upload to
@@ -233,6 +257,9 @@ func (s *Server) wrap(rt Route) http.Handler {
 				s.writeError(w, r, err)
 				return
 			}
+			if s.limited(w, r, p.KeyID) {
+				return
+			}
 			if rt.Scope != "" && !p.Scopes.Has(rt.Scope) {
 				s.writeError(w, r, access.Need(rt.Scope))
 				return
@@ -256,7 +283,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		s.logger.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	}
-	if p.Status == http.StatusServiceUnavailable || p.Status == http.StatusTooManyRequests {
+	if p.RetryAfter > 0 {
+		w.Header().Set("Retry-After", ratelimit.RetryAfterSeconds(p.RetryAfter))
+	} else if p.Status == http.StatusServiceUnavailable || p.Status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", retryAfter)
 	}
 	body := api.Error{Code: p.Code, Message: p.Message, Retryable: p.Retryable, SuggestedAction: p.SuggestedAction}

@@ -2,6 +2,7 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -100,7 +101,13 @@ func (m *Manager) checkQuota(ctx context.Context, rec *store.Machine, create boo
 		}
 	}
 	if create {
-		return over(QuotaCreatesPerMinute, q.CreatesPerMinute, u.Creates, 1)
+		err := over(QuotaCreatesPerMinute, q.CreatesPerMinute, u.Creates, 1)
+		var e *errdefs.Error
+		if errors.As(err, &e) {
+			// The oldest create of the window leaves it then.
+			e.RetryAfter = max(time.Until(u.FirstCreate.Add(rateWindow)), time.Second)
+		}
+		return err
 	}
 	return nil
 }

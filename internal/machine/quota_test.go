@@ -144,7 +144,7 @@ func TestQuotaLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = create(1, 64)
-	if p, ok := quotaOf(err); !ok || p.Quota.Name != QuotaCreatesPerMinute || !p.Retryable {
+	if p, ok := quotaOf(err); !ok || p.Quota.Name != QuotaCreatesPerMinute || !p.Retryable || p.RetryAfter <= 0 || p.RetryAfter > time.Minute {
 		t.Fatalf("a third create in a minute at 2 a minute: %+v, want the retryable creates_per_minute quota", errdefs.Classify(err))
 	}
 

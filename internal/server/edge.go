@@ -55,7 +55,8 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 	}
 	tlsOn := cfg.EdgeTLSCert != ""
 	ecfg := edge.Config{Domain: domain, TLS: tlsOn, WakeTimeout: cfg.EdgeWakeTimeout, HoldBodyLimit: cfg.EdgeHoldBodyBytes,
-		PathBase: pathBase(domain, ln.Addr().(*net.TCPAddr), tlsOn)}
+		PathBase:      pathBase(domain, ln.Addr().(*net.TCPAddr), tlsOn),
+		RatePerSource: cfg.EdgeRatePerSource, RatePerMachine: cfg.EdgeRatePerMachine}
 	e, err := edge.New(bg, ecfg, &edgeMachines{mgr: mgr}, keys, tel.Registry(), logger.With("component", "edge"))
 	if err != nil {
 		ln.Close()

@@ -36,6 +36,7 @@ import (
 	"nullspace.dev/nullspace/internal/objstore"
 	"nullspace.dev/nullspace/internal/objstore/chunks"
 	"nullspace.dev/nullspace/internal/objstore/s3"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/retention"
 	"nullspace.dev/nullspace/internal/runtime/gvisor"
 	"nullspace.dev/nullspace/internal/snapshot"
@@ -165,6 +166,26 @@ type Config struct {
 	// any); none by default (internal/cors).
 	CORSOrigins []string
 
+	// Rate limits (token buckets, internal/ratelimit); a zero Limit turns
+	// one off. Past one, the API and the edge answer 429 rate_limited with
+	// Retry-After, the SSH gateway refuses with rate_limited. The defaults
+	// are far above what one client does by hand or with the SDKs (the e2e
+	// suite included: 200 requests at once to one machine's URL, 500 execs
+	// in a row); they are there to stop floods.
+	//
+	// RatePerKey limits the authenticated API requests of each API key
+	// (by its id), on the API and the E2B-compatible control plane
+	// together. Default DefaultRatePerKey.
+	RatePerKey ratelimit.Limit
+	// EdgeRatePerSource limits the edge's requests from one client address
+	// (an IPv6 client's /64), EdgeRatePerMachine those to one machine's
+	// URLs. Defaults DefaultEdgeRatePerSource, DefaultEdgeRatePerMachine.
+	EdgeRatePerSource, EdgeRatePerMachine ratelimit.Limit
+	// SSHRatePerSource limits the SSH gateway's new connections from one
+	// client address, SSHRatePerMachine its new sessions on one machine.
+	// Defaults DefaultSSHRatePerSource, DefaultSSHRatePerMachine.
+	SSHRatePerSource, SSHRatePerMachine ratelimit.Limit
+
 	// NodeName names this server on the host; its host objects' names
 	// derive from it (NodeHostNames), so that servers with different node
 	// names never touch each other's machines. Default: the one recorded in
@@ -185,6 +206,16 @@ type Config struct {
 	// the node name; tests and benchmarks set them.
 	Names HostNames
 }
+
+// Default rate limits (Config), in requests (at the SSH gateway,
+// connections and sessions) per second and burst.
+var (
+	DefaultRatePerKey         = ratelimit.Limit{Rate: 100, Burst: 1000}
+	DefaultEdgeRatePerSource  = ratelimit.Limit{Rate: 100, Burst: 500}
+	DefaultEdgeRatePerMachine = ratelimit.Limit{Rate: 200, Burst: 500}
+	DefaultSSHRatePerSource   = ratelimit.Limit{Rate: 20, Burst: 100}
+	DefaultSSHRatePerMachine  = ratelimit.Limit{Rate: 20, Burst: 100}
+)
 
 // HostNames name the host objects a server makes. Those of node "local"
 // are in DefaultHostNames.
@@ -219,6 +250,11 @@ func Defaults() Config {
 		EdgeHoldBodyBytes:      edge.DefaultHoldBodyLimit,
 		EdgeHeaderTimeout:      10 * time.Second,
 		MinBodyRate:            minrate.Default,
+		RatePerKey:             DefaultRatePerKey,
+		EdgeRatePerSource:      DefaultEdgeRatePerSource,
+		EdgeRatePerMachine:     DefaultEdgeRatePerMachine,
+		SSHRatePerSource:       DefaultSSHRatePerSource,
+		SSHRatePerMachine:      DefaultSSHRatePerMachine,
 		DatabaseURL:            os.Getenv("NULLSPACE_DATABASE_URL"),
 		ObjectStore:            os.Getenv("NULLSPACE_OBJECT_STORE"),
 	}
@@ -637,6 +673,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			cancel()
 		}
 	}()
+	// One budget per key, on the API and the E2B-compatible API alike.
+	perKey := ratelimit.New(ratelimit.Config{Default: cfg.RatePerKey})
 	var edgeSrv *edgeListener
 	var urls httpapi.URLIssuer
 	if cfg.EdgeAddr != "" {
@@ -666,6 +704,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			return nil, err
 		}
 		closers = append(closers, e2bSrv.ln)
+		e2bSrv.compat.WithRateLimit(perKey)
 		if edgeSrv != nil {
 			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
 		}
@@ -675,7 +714,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
 		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithSSH(sshAccess).WithNode(cfg.NodeName).
-		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes)
+		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes).
+		WithRateLimit(perKey)
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
 	}

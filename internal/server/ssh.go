@@ -24,7 +24,8 @@ type sshListener struct {
 
 // startSSH makes the SSH gateway and listens on its address.
 func startSSH(bg context.Context, cfg Config, mgr *machine.Manager, keys *sshgate.Keys, logger *slog.Logger) (*sshListener, error) {
-	gate, err := sshgate.New(bg, sshgate.Config{DataDir: cfg.DataDir, WakeTimeout: cfg.EdgeWakeTimeout},
+	gate, err := sshgate.New(bg, sshgate.Config{DataDir: cfg.DataDir, WakeTimeout: cfg.EdgeWakeTimeout,
+		RatePerSource: cfg.SSHRatePerSource, RatePerMachine: cfg.SSHRatePerMachine},
 		&sshMachines{edgeMachines: edgeMachines{mgr: mgr}}, keys, logger.With("component", "ssh"))
 	if err != nil {
 		return nil, err

@@ -25,6 +25,7 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/terminal"
 )
 
@@ -54,6 +55,16 @@ type Config struct {
 	AuthFreeFailures, AuthLockoutFailures int
 	AuthBaseDelay, AuthMaxDelay           time.Duration
 	AuthFailureWindow                     time.Duration
+
+	// RatePerSource limits the new connections of one client address (an
+	// IPv6 client's /64): past it a connection is closed before the key
+	// exchange, with one line saying why (`ssh -v` shows it).
+	// RatePerMachine limits the new sessions (shells, commands) on one
+	// machine, over all connections: past it a session channel is refused
+	// with rate_limited, which OpenSSH prints ("open failed"). Sessions,
+	// not connections, are what reach a machine, and one connection
+	// (OpenSSH's ControlMaster) can carry many. Zero: no limit.
+	RatePerSource, RatePerMachine ratelimit.Limit
 }
 
 // Agent is what a session needs of a machine's agent (an
@@ -94,6 +105,8 @@ type Server struct {
 	logger   *slog.Logger
 	bg       context.Context
 	throttle *throttle
+	// perSource and perMachine are Config's rate limits (nil: none).
+	perSource, perMachine *ratelimit.Limiter
 
 	wg sync.WaitGroup // connections
 }
@@ -127,7 +140,9 @@ func New(bg context.Context, cfg Config, machines Machines, keys *Keys, logger *
 		cfg.AuthFailureWindow = DefaultAuthFailureWindow
 	}
 	s := &Server{cfg: cfg, machines: machines, keys: keys, tokens: tokens, hostKey: signer.PublicKey(),
-		logger: logger, bg: bg, throttle: newThrottle(cfg)}
+		logger: logger, bg: bg, throttle: newThrottle(cfg),
+		perSource:  ratelimit.New(ratelimit.Config{Default: cfg.RatePerSource}),
+		perMachine: ratelimit.New(ratelimit.Config{Default: cfg.RatePerMachine})}
 	s.ssh = &ssh.ServerConfig{
 		ServerVersion: "SSH-2.0-Nullspace",
 		MaxAuthTries:  6,
@@ -268,6 +283,15 @@ func (s *Server) Wait() {
 
 func (s *Server) serveConn(nc net.Conn) {
 	defer nc.Close()
+	if ok, after := s.perSource.Allow(ratelimit.SourceKey(nc.RemoteAddr().String())); !ok {
+		// Before the key exchange, the server may send lines other than
+		// its version (RFC 4253 4.2): the reason, for ssh -v and nc.
+		s.logger.Debug("ssh connection rate limited", "remote", nc.RemoteAddr())
+		nc.SetWriteDeadline(time.Now().Add(time.Second))
+		fmt.Fprintf(nc, "nullspace: %s: too many new SSH connections from your address: retry in %ss\r\n",
+			errdefs.CodeRateLimited, ratelimit.RetryAfterSeconds(after))
+		return
+	}
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sc, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	if err != nil {
@@ -296,6 +320,12 @@ func (s *Server) serveConn(nc net.Conn) {
 	for nch := range chans {
 		if nch.ChannelType() != "session" {
 			nch.Reject(ssh.UnknownChannelType, fmt.Sprintf("%s channels are not supported: only sessions (shells and commands)", nch.ChannelType()))
+			continue
+		}
+		if ok, after := s.perMachine.Allow(ext[extLineage]); !ok {
+			log.Debug("ssh session rate limited")
+			nch.Reject(ssh.ResourceShortage, fmt.Sprintf("%s: too many new sessions on machine %s: retry in %ss",
+				errdefs.CodeRateLimited, ext[extLineage], ratelimit.RetryAfterSeconds(after)))
 			continue
 		}
 		ch, creqs, err := nch.Accept()

@@ -57,6 +57,8 @@ type TeamUsage struct {
 	MemoryMB        int64
 	SnapshotBytes   int64
 	Creates         int64
+	// FirstCreate is when the oldest of those creates was (zero: none).
+	FirstCreate time.Time
 }
 
 // Machine is a machine's stored record.

@@ -196,8 +196,10 @@ func (s *DB) TeamUsage(ctx context.Context, teamID string, since time.Time) (sto
 		(SELECT CAST(coalesce(sum(cpu_count), 0) AS BIGINT) FROM machines WHERE team_id = ? AND slot >= 0),
 		(SELECT CAST(coalesce(sum(memory_mb), 0) AS BIGINT) FROM machines WHERE team_id = ? AND slot >= 0),
 		(SELECT CAST(coalesce(sum(size_bytes), 0) AS BIGINT) FROM snapshots WHERE team_id = ? AND state = 'ready'),
-		(SELECT count(*) FROM machines WHERE team_id = ? AND created_at >= ? AND lineage_seq = 1)`,
-		teamID, teamID, teamID, teamID, teamID, at(since)).Scan(&u.RunningMachines, &u.VCPUs, &u.MemoryMB, &u.SnapshotBytes, &u.Creates)
+		(SELECT count(*) FROM machines WHERE team_id = ? AND created_at >= ? AND lineage_seq = 1),
+		(SELECT min(created_at) FROM machines WHERE team_id = ? AND created_at >= ? AND lineage_seq = 1)`,
+		teamID, teamID, teamID, teamID, teamID, at(since), teamID, at(since)).Scan(&u.RunningMachines, &u.VCPUs, &u.MemoryMB,
+		&u.SnapshotBytes, &u.Creates, timeDest{&u.FirstCreate})
 	if err != nil {
 		return u, fmt.Errorf("usage of team %s: %w", teamID, err)
 	}

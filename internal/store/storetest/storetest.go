@@ -395,7 +395,7 @@ func testQuotas(t *testing.T, s store.Store) {
 	f.snapshot("s2", func(sn *store.Snapshot) { sn.SizeBytes = 234; sn.State = store.SnapshotWriting })
 	f.snapshot("s3", func(sn *store.Snapshot) { sn.SizeBytes = 99; sn.TeamID = "u" })
 	u, err := s.TeamUsage(ctx, "t", since)
-	want := store.TeamUsage{RunningMachines: 3, VCPUs: 4, MemoryMB: 1024, SnapshotBytes: 1000, Creates: 2}
+	want := store.TeamUsage{RunningMachines: 3, VCPUs: 4, MemoryMB: 1024, SnapshotBytes: 1000, Creates: 2, FirstCreate: b.CreatedAt}
 	if err != nil || u != want {
 		t.Fatalf("usage %+v, %v; want %+v", u, err, want)
 	}
