@@ -104,8 +104,13 @@ func (s *Server) unsupported(what, instead string) handler {
 // error_code. A 429 or 503 carries Retry-After.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
-	if p.Status >= 500 {
-		s.logger.Warn("e2b call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	switch {
+	case p.Status >= 500:
+		s.logger.ErrorContext(r.Context(), "e2b call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	case p.Hidden:
+		s.logger.WarnContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	default:
+		s.logger.DebugContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	}
 	if p.Status == http.StatusTooManyRequests || p.Status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
