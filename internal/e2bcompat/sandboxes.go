@@ -26,7 +26,15 @@ type handler func(w http.ResponseWriter, r *http.Request, team string) error
 // routes are E2B's REST paths, as the SDKs call them.
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	for pattern, h := range map[string]handler{
+	for pattern, h := range s.controlRoutes() {
+		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
+	}
+	return mux
+}
+
+// controlRoutes are the control plane's handlers by pattern.
+func (s *Server) controlRoutes() map[string]handler {
+	return map[string]handler{
 		"POST /sandboxes":                 s.create,
 		"POST /v2/sandboxes":              s.create,
 		"GET /sandboxes":                  s.listV1,
@@ -52,10 +60,7 @@ func (s *Server) routes() *http.ServeMux {
 		"POST /volumes":                   s.unsupported("E2B volumes", "use Nullspace volumes (POST /v1/volumes) and mount them at create"),
 		"GET /volumes":                    s.unsupported("E2B volumes", "use Nullspace volumes (GET /v1/volumes)"),
 		"/":                               s.unsupported("this call", "see the README's table of the E2B calls that are served"),
-	} {
-		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
 	}
-	return mux
 }
 
 // serve authenticates a control-plane call (X-API-KEY, as the SDKs send
