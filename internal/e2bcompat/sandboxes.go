@@ -29,7 +29,7 @@ type handler func(w http.ResponseWriter, r *http.Request, team string) error
 // routes are E2B's REST paths, as the SDKs call them.
 func (s *Server) routes() *http.ServeMux {
 	mux := http.NewServeMux()
-	for pattern, h := range s.table() {
+	for pattern, h := range s.controlRoutes() {
 		mux.HandleFunc(pattern, s.serve(h, pattern == "GET /health"))
 	}
 	return mux
@@ -39,14 +39,15 @@ func (s *Server) routes() *http.ServeMux {
 // that walk every one (the cross-team table).
 func Patterns() []string {
 	var out []string
-	for p := range (&Server{}).table() {
+	for p := range (&Server{}).controlRoutes() {
 		out = append(out, p)
 	}
 	slices.Sort(out)
 	return out
 }
 
-func (s *Server) table() map[string]handler {
+// controlRoutes are the control plane's handlers by pattern.
+func (s *Server) controlRoutes() map[string]handler {
 	return map[string]handler{
 		"POST /sandboxes":                 s.create,
 		"POST /v2/sandboxes":              s.create,
@@ -137,8 +138,13 @@ func (s *Server) unsupported(what, instead string) handler {
 // error_code. A 429 or 503 carries Retry-After.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
-	if p.Status >= 500 {
-		s.logger.Warn("e2b call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	switch {
+	case p.Status >= 500:
+		s.logger.ErrorContext(r.Context(), "e2b call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	case p.Hidden:
+		s.logger.WarnContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	default:
+		s.logger.DebugContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	}
 	if p.RetryAfter > 0 {
 		w.Header().Set("Retry-After", ratelimit.RetryAfterSeconds(p.RetryAfter))

@@ -276,10 +276,19 @@ type Public struct {
 	// RetryAfter is the Error's, if any: how long to wait before a retry.
 	RetryAfter time.Duration
 	Quota      *QuotaDetail
+	// Hidden says Message is a class's fixed message standing in for the
+	// error's own text: the cause is only in the server log, which should
+	// then have it whatever the status.
+	Hidden bool
 }
 
-// Classify maps any error to its public view. Errors without a class are
-// internal: their message is replaced so internal details never leak.
+// Classify maps any error to its public view. Only two kinds of message
+// reach a caller: the Message of an *Error (written for callers, and free
+// of host paths and other internal text) and the fixed message of a class.
+// An error that has a class but is not an *Error (fmt.Errorf("...: %w",
+// ErrConflict)) gets its class's message, and an error without a class is
+// internal: their text, which can hold host paths, SQL or a runtime's
+// output, is the caller's to log, never to send.
 func Classify(err error) Public {
 	var e *Error
 	if errors.As(err, &e) {
@@ -311,11 +320,13 @@ func Classify(err error) Public {
 		ErrUnauthenticated, ErrResourceExhausted, ErrUnavailable, ErrDeadlineExceeded} {
 		if errors.Is(err, class) {
 			p := classPublic(class)
-			p.Message = err.Error()
+			p.Hidden = err != class // a bare class has nothing more to say
 			return p
 		}
 	}
-	return classPublic(ErrInternal)
+	p := classPublic(ErrInternal)
+	p.Hidden = true
+	return p
 }
 
 func classPublic(class error) Public {

@@ -278,9 +278,12 @@ func (s *Server) wrap(rt Route) http.Handler {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
 	s.telemetry.CountError(p.Code)
-	if p.Status >= 500 {
+	switch {
+	case p.Status >= 500:
 		s.logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
-	} else {
+	case p.Hidden:
+		s.logger.WarnContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	default:
 		s.logger.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	}
 	if p.RetryAfter > 0 {

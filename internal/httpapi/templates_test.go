@@ -45,7 +45,13 @@ func (oneKey) Authenticate(_ context.Context, key string) (*access.Principal, er
 
 func newTemplateServer(t *testing.T, maxUpload int64) (*httptest.Server, *template.Store) {
 	t.Helper()
-	store, err := template.Open(t.TempDir(), slog.New(slog.DiscardHandler), template.Options{CacheDir: t.TempDir()})
+	return newTemplateServerIn(t, t.TempDir(), maxUpload)
+}
+
+// newTemplateServerIn is newTemplateServer with its templates in dir.
+func newTemplateServerIn(t *testing.T, dir string, maxUpload int64) (*httptest.Server, *template.Store) {
+	t.Helper()
+	store, err := template.Open(dir, slog.New(slog.DiscardHandler), template.Options{CacheDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -603,26 +603,16 @@ func (m *Manager) restoreSteps(ctx context.Context, rec *store.Machine, sn *stor
 
 // restoreError reports runsc's refusal of a checkpoint as an incompatibility
 // when runsc says so (spec validation, CPU features), and as a plain error
-// otherwise.
+// otherwise. runsc's own words stay in the cause, for the server log: they
+// hold host paths and its command line.
 func restoreError(id string, err error) error {
 	msg := err.Error()
 	for _, marker := range []string{"validat", "incompatible", "mismatch", "CPU feature", "cpuid"} {
 		if strings.Contains(msg, marker) {
 			return errdefs.Wrap(err, errdefs.ErrFailedPrecondition, errdefs.CodeSnapshotIncompatible,
-				fmt.Sprintf("snapshot %s cannot be restored here: runsc refused it (%s)", id, lastLine(msg)),
-				"restore it on a host that matches, or create a new machine from a template")
+				fmt.Sprintf("snapshot %s cannot be restored here: the runtime refused it as incompatible with this host (its CPU features or configuration differ)", id),
+				"restore it on a host that matches, or create a new machine from a template; the server log has the runtime's reason")
 		}
 	}
 	return fmt.Errorf("restore snapshot %s: %w", id, err)
-}
-
-func lastLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.LastIndex(s, "\n"); i >= 0 {
-		s = s[i+1:]
-	}
-	if len(s) > 300 {
-		s = s[len(s)-300:]
-	}
-	return s
 }

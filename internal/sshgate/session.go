@@ -206,6 +206,11 @@ func (ss *session) fail(err error) {
 		return
 	}
 	p := errdefs.Classify(err)
+	level := slog.LevelDebug
+	if p.Status >= 500 || p.Hidden {
+		level = slog.LevelWarn
+	}
+	ss.log.Log(context.Background(), level, "ssh session failed", "code", p.Code, "err", err)
 	msg := p.Code + ": " + p.Message
 	if p.SuggestedAction != "" {
 		msg += "; " + p.SuggestedAction

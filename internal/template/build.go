@@ -146,6 +146,7 @@ func (s *Store) build(ctx context.Context, team string, req api.BuildTemplateReq
 		return api.Template{}, err
 	}
 	log.Info("template build failed", "err", err)
+	input.public = scrubPaths(input.public, st.rootfs(), s.dir)
 	failed, ferr := st.fail(m, input.public)
 	if ferr != nil {
 		log.Error("recording failed template build", "err", ferr)
@@ -165,6 +166,26 @@ type inputError struct {
 
 func (e *inputError) Error() string { return e.err.Error() }
 func (e *inputError) Unwrap() error { return e.err }
+
+// scrubPaths takes the server host's paths out of a build failure's public
+// text: a path in the staged root filesystem becomes the path inside the
+// template (what the caller knows it by), and anything else under the
+// template store its name.
+func scrubPaths(public, rootfs, storeDir string) string {
+	public = strings.ReplaceAll(public, rootfs+"/", "/")
+	public = strings.ReplaceAll(public, rootfs, "/")
+	return strings.ReplaceAll(public, storeDir, "<template store>")
+}
+
+// reason is what a build failure says of err: its public message if it
+// has one, else its text (which scrubPaths cleans).
+func reason(err error) string {
+	var e *errdefs.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
 
 func inputErr(err error, format string, args ...any) error {
 	return &inputError{public: fmt.Sprintf(format, args...), err: err}
@@ -198,7 +219,7 @@ func (s *Store) buildStaged(ctx context.Context, st *staging, m meta, src buildS
 		}
 	}
 	if err := Prepare(rootfs); err != nil {
-		return m, inputErr(err, "the root filesystem cannot be used: %s", err)
+		return m, inputErr(err, "the root filesystem cannot be used: %s", reason(err))
 	}
 	if err := ensureWorkdir(rootfs, m.Workdir); err != nil {
 		return m, inputErr(err, "workdir %s cannot be made: %s", m.Workdir, err)
@@ -217,7 +238,7 @@ func (s *Store) buildStaged(ctx context.Context, st *staging, m meta, src buildS
 		}
 		// Steps may have replaced what the runtime needs.
 		if err := Prepare(rootfs); err != nil {
-			return m, inputErr(err, "the steps left a root filesystem that cannot be used: %s", err)
+			return m, inputErr(err, "the steps left a root filesystem that cannot be used: %s", reason(err))
 		}
 	}
 	sc, err := scanTree(ctx, rootfs, nil)

@@ -951,3 +951,19 @@ func TestOwnership(t *testing.T) {
 		t.Fatalf("an owner-less template: %+v, %v; want %s's", got, err, LegacyTeam)
 	}
 }
+
+// TestScrubPaths: a failed build's public text names paths inside the
+// template, never the server host's.
+func TestScrubPaths(t *testing.T) {
+	const store, rootfs = "/var/lib/nullspace/templates", "/var/lib/nullspace/templates/.build-x/rootfs"
+	for _, tc := range []struct{ in, want string }{
+		{"mkdir " + rootfs + "/work/a: not a directory", "mkdir /work/a: not a directory"},
+		{"open " + rootfs + ": permission denied", "open /: permission denied"},
+		{"lock " + store + "/.build-x.lock: busy", "lock <template store>/.build-x.lock: busy"},
+		{"step 1 (ls /etc) exited with code 2", "step 1 (ls /etc) exited with code 2"},
+	} {
+		if got := scrubPaths(tc.in, rootfs, store); got != tc.want {
+			t.Errorf("scrubPaths(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

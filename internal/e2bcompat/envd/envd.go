@@ -139,14 +139,14 @@ func New(open Opener, logger *slog.Logger) *Server {
 	// Small messages go uncompressed: gzip costs more than it saves on
 	// the few hundred bytes most answers are (a unary List was 2.4 ms
 	// slower than the Nullspace API's with every answer gzipped).
-	opts := connect.WithCompressMinBytes(4 << 10)
+	opts := connect.WithHandlerOptions(connect.WithCompressMinBytes(4<<10), connect.WithInterceptors(logErrors{logger}))
 	s.mux.Handle(processconnect.NewProcessHandler(&processService{s}, opts))
 	s.mux.Handle(filesystemconnect.NewFilesystemHandler(&filesystemService{s}, opts))
 	s.mux.HandleFunc("GET /files", s.getFile)
 	s.mux.HandleFunc("POST /files", s.postFiles)
 	s.mux.HandleFunc("GET /health", s.health)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, errdefs.New(errdefs.ErrNotFound, errdefs.CodeNotFound,
+		s.writeError(w, r, errdefs.New(errdefs.ErrNotFound, errdefs.CodeNotFound,
 			fmt.Sprintf("envd has no route %s %s", r.Method, r.URL.Path),
 			"see the README's table of the E2B calls that are served"))
 	})
@@ -234,10 +234,10 @@ func rpcError(err error) error {
 		return ce
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
+		return connect.NewError(connect.CodeDeadlineExceeded, &publicError{"the call's deadline passed", err})
 	}
 	if errors.Is(err, context.Canceled) {
-		return connect.NewError(connect.CodeCanceled, err)
+		return connect.NewError(connect.CodeCanceled, &publicError{"the call was canceled", err})
 	}
 	p := errdefs.Classify(err)
 	code := connect.CodeInternal
@@ -265,7 +265,64 @@ func rpcError(err error) error {
 	case http.StatusGatewayTimeout:
 		code = connect.CodeDeadlineExceeded
 	}
-	return connect.NewError(code, errors.New(message(p)))
+	return connect.NewError(code, &publicError{message(p), err})
+}
+
+// publicError is what a Connect error sends (msg) over its internal cause,
+// which only the server log sees (logErrors).
+type publicError struct {
+	msg   string
+	cause error
+}
+
+func (e *publicError) Error() string { return e.msg }
+func (e *publicError) Unwrap() error { return e.cause }
+
+// logErrors logs the cause of every failed RPC: the answer carries only
+// the public message (rpcError).
+type logErrors struct{ logger *slog.Logger }
+
+var _ connect.Interceptor = logErrors{}
+
+func (l logErrors) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		resp, err := next(ctx, req)
+		l.log(ctx, req.Spec().Procedure, err)
+		return resp, err
+	}
+}
+
+func (l logErrors) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (l logErrors) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		err := next(ctx, conn)
+		l.log(ctx, conn.Spec().Procedure, err)
+		return err
+	}
+}
+
+func (l logErrors) log(ctx context.Context, procedure string, err error) {
+	if err == nil {
+		return
+	}
+	level := slog.LevelDebug
+	switch connect.CodeOf(err) {
+	case connect.CodeInternal, connect.CodeUnknown, connect.CodeDataLoss:
+		level = slog.LevelError
+	}
+	l.logger.Log(ctx, level, "envd call failed", "procedure", procedure, "code", connect.CodeOf(err).String(), "err", cause(err))
+}
+
+// cause is the internal error under a Connect error made by rpcError.
+func cause(err error) error {
+	var pe *publicError
+	if errors.As(err, &pe) && pe.cause != nil {
+		return pe.cause
+	}
+	return err
 }
 
 // message is the text E2B's SDKs show: our stable code first, then what
@@ -280,14 +337,23 @@ func message(p errdefs.Public) string {
 
 // writeError answers a plain HTTP envd route with E2B's error body
 // ({"code": status, "message": ...}), which the SDKs read.
-func writeError(w http.ResponseWriter, err error) {
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	p := errdefs.Classify(err)
+	level := slog.LevelDebug
+	switch {
+	case p.Status >= 500:
+		level = slog.LevelError
+	case p.Hidden:
+		level = slog.LevelWarn
+	}
+	s.logger.Log(r.Context(), level, "envd call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	if se := (*SignatureError)(nil); errors.As(err, &se) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
 		json.NewEncoder(w).Encode(map[string]any{"code": http.StatusUnauthorized, "message": se.Message})
 		return
 	}
-	writePublic(w, errdefs.Classify(err))
+	writePublic(w, p)
 }
 
 // writePublic writes the body of p; a retryable 5xx says when to retry.

@@ -44,7 +44,7 @@ func (s *Server) openFile(w http.ResponseWriter, r *http.Request, operation stri
 		sb, err = s.open(r.Context(), req)
 	}
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return nil, req, "", false
 	}
 	return sb, req, user, true
@@ -60,7 +60,7 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) {
 	p := resolve(req.Path, user)
 	rc, size, err := sb.Agent.AsUser(user).ReadFile(sb.Ctx, p)
 	if err != nil {
-		writeError(w, err)
+		s.writeError(w, r, err)
 		return
 	}
 	defer rc.Close()
@@ -116,7 +116,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Content-Encoding") == "gzip" {
 		zr, err := gzip.NewReader(r.Body)
 		if err != nil {
-			writeError(w, badBody("the gzip body does not start like gzip: "+err.Error()))
+			s.writeError(w, r, badBody("the gzip body does not start like gzip: "+err.Error()))
 			return
 		}
 		defer zr.Close()
@@ -146,7 +146,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 			if err != nil {
-				writeError(w, badBody("the multipart body is malformed: "+err.Error()))
+				s.writeError(w, r, badBody("the multipart body is malformed: "+err.Error()))
 				return
 			}
 			if part.FormName() != "file" {
@@ -163,7 +163,7 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 			e, err := write(dest, part, 0)
 			part.Close()
 			if err != nil {
-				writeError(w, err)
+				s.writeError(w, r, err)
 				return
 			}
 			out = append(out, e)
@@ -175,13 +175,13 @@ func (s *Server) postFiles(w http.ResponseWriter, r *http.Request) {
 		}
 		e, err := write(req.Path, body, size)
 		if err != nil {
-			writeError(w, err)
+			s.writeError(w, r, err)
 			return
 		}
 		out = append(out, e)
 	}
 	if len(out) == 0 {
-		writeError(w, badBody(`no file in the body: send parts named "file"`))
+		s.writeError(w, r, badBody(`no file in the body: send parts named "file"`))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
