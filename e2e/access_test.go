@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -187,6 +188,21 @@ func TestTeamIsolation(t *testing.T) {
 		// its team): a second registration is refused, whoever asks.
 		"POST /v1/ssh-keys": ``,
 	}
+	// Bodies that pass validation, for the routes whose checks of the body
+	// come before the lookup (so that the lookup is what answers).
+	validBodies := map[string]string{
+		"/v1/machines/{id}/timeout":                           `{"timeout_ms":60000}`,
+		"/v1/machines/{id}/commands":                          `{"shell":"true"}`,
+		"/v1/machines/{id}/commands/{pid}/stdin":              `{"data":"x"}`,
+		"/v1/machines/{id}/commands/{pid}/signal":             `{"signal":"SIGTERM"}`,
+		"/v1/machines/{id}/commands/{pid}/resize":             `{"rows":24,"cols":80}`,
+		"/v1/machines/{id}/files/mkdir":                       `{"path":"/tmp/x"}`,
+		"/v1/machines/{id}/files/rename":                      `{"from":"/tmp/x","to":"/tmp/y"}`,
+		"/v1/machines/{id}/urls":                              `{"port":8080}`,
+		"/v1/machines/{id}/fork":                              `{"count":1}`,
+		"/v1/teams/{id}/quota":                                `{"running_machines":1}`,
+		"/v1/machines/{id}/checkpoints/{snapshot_id}/restore": `{}`,
+	}
 	allowed := map[string]int{
 		"POST /v1/volumes":  http.StatusCreated,
 		"POST /v1/ssh-keys": http.StatusBadRequest,
@@ -199,6 +215,32 @@ func TestTeamIsolation(t *testing.T) {
 	slices.Sort(names)
 	httpc := &http.Client{Timeout: 20 * time.Second}
 	bToken := bKey.Key
+	// call sends one request as team B: its status, its error code and body.
+	call := func(t *testing.T, method, url, body string, header map[string]string) (int, string, []byte) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(ctx, method, url, strings.NewReader(body))
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		resp, err := httpc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		resp.Body.Close()
+		var e struct {
+			Code string `json:"code"`
+		}
+		json.Unmarshal(got, &e)
+		return resp.StatusCode, e.Code, got
+	}
+	// ghost is a value of the same shape that names nothing.
+	ghost := func(v string) string {
+		if len(v) > 6 {
+			return v[:len(v)-4] + "0000"
+		}
+		return v + "0"
+	}
 	for _, op := range names {
 		scope := ops[op]
 		if scope == "-" {
@@ -207,78 +249,93 @@ func TestTeamIsolation(t *testing.T) {
 		method, path, _ := strings.Cut(op, " ")
 		t.Run(op, func(t *testing.T) {
 			url := pathParam.ReplaceAllStringFunc(path, func(p string) string { return value(path, p) })
-			body := bodies[op]
-			if body == "" && (method == "POST" || method == "PUT") {
-				body = "{}"
+			ghostURL := pathParam.ReplaceAllStringFunc(path, func(p string) string { return ghost(value(path, p)) })
+			body, ok := bodies[op]
+			if !ok && (method == "POST" || method == "PUT") {
+				body = validBodies[path]
+				if body == "" {
+					body = "{}"
+				}
 			}
-			if op == "POST /v1/ssh-keys" {
-				body = `{"public_key":"not a key"}`
+			header := map[string]string{"Authorization": "Bearer " + bToken, "Content-Type": "application/json"}
+			if method == "PUT" && strings.HasSuffix(path, "/files") {
+				header["Content-Type"] = "application/octet-stream"
 			}
-			req, _ := http.NewRequestWithContext(ctx, method, env.client.BaseURL()+url, strings.NewReader(body))
-			req.Header.Set("Authorization", "Bearer "+bToken)
-			if method == "PUT" {
-				req.Header.Set("Content-Type", "application/octet-stream")
-			} else if body != "" {
-				req.Header.Set("Content-Type", "application/json")
-			}
-			resp, err := httpc.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
-			want := http.StatusNotFound
+			status, code, got := call(t, method, env.client.BaseURL()+url, body, header)
 			switch {
 			case scope == access.Operator:
-				want = http.StatusForbidden // a scope refusal names no resource
+				// A scope refusal names no resource.
+				if status != http.StatusForbidden || code != "insufficient_scope" {
+					t.Fatalf("%s as team B: %d %s, want 403 insufficient_scope", url, status, got)
+				}
+			case pathParam.MatchString(path):
+				// Team A's id answers exactly as an id that names nothing:
+				// nothing is disclosed, nothing is done.
+				gStatus, gCode, gGot := call(t, method, env.client.BaseURL()+ghostURL, body, header)
+				if status != gStatus || code != gCode {
+					t.Fatalf("%s as team B: %d %s;\nthe same call on an id that names nothing: %d %s", url, status, got, gStatus, gGot)
+				}
+				if status < 400 {
+					t.Fatalf("%s as team B succeeded: %d %s", url, status, got)
+				}
 			case allowed[op] != 0:
-				want = allowed[op]
-			case !pathParam.MatchString(path) && method == "GET":
-				want = http.StatusOK
-			}
-			if resp.StatusCode != want {
-				t.Fatalf("%s as team B: %d %s, want %d", url, resp.StatusCode, got, want)
-			}
-			if want != http.StatusOK {
-				return
+				if status != allowed[op] {
+					t.Fatalf("%s as team B: %d %s, want %d", url, status, got, allowed[op])
+				}
+			case method == "GET":
+				if status != http.StatusOK {
+					t.Fatalf("%s as team B: %d %s, want 200", url, status, got)
+				}
+			default:
+				if status != http.StatusNotFound {
+					t.Fatalf("%s as team B naming team A's things: %d %s, want 404", url, status, got)
+				}
 			}
 			for _, s := range a.secrets() {
-				if bytes.Contains(got, []byte(s)) {
+				// An id the request names may be echoed; no other may appear.
+				if bytes.Contains(got, []byte(s)) && !strings.Contains(url, s) && !strings.Contains(body, s) {
 					t.Fatalf("%s as team B carries team A's %s: %s", url, s, got)
 				}
 			}
 		})
 	}
 
-	// The E2B-compatible API, every route.
+	// The E2B-compatible API, every route: creates name A's template or
+	// snapshot; routes with an id answer as for an id that names nothing.
 	for _, pattern := range e2bcompat.Patterns() {
 		method, path, ok := strings.Cut(pattern, " ")
-		if !ok || path == "/health" {
+		if !ok || path == "/health" || path == "/" {
 			continue
 		}
 		t.Run("e2b "+pattern, func(t *testing.T) {
-			url := strings.NewReplacer("{id}", a.machine, "{alias}", a.template).Replace(path)
+			id := a.machine
 			if strings.HasPrefix(path, "/templates/") {
-				url = strings.ReplaceAll(path, "{id}", a.snapshot)
+				id = a.snapshot
 			}
-			req, _ := http.NewRequestWithContext(ctx, method, "http://"+env.inst.E2BAddr+url, strings.NewReader("{}"))
-			req.Header.Set("X-API-KEY", bToken)
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := httpc.Do(req)
-			if err != nil {
-				t.Fatal(err)
+			url := strings.NewReplacer("{id}", id, "{alias}", a.template).Replace(path)
+			ghostURL := strings.NewReplacer("{id}", ghost(id), "{alias}", ghost(a.template)).Replace(path)
+			body := "{}"
+			if strings.HasSuffix(path, "/sandboxes") && method == "POST" {
+				body = `{"templateID":"` + a.template + `"}`
 			}
-			got, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusCreated {
-				if strings.Contains(path, "{") || method != "GET" {
-					t.Fatalf("%s %s as team B: %d %s", method, url, resp.StatusCode, got)
+			header := map[string]string{"X-API-KEY": bToken, "Content-Type": "application/json"}
+			base := "http://" + env.inst.E2BAddr
+			status, code, got := call(t, method, base+url, body, header)
+			switch {
+			case strings.Contains(path, "{"):
+				gStatus, gCode, gGot := call(t, method, base+ghostURL, body, header)
+				if status != gStatus || code != gCode || status < 400 {
+					t.Fatalf("%s %s as team B: %d %s;\nthe same call on an id that names nothing: %d %s", method, url, status, got, gStatus, gGot)
 				}
-			} else if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusBadRequest {
-				t.Fatalf("%s %s as team B: %d %s, want 404 (or 400 for a bad body)", method, url, resp.StatusCode, got)
+			case method == "GET":
+				if status != http.StatusOK && status != http.StatusNotFound {
+					t.Fatalf("%s %s as team B: %d %s", method, url, status, got)
+				}
+			case status < 400:
+				t.Fatalf("%s %s as team B naming team A's template: %d %s", method, url, status, got)
 			}
 			for _, s := range a.secrets() {
-				if bytes.Contains(got, []byte(s)) && !strings.Contains(url, s) {
+				if bytes.Contains(got, []byte(s)) && !strings.Contains(url, s) && !strings.Contains(body, s) {
 					t.Fatalf("%s %s as team B carries team A's %s: %s", method, url, s, got)
 				}
 			}
