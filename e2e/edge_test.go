@@ -278,7 +278,14 @@ func TestEdgeWakesOnTraffic(t *testing.T) {
 	})
 
 	t.Run("metrics", func(t *testing.T) {
-		resp, b := edgeGet(t, "http://"+env.inst.Addr+"/metrics")
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+env.inst.Addr+"/metrics", nil)
+		req.Header.Set("Authorization", "Bearer "+env.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
 		for _, name := range []string{`nullspace_edge_wakes_total{result="ok"}`, "nullspace_edge_requests_total{", "nullspace_edge_wake_duration_seconds_bucket",
 			"nullspace_edge_held_requests_total", "nullspace_edge_websockets_open"} {
 			if resp.StatusCode != 200 || !strings.Contains(string(b), name) {

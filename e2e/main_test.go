@@ -247,8 +247,9 @@ func testConfig(dataDir string) server.Config {
 		cfg.EdgeAddr = a
 	}
 	cfg.EdgeHeaderTimeout = 2 * time.Second
-	cfg.SSHAddr = "127.0.0.1:0" // TestSSH
-	cfg.E2BAddr = "127.0.0.1:0" // TestE2BSDK
+	cfg.SSHAddr = "127.0.0.1:0"     // TestSSH
+	cfg.MetricsAddr = "127.0.0.1:0" // TestPrometheus
+	cfg.E2BAddr = "127.0.0.1:0"     // TestE2BSDK
 	// A page on this origin may call the API (TestCORS).
 	cfg.CORSOrigins = []string{corsOrigin}
 	return cfg

@@ -86,12 +86,37 @@ func TestPrometheus(t *testing.T) {
 	if _, err := env.client.GetMachine(t.Context(), "mch_00000000000000000000"); err == nil {
 		t.Fatal("getting a missing machine succeeded")
 	}
-	resp, err := http.Get("http://" + env.inst.Addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// On the API's address, only with an operator key.
+	get := func(url, key string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
+	if status, _ := get("http://"+env.inst.Addr+"/metrics", ""); status != http.StatusUnauthorized {
+		t.Fatalf("/metrics without a key: %d, want 401", status)
+	}
+	_, k, _ := otherTeam(t)
+	if status, _ := get("http://"+env.inst.Addr+"/metrics", k.Key); status != http.StatusForbidden {
+		t.Fatalf("/metrics with a team's key: %d, want 403", status)
+	}
+	status, body := get("http://"+env.inst.Addr+"/metrics", env.key)
+	if status != http.StatusOK {
+		t.Fatalf("/metrics with the operator's key: %d %s", status, body)
+	}
+	// --metrics-addr serves the same without a key.
+	if status, keyless := get("http://"+env.inst.MetricsAddr+"/metrics", ""); status != http.StatusOK ||
+		!strings.Contains(keyless, "nullspace_machines{") {
+		t.Fatalf("/metrics on --metrics-addr: %d %.200s", status, keyless)
+	}
 	for _, want := range []string{
 		`nullspace_machines{state="running"}`,
 		`nullspace_lifecycle_duration_seconds_count{op="create"}`,
