@@ -183,6 +183,12 @@ const (
 	// names the quota, its limit and the use. Retryable only for the
 	// rate of creates.
 	CodeQuotaExceeded = "quota_exceeded"
+	// CodeIdempotencyKeyReused: an Idempotency-Key sent with another
+	// request than the first it came with (422).
+	CodeIdempotencyKeyReused = "idempotency_key_reused"
+	// CodeIdempotencyKeyInProgress: the first request with the key is
+	// still running (409, retryable).
+	CodeIdempotencyKeyInProgress = "idempotency_key_in_progress"
 )
 
 // Codes lists every stable public code; the spec test checks each is documented.
@@ -193,6 +199,8 @@ var Codes = []string{
 	CodeKeyNotFound,
 	CodeInsufficientScope,
 	CodeQuotaExceeded,
+	CodeIdempotencyKeyReused,
+	CodeIdempotencyKeyInProgress,
 	CodeSSHKeyExists,
 	CodeSSHKeyNotFound,
 	CodeSSHKeyInvalid,

@@ -25,6 +25,7 @@ import (
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
+	"nullspace.dev/nullspace/internal/idempotency"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
 	"nullspace.dev/nullspace/internal/ratelimit"
@@ -70,6 +71,7 @@ type URLIssuer interface {
 // Server serves the API.
 type Server struct {
 	access    *access.Service
+	idem      *idempotency.Guard
 	machines  *machine.Manager
 	events    *events.Log
 	telemetry *telemetry.Metrics
@@ -155,6 +157,8 @@ type Route struct {
 	Method string
 	Path   string // as in api/openapi.yaml
 	Public bool   // no API key needed
+	// Idempotent routes honour an Idempotency-Key (idempotency.go).
+	Idempotent bool
 	// Scope is the one a key needs (an access constant); "" for any
 	// valid key. The spec test checks it against the operation's security.
 	Scope   string
@@ -168,7 +172,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/openapi.yaml", Public: true, Handler: s.spec},
 		{Method: "GET", Path: "/metrics", Scope: access.Operator, Handler: s.prometheus},
 
-		{Method: "POST", Path: "/v1/machines", Scope: access.MachinesWrite, Handler: s.createMachine},
+		{Method: "POST", Path: "/v1/machines", Idempotent: true, Scope: access.MachinesWrite, Handler: s.createMachine},
 		{Method: "GET", Path: "/v1/machines", Scope: access.MachinesRead, Handler: s.listMachines},
 		{Method: "GET", Path: "/v1/machines/{id}", Scope: access.MachinesRead, Handler: s.getMachine},
 		{Method: "DELETE", Path: "/v1/machines/{id}", Scope: access.MachinesWrite, Handler: s.killMachine},
@@ -182,8 +186,8 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/events", Scope: access.MachinesRead, Handler: s.listEvents},
 		{Method: "GET", Path: "/v1/machines/{id}/metrics", Scope: access.MachinesRead, Handler: s.machineMetrics},
 		{Method: "POST", Path: "/v1/machines/{id}/connect", Scope: access.MachinesWrite, Handler: s.connectMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Scope: access.MachinesWrite, Handler: s.snapshotMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/fork", Scope: access.MachinesWrite, Handler: s.forkMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Idempotent: true, Scope: access.MachinesWrite, Handler: s.snapshotMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/fork", Idempotent: true, Scope: access.MachinesWrite, Handler: s.forkMachine},
 		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesRead, Handler: s.listCheckpoints},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesWrite, Handler: s.checkpointMachine},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Scope: access.MachinesWrite, Handler: s.restoreCheckpoint},
@@ -266,6 +270,10 @@ func (s *Server) wrap(rt Route) http.Handler {
 			}
 			team = p.TeamID
 			r = r.WithContext(access.WithPrincipal(r.Context(), p))
+		}
+		if rt.Idempotent && s.idem != nil && r.Header.Get(idempotency.Header) != "" {
+			s.serveIdempotent(w, r, team, rt)
+			return
 		}
 		if err := rt.Handler(w, r, team); err != nil {
 			s.writeError(w, r, err)

@@ -11,6 +11,8 @@ import (
 	"context"
 	"log/slog"
 	"time"
+
+	"nullspace.dev/nullspace/internal/idempotency"
 )
 
 // Store is what retention deletes from.
@@ -18,6 +20,7 @@ type Store interface {
 	PruneEnded(ctx context.Context, before time.Time) (int64, error)
 	PruneEvents(ctx context.Context, before time.Time, keep int, notAfter int64) (int64, error)
 	Cursor(ctx context.Context, name string) (int64, error)
+	PruneIdempotent(ctx context.Context, before time.Time) (int64, error)
 }
 
 // Config says what is kept.
@@ -55,6 +58,12 @@ func Run(ctx context.Context, cfg Config, db Store, logger *slog.Logger) {
 
 // Prune runs one pass as of now.
 func Prune(ctx context.Context, cfg Config, db Store, logger *slog.Logger, now time.Time) {
+	// Responses kept for Idempotency-Key retries, past their day.
+	if n, err := db.PruneIdempotent(ctx, now.Add(-idempotency.DefaultTTL)); err != nil {
+		logger.ErrorContext(ctx, "prune idempotent requests", "err", err)
+	} else if n > 0 {
+		logger.InfoContext(ctx, "deleted the responses kept for idempotent retries", "requests", n)
+	}
 	if cfg.Ended > 0 {
 		n, err := db.PruneEnded(ctx, now.Add(-cfg.Ended))
 		if err != nil {

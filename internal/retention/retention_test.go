@@ -14,6 +14,8 @@ type fakeStore struct {
 	keep         int
 	notAfter     int64
 	events       bool
+	// idempotentBefore: every pass prunes the responses kept a day.
+	idempotentBefore time.Time
 }
 
 func (f *fakeStore) PruneEnded(_ context.Context, before time.Time) (int64, error) {
@@ -27,6 +29,10 @@ func (f *fakeStore) PruneEvents(_ context.Context, before time.Time, keep int, n
 }
 
 func (f *fakeStore) Cursor(context.Context, string) (int64, error) { return 42, nil }
+func (f *fakeStore) PruneIdempotent(_ context.Context, before time.Time) (int64, error) {
+	f.idempotentBefore = before
+	return 0, nil
+}
 
 func TestPrune(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
@@ -44,6 +50,7 @@ func TestPrune(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var f fakeStore
 			Prune(t.Context(), tc.cfg, &f, log, now)
+			tc.want.idempotentBefore = now.Add(-24 * time.Hour)
 			if f != tc.want {
 				t.Fatalf("got %+v, want %+v", f, tc.want)
 			}

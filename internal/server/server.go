@@ -31,6 +31,7 @@ import (
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/httpapi"
+	"nullspace.dev/nullspace/internal/idempotency"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/minrate"
 	"nullspace.dev/nullspace/internal/objstore"
@@ -713,7 +714,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithSSH(sshAccess).WithNode(cfg.NodeName).
+		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithIdempotency(idempotency.New(db)).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes).
 		WithRateLimit(perKey)
 	if e2bSrv != nil {

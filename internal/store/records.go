@@ -61,6 +61,18 @@ type TeamUsage struct {
 	FirstCreate time.Time
 }
 
+// IdempotencyRecord is a request made with an Idempotency-Key, and, once
+// it has one, its response (Status 0: in progress).
+type IdempotencyRecord struct {
+	TeamID, Key string
+	// Route is the request's method and path; RequestHash a hash of them
+	// and its body, so that the key's reuse for another request is told.
+	Route, RequestHash string
+	Status             int
+	Body               []byte
+	CreatedAt          time.Time
+}
+
 // Machine is a machine's stored record.
 type Machine struct {
 	ID            string

@@ -25,7 +25,27 @@ type Store interface {
 	Events
 	SSHKeys
 	Secrets
+	Idempotency
 	Close() error
+}
+
+// Idempotency keeps the requests made with an Idempotency-Key and their
+// responses.
+type Idempotency interface {
+	// BeginIdempotent stores r (in progress) unless its team has a record
+	// of the key made at or after notBefore: then it returns that one and
+	// stores nothing. An older record of the key is replaced.
+	BeginIdempotent(ctx context.Context, r IdempotencyRecord, notBefore time.Time) (*IdempotencyRecord, error)
+	// GetIdempotent returns the record of a team's key (errdefs.ErrNotFound
+	// if there is none).
+	GetIdempotent(ctx context.Context, teamID, key string) (*IdempotencyRecord, error)
+	// FinishIdempotent stores the response of a record in progress.
+	FinishIdempotent(ctx context.Context, teamID, key string, status int, body []byte) error
+	// AbandonIdempotent deletes a record in progress (its request failed
+	// in a way a retry may not: the retry runs again).
+	AbandonIdempotent(ctx context.Context, teamID, key string) error
+	// PruneIdempotent deletes the records made before before.
+	PruneIdempotent(ctx context.Context, before time.Time) (int64, error)
 }
 
 // Teams keeps teams and the hashes of their API keys.

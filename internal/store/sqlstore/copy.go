@@ -75,6 +75,7 @@ var copyTables = tables(
 	"ssh_keys: id team_id name fingerprint public_key created_at:at",
 	"cluster_secrets: name value updated_at:optat",
 	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int",
+	"idempotency_keys: team_id key route request_hash status:int body created_at:at",
 )
 
 // notCopied are the tables Copy leaves out, and why.

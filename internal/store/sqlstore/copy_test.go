@@ -197,6 +197,11 @@ func fillNode(t *testing.T, s store.Store) {
 			t.Fatal(err)
 		}
 	}
+	if got, err := s.BeginIdempotent(ctx, store.IdempotencyRecord{TeamID: "t", Key: "retry-1", Route: "POST /v1/machines",
+		RequestHash: "h", CreatedAt: tick()}, copyBase); err != nil || got != nil {
+		t.Fatalf("begin idempotent: %+v %v", got, err)
+	}
+	check(t, s.FinishIdempotent(ctx, "t", "retry-1", 201, []byte(`{"id":"a"}`)))
 	check(t, s.SetQuota(ctx, "u", store.Quota{RunningMachines: 3, VCPUs: -1, MemoryMB: 2048, SnapshotBytes: 0, CreatesPerMinute: 10}))
 	check(t, s.CreateSpare(ctx, &store.Spare{MachineID: "spare1", ContainerID: "c-spare1", Shape: `{"memory_mb":128}`, CreatedAt: tick()}, 64))
 }
@@ -327,6 +332,8 @@ func readAll(t *testing.T, s store.Store) map[string]any {
 	put("CountTeams", n, err)
 	teams, err := s.ListTeams(ctx)
 	put("ListTeams", teams, err)
+	idem, err := s.GetIdempotent(ctx, "t", "retry-1")
+	put("GetIdempotent", idem, err)
 	for _, team := range []string{"t", "u"} {
 		q, err := s.GetQuota(ctx, team)
 		put("GetQuota "+team, q, err)
@@ -435,7 +442,7 @@ func TestCopySQLiteToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRows := map[string]int64{"teams": 2, "api_keys": 2, "machines": 7, "machine_metadata": 7, "machine_volumes": 5,
-		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1}
+		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1, "idempotency_keys": 1}
 	var total int64
 	for _, tc := range stats.Tables {
 		if tc.Rows != wantRows[tc.Table] {

@@ -275,6 +275,23 @@ var sqliteMigrations = []string{
 		snapshot_bytes BIGINT NOT NULL DEFAULT -1,
 		creates_per_minute BIGINT NOT NULL DEFAULT -1
 	);`,
+	// 26: requests made with an Idempotency-Key, and their responses.
+	idempotencyMigration("TEXT"),
+}
+
+// idempotencyMigration is migration 26 on either backend.
+func idempotencyMigration(timeType string) string {
+	return `CREATE TABLE idempotency_keys (
+		team_id TEXT NOT NULL,
+		key TEXT NOT NULL,
+		route TEXT NOT NULL,
+		request_hash TEXT NOT NULL,
+		status INTEGER NOT NULL DEFAULT 0,
+		body TEXT NOT NULL DEFAULT '',
+		created_at ` + timeType + ` NOT NULL,
+		PRIMARY KEY (team_id, key)
+	);
+	CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);`
 }
 
 // keysMigration is migration 24 on either backend, with its time type.

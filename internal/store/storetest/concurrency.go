@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,6 +74,7 @@ func RunConcurrent(t *testing.T, open func(t *testing.T) (store.Store, store.Sto
 		{"Slots", testConcurrentSlots},
 		{"OneLineage", testConcurrentLineage},
 		{"EventsInCommitOrder", testConcurrentEvents},
+		{"OneIdempotentRequest", testConcurrentIdempotency},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := open(t)
@@ -352,5 +354,28 @@ func testDurable(t *testing.T, s store.Store) {
 	}
 	if ok, err := s.MarkDurable(ctx, "b"); err != nil || ok {
 		t.Fatalf("mark of a pruning snapshot: %v %v, want false", ok, err)
+	}
+}
+
+// testConcurrentIdempotency: requests with one Idempotency-Key from both
+// handles at once: exactly one is let in, the others see its record.
+func testConcurrentIdempotency(t *testing.T, a, b store.Store) {
+	ctx := t.Context()
+	var won atomic.Int32
+	both(a, b, func(s store.Store, w int) {
+		got, err := s.BeginIdempotent(ctx, store.IdempotencyRecord{TeamID: "t", Key: "k", Route: "POST /v1/machines",
+			RequestHash: "h", CreatedAt: now()}, now().Add(-time.Hour))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if got == nil {
+			won.Add(1)
+		} else if got.RequestHash != "h" {
+			t.Errorf("the record seen: %+v", got)
+		}
+	})
+	if won.Load() != 1 {
+		t.Fatalf("%d requests let in with one key, want 1", won.Load())
 	}
 }

@@ -43,6 +43,7 @@ var tests = []struct {
 }{
 	{"Teams", testTeams},
 	{"Quotas", testQuotas},
+	{"Idempotency", testIdempotency},
 	{"MachineRoundTrip", testMachineRoundTrip},
 	{"MachineDefaults", testMachineDefaults},
 	{"MainProcess", testMainProcess},
@@ -398,5 +399,47 @@ func testQuotas(t *testing.T, s store.Store) {
 	want := store.TeamUsage{RunningMachines: 3, VCPUs: 4, MemoryMB: 1024, SnapshotBytes: 1000, Creates: 2, FirstCreate: b.CreatedAt}
 	if err != nil || u != want {
 		t.Fatalf("usage %+v, %v; want %+v", u, err, want)
+	}
+}
+
+// testIdempotency: one record per team and key; in progress, then
+// finished or abandoned; a record older than notBefore is replaced; prune.
+func testIdempotency(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	rec := store.IdempotencyRecord{TeamID: "t", Key: "k1", Route: "POST /v1/machines", RequestHash: "h1", CreatedAt: base}
+	begin := func(r store.IdempotencyRecord, notBefore time.Time) *store.IdempotencyRecord {
+		t.Helper()
+		got, err := s.BeginIdempotent(ctx, r, notBefore)
+		must(t, err)
+		return got
+	}
+	if got := begin(rec, base.Add(-time.Hour)); got != nil {
+		t.Fatalf("first begin: %+v, want nil (let in)", got)
+	}
+	other := rec
+	other.RequestHash = "h2"
+	if got := begin(other, base.Add(-time.Hour)); got == nil || got.Status != 0 || got.RequestHash != "h1" || !got.CreatedAt.Equal(base) {
+		t.Fatalf("second begin: %+v, want the first, in progress", got)
+	}
+	if got := begin(store.IdempotencyRecord{TeamID: "u", Key: "k1", Route: "r", RequestHash: "x", CreatedAt: base}, base); got != nil {
+		t.Fatalf("another team's key: %+v, want nil", got)
+	}
+	body := []byte(`{"id":"mch_1"}`)
+	must(t, s.FinishIdempotent(ctx, "t", "k1", 201, body))
+	must(t, s.AbandonIdempotent(ctx, "t", "k1")) // a finished record stays
+	if got, err := s.GetIdempotent(ctx, "t", "k1"); err != nil || got.Status != 201 || string(got.Body) != string(body) || got.Route != rec.Route {
+		t.Fatalf("finished record: %+v, %v", got, err)
+	}
+	// An old record is replaced.
+	newer := rec
+	newer.RequestHash, newer.CreatedAt = "h3", base.Add(25*time.Hour)
+	if got := begin(newer, base.Add(time.Hour)); got != nil {
+		t.Fatalf("begin over an expired record: %+v, want nil", got)
+	}
+	must(t, s.AbandonIdempotent(ctx, "t", "k1"))
+	_, err := s.GetIdempotent(ctx, "t", "k1")
+	checkErr(t, "an abandoned record", err, errdefs.ErrNotFound, "")
+	if n, err := s.PruneIdempotent(ctx, base.Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("prune: %d, %v; want the other team's 1", n, err)
 	}
 }
