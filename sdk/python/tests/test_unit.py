@@ -330,6 +330,23 @@ class IdempotencyKeyTest(unittest.TestCase):
         self.assertEqual(len(fork_keys), 2)
         self.assertEqual(fork_keys[0], fork_keys[1])
 
+    def test_async_in_progress_and_timeout_retried(self) -> None:
+        self.srv.route("POST /v1/machines", err(409, "idempotency_key_in_progress", True, {"Retry-After": "0"}),
+                       js(201, MACHINE))
+        self.srv.route("POST /v1/machines/mch_1/snapshots", drop_first(js(201, SNAP), wait=0.5))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = await AsyncMachine.create(client=c)
+                self.assertEqual((await m.create_snapshot(request_timeout=0.2)).id, "snp_1")
+
+        asyncio.run(main())
+        self.assertEqual(len(self.keys("/v1/machines")), 2)
+        self.assertEqual(len(set(self.keys("/v1/machines"))), 1)
+        snap_keys = self.keys("/v1/machines/mch_1/snapshots")
+        self.assertEqual(len(snap_keys), 2)
+        self.assertEqual(snap_keys[0], snap_keys[1])
+
     def test_bad_key_refused_before_sending(self) -> None:
         with Client(self.srv.url, "k") as c:
             for bad in ["", "x" * 256, "caf\u00e9", "a\nb", " lead"]:
