@@ -266,8 +266,7 @@ class AsyncTransport:
             err._sent = sent  # type: ignore[attr-defined]
             raise err from e
 
-    async def _attempts(self, r: Request[Any]) -> Tuple[_Conn, _Head, _Body]:
-        attempt = 0
+    async def _attempts(self, r: Request[Any], attempt: int = 0) -> Tuple[_Conn, _Head, _Body, int]:
         while True:
             try:
                 c, head, body = await self._open(r)
@@ -278,7 +277,7 @@ class AsyncTransport:
                 attempt += 1
                 continue
             if 200 <= head.status < 300:
-                return c, head, body
+                return c, head, body, attempt
             data = head.error_body
             if data is None:
                 try:
@@ -299,19 +298,31 @@ class AsyncTransport:
             c.close()
 
     async def call(self, r: Request[T]) -> T:
-        c, head, body = await self._attempts(r)
-        try:
-            data = await body.read_all()
-        except BaseException as e:
-            c.close()
-            if isinstance(e, (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError)):
-                raise _config.connection_error(r, _as_timeout(e)) from e
-            raise
-        self._release(c, body)
-        return _config.decode(r, head.status, data)
+        attempt = 0
+        while True:
+            c, head, body, attempt = await self._attempts(r, attempt)
+            try:
+                data = await body.read_all()
+            except BaseException as e:
+                c.close()
+                if isinstance(e, errors.ConnectionError):
+                    err: errors.NullspaceError = e
+                elif isinstance(e, (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError)):
+                    err = _config.connection_error(r, _as_timeout(e))
+                else:
+                    raise
+                if not _config.should_retry(r, err, attempt, self.settings.max_retries, True):
+                    if err is e:
+                        raise
+                    raise err from e
+                await asyncio.sleep(_config.backoff(attempt, None))
+                attempt += 1
+                continue
+            self._release(c, body)
+            return _config.decode(r, head.status, data)
 
     async def stream(self, r: Request[Any]) -> "AsyncStreamResponse":
-        c, head, body = await self._attempts(r)
+        c, head, body, _ = await self._attempts(r)
         return AsyncStreamResponse(self, r, c, head, body)
 
 

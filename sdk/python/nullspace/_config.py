@@ -23,9 +23,14 @@ KEY_FILE_NAME = "api-key"
 #: the time allowed between bytes, not a machine's lease: see ``timeout``.
 DEFAULT_REQUEST_TIMEOUT = 60.0
 
-#: How many times an idempotent call is retried after a connection failure or
-#: a retryable answer (429, 502, 503, 504).
+#: How many times an idempotent call (or one sent with an Idempotency-Key)
+#: is retried after a connection failure or a retryable answer (429, 502,
+#: 503, 504).
 DEFAULT_MAX_RETRIES = 3
+
+#: The header that makes a create, fork or snapshot safe to send again: the
+#: server answers a retry carrying the same key with the first answer.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 VERSION = "0.1.0"
 USER_AGENT = f"nullspace-python/{VERSION}"
@@ -81,24 +86,45 @@ Timeout = Union[float, None, _Default]
 Body = Union[bytes, Any, Iterable[bytes], None]
 
 
+def idempotency_key(key: Optional[str]) -> str:
+    """The Idempotency-Key of one logical call: the caller's, checked (1 to
+    255 printable ASCII characters), else a new random UUID."""
+    if key is None:
+        import uuid  # here: most programs create few machines
+
+        return str(uuid.uuid4())
+    if (not isinstance(key, str) or not 1 <= len(key) <= 255 or key != key.strip()
+            or any(not " " <= ch <= "~" for ch in key)):
+        raise errors.InvalidArgumentError(
+            f"idempotency_key must be 1 to 255 printable ASCII characters without leading or trailing spaces, not {key!r}",
+            code="invalid_argument",
+            suggested_action="pass a UUID or another short ASCII id of the logical call, or None for a new one",
+        )
+    return key
+
+
 class Request(Generic[T]):
     """One API call. ``parse`` turns the decoded JSON answer into the value
     the caller gets; ``idempotent`` says whether it may be sent again after a
-    failure (never true for a create or a command); ``extra_timeout`` is
+    failure (never true for a command); ``idempotency_key``, sent as the
+    Idempotency-Key header on every attempt, makes a create, fork or
+    snapshot as safe to send again as an idempotent call; ``extra_timeout`` is
     added to the read timeout (a foreground command's own timeout: its
     answer comes only once it has run; None: no read limit); ``raw`` says
     the answer is bytes, not JSON. (A plain class: the dataclasses module
     alone is a tenth of the time of ``import nullspace``.)"""
 
     __slots__ = ("method", "path", "query", "json", "body", "content_type", "content_length", "accept",
-                 "idempotent", "parse", "timeout", "extra_timeout", "raw")
+                 "idempotent", "idempotency_key", "parse", "timeout", "extra_timeout", "raw")
 
     def __init__(self, method: str, path: str, query: Sequence[Tuple[str, str]] = (), json: Any = None,
                  body: Body = None, content_type: str = "", content_length: Optional[int] = None,
                  accept: str = "application/json", idempotent: bool = False,
                  parse: Optional[Callable[[Any], T]] = None, timeout: Timeout = DEFAULT,
-                 extra_timeout: Optional[float] = 0.0, raw: bool = False) -> None:
+                 extra_timeout: Optional[float] = 0.0, raw: bool = False,
+                 idempotency_key: Optional[str] = None) -> None:
         self.method, self.path, self.query, self.json, self.body = method, path, query, json, body
+        self.idempotency_key = idempotency_key
         self.content_type, self.content_length, self.accept = content_type, content_length, accept
         self.idempotent, self.parse, self.timeout = idempotent, parse, timeout
         self.extra_timeout, self.raw = extra_timeout, raw
@@ -111,6 +137,8 @@ class Request(Generic[T]):
     def payload(self) -> Tuple[Body, Dict[str, str]]:
         """The body to send and its headers."""
         h: Dict[str, str] = {"Accept": self.accept}
+        if self.idempotency_key is not None:
+            h[IDEMPOTENCY_HEADER] = self.idempotency_key
         if self.json is not None:
             b = _json.dumps(self.json, separators=(",", ":")).encode()
             h["Content-Type"] = "application/json"
@@ -212,12 +240,20 @@ def backoff(attempt: int, hint: Optional[float]) -> float:
 def should_retry(r: Request[Any], err: errors.NullspaceError, attempt: int, max_retries: int, sent: bool) -> bool:
     """Whether to send r again after err. A request that never left (the
     connection could not be made) is always safe to send again; one that
-    may have reached the server only when it is idempotent."""
+    may have reached the server only when it is idempotent or carries an
+    Idempotency-Key. A keyed call is also sent again when its answer did
+    not come in time (the server replays the first answer, or waits for it)
+    and when the server says the first attempt is still in progress."""
     if attempt >= max_retries or not r.replayable():
         return False
+    keyed = r.idempotency_key is not None
     if isinstance(err, errors.ConnectionError):
-        return (not sent) or r.idempotent
-    if not r.idempotent:
+        return (not sent) or r.idempotent or keyed
+    if keyed and isinstance(err, errors.TimeoutError) and err.code == "request_timeout":
+        return True
+    if keyed and err.status == 409 and err.code == "idempotency_key_in_progress":
+        return True
+    if not (r.idempotent or keyed):
         return False
     return err.status in RETRY_STATUSES and err.retryable
 

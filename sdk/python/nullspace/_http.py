@@ -1,5 +1,6 @@
 """The blocking transport: HTTP/1.1 over http.client, with a small pool of
-kept-alive connections, per-call timeouts and retries of idempotent calls."""
+kept-alive connections, per-call timeouts and retries of idempotent calls
+(and of calls sent with an Idempotency-Key)."""
 
 from __future__ import annotations
 
@@ -149,10 +150,10 @@ class Transport:
         if chunked:
             c.send(b"0\r\n\r\n")
 
-    def _attempts(self, r: Request[Any]) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _attempts(self, r: Request[Any], attempt: int = 0) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse, int]:
         """Sends r, retrying as the policy allows, until a 2xx answer's head
-        arrives; raises the error of the last attempt otherwise."""
-        attempt = 0
+        arrives (returned with the number of the attempt that got it);
+        raises the error of the last attempt otherwise."""
         while True:
             try:
                 c, resp = self._open(r)
@@ -163,7 +164,7 @@ class Transport:
                 attempt += 1
                 continue
             if 200 <= resp.status < 300:
-                return c, resp
+                return c, resp, attempt
             hdrs = {k.lower(): v for k, v in resp.getheaders()}
             try:
                 data = resp.read(64 << 10)
@@ -183,20 +184,28 @@ class Transport:
             c.close()
 
     def call(self, r: Request[T]) -> T:
-        """Sends r and returns its parsed answer."""
-        c, resp = self._attempts(r)
-        try:
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            c.close()
-            raise _config.connection_error(r, e) from e
-        self._release(c, resp)
-        return _config.decode(r, resp.status, data)
+        """Sends r and returns its parsed answer. An answer that breaks off
+        is asked for again when r may be sent again (see should_retry)."""
+        attempt = 0
+        while True:
+            c, resp, attempt = self._attempts(r, attempt)
+            try:
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                c.close()
+                err = _config.connection_error(r, e)
+                if not _config.should_retry(r, err, attempt, self.settings.max_retries, True):
+                    raise err from e
+                time.sleep(_config.backoff(attempt, None))
+                attempt += 1
+                continue
+            self._release(c, resp)
+            return _config.decode(r, resp.status, data)
 
     def stream(self, r: Request[Any]) -> "StreamResponse":
         """Sends r and returns its answer to be read as it comes. Close it
         (or use it in a with block) when done."""
-        c, resp = self._attempts(r)
+        c, resp, _ = self._attempts(r)
         return StreamResponse(self, r, c, resp)
 
 

@@ -13,7 +13,7 @@ import stat as statmod
 from typing import Any, AsyncIterator, Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import errors
-from ._config import DEFAULT, Request, Timeout, q, quote
+from ._config import DEFAULT, Request, Timeout, idempotency_key, q, quote
 from .models import (
     CommandResult,
     EntryInfo,
@@ -103,6 +103,7 @@ def create(
     public_ports: Optional[bool],
     checkpoint_retention: Optional[int],
     request_timeout: Timeout,
+    key: Optional[str] = None,
 ) -> Request[MachineInfo]:
     b: Dict[str, Any] = {}
     if template:
@@ -139,7 +140,11 @@ def create(
         b["public_ports"] = True
     if checkpoint_retention is not None:
         b["checkpoint_retention"] = checkpoint_retention
-    return Request("POST", "/v1/machines", json=b, parse=MachineInfo.from_json, timeout=request_timeout)
+    # The key is made once per call: every retry of it carries the same one,
+    # so the server answers a retry with the first answer, not a second
+    # machine.
+    return Request("POST", "/v1/machines", json=b, parse=MachineInfo.from_json, timeout=request_timeout,
+                   idempotency_key=idempotency_key(key))
 
 
 def get(id: str, t: Timeout = DEFAULT) -> Request[MachineInfo]:
@@ -174,12 +179,13 @@ def pause(id: str, t: Timeout = DEFAULT) -> Request[Snapshot]:
     return Request("POST", mpath(id, "pause"), parse=Snapshot.from_json, timeout=t)
 
 
-def create_snapshot(id: str, name: Optional[str] = None, t: Timeout = DEFAULT) -> Request[Snapshot]:
-    return Request("POST", mpath(id, "snapshots"), json={"name": name} if name else None, parse=Snapshot.from_json, timeout=t)
+def create_snapshot(id: str, name: Optional[str] = None, t: Timeout = DEFAULT, key: Optional[str] = None) -> Request[Snapshot]:
+    return Request("POST", mpath(id, "snapshots"), json={"name": name} if name else None, parse=Snapshot.from_json, timeout=t,
+                   idempotency_key=idempotency_key(key))
 
 
-def fork(id: str, count: int, t: Timeout = DEFAULT) -> Request[Dict[str, Any]]:
-    return Request("POST", mpath(id, "fork"), json={"count": count}, timeout=t)
+def fork(id: str, count: int, t: Timeout = DEFAULT, key: Optional[str] = None) -> Request[Dict[str, Any]]:
+    return Request("POST", mpath(id, "fork"), json={"count": count}, timeout=t, idempotency_key=idempotency_key(key))
 
 
 def stop(id: str, grace: Optional[float], t: Timeout = DEFAULT) -> Request[MachineInfo]:

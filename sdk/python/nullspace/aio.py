@@ -238,6 +238,7 @@ class AsyncMachine:
         snapshot_id: Optional[str] = None,
         public_ports: Optional[bool] = None,
         checkpoint_retention: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
         client: Optional[AsyncClient] = None,
         api_url: Optional[str] = None,
         api_key: Optional[str] = None,
@@ -249,7 +250,7 @@ class AsyncMachine:
             idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, envs=envs,
             metadata=metadata, volumes=volumes, allow_internet=allow_internet, command=command,
             on_pause=on_pause, on_resume=on_resume, snapshot_id=snapshot_id, public_ports=public_ports,
-            checkpoint_retention=checkpoint_retention, request_timeout=request_timeout,
+            checkpoint_retention=checkpoint_retention, request_timeout=request_timeout, key=idempotency_key,
         )
         return cls(await c.call(r), c)
 
@@ -300,11 +301,13 @@ class AsyncMachine:
     async def pause(self, *, request_timeout: Timeout = DEFAULT) -> Snapshot:
         return await self._client.call(_ops.pause(self.id, request_timeout))
 
-    async def create_snapshot(self, *, name: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Snapshot:
-        return await self._client.call(_ops.create_snapshot(self.id, name, request_timeout))
+    async def create_snapshot(self, *, name: Optional[str] = None, idempotency_key: Optional[str] = None,
+                              request_timeout: Timeout = DEFAULT) -> Snapshot:
+        return await self._client.call(_ops.create_snapshot(self.id, name, request_timeout, idempotency_key))
 
-    async def fork(self, count: int = 1, *, request_timeout: Timeout = DEFAULT) -> List["AsyncMachine"]:
-        _, children = _ops.fork_result(await self._client.call(_ops.fork(self.id, count, request_timeout)))
+    async def fork(self, count: int = 1, *, idempotency_key: Optional[str] = None,
+                   request_timeout: Timeout = DEFAULT) -> List["AsyncMachine"]:
+        _, children = _ops.fork_result(await self._client.call(_ops.fork(self.id, count, request_timeout, idempotency_key)))
         return [AsyncMachine(m, self._client) for m in children]
 
     async def stop(self, *, grace: Optional[float] = None, request_timeout: Timeout = DEFAULT) -> MachineInfo:

@@ -94,7 +94,11 @@ class PathNotFoundError(NotFoundError, builtins.FileNotFoundError):
 
 class ConflictError(NullspaceError):
     """The call conflicts with the current state (409), e.g. another pause of
-    the same machine is in progress; ``retryable`` says whether to retry."""
+    the same machine is in progress; ``retryable`` says whether to retry.
+    Also an Idempotency-Key sent before with another request body (422
+    ``idempotency_key_reused``: use a new key for a different call) or whose
+    first request is still running (409 ``idempotency_key_in_progress``,
+    retried by the SDK)."""
 
 
 class MachineNotRunningError(ConflictError):
@@ -190,6 +194,8 @@ _BY_CODE: Dict[str, Type[NullspaceError]] = {
     "template_exists": ConflictError,
     "template_in_use": ConflictError,
     "template_not_ready": ConflictError,
+    "idempotency_key_reused": ConflictError,
+    "idempotency_key_in_progress": ConflictError,
     "snapshot_incompatible": SnapshotIncompatibleError,
     "snapshot_corrupt": SnapshotCorruptError,
     "snapshot_superseded": SnapshotSupersededError,

@@ -114,6 +114,7 @@ class Machine:
         snapshot_id: Optional[str] = None,
         public_ports: Optional[bool] = None,
         checkpoint_retention: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
         client: Optional[Client] = None,
         api_url: Optional[str] = None,
         api_key: Optional[str] = None,
@@ -129,8 +130,15 @@ class Machine:
         ``auto_resume=True`` (needs pause or stop) lets traffic to its public
         URLs wake it. ``idle_timeout`` pauses it after that many seconds without
         network activity. ``on_pause`` / ``on_resume`` are shell commands run
-        inside it around every pause and restore. A create is never retried:
-        a failure leaves no machine behind.
+        inside it around every pause and restore.
+
+        Every create is sent with an Idempotency-Key (a new UUID, or
+        ``idempotency_key``), so it is retried like an idempotent call: after
+        a dropped connection or a timeout the server answers the retry with
+        the first create's machine, never a second one, for 24 hours. Pass
+        your own key (1 to 255 printable ASCII characters) to retry a create
+        across process restarts; the same key with other arguments raises
+        ``ConflictError`` with code ``idempotency_key_reused``.
         """
         c = shared_client(client, api_url, api_key)
         r = _ops.create(
@@ -138,7 +146,7 @@ class Machine:
             idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, envs=envs,
             metadata=metadata, volumes=volumes, allow_internet=allow_internet, command=command,
             on_pause=on_pause, on_resume=on_resume, snapshot_id=snapshot_id, public_ports=public_ports,
-            checkpoint_retention=checkpoint_retention, request_timeout=request_timeout,
+            checkpoint_retention=checkpoint_retention, request_timeout=request_timeout, key=idempotency_key,
         )
         return cls(c.call(r), c)
 
@@ -205,18 +213,22 @@ class Machine:
         snap = self._client.call(_ops.pause(self.id, request_timeout))
         return snap
 
-    def create_snapshot(self, *, name: Optional[str] = None, request_timeout: Timeout = DEFAULT) -> Snapshot:
+    def create_snapshot(self, *, name: Optional[str] = None, idempotency_key: Optional[str] = None,
+                        request_timeout: Timeout = DEFAULT) -> Snapshot:
         """A reusable snapshot of the running machine, which keeps running;
         Machine.create(snapshot_id=...) makes independent children of it.
         ``name`` names it (unique in the team, else ``ConflictError`` with
         code ``snapshot_name_exists``); the name then works wherever the id
-        does, until the snapshot is deleted."""
-        return self._client.call(_ops.create_snapshot(self.id, name, request_timeout))
+        does, until the snapshot is deleted. Sent with an Idempotency-Key
+        and retried like create (see there)."""
+        return self._client.call(_ops.create_snapshot(self.id, name, request_timeout, idempotency_key))
 
-    def fork(self, count: int = 1, *, request_timeout: Timeout = DEFAULT) -> List["Machine"]:
+    def fork(self, count: int = 1, *, idempotency_key: Optional[str] = None,
+             request_timeout: Timeout = DEFAULT) -> List["Machine"]:
         """``count`` (1..16) running children of one snapshot of this
-        machine, which keeps running; all or none."""
-        _, children = _ops.fork_result(self._client.call(_ops.fork(self.id, count, request_timeout)))
+        machine, which keeps running; all or none. Sent with an
+        Idempotency-Key and retried like create (see there)."""
+        _, children = _ops.fork_result(self._client.call(_ops.fork(self.id, count, request_timeout, idempotency_key)))
         return [Machine(m, self._client) for m in children]
 
     def stop(self, *, grace: Optional[float] = None, request_timeout: Timeout = DEFAULT) -> MachineInfo:

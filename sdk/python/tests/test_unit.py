@@ -131,17 +131,20 @@ class RetryTest(unittest.TestCase):
             self.assertEqual(Machine.get_info_by_id("mch_1", client=c).id, "mch_1")
         self.assertEqual(self.srv.count("GET", "/v1/machines/mch_1"), 3)
 
-    def test_create_and_command_never_sent_twice(self) -> None:
-        self.srv.route("POST /v1/machines", err(503, "unavailable", True, {"Retry-After": "0"}))
+    def test_command_never_sent_twice_create_retried_with_its_key(self) -> None:
+        self.srv.route("POST /v1/machines", err(503, "unavailable", True, {"Retry-After": "0"}), js(201, MACHINE))
         self.srv.route("POST /v1/machines/mch_1/commands", err(503, "agent_unavailable", True, {"Retry-After": "0"}))
         with Client(self.srv.url, "k") as c:
-            with self.assertRaises(errors.UnavailableError):
-                Machine.create(template="base", client=c)
+            self.assertEqual(Machine.create(template="base", client=c).id, "mch_1")
             m = Machine(nullspace.MachineInfo.from_json(MACHINE), c)
             with self.assertRaises(errors.UnavailableError):
                 m.commands.run("echo once")
-        self.assertEqual(self.srv.count("POST", "/v1/machines"), 1)
+        self.assertEqual(self.srv.count("POST", "/v1/machines"), 2)
+        keys = {h.get("Idempotency-Key") for meth, p, h, _ in self.srv.requests if p == "/v1/machines"}
+        self.assertEqual(len(keys), 1)
         self.assertEqual(self.srv.count("POST", "/v1/machines/mch_1/commands"), 1)
+        cmd = [h for meth, p, h, _ in self.srv.requests if p == "/v1/machines/mch_1/commands"]
+        self.assertNotIn("Idempotency-Key", cmd[0])
 
     def test_non_retryable_answer_not_retried(self) -> None:
         self.srv.route("GET /v1/machines/mch_1", err(404, "machine_not_found"))
@@ -202,6 +205,157 @@ class RetryTest(unittest.TestCase):
         with Client(self.srv.url, "secret-key") as c:
             Machine.get_info_by_id("mch_1", client=c)
         self.assertEqual(self.srv.requests[0][2]["Authorization"], "Bearer secret-key")
+
+
+def drop_first(answer: Any, wait: float = 0.0) -> Any:
+    """A route that reads the first request, waits ``wait`` seconds and
+    closes the connection without answering; later ones get ``answer``."""
+    n = [0]
+
+    def route(h: Any, _: bytes) -> Any:
+        n[0] += 1
+        if n[0] == 1:
+            time.sleep(wait)
+            h.close_connection = True
+            return None
+        return answer
+
+    return route
+
+
+SNAP = {"id": "snp_1", "kind": "snapshot", "machine_id": "mch_1"}
+FORK = {"snapshot": SNAP, "machines": [dict(MACHINE, id="mch_2")]}
+
+
+class IdempotencyKeyTest(unittest.TestCase):
+    """Create, fork and create_snapshot carry an Idempotency-Key, the same
+    on every attempt of one call, so they are retried like idempotent
+    calls; a refusal of the key is not retried."""
+
+    def setUp(self) -> None:
+        self.srv = FakeServer()
+        self.addCleanup(self.srv.close)
+
+    def keys(self, path: str) -> List[str]:
+        return [h.get("Idempotency-Key", "") for _, p, h, _ in self.srv.requests if p == path]
+
+    def test_dropped_connection_retried_with_the_same_key(self) -> None:
+        routes = {"/v1/machines": js(201, MACHINE), "/v1/machines/mch_1/fork": js(201, FORK),
+                  "/v1/machines/mch_1/snapshots": js(201, SNAP)}
+        for path, answer in routes.items():
+            self.srv.route("POST " + path, drop_first(answer))
+        with Client(self.srv.url, "k") as c:
+            m = Machine.create(template="base", client=c)
+            self.assertEqual(m.id, "mch_1")
+            self.assertEqual([k.id for k in m.fork(1)], ["mch_2"])
+            self.assertEqual(m.create_snapshot().id, "snp_1")
+        seen = set()
+        for path in routes:
+            with self.subTest(path=path):
+                keys = self.keys(path)
+                self.assertEqual(len(keys), 2)
+                self.assertEqual(keys[0], keys[1])
+                self.assertRegex(keys[0], r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+                seen.add(keys[0])
+        self.assertEqual(len(seen), 3, "each call has a key of its own")
+
+    def test_async_dropped_connection_retried_with_the_same_key(self) -> None:
+        routes = {"/v1/machines": js(201, MACHINE), "/v1/machines/mch_1/fork": js(201, FORK),
+                  "/v1/machines/mch_1/snapshots": js(201, SNAP)}
+        for path, answer in routes.items():
+            self.srv.route("POST " + path, drop_first(answer))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = await AsyncMachine.create(template="base", client=c)
+                self.assertEqual([k.id for k in await m.fork(1)], ["mch_2"])
+                self.assertEqual((await m.create_snapshot()).id, "snp_1")
+
+        asyncio.run(main())
+        for path in routes:
+            with self.subTest(path=path):
+                keys = self.keys(path)
+                self.assertEqual(len(keys), 2)
+                self.assertEqual(keys[0], keys[1])
+                self.assertTrue(keys[0])
+
+    def test_every_call_a_new_key_and_the_callers_as_given(self) -> None:
+        self.srv.route("POST /v1/machines", js(201, MACHINE))
+        with Client(self.srv.url, "k") as c:
+            Machine.create(client=c)
+            Machine.create(client=c)
+            Machine.create(client=c, idempotency_key="job-42 create")
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                await AsyncMachine.create(client=c)
+                m = await AsyncMachine.create(client=c, idempotency_key="job-43")
+                self.srv.route("POST /v1/machines/mch_1/fork", js(201, FORK))
+                self.srv.route("POST /v1/machines/mch_1/snapshots", js(201, SNAP))
+                await m.fork(1, idempotency_key="fork-1")
+                await m.create_snapshot(idempotency_key="snap-1")
+
+        asyncio.run(main())
+        keys = self.keys("/v1/machines")
+        self.assertEqual(len(set(keys[:2] + keys[3:4])), 3)
+        self.assertEqual((keys[2], keys[4]), ("job-42 create", "job-43"))
+        self.assertEqual(self.keys("/v1/machines/mch_1/fork"), ["fork-1"])
+        self.assertEqual(self.keys("/v1/machines/mch_1/snapshots"), ["snap-1"])
+
+    def test_key_reused_is_not_retried(self) -> None:
+        self.srv.route("POST /v1/machines", err(422, "idempotency_key_reused"))
+        with Client(self.srv.url, "k") as c, self.assertRaises(errors.ConflictError) as cm:
+            Machine.create(client=c, idempotency_key="k1")
+        self.assertEqual((cm.exception.code, cm.exception.status), ("idempotency_key_reused", 422))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                await AsyncMachine.create(client=c, idempotency_key="k1")
+
+        with self.assertRaises(errors.ConflictError) as cm:
+            asyncio.run(main())
+        self.assertEqual(cm.exception.code, "idempotency_key_reused")
+        self.assertEqual(self.srv.count("POST", "/v1/machines"), 2)
+
+    def test_in_progress_and_timeout_retried(self) -> None:
+        self.srv.route("POST /v1/machines", err(409, "idempotency_key_in_progress", True, {"Retry-After": "0"}),
+                       js(201, MACHINE))
+        self.srv.route("POST /v1/machines/mch_1/fork", drop_first(js(201, FORK), wait=0.5))
+        with Client(self.srv.url, "k") as c:
+            m = Machine.create(client=c)
+            self.assertEqual(len(m.fork(1, request_timeout=0.2)), 1)
+        self.assertEqual(len(set(self.keys("/v1/machines"))), 1)
+        self.assertEqual(len(self.keys("/v1/machines")), 2)
+        fork_keys = self.keys("/v1/machines/mch_1/fork")
+        self.assertEqual(len(fork_keys), 2)
+        self.assertEqual(fork_keys[0], fork_keys[1])
+
+    def test_async_in_progress_and_timeout_retried(self) -> None:
+        self.srv.route("POST /v1/machines", err(409, "idempotency_key_in_progress", True, {"Retry-After": "0"}),
+                       js(201, MACHINE))
+        self.srv.route("POST /v1/machines/mch_1/snapshots", drop_first(js(201, SNAP), wait=0.5))
+
+        async def main() -> None:
+            async with AsyncClient(self.srv.url, "k") as c:
+                m = await AsyncMachine.create(client=c)
+                self.assertEqual((await m.create_snapshot(request_timeout=0.2)).id, "snp_1")
+
+        asyncio.run(main())
+        self.assertEqual(len(self.keys("/v1/machines")), 2)
+        self.assertEqual(len(set(self.keys("/v1/machines"))), 1)
+        snap_keys = self.keys("/v1/machines/mch_1/snapshots")
+        self.assertEqual(len(snap_keys), 2)
+        self.assertEqual(snap_keys[0], snap_keys[1])
+
+    def test_bad_key_refused_before_sending(self) -> None:
+        with Client(self.srv.url, "k") as c:
+            for bad in ["", "x" * 256, "caf\u00e9", "a\nb", " lead"]:
+                with self.subTest(key=bad), self.assertRaises(errors.InvalidArgumentError):
+                    Machine.create(client=c, idempotency_key=bad)
+            self.assertEqual(self.srv.requests, [])
+            self.srv.route("POST /v1/machines", js(201, MACHINE))
+            Machine.create(client=c, idempotency_key="x" * 255)
+        self.assertEqual(self.keys("/v1/machines"), ["x" * 255])
 
 
 def out(typ: str, data: bytes, offset: int) -> dict:

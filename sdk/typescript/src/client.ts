@@ -15,7 +15,7 @@ export interface ClientOptions {
   apiKey?: string;
   /** Seconds each call waits for its answer (default 60; null: no limit). */
   requestTimeout?: number | null;
-  /** Retries of an idempotent call (default 3). */
+  /** Retries of an idempotent call, or of a create, fork or snapshot (sent with an Idempotency-Key) (default 3). */
   maxRetries?: number;
   /** The fetch to use (default: the global one). */
   fetch?: typeof fetch;

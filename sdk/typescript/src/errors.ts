@@ -56,7 +56,12 @@ export class TemplateNotFoundError extends NotFoundError {}
 export class VolumeNotFoundError extends NotFoundError {}
 export class ProcessNotFoundError extends NotFoundError {}
 export class PathNotFoundError extends NotFoundError {}
-/** The call conflicts with the current state (409). */
+/**
+ * The call conflicts with the current state (409); also an Idempotency-Key
+ * sent before with another body (422 `idempotency_key_reused`: use a new key
+ * for a different call) or whose first request is still running (409
+ * `idempotency_key_in_progress`, retried by the SDK).
+ */
 export class ConflictError extends NullspaceError {}
 /** The machine is paused, stopped, killed or failed: connect() or start() it. */
 export class MachineNotRunningError extends ConflictError {}
@@ -121,6 +126,8 @@ const byCode: Record<string, ErrorClass> = {
   template_exists: ConflictError,
   template_in_use: ConflictError,
   template_not_ready: ConflictError,
+  idempotency_key_reused: ConflictError,
+  idempotency_key_in_progress: ConflictError,
   snapshot_incompatible: SnapshotIncompatibleError,
   snapshot_corrupt: SnapshotCorruptError,
   snapshot_superseded: SnapshotSupersededError,

@@ -1,12 +1,15 @@
 /**
  * The transport: global fetch with a deadline per call, the caller's
  * AbortSignal, and retries of idempotent calls (after network failures and
- * 429/502/503/504, honouring Retry-After), like the Python SDK. A create or
- * a command is sent again only when the connection was refused (it never
- * reached the server).
+ * 429/502/503/504, honouring Retry-After), like the Python SDK. A create, a
+ * fork or a snapshot carries an Idempotency-Key, the same on each attempt,
+ * and is retried like an idempotent call (and after a request timeout, or
+ * while the server says the first attempt is in progress): the server
+ * answers a repeated key with the first answer. A command is sent again
+ * only when the connection was refused (it never reached the server).
  */
 
-import { AbortError, ConnectionError, NullspaceError, TimeoutError, errorFromBody } from "./errors.js";
+import { AbortError, ConnectionError, InvalidArgumentError, NullspaceError, TimeoutError, errorFromBody } from "./errors.js";
 
 export const VERSION = "0.1.0";
 /** Seconds a call waits for its answer by default: not a machine's lease. */
@@ -38,6 +41,8 @@ export interface Request {
   accept?: string;
   /** May be sent again after a failure that may have reached the server. */
   idempotent?: boolean;
+  /** Sent as the Idempotency-Key header on every attempt: makes a create as safe to send again as an idempotent call. */
+  idempotencyKey?: string;
   /** Seconds added to requestTimeout (the work the call asks for); null: no deadline. */
   extraTimeout?: number | null;
 }
@@ -51,6 +56,33 @@ export interface Settings {
 }
 
 const retryStatuses = [429, 502, 503, 504];
+
+/** A random (version 4) UUID. Browsers have randomUUID only on https and localhost pages; getRandomValues everywhere. */
+function uuid4(): string {
+  const c = globalThis.crypto;
+  if (typeof c.randomUUID === "function") return c.randomUUID();
+  const b = c.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6]! & 0x0f) | 0x40;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+/**
+ * The Idempotency-Key of one logical call: the caller's, checked (1 to 255
+ * printable ASCII characters, no leading or trailing space), else a new
+ * random UUID.
+ */
+export function idempotencyKey(key?: string): string {
+  if (key === undefined) return uuid4();
+  if (typeof key !== "string" || key.length < 1 || key.length > 255 || key !== key.trim() || !/^[\x20-\x7e]+$/.test(key)) {
+    throw new InvalidArgumentError(
+      `idempotencyKey must be 1 to 255 printable ASCII characters without leading or trailing spaces, not ${JSON.stringify(key)}`,
+      { code: "invalid_argument", suggestedAction: "pass a UUID or another short ASCII id of the logical call, or leave it out for a new one" },
+    );
+  }
+  return key;
+}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -118,6 +150,10 @@ export class Transport {
     // run as long as they take).
     const limit = base === null ? null : extra === null ? (o.requestTimeout === undefined ? null : base) : base + extra;
     const replayable = r.body === undefined || typeof r.body === "string" || r.body instanceof Uint8Array;
+    // A call with an Idempotency-Key is answered once by the server however
+    // often it is sent: it may be sent again as an idempotent call may.
+    const keyed = r.idempotencyKey !== undefined;
+    const repeatable = !!r.idempotent || keyed;
     for (let attempt = 0; ; attempt++) {
       let err: NullspaceError;
       try {
@@ -131,12 +167,19 @@ export class Transport {
           // not JSON: a proxy's page
         }
         err = errorFromBody(res.status, body, retryAfter(res.headers));
-        if (!(r.idempotent && replayable && retryStatuses.includes(res.status) && err.retryable)) throw err;
+        const again = (repeatable && retryStatuses.includes(res.status) && err.retryable) ||
+          (keyed && res.status === 409 && err.code === "idempotency_key_in_progress");
+        if (!(again && replayable)) throw err;
       } catch (e) {
-        if (e instanceof NullspaceError && !(e instanceof ConnectionError)) throw e;
-        err = e instanceof ConnectionError ? e : this.networkError(r, e);
-        const sent = !refused(e) && !refused(err.cause);
-        if (!replayable || (sent && !r.idempotent)) throw err;
+        if (keyed && replayable && e instanceof TimeoutError && e.status === 0 && e.code === "request_timeout") {
+          // No answer in time: the retry gets the first attempt's answer.
+          err = e;
+        } else {
+          if (e instanceof NullspaceError && !(e instanceof ConnectionError)) throw e;
+          err = e instanceof ConnectionError ? e : this.networkError(r, e);
+          const sent = !refused(e) && !refused(err.cause);
+          if (!replayable || (sent && !repeatable)) throw err;
+        }
       }
       if (attempt >= s.maxRetries) throw err;
       await sleep(backoff(attempt, err.retryAfter) * 1000, o.signal);
@@ -155,6 +198,7 @@ export class Transport {
     }, limit * 1000);
     const headers: Record<string, string> = { Accept: r.accept ?? "application/json" };
     if (this.settings.apiKey) headers["Authorization"] = `Bearer ${this.settings.apiKey}`;
+    if (r.idempotencyKey !== undefined) headers["Idempotency-Key"] = r.idempotencyKey;
     let body: BodyInit | undefined;
     if (r.json !== undefined) {
       body = JSON.stringify(r.json);

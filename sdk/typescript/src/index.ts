@@ -9,6 +9,6 @@ export * from "./models.js";
 export { Client, Snapshots, Templates, Volumes } from "./client.js";
 export type { BuildTemplateOptions, ClientOptions, Tarball } from "./client.js";
 export { CommandHandle, Commands, DEFAULT_SHELL, Files, KeepAlive, Machine, Pty, PtyHandle, WatchHandle } from "./machine.js";
-export type { ConnectionOptions, CreateOptions, PtyCreateOptions, ReadFormat, RunOptions } from "./machine.js";
+export type { ConnectionOptions, CreateOptions, IdempotentOptions, PtyCreateOptions, ReadFormat, RunOptions } from "./machine.js";
 export { DEFAULT_REQUEST_TIMEOUT, VERSION } from "./http.js";
 export type { CallOptions } from "./http.js";

@@ -11,7 +11,7 @@ import {
   CommandExitError, ConnectionError, InvalidArgumentError, KeepAliveError, MachineNotFoundError, NullspaceError,
   PathNotFoundError, ProcessNotFoundError, TimeoutError, UnavailableError,
 } from "./errors.js";
-import { backoff, Body, CallOptions, ndjson, Request } from "./http.js";
+import { backoff, Body, CallOptions, idempotencyKey, ndjson, Request } from "./http.js";
 import * as m from "./models.js";
 
 type W = m.Wire;
@@ -52,6 +52,18 @@ export interface CreateOptions extends ConnectionOptions {
   snapshotId?: string;
   publicPorts?: boolean;
   checkpointRetention?: number;
+  /**
+   * The Idempotency-Key sent with the create (default: a new random UUID
+   * per call). Pass your own (1 to 255 printable ASCII characters) to retry
+   * a create across process restarts: the server answers a repeated key
+   * with the first create's machine for 24 hours.
+   */
+  idempotencyKey?: string;
+}
+
+/** Options of a call that makes something: its Idempotency-Key (see CreateOptions.idempotencyKey). */
+export interface IdempotentOptions extends CallOptions {
+  idempotencyKey?: string;
 }
 
 const enc = encodeURIComponent;
@@ -122,10 +134,17 @@ export class Machine {
     this.pty = new Pty(this);
   }
 
-  /** Creates a running machine from a template, or from a reusable snapshot. A create is never sent twice. */
+  /**
+   * Creates a running machine from a template, or from a reusable snapshot.
+   * It is sent with an Idempotency-Key (a new UUID, or `idempotencyKey`), the
+   * same on each retry, so it is retried like an idempotent call and a retry
+   * never makes a second machine; the same key with other options is a
+   * ConflictError with code idempotency_key_reused.
+   */
   static async create(o: CreateOptions = {}): Promise<Machine> {
     const c = clientOf(o);
-    return new Machine(m.machineInfo(await c.json({ method: "POST", path: "/v1/machines", json: createBody(o) }, o)), c);
+    const r: Request = { method: "POST", path: "/v1/machines", json: createBody(o), idempotencyKey: idempotencyKey(o.idempotencyKey) };
+    return new Machine(m.machineInfo(await c.json(r, o)), c);
   }
 
   /** The running latest execution of the machine any id of its lineage names: resumed or started first. */
@@ -195,15 +214,18 @@ export class Machine {
   /**
    * A reusable snapshot; the machine keeps running. `name` names it (unique in the team, else
    * ConflictError with code snapshot_name_exists); the name then works wherever the id does.
+   * Sent with an Idempotency-Key and retried like create.
    */
-  async createSnapshot(o: { name?: string } & CallOptions = {}): Promise<m.Snapshot> {
+  async createSnapshot(o: { name?: string } & IdempotentOptions = {}): Promise<m.Snapshot> {
     const json = o.name ? { name: o.name } : undefined;
-    return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "snapshots"), json }, o));
+    const key = idempotencyKey(o.idempotencyKey);
+    return m.snapshot(await this.call({ method: "POST", path: mpath(this.id, "snapshots"), json, idempotencyKey: key }, o));
   }
 
-  /** `count` running children of one snapshot; all or none. */
-  async fork(count = 1, o?: CallOptions): Promise<Machine[]> {
-    const r = await this.call<W["ForkResult"]>({ method: "POST", path: mpath(this.id, "fork"), json: { count } }, o);
+  /** `count` running children of one snapshot; all or none. Sent with an Idempotency-Key and retried like create. */
+  async fork(count = 1, o: IdempotentOptions = {}): Promise<Machine[]> {
+    const key = idempotencyKey(o.idempotencyKey);
+    const r = await this.call<W["ForkResult"]>({ method: "POST", path: mpath(this.id, "fork"), json: { count }, idempotencyKey: key }, o);
     return r.machines.map((w) => new Machine(m.machineInfo(w), this.client));
   }
 

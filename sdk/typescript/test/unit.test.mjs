@@ -22,20 +22,25 @@ const builds = {
 const MACHINE = { id: "mch_1", state: "running", template: "base", cpu_count: 2, memory_mb: 512, allow_internet: false,
   created_at: "2026-12-01T10:00:00Z", lineage_id: "mch_1", latest_id: "mch_1" };
 
-/** A server whose routes answer from queues: "METHOD /path" -> [[status, body, headers], ...] (the last repeats). */
+/**
+ * A server whose routes answer from queues: "METHOD /path" -> [[status, body, headers], ...] (the last repeats);
+ * an entry that is a function (req, res) answers by itself (or not: see drop).
+ */
 function scripted() {
   const routes = new Map();
   const seen = [];
-  const calls = []; // [method, url with query, body]
+  const calls = []; // [method, url with query, body, headers]
   const srv = createServer((req, res) => {
     const path = req.url.split("?")[0];
     seen.push(`${req.method} ${path}`);
     const chunks = [];
     req.on("data", (c) => chunks.push(c));
     req.on("end", () => {
-      calls.push([req.method, req.url, Buffer.concat(chunks).toString()]);
+      calls.push([req.method, req.url, Buffer.concat(chunks).toString(), req.headers]);
       const q = routes.get(`${req.method} ${path}`) ?? [[404, { code: "not_found", message: "no route" }]];
-      const [status, body, headers] = q.length > 1 ? q.shift() : q[0];
+      const entry = q.length > 1 ? q.shift() : q[0];
+      if (typeof entry === "function") return entry(req, res);
+      const [status, body, headers] = entry;
       res.writeHead(status, { "Content-Type": "application/json", ...(headers ?? {}) });
       res.end(JSON.stringify(body));
     });
@@ -57,6 +62,11 @@ async function closedPort() {
 }
 
 const err = (code, retryable = false) => ({ code, message: `test ${code}`, retryable, suggested_action: "do the thing" });
+
+/** A queue entry that reads the request, waits `ms` and closes the connection without answering. */
+const drop = (ms = 0) => (req, res) => setTimeout(() => res.socket.destroy(), ms);
+
+const UUID4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
 for (const [name, sdk] of Object.entries(builds)) {
   describe(`${name} build`, () => {
@@ -92,7 +102,7 @@ for (const [name, sdk] of Object.entries(builds)) {
       }
     });
 
-    test("idempotent calls are retried, a create never twice", async () => {
+    test("idempotent calls are retried, a command never twice", async () => {
       const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
       s.routes.set("GET /v1/machines/mch_2", [[503, err("unavailable", true), { "Retry-After": "0" }], [503, err("unavailable", true), { "Retry-After": "0" }], [200, { ...MACHINE, id: "mch_2" }]]);
       assert.equal((await sdk.Machine.getInfoById("mch_2", { client: c })).id, "mch_2");
@@ -100,12 +110,81 @@ for (const [name, sdk] of Object.entries(builds)) {
       const failed = await sdk.Machine.getInfoById("mch_9", { client: c });
       assert.equal(failed.failureReason, "oom");
       assert.equal(s.count("GET /v1/machines/mch_2"), 3);
-      s.routes.set("POST /v1/machines", [[503, err("unavailable", true), { "Retry-After": "0" }]]);
-      await assert.rejects(sdk.Machine.create({ client: c }), sdk.UnavailableError);
-      assert.equal(s.count("POST /v1/machines"), 1);
+      s.routes.set("POST /v1/machines/mch_2/commands", [[503, err("agent_unavailable", true), { "Retry-After": "0" }]]);
+      const m2 = new sdk.Machine({ ...MACHINE, id: "mch_2" }, c);
+      await assert.rejects(m2.commands.run("echo once"), sdk.UnavailableError);
+      assert.equal(s.count("POST /v1/machines/mch_2/commands"), 1);
       s.routes.set("GET /v1/machines/mch_3", [[404, err("machine_not_found")]]);
       await assert.rejects(sdk.Machine.getInfoById("mch_3", { client: c }), sdk.MachineNotFoundError);
       assert.equal(s.count("GET /v1/machines/mch_3"), 1);
+    });
+
+    test("a create, fork and snapshot dropped after they were read are sent again with the same Idempotency-Key", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
+      const snap = { id: "snp_k", kind: "snapshot", machine_id: "mch_k", lineage_id: "mch_k", template: "base", size_bytes: 1,
+        created_at: "2026-12-01T10:00:00Z", generation: 1, checksum: "c", pause_window_ms: 1, runtime_version: "r", kernel: "k", children: 0 };
+      const paths = ["/v1/machines", "/v1/machines/mch_k/fork", "/v1/machines/mch_k/snapshots"];
+      s.routes.set("POST /v1/machines", [drop(), [201, { ...MACHINE, id: "mch_k" }]]);
+      s.routes.set("POST /v1/machines/mch_k/fork", [drop(), [201, { snapshot: snap, machines: [{ ...MACHINE, id: "mch_k2" }] }]]);
+      s.routes.set("POST /v1/machines/mch_k/snapshots", [drop(), [201, snap]]);
+      s.calls.length = 0;
+      const mk = await sdk.Machine.create({ client: c, template: "base" });
+      assert.equal(mk.id, "mch_k");
+      assert.deepEqual((await mk.fork(1)).map((x) => x.id), ["mch_k2"]);
+      assert.equal((await mk.createSnapshot()).id, "snp_k");
+      const keys = new Set();
+      for (const p of paths) {
+        const sent = s.calls.filter((x) => x[0] === "POST" && x[1] === p);
+        assert.equal(sent.length, 2, p);
+        assert.match(sent[0][3]["idempotency-key"], UUID4, p);
+        assert.equal(sent[1][3]["idempotency-key"], sent[0][3]["idempotency-key"], p);
+        assert.equal(sent[1][2], sent[0][2], p);
+        keys.add(sent[0][3]["idempotency-key"]);
+      }
+      assert.equal(keys.size, 3, "each call has a key of its own");
+    });
+
+    test("every create a new key, the caller's as given, a bad one refused before sending", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
+      s.routes.set("POST /v1/machines", [[201, MACHINE]]);
+      s.routes.set("POST /v1/machines/mch_1/fork", [[201, { snapshot: {}, machines: [] }]]);
+      s.calls.length = 0;
+      const m1 = await sdk.Machine.create({ client: c });
+      await sdk.Machine.create({ client: c });
+      await sdk.Machine.create({ client: c, idempotencyKey: "job-42 create" });
+      await sdk.Machine.create({ client: c, idempotencyKey: "x".repeat(255) });
+      await m1.fork(2, { idempotencyKey: "fork-1" });
+      const keys = s.calls.map((x) => x[3]["idempotency-key"]);
+      assert.equal(keys.length, 5);
+      assert.notEqual(keys[0], keys[1]);
+      assert.deepEqual(keys.slice(2), ["job-42 create", "x".repeat(255), "fork-1"]);
+      for (const bad of ["", "x".repeat(256), "café", "a\nb", " lead"]) {
+        await assert.rejects(sdk.Machine.create({ client: c, idempotencyKey: bad }), sdk.InvalidArgumentError, JSON.stringify(bad));
+      }
+      await assert.rejects(m1.createSnapshot({ idempotencyKey: "" }), sdk.InvalidArgumentError);
+      assert.equal(s.calls.length, 5);
+    });
+
+    test("idempotency_key_reused is not retried; in progress and a request timeout are", async () => {
+      const c = new sdk.Client({ apiUrl: url, apiKey: "k" });
+      s.routes.set("POST /v1/machines", [[422, err("idempotency_key_reused")]]);
+      s.calls.length = 0;
+      await assert.rejects(sdk.Machine.create({ client: c, idempotencyKey: "k1" }), (e) => {
+        assert.equal(e.constructor, sdk.ConflictError);
+        assert.deepEqual([e.code, e.status], ["idempotency_key_reused", 422]);
+        return true;
+      });
+      assert.equal(s.calls.length, 1);
+      s.routes.set("POST /v1/machines", [[409, err("idempotency_key_in_progress", true), { "Retry-After": "0" }], [201, MACHINE]]);
+      s.routes.set("POST /v1/machines/mch_1/fork", [drop(500), [201, { snapshot: {}, machines: [MACHINE] }]]);
+      s.calls.length = 0;
+      const m1 = await sdk.Machine.create({ client: c });
+      assert.equal((await m1.fork(1, { requestTimeout: 0.2 })).length, 1);
+      const [a, b, f1, f2] = s.calls.map((x) => x[3]["idempotency-key"]);
+      assert.equal(s.calls.length, 4);
+      assert.equal(a, b);
+      assert.equal(f1, f2);
+      assert.notEqual(a, f1);
     });
 
     test("a refused connection is a ConnectionError with its cause, retried even for a create", async () => {

@@ -19,6 +19,12 @@ export async function main(): Promise<void> {
   // Files kept, memory dropped at the lease's end, and the same on refresh.
   await using stopping = await Machine.create({ template: "base", timeout: 60, onTimeout: "stop" });
   await stopping.setTimeout(60, { timeoutAction: "stop" });
+  // A key of the caller's makes a create safe to retry across restarts.
+  await using keyed = await Machine.create({ template: "base", idempotencyKey: "job-42" });
+  const kids: Machine[] = await keyed.fork(2, { idempotencyKey: "job-42-fork", requestTimeout: 120 });
+  const warm: Snapshot = await keyed.createSnapshot({ name: "warm", idempotencyKey: "job-42-snap" });
+  void kids;
+  void warm;
   is<Equal<typeof lease.remainingMs, number>>();
   const text = await resumed.files.read("/workspace/report.txt");
   is<Equal<typeof text, string>>();
