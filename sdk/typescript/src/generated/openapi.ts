@@ -1833,6 +1833,8 @@ export interface components {
          *     | `key_not_found` | 404 | false | No API key with this id in the caller's team. |
          *     | `insufficient_scope` | 403 | false | The key is valid but lacks the scope the call needs (the message names it), or asks for a key with more scopes than its own. |
          *     | `quota_exceeded` | 429 | false, true for `creates_per_minute` | A team quota refused the request before anything was made; `quota` names it, its limit and the use. Pause or kill machines, delete snapshots, or ask the operator to raise it. |
+         *     | `idempotency_key_reused` | 422 | false | The Idempotency-Key was first sent with another request (method, path or body); nothing was done. |
+         *     | `idempotency_key_in_progress` | 409 | true | The first request with this Idempotency-Key is still running; retry with the same key to get its response. |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1877,7 +1879,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "quota_exceeded" | "rate_limited" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "quota_exceeded" | "idempotency_key_reused" | "idempotency_key_in_progress" | "rate_limited" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -3182,6 +3184,19 @@ export interface components {
         };
     };
     parameters: {
+        /**
+         * @description Makes a retry safe: the first request with the key (for the
+         *     caller's team) runs, and its response is kept for 24 hours; the
+         *     same request sent again with the key gets that response again,
+         *     with the header `Idempotent-Replayed: true`, instead of doing it
+         *     twice. The first runs to its end even if its client goes away. A
+         *     retry while the first runs waits for it (up to 30 s, then
+         *     `idempotency_key_in_progress`, 409, retryable); the key with
+         *     another request is `idempotency_key_reused` (422). A 5xx response is
+         *     not kept: the retry runs again. The SDKs send a UUID on every
+         *     create, fork and snapshot. 1 to 255 printable ASCII characters.
+         */
+        IdempotencyKey: string;
         /** @description Page size, 1 to 1000 (default 100); out of range is `invalid_argument`. */
         Limit: number;
         /** @description The `next_token` of the previous page (opaque); absent for the first page. */
@@ -3336,7 +3351,21 @@ export interface operations {
     createMachine: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with the key (for the
+                 *     caller's team) runs, and its response is kept for 24 hours; the
+                 *     same request sent again with the key gets that response again,
+                 *     with the header `Idempotent-Replayed: true`, instead of doing it
+                 *     twice. The first runs to its end even if its client goes away. A
+                 *     retry while the first runs waits for it (up to 30 s, then
+                 *     `idempotency_key_in_progress`, 409, retryable); the key with
+                 *     another request is `idempotency_key_reused` (422). A 5xx response is
+                 *     not kept: the retry runs again. The SDKs send a UUID on every
+                 *     create, fork and snapshot. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -3786,7 +3815,21 @@ export interface operations {
     createSnapshot: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with the key (for the
+                 *     caller's team) runs, and its response is kept for 24 hours; the
+                 *     same request sent again with the key gets that response again,
+                 *     with the header `Idempotent-Replayed: true`, instead of doing it
+                 *     twice. The first runs to its end even if its client goes away. A
+                 *     retry while the first runs waits for it (up to 30 s, then
+                 *     `idempotency_key_in_progress`, 409, retryable); the key with
+                 *     another request is `idempotency_key_reused` (422). A 5xx response is
+                 *     not kept: the retry runs again. The SDKs send a UUID on every
+                 *     create, fork and snapshot. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The machine's id. */
                 id: components["parameters"]["MachineID"];
@@ -3842,7 +3885,21 @@ export interface operations {
     forkMachine: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with the key (for the
+                 *     caller's team) runs, and its response is kept for 24 hours; the
+                 *     same request sent again with the key gets that response again,
+                 *     with the header `Idempotent-Replayed: true`, instead of doing it
+                 *     twice. The first runs to its end even if its client goes away. A
+                 *     retry while the first runs waits for it (up to 30 s, then
+                 *     `idempotency_key_in_progress`, 409, retryable); the key with
+                 *     another request is `idempotency_key_reused` (422). A 5xx response is
+                 *     not kept: the retry runs again. The SDKs send a UUID on every
+                 *     create, fork and snapshot. 1 to 255 printable ASCII characters.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The machine's id. */
                 id: components["parameters"]["MachineID"];
