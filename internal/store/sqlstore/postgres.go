@@ -135,6 +135,8 @@ var postgresSchema = schema{
 		{version: 21, sql: sqliteMigrations[20]}, // the same SQL on both
 		{version: 22, sql: sqliteMigrations[21]},
 		{version: 23, sql: `ALTER TABLE cluster_secrets ADD COLUMN updated_at TIMESTAMPTZ;`},
+		// 24 is another branch's; see sqliteUnmerged.
+		{version: 25, sql: migrationDiskMB},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -48,7 +48,7 @@ var sqliteDialect = &dialect{
 
 // sqliteSchema keeps SQLite's version in PRAGMA user_version.
 var sqliteSchema = schema{
-	steps: numbered(sqliteMigrations),
+	steps: append(numbered(sqliteMigrations), sqliteUnmerged...),
 	version: func(ctx context.Context, c conn) (int, error) {
 		var v int
 		err := c.queryRow(ctx, "PRAGMA user_version").Scan(&v)
@@ -262,3 +262,16 @@ var sqliteMigrations = []string{
 	// on a server's host) replaces it and an older one does not.
 	`ALTER TABLE cluster_secrets ADD COLUMN updated_at TEXT NOT NULL DEFAULT '';`,
 }
+
+// sqliteUnmerged are migrations numbered ahead of sqliteMigrations' end
+// because another branch holds the number before them (24). When that one
+// lands, move these into sqliteMigrations after it, in order, so that the
+// position is the number again, and empty this list.
+var sqliteUnmerged = []step{
+	// 25: the machine's disk limit in MiB (disk_mb); 0, in rows written
+	// before, means the server's default.
+	{version: 25, sql: migrationDiskMB},
+}
+
+// migrationDiskMB is migration 25, the same SQL on both backends.
+const migrationDiskMB = `ALTER TABLE machines ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 0;`
