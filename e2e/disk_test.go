@@ -23,8 +23,8 @@ const (
 // the write fails with ENOSPC inside, `df /` shows the limit, its overlay
 // file on the host and the host's free space stay within the limit, and
 // the metrics report the machine's own limit. A machine beside it keeps
-// writing files and running commands. After a pause and resume, and in a
-// fork's child, the limit still holds.
+// writing files and running commands. After a pause and resume, in a
+// fork's child, and after a stop and start, the limit still holds.
 func TestDiskLimit(t *testing.T) {
 	const limit = diskLimitMB << 20
 	healthy := newMachine(t, api.CreateMachineRequest{Template: "base"})
@@ -78,6 +78,21 @@ func TestDiskLimit(t *testing.T) {
 		t.Errorf("fork child's disk_mb %d, want its parent's %d", child.DiskMB, diskLimitMB)
 	}
 	fillDisk(t, child.ID, "fork child")
+	run(t, child.ID, "rm /root/big")
+
+	// A stop drops the processes and keeps the files; the start boots
+	// from them with the same limit.
+	if _, err := env.client.Stop(t.Context(), child.ID, nil); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	started, err := env.client.Start(t.Context(), child.ID)
+	if err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if started.DiskMB != diskLimitMB {
+		t.Errorf("started machine's disk_mb %d, want %d", started.DiskMB, diskLimitMB)
+	}
+	fillDisk(t, started.ID, "stopped and started")
 	run(t, healthy.ID, "echo still fine")
 }
 

@@ -11,8 +11,17 @@ package machine
 // The limit is fixed at create and kept by the lineage: a resume, a start
 // and an in-place restore keep the record's, a child of a snapshot takes
 // the snapshot's (savedSpec.DiskMB), and a spare is made for one limit (it
-// is part of its shape). Records and snapshots written before the limit
-// existed hold 0, read as the server's default (Manager.diskMB).
+// is part of its shape). runsc is given the same flag on every run, create
+// and restore, but the tmpfs's size is part of the checkpointed kernel:
+// a restore keeps the limit the checkpoint was taken with whatever the
+// flag says (measured: a checkpoint of a 64m overlay restored with
+// size=1g, or with no size, still refuses writes past 64 MiB).
+//
+// Records and snapshots written before the limit existed hold 0, read as
+// the server's default (Manager.diskMB). A machine paused, stopped or
+// snapshotted before then restores with the unbounded overlay its
+// checkpoint holds, whatever it reports: only machines booted from a
+// template since (and their lineages) are bounded.
 
 const (
 	// DefaultDiskMB is the disk limit of a machine whose create does not
