@@ -135,7 +135,8 @@ var postgresSchema = schema{
 		{version: 21, sql: sqliteMigrations[20]}, // the same SQL on both
 		{version: 22, sql: sqliteMigrations[21]},
 		{version: 23, sql: `ALTER TABLE cluster_secrets ADD COLUMN updated_at TIMESTAMPTZ;`},
-		// 24 is another branch's; see sqliteUnmerged.
+		// 24 is another branch's; 25 must be renumbered on merge (see
+		// sqliteUnmerged).
 		{version: 25, sql: migrationDiskMB},
 	},
 	prepare: func(ctx context.Context, c conn) error {

@@ -264,9 +264,10 @@ var sqliteMigrations = []string{
 }
 
 // sqliteUnmerged are migrations numbered ahead of sqliteMigrations' end
-// because another branch holds the number before them (24). When that one
-// lands, move these into sqliteMigrations after it, in order, so that the
-// position is the number again, and empty this list.
+// because other branches hold the numbers before them (main has since
+// taken 24, keys, and 25, team quotas). On merge, give these the next
+// free numbers, move them into sqliteMigrations in order (the position is
+// the number) and into postgresSchema's steps, and empty this list.
 var sqliteUnmerged = []step{
 	// 25: the machine's disk limit in MiB (disk_mb); 0, in rows written
 	// before, means the server's default.
