@@ -93,17 +93,21 @@ const (
 
 // CreateMachineRequest is the body of POST /v1/machines.
 type CreateMachineRequest struct {
-	Template      string            `json:"template,omitempty"`  // default "base"
-	CPUCount      int               `json:"cpu_count,omitempty"` // vCPUs; default 2
-	MemoryMB      int               `json:"memory_mb,omitempty"` // default 512
+	Template string `json:"template,omitempty"`  // default "base"
+	CPUCount int    `json:"cpu_count,omitempty"` // vCPUs; default 2
+	MemoryMB int    `json:"memory_mb,omitempty"` // default 512
+	// DiskMB bounds what the machine writes to its root file system, in
+	// MiB: past it, writes fail with ENOSPC inside the machine. Default and
+	// maximum are the server's (--disk-default-mb, --disk-max-mb).
+	DiskMB        int               `json:"disk_mb,omitempty"`
 	Env           map[string]string `json:"env,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	AllowInternet bool              `json:"allow_internet,omitempty"`
 	// SnapshotID creates the machine from a reusable snapshot (its id or
 	// name) instead of a template: memory, processes and files come from
 	// the snapshot, and
-	// template, cpu_count, memory_mb, env, volumes and hooks are the
-	// snapshot's (setting them is an error).
+	// template, cpu_count, memory_mb, disk_mb, env, volumes and hooks are
+	// the snapshot's (setting them is an error).
 	SnapshotID string `json:"snapshot_id,omitempty"`
 	// Volumes are named volumes mounted into the machine.
 	Volumes []VolumeMount `json:"volumes,omitempty"`
@@ -226,9 +230,9 @@ type MetricSample struct {
 	CPUUsedPct float64 `json:"cpu_used_pct"`
 	MemUsed    uint64  `json:"mem_used"`
 	MemTotal   uint64  `json:"mem_total"`
-	// DiskUsed is what the machine wrote to its root filesystem (its
-	// private overlay); DiskTotal the space of the host filesystem that
-	// holds it.
+	// DiskUsed is what the machine wrote to its root filesystem (the
+	// blocks its private overlay takes on the host); DiskTotal is the
+	// machine's own limit on it (disk_mb), in bytes.
 	DiskUsed  uint64 `json:"disk_used"`
 	DiskTotal uint64 `json:"disk_total"`
 	// NetRxBytes and NetTxBytes are the bytes received and sent since the
@@ -266,11 +270,14 @@ type VolumeMount struct {
 
 // Machine is the public view of a machine.
 type Machine struct {
-	ID            string            `json:"id"`
-	State         string            `json:"state"`
-	Template      string            `json:"template"`
-	CPUCount      int               `json:"cpu_count"`
-	MemoryMB      int               `json:"memory_mb"`
+	ID       string `json:"id"`
+	State    string `json:"state"`
+	Template string `json:"template"`
+	CPUCount int    `json:"cpu_count"`
+	MemoryMB int    `json:"memory_mb"`
+	// DiskMB is the limit on what the machine writes to its root file
+	// system, in MiB.
+	DiskMB        int               `json:"disk_mb"`
 	Env           map[string]string `json:"env,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
 	AllowInternet bool              `json:"allow_internet"`

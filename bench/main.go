@@ -48,6 +48,9 @@
 //   - e2b: create to first command and a command's round trip through
 //     E2B's unmodified SDK against the E2B-compatible API, beside the same
 //     through the TypeScript SDK against the Nullspace API. See e2b.go;
+//   - disk: dd of 1 GiB inside a raw sandbox with the unlimited overlay,
+//     one with the overlay limited to 2 GiB and a machine of disk_mb 2048,
+//     without and with conv=fsync: the disk limit's cost. See disk.go;
 //   - store: a second server beside the first, one on SQLite and the local
 //     directory and the other on PostgreSQL and an S3 object store, driven
 //     interleaved: pause, resume with the cache warm and cold, a child from
@@ -127,7 +130,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK) or store (issue 23: SQLite + local directory beside PostgreSQL + S3 object store: pause, resume warm and cold, child, lease refresh, upload sizes, list queries)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK) or store (issue 23: SQLite + local directory beside PostgreSQL + S3 object store: pause, resume warm and cold, child, lease refresh, upload sizes, list queries) or disk (issue 24: dd of 1 GiB with the disk limit beside the unlimited overlay)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -170,9 +173,9 @@ func parseFlags() (config, error) {
 		return c, fmt.Errorf("-raw-init %q: want sleep or agent", c.rawInit)
 	}
 	switch c.suite {
-	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk", "e2b", "store":
+	case "all", "core", "hibernate", "lease", "edge", "lists", "terminal", "sdk", "e2b", "store", "disk":
 	default:
-		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal, sdk, e2b or store", c.suite)
+		return c, fmt.Errorf("-suite %q: want all, core, hibernate, lease, edge, lists, terminal, sdk, e2b, store or disk", c.suite)
 	}
 	if c.backend.DB != "sqlite" && c.backend.DB != "postgres" {
 		return c, fmt.Errorf("-store %q: want sqlite or postgres", c.backend.DB)
@@ -290,6 +293,7 @@ func run(ctx context.Context, cfg config) (err error) {
 			res.printSDK(os.Stdout)
 			res.printE2B(os.Stdout)
 			res.printStore(os.Stdout)
+			res.printDisk(os.Stdout)
 		}
 		if res.hasSamples() && cfg.out != "" {
 			if werr := res.write(cfg.out); werr != nil {
@@ -372,6 +376,11 @@ func measure(ctx context.Context, cfg config, work string, ns, ns2 *nullspaceSid
 	}
 	if cfg.suite == "all" || cfg.suite == "e2b" {
 		if err := measureE2B(ctx, cfg, ns, raw, res); err != nil {
+			return err
+		}
+	}
+	if cfg.suite == "all" || cfg.suite == "disk" {
+		if err := measureDisk(ctx, cfg, ns, raw, res); err != nil {
 			return err
 		}
 	}

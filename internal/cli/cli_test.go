@@ -513,6 +513,7 @@ func TestCLI(t *testing.T) {
   "template": "base",
   "cpu_count": 2,
   "memory_mb": 512,
+  "disk_mb": 0,
   "allow_internet": false,
   "created_at": "2025-06-01T12:00:00Z",
   "lineage_id": "m-new",

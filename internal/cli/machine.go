@@ -117,6 +117,7 @@ after it exits, until its lease ends or it is stopped or killed.`,
 	f.StringVar(&req.Template, "template", "base", "template to boot from")
 	f.IntVar(&req.CPUCount, "cpu", 0, "vCPUs (0: server default, 2)")
 	f.IntVar(&req.MemoryMB, "memory", 0, "memory in MiB (0: server default, 512)")
+	f.IntVar(&req.DiskMB, "disk", 0, "limit in MiB on what the machine writes to its root file system (0: server default, --disk-default-mb)")
 	f.StringArrayVar(&env, "env", nil, "environment variable KEY=VALUE for every command (repeatable)")
 	f.StringArrayVar(&metadata, "metadata", nil, "metadata KEY=VALUE (repeatable)")
 	f.BoolVar(&req.AllowInternet, "allow-internet", false, "allow outbound internet access")
@@ -281,6 +282,15 @@ still follow); --aliases lists every one. Every page is read.`,
 	return cmd
 }
 
+// mibOrEmpty formats a size in MiB; 0 (a server that does not report it)
+// is left out.
+func mibOrEmpty(mb int) string {
+	if mb == 0 {
+		return ""
+	}
+	return strconv.Itoa(mb) + " MiB"
+}
+
 func (a *app) printMachineTable(w io.Writer, ms []api.Machine) error {
 	tw := newTable(w)
 	fmt.Fprintln(tw, "ID\tSTATE\tTEMPLATE\tCPU\tMEM\tIP\tSNAPSHOT\tAGE")
@@ -322,6 +332,7 @@ func (a *app) machineInfoCommand() *cobra.Command {
 				{"Template", m.Template},
 				{"CPU", strconv.Itoa(m.CPUCount)},
 				{"Memory", strconv.Itoa(m.MemoryMB) + " MiB"},
+				{"Disk", mibOrEmpty(m.DiskMB)},
 				{"IP", m.IP},
 				{"Internet", strconv.FormatBool(m.AllowInternet)},
 				{"Env", formatPairs(m.Env)},

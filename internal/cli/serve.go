@@ -82,6 +82,8 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 	f.Int64Var(&cfg.Quota.SnapshotBytes, "quota-snapshot-bytes", cfg.Quota.SnapshotBytes, "each team's default limit of bytes of paused states, snapshots and checkpoints (0: none)")
 	f.Int64Var(&cfg.Quota.CreatesPerMinute, "quota-creates-per-minute", cfg.Quota.CreatesPerMinute, "each team's default limit of machines created a minute (0: none)")
 	f.Float64Var(&cfg.MemoryOvercommit, "memory-overcommit", cfg.MemoryOvercommit, "how many times the host's memory may be given to machines (their memory_mb); creates, resumes and starts past it answer 503 capacity_exhausted")
+	f.IntVar(&cfg.DiskDefaultMB, "disk-default-mb", cfg.DiskDefaultMB, "disk limit in MiB of a machine created without disk_mb: what it may write to its root file system before writes fail with ENOSPC inside it")
+	f.IntVar(&cfg.DiskMaxMB, "disk-max-mb", cfg.DiskMaxMB, "largest disk_mb a create may ask for; more is refused with 400 invalid_argument")
 	f.DurationVar(&cfg.KilledRetention, "killed-retention", cfg.KilledRetention, "keep the records of killed and failed machines this long (0: forever)")
 	f.DurationVar(&cfg.EventsRetention, "events-retention", cfg.EventsRetention, "keep lifecycle events this long (0: no age bound; undelivered webhook events stay)")
 	f.IntVar(&cfg.EventsMax, "events-max", cfg.EventsMax, "keep at most this many of the newest lifecycle events (0: no bound)")

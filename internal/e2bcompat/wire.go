@@ -111,7 +111,7 @@ type volumeMount struct {
 
 func (s *Server) listed(rec *store.Machine) listedSandbox {
 	out := listedSandbox{TemplateID: template(rec), Alias: rec.Template, SandboxID: sandboxID(rec), ClientID: clientID,
-		StartedAt: rec.LineageCreated.UTC(), EndAt: endAt(rec), CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
+		StartedAt: rec.LineageCreated.UTC(), EndAt: endAt(rec), CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, DiskSizeMB: rec.DiskMB,
 		Metadata: rec.Metadata, State: state(rec), EnvdVersion: EnvdVersion, VolumeMounts: []volumeMount{}}
 	if out.Metadata == nil {
 		out.Metadata = map[string]string{}

@@ -106,6 +106,11 @@ type Config struct {
 	DefaultMemoryMB int
 	MaxCPU          int // default: host CPUs
 	MaxMemoryMB     int // default: host memory minus 512 MiB
+	// DefaultDiskMB and MaxDiskMB bound what a machine writes to its root
+	// file system (disk_mb): DefaultDiskMB (default DefaultDiskMB) when a
+	// create does not say, at most MaxDiskMB (default MaxDiskMB).
+	DefaultDiskMB int
+	MaxDiskMB     int
 	// ReadyTimeout bounds how long a new machine's agent may take to answer.
 	ReadyTimeout time.Duration
 	// HostMemoryMB is the host's memory (default: read from
@@ -207,6 +212,12 @@ func New(cfg Config, db store.Store, driver runtime.Driver, net Network, templat
 	if cfg.MaxMemoryMB == 0 {
 		cfg.MaxMemoryMB = hostMemoryMB() - 512
 	}
+	if cfg.DefaultDiskMB == 0 {
+		cfg.DefaultDiskMB = DefaultDiskMB
+	}
+	if cfg.MaxDiskMB == 0 {
+		cfg.MaxDiskMB = max(MaxDiskMB, cfg.DefaultDiskMB)
+	}
 	if cfg.HostMemoryMB == 0 {
 		cfg.HostMemoryMB = hostMemoryMB()
 	}
@@ -284,6 +295,9 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 		if req.MemoryMB == 0 {
 			req.MemoryMB = m.cfg.DefaultMemoryMB
 		}
+		if req.DiskMB == 0 {
+			req.DiskMB = m.cfg.DefaultDiskMB
+		}
 	}
 	bad := func(format string, args ...any) error {
 		return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument, fmt.Sprintf(format, args...),
@@ -292,8 +306,8 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 	if req.SnapshotID != "" {
 		// A child's memory holds its processes' view of the machine: its
 		// shape and mounts must be the snapshot's.
-		if req.Template != "" || req.CPUCount != 0 || req.MemoryMB != 0 || len(req.Env) > 0 || len(req.Volumes) > 0 || req.Hooks != nil || req.Command != nil {
-			return bad("snapshot_id cannot be combined with template, cpu_count, memory_mb, env, volumes, hooks or command: a machine created from a snapshot has the snapshot's")
+		if req.Template != "" || req.CPUCount != 0 || req.MemoryMB != 0 || req.DiskMB != 0 || len(req.Env) > 0 || len(req.Volumes) > 0 || req.Hooks != nil || req.Command != nil {
+			return bad("snapshot_id cannot be combined with template, cpu_count, memory_mb, disk_mb, env, volumes, hooks or command: a machine created from a snapshot has the snapshot's")
 		}
 	} else {
 		if req.CPUCount < 1 || req.CPUCount > m.cfg.MaxCPU {
@@ -301,6 +315,11 @@ func (m *Manager) validate(ctx context.Context, teamID string, req *api.CreateMa
 		}
 		if req.MemoryMB < 64 || req.MemoryMB > m.cfg.MaxMemoryMB {
 			return bad("memory_mb %d is out of range: this host allows 64 to %d", req.MemoryMB, m.cfg.MaxMemoryMB)
+		}
+		if req.DiskMB < 1 || req.DiskMB > m.cfg.MaxDiskMB {
+			return errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
+				fmt.Sprintf("disk_mb %d is out of range: this server allows 1 to %d (default %d)", req.DiskMB, m.cfg.MaxDiskMB, m.cfg.DefaultDiskMB),
+				fmt.Sprintf("ask for at most %d MiB, or leave disk_mb out for the default; the operator sets the bound with --disk-max-mb", m.cfg.MaxDiskMB))
 		}
 	}
 	for k, v := range req.Env {
@@ -416,6 +435,7 @@ func (m *Manager) Create(ctx context.Context, teamID string, req api.CreateMachi
 		Template:            req.Template,
 		CPUCount:            req.CPUCount,
 		MemoryMB:            req.MemoryMB,
+		DiskMB:              req.DiskMB,
 		Env:                 req.Env,
 		Metadata:            req.Metadata,
 		AllowInternet:       req.AllowInternet,
@@ -590,8 +610,20 @@ func (m *Manager) machineSpec(rec *store.Machine, ni NetInfo, rootfs string, tmp
 		NetnsPath: ni.NetnsPath,
 		CPUCount:  rec.CPUCount,
 		MemoryMB:  rec.MemoryMB,
+		DiskMB:    m.diskMB(rec.DiskMB),
 		Mounts:    mounts,
 	}, nil
+}
+
+// diskMB is the disk limit a machine (or a snapshot's spec) records, or
+// the server's default where it records none: rows and snapshots written
+// before machines had a limit hold 0, and run with the default of the
+// server that boots or restores them.
+func (m *Manager) diskMB(recorded int) int {
+	if recorded > 0 {
+		return recorded
+	}
+	return m.cfg.DefaultDiskMB
 }
 
 func (m *Manager) resolvConf(rec *store.Machine, ni NetInfo) string {
@@ -1256,7 +1288,7 @@ func (m *Manager) Views(ctx context.Context, recs []*store.Machine) []api.Machin
 // view is the public view of rec, given its lineage's summary.
 func (m *Manager) view(rec *store.Machine, sum store.LineageSummary) api.Machine {
 	v := api.Machine{
-		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB,
+		ID: rec.ID, State: rec.State, Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, DiskMB: m.diskMB(rec.DiskMB),
 		Env: rec.Env, Metadata: rec.Metadata, AllowInternet: rec.AllowInternet, CreatedAt: rec.CreatedAt, Error: rec.Error, FailureReason: rec.FailureReason,
 		Volumes: rec.Volumes, SnapshotID: rec.SnapshotID, LineageID: rec.LineageID, LatestID: rec.ID, RestoredFrom: rec.RestoredFrom,
 	}

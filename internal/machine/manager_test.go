@@ -31,6 +31,9 @@ type fakeDriver struct {
 	restore func(ctx context.Context) error
 	// memory, if set, is what MemoryPressure reads (no limit otherwise).
 	memory func(id string) (used, limit uint64)
+	// specs are the specs containers were started, created or restored
+	// with, by container id.
+	specs map[string]runtime.Spec
 }
 
 func (d *fakeDriver) MemoryPressure(id string) (used, limit uint64, err error) {
@@ -44,21 +47,32 @@ func (d *fakeDriver) MemoryPressure(id string) (used, limit uint64, err error) {
 }
 
 func (d *fakeDriver) Start(_ context.Context, s runtime.Spec) error {
-	return d.add(s.ID, runtime.StatusRunning)
+	return d.add(s, runtime.StatusRunning)
 }
 
 func (d *fakeDriver) Create(_ context.Context, s runtime.Spec) error {
-	return d.add(s.ID, runtime.StatusCreated)
+	return d.add(s, runtime.StatusCreated)
 }
 
-func (d *fakeDriver) add(id string, st runtime.Status) error {
+func (d *fakeDriver) add(s runtime.Spec, st runtime.Status) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.failStart != nil {
 		return d.failStart
 	}
-	d.containers[id] = st
+	d.containers[s.ID] = st
+	if d.specs == nil {
+		d.specs = map[string]runtime.Spec{}
+	}
+	d.specs[s.ID] = s
 	return nil
+}
+
+// spec returns the spec a container was last given.
+func (d *fakeDriver) spec(id string) runtime.Spec {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.specs[id]
 }
 
 func (d *fakeDriver) Delete(_ context.Context, id, dir string) error {

@@ -2,9 +2,7 @@ package machine
 
 import (
 	"context"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"nullspace.dev/nullspace/api"
@@ -75,7 +73,6 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 	if err != nil {
 		return 0
 	}
-	diskTotal := m.overlayDiskTotal()
 	running := map[string]bool{}
 	sampled := 0
 	for _, rec := range recs {
@@ -88,7 +85,7 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 		}
 		sampled++
 		now := time.Now()
-		if s, ok := m.sample(rec, now, diskTotal); ok {
+		if s, ok := m.sample(rec, now); ok {
 			m.metrics.add(rec.ID, s)
 			m.activity.sawNet(rec.ID, s.NetRxBytes, s.NetTxBytes, now)
 		}
@@ -99,20 +96,10 @@ func (m *Manager) SampleAll(ctx context.Context) int {
 	return sampled
 }
 
-// overlayDiskTotal is the size of the file system that holds every
-// machine's overlay (the data dir's): one statfs serves all.
-func (m *Manager) overlayDiskTotal() uint64 {
-	var fsst syscall.Statfs_t
-	if syscall.Statfs(filepath.Join(m.cfg.DataDir, "machines"), &fsst) != nil {
-		return 0
-	}
-	return fsst.Blocks * uint64(fsst.Bsize)
-}
-
 // sample measures one machine; ok is false when its counters cannot be read
-// (it is stopping, or the driver cannot tell). diskTotal is the size of the
-// file system holding the machines' overlays.
-func (m *Manager) sample(rec *store.Machine, now time.Time, diskTotal uint64) (api.MetricSample, bool) {
+// (it is stopping, or the driver cannot tell). Its disk is the machine's
+// own: the blocks its overlay's file takes on the host, out of its limit.
+func (m *Manager) sample(rec *store.Machine, now time.Time) (api.MetricSample, bool) {
 	st, ok := m.driver.(statser)
 	if !ok {
 		return api.MetricSample{}, false
@@ -140,8 +127,13 @@ func (m *Manager) sample(rec *store.Machine, now time.Time, diskTotal uint64) (a
 	if c, ok := m.net.(counterer); ok && rec.Slot >= 0 {
 		s.NetRxBytes, s.NetTxBytes, _ = c.Counters(rec.Slot)
 	}
-	s.DiskUsed, s.DiskTotal = stats.DiskBytes, diskTotal
+	s.DiskUsed, s.DiskTotal = stats.DiskBytes, m.metricsDiskTotal(rec)
 	return s, true
+}
+
+// metricsDiskTotal is a machine's disk_total: its own limit, in bytes.
+func (m *Manager) metricsDiskTotal(rec *store.Machine) uint64 {
+	return uint64(m.diskMB(rec.DiskMB)) << 20
 }
 
 func (ms *metrics) add(id string, s api.MetricSample) {
@@ -184,7 +176,7 @@ func (m *Manager) Metrics(ctx context.Context, teamID, id string) ([]api.MetricS
 	if none && rec.State == api.StateRunning && rec.TeamID != buildTeam {
 		// A machine created a moment ago has no sample until the next tick:
 		// take its first now, so a running machine never shows none.
-		if s, ok := m.sample(rec, time.Now(), m.overlayDiskTotal()); ok {
+		if s, ok := m.sample(rec, time.Now()); ok {
 			m.metrics.add(id, s)
 		}
 	}

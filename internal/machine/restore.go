@@ -138,7 +138,7 @@ func (m *Manager) resumeLocked(ctx context.Context, src *store.Machine, sn *stor
 	start := time.Now()
 	rec := &store.Machine{
 		ID: newMachineID(), TeamID: src.TeamID, State: api.StateResuming, Template: src.Template,
-		CPUCount: src.CPUCount, MemoryMB: src.MemoryMB, Env: src.Env, Metadata: src.Metadata,
+		CPUCount: src.CPUCount, MemoryMB: src.MemoryMB, DiskMB: src.DiskMB, Env: src.Env, Metadata: src.Metadata,
 		AllowInternet: src.AllowInternet, ContainerID: newContainerID(), AgentToken: randomHex(32),
 		CreatedAt: time.Now().UTC(), LineageID: src.LineageID, RestoredFrom: sn.ID,
 		Volumes: src.Volumes, Hooks: src.Hooks, AgentDir: src.AgentDir,
@@ -195,7 +195,7 @@ func (m *Manager) createFromSnapshot(ctx context.Context, teamID string, req api
 	}
 	rec := &store.Machine{
 		ID: newMachineID(), TeamID: teamID, State: api.StateResuming, Template: spec.Template,
-		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, Env: spec.Env, Metadata: req.Metadata,
+		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, DiskMB: spec.DiskMB, Env: spec.Env, Metadata: req.Metadata,
 		AllowInternet: req.AllowInternet || (spec.AllowInternet && m.cfg.AllowInternet),
 		ContainerID:   newContainerID(), AgentToken: randomHex(32), CreatedAt: time.Now().UTC(),
 		RestoredFrom: sn.ID, Volumes: spec.Volumes, Hooks: spec.Hooks, AgentDir: spec.AgentDir,

@@ -32,11 +32,14 @@ type savedSpec struct {
 	Workdir        string            `json:"workdir,omitempty"`
 	CPUCount       int               `json:"cpu_count"`
 	MemoryMB       int               `json:"memory_mb"`
-	Env            map[string]string `json:"env,omitempty"`
-	AllowInternet  bool              `json:"allow_internet"`
-	Volumes        []api.VolumeMount `json:"volumes,omitempty"`
-	Hooks          api.Hooks         `json:"hooks"`
-	AgentDir       string            `json:"agent_dir"`
+	// DiskMB is the machine's disk limit; 0 in snapshots taken before
+	// machines had one (read as the server's default).
+	DiskMB        int               `json:"disk_mb,omitempty"`
+	Env           map[string]string `json:"env,omitempty"`
+	AllowInternet bool              `json:"allow_internet"`
+	Volumes       []api.VolumeMount `json:"volumes,omitempty"`
+	Hooks         api.Hooks         `json:"hooks"`
+	AgentDir      string            `json:"agent_dir"`
 	// Command and MainPID: the main process, which children of a reusable
 	// snapshot share (its pid is the same in every restored copy).
 	Command []string `json:"command,omitempty"`
@@ -451,7 +454,7 @@ func (m *Manager) savedSpecOf(ctx context.Context, rec *store.Machine) (savedSpe
 		agentDir = m.cfg.AgentDir
 	}
 	spec := savedSpec{
-		Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, Env: rec.Env, AllowInternet: rec.AllowInternet,
+		Template: rec.Template, CPUCount: rec.CPUCount, MemoryMB: rec.MemoryMB, DiskMB: m.diskMB(rec.DiskMB), Env: rec.Env, AllowInternet: rec.AllowInternet,
 		Volumes: rec.Volumes, Hooks: rec.Hooks, AgentDir: agentDir, Command: rec.Command, MainPID: rec.MainPID,
 	}
 	// The tree a machine runs on never changes: a machine restored from a

@@ -54,22 +54,25 @@ type spare struct {
 }
 
 // shape is what a container's spec fixes at create and a restore into it
-// must share. The rest of the spec (hostname, env, /etc files, firewall)
+// must share (a spare made for one disk limit serves only restores of
+// that limit). The rest of the spec (hostname, env, /etc files, firewall)
 // is the new machine's own and is set at restore.
 type shape struct {
-	TeamID          string            `json:"team_id"`
-	Template        string            `json:"template"`
-	TemplateCreated time.Time         `json:"template_created"`
-	TemplateDigest  string            `json:"template_digest,omitempty"`
-	CPUCount        int               `json:"cpu_count"`
-	MemoryMB        int               `json:"memory_mb"`
-	AgentDir        string            `json:"agent_dir"`
-	Volumes         []api.VolumeMount `json:"volumes,omitempty"`
+	TeamID          string    `json:"team_id"`
+	Template        string    `json:"template"`
+	TemplateCreated time.Time `json:"template_created"`
+	TemplateDigest  string    `json:"template_digest,omitempty"`
+	CPUCount        int       `json:"cpu_count"`
+	MemoryMB        int       `json:"memory_mb"`
+	// DiskMB is the overlay's size limit, which `runsc create` fixes.
+	DiskMB   int               `json:"disk_mb,omitempty"`
+	AgentDir string            `json:"agent_dir"`
+	Volumes  []api.VolumeMount `json:"volumes,omitempty"`
 }
 
 func shapeOf(teamID string, spec savedSpec) shape {
 	return shape{TeamID: teamID, Template: spec.Template, TemplateCreated: spec.TemplateCreated.UTC(), TemplateDigest: spec.TemplateDigest,
-		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, AgentDir: spec.AgentDir, Volumes: spec.Volumes}
+		CPUCount: spec.CPUCount, MemoryMB: spec.MemoryMB, DiskMB: spec.DiskMB, AgentDir: spec.AgentDir, Volumes: spec.Volumes}
 }
 
 func (s shape) key() string {
@@ -355,7 +358,7 @@ func (p *spares) create(ctx context.Context, sh shape) (*spare, error) {
 // machine is the record a spare's container is made for.
 func (sp *spare) machine(sh shape) *store.Machine {
 	return &store.Machine{ID: sp.MachineID, TeamID: sh.TeamID, Template: sh.Template, CPUCount: sh.CPUCount,
-		MemoryMB: sh.MemoryMB, Slot: sp.Slot, ContainerID: sp.ContainerID, AgentDir: sh.AgentDir, Volumes: sh.Volumes}
+		MemoryMB: sh.MemoryMB, DiskMB: sh.DiskMB, Slot: sp.Slot, ContainerID: sp.ContainerID, AgentDir: sh.AgentDir, Volumes: sh.Volumes}
 }
 
 // destroy removes a spare that is not idle (taken, or removed from idle by

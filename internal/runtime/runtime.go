@@ -34,6 +34,11 @@ type Spec struct {
 	// CPUCount and MemoryMB are enforced through the machine's cgroup.
 	CPUCount int
 	MemoryMB int
+	// DiskMB bounds the private overlay's upper layer, what the machine
+	// writes to its root file system: past it, writes inside fail with
+	// ENOSPC. 0 leaves it unbounded. A restore must be given the limit
+	// the checkpointed container had.
+	DiskMB int
 	// Mounts are bind mounts from the host into the machine.
 	Mounts []Mount
 }

@@ -106,6 +106,13 @@ type Config struct {
 	// Quota is every team's default limits (0: none); the operator sets a
 	// team's own with PUT /v1/teams/{id}/quota.
 	Quota store.Quota
+	// DiskDefaultMB is the disk limit of a machine whose create does not
+	// set disk_mb: what it may write to its root file system, in MiB,
+	// enforced by gVisor (past it, writes inside fail with ENOSPC).
+	// Default machine.DefaultDiskMB (10240). DiskMaxMB is the largest
+	// disk_mb a create may ask for; default machine.MaxDiskMB (102400).
+	DiskDefaultMB int
+	DiskMaxMB     int
 	// Spares is how many containers are kept created ahead of restores, for
 	// the shapes of the newest snapshots; each costs ~16 MiB and a network
 	// slot and takes ~70 ms off a resume. 0 disables them. Default 2.
@@ -238,6 +245,8 @@ func Defaults() Config {
 		MaxFileBytes:           1 << 30,
 		Spares:                 2,
 		MemoryOvercommit:       machine.DefaultMemoryOvercommit,
+		DiskDefaultMB:          machine.DefaultDiskMB,
+		DiskMaxMB:              machine.MaxDiskMB,
 		CheckpointRetention:    machine.DefaultCheckpointRetention,
 		KilledRetention:        24 * time.Hour,
 		EventsRetention:        7 * 24 * time.Hour,
@@ -342,6 +351,16 @@ func (c *Config) Validate() error {
 	}
 	if c.MemoryOvercommit < 0 || c.MemoryOvercommit > 100 {
 		return fmt.Errorf("--memory-overcommit must be more than 0 and at most 100, got %g (1 commits the host's memory once; the default is %g)", c.MemoryOvercommit, machine.DefaultMemoryOvercommit)
+	}
+	if c.DiskDefaultMB == 0 {
+		c.DiskDefaultMB = machine.DefaultDiskMB
+	}
+	if c.DiskMaxMB == 0 {
+		c.DiskMaxMB = max(machine.MaxDiskMB, c.DiskDefaultMB)
+	}
+	if c.DiskDefaultMB < 0 || c.DiskMaxMB < 0 || c.DiskDefaultMB > c.DiskMaxMB {
+		return fmt.Errorf("--disk-default-mb %d and --disk-max-mb %d: both must be positive and the default at most the maximum (defaults %d and %d)",
+			c.DiskDefaultMB, c.DiskMaxMB, machine.DefaultDiskMB, machine.MaxDiskMB)
 	}
 	if c.Spares < 0 {
 		return fmt.Errorf("--spares must be 0 (none) or more, got %d", c.Spares)
@@ -649,6 +668,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Spares:              cfg.Spares,
 		MemoryOvercommit:    cfg.MemoryOvercommit,
 		Quota:               cfg.Quota,
+		DefaultDiskMB:       cfg.DiskDefaultMB,
+		MaxDiskMB:           cfg.DiskMaxMB,
 		Events:              evlog,
 		Observe:             tel.Observe,
 		MetricsInterval:     cfg.MetricsInterval,

@@ -75,12 +75,16 @@ type IdempotencyRecord struct {
 
 // Machine is a machine's stored record.
 type Machine struct {
-	ID            string
-	TeamID        string
-	State         string
-	Template      string
-	CPUCount      int
-	MemoryMB      int
+	ID       string
+	TeamID   string
+	State    string
+	Template string
+	CPUCount int
+	MemoryMB int
+	// DiskMB bounds what the machine writes to its root file system, in
+	// MiB. 0, in rows written before the limit existed, means the server's
+	// default: the manager reads it as that (Manager.diskMB).
+	DiskMB        int
 	Env           map[string]string
 	Metadata      map[string]string
 	AllowInternet bool

@@ -10,6 +10,9 @@
 //   - the root is mounted read-write in the spec but overlaid with a private
 //     upper layer (--overlay2=root:dir=...), so template rootfs stay shared
 //     and untouched; an overlay is not applied to read-only roots;
+//   - the upper layer is a tmpfs whose pages live in one host file (the
+//     filestore) in the overlay directory; ",size=" bounds the tmpfs, so a
+//     machine that fills it gets ENOSPC and the file stays bounded too;
 //   - `runsc state` is the truth, `delete --force` follows `kill`.
 package gvisor
 
@@ -80,6 +83,17 @@ func New(cfg Config, logger *slog.Logger) (*Driver, error) {
 func overlayDir(dir string) string { return filepath.Join(dir, "overlay") }
 func bundleDir(dir string) string  { return filepath.Join(dir, "bundle") }
 
+// overlayFlag is the value of --overlay2 for a machine: a private upper
+// layer backed by a file in its overlay directory, bounded by its disk
+// limit. run, create and restore are all given it.
+func overlayFlag(spec runtime.Spec) string {
+	flag := "root:dir=" + overlayDir(spec.Dir)
+	if spec.DiskMB > 0 {
+		flag += fmt.Sprintf(",size=%dm", spec.DiskMB)
+	}
+	return flag
+}
+
 // ConsoleLog is the file that receives the machine's init (agent) output.
 func ConsoleLog(dir string) string { return filepath.Join(dir, "console.log") }
 
@@ -88,7 +102,7 @@ func (d *Driver) Start(ctx context.Context, spec runtime.Spec) (err error) {
 	if err := d.writeBundle(spec); err != nil {
 		return err
 	}
-	overlay := "root:dir=" + overlayDir(spec.Dir)
+	overlay := overlayFlag(spec)
 	if spec.Writable {
 		overlay = "none" // writes go to the rootfs itself (template builds)
 	}
@@ -134,7 +148,7 @@ func (d *Driver) Create(ctx context.Context, spec runtime.Spec) error {
 	if err := d.writeBundle(spec); err != nil {
 		return err
 	}
-	if err := d.cli.RunLogged(ctx, "root:dir="+overlayDir(spec.Dir), ConsoleLog(spec.Dir), "create", "--bundle="+bundleDir(spec.Dir), spec.ID); err != nil {
+	if err := d.cli.RunLogged(ctx, overlayFlag(spec), ConsoleLog(spec.Dir), "create", "--bundle="+bundleDir(spec.Dir), spec.ID); err != nil {
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")
 		return errors.Join(fmt.Errorf("create container %s: %w", spec.ID, err), cleanupErr)
 	}
@@ -151,7 +165,7 @@ func (d *Driver) Restore(ctx context.Context, spec runtime.Spec, imageDir string
 			return err
 		}
 	}
-	err := d.cli.RunLogged(ctx, "root:dir="+overlayDir(spec.Dir), ConsoleLog(spec.Dir),
+	err := d.cli.RunLogged(ctx, overlayFlag(spec), ConsoleLog(spec.Dir),
 		"restore", "--detach", "--direct", "--image-path="+imageDir, "--bundle="+bundleDir(spec.Dir), spec.ID)
 	if err != nil {
 		cleanupErr := d.Delete(context.WithoutCancel(ctx), spec.ID, "")

@@ -64,7 +64,7 @@ var copyTables = tables(
 		lineage_id lineage_seq:int snapshot_id restored_from volumes hooks agent_dir
 		timeout_ms:int on_timeout auto_resume:flag deadline:optat idle_timeout_ms:int persistence
 		command main_pid:int main_exit public_ports:flag latest:flag lineage_created:optat
-		checkpoint_retention:int failure_reason origin version:int`,
+		checkpoint_retention:int failure_reason origin version:int disk_mb:int`,
 	"machine_metadata: machine_id key value",
 	"machine_volumes: machine_id name",
 	`snapshots: id team_id kind state machine_id lineage_id template parent_id generation:int

@@ -18,7 +18,7 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason, origin, version`
+	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason, origin, version, disk_mb`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -121,7 +121,7 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optAt(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
 		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, at(m.LineageCreated), m.CheckpointRetention, m.FailureReason, m.Origin,
-		m.Version)
+		m.Version, m.DiskMB)
 	if c.d.unique(err) {
 		return fmt.Errorf("insert machine %s: another write took its slot or its place in lineage %s at the same time: %w", m.ID, m.LineageID, errdefs.ErrConflict)
 	}
@@ -383,7 +383,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, timeDest{&m.Deadline}, &m.IdleTimeoutMS, &m.Persistence,
 		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, timeDest{&m.LineageCreated}, &m.CheckpointRetention, &m.FailureReason, &m.Origin,
-		&m.Version)
+		&m.Version, &m.DiskMB)
 	if err != nil {
 		return nil, err
 	}

@@ -43,8 +43,8 @@ func TestSnapshotNameMigration(t *testing.T) {
 	}
 	defer db.Close()
 	var version int
-	if err := db.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != len(sqliteMigrations) {
-		t.Fatalf("user_version %d %v, want %d", version, err, len(sqliteMigrations))
+	if err := db.db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil || version != sqliteSchema.latestVersion() {
+		t.Fatalf("user_version %d %v, want %d", version, err, sqliteSchema.latestVersion())
 	}
 	sn, err := db.GetSnapshot(ctx, "old")
 	if err != nil || sn.Name != "" || sn.SizeBytes != 10 {

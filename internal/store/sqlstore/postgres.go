@@ -138,6 +138,7 @@ var postgresSchema = schema{
 		{version: 24, sql: keysMigration("TIMESTAMPTZ")},
 		{version: 25, sql: sqliteMigrations[24]},
 		{version: 26, sql: idempotencyMigration("TIMESTAMPTZ")},
+		{version: 27, sql: migrationDiskMB},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -277,6 +277,9 @@ var sqliteMigrations = []string{
 	);`,
 	// 26: requests made with an Idempotency-Key, and their responses.
 	idempotencyMigration("TEXT"),
+	// 27: the machine's disk limit in MiB (disk_mb); 0, in rows written
+	// before, means the server's default.
+	migrationDiskMB,
 }
 
 // idempotencyMigration is migration 26 on either backend.
@@ -310,3 +313,6 @@ func keysMigration(timeType string) string {
 	ALTER TABLE api_keys ADD COLUMN revoked_at TIME;
 	CREATE INDEX api_keys_team ON api_keys(team_id, created_at, id);`)
 }
+
+// migrationDiskMB is migration 27, the same SQL on both backends.
+const migrationDiskMB = `ALTER TABLE machines ADD COLUMN disk_mb INTEGER NOT NULL DEFAULT 0;`

@@ -13,7 +13,7 @@ import (
 
 func testMachineRoundTrip(t *testing.T, s store.Store) {
 	ctx := t.Context()
-	in := &store.Machine{ID: "m", TeamID: "t", State: api.StateCreating, Template: "base", CPUCount: 2, MemoryMB: 512,
+	in := &store.Machine{ID: "m", TeamID: "t", State: api.StateCreating, Template: "base", CPUCount: 2, MemoryMB: 512, DiskMB: 2048,
 		Env: map[string]string{"A": "1"}, Metadata: map[string]string{"k": "v"}, AllowInternet: true,
 		ContainerID: "cid", AgentToken: "tok", CreatedAt: base, StartedAt: base.Add(time.Second),
 		SnapshotID: "s0", RestoredFrom: "s-1",
@@ -67,6 +67,9 @@ func testMachineDefaults(t *testing.T, s store.Store) {
 	}
 	if len(got.Env) != 0 || len(got.Metadata) != 0 || len(got.Volumes) != 0 || got.Command != nil || got.MainPID != 0 || got.MainExit != nil {
 		t.Errorf("got %+v, want no env, metadata, volumes, command or main process", got)
+	}
+	if got.DiskMB != 0 {
+		t.Errorf("disk_mb %d, want 0 (the server's default, read by the manager)", got.DiskMB)
 	}
 }
 

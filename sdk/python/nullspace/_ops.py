@@ -92,6 +92,7 @@ def create(
     persistence: Optional[str],
     cpu: Optional[int],
     memory_mb: Optional[int],
+    disk_mb: Optional[int],
     envs: Optional[Mapping[str, str]],
     metadata: Optional[Mapping[str, str]],
     volumes: Any,
@@ -124,6 +125,8 @@ def create(
         b["cpu_count"] = cpu
     if memory_mb:
         b["memory_mb"] = memory_mb
+    if disk_mb:
+        b["disk_mb"] = disk_mb
     if envs:
         b["env"] = {str(k): str(v) for k, v in envs.items()}
     if metadata:

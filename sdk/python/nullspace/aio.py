@@ -228,6 +228,7 @@ class AsyncMachine:
         persistence: Optional[str] = None,
         cpu: Optional[int] = None,
         memory_mb: Optional[int] = None,
+        disk_mb: Optional[int] = None,
         envs: Optional[Mapping[str, str]] = None,
         metadata: Optional[Mapping[str, str]] = None,
         volumes: Any = None,
@@ -247,7 +248,7 @@ class AsyncMachine:
         c = shared_client(client, api_url, api_key)
         r = _ops.create(
             template=template, timeout=timeout, on_timeout=on_timeout, auto_resume=auto_resume,
-            idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, envs=envs,
+            idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, envs=envs,
             metadata=metadata, volumes=volumes, allow_internet=allow_internet, command=command,
             on_pause=on_pause, on_resume=on_resume, snapshot_id=snapshot_id, public_ports=public_ports,
             checkpoint_retention=checkpoint_retention, request_timeout=request_timeout, key=idempotency_key,

@@ -104,6 +104,7 @@ class Machine:
         persistence: Optional[str] = None,
         cpu: Optional[int] = None,
         memory_mb: Optional[int] = None,
+        disk_mb: Optional[int] = None,
         envs: Optional[Mapping[str, str]] = None,
         metadata: Optional[Mapping[str, str]] = None,
         volumes: Any = None,
@@ -130,7 +131,9 @@ class Machine:
         ``auto_resume=True`` (needs pause or stop) lets traffic to its public
         URLs wake it. ``idle_timeout`` pauses it after that many seconds without
         network activity. ``on_pause`` / ``on_resume`` are shell commands run
-        inside it around every pause and restore.
+        inside it around every pause and restore. ``disk_mb`` bounds what it
+        writes to its root file system (default: the server's); past it,
+        writes inside fail with ENOSPC.
 
         Every create is sent with an Idempotency-Key (a new UUID, or
         ``idempotency_key``), so it is retried like an idempotent call: after
@@ -143,7 +146,7 @@ class Machine:
         c = shared_client(client, api_url, api_key)
         r = _ops.create(
             template=template, timeout=timeout, on_timeout=on_timeout, auto_resume=auto_resume,
-            idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, envs=envs,
+            idle_timeout=idle_timeout, persistence=persistence, cpu=cpu, memory_mb=memory_mb, disk_mb=disk_mb, envs=envs,
             metadata=metadata, volumes=volumes, allow_internet=allow_internet, command=command,
             on_pause=on_pause, on_resume=on_resume, snapshot_id=snapshot_id, public_ports=public_ports,
             checkpoint_retention=checkpoint_retention, request_timeout=request_timeout, key=idempotency_key,

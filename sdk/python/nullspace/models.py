@@ -139,6 +139,9 @@ class MachineInfo(_Model):
     template: str = ""
     cpu_count: int = 0
     memory_mb: int = 0
+    #: Limit in MiB on what the machine writes to its root file system;
+    #: past it, writes inside fail with ENOSPC.
+    disk_mb: int = 0
     envs: Dict[str, str] = {}
     metadata: Dict[str, str] = {}
     allow_internet: bool = False
@@ -188,6 +191,7 @@ class MachineInfo(_Model):
             template=d.get("template", ""),
             cpu_count=int(d.get("cpu_count", 0)),
             memory_mb=int(d.get("memory_mb", 0)),
+            disk_mb=int(d.get("disk_mb", 0)),
             envs=_str_map(d.get("env")),
             metadata=_str_map(d.get("metadata")),
             allow_internet=bool(d.get("allow_internet", False)),

@@ -305,9 +305,9 @@ class Surface:
 
     def test_lifecycle(self) -> None:
         t: Any = self
-        m = self.machine(metadata={"suite": self.tag}, envs={"GREETING": "hi"}, cpu=1, memory_mb=256)
+        m = self.machine(metadata={"suite": self.tag}, envs={"GREETING": "hi"}, cpu=1, memory_mb=256, disk_mb=512)
         info = m.get_info()
-        t.assertEqual((info.status, info.cpu_count, info.memory_mb, info.metadata), ("running", 1, 256, {"suite": self.tag}))
+        t.assertEqual((info.status, info.cpu_count, info.memory_mb, info.disk_mb, info.metadata), ("running", 1, 256, 512, {"suite": self.tag}))
         t.assertEqual(m.commands.run("echo $GREETING", shell=True).stdout, "hi\n")
         m.files.write("/workspace/state.txt", "v1")
         cp = m.checkpoint()

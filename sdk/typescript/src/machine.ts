@@ -41,6 +41,8 @@ export interface CreateOptions extends ConnectionOptions {
   persistence?: "persistent" | "sticky" | "ephemeral";
   cpu?: number;
   memoryMb?: number;
+  /** Limit in MiB on what the machine writes to its root file system (default: the server's); past it, writes inside fail with ENOSPC. */
+  diskMb?: number;
   envs?: Record<string, string>;
   metadata?: Record<string, string>;
   volumes?: m.VolumeMount[] | Record<string, string>;
@@ -97,6 +99,7 @@ function createBody(o: CreateOptions): W["CreateMachineRequest"] {
   if (o.persistence) b.persistence = o.persistence;
   if (o.cpu) b.cpu_count = o.cpu;
   if (o.memoryMb) b.memory_mb = o.memoryMb;
+  if (o.diskMb) b.disk_mb = o.diskMb;
   if (o.envs) b.env = o.envs;
   if (o.metadata) b.metadata = o.metadata;
   if (o.volumes) {

@@ -34,6 +34,8 @@ export interface MachineInfo {
   template: string;
   cpuCount: number;
   memoryMb: number;
+  /** Limit in MiB on what the machine writes to its root file system. */
+  diskMb: number;
   envs: Record<string, string>;
   metadata: Record<string, string>;
   allowInternet: boolean;
@@ -75,6 +77,7 @@ export function machineInfo(w: S["Machine"]): MachineInfo {
     template: w.template,
     cpuCount: w.cpu_count,
     memoryMb: w.memory_mb,
+    diskMb: w.disk_mb,
     envs: { ...(w.env ?? {}) },
     metadata: { ...(w.metadata ?? {}) },
     allowInternet: w.allow_internet,

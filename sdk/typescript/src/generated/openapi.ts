@@ -112,10 +112,16 @@ export interface paths {
         /**
          * Create a machine
          * @description Creates and boots a machine from a template. Every field of the body is
-         *     optional: `template` defaults to `base`, `cpu_count` to 2 and
-         *     `memory_mb` to 512. `cpu_count` and `memory_mb` are validated against
+         *     optional: `template` defaults to `base`, `cpu_count` to 2,
+         *     `memory_mb` to 512 and `disk_mb` to the server's `--disk-default-mb`
+         *     (10240). `cpu_count` and `memory_mb` are validated against
          *     the host: a value below 1, or above what the host has, is
-         *     `invalid_argument` (400); asking for more than the host can give right
+         *     `invalid_argument` (400), and so is a `disk_mb` of 0 or less or above
+         *     the server's `--disk-max-mb` (102400). `disk_mb` bounds what the
+         *     machine writes to its root file system: past it, writes inside fail
+         *     with `ENOSPC` ("No space left on device") while the host and other
+         *     machines are unaffected; pauses, snapshots, forks and stop/start keep
+         *     it. Asking for more than the host can give right
          *     now, with what other machines already commit (their `memory_mb` past
          *     the host's memory times `--memory-overcommit`, or no free network
          *     slot), is `capacity_exhausted` (503, retryable, with `Retry-After`). The template must exist (`template_not_found`, 404)
@@ -150,8 +156,8 @@ export interface paths {
          *
          *     With `snapshot_id` (a snapshot's id, or its name) the machine is
          *     created from a snapshot instead of a template: its memory, processes and files are the snapshot's, and so
-         *     are its template, `cpu_count`, `memory_mb`, `env`, `volumes`, `hooks`
-         *     and `command` (setting any of them is `invalid_argument`); `metadata`
+         *     are its template, `cpu_count`, `memory_mb`, `disk_mb`, `env`, `volumes`,
+         *     `hooks` and `command` (setting any of them is `invalid_argument`); `metadata`
          *     and `allow_internet` may be set. The child is an independent machine
          *     with a new lineage; its `restored_from` is the snapshot. Any snapshot
          *     kind works except `disk` (a stopped machine's files:
@@ -1788,7 +1794,7 @@ export interface components {
          *
          *     | code | HTTP status | retryable | meaning |
          *     |---|---|---|---|
-         *     | `invalid_argument` | 400 | false | The request is malformed or a value is out of range (bad JSON, missing field, relative path, cpu_count or memory_mb beyond the host, ...). |
+         *     | `invalid_argument` | 400 | false | The request is malformed or a value is out of range (bad JSON, missing field, relative path, cpu_count or memory_mb beyond the host, disk_mb beyond --disk-max-mb, ...). |
          *     | `unauthenticated` | 401 | false | Missing or invalid API key. |
          *     | `permission_denied` | 403 | false | The machine's filesystem refused the operation for the command's or agent's user; or a template source path outside the server's `--template-source-dir`s, or a built-in template to delete. |
          *     | `not_found` | 404 | false | A resource that has no more specific code does not exist. |
@@ -1948,6 +1954,15 @@ export interface components {
              * @default 512
              */
             memory_mb?: number;
+            /**
+             * @description Limit in MiB on what the machine writes to its root file system
+             *     (its private overlay on the host). Past it, writes inside the
+             *     machine fail with `ENOSPC` and `df /` shows the limit. Default
+             *     the server's `--disk-default-mb` (10240); at most its
+             *     `--disk-max-mb` (102400). Kept across pauses, snapshots, forks
+             *     and stop/start.
+             */
+            disk_mb?: number;
             /** @description Environment variables for every command in the machine. */
             env?: components["schemas"]["StringMap"];
             /** @description Free-form labels, filterable in `GET /v1/machines`. */
@@ -1960,8 +1975,8 @@ export interface components {
             /**
              * @description Create the machine from this snapshot (its id, or its name)
              *     instead of a template. Its
-             *     template, `cpu_count`, `memory_mb`, `env`, `volumes`, `hooks` and
-             *     `command` are the snapshot's; setting them too is
+             *     template, `cpu_count`, `memory_mb`, `disk_mb`, `env`, `volumes`,
+             *     `hooks` and `command` are the snapshot's; setting them too is
              *     `invalid_argument`. A `disk` snapshot is `snapshot_wrong_kind`.
              */
             snapshot_id?: string;
@@ -2204,6 +2219,8 @@ export interface components {
             template: string;
             cpu_count: number;
             memory_mb: number;
+            /** @description Limit in MiB on what the machine writes to its root file system. */
+            disk_mb: number;
             env?: components["schemas"]["StringMap"];
             metadata?: components["schemas"]["StringMap"];
             allow_internet: boolean;
@@ -2316,12 +2333,12 @@ export interface components {
             mem_total: number;
             /**
              * Format: int64
-             * @description Bytes the machine wrote to its root filesystem (its private overlay).
+             * @description Bytes the machine's root filesystem overlay takes on the host (what it wrote there).
              */
             disk_used: number;
             /**
              * Format: int64
-             * @description Size of the host filesystem holding the overlay.
+             * @description The machine's own disk limit (its disk_mb) in bytes.
              */
             disk_total: number;
             /**
