@@ -5,6 +5,7 @@ package api
 
 import (
 	_ "embed"
+	"encoding/json"
 	"time"
 )
 
@@ -988,4 +989,30 @@ type SetQuotaRequest struct {
 	MemoryMB         *int64 `json:"memory_mb,omitempty"`
 	SnapshotBytes    *int64 `json:"snapshot_bytes,omitempty"`
 	CreatesPerMinute *int64 `json:"creates_per_minute,omitempty"`
+}
+
+// AuditEntry is one entry of the audit log (GET /v1/audit): a change of
+// keys, teams, quotas or policy, or a refused request.
+type AuditEntry struct {
+	ID   string    `json:"id"`
+	Time time.Time `json:"time"`
+	// TeamID is the team acted on; ActorTeamID and ActorKeyID the key that
+	// acted (for a request with a key that is not valid, ActorKeyID is its
+	// shown prefix, if it looks like a key).
+	TeamID      string          `json:"team_id,omitempty"`
+	ActorTeamID string          `json:"actor_team_id,omitempty"`
+	ActorKeyID  string          `json:"actor_key_id,omitempty"`
+	Action      string          `json:"action"`
+	Target      string          `json:"target"`
+	Outcome     string          `json:"outcome"`
+	Source      string          `json:"source"`
+	Details     json.RawMessage `json:"details,omitempty"`
+}
+
+// AuditList is the body of GET /v1/audit: newest first.
+type AuditList struct {
+	Entries []AuditEntry `json:"entries"`
+	// Before, passed as ?before=, fetches the next (older) page; empty on
+	// the last.
+	Before string `json:"before"`
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
 
 	"nullspace.dev/nullspace/api"
 )
@@ -99,4 +100,29 @@ func (c *Client) SetQuota(ctx context.Context, teamID string, req api.SetQuotaRe
 		return nil, err
 	}
 	return &q, nil
+}
+
+// AuditQuery selects audit log entries.
+type AuditQuery struct {
+	TeamID, Action, Before string
+	Limit                  int
+}
+
+// Audit returns a page of the audit log, newest first (GET /v1/audit;
+// operator key).
+func (c *Client) Audit(ctx context.Context, q AuditQuery) (*api.AuditList, error) {
+	v := url.Values{}
+	for k, s := range map[string]string{"team_id": q.TeamID, "action": q.Action, "before": q.Before} {
+		if s != "" {
+			v.Set(k, s)
+		}
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var l api.AuditList
+	if err := c.do(ctx, request{method: http.MethodGet, path: "/v1/audit", query: v}, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
 }

@@ -475,6 +475,27 @@ func TestKeysAndScopes(t *testing.T) {
 		t.Fatal("no key of team B records a use")
 	}
 
+	// The audit log has the changes and the refusals, with who and where.
+	log, err := env.client.Audit(ctx, client.AuditQuery{TeamID: team.ID, Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, e := range log.Entries {
+		seen[e.Action+" "+e.Outcome] = true
+		if e.Action == "key.revoke" && (e.Target != reader.ID || e.Source == "" || e.ActorKeyID == "") {
+			t.Errorf("the revocation's entry: %+v", e)
+		}
+	}
+	for _, want := range []string{"key.create ok", "key.revoke ok", "request.denied insufficient_scope"} {
+		if !seen[want] {
+			t.Errorf("the audit log of team B has no %q: %v", want, seen)
+		}
+	}
+	if _, err := b.Audit(ctx, client.AuditQuery{}); err == nil {
+		t.Error("a team's key read the audit log")
+	}
+
 	// Forced delete: B's machine is killed and B's key stops working.
 	if err := env.client.DeleteTeam(ctx, team.ID, true); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
 )
@@ -20,6 +21,8 @@ type Principal struct {
 	TeamID string
 	KeyID  string
 	Scopes Scopes
+	// Source is the client's address, for the audit log.
+	Source string
 }
 
 // Operator reports whether the principal holds the operator scope.
@@ -47,6 +50,8 @@ const touchEvery = time.Minute
 type Service struct {
 	store store.Teams
 	now   func() time.Time
+	// Audit, if set, records every change of teams and keys.
+	Audit *audit.Log
 
 	mu      sync.Mutex
 	touched map[string]time.Time // key id → last use written
@@ -108,6 +113,7 @@ func NewID(prefix string) string {
 
 // CreateTeam makes a team (operator).
 func (s *Service) CreateTeam(ctx context.Context, req api.CreateTeamRequest) (*api.Team, error) {
+	// The caller is in ctx (From), for the audit log.
 	name := strings.TrimSpace(req.Name)
 	if name == "" || len(name) > 64 {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
@@ -117,6 +123,7 @@ func (s *Service) CreateTeam(ctx context.Context, req api.CreateTeamRequest) (*a
 	if err := s.store.CreateTeam(ctx, t); err != nil {
 		return nil, err
 	}
+	s.record(ctx, audit.TeamCreate, t.ID, t.ID, map[string]string{"name": t.Name})
 	return teamView(t), nil
 }
 
@@ -150,7 +157,20 @@ func (s *Service) DeleteTeam(ctx context.Context, by *Principal, id string) erro
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTeamInUse,
 			fmt.Sprintf("team %s is the team of the key making the call", id), "delete it with a key of another team")
 	}
-	return s.store.DeleteTeam(ctx, id, s.now().UTC())
+	if err := s.store.DeleteTeam(ctx, id, s.now().UTC()); err != nil {
+		return err
+	}
+	s.record(ctx, audit.TeamDelete, id, id, nil)
+	return nil
+}
+
+// record writes an audit entry of a change the principal in ctx made.
+func (s *Service) record(ctx context.Context, action, team, target string, details any) {
+	e := audit.Entry{TeamID: team, Action: action, Target: target, Details: details}
+	if p := From(ctx); p != nil {
+		e.ActorTeamID, e.ActorKeyID, e.Source = p.TeamID, p.KeyID, p.Source
+	}
+	s.Audit.Record(ctx, e)
 }
 
 func teamView(t store.Team) *api.Team {
@@ -209,6 +229,8 @@ func (s *Service) CreateKey(ctx context.Context, by *Principal, req api.CreateAP
 	if err := s.store.AddAPIKey(ctx, k); err != nil {
 		return nil, err
 	}
+	s.record(ctx, audit.KeyCreate, team, k.ID, map[string]any{"name": k.Name, "prefix": k.Prefix, "scopes": k.Scopes,
+		"expires_at": req.ExpiresAt})
 	return &api.CreatedAPIKey{APIKey: keyView(k), Key: key}, nil
 }
 
@@ -245,12 +267,14 @@ func (s *Service) Key(ctx context.Context, by *Principal, id string) (*api.APIKe
 // RevokeKey revokes a key of the caller's team (any team's, for an
 // operator). A key may revoke itself.
 func (s *Service) RevokeKey(ctx context.Context, by *Principal, id string) (*api.APIKey, error) {
-	if _, err := s.visibleKey(ctx, by, id); err != nil {
+	k, err := s.visibleKey(ctx, by, id)
+	if err != nil {
 		return nil, err
 	}
 	if err := s.store.RevokeAPIKey(ctx, id, s.now().UTC()); err != nil {
 		return nil, err
 	}
+	s.record(ctx, audit.KeyRevoke, k.TeamID, id, map[string]string{"prefix": k.Prefix})
 	return s.Key(ctx, by, id)
 }
 

@@ -60,3 +60,14 @@ func isHex(s string) bool {
 	}
 	return true
 }
+
+// ShownPrefix is the part of a key that is shown to tell keys apart (as
+// Generate's display), or "" for a string that is not a key: of a
+// string that may be a secret, nothing but a key's known prefix is kept.
+func ShownPrefix(key string) string {
+	key = Canonical(strings.TrimSpace(key))
+	if !strings.HasPrefix(key, Prefix) || len(key) < len(Prefix)+6 || !isHex(key[len(Prefix):len(Prefix)+6]) {
+		return ""
+	}
+	return key[:len(Prefix)+6]
+}

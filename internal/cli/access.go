@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"nullspace.dev/nullspace/api"
+	"nullspace.dev/nullspace/client"
 )
 
 func (a *app) teamCommand() *cobra.Command {
@@ -357,5 +358,43 @@ func (a *app) quotaSetCommand() *cobra.Command {
 	f.Int64Var(&memory, "memory-mb", 0, "MiB of memory of those machines")
 	f.Int64Var(&snapshotBytes, "snapshot-bytes", 0, "bytes of paused states, snapshots and checkpoints")
 	f.Int64Var(&creates, "creates-per-minute", 0, "machines created a minute")
+	return cmd
+}
+
+func (a *app) auditCommand() *cobra.Command {
+	var q client.AuditQuery
+	cmd := &cobra.Command{
+		Use:   "audit",
+		Short: "Show the audit log: team, key and quota changes, refused requests (operator key)",
+		Args:  exactArgs(0, ""),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			l, err := c.Audit(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			if a.json {
+				return printJSON(cmd.OutOrStdout(), l)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintln(tw, "TIME\tACTION\tTARGET\tOUTCOME\tTEAM\tBY\tFROM\tDETAILS")
+			for _, e := range l.Entries {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Time.Local().Format(time.DateTime), e.Action, e.Target, e.Outcome,
+					e.TeamID, e.ActorKeyID, e.Source, string(e.Details))
+			}
+			if l.Before != "" {
+				fmt.Fprintf(tw, "(older: --before %s)\n", l.Before)
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&q.TeamID, "team", "", "entries about this team")
+	f.StringVar(&q.Action, "action", "", "entries of this action (key.create, key.revoke, team.create, team.delete, quota.set, request.denied)")
+	f.StringVar(&q.Before, "before", "", "older than this entry id (the previous page's last)")
+	f.IntVar(&q.Limit, "limit", 50, "entries to show")
 	return cmd
 }

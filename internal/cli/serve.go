@@ -87,6 +87,8 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 	f.DurationVar(&cfg.KilledRetention, "killed-retention", cfg.KilledRetention, "keep the records of killed and failed machines this long (0: forever)")
 	f.DurationVar(&cfg.EventsRetention, "events-retention", cfg.EventsRetention, "keep lifecycle events this long (0: no age bound; undelivered webhook events stay)")
 	f.IntVar(&cfg.EventsMax, "events-max", cfg.EventsMax, "keep at most this many of the newest lifecycle events (0: no bound)")
+	f.DurationVar(&cfg.AuditRetention, "audit-retention", cfg.AuditRetention, "keep audit log entries (key, team and quota changes; refused requests) this long (0: no age bound)")
+	f.IntVar(&cfg.AuditMax, "audit-max", cfg.AuditMax, "keep at most this many of the newest audit log entries (0: no bound)")
 	f.IntVar(&cfg.CheckpointRetention, "checkpoint-retention", cfg.CheckpointRetention, "unpinned checkpoints (pauses included) a machine keeps unless it asks otherwise; older ones are pruned (0: keep all)")
 	f.Int64Var(&cfg.SnapshotBudgetMB, "snapshot-budget-mb", 0, "snapshot storage budget in MiB: over it, sticky machines' paused states are evicted, oldest first (0: none)")
 	f.StringVar(&cfg.WebhookURL, "webhook-url", "", "POST every lifecycle event to this URL (retried with backoff)")

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"mime"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -23,6 +24,8 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
+	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
 	"nullspace.dev/nullspace/internal/idempotency"
@@ -71,6 +74,7 @@ type URLIssuer interface {
 // Server serves the API.
 type Server struct {
 	access    *access.Service
+	audit     *audit.Log
 	idem      *idempotency.Guard
 	machines  *machine.Manager
 	events    *events.Log
@@ -104,12 +108,33 @@ func (s *Server) WithRateLimit(l *ratelimit.Limiter) *Server {
 // answers the request with 429 rate_limited and returns true. It runs
 // right after authentication, before the scope check: every request a key
 // authenticates counts.
-func (s *Server) limited(w http.ResponseWriter, r *http.Request, key string) bool {
-	ok, after := s.limits.Allow(key)
-	if !ok {
-		s.writeError(w, r, errdefs.RateLimited("requests with this API key", after))
+// deny answers a request refused before its handler (no key, a key that
+// is not valid, a missing scope, a rate limit) and records it in the
+// audit log: p is who made it if its key was valid, else key is the key
+// offered, of which only the shown prefix is recorded.
+func (s *Server) deny(w http.ResponseWriter, r *http.Request, p *access.Principal, key string, err error) {
+	s.writeError(w, r, err)
+	e := audit.Entry{Target: r.Method + " " + r.URL.Path, Outcome: errdefs.Classify(err).Code, Source: sourceOf(r)}
+	if p != nil {
+		e.TeamID, e.ActorTeamID, e.ActorKeyID = p.TeamID, p.TeamID, p.KeyID
+	} else {
+		e.ActorKeyID = apikey.ShownPrefix(key)
 	}
-	return !ok
+	s.audit.Denied(r.Context(), e)
+}
+
+// sourceOf is the client's address, without its port.
+func sourceOf(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
+// WithAudit records refused requests and quota changes in log.
+func (s *Server) WithAudit(log *audit.Log) *Server {
+	s.audit = log
+	return s
 }
 
 // WithTemplateUploadLimit bounds the body of a tarball upload to
@@ -231,7 +256,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/templates/{name}", Scope: access.MachinesRead, Handler: s.getTemplate},
 		{Method: "POST", Path: "/v1/templates", Scope: access.TemplatesWrite, Handler: s.buildTemplate},
 		{Method: "DELETE", Path: "/v1/templates/{name}", Scope: access.TemplatesWrite, Handler: s.deleteTemplate},
-	}, append(s.accessRoutes(), s.quotaRoutes()...)...)
+	}, slices.Concat(s.accessRoutes(), s.quotaRoutes(), s.auditRoutes())...)
 }
 
 // Handler returns the http.Handler serving every route.
@@ -253,19 +278,25 @@ func (s *Server) wrap(rt Route) http.Handler {
 		if !rt.Public {
 			key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if !ok || key == "" {
-				s.writeError(w, r, errdefs.ErrUnauthenticated)
+				s.deny(w, r, nil, key, errdefs.ErrUnauthenticated)
 				return
 			}
 			p, err := s.auth.Authenticate(r.Context(), key)
 			if err != nil {
-				s.writeError(w, r, err)
+				if errors.Is(err, errdefs.ErrUnauthenticated) {
+					s.deny(w, r, nil, key, err)
+				} else {
+					s.writeError(w, r, err)
+				}
 				return
 			}
-			if s.limited(w, r, p.KeyID) {
+			p.Source = sourceOf(r)
+			if ok, after := s.limits.Allow(p.KeyID); !ok {
+				s.deny(w, r, p, "", errdefs.RateLimited("requests with this API key", after))
 				return
 			}
 			if rt.Scope != "" && !p.Scopes.Has(rt.Scope) {
-				s.writeError(w, r, access.Need(rt.Scope))
+				s.deny(w, r, p, "", access.Need(rt.Scope))
 				return
 			}
 			team = p.TeamID

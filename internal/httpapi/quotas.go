@@ -6,6 +6,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/access"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/store"
 )
@@ -91,5 +92,10 @@ func (s *Server) setQuota(w http.ResponseWriter, r *http.Request, _ string) erro
 	if err := s.machines.SetQuota(r.Context(), id, q); err != nil {
 		return err
 	}
+	e := audit.Entry{TeamID: id, Action: audit.QuotaSet, Target: id, Details: req}
+	if p := access.From(r.Context()); p != nil {
+		e.ActorTeamID, e.ActorKeyID, e.Source = p.TeamID, p.KeyID, p.Source
+	}
+	s.audit.Record(r.Context(), e)
 	return s.writeQuotas(w, r, id, http.StatusOK)
 }

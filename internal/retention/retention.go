@@ -21,6 +21,7 @@ type Store interface {
 	PruneEvents(ctx context.Context, before time.Time, keep int, notAfter int64) (int64, error)
 	Cursor(ctx context.Context, name string) (int64, error)
 	PruneIdempotent(ctx context.Context, before time.Time) (int64, error)
+	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
 // Config says what is kept.
@@ -37,6 +38,9 @@ type Config struct {
 	// Consumer, if set, is the cursor of an event consumer: events after
 	// its position are kept whatever their age.
 	Consumer string
+	// AuditAge and AuditMax bound the audit log (0: no bound).
+	AuditAge time.Duration
+	AuditMax int
 }
 
 // Run prunes at once and then every interval until ctx ends.
@@ -70,6 +74,17 @@ func Prune(ctx context.Context, cfg Config, db Store, logger *slog.Logger, now t
 			logger.ErrorContext(ctx, "prune ended machines", "err", err)
 		} else if n > 0 {
 			logger.InfoContext(ctx, "deleted the rows of ended machines", "machines", n, "ended_before", now.Add(-cfg.Ended))
+		}
+	}
+	if cfg.AuditAge > 0 || cfg.AuditMax > 0 {
+		before := time.Time{}
+		if cfg.AuditAge > 0 {
+			before = now.Add(-cfg.AuditAge)
+		}
+		if n, err := db.PruneAudit(ctx, before, cfg.AuditMax); err != nil {
+			logger.ErrorContext(ctx, "prune audit log", "err", err)
+		} else if n > 0 {
+			logger.InfoContext(ctx, "deleted old audit log entries", "entries", n)
 		}
 	}
 	if cfg.EventsAge <= 0 && cfg.EventsMax <= 0 {

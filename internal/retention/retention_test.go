@@ -16,6 +16,13 @@ type fakeStore struct {
 	events       bool
 	// idempotentBefore: every pass prunes the responses kept a day.
 	idempotentBefore time.Time
+	auditBefore      time.Time
+	auditKeep        int
+}
+
+func (f *fakeStore) PruneAudit(_ context.Context, before time.Time, keep int) (int64, error) {
+	f.auditBefore, f.auditKeep = before, keep
+	return 0, nil
 }
 
 func (f *fakeStore) PruneEnded(_ context.Context, before time.Time) (int64, error) {
@@ -42,8 +49,9 @@ func TestPrune(t *testing.T) {
 		cfg  Config
 		want fakeStore
 	}{
-		{"everything", Config{Ended: 24 * time.Hour, EventsAge: time.Hour, EventsMax: 5, Consumer: "webhook"},
-			fakeStore{endedBefore: now.Add(-24 * time.Hour), eventsBefore: now.Add(-time.Hour), keep: 5, notAfter: 42, events: true}},
+		{"everything", Config{Ended: 24 * time.Hour, EventsAge: time.Hour, EventsMax: 5, Consumer: "webhook", AuditAge: 48 * time.Hour, AuditMax: 7},
+			fakeStore{endedBefore: now.Add(-24 * time.Hour), eventsBefore: now.Add(-time.Hour), keep: 5, notAfter: 42, events: true,
+				auditBefore: now.Add(-48 * time.Hour), auditKeep: 7}},
 		{"no consumer", Config{EventsMax: 5}, fakeStore{keep: 5, notAfter: 1<<63 - 1, events: true}},
 		{"nothing", Config{}, fakeStore{}},
 	} {

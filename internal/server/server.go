@@ -26,6 +26,7 @@ import (
 	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/apikey"
 	"nullspace.dev/nullspace/internal/atomicfile"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/cors"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -95,6 +96,9 @@ type Config struct {
 	// are kept. Defaults 7 days and 1,000,000.
 	EventsRetention time.Duration
 	EventsMax       int
+	// AuditRetention and AuditMax bound the audit log the same way.
+	AuditRetention time.Duration
+	AuditMax       int
 	// MetricsInterval is how often running machines are sampled; default
 	// 5 s (tests shorten it).
 	MetricsInterval time.Duration
@@ -251,6 +255,8 @@ func Defaults() Config {
 		KilledRetention:        24 * time.Hour,
 		EventsRetention:        7 * 24 * time.Hour,
 		EventsMax:              1_000_000,
+		AuditRetention:         90 * 24 * time.Hour,
+		AuditMax:               1_000_000,
 		WebhookSecret:          os.Getenv("NULLSPACE_WEBHOOK_SECRET"),
 		BuiltinTemplates:       []string{"minimal", "base"},
 		TemplateUploadMaxBytes: httpapi.DefaultTemplateUploadBytes,
@@ -334,7 +340,7 @@ func (c *Config) Validate() error {
 	if c.SnapshotBudgetMB < 0 {
 		return fmt.Errorf("--snapshot-budget-mb must be 0 (no budget) or more, got %d", c.SnapshotBudgetMB)
 	}
-	if c.KilledRetention < 0 || c.EventsRetention < 0 || c.EventsMax < 0 {
+	if c.KilledRetention < 0 || c.EventsRetention < 0 || c.EventsMax < 0 || c.AuditRetention < 0 || c.AuditMax < 0 {
 		return errors.New("--killed-retention, --events-retention and --events-max must be 0 (keep forever) or more")
 	}
 	if c.CheckpointRetention < 0 {
@@ -606,7 +612,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	auditLog := audit.New(db, logger.With("component", "audit"))
 	keys := access.New(db)
+	keys.Audit = auditLog
 
 	agentDir, err := installAgent(cfg.AgentBinary, filepath.Join(cfg.DataDir, "agent"))
 	if err != nil {
@@ -735,7 +743,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	apiServer := httpapi.New(mgr, templates, &templateBuilder{templates: templates, machines: mgr},
-		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithIdempotency(idempotency.New(db)).WithSSH(sshAccess).WithNode(cfg.NodeName).
+		keys, evlog, tel, urls, logger, cfg.Version).WithAccess(keys).WithAudit(auditLog).WithIdempotency(idempotency.New(db)).WithSSH(sshAccess).WithNode(cfg.NodeName).
 		WithTemplateUploadLimit(cfg.TemplateUploadMaxBytes).
 		WithRateLimit(perKey)
 	if e2bSrv != nil {
@@ -786,7 +794,9 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	go mgr.RunMetrics(bg)
 	go mgr.RunMainWatch(bg)
 	go mgr.RunUploads(bg)
-	rc := retention.Config{Ended: cfg.KilledRetention, EventsAge: cfg.EventsRetention, EventsMax: cfg.EventsMax}
+	rc := retention.Config{Ended: cfg.KilledRetention, EventsAge: cfg.EventsRetention, EventsMax: cfg.EventsMax,
+		AuditAge: cfg.AuditRetention, AuditMax: cfg.AuditMax}
+	go auditLog.Run(bg)
 	if cfg.WebhookURL != "" {
 		rc.Consumer = events.WebhookCursor
 	}

@@ -61,6 +61,32 @@ type TeamUsage struct {
 	FirstCreate time.Time
 }
 
+// AuditEntry is one change of keys, teams, quotas or policy, or one
+// refused request: who did what, when, from where, and how it ended.
+type AuditEntry struct {
+	// ID sorts by time ("aud_" + the time in hex + random).
+	ID   string
+	Time time.Time
+	// TeamID is the team acted on ("" for none); ActorTeamID and
+	// ActorKeyID the key making the call ("" when it did not
+	// authenticate; ActorKeyID then holds the offered key's prefix, if any).
+	TeamID, ActorTeamID, ActorKeyID string
+	Action                          string // e.g. key.create, team.delete, quota.set, request.denied
+	Target                          string // what was acted on: an id, or a method and path
+	Outcome                         string // "ok", or the error code
+	Source                          string // the client's address
+	Details                         string // JSON, may be ""
+}
+
+// AuditFilter selects audit entries, newest first.
+type AuditFilter struct {
+	TeamID string
+	Action string
+	// Before is the ID of the last entry of the previous page ("": newest).
+	Before string
+	Limit  int
+}
+
 // IdempotencyRecord is a request made with an Idempotency-Key, and, once
 // it has one, its response (Status 0: in progress).
 type IdempotencyRecord struct {

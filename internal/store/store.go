@@ -26,7 +26,18 @@ type Store interface {
 	SSHKeys
 	Secrets
 	Idempotency
+	Audit
 	Close() error
+}
+
+// Audit keeps the audit log.
+type Audit interface {
+	AppendAudit(ctx context.Context, e AuditEntry) error
+	// ListAudit returns entries newest first.
+	ListAudit(ctx context.Context, f AuditFilter) ([]AuditEntry, error)
+	// PruneAudit deletes the entries before before, and all but the
+	// newest keep (0: no count bound).
+	PruneAudit(ctx context.Context, before time.Time, keep int) (int64, error)
 }
 
 // Idempotency keeps the requests made with an Idempotency-Key and their

@@ -76,6 +76,7 @@ var copyTables = tables(
 	"cluster_secrets: name value updated_at:optat",
 	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int",
 	"idempotency_keys: team_id key route request_hash status:int body created_at:at",
+	"audit_log: id time:at team_id actor_team_id actor_key_id action target outcome source details",
 )
 
 // notCopied are the tables Copy leaves out, and why.

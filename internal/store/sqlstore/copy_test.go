@@ -202,6 +202,8 @@ func fillNode(t *testing.T, s store.Store) {
 		t.Fatalf("begin idempotent: %+v %v", got, err)
 	}
 	check(t, s.FinishIdempotent(ctx, "t", "retry-1", 201, []byte(`{"id":"a"}`)))
+	check(t, s.AppendAudit(ctx, store.AuditEntry{ID: "aud_1", Time: tick(), TeamID: "u", ActorTeamID: "t", ActorKeyID: "key_t",
+		Action: "quota.set", Target: "u", Outcome: "ok", Source: "127.0.0.1:5000", Details: `{"running_machines":3}`}))
 	check(t, s.SetQuota(ctx, "u", store.Quota{RunningMachines: 3, VCPUs: -1, MemoryMB: 2048, SnapshotBytes: 0, CreatesPerMinute: 10}))
 	check(t, s.CreateSpare(ctx, &store.Spare{MachineID: "spare1", ContainerID: "c-spare1", Shape: `{"memory_mb":128}`, CreatedAt: tick()}, 64))
 }
@@ -334,6 +336,8 @@ func readAll(t *testing.T, s store.Store) map[string]any {
 	put("ListTeams", teams, err)
 	idem, err := s.GetIdempotent(ctx, "t", "retry-1")
 	put("GetIdempotent", idem, err)
+	audit, err := s.ListAudit(ctx, store.AuditFilter{})
+	put("ListAudit", audit, err)
 	for _, team := range []string{"t", "u"} {
 		q, err := s.GetQuota(ctx, team)
 		put("GetQuota "+team, q, err)
@@ -442,7 +446,7 @@ func TestCopySQLiteToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRows := map[string]int64{"teams": 2, "api_keys": 2, "machines": 7, "machine_metadata": 7, "machine_volumes": 5,
-		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1, "idempotency_keys": 1}
+		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1, "idempotency_keys": 1, "audit_log": 1}
 	var total int64
 	for _, tc := range stats.Tables {
 		if tc.Rows != wantRows[tc.Table] {

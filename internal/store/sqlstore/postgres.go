@@ -139,6 +139,7 @@ var postgresSchema = schema{
 		{version: 25, sql: sqliteMigrations[24]},
 		{version: 26, sql: idempotencyMigration("TIMESTAMPTZ")},
 		{version: 27, sql: migrationDiskMB},
+		{version: 28, sql: auditMigration("TIMESTAMPTZ")},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

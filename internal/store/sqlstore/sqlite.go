@@ -280,6 +280,27 @@ var sqliteMigrations = []string{
 	// 27: the machine's disk limit in MiB (disk_mb); 0, in rows written
 	// before, means the server's default.
 	migrationDiskMB,
+	// 28: the audit log (key, team, quota and policy changes; refused
+	// requests).
+	auditMigration("TEXT"),
+}
+
+// auditMigration is migration 28 on either backend.
+func auditMigration(timeType string) string {
+	return `CREATE TABLE audit_log (
+		id TEXT PRIMARY KEY,
+		time ` + timeType + ` NOT NULL,
+		team_id TEXT NOT NULL,
+		actor_team_id TEXT NOT NULL,
+		actor_key_id TEXT NOT NULL,
+		action TEXT NOT NULL,
+		target TEXT NOT NULL,
+		outcome TEXT NOT NULL,
+		source TEXT NOT NULL,
+		details TEXT NOT NULL
+	);
+	CREATE INDEX audit_log_team ON audit_log(team_id, id);
+	CREATE INDEX audit_log_time ON audit_log(time);`
 }
 
 // idempotencyMigration is migration 26 on either backend.

@@ -11,7 +11,9 @@ package storetest
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -44,6 +46,7 @@ var tests = []struct {
 	{"Teams", testTeams},
 	{"Quotas", testQuotas},
 	{"Idempotency", testIdempotency},
+	{"Audit", testAudit},
 	{"MachineRoundTrip", testMachineRoundTrip},
 	{"MachineDefaults", testMachineDefaults},
 	{"MainProcess", testMainProcess},
@@ -441,5 +444,54 @@ func testIdempotency(t *testing.T, s store.Store) {
 	checkErr(t, "an abandoned record", err, errdefs.ErrNotFound, "")
 	if n, err := s.PruneIdempotent(ctx, base.Add(time.Minute)); err != nil || n != 1 {
 		t.Fatalf("prune: %d, %v; want the other team's 1", n, err)
+	}
+}
+
+// testAudit: entries newest first, filtered and paged; pruned by age and
+// by count.
+func testAudit(t *testing.T, s store.Store) {
+	ctx := t.Context()
+	for i, a := range []struct{ team, action string }{{"t", "key.create"}, {"u", "team.create"}, {"t", "request.denied"}, {"t", "key.revoke"}} {
+		must(t, s.AppendAudit(ctx, store.AuditEntry{ID: fmt.Sprintf("aud_%02d", i), Time: base.Add(time.Duration(i) * time.Hour),
+			TeamID: a.team, ActorTeamID: "op", ActorKeyID: "ak_1", Action: a.action, Target: "x", Outcome: "ok", Source: "127.0.0.1", Details: `{"n":1}`}))
+	}
+	ids := func(f store.AuditFilter) []string {
+		t.Helper()
+		es, err := s.ListAudit(ctx, f)
+		must(t, err)
+		var out []string
+		for _, e := range es {
+			out = append(out, e.ID)
+		}
+		return out
+	}
+	for _, c := range []struct {
+		f    store.AuditFilter
+		want []string
+	}{
+		{store.AuditFilter{}, []string{"aud_03", "aud_02", "aud_01", "aud_00"}},
+		{store.AuditFilter{TeamID: "t"}, []string{"aud_03", "aud_02", "aud_00"}},
+		{store.AuditFilter{Action: "team.create"}, []string{"aud_01"}},
+		{store.AuditFilter{TeamID: "t", Limit: 1, Before: "aud_03"}, []string{"aud_02"}},
+	} {
+		if got := ids(c.f); !slices.Equal(got, c.want) {
+			t.Errorf("ListAudit(%+v) = %v, want %v", c.f, got, c.want)
+		}
+	}
+	es, err := s.ListAudit(ctx, store.AuditFilter{Limit: 1})
+	must(t, err)
+	want := store.AuditEntry{ID: "aud_03", Time: base.Add(3 * time.Hour), TeamID: "t", ActorTeamID: "op", ActorKeyID: "ak_1",
+		Action: "key.revoke", Target: "x", Outcome: "ok", Source: "127.0.0.1", Details: `{"n":1}`}
+	if len(es) != 1 || es[0] != want {
+		t.Fatalf("entry %+v, want %+v", es, want)
+	}
+	if n, err := s.PruneAudit(ctx, base.Add(time.Hour), 0); err != nil || n != 1 {
+		t.Fatalf("prune by age: %d %v, want 1", n, err)
+	}
+	if n, err := s.PruneAudit(ctx, base, 2); err != nil || n != 1 {
+		t.Fatalf("prune by count: %d %v, want 1", n, err)
+	}
+	if got := ids(store.AuditFilter{}); !slices.Equal(got, []string{"aud_03", "aud_02"}) {
+		t.Fatalf("after the prunes: %v", got)
 	}
 }

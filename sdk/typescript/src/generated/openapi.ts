@@ -1451,6 +1451,34 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The audit log
+         * @description Changes of teams, keys and quotas, and refused requests (no key, a
+         *     key that is not valid, a missing scope, a rate limit), newest first
+         *     (operator scope): who (`actor_team_id`, `actor_key_id`; for a key
+         *     that is not valid, its shown prefix), what (`action`, `target`,
+         *     `details`), when, from where (`source`) and how it ended
+         *     (`outcome`: `ok` or the error code). Refusals of one source, target
+         *     and outcome within a minute share an entry; the next says how many
+         *     it stood for (`details.folded`). Kept `--audit-retention` (90 days)
+         *     and at most `--audit-max` entries.
+         */
+        get: operations["listAudit"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/keys": {
         parameters: {
             query?: never;
@@ -2887,6 +2915,35 @@ export interface components {
              * @description Machines created (creates, children, forks; not resumes) in a minute.
              */
             creates_per_minute?: number;
+        };
+        AuditEntry: {
+            /** @description Sorts by time. */
+            id: string;
+            /** Format: date-time */
+            time: string;
+            /** @description Optional: the team acted on. */
+            team_id?: string;
+            /** @description Optional: the team of the key that acted. */
+            actor_team_id?: string;
+            /** @description Optional: the key that acted; for a key that is not valid, its shown prefix. */
+            actor_key_id?: string;
+            /** @enum {string} */
+            action: "key.create" | "key.revoke" | "team.create" | "team.delete" | "quota.set" | "request.denied";
+            /** @description An id, or the method and path of a refused request. */
+            target: string;
+            /** @description `ok`, or the error code. */
+            outcome: string;
+            /** @description The client's address. */
+            source: string;
+            /** @description Optional: what changed. */
+            details?: {
+                [key: string]: unknown;
+            };
+        };
+        AuditList: {
+            entries: components["schemas"]["AuditEntry"][];
+            /** @description Pass as `before` for older entries; empty on the last page. */
+            before: string;
         };
         /** @description A team owns machines, snapshots, volumes, templates and API keys. */
         Team: {
@@ -5442,6 +5499,39 @@ export interface operations {
                     "application/json": components["schemas"]["Error"];
                 };
             };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    listAudit: {
+        parameters: {
+            query?: {
+                /** @description Entries about this team. */
+                team_id?: string;
+                /** @description Entries of this action. */
+                action?: "key.create" | "key.revoke" | "team.create" | "team.delete" | "quota.set" | "request.denied";
+                /** @description The previous page's `before`; the next page holds older entries. */
+                before?: string;
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of entries. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditList"];
+                };
+            };
+            400: components["responses"]["InvalidArgument"];
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
             500: components["responses"]["Internal"];
             default: components["responses"]["Error"];
         };
