@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -505,4 +506,63 @@ func TestKeysAndScopes(t *testing.T) {
 	}
 	_, err = b.ListMachines(ctx, client.ListOptions{})
 	wantCode(t, err, "unauthenticated")
+}
+
+// TestQuotaOnRealMachines: 20 creates at once against a quota of 5
+// running machines make exactly 5 real machines; the others are refused
+// with 429 quota_exceeded naming the quota, and leave nothing.
+func TestQuotaOnRealMachines(t *testing.T) {
+	ctx := t.Context()
+	team, _, b := otherTeam(t)
+	five := int64(5)
+	if _, err := env.client.SetQuota(ctx, team.ID, api.SetQuotaRequest{RunningMachines: &five}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var made []string
+	var refused []error
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m, err := b.CreateMachine(ctx, api.CreateMachineRequest{Template: "minimal"})
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				refused = append(refused, err)
+				return
+			}
+			made = append(made, m.ID)
+		}()
+	}
+	wg.Wait()
+	if len(made) != 5 || len(refused) != 15 {
+		t.Fatalf("%d made, %d refused (%v); want 5 and 15", len(made), len(refused), refused)
+	}
+	for _, err := range refused {
+		var ae *client.APIError
+		if !errors.As(err, &ae) || ae.Code != "quota_exceeded" || ae.Status != http.StatusTooManyRequests || ae.Retryable {
+			t.Fatalf("a refusal: %v, want 429 quota_exceeded, not retryable", err)
+		}
+	}
+	q, err := b.Quotas(ctx, "")
+	if err != nil || q.Limits.RunningMachines != 5 || q.Usage.RunningMachines != 5 {
+		t.Fatalf("quotas: %+v %v", q, err)
+	}
+	for _, id := range made {
+		if got := runAs(t, b, id, "echo ok"); got != "ok\n" {
+			t.Fatalf("machine %s answers %q", id, got)
+		}
+	}
+}
+
+// runAs runs a shell command in a machine through c and returns stdout.
+func runAs(t *testing.T, c *client.Client, id, shell string) string {
+	t.Helper()
+	res, err := c.RunCommand(t.Context(), id, api.RunCommandRequest{Shell: shell})
+	if err != nil {
+		t.Fatalf("run %q in %s: %v", shell, id, err)
+	}
+	return res.Stdout
 }
