@@ -961,6 +961,10 @@ type QuotaLimits struct {
 	MemoryMB         int64 `json:"memory_mb"`
 	SnapshotBytes    int64 `json:"snapshot_bytes"`
 	CreatesPerMinute int64 `json:"creates_per_minute"`
+	// APIRate and APIBurst are the rate limit of each of the team's API
+	// keys (requests a second; at once).
+	APIRate  int64 `json:"api_rate"`
+	APIBurst int64 `json:"api_burst"`
 }
 
 // QuotaUsage is what a team holds now: the machines with a sandbox, their
@@ -989,6 +993,8 @@ type SetQuotaRequest struct {
 	MemoryMB         *int64 `json:"memory_mb,omitempty"`
 	SnapshotBytes    *int64 `json:"snapshot_bytes,omitempty"`
 	CreatesPerMinute *int64 `json:"creates_per_minute,omitempty"`
+	APIRate          *int64 `json:"api_rate,omitempty"`
+	APIBurst         *int64 `json:"api_burst,omitempty"`
 }
 
 // AuditEntry is one entry of the audit log (GET /v1/audit): a change of

@@ -566,3 +566,37 @@ func runAs(t *testing.T, c *client.Client, id, shell string) string {
 	}
 	return res.Stdout
 }
+
+// TestTeamRateLimit: the operator's per-team rate limit applies to the
+// team's keys: past it, 429 rate_limited with Retry-After.
+func TestTeamRateLimit(t *testing.T) {
+	ctx := t.Context()
+	team, k, _ := otherTeam(t)
+	rate, burst := int64(1), int64(2)
+	if _, err := env.client.SetQuota(ctx, team.ID, api.SetQuotaRequest{APIRate: &rate, APIBurst: &burst}); err != nil {
+		t.Fatal(err)
+	}
+	var statuses []int
+	var retryAfter string
+	for range 4 {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, env.client.BaseURL()+"/v1/machines", nil)
+		req.Header.Set("Authorization", "Bearer "+k.Key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		statuses = append(statuses, resp.StatusCode)
+		if resp.StatusCode == http.StatusTooManyRequests {
+			retryAfter = resp.Header.Get("Retry-After")
+		}
+	}
+	if statuses[0] != 200 || statuses[1] != 200 || statuses[3] != http.StatusTooManyRequests || retryAfter == "" {
+		t.Fatalf("4 requests at once at 1/s, burst 2: %v (Retry-After %q), want 200 200 ... 429", statuses, retryAfter)
+	}
+	// The operator's own key is not held back by team B's limit.
+	if _, err := env.client.ListMachines(ctx, client.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

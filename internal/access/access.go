@@ -25,6 +25,16 @@ type Principal struct {
 	Source string
 }
 
+// RateKey is the principal's bucket in the per-key rate limiter: its key,
+// under its team, so that the team's own limit (TeamOfRateKey) applies.
+func RateKey(p *Principal) string { return p.TeamID + "/" + p.KeyID }
+
+// TeamOfRateKey is the team of a RateKey.
+func TeamOfRateKey(key string) string {
+	team, _, _ := strings.Cut(key, "/")
+	return team
+}
+
 // Operator reports whether the principal holds the operator scope.
 func (p *Principal) Operator() bool { return p.Scopes.Has(Operator) }
 

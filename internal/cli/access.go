@@ -313,6 +313,7 @@ func (a *app) quotaShowCommand() *cobra.Command {
 			} {
 				fmt.Fprintf(tw, "%s\t%d\t%s\t\n", r.name, r.used, limit(r.limit))
 			}
+			fmt.Fprintf(tw, "api_rate\t-\t%s\t(per key, a second; burst %d)\n", limit(q.Limits.APIRate), q.Limits.APIBurst)
 			return tw.Flush()
 		},
 	}
@@ -321,7 +322,7 @@ func (a *app) quotaShowCommand() *cobra.Command {
 }
 
 func (a *app) quotaSetCommand() *cobra.Command {
-	var running, vcpus, memory, snapshotBytes, creates int64
+	var running, vcpus, memory, snapshotBytes, creates, apiRate, apiBurst int64
 	cmd := &cobra.Command{
 		Use:     "set TEAM-ID",
 		Short:   "Set a team's own limits; a limit not given takes the server's default, 0 is none",
@@ -330,7 +331,8 @@ func (a *app) quotaSetCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var req api.SetQuotaRequest
 			for name, dst := range map[string]**int64{"running-machines": &req.RunningMachines, "vcpus": &req.VCPUs,
-				"memory-mb": &req.MemoryMB, "snapshot-bytes": &req.SnapshotBytes, "creates-per-minute": &req.CreatesPerMinute} {
+				"memory-mb": &req.MemoryMB, "snapshot-bytes": &req.SnapshotBytes, "creates-per-minute": &req.CreatesPerMinute,
+				"api-rate": &req.APIRate, "api-burst": &req.APIBurst} {
 				if cmd.Flags().Changed(name) {
 					v, _ := cmd.Flags().GetInt64(name)
 					*dst = &v
@@ -358,6 +360,8 @@ func (a *app) quotaSetCommand() *cobra.Command {
 	f.Int64Var(&memory, "memory-mb", 0, "MiB of memory of those machines")
 	f.Int64Var(&snapshotBytes, "snapshot-bytes", 0, "bytes of paused states, snapshots and checkpoints")
 	f.Int64Var(&creates, "creates-per-minute", 0, "machines created a minute")
+	f.Int64Var(&apiRate, "api-rate", 0, "requests a second of each of the team's API keys")
+	f.Int64Var(&apiBurst, "api-burst", 0, "requests at once of each of the team's API keys")
 	return cmd
 }
 

@@ -99,7 +99,7 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				s.writeError(w, r, err)
 				return
 			}
-			if ok, after := s.limits.Allow(p.KeyID); !ok {
+			if ok, after := s.limits.Allow(access.RateKey(p)); !ok {
 				s.writeError(w, r, errdefs.RateLimited("calls with this API key", after))
 				return
 			}

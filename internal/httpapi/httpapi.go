@@ -291,7 +291,7 @@ func (s *Server) wrap(rt Route) http.Handler {
 				return
 			}
 			p.Source = sourceOf(r)
-			if ok, after := s.limits.Allow(p.KeyID); !ok {
+			if ok, after := s.limits.Allow(access.RateKey(p)); !ok {
 				s.deny(w, r, p, "", errdefs.RateLimited("requests with this API key", after))
 				return
 			}

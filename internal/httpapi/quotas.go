@@ -46,7 +46,7 @@ func (s *Server) writeQuotas(w http.ResponseWriter, r *http.Request, team string
 	}
 	writeJSON(w, status, api.Quotas{TeamID: team,
 		Limits: api.QuotaLimits{RunningMachines: q.RunningMachines, VCPUs: q.VCPUs, MemoryMB: q.MemoryMB,
-			SnapshotBytes: q.SnapshotBytes, CreatesPerMinute: q.CreatesPerMinute},
+			SnapshotBytes: q.SnapshotBytes, CreatesPerMinute: q.CreatesPerMinute, APIRate: q.APIRate, APIBurst: q.APIBurst},
 		Usage: api.QuotaUsage{RunningMachines: u.RunningMachines, VCPUs: u.VCPUs, MemoryMB: u.MemoryMB,
 			SnapshotBytes: u.SnapshotBytes, CreatesPerMinute: u.Creates}})
 	return nil
@@ -79,6 +79,8 @@ func (s *Server) setQuota(w http.ResponseWriter, r *http.Request, _ string) erro
 		{"memory_mb", req.MemoryMB, &q.MemoryMB},
 		{"snapshot_bytes", req.SnapshotBytes, &q.SnapshotBytes},
 		{"creates_per_minute", req.CreatesPerMinute, &q.CreatesPerMinute},
+		{"api_rate", req.APIRate, &q.APIRate},
+		{"api_burst", req.APIBurst, &q.APIBurst},
 	} {
 		if f.v == nil {
 			continue

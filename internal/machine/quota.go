@@ -67,6 +67,8 @@ func effectiveQuota(own, def store.Quota) store.Quota {
 		MemoryMB:         pick(own.MemoryMB, def.MemoryMB),
 		SnapshotBytes:    pick(own.SnapshotBytes, def.SnapshotBytes),
 		CreatesPerMinute: pick(own.CreatesPerMinute, def.CreatesPerMinute),
+		APIRate:          pick(own.APIRate, def.APIRate),
+		APIBurst:         pick(own.APIBurst, def.APIBurst),
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -675,7 +676,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		Nameservers:         hostNameservers(),
 		Spares:              cfg.Spares,
 		MemoryOvercommit:    cfg.MemoryOvercommit,
-		Quota:               cfg.Quota,
+		Quota:               quotaDefaults(cfg),
 		DefaultDiskMB:       cfg.DiskDefaultMB,
 		MaxDiskMB:           cfg.DiskMaxMB,
 		Events:              evlog,
@@ -704,7 +705,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		}
 	}()
 	// One budget per key, on the API and the E2B-compatible API alike.
-	perKey := ratelimit.New(ratelimit.Config{Default: cfg.RatePerKey})
+	perKey := ratelimit.New(ratelimit.Config{Default: cfg.RatePerKey, Override: newTeamRates(db, cfg.RatePerKey).override})
 	var edgeSrv *edgeListener
 	var urls httpapi.URLIssuer
 	if cfg.EdgeAddr != "" {
@@ -917,6 +918,18 @@ func bootstrapKey(ctx context.Context, db store.Teams, dataDir string, logger *s
 	logger.Info("the default team's API key; the CLI and SDKs on this host read it from the file",
 		"file", keyFile, "key_prefix", display)
 	return keyFile, nil
+}
+
+// quotaDefaults are every team's default limits: the --quota-* flags,
+// and the per-key rate limit (--rate-limit-per-key) a team's quota may
+// override.
+func quotaDefaults(cfg Config) store.Quota {
+	q := cfg.Quota
+	q.APIRate, q.APIBurst = 0, 0
+	if !cfg.RatePerKey.Unlimited() {
+		q.APIRate, q.APIBurst = int64(math.Ceil(cfg.RatePerKey.Rate)), int64(max(cfg.RatePerKey.Burst, 1))
+	}
+	return q
 }
 
 // serveMetrics serves the Prometheus metrics without a key on addr ("":

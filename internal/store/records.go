@@ -42,10 +42,13 @@ type Quota struct {
 	MemoryMB         int64
 	SnapshotBytes    int64
 	CreatesPerMinute int64
+	// APIRate and APIBurst are the rate limit of each of the team's API
+	// keys: requests a second, and how many at once.
+	APIRate, APIBurst int64
 }
 
 // DefaultQuota is a quota that takes every default.
-var DefaultQuota = Quota{-1, -1, -1, -1, -1}
+var DefaultQuota = Quota{-1, -1, -1, -1, -1, -1, -1}
 
 // TeamUsage is what a team holds: the machines that hold a network slot
 // (they have, or are about to have, a sandbox), what they were given, and

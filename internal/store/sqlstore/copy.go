@@ -74,7 +74,7 @@ var copyTables = tables(
 	"cursors: name seq:int",
 	"ssh_keys: id team_id name fingerprint public_key created_at:at",
 	"cluster_secrets: name value updated_at:optat",
-	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int",
+	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int api_rate:int api_burst:int",
 	"idempotency_keys: team_id key route request_hash status:int body created_at:at",
 	"audit_log: id time:at team_id actor_team_id actor_key_id action target outcome source details",
 )

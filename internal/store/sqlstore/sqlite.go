@@ -283,6 +283,9 @@ var sqliteMigrations = []string{
 	// 28: the audit log (key, team, quota and policy changes; refused
 	// requests).
 	auditMigration("TEXT"),
+	// 29: a team's own rate limit of each of its API keys.
+	`ALTER TABLE team_quotas ADD COLUMN api_rate BIGINT NOT NULL DEFAULT -1;
+	ALTER TABLE team_quotas ADD COLUMN api_burst BIGINT NOT NULL DEFAULT -1;`,
 }
 
 // auditMigration is migration 28 on either backend.

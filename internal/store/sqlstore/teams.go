@@ -164,8 +164,9 @@ func (s *DB) TouchAPIKey(ctx context.Context, id string, now time.Time) error {
 // GetQuota returns a team's own limits.
 func (s *DB) GetQuota(ctx context.Context, teamID string) (store.Quota, error) {
 	q := store.DefaultQuota
-	err := s.c().queryRow(ctx, `SELECT running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute
-		FROM team_quotas WHERE team_id = ?`, teamID).Scan(&q.RunningMachines, &q.VCPUs, &q.MemoryMB, &q.SnapshotBytes, &q.CreatesPerMinute)
+	err := s.c().queryRow(ctx, `SELECT running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute, api_rate, api_burst
+		FROM team_quotas WHERE team_id = ?`, teamID).Scan(&q.RunningMachines, &q.VCPUs, &q.MemoryMB, &q.SnapshotBytes, &q.CreatesPerMinute,
+		&q.APIRate, &q.APIBurst)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.DefaultQuota, nil
 	}
@@ -181,8 +182,8 @@ func (s *DB) SetQuota(ctx context.Context, teamID string, q store.Quota) error {
 		if _, err := c.exec(ctx, `DELETE FROM team_quotas WHERE team_id = ?`, teamID); err != nil {
 			return err
 		}
-		_, err := c.exec(ctx, `INSERT INTO team_quotas (team_id, running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute)
-			VALUES (?, ?, ?, ?, ?, ?)`, teamID, q.RunningMachines, q.VCPUs, q.MemoryMB, q.SnapshotBytes, q.CreatesPerMinute)
+		_, err := c.exec(ctx, `INSERT INTO team_quotas (team_id, running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute, api_rate, api_burst)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, teamID, q.RunningMachines, q.VCPUs, q.MemoryMB, q.SnapshotBytes, q.CreatesPerMinute, q.APIRate, q.APIBurst)
 		return err
 	})
 }

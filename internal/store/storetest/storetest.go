@@ -377,7 +377,7 @@ func testQuotas(t *testing.T, s store.Store) {
 	if q, err := s.GetQuota(ctx, "t"); err != nil || q != store.DefaultQuota {
 		t.Fatalf("quota never set: %+v, %v; want the defaults", q, err)
 	}
-	q := store.Quota{RunningMachines: 5, VCPUs: -1, MemoryMB: 4096, SnapshotBytes: 1 << 30, CreatesPerMinute: 0}
+	q := store.Quota{RunningMachines: 5, VCPUs: -1, MemoryMB: 4096, SnapshotBytes: 1 << 30, CreatesPerMinute: 0, APIRate: 7, APIBurst: -1}
 	must(t, s.SetQuota(ctx, "t", q))
 	must(t, s.SetQuota(ctx, "t", q)) // replaces
 	if got, err := s.GetQuota(ctx, "t"); err != nil || got != q {

@@ -2854,6 +2854,16 @@ export interface components {
              * @description Machines created (creates, children, forks; not resumes) in a minute.
              */
             creates_per_minute: number;
+            /**
+             * Format: int64
+             * @description Requests a second of each of the team's API keys (its own, else --rate-limit-per-key); past it, 429 rate_limited.
+             */
+            api_rate: number;
+            /**
+             * Format: int64
+             * @description Requests at once of each of the team's API keys.
+             */
+            api_burst: number;
         };
         /** @description What a team holds now (creates_per_minute counts the last minute's). */
         QuotaUsage: {
@@ -2915,6 +2925,16 @@ export interface components {
              * @description Machines created (creates, children, forks; not resumes) in a minute.
              */
             creates_per_minute?: number;
+            /**
+             * Format: int64
+             * @description Requests a second of each of the team's API keys; 0: none.
+             */
+            api_rate?: number;
+            /**
+             * Format: int64
+             * @description Requests at once of each key.
+             */
+            api_burst?: number;
         };
         AuditEntry: {
             /** @description Sorts by time. */
