@@ -130,7 +130,7 @@ func main() {
 func parseFlags() (config, error) {
 	var c config
 	var logLevel string
-	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK) or store (issue 23: SQLite + local directory beside PostgreSQL + S3 object store: pause, resume warm and cold, child, lease refresh, upload sizes, list queries) or disk (issue 24: dd of 1 GiB with the disk limit beside the unlimited overlay) or access (issue 24: the API's key, rate and scope checks, the quota check, lookups among 10,000 keys)")
+	flag.StringVar(&c.suite, "suite", "all", "measurements to run: all, core (create, exec, kill, memory), hibernate (pause, resume, snapshots) lease (issue 4: lease scheduler, metrics sampling, stop and start) or edge (issue 10: wake on HTTP, proxy overhead, WebSocket echo, 200 concurrent wakes) or lists (issue 11: pages over 1,000 and 10,000 rows, disk after 100 pause/resume cycles) or terminal (issue 14: keystroke echo via WebSocket and SSH beside runsc exec, ssh to a prompt on a paused machine) or sdk (issue 12: the Python SDK beside raw HTTP, import time) or e2b (issue 15: E2B's SDK through the compatibility API beside the TypeScript SDK) or store (issue 23: SQLite + local directory beside PostgreSQL + S3 object store: pause, resume warm and cold, child, lease refresh, upload sizes, list queries) or disk (issue 24: dd of 1 GiB with the disk limit beside the unlimited overlay) or access (issue 24: the API's key, rate and scope checks, the quota check, lookups among 10,000 keys; a quiet machine's exec beside a fork bomb, a disk fill and an output flood)")
 	flag.BoolVar(&c.skip256, "skip-256", false, "hibernate suite: leave out the machines holding 256 MiB")
 	flag.IntVar(&c.n, "n", 20, "iterations per metric")
 	flag.IntVar(&c.warmup, "warmup", 3, "untimed commands on a warm machine before its exec round trips are timed")
@@ -386,6 +386,9 @@ func measure(ctx context.Context, cfg config, work string, ns, ns2 *nullspaceSid
 	}
 	if cfg.suite == "all" || cfg.suite == "access" {
 		if err := measureAccess(ctx, cfg, ns, res); err != nil {
+			return err
+		}
+		if err := measureNeighbours(ctx, cfg, ns, res); err != nil {
 			return err
 		}
 	}
