@@ -75,6 +75,7 @@ var copyTables = tables(
 	"ssh_keys: id team_id name fingerprint public_key created_at:at",
 	"cluster_secrets: name value updated_at:optat",
 	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int",
+	"usage_records: id kind team_id machine_id lineage_id snapshot_id started_at:at ended_at:at vcpus:int memory_mb:int bytes:int",
 )
 
 // notCopied are the tables Copy leaves out, and why.

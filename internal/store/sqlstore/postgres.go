@@ -137,6 +137,7 @@ var postgresSchema = schema{
 		{version: 23, sql: `ALTER TABLE cluster_secrets ADD COLUMN updated_at TIMESTAMPTZ;`},
 		{version: 24, sql: keysMigration("TIMESTAMPTZ")},
 		{version: 25, sql: sqliteMigrations[24]},
+		{version: 26, sql: usageMigration("TIMESTAMPTZ")},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -275,6 +275,29 @@ var sqliteMigrations = []string{
 		snapshot_bytes BIGINT NOT NULL DEFAULT -1,
 		creates_per_minute BIGINT NOT NULL DEFAULT -1
 	);`,
+	// 26: the usage ledger (store.Usage). To be renumbered 28 when merged
+	// after the branches that add 26 and 27.
+	usageMigration("TEXT"),
+}
+
+// usageMigration is migration 26 on either backend, with its time type.
+func usageMigration(timeType string) string {
+	return strings.NewReplacer("TIME", timeType).Replace(`
+	CREATE TABLE usage_records (
+		id TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		team_id TEXT NOT NULL,
+		machine_id TEXT NOT NULL,
+		lineage_id TEXT NOT NULL,
+		snapshot_id TEXT NOT NULL DEFAULT '',
+		started_at TIME NOT NULL,
+		ended_at TIME NOT NULL,
+		vcpus INTEGER NOT NULL DEFAULT 0,
+		memory_mb INTEGER NOT NULL DEFAULT 0,
+		bytes BIGINT NOT NULL DEFAULT 0
+	);
+	CREATE INDEX usage_records_team ON usage_records(team_id, ended_at);
+	CREATE INDEX usage_records_ended ON usage_records(ended_at);`)
 }
 
 // keysMigration is migration 24 on either backend, with its time type.
