@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -19,20 +20,26 @@ import (
 type DB struct {
 	db *sql.DB
 	d  *dialect
-	// clock is when the usage ledger's records that end now end (nil:
+	// clock is when the usage ledger's records that end now end (unset:
 	// time.Now); see SetClock.
-	clock func() time.Time
+	clock atomic.Pointer[func() time.Time]
 }
 
-// SetClock makes now the clock of the usage ledger's end times, for
-// tests; call it before the store is used.
-func (s *DB) SetClock(now func() time.Time) { s.clock = now }
+// SetClock makes now the clock of the usage ledger's end times (nil:
+// time.Now), for tests.
+func (s *DB) SetClock(now func() time.Time) {
+	if now == nil {
+		s.clock.Store(nil)
+		return
+	}
+	s.clock.Store(&now)
+}
 
 // now is the ledger's time, cut to what the store keeps.
 func (s *DB) now() time.Time {
 	t := time.Now()
-	if s.clock != nil {
-		t = s.clock()
+	if fn := s.clock.Load(); fn != nil {
+		t = (*fn)()
 	}
 	return t.UTC().Truncate(time.Microsecond)
 }
