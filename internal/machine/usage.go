@@ -70,4 +70,3 @@ func (m *Manager) recordEgress(ctx context.Context, rec *store.Machine) {
 		m.logger.ErrorContext(ctx, "record the bytes a machine sent", "machine_id", rec.ID, "err", err)
 	}
 }
-
