@@ -106,3 +106,55 @@ func TestUsage(t *testing.T) {
 		t.Errorf("CSV has no row of %s with a create and a resume:\n%s", m.ID, csv.String())
 	}
 }
+
+// TestUsageAcrossRestart: a machine keeps running while the server is
+// stopped and started again; its usage counts the whole time, from its
+// start to its pause, to ±1 s of what the client saw, and the pause's
+// record is the same after a second restart.
+func TestUsageAcrossRestart(t *testing.T) {
+	ctx := t.Context()
+	t0 := time.Now().UTC()
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal", CPUCount: 1, MemoryMB: 512})
+	created := time.Now()
+	time.Sleep(3 * time.Second)
+	if err := env.inst.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second) // the sandbox runs on without the server
+	if err := restartServer(); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	if _, err := env.client.Pause(ctx, m.ID); err != nil {
+		t.Fatal(err)
+	}
+	paused := time.Now()
+	running := func(when string) float64 {
+		t.Helper()
+		u, err := env.client.Usage(ctx, client.UsageQuery{From: t0, To: time.Now().UTC(), GroupBy: []string{"machine"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range u.Rows {
+			if r.MachineID == m.ID {
+				return r.RunningSeconds
+			}
+		}
+		t.Fatalf("%s: no row of %s in %+v", when, m.ID, u.Rows)
+		return 0
+	}
+	got, want := running("after the pause"), paused.Sub(created).Seconds()
+	t.Logf("running %.3f s; the client saw %.3f s (nominal 8, 3 of them with the server down)", got, want)
+	if math.Abs(got-want) > 1 {
+		t.Errorf("running %.3f s across a restart, want %.3f ± 1", got, want)
+	}
+	if err := env.inst.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := restartServer(); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if again := running("after a second restart"); again != got {
+		t.Errorf("running %.6f s after a second restart, was %.6f", again, got)
+	}
+}
