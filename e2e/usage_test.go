@@ -158,3 +158,35 @@ func TestUsageAcrossRestart(t *testing.T) {
 		t.Errorf("running %.6f s after a second restart, was %.6f", again, got)
 	}
 }
+
+// TestUsageIsolation: a team's key sees its own usage only, and cannot
+// name another team's; the operator's sees any team's, or every team's.
+func TestUsageIsolation(t *testing.T) {
+	ctx := t.Context()
+	m := newMachine(t, api.CreateMachineRequest{Template: "minimal"})
+	team, _, b := otherTeam(t)
+	q := client.UsageQuery{From: time.Now().Add(-time.Hour), GroupBy: []string{"team", "machine"}}
+	u, err := b.Usage(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range u.Rows {
+		if r.MachineID == m.ID || r.TeamID != team.ID {
+			t.Errorf("team B's usage holds %+v", r)
+		}
+	}
+	q.TeamID = "*"
+	_, err = b.Usage(ctx, q)
+	wantCode(t, err, "team_not_found")
+	all, err := env.client.Usage(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, r := range all.Rows {
+		found = found || r.MachineID == m.ID
+	}
+	if !found {
+		t.Errorf("every team's usage (operator) lacks %s: %+v", m.ID, all.Rows)
+	}
+}
