@@ -1022,3 +1022,32 @@ type AuditList struct {
 	// the last.
 	Before string `json:"before"`
 }
+
+// Usage is the body of GET /v1/usage: a team's usage (or every team's, for
+// an operator) over [from, to), one row per group.
+type Usage struct {
+	From    time.Time  `json:"from"`
+	To      time.Time  `json:"to"`
+	GroupBy []string   `json:"group_by"`
+	Rows    []UsageRow `json:"rows"`
+}
+
+// UsageRow is the usage of one group; the keys not grouped by are left
+// out. MachineID is the machine's id as created (a resume's new id counts
+// for the machine it resumed).
+type UsageRow struct {
+	TeamID    string `json:"team_id,omitempty"`
+	MachineID string `json:"machine_id,omitempty"`
+	Day       string `json:"day,omitempty"`
+	// RunningSeconds is the time machines held a running sandbox;
+	// VCPUSeconds and MemoryGiBSeconds weigh it by what they were given.
+	RunningSeconds   float64 `json:"running_seconds"`
+	VCPUSeconds      float64 `json:"vcpu_seconds"`
+	MemoryGiBSeconds float64 `json:"memory_gib_seconds"`
+	// StorageGiBSeconds is the bytes of stored snapshots (paused states,
+	// stopped disks, snapshots, checkpoints) times how long they were kept.
+	StorageGiBSeconds float64 `json:"storage_gib_seconds"`
+	Creates           int64   `json:"creates"`
+	Resumes           int64   `json:"resumes"`
+	EgressBytes       int64   `json:"egress_bytes"`
+}

@@ -23,7 +23,9 @@ func (m *memStore) AppendAudit(_ context.Context, e store.AuditEntry) error {
 	return nil
 }
 
-func (m *memStore) ListAudit(context.Context, store.AuditFilter) ([]store.AuditEntry, error) { return nil, nil }
+func (m *memStore) ListAudit(context.Context, store.AuditFilter) ([]store.AuditEntry, error) {
+	return nil, nil
+}
 
 func (m *memStore) wait(t *testing.T, n int) []store.AuditEntry {
 	t.Helper()

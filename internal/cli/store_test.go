@@ -70,7 +70,7 @@ func TestStoreCopy(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, stderr)
 	}
-	for _, want := range []string{"teams", "1 rows", "machines", "copied 2 rows of 14 tables", "not copied: 1 spares", "--database-url " + u.String()} {
+	for _, want := range []string{"teams", "1 rows", "machines", "copied 2 rows of 15 tables", "not copied: 1 spares", "--database-url " + u.String()} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("output lacks %q:\n%s", want, stdout)
 		}

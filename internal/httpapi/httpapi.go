@@ -256,7 +256,7 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/templates/{name}", Scope: access.MachinesRead, Handler: s.getTemplate},
 		{Method: "POST", Path: "/v1/templates", Scope: access.TemplatesWrite, Handler: s.buildTemplate},
 		{Method: "DELETE", Path: "/v1/templates/{name}", Scope: access.TemplatesWrite, Handler: s.deleteTemplate},
-	}, slices.Concat(s.accessRoutes(), s.quotaRoutes(), s.auditRoutes())...)
+	}, slices.Concat(s.accessRoutes(), s.quotaRoutes(), s.auditRoutes(), s.usageRoutes())...)
 }
 
 // Handler returns the http.Handler serving every route.

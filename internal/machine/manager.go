@@ -653,6 +653,7 @@ func (m *Manager) undoCreate(ctx context.Context, rec *store.Machine) error {
 
 // release frees everything a machine holds: container, network, directory.
 func (m *Manager) release(ctx context.Context, rec *store.Machine) error {
+	m.recordEgress(ctx, rec)
 	var errs []error
 	dir := m.machineDir(rec.ID)
 	if err := m.driver.Delete(ctx, rec.ContainerID, filepath.Join(dir, "container")); err != nil {

@@ -690,6 +690,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if err != nil {
 		return nil, err
 	}
+	tel.CountUsage(mgr)
 	if err := mgr.Reconcile(ctx); err != nil {
 		// Reconcile errors are about leftovers; the server can still serve.
 		logger.Error("reconcile with the host after start", "err", err)

@@ -308,3 +308,45 @@ type EventFilter struct {
 	// Limit bounds the number returned (default 1000).
 	Limit int
 }
+
+// Usage record kinds. A run is a span in which an execution held a
+// running sandbox (its vCPUs and memory); storage a span in which a ready
+// snapshot's files were kept (its bytes); create and resume are instants
+// (a lineage begun, a paused one resumed); egress is bytes a machine sent.
+const (
+	UsageRun     = "run"
+	UsageStorage = "storage"
+	UsageCreate  = "create"
+	UsageResume  = "resume"
+	UsageEgress  = "egress"
+)
+
+// UsageRecord is one entry of the usage ledger, or a span still open (a
+// machine running, a snapshot kept) read from the live rows, whose EndedAt
+// is zero.
+type UsageRecord struct {
+	// ID is unique per fact (a run is its execution and start, a storage
+	// span its snapshot), so that writing one twice records it once.
+	ID     string
+	Kind   string
+	TeamID string
+	// MachineID is the execution's id (for storage: the execution the
+	// snapshot was taken of); LineageID the machine users know it by.
+	MachineID  string
+	LineageID  string
+	SnapshotID string
+	StartedAt  time.Time
+	EndedAt    time.Time
+	VCPUs      int
+	MemoryMB   int
+	// Bytes are the snapshot's size (storage) or the bytes sent (egress).
+	Bytes int64
+}
+
+// UsageFilter selects usage records that overlap [From, To): a span
+// ending at or after From (or still open) and starting before To. Empty
+// TeamID matches every team.
+type UsageFilter struct {
+	TeamID   string
+	From, To time.Time
+}

@@ -27,6 +27,7 @@ type Store interface {
 	Secrets
 	Idempotency
 	Audit
+	Usage
 	Close() error
 }
 
@@ -190,6 +191,28 @@ type Secrets interface {
 	// Secret returns the stored secret name and when it was set (nil if
 	// there is none).
 	Secret(ctx context.Context, name string) ([]byte, time.Time, error)
+}
+
+// Usage keeps the ledger that usage (the basis for billing) is counted
+// from. The store writes it itself, in the transaction of the write that
+// ends what it records, so that no path of the manager can forget a record
+// and no crash can lose one:
+//   - a write that takes a machine out of a running state (running,
+//     pausing, snapshotting, stopping) into another records a run from its
+//     StartedAt to its EndedAt (killed, failed) or to the write's time;
+//   - a write that makes a creating or resuming machine running records a
+//     create (its lineage's first execution) or a resume;
+//   - DeleteSnapshot and MarkPruning of a ready snapshot record its
+//     storage from its CreatedAt to the write's time.
+//
+// The ledger is never pruned with the machine rows.
+type Usage interface {
+	// AppendUsage records r unless a record with its ID exists.
+	AppendUsage(ctx context.Context, r UsageRecord) error
+	// ListUsage returns the ledger's records that overlap the filter's
+	// range, then the spans still open (EndedAt zero): the runs of the
+	// machines in a running state and the storage of ready snapshots.
+	ListUsage(ctx context.Context, f UsageFilter) ([]UsageRecord, error)
 }
 
 // SSHKeys keeps the public keys of SSH sessions.

@@ -77,6 +77,7 @@ var copyTables = tables(
 	"team_quotas: team_id running_machines:int vcpus:int memory_mb:int snapshot_bytes:int creates_per_minute:int api_rate:int api_burst:int",
 	"idempotency_keys: team_id key route request_hash status:int body created_at:at",
 	"audit_log: id time:at team_id actor_team_id actor_key_id action target outcome source details",
+	"usage_records: id kind team_id machine_id lineage_id snapshot_id started_at:at ended_at:at vcpus:int memory_mb:int bytes:int",
 )
 
 // notCopied are the tables Copy leaves out, and why.

@@ -50,6 +50,9 @@ func fillNode(t *testing.T, s store.Store) {
 		clock = clock.Add(time.Second + 7*time.Microsecond)
 		return clock
 	}
+	// The usage ledger's records end at the store's time: the same in
+	// every copy.
+	s.(*DB).SetClock(func() time.Time { return clock })
 	for _, team := range []string{"t", "u"} {
 		check(t, s.CreateTeam(ctx, store.Team{ID: team, Name: "team " + team, CreatedAt: tick()}))
 		check(t, s.AddAPIKey(ctx, store.APIKey{ID: "key_" + team, TeamID: team, Hash: "hash-" + team, Prefix: "ns_" + team,
@@ -446,7 +449,7 @@ func TestCopySQLiteToPostgres(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRows := map[string]int64{"teams": 2, "api_keys": 2, "machines": 7, "machine_metadata": 7, "machine_volumes": 5,
-		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1, "idempotency_keys": 1, "audit_log": 1}
+		"snapshots": 9, "volumes": 3, "events": 5, "cursors": 2, "ssh_keys": 3, "cluster_secrets": 2, "team_quotas": 1, "idempotency_keys": 1, "audit_log": 1, "usage_records": 9}
 	var total int64
 	for _, tc := range stats.Tables {
 		if tc.Rows != wantRows[tc.Table] {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -19,6 +20,28 @@ import (
 type DB struct {
 	db *sql.DB
 	d  *dialect
+	// clock is when the usage ledger's records that end now end (unset:
+	// time.Now); see SetClock.
+	clock atomic.Pointer[func() time.Time]
+}
+
+// SetClock makes now the clock of the usage ledger's end times (nil:
+// time.Now), for tests.
+func (s *DB) SetClock(now func() time.Time) {
+	if now == nil {
+		s.clock.Store(nil)
+		return
+	}
+	s.clock.Store(&now)
+}
+
+// now is the ledger's time, cut to what the store keeps.
+func (s *DB) now() time.Time {
+	t := time.Now()
+	if fn := s.clock.Load(); fn != nil {
+		t = (*fn)()
+	}
+	return t.UTC().Truncate(time.Microsecond)
 }
 
 var _ store.Store = (*DB)(nil)
@@ -35,9 +58,11 @@ type conn struct {
 		QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 	}
 	d *dialect
+	// now is the owning DB's clock (nil in a copy's source).
+	now func() time.Time
 }
 
-func (s *DB) c() conn { return conn{q: s.db, d: s.d} }
+func (s *DB) c() conn { return conn{q: s.db, d: s.d, now: s.now} }
 
 func (c conn) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	res, err := c.q.ExecContext(ctx, c.d.rebind(q), c.d.args(args)...)
@@ -97,7 +122,7 @@ func (s *DB) tryTx(ctx context.Context, fn func(c conn) error) error {
 		return s.d.classify(err)
 	}
 	defer tx.Rollback()
-	if err := fn(conn{q: tx, d: s.d}); err != nil {
+	if err := fn(conn{q: tx, d: s.d, now: s.now}); err != nil {
 		return err
 	}
 	return s.d.classify(tx.Commit())

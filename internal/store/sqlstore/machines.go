@@ -163,18 +163,38 @@ func freeSlot(ctx context.Context, c conn, slots int) (int, error) {
 
 // UpdateMachine writes a machine's lifecycle fields if no one has since
 // it was read (compare-and-set on its version), and advances m.Version.
+// A write that may record usage (see store.Usage) is a transaction with
+// its ledger record.
 func (s *DB) UpdateMachine(ctx context.Context, m *store.Machine) error {
-	if err := updateMachine(ctx, s.c(), m); err != nil {
+	var err error
+	if ledgered(m.State) {
+		err = s.inTx(ctx, "update machine "+m.ID, func(c conn) error { return updateMachine(ctx, c, m) })
+	} else {
+		err = updateMachine(ctx, s.c(), m)
+	}
+	if err != nil {
 		return err
 	}
 	m.Version++
 	return nil
 }
 
-// updateMachine writes m at m.Version+1 if the row is at m.Version; the
-// caller advances m.Version once the write is committed.
+// updateMachine writes m at m.Version+1 if the row is at m.Version, and
+// the usage the write records (c must then be a transaction: see
+// ledgered); the caller advances m.Version once the write is committed.
 func updateMachine(ctx context.Context, c conn, m *store.Machine) error {
 	keptTimes(m)
+	var before machineBefore
+	if ledgered(m.State) {
+		b, found, err := readBefore(ctx, c, m)
+		if err != nil {
+			return fmt.Errorf("update machine %s: %w", m.ID, err)
+		}
+		if !found {
+			return lostWrite(ctx, c, m)
+		}
+		before = b
+	}
 	res, err := c.exec(ctx, `UPDATE machines SET state=?, slot=?, container_id=?, started_at=?, ended_at=?, error=?, failure_reason=?,
 		snapshot_id=?, agent_token=?, restored_from=?, timeout_ms=?, on_timeout=?, auto_resume=?, deadline=?, version = version + 1
 		WHERE id=? AND version=?`,
@@ -186,6 +206,9 @@ func updateMachine(ctx context.Context, c conn, m *store.Machine) error {
 	}
 	if !exactlyOne(res) {
 		return lostWrite(ctx, c, m)
+	}
+	if err := recordTransition(ctx, c, before, m); err != nil {
+		return fmt.Errorf("update machine %s: %w", m.ID, err)
 	}
 	return nil
 }

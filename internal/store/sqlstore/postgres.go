@@ -141,6 +141,7 @@ var postgresSchema = schema{
 		{version: 27, sql: migrationDiskMB},
 		{version: 28, sql: auditMigration("TIMESTAMPTZ")},
 		{version: 29, sql: sqliteMigrations[28]},
+		{version: 30, sql: usageMigration("TIMESTAMPTZ")},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -102,12 +102,16 @@ func (s *DB) ListSnapshots(ctx context.Context, f store.SnapshotFilter) ([]*stor
 	return queryAll(ctx, s.c(), "list snapshots", `SELECT `+snapshotColumns+` FROM snapshots`+w.sql()+order, w.args, scanSnapshot)
 }
 
-// DeleteSnapshot removes a snapshot's row.
+// DeleteSnapshot removes a snapshot's row and, if it was ready, records
+// its storage in the usage ledger.
 func (s *DB) DeleteSnapshot(ctx context.Context, id string) error {
-	if _, err := s.c().exec(ctx, `DELETE FROM snapshots WHERE id=?`, id); err != nil {
-		return fmt.Errorf("delete snapshot %s: %w", id, err)
-	}
-	return nil
+	return s.inTx(ctx, "delete snapshot "+id, func(c conn) error {
+		if err := recordStorageEnd(ctx, c, id); err != nil {
+			return err
+		}
+		_, err := c.exec(ctx, `DELETE FROM snapshots WHERE id=?`, id)
+		return err
+	})
 }
 
 func scanSnapshot(r scanner) (*store.Snapshot, error) {
@@ -198,12 +202,30 @@ func (s *DB) SetSnapshotPinned(ctx context.Context, id string, pinned bool) erro
 
 // MarkPruning takes a ready snapshot out of every list and restore (the
 // first step of a prune); it reports false if it was not ready.
+// Its storage ends there (it is recorded in the usage ledger).
 func (s *DB) MarkPruning(ctx context.Context, id string) (bool, error) {
-	res, err := s.c().exec(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND NOT pinned`, store.SnapshotPruning, id, store.SnapshotReady)
-	if err != nil {
-		return false, fmt.Errorf("prune snapshot %s: %w", id, err)
-	}
-	return exactlyOne(res), nil
+	var marked bool
+	err := s.inTx(ctx, "prune snapshot "+id, func(c conn) error {
+		var pinned bool
+		err := c.queryRow(ctx, `SELECT pinned FROM snapshots WHERE id=? AND state=?`+c.d.forUpdate, id, store.SnapshotReady).Scan(&pinned)
+		if errors.Is(err, sql.ErrNoRows) || (err == nil && pinned) {
+			marked = false
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := recordStorageEnd(ctx, c, id); err != nil {
+			return err
+		}
+		res, err := c.exec(ctx, `UPDATE snapshots SET state=? WHERE id=? AND state=? AND NOT pinned`, store.SnapshotPruning, id, store.SnapshotReady)
+		if err != nil {
+			return err
+		}
+		marked = exactlyOne(res)
+		return nil
+	})
+	return marked, err
 }
 
 // MarkPruned records that a pruning snapshot's files are gone, and drops

@@ -286,6 +286,8 @@ var sqliteMigrations = []string{
 	// 29: a team's own rate limit of each of its API keys.
 	`ALTER TABLE team_quotas ADD COLUMN api_rate BIGINT NOT NULL DEFAULT -1;
 	ALTER TABLE team_quotas ADD COLUMN api_burst BIGINT NOT NULL DEFAULT -1;`,
+	// 30: the usage ledger (store.Usage).
+	usageMigration("TEXT"),
 }
 
 // auditMigration is migration 28 on either backend.
@@ -319,6 +321,26 @@ func idempotencyMigration(timeType string) string {
 		PRIMARY KEY (team_id, key)
 	);
 	CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at);`
+}
+
+// usageMigration is migration 30 on either backend, with its time type.
+func usageMigration(timeType string) string {
+	return strings.NewReplacer("TIME", timeType).Replace(`
+	CREATE TABLE usage_records (
+		id TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		team_id TEXT NOT NULL,
+		machine_id TEXT NOT NULL,
+		lineage_id TEXT NOT NULL,
+		snapshot_id TEXT NOT NULL DEFAULT '',
+		started_at TIME NOT NULL,
+		ended_at TIME NOT NULL,
+		vcpus INTEGER NOT NULL DEFAULT 0,
+		memory_mb INTEGER NOT NULL DEFAULT 0,
+		bytes BIGINT NOT NULL DEFAULT 0
+	);
+	CREATE INDEX usage_records_team ON usage_records(team_id, ended_at);
+	CREATE INDEX usage_records_ended ON usage_records(ended_at);`)
 }
 
 // keysMigration is migration 24 on either backend, with its time type.

@@ -82,6 +82,7 @@ var tests = []struct {
 	{"SSHKeys", testSSHKeys},
 	{"SSHKeyQuota", testSSHKeyQuota},
 	{"StaleWrite", testStaleWrite},
+	{"Usage", testUsage},
 	{"Secrets", testSecrets},
 	{"Durable", testDurable},
 }

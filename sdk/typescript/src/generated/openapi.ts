@@ -1425,6 +1425,39 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The team's usage (the basis for billing)
+         * @description What the caller's team used over `[from, to)`: running time in
+         *     seconds, vCPU-seconds and GiB-seconds of memory (from when a machine
+         *     runs until it pauses, stops, fails or is killed), GiB-seconds of
+         *     stored snapshots (paused states, stopped disks, snapshots and
+         *     checkpoints, from when they are taken until they are deleted or
+         *     pruned), creates, resumes and bytes sent. Figures are integrated
+         *     from the recorded transitions, exact to the microsecond, and are
+         *     the same after a server restart; a machine still running counts
+         *     until now. A resumed machine's new id counts for the machine it
+         *     resumed (`machine_id` is the id it was created with). Rows are
+         *     grouped by `group_by` (team, machine, day: any of them, joined by
+         *     commas; none gives one row of totals). With `Accept: text/csv` the
+         *     rows come as CSV with a header line. An operator key may name
+         *     another team with `team_id`, or every team with `team_id=*`.
+         */
+        get: operations["getUsage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/teams/{id}/quota": {
         parameters: {
             query?: never;
@@ -2897,6 +2930,49 @@ export interface components {
             team_id: string;
             limits: components["schemas"]["QuotaLimits"];
             usage: components["schemas"]["QuotaUsage"];
+        };
+        /** @description Body of `GET /v1/usage`. */
+        Usage: {
+            /** Format: date-time */
+            from: string;
+            /** Format: date-time */
+            to: string;
+            group_by: ("team" | "machine" | "day")[];
+            rows: components["schemas"]["UsageRow"][];
+        };
+        /** @description The usage of one group; keys not grouped by are left out. */
+        UsageRow: {
+            team_id?: string;
+            /** @description The machine's id as created (its resumes count for it). */
+            machine_id?: string;
+            /**
+             * Format: date
+             * @description UTC day.
+             */
+            day?: string;
+            /** @description Seconds machines held a running sandbox. */
+            running_seconds: number;
+            /** @description Running seconds times vCPUs. */
+            vcpu_seconds: number;
+            /** @description Running seconds times GiB of memory. */
+            memory_gib_seconds: number;
+            /** @description GiB of stored snapshots (paused states, stopped disks, snapshots, checkpoints) times seconds kept. */
+            storage_gib_seconds: number;
+            /**
+             * Format: int64
+             * @description Machines created (creates, forks, creates from snapshots).
+             */
+            creates: number;
+            /**
+             * Format: int64
+             * @description Paused machines resumed.
+             */
+            resumes: number;
+            /**
+             * Format: int64
+             * @description Bytes the machines sent (their network interface's count).
+             */
+            egress_bytes: number;
         };
         /** @description Body of `PUT /v1/teams/{id}/quota`; a limit left out takes the server's default, 0 is no limit. */
         SetQuotaRequest: {
@@ -5458,6 +5534,58 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Quotas"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `team_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    getUsage: {
+        parameters: {
+            query?: {
+                /** @description Start of the range, RFC 3339 (default `to` minus 24 hours). */
+                from?: string;
+                /** @description End of the range (excluded), RFC 3339 (default now). */
+                to?: string;
+                /** @description Comma-separated keys of a row: `team`, `machine`, `day` (UTC). */
+                group_by?: string;
+                /** @description Another team, or `*` for every team (operator scope). */
+                team_id?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The usage, one row per group. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Usage"];
+                    "text/csv": string;
+                };
+            };
+            /** @description `invalid_argument`: a time that is not RFC 3339, `from` not before `to`, or an unknown `group_by` key. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             401: components["responses"]["Unauthenticated"];
