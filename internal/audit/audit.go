@@ -3,9 +3,12 @@
 // ended. The operator reads it (GET /v1/audit); retention bounds it.
 //
 // Refusals come from outside and can come fast (a client with a bad key
-// in a loop), so they are folded: one entry per source, action and
-// outcome a minute, which says how many it stands for; a flood costs a
-// map entry, not a write per request.
+// in a loop, on paths of its choosing), so they are folded: one entry per
+// source and outcome a minute (the first's target and key stand for the
+// rest), and the next says how many it stood for; a flood costs a map
+// entry, not a write per request. Their writes go through one writer with
+// a bounded queue: a slow store drops entries (counted in the log), never
+// piles up goroutines.
 package audit
 
 import (
@@ -38,6 +41,9 @@ const foldWindow = time.Minute
 // maxFolds bounds the refusals being folded (a flood of sources).
 const maxFolds = 10000
 
+// queueLen bounds the refusals waiting to be written.
+const queueLen = 1024
+
 // Store is where entries go.
 type Store interface {
 	AppendAudit(ctx context.Context, e store.AuditEntry) error
@@ -50,8 +56,12 @@ type Log struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu    sync.Mutex
-	folds map[string]*fold
+	mu      sync.Mutex
+	folds   map[string]*fold
+	dropped int // refusals not written: the queue was full
+
+	queue      chan store.AuditEntry
+	startQueue sync.Once
 }
 
 type fold struct {
@@ -62,7 +72,7 @@ type fold struct {
 
 // New returns a log over st.
 func New(st Store, logger *slog.Logger) *Log {
-	return &Log{store: st, log: logger, now: time.Now, folds: map[string]*fold{}}
+	return &Log{store: st, log: logger, now: time.Now, folds: map[string]*fold{}, queue: make(chan store.AuditEntry, queueLen)}
 }
 
 // Entry is what a caller records.
@@ -95,7 +105,7 @@ func (l *Log) Denied(ctx context.Context, e Entry) {
 	}
 	e.Action = RequestDenied
 	now := l.now()
-	key := e.Source + "\x00" + e.Target + "\x00" + e.Outcome + "\x00" + e.ActorKeyID
+	key := e.Source + "\x00" + e.Outcome
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if f, ok := l.folds[key]; ok && now.Before(f.until) {
@@ -123,6 +133,10 @@ func (l *Log) Flush(ctx context.Context, all bool) {
 }
 
 func (l *Log) flushLocked(ctx context.Context, now time.Time, all bool) {
+	if l.dropped > 0 {
+		l.log.WarnContext(ctx, "audit entries of refused requests dropped: the store is slower than they come", "dropped", l.dropped)
+		l.dropped = 0
+	}
 	for k, f := range l.folds {
 		if !all && now.Before(f.until) {
 			continue
@@ -137,15 +151,26 @@ func (l *Log) flushLocked(ctx context.Context, now time.Time, all bool) {
 	}
 }
 
-// write appends in the background: a refusal is answered without waiting.
+// write queues e for the writer; with the queue full, e is dropped and
+// counted (the caller holds l.mu).
 func (l *Log) write(ctx context.Context, e store.AuditEntry) {
-	go func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		defer cancel()
-		if err := l.store.AppendAudit(ctx, e); err != nil {
-			l.log.WarnContext(ctx, "audit entry of a refused request not written", "err", err)
+	l.startQueue.Do(func() { go l.writer(context.WithoutCancel(ctx)) })
+	select {
+	case l.queue <- e:
+	default:
+		l.dropped++
+	}
+}
+
+// writer appends the queued entries, one at a time.
+func (l *Log) writer(ctx context.Context) {
+	for e := range l.queue {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := l.store.AppendAudit(wctx, e); err != nil {
+			l.log.WarnContext(wctx, "audit entry of a refused request not written", "err", err)
 		}
-	}()
+		cancel()
+	}
 }
 
 // Run flushes folded refusals every window until ctx ends.

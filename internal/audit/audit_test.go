@@ -2,7 +2,9 @@ package audit
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -90,5 +92,45 @@ func TestRecord(t *testing.T) {
 	var nilLog *Log
 	if err := nilLog.Record(t.Context(), Entry{Action: KeyCreate}); err != nil {
 		t.Fatalf("a nil log: %v", err)
+	}
+}
+
+type blockingStore struct{ release chan struct{} }
+
+func (b *blockingStore) AppendAudit(ctx context.Context, e store.AuditEntry) error {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func (b *blockingStore) ListAudit(context.Context, store.AuditFilter) ([]store.AuditEntry, error) {
+	return nil, nil
+}
+
+// TestFloodBounded: refusals on paths and with keys of the client's
+// choosing, from one source, are one entry; from many sources, a slow
+// store costs a bounded queue, not a goroutine each.
+func TestFloodBounded(t *testing.T) {
+	st := &blockingStore{release: make(chan struct{})}
+	defer close(st.release)
+	l := New(st, slog.New(slog.DiscardHandler))
+	before := runtime.NumGoroutine()
+	for i := range 5000 {
+		l.Denied(t.Context(), Entry{Source: "203.0.113.9", Target: fmt.Sprintf("GET /v1/machines/x%d", i),
+			ActorKeyID: fmt.Sprintf("ns_%06x", i), Outcome: "unauthenticated"})
+	}
+	if n := len(l.folds); n != 1 {
+		t.Fatalf("%d runs for one source and outcome, want 1", n)
+	}
+	for i := range 5000 {
+		l.Denied(t.Context(), Entry{Source: fmt.Sprintf("10.0.%d.%d", i/256, i%256), Target: "GET /v1/machines", Outcome: "unauthenticated"})
+	}
+	if n := runtime.NumGoroutine() - before; n > 5 {
+		t.Errorf("%d goroutines after 5000 refusals on a store that does not answer, want at most a writer", n)
+	}
+	if l.dropped == 0 {
+		t.Error("no refusal dropped with the queue full")
 	}
 }

@@ -114,6 +114,7 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				return
 			}
 			team = p.TeamID
+			r = r.WithContext(access.WithPrincipal(r.Context(), p))
 		}
 		if err := h(w, r, team); err != nil {
 			s.writeError(w, r, err)
@@ -310,7 +311,14 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request, team string) error 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.detail(rec))
+	d := s.detail(rec)
+	// The envd access token lets its holder run commands and write files
+	// in the sandbox: only a key that may (machines:write) gets it; E2B's
+	// SDKs take it from create and connect, not from here.
+	if p := access.From(r.Context()); p == nil || !p.Scopes.Has(access.MachinesWrite) {
+		d.EnvdAccessToken = ""
+	}
+	writeJSON(w, http.StatusOK, d)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -84,9 +85,11 @@ func (s *Server) getTeam(w http.ResponseWriter, r *http.Request, _ string) error
 }
 
 // deleteTeam deletes a team. One that still has machines (running, paused
-// or stopped) is refused unless force=true; forced, its machines are
-// killed, its snapshots and volumes deleted (each with its events), and
-// then its keys revoked.
+// or stopped) is refused unless force=true; forced, the team is marked
+// deleted and its keys revoked first (so that none of them makes another
+// machine meanwhile), then its machines are killed and its snapshots and
+// volumes deleted, each with its events. If that is cut short, the same
+// call again finishes it, though the team is already gone.
 func (s *Server) deleteTeam(w http.ResponseWriter, r *http.Request, _ string) error {
 	a, err := s.accessService()
 	if err != nil {
@@ -97,26 +100,47 @@ func (s *Server) deleteTeam(w http.ResponseWriter, r *http.Request, _ string) er
 	if err != nil {
 		return err
 	}
-	if _, err := a.Team(r.Context(), id); err != nil {
-		return err
+	by := access.From(r.Context())
+	if id == by.TeamID {
+		return a.DeleteTeam(r.Context(), by, id) // refused: its own team
 	}
-	if id == access.From(r.Context()).TeamID {
-		return a.DeleteTeam(r.Context(), access.From(r.Context()), id) // refused: its own team
+	_, terr := a.Team(r.Context(), id)
+	gone := errors.Is(terr, errdefs.ErrNotFound)
+	if terr != nil && !gone {
+		return terr
 	}
 	n, err := s.machines.TeamMachines(r.Context(), id)
 	if err != nil {
 		return err
+	}
+	if gone && n == 0 {
+		return terr
 	}
 	if n > 0 && !force {
 		return errdefs.New(errdefs.ErrFailedPrecondition, errdefs.CodeTeamInUse,
 			fmt.Sprintf("team %s has %d machines (running, paused or stopped)", id, n),
 			"kill them first, or delete with force=true (its machines are killed and its snapshots and volumes deleted)")
 	}
-	if err := s.machines.EndTeam(r.Context(), id); err != nil {
+	if !gone {
+		if err := a.DeleteTeam(r.Context(), by, id); err != nil {
+			return err
+		}
+	}
+	// A create let in just before the keys went may land after a pass:
+	// passes go on until none is left.
+	for pass := 0; ; pass++ {
+		if err := s.machines.EndTeam(r.Context(), id); err != nil {
+			return fmt.Errorf("end team %s: %w", id, err)
+		}
+		if n, err = s.machines.TeamMachines(r.Context(), id); err != nil || n == 0 || pass == 2 {
+			break
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("end team %s: %w", id, err)
 	}
-	if err := a.DeleteTeam(r.Context(), access.From(r.Context()), id); err != nil {
-		return err
+	if n > 0 {
+		return fmt.Errorf("end team %s: %d machines left after three passes", id, n)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

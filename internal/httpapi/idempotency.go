@@ -48,10 +48,17 @@ func (s *Server) serveIdempotent(w http.ResponseWriter, r *http.Request, team st
 		return
 	}
 	rec := &idempotency.Recorder{ResponseWriter: w, Max: MaxBodyBytes}
+	finished := false
+	defer func() {
+		if !finished {
+			done(0, nil) // the handler panicked: forget the request, so a retry runs
+		}
+	}()
 	r = r.WithContext(context.WithoutCancel(r.Context()))
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	if err := rt.Handler(rec, r, team); err != nil {
 		s.writeError(rec, r, err)
 	}
 	done(rec.Result())
+	finished = true
 }

@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -35,12 +36,15 @@ const (
 const (
 	DefaultTTL  = 24 * time.Hour
 	DefaultWait = 30 * time.Second
-	maxKeyLen   = 255
+	// DefaultStale is longer than any request these routes serve (a
+	// create or fork is bounded well under it).
+	DefaultStale = 10 * time.Minute
+	maxKeyLen    = 255
 )
 
 // Store is where requests and their responses are kept.
 type Store interface {
-	BeginIdempotent(ctx context.Context, r store.IdempotencyRecord, notBefore time.Time) (*store.IdempotencyRecord, error)
+	BeginIdempotent(ctx context.Context, r store.IdempotencyRecord, notBefore, staleBefore time.Time) (*store.IdempotencyRecord, error)
 	GetIdempotent(ctx context.Context, teamID, key string) (*store.IdempotencyRecord, error)
 	FinishIdempotent(ctx context.Context, teamID, key string, status int, body []byte) error
 	AbandonIdempotent(ctx context.Context, teamID, key string) error
@@ -50,15 +54,17 @@ type Store interface {
 type Guard struct {
 	store Store
 	// TTL is how long a response is kept; Wait how long a request waits
-	// for the first with its key to finish.
-	TTL, Wait time.Duration
-	poll      time.Duration
-	now       func() time.Time
+	// for the first with its key to finish; Stale how long a request may
+	// stay in progress before a retry takes its key over (its server
+	// crashed or restarted mid-request: nothing will finish it).
+	TTL, Wait, Stale time.Duration
+	poll             time.Duration
+	now              func() time.Time
 }
 
 // New returns a guard over st with the defaults.
 func New(st Store) *Guard {
-	return &Guard{store: st, TTL: DefaultTTL, Wait: DefaultWait, poll: 50 * time.Millisecond, now: time.Now}
+	return &Guard{store: st, TTL: DefaultTTL, Wait: DefaultWait, Stale: DefaultStale, poll: 50 * time.Millisecond, now: time.Now}
 }
 
 // Response is a kept response.
@@ -81,7 +87,7 @@ func (g *Guard) Begin(ctx context.Context, team, key, route string, body []byte)
 	for {
 		now := g.now().UTC()
 		rec := store.IdempotencyRecord{TeamID: team, Key: key, Route: route, RequestHash: hash, CreatedAt: now}
-		first, err := g.store.BeginIdempotent(ctx, rec, now.Add(-g.TTL))
+		first, err := g.store.BeginIdempotent(ctx, rec, now.Add(-g.TTL), now.Add(-g.Stale))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -117,7 +123,7 @@ func (g *Guard) done(ctx context.Context, team, key string) func(int, []byte) {
 	return func(status int, body []byte) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		if status == 0 || status >= 500 {
+		if status == 0 || status >= 500 || retryable(status, body) {
 			g.store.AbandonIdempotent(ctx, team, key)
 			return
 		}
@@ -127,6 +133,19 @@ func (g *Guard) done(ctx context.Context, team, key string) func(int, []byte) {
 			g.store.AbandonIdempotent(ctx, team, key)
 		}
 	}
+}
+
+// retryable reports whether a refusal says that sending the request
+// again may succeed (a rate, a busy lineage): keeping it would answer
+// every retry with it for a day, so it is forgotten like a 5xx.
+func retryable(status int, body []byte) bool {
+	if status < 400 {
+		return false
+	}
+	var e struct {
+		Retryable bool `json:"retryable"`
+	}
+	return json.Unmarshal(body, &e) == nil && e.Retryable
 }
 
 func checkKey(key string) error {

@@ -122,3 +122,42 @@ func TestKeys(t *testing.T) {
 		t.Errorf("a good key: %v", err)
 	}
 }
+
+// TestRetryableNotKept: a refusal that says a retry may succeed (a rate, a
+// busy machine) is not kept: the retry runs again rather than getting it
+// for a day.
+func TestRetryableNotKept(t *testing.T) {
+	g, now := newGuard(t)
+	ctx := t.Context()
+	_, done, err := g.Begin(ctx, "t", "k", "POST /x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done(429, []byte(`{"code":"quota_exceeded","retryable":true}`))
+	*now = now.Add(time.Minute)
+	if replay, done, err := g.Begin(ctx, "t", "k", "POST /x", nil); err != nil || replay != nil || done == nil {
+		t.Fatalf("a retry after a retryable refusal: %+v %v, want to run again", replay, err)
+	} else {
+		done(404, []byte(`{"code":"snapshot_not_found","retryable":false}`))
+	}
+	if replay, _, err := g.Begin(ctx, "t", "k", "POST /x", nil); err != nil || replay == nil || replay.Status != 404 {
+		t.Fatalf("a retry after a final refusal: %+v %v, want it replayed", replay, err)
+	}
+}
+
+// TestStaleTakenOver: a request whose server died in the middle leaves
+// its key in progress; once stale, a retry takes the key over.
+func TestStaleTakenOver(t *testing.T) {
+	g, _ := newGuard(t)
+	base := time.Now()
+	start := time.Now()
+	g.now = func() time.Time { return base.Add(time.Since(start)) }
+	ctx := t.Context()
+	if _, done, err := g.Begin(ctx, "t", "k", "POST /x", nil); err != nil || done == nil {
+		t.Fatal(err)
+	} // never done: the server crashed
+	base = base.Add(DefaultStale + time.Second)
+	if replay, done, err := g.Begin(ctx, "t", "k", "POST /x", nil); err != nil || replay != nil || done == nil {
+		t.Fatalf("a retry after the first went stale: %+v %v, want to run", replay, err)
+	}
+}

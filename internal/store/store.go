@@ -45,9 +45,10 @@ type Audit interface {
 // responses.
 type Idempotency interface {
 	// BeginIdempotent stores r (in progress) unless its team has a record
-	// of the key made at or after notBefore: then it returns that one and
-	// stores nothing. An older record of the key is replaced.
-	BeginIdempotent(ctx context.Context, r IdempotencyRecord, notBefore time.Time) (*IdempotencyRecord, error)
+	// of the key made at or after notBefore (and, while in progress, at
+	// or after staleBefore): then it returns that one and stores nothing.
+	// An older record of the key is replaced.
+	BeginIdempotent(ctx context.Context, r IdempotencyRecord, notBefore, staleBefore time.Time) (*IdempotencyRecord, error)
 	// GetIdempotent returns the record of a team's key (errdefs.ErrNotFound
 	// if there is none).
 	GetIdempotent(ctx context.Context, teamID, key string) (*IdempotencyRecord, error)

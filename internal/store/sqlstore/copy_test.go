@@ -201,7 +201,7 @@ func fillNode(t *testing.T, s store.Store) {
 		}
 	}
 	if got, err := s.BeginIdempotent(ctx, store.IdempotencyRecord{TeamID: "t", Key: "retry-1", Route: "POST /v1/machines",
-		RequestHash: "h", CreatedAt: tick()}, copyBase); err != nil || got != nil {
+		RequestHash: "h", CreatedAt: tick()}, copyBase, copyBase); err != nil || got != nil {
 		t.Fatalf("begin idempotent: %+v %v", got, err)
 	}
 	check(t, s.FinishIdempotent(ctx, "t", "retry-1", 201, []byte(`{"id":"a"}`)))

@@ -24,12 +24,13 @@ func scanIdempotency(r scanner) (store.IdempotencyRecord, error) {
 // BeginIdempotent stores r unless a record of its key made at or after
 // notBefore exists, which it returns. The insert is what decides between
 // two requests with one key at once: the primary key lets one in.
-func (s *DB) BeginIdempotent(ctx context.Context, r store.IdempotencyRecord, notBefore time.Time) (*store.IdempotencyRecord, error) {
+func (s *DB) BeginIdempotent(ctx context.Context, r store.IdempotencyRecord, notBefore, staleBefore time.Time) (*store.IdempotencyRecord, error) {
 	var existing *store.IdempotencyRecord
 	err := s.inTx(ctx, "begin idempotent request", func(c conn) error {
 		existing = nil
-		if _, err := c.exec(ctx, `DELETE FROM idempotency_keys WHERE team_id = ? AND key = ? AND created_at < ?`,
-			r.TeamID, r.Key, at(notBefore)); err != nil {
+		if _, err := c.exec(ctx, `DELETE FROM idempotency_keys WHERE team_id = ? AND key = ?
+			AND (created_at < ? OR (status = 0 AND created_at < ?))`,
+			r.TeamID, r.Key, at(notBefore), at(staleBefore)); err != nil {
 			return err
 		}
 		_, err := c.exec(ctx, `INSERT INTO idempotency_keys (`+idempotencyColumns+`) VALUES (?, ?, ?, ?, 0, '', ?)`,
@@ -43,7 +44,7 @@ func (s *DB) BeginIdempotent(ctx context.Context, r store.IdempotencyRecord, not
 		rec, gerr := s.GetIdempotent(ctx, r.TeamID, r.Key)
 		if errors.Is(gerr, errdefs.ErrNotFound) {
 			// Abandoned between the insert and the read: try once more.
-			return s.BeginIdempotent(ctx, r, notBefore)
+			return s.BeginIdempotent(ctx, r, notBefore, staleBefore)
 		}
 		if gerr != nil {
 			return nil, gerr

@@ -176,16 +176,19 @@ func (s *DB) GetQuota(ctx context.Context, teamID string) (store.Quota, error) {
 	return q, nil
 }
 
-// SetQuota replaces a team's own limits.
+// SetQuota replaces a team's own limits, in one statement (two callers at
+// once both succeed; the last one's limits stand).
 func (s *DB) SetQuota(ctx context.Context, teamID string, q store.Quota) error {
-	return s.inTx(ctx, "set quota of team "+teamID, func(c conn) error {
-		if _, err := c.exec(ctx, `DELETE FROM team_quotas WHERE team_id = ?`, teamID); err != nil {
-			return err
-		}
-		_, err := c.exec(ctx, `INSERT INTO team_quotas (team_id, running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute, api_rate, api_burst)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, teamID, q.RunningMachines, q.VCPUs, q.MemoryMB, q.SnapshotBytes, q.CreatesPerMinute, q.APIRate, q.APIBurst)
-		return err
-	})
+	_, err := s.c().exec(ctx, `INSERT INTO team_quotas (team_id, running_machines, vcpus, memory_mb, snapshot_bytes, creates_per_minute, api_rate, api_burst)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (team_id) DO UPDATE SET running_machines = excluded.running_machines, vcpus = excluded.vcpus,
+			memory_mb = excluded.memory_mb, snapshot_bytes = excluded.snapshot_bytes, creates_per_minute = excluded.creates_per_minute,
+			api_rate = excluded.api_rate, api_burst = excluded.api_burst`,
+		teamID, q.RunningMachines, q.VCPUs, q.MemoryMB, q.SnapshotBytes, q.CreatesPerMinute, q.APIRate, q.APIBurst)
+	if err != nil {
+		return fmt.Errorf("set quota of team %s: %w", teamID, err)
+	}
+	return nil
 }
 
 // TeamUsage is what a team holds, in one statement (one snapshot of the

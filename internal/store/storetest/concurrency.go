@@ -364,7 +364,7 @@ func testConcurrentIdempotency(t *testing.T, a, b store.Store) {
 	var won atomic.Int32
 	both(a, b, func(s store.Store, w int) {
 		got, err := s.BeginIdempotent(ctx, store.IdempotencyRecord{TeamID: "t", Key: "k", Route: "POST /v1/machines",
-			RequestHash: "h", CreatedAt: now()}, now().Add(-time.Hour))
+			RequestHash: "h", CreatedAt: now()}, now().Add(-time.Hour), now().Add(-time.Hour))
 		if err != nil {
 			t.Error(err)
 			return

@@ -413,7 +413,7 @@ func testIdempotency(t *testing.T, s store.Store) {
 	rec := store.IdempotencyRecord{TeamID: "t", Key: "k1", Route: "POST /v1/machines", RequestHash: "h1", CreatedAt: base}
 	begin := func(r store.IdempotencyRecord, notBefore time.Time) *store.IdempotencyRecord {
 		t.Helper()
-		got, err := s.BeginIdempotent(ctx, r, notBefore)
+		got, err := s.BeginIdempotent(ctx, r, notBefore, notBefore)
 		must(t, err)
 		return got
 	}
@@ -439,6 +439,16 @@ func testIdempotency(t *testing.T, s store.Store) {
 	newer.RequestHash, newer.CreatedAt = "h3", base.Add(25*time.Hour)
 	if got := begin(newer, base.Add(time.Hour)); got != nil {
 		t.Fatalf("begin over an expired record: %+v, want nil", got)
+	}
+	// One in progress is taken over once stale (its server died), not
+	// before.
+	stale := newer
+	stale.RequestHash, stale.CreatedAt = "h4", newer.CreatedAt.Add(time.Minute)
+	if got, err := s.BeginIdempotent(ctx, stale, base, newer.CreatedAt); err != nil || got == nil || got.RequestHash != "h3" {
+		t.Fatalf("begin beside a fresh record in progress: %+v %v, want it", got, err)
+	}
+	if got, err := s.BeginIdempotent(ctx, stale, base, newer.CreatedAt.Add(time.Second)); err != nil || got != nil {
+		t.Fatalf("begin over a stale record in progress: %+v %v, want nil (taken over)", got, err)
 	}
 	must(t, s.AbandonIdempotent(ctx, "t", "k1"))
 	_, err := s.GetIdempotent(ctx, "t", "k1")
