@@ -4,8 +4,8 @@
 //
 // Refusals come from outside and can come fast (a client with a bad key
 // in a loop, on paths of its choosing), so they are folded: one entry per
-// source and outcome a minute (the first's target and key stand for the
-// rest), and the next says how many it stood for; a flood costs a map
+// source, outcome and team (of a valid key) a minute (the first's target
+// and key stand for the rest), and the next says how many it stood for; a flood costs a map
 // entry, not a write per request. Their writes go through one writer with
 // a bounded queue: a slow store drops entries (counted in the log), never
 // piles up goroutines.
@@ -105,7 +105,9 @@ func (l *Log) Denied(ctx context.Context, e Entry) {
 	}
 	e.Action = RequestDenied
 	now := l.now()
-	key := e.Source + "\x00" + e.Outcome
+	// The team of a valid key is the server's to say, not the client's:
+	// a refusal of one team's key is not folded into another team's.
+	key := e.Source + "\x00" + e.Outcome + "\x00" + e.TeamID
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if f, ok := l.folds[key]; ok && now.Before(f.until) {
