@@ -32,6 +32,7 @@ import (
 	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
 	"nullspace.dev/nullspace/internal/atomicfile"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/e2bcompat/envd"
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -110,6 +111,8 @@ type Server struct {
 	// limits is the rate limit of authenticated control-plane calls, by
 	// API key id (nil: none): the API's, so a key has one budget on both.
 	limits *ratelimit.Limiter
+	// audit records refused calls (nil: none).
+	audit *audit.Log
 }
 
 // WithRateLimit limits the authenticated control-plane calls of each API
@@ -117,6 +120,12 @@ type Server struct {
 // sandbox's access token) are not counted here.
 func (s *Server) WithRateLimit(l *ratelimit.Limiter) *Server {
 	s.limits = l
+	return s
+}
+
+// WithAudit records refused calls in log.
+func (s *Server) WithAudit(log *audit.Log) *Server {
+	s.audit = log
 	return s
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -15,6 +16,8 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/access"
+	"nullspace.dev/nullspace/internal/apikey"
+	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
@@ -88,19 +91,19 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				key, _ = strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			}
 			if key == "" {
-				s.writeError(w, r, unauthenticated("no API key", "set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key; `nullspace e2b env` prints it)"))
+				s.deny(w, r, nil, key, unauthenticated("no API key", "set E2B_API_KEY to a Nullspace API key (on the server host it is in <data dir>/api-key; `nullspace e2b env` prints it)"))
 				return
 			}
 			p, err := s.auth.Authenticate(r.Context(), key)
 			if errors.Is(err, errdefs.ErrUnauthenticated) || errors.Is(err, errdefs.ErrNotFound) {
-				s.writeError(w, r, unauthenticated("the API key is not valid", "set E2B_API_KEY to a Nullspace API key (`nullspace e2b env` prints this host's)"))
+				s.deny(w, r, nil, key, unauthenticated("the API key is not valid", "set E2B_API_KEY to a Nullspace API key (`nullspace e2b env` prints this host's)"))
 				return
 			} else if err != nil {
 				s.writeError(w, r, err)
 				return
 			}
 			if ok, after := s.limits.Allow(access.RateKey(p)); !ok {
-				s.writeError(w, r, errdefs.RateLimited("calls with this API key", after))
+				s.deny(w, r, p, "", errdefs.RateLimited("calls with this API key", after))
 				return
 			}
 			// E2B's calls read (GET) or act on sandboxes and their
@@ -110,7 +113,7 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 				need = access.MachinesRead
 			}
 			if !p.Scopes.Has(need) {
-				s.writeError(w, r, access.Need(need))
+				s.deny(w, r, p, "", access.Need(need))
 				return
 			}
 			team = p.TeamID
@@ -120,6 +123,23 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 			s.writeError(w, r, err)
 		}
 	}
+}
+
+// deny answers a call refused before its handler and records it in the
+// audit log, as the API does: p is who made it if its key was valid, else
+// only the shown prefix of the key offered is kept.
+func (s *Server) deny(w http.ResponseWriter, r *http.Request, p *access.Principal, key string, err error) {
+	s.writeError(w, r, err)
+	e := audit.Entry{Target: "e2b " + r.Method + " " + r.URL.Path, Outcome: errdefs.Classify(err).Code}
+	if host, _, serr := net.SplitHostPort(r.RemoteAddr); serr == nil {
+		e.Source = host
+	}
+	if p != nil {
+		e.TeamID, e.ActorTeamID, e.ActorKeyID = p.TeamID, p.TeamID, p.KeyID
+	} else {
+		e.ActorKeyID = apikey.ShownPrefix(key)
+	}
+	s.audit.Denied(r.Context(), e)
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {

@@ -736,7 +736,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 			return nil, err
 		}
 		closers = append(closers, e2bSrv.ln)
-		e2bSrv.compat.WithRateLimit(perKey)
+		e2bSrv.compat.WithRateLimit(perKey).WithAudit(auditLog)
 		if edgeSrv != nil {
 			edgeSrv.edge.ServeE2B(edge.E2B{API: e2bSrv.compat, TrafficToken: e2bSrv.compat.TrafficToken})
 		}
