@@ -123,7 +123,6 @@ func NewID(prefix string) string {
 
 // CreateTeam makes a team (operator).
 func (s *Service) CreateTeam(ctx context.Context, req api.CreateTeamRequest) (*api.Team, error) {
-	// The caller is in ctx (From), for the audit log.
 	name := strings.TrimSpace(req.Name)
 	if name == "" || len(name) > 64 {
 		return nil, errdefs.New(errdefs.ErrInvalidArgument, errdefs.CodeInvalidArgument,
@@ -133,7 +132,7 @@ func (s *Service) CreateTeam(ctx context.Context, req api.CreateTeamRequest) (*a
 	if err := s.store.CreateTeam(ctx, t); err != nil {
 		return nil, err
 	}
-	s.record(ctx, audit.TeamCreate, t.ID, t.ID, map[string]string{"name": t.Name})
+	s.Record(ctx, audit.TeamCreate, t.ID, t.ID, map[string]string{"name": t.Name})
 	return teamView(t), nil
 }
 
@@ -170,12 +169,12 @@ func (s *Service) DeleteTeam(ctx context.Context, by *Principal, id string) erro
 	if err := s.store.DeleteTeam(ctx, id, s.now().UTC()); err != nil {
 		return err
 	}
-	s.record(ctx, audit.TeamDelete, id, id, nil)
+	s.Record(ctx, audit.TeamDelete, id, id, nil)
 	return nil
 }
 
-// record writes an audit entry of a change the principal in ctx made.
-func (s *Service) record(ctx context.Context, action, team, target string, details any) {
+// Record writes an audit entry of a change the principal in ctx made.
+func (s *Service) Record(ctx context.Context, action, team, target string, details any) {
 	e := audit.Entry{TeamID: team, Action: action, Target: target, Details: details}
 	if p := From(ctx); p != nil {
 		e.ActorTeamID, e.ActorKeyID, e.Source = p.TeamID, p.KeyID, p.Source
@@ -187,11 +186,11 @@ func teamView(t store.Team) *api.Team {
 	return &api.Team{ID: t.ID, Name: t.Name, CreatedAt: t.CreatedAt}
 }
 
-// keyTeam is the team a keys call acts on: the caller's, or for an
-// operator any team that exists. Another team's id from a key that is not
-// the operator's is not found, not forbidden: ids of other teams are not
-// disclosed.
-func (s *Service) keyTeam(ctx context.Context, by *Principal, teamID string) (string, error) {
+// ActingTeam is the team a call that may name one (team_id: keys, quotas,
+// usage) acts on: the caller's, or for an operator any team that exists.
+// Another team's id from a key that is not the operator's is not found,
+// not forbidden: ids of other teams are not disclosed.
+func (s *Service) ActingTeam(ctx context.Context, by *Principal, teamID string) (string, error) {
 	if teamID == "" || teamID == by.TeamID {
 		return by.TeamID, nil
 	}
@@ -208,7 +207,7 @@ func (s *Service) keyTeam(ctx context.Context, by *Principal, teamID string) (st
 // CreateKey makes a key for the caller's team (or, for an operator, any
 // team) with no more scopes than the caller's own.
 func (s *Service) CreateKey(ctx context.Context, by *Principal, req api.CreateAPIKeyRequest) (*api.CreatedAPIKey, error) {
-	team, err := s.keyTeam(ctx, by, req.TeamID)
+	team, err := s.ActingTeam(ctx, by, req.TeamID)
 	if err != nil {
 		return nil, err
 	}
@@ -239,14 +238,14 @@ func (s *Service) CreateKey(ctx context.Context, by *Principal, req api.CreateAP
 	if err := s.store.AddAPIKey(ctx, k); err != nil {
 		return nil, err
 	}
-	s.record(ctx, audit.KeyCreate, team, k.ID, map[string]any{"name": k.Name, "prefix": k.Prefix, "scopes": k.Scopes,
+	s.Record(ctx, audit.KeyCreate, team, k.ID, map[string]any{"name": k.Name, "prefix": k.Prefix, "scopes": k.Scopes,
 		"expires_at": req.ExpiresAt})
 	return &api.CreatedAPIKey{APIKey: keyView(k), Key: key}, nil
 }
 
 // Keys lists a team's keys (the caller's, or any for an operator).
 func (s *Service) Keys(ctx context.Context, by *Principal, teamID string) ([]api.APIKey, error) {
-	team, err := s.keyTeam(ctx, by, teamID)
+	team, err := s.ActingTeam(ctx, by, teamID)
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +283,7 @@ func (s *Service) RevokeKey(ctx context.Context, by *Principal, id string) (*api
 	if err := s.store.RevokeAPIKey(ctx, id, s.now().UTC()); err != nil {
 		return nil, err
 	}
-	s.record(ctx, audit.KeyRevoke, k.TeamID, id, map[string]string{"prefix": k.Prefix})
+	s.Record(ctx, audit.KeyRevoke, k.TeamID, id, map[string]string{"prefix": k.Prefix})
 	return s.Key(ctx, by, id)
 }
 

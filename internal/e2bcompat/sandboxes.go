@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"slices"
@@ -16,8 +15,6 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/access"
-	"nullspace.dev/nullspace/internal/apikey"
-	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/page"
@@ -126,20 +123,10 @@ func (s *Server) serve(h handler, public bool) http.HandlerFunc {
 }
 
 // deny answers a call refused before its handler and records it in the
-// audit log, as the API does: p is who made it if its key was valid, else
-// only the shown prefix of the key offered is kept.
+// audit log, as the API does (access.Refusal).
 func (s *Server) deny(w http.ResponseWriter, r *http.Request, p *access.Principal, key string, err error) {
 	s.writeError(w, r, err)
-	e := audit.Entry{Target: "e2b " + r.Method + " " + r.URL.Path, Outcome: errdefs.Classify(err).Code}
-	if host, _, serr := net.SplitHostPort(r.RemoteAddr); serr == nil {
-		e.Source = host
-	}
-	if p != nil {
-		e.TeamID, e.ActorTeamID, e.ActorKeyID = p.TeamID, p.TeamID, p.KeyID
-	} else {
-		e.ActorKeyID = apikey.ShownPrefix(key)
-	}
-	s.audit.Denied(r.Context(), e)
+	s.audit.Denied(r.Context(), access.Refusal(r, "e2b "+r.Method+" "+r.URL.Path, p, key, err))
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request, _ string) error {
@@ -159,14 +146,11 @@ func (s *Server) unsupported(what, instead string) handler {
 // error_code. A 429 or 503 carries Retry-After.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
-	switch {
-	case p.Status >= 500:
-		s.logger.ErrorContext(r.Context(), "e2b call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
-	case p.Hidden:
-		s.logger.WarnContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
-	default:
-		s.logger.DebugContext(r.Context(), "e2b call refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	logMsg := "e2b call refused"
+	if p.Status >= 500 {
+		logMsg = "e2b call failed"
 	}
+	s.logger.Log(r.Context(), p.LogLevel(), logMsg, "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	if p.RetryAfter > 0 {
 		w.Header().Set("Retry-After", ratelimit.RetryAfterSeconds(p.RetryAfter))
 	} else if p.Status == http.StatusTooManyRequests || p.Status == http.StatusServiceUnavailable {

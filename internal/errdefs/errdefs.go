@@ -9,6 +9,7 @@ package errdefs
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"time"
 )
@@ -288,6 +289,19 @@ type Public struct {
 	// error's own text: the cause is only in the server log, which should
 	// then have it whatever the status.
 	Hidden bool
+}
+
+// LogLevel is how loudly the writer of p logs its cause: a failure (5xx)
+// is an error; a refusal whose own text was hidden (Hidden) a warning,
+// since the log is the only place that has it; any other refusal debug.
+func (p Public) LogLevel() slog.Level {
+	switch {
+	case p.Status >= 500:
+		return slog.LevelError
+	case p.Hidden:
+		return slog.LevelWarn
+	}
+	return slog.LevelDebug
 }
 
 // Classify maps any error to its public view. Only two kinds of message

@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"mime"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,7 +23,6 @@ import (
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/access"
 	"nullspace.dev/nullspace/internal/agent/agentclient"
-	"nullspace.dev/nullspace/internal/apikey"
 	"nullspace.dev/nullspace/internal/audit"
 	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/events"
@@ -110,25 +108,10 @@ func (s *Server) WithRateLimit(l *ratelimit.Limiter) *Server {
 // authenticates counts.
 // deny answers a request refused before its handler (no key, a key that
 // is not valid, a missing scope, a rate limit) and records it in the
-// audit log: p is who made it if its key was valid, else key is the key
-// offered, of which only the shown prefix is recorded.
+// audit log (access.Refusal).
 func (s *Server) deny(w http.ResponseWriter, r *http.Request, p *access.Principal, key string, err error) {
 	s.writeError(w, r, err)
-	e := audit.Entry{Target: r.Method + " " + r.URL.Path, Outcome: errdefs.Classify(err).Code, Source: sourceOf(r)}
-	if p != nil {
-		e.TeamID, e.ActorTeamID, e.ActorKeyID = p.TeamID, p.TeamID, p.KeyID
-	} else {
-		e.ActorKeyID = apikey.ShownPrefix(key)
-	}
-	s.audit.Denied(r.Context(), e)
-}
-
-// sourceOf is the client's address, without its port.
-func sourceOf(r *http.Request) string {
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		return host
-	}
-	return r.RemoteAddr
+	s.audit.Denied(r.Context(), access.Refusal(r, r.Method+" "+r.URL.Path, p, key, err))
 }
 
 // WithAudit records refused requests and quota changes in log.
@@ -290,7 +273,7 @@ func (s *Server) wrap(rt Route) http.Handler {
 				}
 				return
 			}
-			p.Source = sourceOf(r)
+			p.Source = access.Source(r)
 			if ok, after := s.limits.Allow(access.RateKey(p)); !ok {
 				s.deny(w, r, p, "", errdefs.RateLimited("requests with this API key", after))
 				return
@@ -317,14 +300,11 @@ func (s *Server) wrap(rt Route) http.Handler {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
 	s.telemetry.CountError(p.Code)
-	switch {
-	case p.Status >= 500:
-		s.logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
-	case p.Hidden:
-		s.logger.WarnContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
-	default:
-		s.logger.DebugContext(r.Context(), "request refused", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	msg := "request refused"
+	if p.Status >= 500 {
+		msg = "request failed"
 	}
+	s.logger.Log(r.Context(), p.LogLevel(), msg, "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	if p.RetryAfter > 0 {
 		w.Header().Set("Retry-After", ratelimit.RetryAfterSeconds(p.RetryAfter))
 	} else if p.Status == http.StatusServiceUnavailable || p.Status == http.StatusTooManyRequests {

@@ -21,20 +21,14 @@ func (s *Server) quotaRoutes() []Route {
 // getQuotas shows the caller's team's limits and use; an operator key may
 // name another team with team_id.
 func (s *Server) getQuotas(w http.ResponseWriter, r *http.Request, team string) error {
-	if id := r.URL.Query().Get("team_id"); id != "" && id != team {
-		p := access.From(r.Context())
-		if !p.Operator() {
-			return errdefs.New(errdefs.ErrNotFound, errdefs.CodeTeamNotFound, fmt.Sprintf("team %s not found", id),
-				"leave team_id out to see your own team's quotas")
-		}
+	if id := r.URL.Query().Get("team_id"); id != "" {
 		a, err := s.accessService()
 		if err != nil {
 			return err
 		}
-		if _, err := a.Team(r.Context(), id); err != nil {
+		if team, err = a.ActingTeam(r.Context(), access.From(r.Context()), id); err != nil {
 			return err
 		}
-		team = id
 	}
 	return s.writeQuotas(w, r, team, http.StatusOK)
 }
@@ -94,10 +88,6 @@ func (s *Server) setQuota(w http.ResponseWriter, r *http.Request, _ string) erro
 	if err := s.machines.SetQuota(r.Context(), id, q); err != nil {
 		return err
 	}
-	e := audit.Entry{TeamID: id, Action: audit.QuotaSet, Target: id, Details: req}
-	if p := access.From(r.Context()); p != nil {
-		e.ActorTeamID, e.ActorKeyID, e.Source = p.TeamID, p.KeyID, p.Source
-	}
-	s.audit.Record(r.Context(), e)
+	a.Record(r.Context(), audit.QuotaSet, id, id, req)
 	return s.writeQuotas(w, r, id, http.StatusOK)
 }

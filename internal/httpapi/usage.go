@@ -27,22 +27,15 @@ const defaultUsageRange = 24 * time.Hour
 // team_id, or every team with team_id=*.
 func (s *Server) getUsage(w http.ResponseWriter, r *http.Request, team string) error {
 	q := r.URL.Query()
-	if id := q.Get("team_id"); id != "" && id != team {
-		if !access.From(r.Context()).Operator() {
-			return errdefs.New(errdefs.ErrNotFound, errdefs.CodeTeamNotFound, fmt.Sprintf("team %s not found", id),
-				"leave team_id out to see your own team's usage")
+	if id := q.Get("team_id"); id == "*" && access.From(r.Context()).Operator() {
+		team = "" // every team's
+	} else if id != "" {
+		a, err := s.accessService()
+		if err != nil {
+			return err
 		}
-		if id == "*" {
-			team = ""
-		} else {
-			a, err := s.accessService()
-			if err != nil {
-				return err
-			}
-			if _, err := a.Team(r.Context(), id); err != nil {
-				return err
-			}
-			team = id
+		if team, err = a.ActingTeam(r.Context(), access.From(r.Context()), id); err != nil {
+			return err
 		}
 	}
 	to := time.Now().UTC()

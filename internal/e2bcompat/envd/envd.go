@@ -339,14 +339,7 @@ func message(p errdefs.Public) string {
 // ({"code": status, "message": ...}), which the SDKs read.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	p := errdefs.Classify(err)
-	level := slog.LevelDebug
-	switch {
-	case p.Status >= 500:
-		level = slog.LevelError
-	case p.Hidden:
-		level = slog.LevelWarn
-	}
-	s.logger.Log(r.Context(), level, "envd call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
+	s.logger.Log(r.Context(), p.LogLevel(), "envd call failed", "method", r.Method, "path", r.URL.Path, "code", p.Code, "err", err)
 	if se := (*SignatureError)(nil); errors.As(err, &se) {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
