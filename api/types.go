@@ -90,6 +90,10 @@ const (
 	// FailureServerRestart: the server stopped during an operation and
 	// found the sandbox gone when it started again.
 	FailureServerRestart = "server_restart"
+	// FailureNodeLost: the node the machine ran on stopped heartbeating
+	// and was declared dead; its last durable checkpoint is the state to
+	// restore.
+	FailureNodeLost = "node_lost"
 )
 
 // CreateMachineRequest is the body of POST /v1/machines.

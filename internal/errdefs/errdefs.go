@@ -190,10 +190,30 @@ const (
 	// CodeIdempotencyKeyInProgress: the first request with the key is
 	// still running (409, retryable).
 	CodeIdempotencyKeyInProgress = "idempotency_key_in_progress"
+
+	// Many nodes.
+	// CodeNodeFenced: the node answering has lost the database, or was
+	// declared dead while cut off; it takes no lifecycle call until it has
+	// rejoined (503, retryable: another node, or this one soon).
+	CodeNodeFenced = "node_fenced"
+	// CodeNodeUnreachable: the node that runs the machine did not answer a
+	// forwarded call (503, retryable).
+	CodeNodeUnreachable = "node_unreachable"
+	// CodeNodeNotFound: no node of that name has joined the cluster.
+	CodeNodeNotFound = "node_not_found"
 )
+
+// ErrFenced is a write refused because its node's fence (its epoch) no
+// longer holds: the node was declared dead, or joined again since.
+var ErrFenced = &Error{Class: ErrUnavailable, Code: CodeNodeFenced,
+	Message:         "this node is fenced off the cluster: it lost the database, or was declared dead while cut off, and takes no lifecycle call until it rejoins",
+	SuggestedAction: "retry, or call another node"}
 
 // Codes lists every stable public code; the spec test checks each is documented.
 var Codes = []string{
+	CodeNodeFenced,
+	CodeNodeUnreachable,
+	CodeNodeNotFound,
 	CodeTeamNotFound,
 	CodeTeamExists,
 	CodeTeamInUse,

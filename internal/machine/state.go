@@ -5,6 +5,7 @@ import (
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
+	"nullspace.dev/nullspace/internal/store"
 )
 
 // The machine lifecycle. Every transition goes through setState, which
@@ -44,8 +45,7 @@ var transitions = map[string][]string{
 }
 
 // liveStates hold resources (network slot, container) and count as live.
-var liveStates = []string{api.StateCreating, api.StateResuming, api.StateRunning, api.StatePausing,
-	api.StateSnapshotting, api.StateRestoring, api.StateStopping, api.StateStarting, api.StateKilling}
+var liveStates = store.LiveStates
 
 func isLive(state string) bool { return slices.Contains(liveStates, state) }
 

@@ -183,7 +183,18 @@ type Machine struct {
 	// names the version it read and fails with a *ConflictError if the row
 	// has moved on (set by the store).
 	Version int64
+	// NodeID is the node whose sandbox this execution is, or was (set by
+	// the store: the node that inserted the row, or gave it a slot). While
+	// the row is in a live state (LiveStates) that node owns the lineage;
+	// after, it is where the state's files were last, a placement hint.
+	NodeID string
 }
+
+// LiveStates are the states of a machine with a sandbox, or about to
+// have one or just done with it: its node owns its lineage (see
+// store.Nodes).
+var LiveStates = []string{api.StateCreating, api.StateResuming, api.StateRunning, api.StatePausing,
+	api.StateSnapshotting, api.StateRestoring, api.StateStopping, api.StateStarting, api.StateKilling}
 
 // OriginE2B is the Origin of a machine created through the E2B layer.
 const OriginE2B = "e2b"
@@ -197,6 +208,8 @@ type MachineFilter struct {
 	// restored from one snapshot.
 	LineageID    string
 	RestoredFrom string
+	// NodeID selects the executions of one node ("" matches every node).
+	NodeID string
 }
 
 // Snapshot states: a snapshot row is written before its checkpoint (so a
@@ -278,6 +291,8 @@ type Volume struct {
 // holds a machine id chosen in advance, a container id and a network slot.
 // Shape is the opaque key of the restores it can serve.
 type Spare struct {
+	// NodeID is the node whose container it is (set by the store).
+	NodeID      string
 	MachineID   string
 	ContainerID string
 	Slot        int
@@ -349,4 +364,72 @@ type UsageRecord struct {
 type UsageFilter struct {
 	TeamID   string
 	From, To time.Time
+}
+
+// Node is a member of the cluster: one `nullspace serve` sharing the
+// database with others.
+type Node struct {
+	// ID is the node's name (--node-name).
+	ID string
+	// Epoch counts the node's joins. A node writes under its epoch (its
+	// fence): once another node declared it dead, or it joined again, the
+	// writes of the old epoch fail with errdefs.ErrFenced.
+	Epoch int64
+	// State is NodeLive, NodeDead (declared by the leader after a missed
+	// heartbeat TTL) or NodeLeft (shut down cleanly).
+	State string
+	// Drained: no placements on the node; its machines are being paused
+	// so that they resume elsewhere.
+	Drained bool
+	// PeerURL is where other nodes forward to (its peer listener); APIURL
+	// its public API, for people.
+	PeerURL, APIURL string
+	// Host is what its snapshots depend on (snapshot.Host as JSON): a
+	// snapshot is placed only on nodes whose Host restores it.
+	Host json.RawMessage
+	// Capacity is what it reported at its last heartbeat.
+	Capacity NodeCapacity
+	// JoinedAt, HeartbeatAt and DeadAt are the database's times.
+	JoinedAt, HeartbeatAt, DeadAt time.Time
+	// Reason says why a dead node is dead, or why it left.
+	Reason string
+}
+
+// Node states.
+const (
+	NodeLive = "live"
+	NodeDead = "dead"
+	NodeLeft = "left"
+)
+
+// NodeCapacity is a node's room, as it reported it.
+type NodeCapacity struct {
+	CPUs int `json:"cpus"`
+	// MemoryMB is what the node may commit to sandboxes (its memory times
+	// the overcommit); CommittedMB what it has committed.
+	MemoryMB    int64 `json:"memory_mb"`
+	CommittedMB int64 `json:"committed_mb"`
+	Slots       int   `json:"slots"`
+	FreeSlots   int   `json:"free_slots"`
+	// Machines counts its live sandboxes; Load is its 1-minute load
+	// average per CPU.
+	Machines int     `json:"machines"`
+	Load     float64 `json:"load"`
+	// Templates are the template digests its cache holds.
+	Templates []string `json:"templates,omitempty"`
+}
+
+// NodeLoss is a node declared dead, and what became of its executions.
+type NodeLoss struct {
+	Node     Node
+	Machines []ReapedMachine
+}
+
+// ReapedMachine is an execution of a dead node after the reap: Deleted
+// (an undone create or resume), or in its new state.
+type ReapedMachine struct {
+	Machine *Machine
+	// From is the state the node left it in.
+	From    string
+	Deleted bool
 }

@@ -28,7 +28,61 @@ type Store interface {
 	Idempotency
 	Audit
 	Usage
+	Nodes
 	Close() error
+}
+
+// Nodes keeps the cluster's members, and fences their writes.
+//
+// A store is opened by one node (SetNode). Once the node has joined
+// (JoinNode), every write of machines, spares and snapshots it makes
+// carries its fence: it checks, in the write's own transaction, that the
+// node's row is still at the epoch it joined with and not dead, and fails
+// with errdefs.ErrFenced otherwise. The leader's DeclareDead takes the
+// node's row lock, so a fenced write either commits before the node is
+// declared dead (and the leader then sees it) or not at all. All times are
+// the database's (now()), never a node's clock.
+type Nodes interface {
+	// SetNode names the node this store writes for: the rows it inserts
+	// carry it, and the node-scoped reads (MachineFilter.NodeID, spares,
+	// slots, committed memory) are its. Called once, before any write.
+	SetNode(id string)
+	// JoinNode records n as live at a new epoch (one past its last), sets
+	// the store's fence to it, and returns the row as stored.
+	JoinNode(ctx context.Context, n Node) (*Node, error)
+	// Heartbeat records that the node is alive at its fence's epoch, with
+	// its capacity, and returns the database's time; errdefs.ErrFenced if
+	// the row has another epoch or is dead.
+	Heartbeat(ctx context.Context, c NodeCapacity) (time.Time, error)
+	// LeaveNode marks the node left (a clean shutdown); its fence no
+	// longer holds.
+	LeaveNode(ctx context.Context, reason string) error
+	GetNode(ctx context.Context, id string) (*Node, error)
+	// ListNodes returns every node, live or not, by name, and the
+	// database's time.
+	ListNodes(ctx context.Context) ([]Node, time.Time, error)
+	// SetNodeDrained drains (no placements) or undrains a node.
+	SetNodeDrained(ctx context.Context, id string, drained bool) (*Node, error)
+	// DeclareDead marks dead the live nodes whose last heartbeat is older
+	// than ttl by the database's clock, and in the same transaction ends
+	// what their sandboxes were doing (ReapNode); it returns what it did.
+	DeclareDead(ctx context.Context, ttl time.Duration, reason string) ([]NodeLoss, error)
+	// ReapNode ends the live executions of a dead node: a create or
+	// resume is undone (the row goes), a start goes back to stopped, a
+	// kill is done, any other becomes failed with reason node_lost.
+	ReapNode(ctx context.Context, id string) ([]ReapedMachine, error)
+	// Leadership tries to become the cluster's leader (one at a time,
+	// across every node); ok is false if another node is.
+	Leadership(ctx context.Context) (l Leader, ok bool, err error)
+}
+
+// Leader is a held leadership.
+type Leader interface {
+	// Check reports whether the leadership still holds (a PostgreSQL
+	// session's advisory lock: it ends with the session).
+	Check(ctx context.Context) error
+	// Release gives it up.
+	Release()
 }
 
 // Audit keeps the audit log.

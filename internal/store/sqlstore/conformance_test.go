@@ -62,3 +62,27 @@ func openTwice(t *testing.T, open func() (store.Store, error)) (store.Store, sto
 	}
 	return a, b
 }
+
+// TestNodes runs the suite of the cluster's nodes on both backends: each
+// node a handle of its own on one database.
+func TestNodes(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) {
+		storetest.RunNodes(t, func(t *testing.T) func() store.Store {
+			path := filepath.Join(t.TempDir(), "db")
+			return func() store.Store { return must(Open(t.Context(), path)) }
+		})
+	})
+	t.Run("postgres", func(t *testing.T) {
+		storetest.RunNodes(t, func(t *testing.T) func() store.Store {
+			u := pgtest.URL(t)
+			return func() store.Store { return must(OpenPostgres(t.Context(), u)) }
+		})
+	})
+}
+
+func must(db *DB, err error) store.Store {
+	if err != nil {
+		panic(err)
+	}
+	return db
+}

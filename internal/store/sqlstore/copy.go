@@ -64,7 +64,7 @@ var copyTables = tables(
 		lineage_id lineage_seq:int snapshot_id restored_from volumes hooks agent_dir
 		timeout_ms:int on_timeout auto_resume:flag deadline:optat idle_timeout_ms:int persistence
 		command main_pid:int main_exit public_ports:flag latest:flag lineage_created:optat
-		checkpoint_retention:int failure_reason origin version:int disk_mb:int`,
+		checkpoint_retention:int failure_reason origin version:int disk_mb:int node_id`,
 	"machine_metadata: machine_id key value",
 	"machine_volumes: machine_id name",
 	`snapshots: id team_id kind state machine_id lineage_id template parent_id generation:int
@@ -83,6 +83,7 @@ var copyTables = tables(
 // notCopied are the tables Copy leaves out, and why.
 var notCopied = map[string]string{
 	"spares":            "containers of the source's host",
+	"nodes":             "the source's cluster members: nodes join the target anew",
 	"event_seq":         "set from the source's last event number",
 	"schema_migrations": "each database's own schema version",
 	"sqlite_sequence":   "set from the source's last event number",

@@ -23,6 +23,8 @@ type DB struct {
 	// clock is when the usage ledger's records that end now end (unset:
 	// time.Now); see SetClock.
 	clock atomic.Pointer[func() time.Time]
+	// f is the node the store writes for, and its fence.
+	f *fence
 }
 
 // SetClock makes now the clock of the usage ledger's end times (nil:
@@ -60,9 +62,11 @@ type conn struct {
 	d *dialect
 	// now is the owning DB's clock (nil in a copy's source).
 	now func() time.Time
+	// f is the owning DB's node and fence (nil in a copy's source).
+	f *fence
 }
 
-func (s *DB) c() conn { return conn{q: s.db, d: s.d, now: s.now} }
+func (s *DB) c() conn { return conn{q: s.db, d: s.d, now: s.now, f: s.f} }
 
 func (c conn) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	res, err := c.q.ExecContext(ctx, c.d.rebind(q), c.d.args(args)...)
@@ -122,7 +126,7 @@ func (s *DB) tryTx(ctx context.Context, fn func(c conn) error) error {
 		return s.d.classify(err)
 	}
 	defer tx.Rollback()
-	if err := fn(conn{q: tx, d: s.d, now: s.now}); err != nil {
+	if err := fn(conn{q: tx, d: s.d, now: s.now, f: s.f}); err != nil {
 		return err
 	}
 	return s.d.classify(tx.Commit())
@@ -211,6 +215,8 @@ type dialect struct {
 	// (PostgreSQL); SQLite's write transactions lock the whole database at
 	// BEGIN (_txlock=immediate), so it needs none.
 	forUpdate string
+	// forShare is forUpdate for a lock that other readers share.
+	forShare string
 	// lock serializes the transactions that take the same key, until they
 	// end ("" where a write transaction already excludes every other);
 	// lockNamed the same for a key and a name (a lineage).
@@ -232,6 +238,7 @@ const (
 	lockSlots   = 7301 // the free-slot scan of machines and spares
 	lockMigrate = 7302 // schema migrations of servers starting at once
 	lockLineage = 7303 // inserts into one lineage (with its id)
+	lockLeader  = 7304 // the cluster's leader (a session lock)
 )
 
 // lockTxNamed takes lock key for name for the rest of the transaction

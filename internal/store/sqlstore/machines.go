@@ -18,7 +18,7 @@ const machineColumns = `id, team_id, state, template, cpu_count, memory_mb, env,
 	slot, container_id, agent_token, created_at, started_at, ended_at, error,
 	lineage_id, lineage_seq, snapshot_id, restored_from, volumes, hooks, agent_dir,
 	timeout_ms, on_timeout, auto_resume, deadline, idle_timeout_ms, persistence,
-	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason, origin, version, disk_mb`
+	command, main_pid, main_exit, public_ports, latest, lineage_created, checkpoint_retention, failure_reason, origin, version, disk_mb, node_id`
 
 // CreateMachine stores a new machine and gives it, in the same transaction,
 // the lowest free network slot (slots bounds the pool).
@@ -29,15 +29,18 @@ func (s *DB) CreateMachine(ctx context.Context, m *store.Machine, slots int) err
 	})
 }
 
-// withFreeSlot runs fn with the lowest free network slot in the
-// transaction that takes it (slots bounds the pool). The scan and the
-// write that takes the slot are one step: on PostgreSQL they hold an
-// advisory lock (a slot is unique across two tables, machines and spares,
-// which no one index covers); the unique index on machines(slot) stays as
-// a guard.
+// withFreeSlot runs fn with the lowest free network slot of the store's
+// node in the transaction that takes it (slots bounds the pool; each node
+// has its own). The scan and the write that takes the slot are one step:
+// on PostgreSQL they hold an advisory lock on the node's slots (a slot is
+// unique across two tables, machines and spares, which no one index
+// covers); the unique index on machines(node_id, slot) stays as a guard.
 func (s *DB) withFreeSlot(ctx context.Context, what string, slots int, fn func(c conn, slot int) error) error {
 	return s.inTx(ctx, what, func(c conn) error {
-		if err := lockTx(ctx, c, lockSlots); err != nil {
+		if err := checkFence(ctx, c); err != nil {
+			return err
+		}
+		if err := lockTxNamed(ctx, c, lockSlots, c.f.nodeID()); err != nil {
 			return err
 		}
 		slot, err := freeSlot(ctx, c, slots)
@@ -53,6 +56,9 @@ func (s *DB) withFreeSlot(ctx context.Context, what string, slots int, fn func(c
 // transaction. It fails if the spare is gone.
 func (s *DB) CreateMachineFromSpare(ctx context.Context, m *store.Machine, sp store.Spare) error {
 	return s.inTx(ctx, "create machine "+sp.MachineID, func(c conn) error {
+		if err := checkFence(ctx, c); err != nil {
+			return err
+		}
 		res, err := c.exec(ctx, `DELETE FROM spares WHERE machine_id = ?`, sp.MachineID)
 		if err != nil {
 			return fmt.Errorf("take spare %s: %w", sp.MachineID, err)
@@ -98,7 +104,7 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 	if _, err := c.exec(ctx, `UPDATE machines SET latest = FALSE WHERE lineage_id = ? AND latest`, m.LineageID); err != nil {
 		return fmt.Errorf("lineage of machine %s: %w", m.ID, err)
 	}
-	m.Latest, m.Version = true, 0
+	m.Latest, m.Version, m.NodeID = true, 0, c.f.nodeID()
 	keptTimes(m)
 	for k, v := range m.Metadata {
 		if _, err := c.exec(ctx, `INSERT INTO machine_metadata (machine_id, key, value) VALUES (?, ?, ?)`, m.ID, k, v); err != nil {
@@ -121,7 +127,7 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 		m.LineageID, m.LineageSeq, m.SnapshotID, m.RestoredFrom, string(vols), string(hooks), m.AgentDir,
 		m.TimeoutMS, onTimeoutOr(m.OnTimeout), m.AutoResume, optAt(m.Deadline), m.IdleTimeoutMS, persistenceOr(m.Persistence),
 		string(cmd), m.MainPID, mainExitJSON(m.MainExit), m.PublicPorts, m.Latest, at(m.LineageCreated), m.CheckpointRetention, m.FailureReason, m.Origin,
-		m.Version, m.DiskMB)
+		m.Version, m.DiskMB, m.NodeID)
 	if c.d.unique(err) {
 		return fmt.Errorf("insert machine %s: another write took its slot or its place in lineage %s at the same time: %w", m.ID, m.LineageID, errdefs.ErrConflict)
 	}
@@ -136,7 +142,8 @@ func insertMachine(ctx context.Context, c conn, m *store.Machine) error {
 // tearing the slot's network down: a slot is never handed out while the
 // namespace of its previous holder may still be removed.
 func freeSlot(ctx context.Context, c conn, slots int) (int, error) {
-	used, err := queryAll(ctx, c, "allocate slot", `SELECT slot FROM machines WHERE slot >= 0 UNION SELECT slot FROM spares ORDER BY slot`, nil,
+	node := c.f.nodeID()
+	used, err := queryAll(ctx, c, "allocate slot", `SELECT slot FROM machines WHERE slot >= 0 AND node_id = ? UNION SELECT slot FROM spares WHERE node_id = ? ORDER BY slot`, []any{node, node},
 		func(r scanner) (int, error) {
 			var n int
 			err := r.Scan(&n)
@@ -167,7 +174,7 @@ func freeSlot(ctx context.Context, c conn, slots int) (int, error) {
 // its ledger record.
 func (s *DB) UpdateMachine(ctx context.Context, m *store.Machine) error {
 	var err error
-	if ledgered(m.State) {
+	if ledgered(m.State) || s.f.epoch.Load() != 0 {
 		err = s.inTx(ctx, "update machine "+m.ID, func(c conn) error { return updateMachine(ctx, c, m) })
 	} else {
 		err = updateMachine(ctx, s.c(), m)
@@ -183,6 +190,9 @@ func (s *DB) UpdateMachine(ctx context.Context, m *store.Machine) error {
 // the usage the write records (c must then be a transaction: see
 // ledgered); the caller advances m.Version once the write is committed.
 func updateMachine(ctx context.Context, c conn, m *store.Machine) error {
+	if err := checkFence(ctx, c); err != nil {
+		return fmt.Errorf("update machine %s: %w", m.ID, err)
+	}
 	keptTimes(m)
 	var before machineBefore
 	if ledgered(m.State) {
@@ -271,26 +281,33 @@ func mainExitJSON(e *api.MainExit) string {
 // if it was its lineage's latest execution, the one before it is again.
 func (s *DB) DeleteMachine(ctx context.Context, id string) error {
 	return s.inTx(ctx, "delete machine "+id, func(c conn) error {
-		var lineage string
-		var latest bool
-		err := c.queryRow(ctx, `SELECT lineage_id, latest FROM machines WHERE id=?`+c.d.forUpdate, id).Scan(&lineage, &latest)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
+		if err := checkFence(ctx, c); err != nil {
 			return err
 		}
-		for _, q := range []string{`DELETE FROM machines WHERE id=?`, `DELETE FROM machine_metadata WHERE machine_id=?`, `DELETE FROM machine_volumes WHERE machine_id=?`} {
-			if _, err := c.exec(ctx, q, id); err != nil {
-				return err
-			}
-		}
-		if latest {
-			_, err := c.exec(ctx, `UPDATE machines SET latest = TRUE WHERE id = (SELECT id FROM machines WHERE lineage_id = ? ORDER BY lineage_seq DESC LIMIT 1)`, lineage)
-			return err
-		}
-		return nil
+		return deleteMachine(ctx, c, id)
 	})
+}
+
+func deleteMachine(ctx context.Context, c conn, id string) error {
+	var lineage string
+	var latest bool
+	err := c.queryRow(ctx, `SELECT lineage_id, latest FROM machines WHERE id=?`+c.d.forUpdate, id).Scan(&lineage, &latest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, q := range []string{`DELETE FROM machines WHERE id=?`, `DELETE FROM machine_metadata WHERE machine_id=?`, `DELETE FROM machine_volumes WHERE machine_id=?`} {
+		if _, err := c.exec(ctx, q, id); err != nil {
+			return err
+		}
+	}
+	if latest {
+		_, err := c.exec(ctx, `UPDATE machines SET latest = TRUE WHERE id = (SELECT id FROM machines WHERE lineage_id = ? ORDER BY lineage_seq DESC LIMIT 1)`, lineage)
+		return err
+	}
+	return nil
 }
 
 // GetMachine returns a machine by id, or an error matching errdefs.ErrNotFound.
@@ -320,6 +337,7 @@ func (s *DB) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 	w.eq("template", f.Template)
 	w.eq("lineage_id", f.LineageID)
 	w.eq("restored_from", f.RestoredFrom)
+	w.eq("node_id", f.NodeID)
 	return queryAll(ctx, s.c(), "list machines", `SELECT `+machineColumns+` FROM machines`+w.sql()+" ORDER BY created_at, id", w.args, scanMachine)
 }
 
@@ -329,7 +347,7 @@ func (s *DB) ListMachines(ctx context.Context, f store.MachineFilter) ([]*store.
 func (s *DB) AssignSlot(ctx context.Context, m *store.Machine, slots int) error {
 	var got int
 	err := s.withFreeSlot(ctx, "assign slot to "+m.ID, slots, func(c conn, slot int) error {
-		res, err := c.exec(ctx, `UPDATE machines SET slot=?, version = version + 1 WHERE id=? AND version=?`, slot, m.ID, m.Version)
+		res, err := c.exec(ctx, `UPDATE machines SET slot=?, node_id=?, version = version + 1 WHERE id=? AND version=?`, slot, c.f.nodeID(), m.ID, m.Version)
 		if err != nil {
 			return err
 		}
@@ -342,7 +360,7 @@ func (s *DB) AssignSlot(ctx context.Context, m *store.Machine, slots int) error 
 	if err != nil {
 		return err
 	}
-	m.Slot = got
+	m.Slot, m.NodeID = got, s.f.nodeID()
 	m.Version++
 	return nil
 }
@@ -352,14 +370,14 @@ func (s *DB) CountMachines(ctx context.Context) (map[string]int, error) {
 	return countBy[string, int](ctx, s.c(), "count machines", `SELECT state, count(*) FROM machines GROUP BY state`)
 }
 
-// CommittedMemoryMB is the memory, in MiB, given to the machines that hold
-// a network slot (they have, or are about to have, a sandbox) and to the
-// spares.
+// CommittedMemoryMB is the memory, in MiB, given to the machines of the
+// store's node that hold a network slot (they have, or are about to have,
+// a sandbox) and to its spares.
 func (s *DB) CommittedMemoryMB(ctx context.Context) (int64, error) {
 	var n int64
 	err := s.c().queryRow(ctx, `SELECT
-		CAST(coalesce((SELECT sum(memory_mb) FROM machines WHERE slot >= 0), 0) +
-		coalesce((SELECT sum(`+s.d.jsonInt("shape", "memory_mb")+`) FROM spares), 0) AS BIGINT)`).Scan(&n)
+		CAST(coalesce((SELECT sum(memory_mb) FROM machines WHERE slot >= 0 AND node_id = ?), 0) +
+		coalesce((SELECT sum(`+s.d.jsonInt("shape", "memory_mb")+`) FROM spares WHERE node_id = ?), 0) AS BIGINT)`, s.f.nodeID(), s.f.nodeID()).Scan(&n)
 	if err != nil {
 		return 0, fmt.Errorf("committed memory: %w", err)
 	}
@@ -406,7 +424,7 @@ func scanMachine(r scanner) (*store.Machine, error) {
 		&m.LineageID, &m.LineageSeq, &m.SnapshotID, &m.RestoredFrom, &vols, &hooks, &m.AgentDir,
 		&m.TimeoutMS, &m.OnTimeout, &m.AutoResume, timeDest{&m.Deadline}, &m.IdleTimeoutMS, &m.Persistence,
 		&cmd, &m.MainPID, &exit, &m.PublicPorts, &m.Latest, timeDest{&m.LineageCreated}, &m.CheckpointRetention, &m.FailureReason, &m.Origin,
-		&m.Version, &m.DiskMB)
+		&m.Version, &m.DiskMB, &m.NodeID)
 	if err != nil {
 		return nil, err
 	}

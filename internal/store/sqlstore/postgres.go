@@ -30,7 +30,7 @@ func OpenPostgres(ctx context.Context, rawURL string) (*DB, error) {
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(4)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &DB{db: db, d: postgresDialect}
+	s := &DB{db: db, d: postgresDialect, f: new(fence)}
 	pingCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := db.PingContext(pingCtx); err != nil {
@@ -91,6 +91,7 @@ var postgresDialect = &dialect{
 	name:      "postgres",
 	dollar:    true,
 	forUpdate: " FOR UPDATE",
+	forShare:  " FOR SHARE",
 	lock:      "SELECT pg_advisory_xact_lock(?)",
 	lockNamed: "SELECT pg_advisory_xact_lock(?::int4, hashtext(?))",
 	jsonInt: func(col, field string) string {
@@ -142,6 +143,9 @@ var postgresSchema = schema{
 		{version: 28, sql: auditMigration("TIMESTAMPTZ")},
 		{version: 29, sql: sqliteMigrations[28]},
 		{version: 30, sql: usageMigration("TIMESTAMPTZ")},
+		{version: 31, sql: nodesMigration("TIMESTAMPTZ") + `
+			ALTER TABLE spares DROP CONSTRAINT spares_slot_key;
+			CREATE UNIQUE INDEX spares_slot ON spares(node_id, slot);`},
 	},
 	prepare: func(ctx context.Context, c conn) error {
 		_, err := c.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (

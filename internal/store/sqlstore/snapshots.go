@@ -38,6 +38,9 @@ func (s *DB) CreateSnapshot(ctx context.Context, sn *store.Snapshot) error {
 // are recorded or neither.
 func (s *DB) CommitSnapshot(ctx context.Context, sn *store.Snapshot, machines ...*store.Machine) error {
 	err := s.inTx(ctx, "commit snapshot "+sn.ID, func(c conn) error {
+		if err := checkFence(ctx, c); err != nil {
+			return err
+		}
 		res, err := c.exec(ctx, `UPDATE snapshots SET state=?, size_bytes=?, checksum=?, pause_window_ms=?, host=?, spec=?, files=? WHERE id=?`,
 			store.SnapshotReady, sn.SizeBytes, sn.Checksum, sn.PauseWindowMS, rawOr(sn.Host, "{}"), rawOr(sn.Spec, "{}"), rawOr(sn.Files, "[]"), sn.ID)
 		if err != nil {

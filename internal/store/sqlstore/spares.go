@@ -11,11 +11,11 @@ import (
 // lowest free network slot (as CreateMachine does).
 func (s *DB) CreateSpare(ctx context.Context, sp *store.Spare, slots int) error {
 	return s.withFreeSlot(ctx, "create spare "+sp.MachineID, slots, func(c conn, slot int) error {
-		if _, err := c.exec(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at) VALUES (?,?,?,?,?)`,
-			sp.MachineID, sp.ContainerID, slot, sp.Shape, at(sp.CreatedAt)); err != nil {
+		if _, err := c.exec(ctx, `INSERT INTO spares (machine_id, container_id, slot, shape, created_at, node_id) VALUES (?,?,?,?,?,?)`,
+			sp.MachineID, sp.ContainerID, slot, sp.Shape, at(sp.CreatedAt), c.f.nodeID()); err != nil {
 			return fmt.Errorf("insert spare %s: %w", sp.MachineID, err)
 		}
-		sp.Slot = slot
+		sp.Slot, sp.NodeID = slot, c.f.nodeID()
 		return nil
 	})
 }
@@ -28,12 +28,13 @@ func (s *DB) DeleteSpare(ctx context.Context, machineID string) error {
 	return nil
 }
 
-// ListSpares returns every spare, oldest first.
+// ListSpares returns the spares of the store's node, oldest first.
 func (s *DB) ListSpares(ctx context.Context) ([]*store.Spare, error) {
-	return queryAll(ctx, s.c(), "list spares", `SELECT machine_id, container_id, slot, shape, created_at FROM spares ORDER BY created_at, machine_id`, nil,
+	return queryAll(ctx, s.c(), "list spares", `SELECT machine_id, container_id, slot, shape, created_at, node_id FROM spares WHERE node_id = ? ORDER BY created_at, machine_id`,
+		[]any{s.f.nodeID()},
 		func(r scanner) (*store.Spare, error) {
 			var sp store.Spare
-			if err := r.Scan(&sp.MachineID, &sp.ContainerID, &sp.Slot, &sp.Shape, timeDest{&sp.CreatedAt}); err != nil {
+			if err := r.Scan(&sp.MachineID, &sp.ContainerID, &sp.Slot, &sp.Shape, timeDest{&sp.CreatedAt}, &sp.NodeID); err != nil {
 				return nil, err
 			}
 			return &sp, nil

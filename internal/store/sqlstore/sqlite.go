@@ -26,7 +26,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
-	s := &DB{db: db, d: sqliteDialect}
+	s := &DB{db: db, d: sqliteDialect, f: new(fence)}
 	if err := migrate(ctx, s, sqliteSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)
@@ -288,6 +288,8 @@ var sqliteMigrations = []string{
 	ALTER TABLE team_quotas ADD COLUMN api_burst BIGINT NOT NULL DEFAULT -1;`,
 	// 30: the usage ledger (store.Usage).
 	usageMigration("TEXT"),
+	// 31: the cluster's nodes.
+	nodesMigration("TEXT"),
 }
 
 // auditMigration is migration 28 on either backend.
@@ -341,6 +343,34 @@ func usageMigration(timeType string) string {
 	);
 	CREATE INDEX usage_records_team ON usage_records(team_id, ended_at);
 	CREATE INDEX usage_records_ended ON usage_records(ended_at);`)
+}
+
+// nodesMigration is migration 31 on either backend, with its time type:
+// the cluster's nodes, and the node of each execution and spare. A slot is
+// a node's own (its network namespace names), so it is unique per node;
+// SQLite's spares keep their column's UNIQUE (one node writes a SQLite
+// database), PostgreSQL's is replaced.
+func nodesMigration(timeType string) string {
+	return strings.NewReplacer("TIME", timeType).Replace(`
+	CREATE TABLE nodes (
+		id TEXT PRIMARY KEY,
+		epoch BIGINT NOT NULL,
+		state TEXT NOT NULL,
+		drained BOOLEAN NOT NULL DEFAULT FALSE,
+		peer_url TEXT NOT NULL DEFAULT '',
+		api_url TEXT NOT NULL DEFAULT '',
+		host TEXT NOT NULL DEFAULT '',
+		capacity TEXT NOT NULL DEFAULT '{}',
+		joined_at TIME NOT NULL,
+		heartbeat_at TIME NOT NULL,
+		dead_at TIME,
+		reason TEXT NOT NULL DEFAULT ''
+	);
+	ALTER TABLE machines ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+	ALTER TABLE spares ADD COLUMN node_id TEXT NOT NULL DEFAULT '';
+	DROP INDEX machines_slot;
+	CREATE UNIQUE INDEX machines_slot ON machines(node_id, slot) WHERE slot >= 0;
+	CREATE INDEX machines_node_state ON machines(node_id, state);`)
 }
 
 // keysMigration is migration 24 on either backend, with its time type.
