@@ -186,7 +186,7 @@ func (m *Manager) SetTimeout(ctx context.Context, teamID, id string, req api.Set
 // RunLeases schedules the deadlines of the running machines (one that passed
 // while the server was down fires at once) and fires them until ctx ends.
 func (m *Manager) RunLeases(ctx context.Context) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}, NodeID: m.cfg.Node})
 	if err != nil {
 		m.logger.ErrorContext(ctx, "load leases", "err", err)
 	}

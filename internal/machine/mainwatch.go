@@ -155,7 +155,7 @@ func (w *mainWatch) exitedChan() <-chan struct{} {
 // (after a restart), and of those that start running, until ctx ends; then
 // it ends every follower.
 func (m *Manager) RunMainWatch(ctx context.Context) {
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}, NodeID: m.cfg.Node})
 	if err != nil {
 		m.logger.ErrorContext(ctx, "load main processes", "err", err)
 	}

@@ -129,6 +129,10 @@ type Config struct {
 	// answering a health probe before the machine is failed (reason
 	// agent_unresponsive); default DefaultAgentSilence.
 	AgentSilence time.Duration
+	// Node is the cluster node this manager runs the sandboxes of: its
+	// loops (leases, metrics, watches, reconcile) act on that node's
+	// machines only ("": every machine, a store without nodes).
+	Node string
 	// Nameservers for machines with internet; others get the host side IP,
 	// which the firewall rejects at once so lookups fail fast.
 	Nameservers []string
@@ -163,6 +167,7 @@ type Manager struct {
 	snaps     *snapshot.Store
 	uploads   *uploader
 	spares    *spares
+	frozen    frozen
 	leases    *lease.Scheduler
 	metrics   *metrics
 	activity  *activity
@@ -827,6 +832,9 @@ func (m *Manager) Kill(ctx context.Context, teamID, id string) (*store.Machine, 
 	if head, err = m.store.GetMachine(ctx, head.ID); err != nil {
 		return nil, err
 	}
+	if err := m.ownHere(head); err != nil {
+		return nil, err
+	}
 	if head.State != api.StateKilled {
 		err = m.killHead(ctx, head)
 	}
@@ -1012,7 +1020,7 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
-		recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}})
+		recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning}, NodeID: m.cfg.Node})
 		if err != nil {
 			continue
 		}
@@ -1056,7 +1064,7 @@ func (m *Manager) Watch(ctx context.Context, interval time.Duration) {
 // Running machines are never touched.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	ctx = withCause(ctx, "reconcile")
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: liveStates, NodeID: m.cfg.Node})
 	if err != nil {
 		return err
 	}
@@ -1072,7 +1080,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	// A pause or stop that committed but had not yet freed the machine's
 	// sandbox and slot: free them now.
-	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: heldStates}); err == nil {
+	if paused, err := m.store.ListMachines(ctx, store.MachineFilter{States: heldStates, NodeID: m.cfg.Node}); err == nil {
 		for _, rec := range paused {
 			if rec.Slot < 0 {
 				continue
@@ -1091,6 +1099,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	// Uncommitted snapshots first: no machine may point at one afterwards.
 	if pending, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{States: []string{store.SnapshotWriting}}); err == nil {
 		for _, sn := range pending {
+			if !m.writesFor(ctx, sn.MachineID) {
+				continue // another node's, being written now
+			}
 			m.logger.InfoContext(ctx, "discarding uncommitted snapshot", "snapshot_id", sn.ID, "machine_id", sn.MachineID)
 			if err := m.snaps.Delete(sn.ID); err != nil {
 				errs = append(errs, err)
@@ -1181,8 +1192,8 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	// booted from: delete it now (only a stopped machine reads its disk).
 	if disks, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{Kinds: []string{api.SnapshotDisk}, States: []string{store.SnapshotReady}}); err == nil {
 		for _, sn := range disks {
-			if owner, err := m.store.GetMachine(ctx, sn.MachineID); err == nil && owner.State == api.StateStopped && owner.SnapshotID == sn.ID {
-				continue
+			if owner, err := m.store.GetMachine(ctx, sn.MachineID); err == nil && (owner.State == api.StateStopped && owner.SnapshotID == sn.ID || owner.NodeID != m.cfg.Node) {
+				continue // still its disk, or another node's to judge
 			}
 			m.logger.InfoContext(ctx, "deleting the disk snapshot of a machine that started", "snapshot_id", sn.ID, "machine_id", sn.MachineID)
 			errs = append(errs, m.removeSnapshot(ctx, sn))
@@ -1394,6 +1405,9 @@ func (m *Manager) AgentEndpoint(ctx context.Context, teamID, id string) (Endpoin
 	}
 	if rec.State != api.StateRunning && rec.State != api.StateSnapshotting {
 		return Endpoint{}, notRunning(rec)
+	}
+	if err := m.ownHere(rec); err != nil {
+		return Endpoint{}, err
 	}
 	ip, err := m.guestAddr(rec)
 	if err != nil {

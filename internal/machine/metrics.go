@@ -69,7 +69,7 @@ func (m *Manager) RunMetrics(ctx context.Context) {
 func (m *Manager) SampleAll(ctx context.Context) int {
 	// Machines being snapshotted keep their samples and activity; only
 	// running ones are sampled.
-	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning, api.StateSnapshotting, api.StatePausing}})
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{States: []string{api.StateRunning, api.StateSnapshotting, api.StatePausing}, NodeID: m.cfg.Node})
 	if err != nil {
 		return 0
 	}

@@ -102,6 +102,10 @@ func (m *Manager) headLocked(ctx context.Context, lineageID string) (*store.Mach
 		unlock()
 		return nil, nil, err
 	}
+	if err := m.ownHere(head); err != nil {
+		unlock()
+		return nil, nil, err
+	}
 	if head.State != api.StateRunning && head.State != api.StatePaused && head.State != api.StateStopped {
 		unlock()
 		return nil, nil, notRunning(head)
