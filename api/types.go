@@ -1055,3 +1055,51 @@ type UsageRow struct {
 	Resumes           int64   `json:"resumes"`
 	EgressBytes       int64   `json:"egress_bytes"`
 }
+
+// Node is a member of the cluster (GET /v1/nodes).
+type Node struct {
+	Name  string `json:"name"`
+	Epoch int64  `json:"epoch"`
+	// State is live, dead or left.
+	State   string `json:"state"`
+	Drained bool   `json:"drained"`
+	PeerURL string `json:"peer_url,omitempty"`
+	APIURL  string `json:"api_url,omitempty"`
+	// HeartbeatAgeMS is how long ago its last heartbeat was, by the
+	// database's clock.
+	HeartbeatAgeMS int64     `json:"heartbeat_age_ms"`
+	JoinedAt       time.Time `json:"joined_at"`
+	HeartbeatAt    time.Time `json:"heartbeat_at"`
+	DeadAt         time.Time `json:"dead_at,omitzero"`
+	Reason         string    `json:"reason,omitempty"`
+	// Self: the node that answered.
+	Self     bool         `json:"self"`
+	Capacity NodeCapacity `json:"capacity"`
+	// Host is what its snapshots depend on: a snapshot restores only on a
+	// node with the same.
+	Host NodeHost `json:"host"`
+}
+
+// NodeCapacity is a node's room at its last heartbeat.
+type NodeCapacity struct {
+	CPUs        int     `json:"cpus"`
+	MemoryMB    int64   `json:"memory_mb"`
+	CommittedMB int64   `json:"committed_mb"`
+	Slots       int     `json:"slots"`
+	FreeSlots   int     `json:"free_slots"`
+	Machines    int     `json:"machines"`
+	Load        float64 `json:"load"`
+}
+
+// NodeHost is what a node's snapshots depend on.
+type NodeHost struct {
+	RuntimeVersion string   `json:"runtime_version"`
+	Platform       string   `json:"platform"`
+	Kernel         string   `json:"kernel"`
+	CPUFeatures    []string `json:"cpu_features,omitempty"`
+}
+
+// NodeList is the body of GET /v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}

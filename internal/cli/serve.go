@@ -69,6 +69,11 @@ network namespace) clash with its own (registry: /run/nullspace).`,
 		"(default: the one recorded in the data dir, else \"local\" for /var/lib/nullspace, else derived from the data dir's path)")
 	f.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "PostgreSQL database to keep state in, postgres://USER@HOST:PORT/DB; the password from PGPASSWORD or ~/.pgpass "+
 		"(env NULLSPACE_DATABASE_URL; default: SQLite in the data dir)")
+	f.StringVar(&cfg.PeerAddr, "peer-addr", "", "address of this node's peer listener, HOST:PORT, where the other nodes of a cluster (servers sharing --database-url) forward calls on its machines "+
+		"(default: none; the node then takes no machine another node places)")
+	f.StringVar(&cfg.PeerURL, "peer-url", "", "how the other nodes reach the peer listener (default http://PEER-ADDR)")
+	f.DurationVar(&cfg.NodeTTL, "node-ttl", 0, "how long a node of a cluster may go without a heartbeat before it is declared dead and its running machines failed (default 15s)")
+	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", 0, "how often a node of a cluster reports that it is alive (default 2s; the TTL must be at least three)")
 	f.StringVar(&cfg.ObjectStore, "object-store", cfg.ObjectStore, "S3-compatible store to copy snapshots to, s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=R; "+
 		"credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (env NULLSPACE_OBJECT_STORE; default: none)")
 	f.Float64Var(&cacheMaxGB, "cache-max-gb", 0, "with --object-store, bound the local copies of snapshots the object store holds to this many GiB (0: no bound)")

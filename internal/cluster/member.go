@@ -56,7 +56,7 @@ type Config struct {
 	// Local acts on the node's own sandboxes when its membership changes.
 	Local Local
 	// Lost is told, on the leader, what became of a dead node's machines.
-	Lost func(ctx context.Context, loss store.NodeLoss)
+	Lost   func(ctx context.Context, loss store.NodeLoss)
 	Logger *slog.Logger
 }
 
@@ -69,6 +69,10 @@ type Local interface {
 	// Abandon kills them without writing to the database: the node was
 	// declared dead, and its machines are failed or resumed elsewhere.
 	Abandon(ctx context.Context)
+	// Drain pauses them, so that they resume on other nodes (the node was
+	// drained). It is called again, after it returns, while the node stays
+	// drained.
+	Drain(ctx context.Context)
 }
 
 // Member is a node's membership of the cluster.
@@ -86,6 +90,8 @@ type Member struct {
 	// heartbeat.
 	offset atomic.Int64
 	leader atomic.Bool
+	// draining is set while a Drain runs.
+	draining atomic.Bool
 
 	choresMu sync.Mutex
 	chores   []chore
@@ -230,6 +236,12 @@ func (m *Member) beat(ctx context.Context) {
 			m.log.Warn("the database is back and this node's epoch holds: thawing its sandboxes")
 			m.cfg.Local.Thaw(ctx)
 			m.frozen.Store(false)
+		}
+		if n, err := m.db.GetNode(hctx, m.cfg.Node); err == nil && n.Drained && m.draining.CompareAndSwap(false, true) {
+			go func() {
+				defer m.draining.Store(false)
+				m.cfg.Local.Drain(ctx)
+			}()
 		}
 	case errors.Is(err, errdefs.ErrFenced):
 		m.log.Error("this node was declared dead while cut off: killing its sandboxes (their machines failed or moved on) and joining again", "epoch", m.Epoch(), "err", err)

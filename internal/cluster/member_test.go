@@ -27,7 +27,7 @@ type cutDB struct {
 var errCut = errors.New("connection refused (cut by the test)")
 
 func (c *cutDB) setCut(v bool) { c.mu.Lock(); c.cut = v; c.mu.Unlock() }
-func (c *cutDB) isCut() bool    { c.mu.Lock(); defer c.mu.Unlock(); return c.cut }
+func (c *cutDB) isCut() bool   { c.mu.Lock(); defer c.mu.Unlock(); return c.cut }
 
 func (c *cutDB) Heartbeat(ctx context.Context, cp store.NodeCapacity) (time.Time, error) {
 	if c.isCut() {
@@ -64,6 +64,7 @@ func (l *local) record(what string) {
 func (l *local) Freeze(context.Context)  { l.record("freeze") }
 func (l *local) Thaw(context.Context)    { l.record("thaw") }
 func (l *local) Abandon(context.Context) { l.record("abandon") }
+func (l *local) Drain(context.Context)   { l.record("drain") }
 func (l *local) when(what string) (time.Time, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()

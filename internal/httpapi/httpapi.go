@@ -31,6 +31,7 @@ import (
 	"nullspace.dev/nullspace/internal/page"
 	"nullspace.dev/nullspace/internal/ratelimit"
 	"nullspace.dev/nullspace/internal/reqbody"
+	"nullspace.dev/nullspace/internal/routing"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 	"nullspace.dev/nullspace/internal/template"
@@ -92,6 +93,10 @@ type Server struct {
 	// limits is the rate limit of authenticated requests, by API key id
 	// (nil: none).
 	limits *ratelimit.Limiter
+	// router takes calls to the node of the cluster that serves them
+	// (nil: one node).
+	router *routing.Router
+	nodes  Nodes
 }
 
 // WithRateLimit limits the authenticated requests of each API key with l
@@ -169,7 +174,9 @@ type Route struct {
 	Idempotent bool
 	// Scope is the one a key needs (an access constant); "" for any
 	// valid key. The spec test checks it against the operation's security.
-	Scope   string
+	Scope string
+	// Where is the node of a cluster that serves the route.
+	Where   Where
 	Handler func(w http.ResponseWriter, r *http.Request, team string) error
 }
 
@@ -180,29 +187,29 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/openapi.yaml", Public: true, Handler: s.spec},
 		{Method: "GET", Path: "/metrics", Scope: access.Operator, Handler: s.prometheus},
 
-		{Method: "POST", Path: "/v1/machines", Idempotent: true, Scope: access.MachinesWrite, Handler: s.createMachine},
+		{Method: "POST", Path: "/v1/machines", Idempotent: true, Scope: access.MachinesWrite, Where: Place, Handler: s.createMachine},
 		{Method: "GET", Path: "/v1/machines", Scope: access.MachinesRead, Handler: s.listMachines},
 		{Method: "GET", Path: "/v1/machines/{id}", Scope: access.MachinesRead, Handler: s.getMachine},
-		{Method: "DELETE", Path: "/v1/machines/{id}", Scope: access.MachinesWrite, Handler: s.killMachine},
+		{Method: "DELETE", Path: "/v1/machines/{id}", Scope: access.MachinesWrite, Where: Owner, Handler: s.killMachine},
 
-		{Method: "POST", Path: "/v1/machines/{id}/pause", Scope: access.MachinesWrite, Handler: s.pauseMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/stop", Scope: access.MachinesWrite, Handler: s.stopMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/start", Scope: access.MachinesWrite, Handler: s.startMachine},
-		{Method: "GET", Path: "/v1/machines/{id}/wait", Scope: access.MachinesRead, Handler: s.waitMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/timeout", Scope: access.MachinesWrite, Handler: s.setTimeout},
-		{Method: "POST", Path: "/v1/machines/{id}/urls", Scope: access.MachinesWrite, Handler: s.machineURL},
+		{Method: "POST", Path: "/v1/machines/{id}/pause", Scope: access.MachinesWrite, Where: Owner, Handler: s.pauseMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/stop", Scope: access.MachinesWrite, Where: Owner, Handler: s.stopMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/start", Scope: access.MachinesWrite, Where: Wake, Handler: s.startMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/wait", Scope: access.MachinesRead, Where: Owner, Handler: s.waitMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/timeout", Scope: access.MachinesWrite, Where: Owner, Handler: s.setTimeout},
+		{Method: "POST", Path: "/v1/machines/{id}/urls", Scope: access.MachinesWrite, Where: Owner, Handler: s.machineURL},
 		{Method: "GET", Path: "/v1/events", Scope: access.MachinesRead, Handler: s.listEvents},
-		{Method: "GET", Path: "/v1/machines/{id}/metrics", Scope: access.MachinesRead, Handler: s.machineMetrics},
-		{Method: "POST", Path: "/v1/machines/{id}/connect", Scope: access.MachinesWrite, Handler: s.connectMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Idempotent: true, Scope: access.MachinesWrite, Handler: s.snapshotMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/fork", Idempotent: true, Scope: access.MachinesWrite, Handler: s.forkMachine},
+		{Method: "GET", Path: "/v1/machines/{id}/metrics", Scope: access.MachinesRead, Where: Owner, Handler: s.machineMetrics},
+		{Method: "POST", Path: "/v1/machines/{id}/connect", Scope: access.MachinesWrite, Where: Wake, Handler: s.connectMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/snapshots", Idempotent: true, Scope: access.MachinesWrite, Where: Owner, Handler: s.snapshotMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/fork", Idempotent: true, Scope: access.MachinesWrite, Where: Owner, Handler: s.forkMachine},
 		{Method: "GET", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesRead, Handler: s.listCheckpoints},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesWrite, Handler: s.checkpointMachine},
-		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Scope: access.MachinesWrite, Handler: s.restoreCheckpoint},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints", Scope: access.MachinesWrite, Where: Owner, Handler: s.checkpointMachine},
+		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/restore", Scope: access.MachinesWrite, Where: Owner, Handler: s.restoreCheckpoint},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/pin", Scope: access.MachinesWrite, Handler: s.pinCheckpoint(true)},
 		{Method: "POST", Path: "/v1/machines/{id}/checkpoints/{snapshot_id}/unpin", Scope: access.MachinesWrite, Handler: s.pinCheckpoint(false)},
 
-		{Method: "POST", Path: "/v1/machines/{id}/ssh-token", Scope: access.MachinesWrite, Handler: s.sshToken},
+		{Method: "POST", Path: "/v1/machines/{id}/ssh-token", Scope: access.MachinesWrite, Where: Owner, Handler: s.sshToken},
 		{Method: "POST", Path: "/v1/ssh-keys", Scope: access.MachinesWrite, Handler: s.addSSHKey},
 		{Method: "GET", Path: "/v1/ssh-keys", Scope: access.MachinesRead, Handler: s.listSSHKeys},
 		{Method: "DELETE", Path: "/v1/ssh-keys/{id}", Scope: access.MachinesWrite, Handler: s.deleteSSHKey},
@@ -210,36 +217,36 @@ func (s *Server) Routes() []Route {
 		{Method: "GET", Path: "/v1/snapshots", Scope: access.MachinesRead, Handler: s.listSnapshots},
 		{Method: "GET", Path: "/v1/snapshots/{id}", Scope: access.MachinesRead, Handler: s.getSnapshot},
 		{Method: "DELETE", Path: "/v1/snapshots/{id}", Scope: access.MachinesWrite, Handler: s.deleteSnapshot},
-		{Method: "POST", Path: "/v1/snapshots/{id}/resume", Scope: access.MachinesWrite, Handler: s.resumeSnapshot},
+		{Method: "POST", Path: "/v1/snapshots/{id}/resume", Scope: access.MachinesWrite, Where: WakeSnapshot, Handler: s.resumeSnapshot},
 
 		{Method: "GET", Path: "/v1/volumes", Scope: access.MachinesRead, Handler: s.listVolumes},
 		{Method: "POST", Path: "/v1/volumes", Scope: access.MachinesWrite, Handler: s.createVolume},
 		{Method: "DELETE", Path: "/v1/volumes/{name}", Scope: access.MachinesWrite, Handler: s.deleteVolume},
 
-		{Method: "POST", Path: "/v1/machines/{id}/commands", Scope: access.MachinesWrite, Handler: s.proxy("/commands")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands", Scope: access.MachinesRead, Handler: s.proxy("/commands")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Scope: access.MachinesRead, Handler: s.proxy("/commands/{pid}/output")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/stdin")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/signal")},
-		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}/resize")},
-		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/attach", Scope: access.MachinesWrite, Handler: s.attachCommand},
-		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Scope: access.MachinesWrite, Handler: s.proxy("/commands/{pid}")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/commands")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/output", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/commands/{pid}/output")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/stdin", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/commands/{pid}/stdin")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/signal", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/commands/{pid}/signal")},
+		{Method: "POST", Path: "/v1/machines/{id}/commands/{pid}/resize", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/commands/{pid}/resize")},
+		{Method: "GET", Path: "/v1/machines/{id}/commands/{pid}/attach", Scope: access.MachinesWrite, Where: Owner, Handler: s.attachCommand},
+		{Method: "DELETE", Path: "/v1/machines/{id}/commands/{pid}", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/commands/{pid}")},
 
-		{Method: "GET", Path: "/v1/machines/{id}/files", Scope: access.MachinesRead, Handler: s.proxy("/files")},
-		{Method: "PUT", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Handler: s.proxy("/files")},
-		{Method: "DELETE", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Handler: s.proxy("/files")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/list", Scope: access.MachinesRead, Handler: s.proxy("/files/list")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Scope: access.MachinesRead, Handler: s.proxy("/files/stat")},
-		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Scope: access.MachinesWrite, Handler: s.proxy("/files/mkdir")},
-		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Scope: access.MachinesWrite, Handler: s.proxy("/files/rename")},
-		{Method: "GET", Path: "/v1/machines/{id}/files/watch", Scope: access.MachinesRead, Handler: s.proxy("/files/watch")},
-		{Method: "DELETE", Path: "/v1/machines/{id}/files/watch/{watch_id}", Scope: access.MachinesWrite, Handler: s.proxy("/files/watch/{watch_id}")},
+		{Method: "GET", Path: "/v1/machines/{id}/files", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/files")},
+		{Method: "PUT", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/files")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/files")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/list", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/files/list")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/stat", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/files/stat")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/mkdir", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/files/mkdir")},
+		{Method: "POST", Path: "/v1/machines/{id}/files/rename", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/files/rename")},
+		{Method: "GET", Path: "/v1/machines/{id}/files/watch", Scope: access.MachinesRead, Where: Owner, Handler: s.proxy("/files/watch")},
+		{Method: "DELETE", Path: "/v1/machines/{id}/files/watch/{watch_id}", Scope: access.MachinesWrite, Where: Owner, Handler: s.proxy("/files/watch/{watch_id}")},
 
 		{Method: "GET", Path: "/v1/templates", Scope: access.MachinesRead, Handler: s.listTemplates},
 		{Method: "GET", Path: "/v1/templates/{name}", Scope: access.MachinesRead, Handler: s.getTemplate},
 		{Method: "POST", Path: "/v1/templates", Scope: access.TemplatesWrite, Handler: s.buildTemplate},
 		{Method: "DELETE", Path: "/v1/templates/{name}", Scope: access.TemplatesWrite, Handler: s.deleteTemplate},
-	}, slices.Concat(s.accessRoutes(), s.quotaRoutes(), s.auditRoutes(), s.usageRoutes())...)
+	}, slices.Concat(s.accessRoutes(), s.quotaRoutes(), s.auditRoutes(), s.usageRoutes(), s.nodeRoutes())...)
 }
 
 // Handler returns the http.Handler serving every route.
@@ -274,7 +281,8 @@ func (s *Server) wrap(rt Route) http.Handler {
 				return
 			}
 			p.Source = access.Source(r)
-			if ok, after := s.limits.Allow(access.RateKey(p)); !ok {
+			// A forwarded call was counted by the node it reached.
+			if ok, after := s.limits.Allow(access.RateKey(p)); !ok && !routing.Forwarded(r) {
 				s.deny(w, r, p, "", errdefs.RateLimited("requests with this API key", after))
 				return
 			}
@@ -285,11 +293,14 @@ func (s *Server) wrap(rt Route) http.Handler {
 			team = p.TeamID
 			r = r.WithContext(access.WithPrincipal(r.Context(), p))
 		}
+		if s.route(w, r, rt, team) {
+			return
+		}
 		if rt.Idempotent && s.idem != nil && r.Header.Get(idempotency.Header) != "" {
 			s.serveIdempotent(w, r, team, rt)
 			return
 		}
-		if err := rt.Handler(w, r, team); err != nil {
+		if err := rt.Handler(w, r, team); err != nil && !s.elsewhere(w, r, err) {
 			s.writeError(w, r, err)
 		}
 	})

@@ -2,7 +2,13 @@ package machine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	goruntime "runtime"
+	"slices"
 	"sync"
 
 	"nullspace.dev/nullspace/api"
@@ -172,4 +178,87 @@ func (m *Manager) lastDurableCheckpoint(ctx context.Context, rec *store.Machine)
 		return ""
 	}
 	return last.ID
+}
+
+// Capacity is this node's room, for its heartbeat: what placement reads.
+func (m *Manager) Capacity(ctx context.Context) store.NodeCapacity {
+	c := store.NodeCapacity{CPUs: goruntime.NumCPU(), MemoryMB: m.memoryLimitMB(), Slots: m.net.Slots(), Load: loadPerCPU()}
+	c.CommittedMB, _ = m.store.CommittedMemoryMB(ctx)
+	used := 0
+	if recs, err := m.store.ListMachines(ctx, store.MachineFilter{NodeID: m.cfg.Node, States: slices.Concat(liveStates, heldStates)}); err == nil {
+		for _, rec := range recs {
+			if rec.Slot >= 0 {
+				used++
+			}
+			if isLive(rec.State) {
+				c.Machines++
+			}
+		}
+	}
+	if spares, err := m.store.ListSpares(ctx); err == nil {
+		used += len(spares)
+	}
+	c.FreeSlots = max(0, c.Slots-used)
+	return c
+}
+
+// loadPerCPU is the host's 1-minute load average per CPU (0 if unknown).
+func loadPerCPU() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	var l float64
+	if _, err := fmt.Sscanf(string(b), "%f", &l); err != nil {
+		return 0
+	}
+	return l / float64(goruntime.NumCPU())
+}
+
+// DialLocal connects to port of a machine whose sandbox runs on this node
+// (the relay of a peer's SSH session or envd call); it fails with an error
+// matching errNotHere when the machine runs elsewhere or not at all.
+func (m *Manager) DialLocal(ctx context.Context, id string, port int) (net.Conn, error) {
+	rec, err := m.store.GetMachine(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", id, ErrNotHere)
+	}
+	if (rec.State != api.StateRunning && rec.State != api.StateSnapshotting) || rec.NodeID != m.cfg.Node {
+		return nil, fmt.Errorf("machine %s is %s on node %q: %w", id, rec.State, rec.NodeID, ErrNotHere)
+	}
+	ip, err := m.guestAddr(rec)
+	if err != nil {
+		return nil, err
+	}
+	m.Touch(rec.ID)
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", netip.AddrPortFrom(ip, uint16(port)).String())
+}
+
+// ErrNotHere: the machine has no running sandbox on this node.
+var ErrNotHere = errors.New("no running sandbox of the machine on this node")
+
+// Drain pauses this node's running machines, one at a time, so that they
+// resume on other nodes: the node was drained. Ephemeral machines keep no
+// paused state; they run until they end.
+func (m *Manager) Drain(ctx context.Context) {
+	ctx = withCause(ctx, "drain")
+	recs, err := m.store.ListMachines(ctx, store.MachineFilter{NodeID: m.cfg.Node, States: []string{api.StateRunning}})
+	if err != nil {
+		m.logger.WarnContext(ctx, "drain: list machines", "err", err)
+		return
+	}
+	for _, rec := range recs {
+		if ctx.Err() != nil {
+			return
+		}
+		if rec.Persistence == api.PersistenceEphemeral || rec.TeamID == buildTeam {
+			continue
+		}
+		if _, err := m.Pause(ctx, rec.TeamID, rec.ID); err != nil {
+			m.logger.WarnContext(ctx, "drain: pause", "machine_id", rec.ID, "err", err)
+			continue
+		}
+		m.logger.InfoContext(ctx, "drain: paused", "machine_id", rec.ID)
+	}
 }

@@ -152,8 +152,6 @@ func (m *Manager) RunUploads(ctx context.Context) {
 			}
 		}
 	}
-	sweep := time.NewTimer(time.Minute)
-	defer sweep.Stop()
 	for {
 		for id := m.uploads.next(); id != ""; id = m.uploads.next() {
 			if !m.uploadAttempt(ctx, id) {
@@ -167,9 +165,6 @@ func (m *Manager) RunUploads(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-m.uploads.wake:
-		case <-sweep.C:
-			m.sweepRemote(ctx)
-			sweep.Reset(remoteSweepEvery)
 		}
 	}
 }
@@ -230,6 +225,27 @@ func (m *Manager) uploadOnce(ctx context.Context, sn *store.Snapshot) error {
 		"bytes_uploaded": st.BytesUploaded, "chunks": st.Chunks, "chunks_uploaded": st.ChunksUploaded})
 	m.evictCache(ctx)
 	return nil
+}
+
+// RunRemoteSweeps sweeps the object store a minute after it starts, then
+// every remoteSweepEvery, until ctx ends: the cluster's leader runs it (a
+// sweep spares the chunks young enough to be an upload in flight, so two
+// leaders overlapping for a moment do no harm).
+func (m *Manager) RunRemoteSweeps(ctx context.Context) {
+	if m.snaps.Remote() == nil {
+		return
+	}
+	sweep := time.NewTimer(time.Minute)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sweep.C:
+			m.sweepRemote(ctx)
+			sweep.Reset(remoteSweepEvery)
+		}
+	}
 }
 
 // sweepRemote deletes the object store's manifests of snapshots that no

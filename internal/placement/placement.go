@@ -46,6 +46,9 @@ type Nodes interface {
 
 // Placer chooses nodes.
 type Placer struct {
+	// Self is the node placing: the only one that may take a machine
+	// without a peer listener (no other node could forward it there).
+	Self  string
 	Nodes Nodes
 	// TTL: a node whose last heartbeat is older is not placed on, dead or
 	// not yet declared so.
@@ -145,6 +148,8 @@ func (p *Placer) exclude(n store.Node, now time.Time, w Want) string {
 		return "the snapshot's files are only on node " + w.Only
 	case n.Drained:
 		return "drained"
+	case n.PeerURL == "" && n.ID != p.Self:
+		return "no peer listener (--peer-addr)"
 	case p.TTL > 0 && now.Sub(n.HeartbeatAt) > p.TTL:
 		return fmt.Sprintf("no heartbeat for %s", now.Sub(n.HeartbeatAt).Round(time.Second))
 	case n.Capacity.FreeSlots <= 0:

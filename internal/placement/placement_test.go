@@ -18,7 +18,9 @@ type fixed struct {
 	now   time.Time
 }
 
-func (f fixed) ListNodes(context.Context) ([]store.Node, time.Time, error) { return f.nodes, f.now, nil }
+func (f fixed) ListNodes(context.Context) ([]store.Node, time.Time, error) {
+	return f.nodes, f.now, nil
+}
 
 var (
 	now     = time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
@@ -29,7 +31,7 @@ var (
 func mustJSON(v any) json.RawMessage { b, _ := json.Marshal(v); return b }
 
 func node(id string, mods ...func(*store.Node)) store.Node {
-	n := store.Node{ID: id, State: store.NodeLive, HeartbeatAt: now.Add(-time.Second), Host: hostA,
+	n := store.Node{ID: id, State: store.NodeLive, PeerURL: "http://" + id, HeartbeatAt: now.Add(-time.Second), Host: hostA,
 		Capacity: store.NodeCapacity{CPUs: 2, MemoryMB: 4096, CommittedMB: 0, Slots: 100, FreeSlots: 100}}
 	for _, m := range mods {
 		m(&n)

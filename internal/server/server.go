@@ -209,6 +209,15 @@ type Config struct {
 	// in (postgres://user@host:port/db; the password may come from
 	// PGPASSWORD or ~/.pgpass); empty: SQLite in the data dir.
 	DatabaseURL string
+	// PeerAddr is the address of the peer listener, where the other nodes
+	// of a cluster forward calls on this node's machines (empty: none; the
+	// node then takes no machine another node places). PeerURL is how they
+	// reach it (default http://PeerAddr). Requires DatabaseURL.
+	PeerAddr, PeerURL string
+	// NodeTTL is how long a node may go without a heartbeat before the
+	// leader declares it dead (default cluster.DefaultTTL); NodeHeartbeat
+	// how often it beats (default cluster.DefaultHeartbeat).
+	NodeTTL, NodeHeartbeat time.Duration
 	// ObjectStore is the S3-compatible store snapshots are copied to
 	// (s3://BUCKET/PREFIX?endpoint=...&region=...; credentials from the
 	// AWS_* variables); empty: none. CacheMaxBytes bounds the local
@@ -326,6 +335,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("--addr %q: %w", c.Addr, err)
+	}
+	if err := c.validateCluster(); err != nil {
+		return err
 	}
 	if fi, err := os.Stat(c.Runsc); err != nil || fi.IsDir() {
 		return fmt.Errorf("runsc not found at %q: run `make build` (it builds runsc from its Go module) or pass --runsc", c.Runsc)
@@ -493,6 +505,10 @@ type Instance struct {
 	done     chan struct{}
 	// sparesDone is closed when the spare containers are gone.
 	sparesDone chan struct{}
+	// peer is the peer listener (nil: none); memberDone is closed once the
+	// node has left the cluster.
+	peer       *clusterNode
+	memberDone chan struct{}
 }
 
 // ShutdownTimeout bounds Shutdown, whatever is in flight.
@@ -556,8 +572,10 @@ func (i *Instance) waitServing(sctx context.Context) {
 		<-i.sshDone
 		i.ssh.gate.Wait()
 	}
+	i.peer.close(sctx)
 	<-i.done
 	<-i.sparesDone
+	<-i.memberDone
 }
 
 // Start brings every part up and starts serving in the background.
@@ -606,6 +624,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		return nil, err
 	}
 	closers = append(closers, db)
+	db.SetNode(cfg.NodeName)
 	if err := adoptSecrets(ctx, db, cfg.DataDir, logger); err != nil {
 		return nil, err
 	}
@@ -686,9 +705,17 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 		CheckpointRetention: cfg.CheckpointRetention,
 		Remote:              remote,
 		CacheMaxBytes:       cfg.CacheMaxBytes,
+		Node:                cfg.NodeName,
 	}, db, driver, network, templates, logger)
 	if err != nil {
 		return nil, err
+	}
+	node, err := joinCluster(ctx, cfg, db, mgr, host, logger)
+	if err != nil {
+		return nil, err
+	}
+	if node.ln != nil {
+		closers = append(closers, node.ln)
 	}
 	tel.CountUsage(mgr)
 	if err := mgr.Reconcile(ctx); err != nil {
@@ -751,6 +778,10 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if e2bSrv != nil {
 		apiServer.WithE2B(e2bSrv.advertised())
 	}
+	apiServer.WithNodes(db)
+	if node.router != nil {
+		apiServer.WithRouter(node.router)
+	}
 	corsPolicy, err := cors.Parse(cfg.CORSOrigins)
 	if err != nil {
 		return nil, err
@@ -762,7 +793,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	inst := &Instance{
 		Addr: ln.Addr().String(), APIKeyFile: keyFile, Manager: mgr, cancel: cancel, closers: closers, locks: locks,
 		NodeName: cfg.NodeName, Names: cfg.Names, MetricsAddr: metricsAddr,
-		done: make(chan struct{}), sparesDone: make(chan struct{}),
+		done: make(chan struct{}), sparesDone: make(chan struct{}), memberDone: make(chan struct{}),
 		http: &http.Server{Handler: minrate.Handler(corsPolicy.Wrap(apiServer.Handler()), cfg.MinBodyRate, nil),
 			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -802,10 +833,28 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	if cfg.WebhookURL != "" {
 		rc.Consumer = events.WebhookCursor
 	}
-	go retention.Run(bg, rc, db, logger.With("component", "retention"))
+	// The cluster's chores run on its leader (a single server leads
+	// itself); safe if two leaders overlap for a moment.
+	node.member.OnLeader("retention", func(ctx context.Context) { retention.Run(ctx, rc, db, logger.With("component", "retention")) })
 	if cfg.WebhookURL != "" {
-		go (&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(bg)
+		node.member.OnLeader("webhook", func(ctx context.Context) {
+			(&events.Webhook{Log: evlog, URL: cfg.WebhookURL, Secret: cfg.WebhookSecret, Logger: logger}).Run(ctx)
+		})
 	}
+	node.member.OnLeader("object-store sweep", mgr.RunRemoteSweeps)
+	go func() {
+		defer close(inst.memberDone)
+		node.member.Run(bg)
+	}()
+	var edgeHandler, e2bHandler http.Handler
+	if edgeSrv != nil {
+		edgeHandler = edgeSrv.http.Handler
+	}
+	if e2bSrv != nil {
+		e2bHandler = e2bSrv.http.Handler
+	}
+	node.servePeers(bg, apiServer.Handler(), edgeHandler, e2bHandler, mgr, logger)
+	inst.peer = node
 	go func() {
 		defer close(inst.sparesDone)
 		mgr.RunSpares(bg)
