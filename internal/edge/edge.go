@@ -63,6 +63,10 @@ type Target struct {
 	// E2B: a sandbox created through the E2B-compatible API, whose URLs
 	// are answered in E2B's shape (see E2B).
 	E2B bool
+	// Node is the node of the cluster that serves the request instead of
+	// this one: the one that runs the machine, or that wakes it (""
+	// here). The request goes there through Config.Peer, whole.
+	Node string
 }
 
 // AgentPort is the in-machine agent's port, never reachable by the edge.
@@ -96,6 +100,9 @@ type Config struct {
 	// kept-alive connection or an HTTP/2 one carries any number, and each
 	// costs a route look-up and maybe an upstream dial. Zero: no limit.
 	RatePerSource, RatePerMachine ratelimit.Limit
+	// Peer takes a request to the node of the cluster that serves it
+	// (Target.Node), whole; nil: one node.
+	Peer func(w http.ResponseWriter, r *http.Request, node string)
 }
 
 // Defaults of Config.
@@ -331,6 +338,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, req *request) {
 	if !ok {
 		return
 	}
+	if t.Node != "" && s.cfg.Peer != nil {
+		req.code = "forwarded"
+		s.cfg.Peer(w, r, t.Node)
+		return
+	}
 	req.target = t
 	s.machines.Touch(t.MachineID)
 	s.forward(w, r)
@@ -401,6 +413,9 @@ func (s *Server) target(w http.ResponseWriter, r *http.Request, req *request) (T
 		return Target{}, false
 	}
 	req.e2b = t.E2B
+	if t.Node != "" && s.cfg.Peer != nil {
+		return t, true // its node serves it, holding it if it must
+	}
 	switch f, v := triage(t, false); v {
 	case toForward:
 		return t, true

@@ -84,6 +84,20 @@ func (rt *Router) Wake(ctx context.Context, teamID, id string) (string, error) {
 	if err != nil || head == nil {
 		return Here, err
 	}
+	return rt.wake(ctx, head)
+}
+
+// WakeLineage is Wake of a lineage, whatever its team (the edge's: a
+// signed URL names a lineage, not a team).
+func (rt *Router) WakeLineage(ctx context.Context, lineageID string) (string, error) {
+	head, err := rt.Store.LineageHead(ctx, lineageID)
+	if err != nil {
+		return Here, nil // the caller says what is wrong
+	}
+	return rt.wake(ctx, head)
+}
+
+func (rt *Router) wake(ctx context.Context, head *store.Machine) (string, error) {
 	switch {
 	case live(head.State):
 		return rt.other(head.NodeID), nil
@@ -102,6 +116,15 @@ func (rt *Router) Wake(ctx context.Context, teamID, id string) (string, error) {
 		}
 	}
 	return rt.place(ctx, w)
+}
+
+// OwnerOf is the node that runs rec's sandbox if it is live on another
+// node, else Here.
+func (rt *Router) OwnerOf(rec *store.Machine) string {
+	if live(rec.State) {
+		return rt.other(rec.NodeID)
+	}
+	return Here
 }
 
 // WakeSnapshot is Wake of the paused machine whose state snapshot id is.

@@ -26,7 +26,7 @@ func TestEdgeListenerBadInput(t *testing.T) {
 	cfg := Config{DataDir: dir, EdgeAddr: "127.0.0.1:0", EdgeDomain: "localhost", EdgeWakeTimeout: time.Second,
 		EdgeHoldBodyBytes: 1, EdgeHeaderTimeout: time.Second, MinBodyRate: minrate.Rate{Bytes: 100, Window: 500 * time.Millisecond}}
 	logger := slog.New(slog.DiscardHandler)
-	l, err := startEdge(t.Context(), cfg, nil, telemetry.New(nil), logger)
+	l, err := startEdge(t.Context(), cfg, nil, nil, telemetry.New(nil), logger)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"nullspace.dev/nullspace/internal/edge"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/minrate"
+	"nullspace.dev/nullspace/internal/peer"
+	"nullspace.dev/nullspace/internal/routing"
 	"nullspace.dev/nullspace/internal/store"
 	"nullspace.dev/nullspace/internal/telemetry"
 )
@@ -39,7 +41,7 @@ type edgeListener struct {
 }
 
 // startEdge makes the edge and listens on its address.
-func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *telemetry.Metrics, logger *slog.Logger) (*edgeListener, error) {
+func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, router *routing.Router, tel *telemetry.Metrics, logger *slog.Logger) (*edgeListener, error) {
 	keys, err := edge.OpenKeys(filepath.Join(cfg.DataDir, EdgeSecretFile))
 	if err != nil {
 		return nil, err
@@ -57,7 +59,10 @@ func startEdge(bg context.Context, cfg Config, mgr *machine.Manager, tel *teleme
 	ecfg := edge.Config{Domain: domain, TLS: tlsOn, WakeTimeout: cfg.EdgeWakeTimeout, HoldBodyLimit: cfg.EdgeHoldBodyBytes,
 		PathBase:      pathBase(domain, ln.Addr().(*net.TCPAddr), tlsOn),
 		RatePerSource: cfg.EdgeRatePerSource, RatePerMachine: cfg.EdgeRatePerMachine}
-	e, err := edge.New(bg, ecfg, &edgeMachines{mgr: mgr}, keys, tel.Registry(), logger.With("component", "edge"))
+	if router != nil {
+		ecfg.Peer = func(w http.ResponseWriter, r *http.Request, node string) { router.Forward(w, r, node, "edge") }
+	}
+	e, err := edge.New(bg, ecfg, &edgeMachines{mgr: mgr, router: router}, keys, tel.Registry(), logger.With("component", "edge"))
 	if err != nil {
 		ln.Close()
 		return nil, err
@@ -134,7 +139,10 @@ func (l *edgeListener) serve(logger *slog.Logger) {
 }
 
 // edgeMachines is the manager as the edge sees it.
-type edgeMachines struct{ mgr *machine.Manager }
+type edgeMachines struct {
+	mgr    *machine.Manager
+	router *routing.Router // nil: one node
+}
 
 var _ edge.Machines = (*edgeMachines)(nil)
 
@@ -143,7 +151,22 @@ func (e *edgeMachines) Route(ctx context.Context, lineageID string) (edge.Target
 	if err != nil {
 		return edge.Target{}, err
 	}
-	return e.target(rec), nil
+	t := e.target(rec)
+	// In a cluster, a request that did not come from a peer goes to the
+	// node that runs the machine, or that placement wakes it on.
+	if _, forwarded := peer.FromContext(ctx); e.router != nil && !forwarded {
+		switch {
+		case rec.State == api.StatePaused || rec.State == api.StateStopped:
+			if rec.AutoResume {
+				if t.Node, err = e.router.WakeLineage(ctx, lineageID); err != nil {
+					return edge.Target{}, err
+				}
+			}
+		default:
+			t.Node = e.router.OwnerOf(rec)
+		}
+	}
+	return t, nil
 }
 
 func (e *edgeMachines) Wake(ctx context.Context, lineageID string, port int, resume bool) (edge.Target, error) {

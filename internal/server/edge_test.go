@@ -79,7 +79,7 @@ func TestEdgeTLS(t *testing.T) {
 	cert, key := writeCert(t, dir, "*.localhost")
 	cfg := Config{DataDir: dir, EdgeAddr: "127.0.0.1:0", EdgeDomain: "localhost", EdgeTLSCert: cert, EdgeTLSKey: key,
 		EdgeWakeTimeout: time.Second, EdgeHoldBodyBytes: 1, EdgeHeaderTimeout: time.Second}
-	l, err := startEdge(t.Context(), cfg, nil, telemetry.New(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := startEdge(t.Context(), cfg, nil, nil, telemetry.New(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -737,7 +737,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (_ *Instance, e
 	var edgeSrv *edgeListener
 	var urls httpapi.URLIssuer
 	if cfg.EdgeAddr != "" {
-		if edgeSrv, err = startEdge(bg, cfg, mgr, tel, logger); err != nil {
+		if edgeSrv, err = startEdge(bg, cfg, mgr, node.router, tel, logger); err != nil {
 			return nil, err
 		}
 		closers = append(closers, edgeSrv.ln)
