@@ -238,7 +238,7 @@ func databases(t *testing.T) int {
 // TestSweep: a cluster whose test binary died before Main could stop it is
 // stopped and removed by the next start; a live binary's is left alone.
 func TestSweep(t *testing.T) {
-	c, err := startCluster(t.Context(), t.Logf)
+	c, err := startCluster(t.Context(), t.Logf, nil)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
