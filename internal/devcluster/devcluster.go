@@ -508,6 +508,12 @@ func (c *Cluster) startObjectStore() error {
 		return nil
 	}
 	start := time.Now()
+	// The store is as throwaway as the database: a bucket left by an
+	// earlier run belongs to that run's generated credentials, and
+	// versitygw refuses to make it again for this run's.
+	if err := os.RemoveAll(c.l.s3Dir()); err != nil {
+		return fmt.Errorf("devcluster: remove an earlier run's object store: %w", err)
+	}
 	srv, stop, err := s3test.RunOn(c.l.o.Versitygw, c.l.s3Dir(), bridgeIP(c.l.subnet).String())
 	if err != nil {
 		return fmt.Errorf("devcluster: start the object store (or pass one): %w", err)
@@ -523,9 +529,9 @@ func (c *Cluster) startObjectStore() error {
 }
 
 // Close stops the nodes (SIGTERM, then SIGKILL after StopTimeout), stops
-// the PostgreSQL and versitygw Up started, and removes the veths,
-// namespaces and bridge. Data dirs and logs stay in BaseDir. It may be
-// called more than once.
+// the PostgreSQL and versitygw Up started (and removes their files), and
+// removes the veths, namespaces and bridge. The nodes' data dirs and logs
+// stay in BaseDir. It may be called more than once.
 func (c *Cluster) Close(ctx context.Context) error {
 	ctx = context.WithoutCancel(ctx)
 	c.mu.Lock()
@@ -555,6 +561,9 @@ func (c *Cluster) Close(ctx context.Context) error {
 		c.stopS3()
 		c.stopS3 = nil
 		os.Remove(c.l.versitygwPIDFile())
+		if err := os.RemoveAll(c.l.s3Dir()); err != nil {
+			errs = append(errs, fmt.Errorf("remove the object store's files: %w", err))
+		}
 	}
 	if c.stopPG != nil {
 		if err := c.stopPG(); err != nil {
@@ -594,6 +603,8 @@ func down(ctx context.Context, l layout, log *slog.Logger) error {
 	}
 	if err := stopRecorded(ctx, l.versitygwPIDFile(), l.s3Dir(), l.o.StopTimeout, log); err != nil {
 		errs = append(errs, fmt.Errorf("versitygw: %w", err))
+	} else if err := os.RemoveAll(l.s3Dir()); err != nil {
+		errs = append(errs, fmt.Errorf("remove the object store's files: %w", err))
 	}
 	pgtest.Sweep(ctx, func(format string, args ...any) { log.Info(fmt.Sprintf(format, args...)) })
 	if err := removeNetwork(l.o.Name, log); err != nil {

@@ -2,8 +2,13 @@ package devcluster
 
 import (
 	"errors"
+	"log/slog"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +172,49 @@ func TestEnv(t *testing.T) {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsAny(k, " \n") {
 			t.Errorf("env line %q is not NAME=value", kv)
 		}
+	}
+}
+
+func TestTailBuffer(t *testing.T) {
+	b := &tailBuffer{max: 8}
+	b.Write([]byte("hello "))
+	b.Write([]byte("world"))
+	if got := b.String(); got != "lo world" {
+		t.Errorf("got %q, want %q", got, "lo world")
+	}
+}
+
+func TestStopRecorded(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	dir := t.TempDir()
+
+	// A pid whose command line lacks the mark (reused since the file was
+	// written) is left alone: here, the test binary itself.
+	self := filepath.Join(dir, "self.pid")
+	os.WriteFile(self, []byte(strconv.Itoa(os.Getpid())), 0o644)
+	if err := stopRecorded(t.Context(), self, "no-such-mark", time.Second, log); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(self); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("pid file of a reused pid: got %v, want it removed", err)
+	}
+
+	// A process whose command line has it is stopped.
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { cmd.Wait(); close(waited) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-waited })
+	path := filepath.Join(dir, "sleep.pid")
+	os.WriteFile(path, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	if err := stopRecorded(t.Context(), path, "sleep\x0060\x00", 5*time.Second, log); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the recorded process is still running")
 	}
 }

@@ -24,8 +24,9 @@ import (
 type proc struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once Wait returned
-	tail   *tailBuffer
-	logf   *os.File // the default log file, closed at exit; nil with Output
+	// tail returns the end of the node's output, for errors.
+	tail func() string
+	logf *os.File // the default log file, closed at exit; nil with Output
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
@@ -93,7 +94,7 @@ func (c *Cluster) Start(ctx context.Context, i int) error {
 	log.Info("node starting", "pid", p.pid(), "api", n.APIURL)
 	start := time.Now()
 	if err := waitHealthy(ctx, n.APIURL, p, c.l.o.StartTimeout); err != nil {
-		return fmt.Errorf("devcluster: node %s (pid %d) did not become healthy: %w; the end of its log:\n%s", n.Name, p.pid(), err, p.tail.String())
+		return fmt.Errorf("devcluster: node %s (pid %d) did not become healthy: %w; the end of its log:\n%s", n.Name, p.pid(), err, p.tail())
 	}
 	log.Info("node ready", "took", time.Since(start).Round(time.Millisecond))
 	return nil
@@ -105,20 +106,26 @@ func (c *Cluster) spawn(i int) (*proc, error) {
 	if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("devcluster: make data dir of node %s: %w", n.Name, err)
 	}
-	p := &proc{exited: make(chan struct{}), tail: &tailBuffer{max: 8 << 10}}
-	var out io.Writer
+	p := &proc{exited: make(chan struct{})}
+	args := c.l.nodeArgs(i)
+	cmd := exec.Command(args[0], args[1:]...)
 	if c.l.o.Output != nil {
-		out = c.l.o.Output(n.Name)
+		tail := &tailBuffer{max: tailBytes}
+		cmd.Stdout = io.MultiWriter(c.l.o.Output(n.Name), tail)
+		p.tail = tail.String
 	} else {
-		f, err := os.OpenFile(filepath.Join(n.DataDir, "serve.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		// The file itself, not a pipe through this process: a node
+		// outlives a cluster process that crashed (until the next Up or
+		// Down stops it by its pid file) instead of dying of SIGPIPE at
+		// its next log line.
+		path := filepath.Join(n.DataDir, "serve.log")
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("devcluster: open log of node %s: %w", n.Name, err)
 		}
-		p.logf, out = f, f
+		p.logf, cmd.Stdout = f, f
+		p.tail = func() string { return fileTail(path, tailBytes) }
 	}
-	args := c.l.nodeArgs(i)
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout = io.MultiWriter(out, p.tail)
 	cmd.Stderr = cmd.Stdout
 	cmd.Env = append(os.Environ(), c.env...)
 	// A process group of its own: Ctrl-C at the terminal reaches the
@@ -303,6 +310,28 @@ func alive(pid int) bool {
 		return false
 	}
 	return b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// tailBytes is how much of a node's output its start error shows.
+const tailBytes = 8 << 10
+
+// fileTail returns the last n bytes of the file at path.
+func fileTail(path string, n int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", path, err)
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Sprintf("(read %s: %v)", path, err)
+	}
+	return string(b)
 }
 
 // tailBuffer keeps the last max bytes written to it, for errors.

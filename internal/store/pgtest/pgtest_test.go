@@ -288,3 +288,33 @@ func waitGone(t *testing.T, pid int) {
 		}
 	}
 }
+
+// TestStartClusterWith: a cluster started with Listen and Allow takes
+// password logins on the extra address from the allowed network (127.0.0.2
+// stands in for a bridge: all of 127/8 is loopback, but initdb's
+// pg_hba.conf trusts 127.0.0.1 alone).
+func TestStartClusterWith(t *testing.T) {
+	raw, stop, err := StartClusterWith(t.Context(), ClusterOptions{Listen: []string{"127.0.0.2"}, Allow: []string{"127.0.0.2/32"}, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = "127.0.0.2:" + u.Port()
+	conn, err := pgx.Connect(t.Context(), u.String())
+	if err != nil {
+		t.Fatalf("connect on the extra address: %v", err)
+	}
+	conn.Close(t.Context())
+
+	if _, _, err := StartClusterWith(t.Context(), ClusterOptions{Allow: []string{"not-a-network"}, Logf: t.Logf}); err == nil {
+		t.Error("a cluster started with an invalid Allow; want an error")
+	}
+}
