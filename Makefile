@@ -11,7 +11,7 @@ GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build deps runsc versitygw run test bench vet typecheck-python typescript-sdk e2b-sdk e2b-proto clean
+.PHONY: all build deps runsc versitygw run cluster test bench vet typecheck-python typescript-sdk e2b-sdk e2b-proto clean
 
 all: build
 
@@ -40,6 +40,16 @@ build: runsc
 run: build
 	@test "$$(id -u)" = 0 || { echo "nullspace: make run needs root (it creates sandboxes, network namespaces and cgroups)"; exit 1; }
 	bin/nullspace serve --data-dir $(DATA_DIR)
+
+# Three nodes on this host as one cluster (needs root): a bridge and a
+# network namespace per node, one PostgreSQL and one versitygw they share.
+# Prints the nodes' addresses and the API key as shell exports; Ctrl-C
+# removes it all. Pass flags with CLUSTER_FLAGS, e.g.
+# `make cluster CLUSTER_FLAGS='-nodes 2'`; `go run ./tools/cluster down`
+# cleans up after a run that died.
+cluster: build versitygw
+	@test "$$(id -u)" = 0 || { echo "nullspace: make cluster needs root (it creates a bridge, network namespaces and sandboxes)"; exit 1; }
+	$(GO) run ./tools/cluster up -bin-dir $(CURDIR)/bin $(CLUSTER_FLAGS)
 
 vet:
 	$(GO) vet ./...

@@ -68,7 +68,12 @@ func Start(t testing.TB) *Server {
 // versitygw (bin) over dir/root, with its metadata in dir/sidecar, and
 // returns the server and a stop that kills it (dir is the caller's to
 // remove).
-func Run(bin, dir string) (*Server, func(), error) {
+func Run(bin, dir string) (*Server, func(), error) { return RunOn(bin, dir, "127.0.0.1") }
+
+// RunOn is Run listening on host, an address the host already has (the
+// bridge of internal/devcluster's nodes, which reach it from network
+// namespaces of their own).
+func RunOn(bin, dir, host string) (*Server, func(), error) {
 	creds := objstore.Credentials{AccessKeyID: "test" + randHex(6), SecretAccessKey: randHex(20)}
 	root := filepath.Join(dir, "root")
 	// Metadata in a sidecar directory, not xattrs: a developer's /tmp may
@@ -84,11 +89,11 @@ func Run(bin, dir string) (*Server, func(), error) {
 	// bind; a few tries make that race harmless.
 	var lastErr error
 	for try := 0; try < 3; try++ {
-		port, err := freePort()
+		port, err := freePort(host)
 		if err != nil {
 			return nil, nil, fmt.Errorf("versitygw: find a free port: %w", err)
 		}
-		addr := "127.0.0.1:" + strconv.Itoa(port)
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
 		s, stop, err := start(bin, addr, root, sidecar, creds)
 		if err == nil {
 			return s, stop, nil
@@ -154,8 +159,8 @@ func start(bin, addr, root, sidecar string, creds objstore.Credentials) (*Server
 	}, stop, nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err
 	}

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -172,11 +173,46 @@ func Database(name string) (string, error) {
 // postmaster outlives its starter (a later start sweeps a cluster whose
 // starter died).
 func StartCluster(ctx context.Context) (dbURL string, stop func() error, err error) {
-	c, err := startCluster(ctx, func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+	return StartClusterWith(ctx, ClusterOptions{})
+}
+
+// ClusterOptions widens a cluster StartClusterWith starts beyond loopback.
+type ClusterOptions struct {
+	// Listen are addresses the postmaster listens on besides 127.0.0.1
+	// (they must be on the host already), e.g. the bridge of a cluster of
+	// nodes in network namespaces of their own.
+	Listen []string
+	// Allow are networks (CIDR) whose clients may log in over TCP, by
+	// password, besides loopback.
+	Allow []string
+	// Logf receives progress and sweep notes; default: standard error.
+	Logf func(format string, args ...any)
+}
+
+// StartClusterWith is StartCluster for a cluster that clients outside
+// the host's loopback reach (internal/devcluster's nodes). dbURL still
+// names 127.0.0.1; a client elsewhere swaps in one of opts.Listen.
+func StartClusterWith(ctx context.Context, opts ClusterOptions) (dbURL string, stop func() error, err error) {
+	logf := opts.Logf
+	if logf == nil {
+		logf = func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }
+	}
+	c, err := startCluster(ctx, logf, opts.Listen, opts.Allow...)
 	if err != nil {
 		return "", nil, fmt.Errorf("pgtest: %w", err)
 	}
 	return c.url().String(), c.stop, nil
+}
+
+// Sweep stops and removes the clusters whose starter died without
+// stopping them (a crashed benchmark or dev cluster); StartCluster does
+// it too. Clusters of live starters are left alone.
+func Sweep(ctx context.Context, logf func(format string, args ...any)) {
+	parent := os.TempDir()
+	if os.Geteuid() == 0 {
+		parent = "/var/lib"
+	}
+	sweep(ctx, logf, parent)
 }
 
 // get returns the server, starting it on the first call.
@@ -211,7 +247,7 @@ func open(logf func(format string, args ...any)) (*server, error) {
 	}
 
 	begin := time.Now()
-	c, err := startCluster(ctx, logf)
+	c, err := startCluster(ctx, logf, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -275,8 +311,9 @@ func stop() error {
 type cluster struct {
 	dir      string // owned by postgres: data/, the socket, log
 	port     int
-	password string // of the nullspace role
-	pid      int    // the postmaster's
+	password string   // of the nullspace role
+	pid      int      // the postmaster's
+	listen   []string // addresses the postmaster listens on, 127.0.0.1 first
 
 	initdb, start time.Duration // how long each step took
 }
@@ -291,8 +328,9 @@ const (
 )
 
 // startCluster initdb's a cluster into a new temp dir and starts it on a
-// free loopback port, with a superuser role that logs in by password.
-func startCluster(ctx context.Context, logf func(format string, args ...any)) (*cluster, error) {
+// free loopback port (and the same port of listen), with a superuser role
+// that logs in by password from loopback (and the networks of allow).
+func startCluster(ctx context.Context, logf func(format string, args ...any), listen []string, allow ...string) (*cluster, error) {
 	if err := checkInstalled(binDir); err != nil {
 		return nil, err
 	}
@@ -316,7 +354,7 @@ func startCluster(ctx context.Context, logf func(format string, args ...any)) (*
 	if err != nil {
 		return nil, fmt.Errorf("make cluster dir: %w", err)
 	}
-	c := &cluster{dir: dir, password: randomHex(16)}
+	c := &cluster{dir: dir, password: randomHex(16), listen: append([]string{"127.0.0.1"}, listen...)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -343,6 +381,9 @@ func startCluster(ctx context.Context, logf func(format string, args ...any)) (*
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
 	c.initdb = time.Since(begin)
+	if err := c.allow(allow); err != nil {
+		return nil, err
+	}
 
 	begin = time.Now()
 	if err := c.startOnFreePort(ctx); err != nil {
@@ -384,7 +425,7 @@ func (c *cluster) startOnFreePort(ctx context.Context) error {
 		}
 		// The socket goes in the cluster's dir (-k), not the distribution's
 		// /var/run/postgresql, which belongs to the main cluster.
-		opts := fmt.Sprintf("-k %s -p %d -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off", c.dir, c.port)
+		opts := fmt.Sprintf("-k %s -p %d -c listen_addresses=%s -c fsync=off -c synchronous_commit=off -c full_page_writes=off", c.dir, c.port, strings.Join(c.listen, ","))
 		var out []byte
 		out, err = c.run(ctx, "pg_ctl", "-D", c.data(), "-l", c.log(), "-w", "-t", "60", "-s", "-o", opts, "start")
 		if err == nil {
@@ -398,6 +439,33 @@ func (c *cluster) startOnFreePort(ctx context.Context) error {
 		os.Remove(c.log())
 	}
 	return err
+}
+
+// allow lets clients of the networks nets log in over TCP by password, as
+// initdb's --auth-host lets loopback's.
+func (c *cluster) allow(nets []string) error {
+	if len(nets) == 0 {
+		return nil
+	}
+	var lines strings.Builder
+	for _, n := range nets {
+		if _, err := netip.ParsePrefix(n); err != nil {
+			return fmt.Errorf("allow %q: want a network such as 10.213.0.0/24: %w", n, err)
+		}
+		fmt.Fprintf(&lines, "host all all %s scram-sha-256\n", n)
+	}
+	f, err := os.OpenFile(filepath.Join(c.data(), "pg_hba.conf"), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("open pg_hba.conf: %w", err)
+	}
+	_, err = f.WriteString(lines.String())
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write pg_hba.conf: %w", err)
+	}
+	return nil
 }
 
 // createRole makes the role the tests log in as. It needs a password, since

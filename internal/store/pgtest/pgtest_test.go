@@ -238,7 +238,7 @@ func databases(t *testing.T) int {
 // TestSweep: a cluster whose test binary died before Main could stop it is
 // stopped and removed by the next start; a live binary's is left alone.
 func TestSweep(t *testing.T) {
-	c, err := startCluster(t.Context(), t.Logf)
+	c, err := startCluster(t.Context(), t.Logf, nil)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -286,5 +286,35 @@ func waitGone(t *testing.T, pid int) {
 			t.Fatalf("the postmaster (pid %d) is still running 5s after its cluster was stopped", pid)
 		case <-tick.C:
 		}
+	}
+}
+
+// TestStartClusterWith: a cluster started with Listen and Allow takes
+// password logins on the extra address from the allowed network (127.0.0.2
+// stands in for a bridge: all of 127/8 is loopback, but initdb's
+// pg_hba.conf trusts 127.0.0.1 alone).
+func TestStartClusterWith(t *testing.T) {
+	raw, stop, err := StartClusterWith(t.Context(), ClusterOptions{Listen: []string{"127.0.0.2"}, Allow: []string{"127.0.0.2/32"}, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Error(err)
+		}
+	})
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Host = "127.0.0.2:" + u.Port()
+	conn, err := pgx.Connect(t.Context(), u.String())
+	if err != nil {
+		t.Fatalf("connect on the extra address: %v", err)
+	}
+	conn.Close(t.Context())
+
+	if _, _, err := StartClusterWith(t.Context(), ClusterOptions{Allow: []string{"not-a-network"}, Logf: t.Logf}); err == nil {
+		t.Error("a cluster started with an invalid Allow; want an error")
 	}
 }
