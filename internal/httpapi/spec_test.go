@@ -111,3 +111,37 @@ func TestSpecDocumentsErrorCodes(t *testing.T) {
 		}
 	}
 }
+
+// TestSpecRefsResolve: every local $ref of api/openapi.yaml names
+// something the document has (the TypeScript SDK's generator refuses a
+// document that does not).
+func TestSpecRefsResolve(t *testing.T) {
+	var doc any
+	if err := yaml.Unmarshal(api.Spec, &doc); err != nil {
+		t.Fatalf("parse api/openapi.yaml: %v", err)
+	}
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, x := range v {
+				if ref, ok := x.(string); ok && k == "$ref" && strings.HasPrefix(ref, "#/") {
+					var at any = doc
+					for _, part := range strings.Split(strings.TrimPrefix(ref, "#/"), "/") {
+						m, _ := at.(map[string]any)
+						at = m[strings.ReplaceAll(strings.ReplaceAll(part, "~1", "/"), "~0", "~")]
+					}
+					if at == nil {
+						t.Errorf("$ref %s names nothing in api/openapi.yaml", ref)
+					}
+				}
+				walk(x)
+			}
+		case []any:
+			for _, x := range v {
+				walk(x)
+			}
+		}
+	}
+	walk(doc)
+}

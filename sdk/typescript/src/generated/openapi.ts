@@ -1349,6 +1349,74 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/nodes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List the cluster's nodes
+         * @description Every node that joined the cluster (servers sharing one PostgreSQL
+         *     database), live, dead or left, by name (operator scope): its
+         *     epoch, its last heartbeat by the database's clock, its capacity
+         *     and what its snapshots depend on. A single server is a cluster of
+         *     one node.
+         */
+        get: operations["listNodes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes/{name}/drain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Drain a node
+         * @description No machine is placed on the node any more, and the node pauses its
+         *     running machines (all but ephemeral ones, which run until they
+         *     end), so that they resume on other nodes when they are next
+         *     connected to (operator scope). Calls on its machines go on being
+         *     forwarded to it until they are paused.
+         */
+        post: operations["drainNode"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/nodes/{name}/undrain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Undrain a node
+         * @description Machines may be placed on the node again (operator scope).
+         */
+        post: operations["undrainNode"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/teams": {
         parameters: {
             query?: never;
@@ -1902,6 +1970,9 @@ export interface components {
          *     | `quota_exceeded` | 429 | false, true for `creates_per_minute` | A team quota refused the request before anything was made; `quota` names it, its limit and the use. Pause or kill machines, delete snapshots, or ask the operator to raise it. |
          *     | `idempotency_key_reused` | 422 | false | The Idempotency-Key was first sent with another request (method, path or body); nothing was done. |
          *     | `idempotency_key_in_progress` | 409 | true | The first request with this Idempotency-Key is still running; retry with the same key to get its response. |
+         *     | `node_fenced` | 503 | true | The node that answered lost the cluster's database (or was declared dead while cut off) and takes no lifecycle call until it is back; retry, or call another node. |
+         *     | `node_unreachable` | 503 | true | The node that runs the machine did not answer the call forwarded to it; retry. A node that stays down is declared dead after `--node-ttl` and its paused machines resume elsewhere. |
+         *     | `node_not_found` | 404 | false | No node of this name has joined the cluster (`GET /v1/nodes` lists them). |
          *     | `machine_ephemeral` | 409 | false | The machine is ephemeral: it keeps no paused or stopped state, so it cannot be paused, stopped (or auto-resumed). |
          *     | `auto_resume_requires_pause` | 400 | false | auto_resume needs the lease to pause or stop the machine: create with on_timeout "pause" (or "stop"), and do not set timeout_action "destroy" on an auto-resumable machine. |
          *     | `failed_precondition` | 409 | false | The resource is not in a state that allows the operation (e.g. stdin closed, process exited). |
@@ -1946,7 +2017,7 @@ export interface components {
              * @description Stable error code; see the table.
              * @enum {string}
              */
-            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "quota_exceeded" | "idempotency_key_reused" | "idempotency_key_in_progress" | "rate_limited" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
+            code: "invalid_argument" | "unauthenticated" | "permission_denied" | "not_found" | "machine_not_found" | "template_not_found" | "command_not_found" | "process_not_found" | "file_not_found" | "snapshot_not_found" | "volume_not_found" | "is_a_directory" | "not_a_directory" | "snapshot_wrong_kind" | "file_exists" | "directory_not_empty" | "machine_not_running" | "machine_has_no_command" | "template_not_ready" | "template_in_use" | "template_exists" | "internet_not_allowed" | "snapshot_in_use" | "snapshot_corrupt" | "snapshot_incompatible" | "snapshot_superseded" | "volume_in_use" | "volume_exists" | "snapshot_name_exists" | "ssh_key_exists" | "ssh_key_not_found" | "ssh_key_invalid" | "ssh_disabled" | "watch_not_found" | "capacity_exhausted" | "store_unavailable" | "snapshot_not_durable" | "team_not_found" | "team_exists" | "team_in_use" | "key_not_found" | "insufficient_scope" | "quota_exceeded" | "idempotency_key_reused" | "idempotency_key_in_progress" | "node_fenced" | "node_unreachable" | "node_not_found" | "rate_limited" | "object_store_unavailable" | "auto_resume_requires_pause" | "machine_ephemeral" | "failed_precondition" | "conflict" | "invalid_transition" | "file_too_large" | "body_too_large" | "body_too_slow" | "headers_too_large" | "resource_exhausted" | "internal" | "agent_unavailable" | "unavailable" | "command_timeout" | "deadline_exceeded" | "url_invalid" | "port_not_allowed" | "url_signature_missing" | "traffic_access_token_invalid" | "url_signature_invalid" | "url_expired" | "port_not_listening" | "upstream_failed" | "machine_paused_auto_resume_disabled" | "machine_stopped_auto_resume_disabled" | "machine_wake_timeout" | "machine_wake_failed" | "machine_wake_capacity_exhausted" | "machine_wake_snapshot_unusable" | "machine_wake_body_too_large" | "machine_failed" | "machine_unavailable";
             /** @description Human-readable, lower-case, no trailing punctuation. Not stable. */
             message: string;
             /** @description Whether the same request may succeed if sent again later. */
@@ -2302,10 +2373,10 @@ export interface components {
             /** @description Why the machine is `failed`, in words, with its last checkpoint when it has one (a new machine can be created from it); absent otherwise. */
             error?: string;
             /**
-             * @description Why the machine is `failed`, as a stable code: its sandbox exited (`sandbox_exit`), was killed for its memory (`oom`) or died at its process limit (`pids`); its agent did not answer for longer than the server's bound while the sandbox ran (`agent_unresponsive`); its lease ended and it could not be paused (or stopped), three times in a row (`pause_failed`); the snapshot holding its paused state was deleted (`snapshot_lost`); the server stopped during an operation and found it gone (`server_restart`). Absent otherwise.
+             * @description Why the machine is `failed`, as a stable code: its sandbox exited (`sandbox_exit`), was killed for its memory (`oom`) or died at its process limit (`pids`); its agent did not answer for longer than the server's bound while the sandbox ran (`agent_unresponsive`); its lease ended and it could not be paused (or stopped), three times in a row (`pause_failed`); the snapshot holding its paused state was deleted (`snapshot_lost`); the server stopped during an operation and found it gone (`server_restart`); the cluster node it ran on stopped heartbeating and was declared dead (`node_lost`: restore its last checkpoint, named in `error`). Absent otherwise.
              * @enum {string}
              */
-            failure_reason?: "sandbox_exit" | "oom" | "pids" | "agent_unresponsive" | "pause_failed" | "snapshot_lost" | "server_restart";
+            failure_reason?: "sandbox_exit" | "oom" | "pids" | "agent_unresponsive" | "pause_failed" | "snapshot_lost" | "server_restart" | "node_lost";
             volumes?: components["schemas"]["VolumeMount"][];
             hooks?: components["schemas"]["Hooks"];
             /** @description The hibernate snapshot holding a `paused` machine's state, or the `disk` snapshot holding a `stopped` machine's files; absent in other states. */
@@ -3048,6 +3119,70 @@ export interface components {
             name: string;
             /** Format: date-time */
             created_at: string;
+        };
+        NodeList: {
+            nodes: components["schemas"]["Node"][];
+        };
+        /** @description A member of the cluster. */
+        Node: {
+            /** @description The node name (`--node-name`). */
+            name: string;
+            /**
+             * Format: int64
+             * @description Counts its joins; its writes carry it, and a write of an old epoch fails.
+             */
+            epoch: number;
+            /**
+             * @description dead: declared so by the leader after `--node-ttl` without a heartbeat; left: shut down cleanly.
+             * @enum {string}
+             */
+            state: "live" | "dead" | "left";
+            /** @description No placements on it; it pauses its machines. */
+            drained: boolean;
+            /** @description Where the other nodes forward calls on its machines. */
+            peer_url?: string;
+            api_url?: string;
+            /**
+             * Format: int64
+             * @description Since its last heartbeat, by the database's clock.
+             */
+            heartbeat_age_ms: number;
+            /** Format: date-time */
+            joined_at: string;
+            /** Format: date-time */
+            heartbeat_at: string;
+            /** Format: date-time */
+            dead_at?: string;
+            /** @description Why it is dead, or why it left. */
+            reason?: string;
+            /** @description The node that answered. */
+            self: boolean;
+            capacity: components["schemas"]["NodeCapacity"];
+            host: components["schemas"]["NodeHost"];
+        };
+        /** @description A node's room at its last heartbeat. */
+        NodeCapacity: {
+            cpus: number;
+            /**
+             * Format: int64
+             * @description What it may commit to sandboxes (its memory times the overcommit).
+             */
+            memory_mb: number;
+            /** Format: int64 */
+            committed_mb: number;
+            slots: number;
+            free_slots: number;
+            /** @description Its live sandboxes. */
+            machines: number;
+            /** @description Its 1-minute load average per CPU. */
+            load: number;
+        };
+        /** @description What a node's snapshots depend on; a snapshot restores only on a node with the same. */
+        NodeHost: {
+            runtime_version: string;
+            platform: string;
+            kernel: string;
+            cpu_features?: string[];
         };
         TeamList: {
             teams: components["schemas"]["Team"][];
@@ -5356,6 +5491,100 @@ export interface operations {
             400: components["responses"]["InvalidArgument"];
             401: components["responses"]["Unauthenticated"];
             500: components["responses"]["Internal"];
+        };
+    };
+    listNodes: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The nodes. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["NodeList"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    drainNode: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The node, drained. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Node"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `node_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
+        };
+    };
+    undrainNode: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The node. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Node"];
+                };
+            };
+            401: components["responses"]["Unauthenticated"];
+            403: components["responses"]["Forbidden"];
+            /** @description `node_not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            500: components["responses"]["Internal"];
+            default: components["responses"]["Error"];
         };
     };
     listTeams: {
