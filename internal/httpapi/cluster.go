@@ -8,7 +8,6 @@ import (
 	"net/http"
 
 	"nullspace.dev/nullspace/api"
-	"nullspace.dev/nullspace/internal/errdefs"
 	"nullspace.dev/nullspace/internal/machine"
 	"nullspace.dev/nullspace/internal/reqbody"
 	"nullspace.dev/nullspace/internal/routing"
@@ -101,5 +100,3 @@ func (s *Server) elsewhere(w http.ResponseWriter, r *http.Request, err error) bo
 	s.router.Forward(w, r, e.Node, "api")
 	return true
 }
-
-var _ = errdefs.ErrFenced

@@ -157,27 +157,7 @@ func (m *Manager) NodeLost(ctx context.Context, loss store.NodeLoss) {
 // lastDurableCheckpoint is lastCheckpoint among the states any node can
 // restore: with an object store, only those copied to it.
 func (m *Manager) lastDurableCheckpoint(ctx context.Context, rec *store.Machine) string {
-	id := m.lastCheckpoint(ctx, rec)
-	if id == "" || m.cfg.Remote == nil {
-		return id
-	}
-	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}})
-	if err != nil {
-		return ""
-	}
-	var last *store.Snapshot
-	for _, sn := range snaps {
-		if sn.Kind == api.SnapshotDisk || !sn.Durable || sn.TeamID != rec.TeamID {
-			continue
-		}
-		if last == nil || sn.CreatedAt.After(last.CreatedAt) {
-			last = sn
-		}
-	}
-	if last == nil {
-		return ""
-	}
-	return last.ID
+	return m.newestState(ctx, rec, m.cfg.Remote != nil)
 }
 
 // Capacity is this node's room, for its heartbeat: what placement reads.

@@ -985,13 +985,19 @@ func (m *Manager) failFrom(ctx context.Context, rec *store.Machine, reason, msg 
 // lastCheckpoint is the newest ready state of rec's lineage that a machine
 // can be created from (a checkpoint, a reusable snapshot or a pause), or "".
 func (m *Manager) lastCheckpoint(ctx context.Context, rec *store.Machine) string {
+	return m.newestState(ctx, rec, false)
+}
+
+// newestState is lastCheckpoint, among the durable states only if
+// durable is set.
+func (m *Manager) newestState(ctx context.Context, rec *store.Machine, durable bool) string {
 	snaps, err := m.store.ListSnapshots(ctx, store.SnapshotFilter{LineageID: rec.LineageID, States: []string{store.SnapshotReady}})
 	if err != nil {
 		return ""
 	}
 	var last *store.Snapshot
 	for _, sn := range snaps {
-		if sn.Kind == api.SnapshotDisk || sn.ID == rec.SnapshotID || sn.TeamID != rec.TeamID {
+		if sn.Kind == api.SnapshotDisk || sn.ID == rec.SnapshotID || sn.TeamID != rec.TeamID || (durable && !sn.Durable) {
 			continue // a disk holds no machine to restore; rec's own state goes with it
 		}
 		if last == nil || sn.CreatedAt.After(last.CreatedAt) {

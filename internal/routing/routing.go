@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 
 	"nullspace.dev/nullspace/api"
 	"nullspace.dev/nullspace/internal/errdefs"
@@ -220,11 +221,4 @@ func (rt *Router) target(ctx context.Context, node string) (peer.Target, error) 
 	return peer.Target{Node: n.ID, URL: n.PeerURL}, nil
 }
 
-func live(state string) bool {
-	for _, s := range store.LiveStates {
-		if s == state {
-			return true
-		}
-	}
-	return false
-}
+func live(state string) bool { return slices.Contains(store.LiveStates, state) }
